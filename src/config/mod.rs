@@ -1,0 +1,657 @@
+//! The TOML configuration (DESIGN.md sections 9 and 11) and its validation.
+//!
+//! Parsing is two steps: serde reads the text into `Raw*` structs that keep each value's byte span
+//! (unknown keys and wrong types are refused there), then [`Config::from_raw`] checks every value
+//! and builds the typed [`Config`]. Every error names the file, the line, the key and what to do.
+//! `config.example.toml` documents every option; keep the two in step.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/globalnet/config.toml";
+/// Default state directory (keys and caches).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/globalnet";
+/// Default control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/globalnet/control.sock";
+/// Default TUN name.
+pub const DEFAULT_TUN_NAME: &str = "gn0";
+/// The MTU every overlay path carries (DESIGN.md section 12). IPv6 requires at least this much.
+pub const OVERLAY_MTU: u16 = 1280;
+/// Default UDP port.
+pub const DEFAULT_PORT: u16 = 7412;
+/// Largest config file read, so a wrong path (a device, a huge log) fails fast.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Keys and caches.
+    pub state_dir: PathBuf,
+    /// The Unix control socket the CLI talks to.
+    pub control_socket: PathBuf,
+    /// Drop privileges to this user after setup.
+    pub user: Option<String>,
+    /// The TUN device.
+    pub tun: TunConfig,
+    /// Underlay networking.
+    pub network: NetworkConfig,
+    /// Path-selection rules.
+    pub paths: PathsConfig,
+    /// Local services reachable over the overlay.
+    pub expose: ExposeConfig,
+}
+
+/// `[tun]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Interface name.
+    pub name: String,
+    /// Interface MTU; packets above [`OVERLAY_MTU`] get ICMPv6 Packet Too Big.
+    pub mtu: u16,
+}
+
+/// `[network]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// UDP sockets to bind.
+    pub listen: Vec<SocketAddr>,
+    /// Peers to start from.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
+    pub relay: Option<bool>,
+}
+
+/// `[paths]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathsConfig {
+    /// No two relays of a path share an IPv4 prefix of this length.
+    pub ipv4_subnet_family_prefix: u8,
+    /// No two relays of a path share an IPv6 prefix of this length.
+    pub ipv6_subnet_family_prefix: u8,
+}
+
+/// `[expose]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExposeConfig {
+    /// TCP ports reachable on the node's own overlay address.
+    pub tcp: Vec<u16>,
+    /// UDP ports reachable on the node's own overlay address.
+    pub udp: Vec<u16>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            user: None,
+            tun: TunConfig {
+                name: DEFAULT_TUN_NAME.into(),
+                mtu: OVERLAY_MTU,
+            },
+            network: NetworkConfig {
+                listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
+                bootstrap: Vec::new(),
+                relay: None,
+            },
+            paths: PathsConfig {
+                ipv4_subnet_family_prefix: 16,
+                ipv6_subnet_family_prefix: 32,
+            },
+            expose: ExposeConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Whether this node relays for others: the explicit setting, else true unless it exposes
+    /// services (a relay's uptime is public and would be linkable to its services').
+    pub fn relay_enabled(&self) -> bool {
+        self.network
+            .relay
+            .unwrap_or(self.expose.tcp.is_empty() && self.expose.udp.is_empty())
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError::io(&file, &e))?;
+        if !meta.is_file() {
+            return Err(ConfigError::whole_file(
+                &file,
+                "is not a regular file",
+                "give the path of a TOML file with --config",
+            ));
+        }
+        if meta.len() > MAX_CONFIG_LEN {
+            return Err(ConfigError::whole_file(
+                &file,
+                "is larger than 1 MiB",
+                "give the path of the GlobalNet config file",
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(&file, &e))?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(text, file, &e))?;
+        Config::from_raw(raw, text, file)
+    }
+
+    fn from_raw(raw: RawConfig, text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |span: Range<usize>, key: &str, message: String, hint: &str| {
+            ConfigError::at(text, file, span, key, message, hint)
+        };
+        let mut c = Config::default();
+
+        if let Some(v) = raw.state_dir {
+            c.state_dir = absolute_path(&v, "state_dir", &err)?;
+        }
+        if let Some(v) = raw.control_socket {
+            c.control_socket = absolute_path(&v, "control_socket", &err)?;
+        }
+        if let Some(v) = raw.user {
+            let name = v.get_ref();
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+                && !name.starts_with('-');
+            if !ok {
+                return Err(err(
+                    v.span(),
+                    "user",
+                    format!("`{name}` is not a valid user name"),
+                    "give the name of an existing system user, e.g. user = \"globalnet\", or remove the line to keep running as the starting user",
+                ));
+            }
+            c.user = Some(name.clone());
+        }
+        if let Some(tun) = raw.tun {
+            if let Some(v) = tun.name {
+                let name = v.get_ref();
+                let ok = !name.is_empty()
+                    && name.len() <= 15
+                    && name != "."
+                    && name != ".."
+                    && name
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+                if !ok {
+                    return Err(err(
+                        v.span(),
+                        "tun.name",
+                        format!("`{name}` is not a valid interface name"),
+                        "use 1 to 15 letters, digits, '_', '-' or '.', e.g. name = \"gn0\"",
+                    ));
+                }
+                c.tun.name = name.clone();
+            }
+            if let Some(v) = tun.mtu {
+                let mtu = *v.get_ref();
+                if !(i64::from(OVERLAY_MTU)..=65535).contains(&mtu) {
+                    return Err(err(
+                        v.span(),
+                        "tun.mtu",
+                        format!("{mtu} is out of range"),
+                        "IPv6 needs at least 1280 and the largest is 65535; 1280 is what every overlay path carries",
+                    ));
+                }
+                c.tun.mtu = mtu as u16;
+            }
+        }
+        if let Some(net) = raw.network {
+            if let Some(list) = net.listen {
+                let addrs = socket_addrs(&list, "network.listen", true, &err)?;
+                if addrs.is_empty() {
+                    return Err(err(
+                        list.span(),
+                        "network.listen",
+                        "is empty".into(),
+                        "list at least one UDP address to listen on, e.g. listen = [\"0.0.0.0:7412\"]",
+                    ));
+                }
+                c.network.listen = addrs;
+            }
+            if let Some(list) = net.bootstrap {
+                c.network.bootstrap = socket_addrs(&list, "network.bootstrap", false, &err)?;
+            }
+            c.network.relay = net.relay;
+        }
+        if let Some(paths) = raw.paths {
+            if let Some(v) = paths.ipv4_subnet_family_prefix {
+                c.paths.ipv4_subnet_family_prefix =
+                    prefix_len(&v, 32, "paths.ipv4_subnet_family_prefix", &err)?;
+            }
+            if let Some(v) = paths.ipv6_subnet_family_prefix {
+                c.paths.ipv6_subnet_family_prefix =
+                    prefix_len(&v, 128, "paths.ipv6_subnet_family_prefix", &err)?;
+            }
+        }
+        if let Some(expose) = raw.expose {
+            if let Some(list) = expose.tcp {
+                c.expose.tcp = ports(&list, "expose.tcp", &err)?;
+            }
+            if let Some(list) = expose.udp {
+                c.expose.udp = ports(&list, "expose.udp", &err)?;
+            }
+        }
+        Ok(c)
+    }
+}
+
+type ErrFn<'a> = dyn Fn(Range<usize>, &str, String, &str) -> ConfigError + 'a;
+
+fn absolute_path(v: &Spanned<String>, key: &str, err: &ErrFn<'_>) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(v.get_ref());
+    if !p.is_absolute() || v.get_ref().contains('\0') {
+        return Err(err(
+            v.span(),
+            key,
+            format!("`{}` is not an absolute path", v.get_ref()),
+            "give a path that starts with '/'",
+        ));
+    }
+    Ok(p)
+}
+
+fn socket_addrs(
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    listen: bool,
+    err: &ErrFn<'_>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for item in list.get_ref() {
+        let addr: SocketAddr = item.get_ref().parse().map_err(|_| {
+            err(
+                item.span(),
+                key,
+                format!("`{}` is not an IP address with a port", item.get_ref()),
+                "write \"198.18.0.1:7412\" for IPv4 or \"[2001:db8::1]:7412\" for IPv6 (no host names)",
+            )
+        })?;
+        if !listen && (addr.ip().is_unspecified() || addr.port() == 0) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("`{addr}` cannot be dialled"),
+                "give a peer's real address and port",
+            ));
+        }
+        if out.contains(&addr) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("`{addr}` is listed twice"),
+                "remove the duplicate",
+            ));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+fn prefix_len(v: &Spanned<i64>, max: i64, key: &str, err: &ErrFn<'_>) -> Result<u8, ConfigError> {
+    let n = *v.get_ref();
+    if !(1..=max).contains(&n) {
+        return Err(err(
+            v.span(),
+            key,
+            format!("{n} is not a prefix length between 1 and {max}"),
+            "real networks use 16 (IPv4) and 32 (IPv6); test networks in one subnet use 32 and 128",
+        ));
+    }
+    Ok(n as u8)
+}
+
+fn ports(list: &[Spanned<i64>], key: &str, err: &ErrFn<'_>) -> Result<Vec<u16>, ConfigError> {
+    let mut seen = BTreeSet::new();
+    for item in list {
+        let p = *item.get_ref();
+        if !(1..=65535).contains(&p) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("{p} is not a port number"),
+                "ports are 1 to 65535",
+            ));
+        }
+        if !seen.insert(p as u16) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("port {p} is listed twice"),
+                "remove the duplicate",
+            ));
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    tun: Option<RawTun>,
+    network: Option<RawNetwork>,
+    paths: Option<RawPaths>,
+    expose: Option<RawExpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTun {
+    name: Option<Spanned<String>>,
+    mtu: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
+    relay: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    ipv4_subnet_family_prefix: Option<Spanned<i64>>,
+    ipv6_subnet_family_prefix: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpose {
+    tcp: Option<Vec<Spanned<i64>>>,
+    udp: Option<Vec<Spanned<i64>>>,
+}
+
+/// A configuration error: where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, 0 when the error is about the whole file.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// The dotted key (`tun.mtu`), empty when unknown.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub hint: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{}", self.message)?;
+        if !self.hint.is_empty() {
+            write!(f, "\n  hint: {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn whole_file(file: &str, message: &str, hint: &str) -> Self {
+        ConfigError {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn io(file: &str, e: &std::io::Error) -> Self {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "create it from config.example.toml, or give another file with --config"
+            }
+            std::io::ErrorKind::PermissionDenied => "run as a user that may read it (or with sudo)",
+            _ => "check the path given with --config",
+        };
+        ConfigError::whole_file(file, &format!("cannot read: {e}"), hint)
+    }
+
+    fn at(
+        text: &str,
+        file: &str,
+        span: Range<usize>,
+        key: &str,
+        message: String,
+        hint: &str,
+    ) -> Self {
+        let (line, column) = line_col(text, span.start);
+        ConfigError {
+            file: file.into(),
+            line,
+            column,
+            key: key.into(),
+            message,
+            hint: hint.into(),
+        }
+    }
+
+    fn from_toml(text: &str, file: &str, e: &toml::de::Error) -> Self {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = line_col(text, span.start);
+        let message = e.message().trim().to_string();
+        let key = key_at(text, span.start);
+        let hint = if message.starts_with("unknown field") {
+            "remove it or fix its spelling; config.example.toml documents every option"
+        } else if message.starts_with("invalid type") {
+            "give the value the type config.example.toml shows: quoted strings, bare numbers, true/false, [lists]"
+        } else if message.contains("duplicate") {
+            "each key and table may appear only once"
+        } else {
+            "this is not valid TOML; compare with config.example.toml"
+        };
+        ConfigError {
+            file: file.into(),
+            line,
+            column,
+            key,
+            message,
+            hint: hint.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key of the `key = value` line containing `offset`, using the last `[table]` header
+/// above it. Best effort: it only decorates messages.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = match line.split_once('=') {
+        Some((k, _)) if !line.trim_start().starts_with('[') => k.trim().to_string(),
+        _ => return table.unwrap_or_default(),
+    };
+    match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config.example.toml");
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = Config::parse(EXAMPLE, "config.example.toml").unwrap();
+        assert_eq!(c.tun.name, "gn0");
+        assert_eq!(c.tun.mtu, 1280);
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        assert_eq!(Config::parse("", "x").unwrap(), Config::default());
+        assert!(Config::default().relay_enabled());
+    }
+
+    #[test]
+    fn full_config() {
+        let text = r#"
+state_dir = "/tmp/gn"
+control_socket = "/tmp/gn/c.sock"
+user = "nobody"
+[tun]
+name = "gn7"
+mtu = 1400
+[network]
+listen = ["0.0.0.0:7412", "[::]:7412"]
+bootstrap = ["198.18.0.1:7412"]
+[paths]
+ipv4_subnet_family_prefix = 32
+ipv6_subnet_family_prefix = 128
+[expose]
+tcp = [80, 22]
+udp = [53]
+"#;
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.tun.mtu, 1400);
+        assert_eq!(c.network.listen.len(), 2);
+        assert_eq!(c.expose.tcp, vec![22, 80]);
+        assert_eq!(c.paths.ipv6_subnet_family_prefix, 128);
+        // Exposing services turns relaying off by default...
+        assert!(!c.relay_enabled());
+        // ...unless the operator says otherwise.
+        let c = Config::parse(&format!("{text}\n"), "t.toml").unwrap();
+        assert!(!c.relay_enabled());
+        let c = Config::parse("[network]\nrelay = true\n[expose]\ntcp = [22]\n", "t").unwrap();
+        assert!(c.relay_enabled());
+    }
+
+    fn bad(text: &str) -> ConfigError {
+        Config::parse(text, "bad.toml").unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_line_key_and_hint() {
+        let e = bad("state_dir = \"/x\"\n[tun]\nmtu = 1000\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "tun.mtu"));
+        assert!(
+            e.to_string()
+                .starts_with("bad.toml:3:7: tun.mtu: 1000 is out of range"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("hint:"));
+
+        let e = bad("[tun]\nname = \"gn0\"\nmtuu = 1280\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "tun.mtuu"), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = bad("\n\nfoo = 1\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "foo"), "{e}");
+
+        let e = bad("[tun]\nmtu = \"big\"\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "tun.mtu"), "{e}");
+        assert!(e.message.contains("invalid type"), "{e}");
+
+        let e = bad("[network]\nlisten = [\"0.0.0.0\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "network.listen"), "{e}");
+
+        let e = bad("[network]\nbootstrap = [\"0.0.0.0:7412\"]\n");
+        assert_eq!(e.line, 2, "{e}");
+
+        let e = bad("[network]\nlisten = []\n");
+        assert!(e.message.contains("empty"), "{e}");
+
+        let e = bad("[expose]\ntcp = [22,\n 70000]\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "expose.tcp"), "{e}");
+
+        let e = bad("[expose]\nudp = [53, 53]\n");
+        assert!(e.message.contains("twice"), "{e}");
+
+        let e = bad("[tun]\nname = \"much-too-long-name\"\n");
+        assert_eq!(e.key, "tun.name");
+
+        let e = bad("state_dir = \"relative\"\n");
+        assert_eq!(e.key, "state_dir");
+
+        let e = bad("user = \"-rf\"\n");
+        assert_eq!(e.key, "user");
+
+        let e = bad("[paths]\nipv6_subnet_family_prefix = 129\n");
+        assert_eq!(e.key, "paths.ipv6_subnet_family_prefix");
+
+        let e = bad("[tun\nname = 1");
+        assert_eq!(e.line, 1, "{e}");
+
+        let e = bad("[tun]\n[tun]\n");
+        assert!(e.line >= 1, "{e}");
+    }
+
+    #[test]
+    fn missing_file_says_what_to_do() {
+        let e = Config::load(Path::new("/nonexistent/globalnet.toml")).unwrap_err();
+        assert!(e.to_string().contains("config.example.toml"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(text in "\\PC{0,300}") {
+            let _ = Config::parse(&text, "fuzz.toml");
+        }
+
+        #[test]
+        fn parser_never_panics_on_near_valid(lines in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "[tun]", "[network]", "[expose]", "[paths]", "mtu = 1280", "mtu = -1",
+                "name = \"\"", "listen = [\"1.2.3.4:5\"]", "tcp = [0]", "tcp = [1, 2]",
+                "relay = 3", "user = \"\"", "state_dir = \"/\"", "x = 1", "= =", "\"",
+            ]), 0..12)) {
+            let _ = Config::parse(&lines.join("\n"), "fuzz.toml");
+        }
+    }
+}

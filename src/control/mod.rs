@@ -1,0 +1,285 @@
+//! The control socket: a Unix stream socket (mode 0660) that the CLI uses to read the daemon's
+//! state. It only reads state or sends commands; it never sits in the packet path.
+//!
+//! Protocol (version 1): the client sends one JSON object on one line, `{"v":1,"cmd":"status"}`, and
+//! the daemon answers with one JSON line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+//! Requests are capped in size and time, and connections in number, so a local user in the group
+//! cannot tie the daemon up.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Version of the control protocol.
+pub const CONTROL_VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST_LEN: u64 = 4096;
+/// Most control connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A control request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Protocol version.
+    pub v: u32,
+    /// The command: `status`, `peers`, `circuits`, `services`.
+    pub cmd: String,
+}
+
+/// Answers control requests; implemented by the daemon.
+pub trait Handler: Send + Sync + 'static {
+    /// The result for a command, or an error message for the client.
+    fn handle(&self, cmd: &str) -> Result<Value, String>;
+}
+
+/// Parses one request line. Never panics on any bytes.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let req: Request =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    if req.v != CONTROL_VERSION {
+        return Err(format!(
+            "control protocol version {} is not supported (this daemon speaks {CONTROL_VERSION}); use the globalnet binary that matches the daemon",
+            req.v
+        ));
+    }
+    Ok(req)
+}
+
+/// Binds the control socket: creates its directory if absent, removes a stale socket left by a
+/// daemon that died, refuses to start beside a live one, and sets mode 0660 (owned by `owner`
+/// when given, so the group of the unprivileged user may use it).
+pub fn bind(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            }
+        }
+    }
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another daemon is serving {}; stop it first",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves control requests until the task is dropped.
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    handler: Arc<dyn Handler>,
+) -> io::Result<()> {
+    let listener = UnixListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: close at once rather than queue.
+            drop(stream);
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, handler.as_ref()).await {
+                tracing::debug!("control connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_one(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_LEN + 1));
+    let mut line = Vec::new();
+    let n = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
+    let reply = if n as u64 > MAX_REQUEST_LEN {
+        serde_json::json!({"ok": false, "error": "request too long"})
+    } else {
+        match parse_request(&line).and_then(|req| handler.handle(&req.cmd)) {
+            Ok(result) => serde_json::json!({"ok": true, "result": result}),
+            Err(error) => serde_json::json!({"ok": false, "error": error}),
+        }
+    };
+    let mut bytes = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.shutdown().await
+}
+
+/// Errors of the client side, each with what to do.
+#[derive(Debug)]
+pub enum ControlError {
+    /// No socket: the daemon is not running (or uses another path).
+    NotRunning(PathBuf),
+    /// The socket exists but nobody listens.
+    Stale(PathBuf),
+    /// Not allowed to open the socket.
+    PermissionDenied(PathBuf),
+    /// The daemon answered with an error.
+    Daemon(String),
+    /// Anything else.
+    Io(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::NotRunning(p) => write!(
+                f,
+                "the daemon is not running (no control socket at {}); start it with `sudo systemctl start globalnet` or `sudo globalnet daemon`, or give its socket with --control",
+                p.display()
+            ),
+            ControlError::Stale(p) => write!(
+                f,
+                "nobody answers on {} (the daemon stopped or crashed); start it again",
+                p.display()
+            ),
+            ControlError::PermissionDenied(p) => write!(
+                f,
+                "permission denied on {}; run with sudo, or add your user to the daemon's group (`sudo usermod -aG globalnet $USER`, then log in again)",
+                p.display()
+            ),
+            ControlError::Daemon(m) => write!(f, "the daemon refused the request: {m}"),
+            ControlError::Io(p, e) => write!(f, "talking to the daemon on {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// Sends one command to the daemon and returns its result (blocking; the CLI has no runtime).
+pub fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ControlError::NotRunning(path.to_path_buf()),
+        io::ErrorKind::ConnectionRefused => ControlError::Stale(path.to_path_buf()),
+        io::ErrorKind::PermissionDenied => ControlError::PermissionDenied(path.to_path_buf()),
+        _ => ControlError::Io(path.to_path_buf(), e),
+    })?;
+    let io_err = |e| ControlError::Io(path.to_path_buf(), e);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io_err)?;
+    let mut req = serde_json::to_vec(&Request {
+        v: CONTROL_VERSION,
+        cmd: cmd.to_string(),
+    })
+    .map_err(|e| ControlError::Io(path.to_path_buf(), io::Error::other(e)))?;
+    req.push(b'\n');
+    stream.write_all(&req).map_err(io_err)?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream.take(1 << 24))
+        .read_line(&mut line)
+        .map_err(io_err)?;
+    let reply: Value = serde_json::from_str(&line)
+        .map_err(|e| ControlError::Io(path.to_path_buf(), io::Error::other(e)))?;
+    if reply.get("ok") == Some(&Value::Bool(true)) {
+        Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+    } else {
+        Err(ControlError::Daemon(
+            reply
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, cmd: &str) -> Result<Value, String> {
+            match cmd {
+                "status" => Ok(serde_json::json!({"uptime_s": 1})),
+                other => Err(format!("unknown command `{other}`")),
+            }
+        }
+    }
+
+    #[test]
+    fn request_parser() {
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap().cmd,
+            "status"
+        );
+        assert!(parse_request(br#"{"v":2,"cmd":"status"}"#)
+            .unwrap_err()
+            .contains("version"));
+        assert!(parse_request(br#"{"v":1,"cmd":"status","x":1}"#).is_err());
+        assert!(parse_request(b"\xff\x00").is_err());
+        assert!(parse_request(b"").is_err());
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/control.sock");
+        let listener = bind(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        // A second daemon on the same socket is refused.
+        assert!(bind(&path, None).is_err());
+        let server = tokio::spawn(serve(listener, Arc::new(Echo)));
+        let p = path.clone();
+        let result = tokio::task::spawn_blocking(move || request(&p, "status"))
+            .await
+            .unwrap();
+        assert_eq!(result.unwrap()["uptime_s"], 1);
+        let p = path.clone();
+        let err = tokio::task::spawn_blocking(move || request(&p, "nope"))
+            .await
+            .unwrap();
+        assert!(matches!(err, Err(ControlError::Daemon(m)) if m.contains("unknown command")));
+        server.abort();
+        let _ = server.await;
+        // The listener is gone but the file remains: the client calls it stale, and a new bind
+        // replaces it.
+        let p = path.clone();
+        let err = tokio::task::spawn_blocking(move || request(&p, "status"))
+            .await
+            .unwrap();
+        assert!(matches!(err, Err(ControlError::Stale(_))), "{err:?}");
+        bind(&path, None).unwrap();
+        let missing = dir.path().join("none.sock");
+        assert!(matches!(
+            request(&missing, "status"),
+            Err(ControlError::NotRunning(_))
+        ));
+    }
+}

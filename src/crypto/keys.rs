@@ -1,0 +1,429 @@
+//! The node's long-term keys and their files in the state directory.
+//!
+//! Files are created with mode 0600 inside a 0700 directory, written to a temporary name first and
+//! then hard-linked into place, so a key is never overwritten and never half-written. A key file
+//! that other users can read is refused rather than used.
+//!
+//! File format (text, so a human can tell what a file is):
+//! ```text
+//! globalnet-secret-key v1 <kind>
+//! <64 lowercase hex digits>
+//! ```
+
+use ed25519_dalek::SigningKey;
+use rand::rngs::OsRng;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+
+use super::address_of;
+
+/// File holding the relay identity (Ed25519 seed): signs relay records.
+pub const RELAY_IDENTITY_FILE: &str = "relay_identity.key";
+/// File holding the relay's X25519 link key (the WireGuard static key of its links).
+pub const RELAY_LINK_FILE: &str = "relay_link.key";
+/// File holding the default service identity (Ed25519 seed): the node's own overlay address.
+pub const SERVICE_DEFAULT_FILE: &str = "service_default.key";
+
+const MAGIC: &str = "globalnet-secret-key v1";
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// What can go wrong with key files. Messages say what to do.
+#[derive(Debug)]
+pub enum KeyError {
+    /// No key files yet.
+    Missing {
+        /// The file that is absent.
+        path: PathBuf,
+    },
+    /// A key file others can read or write.
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file that is not a GlobalNet key of the expected kind.
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An I/O error on a path.
+    Io {
+        /// The path being read or written.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Missing { path } => write!(
+                f,
+                "no key at {}; create the keys with `globalnet keygen --state-dir {}`",
+                path.display(),
+                path.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            KeyError::Permissions { path, mode } => write!(
+                f,
+                "key file {} has mode {:04o}, so other users may read it; fix with `chmod 600 {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ),
+            KeyError::Malformed { path, reason } => write!(
+                f,
+                "{} is not a usable GlobalNet key ({reason}); move it away to create a new key, \
+                 which changes this node's identity",
+                path.display()
+            ),
+            KeyError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Ed25519,
+    X25519,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ed25519 => "ed25519",
+            Kind::X25519 => "x25519",
+        }
+    }
+}
+
+/// The long-term keys of one node.
+pub struct NodeKeys {
+    /// The relay identity: public, signs relay records, tied to the node's IP.
+    pub relay_identity: SigningKey,
+    /// The relay's X25519 link key: public, used for WireGuard links.
+    pub relay_link: StaticSecret,
+    /// The default service identity: anonymous; its address is the node's overlay address. It
+    /// must never appear in anything tied to the relay identity or the node's IP.
+    pub service: SigningKey,
+}
+
+impl fmt::Debug for NodeKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Public fingerprints only; the service key is not shown at all, because logs that carry
+        // the relay identity must not also carry the service identity.
+        f.debug_struct("NodeKeys")
+            .field(
+                "relay_identity",
+                &fingerprint(&self.relay_identity.verifying_key().to_bytes()),
+            )
+            .field("service", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A short, printable fingerprint of a public key (never of a secret).
+pub fn fingerprint(public: &[u8; 32]) -> String {
+    hex(&public[..4])
+}
+
+/// Lowercase hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses the text of a key file. Never panics, whatever the bytes.
+fn parse_key_file(text: &[u8], kind: Kind) -> Result<[u8; 32], String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8 text".to_string())?;
+    let mut lines = text.lines();
+    let header = lines.next().ok_or("empty file")?;
+    let expected = format!("{MAGIC} {}", kind.name());
+    if header.trim_end() != expected {
+        return Err(format!("first line is not `{expected}`"));
+    }
+    let body = lines.next().ok_or("no key line")?.trim();
+    if lines.any(|l| !l.trim().is_empty()) {
+        return Err("extra lines after the key".into());
+    }
+    unhex32(body).ok_or_else(|| "key line is not 64 hex digits".to_string())
+}
+
+fn render_key_file(secret: &[u8; 32], kind: Kind) -> String {
+    format!("{MAGIC} {}\n{}\n", kind.name(), hex(secret))
+}
+
+fn read_key(path: &Path, kind: Kind) -> Result<[u8; 32], KeyError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(KeyError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if !meta.file_type().is_file() {
+        return Err(KeyError::Malformed {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(KeyError::Permissions {
+            path: path.to_path_buf(),
+            mode: meta.mode(),
+        });
+    }
+    if meta.len() > MAX_KEY_FILE_LEN {
+        return Err(KeyError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes is too long", meta.len()),
+        });
+    }
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    parse_key_file(&bytes, kind).map_err(|reason| KeyError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Writes a new key file; returns false (and writes nothing) if the file already exists.
+fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: Kind) -> Result<bool, KeyError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let written = file
+        .write_all(render_key_file(secret, kind).as_bytes())
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    // link() refuses to replace an existing file: this is what makes "never overwrite" hold even
+    // when two keygens race.
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(KeyError::Malformed {
+            path: dir.to_path_buf(),
+            reason: "the state directory is not a directory".into(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+            .map_err(io_err(dir)),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// Which key files `load_or_create` had to create.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Created(pub Vec<&'static str>);
+
+impl NodeKeys {
+    /// Loads the keys from `dir`, creating any that are absent. Existing files are never changed.
+    pub fn load_or_create(dir: &Path) -> Result<(NodeKeys, Created), KeyError> {
+        ensure_dir(dir)?;
+        let mut created = Created::default();
+        let specs: [(&'static str, Kind); 3] = [
+            (RELAY_IDENTITY_FILE, Kind::Ed25519),
+            (RELAY_LINK_FILE, Kind::X25519),
+            (SERVICE_DEFAULT_FILE, Kind::Ed25519),
+        ];
+        for (name, kind) in specs {
+            if dir.join(name).exists() {
+                continue;
+            }
+            let secret: [u8; 32] = match kind {
+                Kind::Ed25519 => SigningKey::generate(&mut OsRng).to_bytes(),
+                Kind::X25519 => StaticSecret::random_from_rng(OsRng).to_bytes(),
+            };
+            if create_key(dir, name, &secret, kind)? {
+                created.0.push(name);
+            }
+        }
+        Ok((Self::load(dir)?, created))
+    }
+
+    /// Loads existing keys; a missing file is an error that says how to create it.
+    pub fn load(dir: &Path) -> Result<NodeKeys, KeyError> {
+        let identity = read_key(&dir.join(RELAY_IDENTITY_FILE), Kind::Ed25519)?;
+        let link = read_key(&dir.join(RELAY_LINK_FILE), Kind::X25519)?;
+        let service = read_key(&dir.join(SERVICE_DEFAULT_FILE), Kind::Ed25519)?;
+        Ok(NodeKeys {
+            relay_identity: SigningKey::from_bytes(&identity),
+            relay_link: StaticSecret::from(link),
+            service: SigningKey::from_bytes(&service),
+        })
+    }
+
+    /// The node's overlay address: the address of its default service key.
+    pub fn address(&self) -> std::net::Ipv6Addr {
+        address_of(&self.service.verifying_key().to_bytes())
+    }
+
+    /// The relay identity's public key, as shown by `status` and `peers`.
+    pub fn relay_key_hex(&self) -> String {
+        hex(&self.relay_identity.verifying_key().to_bytes())
+    }
+
+    /// The public half of the link key.
+    pub fn link_public(&self) -> X25519Public {
+        X25519Public::from(&self.relay_link)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_load_never_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let (k1, created) = NodeKeys::load_or_create(&dir).unwrap();
+        assert_eq!(created.0.len(), 3);
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        for name in [RELAY_IDENTITY_FILE, RELAY_LINK_FILE, SERVICE_DEFAULT_FILE] {
+            let m = fs::metadata(dir.join(name)).unwrap();
+            assert_eq!(m.mode() & 0o777, 0o600, "{name}");
+        }
+        let before = fs::read(dir.join(SERVICE_DEFAULT_FILE)).unwrap();
+        let (k2, created) = NodeKeys::load_or_create(&dir).unwrap();
+        assert!(created.0.is_empty());
+        assert_eq!(k1.address(), k2.address());
+        assert_eq!(before, fs::read(dir.join(SERVICE_DEFAULT_FILE)).unwrap());
+        // No temporary files left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
+        // The service and relay identities are different keys.
+        assert_ne!(
+            k1.relay_identity.verifying_key().to_bytes(),
+            k1.service.verifying_key().to_bytes()
+        );
+    }
+
+    #[test]
+    fn creates_only_the_missing_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (k1, _) = NodeKeys::load_or_create(tmp.path()).unwrap();
+        fs::remove_file(tmp.path().join(RELAY_LINK_FILE)).unwrap();
+        let (k2, created) = NodeKeys::load_or_create(tmp.path()).unwrap();
+        assert_eq!(created.0, vec![RELAY_LINK_FILE]);
+        assert_eq!(k1.address(), k2.address());
+        assert_eq!(k1.relay_key_hex(), k2.relay_key_hex());
+    }
+
+    #[test]
+    fn refuses_readable_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        NodeKeys::load_or_create(tmp.path()).unwrap();
+        let p = tmp.path().join(SERVICE_DEFAULT_FILE);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = NodeKeys::load(tmp.path()).unwrap_err();
+        assert!(matches!(err, KeyError::Permissions { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn missing_keys_say_how_to_create_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = NodeKeys::load(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("globalnet keygen"), "{err}");
+    }
+
+    #[test]
+    fn malformed_files_are_errors() {
+        for bad in [
+            &b""[..],
+            b"\xff\xfe",
+            b"globalnet-secret-key v1 x25519\n00\n",
+            b"globalnet-secret-key v2 ed25519\n0000000000000000000000000000000000000000000000000000000000000000\n",
+            b"globalnet-secret-key v1 ed25519\n000000000000000000000000000000000000000000000000000000000000000g\n",
+            b"globalnet-secret-key v1 ed25519\n0000000000000000000000000000000000000000000000000000000000000000\nmore\n",
+        ] {
+            assert!(parse_key_file(bad, Kind::Ed25519).is_err(), "{bad:?}");
+        }
+        let good = render_key_file(&[7u8; 32], Kind::X25519);
+        assert_eq!(
+            parse_key_file(good.as_bytes(), Kind::X25519).unwrap(),
+            [7u8; 32]
+        );
+        assert!(parse_key_file(good.as_bytes(), Kind::Ed25519).is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (k, _) = NodeKeys::load_or_create(tmp.path()).unwrap();
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&hex(&k.service.to_bytes())));
+        assert!(!dbg.contains(&hex(&k.relay_identity.to_bytes())));
+        assert!(!dbg.contains(&k.address().to_string()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn key_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse_key_file(&bytes, Kind::Ed25519);
+        }
+    }
+}

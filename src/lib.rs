@@ -1,0 +1,30 @@
+//! GlobalNet: a decentralized, anonymous overlay network that looks like an IPv6 network.
+//!
+//! The daemon is layered as `../shared/DESIGN.md` section 2 describes; each layer is a module and a
+//! lower layer never imports a higher one:
+//!
+//! | module       | layer / job                                                          |
+//! |--------------|----------------------------------------------------------------------|
+//! | [`platform`] | TUN device, addresses, routes, privilege drop                        |
+//! | [`flow`]     | what to do with each packet the kernel hands to the TUN              |
+//! | [`crypto`]   | keys, key files and overlay addresses                                |
+//! | [`config`]   | the TOML configuration and its validation                            |
+//! | [`control`]  | the Unix control socket (daemon side and client side)                |
+//! | [`cli`]      | the `globalnet` command line                                         |
+//! | [`daemon`]   | wires the layers together and owns the I/O tasks                     |
+//!
+//! The session, circuit, link and wire layers arrive with their issues; docs/protocol.md specifies them.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod crypto;
+pub mod daemon;
+pub mod flow;
+pub mod platform;

@@ -1,0 +1,98 @@
+//! Addresses and routes over rtnetlink.
+//!
+//! - the node's address as a /128 without duplicate address detection (DAD would hold the address
+//!   "tentative" for a second and send neighbour solicitations nobody answers);
+//! - `fd00::/8 dev gn0` with the node's address as preferred source;
+//! - `unreachable fd00::/8` with a high metric. It is never removed: when the daemon is down and
+//!   gn0 is gone, overlay traffic fails at once instead of leaking to the LAN's default route.
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::RouteMessageBuilder;
+use std::net::Ipv6Addr;
+
+use super::PlatformError;
+use crate::crypto::{OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
+
+/// Metric of the `fd00::/8 dev gn0` route.
+pub const TUN_ROUTE_METRIC: u32 = 256;
+/// Metric of the `unreachable fd00::/8` route: above anything a user or DHCP would install.
+pub const UNREACHABLE_METRIC: u32 = 4_000_000_000;
+
+fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> PlatformError + '_ {
+    move |e| PlatformError::Netlink(format!("{what}: {e}"))
+}
+
+/// Configures `ifname`: address, link up, overlay route, unreachable route.
+pub async fn configure(ifname: &str, address: Ipv6Addr) -> Result<(), PlatformError> {
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
+    let conn_task = tokio::spawn(conn);
+    let result = configure_with(&handle, ifname, address).await;
+    conn_task.abort();
+    result
+}
+
+async fn configure_with(
+    handle: &rtnetlink::Handle,
+    ifname: &str,
+    address: Ipv6Addr,
+) -> Result<(), PlatformError> {
+    let link = handle
+        .link()
+        .get()
+        .match_name(ifname.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(nl("looking up the TUN device"))?
+        .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))?;
+    let index = link.header.index;
+
+    let mut add = handle.address().add(index, address.into(), 128).replace();
+    add.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    add.execute()
+        .await
+        .map_err(nl("adding the node's address"))?;
+
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl("bringing the TUN device up"))?;
+
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(OVERLAY_PREFIX, OVERLAY_PREFIX_LEN)
+        .output_interface(index)
+        .pref_source(address)
+        .priority(TUN_ROUTE_METRIC)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("adding the fd00::/8 route"))?;
+
+    ensure_unreachable_route(handle).await
+}
+
+async fn ensure_unreachable_route(handle: &rtnetlink::Handle) -> Result<(), PlatformError> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(OVERLAY_PREFIX, OVERLAY_PREFIX_LEN)
+        .kind(RouteType::Unreachable)
+        .priority(UNREACHABLE_METRIC)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("adding the unreachable fd00::/8 route"))
+}
