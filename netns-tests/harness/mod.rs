@@ -1,0 +1,499 @@
+//! A reusable harness for tests with real daemons in network namespaces.
+//!
+//! A [`Lab`] is one switched underlay: a hub namespace holding a bridge, and one namespace per
+//! host attached to it by a veth pair, with an address in 198.18.0.0/15 and no route anywhere
+//! else. Daemons run inside the hosts with generated configs; their logs, configs and state live
+//! in a run directory that is kept (and printed) when a test fails and removed when it passes.
+//!
+//! Teardown always happens: on drop (also while a test panics), on Ctrl-C (a signal handler kills
+//! every child and deletes every namespace of this process), and for namespaces left by a process
+//! that was killed outright (the next lab removes namespaces whose owning pid is gone).
+//!
+//! Loss and delay: this kernel has no netem, so loss is an nftables rule in the host's output
+//! chain (`numgen random mod 100 < N drop`) and delay is `gn-delayer` holding the host's outgoing
+//! packets from an NFQUEUE (DESIGN.md section 10).
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace this harness creates.
+pub const NS_PREFIX: &str = "gnt-";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+static SIGNAL_HANDLER: Once = Once::new();
+/// Namespaces and child pids of every live lab in this process, for the Ctrl-C handler.
+static LIVE: Mutex<(Vec<String>, Vec<u32>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Whether netns tests can run here. Without root they are skipped, unless
+/// `GN_NETNS_REQUIRED=1` (CI and the README's test command set it), which turns that into a failure.
+pub fn can_run() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("GN_NETNS_REQUIRED").as_deref() == Ok("1") {
+        panic!("netns tests need root (GN_NETNS_REQUIRED=1 is set)");
+    }
+    eprintln!("skipping: netns tests need root");
+    false
+}
+
+/// The `globalnet` binary under test.
+pub fn globalnet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_globalnet"))
+}
+
+/// A workspace binary built beside `globalnet` (e.g. `gn-delayer`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let p = globalnet_bin().with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn must(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) -> Output {
+    must(Command::new("ip").args(args))
+}
+
+fn delete_ns(ns: &str) {
+    // Kill whatever still runs inside, or the namespace outlives its name.
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn kill_pid(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn install_signal_handler() {
+    SIGNAL_HANDLER.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            let (names, pids) = match LIVE.lock() {
+                Ok(g) => (g.0.clone(), g.1.clone()),
+                Err(p) => (p.get_ref().0.clone(), p.get_ref().1.clone()),
+            };
+            for pid in pids {
+                kill_pid(pid);
+            }
+            for ns in names {
+                delete_ns(&ns);
+            }
+            eprintln!("interrupted: namespaces removed");
+            std::process::exit(130);
+        });
+    });
+}
+
+/// Removes namespaces left behind by harness processes that no longer exist.
+fn remove_stale_namespaces() {
+    let out = run(Command::new("ip").args(["netns", "list"]));
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            delete_ns(name);
+        }
+    }
+}
+
+/// One host of a lab.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Short name used in logs and file names.
+    pub name: String,
+    /// Its namespace.
+    pub ns: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+}
+
+/// A daemon started by [`Lab::start_daemon`].
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    /// Its pid.
+    pub pid: u32,
+    /// The host it runs on.
+    pub host: Host,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its control socket.
+    pub control: PathBuf,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+}
+
+/// A switched underlay of namespaces.
+pub struct Lab {
+    tag: String,
+    hub: String,
+    hosts: Vec<Host>,
+    children: Vec<(Child, String)>,
+    /// Run directory: configs, state, logs.
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// A new lab named after the test; `None` when netns tests cannot run here.
+    pub fn new(test: &str) -> Option<Lab> {
+        if !can_run() {
+            return None;
+        }
+        install_signal_handler();
+        remove_stale_namespaces();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{NS_PREFIX}{}-{n}", std::process::id());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/netns-runs")
+            .join(format!("{test}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("run directory");
+        // Daemons may drop to `nobody`; let them reach their own files.
+        let _ = Command::new("chmod").arg("0755").arg(&dir).status();
+        let hub = format!("{tag}-hub");
+        let lab = Lab {
+            tag,
+            hub: hub.clone(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        lab.register_ns(&hub);
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        Some(lab)
+    }
+
+    fn register_ns(&self, ns: &str) {
+        if let Ok(mut g) = LIVE.lock() {
+            g.0.push(ns.to_string());
+        }
+    }
+
+    /// Adds a host on the switch: `198.18.0.<k+1>/15` for the k-th host.
+    pub fn add_host(&mut self, name: &str) -> Host {
+        let k = self.hosts.len();
+        assert!(k < 250, "too many hosts for this addressing plan");
+        let ns = format!("{}-{name}", self.tag);
+        let addr = Ipv4Addr::new(198, 18, 0, (k + 1) as u8);
+        self.register_ns(&ns);
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let port = format!("p{k}");
+        ip(&[
+            "-n", &self.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        ip(&["-n", &self.hub, "link", "set", &port, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/15"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let host = Host {
+            name: name.to_string(),
+            ns,
+            ip: addr,
+        };
+        self.hosts.push(host.clone());
+        host
+    }
+
+    /// A command that runs inside `host`.
+    pub fn cmd(&self, host: &Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.ns]).arg(program);
+        c
+    }
+
+    /// Runs a shell command inside `host` and returns its output (whatever the exit status).
+    pub fn sh(&self, host: &Host, script: &str) -> Output {
+        run(self.cmd(host, "sh").args(["-c", script]))
+    }
+
+    /// Like [`Lab::sh`] but panics when the command fails; returns stdout.
+    pub fn sh_ok(&self, host: &Host, script: &str) -> String {
+        let out = must(self.cmd(host, "sh").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Drops `percent` of the host's outgoing packets (nftables, output hook).
+    pub fn set_loss(&self, host: &Host, percent: u32) {
+        let rules = format!(
+            "table inet gnloss {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
+        );
+        let path = self.dir.join(format!("{}-loss.nft", host.name));
+        std::fs::write(&path, rules).expect("write nft rules");
+        let _ = self.sh(host, "nft delete table inet gnloss 2>/dev/null");
+        must(self.cmd(host, "nft").arg("-f").arg(&path));
+    }
+
+    /// Delays every outgoing packet of the host by `ms` milliseconds (gn-delayer on an NFQUEUE).
+    pub fn set_delay(&mut self, host: &Host, ms: u32) {
+        let queue = 7;
+        let log = self.dir.join(format!("{}-delayer.log", host.name));
+        let logf = std::fs::File::create(&log).expect("delayer log");
+        let mut child = self
+            .cmd(host, sibling_bin("gn-delayer"))
+            .args(["--queue", &queue.to_string(), "--delay-ms", &ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(logf)
+            .spawn()
+            .expect("start gn-delayer");
+        // Wait for its "ready" line before steering packets into the queue.
+        let stdout = child.stdout.take().expect("delayer stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("delayer ready line");
+        assert!(
+            line.contains("ready"),
+            "gn-delayer did not get ready: {line:?}"
+        );
+        self.track(child, format!("{}-delayer", host.name));
+        for tool in ["iptables", "ip6tables"] {
+            self.sh_ok(
+                host,
+                &format!("{tool} -A OUTPUT -j NFQUEUE --queue-num {queue} --queue-bypass"),
+            );
+        }
+    }
+
+    fn track(&mut self, child: Child, what: String) {
+        if let Ok(mut g) = LIVE.lock() {
+            g.1.push(child.id());
+        }
+        self.children.push((child, what));
+    }
+
+    /// Writes a daemon config for `host`: state and control socket inside the run directory,
+    /// listening on the host's underlay address; `extra` is appended (TOML).
+    pub fn write_config(&self, host: &Host, extra: &str) -> PathBuf {
+        let state = self.dir.join(format!("{}-state", host.name));
+        let control = self.dir.join(format!("{}-run/control.sock", host.name));
+        let path = self.dir.join(format!("{}.toml", host.name));
+        let text = format!(
+            "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{extra}\n",
+            state.display(),
+            control.display()
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts `globalnet daemon --config <config>` inside `host`.
+    pub fn start_daemon(&mut self, host: &Host, config: &Path) -> Daemon {
+        let cfg_text = std::fs::read_to_string(config).expect("config");
+        let field = |key: &str| -> PathBuf {
+            cfg_text
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then(|| PathBuf::from(v.trim().trim_matches('"')))
+                })
+                .expect("config written by write_config")
+        };
+        let (state_dir, control) = (field("state_dir"), field("control_socket"));
+        let log = self.dir.join(format!("{}-daemon.log", host.name));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log");
+        let child = self
+            .cmd(host, globalnet_bin())
+            .args(["daemon", "--config"])
+            .arg(config)
+            .env("GLOBALNET_LOG", "debug")
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf)
+            .spawn()
+            .expect("start daemon");
+        let pid = child.id();
+        self.track(child, format!("{}-daemon", host.name));
+        Daemon {
+            pid,
+            host: host.clone(),
+            config: config.to_path_buf(),
+            state_dir,
+            control,
+            log,
+        }
+    }
+
+    /// Waits until the daemon answers `status` on its control socket; returns the status JSON.
+    pub fn wait_ready(&mut self, d: &Daemon, timeout: Duration) -> serde_json::Value {
+        let mut last = String::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait(d) {
+                panic!(
+                    "daemon on {} exited early ({status}); log:\n{}",
+                    d.host.name,
+                    std::fs::read_to_string(&d.log).unwrap_or_default()
+                );
+            }
+            let out = run(Command::new(globalnet_bin())
+                .args(["status", "--json", "--control"])
+                .arg(&d.control));
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).expect("status JSON");
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "daemon on {} not ready after {timeout:?}: {last}\nlog:\n{}",
+            d.host.name,
+            std::fs::read_to_string(&d.log).unwrap_or_default()
+        );
+    }
+
+    /// `globalnet <args> --json --control <d's socket>`, parsed.
+    pub fn query(&self, d: &Daemon, what: &str) -> serde_json::Value {
+        let out = must(
+            Command::new(globalnet_bin())
+                .args([what, "--json", "--control"])
+                .arg(&d.control),
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    fn child_mut(&mut self, pid: u32) -> Option<&mut Child> {
+        self.children
+            .iter_mut()
+            .find(|(c, _)| c.id() == pid)
+            .map(|(c, _)| c)
+    }
+
+    /// The daemon's exit status if it has exited.
+    pub fn try_wait(&mut self, d: &Daemon) -> Option<ExitStatus> {
+        self.child_mut(d.pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` to the daemon and waits up to `timeout` for it to exit.
+    pub fn stop(
+        &mut self,
+        d: &Daemon,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid as i32), signal);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait(d) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon on {} did not exit within {timeout:?} after {signal:?}",
+                d.host.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `cond` every 50 ms until it holds, or panics after `timeout` naming `what`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (child, _) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut names: Vec<String> = self.hosts.iter().map(|h| h.ns.clone()).collect();
+        names.push(self.hub.clone());
+        for ns in &names {
+            delete_ns(ns);
+        }
+        if let Ok(mut g) = LIVE.lock() {
+            g.0.retain(|n| !names.contains(n));
+            let pids: Vec<u32> = self.children.iter().map(|(c, _)| c.id()).collect();
+            g.1.retain(|p| !pids.contains(p));
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "netns test failed: logs, configs and state kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Tests with real daemons, real TUN devices and real kernel routes in network namespaces.
+//!
+//! They need root. Without root they are skipped, unless `GN_NETNS_REQUIRED=1` is set (the
+//! README's test command and CI set it), which makes that a failure. See `harness/mod.rs`.
+
+mod harness;
+
+mod foundation;
