@@ -100,17 +100,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
     }
 }
 
+/// The kinds of secret key file.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub enum KeyKind {
+    /// An Ed25519 seed (relay identity, service identity).
     Ed25519,
+    /// An X25519 secret (link key).
     X25519,
 }
 
-impl Kind {
+impl KeyKind {
     fn name(self) -> &'static str {
         match self {
-            Kind::Ed25519 => "ed25519",
-            Kind::X25519 => "x25519",
+            KeyKind::Ed25519 => "ed25519",
+            KeyKind::X25519 => "x25519",
         }
     }
 }
@@ -168,8 +171,8 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Parses the text of a key file. Never panics, whatever the bytes.
-fn parse_key_file(text: &[u8], kind: Kind) -> Result<[u8; 32], String> {
+/// Parses the text of a key file of the given kind. Never panics, whatever the bytes.
+pub fn parse_key_file(text: &[u8], kind: KeyKind) -> Result<[u8; 32], String> {
     let text = std::str::from_utf8(text).map_err(|_| "not UTF-8 text".to_string())?;
     let mut lines = text.lines();
     let header = lines.next().ok_or("empty file")?;
@@ -184,11 +187,11 @@ fn parse_key_file(text: &[u8], kind: Kind) -> Result<[u8; 32], String> {
     unhex32(body).ok_or_else(|| "key line is not 64 hex digits".to_string())
 }
 
-fn render_key_file(secret: &[u8; 32], kind: Kind) -> String {
+fn render_key_file(secret: &[u8; 32], kind: KeyKind) -> String {
     format!("{MAGIC} {}\n{}\n", kind.name(), hex(secret))
 }
 
-fn read_key(path: &Path, kind: Kind) -> Result<[u8; 32], KeyError> {
+fn read_key(path: &Path, kind: KeyKind) -> Result<[u8; 32], KeyError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -224,7 +227,7 @@ fn read_key(path: &Path, kind: Kind) -> Result<[u8; 32], KeyError> {
 }
 
 /// Writes a new key file; returns false (and writes nothing) if the file already exists.
-fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: Kind) -> Result<bool, KeyError> {
+fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: KeyKind) -> Result<bool, KeyError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -284,18 +287,18 @@ impl NodeKeys {
     pub fn load_or_create(dir: &Path) -> Result<(NodeKeys, Created), KeyError> {
         ensure_dir(dir)?;
         let mut created = Created::default();
-        let specs: [(&'static str, Kind); 3] = [
-            (RELAY_IDENTITY_FILE, Kind::Ed25519),
-            (RELAY_LINK_FILE, Kind::X25519),
-            (SERVICE_DEFAULT_FILE, Kind::Ed25519),
+        let specs: [(&'static str, KeyKind); 3] = [
+            (RELAY_IDENTITY_FILE, KeyKind::Ed25519),
+            (RELAY_LINK_FILE, KeyKind::X25519),
+            (SERVICE_DEFAULT_FILE, KeyKind::Ed25519),
         ];
         for (name, kind) in specs {
             if dir.join(name).exists() {
                 continue;
             }
             let secret: [u8; 32] = match kind {
-                Kind::Ed25519 => SigningKey::generate(&mut OsRng).to_bytes(),
-                Kind::X25519 => StaticSecret::random_from_rng(OsRng).to_bytes(),
+                KeyKind::Ed25519 => SigningKey::generate(&mut OsRng).to_bytes(),
+                KeyKind::X25519 => StaticSecret::random_from_rng(OsRng).to_bytes(),
             };
             if create_key(dir, name, &secret, kind)? {
                 created.0.push(name);
@@ -306,9 +309,9 @@ impl NodeKeys {
 
     /// Loads existing keys; a missing file is an error that says how to create it.
     pub fn load(dir: &Path) -> Result<NodeKeys, KeyError> {
-        let identity = read_key(&dir.join(RELAY_IDENTITY_FILE), Kind::Ed25519)?;
-        let link = read_key(&dir.join(RELAY_LINK_FILE), Kind::X25519)?;
-        let service = read_key(&dir.join(SERVICE_DEFAULT_FILE), Kind::Ed25519)?;
+        let identity = read_key(&dir.join(RELAY_IDENTITY_FILE), KeyKind::Ed25519)?;
+        let link = read_key(&dir.join(RELAY_LINK_FILE), KeyKind::X25519)?;
+        let service = read_key(&dir.join(SERVICE_DEFAULT_FILE), KeyKind::Ed25519)?;
         Ok(NodeKeys {
             relay_identity: SigningKey::from_bytes(&identity),
             relay_link: StaticSecret::from(link),
@@ -400,14 +403,14 @@ mod tests {
             b"globalnet-secret-key v1 ed25519\n000000000000000000000000000000000000000000000000000000000000000g\n",
             b"globalnet-secret-key v1 ed25519\n0000000000000000000000000000000000000000000000000000000000000000\nmore\n",
         ] {
-            assert!(parse_key_file(bad, Kind::Ed25519).is_err(), "{bad:?}");
+            assert!(parse_key_file(bad, KeyKind::Ed25519).is_err(), "{bad:?}");
         }
-        let good = render_key_file(&[7u8; 32], Kind::X25519);
+        let good = render_key_file(&[7u8; 32], KeyKind::X25519);
         assert_eq!(
-            parse_key_file(good.as_bytes(), Kind::X25519).unwrap(),
+            parse_key_file(good.as_bytes(), KeyKind::X25519).unwrap(),
             [7u8; 32]
         );
-        assert!(parse_key_file(good.as_bytes(), Kind::Ed25519).is_err());
+        assert!(parse_key_file(good.as_bytes(), KeyKind::Ed25519).is_err());
     }
 
     #[test]
@@ -423,7 +426,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn key_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = parse_key_file(&bytes, Kind::Ed25519);
+            let _ = parse_key_file(&bytes, KeyKind::Ed25519);
         }
     }
 }

@@ -1,0 +1,128 @@
+//! The `globalnet` binary as a user meets it, without root: keygen, address, check, errors, help.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_globalnet"))
+        .args(args)
+        .env_remove("GLOBALNET_LOG")
+        .output()
+        .expect("run globalnet")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn keygen_creates_once_and_address_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let d = dir.to_str().unwrap();
+    let first = gn(&["keygen", "--state-dir", d]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let addr = stdout(&first).trim().to_string();
+    assert!(addr.starts_with("fd"), "{addr}");
+    assert!(addr.parse::<std::net::Ipv6Addr>().is_ok());
+    assert_eq!(stderr(&first).matches("created").count(), 3, "{}", stderr(&first));
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let mode = entry.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let contents: Vec<Vec<u8>> = ["relay_identity.key", "relay_link.key", "service_default.key"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+
+    let second = gn(&["keygen", "--state-dir", d]);
+    assert!(second.status.success());
+    assert_eq!(stdout(&second).trim(), addr);
+    assert!(stderr(&second).contains("nothing changed"), "{}", stderr(&second));
+    for (f, before) in ["relay_identity.key", "relay_link.key", "service_default.key"]
+        .iter()
+        .zip(&contents)
+    {
+        assert_eq!(&std::fs::read(dir.join(f)).unwrap(), before, "{f} changed");
+    }
+
+    let address = gn(&["address", "--state-dir", d]);
+    assert!(address.status.success());
+    assert_eq!(stdout(&address).trim(), addr);
+
+    // --config supplies the state directory too.
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("state_dir = \"{d}\"\n")).unwrap();
+    let via_config = gn(&["address", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(stdout(&via_config).trim(), addr);
+}
+
+#[test]
+fn address_without_keys_says_how_to_make_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = gn(&["address", "--state-dir", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("globalnet keygen"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let o = gn(&["check", "--config", example.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("OK"));
+}
+
+#[test]
+fn check_names_file_line_key_and_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("[tun]\nname = \"gn0\"\nmtu = 99999\n", ":3:", "tun.mtu"),
+        ("[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [\"peer.example:7412\"]\n", ":3:", "network.bootstrap"),
+        ("state_dir = \"/var/lib/globalnet\"\nstate_dri = \"/x\"\n", ":2:", "state_dri"),
+        ("[expose]\ntcp = \"22\"\n", ":2:", "expose.tcp"),
+        ("[tun]\nmtu = 1280\n[tun]\n", ":3:", ""),
+    ];
+    for (i, (text, line, key)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let o = gn(&["check", "--config", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(&format!("{}{line}", path.display())), "case {i}: {err}");
+        assert!(err.contains(key), "case {i}: {err}");
+        assert!(err.contains("hint:"), "case {i}: {err}");
+    }
+    let o = gn(&["check", "--config", "/nonexistent/gn.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("config.example.toml"));
+}
+
+#[test]
+fn status_without_daemon_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("control.sock");
+    for cmd in ["status", "peers", "circuits", "services"] {
+        let o = gn(&[cmd, "--control", sock.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    for cmd in [
+        "keygen", "address", "check", "daemon", "status", "peers", "circuits", "services",
+    ] {
+        let o = gn(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help");
+        assert!(stdout(&o).contains("Examples:"), "{cmd} --help lacks examples");
+    }
+    let o = gn(&["--version"]);
+    assert!(stdout(&o).starts_with("globalnet "));
+}
