@@ -113,16 +113,19 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         rt.block_on(platform::routes::configure(&config.tun.name, address))
             .map_err(ctx("configuring the TUN device"))?;
     }
-    let control_listener = control::bind(&config.control_socket, ids.map(|i| (i.uid, i.gid)))
-        .map_err(|e| {
-            DaemonError(format!(
-                "control socket {}: {e}",
-                config.control_socket.display()
-            ))
-        })?;
+    // Only a root daemon hands the socket to the drop user; an unprivileged one (systemd's
+    // User=) owns it already and may not chown.
+    let root = nix::unistd::geteuid().is_root();
+    let owner = ids.filter(|_| root).map(|i| (i.uid, i.gid));
+    let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
+        DaemonError(format!(
+            "control socket {}: {e}",
+            config.control_socket.display()
+        ))
+    })?;
 
     if let Some(ids) = ids {
-        if nix::unistd::geteuid().is_root() {
+        if root {
             privdrop::drop_to_user(ids).map_err(ctx("dropping privileges"))?;
             tracing::info!(uid = ids.uid, "dropped privileges; kept CAP_NET_ADMIN only");
         } else {
