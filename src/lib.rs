@@ -6,6 +6,8 @@
 //! | module       | layer / job                                                          |
 //! |--------------|----------------------------------------------------------------------|
 //! | [`platform`] | TUN device, addresses, routes, privilege drop                        |
+//! | [`wire`]     | byte formats: link frames, cells, handshakes, records                |
+//! | [`circuit`]  | cell crypto, circuit handshake, building and relaying circuits       |
 //! | [`flow`]     | what to do with each packet the kernel hands to the TUN              |
 //! | [`crypto`]   | keys, key files and overlay addresses                                |
 //! | [`config`]   | the TOML configuration and its validation                            |
@@ -21,6 +23,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -28,3 +31,4 @@ pub mod crypto;
 pub mod daemon;
 pub mod flow;
 pub mod platform;
+pub mod wire;

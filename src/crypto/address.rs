@@ -17,7 +17,7 @@ pub const OVERLAY_PREFIX_LEN: u8 = 8;
 /// The overlay address of an Ed25519 public key.
 pub fn address_of(ed25519_public: &[u8; 32]) -> Ipv6Addr {
     let mut h = Sha256::new();
-    h.update(labels::ADDRESS_V1);
+    h.update(labels::LABEL_ADDRESS);
     h.update(ed25519_public);
     let digest = h.finalize();
     let mut octets = [0u8; 16];

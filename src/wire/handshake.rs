@@ -1,0 +1,1 @@
+//! docs/protocol.md: see the module's sections. (Being written for issue #5.)

@@ -1,0 +1,1 @@
+//! The link frame (docs/protocol.md section 4.2). (Being written for issue #4.)
