@@ -234,3 +234,44 @@ fn daemon_refuses_bad_config_before_touching_anything() {
     assert!(log.contains("does not exist"), "{log}");
     assert!(!lab.sh_ok(&h, "ip link show").contains("gn0"));
 }
+
+#[test]
+fn harness_makes_loss_and_delay() {
+    let Some(mut lab) = Lab::new("harness") else {
+        return;
+    };
+    let a = lab.add_host("a");
+    let b = lab.add_host("b");
+    let rtt = |lab: &Lab| -> f64 {
+        let out = lab.sh_ok(&a, &format!("ping -c 5 -i 0.05 -q {}", b.ip));
+        // rtt min/avg/max/mdev = 0.046/0.060/0.080/0.011 ms
+        let line = out
+            .lines()
+            .find(|l| l.contains("min/avg/max"))
+            .expect("ping summary");
+        let nums = line.split('=').nth(1).unwrap().trim();
+        nums.split('/').nth(1).unwrap().parse().unwrap()
+    };
+    let base = rtt(&lab);
+    assert!(base < 5.0, "baseline RTT {base} ms");
+    lab.set_delay(&b, 40);
+    let delayed = rtt(&lab);
+    assert!(
+        (38.0..80.0).contains(&delayed),
+        "RTT with 40 ms delay: {delayed} ms"
+    );
+
+    lab.set_loss(&a, 50);
+    let out = lab.sh(&a, &format!("ping -c 200 -i 0.005 -W 1 -q {}", b.ip));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let loss: f64 = text
+        .split(',')
+        .find(|p| p.contains("packet loss"))
+        .and_then(|p| p.trim().split('%').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no loss figure in {text}"));
+    assert!(
+        (30.0..=70.0).contains(&loss),
+        "50% configured, {loss}% measured"
+    );
+}
