@@ -23,6 +23,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod budget;
 pub mod circuit;
 pub mod cli;
 pub mod config;
@@ -30,5 +31,7 @@ pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod flow;
+pub mod link;
 pub mod platform;
+pub mod time;
 pub mod wire;

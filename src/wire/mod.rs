@@ -3,6 +3,7 @@
 //! constructors. Lengths and offsets are named constants that match docs/protocol.md.
 
 pub mod cell;
+pub mod datagram;
 pub mod handshake;
 pub mod link;
 pub mod record;
