@@ -3,17 +3,22 @@
 //! time in and out of them.
 
 use serde_json::{json, Value};
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
 
+use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::control;
 use crate::crypto::NodeKeys;
 use crate::flow::{self, Verdict};
+use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
 use crate::platform::{self, privdrop};
+use crate::time::Clock;
+use crate::wire::udp;
 
 /// Largest packet read from the TUN (the MTU may be configured up to 65535).
 const TUN_BUF_LEN: usize = 65536;
@@ -42,6 +47,18 @@ struct TunCounters {
     dropped: AtomicU64,
 }
 
+/// The link layer's state as the control socket shows it, refreshed by the link task.
+#[derive(Default)]
+struct LinkSnapshot {
+    peers: Vec<PeerInfo>,
+    stats: LinkStats,
+    view: usize,
+    view_sources: usize,
+    nat: &'static str,
+    observed: Option<SocketAddr>,
+    record: bool,
+}
+
 /// What the control socket reports.
 struct NodeState {
     address: Ipv6Addr,
@@ -49,10 +66,31 @@ struct NodeState {
     config: Config,
     started: Instant,
     tun: TunCounters,
+    links: Mutex<LinkSnapshot>,
+    budget: MemoryBudget,
+}
+
+fn peer_json(p: &PeerInfo) -> Value {
+    json!({
+        "relay_key": p.relay_key,
+        "link_key": p.link_key,
+        "endpoint": p.endpoint.to_string(),
+        "direct": p.direct,
+        "rtt_ms": p.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
+        "established_s": p.established_s,
+        "last_handshake_s": p.last_handshake_s,
+        "outbound": p.outbound,
+        "bytes_in": p.bytes_in,
+        "bytes_out": p.bytes_out,
+    })
 }
 
 impl control::Handler for NodeState {
     fn handle(&self, cmd: &str) -> Result<Value, String> {
+        let links = self
+            .links
+            .lock()
+            .map_err(|_| "internal error: state lock poisoned".to_string())?;
         match cmd {
             "status" => Ok(json!({
                 "version": env!("CARGO_PKG_VERSION"),
@@ -61,8 +99,20 @@ impl control::Handler for NodeState {
                 "interface": self.config.tun.name,
                 "mtu": self.config.tun.mtu,
                 "relay": self.config.relay_enabled(),
-                "peers": 0,
-                "nat": "unknown",
+                "peers": links.peers.len(),
+                "nat": links.nat,
+                "observed_endpoint": links.observed.map(|e| e.to_string()),
+                "relay_record": links.record,
+                "view": {"relays": links.view, "sources": links.view_sources},
+                "links": {
+                    "datagrams_in": links.stats.datagrams_in,
+                    "datagrams_out": links.stats.datagrams_out,
+                    "dropped": links.stats.dropped,
+                    "refused": links.stats.refused,
+                    "malformed": links.stats.malformed,
+                    "bad_records": links.stats.bad_records,
+                },
+                "memory": {"used": self.budget.used(), "limit": self.budget.limit()},
                 "circuits": {"own": 0, "relayed": 0},
                 "uptime_s": self.started.elapsed().as_secs(),
                 "pid": std::process::id(),
@@ -72,7 +122,8 @@ impl control::Handler for NodeState {
                     "dropped": self.tun.dropped.load(Ordering::Relaxed),
                 },
             })),
-            "peers" | "circuits" => Ok(json!([])),
+            "peers" => Ok(Value::Array(links.peers.iter().map(peer_json).collect())),
+            "circuits" => Ok(json!([])),
             "services" => Ok(json!([{
                 "address": self.address.to_string(),
                 "tcp": self.config.expose.tcp,
@@ -117,6 +168,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // User=) owns it already and may not chown.
     let root = nix::unistd::geteuid().is_root();
     let owner = ids.filter(|_| root).map(|i| (i.uid, i.gid));
+    let sockets = config
+        .network
+        .listen
+        .iter()
+        .map(|a| udp::bind(*a).map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
             "control socket {}: {e}",
@@ -139,15 +196,45 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .thread_name("globalnet")
         .build()
         .map_err(ctx("runtime"))?;
+    let budget = MemoryBudget::new(config.limits.memory_budget_mb as usize * (1 << 20));
     let state = Arc::new(NodeState {
         address,
         relay_key: keys.relay_key_hex(),
         config: config.clone(),
         started: Instant::now(),
         tun: TunCounters::default(),
+        links: Mutex::new(LinkSnapshot::default()),
+        budget: budget.clone(),
     });
+    let clock = Clock::new();
+    let link_cfg = LinkConfig {
+        relay: config.relay_enabled(),
+        advertise: config.network.listen.clone(),
+        bootstrap: config.network.bootstrap.clone(),
+        target_links: config.network.links as usize,
+        max_links: config.limits.max_links as usize,
+        prefix_bits: (
+            config.paths.ipv4_subnet_family_prefix,
+            config.paths.ipv6_subnet_family_prefix,
+        ),
+    };
+    let link_keys = LinkKeys {
+        identity: keys.relay_identity.clone(),
+        link: keys.relay_link.clone(),
+        onion_public: x25519_dalek::PublicKey::from(&keys.relay_onion).to_bytes(),
+    };
+    // The service key stays out of the link layer entirely (it is never tied to the relay).
+    drop(keys);
+    let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
     let socket_path = config.control_socket.clone();
-    let result = rt.block_on(run_async(dev, control_listener, state));
+    let result = rt.block_on(run_async(
+        dev,
+        control_listener,
+        sockets,
+        link,
+        clock,
+        state,
+    ));
     remove_socket(&socket_path);
     result
 }
@@ -161,6 +248,9 @@ fn remove_socket(path: &PathBuf) {
 async fn run_async(
     dev: tun_rs::SyncDevice,
     control_listener: std::os::unix::net::UnixListener,
+    sockets: Vec<std::net::UdpSocket>,
+    link: LinkLayer,
+    clock: Clock,
     state: Arc<NodeState>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -170,6 +260,12 @@ async fn run_async(
 
     let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
     let tun_task = tokio::spawn(tun_loop(dev, state.clone()));
+    let sockets = sockets
+        .into_iter()
+        .map(UdpSocket::from_std)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ctx("UDP"))?;
+    let link_task = tokio::spawn(link_loop(sockets, link, clock, state.clone()));
     let watchdog = tokio::spawn(watchdog_loop());
 
     notify(&[
@@ -189,6 +285,11 @@ async fn run_async(
         r = tun_task => Err(DaemonError(format!("TUN task ended: {}", match r {
             Ok(Err(e)) => e.to_string(),
             Ok(Ok(())) => "device closed".to_string(),
+            Err(e) => e.to_string(),
+        }))),
+        r = link_task => Err(DaemonError(format!("link task ended: {}", match r {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "no sockets".to_string(),
             Err(e) => e.to_string(),
         }))),
     };
@@ -239,6 +340,90 @@ async fn tun_loop(dev: tun_rs::AsyncDevice, state: Arc<NodeState>) -> std::io::R
             }
             Verdict::Forward { .. } => {
                 state.tun.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Receives on up to two sockets (one per family); pending forever when there is no second one.
+async fn recv_on(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The link task: owns the UDP sockets and the link layer's state machine.
+async fn link_loop(
+    sockets: Vec<UdpSocket>,
+    mut link: LinkLayer,
+    clock: Clock,
+    state: Arc<NodeState>,
+) -> std::io::Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let mut buf0 = vec![0u8; 65536];
+    let mut buf1 = vec![0u8; 65536];
+    let mut last_snapshot = 0;
+    loop {
+        let deadline = link
+            .poll_timeout()
+            .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
+        tokio::select! {
+            r = recv_on(sockets.first(), &mut buf0) => match r {
+                Ok((n, from)) => link.handle_datagram(clock.now(), from, buf0.get(..n).unwrap_or(&[])),
+                Err(e) => tracing::debug!("UDP receive: {e}"),
+            },
+            r = recv_on(sockets.get(1), &mut buf1) => match r {
+                Ok((n, from)) => link.handle_datagram(clock.now(), from, buf1.get(..n).unwrap_or(&[])),
+                Err(e) => tracing::debug!("UDP receive: {e}"),
+            },
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => link.handle_timeout(clock.now()),
+        }
+        while let Some(t) = link.poll_transmit() {
+            let socket = sockets
+                .iter()
+                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == t.dst.is_ipv4()));
+            if let Some(s) = socket {
+                if let Err(e) = s.send_to(&t.data, t.dst).await {
+                    tracing::debug!("UDP send to {}: {e}", t.dst);
+                }
+            }
+            link.recycle(t.data);
+        }
+        while let Some(e) = link.poll_event() {
+            match e {
+                LinkEvent::Up { link: id, identity } => {
+                    tracing::info!(link = id.0, relay = identity.is_some(), "link up")
+                }
+                LinkEvent::Down { link: id, .. } => tracing::info!(link = id.0, "link down"),
+                LinkEvent::Observed { endpoint } => {
+                    tracing::info!(%endpoint, "a neighbour sees us at this endpoint")
+                }
+                // Circuits arrive with their issue; until then cells have no consumer.
+                LinkEvent::Cell { .. } => {}
+            }
+        }
+        let now = clock.now();
+        if now.saturating_sub(last_snapshot) >= 250 {
+            last_snapshot = now;
+            if let Ok(mut snap) = state.links.lock() {
+                snap.peers = link.peers(now);
+                snap.stats = link.stats().clone();
+                snap.view = link.view().len();
+                snap.view_sources = link.view().sources();
+                snap.nat = link.nat().name();
+                snap.observed = link.observed();
+                snap.record = link.own_record().is_some();
             }
         }
     }

@@ -33,5 +33,6 @@ pub mod daemon;
 pub mod flow;
 pub mod link;
 pub mod platform;
+pub mod sim;
 pub mod time;
 pub mod wire;

@@ -30,12 +30,23 @@ fn keygen_creates_once_and_address_matches() {
     let addr = stdout(&first).trim().to_string();
     assert!(addr.starts_with("fd"), "{addr}");
     assert!(addr.parse::<std::net::Ipv6Addr>().is_ok());
-    assert_eq!(stderr(&first).matches("created").count(), 3, "{}", stderr(&first));
+    assert_eq!(
+        stderr(&first).matches("created").count(),
+        4,
+        "{}",
+        stderr(&first)
+    );
     for entry in std::fs::read_dir(&dir).unwrap() {
         let mode = entry.unwrap().metadata().unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let contents: Vec<Vec<u8>> = ["relay_identity.key", "relay_link.key", "service_default.key"]
+    let files = [
+        "relay_identity.key",
+        "relay_link.key",
+        "relay_onion.key",
+        "service_default.key",
+    ];
+    let contents: Vec<Vec<u8>> = files
         .iter()
         .map(|f| std::fs::read(dir.join(f)).unwrap())
         .collect();
@@ -43,11 +54,12 @@ fn keygen_creates_once_and_address_matches() {
     let second = gn(&["keygen", "--state-dir", d]);
     assert!(second.status.success());
     assert_eq!(stdout(&second).trim(), addr);
-    assert!(stderr(&second).contains("nothing changed"), "{}", stderr(&second));
-    for (f, before) in ["relay_identity.key", "relay_link.key", "service_default.key"]
-        .iter()
-        .zip(&contents)
-    {
+    assert!(
+        stderr(&second).contains("nothing changed"),
+        "{}",
+        stderr(&second)
+    );
+    for (f, before) in files.iter().zip(&contents) {
         assert_eq!(&std::fs::read(dir.join(f)).unwrap(), before, "{f} changed");
     }
 
@@ -83,8 +95,16 @@ fn check_names_file_line_key_and_hint() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &str)] = &[
         ("[tun]\nname = \"gn0\"\nmtu = 99999\n", ":3:", "tun.mtu"),
-        ("[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [\"peer.example:7412\"]\n", ":3:", "network.bootstrap"),
-        ("state_dir = \"/var/lib/globalnet\"\nstate_dri = \"/x\"\n", ":2:", "state_dri"),
+        (
+            "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [\"peer.example:7412\"]\n",
+            ":3:",
+            "network.bootstrap",
+        ),
+        (
+            "state_dir = \"/var/lib/globalnet\"\nstate_dri = \"/x\"\n",
+            ":2:",
+            "state_dri",
+        ),
         ("[expose]\ntcp = \"22\"\n", ":2:", "expose.tcp"),
         ("[tun]\nmtu = 1280\n[tun]\n", ":3:", ""),
     ];
@@ -94,7 +114,10 @@ fn check_names_file_line_key_and_hint() {
         let o = gn(&["check", "--config", path.to_str().unwrap()]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(err.contains(&format!("{}{line}", path.display())), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("{}{line}", path.display())),
+            "case {i}: {err}"
+        );
         assert!(err.contains(key), "case {i}: {err}");
         assert!(err.contains("hint:"), "case {i}: {err}");
     }
@@ -121,7 +144,10 @@ fn every_subcommand_has_help_with_examples() {
     ] {
         let o = gn(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
-        assert!(stdout(&o).contains("Examples:"), "{cmd} --help lacks examples");
+        assert!(
+            stdout(&o).contains("Examples:"),
+            "{cmd} --help lacks examples"
+        );
     }
     let o = gn(&["--version"]);
     assert!(stdout(&o).starts_with("globalnet "));

@@ -269,6 +269,12 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs a bash script inside `host` (for `/dev/udp` and friends); panics when it fails.
+    pub fn bash_ok(&self, host: &Host, script: &str) -> String {
+        let out = must(self.cmd(host, "bash").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Drops `percent` of the host's outgoing packets (nftables, output hook).
     pub fn set_loss(&self, host: &Host, percent: u32) {
         let rules = format!(

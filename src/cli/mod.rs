@@ -299,19 +299,53 @@ fn print_peers(v: &Value) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {
+            let key = match &p["relay_key"] {
+                Value::String(k) => k.get(..16).unwrap_or(k).to_string(),
+                _ => "(client)".to_string(),
+            };
             vec![
-                s(&p["relay_key"]),
+                key,
                 s(&p["endpoint"]),
                 if p["direct"] == Value::Bool(true) {
                     "direct".into()
                 } else {
                     "relayed".into()
                 },
+                if p["outbound"] == Value::Bool(true) {
+                    "out".into()
+                } else {
+                    "in".into()
+                },
                 s(&p["rtt_ms"]),
+                p["last_handshake_s"]
+                    .as_u64()
+                    .map_or("-".into(), |t| duration(t) + " ago"),
+                bytes(p["bytes_in"].as_u64().unwrap_or(0)),
+                bytes(p["bytes_out"].as_u64().unwrap_or(0)),
             ]
         })
         .collect();
-    table(&["RELAY KEY", "ENDPOINT", "PATH", "RTT MS"], &rows)
+    table(
+        &[
+            "RELAY KEY",
+            "ENDPOINT",
+            "PATH",
+            "DIR",
+            "RTT MS",
+            "HANDSHAKE",
+            "IN",
+            "OUT",
+        ],
+        &rows,
+    )
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..=9999 => format!("{n} B"),
+        10_000..=9_999_999 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1048576.0),
+    }
 }
 
 fn print_circuits(v: &Value) -> String {

@@ -45,6 +45,17 @@ pub struct Config {
     pub paths: PathsConfig,
     /// Local services reachable over the overlay.
     pub expose: ExposeConfig,
+    /// Resource limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// One memory budget, in MiB, for every queue and table a stranger can fill.
+    pub memory_budget_mb: u32,
+    /// Most neighbour links at once.
+    pub max_links: u32,
 }
 
 /// `[tun]`
@@ -65,6 +76,8 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<SocketAddr>,
     /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
     pub relay: Option<bool>,
+    /// Links to relays to keep.
+    pub links: u32,
 }
 
 /// `[paths]`
@@ -99,12 +112,17 @@ impl Default for Config {
                 listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
                 bootstrap: Vec::new(),
                 relay: None,
+                links: 8,
             },
             paths: PathsConfig {
                 ipv4_subnet_family_prefix: 16,
                 ipv6_subnet_family_prefix: 32,
             },
             expose: ExposeConfig::default(),
+            limits: LimitsConfig {
+                memory_budget_mb: 256,
+                max_links: 1024,
+            },
         }
     }
 }
@@ -227,6 +245,38 @@ impl Config {
                 c.network.bootstrap = socket_addrs(&list, "network.bootstrap", false, &err)?;
             }
             c.network.relay = net.relay;
+            if let Some(v) = net.links {
+                c.network.links = int_in(
+                    &v,
+                    1,
+                    64,
+                    "network.links",
+                    "links to relays: 1 to 64; 8 is a good default",
+                    &err,
+                )?;
+            }
+        }
+        if let Some(limits) = raw.limits {
+            if let Some(v) = limits.memory_budget_mb {
+                c.limits.memory_budget_mb = int_in(
+                    &v,
+                    16,
+                    65536,
+                    "limits.memory_budget_mb",
+                    "give the budget in MiB, 16 to 65536; 256 suits most hosts",
+                    &err,
+                )?;
+            }
+            if let Some(v) = limits.max_links {
+                c.limits.max_links = int_in(
+                    &v,
+                    8,
+                    65536,
+                    "limits.max_links",
+                    "8 to 65536 links; 1024 is the default",
+                    &err,
+                )?;
+            }
         }
         if let Some(paths) = raw.paths {
             if let Some(v) = paths.ipv4_subnet_family_prefix {
@@ -302,6 +352,21 @@ fn socket_addrs(
     Ok(out)
 }
 
+fn int_in(
+    v: &Spanned<i64>,
+    min: i64,
+    max: i64,
+    key: &str,
+    hint: &str,
+    err: &ErrFn<'_>,
+) -> Result<u32, ConfigError> {
+    let n = *v.get_ref();
+    if !(min..=max).contains(&n) {
+        return Err(err(v.span(), key, format!("{n} is out of range"), hint));
+    }
+    Ok(n as u32)
+}
+
 fn prefix_len(v: &Spanned<i64>, max: i64, key: &str, err: &ErrFn<'_>) -> Result<u8, ConfigError> {
     let n = *v.get_ref();
     if !(1..=max).contains(&n) {
@@ -349,6 +414,14 @@ struct RawConfig {
     network: Option<RawNetwork>,
     paths: Option<RawPaths>,
     expose: Option<RawExpose>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_budget_mb: Option<Spanned<i64>>,
+    max_links: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +437,7 @@ struct RawNetwork {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
     relay: Option<bool>,
+    links: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -621,6 +695,16 @@ udp = [53]
 
         let e = bad("user = \"-rf\"\n");
         assert_eq!(e.key, "user");
+
+        let e = bad("[limits]\nmemory_budget_mb = 1\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (2, "limits.memory_budget_mb"),
+            "{e}"
+        );
+
+        let e = bad("[network]\nlinks = 0\n");
+        assert_eq!(e.key, "network.links");
 
         let e = bad("[paths]\nipv6_subnet_family_prefix = 129\n");
         assert_eq!(e.key, "paths.ipv6_subnet_family_prefix");

@@ -25,6 +25,9 @@ use super::address_of;
 pub const RELAY_IDENTITY_FILE: &str = "relay_identity.key";
 /// File holding the relay's X25519 link key (the WireGuard static key of its links).
 pub const RELAY_LINK_FILE: &str = "relay_link.key";
+/// File holding the relay's current X25519 onion key (circuit handshakes; rotated by the circuit
+/// layer, docs/protocol.md section 14.3).
+pub const RELAY_ONION_FILE: &str = "relay_onion.key";
 /// File holding the default service identity (Ed25519 seed): the node's own overlay address.
 pub const SERVICE_DEFAULT_FILE: &str = "service_default.key";
 
@@ -124,6 +127,8 @@ pub struct NodeKeys {
     pub relay_identity: SigningKey,
     /// The relay's X25519 link key: public, used for WireGuard links.
     pub relay_link: StaticSecret,
+    /// The relay's current X25519 onion key: public, used for circuit handshakes.
+    pub relay_onion: StaticSecret,
     /// The default service identity: anonymous; its address is the node's overlay address. It
     /// must never appear in anything tied to the relay identity or the node's IP.
     pub service: SigningKey,
@@ -287,9 +292,10 @@ impl NodeKeys {
     pub fn load_or_create(dir: &Path) -> Result<(NodeKeys, Created), KeyError> {
         ensure_dir(dir)?;
         let mut created = Created::default();
-        let specs: [(&'static str, KeyKind); 3] = [
+        let specs: [(&'static str, KeyKind); 4] = [
             (RELAY_IDENTITY_FILE, KeyKind::Ed25519),
             (RELAY_LINK_FILE, KeyKind::X25519),
+            (RELAY_ONION_FILE, KeyKind::X25519),
             (SERVICE_DEFAULT_FILE, KeyKind::Ed25519),
         ];
         for (name, kind) in specs {
@@ -311,10 +317,12 @@ impl NodeKeys {
     pub fn load(dir: &Path) -> Result<NodeKeys, KeyError> {
         let identity = read_key(&dir.join(RELAY_IDENTITY_FILE), KeyKind::Ed25519)?;
         let link = read_key(&dir.join(RELAY_LINK_FILE), KeyKind::X25519)?;
+        let onion = read_key(&dir.join(RELAY_ONION_FILE), KeyKind::X25519)?;
         let service = read_key(&dir.join(SERVICE_DEFAULT_FILE), KeyKind::Ed25519)?;
         Ok(NodeKeys {
             relay_identity: SigningKey::from_bytes(&identity),
             relay_link: StaticSecret::from(link),
+            relay_onion: StaticSecret::from(onion),
             service: SigningKey::from_bytes(&service),
         })
     }
@@ -344,9 +352,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         let (k1, created) = NodeKeys::load_or_create(&dir).unwrap();
-        assert_eq!(created.0.len(), 3);
+        assert_eq!(created.0.len(), 4);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
-        for name in [RELAY_IDENTITY_FILE, RELAY_LINK_FILE, SERVICE_DEFAULT_FILE] {
+        for name in [
+            RELAY_IDENTITY_FILE,
+            RELAY_LINK_FILE,
+            RELAY_ONION_FILE,
+            SERVICE_DEFAULT_FILE,
+        ] {
             let m = fs::metadata(dir.join(name)).unwrap();
             assert_eq!(m.mode() & 0o777, 0o600, "{name}");
         }
@@ -356,7 +369,7 @@ mod tests {
         assert_eq!(k1.address(), k2.address());
         assert_eq!(before, fs::read(dir.join(SERVICE_DEFAULT_FILE)).unwrap());
         // No temporary files left behind.
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 4);
         // The service and relay identities are different keys.
         assert_ne!(
             k1.relay_identity.verifying_key().to_bytes(),

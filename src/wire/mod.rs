@@ -8,3 +8,4 @@ pub mod handshake;
 pub mod link;
 pub mod record;
 pub mod relay;
+pub mod udp;
