@@ -239,3 +239,57 @@ fn handshake_flood_stays_within_the_memory_budget() {
     assert!(links >= 40, "victim holds only {links} links");
     let _ = sim_addr(0);
 }
+
+/// Hundreds of nodes: 300 relays and 100 clients, one bootstrap. Prints what it measured.
+#[test]
+fn four_hundred_nodes() {
+    let started = std::time::Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        latency_ms: 25,
+        jitter_ms: 10,
+        loss: 0.02,
+        seed: 11,
+        ..SimConfig::default()
+    });
+    sim.add_node(true, &[], 8);
+    for _ in 1..300 {
+        sim.add_node(true, &[0], 8);
+    }
+    let clients: Vec<usize> = (0..100).map(|i| sim.add_node(false, &[i % 3], 3)).collect();
+    sim.run_for(120_000);
+    let (degree, _) = graph(&sim);
+    let relays = &degree[..300];
+    let min = relays.iter().min().copied().unwrap_or(0);
+    let avg = relays.iter().sum::<usize>() as f64 / 300.0;
+    let views: Vec<usize> = sim.nodes[..300]
+        .iter()
+        .map(|n| n.link.view().len())
+        .collect();
+    let view_avg = views.iter().sum::<usize>() as f64 / 300.0;
+    eprintln!(
+        "400 nodes, 120 s virtual in {:.1} s real: relay links min {min} avg {avg:.1}, view avg {view_avg:.0}, \
+         {} datagrams delivered, {} lost",
+        started.elapsed().as_secs_f64(),
+        sim.delivered,
+        sim.lost
+    );
+    for (i, d) in relays.iter().enumerate() {
+        if *d < 8 {
+            let n = &sim.nodes[i];
+            eprintln!(
+                "node {i}: {d} links, view {}, peers {}, stats {:?}",
+                n.link.view().len(),
+                n.link.peers(sim.now).len(),
+                n.link.stats()
+            );
+        }
+    }
+    assert!(min >= 8, "a relay has only {min} links");
+    assert!(view_avg >= 60.0, "views average {view_avg}");
+    for c in clients {
+        assert!(
+            sim.nodes[c].link.relay_links() >= 3,
+            "client {c} under-linked"
+        );
+    }
+}

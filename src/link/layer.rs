@@ -54,7 +54,7 @@ pub const PEX_MAX: u8 = 3;
 /// Malformed frames per minute before a link is closed.
 pub const LINK_MALFORMED_LIMIT: u32 = 20;
 /// Record queries answered per second (bootstrap, unauthenticated).
-pub const RECORD_QUERY_RATE: u32 = 20;
+pub const RECORD_QUERY_RATE: u32 = 100;
 /// A bootstrap link is closed once the node has enough other links and it carried no cell for
 /// this long, so that bootstrap peers do not become hubs that every node stays linked to.
 pub const BOOTSTRAP_LINGER_MS: Millis = 60_000;
@@ -481,6 +481,23 @@ impl LinkLayer {
     pub fn close(&mut self, now: Millis, link: LinkId, reason: u8) {
         let _ = self.send_frame(now, link, MsgType::Close, 0, &[reason]);
         self.remove_link(link, false);
+    }
+
+    /// Fuzzing hook: processes `bytes` as a decrypted frame from a peer with a fixed link key, as
+    /// if it had arrived on an authenticated session (the fuzzer cannot forge WireGuard).
+    #[cfg(fuzzing)]
+    #[doc(hidden)]
+    pub fn fuzz_frame(&mut self, now: Millis, bytes: &[u8]) {
+        let key = [0x42u8; 32];
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => match self.new_link(now, key, SocketAddr::from(([198, 18, 0, 9], 7412)), false)
+            {
+                Ok(id) => id,
+                Err(_) => return,
+            },
+        };
+        self.on_frame(now, id, bytes);
     }
 
     // ---- inputs --------------------------------------------------------------------------
@@ -1362,7 +1379,9 @@ impl LinkLayer {
                 delay: BACKOFF_MIN_MS / 2,
             });
             b.delay = (b.delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS / 4);
-            b.until = now + b.delay;
+            // Jitter, so that nodes started together do not retry in lockstep.
+            let delay = b.delay;
+            b.until = now + delay + self.rng.gen_range(0..=delay / 2);
             let mut out = self.take_buf();
             datagram::emit_record_query(nonce, &mut out);
             self.stats.datagrams_out += 1;
