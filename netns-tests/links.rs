@@ -121,3 +121,128 @@ fn five_relays_link_up_and_recover() {
     );
     assert!(peer_keys(&lab, &daemons[0]).len() >= 3);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn eight_nodes_one_bootstrap_loss_and_flood() {
+    let Some(mut lab) = Lab::new("links8") else {
+        return;
+    };
+    let hosts: Vec<Host> = (0..9).map(|i| lab.add_host(&format!("n{i}"))).collect();
+    let budget = "[limits]\nmemory_budget_mb = 16\n";
+    let mut daemons = Vec::new();
+    for (i, h) in hosts.iter().take(8).enumerate() {
+        let extra = format!(
+            "{}{budget}",
+            config(h, if i == 0 { None } else { Some(&hosts[0]) })
+        );
+        let cfg = lab.write_config(h, &extra);
+        let d = lab.start_daemon(h, &cfg);
+        daemons.push(d);
+    }
+    for d in &daemons {
+        lab.wait_ready(d, READY);
+    }
+    // Every node has at least 3 links within 60 s, each confirmed by a ping RPC (an RTT).
+    let started = std::time::Instant::now();
+    lab.wait_for(
+        "8 nodes with 3 confirmed links each",
+        Duration::from_secs(60),
+        || {
+            daemons.iter().all(|d| {
+                lab.query(d, "peers")
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["relay_key"].is_string() && p["rtt_ms"].is_number())
+                    .count()
+                    >= 3
+            })
+        },
+    );
+    eprintln!(
+        "8 nodes linked (>= 3 confirmed links each) after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 10% loss on one host: its links survive.
+    lab.set_loss(&hosts[5], 10);
+    std::thread::sleep(Duration::from_secs(30));
+    let peers = peer_keys(&lab, &daemons[5]);
+    assert!(
+        peers.len() >= 3,
+        "with 10% loss n5 kept only {} links",
+        peers.len()
+    );
+
+    // A 10-second junk and handshake flood at the bootstrap from a ninth host.
+    let victim = &daemons[0];
+    let key = lab.query(victim, "status")["link_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = rss_kib(victim.pid);
+    let out = lab
+        .cmd(&hosts[8], crate::harness::example_bin("handshake_flood"))
+        .args([
+            "--target",
+            &format!("{}:7412", hosts[0].ip),
+            "--target-key",
+            &key,
+            "--seconds",
+            "10",
+            "--rate",
+            "1500",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("flood: {}", String::from_utf8_lossy(&out.stdout).trim());
+    let after = rss_kib(victim.pid);
+    eprintln!("bootstrap RSS {before} KiB before the flood, {after} KiB after (budget 16 MiB)");
+    assert!(
+        lab.try_wait(victim).is_none(),
+        "the bootstrap died under the flood"
+    );
+    assert!(
+        after.saturating_sub(before) <= 16 * 1024,
+        "RSS grew by {} KiB",
+        after - before
+    );
+    let status = lab.query(victim, "status");
+    assert!(
+        status["memory"]["used"].as_u64().unwrap() <= 16 << 20,
+        "{status}"
+    );
+    assert!(
+        status["links"]["dropped"].as_u64().unwrap() > 1000,
+        "{status}"
+    );
+    // Still serving: it keeps its relay links and answers a newcomer.
+    lab.wait_for(
+        "the bootstrap to keep 3 relay links",
+        Duration::from_secs(30),
+        || peer_keys(&lab, victim).len() >= 3,
+    );
+    let late = lab.write_config(&hosts[8], &config(&hosts[8], Some(&hosts[0])));
+    let d8 = lab.start_daemon(&hosts[8], &late);
+    lab.wait_ready(&d8, READY);
+    lab.wait_for(
+        "a newcomer to bootstrap after the flood",
+        Duration::from_secs(40),
+        || peer_keys(&lab, &d8).len() >= 3,
+    );
+}

@@ -63,6 +63,7 @@ struct LinkSnapshot {
 struct NodeState {
     address: Ipv6Addr,
     relay_key: String,
+    link_key: String,
     config: Config,
     started: Instant,
     tun: TunCounters,
@@ -96,6 +97,7 @@ impl control::Handler for NodeState {
                 "version": env!("CARGO_PKG_VERSION"),
                 "address": self.address.to_string(),
                 "relay_key": self.relay_key,
+                "link_key": self.link_key,
                 "interface": self.config.tun.name,
                 "mtu": self.config.tun.mtu,
                 "relay": self.config.relay_enabled(),
@@ -200,6 +202,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let state = Arc::new(NodeState {
         address,
         relay_key: keys.relay_key_hex(),
+        link_key: crate::crypto::keys::hex(keys.link_public().as_bytes()),
         config: config.clone(),
         started: Instant::now(),
         tun: TunCounters::default(),

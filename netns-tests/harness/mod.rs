@@ -58,6 +58,17 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     p
 }
 
+/// An example binary of the main crate (built by `cargo build --all-targets`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let p = globalnet_bin().with_file_name("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the examples first (`cargo build --workspace --all-targets`)",
+        p.display()
+    );
+    p
+}
+
 fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()

@@ -95,7 +95,8 @@ pub enum LinkEvent {
         /// The peer's relay identity, if it was bound.
         identity: Option<[u8; 32]>,
     },
-    /// A cell arrived (exactly `CELL_LEN` bytes).
+    /// A cell arrived (exactly `CELL_LEN` bytes; hand the buffer back with
+    /// [`LinkLayer::recycle`]).
     Cell {
         /// The link it came on.
         link: LinkId,
@@ -292,6 +293,7 @@ pub struct LinkLayer {
     events: VecDeque<LinkEvent>,
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    rx_scratch: Vec<u8>,
     next_tick: Millis,
     last_second: Millis,
     stats: LinkStats,
@@ -339,6 +341,7 @@ impl LinkLayer {
             events: VecDeque::new(),
             pool: Vec::new(),
             scratch: vec![0u8; NOISE_BUF_LEN],
+            rx_scratch: vec![0u8; NOISE_BUF_LEN],
             next_tick: now,
             last_second: now,
             stats: LinkStats::default(),
@@ -722,28 +725,37 @@ impl LinkLayer {
         }
     }
 
-    /// Hands a datagram to a link's session and processes what comes out.
+    /// Hands a datagram to a link's session and processes what comes out. Steady state (data
+    /// datagrams carrying frames) allocates nothing: the plaintext lands in a reused buffer and
+    /// anything to send goes out in pooled buffers.
     fn feed(&mut self, now: Millis, id: LinkId, from: SocketAddr, data: &[u8]) {
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(NOISE_BUF_LEN, 0);
-        let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut rx = std::mem::take(&mut self.rx_scratch);
+        rx.resize(NOISE_BUF_LEN, 0);
+        let mut frame_len = None;
         let mut expired = false;
         let mut newly_established = false;
         if let Some(l) = self.links.get_mut(&id) {
             let was = l.session.established();
             let mut authenticated = false;
-            match l.session.decapsulate(from.ip(), data, &mut buf) {
+            let mut sent = 0u64;
+            match l.session.decapsulate(from.ip(), data, &mut rx) {
                 NoiseOut::Send(b) => {
                     authenticated = true;
-                    out.push((from, b.to_vec()));
-                    while let NoiseOut::Send(b) = l.session.flush(&mut buf) {
-                        out.push((from, b.to_vec()));
+                    let mut d = self.pool.pop().unwrap_or_else(new_buf);
+                    d.extend_from_slice(b);
+                    self.transmits.push_back(Transmit { dst: from, data: d });
+                    sent += 1;
+                    while let NoiseOut::Send(b) = l.session.flush(&mut rx) {
+                        let mut d = self.pool.pop().unwrap_or_else(new_buf);
+                        d.extend_from_slice(b);
+                        self.transmits.push_back(Transmit { dst: from, data: d });
+                        sent += 1;
                     }
                 }
+                // boringtun decrypts into the start of the buffer.
                 NoiseOut::Frame(f) => {
                     authenticated = true;
-                    frames.push(f.to_vec());
+                    frame_len = Some(f.len());
                 }
                 NoiseOut::Done => authenticated = l.session.established(),
                 NoiseOut::Expired => expired = true,
@@ -761,24 +773,23 @@ impl LinkLayer {
                 l.established_at = Some(now);
                 newly_established = true;
             }
-            for (_, _) in out.iter() {
+            if sent > 0 {
                 l.last_tx = now;
+                self.stats.datagrams_out += sent;
             }
         }
-        self.scratch = buf;
-        for (dst, b) in out {
-            self.push_transmit(dst, &b);
-        }
         if expired {
+            self.rx_scratch = rx;
             self.remove_link(id, true);
             return;
         }
         if newly_established {
             self.send_hello(now, id);
         }
-        for f in frames {
-            self.on_frame(now, id, &f);
+        if let Some(n) = frame_len {
+            self.on_frame(now, id, rx.get(..n).unwrap_or(&[]));
         }
+        self.rx_scratch = rx;
     }
 
     fn send_frame(
@@ -792,25 +803,26 @@ impl LinkLayer {
         let mut framebuf = [0u8; LINK_FRAME_MAX];
         let n = frame::emit(&mut framebuf, t, rpc_id, payload).ok_or(LinkError::TooLarge)?;
         let plain = framebuf.get(..n).ok_or(LinkError::TooLarge)?;
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(NOISE_BUF_LEN, 0);
-        let mut send = None;
-        if let Some(l) = self.links.get_mut(&id) {
-            l.last_tx = now;
-            if let NoiseOut::Send(b) = l.session.encapsulate(plain, &mut buf) {
-                send = Some((l.endpoint, b.len()));
-            }
-        } else {
-            self.scratch = buf;
+        let Some(l) = self.links.get_mut(&id) else {
             return Err(LinkError::NoLink);
+        };
+        l.last_tx = now;
+        let mut data = self.pool.pop().unwrap_or_else(new_buf);
+        data.resize(NOISE_BUF_LEN, 0);
+        let len = match l.session.encapsulate(plain, &mut data) {
+            NoiseOut::Send(b) => Some(b.len()),
+            _ => None,
+        };
+        match len {
+            Some(len) => {
+                data.truncate(len);
+                let dst = l.endpoint;
+                self.stats.datagrams_out += 1;
+                self.transmits.push_back(Transmit { dst, data });
+            }
+            // Queued inside the session until the handshake completes (or refused).
+            None => self.recycle(data),
         }
-        if let Some((dst, len)) = send {
-            let mut data = self.take_buf();
-            data.extend_from_slice(buf.get(..len).unwrap_or(&[]));
-            self.stats.datagrams_out += 1;
-            self.transmits.push_back(Transmit { dst, data });
-        }
-        self.scratch = buf;
         Ok(())
     }
 
@@ -928,10 +940,10 @@ impl LinkLayer {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.last_cell = now;
                 }
-                self.events.push_back(LinkEvent::Cell {
-                    link: id,
-                    cell: payload.to_vec(),
-                });
+                // A pooled buffer: the consumer hands it back with `recycle`.
+                let mut cell = self.take_buf();
+                cell.extend_from_slice(payload);
+                self.events.push_back(LinkEvent::Cell { link: id, cell });
             }
             MsgType::Close => {
                 tracing::debug!(
