@@ -171,6 +171,17 @@ impl Sim {
         }
     }
 
+    /// Moves a node to a new underlay address, as a NAT rebinding or a roaming laptop does. Its
+    /// sessions stay; peers must follow it to the new address.
+    pub fn rebind(&mut self, i: usize, addr: SocketAddr) {
+        let Some(n) = self.nodes.get_mut(i) else {
+            return;
+        };
+        self.by_addr.remove(&n.addr);
+        n.addr = addr;
+        self.by_addr.insert(addr, i);
+    }
+
     /// Injects a datagram as if `from` had sent it to node `to` (arrives after the latency).
     pub fn inject(&mut self, from: SocketAddr, to: usize, data: Vec<u8>) {
         self.seq += 1;

@@ -293,3 +293,43 @@ fn four_hundred_nodes() {
         );
     }
 }
+
+#[test]
+fn links_follow_a_roaming_peer() {
+    let mut sim = network(6, SimConfig::default(), 5);
+    sim.run_for(20_000);
+    let (degree, _) = graph(&sim);
+    assert!(degree.iter().all(|d| *d == 5), "{degree:?}");
+    let downs_before: usize = sim.nodes.iter().map(|n| n.events.len()).sum();
+    let new_addr: std::net::SocketAddr = "198.19.7.7:40000".parse().unwrap();
+    sim.rebind(3, new_addr);
+    // Its next pings come from the new address; peers follow without dropping the link.
+    sim.run_for(40_000);
+    for (i, n) in sim.nodes.iter().enumerate() {
+        if i == 3 {
+            continue;
+        }
+        let key = globalnet::crypto::keys::hex(&sim.nodes[3].link_key);
+        let p = n
+            .link
+            .peers(sim.now)
+            .into_iter()
+            .find(|p| p.link_key == key)
+            .expect("still linked");
+        assert_eq!(p.endpoint, new_addr, "node {i} did not follow the move");
+    }
+    let downs: usize = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            n.events
+                .iter()
+                .filter(|e| matches!(e, LinkEvent::Down { .. }))
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        downs, 0,
+        "links dropped during the move ({downs_before} events before)"
+    );
+}
