@@ -244,6 +244,7 @@ pub fn emit_header(
     }
     let frame = buf.get_mut(..total)?;
     let (header, rest) = frame.split_at_mut(LINK_HEADER_LEN);
+    let header: &mut [u8; LINK_HEADER_LEN] = header.try_into().ok()?;
     header.fill(0);
     header[0] = LINK_VERSION_BYTE;
     header[OFF_TYPE] = msg_type as u8;
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(LINK_FRAME_CELL_LEN, 1392);
         assert_eq!(LINK_FRAME_CELL_LEN, LINK_FRAME_MAX);
         // 1392 + WireGuard + UDP + IPv6 within a 1500-byte underlay.
-        assert!(LINK_FRAME_MAX + WG_OVERHEAD + 8 + 40 <= 1500);
+        const { assert!(LINK_FRAME_MAX + WG_OVERHEAD + 8 + 40 <= 1500) };
     }
 
     #[test]

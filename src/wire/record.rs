@@ -204,10 +204,13 @@ fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Option<Contact>, RecordError> 
         return Ok(None);
     }
     let endpoint = parse_endpoint(ep)?.ok_or(RecordError::Field("contact without endpoint"))?;
-    let mut identity = [0u8; 32];
-    let mut link_key = [0u8; 32];
-    identity.copy_from_slice(&head[..32]);
-    link_key.copy_from_slice(&head[32..64]);
+    let (id_part, key_part) = head.split_at(32);
+    let identity: [u8; 32] = id_part
+        .try_into()
+        .map_err(|_| RecordError::Field("contact"))?;
+    let link_key: [u8; 32] = key_part
+        .try_into()
+        .map_err(|_| RecordError::Field("contact"))?;
     check_identity(&identity)?;
     if link_key == [0u8; 32] {
         return Err(RecordError::Field("zero link key"));
@@ -306,14 +309,18 @@ impl RelayRecord {
             let mut slot = [0u8; ENDPOINT_LEN];
             emit_endpoint(Some(*ep), &mut slot);
             let off = 117 + i * ENDPOINT_LEN;
-            b[off..off + ENDPOINT_LEN].copy_from_slice(&slot);
+            b.get_mut(off..off + ENDPOINT_LEN)
+                .ok_or(RecordError::Field("endpoint slot"))?
+                .copy_from_slice(&slot);
         }
         b[193] = fields.introducers.len() as u8;
         for (i, c) in fields.introducers.iter().enumerate() {
             let mut slot = [0u8; CONTACT_LEN];
             emit_contact(Some(c), &mut slot);
             let off = 194 + i * CONTACT_LEN;
-            b[off..off + CONTACT_LEN].copy_from_slice(&slot);
+            b.get_mut(off..off + CONTACT_LEN)
+                .ok_or(RecordError::Field("contact slot"))?
+                .copy_from_slice(&slot);
         }
         let sig = identity.sign(&signed_message(&b));
         b[SIGNED_LEN..].copy_from_slice(&sig.to_bytes());
@@ -376,9 +383,10 @@ impl RelayRecord {
         let mut endpoints = Vec::with_capacity(n_ep);
         for i in 0..RECORD_MAX_ENDPOINTS {
             let off = 117 + i * ENDPOINT_LEN;
-            let slot: &[u8; ENDPOINT_LEN] = b[off..off + ENDPOINT_LEN]
-                .try_into()
-                .map_err(|_| RecordError::Field("endpoint slot"))?;
+            let slot: &[u8; ENDPOINT_LEN] = b
+                .get(off..off + ENDPOINT_LEN)
+                .and_then(|x| x.try_into().ok())
+                .ok_or(RecordError::Field("endpoint slot"))?;
             match (i < n_ep, parse_endpoint(slot)?) {
                 (true, Some(ep)) => endpoints.push(ep),
                 (false, None) => {}
@@ -392,9 +400,10 @@ impl RelayRecord {
         let mut introducers = Vec::with_capacity(n_intro);
         for i in 0..RECORD_MAX_INTRODUCERS {
             let off = 194 + i * CONTACT_LEN;
-            let slot: &[u8; CONTACT_LEN] = b[off..off + CONTACT_LEN]
-                .try_into()
-                .map_err(|_| RecordError::Field("contact slot"))?;
+            let slot: &[u8; CONTACT_LEN] = b
+                .get(off..off + CONTACT_LEN)
+                .and_then(|x| x.try_into().ok())
+                .ok_or(RecordError::Field("contact slot"))?;
             match (i < n_intro, parse_contact(slot)?) {
                 (true, Some(c)) => introducers.push(c),
                 (false, None) => {}
