@@ -104,7 +104,7 @@ fn dead_relays_are_detected_and_replaced() {
     for &d in &dead {
         sim.kill(d);
     }
-    sim.run_for(60_000);
+    sim.run_for(90_000);
     let (degree, edges) = graph(&sim);
     for (i, j) in &edges {
         assert!(

@@ -1282,7 +1282,12 @@ impl LinkLayer {
                 l.rpcs.remove(&rid);
             }
         }
-        if failed_ping {
+        // Dead only if the PING went unanswered *and* nothing else arrived meanwhile: on a lossy
+        // path a lost PONG is not a dead neighbour.
+        let silent = self.links.get(&id).is_some_and(|l| {
+            now.saturating_sub(l.last_rx) >= LINK_RPC_TIMEOUT_MS * (u64::from(LINK_RPC_RETRIES) + 1)
+        });
+        if failed_ping && silent {
             tracing::debug!(link = id.0, "no answer to PING: link is dead");
             self.remove_link(id, true);
             return;
