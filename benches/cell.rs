@@ -1,1 +1,298 @@
-fn main() {}
+//! Cell and handshake micro-benchmarks (issue #5). Plain `fn main`, `std::time::Instant`; prints
+//! numbers and never asserts on time. Run with `cargo bench --bench cell`.
+//!
+//! Measures, on this machine and in the same run:
+//! - the baseline: raw ChaCha20 and ChaCha20-Poly1305 over 1336- and 1352-byte buffers;
+//! - GN-WB on one cell body (one per-hop layer);
+//! - a relay's per-hop work: intermediate forward (decrypt + header rewrite), last-hop forward
+//!   (decrypt + check field + parse), backward forwarding, originating at the last hop;
+//! - the client's onion wrap and unwrap for 3 hops;
+//! - GN-NTOR: client create, relay respond, client finish.
+
+#[path = "../tests/cell_support.rs"]
+mod cell_support;
+
+use cell_support::{build, random_ids, Relay};
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use globalnet::circuit::{respond, wideblock, ClientHandshake, Forward, HopKeys, RelayHop, WbKeys};
+use globalnet::wire::cell::{Cell, CellCommand, CellHeader, CELL_BODY_LEN, CELL_LEN};
+use globalnet::wire::handshake::{ClientExt, ServerExt};
+use globalnet::wire::relay::RelayCommand;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Run `f` `iters` times (after a warm-up) and return nanoseconds per call.
+fn time<F: FnMut(u64)>(iters: u64, mut f: F) -> f64 {
+    // `i` keeps counting across the warm-up, so every call sees a fresh seq / a fresh cell.
+    let warm = iters / 10 + 1;
+    for i in 0..warm {
+        f(i);
+    }
+    let start = Instant::now();
+    for i in warm..warm + iters {
+        f(i);
+    }
+    elapsed_ns(start.elapsed(), iters)
+}
+
+fn elapsed_ns(d: Duration, iters: u64) -> f64 {
+    d.as_nanos() as f64 / iters as f64
+}
+
+fn report(name: &str, ns: f64, bytes: usize) {
+    let mb_s = if bytes > 0 {
+        format!("{:9.1} MB/s", bytes as f64 / ns * 1e3)
+    } else {
+        String::new()
+    };
+    println!(
+        "{name:<52} {:>10.2} µs {:>12.0} /s {mb_s}",
+        ns / 1e3,
+        1e9 / ns
+    );
+}
+
+fn main() {
+    const N: u64 = 20_000;
+    let mut rng = StdRng::seed_from_u64(7);
+    println!(
+        "GlobalNet cell benchmarks (one thread; CELL_LEN = {CELL_LEN}, body = {CELL_BODY_LEN})"
+    );
+    println!();
+
+    // ---- baseline
+    println!("baseline: the machine's raw primitives");
+    let key = [7u8; 32];
+    let nonce = [1u8; 12];
+    let mut buf = vec![0u8; CELL_LEN];
+    let mut chacha = [0f64; 2];
+    let mut aead = [0f64; 2];
+    for (k, len) in [CELL_BODY_LEN, CELL_LEN].into_iter().enumerate() {
+        chacha[k] = time(N, |_| {
+            let mut c = chacha20::ChaCha20::new(&key.into(), &nonce.into());
+            c.apply_keystream(black_box(&mut buf[..len]));
+        });
+        report(
+            &format!("ChaCha20 over {len} B (incl. key setup)"),
+            chacha[k],
+            len,
+        );
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new(&key.into());
+        aead[k] = time(N, |_| {
+            let tag = cipher
+                .encrypt_in_place_detached(&nonce.into(), &[], black_box(&mut buf[..len]))
+                .unwrap();
+            black_box(tag);
+        });
+        report(
+            &format!("ChaCha20-Poly1305 seal over {len} B"),
+            aead[k],
+            len,
+        );
+    }
+    println!();
+
+    // ---- the per-hop layer
+    println!("GN-WB per-hop layer");
+    let wb = WbKeys::new([[1; 32], [2; 32], [3; 32], [4; 32]]);
+    let mut body = [0u8; CELL_BODY_LEN];
+    let wb_enc = time(N, |i| {
+        wb.encrypt(&wideblock::tweak(i, 3), black_box(&mut body))
+            .unwrap();
+    });
+    report("WB-Encrypt one body (1336 B)", wb_enc, CELL_BODY_LEN);
+    let wb_dec = time(N, |i| {
+        wb.decrypt(&wideblock::tweak(i, 3), black_box(&mut body))
+            .unwrap();
+    });
+    report("WB-Decrypt one body (1336 B)", wb_dec, CELL_BODY_LEN);
+    println!();
+
+    // ---- relay per-hop processing
+    println!("relay, per hop and cell");
+    let hop_keys = || HopKeys::new([[5; 32]; 4], [[6; 32]; 4], 11, 13, [0; 32]);
+    let mut scratch = [0u8; CELL_LEN];
+    let mut middle = RelayHop::new(hop_keys(), 0, 1);
+    middle.begin_extend(true).unwrap();
+    middle.finish_extend(&[0; 148], 2, &mut scratch).unwrap();
+    let mut cell = [0u8; CELL_LEN];
+    let fwd_mid = time(N, |i| {
+        let mut v = Cell::new(&mut cell);
+        v.emit_header(&CellHeader {
+            circ_id: 1,
+            cmd: CellCommand::Relay,
+            seq: i,
+        });
+        assert!(matches!(
+            middle.forward(black_box(&mut cell)),
+            Ok(Forward::Relayed)
+        ));
+    });
+    report(
+        "forward, intermediate hop (window+decrypt+rewrite)",
+        fwd_mid,
+        CELL_LEN,
+    );
+    let bwd_mid = time(N, |i| {
+        let mut v = Cell::new(&mut cell);
+        v.emit_header(&CellHeader {
+            circ_id: 2,
+            cmd: CellCommand::Relay,
+            seq: i,
+        });
+        middle.backward(black_box(&mut cell)).unwrap();
+    });
+    report(
+        "backward, intermediate hop (window+encrypt+rewrite)",
+        bwd_mid,
+        CELL_LEN,
+    );
+
+    // a real 3-hop circuit for the ends
+    let relays: Vec<Relay> = (0..3).map(|_| Relay::random(&mut rng)).collect();
+    let ids = random_ids(&mut rng, 3);
+    let mut circ = build(&mut rng, &relays, &ids);
+    let payload = [0xabu8; 1280];
+    let wrap3 = time(N, |_| {
+        circ.client
+            .send(RelayCommand::Data, &payload, black_box(&mut cell))
+            .unwrap();
+    });
+    // cells for the last hop: wrap for 3 hops, peel hops 1 and 2 (untimed)
+    let mut circ2 = build(&mut rng, &relays, &ids);
+    let mut at_last: Vec<[u8; CELL_LEN]> = Vec::with_capacity(N as usize);
+    for _ in 0..N + N / 10 + 1 {
+        circ2
+            .client
+            .send(RelayCommand::Data, &payload, &mut cell)
+            .unwrap();
+        circ2.hops[0].forward(&mut cell).unwrap();
+        circ2.hops[1].forward(&mut cell).unwrap();
+        at_last.push(cell);
+    }
+    let last_hop = &mut circ2.hops[2];
+    let fwd_last = time(N, |i| {
+        let c = &mut at_last[i as usize];
+        match last_hop.forward(black_box(c)) {
+            Ok(Forward::Delivered { message, .. }) => {
+                black_box(message.payload());
+            }
+            _ => panic!("not delivered"),
+        }
+    });
+    report(
+        "forward, last hop (decrypt+check+parse)",
+        fwd_last,
+        CELL_LEN,
+    );
+    let orig = time(N, |_| {
+        circ2.hops[2]
+            .originate(RelayCommand::Data, &payload, black_box(&mut cell))
+            .unwrap();
+    });
+    report("originate at the last hop (emit+encrypt)", orig, CELL_LEN);
+    println!();
+
+    println!("client, 3 hops");
+    report("onion wrap for 3 hops (emit+3×encrypt)", wrap3, CELL_LEN);
+    let mut back: Vec<[u8; CELL_LEN]> = Vec::with_capacity(N as usize);
+    for _ in 0..N + N / 10 + 1 {
+        circ2.hops[2]
+            .originate(RelayCommand::Data, &payload, &mut cell)
+            .unwrap();
+        circ2.hops[1].backward(&mut cell).unwrap();
+        circ2.hops[0].backward(&mut cell).unwrap();
+        back.push(cell);
+    }
+    let unwrap3 = time(N, |i| {
+        let m = circ2
+            .client
+            .receive(black_box(&mut back[i as usize]))
+            .unwrap();
+        black_box(m.payload());
+    });
+    report(
+        "onion unwrap for 3 hops (3×decrypt+check)",
+        unwrap3,
+        CELL_LEN,
+    );
+    println!();
+
+    // ---- handshake
+    println!("GN-NTOR handshake");
+    const H: u64 = 1000;
+    let relay = Relay::random(&mut rng);
+    let target = relay.target();
+    let ext = ClientExt {
+        backward_seq_start: 0,
+        features: 0,
+    };
+    let mut pending = Vec::with_capacity(H as usize + 1);
+    let create_ns = {
+        let start = Instant::now();
+        for _ in 0..H {
+            pending.push(ClientHandshake::new(&mut rng, &target, &ext).unwrap());
+        }
+        elapsed_ns(start.elapsed(), H)
+    };
+    report("client create (2 X25519 + KDF + AEAD)", create_ns, 0);
+    let mut answers = Vec::with_capacity(H as usize);
+    let respond_ns = {
+        let start = Instant::now();
+        for (_, create) in &pending {
+            let out = respond(
+                &mut rng,
+                create,
+                &relay.identity,
+                &[&relay.onion],
+                &ServerExt::default(),
+            )
+            .unwrap();
+            answers.push(out.created);
+        }
+        elapsed_ns(start.elapsed(), H)
+    };
+    report("relay respond (3 X25519 + 2 KDF + 2 AEAD)", respond_ns, 0);
+    let finish_ns = {
+        let start = Instant::now();
+        for ((hs, _), created) in pending.into_iter().zip(&answers) {
+            black_box(hs.finish(created).unwrap());
+        }
+        elapsed_ns(start.elapsed(), H)
+    };
+    report("client finish (1 X25519 + KDF + AEAD)", finish_ns, 0);
+    println!();
+
+    println!("summary");
+    println!(
+        "  cells/s per core, intermediate relay: {:.0} forward, {:.0} backward",
+        1e9 / fwd_mid,
+        1e9 / bwd_mid
+    );
+    println!(
+        "  per-hop layer vs ChaCha20-Poly1305 over 1352 B: {:.2}× ({:.2} µs vs {:.2} µs)",
+        fwd_mid / aead[1],
+        fwd_mid / 1e3,
+        aead[1] / 1e3
+    );
+    println!(
+        "  per-hop layer vs raw ChaCha20 over 1352 B: {:.2}× ({:.2} µs vs {:.2} µs)",
+        fwd_mid / chacha[1],
+        fwd_mid / 1e3,
+        chacha[1] / 1e3
+    );
+    println!(
+        "  client 3-hop wrap vs one AEAD seal over 1352 B: {:.2}×",
+        wrap3 / aead[1]
+    );
+    println!(
+        "  handshake per hop, total CPU: {:.0} µs (client {:.0} + relay {:.0} + client {:.0})",
+        (create_ns + respond_ns + finish_ns) / 1e3,
+        create_ns / 1e3,
+        respond_ns / 1e3,
+        finish_ns / 1e3
+    );
+}

@@ -1,0 +1,176 @@
+//! GN-WB, the per-hop layer (docs/protocol.md section 6.4): a tweakable LIONESS (four-round
+//! unbalanced Feistel) built from ChaCha20 and HMAC-SHA256.
+//!
+//! A body is split into `L` ([`WB_LEFT_LEN`] = 32 bytes) and `R` (the rest). Any change to the
+//! ciphertext garbles the whole plaintext, which is what makes tagging attacks visible at the end
+//! of a circuit. The layer works in place, keeps no state between cells and never allocates.
+
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
+use core::fmt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::crypto::labels::LABEL_WIDEBLOCK;
+
+/// Left part of the Feistel (the part the hash rounds produce).
+pub const WB_LEFT_LEN: usize = 32;
+/// The tweak: `u64(seq) ‖ u8(cmd) ‖ 0x00 0x00 0x00`.
+pub const WB_TWEAK_LEN: usize = 12;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The GN-WB tweak for a cell: `u64(seq) ‖ u8(cmd) ‖ 0^3`.
+pub fn tweak(seq: u64, cmd: u8) -> [u8; WB_TWEAK_LEN] {
+    let mut t = [0u8; WB_TWEAK_LEN];
+    t[..8].copy_from_slice(&seq.to_be_bytes());
+    t[8] = cmd;
+    t
+}
+
+/// Why a body could not be processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WbError {
+    /// The body is not longer than [`WB_LEFT_LEN`].
+    BodyTooShort,
+}
+
+impl fmt::Display for WbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("wide-block body too short")
+    }
+}
+
+impl std::error::Error for WbError {}
+
+/// The four 32-byte keys of one GN-WB instance (`Kf1..4` or `Kb1..4`). Erased on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct WbKeys {
+    k: [[u8; 32]; 4],
+}
+
+impl fmt::Debug for WbKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WbKeys(<secret>)")
+    }
+}
+
+impl WbKeys {
+    /// Keys `K1..K4`.
+    pub fn new(k: [[u8; 32]; 4]) -> Self {
+        WbKeys { k }
+    }
+
+    /// Constant-time equality (for tests and known-answer checks).
+    pub fn ct_eq(&self, other: &WbKeys) -> bool {
+        use subtle::ConstantTimeEq;
+        self.k.as_flattened().ct_eq(other.k.as_flattened()).into()
+    }
+
+    /// WB-Encrypt in place.
+    pub fn encrypt(&self, tweak: &[u8; WB_TWEAK_LEN], body: &mut [u8]) -> Result<(), WbError> {
+        let [k1, k2, k3, k4] = &self.k;
+        let (l, r) = split(body)?;
+        stream_round(k1, l, tweak, r);
+        hash_round(k2, tweak, r, l);
+        stream_round(k3, l, tweak, r);
+        hash_round(k4, tweak, r, l);
+        Ok(())
+    }
+
+    /// WB-Decrypt in place.
+    pub fn decrypt(&self, tweak: &[u8; WB_TWEAK_LEN], body: &mut [u8]) -> Result<(), WbError> {
+        let [k1, k2, k3, k4] = &self.k;
+        let (l, r) = split(body)?;
+        hash_round(k4, tweak, r, l);
+        stream_round(k3, l, tweak, r);
+        hash_round(k2, tweak, r, l);
+        stream_round(k1, l, tweak, r);
+        Ok(())
+    }
+}
+
+fn split(body: &mut [u8]) -> Result<(&mut [u8; WB_LEFT_LEN], &mut [u8]), WbError> {
+    match body.split_first_chunk_mut::<WB_LEFT_LEN>() {
+        Some((l, r)) if !r.is_empty() => Ok((l, r)),
+        _ => Err(WbError::BodyTooShort),
+    }
+}
+
+/// `R ← R ⊕ ChaCha20(key = L ⊕ k, nonce = tweak, counter = 0)`.
+fn stream_round(k: &[u8; 32], l: &[u8; WB_LEFT_LEN], tweak: &[u8; WB_TWEAK_LEN], r: &mut [u8]) {
+    let mut key = [0u8; 32];
+    for ((d, a), b) in key.iter_mut().zip(l).zip(k) {
+        *d = a ^ b;
+    }
+    // The cipher state erases itself on drop (chacha20 `zeroize` feature).
+    let mut cipher = ChaCha20::new(&key.into(), tweak.into());
+    key.zeroize();
+    cipher.apply_keystream(r);
+}
+
+/// `L ← L ⊕ HMAC-SHA256(k, LABEL_WIDEBLOCK ‖ tweak ‖ R)`.
+fn hash_round(k: &[u8; 32], tweak: &[u8; WB_TWEAK_LEN], r: &[u8], l: &mut [u8; WB_LEFT_LEN]) {
+    // HMAC accepts keys of any length, so this never fails; a failure would leave `L` unchanged
+    // and the check field at the end of the circuit would refuse the cell.
+    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(k) {
+        mac.update(LABEL_WIDEBLOCK);
+        mac.update(tweak);
+        mac.update(r);
+        let tag = mac.finalize().into_bytes();
+        for (d, s) in l.iter_mut().zip(tag.iter()) {
+            *d ^= s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(seed: u8) -> WbKeys {
+        WbKeys::new([[seed; 32], [seed + 1; 32], [seed + 2; 32], [seed + 3; 32]])
+    }
+
+    #[test]
+    fn round_trip_and_diffusion() {
+        let k = keys(1);
+        let tw = tweak(5, 3);
+        let plain: Vec<u8> = (0..1336u32).map(|i| i as u8).collect();
+        let mut b = plain.clone();
+        k.encrypt(&tw, &mut b).unwrap();
+        assert_ne!(b, plain);
+        let mut d = b.clone();
+        k.decrypt(&tw, &mut d).unwrap();
+        assert_eq!(d, plain);
+        // one flipped bit anywhere garbles the first 16 bytes (the check field)
+        for pos in [0usize, 31, 32, 700, 1335] {
+            let mut t = b.clone();
+            t[pos] ^= 1;
+            k.decrypt(&tw, &mut t).unwrap();
+            assert_ne!(&t[..16], &plain[..16], "flip at {pos}");
+        }
+        // a different tweak garbles too
+        let mut t = b.clone();
+        k.decrypt(&tweak(5, 4), &mut t).unwrap();
+        assert_ne!(&t[..16], &plain[..16]);
+    }
+
+    #[test]
+    fn short_bodies_are_refused() {
+        assert_eq!(
+            keys(0).encrypt(&[0; 12], &mut [0u8; 32]),
+            Err(WbError::BodyTooShort)
+        );
+        assert_eq!(
+            keys(0).decrypt(&[0; 12], &mut [0u8; 3]),
+            Err(WbError::BodyTooShort)
+        );
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        assert_eq!(format!("{:?}", keys(7)), "WbKeys(<secret>)");
+    }
+}
