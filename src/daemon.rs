@@ -369,6 +369,11 @@ async fn link_loop(
     if sockets.is_empty() {
         return Ok(());
     }
+    // Which family each socket serves, worked out once (not a syscall per datagram).
+    let families: Vec<bool> = sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
+        .collect();
     let mut buf0 = vec![0u8; 65536];
     let mut buf1 = vec![0u8; 65536];
     let mut last_snapshot = 0;
@@ -395,7 +400,9 @@ async fn link_loop(
         while let Some(t) = link.poll_transmit() {
             let socket = sockets
                 .iter()
-                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == t.dst.is_ipv4()));
+                .zip(&families)
+                .find(|(_, v4)| **v4 == t.dst.is_ipv4())
+                .map(|(s, _)| s);
             if let Some(s) = socket {
                 if let Err(e) = s.send_to(&t.data, t.dst).await {
                     tracing::debug!("UDP send to {}: {e}", t.dst);
