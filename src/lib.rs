@@ -32,6 +32,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod flow;
 pub mod link;
+pub mod node;
 pub mod platform;
 pub mod sim;
 pub mod time;

@@ -16,7 +16,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::budget::MemoryBudget;
-use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer};
+use crate::circuit::OnionKey;
+use crate::link::{LinkConfig, LinkKeys, LinkLayer};
+use crate::node::{Node, NodeEvent};
 use crate::time::Millis;
 
 /// Virtual time at the start of every simulation (2027-01-15, Unix milliseconds).
@@ -53,10 +55,10 @@ impl Default for SimConfig {
 pub struct SimNode {
     /// Its underlay address.
     pub addr: SocketAddr,
-    /// Its link layer.
-    pub link: LinkLayer,
+    /// Its protocol state (link and circuit layers).
+    pub node: Node,
     /// Events it produced, oldest first.
-    pub events: Vec<LinkEvent>,
+    pub events: Vec<NodeEvent>,
     /// Whether it runs (a dead node neither receives nor wakes).
     pub alive: bool,
     /// Its relay identity.
@@ -143,16 +145,12 @@ impl Sim {
             onion_public: PublicKey::from(&onion).to_bytes(),
         };
         let seed = self.cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let layer = LinkLayer::new(
-            cfg,
-            keys,
-            MemoryBudget::new(self.cfg.budget),
-            seed,
-            self.now,
-        );
+        let budget = MemoryBudget::new(self.cfg.budget);
+        let layer = LinkLayer::new(cfg, keys, budget, seed, self.now);
+        let node = Node::new(layer, OnionKey::from_secret(onion), seed, self.now);
         self.nodes.push(SimNode {
             addr,
-            link: layer,
+            node,
             events: Vec::new(),
             alive: true,
             identity: ident_pub,
@@ -195,13 +193,11 @@ impl Sim {
         };
         let from = node.addr;
         let mut out = Vec::new();
-        while let Some(t) = node.link.poll_transmit() {
+        while let Some(t) = node.node.poll_transmit() {
             out.push(t);
         }
-        while let Some(e) = node.link.poll_event() {
-            node.events.push(e);
-        }
-        let next = node.link.poll_timeout();
+        node.events.extend(node.node.drain_events());
+        let next = node.node.poll_timeout();
         for t in out {
             let lost = self.rng.gen_bool(self.cfg.loss.clamp(0.0, 1.0));
             match self.by_addr.get(&t.dst).copied() {
@@ -255,8 +251,8 @@ impl Sim {
                     if alive {
                         self.delivered += 1;
                         if let Some(n) = self.nodes.get_mut(to) {
-                            n.link.handle_datagram(self.now, from, &data);
-                            n.link.recycle(data);
+                            n.node.handle_datagram(self.now, from, &data);
+                            n.node.recycle(data);
                         }
                         self.collect(to);
                     } else {
@@ -271,7 +267,7 @@ impl Sim {
                     let alive = self.nodes.get(i).is_some_and(|n| n.alive);
                     if alive {
                         if let Some(n) = self.nodes.get_mut(i) {
-                            n.link.handle_timeout(self.now);
+                            n.node.handle_timeout(self.now);
                         }
                         self.collect(i);
                     }

@@ -2,6 +2,7 @@
 //! dead links, loss, hostile input and the memory budget, all in virtual time.
 
 use globalnet::link::LinkEvent;
+use globalnet::node::NodeEvent;
 use globalnet::sim::{sim_addr, Sim, SimConfig};
 use std::collections::HashSet;
 
@@ -15,7 +16,7 @@ fn graph(sim: &Sim) -> (Vec<usize>, HashSet<(usize, usize)>) {
             continue;
         }
         let mut d = 0;
-        for p in n.link.peers(sim.now) {
+        for p in n.node.link.peers(sim.now) {
             if let Some(k) = p.relay_key {
                 let id: Vec<u8> = (0..32)
                     .map(|j| u8::from_str_radix(&k[2 * j..2 * j + 2], 16).unwrap())
@@ -54,16 +55,16 @@ fn fifty_relays_bootstrap_and_fill_their_views() {
     // Views hold many relays from several sources, not just the bootstrap.
     for (i, n) in sim.nodes.iter().enumerate() {
         assert!(
-            n.link.view().len() >= 20,
+            n.node.link.view().len() >= 20,
             "node {i} view {}",
-            n.link.view().len()
+            n.node.link.view().len()
         );
         assert!(
-            n.link.view().sources() >= 3,
+            n.node.link.view().sources() >= 3,
             "node {i} view from {} sources",
-            n.link.view().sources()
+            n.node.link.view().sources()
         );
-        assert!(n.link.own_record().is_some());
+        assert!(n.node.link.own_record().is_some());
     }
     // The bootstrap node does not stay a hub: nodes drop their idle bootstrap links.
     let to_zero = edges.iter().filter(|(_, j)| *j == 0).count();
@@ -72,7 +73,7 @@ fn fifty_relays_bootstrap_and_fill_their_views() {
         "{to_zero} nodes still linked to the bootstrap node"
     );
     // RTT was measured on every link (2 x 10 ms latency).
-    for p in sim.nodes[5].link.peers(sim.now) {
+    for p in sim.nodes[5].node.link.peers(sim.now) {
         let rtt = p.rtt_ms.unwrap();
         assert!((19.0..=25.0).contains(&rtt), "rtt {rtt}");
     }
@@ -124,7 +125,7 @@ fn dead_relays_are_detected_and_replaced() {
         .map(|n| {
             n.events
                 .iter()
-                .filter(|e| matches!(e, LinkEvent::Down { .. }))
+                .filter(|e| matches!(e, NodeEvent::Link(LinkEvent::Down { .. })))
                 .count()
         })
         .sum();
@@ -158,15 +159,15 @@ fn clients_are_not_dialled_and_publish_nothing() {
     let client = sim.add_node(false, &[0, 1], 3);
     sim.run_for(60_000);
     let c = &sim.nodes[client];
-    assert!(c.link.own_record().is_none());
-    assert!(c.link.relay_links() >= 3);
+    assert!(c.node.link.own_record().is_none());
+    assert!(c.node.link.relay_links() >= 3);
     // No relay has the client in its view or dialled it.
     for (i, n) in sim.nodes.iter().enumerate() {
         if i == client {
             continue;
         }
-        assert!(n.link.view().get(&c.identity).is_none());
-        for p in n.link.peers(sim.now) {
+        assert!(n.node.link.view().get(&c.identity).is_none());
+        for p in n.node.link.peers(sim.now) {
             if p.link_key == globalnet::crypto::keys::hex(&c.link_key) {
                 assert!(!p.outbound, "relay {i} dialled the client");
                 assert!(p.relay_key.is_none());
@@ -212,7 +213,7 @@ fn garbage_and_forgeries_do_not_hurt() {
     sim.run_for(20_000);
     let after = graph(&sim).0;
     assert_eq!(before, after, "links changed under garbage");
-    let dropped: u64 = sim.nodes.iter().map(|n| n.link.stats().dropped).sum();
+    let dropped: u64 = sim.nodes.iter().map(|n| n.node.link.stats().dropped).sum();
     assert!(dropped >= 2000, "dropped {dropped}");
 }
 
@@ -230,7 +231,7 @@ fn handshake_flood_stays_within_the_memory_budget() {
         sim.add_node(false, &[victim], 1);
     }
     sim.run_for(30_000);
-    let v: &LinkLayer = &sim.nodes[victim].link;
+    let v: &LinkLayer = &sim.nodes[victim].node.link;
     let links = v.peers(sim.now).len();
     assert!(
         links <= 64,
@@ -263,7 +264,7 @@ fn four_hundred_nodes() {
     let avg = relays.iter().sum::<usize>() as f64 / 300.0;
     let views: Vec<usize> = sim.nodes[..300]
         .iter()
-        .map(|n| n.link.view().len())
+        .map(|n| n.node.link.view().len())
         .collect();
     let view_avg = views.iter().sum::<usize>() as f64 / 300.0;
     eprintln!(
@@ -278,9 +279,9 @@ fn four_hundred_nodes() {
             let n = &sim.nodes[i];
             eprintln!(
                 "node {i}: {d} links, view {}, peers {}, stats {:?}",
-                n.link.view().len(),
-                n.link.peers(sim.now).len(),
-                n.link.stats()
+                n.node.link.view().len(),
+                n.node.link.peers(sim.now).len(),
+                n.node.link.stats()
             );
         }
     }
@@ -288,7 +289,7 @@ fn four_hundred_nodes() {
     assert!(view_avg >= 60.0, "views average {view_avg}");
     for c in clients {
         assert!(
-            sim.nodes[c].link.relay_links() >= 3,
+            sim.nodes[c].node.link.relay_links() >= 3,
             "client {c} under-linked"
         );
     }
@@ -311,6 +312,7 @@ fn links_follow_a_roaming_peer() {
         }
         let key = globalnet::crypto::keys::hex(&sim.nodes[3].link_key);
         let p = n
+            .node
             .link
             .peers(sim.now)
             .into_iter()
@@ -324,7 +326,7 @@ fn links_follow_a_roaming_peer() {
         .map(|n| {
             n.events
                 .iter()
-                .filter(|e| matches!(e, LinkEvent::Down { .. }))
+                .filter(|e| matches!(e, NodeEvent::Link(LinkEvent::Down { .. })))
                 .count()
         })
         .sum();

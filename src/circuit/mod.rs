@@ -22,6 +22,8 @@ pub mod client;
 pub mod handshake;
 pub mod hop;
 pub mod keys;
+pub mod layer;
+pub mod path;
 pub mod replay;
 pub mod wideblock;
 

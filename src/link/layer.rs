@@ -402,6 +402,39 @@ impl LinkLayer {
         self.observed
     }
 
+    /// Our relay identity (public key).
+    pub fn identity(&self) -> [u8; 32] {
+        self.keys.identity.verifying_key().to_bytes()
+    }
+
+    /// The memory budget this layer charges (shared with the layers above).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &LinkConfig {
+        &self.cfg
+    }
+
+    /// Our X25519 link public key.
+    pub fn link_public(&self) -> [u8; 32] {
+        self.link_public
+    }
+
+    /// The X25519 link key of a link's peer.
+    pub fn peer_key(&self, link: LinkId) -> Option<[u8; 32]> {
+        self.links.get(&link).map(|l| l.peer_key)
+    }
+
+    /// The link (past HELLO) bound to a relay identity, if any.
+    pub fn link_to(&self, identity: &[u8; 32]) -> Option<LinkId> {
+        self.links
+            .values()
+            .find(|l| l.hello_received && l.identity.as_ref() == Some(identity))
+            .map(|l| l.id)
+    }
+
     /// The relay identity of a link's peer.
     pub fn identity_of(&self, link: LinkId) -> Option<[u8; 32]> {
         self.links.get(&link).and_then(|l| l.identity)

@@ -241,6 +241,127 @@ fn check_identity(identity: &[u8; 32]) -> Result<VerifyingKey, RecordError> {
     Ok(key)
 }
 
+/// Length of a link specifier (5.3): how a relay reaches the next hop of a circuit.
+pub const LINK_SPEC_LEN: usize = 272;
+/// Link specifier layout version.
+pub const LINK_SPEC_VERSION: u8 = 1;
+
+/// A parsed link specifier: the next hop's identity, link key, endpoints and introducers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// Ed25519 identity of the next hop.
+    pub identity: [u8; 32],
+    /// Its X25519 link key.
+    pub link_key: [u8; 32],
+    /// 1 or 2 endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// 0 to 2 introducers.
+    pub introducers: Vec<Contact>,
+}
+
+impl LinkSpec {
+    /// The link specifier of the relay a record describes (its first two endpoints).
+    pub fn of_record(r: &RelayRecord) -> LinkSpec {
+        LinkSpec {
+            identity: *r.identity(),
+            link_key: r.fields().link_key,
+            endpoints: r.fields().endpoints.iter().take(2).copied().collect(),
+            introducers: r.fields().introducers.clone(),
+        }
+    }
+
+    /// Encodes it.
+    pub fn emit(&self) -> Result<[u8; LINK_SPEC_LEN], RecordError> {
+        if self.endpoints.is_empty() || self.endpoints.len() > 2 || self.introducers.len() > 2 {
+            return Err(RecordError::Field("link specifier counts"));
+        }
+        let mut b = [0u8; LINK_SPEC_LEN];
+        b[0] = LINK_SPEC_VERSION;
+        b[2] = self.endpoints.len() as u8;
+        b[3] = self.introducers.len() as u8;
+        b[4..36].copy_from_slice(&self.identity);
+        b[36..68].copy_from_slice(&self.link_key);
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let mut slot = [0u8; ENDPOINT_LEN];
+            emit_endpoint(Some(*ep), &mut slot);
+            let off = 68 + i * ENDPOINT_LEN;
+            b.get_mut(off..off + ENDPOINT_LEN)
+                .ok_or(RecordError::Field("endpoint slot"))?
+                .copy_from_slice(&slot);
+        }
+        for (i, c) in self.introducers.iter().enumerate() {
+            let mut slot = [0u8; CONTACT_LEN];
+            emit_contact(Some(c), &mut slot);
+            let off = 106 + i * CONTACT_LEN;
+            b.get_mut(off..off + CONTACT_LEN)
+                .ok_or(RecordError::Field("contact slot"))?
+                .copy_from_slice(&slot);
+        }
+        Ok(b)
+    }
+
+    /// Decodes and checks one.
+    pub fn parse(bytes: &[u8]) -> Result<LinkSpec, RecordError> {
+        let b: &[u8; LINK_SPEC_LEN] = bytes
+            .try_into()
+            .map_err(|_| RecordError::Length(bytes.len()))?;
+        if b[0] != LINK_SPEC_VERSION {
+            return Err(RecordError::UnknownVersion {
+                kind: 0,
+                version: b[0],
+            });
+        }
+        let (n_ep, n_intro) = (usize::from(b[2]), usize::from(b[3]));
+        if !(1..=2).contains(&n_ep) || n_intro > 2 {
+            return Err(RecordError::Field("link specifier counts"));
+        }
+        let mut identity = [0u8; 32];
+        let mut link_key = [0u8; 32];
+        identity.copy_from_slice(&b[4..36]);
+        link_key.copy_from_slice(&b[36..68]);
+        check_identity(&identity)?;
+        if link_key == [0u8; 32] {
+            return Err(RecordError::Field("zero link key"));
+        }
+        let mut endpoints = Vec::with_capacity(n_ep);
+        for i in 0..2 {
+            let off = 68 + i * ENDPOINT_LEN;
+            let slot: &[u8; ENDPOINT_LEN] = b
+                .get(off..off + ENDPOINT_LEN)
+                .and_then(|x| x.try_into().ok())
+                .ok_or(RecordError::Field("endpoint slot"))?;
+            match (i < n_ep, parse_endpoint(slot)?) {
+                (true, Some(ep)) => endpoints.push(ep),
+                (false, None) => {}
+                _ => return Err(RecordError::Field("endpoint slots do not match the count")),
+            }
+        }
+        let mut introducers = Vec::with_capacity(n_intro);
+        for i in 0..2 {
+            let off = 106 + i * CONTACT_LEN;
+            let slot: &[u8; CONTACT_LEN] = b
+                .get(off..off + CONTACT_LEN)
+                .and_then(|x| x.try_into().ok())
+                .ok_or(RecordError::Field("contact slot"))?;
+            match (i < n_intro, parse_contact(slot)?) {
+                (true, Some(c)) => introducers.push(c),
+                (false, None) => {}
+                _ => {
+                    return Err(RecordError::Field(
+                        "introducer slots do not match the count",
+                    ))
+                }
+            }
+        }
+        Ok(LinkSpec {
+            identity,
+            link_key,
+            endpoints,
+            introducers,
+        })
+    }
+}
+
 /// The fields of a relay record.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RecordFields {
@@ -611,7 +732,28 @@ mod tests {
         assert!(parse_endpoint(&b).is_err(), "mapped address with family 6");
     }
 
+    #[test]
+    fn link_spec_round_trip() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let r = RelayRecord::sign(&key, sample(&key)).unwrap();
+        let spec = LinkSpec::of_record(&r);
+        let bytes = spec.emit().unwrap();
+        assert_eq!(LinkSpec::parse(&bytes).unwrap(), spec);
+        let mut bad = bytes;
+        bad[0] = 2;
+        assert!(LinkSpec::parse(&bad).is_err());
+        let mut bad = bytes;
+        bad[2] = 0;
+        assert!(LinkSpec::parse(&bad).is_err());
+        assert!(LinkSpec::parse(&bytes[..100]).is_err());
+    }
+
     proptest::proptest! {
+        #[test]
+        fn link_spec_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 272..=272)) {
+            let _ = LinkSpec::parse(&bytes);
+        }
+
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 424..=424)) {
             let _ = RelayRecord::parse(&bytes, NOW_MS);

@@ -65,6 +65,10 @@ pub enum RelayCommand {
     Rendezvous2 = 0x0E,
     /// Long-range padding; ignored.
     Drop = 0x0F,
+    /// Circuit probe: the last hop echoes the payload back in PROBE_REPLY (liveness, RTT).
+    Probe = 0x10,
+    /// The echo of a PROBE.
+    ProbeReply = 0x11,
 }
 
 impl RelayCommand {
@@ -87,6 +91,8 @@ impl RelayCommand {
             0x0D => Rendezvous1,
             0x0E => Rendezvous2,
             0x0F => Drop,
+            0x10 => Probe,
+            0x11 => ProbeReply,
             _ => return None,
         })
     }

@@ -1,0 +1,258 @@
+//! One node's protocol state: the link layer and the circuit layer, joined. Sans-IO like its
+//! parts: the daemon drives it with a UDP socket and a clock, the in-process network with an
+//! in-memory transport and virtual time. It moves link events and cells up to the circuit layer,
+//! circuit actions down to the link layer, and keeps the pool of ready circuits.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::net::SocketAddr;
+
+use crate::circuit::layer::{CircAction, CircEvent, CircuitLayer, Purpose};
+use crate::circuit::OnionKey;
+use crate::link::view::family_prefix;
+use crate::link::{LinkEvent, LinkLayer, Transmit};
+use crate::time::Millis;
+use crate::wire::record::RelayRecord;
+
+/// Ready 3-hop circuits a node keeps so that no later feature builds from scratch.
+pub const POOL_TARGET: usize = 2;
+/// Hops of a pool circuit.
+pub const POOL_HOPS: usize = 3;
+
+/// What a node reports upwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// From the link layer (cells are consumed by the circuit layer and not reported).
+    Link(LinkEvent),
+    /// From the circuit layer.
+    Circuit(CircEvent),
+}
+
+/// A node: link layer, circuit layer and the glue.
+pub struct Node {
+    /// The link layer.
+    pub link: LinkLayer,
+    /// The circuit layer.
+    pub circ: CircuitLayer,
+    /// Family prefix lengths for path selection.
+    pub prefix_bits: (u8, u8),
+    pool_target: usize,
+    events: Vec<NodeEvent>,
+    rng: StdRng,
+    last_path_error: Option<String>,
+    guard: Option<[u8; 32]>,
+}
+
+impl Node {
+    /// Joins the layers. `onion` is the relay's current onion key; identity, relay role, family
+    /// prefixes and the memory budget come from the link layer.
+    pub fn new(link: LinkLayer, onion: OnionKey, seed: u64, now: Millis) -> Node {
+        let cfg = link.config();
+        let (relay, prefix_bits) = (cfg.relay, cfg.prefix_bits);
+        Node {
+            circ: CircuitLayer::new(
+                link.identity(),
+                onion,
+                relay,
+                link.budget().clone(),
+                seed ^ 0x5eed,
+                now,
+            ),
+            link,
+            prefix_bits,
+            pool_target: POOL_TARGET,
+            events: Vec::new(),
+            rng: StdRng::seed_from_u64(seed ^ 0xface),
+            last_path_error: None,
+            guard: None,
+        }
+    }
+
+    /// Sets how many ready pool circuits to keep (0 turns the pool off).
+    pub fn set_pool_target(&mut self, n: usize) {
+        self.pool_target = n;
+    }
+
+    /// Why the pool could not build, if it could not.
+    pub fn path_error(&self) -> Option<&str> {
+        self.last_path_error.as_deref()
+    }
+
+    /// Handles a datagram.
+    pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+        self.link.handle_datagram(now, from, data);
+        self.pump(now);
+    }
+
+    /// Runs timers.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.link.handle_timeout(now);
+        self.circ.handle_timeout(now);
+        self.pump(now);
+        self.maintain_pool(now);
+        self.pump(now);
+    }
+
+    /// When to call [`Node::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.link.poll_timeout()
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.link.poll_transmit()
+    }
+
+    /// Returns a datagram buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.link.recycle(buf);
+    }
+
+    /// Events since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, NodeEvent> {
+        self.events.drain(..)
+    }
+
+    /// Moves events and actions between the layers until both are quiet.
+    pub fn pump(&mut self, now: Millis) {
+        loop {
+            let mut progress = false;
+            while let Some(e) = self.link.poll_event() {
+                progress = true;
+                match e {
+                    LinkEvent::Cell { link, cell } => {
+                        self.circ.on_cell(now, link, &cell);
+                        self.link.recycle(cell);
+                    }
+                    LinkEvent::Up { link, identity } => {
+                        if let Some(theirs) = self.link.peer_key(link) {
+                            let ours = self.link.link_public();
+                            self.circ.on_link_up(now, link, identity, ours, theirs);
+                        }
+                        self.events
+                            .push(NodeEvent::Link(LinkEvent::Up { link, identity }));
+                    }
+                    LinkEvent::Down { link, identity } => {
+                        self.circ.on_link_down(now, link);
+                        self.events
+                            .push(NodeEvent::Link(LinkEvent::Down { link, identity }));
+                    }
+                    other => self.events.push(NodeEvent::Link(other)),
+                }
+            }
+            while let Some(a) = self.circ.poll_action() {
+                progress = true;
+                match a {
+                    CircAction::SendCell { link, cell } => {
+                        if self.link.send_cell(now, link, &cell).is_err() {
+                            tracing::trace!(link = link.0, "cell for a link that is gone");
+                        }
+                    }
+                    CircAction::Connect { link_key, endpoint } => {
+                        let _ = self.link.connect(now, link_key, endpoint);
+                    }
+                }
+            }
+            while let Some(e) = self.circ.poll_event() {
+                progress = true;
+                self.events.push(NodeEvent::Circuit(e));
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn maintain_pool(&mut self, now: Millis) {
+        if self.pool_target == 0 || self.circ.count(Purpose::Pool) >= self.pool_target {
+            return;
+        }
+        match self.choose_path(POOL_HOPS) {
+            Ok(path) => {
+                self.last_path_error = None;
+                let first = path.first().and_then(|r| self.link.link_to(r.identity()));
+                if let Err(e) = self.circ.build(now, Purpose::Pool, path, first) {
+                    self.last_path_error = Some(e.to_string());
+                }
+            }
+            Err(e) => {
+                if self.last_path_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("cannot build pool circuits: {e}");
+                }
+                self.last_path_error = Some(e);
+            }
+        }
+    }
+
+    /// A path of `hops` distinct relays in distinct families, starting at a stable first hop.
+    fn choose_path(&mut self, hops: usize) -> Result<Vec<RelayRecord>, String> {
+        let own = self.link.own_record().map(|r| r.identity().to_owned());
+        let mut relays: Vec<&RelayRecord> = self
+            .link
+            .view()
+            .iter()
+            .filter(|r| r.is_relay() && Some(*r.identity()) != own)
+            .collect();
+        relays.sort_by_key(|r| *r.identity());
+        let (v4, v6) = self.prefix_bits;
+        let families = |r: &RelayRecord| -> Vec<(u8, u128)> {
+            r.fields()
+                .endpoints
+                .iter()
+                .map(|e| family_prefix(e.ip(), v4, v6))
+                .collect()
+        };
+        // A stable first hop among relays we are linked to.
+        let linked: Vec<&RelayRecord> = relays
+            .iter()
+            .copied()
+            .filter(|r| self.link.link_to(r.identity()).is_some())
+            .collect();
+        let guard = match self
+            .guard
+            .and_then(|g| linked.iter().copied().find(|r| *r.identity() == g))
+        {
+            Some(g) => g,
+            None => {
+                let g = linked
+                    .choose(&mut self.rng)
+                    .copied()
+                    .ok_or_else(|| "path: no linked relay to start a circuit at".to_string())?;
+                self.guard = Some(*g.identity());
+                g
+            }
+        };
+        let mut path = vec![guard.clone()];
+        let mut used: Vec<(u8, u128)> = families(guard);
+        let mut candidates: Vec<&RelayRecord> = relays.clone();
+        candidates.shuffle(&mut self.rng);
+        for r in candidates {
+            if path.len() == hops {
+                break;
+            }
+            if path.iter().any(|p| p.identity() == r.identity()) {
+                continue;
+            }
+            let f = families(r);
+            if f.iter().any(|x| used.contains(x)) {
+                continue;
+            }
+            used.extend(f);
+            path.push(r.clone());
+        }
+        if path.len() < hops {
+            let distinct = {
+                let mut all: Vec<(u8, u128)> = relays.iter().flat_map(|r| families(r)).collect();
+                all.sort_unstable();
+                all.dedup();
+                all.len()
+            };
+            return Err(format!(
+                "path: need {hops} relays in distinct /{v4} (IPv4) or /{v6} (IPv6) families, view has {} relays in {distinct} families",
+                relays.len()
+            ));
+        }
+        Ok(path)
+    }
+}
