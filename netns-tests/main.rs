@@ -5,5 +5,6 @@
 
 mod harness;
 
+mod circuits;
 mod foundation;
 mod links;

@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::budget::MemoryBudget;
+use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
+use crate::circuit::OnionKey;
 use crate::config::Config;
 use crate::control;
 use crate::crypto::NodeKeys;
 use crate::flow::{self, Verdict};
 use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
+use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
 use crate::time::Clock;
 use crate::wire::udp;
@@ -57,6 +60,10 @@ struct LinkSnapshot {
     nat: &'static str,
     observed: Option<SocketAddr>,
     record: bool,
+    circuits: Vec<CircuitInfo>,
+    relayed: usize,
+    circ_stats: CircuitStats,
+    path_error: Option<String>,
 }
 
 /// What the control socket reports.
@@ -115,7 +122,16 @@ impl control::Handler for NodeState {
                     "bad_records": links.stats.bad_records,
                 },
                 "memory": {"used": self.budget.used(), "limit": self.budget.limit()},
-                "circuits": {"own": 0, "relayed": 0},
+                "circuits": {
+                    "own": links.circuits.len(),
+                    "ready": links.circuits.iter().filter(|c| c.ready).count(),
+                    "relayed": links.relayed,
+                    "relayed_cells": links.circ_stats.relayed_cells,
+                    "built": links.circ_stats.built,
+                    "build_failures": links.circ_stats.build_failures,
+                    "creates_refused": links.circ_stats.creates_refused,
+                    "path_error": links.path_error,
+                },
                 "uptime_s": self.started.elapsed().as_secs(),
                 "pid": std::process::id(),
                 "tun": {
@@ -125,7 +141,22 @@ impl control::Handler for NodeState {
                 },
             })),
             "peers" => Ok(Value::Array(links.peers.iter().map(peer_json).collect())),
-            "circuits" => Ok(json!([])),
+            "circuits" => Ok(Value::Array(
+                links
+                    .circuits
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": format!("{:x}", c.id.0),
+                            "hops": c.hops,
+                            "purpose": c.purpose.name(),
+                            "age_s": c.age_s,
+                            "state": if c.ready { "ready" } else { "building" },
+                            "build_ms": c.build_ms,
+                        })
+                    })
+                    .collect(),
+            )),
             "services" => Ok(json!([{
                 "address": self.address.to_string(),
                 "tcp": self.config.expose.tcp,
@@ -227,8 +258,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         onion_public: x25519_dalek::PublicKey::from(&keys.relay_onion).to_bytes(),
     };
     // The service key stays out of the link layer entirely (it is never tied to the relay).
+    let onion = OnionKey::from_secret(keys.relay_onion.clone());
     drop(keys);
     let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
+    let link = Node::new(link, onion, rand::random(), clock.now());
     let socket_path = config.control_socket.clone();
     let result = rt.block_on(run_async(
         dev,
@@ -252,7 +285,7 @@ async fn run_async(
     dev: tun_rs::SyncDevice,
     control_listener: std::os::unix::net::UnixListener,
     sockets: Vec<std::net::UdpSocket>,
-    link: LinkLayer,
+    link: Node,
     clock: Clock,
     state: Arc<NodeState>,
 ) -> Result<(), DaemonError> {
@@ -362,7 +395,7 @@ async fn recv_on(
 /// The link task: owns the UDP sockets and the link layer's state machine.
 async fn link_loop(
     sockets: Vec<UdpSocket>,
-    mut link: LinkLayer,
+    mut link: Node,
     clock: Clock,
     state: Arc<NodeState>,
 ) -> std::io::Result<()> {
@@ -410,30 +443,43 @@ async fn link_loop(
             }
             link.recycle(t.data);
         }
-        while let Some(e) = link.poll_event() {
+        for e in link.drain_events() {
             match e {
-                LinkEvent::Up { link: id, identity } => {
+                NodeEvent::Link(LinkEvent::Up { link: id, identity }) => {
                     tracing::info!(link = id.0, relay = identity.is_some(), "link up")
                 }
-                LinkEvent::Down { link: id, .. } => tracing::info!(link = id.0, "link down"),
-                LinkEvent::Observed { endpoint } => {
+                NodeEvent::Link(LinkEvent::Down { link: id, .. }) => {
+                    tracing::info!(link = id.0, "link down")
+                }
+                NodeEvent::Link(LinkEvent::Observed { endpoint }) => {
                     tracing::info!(%endpoint, "a neighbour sees us at this endpoint")
                 }
-                // Circuits arrive with their issue; until then cells have no consumer.
-                LinkEvent::Cell { .. } => {}
+                NodeEvent::Link(LinkEvent::Cell { .. }) => {}
+                NodeEvent::Circuit(CircEvent::Built { id, build_ms }) => {
+                    tracing::debug!(circuit = id.0, build_ms, "circuit built")
+                }
+                NodeEvent::Circuit(CircEvent::Closed { id, why }) => {
+                    tracing::debug!(circuit = id.0, why, "circuit closed")
+                }
+                NodeEvent::Circuit(CircEvent::Message { .. }) => {}
             }
         }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
             last_snapshot = now;
             if let Ok(mut snap) = state.links.lock() {
-                snap.peers = link.peers(now);
-                snap.stats = link.stats().clone();
-                snap.view = link.view().len();
-                snap.view_sources = link.view().sources();
-                snap.nat = link.nat().name();
-                snap.observed = link.observed();
-                snap.record = link.own_record().is_some();
+                let l = &link.link;
+                snap.peers = l.peers(now);
+                snap.stats = l.stats().clone();
+                snap.view = l.view().len();
+                snap.view_sources = l.view().sources();
+                snap.nat = l.nat().name();
+                snap.observed = l.observed();
+                snap.record = l.own_record().is_some();
+                snap.circuits = link.circ.circuits(now);
+                snap.relayed = link.circ.relayed_count();
+                snap.circ_stats = link.circ.stats().clone();
+                snap.path_error = link.path_error().map(str::to_string);
             }
         }
     }

@@ -277,12 +277,21 @@ fn print_status(v: &Value) -> String {
         (
             "circuits",
             format!(
-                "{} own, {} relayed",
+                "{} own ({} ready), {} relayed for others",
                 s(&v["circuits"]["own"]),
+                s(&v["circuits"]["ready"]),
                 s(&v["circuits"]["relayed"])
             ),
         ),
         ("nat", s(&v["nat"])),
+        (
+            "view",
+            format!(
+                "{} relays from {} sources",
+                s(&v["view"]["relays"]),
+                s(&v["view"]["sources"])
+            ),
+        ),
         ("uptime", duration(v["uptime_s"].as_u64().unwrap_or(0))),
         ("version", s(&v["version"])),
     ];
@@ -355,9 +364,21 @@ fn print_circuits(v: &Value) -> String {
     }
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|c| vec![s(&c["id"]), s(&c["hops"]), s(&c["purpose"]), s(&c["age_s"])])
+        .map(|c| {
+            vec![
+                s(&c["id"]),
+                s(&c["hops"]),
+                s(&c["purpose"]),
+                s(&c["state"]),
+                s(&c["build_ms"]),
+                duration(c["age_s"].as_u64().unwrap_or(0)),
+            ]
+        })
         .collect();
-    table(&["ID", "HOPS", "PURPOSE", "AGE S"], &rows)
+    table(
+        &["ID", "HOPS", "PURPOSE", "STATE", "BUILD MS", "AGE"],
+        &rows,
+    )
 }
 
 fn print_services(v: &Value) -> String {
