@@ -261,7 +261,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let onion = OnionKey::from_secret(keys.relay_onion.clone());
     drop(keys);
     let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
-    let link = Node::new(link, onion, rand::random(), clock.now());
+    let mut link = Node::new(link, onion, rand::random(), clock.now());
+    link.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
     let socket_path = config.control_socket.clone();
     let result = rt.block_on(run_async(
         dev,

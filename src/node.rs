@@ -4,16 +4,16 @@
 //! circuit actions down to the link layer, and keeps the pool of ready circuits.
 
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use crate::circuit::layer::{CircAction, CircEvent, CircuitLayer, Purpose};
+use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
 use crate::circuit::OnionKey;
-use crate::link::view::family_prefix;
 use crate::link::{LinkEvent, LinkLayer, Transmit};
 use crate::time::Millis;
-use crate::wire::record::RelayRecord;
+use crate::wire::record::{RelayRecord, FLAG_RENDEZVOUS};
 
 /// Ready 3-hop circuits a node keeps so that no later feature builds from scratch.
 pub const POOL_TARGET: usize = 2;
@@ -41,7 +41,9 @@ pub struct Node {
     events: Vec<NodeEvent>,
     rng: StdRng,
     last_path_error: Option<String>,
-    guard: Option<[u8; 32]>,
+    guards: Guards,
+    guard_file: Option<PathBuf>,
+    guard_save_failed: Option<Millis>,
 }
 
 impl Node {
@@ -65,8 +67,25 @@ impl Node {
             events: Vec::new(),
             rng: StdRng::seed_from_u64(seed ^ 0xface),
             last_path_error: None,
-            guard: None,
+            guards: Guards::new(),
+            guard_file: None,
+            guard_save_failed: None,
         }
+    }
+
+    /// Keeps guards in `file` across restarts (loaded now, saved when they change). A corrupt
+    /// file is logged and replaced by fresh guards.
+    pub fn set_guard_file(&mut self, file: PathBuf) {
+        match Guards::load(&file) {
+            Ok(g) => self.guards = g,
+            Err(e) => tracing::warn!("guards file {}: {e}; choosing new guards", file.display()),
+        }
+        self.guard_file = Some(file);
+    }
+
+    /// The current guards (identity, temporary?) for status output.
+    pub fn guards(&self) -> &Guards {
+        &self.guards
     }
 
     /// Sets how many ready pool circuits to keep (0 turns the pool off).
@@ -126,6 +145,9 @@ impl Node {
                         self.link.recycle(cell);
                     }
                     LinkEvent::Up { link, identity } => {
+                        if let Some(id) = &identity {
+                            self.guards.mark_up(id, now);
+                        }
                         if let Some(theirs) = self.link.peer_key(link) {
                             let ours = self.link.link_public();
                             self.circ.on_link_up(now, link, identity, ours, theirs);
@@ -134,6 +156,9 @@ impl Node {
                             .push(NodeEvent::Link(LinkEvent::Up { link, identity }));
                     }
                     LinkEvent::Down { link, identity } => {
+                        if let Some(id) = &identity {
+                            self.guards.mark_down(id, now);
+                        }
                         self.circ.on_link_down(now, link);
                         self.events
                             .push(NodeEvent::Link(LinkEvent::Down { link, identity }));
@@ -165,10 +190,53 @@ impl Node {
     }
 
     fn maintain_pool(&mut self, now: Millis) {
+        let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
+            Some(r) => r.fields().endpoints.clone(),
+            None => self.link.observed().into_iter().collect(),
+        };
+        let rules = PathRules {
+            ipv4_bits: self.prefix_bits.0,
+            ipv6_bits: self.prefix_bits.1,
+        };
+        let ctx = PathContext {
+            view: self.link.view(),
+            rules,
+            own_endpoints: &own_endpoints,
+            now,
+        };
+        for e in self.guards.maintain(&ctx, &mut self.rng) {
+            tracing::info!("{e}");
+        }
+        // A failed save is retried every ten minutes, not on every tick.
+        let retry = self
+            .guard_save_failed
+            .is_none_or(|t| now.saturating_sub(t) >= 600_000);
+        if self.guards.needs_save() && retry {
+            if let Some(f) = &self.guard_file {
+                match self.guards.save(f) {
+                    Ok(()) => self.guard_save_failed = None,
+                    Err(e) => {
+                        tracing::warn!("saving guards to {}: {e}", f.display());
+                        self.guard_save_failed = Some(now);
+                    }
+                }
+            }
+        }
         if self.pool_target == 0 || self.circ.count(Purpose::Pool) >= self.pool_target {
             return;
         }
-        match self.choose_path(POOL_HOPS) {
+        let kind = PathKind::Client(Target::Any(FLAG_RENDEZVOUS));
+        let path = ctx
+            .select(kind, &self.guards, None, &mut self.rng)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                p.hops()
+                    .iter()
+                    .map(|h| ctx.view.get(&h.identity).cloned())
+                    .collect::<Option<Vec<RelayRecord>>>()
+                    .ok_or_else(|| "path: a hop left the view".to_string())
+            });
+        match path {
             Ok(path) => {
                 self.last_path_error = None;
                 let first = path.first().and_then(|r| self.link.link_to(r.identity()));
@@ -183,76 +251,5 @@ impl Node {
                 self.last_path_error = Some(e);
             }
         }
-    }
-
-    /// A path of `hops` distinct relays in distinct families, starting at a stable first hop.
-    fn choose_path(&mut self, hops: usize) -> Result<Vec<RelayRecord>, String> {
-        let own = self.link.own_record().map(|r| r.identity().to_owned());
-        let mut relays: Vec<&RelayRecord> = self
-            .link
-            .view()
-            .iter()
-            .filter(|r| r.is_relay() && Some(*r.identity()) != own)
-            .collect();
-        relays.sort_by_key(|r| *r.identity());
-        let (v4, v6) = self.prefix_bits;
-        let families = |r: &RelayRecord| -> Vec<(u8, u128)> {
-            r.fields()
-                .endpoints
-                .iter()
-                .map(|e| family_prefix(e.ip(), v4, v6))
-                .collect()
-        };
-        // A stable first hop among relays we are linked to.
-        let linked: Vec<&RelayRecord> = relays
-            .iter()
-            .copied()
-            .filter(|r| self.link.link_to(r.identity()).is_some())
-            .collect();
-        let guard = match self
-            .guard
-            .and_then(|g| linked.iter().copied().find(|r| *r.identity() == g))
-        {
-            Some(g) => g,
-            None => {
-                let g = linked
-                    .choose(&mut self.rng)
-                    .copied()
-                    .ok_or_else(|| "path: no linked relay to start a circuit at".to_string())?;
-                self.guard = Some(*g.identity());
-                g
-            }
-        };
-        let mut path = vec![guard.clone()];
-        let mut used: Vec<(u8, u128)> = families(guard);
-        let mut candidates: Vec<&RelayRecord> = relays.clone();
-        candidates.shuffle(&mut self.rng);
-        for r in candidates {
-            if path.len() == hops {
-                break;
-            }
-            if path.iter().any(|p| p.identity() == r.identity()) {
-                continue;
-            }
-            let f = families(r);
-            if f.iter().any(|x| used.contains(x)) {
-                continue;
-            }
-            used.extend(f);
-            path.push(r.clone());
-        }
-        if path.len() < hops {
-            let distinct = {
-                let mut all: Vec<(u8, u128)> = relays.iter().flat_map(|r| families(r)).collect();
-                all.sort_unstable();
-                all.dedup();
-                all.len()
-            };
-            return Err(format!(
-                "path: need {hops} relays in distinct /{v4} (IPv4) or /{v6} (IPv6) families, view has {} relays in {distinct} families",
-                relays.len()
-            ));
-        }
-        Ok(path)
     }
 }
