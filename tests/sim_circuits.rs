@@ -216,3 +216,48 @@ fn a_dead_relay_closes_the_circuits_through_it() {
         }
     }
 }
+
+#[test]
+fn builds_survive_five_percent_loss() {
+    let cfg = SimConfig {
+        loss: 0.05,
+        jitter_ms: 20,
+        seed: 9,
+        ..SimConfig::default()
+    };
+    let mut sim = network(30, cfg);
+    sim.run_for(90_000);
+    let mut failures = 0;
+    let mut built_total = 0;
+    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    for n in &sim.nodes {
+        for e in &n.events {
+            if let NodeEvent::Circuit(CircEvent::Closed { why, .. }) = e {
+                *reasons.entry(why.clone()).or_default() += 1;
+            }
+        }
+    }
+    eprintln!("circuit closes: {reasons:?}");
+    let mut full = 0;
+    for (i, n) in sim.nodes.iter().enumerate() {
+        // At any instant a pool circuit may be mid-rebuild; never none.
+        assert!(
+            n.node.circ.ready(Purpose::Pool) >= 1,
+            "node {i}: no ready pool circuit ({:?})",
+            n.node.path_error()
+        );
+        if n.node.circ.ready(Purpose::Pool) >= 2 {
+            full += 1;
+        }
+        failures += n.node.circ.stats().build_failures;
+        built_total += n.node.circ.stats().built;
+    }
+    eprintln!("5% loss: {built_total} circuits built, {failures} builds failed, {full}/30 nodes with a full pool");
+    assert!(full >= 24, "only {full} of 30 nodes have a full pool");
+    // Failed builds are replaced; the pool stays usable. (The failure rate itself is reported:
+    // link set-up under loss is the slow part, see the closing note of issue #6.)
+    assert!(
+        built_total > failures,
+        "{failures} failures for {built_total} builds"
+    );
+}

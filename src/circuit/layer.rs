@@ -49,6 +49,10 @@ pub const CIRCUIT_MAX_AGE_MS: Millis = 3_600_000;
 pub const CIRCUIT_HARD_MAX_AGE_MS: Millis = 7_200_000;
 /// Relays destroy circuits idle for this long.
 pub const RELAY_CIRCUIT_IDLE_TIMEOUT_MS: Millis = 900_000;
+/// A CREATE (or a client's EXTEND) unanswered for this long is resent, identically ...
+pub const CREATE_RETRY_MS: Millis = 1_000;
+/// ... at most this many times.
+pub const CREATE_RETRIES: u8 = 2;
 /// Cells held for a circuit while its next hop is being reached.
 pub const CIRCUIT_QUEUE_CELLS: usize = 128;
 /// Memory charged per relayed circuit (hop state, two routes, maps).
@@ -212,6 +216,8 @@ struct PendingExtend {
     identity: [u8; 32],
     create: [u8; CREATE_HS_LEN],
     started: Millis,
+    sent: Option<Millis>,
+    retries: u8,
 }
 
 struct Relayed {
@@ -221,6 +227,9 @@ struct Relayed {
     created_at: Millis,
     last_cell: Millis,
     extend: Option<PendingExtend>,
+    /// Hash of the CREATE bytes and our CREATED cell, to answer a resent CREATE identically
+    /// (dropped once the first relay cell shows the client got it).
+    answer: Option<Box<([u8; 32], [u8; CELL_LEN])>>,
     _charge: Charge,
 }
 
@@ -243,6 +252,10 @@ struct Own {
     purpose: Purpose,
     started: Millis,
     built_at: Option<Millis>,
+    /// The CREATE or EXTEND cell in flight, resent identically if unanswered.
+    setup: Option<Box<[u8; CELL_LEN]>>,
+    setup_sent: Millis,
+    setup_retries: u8,
     _charge: Charge,
 }
 
@@ -297,6 +310,11 @@ pub struct CircuitLayer {
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
     stats: CircuitStats,
+}
+
+fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(cell.get(CELL_HEADER_LEN..).unwrap_or(&[])).into()
 }
 
 fn cell_header(cell: &[u8; CELL_LEN]) -> Option<(u32, CellCommand)> {
@@ -556,6 +574,17 @@ impl CircuitLayer {
         // The peer allocates ids with the other high bit than ours.
         let wrong_half = (circ_id & 0x8000_0000 != 0) == info.high_bit;
         let key = (link, circ_id);
+        if let Some((slot, Dir::Up)) = self.routes.get(&key).copied() {
+            // A resent CREATE (its CREATED was lost): answer identically.
+            let digest = create_digest(cell);
+            if let Some(Some(ans)) = self.relayed.get(&slot).map(|r| r.answer.as_ref()) {
+                if ans.0 == digest {
+                    let out = ans.1;
+                    self.push_cell(link, out);
+                    return;
+                }
+            }
+        }
         if !self.relay || wrong_half || self.routes.contains_key(&key) || circ_id == 0 {
             self.stats.creates_refused += 1;
             if !self.routes.contains_key(&key) {
@@ -632,6 +661,7 @@ impl CircuitLayer {
                 created_at: now,
                 last_cell: now,
                 extend: None,
+                answer: Some(Box::new((create_digest(cell), out))),
                 _charge: charge,
             },
         );
@@ -658,6 +688,7 @@ impl CircuitLayer {
             return;
         };
         r.last_cell = now;
+        r.answer = None;
         let down = r.down;
         match r.hop.forward(cell) {
             Ok(Forward::Relayed) => {
@@ -772,6 +803,8 @@ impl CircuitLayer {
             identity: spec.identity,
             create,
             started: now,
+            sent: None,
+            retries: 0,
         });
         let existing = self
             .links
@@ -807,7 +840,8 @@ impl CircuitLayer {
         let Some(r) = self.relayed.get_mut(&slot) else {
             return;
         };
-        let Some(ext) = r.extend.as_ref() else { return };
+        let Some(ext) = r.extend.as_mut() else { return };
+        ext.sent = Some(now);
         let mut cell = [0u8; CELL_LEN];
         crate::wire::cell::emit_plain_cell(
             &mut cell,
@@ -906,6 +940,9 @@ impl CircuitLayer {
                 purpose,
                 started: now,
                 built_at: None,
+                setup: None,
+                setup_sent: now,
+                setup_retries: 0,
                 _charge: charge,
             },
         );
@@ -953,6 +990,9 @@ impl CircuitLayer {
                 o.link = Some(link);
                 o.circ_id = circ_id;
                 o.state = OwnState::Extending { next: 0 };
+                o.setup = Some(Box::new(cell));
+                o.setup_sent = now;
+                o.setup_retries = 0;
                 self.own_routes.insert((link, circ_id), id);
                 if let Some(i) = self.links.get_mut(&link) {
                     i.circuits += 1;
@@ -967,6 +1007,11 @@ impl CircuitLayer {
         let Some(o) = self.own.get_mut(&id) else {
             return;
         };
+        if !matches!(o.state, OwnState::Extending { next: 0 }) {
+            // A duplicate CREATED (we resent CREATE): the first one already counted.
+            self.stats.dropped += 1;
+            return;
+        }
         let Some(c) = o.circ.as_mut() else { return };
         if let Err(e) = c.on_created(cell) {
             self.close_own(now, id, &format!("CREATED: {e}"), true);
@@ -981,6 +1026,7 @@ impl CircuitLayer {
         };
         if next >= o.path.len() {
             o.state = OwnState::Ready;
+            o.setup = None;
             o.built_at = Some(now);
             let build_ms = now.saturating_sub(o.started);
             self.stats.built += 1;
@@ -1009,6 +1055,9 @@ impl CircuitLayer {
         match c.extend(&mut self.rng, &target, &spec, &mut cell) {
             Ok(()) => {
                 o.state = OwnState::Extending { next };
+                o.setup = Some(Box::new(cell));
+                o.setup_sent = now;
+                o.setup_retries = 0;
                 self.push_cell(link, cell);
             }
             Err(e) => self.close_own(now, id, &format!("EXTEND: {e}"), true),
@@ -1140,6 +1189,46 @@ impl CircuitLayer {
             {
                 expired.push(*slot);
             }
+        }
+        // Resend unanswered CREATE/EXTEND cells, identically (a duplicate that did arrive is
+        // answered again by the relay, or dropped by its replay window).
+        let mut resend: Vec<(LinkId, [u8; CELL_LEN])> = Vec::new();
+        for o in self.own.values_mut() {
+            if let (Some(cell), Some(link)) = (o.setup.as_ref(), o.link) {
+                if now.saturating_sub(o.setup_sent) >= CREATE_RETRY_MS
+                    && o.setup_retries < CREATE_RETRIES
+                {
+                    o.setup_retries += 1;
+                    o.setup_sent = now;
+                    resend.push((link, **cell));
+                }
+            }
+        }
+        for r in self.relayed.values_mut() {
+            let Some((link, id)) = r.down else { continue };
+            let Some(ext) = r.extend.as_mut() else {
+                continue;
+            };
+            if let Some(sent) = ext.sent {
+                if now.saturating_sub(sent) >= CREATE_RETRY_MS && ext.retries < CREATE_RETRIES {
+                    ext.retries += 1;
+                    ext.sent = Some(now);
+                    let mut cell = [0u8; CELL_LEN];
+                    crate::wire::cell::emit_plain_cell(
+                        &mut cell,
+                        &CellHeader {
+                            circ_id: id,
+                            cmd: CellCommand::Create,
+                            seq: 0,
+                        },
+                        &ext.create,
+                    );
+                    resend.push((link, cell));
+                }
+            }
+        }
+        for (link, cell) in resend {
+            self.push_cell(link, cell);
         }
         for slot in failed_extends {
             if let Some(r) = self.relayed.get_mut(&slot) {
