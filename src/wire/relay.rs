@@ -422,9 +422,9 @@ mod tests {
             RelayError::PayloadLength(1317)
         );
         body[18..20].copy_from_slice(&0u16.to_be_bytes());
-        body[17] = 0x10;
+        body[17] = 0x7f;
         let m = RelayMessage::new_checked(&body).unwrap();
-        assert_eq!(m.command(), Err(RelayError::UnknownCommand(0x10)));
+        assert_eq!(m.command(), Err(RelayError::UnknownCommand(0x7f)));
         assert!(RelayMessage::new_checked(&body[1..]).is_err());
     }
 
