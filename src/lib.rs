@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod daemon;
+pub mod dht;
 pub mod flow;
 pub mod link;
 pub mod node;

@@ -1,0 +1,17 @@
+//! DHT messages (protocol.md 12.2) and descriptors (11.3): the parsers return errors on bad input,
+//! never panic, and whatever parses re-emits to bytes that parse to the same message.
+#![no_main]
+use globalnet::dht::descriptor::Descriptor;
+use globalnet::dht::message::DhtMessage;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(m) = DhtMessage::parse(data) {
+        let again = m.emit().expect("a parsed message re-emits");
+        assert_eq!(DhtMessage::parse(&again).as_ref(), Ok(&m));
+        if let DhtMessage::Store { record, .. } = &m {
+            let _ = Descriptor::parse(record, 1_767_225_600_000);
+        }
+    }
+    let _ = Descriptor::parse(data, 1_767_225_600_000);
+});

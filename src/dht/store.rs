@@ -1,0 +1,480 @@
+//! Record storage of a DHT node (docs/protocol.md sections 12.4 and 11.5).
+//!
+//! Relay records are kept under `H(LABEL_RELAY_DHT_KEY, identity)`, one per identity (highest
+//! `seq`); descriptors under their `index`, at most `DESC_MAX_SIGNERS_PER_INDEX` signers per index
+//! with no rollback per (index, signer) and the new-signer interval rule. Totals are capped
+//! (`DHT_STORE_MAX_RECORDS`, `DHT_STORE_PER_SOURCE_PREFIX` per source family prefix) and every
+//! record holds a charge against the memory budget. Records are dropped at `expires`.
+//!
+//! The store keeps exactly the record bytes a STORE carried plus the source prefix: never an
+//! address or a service key (it never sees one), and nothing that repeats across epochs.
+//! The responsibility rule (status 4) needs the routing table and is checked by the caller
+//! ([`crate::dht::server`]).
+
+use rand::Rng;
+use std::collections::HashMap;
+
+use super::descriptor::{Descriptor, DESC_MAX_SIGNERS_PER_INDEX, DESC_NEW_SIGNER_INTERVAL_S};
+use super::message::{RecordKind, StoreStatus};
+use super::routing::Prefix;
+use super::{relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
+use crate::budget::{Charge, MemoryBudget};
+use crate::time::Millis;
+use crate::wire::record::RelayRecord;
+
+/// Approximate bytes one stored record costs beyond its bytes (parsed fields, map overhead).
+pub const STORE_ENTRY_OVERHEAD: usize = 128;
+
+#[derive(Debug)]
+struct Stored {
+    bytes: Vec<u8>,
+    signer: [u8; 32],
+    version: u64,
+    expires: u64,
+    source: Prefix,
+    _charge: Charge,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    kind_relay: bool,
+    records: Vec<Stored>,
+    last_new_signer_s: Option<u64>,
+}
+
+/// The records one DHT node stores for others.
+#[derive(Debug)]
+pub struct Store {
+    slots: HashMap<Key, Slot>,
+    total: usize,
+    per_source: HashMap<Prefix, usize>,
+    budget: MemoryBudget,
+}
+
+/// A record checked for storage: its key, signer and version (seq or revision).
+struct Checked {
+    key: Key,
+    signer: [u8; 32],
+    version: u64,
+    expires: u64,
+}
+
+fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
+    match kind {
+        RecordKind::Relay => {
+            let r = RelayRecord::parse(bytes, now_ms).ok()?;
+            Some(Checked {
+                key: relay_key(r.identity()),
+                signer: *r.identity(),
+                version: r.fields().seq,
+                expires: r.fields().expires,
+            })
+        }
+        RecordKind::Descriptor => {
+            let d = Descriptor::parse(bytes, now_ms).ok()?;
+            Some(Checked {
+                key: *d.index(),
+                signer: *d.blinded_key(),
+                version: d.revision(),
+                expires: d.expires(),
+            })
+        }
+    }
+}
+
+/// The DHT key, signer and version of a record that passes the storage checks, for lookups that
+/// collect records (12.3): `None` if it fails them.
+pub fn checked_key(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<(Key, [u8; 32], u64)> {
+    check(kind, bytes, now_ms).map(|c| (c.key, c.signer, c.version))
+}
+
+impl Store {
+    /// An empty store charged to `budget`.
+    pub fn new(budget: MemoryBudget) -> Store {
+        Store {
+            slots: HashMap::new(),
+            total: 0,
+            per_source: HashMap::new(),
+            budget,
+        }
+    }
+
+    /// Applies a STORE of `bytes` from a source in family prefix `source` (responsibility already
+    /// checked by the caller).
+    pub fn store<R: Rng>(
+        &mut self,
+        kind: RecordKind,
+        bytes: &[u8],
+        source: Prefix,
+        now_ms: Millis,
+        rng: &mut R,
+    ) -> StoreStatus {
+        if bytes.len() != kind.record_len() {
+            return StoreStatus::Invalid;
+        }
+        let Some(c) = check(kind, bytes, now_ms) else {
+            return StoreStatus::Invalid;
+        };
+        self.expire_key(&c.key, now_ms);
+        let now_s = now_ms / 1000;
+        let relay = kind == RecordKind::Relay;
+        let (existing, n_records, rate_ok, kind_clash) = match self.slots.get(&c.key) {
+            Some(slot) => (
+                slot.records.iter().position(|s| s.signer == c.signer),
+                slot.records.len(),
+                slot.last_new_signer_s
+                    .is_none_or(|t| now_s >= t + DESC_NEW_SIGNER_INTERVAL_S),
+                slot.kind_relay != relay,
+            ),
+            None => (None, 0, true, false),
+        };
+        if kind_clash {
+            // A relay key and a descriptor index collide only by a SHA-256 collision.
+            return StoreStatus::Invalid;
+        }
+        // Where the record goes: replacing the same signer, a random signer, or a new slot.
+        let replace = match existing {
+            Some(i) => {
+                let Some(old) = self.slots.get(&c.key).and_then(|s| s.records.get(i)) else {
+                    return StoreStatus::Invalid;
+                };
+                if c.version < old.version || (c.version == old.version && old.bytes != bytes) {
+                    return StoreStatus::Stale;
+                }
+                if c.version == old.version {
+                    return StoreStatus::Stored;
+                }
+                Some(i)
+            }
+            None => {
+                let cap = if relay { 1 } else { DESC_MAX_SIGNERS_PER_INDEX };
+                if n_records >= cap {
+                    if relay || !rate_ok {
+                        return StoreStatus::Full;
+                    }
+                    Some(rng.gen_range(0..n_records))
+                } else {
+                    None
+                }
+            }
+        };
+        if replace.is_none() && self.total >= DHT_STORE_MAX_RECORDS {
+            return StoreStatus::Full;
+        }
+        // A source replacing a record it stored itself does not grow its share.
+        let same_source = replace
+            .and_then(|i| self.slots.get(&c.key).and_then(|s| s.records.get(i)))
+            .is_some_and(|old| old.source == source);
+        if !same_source
+            && self.per_source.get(&source).copied().unwrap_or(0) >= DHT_STORE_PER_SOURCE_PREFIX
+        {
+            return StoreStatus::Full;
+        }
+        let Some(charge) = self.budget.try_charge(bytes.len() + STORE_ENTRY_OVERHEAD) else {
+            return StoreStatus::Full;
+        };
+        let new = Stored {
+            bytes: bytes.to_vec(),
+            signer: c.signer,
+            version: c.version,
+            expires: c.expires,
+            source,
+            _charge: charge,
+        };
+        let slot = self.slots.entry(c.key).or_insert_with(|| Slot {
+            kind_relay: relay,
+            ..Slot::default()
+        });
+        if existing.is_none() && n_records >= DESC_MAX_SIGNERS_PER_INDEX && !relay {
+            slot.last_new_signer_s = Some(now_s);
+        }
+        match replace.and_then(|i| slot.records.get_mut(i)) {
+            Some(old) => {
+                let old_source = old.source;
+                *old = new;
+                if let Some(n) = self.per_source.get_mut(&old_source) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            None => {
+                slot.records.push(new);
+                self.total += 1;
+            }
+        }
+        *self.per_source.entry(source).or_insert(0) += 1;
+        StoreStatus::Stored
+    }
+
+    fn expire_key(&mut self, key: &Key, now_ms: Millis) {
+        let now_s = now_ms / 1000;
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        let per_source = &mut self.per_source;
+        let before = slot.records.len();
+        slot.records.retain(|s| {
+            let keep = s.expires > now_s;
+            if !keep {
+                if let Some(n) = per_source.get_mut(&s.source) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            keep
+        });
+        self.total -= before - slot.records.len();
+        if slot.records.is_empty() {
+            self.slots.remove(key);
+        }
+    }
+
+    /// Drops every record whose `expires` has passed.
+    pub fn expire(&mut self, now_ms: Millis) {
+        let keys: Vec<Key> = self.slots.keys().copied().collect();
+        for k in keys {
+            self.expire_key(&k, now_ms);
+        }
+        self.per_source.retain(|_, n| *n > 0);
+    }
+
+    /// The FIND_VALUE answer for `key`: how many unexpired records of `kind` are held and the one
+    /// at `cursor`, if any.
+    pub fn get(
+        &self,
+        key: &Key,
+        kind: RecordKind,
+        cursor: u8,
+        now_ms: Millis,
+    ) -> (u8, Option<&[u8]>) {
+        let now_s = now_ms / 1000;
+        let Some(slot) = self.slots.get(key) else {
+            return (0, None);
+        };
+        if slot.kind_relay != (kind == RecordKind::Relay) {
+            return (0, None);
+        }
+        let live: Vec<&Stored> = slot.records.iter().filter(|s| s.expires > now_s).collect();
+        let total = u8::try_from(live.len()).unwrap_or(u8::MAX);
+        (
+            total,
+            live.get(usize::from(cursor)).map(|s| s.bytes.as_slice()),
+        )
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Bytes of record data held.
+    pub fn bytes_stored(&self) -> usize {
+        self.slots
+            .values()
+            .flat_map(|s| s.records.iter())
+            .map(|r| r.bytes.len())
+            .sum()
+    }
+
+    /// Everything the store holds, as a database dump would show it: each key and its records'
+    /// bytes (for tests that check what a storage node learns).
+    pub fn dump(&self) -> Vec<(Key, Vec<u8>)> {
+        self.slots
+            .iter()
+            .flat_map(|(k, s)| s.records.iter().map(move |r| (*k, r.bytes.clone())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dht::descriptor::{epoch, expires_for, IntroEntry, Publication};
+    use ed25519_dalek::SigningKey;
+    use rand::SeedableRng;
+
+    const NOW_MS: u64 = 1_767_225_600_000 + 3_600_000;
+
+    fn intro() -> IntroEntry {
+        IntroEntry {
+            identity: SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes(),
+            link_key: [2; 32],
+            onion_key: [3; 32],
+            auth_key: SigningKey::from_bytes(&[4; 32]).verifying_key().to_bytes(),
+            endpoints: vec!["198.18.0.1:7412".parse().unwrap()],
+        }
+    }
+
+    fn desc(seed: u8, revision: u64) -> Descriptor {
+        let e = epoch(NOW_MS / 1000);
+        Descriptor::build(
+            &SigningKey::from_bytes(&[seed; 32]),
+            e,
+            &[intro()],
+            Publication {
+                revision,
+                expires: expires_for(NOW_MS / 1000, e),
+                salt: [seed; 16],
+            },
+        )
+        .unwrap()
+    }
+
+    const SRC: Prefix = (4, 0x0a00_0000);
+
+    #[test]
+    fn no_rollback_per_signer() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut s = Store::new(MemoryBudget::new(1 << 20));
+        let d1 = desc(7, NOW_MS - 10);
+        let d2 = desc(7, NOW_MS);
+        let k = RecordKind::Descriptor;
+        assert_eq!(
+            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(
+            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(
+            s.store(k, d1.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stale
+        );
+        assert_eq!(s.len(), 1);
+        let (total, rec) = s.get(d2.index(), k, 0, NOW_MS);
+        assert_eq!((total, rec), (1, Some(&d2.bytes()[..])));
+        assert_eq!(s.get(d2.index(), RecordKind::Relay, 0, NOW_MS).0, 0);
+        // Garbage is invalid.
+        assert_eq!(
+            s.store(k, &[0; 922], SRC, NOW_MS, &mut rng),
+            StoreStatus::Invalid
+        );
+        // Expiry.
+        s.expire((d2.expires() + 1) * 1000);
+        assert!(s.is_empty());
+    }
+
+    /// A squatter who knows the address cannot lock the service out: rollback is per signer, and
+    /// a full index admits a new signer only once per interval.
+    #[test]
+    fn signers_per_index() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let budget = MemoryBudget::new(1 << 20);
+        let mut s = Store::new(budget.clone());
+        let k = RecordKind::Descriptor;
+        // Descriptors from different keys land on different indexes; to share one index, build
+        // them "for" one address by faking the index is impossible (it is signed), so drive the
+        // signer rules with one real service and use distinct services for the caps.
+        let real = desc(1, NOW_MS);
+        assert_eq!(
+            s.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert!(budget.used() > 922);
+        // Per-source cap.
+        let mut s2 = Store::new(MemoryBudget::new(1 << 30));
+        s2.per_source.insert(SRC, DHT_STORE_PER_SOURCE_PREFIX);
+        assert_eq!(
+            s2.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Full
+        );
+        assert_eq!(
+            s2.store(k, real.bytes(), (4, 1), NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        // Budget.
+        let mut s3 = Store::new(MemoryBudget::new(100));
+        assert_eq!(
+            s3.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Full
+        );
+    }
+
+    #[test]
+    fn new_signer_interval_rule() {
+        // Exercise the slot logic directly: fill one index with 8 signers by inserting stored
+        // entries under a shared key.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let budget = MemoryBudget::new(1 << 24);
+        let mut s = Store::new(budget.clone());
+        let key = [9u8; 32];
+        let mut slot = Slot::default();
+        for i in 0..DESC_MAX_SIGNERS_PER_INDEX {
+            slot.records.push(Stored {
+                bytes: vec![i as u8],
+                signer: [i as u8 + 100; 32],
+                version: 1,
+                expires: u64::MAX,
+                source: SRC,
+                _charge: budget.try_charge(1).unwrap(),
+            });
+        }
+        s.slots.insert(key, slot);
+        s.total = DESC_MAX_SIGNERS_PER_INDEX;
+        // A real descriptor whose index we rewrite in the table: move the slot to its index.
+        let d = desc(3, NOW_MS);
+        let slot = s.slots.remove(&key).unwrap();
+        s.slots.insert(*d.index(), slot);
+        let k = RecordKind::Descriptor;
+        assert_eq!(
+            s.store(k, d.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
+        let d2 = desc(4, NOW_MS);
+        // Another new signer right away is rate limited (different index here, so emulate by
+        // moving again).
+        let slot = s.slots.remove(d.index()).unwrap();
+        s.slots.insert(*d2.index(), slot);
+        assert_eq!(
+            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Full
+        );
+        let later = NOW_MS + DESC_NEW_SIGNER_INTERVAL_S * 1000;
+        assert_eq!(
+            s.store(k, d2.bytes(), SRC, later, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
+        // The known signer can still update itself at any time.
+        let d3 = desc(4, NOW_MS + 5);
+        assert_eq!(
+            s.store(k, d3.bytes(), SRC, later, &mut rng),
+            StoreStatus::Stored
+        );
+    }
+
+    #[test]
+    fn relay_records_under_their_key() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
+        let v = &doc["relay_record"];
+        let hex = v["record"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let now = 1_767_225_600_000 + 60_000;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut s = Store::new(MemoryBudget::new(1 << 20));
+        assert_eq!(
+            s.store(RecordKind::Relay, &bytes, SRC, now, &mut rng),
+            StoreStatus::Stored
+        );
+        let dht_key = v["dht_key"].as_str().unwrap();
+        let key: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&dht_key[i..i + 2], 16).unwrap())
+            .collect();
+        let key: Key = key.try_into().unwrap();
+        assert_eq!(
+            s.get(&key, RecordKind::Relay, 0, now),
+            (1, Some(&bytes[..]))
+        );
+        assert_eq!(s.bytes_stored(), 424);
+    }
+}
