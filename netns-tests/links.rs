@@ -49,8 +49,13 @@ fn five_relays_link_up_and_recover() {
         .collect();
 
     // Everyone links to everyone (5 nodes, 8 wanted links each).
+    // A full mesh, every link confirmed by a PING round trip (an RTT).
     lab.wait_for("a full mesh of 5 relays", Duration::from_secs(30), || {
-        daemons.iter().all(|d| peer_keys(&lab, d).len() == 4)
+        daemons.iter().all(|d| {
+            let peers = lab.query(d, "peers");
+            let list = peers.as_array().unwrap();
+            list.len() == 4 && list.iter().all(|p| p["rtt_ms"].is_number())
+        })
     });
     for (i, d) in daemons.iter().enumerate() {
         let peers = lab.query(d, "peers");

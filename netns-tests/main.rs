@@ -8,3 +8,4 @@ mod harness;
 mod circuits;
 mod foundation;
 mod links;
+mod nat;

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::budget::MemoryBudget;
@@ -51,6 +51,41 @@ impl Default for SimConfig {
     }
 }
 
+/// How a simulated NAT box maps and filters (modelled on Tailscale's natlab and on Linux
+/// conntrack with nftables `masquerade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping, no filtering (a port forward).
+    FullCone,
+    /// Endpoint-independent mapping; inbound only from IPs the mapping sent to.
+    AddressRestricted,
+    /// Endpoint-independent mapping; inbound only from exact endpoints it sent to (`masquerade`).
+    PortRestricted,
+    /// A new random port per destination, port-restricted filtering (`masquerade fully-random`).
+    Symmetric,
+}
+
+/// A mapping is forgotten after this long without traffic (conntrack's UDP timeout).
+pub const NAT_MAPPING_TIMEOUT_MS: Millis = 30_000;
+
+struct Mapping {
+    port: u16,
+    inner: SocketAddr,
+    peers: HashMap<SocketAddr, Millis>,
+    last: Millis,
+}
+
+struct NatBox {
+    public_ip: Ipv4Addr,
+    kind: NatKind,
+    /// The box this one sits behind (double NAT).
+    parent: Option<usize>,
+    /// (inner source, destination for symmetric NATs) -> mapping.
+    mappings: HashMap<(SocketAddr, Option<SocketAddr>), Mapping>,
+    by_port: HashMap<u16, (SocketAddr, Option<SocketAddr>)>,
+    next_port: u16,
+}
+
 /// One node of the simulation.
 pub struct SimNode {
     /// Its underlay address.
@@ -65,10 +100,19 @@ pub struct SimNode {
     pub identity: [u8; 32],
     /// Its link key.
     pub link_key: [u8; 32],
+    /// The innermost NAT box it sits behind, if any.
+    nat: Option<usize>,
 }
 
-/// A datagram in flight: delivery time, sequence (ties), destination node, source, bytes.
-type InFlight = Reverse<(Millis, u64, usize, SocketAddr, Vec<u8>)>;
+/// A datagram in flight: delivery time, sequence (ties), destination (a node by index, or an
+/// address resolved through NAT boxes on arrival), source, bytes.
+type InFlight = Reverse<(Millis, u64, Dest, SocketAddr, Vec<u8>)>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dest {
+    Node(usize),
+    Addr(SocketAddr),
+}
 
 /// The simulated network.
 pub struct Sim {
@@ -87,6 +131,9 @@ pub struct Sim {
     pub delivered: u64,
     /// Datagrams lost (by the loss rate or to dead or unknown nodes).
     pub lost: u64,
+    /// Datagrams a NAT box dropped (no mapping, or filtered).
+    pub nat_dropped: u64,
+    boxes: Vec<NatBox>,
 }
 
 fn derive(seed: u64, what: &str, i: usize) -> [u8; 32] {
@@ -119,13 +166,47 @@ impl Sim {
             seq: 0,
             delivered: 0,
             lost: 0,
+            nat_dropped: 0,
+            boxes: Vec::new(),
         }
     }
 
     /// Adds a node. `relay` nodes advertise their address; `bootstrap` lists node indices.
     pub fn add_node(&mut self, relay: bool, bootstrap: &[usize], target_links: usize) -> usize {
+        self.add_node_behind(relay, bootstrap, target_links, &[])
+    }
+
+    /// Adds a node behind a chain of NAT boxes (`nats[0]` is the one next to the node; two
+    /// entries make a double NAT). Each box is its own; the node has a private address and
+    /// advertises nothing, so it learns its endpoint by reflection.
+    pub fn add_node_behind(
+        &mut self,
+        relay: bool,
+        bootstrap: &[usize],
+        target_links: usize,
+        nats: &[NatKind],
+    ) -> usize {
         let i = self.nodes.len();
-        let addr = sim_addr(i);
+        let mut inner = None;
+        for kind in nats.iter().rev() {
+            let b = self.boxes.len();
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 1)) + b as u32);
+            self.boxes.push(NatBox {
+                public_ip: ip,
+                kind: *kind,
+                parent: inner,
+                mappings: HashMap::new(),
+                by_port: HashMap::new(),
+                next_port: 20_000 + (b as u16 % 100) * 100,
+            });
+            inner = Some(b);
+        }
+        let addr = if inner.is_some() {
+            let n = u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i as u32;
+            SocketAddr::from((Ipv4Addr::from(n), 7412))
+        } else {
+            sim_addr(i)
+        };
         let identity = SigningKey::from_bytes(&derive(self.cfg.seed, "identity", i));
         let link = StaticSecret::from(derive(self.cfg.seed, "link", i));
         let onion = StaticSecret::from(derive(self.cfg.seed, "onion", i));
@@ -133,7 +214,11 @@ impl Sim {
         let link_pub = PublicKey::from(&link).to_bytes();
         let cfg = LinkConfig {
             relay,
-            advertise: if relay { vec![addr] } else { Vec::new() },
+            advertise: if relay && inner.is_none() {
+                vec![addr]
+            } else {
+                Vec::new()
+            },
             bootstrap: bootstrap.iter().map(|&b| sim_addr(b)).collect(),
             target_links,
             max_links: 1024,
@@ -155,6 +240,7 @@ impl Sim {
             alive: true,
             identity: ident_pub,
             link_key: link_pub,
+            nat: inner,
         });
         self.by_addr.insert(addr, i);
         self.wake.push(self.now);
@@ -184,7 +270,129 @@ impl Sim {
     pub fn inject(&mut self, from: SocketAddr, to: usize, data: Vec<u8>) {
         self.seq += 1;
         let at = self.now + self.cfg.latency_ms;
-        self.queue.push(Reverse((at, self.seq, to, from, data)));
+        self.queue
+            .push(Reverse((at, self.seq, Dest::Node(to), from, data)));
+    }
+
+    /// Forgets every mapping of the NAT boxes in front of node `i`, as a NAT reboot or a
+    /// conntrack flush does: the node's next datagrams get new public ports.
+    pub fn flush_nat(&mut self, i: usize) {
+        let mut b = self.nodes.get(i).and_then(|n| n.nat);
+        while let Some(x) = b {
+            let Some(nb) = self.boxes.get_mut(x) else {
+                break;
+            };
+            nb.mappings.clear();
+            nb.by_port.clear();
+            nb.next_port = nb.next_port.wrapping_add(1000).max(1024);
+            b = nb.parent;
+        }
+    }
+
+    /// The public address of the outermost NAT box in front of node `i` (its own address if it
+    /// has none).
+    pub fn public_ip(&self, i: usize) -> Option<IpAddr> {
+        let n = self.nodes.get(i)?;
+        let mut b = n.nat?;
+        loop {
+            let nb = self.boxes.get(b)?;
+            match nb.parent {
+                Some(p) => b = p,
+                None => return Some(IpAddr::V4(nb.public_ip)),
+            }
+        }
+    }
+
+    /// Outbound through box `b`: the public source address for `src` sending to `dst`.
+    fn translate(&mut self, b: usize, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
+        let now = self.now;
+        let Some(nb) = self.boxes.get_mut(b) else {
+            return src;
+        };
+        let key = (src, (nb.kind == NatKind::Symmetric).then_some(dst));
+        let expired = nb
+            .mappings
+            .get(&key)
+            .is_some_and(|m| now.saturating_sub(m.last) > NAT_MAPPING_TIMEOUT_MS);
+        if expired {
+            if let Some(m) = nb.mappings.remove(&key) {
+                nb.by_port.remove(&m.port);
+            }
+        }
+        if !nb.mappings.contains_key(&key) {
+            let port = loop {
+                let p = if nb.kind == NatKind::Symmetric {
+                    self.rng.gen_range(1024..=u16::MAX)
+                } else {
+                    nb.next_port = nb.next_port.wrapping_add(1).max(1024);
+                    nb.next_port
+                };
+                if !nb.by_port.contains_key(&p) {
+                    break p;
+                }
+            };
+            nb.by_port.insert(port, key);
+            nb.mappings.insert(
+                key,
+                Mapping {
+                    port,
+                    inner: src,
+                    peers: HashMap::new(),
+                    last: now,
+                },
+            );
+        }
+        let mut public = src;
+        if let Some(m) = nb.mappings.get_mut(&key) {
+            m.last = now;
+            m.peers.insert(dst, now);
+            public = SocketAddr::from((nb.public_ip, m.port));
+        }
+        match nb.parent {
+            Some(p) => self.translate(p, public, dst),
+            None => public,
+        }
+    }
+
+    /// Inbound: the node a datagram to `dst` from `from` reaches, through NAT boxes.
+    fn resolve(&mut self, dst: SocketAddr, from: SocketAddr) -> Option<usize> {
+        let now = self.now;
+        let mut dst = dst;
+        for _ in 0..8 {
+            if let Some(i) = self.by_addr.get(&dst).copied() {
+                return Some(i);
+            }
+            let b = self
+                .boxes
+                .iter()
+                .position(|nb| IpAddr::V4(nb.public_ip) == dst.ip())?;
+            let nb = self.boxes.get_mut(b)?;
+            let key = *nb.by_port.get(&dst.port())?;
+            let kind = nb.kind;
+            let m = nb.mappings.get_mut(&key)?;
+            if now.saturating_sub(m.last) > NAT_MAPPING_TIMEOUT_MS {
+                return None;
+            }
+            let allowed = match kind {
+                NatKind::FullCone => true,
+                NatKind::AddressRestricted => m.peers.iter().any(|(p, t)| {
+                    p.ip() == from.ip() && now.saturating_sub(*t) <= NAT_MAPPING_TIMEOUT_MS
+                }),
+                NatKind::PortRestricted | NatKind::Symmetric => m
+                    .peers
+                    .get(&from)
+                    .is_some_and(|t| now.saturating_sub(*t) <= NAT_MAPPING_TIMEOUT_MS),
+            };
+            if !allowed {
+                return None;
+            }
+            m.last = now;
+            if let Some(t) = m.peers.get_mut(&from) {
+                *t = now;
+            }
+            dst = m.inner;
+        }
+        None
     }
 
     fn collect(&mut self, i: usize) {
@@ -192,6 +400,7 @@ impl Sim {
             return;
         };
         let from = node.addr;
+        let nat = node.nat;
         let mut out = Vec::new();
         while let Some(t) = node.node.poll_transmit() {
             out.push(t);
@@ -200,19 +409,23 @@ impl Sim {
         let next = node.node.poll_timeout();
         for t in out {
             let lost = self.rng.gen_bool(self.cfg.loss.clamp(0.0, 1.0));
-            match self.by_addr.get(&t.dst).copied() {
-                Some(to) if !lost => {
-                    let jitter = if self.cfg.jitter_ms > 0 {
-                        self.rng.gen_range(0..=self.cfg.jitter_ms)
-                    } else {
-                        0
-                    };
-                    self.seq += 1;
-                    let at = self.now + self.cfg.latency_ms + jitter;
-                    self.queue.push(Reverse((at, self.seq, to, from, t.data)));
-                }
-                _ => self.lost += 1,
+            if lost {
+                self.lost += 1;
+                continue;
             }
+            let src = match nat {
+                Some(b) => self.translate(b, from, t.dst),
+                None => from,
+            };
+            let jitter = if self.cfg.jitter_ms > 0 {
+                self.rng.gen_range(0..=self.cfg.jitter_ms)
+            } else {
+                0
+            };
+            self.seq += 1;
+            let at = self.now + self.cfg.latency_ms + jitter;
+            self.queue
+                .push(Reverse((at, self.seq, Dest::Addr(t.dst), src, t.data)));
         }
         if let Some(at) = next {
             let at = at.max(self.now);
@@ -246,7 +459,36 @@ impl Sim {
             }
             self.now = next;
             if next_dgram == Some(next) {
-                if let Some(Reverse((_, _, to, from, data))) = self.queue.pop() {
+                if let Some(Reverse((_, _, dest, from, data))) = self.queue.pop() {
+                    let to = match dest {
+                        Dest::Node(i) => Some(i),
+                        Dest::Addr(a) => {
+                            let direct = self.by_addr.get(&a).copied();
+                            match direct {
+                                // A node behind NAT is not reachable at its private address.
+                                Some(i) if self.nodes.get(i).is_some_and(|n| n.nat.is_none()) => {
+                                    Some(i)
+                                }
+                                Some(_) => None,
+                                None => {
+                                    let r = self.resolve(a, from);
+                                    if r.is_none()
+                                        && self
+                                            .boxes
+                                            .iter()
+                                            .any(|b| IpAddr::V4(b.public_ip) == a.ip())
+                                    {
+                                        self.nat_dropped += 1;
+                                    }
+                                    r
+                                }
+                            }
+                        }
+                    };
+                    let Some(to) = to else {
+                        self.lost += 1;
+                        continue;
+                    };
                     let alive = self.nodes.get(to).is_some_and(|n| n.alive);
                     if alive {
                         self.delivered += 1;

@@ -475,6 +475,129 @@ impl Lab {
     }
 }
 
+/// What a NAT box in a lab does (nftables, docs/protocol.md section 13; recipes from the
+/// research notes on Tailscale's natlab).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatType {
+    /// `masquerade`: endpoint-independent mapping (the port is kept when free), filtering by
+    /// address and port (conntrack) — a port-restricted cone.
+    PortRestricted,
+    /// `masquerade` plus a set of addresses the inside host sent to, whose datagrams from any
+    /// port are let in to the inside host's UDP port 7412 — an address-restricted cone.
+    AddressRestricted,
+    /// `masquerade random,fully-random`: a random port per flow — symmetric.
+    Symmetric,
+}
+
+impl Lab {
+    /// A host behind one or more NAT boxes. `nats[0]` is the box on the switch (it gets the next
+    /// underlay address, like [`Lab::add_host`]); each later entry is a box inside the previous
+    /// one (double NAT). Every box is a namespace with `eth0` outside and `in0` inside
+    /// (198.19.<n>.1/24), forwarding on, nothing but NAT. The inside host has 198.19.<n>.2/24
+    /// and a default route through its box; there is no route out of the lab. Returns the boxes
+    /// (outermost first) and the inside host. All namespaces are registered for cleanup.
+    pub fn add_natted_host(&mut self, name: &str, nats: &[NatType]) -> (Vec<Host>, Host) {
+        assert!(!nats.is_empty(), "at least one NAT box");
+        let outer = self.add_host(&format!("{name}-nat0"));
+        let mut boxes = vec![outer];
+        for (level, kind) in nats.iter().enumerate() {
+            let nat_box = boxes.last().cloned().expect("a box");
+            let n = self.hosts.len();
+            assert!(n < 250, "too many hosts for this addressing plan");
+            let last = level + 1 == nats.len();
+            let inner_name = if last {
+                name.to_string()
+            } else {
+                format!("{name}-nat{}", level + 1)
+            };
+            let ns = format!("{}-{inner_name}", self.tag);
+            self.register_ns(&ns);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n",
+                &nat_box.ns,
+                "link",
+                "add",
+                "in0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ]);
+            let gw = Ipv4Addr::new(198, 19, n as u8, 1);
+            let addr = Ipv4Addr::new(198, 19, n as u8, 2);
+            ip(&[
+                "-n",
+                &nat_box.ns,
+                "addr",
+                "add",
+                &format!("{gw}/24"),
+                "dev",
+                "in0",
+            ]);
+            ip(&["-n", &nat_box.ns, "link", "set", "in0", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()]);
+            let host = Host {
+                name: inner_name,
+                ns,
+                ip: addr,
+            };
+            self.hosts.push(host.clone());
+            self.set_nat(&nat_box, *kind, addr);
+            boxes.push(host);
+        }
+        let inside = boxes.pop().expect("the inside host");
+        (boxes, inside)
+    }
+
+    /// Turns `nat_box` (WAN `eth0`, LAN `in0`) into a NAT of `kind` for the inside host `lan`.
+    /// Like a home router it drops unsolicited UDP to itself from the WAN: a datagram the box
+    /// accepts locally leaves a conntrack entry that clashes with the inside host's later flow
+    /// to the same peer, and conntrack then gives that flow another port.
+    fn set_nat(&self, nat_box: &Host, kind: NatType, lan: Ipv4Addr) {
+        self.sh_ok(nat_box, "sysctl -qw net.ipv4.ip_forward=1");
+        let masq = match kind {
+            NatType::Symmetric => "masquerade random,fully-random",
+            _ => "masquerade",
+        };
+        let mut rules = format!(
+            "table ip gnnat {{\n set seen {{ type ipv4_addr; flags dynamic,timeout; timeout 120s; }}\n \
+             chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" {masq}; }}\n \
+             chain wan_in {{ type filter hook input priority 0; policy accept;\n  \
+             ct state established,related accept\n  iifname \"eth0\" meta l4proto udp drop\n }}\n \
+             chain filt {{ type filter hook forward priority 0; policy drop;\n  \
+             ct state established,related accept\n  iifname \"in0\" oifname \"eth0\" update @seen {{ ip daddr }} accept\n"
+        );
+        if kind == NatType::AddressRestricted {
+            // Inbound from any port of an address the inside host sent to.
+            rules.push_str(&format!(
+                "  iifname \"eth0\" oifname \"in0\" ip daddr {lan} udp dport 7412 ip saddr @seen accept\n }}\n \
+                 chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n  \
+                 iifname \"eth0\" udp dport 7412 ip saddr @seen dnat to {lan}:7412\n }}\n}}\n"
+            ));
+        } else {
+            rules.push_str(" }\n}\n");
+        }
+        let path = self.dir.join(format!("{}-nat.nft", nat_box.name));
+        std::fs::write(&path, rules).expect("write nft rules");
+        must(self.cmd(nat_box, "nft").arg("-f").arg(&path));
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for (child, _) in &mut self.children {

@@ -14,16 +14,28 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+#[path = "nat.rs"]
+pub mod nat;
+
+use self::nat::{
+    behind_nat, Observations, RateWindow, LINK_KEEPALIVE_MS, MAX_PROBE_PINGS, MAX_PUNCHES,
+    MAX_RELAYED_LINKS, NAT_ENTRY_COST, NAT_KEEPALIVE_MS, NAT_RECHECK_MS, PROBE_REQUEST_RATE,
+    PROBE_RETRY_MS, PROBE_WINDOW_MS, PUNCH_DURATION_MS, PUNCH_INTERVAL_MS, PUNCH_REINIT_MS,
+    PUNCH_REQUEST_RATE, PUNCH_TRIES, RELAYED_LINK_IDLE_MS, RELAYED_LINK_RATE, RELAY_REQUEST_RATE,
+};
 use super::noise::{BoringSession, NoiseOut, NoiseSession, Responder, Unsolicited, NOISE_BUF_LEN};
 use super::view::{RelayView, Source};
 use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::keys::{fingerprint, hex};
 use crate::time::Millis;
 use crate::wire::datagram::{self, Kind};
-use crate::wire::link::{self as frame, LinkFrame, MsgType, LINK_FRAME_MAX, LINK_HEADER_LEN};
+use crate::wire::link::{
+    self as frame, parse_target, LinkFrame, MsgType, ProbeForward, PunchNotify, RelayOffer,
+    LINK_FRAME_MAX, LINK_HEADER_LEN, RELAY_OK, RELAY_REFUSED,
+};
 use crate::wire::record::{
-    emit_endpoint, parse_endpoint, NatClass, RecordFields, RelayRecord, ENDPOINT_LEN, FLAG_DHT,
-    FLAG_RELAY, FLAG_RENDEZVOUS, RELAY_RECORD_LEN, RELAY_RECORD_LIFETIME_S,
+    emit_endpoint, parse_endpoint, Contact, NatClass, RecordFields, RelayRecord, ENDPOINT_LEN,
+    FLAG_DHT, FLAG_RELAY, FLAG_RENDEZVOUS, RELAY_RECORD_LEN, RELAY_RECORD_LIFETIME_S,
     RELAY_RECORD_REPUBLISH_S,
 };
 
@@ -58,6 +70,12 @@ pub const RECORD_QUERY_RATE: u32 = 100;
 /// A bootstrap link is closed once the node has enough other links and it carried no cell for
 /// this long, so that bootstrap peers do not become hubs that every node stays linked to.
 pub const BOOTSTRAP_LINGER_MS: Millis = 60_000;
+/// A NAT may keep a flow towards an address this long after our last datagram to it.
+const RECENT_PEER_MS: Millis = 120_000;
+/// Most such addresses remembered.
+const MAX_RECENT_PEERS: usize = 4096;
+/// Approximate bytes of one remembered address.
+const RECENT_PEER_COST: usize = 64;
 /// Approximate bytes one link costs (session, state, maps).
 pub const LINK_COST: usize = 4096;
 /// Approximate bytes one pending request costs.
@@ -192,12 +210,75 @@ pub struct LinkStats {
     pub closed_protocol: u64,
     /// Cookie replies sent (handshake load).
     pub cookies: u64,
+    /// Punches started (as initiator or target).
+    pub punches: u64,
+    /// Links that came up while punching.
+    pub punched_links: u64,
+    /// PUNCH_NOTIFYs sent as an introducer.
+    pub introductions: u64,
+    /// Reachability probes that succeeded.
+    pub probes_ok: u64,
+    /// Relayed links set up (as an endpoint).
+    pub relayed_links: u64,
+    /// Relay envelopes forwarded as an introducer.
+    pub relayed_datagrams: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rpc {
     Ping { nonce: u64, sent: Millis },
     Pex,
+    Punch { target_key: [u8; 32] },
+    Relay { target_key: [u8; 32] },
+}
+
+/// A dial to a relay behind NAT: punch through its introducers.
+struct PunchDial {
+    target: [u8; 32],
+    introducers: Vec<Contact>,
+    tries: u8,
+    waits: u8,
+    next: Millis,
+    relay_asked: bool,
+}
+
+/// A running simultaneous open on one link.
+struct Punch {
+    endpoints: Vec<SocketAddr>,
+    until: Millis,
+    next: Millis,
+    /// The initiation being repeated, and when it was made: the same bytes go out every
+    /// interval (a fresh one each `PUNCH_REINIT_MS`), so a response to any copy completes it.
+    init: Vec<u8>,
+    init_at: Millis,
+    started: Millis,
+    _charge: Charge,
+}
+
+/// How a relayed link reaches its peer: envelopes with our token to the introducer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RelayPath {
+    via: SocketAddr,
+    via_link: LinkId,
+    token: u64,
+}
+
+/// One relayed link as the introducer sees it: one entry per token (two per link).
+struct RelayEntry {
+    /// The link the token was offered on; envelopes must come from its endpoint.
+    link: LinkId,
+    /// The other side's token.
+    other: u64,
+    last: Millis,
+    rate: RateWindow,
+    _charge: Option<Charge>,
+}
+
+/// Our reachability probe in flight.
+struct Probe {
+    nonce: u64,
+    sent: Millis,
+    endpoint: SocketAddr,
 }
 
 struct Pending {
@@ -232,6 +313,18 @@ struct Link {
     pex_served: Millis,
     last_cell: Millis,
     rpcs: HashMap<u64, Pending>,
+    /// The NAT class and first endpoint of the peer's record.
+    peer_nat: NatClass,
+    peer_endpoint: Option<SocketAddr>,
+    /// Came up by punching.
+    punched: bool,
+    /// Relayed through an introducer (section 13.4).
+    relay: Option<RelayPath>,
+    relay_in: RateWindow,
+    last_ping: Millis,
+    punch_in: RateWindow,
+    punch_notify_in: RateWindow,
+    probe_in: RateWindow,
     _charge: Charge,
 }
 
@@ -248,6 +341,8 @@ pub struct PeerInfo {
     pub endpoint: SocketAddr,
     /// Direct (not relayed through a neighbour).
     pub direct: bool,
+    /// The link came up by simultaneous open through an introducer (section 13.2).
+    pub punched: bool,
     /// Last measured round-trip time.
     pub rtt_ms: Option<f64>,
     /// Seconds since the link was established.
@@ -289,6 +384,21 @@ pub struct LinkLayer {
     bootstrap_backoff: HashMap<SocketAddr, Backoff>,
     query_budget: (Millis, u32),
     expected: HashMap<[u8; 32], Millis>,
+    obs: Observations,
+    /// Addresses we sent to outside a live link lately (closed links, bootstrap queries,
+    /// punches): a probe from one of them proves nothing.
+    recent_peers: HashMap<std::net::IpAddr, (Millis, Charge)>,
+    recent_overflow_until: Millis,
+    probe: Option<Probe>,
+    probe_ok: Option<SocketAddr>,
+    last_probe: Millis,
+    probe_pings: HashMap<[u8; 32], (u64, Millis, Charge)>,
+    dials: HashMap<[u8; 32], PunchDial>,
+    punches: HashMap<LinkId, Punch>,
+    /// As an introducer: token -> relayed link entry.
+    relay_table: HashMap<u64, RelayEntry>,
+    /// As an endpoint: our token -> relayed link.
+    relayed_tokens: HashMap<u64, LinkId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
     pool: Vec<Vec<u8>>,
@@ -337,6 +447,17 @@ impl LinkLayer {
             bootstrap_backoff: HashMap::new(),
             query_budget: (0, 0),
             expected: HashMap::new(),
+            obs: Observations::default(),
+            recent_peers: HashMap::new(),
+            recent_overflow_until: 0,
+            probe: None,
+            probe_ok: None,
+            last_probe: 0,
+            probe_pings: HashMap::new(),
+            dials: HashMap::new(),
+            punches: HashMap::new(),
+            relay_table: HashMap::new(),
+            relayed_tokens: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             pool: Vec::new(),
@@ -372,7 +493,8 @@ impl LinkLayer {
 
     /// When to call [`LinkLayer::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        Some(self.next_tick)
+        let punch = self.punches.values().map(|p| p.next).min();
+        Some(punch.map_or(self.next_tick, |p| p.min(self.next_tick)))
     }
 
     // ---- state for status ----------------------------------------------------------------
@@ -469,7 +591,8 @@ impl LinkLayer {
                     relay_key: l.identity.as_ref().map(|k| hex(k)),
                     link_key: hex(&l.peer_key),
                     endpoint: l.endpoint,
-                    direct: true,
+                    direct: l.relay.is_none(),
+                    punched: l.punched,
                     rtt_ms: l.rtt_ms,
                     established_s: l.established_at.map(|t| now.saturating_sub(t) / 1000),
                     last_handshake_s: l.session.since_handshake(),
@@ -487,6 +610,75 @@ impl LinkLayer {
 
     /// Dials a peer by link key and endpoint (no effect if a link exists).
     pub fn connect(
+        &mut self,
+        now: Millis,
+        peer_key: [u8; 32],
+        endpoint: SocketAddr,
+    ) -> Result<LinkId, LinkError> {
+        if peer_key == self.link_public {
+            return Err(LinkError::NoLink);
+        }
+        // A relay behind NAT is reached by punching through its introducers (section 13.2).
+        let natted = self
+            .view
+            .iter()
+            .find(|r| r.fields().link_key == peer_key)
+            .filter(|r| !r.fields().nat.directly_reachable() && !r.fields().introducers.is_empty())
+            .map(|r| {
+                (
+                    *r.identity(),
+                    r.fields().introducers.clone(),
+                    r.fields().nat,
+                )
+            });
+        let id = match self.by_key.get(&peer_key).copied() {
+            Some(id) => {
+                let up = self.links.get(&id).is_some_and(|l| l.session.established());
+                if up || self.dials.contains_key(&peer_key) || natted.is_none() {
+                    return Ok(id);
+                }
+                id
+            }
+            None => {
+                let id = self.new_link(now, peer_key, endpoint, true)?;
+                self.expected.insert(peer_key, now);
+                // No plain initiation towards a NATed target: its NAT would drop it, and a
+                // Linux NAT may even keep a conntrack entry for it that later clashes with the
+                // target's own mapping towards us and spoils the punch.
+                if natted.is_none() {
+                    self.initiate(id, now, false);
+                }
+                id
+            }
+        };
+        if let Some((target, introducers, their_nat)) = natted {
+            // Symmetric on both sides cannot punch: go straight to a relayed link. With one
+            // symmetric side only an address-restricted cone on the other side lets it through:
+            // one try.
+            let symmetric = usize::from(self.nat == NatClass::Symmetric)
+                + usize::from(their_nat == NatClass::Symmetric);
+            let tries = match symmetric {
+                0 => 0,
+                1 => PUNCH_TRIES - 1,
+                _ => PUNCH_TRIES,
+            };
+            self.dials.insert(
+                peer_key,
+                PunchDial {
+                    target,
+                    introducers,
+                    tries,
+                    waits: 0,
+                    next: now,
+                    relay_asked: false,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// Dials without punching (reachability probes must test the plain path).
+    fn connect_direct(
         &mut self,
         now: Millis,
         peer_key: [u8; 32],
@@ -549,12 +741,14 @@ impl LinkLayer {
             },
             Kind::RecordQuery(nonce) => self.on_record_query(now, from, nonce),
             Kind::RecordResponse(nonce) => self.on_record_response(now, from, nonce, data),
-            Kind::RelayEnvelope | Kind::Unknown => self.stats.dropped += 1,
+            Kind::RelayEnvelope => self.on_envelope(now, from, data),
+            Kind::Unknown => self.stats.dropped += 1,
         }
     }
 
     /// Runs timers: session timers, retries, pings, bootstrap, PEX, target links.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.run_punches(now);
         if now < self.next_tick {
             return;
         }
@@ -566,10 +760,20 @@ impl LinkLayer {
             self.view.prune(now);
             self.expected
                 .retain(|_, t| now.saturating_sub(*t) < 120_000);
+            self.probe_pings
+                .retain(|_, (_, t, _)| now.saturating_sub(*t) < PROBE_WINDOW_MS * 2);
+            self.recent_peers
+                .retain(|_, (t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+            self.relay_table
+                .retain(|_, e| now.saturating_sub(e.last) < RELAYED_LINK_IDLE_MS);
+            self.run_probe(now);
+            // Introducers follow our links; a changed set re-signs the record.
+            self.refresh_record(now);
         }
         if now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
             self.refresh_record(now);
         }
+        self.run_dials(now);
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         for id in ids {
             self.link_timers(now, id);
@@ -582,6 +786,19 @@ impl LinkLayer {
 
     fn take_buf(&mut self) -> Vec<u8> {
         self.pool.pop().unwrap_or_else(new_buf)
+    }
+
+    /// Sends a datagram of a link: in a relay envelope to the introducer if it is relayed.
+    fn link_out(&mut self, id: LinkId, dst: SocketAddr, bytes: &[u8]) {
+        match self.links.get(&id).and_then(|l| l.relay) {
+            Some(r) => {
+                let mut data = self.take_buf();
+                datagram::emit_relay_envelope(r.token, bytes, &mut data);
+                self.stats.datagrams_out += 1;
+                self.transmits.push_back(Transmit { dst: r.via, data });
+            }
+            None => self.push_transmit(dst, bytes),
+        }
     }
 
     fn push_transmit(&mut self, dst: SocketAddr, bytes: &[u8]) {
@@ -651,6 +868,15 @@ impl LinkLayer {
                 pex_served: 0,
                 last_cell: 0,
                 rpcs: HashMap::new(),
+                peer_nat: NatClass::Unknown,
+                peer_endpoint: None,
+                punched: false,
+                relay: None,
+                relay_in: RateWindow::default(),
+                last_ping: 0,
+                punch_in: RateWindow::default(),
+                punch_notify_in: RateWindow::default(),
+                probe_in: RateWindow::default(),
                 _charge: charge,
             },
         );
@@ -677,6 +903,24 @@ impl LinkLayer {
         if let Some(l) = self.links.remove(&id) {
             self.by_index.remove(&l.local_index);
             self.by_key.remove(&l.peer_key);
+            self.punches.remove(&id);
+            self.dials.remove(&l.peer_key);
+            if let Some(r) = l.relay {
+                self.relayed_tokens.remove(&r.token);
+            }
+            // Relayed links that ran over this one (as introducer or endpoint) are gone too.
+            self.relay_table.retain(|_, e| e.link != id);
+            let over: Vec<LinkId> = self
+                .links
+                .values()
+                .filter(|x| x.relay.is_some_and(|r| r.via_link == id))
+                .map(|x| x.id)
+                .collect();
+            for x in over {
+                self.remove_link(x, false);
+            }
+            let at = l.last_tx.max(l.last_rx);
+            self.note_recent(l.endpoint.ip(), at);
             if l.hello_received {
                 self.events.push_back(LinkEvent::Down {
                     link: id,
@@ -710,7 +954,7 @@ impl LinkLayer {
         if let Some((dst, n)) = send {
             if let Some(b) = buf.get(..n) {
                 let b = b.to_vec();
-                self.push_transmit(dst, &b);
+                self.link_out(id, dst, &b);
             }
         }
         self.scratch = buf;
@@ -762,6 +1006,10 @@ impl LinkLayer {
     /// datagrams carrying frames) allocates nothing: the plaintext lands in a reused buffer and
     /// anything to send goes out in pooled buffers.
     fn feed(&mut self, now: Millis, id: LinkId, from: SocketAddr, data: &[u8]) {
+        self.feed_via(now, id, from, data, false);
+    }
+
+    fn feed_via(&mut self, now: Millis, id: LinkId, from: SocketAddr, data: &[u8], relayed: bool) {
         let mut rx = std::mem::take(&mut self.rx_scratch);
         rx.resize(NOISE_BUF_LEN, 0);
         let mut frame_len = None;
@@ -771,16 +1019,21 @@ impl LinkLayer {
             let was = l.session.established();
             let mut authenticated = false;
             let mut sent = 0u64;
+            let relay = if relayed { l.relay } else { None };
+            let wrap = |d: &mut Vec<u8>, b: &[u8]| match relay {
+                Some(r) => datagram::emit_relay_envelope(r.token, b, d),
+                None => d.extend_from_slice(b),
+            };
             match l.session.decapsulate(from.ip(), data, &mut rx) {
                 NoiseOut::Send(b) => {
                     authenticated = true;
                     let mut d = self.pool.pop().unwrap_or_else(new_buf);
-                    d.extend_from_slice(b);
+                    wrap(&mut d, b);
                     self.transmits.push_back(Transmit { dst: from, data: d });
                     sent += 1;
                     while let NoiseOut::Send(b) = l.session.flush(&mut rx) {
                         let mut d = self.pool.pop().unwrap_or_else(new_buf);
-                        d.extend_from_slice(b);
+                        wrap(&mut d, b);
                         self.transmits.push_back(Transmit { dst: from, data: d });
                         sent += 1;
                     }
@@ -798,8 +1051,20 @@ impl LinkLayer {
                 }
             }
             if authenticated {
-                // Roaming: the peer's endpoint is wherever its authenticated packets come from.
-                l.endpoint = from;
+                if !relayed {
+                    // Roaming: the peer's endpoint is wherever its authenticated packets come
+                    // from. A relayed link that hears its peer directly is direct from now on,
+                    // once that proves both directions: a handshake response (our initiation
+                    // got there) or data (the peer already gets ours). An initiation alone
+                    // proves only one.
+                    let two_way = matches!(data.first(), Some(2) | Some(4));
+                    if l.relay.is_none() || two_way {
+                        if l.relay.take().is_some() {
+                            tracing::debug!(link = id.0, "relayed link upgraded to direct");
+                        }
+                        l.endpoint = from;
+                    }
+                }
                 l.last_rx = now;
             }
             if !was && l.session.established() {
@@ -817,6 +1082,15 @@ impl LinkLayer {
             return;
         }
         if newly_established {
+            if self.punches.remove(&id).is_some() {
+                self.stats.punched_links += 1;
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.punched = true;
+                }
+            }
+            if let Some(k) = self.links.get(&id).map(|l| l.peer_key) {
+                self.dials.remove(&k);
+            }
             self.send_hello(now, id);
         }
         if let Some(n) = frame_len {
@@ -849,7 +1123,11 @@ impl LinkLayer {
         match len {
             Some(len) => {
                 data.truncate(len);
-                let dst = l.endpoint;
+                let mut dst = l.endpoint;
+                if let Some(r) = l.relay {
+                    wrap_envelope(&mut data, r.token);
+                    dst = r.via;
+                }
                 self.stats.datagrams_out += 1;
                 self.transmits.push_back(Transmit { dst, data });
             }
@@ -958,6 +1236,7 @@ impl LinkLayer {
         match t {
             MsgType::Hello => self.on_hello(now, id, payload),
             MsgType::Ping => {
+                self.check_probe_ping(now, id, payload);
                 let mut p = [0u8; 8 + ENDPOINT_LEN];
                 p[..8].copy_from_slice(payload.get(..8).unwrap_or(&[0; 8]));
                 let endpoint = self.links.get(&id).map(|l| l.endpoint);
@@ -986,8 +1265,14 @@ impl LinkLayer {
                 );
                 self.remove_link(id, false);
             }
-            // NAT traversal and DHT messages belong to their issues; until then they are
-            // well-formed but unsupported, and dropped.
+            MsgType::PunchRequest => self.on_punch_request(now, id, f.rpc_id(), payload),
+            MsgType::PunchNotify => self.on_punch_notify(now, id, f.rpc_id(), payload),
+            MsgType::ProbeRequest => self.on_probe_request(now, id, payload),
+            MsgType::ProbeForward => self.on_probe_forward(now, id, payload),
+            MsgType::RelayRequest => self.on_relay_request(now, id, f.rpc_id(), payload),
+            MsgType::RelayOffer => self.on_relay_offer(now, id, f.rpc_id(), payload),
+            // Relayed links and the DHT belong to later work; until then these are well-formed
+            // but unsupported, and dropped.
             _ => self.stats.dropped += 1,
         }
     }
@@ -1045,6 +1330,10 @@ impl LinkLayer {
                 l.hello_received = true;
                 l.identity = identity;
                 l.is_relay = record.as_ref().is_some_and(RelayRecord::is_relay);
+                if let Some(r) = &record {
+                    l.peer_nat = r.fields().nat;
+                    l.peer_endpoint = r.fields().endpoints.first().copied();
+                }
                 first
             }
             None => return,
@@ -1065,13 +1354,26 @@ impl LinkLayer {
                 tracing::debug!(link = id.0, peer = %fingerprint(&ident), "link up");
             }
             self.events.push_back(LinkEvent::Up { link: id, identity });
-            // Measure RTT and learn our observed endpoint at once.
-            self.ping(now, id);
+            self.unsolicited_evidence(now, id);
+            // Measure RTT and learn our observed endpoint at once; a link we opened for someone's
+            // reachability probe carries the probe's nonce (section 13.3).
+            let key = self.links.get(&id).map(|l| l.peer_key).unwrap_or_default();
+            match self.probe_pings.remove(&key) {
+                Some((nonce, _, _)) => self.ping_with(now, id, nonce),
+                None => self.ping(now, id),
+            }
         }
     }
 
     fn ping(&mut self, now: Millis, id: LinkId) {
         let nonce: u64 = self.rng.gen();
+        self.ping_with(now, id, nonce);
+    }
+
+    fn ping_with(&mut self, now: Millis, id: LinkId, nonce: u64) {
+        if let Some(l) = self.links.get_mut(&id) {
+            l.last_ping = now;
+        }
         self.send_rpc(
             now,
             id,
@@ -1104,8 +1406,18 @@ impl LinkLayer {
         });
         let ep: Option<&[u8; ENDPOINT_LEN]> =
             p.get(8..8 + ENDPOINT_LEN).and_then(|b| b.try_into().ok());
+        let reporter = l.endpoint.ip();
         if let Some(Ok(Some(endpoint))) = ep.map(parse_endpoint) {
-            self.on_observed(now, endpoint);
+            self.obs.add(reporter, endpoint);
+            if let Some(stable) = self.obs.endpoint() {
+                self.on_observed(now, stable);
+            }
+            let before = self.nat;
+            self.reclassify();
+            if self.nat != before {
+                tracing::debug!(nat = self.nat.name(), "NAT class");
+                self.refresh_record(now);
+            }
         }
     }
 
@@ -1120,46 +1432,70 @@ impl LinkLayer {
 
     /// Re-signs our record when something in it changed or it is due; sends HELLO again on change.
     fn refresh_record(&mut self, now: Millis) {
+        self.reclassify();
         if !self.cfg.relay {
             return;
         }
-        let mut endpoints: Vec<SocketAddr> = self
-            .cfg
-            .advertise
-            .iter()
-            .copied()
-            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
-            .collect();
-        if endpoints.is_empty() {
+        let advertised = self.advertised();
+        let mut endpoints: Vec<SocketAddr> = Vec::new();
+        if self.nat == NatClass::Public {
+            endpoints.extend(advertised);
+        } else {
+            // Behind NAT (or not known yet): the endpoint neighbours see is the one to punch to.
             endpoints.extend(self.observed);
+            if endpoints.is_empty() {
+                endpoints.extend(advertised);
+            }
         }
         endpoints.truncate(4);
         if endpoints.is_empty() {
             return;
         }
-        // Seen from outside at an address we advertise: no NAT in between. Finer NAT
-        // classification is the NAT traversal issue's.
-        self.nat = match self.observed {
-            Some(o) if endpoints.contains(&o) => NatClass::Public,
-            _ => self.nat,
+        // Introducers: relays others can reach directly that hold a live link to us (13.1).
+        let mut introducers: Vec<Contact> = Vec::new();
+        if !self.nat.directly_reachable() {
+            let mut cands: Vec<&Link> = self
+                .links
+                .values()
+                .filter(|l| l.hello_received && l.is_relay && l.peer_nat.directly_reachable())
+                .filter(|l| l.session.established())
+                .collect();
+            cands.sort_by_key(|l| l.id);
+            for l in cands.into_iter().take(2) {
+                if let (Some(identity), Some(endpoint)) = (l.identity, l.peer_endpoint) {
+                    introducers.push(Contact {
+                        identity,
+                        link_key: l.peer_key,
+                        endpoint,
+                    });
+                }
+            }
+        }
+        // A NATed class must name an introducer; without one we publish "unknown".
+        let nat = match self.nat {
+            NatClass::Cone | NatClass::Symmetric if introducers.is_empty() => NatClass::Unknown,
+            n => n,
         };
         let mut flags = FLAG_RELAY;
-        if self.nat.directly_reachable() {
+        if nat.directly_reachable() {
             flags |= FLAG_DHT | FLAG_RENDEZVOUS;
         }
         let fields = RecordFields {
             flags,
-            nat: self.nat,
+            nat,
             link_key: self.link_public,
             onion_key: self.keys.onion_public,
             seq: now.max(self.own_record.as_ref().map_or(0, |r| r.fields().seq + 1)),
             expires: now / 1000 + RELAY_RECORD_LIFETIME_S,
             endpoints,
-            introducers: Vec::new(),
+            introducers,
         };
         let changed = self.own_record.as_ref().is_none_or(|r| {
             let f = r.fields();
-            f.flags != fields.flags || f.nat != fields.nat || f.endpoints != fields.endpoints
+            f.flags != fields.flags
+                || f.nat != fields.nat
+                || f.endpoints != fields.endpoints
+                || f.introducers != fields.introducers
         });
         let due = now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000;
         if !changed && !due {
@@ -1264,7 +1600,7 @@ impl LinkLayer {
         }
         self.scratch = buf;
         if let Some((dst, b)) = send {
-            self.push_transmit(dst, &b);
+            self.link_out(id, dst, &b);
         }
         if expired {
             self.remove_link(id, true);
@@ -1275,6 +1611,10 @@ impl LinkLayer {
         // Handshake retries on our clock (boringtun retries on the wall clock too; in virtual
         // time only this one runs).
         if !established {
+            if self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&id) {
+                // Punching owns this link's handshakes and lifetime.
+                return;
+            }
             if now.saturating_sub(l.handshake_sent) >= HANDSHAKE_RETRY_MS {
                 if l.dialed && l.attempts < HANDSHAKE_ATTEMPTS {
                     self.initiate(id, now, true);
@@ -1337,6 +1677,19 @@ impl LinkLayer {
         let pinging = l.rpcs.values().any(|p| matches!(p.rpc, Rpc::Ping { .. }));
         if !pinging && now.saturating_sub(l.last_rx) >= PING_INTERVAL_MS {
             self.ping(now, id);
+        }
+        // Keepalives that hold NAT mappings (section 13.5). Behind NAT the keepalive is a PING
+        // on a fixed period: its PONG also tells us at once when our NAT rebound and gave us a
+        // new public port, and the PING itself shows every neighbour where we went.
+        let Some(l) = self.links.get(&id) else { return };
+        if behind_nat(self.nat) {
+            if !pinging && now.saturating_sub(l.last_ping) >= NAT_KEEPALIVE_MS {
+                self.ping(now, id);
+            }
+        } else if (l.punched || behind_nat(l.peer_nat))
+            && now.saturating_sub(l.last_tx) >= LINK_KEEPALIVE_MS
+        {
+            self.send_keepalive(now, id);
         }
         // Peer exchange.
         let Some(l) = self.links.get(&id) else { return };
@@ -1432,6 +1785,7 @@ impl LinkLayer {
             // Jitter, so that nodes started together do not retry in lockstep.
             let delay = b.delay;
             b.until = now + delay + self.rng.gen_range(0..=delay / 2);
+            self.note_recent(addr.ip(), now);
             let mut out = self.take_buf();
             datagram::emit_record_query(nonce, &mut out);
             self.stats.datagrams_out += 1;
@@ -1459,6 +1813,7 @@ impl LinkLayer {
                         .is_some_and(|t| now.saturating_sub(t) >= BOOTSTRAP_LINGER_MS)
                 })
                 .filter(|l| now.saturating_sub(l.last_cell) >= BOOTSTRAP_LINGER_MS)
+                .filter(|l| !self.nat_uses(l.id))
                 .map(|l| l.id)
                 .collect();
             for id in idle_bootstrap {
@@ -1500,5 +1855,786 @@ impl LinkLayer {
     }
 }
 
+fn wrap_envelope(data: &mut Vec<u8>, token: u64) {
+    let mut head = [0u8; datagram::RELAY_ENVELOPE_HEADER];
+    head[..4].copy_from_slice(&datagram::RELAY_ENVELOPE_TYPE.to_le_bytes());
+    head[4..].copy_from_slice(&token.to_be_bytes());
+    data.splice(0..0, head);
+}
+
 /// Bytes of a link frame header, for callers sizing buffers.
 pub const FRAME_OVERHEAD: usize = LINK_HEADER_LEN;
+
+// ---- NAT traversal (docs/protocol.md section 13) ----------------------------------------------
+impl LinkLayer {
+    /// Our endpoints as configured, without unspecified ones.
+    fn advertised(&self) -> Vec<SocketAddr> {
+        self.cfg
+            .advertise
+            .iter()
+            .copied()
+            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+            .collect()
+    }
+
+    /// Section 13.1: public if neighbours see us at an address we advertise, reachable if a probe
+    /// reached us unsolicited at the endpoint we are seen at, else what the mappings show.
+    fn reclassify(&mut self) {
+        let advertised = self.advertised();
+        self.nat = match self.observed {
+            Some(o) if advertised.contains(&o) => NatClass::Public,
+            Some(o) if self.probe_ok == Some(o) => NatClass::Reachable,
+            _ => self.obs.class(),
+        };
+    }
+
+    fn note_recent(&mut self, ip: std::net::IpAddr, at: Millis) {
+        if let Some((t, _)) = self.recent_peers.get_mut(&ip) {
+            *t = (*t).max(at);
+            return;
+        }
+        let charge = if self.recent_peers.len() < MAX_RECENT_PEERS {
+            self.budget.try_charge(RECENT_PEER_COST)
+        } else {
+            None
+        };
+        match charge {
+            Some(c) => {
+                self.recent_peers.insert(ip, (at, c));
+            }
+            // Too many to remember: trust no probe until they would have expired.
+            None => self.recent_overflow_until = at + RECENT_PEER_MS,
+        }
+    }
+
+    fn send_keepalive(&mut self, now: Millis, id: LinkId) {
+        let mut data = self.pool.pop().unwrap_or_else(new_buf);
+        data.resize(NOISE_BUF_LEN, 0);
+        let Some(l) = self.links.get_mut(&id) else {
+            self.recycle(data);
+            return;
+        };
+        let len = match l.session.encapsulate(&[], &mut data) {
+            NoiseOut::Send(b) => Some(b.len()),
+            _ => None,
+        };
+        match len {
+            Some(len) => {
+                l.last_tx = now;
+                data.truncate(len);
+                let mut dst = l.endpoint;
+                if let Some(r) = l.relay {
+                    wrap_envelope(&mut data, r.token);
+                    dst = r.via;
+                }
+                self.stats.datagrams_out += 1;
+                self.transmits.push_back(Transmit { dst, data });
+            }
+            None => self.recycle(data),
+        }
+    }
+
+    // ---- punching ------------------------------------------------------------------------
+
+    /// Drives dials to NATed relays: ask an introducer for a punch, in turn, a few times.
+    fn run_dials(&mut self, now: Millis) {
+        let keys: Vec<[u8; 32]> = self.dials.keys().copied().collect();
+        for key in keys {
+            let Some(id) = self.by_key.get(&key).copied() else {
+                self.dials.remove(&key);
+                continue;
+            };
+            if self.links.get(&id).is_some_and(|l| l.session.established()) {
+                self.dials.remove(&key);
+                continue;
+            }
+            let Some(d) = self.dials.get(&key) else {
+                continue;
+            };
+            if now < d.next || self.punches.contains_key(&id) {
+                continue;
+            }
+            if d.tries >= PUNCH_TRIES || d.introducers.is_empty() {
+                if !d.relay_asked {
+                    // Fall back to a relayed link through an introducer we are linked to.
+                    let il = d.introducers.iter().find_map(|c| self.link_to(&c.identity));
+                    let target = d.target;
+                    if let Some(il) = il {
+                        if let Some(d) = self.dials.get_mut(&key) {
+                            d.relay_asked = true;
+                            d.next = now + 4 * LINK_RPC_TIMEOUT_MS;
+                        }
+                        tracing::debug!(link = id.0, "punching failed: asking for a relayed link");
+                        self.send_rpc(
+                            now,
+                            il,
+                            Rpc::Relay { target_key: key },
+                            MsgType::RelayRequest,
+                            &target,
+                        );
+                        continue;
+                    }
+                }
+                tracing::debug!(link = id.0, "punching gave up");
+                self.dials.remove(&key);
+                self.remove_link(id, true);
+                continue;
+            }
+            let n = d.introducers.len();
+            let Some(intro) = d.introducers.get(usize::from(d.tries) % n).copied() else {
+                continue;
+            };
+            let target = d.target;
+            let il = self.link_to(&intro.identity);
+            let Some(d) = self.dials.get_mut(&key) else {
+                continue;
+            };
+            match il {
+                Some(il) => {
+                    d.tries += 1;
+                    d.next = now + PUNCH_DURATION_MS + LINK_RPC_TIMEOUT_MS / 4;
+                    self.send_rpc(
+                        now,
+                        il,
+                        Rpc::Punch { target_key: key },
+                        MsgType::PunchRequest,
+                        &target,
+                    );
+                }
+                None => {
+                    // Link to the introducer first (it is directly reachable).
+                    d.waits += 1;
+                    if d.waits > 4 {
+                        d.tries += 1;
+                        d.waits = 0;
+                    }
+                    d.next = now + 2 * LINK_RPC_TIMEOUT_MS;
+                    if intro.link_key != key {
+                        let _ = self.connect_direct(now, intro.link_key, intro.endpoint);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_punch(&mut self, now: Millis, id: LinkId, endpoints: Vec<SocketAddr>) {
+        if endpoints.is_empty() || self.punches.len() >= MAX_PUNCHES {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(charge) = self.budget.try_charge(NAT_ENTRY_COST) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if let Some(l) = self.links.get_mut(&id) {
+            if let Some(e) = endpoints.first() {
+                l.endpoint = *e;
+            }
+        }
+        self.stats.punches += 1;
+        for e in &endpoints {
+            self.note_recent(e.ip(), now + PUNCH_DURATION_MS);
+        }
+        self.punches.insert(
+            id,
+            Punch {
+                endpoints,
+                until: now + PUNCH_DURATION_MS,
+                next: now,
+                init: Vec::new(),
+                init_at: 0,
+                started: now,
+                _charge: charge,
+            },
+        );
+        self.run_punches(now);
+    }
+
+    /// Re-sends handshake initiations to every endpoint of every running punch.
+    fn run_punches(&mut self, now: Millis) {
+        if self.punches.is_empty() {
+            return;
+        }
+        let ids: Vec<LinkId> = self.punches.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.punches.get_mut(&id) else {
+                continue;
+            };
+            // Done once the session is up and the peer was heard since the punch began.
+            let done = self
+                .links
+                .get(&id)
+                .map(|l| l.session.established() && l.last_rx > p.started);
+            match done {
+                None => {
+                    self.punches.remove(&id);
+                    continue;
+                }
+                Some(true) => {
+                    self.punches.remove(&id);
+                    self.stats.punched_links += 1;
+                    if let Some(l) = self.links.get_mut(&id) {
+                        l.punched = true;
+                    }
+                    continue;
+                }
+                Some(false) => {}
+            }
+            if now >= p.until {
+                self.punches.remove(&id);
+                let key = self.links.get(&id).map(|l| l.peer_key);
+                // The dial (if we asked) decides whether to try again; a punch we were told
+                // about just ends.
+                if key.is_some_and(|k| !self.dials.contains_key(&k)) {
+                    self.remove_link(id, false);
+                }
+                continue;
+            }
+            if now < p.next {
+                continue;
+            }
+            p.next = now + PUNCH_INTERVAL_MS;
+            let fresh = p.init.is_empty() || now.saturating_sub(p.init_at) >= PUNCH_REINIT_MS;
+            if fresh {
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.resize(NOISE_BUF_LEN, 0);
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.handshake_sent = now;
+                    if let NoiseOut::Send(b) = l.session.initiate(&mut buf, true) {
+                        p.init.clear();
+                        p.init.extend_from_slice(b);
+                        p.init_at = now;
+                    }
+                }
+                self.scratch = buf;
+            }
+            if let Some(l) = self.links.get_mut(&id) {
+                l.last_tx = now;
+            }
+            let (endpoints, init) = (p.endpoints.clone(), p.init.clone());
+            if !init.is_empty() {
+                for ep in endpoints {
+                    self.push_transmit(ep, &init);
+                }
+            }
+        }
+    }
+
+    /// As an introducer: tell both sides to punch (section 13.2).
+    fn on_punch_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+        let target = match parse_target(p) {
+            Ok(t) => t,
+            Err(e) => return self.malformed(now, id, &e.to_string()),
+        };
+        let allowed = self
+            .links
+            .get_mut(&id)
+            .is_some_and(|l| l.punch_in.allow(now, 1000, PUNCH_REQUEST_RATE));
+        if !allowed || !self.cfg.relay {
+            self.stats.dropped += 1;
+            return;
+        }
+        let t = self.link_to(&target).filter(|t| *t != id);
+        let (Some(a), Some(t)) = (self.links.get(&id), t.and_then(|t| self.links.get(&t))) else {
+            // No live link to the target: "failed".
+            let failed = PunchNotify {
+                peer: target,
+                peer_link_key: [0; 32],
+                endpoints: Vec::new(),
+                attempt_id: 0,
+            };
+            let _ = self.send_frame(now, id, MsgType::PunchNotify, rpc_id, &failed.emit());
+            return;
+        };
+        let endpoints_of = |l: &Link| {
+            let mut v = vec![l.endpoint];
+            if let Some(e) = l.peer_endpoint.filter(|e| *e != l.endpoint) {
+                v.push(e);
+            }
+            v
+        };
+        let attempt_id: u64 = self.rng.gen();
+        let to_a = PunchNotify {
+            peer: target,
+            peer_link_key: t.peer_key,
+            endpoints: endpoints_of(t),
+            attempt_id,
+        };
+        let to_t = PunchNotify {
+            peer: a.identity.unwrap_or([0; 32]),
+            peer_link_key: a.peer_key,
+            endpoints: endpoints_of(a),
+            attempt_id,
+        };
+        let tid = t.id;
+        let fresh: u64 = self.rng.gen_range(1..u64::MAX);
+        self.stats.introductions += 1;
+        let _ = self.send_frame(now, tid, MsgType::PunchNotify, fresh, &to_t.emit());
+        let _ = self.send_frame(now, id, MsgType::PunchNotify, rpc_id, &to_a.emit());
+    }
+
+    fn on_punch_notify(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+        let n = match PunchNotify::parse(p) {
+            Ok(n) => n,
+            Err(e) => return self.malformed(now, id, &e.to_string()),
+        };
+        let answer = self
+            .links
+            .get_mut(&id)
+            .and_then(|l| l.rpcs.remove(&rpc_id))
+            .map(|pending| pending.rpc);
+        if let Some(Rpc::Punch { target_key }) = answer {
+            // The answer to our request.
+            let link = self.by_key.get(&target_key).copied();
+            match link {
+                Some(link) if !n.endpoints.is_empty() && n.peer_link_key == target_key => {
+                    self.start_punch(now, link, n.endpoints);
+                }
+                _ => {
+                    // Failed: the next introducer soon.
+                    if let Some(d) = self.dials.get_mut(&target_key) {
+                        d.next = now + LINK_RPC_TIMEOUT_MS / 2;
+                    }
+                }
+            }
+            return;
+        }
+        // Unsolicited: an introducer tells us someone wants to link to us.
+        let from_relay = self.links.get_mut(&id).is_some_and(|l| {
+            l.is_relay
+                && l.identity.is_some()
+                && l.punch_notify_in.allow(now, 1000, PUNCH_REQUEST_RATE)
+        });
+        if !from_relay || n.endpoints.is_empty() || n.peer_link_key == self.link_public {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(first) = n.endpoints.first().copied() else {
+            return;
+        };
+        let link = match self.by_key.get(&n.peer_link_key).copied() {
+            // Even over a session we think is up: the peer asking for a punch means it lost it
+            // (a new handshake on a live session is just a rekey).
+            Some(l) => l,
+            None => {
+                if self.punches.len() >= MAX_PUNCHES {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                match self.new_link(now, n.peer_link_key, first, true) {
+                    Ok(l) => l,
+                    Err(_) => {
+                        self.stats.dropped += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        self.expected.insert(n.peer_link_key, now);
+        self.start_punch(now, link, n.endpoints);
+    }
+
+    // ---- reachability probe --------------------------------------------------------------
+
+    /// Asks a neighbour to have another one dial us unsolicited (section 13.3).
+    fn run_probe(&mut self, now: Millis) {
+        if let Some(p) = &self.probe {
+            if now.saturating_sub(p.sent) < PROBE_WINDOW_MS {
+                return;
+            }
+            self.probe = None;
+        }
+        let Some(observed) = self.observed else {
+            return;
+        };
+        if !self.cfg.relay || self.nat == NatClass::Public {
+            return;
+        }
+        let period = if self.probe_ok == Some(observed) {
+            NAT_RECHECK_MS
+        } else {
+            PROBE_RETRY_MS
+        };
+        if now.saturating_sub(self.last_probe) < period && self.last_probe != 0 {
+            return;
+        }
+        let relays: Vec<LinkId> = self
+            .links
+            .values()
+            .filter(|l| l.hello_received && l.is_relay)
+            .map(|l| l.id)
+            .collect();
+        if relays.len() < 2 {
+            return;
+        }
+        let Some(n1) = relays.get(self.rng.gen_range(0..relays.len())).copied() else {
+            return;
+        };
+        let nonce: u64 = self.rng.gen();
+        self.last_probe = now;
+        self.probe = Some(Probe {
+            nonce,
+            sent: now,
+            endpoint: observed,
+        });
+        let rpc: u64 = self.rng.gen_range(1..u64::MAX);
+        let _ = self.send_frame(now, n1, MsgType::ProbeRequest, rpc, &nonce.to_be_bytes());
+    }
+
+    /// Whether a link came to us unsolicited: we did not dial, punch or relay it, and sent
+    /// nothing lately to its address (no closed link, query or punch, no other live link).
+    fn unsolicited(&self, now: Millis, id: LinkId) -> bool {
+        let Some(l) = self.links.get(&id) else {
+            return false;
+        };
+        let ip = l.endpoint.ip();
+        let recent = self
+            .recent_peers
+            .get(&ip)
+            .is_some_and(|(t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+        let shared = self
+            .links
+            .values()
+            .any(|x| x.id != id && x.endpoint.ip() == ip);
+        !(l.dialed
+            || l.punched
+            || l.relay.is_some()
+            || recent
+            || shared
+            || now < self.recent_overflow_until)
+    }
+
+    /// An unsolicited inbound link proves what a probe proves (section 13.3): strangers reach
+    /// us at our observed endpoint.
+    fn unsolicited_evidence(&mut self, now: Millis, id: LinkId) {
+        let Some(observed) = self.observed else {
+            return;
+        };
+        if !self.cfg.relay || self.probe_ok == Some(observed) || !self.unsolicited(now, id) {
+            return;
+        }
+        self.probe_ok = Some(observed);
+        self.stats.probes_ok += 1;
+        let before = self.nat;
+        self.reclassify();
+        if self.nat != before {
+            tracing::debug!(nat = self.nat.name(), "reached unsolicited");
+            self.refresh_record(now);
+        }
+    }
+
+    fn check_probe_ping(&mut self, now: Millis, id: LinkId, payload: &[u8]) {
+        let Some(p) = &self.probe else { return };
+        if payload.get(..8) != Some(&p.nonce.to_be_bytes()[..])
+            || now.saturating_sub(p.sent) > PROBE_WINDOW_MS
+        {
+            return;
+        }
+        // Only an unsolicited link proves reachability: one we did not dial, from an address we
+        // sent nothing to lately (our NAT may still hold a flow towards it).
+        if !self.unsolicited(now, id) {
+            tracing::debug!("probe arrived from an address we talked to: inconclusive");
+            self.probe = None;
+            return;
+        }
+        self.probe_ok = Some(p.endpoint);
+        self.probe = None;
+        self.stats.probes_ok += 1;
+        let before = self.nat;
+        self.reclassify();
+        if self.nat != before {
+            tracing::debug!(nat = self.nat.name(), "reachability probe succeeded");
+            self.refresh_record(now);
+        }
+    }
+
+    /// As N1: forward a neighbour's probe to another neighbour with a different address.
+    fn on_probe_request(&mut self, now: Millis, id: LinkId, p: &[u8]) {
+        let Some(nonce) = p
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+        else {
+            return self.malformed(now, id, "PROBE_REQUEST");
+        };
+        let Some(a) = self.links.get_mut(&id) else {
+            return;
+        };
+        if !self.cfg.relay || !a.probe_in.allow(now, 60_000, PROBE_REQUEST_RATE) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let fwd = ProbeForward {
+            subject: a.identity.unwrap_or([0; 32]),
+            subject_link_key: a.peer_key,
+            endpoint: a.endpoint,
+            nonce,
+        };
+        let ip = a.endpoint.ip();
+        let cands: Vec<LinkId> = self
+            .links
+            .values()
+            .filter(|l| l.hello_received && l.is_relay && l.id != id && l.endpoint.ip() != ip)
+            .filter(|l| l.peer_key != fwd.subject_link_key)
+            .map(|l| l.id)
+            .collect();
+        if cands.is_empty() {
+            self.stats.dropped += 1;
+            return;
+        }
+        if let Some(n2) = cands.get(self.rng.gen_range(0..cands.len())).copied() {
+            let _ = self.send_frame(now, n2, MsgType::ProbeForward, 0, &fwd.emit());
+        }
+    }
+
+    /// As N2: dial the subject directly and PING it with its nonce.
+    fn on_probe_forward(&mut self, now: Millis, id: LinkId, p: &[u8]) {
+        let f = match ProbeForward::parse(p) {
+            Ok(f) => f,
+            Err(e) => return self.malformed(now, id, &e.to_string()),
+        };
+        let ok = self
+            .links
+            .get_mut(&id)
+            .is_some_and(|l| l.is_relay && l.probe_in.allow(now, 1000, 10 * PROBE_REQUEST_RATE));
+        if !ok
+            || self.by_key.contains_key(&f.subject_link_key)
+            || self.probe_pings.len() >= MAX_PROBE_PINGS
+        {
+            // Already linked (cannot test unsolicited reachability) or too many pending.
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(charge) = self.budget.try_charge(NAT_ENTRY_COST) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        self.probe_pings
+            .insert(f.subject_link_key, (f.nonce, now, charge));
+        if self
+            .connect_direct(now, f.subject_link_key, f.endpoint)
+            .is_err()
+        {
+            self.probe_pings.remove(&f.subject_link_key);
+        }
+    }
+}
+
+// ---- relayed links (docs/protocol.md section 13.4) --------------------------------------------
+impl LinkLayer {
+    fn fresh_token(&mut self) -> u64 {
+        loop {
+            let t: u64 = self.rng.gen_range(1..u64::MAX);
+            if !self.relay_table.contains_key(&t) && !self.relayed_tokens.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
+    /// As an introducer: set up a relayed link between the requester and the target.
+    fn on_relay_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+        let target = match parse_target(p) {
+            Ok(t) => t,
+            Err(e) => return self.malformed(now, id, &e.to_string()),
+        };
+        let allowed = self
+            .links
+            .get_mut(&id)
+            .is_some_and(|l| l.relay_in.allow(now, 1000, RELAY_REQUEST_RATE));
+        if !allowed || !self.cfg.relay {
+            self.stats.dropped += 1;
+            return;
+        }
+        let refuse = |l: &mut LinkLayer| {
+            let o = RelayOffer {
+                status: RELAY_REFUSED,
+                peer: target,
+                peer_link_key: [0; 32],
+                token: 0,
+                lifetime_s: 0,
+            };
+            let _ = l.send_frame(now, id, MsgType::RelayOffer, rpc_id, &o.emit());
+        };
+        let t = self.link_to(&target).filter(|t| *t != id);
+        let (Some(t), true) = (t, self.relay_table.len() / 2 < MAX_RELAYED_LINKS) else {
+            return refuse(self);
+        };
+        let (Some(c1), Some(c2)) = (
+            self.budget.try_charge(NAT_ENTRY_COST),
+            self.budget.try_charge(NAT_ENTRY_COST),
+        ) else {
+            return refuse(self);
+        };
+        let (Some(a), Some(tl)) = (self.links.get(&id), self.links.get(&t)) else {
+            return;
+        };
+        let (a_ident, a_key, t_key) = (a.identity.unwrap_or([0; 32]), a.peer_key, tl.peer_key);
+        let ta = self.fresh_token();
+        let tt = self.fresh_token();
+        for (tok, link, other, c) in [(ta, id, tt, c1), (tt, t, ta, c2)] {
+            self.relay_table.insert(
+                tok,
+                RelayEntry {
+                    link,
+                    other,
+                    last: now,
+                    rate: RateWindow::default(),
+                    _charge: Some(c),
+                },
+            );
+        }
+        let lifetime_s = (RELAYED_LINK_IDLE_MS / 1000) as u32;
+        let to_t = RelayOffer {
+            status: RELAY_OK,
+            peer: a_ident,
+            peer_link_key: a_key,
+            token: tt,
+            lifetime_s,
+        };
+        let to_a = RelayOffer {
+            status: RELAY_OK,
+            peer: target,
+            peer_link_key: t_key,
+            token: ta,
+            lifetime_s,
+        };
+        let fresh: u64 = self.rng.gen_range(1..u64::MAX);
+        let _ = self.send_frame(now, t, MsgType::RelayOffer, fresh, &to_t.emit());
+        let _ = self.send_frame(now, id, MsgType::RelayOffer, rpc_id, &to_a.emit());
+    }
+
+    fn set_relayed(&mut self, id: LinkId, via_link: LinkId, token: u64) {
+        let Some(via) = self.links.get(&via_link).map(|l| l.endpoint) else {
+            return;
+        };
+        self.punches.remove(&id);
+        if let Some(l) = self.links.get_mut(&id) {
+            if let Some(old) = l.relay.replace(RelayPath {
+                via,
+                via_link,
+                token,
+            }) {
+                self.relayed_tokens.remove(&old.token);
+            }
+            self.relayed_tokens.insert(token, id);
+            self.stats.relayed_links += 1;
+        }
+    }
+
+    fn on_relay_offer(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+        let o = match RelayOffer::parse(p) {
+            Ok(o) => o,
+            Err(e) => return self.malformed(now, id, &e.to_string()),
+        };
+        let answer = self
+            .links
+            .get_mut(&id)
+            .and_then(|l| l.rpcs.remove(&rpc_id))
+            .map(|pending| pending.rpc);
+        if let Some(Rpc::Relay { target_key }) = answer {
+            let link = self.by_key.get(&target_key).copied();
+            match link {
+                Some(link) if o.status == RELAY_OK && o.peer_link_key == target_key => {
+                    self.set_relayed(link, id, o.token);
+                    self.initiate(link, now, true);
+                }
+                _ => {
+                    if let Some(d) = self.dials.get_mut(&target_key) {
+                        d.next = now;
+                    }
+                }
+            }
+            return;
+        }
+        // Unsolicited: someone asked our neighbour for a relayed link to us.
+        let ok = self.links.get_mut(&id).is_some_and(|l| {
+            l.is_relay
+                && l.identity.is_some()
+                && l.relay_in.allow(now, 1000, 2 * RELAY_REQUEST_RATE)
+        });
+        if !ok || o.status != RELAY_OK || o.peer_link_key == self.link_public {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(via) = self.links.get(&id).map(|l| l.endpoint) else {
+            return;
+        };
+        let link = match self.by_key.get(&o.peer_link_key).copied() {
+            Some(l) => l,
+            None => match self.new_link(now, o.peer_link_key, via, false) {
+                Ok(l) => l,
+                Err(_) => {
+                    self.stats.dropped += 1;
+                    return;
+                }
+            },
+        };
+        self.expected.insert(o.peer_link_key, now);
+        self.set_relayed(link, id, o.token);
+    }
+
+    /// A relay envelope: forward it as an introducer, or take it as a relayed link's datagram.
+    fn on_envelope(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+        let Some((token, inner)) = datagram::parse_relay_envelope(data) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if let Some(e) = self.relay_table.get_mut(&token) {
+            let src_ok = self.links.get(&e.link).map(|l| l.endpoint) == Some(from);
+            if !src_ok || !e.rate.allow(now, 1000, RELAYED_LINK_RATE) {
+                self.stats.dropped += 1;
+                return;
+            }
+            e.last = now;
+            let other = e.other;
+            let dst = match self.relay_table.get_mut(&other) {
+                Some(o) => {
+                    o.last = now;
+                    self.links.get(&o.link).map(|l| l.endpoint)
+                }
+                None => None,
+            };
+            let Some(dst) = dst else {
+                self.stats.dropped += 1;
+                return;
+            };
+            // Only the token changes: the introducer sees WireGuard ciphertext, nothing else.
+            let mut out = self.take_buf();
+            datagram::emit_relay_envelope(other, inner, &mut out);
+            self.stats.datagrams_out += 1;
+            self.stats.relayed_datagrams += 1;
+            self.transmits.push_back(Transmit { dst, data: out });
+            return;
+        }
+        if let Some(id) = self.relayed_tokens.get(&token).copied() {
+            let via = self.links.get(&id).and_then(|l| l.relay).map(|r| r.via);
+            if via != Some(from) {
+                self.stats.dropped += 1;
+                return;
+            }
+            self.feed_via(now, id, from, inner, true);
+            return;
+        }
+        self.stats.dropped += 1;
+    }
+}
+
+impl LinkLayer {
+    /// Whether NAT traversal needs this link kept: it carries relayed links (as introducer or
+    /// endpoint), or its peer is one of our introducers.
+    fn nat_uses(&self, id: LinkId) -> bool {
+        if self.relay_table.values().any(|e| e.link == id)
+            || self
+                .links
+                .values()
+                .any(|l| l.relay.is_some_and(|r| r.via_link == id))
+        {
+            return true;
+        }
+        let ident = self.links.get(&id).and_then(|l| l.identity);
+        match (ident, &self.own_record) {
+            (Some(i), Some(r)) => r.fields().introducers.iter().any(|c| c.identity == i),
+            _ => false,
+        }
+    }
+}

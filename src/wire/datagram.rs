@@ -101,6 +101,31 @@ pub fn record_of_response(d: &[u8]) -> Option<&[u8]> {
     d.get(16..RECORD_RESPONSE_LEN)
 }
 
+/// Bytes a relay envelope adds in front of the WireGuard datagram (section 13.4).
+pub const RELAY_ENVELOPE_HEADER: usize = 12;
+
+/// Wraps a WireGuard datagram in a relay envelope with `token` into `out` (cleared first).
+pub fn emit_relay_envelope(token: u64, inner: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&RELAY_ENVELOPE_TYPE.to_le_bytes());
+    out.extend_from_slice(&token.to_be_bytes());
+    out.extend_from_slice(inner);
+}
+
+/// The token and the inner datagram of a relay envelope; `None` unless the inner datagram is
+/// one of the four WireGuard types (an envelope never nests or carries bootstrap messages).
+pub fn parse_relay_envelope(d: &[u8]) -> Option<(u64, &[u8])> {
+    if u32_le(d, 0)? != RELAY_ENVELOPE_TYPE {
+        return None;
+    }
+    let token = u64_be(d, 4)?;
+    let inner = d.get(RELAY_ENVELOPE_HEADER..)?;
+    match classify(inner) {
+        Kind::Initiation | Kind::Indexed(_) => Some((token, inner)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +152,16 @@ mod tests {
         assert_eq!(classify(&[1, 0, 0, 0, 0]), Kind::Unknown);
         q.truncate(100);
         assert_eq!(classify(&q), Kind::Unknown);
+        let mut env = Vec::new();
+        emit_relay_envelope(0xabcd, &data, &mut env);
+        assert_eq!(classify(&env), Kind::RelayEnvelope);
+        assert_eq!(parse_relay_envelope(&env), Some((0xabcd, &data[..])));
+        emit_relay_envelope(1, &r, &mut env);
+        assert_eq!(
+            parse_relay_envelope(&env),
+            None,
+            "only WireGuard inside envelopes"
+        );
     }
 
     proptest::proptest! {
@@ -134,6 +169,7 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = classify(&bytes);
             let _ = record_of_response(&bytes);
+            let _ = parse_relay_envelope(&bytes);
         }
     }
 }

@@ -6,6 +6,9 @@
 //! else in the header is ours. This module is the only place that builds or parses the header.
 
 use std::fmt;
+use std::net::SocketAddr;
+
+use super::record::{emit_endpoint, parse_endpoint, ENDPOINT_LEN};
 
 /// Length of the link frame header.
 pub const LINK_HEADER_LEN: usize = 40;
@@ -119,9 +122,226 @@ impl MsgType {
             PexRequest => (2, 2),
             PexResponse => (2, 2 + 3 * 424),
             Close => (1, 1),
-            // Layouts owned by the NAT and DHT issues; bounded by the frame until they land.
-            _ => (0, LINK_PAYLOAD_MAX),
+            PunchRequest | RelayRequest => (32, 32),
+            PunchNotify => (PUNCH_NOTIFY_LEN, PUNCH_NOTIFY_LEN),
+            RelayOffer => (RELAY_OFFER_LEN, RELAY_OFFER_LEN),
+            ProbeRequest => (8, 8),
+            ProbeForward => (PROBE_FORWARD_LEN, PROBE_FORWARD_LEN),
+            // Layouts owned by the DHT issue; bounded by the frame until they land.
+            DhtRequest | DhtResponse => (0, LINK_PAYLOAD_MAX),
         }
+    }
+}
+
+/// Payload of PUNCH_NOTIFY (section 13.2).
+pub const PUNCH_NOTIFY_LEN: usize = 32 + 32 + 1 + 2 * ENDPOINT_LEN + 8;
+/// Payload of RELAY_OFFER (section 13.4).
+pub const RELAY_OFFER_LEN: usize = 1 + 32 + 32 + 8 + 4;
+/// Payload of PROBE_FORWARD (section 13.3).
+pub const PROBE_FORWARD_LEN: usize = 32 + 32 + ENDPOINT_LEN + 8;
+
+/// Why a NAT traversal payload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatMsgError {
+    /// Wrong payload length.
+    Length(usize),
+    /// A malformed field.
+    Field(&'static str),
+}
+
+impl fmt::Display for NatMsgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatMsgError::Length(n) => write!(f, "NAT message payload of {n} bytes"),
+            NatMsgError::Field(w) => write!(f, "malformed NAT message field: {w}"),
+        }
+    }
+}
+
+impl std::error::Error for NatMsgError {}
+
+fn arr<const N: usize>(p: &[u8], off: usize) -> Result<[u8; N], NatMsgError> {
+    p.get(off..off + N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or(NatMsgError::Length(p.len()))
+}
+
+fn endpoint_at(p: &[u8], off: usize) -> Result<Option<SocketAddr>, NatMsgError> {
+    let b: [u8; ENDPOINT_LEN] = arr(p, off)?;
+    parse_endpoint(&b).map_err(|_| NatMsgError::Field("endpoint"))
+}
+
+fn put_endpoint(out: &mut [u8], off: usize, ep: Option<SocketAddr>) {
+    let mut b = [0u8; ENDPOINT_LEN];
+    emit_endpoint(ep, &mut b);
+    if let Some(dst) = out.get_mut(off..off + ENDPOINT_LEN) {
+        dst.copy_from_slice(&b);
+    }
+}
+
+/// The 32-byte identity payload of PUNCH_REQUEST and RELAY_REQUEST.
+pub fn parse_target(p: &[u8]) -> Result<[u8; 32], NatMsgError> {
+    if p.len() != 32 {
+        return Err(NatMsgError::Length(p.len()));
+    }
+    arr(p, 0)
+}
+
+/// PUNCH_NOTIFY: punch towards `peer` at these endpoints (none: the introducer failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PunchNotify {
+    /// The peer's relay identity (zero for a client-only peer).
+    pub peer: [u8; 32],
+    /// The peer's link key.
+    pub peer_link_key: [u8; 32],
+    /// 0 to 2 endpoints: as the introducer observes the peer, then the one in its record.
+    pub endpoints: Vec<SocketAddr>,
+    /// The same random value in both notifications of one attempt.
+    pub attempt_id: u64,
+}
+
+impl PunchNotify {
+    /// Parses a payload; every malformed field is an error.
+    pub fn parse(p: &[u8]) -> Result<PunchNotify, NatMsgError> {
+        if p.len() != PUNCH_NOTIFY_LEN {
+            return Err(NatMsgError::Length(p.len()));
+        }
+        let peer = arr(p, 0)?;
+        let peer_link_key = arr(p, 32)?;
+        let n: [u8; 1] = arr(p, 64)?;
+        let n = usize::from(n[0]);
+        if n > 2 {
+            return Err(NatMsgError::Field("n_endpoints"));
+        }
+        let mut endpoints = Vec::with_capacity(n);
+        for i in 0..2 {
+            match (i < n, endpoint_at(p, 65 + i * ENDPOINT_LEN)?) {
+                (true, Some(e)) => endpoints.push(e),
+                (false, None) => {}
+                _ => return Err(NatMsgError::Field("endpoint slots")),
+            }
+        }
+        if n > 0 && peer_link_key == [0u8; 32] {
+            return Err(NatMsgError::Field("zero link key"));
+        }
+        let attempt_id = u64::from_be_bytes(arr(p, 65 + 2 * ENDPOINT_LEN)?);
+        Ok(PunchNotify {
+            peer,
+            peer_link_key,
+            endpoints,
+            attempt_id,
+        })
+    }
+
+    /// The payload (at most two endpoints are written).
+    pub fn emit(&self) -> [u8; PUNCH_NOTIFY_LEN] {
+        let mut b = [0u8; PUNCH_NOTIFY_LEN];
+        b[..32].copy_from_slice(&self.peer);
+        b[32..64].copy_from_slice(&self.peer_link_key);
+        let n = self.endpoints.len().min(2);
+        b[64] = n as u8;
+        for (i, e) in self.endpoints.iter().take(2).enumerate() {
+            put_endpoint(&mut b, 65 + i * ENDPOINT_LEN, Some(*e));
+        }
+        b[65 + 2 * ENDPOINT_LEN..].copy_from_slice(&self.attempt_id.to_be_bytes());
+        b
+    }
+}
+
+/// RELAY_OFFER status: the relayed link is set up.
+pub const RELAY_OK: u8 = 0;
+/// RELAY_OFFER status: refused (no capacity, no link to the target).
+pub const RELAY_REFUSED: u8 = 3;
+
+/// RELAY_OFFER: send the peer's datagrams in relay envelopes with this token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOffer {
+    /// [`RELAY_OK`] or [`RELAY_REFUSED`].
+    pub status: u8,
+    /// The peer's identity (zero for a client-only peer).
+    pub peer: [u8; 32],
+    /// The peer's link key.
+    pub peer_link_key: [u8; 32],
+    /// Our token for envelopes to the introducer.
+    pub token: u64,
+    /// Seconds the offer holds while idle.
+    pub lifetime_s: u32,
+}
+
+impl RelayOffer {
+    /// Parses a payload.
+    pub fn parse(p: &[u8]) -> Result<RelayOffer, NatMsgError> {
+        if p.len() != RELAY_OFFER_LEN {
+            return Err(NatMsgError::Length(p.len()));
+        }
+        let [status] = arr::<1>(p, 0)?;
+        if status != RELAY_OK && status != RELAY_REFUSED {
+            return Err(NatMsgError::Field("relay offer status"));
+        }
+        let o = RelayOffer {
+            status,
+            peer: arr(p, 1)?,
+            peer_link_key: arr(p, 33)?,
+            token: u64::from_be_bytes(arr(p, 65)?),
+            lifetime_s: u32::from_be_bytes(arr(p, 73)?),
+        };
+        if status == RELAY_OK && (o.peer_link_key == [0u8; 32] || o.token == 0) {
+            return Err(NatMsgError::Field("relay offer without key or token"));
+        }
+        Ok(o)
+    }
+
+    /// The payload.
+    pub fn emit(&self) -> [u8; RELAY_OFFER_LEN] {
+        let mut b = [0u8; RELAY_OFFER_LEN];
+        b[0] = self.status;
+        b[1..33].copy_from_slice(&self.peer);
+        b[33..65].copy_from_slice(&self.peer_link_key);
+        b[65..73].copy_from_slice(&self.token.to_be_bytes());
+        b[73..77].copy_from_slice(&self.lifetime_s.to_be_bytes());
+        b
+    }
+}
+
+/// PROBE_FORWARD: please dial `subject` at `endpoint` and PING it with `nonce`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeForward {
+    /// The subject's identity (zero for a client-only node).
+    pub subject: [u8; 32],
+    /// The subject's link key.
+    pub subject_link_key: [u8; 32],
+    /// Where the forwarding neighbour sees the subject.
+    pub endpoint: SocketAddr,
+    /// The subject's nonce, to be echoed as a PING nonce.
+    pub nonce: u64,
+}
+
+impl ProbeForward {
+    /// Parses a payload.
+    pub fn parse(p: &[u8]) -> Result<ProbeForward, NatMsgError> {
+        if p.len() != PROBE_FORWARD_LEN {
+            return Err(NatMsgError::Length(p.len()));
+        }
+        let subject_link_key: [u8; 32] = arr(p, 32)?;
+        if subject_link_key == [0u8; 32] {
+            return Err(NatMsgError::Field("zero link key"));
+        }
+        Ok(ProbeForward {
+            subject: arr(p, 0)?,
+            subject_link_key,
+            endpoint: endpoint_at(p, 64)?.ok_or(NatMsgError::Field("empty endpoint"))?,
+            nonce: u64::from_be_bytes(arr(p, 64 + ENDPOINT_LEN)?),
+        })
+    }
+
+    /// The payload.
+    pub fn emit(&self) -> [u8; PROBE_FORWARD_LEN] {
+        let mut b = [0u8; PROBE_FORWARD_LEN];
+        b[..32].copy_from_slice(&self.subject);
+        b[32..64].copy_from_slice(&self.subject_link_key);
+        put_endpoint(&mut b, 64, Some(self.endpoint));
+        b[64 + ENDPOINT_LEN..].copy_from_slice(&self.nonce.to_be_bytes());
+        b
     }
 }
 
@@ -341,10 +561,63 @@ mod tests {
         assert!(emit(&mut buf, MsgType::Ping, 1, &[0; 9]).is_none());
     }
 
+    #[test]
+    fn nat_messages_round_trip() {
+        let n = PunchNotify {
+            peer: [1; 32],
+            peer_link_key: [2; 32],
+            endpoints: vec![
+                "198.18.0.7:7412".parse().unwrap(),
+                "[2001:db8::1]:9".parse().unwrap(),
+            ],
+            attempt_id: 99,
+        };
+        assert_eq!(PunchNotify::parse(&n.emit()).unwrap(), n);
+        let failed = PunchNotify {
+            endpoints: vec![],
+            ..n.clone()
+        };
+        assert_eq!(PunchNotify::parse(&failed.emit()).unwrap(), failed);
+        let mut bad = n.emit();
+        bad[64] = 3;
+        assert!(PunchNotify::parse(&bad).is_err());
+        bad[64] = 1; // second slot filled but count says one
+        assert!(PunchNotify::parse(&bad).is_err());
+        assert!(PunchNotify::parse(&n.emit()[..50]).is_err());
+        let o = RelayOffer {
+            status: RELAY_OK,
+            peer: [3; 32],
+            peer_link_key: [4; 32],
+            token: 5,
+            lifetime_s: 120,
+        };
+        assert_eq!(RelayOffer::parse(&o.emit()).unwrap(), o);
+        let mut bad = o.emit();
+        bad[0] = 7;
+        assert!(RelayOffer::parse(&bad).is_err());
+        let f = ProbeForward {
+            subject: [0; 32],
+            subject_link_key: [6; 32],
+            endpoint: "198.18.0.9:1".parse().unwrap(),
+            nonce: 8,
+        };
+        assert_eq!(ProbeForward::parse(&f.emit()).unwrap(), f);
+        assert!(parse_target(&[0; 31]).is_err());
+        assert_eq!(parse_target(&[9; 32]).unwrap(), [9; 32]);
+        // Frames carry the fixed payload sizes.
+        let mut buf = [0u8; LINK_FRAME_MAX];
+        assert!(emit(&mut buf, MsgType::PunchNotify, 1, &n.emit()).is_some());
+        assert!(emit(&mut buf, MsgType::PunchRequest, 1, &[0; 31]).is_none());
+    }
+
     proptest::proptest! {
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1500)) {
             let _ = LinkFrame::new_checked(&bytes);
+            let _ = PunchNotify::parse(&bytes);
+            let _ = RelayOffer::parse(&bytes);
+            let _ = ProbeForward::parse(&bytes);
+            let _ = parse_target(&bytes);
         }
     }
 }

@@ -1,0 +1,154 @@
+//! Issue #10 with real daemons behind nftables NAT boxes: NATed relays classify themselves, link
+//! to public relays, and link to each other directly by punching (cone, address-restricted,
+//! double NAT) or through a relay (symmetric to symmetric).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Daemon, Host, Lab, NatType};
+
+const READY: Duration = Duration::from_secs(10);
+
+fn public_config(h: &Host, bootstrap: Option<&Host>) -> String {
+    let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
+    format!(
+        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        h.ip
+    )
+}
+
+/// Behind NAT a daemon listens on the unspecified address and learns its endpoint.
+fn natted_config(boot: &[&Host]) -> String {
+    let boot: Vec<String> = boot.iter().map(|b| format!("\"{}:7412\"", b.ip)).collect();
+    format!(
+        "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        boot.join(", ")
+    )
+}
+
+/// relay key -> direct, for every relay peer of `d`.
+fn peers(lab: &Lab, d: &Daemon) -> HashMap<String, bool> {
+    lab.query(d, "peers")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    Some((p["relay_key"].as_str()?.to_string(), p["direct"].as_bool()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn natted_relays_link_direct_or_relayed() {
+    let Some(mut lab) = Lab::new("nat") else {
+        return;
+    };
+    let start = Instant::now();
+    let public: Vec<Host> = (0..3).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let kinds: [(&str, &[NatType]); 6] = [
+        ("pr1", &[NatType::PortRestricted]),
+        ("pr2", &[NatType::PortRestricted]),
+        ("ar", &[NatType::AddressRestricted]),
+        ("sym1", &[NatType::Symmetric]),
+        ("sym2", &[NatType::Symmetric]),
+        ("dbl", &[NatType::PortRestricted, NatType::PortRestricted]),
+    ];
+    let mut natted: Vec<(String, Vec<Host>, Host)> = Vec::new();
+    for (name, nats) in kinds {
+        let (boxes, h) = lab.add_natted_host(name, nats);
+        natted.push((name.to_string(), boxes, h));
+    }
+    let mut daemons: Vec<(String, Daemon)> = Vec::new();
+    for (i, h) in public.iter().enumerate() {
+        let cfg = lab.write_config(h, &public_config(h, (i > 0).then(|| &public[0])));
+        let d = lab.start_daemon(h, &cfg);
+        lab.wait_ready(&d, READY);
+        daemons.push((h.name.clone(), d));
+    }
+    for (name, _, h) in &natted {
+        let cfg = lab.write_config(h, &natted_config(&[&public[0], &public[1]]));
+        let d = lab.start_daemon(h, &cfg);
+        lab.wait_ready(&d, READY);
+        daemons.push((name.clone(), d));
+    }
+    let keys: HashMap<String, String> = daemons
+        .iter()
+        .map(|(n, d)| {
+            let k = lab.query(d, "status")["relay_key"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (k, n.clone())
+        })
+        .collect();
+    let by_name = |n: &str| &daemons.iter().find(|(m, _)| m == n).unwrap().1;
+
+    // Every NATed relay classifies itself and links to public relays.
+    let want = [
+        ("pr1", "cone"),
+        ("pr2", "cone"),
+        ("ar", "cone"),
+        ("sym1", "symmetric"),
+        ("sym2", "symmetric"),
+        ("dbl", "cone"),
+    ];
+    lab.wait_for("NAT classes", Duration::from_secs(20), || {
+        want.iter()
+            .all(|(n, class)| lab.query(by_name(n), "status")["nat"] == *class)
+    });
+    let classified = start.elapsed();
+    for (n, _) in want {
+        let p = peers(&lab, by_name(n));
+        let public_links = p.keys().filter(|k| keys[*k].starts_with('r')).count();
+        assert!(public_links >= 2, "{n}: {p:?}");
+    }
+    for (i, _) in public.iter().enumerate() {
+        assert_eq!(lab.query(&daemons[i].1, "status")["nat"], "none");
+    }
+
+    // The matrix: pairs of NATed relays, linked directly (punching) or relayed.
+    let pairs = [
+        ("pr1", "pr2", true),
+        ("pr1", "ar", true),
+        ("pr2", "dbl", true),
+        ("ar", "sym1", true),
+        ("sym1", "sym2", false),
+        ("pr1", "sym2", false),
+    ];
+    let mut linked_at: HashMap<(&str, &str), (Duration, bool)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while Instant::now() < deadline && linked_at.len() < pairs.len() {
+        for (a, b, _) in pairs {
+            if linked_at.contains_key(&(a, b)) {
+                continue;
+            }
+            let key_b = keys.iter().find(|(_, n)| n.as_str() == b).unwrap().0;
+            if let Some(direct) = peers(&lab, by_name(a)).get(key_b) {
+                linked_at.insert((a, b), (start.elapsed(), *direct));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("classified after {classified:?}");
+    for (a, b, _) in pairs {
+        match linked_at.get(&(a, b)) {
+            Some((t, d)) => eprintln!(
+                "{a:>4} <-> {b:<4}: {} after {t:?} from start",
+                if *d { "direct" } else { "relayed" }
+            ),
+            None => eprintln!("{a:>4} <-> {b:<4}: not linked"),
+        }
+    }
+    for (a, b, direct) in pairs {
+        let (_, d) = linked_at
+            .get(&(a, b))
+            .unwrap_or_else(|| panic!("{a} and {b} did not link"));
+        if direct {
+            assert!(*d, "{a} <-> {b} should be direct");
+        } else {
+            assert!(!*d, "{a} <-> {b} cannot be direct through these NATs");
+        }
+    }
+}
