@@ -84,6 +84,7 @@ fn peer_json(p: &PeerInfo) -> Value {
         "link_key": p.link_key,
         "endpoint": p.endpoint.to_string(),
         "direct": p.direct,
+        "punched": p.punched,
         "rtt_ms": p.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
         "established_s": p.established_s,
         "last_handshake_s": p.last_handshake_s,

@@ -106,6 +106,10 @@ impl Node {
 
     /// Runs timers.
     pub fn handle_timeout(&mut self, now: Millis) {
+        let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
+        for l in busy {
+            self.link.mark_in_use(l, now);
+        }
         self.link.handle_timeout(now);
         self.circ.handle_timeout(now);
         self.pump(now);

@@ -400,6 +400,14 @@ impl CircuitLayer {
         v
     }
 
+    /// Links that carry at least one circuit (ours or relayed).
+    pub fn links_in_use(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links
+            .iter()
+            .filter(|(_, i)| i.circuits > 0)
+            .map(|(id, _)| *id)
+    }
+
     /// Our built circuits of a purpose.
     pub fn ready(&self, purpose: Purpose) -> usize {
         self.own

@@ -48,9 +48,9 @@ pub const LINK_RPC_TIMEOUT_MS: Millis = 2_000;
 /// Retries of a link request.
 pub const LINK_RPC_RETRIES: u8 = 2;
 /// A handshake is resent after this long without an answer.
-pub const HANDSHAKE_RETRY_MS: Millis = 5_000;
+pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 /// Handshake attempts before a dial gives up.
-pub const HANDSHAKE_ATTEMPTS: u8 = 3;
+pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 /// An established link must send HELLO within this time.
 pub const HELLO_TIMEOUT_MS: Millis = 10_000;
 /// First reconnect delay; doubles per failure.
@@ -522,6 +522,14 @@ impl LinkLayer {
     /// The endpoint a neighbour last reported seeing us at.
     pub fn observed(&self) -> Option<SocketAddr> {
         self.observed
+    }
+
+    /// Tells the link layer that a link carries circuits, so that it is not closed as idle
+    /// (bootstrap links are closed once unused).
+    pub fn mark_in_use(&mut self, link: LinkId, now: Millis) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_cell = now;
+        }
     }
 
     /// Our relay identity (public key).
@@ -1615,7 +1623,10 @@ impl LinkLayer {
                 // Punching owns this link's handshakes and lifetime.
                 return;
             }
-            if now.saturating_sub(l.handshake_sent) >= HANDSHAKE_RETRY_MS {
+            // 1 s, 2 s, 4 s between attempts: a lost initiation costs a second, not five, and a
+            // dead peer is given up after about 7 s.
+            let wait = HANDSHAKE_RETRY_MS << l.attempts.saturating_sub(1).min(4);
+            if now.saturating_sub(l.handshake_sent) >= wait {
                 if l.dialed && l.attempts < HANDSHAKE_ATTEMPTS {
                     self.initiate(id, now, true);
                 } else {

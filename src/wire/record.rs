@@ -235,7 +235,9 @@ fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
 fn check_identity(identity: &[u8; 32]) -> Result<VerifyingKey, RecordError> {
     let key = VerifyingKey::from_bytes(identity)
         .map_err(|_| RecordError::Field("identity not a point"))?;
-    if key.is_weak() || key.to_bytes() != *identity {
+    // `to_bytes` echoes the input; re-encoding the decoded point is what catches a non-canonical
+    // encoding.
+    if key.is_weak() || key.to_edwards().compress().to_bytes() != *identity {
         return Err(RecordError::Field("identity weak or not canonical"));
     }
     Ok(key)
@@ -730,6 +732,17 @@ mod tests {
         emit_endpoint(Some("198.18.0.1:7412".parse().unwrap()), &mut b);
         b[0] = 6;
         assert!(parse_endpoint(&b).is_err(), "mapped address with family 6");
+    }
+
+    #[test]
+    fn non_canonical_identity_is_refused() {
+        // y = p (2^255 - 19) encodes the same point as y = 0 but is not canonical.
+        let mut y_is_p = [0xffu8; 32];
+        y_is_p[0] = 0xed;
+        y_is_p[31] = 0x7f;
+        assert!(check_identity(&y_is_p).is_err());
+        let good = SigningKey::from_bytes(&[9; 32]).verifying_key().to_bytes();
+        assert!(check_identity(&good).is_ok());
     }
 
     #[test]
