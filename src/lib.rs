@@ -35,6 +35,7 @@ pub mod flow;
 pub mod link;
 pub mod node;
 pub mod platform;
+pub mod session;
 pub mod sim;
 pub mod time;
 pub mod wire;
