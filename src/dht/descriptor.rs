@@ -224,11 +224,7 @@ pub fn blinding_factor(address: &[u8; 16], e: u64) -> Scalar {
 
 /// Decodes a public key from the network: refuses non-canonical encodings and small-order points.
 fn strict_key(bytes: &[u8; 32]) -> Result<VerifyingKey, DescError> {
-    let key = VerifyingKey::from_bytes(bytes).map_err(|_| DescError::BlindedKey)?;
-    if key.is_weak() || key.to_bytes() != *bytes {
-        return Err(DescError::BlindedKey);
-    }
-    Ok(key)
+    crate::wire::record::check_identity(bytes).map_err(|_| DescError::BlindedKey)
 }
 
 /// The blinded public key `A' = h·A` for a service key `A`, as anyone who knows `A` computes it.

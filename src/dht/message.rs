@@ -5,14 +5,11 @@
 //! lookup do that with the record parsers and their own clock). [`DhtMessage::emit`] writes the
 //! exact layout back. Reserved bytes are written as zero and ignored on receipt (section 1).
 
-use ed25519_dalek::VerifyingKey;
 use std::fmt;
 
 use super::descriptor::DESC_LEN;
 use super::{Key, DHT_K};
-use crate::wire::record::{
-    emit_endpoint, parse_endpoint, Contact, CONTACT_LEN, ENDPOINT_LEN, RELAY_RECORD_LEN,
-};
+use crate::wire::record::{Contact, CONTACT_LEN, RELAY_RECORD_LEN};
 
 /// The DHT message version this node speaks.
 pub const DHT_VERSION: u8 = 1;
@@ -294,39 +291,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses one contact (5.2): a canonical, non-weak identity, a non-zero link key and an endpoint.
+/// Parses one contact (5.2); an empty (all-zero) contact is an error here.
 pub fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Contact, MessageError> {
-    let mut r = Reader { b };
-    let identity = r.array::<32>()?;
-    let link_key = r.array::<32>()?;
-    let ep = r.array::<ENDPOINT_LEN>()?;
-    let key =
-        VerifyingKey::from_bytes(&identity).map_err(|_| MessageError::Field("contact identity"))?;
-    if key.is_weak() || key.to_bytes() != identity {
-        return Err(MessageError::Field(
-            "contact identity weak or not canonical",
-        ));
-    }
-    if link_key == [0; 32] {
-        return Err(MessageError::Field("contact link key zero"));
-    }
-    let endpoint = parse_endpoint(&ep)
-        .map_err(|_| MessageError::Field("contact endpoint"))?
-        .ok_or(MessageError::Field("contact without endpoint"))?;
-    Ok(Contact {
-        identity,
-        link_key,
-        endpoint,
-    })
+    crate::wire::record::parse_contact(b)
+        .map_err(|_| MessageError::Field("contact"))?
+        .ok_or(MessageError::Field("contact without endpoint"))
 }
 
 /// Writes one contact (5.2).
 pub fn emit_contact(c: &Contact, out: &mut Vec<u8>) {
-    out.extend_from_slice(&c.identity);
-    out.extend_from_slice(&c.link_key);
-    let mut ep = [0u8; ENDPOINT_LEN];
-    emit_endpoint(Some(c.endpoint), &mut ep);
-    out.extend_from_slice(&ep);
+    let mut slot = [0u8; CONTACT_LEN];
+    crate::wire::record::emit_contact(Some(c), &mut slot);
+    out.extend_from_slice(&slot);
 }
 
 fn contacts(r: &mut Reader<'_>, n: usize) -> Result<Vec<Contact>, MessageError> {

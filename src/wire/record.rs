@@ -197,7 +197,9 @@ impl fmt::Debug for Contact {
     }
 }
 
-fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Option<Contact>, RecordError> {
+/// Parses a contact slot (5.2): `Ok(None)` for an all-zero (empty) slot; otherwise a canonical,
+/// non-weak identity, a non-zero link key and an endpoint.
+pub fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Option<Contact>, RecordError> {
     let (head, ep) = b.split_at(64);
     let ep: &[u8; ENDPOINT_LEN] = ep.try_into().map_err(|_| RecordError::Field("contact"))?;
     if b.iter().all(|&x| x == 0) {
@@ -222,7 +224,8 @@ fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Option<Contact>, RecordError> 
     }))
 }
 
-fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
+/// Writes a contact slot (`None` = empty).
+pub fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
     out.fill(0);
     let Some(c) = c else { return };
     out[..32].copy_from_slice(&c.identity);
@@ -232,7 +235,9 @@ fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
     out[64..].copy_from_slice(&ep);
 }
 
-fn check_identity(identity: &[u8; 32]) -> Result<VerifyingKey, RecordError> {
+/// Decodes an Ed25519 public key received from the network: a point, canonically encoded (the
+/// decoded point re-encodes to the same bytes), not of small order.
+pub fn check_identity(identity: &[u8; 32]) -> Result<VerifyingKey, RecordError> {
     let key = VerifyingKey::from_bytes(identity)
         .map_err(|_| RecordError::Field("identity not a point"))?;
     // `to_bytes` echoes the input; re-encoding the decoded point is what catches a non-canonical
