@@ -14,10 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-#[path = "nat.rs"]
-pub mod nat;
-
-use self::nat::{
+use super::nat::{
     behind_nat, Observations, RateWindow, LINK_KEEPALIVE_MS, MAX_PROBE_PINGS, MAX_PUNCHES,
     MAX_RELAYED_LINKS, NAT_ENTRY_COST, NAT_KEEPALIVE_MS, NAT_RECHECK_MS, PROBE_REQUEST_RATE,
     PROBE_RETRY_MS, PROBE_WINDOW_MS, PUNCH_DURATION_MS, PUNCH_INTERVAL_MS, PUNCH_REINIT_MS,

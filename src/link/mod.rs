@@ -2,6 +2,7 @@
 //! WireGuard session per neighbour, the relay view, bootstrap and peer exchange. It carries cells
 //! without reading them and knows nothing of services.
 pub mod layer;
+pub mod nat;
 pub mod noise;
 pub mod view;
 
