@@ -330,36 +330,9 @@ impl LinkSpec {
         if link_key == [0u8; 32] {
             return Err(RecordError::Field("zero link key"));
         }
-        let mut endpoints = Vec::with_capacity(n_ep);
-        for i in 0..2 {
-            let off = 68 + i * ENDPOINT_LEN;
-            let slot: &[u8; ENDPOINT_LEN] = b
-                .get(off..off + ENDPOINT_LEN)
-                .and_then(|x| x.try_into().ok())
-                .ok_or(RecordError::Field("endpoint slot"))?;
-            match (i < n_ep, parse_endpoint(slot)?) {
-                (true, Some(ep)) => endpoints.push(ep),
-                (false, None) => {}
-                _ => return Err(RecordError::Field("endpoint slots do not match the count")),
-            }
-        }
-        let mut introducers = Vec::with_capacity(n_intro);
-        for i in 0..2 {
-            let off = 106 + i * CONTACT_LEN;
-            let slot: &[u8; CONTACT_LEN] = b
-                .get(off..off + CONTACT_LEN)
-                .and_then(|x| x.try_into().ok())
-                .ok_or(RecordError::Field("contact slot"))?;
-            match (i < n_intro, parse_contact(slot)?) {
-                (true, Some(c)) => introducers.push(c),
-                (false, None) => {}
-                _ => {
-                    return Err(RecordError::Field(
-                        "introducer slots do not match the count",
-                    ))
-                }
-            }
-        }
+        let endpoints = slots::<ENDPOINT_LEN, _>(b, 68, 2, n_ep, parse_endpoint, "endpoint slot")?;
+        let introducers =
+            slots::<CONTACT_LEN, _>(b, 106, 2, n_intro, parse_contact, "contact slot")?;
         Ok(LinkSpec {
             identity,
             link_key,
@@ -367,6 +340,32 @@ impl LinkSpec {
             introducers,
         })
     }
+}
+
+/// Parses `max` fixed-size slots starting at `off`: the first `n` must hold a value, the rest must
+/// be empty (the layout rule of 5.1 for endpoints and contacts).
+fn slots<const L: usize, T>(
+    b: &[u8],
+    off: usize,
+    max: usize,
+    n: usize,
+    parse: fn(&[u8; L]) -> Result<Option<T>, RecordError>,
+    what: &'static str,
+) -> Result<Vec<T>, RecordError> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..max {
+        let start = off + i * L;
+        let slot: &[u8; L] = b
+            .get(start..start + L)
+            .and_then(|x| x.try_into().ok())
+            .ok_or(RecordError::Field(what))?;
+        match (i < n, parse(slot)?) {
+            (true, Some(v)) => out.push(v),
+            (false, None) => {}
+            _ => return Err(RecordError::Field("slots do not match the count")),
+        }
+    }
+    Ok(out)
 }
 
 /// The fields of a relay record.
@@ -508,40 +507,26 @@ impl RelayRecord {
         if !(1..=RECORD_MAX_ENDPOINTS).contains(&n_ep) {
             return Err(RecordError::Field("endpoint count"));
         }
-        let mut endpoints = Vec::with_capacity(n_ep);
-        for i in 0..RECORD_MAX_ENDPOINTS {
-            let off = 117 + i * ENDPOINT_LEN;
-            let slot: &[u8; ENDPOINT_LEN] = b
-                .get(off..off + ENDPOINT_LEN)
-                .and_then(|x| x.try_into().ok())
-                .ok_or(RecordError::Field("endpoint slot"))?;
-            match (i < n_ep, parse_endpoint(slot)?) {
-                (true, Some(ep)) => endpoints.push(ep),
-                (false, None) => {}
-                _ => return Err(RecordError::Field("endpoint slots do not match the count")),
-            }
-        }
+        let endpoints = slots::<ENDPOINT_LEN, _>(
+            b,
+            117,
+            RECORD_MAX_ENDPOINTS,
+            n_ep,
+            parse_endpoint,
+            "endpoint slot",
+        )?;
         let n_intro = usize::from(b[193]);
         if n_intro > RECORD_MAX_INTRODUCERS {
             return Err(RecordError::Field("introducer count"));
         }
-        let mut introducers = Vec::with_capacity(n_intro);
-        for i in 0..RECORD_MAX_INTRODUCERS {
-            let off = 194 + i * CONTACT_LEN;
-            let slot: &[u8; CONTACT_LEN] = b
-                .get(off..off + CONTACT_LEN)
-                .and_then(|x| x.try_into().ok())
-                .ok_or(RecordError::Field("contact slot"))?;
-            match (i < n_intro, parse_contact(slot)?) {
-                (true, Some(c)) => introducers.push(c),
-                (false, None) => {}
-                _ => {
-                    return Err(RecordError::Field(
-                        "introducer slots do not match the count",
-                    ))
-                }
-            }
-        }
+        let introducers = slots::<CONTACT_LEN, _>(
+            b,
+            194,
+            RECORD_MAX_INTRODUCERS,
+            n_intro,
+            parse_contact,
+            "contact slot",
+        )?;
         if flags & (FLAG_DHT | FLAG_RENDEZVOUS) != 0 {
             if flags & FLAG_RELAY == 0 {
                 return Err(RecordError::Field("DHT/RENDEZVOUS without RELAY"));
