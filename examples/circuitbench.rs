@@ -353,12 +353,13 @@ impl Client {
                     self.ready.retain(|c| *c != id);
                     self.closed.push(id);
                 }
-                NodeEvent::Circuit(CircEvent::Message { id, cmd, payload }) => {
-                    if cmd == RelayCommand::ProbeReply as u8 {
-                        let echo = read_echo(&payload, self.payload_len);
-                        self.echoes.push((id, echo, at));
-                    }
+                NodeEvent::Circuit(CircEvent::Message { id, cmd, payload })
+                    if cmd == RelayCommand::ProbeReply as u8 =>
+                {
+                    let echo = read_echo(&payload, self.payload_len);
+                    self.echoes.push((id, echo, at));
                 }
+                _ => {}
             }
         }
         self.evbuf = events;

@@ -437,6 +437,7 @@ fn recv(listen: SocketAddr, seed: u64, timeout_s: u64) -> Result<(), String> {
                     }
                     node.layer.recycle(cell);
                 }
+                LinkEvent::Dht { .. } => {}
                 LinkEvent::Observed { .. } => {}
             }
         }

@@ -463,7 +463,8 @@ async fn link_loop(
             }
             link.recycle(t.data);
         }
-        for e in link.drain_events() {
+        let events: Vec<NodeEvent> = link.drain_events().collect();
+        for e in events {
             match e {
                 NodeEvent::Link(LinkEvent::Up { link: id, identity }) => {
                     tracing::info!(link = id.0, relay = identity.is_some(), "link up")
@@ -482,6 +483,13 @@ async fn link_loop(
                     tracing::debug!(circuit = id.0, why, "circuit closed")
                 }
                 NodeEvent::Circuit(CircEvent::Message { .. }) => {}
+                NodeEvent::Circuit(_) => {}
+                NodeEvent::Dht { token, outcome } => {
+                    tracing::debug!(token, ?outcome, "DHT query done")
+                }
+                NodeEvent::Packet { buf } => link.recycle_packet(buf),
+                NodeEvent::Unreachable { .. } => {}
+                NodeEvent::Link(LinkEvent::Dht { .. }) => {}
             }
         }
         let now = clock.now();

@@ -133,6 +133,30 @@ pub enum CircEvent {
         /// Why, for logs.
         why: String,
     },
+    /// Our built circuit grew by one hop ([`CircuitLayer::extend`]).
+    Extended {
+        /// It.
+        id: CircId,
+        /// Its length now.
+        hops: usize,
+    },
+    /// A relay message for a last-hop role (DHT relay, intro point, rendezvous point) arrived
+    /// on a circuit someone else built and that ends at us. Answer with
+    /// [`CircuitLayer::reply`].
+    LastHop {
+        /// The relayed circuit, named locally.
+        slot: u64,
+        /// Raw relay command.
+        cmd: u8,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// A relayed circuit that had produced [`CircEvent::LastHop`] events is gone; roles forget
+    /// what they kept for it.
+    RelayedClosed {
+        /// The slot.
+        slot: u64,
+    },
     /// A relay message arrived on our circuit from its last hop.
     Message {
         /// The circuit.
@@ -230,6 +254,10 @@ struct Relayed {
     /// Hash of the CREATE bytes and our CREATED cell, to answer a resent CREATE identically
     /// (dropped once the first relay cell shows the client got it).
     answer: Option<Box<([u8; 32], [u8; CELL_LEN])>>,
+    /// The circuit this one is spliced to (a rendezvous point joins two circuits, 10.6).
+    splice: Option<u64>,
+    /// Whether a role above saw this circuit (then it hears when it closes).
+    role: bool,
     _charge: Charge,
 }
 
@@ -670,6 +698,8 @@ impl CircuitLayer {
                 last_cell: now,
                 extend: None,
                 answer: Some(Box::new((create_digest(cell), out))),
+                splice: None,
+                role: false,
                 _charge: charge,
             },
         );
@@ -707,6 +737,15 @@ impl CircuitLayer {
             }
             Ok(Forward::Delivered { early, message }) => {
                 let cmd = message.cmd_raw();
+                if let Some(other) = r.splice {
+                    // A spliced rendezvous point passes DATA across, and nothing else (10.6).
+                    if cmd == RelayCommand::Data as u8 {
+                        self.splice_data(other, message.payload());
+                    } else {
+                        self.stats.dropped += 1;
+                    }
+                    return;
+                }
                 let mut payload = [0u8; 1316];
                 let p = message.payload();
                 let n = p.len().min(payload.len());
@@ -763,9 +802,98 @@ impl CircuitLayer {
                 }
             }
             Some(RelayCommand::Drop) => {}
-            // DHT, intro and rendezvous roles arrive with their issues.
+            Some(
+                RelayCommand::DhtLookup
+                | RelayCommand::EstablishIntro
+                | RelayCommand::Introduce1
+                | RelayCommand::EstablishRendezvous
+                | RelayCommand::Rendezvous1,
+            ) => {
+                if let Some(r) = self.relayed.get_mut(&slot) {
+                    r.role = true;
+                    self.events.push_back(CircEvent::LastHop {
+                        slot,
+                        cmd,
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
             _ => self.stats.dropped += 1,
         }
+    }
+
+    fn splice_data(&mut self, other: u64, payload: &[u8]) {
+        let Some(r) = self.relayed.get_mut(&other) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let mut cell = [0u8; CELL_LEN];
+        let up = r.up.0;
+        if r.hop
+            .originate(RelayCommand::Data, payload, &mut cell)
+            .is_ok()
+        {
+            self.stats.relayed_cells += 1;
+            self.push_cell(up, cell);
+        }
+    }
+
+    /// Sends a relay message backward, to the client of a relayed circuit that ends at us (the
+    /// answer of a last-hop role).
+    pub fn reply(
+        &mut self,
+        slot: u64,
+        cmd: RelayCommand,
+        payload: &[u8],
+    ) -> Result<(), CircuitError> {
+        let r = self.relayed.get_mut(&slot).ok_or(CircuitError::NoCircuit)?;
+        if r.down.is_some() {
+            return Err(CircuitError::NoCircuit);
+        }
+        let mut cell = [0u8; CELL_LEN];
+        let up = r.up.0;
+        r.hop
+            .originate(cmd, payload, &mut cell)
+            .map_err(|e| CircuitError::Crypto(e.to_string()))?;
+        self.push_cell(up, cell);
+        Ok(())
+    }
+
+    /// `bind` of the handshake of a relayed circuit ending at us (binds an intro registration
+    /// to its circuit, 10.6).
+    pub fn relayed_bind(&self, slot: u64) -> Option<[u8; 32]> {
+        self.relayed.get(&slot).map(|r| *r.hop.bind())
+    }
+
+    /// The link the client side of a relayed circuit arrives on (for per-source limits).
+    pub fn relayed_upstream(&self, slot: u64) -> Option<LinkId> {
+        self.relayed.get(&slot).map(|r| r.up.0)
+    }
+
+    /// Joins two relayed circuits that both end at us: from now on DATA arriving on one is sent
+    /// backward on the other, and destroying one destroys both (10.6).
+    pub fn splice(&mut self, a: u64, b: u64) -> Result<(), CircuitError> {
+        if a == b {
+            return Err(CircuitError::NoCircuit);
+        }
+        for s in [a, b] {
+            let r = self.relayed.get(&s).ok_or(CircuitError::NoCircuit)?;
+            if r.down.is_some() || r.splice.is_some() {
+                return Err(CircuitError::NoCircuit);
+            }
+        }
+        if let Some(r) = self.relayed.get_mut(&a) {
+            r.splice = Some(b);
+        }
+        if let Some(r) = self.relayed.get_mut(&b) {
+            r.splice = Some(a);
+        }
+        Ok(())
+    }
+
+    /// Tears down a relayed circuit that ends at us (a role refused it).
+    pub fn close_relayed(&mut self, now: Millis, slot: u64) {
+        self.destroy_relayed(now, slot, None);
     }
 
     fn on_extend(&mut self, now: Millis, slot: u64, early: bool, payload: &[u8]) {
@@ -901,6 +1029,12 @@ impl CircuitLayer {
         let Some(r) = self.relayed.remove(&slot) else {
             return;
         };
+        if r.role {
+            self.events.push_back(CircEvent::RelayedClosed { slot });
+        }
+        if let Some(other) = r.splice {
+            self.destroy_relayed(now, other, None);
+        }
         let mut sides = vec![r.up];
         sides.extend(r.down);
         for (link, id) in sides {
@@ -1035,6 +1169,11 @@ impl CircuitLayer {
         if next >= o.path.len() {
             o.state = OwnState::Ready;
             o.setup = None;
+            if o.built_at.is_some() {
+                let hops = o.path.len();
+                self.events.push_back(CircEvent::Extended { id, hops });
+                return;
+            }
             o.built_at = Some(now);
             let build_ms = now.saturating_sub(o.started);
             self.stats.built += 1;
@@ -1124,6 +1263,64 @@ impl CircuitLayer {
             .map_err(|e| CircuitError::Crypto(e.to_string()))?;
         self.push_cell(link, cell);
         Ok(())
+    }
+
+    /// Extends our built circuit by one hop to `target` (a 4th hop to an intro or rendezvous
+    /// point). [`CircEvent::Extended`] follows, or [`CircEvent::Closed`].
+    pub fn extend(
+        &mut self,
+        now: Millis,
+        id: CircId,
+        target: RelayRecord,
+    ) -> Result<(), CircuitError> {
+        let o = self.own.get_mut(&id).ok_or(CircuitError::NoCircuit)?;
+        if !matches!(o.state, OwnState::Ready) {
+            return Err(CircuitError::NoCircuit);
+        }
+        if o.path.len() >= super::MAX_CIRCUIT_HOPS {
+            return Err(CircuitError::Path("path: too long to extend".into()));
+        }
+        if o.path.iter().any(|h| h.identity() == target.identity()) {
+            return Err(CircuitError::Path(
+                "path: relay already on the circuit".into(),
+            ));
+        }
+        o.path.push(target);
+        let next = o.path.len() - 1;
+        self.extend_or_finish(now, id, next);
+        Ok(())
+    }
+
+    /// Sets what one of our circuits is for (a pool circuit taken for a use).
+    pub fn set_purpose(&mut self, id: CircId, purpose: Purpose) {
+        if let Some(o) = self.own.get_mut(&id) {
+            o.purpose = purpose;
+        }
+    }
+
+    /// The path of one of our circuits, first hop first.
+    pub fn path(&self, id: CircId) -> Option<&[RelayRecord]> {
+        self.own.get(&id).map(|o| o.path.as_slice())
+    }
+
+    /// Ready circuits of `purpose`, oldest first.
+    pub fn ready_ids(&self, purpose: Purpose) -> Vec<CircId> {
+        let mut v: Vec<(Millis, CircId)> = self
+            .own
+            .iter()
+            .filter(|(_, o)| o.purpose == purpose && matches!(o.state, OwnState::Ready))
+            .map(|(id, o)| (o.built_at.unwrap_or(0), *id))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// `bind` of hop `i` of our built circuit (10.6: ESTABLISH_INTRO signs the intro point's).
+    pub fn hop_bind(&self, id: CircId, i: usize) -> Option<[u8; 32]> {
+        self.own
+            .get(&id)
+            .and_then(|o| o.circ.as_ref())
+            .and_then(|c| c.hop_bind(i).copied())
     }
 
     /// Tears one of our circuits down.

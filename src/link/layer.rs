@@ -118,6 +118,17 @@ pub enum LinkEvent {
         /// The cell.
         cell: Vec<u8>,
     },
+    /// A DHT_REQUEST or DHT_RESPONSE frame (docs/protocol.md 12.2) from a neighbour.
+    Dht {
+        /// The link it came on.
+        link: LinkId,
+        /// The frame's `rpc_id`.
+        rpc_id: u64,
+        /// DHT_RESPONSE (else DHT_REQUEST).
+        response: bool,
+        /// The DHT message.
+        data: Vec<u8>,
+    },
     /// A neighbour told us the endpoint it sees us at.
     Observed {
         /// Our endpoint as seen from outside.

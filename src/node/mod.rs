@@ -2,13 +2,20 @@
 //! parts: the daemon drives it with a UDP socket and a clock, the in-process network with an
 //! in-memory transport and virtual time. It moves link events and cells up to the circuit layer,
 //! circuit actions down to the link layer, and keeps the pool of ready circuits.
+//!
+//! The upper layers join here too, each in its own file of glue so that a reader finds them by
+//! name: [`dht`] (the DHT relay, lookups run for circuits, lookups we ask for) and [`sessions`]
+//! (intro and rendezvous points, hidden services we host, sessions to services we visit).
+
+pub mod dht;
+pub mod sessions;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::circuit::layer::{CircAction, CircEvent, CircuitLayer, Purpose};
+use crate::circuit::layer::{CircAction, CircEvent, CircId, CircuitLayer, Purpose};
 use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
 use crate::circuit::OnionKey;
 use crate::link::{LinkEvent, LinkLayer, Transmit};
@@ -25,8 +32,29 @@ pub const POOL_HOPS: usize = 3;
 pub enum NodeEvent {
     /// From the link layer (cells are consumed by the circuit layer and not reported).
     Link(LinkEvent),
-    /// From the circuit layer.
+    /// From the circuit layer (events the upper layers did not consume).
     Circuit(CircEvent),
+    /// A DHT query made with [`Node::dht_query`] finished.
+    Dht {
+        /// The token `dht_query` returned.
+        token: u64,
+        /// What came of it.
+        outcome: dht::DhtOutcome,
+    },
+    /// An inner IPv6 packet arrived on a session and passed the session's checks: its source
+    /// is the session peer's address, its destination the address the session belongs to.
+    Packet {
+        /// The packet (hand the buffer back with [`Node::recycle_packet`]).
+        buf: Vec<u8>,
+    },
+    /// Packets for `dst` cannot be delivered (no descriptor, introductions failed, session
+    /// limits). Queued packets for it were dropped.
+    Unreachable {
+        /// The overlay address.
+        dst: [u8; 16],
+        /// Why, for logs and ICMPv6 codes.
+        why: String,
+    },
 }
 
 /// A node: link layer, circuit layer and the glue.
@@ -44,6 +72,10 @@ pub struct Node {
     guards: Guards,
     guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
+    pub(crate) dht: dht::NodeDht,
+    #[allow(dead_code)] // filled by the session layer
+    pub(crate) sess: sessions::NodeSessions,
+    packet_bufs: Vec<Vec<u8>>,
 }
 
 impl Node {
@@ -70,7 +102,31 @@ impl Node {
             guards: Guards::new(),
             guard_file: None,
             guard_save_failed: None,
+            dht: dht::NodeDht::new(seed),
+            sess: sessions::NodeSessions::new(seed),
+            packet_bufs: Vec::new(),
         }
+    }
+
+    /// Returns a packet buffer from [`NodeEvent::Packet`] for reuse.
+    pub fn recycle_packet(&mut self, mut buf: Vec<u8>) {
+        if self.packet_bufs.len() < 256 {
+            buf.clear();
+            self.packet_bufs.push(buf);
+        }
+    }
+
+    /// A cleared buffer for a packet event.
+    #[allow(dead_code)] // used by the session layer
+    pub(crate) fn packet_buf(&mut self) -> Vec<u8> {
+        self.packet_bufs.pop().unwrap_or_default()
+    }
+
+    /// Takes the oldest ready pool circuit for `purpose` (the pool refills itself).
+    pub fn take_pool_circuit(&mut self, purpose: Purpose) -> Option<CircId> {
+        let id = self.circ.ready_ids(Purpose::Pool).into_iter().next()?;
+        self.circ.set_purpose(id, purpose);
+        Some(id)
     }
 
     /// Keeps guards in `file` across restarts (loaded now, saved when they change). A corrupt
@@ -114,6 +170,8 @@ impl Node {
         self.circ.handle_timeout(now);
         self.pump(now);
         self.maintain_pool(now);
+        self.dht_timeout(now);
+        self.sess_timeout(now);
         self.pump(now);
     }
 
@@ -167,6 +225,12 @@ impl Node {
                         self.events
                             .push(NodeEvent::Link(LinkEvent::Down { link, identity }));
                     }
+                    LinkEvent::Dht {
+                        link,
+                        rpc_id,
+                        response,
+                        data,
+                    } => self.dht_on_frame(now, link, rpc_id, response, &data),
                     other => self.events.push(NodeEvent::Link(other)),
                 }
             }
@@ -185,10 +249,43 @@ impl Node {
             }
             while let Some(e) = self.circ.poll_event() {
                 progress = true;
-                self.events.push(NodeEvent::Circuit(e));
+                self.route_circuit_event(now, e);
             }
             if !progress {
                 break;
+            }
+        }
+    }
+
+    /// Hands a circuit event to the upper layer it belongs to; what none takes is reported.
+    fn route_circuit_event(&mut self, now: Millis, e: CircEvent) {
+        use crate::wire::relay::RelayCommand as C;
+        match e {
+            CircEvent::LastHop { slot, cmd, payload } => {
+                if cmd == C::DhtLookup as u8 {
+                    self.dht_on_last_hop(now, slot, &payload);
+                } else {
+                    self.sess_on_last_hop(now, slot, cmd, &payload);
+                }
+            }
+            CircEvent::RelayedClosed { slot } => {
+                self.dht_on_relayed_closed(now, slot);
+                self.sess_on_relayed_closed(now, slot);
+            }
+            CircEvent::Message { id, cmd, payload } if cmd == C::DhtLookupReply as u8 => {
+                if !self.dht_on_reply(now, id, &payload) {
+                    self.events
+                        .push(NodeEvent::Circuit(CircEvent::Message { id, cmd, payload }));
+                }
+            }
+            e => {
+                let e = match self.dht_on_circuit_event(now, e) {
+                    Some(e) => e,
+                    None => return,
+                };
+                if let Some(e) = self.sess_on_circuit_event(now, e) {
+                    self.events.push(NodeEvent::Circuit(e));
+                }
             }
         }
     }
