@@ -489,6 +489,7 @@ async fn link_loop(
                 }
                 NodeEvent::Packet { buf } => link.recycle_packet(buf),
                 NodeEvent::Unreachable { .. } => {}
+                NodeEvent::Pong { .. } => {}
                 NodeEvent::Link(LinkEvent::Dht { .. }) => {}
             }
         }
