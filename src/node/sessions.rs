@@ -176,6 +176,10 @@ pub struct SessionStats {
     pub frames_refused: u64,
     /// INTRODUCE_ACK statuses other than 0 seen as a client.
     pub intro_acks_refused: u64,
+    /// Circuits to an intro or rendezvous point made by extending a pooled stem.
+    pub stem_extends: u64,
+    /// ... and those built from scratch (no fitting stem was ready).
+    pub fresh_builds: u64,
 }
 
 /// Test hooks: a node that misbehaves on purpose, to show that peers refuse it.
@@ -856,12 +860,14 @@ impl Node {
                 continue;
             }
             if self.circ.extend(now, id, target.clone()).is_ok() {
+                self.sess.stats.stem_extends += 1;
                 self.sess.stems.retain(|(s, _)| *s != id);
                 self.sess.owners.insert(id, owner);
                 self.circ.set_purpose(id, purpose);
                 return Ok(id);
             }
         }
+        self.sess.stats.fresh_builds += 1;
         let kind = if service {
             PathKind::Service(Target::PeerRendezvous(hop_of(target)))
         } else {
