@@ -25,7 +25,9 @@ use crate::wire::cell::{
 };
 use crate::wire::handshake::{ServerExt, CREATED_HS_LEN, CREATE_HS_LEN};
 use crate::wire::record::{LinkSpec, RelayRecord};
-use crate::wire::relay::{Extend, ExtendedStatus, RelayCommand, EXTEND_LINK_SPEC_LEN};
+use crate::wire::relay::{
+    Extend, ExtendedStatus, RelayCommand, EXTEND_LINK_SPEC_LEN, RELAY_PAYLOAD_LEN,
+};
 
 /// Circuits one link may carry.
 pub const MAX_CIRCUITS_PER_LINK: usize = 4096;
@@ -338,6 +340,9 @@ pub struct CircuitLayer {
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
     stats: CircuitStats,
+    /// Payload buffers of delivered messages, handed back with [`CircuitLayer::recycle_payload`]
+    /// so that a steady stream of DATA allocates nothing per message.
+    payloads: Vec<Vec<u8>>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -379,6 +384,7 @@ impl CircuitLayer {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             stats: CircuitStats::default(),
+            payloads: Vec::new(),
         }
     }
 
@@ -1216,8 +1222,16 @@ impl CircuitLayer {
             return;
         };
         let Some(c) = o.circ.as_mut() else { return };
+        let mut buf = self
+            .payloads
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RELAY_PAYLOAD_LEN));
+        buf.clear();
         let (cmd, payload) = match c.receive(cell) {
-            Ok(m) => (m.cmd_raw(), m.payload().to_vec()),
+            Ok(m) => {
+                buf.extend_from_slice(m.payload());
+                (m.cmd_raw(), buf)
+            }
             Err(e) => {
                 self.stats.dropped += 1;
                 if e.tears_down() {
@@ -1243,6 +1257,13 @@ impl CircuitLayer {
         }
         self.events
             .push_back(CircEvent::Message { id, cmd, payload });
+    }
+
+    /// Returns the payload buffer of a [`CircEvent::Message`] for reuse.
+    pub fn recycle_payload(&mut self, buf: Vec<u8>) {
+        if self.payloads.len() < 64 && buf.capacity() >= RELAY_PAYLOAD_LEN {
+            self.payloads.push(buf);
+        }
     }
 
     /// Sends a relay message to the last hop of our built circuit.
