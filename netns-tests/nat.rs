@@ -276,3 +276,175 @@ fn natted_links_recover_from_a_conntrack_flush() {
         );
     }
 }
+
+/// Background programs of a test (HTTP servers), killed however the test ends.
+struct Servers(Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A NAT situation of a service or client: no NAT, or behind these boxes.
+const SITUATIONS: [(&str, &[NatType]); 5] = [
+    ("none", &[]),
+    ("cone", &[NatType::PortRestricted]),
+    ("addr", &[NatType::AddressRestricted]),
+    ("sym", &[NatType::Symmetric]),
+    ("dbl", &[NatType::PortRestricted, NatType::PortRestricted]),
+];
+
+/// Issue #10's matrix over hidden services: a service and a client in every NAT situation
+/// (none, port-restricted cone, address-restricted cone, symmetric, double NAT), most relays
+/// behind NAT too. Every client fetches a token from every service by its fd address, through
+/// onion circuits; NATed relays carry circuits for others.
+#[test]
+fn hidden_services_reachable_through_every_nat() {
+    let Some(mut lab) = Lab::new("natmatrix") else {
+        return;
+    };
+    let start = Instant::now();
+    let public: Vec<Host> = (0..2).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let mut daemons: Vec<(String, Daemon)> = Vec::new();
+    for (i, h) in public.iter().enumerate() {
+        let cfg = lab.write_config(h, &public_config(h, (i > 0).then(|| &public[0])));
+        let d = lab.start_daemon(h, &cfg);
+        lab.wait_ready(&d, READY);
+        daemons.push((h.name.clone(), d));
+    }
+    let boot = [&public[0], &public[1]];
+    // NATed relays (clients relay too, by default).
+    for (name, nats) in [
+        ("nr1", &[NatType::PortRestricted][..]),
+        ("nr2", &[NatType::Symmetric][..]),
+    ] {
+        let (_, h) = lab.add_natted_host(name, nats);
+        let cfg = lab.write_config(&h, &natted_config(&boot));
+        let d = lab.start_daemon(&h, &cfg);
+        daemons.push((name.to_string(), d));
+    }
+    let mut servers = Servers(Vec::new());
+    let mut services: Vec<(String, Host, String)> = Vec::new();
+    let mut clients: Vec<(String, Host)> = Vec::new();
+    for (kind, nats) in SITUATIONS {
+        for role in ["svc", "cli"] {
+            let name = format!("{role}-{kind}");
+            let h = if nats.is_empty() {
+                lab.add_host(&name)
+            } else {
+                lab.add_natted_host(&name, nats).1
+            };
+            let mut cfg = if nats.is_empty() {
+                public_config(&h, Some(&public[0]))
+            } else {
+                natted_config(&boot)
+            };
+            if role == "svc" {
+                cfg.push_str("[expose]\ntcp = [8080]\n");
+                let token = format!("token-{kind}-{}", std::process::id());
+                let dir = lab.dir.join(format!("{name}-www"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("token"), &token).unwrap();
+                let server = lab
+                    .cmd(&h, "python3")
+                    .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
+                    .arg(&dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("python3 http.server");
+                servers.0.push(server);
+                services.push((kind.to_string(), h.clone(), token));
+            } else {
+                clients.push((kind.to_string(), h.clone()));
+            }
+            let path = lab.write_config(&h, &cfg);
+            let d = lab.start_daemon(&h, &path);
+            daemons.push((name, d));
+        }
+    }
+    for (_, d) in &daemons {
+        lab.wait_ready(d, READY);
+    }
+    let by_name = |n: &str| &daemons.iter().find(|(m, _)| m == n).unwrap().1;
+    let addresses: HashMap<String, String> = services
+        .iter()
+        .map(|(kind, _, _)| {
+            let s = lab.query(by_name(&format!("svc-{kind}")), "status");
+            (kind.clone(), s["address"].as_str().unwrap().to_string())
+        })
+        .collect();
+    lab.wait_for("ready circuits everywhere", Duration::from_secs(60), || {
+        daemons
+            .iter()
+            .all(|(_, d)| lab.query(d, "status")["circuits"]["ready"].as_u64() >= Some(1))
+    });
+    let formed = start.elapsed();
+
+    // Every cell: the first successful fetch, tried until a deadline shared by the matrix.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut cells: Vec<(String, String, Option<Duration>)> = Vec::new();
+    for (ckind, client) in &clients {
+        for (skind, _, token) in &services {
+            let t0 = Instant::now();
+            let url = format!("http://[{}]:8080/token", addresses[skind]);
+            let mut ok = None;
+            while Instant::now() < deadline {
+                let out = lab.sh(client, &format!("curl -sS -m 10 -g '{url}'"));
+                if out.status.success() && String::from_utf8_lossy(&out.stdout) == *token {
+                    ok = Some(t0.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            cells.push((ckind.clone(), skind.clone(), ok));
+        }
+    }
+    eprintln!("network formed (every node has a ready circuit) after {formed:?}");
+    eprintln!("client \\ service: time to the first fetched token");
+    let mut header = String::from("        ");
+    for (s, _, _) in &services {
+        header.push_str(&format!("{s:>9}"));
+    }
+    eprintln!("{header}");
+    for (ckind, _) in &clients {
+        let mut row = format!("{ckind:>6}  ");
+        for (skind, _, _) in &services {
+            let t = cells
+                .iter()
+                .find(|(c, s, _)| c == ckind && s == skind)
+                .and_then(|(_, _, t)| *t);
+            row.push_str(&match t {
+                Some(t) => format!("{:>8.1}s", t.as_secs_f64()),
+                None => format!("{:>9}", "FAIL"),
+            });
+        }
+        eprintln!("{row}");
+    }
+    let natted_relayed: u64 = ["nr1", "nr2"]
+        .iter()
+        .map(|n| {
+            lab.query(by_name(n), "status")["circuits"]["relayed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    eprintln!("circuits relayed by the NATed relays nr1+nr2: {natted_relayed}");
+    let failed: Vec<_> = cells.iter().filter(|c| c.2.is_none()).collect();
+    assert!(
+        failed.is_empty(),
+        "unreachable cells (client, service): {failed:?}"
+    );
+    let natted_relays_carry = daemons
+        .iter()
+        .filter(|(n, _)| n.starts_with("nr") || (n.starts_with("cli-") && !n.ends_with("none")))
+        .any(|(_, d)| lab.query(d, "status")["circuits"]["relayed"].as_u64() > Some(0));
+    assert!(
+        natted_relays_carry,
+        "no NATed relay carried a circuit for anyone"
+    );
+}
