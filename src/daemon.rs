@@ -774,8 +774,17 @@ impl Pings {
 
     fn unreachable(&mut self, dst: &[u8; 16], why: &str) {
         let dst = Ipv6Addr::from(*dst);
-        self.waiting.retain(|_, (d, _, _)| *d != dst);
-        let _ = why;
+        let ids: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (d, _, _))| *d == dst)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, reply, _)) = self.waiting.remove(&id) {
+                let _ = reply.send(Err(format!("{dst} is unreachable: {why}")));
+            }
+        }
     }
 
     fn expire(&mut self, now: Millis) {
