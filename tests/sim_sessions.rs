@@ -141,7 +141,7 @@ impl World {
         self.sim.nodes[svc].node.add_service(now, seed);
         self.sim.flush(svc);
         self.sim.run_for(20_000);
-        let info = self.sim.nodes[svc].node.services_info(self.sim.now);
+        let info = self.sim.nodes[svc].node.services_info();
         let me = info
             .iter()
             .find(|s| s.address.octets() == service_addr(&seed))
@@ -385,7 +385,7 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
             w.unreachable(c),
             w.sim.nodes[c].node.session_stats(),
             w.sim.nodes[s_node].node.session_stats(),
-            w.sim.nodes[c].node.sessions_info(w.sim.now)
+            w.sim.nodes[c].node.sessions_info()
         );
         let peers = w.sim.nodes[s_node].node.service_peers(s_addr);
         assert!(peers.contains(&me));
@@ -628,7 +628,7 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
             "flow did not resume: {:?} {:?} {:?} {:?}",
             w.unreachable(cli),
             w.sim.nodes[cli].node.session_stats(),
-            w.sim.nodes[cli].node.sessions_info(w.sim.now),
+            w.sim.nodes[cli].node.sessions_info(),
             w.sim.nodes[cli].node.session_circuits(s_addr)
         );
         assert!(late.len() >= 95, "flow continues: {} of 100", late.len());

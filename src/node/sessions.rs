@@ -25,6 +25,7 @@ use rand::{RngCore, SeedableRng};
 use crate::budget::Charge;
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{Hop, PathContext, PathKind, PathRules, Target, Vanguards};
+use crate::crypto::keys::fingerprint;
 use crate::dht::descriptor::{
     epochs_to_look_up, epochs_to_publish, expires_for, index as desc_index, revision_for,
     Descriptor, DescriptorContent, IntroEntry, Publication, DESC_MAX_INTRO, DESC_REPUBLISH_S,
@@ -104,50 +105,51 @@ const INTRO_RETRY_MS: Millis = 2_000;
 /// Why a packet could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
-    /// No session and none can be made (see [`NodeEvent::Unreachable`] for the reason).
+    /// No session and none can be made, or the packet is not one this node may send (wrong
+    /// source, malformed): the reason, for logs and ICMPv6 codes (see also
+    /// [`NodeEvent::Unreachable`]).
     Unreachable(String),
-    /// The packet is not one this node may send (wrong source, malformed, too large).
-    Refused(String),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Unreachable(m) => write!(f, "unreachable: {m}"),
-            SendError::Refused(m) => write!(f, "refused: {m}"),
         }
     }
 }
 
 impl std::error::Error for SendError {}
 
-/// One of our hidden services, for `globalnet services --json`.
+/// One hidden service this node hosts, as `globalnet services` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// Its address.
+    /// The service's overlay address.
     pub address: Ipv6Addr,
-    /// Relay identities of its established intro points.
-    pub intro_points: Vec<[u8; 32]>,
+    /// Its established intro points (relay key fingerprints).
+    pub intro_points: Vec<String>,
     /// Seconds since its descriptors were last built, if ever.
     pub descriptor_age_s: Option<u64>,
     /// Open sessions (clients).
     pub sessions: usize,
 }
 
-/// One of our client sessions, for `globalnet status --json`.
+/// One end-to-end session, as `globalnet sessions` / `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
-    /// The service.
-    pub dst: Ipv6Addr,
-    /// The address the service sees us as.
-    pub pseudonym: Ipv6Addr,
+    /// The peer's overlay address (the service, or the client's pseudonym).
+    pub peer: Ipv6Addr,
+    /// "client" or "service".
+    pub role: &'static str,
+    /// Our address in the session (our pseudonym for the service, or the service's address).
+    pub local: Ipv6Addr,
     /// `lookup`, `introducing` or `open`.
     pub state: &'static str,
     /// Circuits joined to the session.
     pub circuits: usize,
     /// Flows tracked.
     pub flows: usize,
-    /// Seconds since the session was asked for.
+    /// Age in seconds.
     pub age_s: u64,
 }
 
@@ -329,6 +331,8 @@ pub struct NodeSessions {
     clients: HashMap<[u8; 16], ClientSession>,
     owners: HashMap<CircId, Owner>,
     pending_r1: HashMap<CircId, Rendezvous1>,
+    /// The latest time the node was driven with (for status output).
+    now: Millis,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
     suspects: HashMap<[u8; 32], Millis>,
     lookups: HashMap<u64, [u8; 16]>,
@@ -357,6 +361,7 @@ impl NodeSessions {
             clients: HashMap::new(),
             owners: HashMap::new(),
             pending_r1: HashMap::new(),
+            now: 0,
             suspects: HashMap::new(),
             lookups: HashMap::new(),
             querying: None,
@@ -466,10 +471,10 @@ impl Node {
         packet: &[u8],
     ) -> Result<(), SendError> {
         let Some((src, pdst)) = addresses(packet) else {
-            return Err(SendError::Refused("not an IPv6 packet".into()));
+            return Err(SendError::Unreachable("not an IPv6 packet".into()));
         };
         if pdst != dst || !(40..=1280).contains(&packet.len()) || !length_consistent(packet) {
-            return Err(SendError::Refused(
+            return Err(SendError::Unreachable(
                 "destination or length does not match".into(),
             ));
         }
@@ -480,12 +485,12 @@ impl Node {
             return r;
         }
         let Some(seed) = self.sess.client_seed else {
-            return Err(SendError::Refused("no client identity".into()));
+            return Err(SendError::Unreachable("no client identity".into()));
         };
         let real = self.sess.real_for.contains(&dst);
         let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
         if addr16(pseudonym.address()) != src && !self.sess.hooks.skip_source_check {
-            return Err(SendError::Refused(
+            return Err(SendError::Unreachable(
                 "source is not our address for this destination".into(),
             ));
         }
@@ -498,7 +503,7 @@ impl Node {
     /// [`NodeEvent::Pong`] with the returned id.
     pub fn e2e_ping(&mut self, now: Millis, dst: [u8; 16]) -> Result<u64, SendError> {
         let Some(seed) = self.sess.client_seed else {
-            return Err(SendError::Refused("no client identity".into()));
+            return Err(SendError::Unreachable("no client identity".into()));
         };
         let id = self.sess.ping_id();
         self.sess.pings.insert(id, (dst, now));
@@ -524,8 +529,9 @@ impl Node {
         Ok(id)
     }
 
-    /// Our hidden services.
-    pub fn services_info(&self, now: Millis) -> Vec<ServiceInfo> {
+    /// The services this node hosts.
+    pub fn services_info(&self) -> Vec<ServiceInfo> {
+        let now = self.sess.now;
         self.sess
             .services
             .iter()
@@ -535,7 +541,7 @@ impl Node {
                     .intros
                     .iter()
                     .filter(|i| i.established.is_some())
-                    .filter_map(|i| i.relay.as_ref().map(|r| *r.identity()))
+                    .filter_map(|i| i.relay.as_ref().map(|r| fingerprint(r.identity())))
                     .collect(),
                 descriptor_age_s: s.built_at.map(|t| now.saturating_sub(t) / 1000),
                 sessions: s.sessions.len(),
@@ -543,26 +549,40 @@ impl Node {
             .collect()
     }
 
-    /// Our client sessions.
-    pub fn sessions_info(&self, now: Millis) -> Vec<SessionInfo> {
-        self.sess
-            .clients
-            .iter()
-            .map(|(dst, c)| SessionInfo {
-                dst: Ipv6Addr::from(*dst),
-                pseudonym: c.pseudonym.address(),
-                state: if c.open.is_some() {
-                    "open"
-                } else if c.intro.is_some() {
+    /// The sessions this node has, as a client and as a service.
+    pub fn sessions_info(&self) -> Vec<SessionInfo> {
+        let now = self.sess.now;
+        let clients = self.sess.clients.iter().map(|(dst, c)| SessionInfo {
+            peer: Ipv6Addr::from(*dst),
+            role: "client",
+            local: c.pseudonym.address(),
+            state: if c.open.is_some() {
+                "open"
+            } else if c.intro.is_some() {
+                "introducing"
+            } else {
+                "lookup"
+            },
+            circuits: c.open.as_ref().map_or(0, |o| o.circuits.len()),
+            flows: c.open.as_ref().map_or(0, |o| o.flows.len()),
+            age_s: now.saturating_sub(c.started) / 1000,
+        });
+        let services = self.sess.services.iter().flat_map(|s| {
+            s.sessions.iter().map(move |(peer, ss)| SessionInfo {
+                peer: Ipv6Addr::from(*peer),
+                role: "service",
+                local: Ipv6Addr::from(s.address),
+                state: if ss.circuits.is_empty() {
                     "introducing"
                 } else {
-                    "lookup"
+                    "open"
                 },
-                circuits: c.open.as_ref().map_or(0, |o| o.circuits.len()),
-                flows: c.open.as_ref().map_or(0, |o| o.flows.len()),
-                age_s: now.saturating_sub(c.started) / 1000,
+                circuits: ss.circuits.len(),
+                flows: ss.flows.len(),
+                age_s: now.saturating_sub(ss.established) / 1000,
             })
-            .collect()
+        });
+        clients.chain(services).collect()
     }
 
     /// The descriptors our services last built (current and next epoch), as published.
@@ -975,6 +995,7 @@ impl Node {
             }
             CircEvent::Message { id, cmd, payload } if self.sess.owners.contains_key(&id) => {
                 self.sess_message(now, id, cmd, &payload);
+                self.circ.recycle_payload(payload);
                 None
             }
             e => Some(e),
@@ -1592,7 +1613,7 @@ impl Node {
         };
         let mut buf = [0u8; E2E_MAX_FRAME_LEN];
         let n = seal(&mut ss.chan, &E2eMessage::Packet(packet), &mut buf)
-            .ok_or_else(|| SendError::Refused("packet does not fit a frame".into()))?;
+            .ok_or_else(|| SendError::Unreachable("packet does not fit a frame".into()))?;
         self.circ
             .send(circ, C::Data, buf.get(..n).unwrap_or(&[]))
             .map_err(|e| SendError::Unreachable(e.to_string()))
@@ -2450,6 +2471,7 @@ impl Node {
     }
 
     pub(super) fn sess_timeout(&mut self, now: Millis) {
+        self.sess.now = now;
         if let Some(r) = self.sess.rend_role.as_mut() {
             r.expire(now);
         }
