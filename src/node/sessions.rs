@@ -479,7 +479,14 @@ impl Node {
             ));
         }
         // As a service: to one of our sessions' clients.
-        if let Some(svc) = self.sess.services.iter().position(|s| s.address == src) {
+        // (With the real identity shown to `dst`, our service address is also our client
+        // address: the service path is taken only if `dst` is a client of that service.)
+        if let Some(svc) = self
+            .sess
+            .services
+            .iter()
+            .position(|s| s.address == src && s.sessions.contains_key(&dst))
+        {
             let r = self.service_send(now, svc, dst, packet);
             self.pump(now);
             return r;
