@@ -194,6 +194,8 @@ pub struct SessionTestHooks {
     pub send_introduce_twice: bool,
     /// Skip the client's source-address check in `send_packet`.
     pub skip_source_check: bool,
+    /// As an intro point, pass every introduction to the service twice (a replaying intro point).
+    pub replay_introduce2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -745,6 +747,9 @@ impl Node {
                 };
                 let code = match outcome {
                     IntroduceOutcome::Forward { service_slot } => {
+                        if self.sess.hooks.replay_introduce2 {
+                            let _ = self.circ.reply(service_slot, C::Introduce2, payload);
+                        }
                         match self.circ.reply(service_slot, C::Introduce2, payload) {
                             Ok(()) => status::OK,
                             Err(_) => status::UNKNOWN,
