@@ -401,6 +401,24 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
     );
     assert!(![seen[0], seen[1]].contains(&real));
     assert_eq!(seen[3], real, "real identity where configured");
+
+    // An address without a descriptor is unreachable, and said so at once.
+    let nowhere = service_addr(&[0x99; 32]);
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(nowhere)
+        .unwrap()
+        .octets();
+    let now = w.sim.now;
+    let r = w.sim.nodes[cli]
+        .node
+        .send_packet(now, nowhere, &udp(me, nowhere, 1, 2, b"?"));
+    w.sim.flush(cli);
+    assert!(r.is_err());
+    assert!(w
+        .unreachable(cli)
+        .iter()
+        .any(|why| why.contains("descriptor")));
 }
 
 #[test]

@@ -74,7 +74,7 @@ pub const MAX_SESSIONS: usize = 4096;
 /// Introductions a service has in progress (rendezvous not yet joined).
 pub const MAX_PENDING_INTRODUCTIONS: usize = 64;
 /// Flows a session tracks (the least recently used is forgotten first).
-pub const MAX_FLOWS_PER_SESSION: usize = 1024;
+pub const MAX_FLOWS_PER_SESSION: usize = 256;
 /// Circuits one session may hold (flows share circuits beyond it).
 pub const MAX_SESSION_CIRCUITS: usize = 16;
 /// Packets queued per destination while a session is made.
@@ -2103,11 +2103,11 @@ impl Node {
         packet: &[u8],
     ) -> Result<(), SendError> {
         self.client_session(now, dst, pseudonym)?;
-        let open = self
-            .sess
-            .clients
-            .get(&dst)
-            .is_some_and(|c| c.open.is_some());
+        let open = match self.sess.clients.get(&dst) {
+            Some(c) => c.open.is_some(),
+            // It failed at once (the lookup answered synchronously).
+            None => return Err(SendError::Unreachable("no session could be made".into())),
+        };
         if !open {
             let mut buf = self.packet_buf();
             buf.extend_from_slice(packet);
