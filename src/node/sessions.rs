@@ -1834,7 +1834,10 @@ impl Node {
         let dst = match self.sess.lookups.remove(&token) {
             Some(d) => d,
             // The answer came before `dht_query` returned its token.
-            None => self.sess.querying.take()?,
+            None => match self.sess.querying.take() {
+                Some(d) => d,
+                None => return Some(outcome),
+            },
         };
         if let DhtOutcome::Records(records) = &outcome {
             for r in records {
