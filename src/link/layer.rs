@@ -86,6 +86,10 @@ pub const DHT_STORE_RATE: u32 = 10;
 /// Byte 1 of a DHT message is its type; 5 is STORE (12.2). The link layer peeks at it only to
 /// rate-limit, the DHT parses the message.
 const DHT_TYPE_STORE: u8 = 5;
+/// A link dialed only to carry DHT requests is closed after this long without DHT requests or
+/// cells: a relay's lookups touch dozens of contacts, and keeping a link to each would multiply
+/// every node's links (and their timers and keepalives) for a request or two each.
+pub const DHT_LINK_IDLE_MS: Millis = 30_000;
 
 /// A link, named locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -346,6 +350,8 @@ struct Link {
     probe_in: RateWindow,
     /// Flags of the peer's record (0 for clients).
     peer_flags: u8,
+    /// Dialed for DHT requests and not used for anything else (yet).
+    dht_only: bool,
     dht_in: RateWindow,
     dht_store_in: RateWindow,
     _charge: Charge,
@@ -552,6 +558,7 @@ impl LinkLayer {
     pub fn mark_in_use(&mut self, link: LinkId, now: Millis) {
         if let Some(l) = self.links.get_mut(&link) {
             l.last_cell = now;
+            l.dht_only = false;
         }
     }
 
@@ -730,7 +737,10 @@ impl LinkLayer {
     /// Sends a cell (exactly `CELL_LEN` bytes) on a link that completed HELLO.
     pub fn send_cell(&mut self, now: Millis, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
         match self.links.get_mut(&link) {
-            Some(l) if l.hello_received => l.last_cell = now,
+            Some(l) if l.hello_received => {
+                l.last_cell = now;
+                l.dht_only = false;
+            }
             _ => return Err(LinkError::NoLink),
         }
         self.send_frame(now, link, MsgType::Cell, 0, cell)
@@ -756,6 +766,44 @@ impl LinkLayer {
             MsgType::DhtRequest
         };
         self.send_frame(now, link, t, rpc_id, data)
+    }
+
+    /// Dials a DHT contact like [`LinkLayer::connect`]; a link this creates is closed again
+    /// after `DHT_LINK_IDLE_MS` without DHT requests, unless it came to carry cells.
+    pub fn connect_dht(
+        &mut self,
+        now: Millis,
+        peer_key: [u8; 32],
+        endpoint: SocketAddr,
+    ) -> Result<LinkId, LinkError> {
+        let existed = self.by_key.contains_key(&peer_key);
+        let id = self.connect(now, peer_key, endpoint)?;
+        if !existed {
+            if let Some(l) = self.links.get_mut(&id) {
+                l.dht_only = true;
+            }
+        }
+        Ok(id)
+    }
+
+    /// Closes links dialed for the DHT that carried nothing for `DHT_LINK_IDLE_MS`.
+    fn close_idle_dht_links(&mut self, now: Millis) {
+        let idle: Vec<LinkId> = self
+            .links
+            .values()
+            .filter(|l| l.dht_only && l.hello_received)
+            .filter(|l| {
+                let since = l.last_cell.max(l.established_at.unwrap_or(l.created));
+                now.saturating_sub(since) >= DHT_LINK_IDLE_MS
+            })
+            .map(|l| l.id)
+            .collect();
+        for id in idle {
+            if !self.nat_uses(id) {
+                tracing::trace!(link = id.0, "closing an idle DHT link");
+                self.close(now, id, 0);
+            }
+        }
     }
 
     /// DHT contacts among our links: peers past HELLO whose record carries `FLAG_DHT`
@@ -868,6 +916,7 @@ impl LinkLayer {
             self.run_probe(now);
             // Introducers follow our links; a changed set re-signs the record.
             self.refresh_record(now);
+            self.close_idle_dht_links(now);
         }
         if now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
             self.refresh_record(now);
@@ -977,6 +1026,7 @@ impl LinkLayer {
                 punch_notify_in: RateWindow::default(),
                 probe_in: RateWindow::default(),
                 peer_flags: 0,
+                dht_only: false,
                 dht_in: RateWindow::default(),
                 dht_store_in: RateWindow::default(),
                 _charge: charge,
@@ -1353,6 +1403,7 @@ impl LinkLayer {
             MsgType::Cell => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.last_cell = now;
+                    l.dht_only = false;
                 }
                 // A pooled buffer: the consumer hands it back with `recycle`.
                 let mut cell = self.take_buf();

@@ -761,7 +761,7 @@ impl Node {
             .frames
             .push((rpc_id, data, now, charge));
         self.dht.waiting_total += 1;
-        let _ = self.link.connect(now, to.link_key, to.endpoint);
+        let _ = self.link.connect_dht(now, to.link_key, to.endpoint);
     }
 
     /// Sends what waits for links that came up; drops what waited longer than a request lives.
@@ -1076,8 +1076,9 @@ impl Node {
                 self.link.budget().clone(),
                 self.dht.seed ^ 0xd47,
             ));
-            self.dht.next_refresh = now + 3_000;
-            self.dht.next_publish = now + 10_000;
+            // Jittered, so that relays started together do not all look up and publish at once.
+            self.dht.next_refresh = now + 3_000 + self.rng.gen_range(0..5_000);
+            self.dht.next_publish = now + 10_000 + self.rng.gen_range(0..20_000);
             self.dht.next_expire = now + DHT_EXPIRE_MS;
         }
         if self.dht.relay.is_none() {
@@ -1128,9 +1129,14 @@ impl Node {
                 } else {
                     DHT_REFRESH_MS
                 };
+            // A small table only looks for its own neighbourhood; a random key refreshes the
+            // far buckets once the table stands.
             let own = *relay.table.own_id();
-            let random: Key = self.rng.gen();
-            for target in [own, random] {
+            let mut targets = vec![own];
+            if !small {
+                targets.push(self.rng.gen());
+            }
+            for target in targets {
                 if let Some(h) = relay.start_lookup(target, Target::Nodes, now) {
                     self.dht.own_ops.insert(h, OwnOp::Refresh);
                 }
