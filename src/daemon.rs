@@ -951,7 +951,7 @@ async fn link_loop(
                 }
                 NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
                 NodeEvent::Unreachable { dst, why } => {
-                    tracing::info!(why, "an overlay destination is unreachable");
+                    tracing::debug!(why, "an overlay destination is unreachable");
                     path.unreachable(&dst);
                     pings.unreachable(&dst, &why);
                 }
