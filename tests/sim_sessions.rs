@@ -402,7 +402,7 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
     assert!(![seen[0], seen[1]].contains(&real));
     assert_eq!(seen[3], real, "real identity where configured");
 
-    // An address without a descriptor is unreachable, and said so at once.
+    // An address without a descriptor is unreachable once the lookup finds nothing.
     let nowhere = service_addr(&[0x99; 32]);
     let me = w.sim.nodes[cli]
         .node
@@ -410,11 +410,11 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
         .unwrap()
         .octets();
     let now = w.sim.now;
-    let r = w.sim.nodes[cli]
+    let _ = w.sim.nodes[cli]
         .node
         .send_packet(now, nowhere, &udp(me, nowhere, 1, 2, b"?"));
     w.sim.flush(cli);
-    assert!(r.is_err());
+    w.sim.run_for(40_000);
     assert!(w
         .unreachable(cli)
         .iter()
@@ -667,7 +667,7 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
             late.len()
         );
         assert!(
-            resumed.is_some_and(|r| r < if guard_killed { 30_000 } else { 15_000 }),
+            resumed.is_some_and(|r| r < if guard_killed { 30_000 } else { 20_000 }),
             "flow did not resume: {:?} {:?} {:?} {:?}",
             w.unreachable(cli),
             w.sim.nodes[cli].node.session_stats(),
@@ -689,7 +689,6 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
 /// The main scenario end to end through the DHT: the service publishes its descriptors through
 /// a 4-hop circuit, the client looks them up through a 3-hop circuit, then data both ways.
 #[test]
-#[ignore = "needs the DHT wiring of branch wt-dht (passes with it merged)"]
 fn client_finds_the_service_through_the_dht() {
     let mut w = World::new(30, 18);
     let svc = w.add_host();

@@ -884,6 +884,20 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in stems {
+            let suspect = self.circ.path(id).is_some_and(|p| {
+                p.iter().any(|h| {
+                    self.sess
+                        .suspects
+                        .get(h.identity())
+                        .is_some_and(|t| now < *t)
+                })
+            });
+            if suspect {
+                self.sess.owners.remove(&id);
+                self.sess.stems.retain(|(s, _)| *s != id);
+                self.circ.destroy(now, id);
+                continue;
+            }
             let fits = self
                 .circ
                 .path(id)
