@@ -62,6 +62,11 @@ enum Command {
     /// List this node's own hidden services
     #[command(after_help = "Examples:\n  globalnet services\n  globalnet services --json")]
     Services(QueryArgs),
+    /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
+    #[command(
+        after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
+    )]
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +205,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Peers(q) => query(&q, "peers", print_peers),
         Command::Circuits(q) => query(&q, "circuits", print_circuits),
         Command::Services(q) => query(&q, "services", print_services),
+        Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
 }
 
