@@ -50,6 +50,10 @@ pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 /// An established link must send HELLO within this time.
 pub const HELLO_TIMEOUT_MS: Millis = 10_000;
+/// HELLO is resent this often, asking for an answer, until the peer's HELLO arrives (4.5).
+pub const HELLO_RETRY_MS: Millis = 1_000;
+/// HELLO `role` bit: the sender has not received the receiver's HELLO yet; answer with one.
+const HELLO_ASK: u8 = 0b100;
 /// First reconnect delay; doubles per failure.
 pub const BACKOFF_MIN_MS: Millis = 1_000;
 /// Largest reconnect delay.
@@ -309,6 +313,8 @@ struct Link {
     handshake_sent: Millis,
     attempts: u8,
     hello_sent: bool,
+    /// When we last sent HELLO (resent every `HELLO_RETRY_MS` until the peer's arrives).
+    hello_at: Millis,
     hello_received: bool,
     identity: Option<[u8; 32]>,
     is_relay: bool,
@@ -872,6 +878,7 @@ impl LinkLayer {
                 handshake_sent: now,
                 attempts: 0,
                 hello_sent: false,
+                hello_at: 0,
                 hello_received: false,
                 identity: None,
                 is_relay: false,
@@ -1107,7 +1114,7 @@ impl LinkLayer {
             if let Some(k) = self.links.get(&id).map(|l| l.peer_key) {
                 self.dials.remove(&k);
             }
-            self.send_hello(now, id);
+            self.send_hello(now, id, false);
         }
         if let Some(n) = frame_len {
             self.on_frame(now, id, rx.get(..n).unwrap_or(&[]));
@@ -1182,7 +1189,7 @@ impl LinkLayer {
         }
     }
 
-    fn send_hello(&mut self, now: Millis, id: LinkId) {
+    fn send_hello(&mut self, now: Millis, id: LinkId, ask: bool) {
         let mut payload = [0u8; 4 + RELAY_RECORD_LEN];
         let n = match &self.own_record {
             Some(r) => {
@@ -1196,12 +1203,16 @@ impl LinkLayer {
                 4
             }
         };
+        if ask {
+            payload[0] |= HELLO_ASK;
+        }
         if self
             .send_frame(now, id, MsgType::Hello, 0, payload.get(..n).unwrap_or(&[]))
             .is_ok()
         {
             if let Some(l) = self.links.get_mut(&id) {
                 l.hello_sent = true;
+                l.hello_at = now;
             }
         }
     }
@@ -1359,9 +1370,16 @@ impl LinkLayer {
                 tracing::trace!(?why, "record not added to the view");
             }
         }
-        let hello_sent = self.links.get(&id).is_some_and(|l| l.hello_sent);
-        if !hello_sent {
-            self.send_hello(now, id);
+        // Answer a HELLO that asks (the peer lost ours), at most twice a second so that a
+        // peer cannot turn HELLOs into a stream of our records.
+        let (hello_sent, answer) = self.links.get(&id).map_or((true, false), |l| {
+            (
+                l.hello_sent,
+                role & HELLO_ASK != 0 && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS / 2,
+            )
+        });
+        if !hello_sent || answer {
+            self.send_hello(now, id, false);
         }
         if first {
             if let Some(ident) = identity {
@@ -1529,7 +1547,7 @@ impl LinkLayer {
                         .map(|l| l.id)
                         .collect();
                     for id in ids {
-                        self.send_hello(now, id);
+                        self.send_hello(now, id, false);
                     }
                 }
             }
@@ -1648,6 +1666,9 @@ impl LinkLayer {
                 .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
             {
                 self.close(now, id, 1);
+            } else if l.hello_sent && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS {
+                // Ours or theirs was lost: resend and ask for theirs.
+                self.send_hello(now, id, true);
             }
             return;
         }

@@ -108,6 +108,11 @@ impl Node {
         }
     }
 
+    /// Returns the payload of a reported [`CircEvent::Message`] for reuse.
+    pub fn recycle_message(&mut self, buf: Vec<u8>) {
+        self.circ.recycle_payload(buf);
+    }
+
     /// Returns a packet buffer from [`NodeEvent::Packet`] for reuse.
     pub fn recycle_packet(&mut self, mut buf: Vec<u8>) {
         if self.packet_bufs.len() < 256 {
