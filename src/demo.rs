@@ -667,6 +667,31 @@ impl Net {
             .filter_map(|x| x.parse::<f64>().ok());
         let (connect, total) = (f.next(), f.next());
 
+        // The overlay round trip, end to end (needs no open port on the service).
+        let ping = run_cmd(
+            Command::new(&exe)
+                .args([
+                    "ping",
+                    "--json",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    &service_addr,
+                    "--control",
+                ])
+                .arg(&client.control),
+            Duration::from_secs(60),
+        )?;
+        let rtts: Vec<f64> = serde_json::from_slice::<Value>(&ping.stdout)
+            .ok()
+            .and_then(|v| {
+                v["rtt_ms"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            })
+            .unwrap_or_default();
+
         // The path's shape.
         println!("\nThe path (the client's and the service's own circuits; relays in between):");
         for (who, node) in [("client", &client), ("service", &service)] {
@@ -698,6 +723,21 @@ impl Net {
                 String::from_utf8_lossy(&timing.stderr).trim()
             ),
         }
+        if rtts.is_empty() {
+            println!(
+                "  overlay round trip (globalnet ping): no answer ({})",
+                String::from_utf8_lossy(&ping.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
+        } else {
+            let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
+            println!(
+                "  overlay round trip (globalnet ping, {} pings): {avg:.1} ms on average",
+                rtts.len()
+            );
+        }
         if !seen_as.is_empty() {
             println!(
                 "\nThe service saw the client as {seen_as} — a pseudonym for this service only; the client's own address is {client_addr}."
@@ -711,8 +751,7 @@ impl Net {
             client.ns
         );
         println!(
-            "  sudo ip netns exec {} {} ping {service_addr} --control {}",
-            client.ns,
+            "  sudo {} ping {service_addr} --control {}",
             exe.display(),
             client.control.display()
         );
@@ -732,11 +771,10 @@ impl Net {
             "  sudo ip netns exec {} curl -g http://[{service_addr}]:9999/   # not exposed: refused at once",
             client.ns
         );
-        println!("  logs and configs: {}", self.dir.display());
-
         if args.once {
             return Ok(());
         }
+        println!("  configs, keys and logs: {}", self.dir.display());
         println!("\nThe network stays up until Ctrl-C.");
         loop {
             if nap(Duration::from_secs(1)).is_err() {
@@ -815,7 +853,10 @@ impl Net {
                 .and_then(|v| {
                     v.as_array()
                         .and_then(|a| a.first())
-                        .and_then(|s| s["intro_points"].as_array().map(Vec::len))
+                        .map(|s| match &s["intro_points"] {
+                            Value::Array(a) => a.len() as u64,
+                            other => other.as_u64().unwrap_or(0),
+                        })
                 })
                 .unwrap_or(0);
             let line = format!(
@@ -896,7 +937,13 @@ fn describe_circuits(circuits: &Value, names: &[(String, String, Ipv4Addr)]) -> 
             .map(|(n, _, _)| n.clone())
             .unwrap_or_else(|| id.get(..12).unwrap_or(id).to_string())
     };
-    list.iter()
+    let pool_ready = list
+        .iter()
+        .filter(|c| c["purpose"] == "pool" && c["state"] == "ready")
+        .count();
+    let mut lines: Vec<String> = list
+        .iter()
+        .filter(|c| c["purpose"] != "pool")
         .map(|c| {
             let path = ["path", "relays"]
                 .iter()
@@ -924,7 +971,13 @@ fn describe_circuits(circuits: &Value, names: &[(String, String, Ipv4Addr)]) -> 
                 c["state"].as_str().unwrap_or("?"),
             )
         })
-        .collect()
+        .collect();
+    if pool_ready > 0 {
+        lines.push(format!(
+            "and {pool_ready} ready pool circuit(s) for new flows"
+        ));
+    }
+    lines
 }
 
 fn random_token() -> String {
@@ -1064,11 +1117,15 @@ mod tests {
         ];
         let c = serde_json::json!([
             {"purpose": "flow", "hops": 2, "state": "ready", "path": ["aa11", "198.18.0.2:7412"]},
-            {"purpose": "pool", "hops": 3, "state": "building"}
+            {"purpose": "pool", "hops": 3, "state": "building"},
+            {"purpose": "pool", "hops": 3, "state": "ready"},
+            {"purpose": "rendezvous", "hops": 3, "state": "ready", "path": [{"relay_key": "bb22ff"}, "cc"]}
         ]);
         let lines = describe_circuits(&c, &names);
         assert_eq!(lines[0], "flow       2 hops, ready: relay1 → relay2");
-        assert_eq!(lines[1], "pool       3 hops, building");
+        assert_eq!(lines[1], "rendezvous 3 hops, ready: relay2 → cc");
+        assert_eq!(lines[2], "and 1 ready pool circuit(s) for new flows");
+        assert_eq!(lines.len(), 3);
         assert_eq!(
             describe_circuits(&serde_json::json!([]), &names),
             vec!["no circuits"]
