@@ -503,6 +503,48 @@ fn hidden_services_over_gn0() {
             }
         })
     };
+    let t_transfer = Instant::now();
+    let mut alive = vec![true; relays.len()];
+    let mut killed = Vec::new();
+    // First the relay that carries the ssh session (the only traffic yet), then, during an
+    // iperf3 transfer, the relay that carries that.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut kill_busiest = |lab: &mut Lab, what: &str, window: Duration, min: u64| {
+        let deadline = Instant::now() + Duration::from_secs(12);
+        loop {
+            let before = relayed_cells(lab, &relays, &alive);
+            std::thread::sleep(window);
+            let after = relayed_cells(lab, &relays, &alive);
+            let (busiest, delta) = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .enumerate()
+                .max_by_key(|(_, d)| *d)
+                .unwrap();
+            if delta >= min {
+                eprintln!(
+                    "killing {} (relayed {delta} cells in {window:?}, the busiest relay: on the {what}'s path) {:.1} s into the session",
+                    relays[busiest].host.name,
+                    t_transfer.elapsed().as_secs_f64()
+                );
+                let d = relays[busiest].clone();
+                lab.stop(
+                    &d,
+                    nix::sys::signal::Signal::SIGKILL,
+                    Duration::from_secs(5),
+                );
+                alive[busiest] = false;
+                killed.push(d.host.name.clone());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no relay carries the {what} (most cells in {window:?}: {delta})"
+            );
+        }
+    };
+    kill_busiest(&mut lab, "ssh session", Duration::from_secs(2), 4);
     let iperf_child = lab
         .cmd(&client_host, "iperf3")
         .args([
@@ -511,7 +553,7 @@ fn hidden_services_over_gn0() {
             "-p",
             "5201",
             "-t",
-            "20",
+            "15",
             "-i",
             "0.5",
             "-J",
@@ -520,40 +562,8 @@ fn hidden_services_over_gn0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t_transfer = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let mut alive = vec![true; relays.len()];
-    let mut killed = Vec::new();
-    for round in 0..2 {
-        let before = relayed_cells(&lab, &relays, &alive);
-        std::thread::sleep(Duration::from_secs(1));
-        let after = relayed_cells(&lab, &relays, &alive);
-        let (busiest, delta) = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| a.saturating_sub(*b))
-            .enumerate()
-            .max_by_key(|(_, d)| *d)
-            .unwrap();
-        assert!(
-            delta > 100,
-            "no relay carries the transfer (round {round}): {after:?}"
-        );
-        eprintln!(
-            "killing {} ({delta} cells/s relayed, the busiest relay) at {:.1} s into the transfer",
-            relays[busiest].host.name,
-            t_transfer.elapsed().as_secs_f64()
-        );
-        let d = relays[busiest].clone();
-        lab.stop(
-            &d,
-            nix::sys::signal::Signal::SIGKILL,
-            Duration::from_secs(5),
-        );
-        alive[busiest] = false;
-        killed.push((d.host.name.clone(), t_transfer.elapsed()));
-        std::thread::sleep(Duration::from_secs(4));
-    }
+    std::thread::sleep(Duration::from_secs(4));
+    kill_busiest(&mut lab, "iperf3 transfer", Duration::from_secs(1), 200);
     let iperf_out = iperf_child.wait_with_output().unwrap();
     let ssh_status = ssh_child.wait().unwrap();
     reader.join().unwrap();
