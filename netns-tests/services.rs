@@ -716,6 +716,15 @@ fn demo_tears_down_on_failure_interrupt_and_after_a_kill() {
         child
     };
     let child = start_and_wait();
+    // One demo at a time: a second one refuses and leaves the first alone.
+    let (out, _) = demo(&["--once", "--relays", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another demo is running"), "{err}");
+    assert!(
+        demo_leftovers().1 >= 5,
+        "the second demo disturbed the first"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
