@@ -71,3 +71,60 @@ impl Node {
 
     pub(super) fn sess_timeout(&mut self, _now: Millis) {}
 }
+
+// placeholder until wt-sessions lands: the agreed API the daemon codes against, doing nothing.
+
+/// One hidden service this node hosts, as `globalnet services` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The service's overlay address.
+    pub address: std::net::Ipv6Addr,
+    /// Intro points (relay key fingerprints).
+    pub intro_points: Vec<String>,
+    /// Age of the newest published descriptor.
+    pub descriptor_age_s: Option<u64>,
+}
+
+/// One end-to-end session, as `globalnet sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The peer's overlay address.
+    pub peer: std::net::Ipv6Addr,
+    /// "client" or "service".
+    pub role: &'static str,
+    /// Circuits carrying it.
+    pub circuits: usize,
+    /// Age in seconds.
+    pub age_s: u64,
+}
+
+impl Node {
+    /// Sets the key pseudonyms derive from and the destinations shown the real identity.
+    // placeholder until wt-sessions lands
+    pub fn set_client_identity(&mut self, _seed: [u8; 32], _real_identity_for: Vec<[u8; 16]>) {}
+
+    /// Hosts the hidden service with key seed `seed`.
+    // placeholder until wt-sessions lands
+    pub fn add_service(&mut self, _now: Millis, _seed: [u8; 32]) {}
+
+    /// The services this node hosts.
+    // placeholder until wt-sessions lands
+    pub fn services_info(&self) -> Vec<ServiceInfo> {
+        Vec::new()
+    }
+
+    /// The sessions this node has.
+    // placeholder until wt-sessions lands
+    pub fn sessions_info(&self) -> Vec<SessionInfo> {
+        Vec::new()
+    }
+
+    /// Sends an end-to-end PING to `dst` (starting a session if needed); the answer arrives as
+    /// a PONG event with the returned id.
+    // placeholder until wt-sessions lands
+    pub fn e2e_ping(&mut self, _now: Millis, _dst: [u8; 16]) -> Result<u64, SendError> {
+        Err(SendError::Unreachable(
+            "sessions are not wired yet".to_string(),
+        ))
+    }
+}
