@@ -600,8 +600,13 @@ impl Net {
         let page = loop {
             stopped()?;
             if t_reach.elapsed() > timeout {
+                self.progress_done();
                 return Err(format!(
-                    "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  logs: {}",
+                    "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {}",
+                    overlay_ping_error(&exe, &client, &service_addr),
+                    crate::control::request(&service.control, "services")
+                        .map(|v| v[0].to_string())
+                        .unwrap_or_else(|e| e.to_string()),
                     self.dir.display()
                 ));
             }
@@ -978,6 +983,27 @@ fn describe_circuits(circuits: &Value, names: &[(String, String, Ipv4Addr)]) -> 
         ));
     }
     lines
+}
+
+/// Why the client's daemon cannot reach `addr`, in its own words (`globalnet ping`).
+fn overlay_ping_error(exe: &Path, client: &Node, addr: &str) -> String {
+    let out = run_cmd(
+        Command::new(exe)
+            .args(["ping", "--json", "-c", "1", addr, "--control"])
+            .arg(&client.control),
+        Duration::from_secs(50),
+    );
+    match out {
+        Ok(o) => {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            match (&v["errors"][0], &v["rtt_ms"][0]) {
+                (Value::String(e), _) => e.clone(),
+                (_, Value::Number(ms)) => format!("it answers globalnet ping in {ms} ms"),
+                _ => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            }
+        }
+        Err(e) => e,
+    }
 }
 
 fn random_token() -> String {
