@@ -611,11 +611,22 @@ impl Net {
                 ));
             }
             attempts += 1;
-            let key = last_err.split(':').take(2).collect::<String>();
+            let published = crate::control::request(&service.control, "services")
+                .map(|v| v[0]["published"] == Value::Bool(true))
+                .unwrap_or(false);
+            let key = format!(
+                "{published}{}",
+                last_err.split(':').take(2).collect::<String>()
+            );
             self.progress(
                 &key,
                 &format!(
-                    "  reaching the service: curl attempt {attempts} ({:.0} s){}",
+                    "  reaching the service (descriptor {}): curl attempt {attempts} ({:.0} s){}",
+                    if published {
+                        "published"
+                    } else {
+                        "not published yet"
+                    },
                     t_reach.elapsed().as_secs_f64(),
                     if last_err.is_empty() {
                         String::new()
