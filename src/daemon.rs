@@ -955,6 +955,7 @@ async fn link_loop(
                     path.unreachable(&dst);
                     pings.unreachable(&dst, &why);
                 }
+                NodeEvent::Pong { id, rtt_ms, .. } => pings.answer(id, rtt_ms as f64),
                 NodeEvent::Link(LinkEvent::Dht { .. }) => {}
             }
         }

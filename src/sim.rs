@@ -534,6 +534,12 @@ impl Sim {
         self.now = until;
     }
 
+    /// Sends what node `i` queued after a direct call into it (`send_packet`, `e2e_ping`, ...),
+    /// collects its events and reschedules its timer.
+    pub fn flush(&mut self, i: usize) {
+        self.collect(i);
+    }
+
     /// Runs for `ms` more milliseconds of virtual time.
     pub fn run_for(&mut self, ms: Millis) {
         let until = self.now + ms;
