@@ -253,7 +253,10 @@ impl NodeState {
                         json!({
                             "peer": s.peer.to_string(),
                             "role": s.role,
+                            "local": s.local.to_string(),
+                            "state": s.state,
                             "circuits": s.circuits,
+                            "flows": s.flows,
                             "age_s": s.age_s,
                         })
                     })
@@ -280,6 +283,7 @@ impl NodeState {
                     "intro_points": s.intro_points,
                     "descriptor_age_s": s.descriptor_age_s,
                     "published": s.descriptor_age_s.is_some(),
+                    "sessions": s.sessions,
                 })
             })
             .collect();
@@ -291,6 +295,7 @@ impl NodeState {
                 "intro_points": [],
                 "descriptor_age_s": null,
                 "published": false,
+                "sessions": 0,
             }));
         }
         Value::Array(out)
@@ -763,7 +768,6 @@ impl Pings {
     }
 
     /// The PONG for ping `id` arrived.
-    #[allow(dead_code)] // NodeEvent::Pong arrives with the session layer
     fn answer(&mut self, id: u64, rtt_ms: f64) {
         if let Some((dst, reply, _)) = self.waiting.remove(&id) {
             let _ = reply.send(Ok(
@@ -951,7 +955,7 @@ async fn link_loop(
                 }
                 NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
                 NodeEvent::Unreachable { dst, why } => {
-                    tracing::info!(why, "an overlay destination is unreachable");
+                    tracing::debug!(why, "an overlay destination is unreachable");
                     path.unreachable(&dst);
                     pings.unreachable(&dst, &why);
                 }

@@ -532,11 +532,19 @@ fn print_services(v: &Value) -> String {
                 c["descriptor_age_s"]
                     .as_u64()
                     .map_or("not published yet".into(), duration),
+                c["sessions"].as_u64().unwrap_or(0).to_string(),
             ]
         })
         .collect();
     table(
-        &["ADDRESS", "TCP", "UDP", "INTRO POINTS", "DESCRIPTOR AGE"],
+        &[
+            "ADDRESS",
+            "TCP",
+            "UDP",
+            "INTRO POINTS",
+            "DESCRIPTOR AGE",
+            "SESSIONS",
+        ],
         &rows,
     )
 }
@@ -552,12 +560,26 @@ fn print_sessions(v: &Value) -> String {
             vec![
                 s(&c["peer"]),
                 s(&c["role"]),
+                s(&c["state"]),
                 s(&c["circuits"]),
+                s(&c["flows"]),
                 duration(c["age_s"].as_u64().unwrap_or(0)),
+                s(&c["local"]),
             ]
         })
         .collect();
-    table(&["PEER", "ROLE", "CIRCUITS", "AGE"], &rows)
+    table(
+        &[
+            "PEER",
+            "ROLE",
+            "STATE",
+            "CIRCUITS",
+            "FLOWS",
+            "AGE",
+            "OUR ADDRESS",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -362,4 +362,33 @@ mod tests {
         t.forget_peer(&key(PROTO_UDP, 0, 1).remote);
         assert_eq!(budget.used(), 0);
     }
+
+    proptest::proptest! {
+        /// Any sequence of inserts, packets, sweeps and forgets keeps the table within its
+        /// bounds and the budget charged exactly for the peer-opened flows it holds.
+        #[test]
+        fn bounds_and_charges_hold(ops in proptest::collection::vec(
+            (0u8..5, 0u16..40, 0u8..4, proptest::num::u8::ANY, 0u64..400_000), 0..300)
+        ) {
+            let budget = MemoryBudget::new(20 * FLOW_CHARGE);
+            let mut t = FlowTable::new(budget.clone(), 32);
+            let mut now = 0;
+            for (op, port, peer, flags, dt) in ops {
+                now += dt;
+                let k = key(if port % 2 == 0 { PROTO_TCP } else { PROTO_UDP }, port, peer);
+                match op {
+                    0 => { let _ = t.insert(k, Origin::Remote, LocalAddress::Own, now); }
+                    1 => { let _ = t.insert(k, Origin::Local, LocalAddress::Pseudonym, now); }
+                    2 => if let Some(f) = t.get_mut(&k, now) { f.touch(now, Some(flags), flags & 1 == 0) },
+                    3 => t.sweep(now),
+                    _ => t.forget_peer(&k.remote),
+                }
+                proptest::prop_assert!(t.len() <= 32);
+                let remote = t.flows.values().filter(|f| f.origin == Origin::Remote).count();
+                proptest::prop_assert_eq!(budget.used(), remote * FLOW_CHARGE);
+                let counted: u32 = t.per_peer.values().sum();
+                proptest::prop_assert_eq!(counted as usize, remote);
+            }
+        }
+    }
 }
