@@ -72,6 +72,11 @@ enum Command {
         after_help = "Examples:\n  globalnet ping fd52:b1e::9a33\n  globalnet ping -c 10 fd52:b1e::9a33\n  globalnet ping --json -c 3 fd52:b1e::9a33\n\nThe daemon sends an end-to-end PING on the session with the address (making one if needed:\nthe first answer includes the introduction and rendezvous) and times the PONG. Unlike\nping(8) it needs no open port and no ICMPv6 on the far side; ping(8) works too, over gn0."
     )]
     Ping(PingArgs),
+    /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
+    #[command(
+        after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
+    )]
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +232,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Services(q) => query(&q, "services", print_services),
         Command::Sessions(q) => query(&q, "sessions", print_sessions),
         Command::Ping(args) => ping(&args),
+        Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
 }
 
