@@ -401,6 +401,24 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
     );
     assert!(![seen[0], seen[1]].contains(&real));
     assert_eq!(seen[3], real, "real identity where configured");
+
+    // An address without a descriptor is unreachable, and said so at once.
+    let nowhere = service_addr(&[0x99; 32]);
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(nowhere)
+        .unwrap()
+        .octets();
+    let now = w.sim.now;
+    let r = w.sim.nodes[cli]
+        .node
+        .send_packet(now, nowhere, &udp(me, nowhere, 1, 2, b"?"));
+    w.sim.flush(cli);
+    assert!(r.is_err());
+    assert!(w
+        .unreachable(cli)
+        .iter()
+        .any(|why| why.contains("descriptor")));
 }
 
 #[test]
@@ -505,6 +523,31 @@ fn replayed_introduce_is_dropped() {
         .sum();
     assert_eq!(replays, 1, "the intro point dropped the copy");
     assert_eq!(w.sim.nodes[svc].node.session_stats().service_sessions, 1);
+
+    // A replaying intro point: every relay passes each introduction to the service twice. The
+    // service's own cache of client ephemerals drops the copy.
+    for r in 0..w.relays {
+        w.sim.nodes[r].node.session_test_hooks().replay_introduce2 = true;
+    }
+    let cli2 = w.add_host();
+    w.sim.run_for(20_000);
+    for d in w.sim.nodes[svc].node.service_descriptors() {
+        let now = w.sim.now;
+        w.sim.nodes[cli2].node.cache_descriptor(now, &d).unwrap();
+    }
+    w.sim.nodes[cli2]
+        .node
+        .set_client_identity([0xc2; 32], Vec::new());
+    let me2 = w.sim.nodes[cli2]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    w.send(cli2, s_addr, &udp(me2, s_addr, 7001, 7, b"twice?"));
+    assert_eq!(w.run_echo(cli2, svc, 10_000, 20).len(), 1);
+    let stats = w.sim.nodes[svc].node.session_stats().clone();
+    assert_eq!(stats.intro_replays, 1, "{stats:?}");
+    assert_eq!(stats.service_sessions, 2, "one session per introduction");
 }
 
 /// Runs a flow that sends a numbered packet every 100 ms for `ms`; returns the numbers echoed.

@@ -8,6 +8,8 @@
 //! | [`store`]      | record storage with no-rollback, signer and prefix caps (12.4, 11.5)  |
 //! | [`lookup`]     | the iterative S/Kademlia lookup over disjoint paths (12.3)            |
 //! | [`server`]     | answering FIND_NODE, FIND_VALUE and STORE (12.2, 12.4)               |
+//! | [`relay`]      | a DHT relay: table, store, lookups and publications it runs (12.1-12.5) |
+//! | [`lookup_msg`] | the DHT_LOOKUP / DHT_LOOKUP_REPLY payloads of circuits (12.6)        |
 //!
 //! Nothing here touches a socket or a clock: callers feed messages and the current time in and
 //! get messages to send out. Nothing here learns or logs an overlay address of a service it
@@ -15,7 +17,9 @@
 
 pub mod descriptor;
 pub mod lookup;
+pub mod lookup_msg;
 pub mod message;
+pub mod relay;
 pub mod routing;
 pub mod server;
 pub mod store;

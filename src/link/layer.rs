@@ -84,6 +84,17 @@ pub const LINK_COST: usize = 4096;
 pub const RPC_COST: usize = 128;
 /// Most requests outstanding on one link.
 pub const MAX_RPC_PER_LINK: usize = 16;
+/// DHT requests a neighbour may send per second (docs/protocol.md 15, `DHT_REQUEST_RATE`).
+pub const DHT_REQUEST_RATE: u32 = 50;
+/// DHT STOREs a neighbour may send per second (`DHT_STORE_RATE`).
+pub const DHT_STORE_RATE: u32 = 10;
+/// Byte 1 of a DHT message is its type; 5 is STORE (12.2). The link layer peeks at it only to
+/// rate-limit, the DHT parses the message.
+const DHT_TYPE_STORE: u8 = 5;
+/// A link dialed only to carry DHT requests is closed after this long without DHT requests or
+/// cells: a relay's lookups touch dozens of contacts, and keeping a link to each would multiply
+/// every node's links (and their timers and keepalives) for a request or two each.
+pub const DHT_LINK_IDLE_MS: Millis = 30_000;
 
 /// A link, named locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -239,6 +250,10 @@ pub struct LinkStats {
     pub upgraded_links: u64,
     /// Relay envelopes forwarded as an introducer.
     pub relayed_datagrams: u64,
+    /// DHT frames handed up.
+    pub dht_frames: u64,
+    /// DHT frames dropped (rate limits, not from a relay).
+    pub dht_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +362,12 @@ struct Link {
     punch_in: RateWindow,
     punch_notify_in: RateWindow,
     probe_in: RateWindow,
+    /// Flags of the peer's record (0 for clients).
+    peer_flags: u8,
+    /// Dialed for DHT requests and not used for anything else (yet).
+    dht_only: bool,
+    dht_in: RateWindow,
+    dht_store_in: RateWindow,
     _charge: Charge,
 }
 
@@ -551,6 +572,7 @@ impl LinkLayer {
     pub fn mark_in_use(&mut self, link: LinkId, now: Millis) {
         if let Some(l) = self.links.get_mut(&link) {
             l.last_cell = now;
+            l.dht_only = false;
         }
     }
 
@@ -729,10 +751,119 @@ impl LinkLayer {
     /// Sends a cell (exactly `CELL_LEN` bytes) on a link that completed HELLO.
     pub fn send_cell(&mut self, now: Millis, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
         match self.links.get_mut(&link) {
-            Some(l) if l.hello_received => l.last_cell = now,
+            Some(l) if l.hello_received => {
+                l.last_cell = now;
+                l.dht_only = false;
+            }
             _ => return Err(LinkError::NoLink),
         }
         self.send_frame(now, link, MsgType::Cell, 0, cell)
+    }
+
+    /// Sends a DHT_REQUEST (or, `response`, a DHT_RESPONSE) frame on a link that completed
+    /// HELLO with a relay. The link counts as in use, so it is not closed as idle.
+    pub fn send_dht(
+        &mut self,
+        now: Millis,
+        link: LinkId,
+        rpc_id: u64,
+        response: bool,
+        data: &[u8],
+    ) -> Result<(), LinkError> {
+        match self.links.get_mut(&link) {
+            Some(l) if l.hello_received && l.identity.is_some() => l.last_cell = now,
+            _ => return Err(LinkError::NoLink),
+        }
+        let t = if response {
+            MsgType::DhtResponse
+        } else {
+            MsgType::DhtRequest
+        };
+        self.send_frame(now, link, t, rpc_id, data)
+    }
+
+    /// Dials a DHT contact like [`LinkLayer::connect`]; a link this creates is closed again
+    /// after `DHT_LINK_IDLE_MS` without DHT requests, unless it came to carry cells.
+    pub fn connect_dht(
+        &mut self,
+        now: Millis,
+        peer_key: [u8; 32],
+        endpoint: SocketAddr,
+    ) -> Result<LinkId, LinkError> {
+        let existed = self.by_key.contains_key(&peer_key);
+        let id = self.connect(now, peer_key, endpoint)?;
+        if !existed {
+            if let Some(l) = self.links.get_mut(&id) {
+                l.dht_only = true;
+            }
+        }
+        Ok(id)
+    }
+
+    /// Closes links dialed for the DHT that carried nothing for `DHT_LINK_IDLE_MS`.
+    fn close_idle_dht_links(&mut self, now: Millis) {
+        let idle: Vec<LinkId> = self
+            .links
+            .values()
+            .filter(|l| l.dht_only && l.hello_received)
+            .filter(|l| {
+                let since = l.last_cell.max(l.established_at.unwrap_or(l.created));
+                now.saturating_sub(since) >= DHT_LINK_IDLE_MS
+            })
+            .map(|l| l.id)
+            .collect();
+        for id in idle {
+            if !self.nat_uses(id) {
+                tracing::trace!(link = id.0, "closing an idle DHT link");
+                self.close(now, id, 0);
+            }
+        }
+    }
+
+    /// DHT contacts among our links: peers past HELLO whose record carries `FLAG_DHT`
+    /// (docs/protocol.md 12.1: only these enter a routing table).
+    pub fn dht_contacts(&self) -> impl Iterator<Item = (LinkId, Contact)> + '_ {
+        self.links
+            .values()
+            .filter(|l| l.hello_received && l.peer_flags & FLAG_DHT != 0)
+            .filter_map(|l| {
+                Some((
+                    l.id,
+                    Contact {
+                        identity: l.identity?,
+                        link_key: l.peer_key,
+                        endpoint: l.peer_endpoint?,
+                    },
+                ))
+            })
+    }
+
+    /// The underlay address a link's peer sends from.
+    pub fn endpoint_of(&self, link: LinkId) -> Option<SocketAddr> {
+        self.links.get(&link).map(|l| l.endpoint)
+    }
+
+    /// Adds verified relay records learned through the DHT (a SAMPLE answered by the last hop
+    /// `via` of one of our circuits) to the view: one more source beside PEX (9.1). Returns how
+    /// many were added or refreshed.
+    pub fn add_dht_records(
+        &mut self,
+        records: Vec<RelayRecord>,
+        via: [u8; 32],
+        now: Millis,
+    ) -> usize {
+        let mut added = 0;
+        for r in records {
+            if !r.is_relay() {
+                self.stats.bad_records += 1;
+                continue;
+            }
+            match self.view.insert(r, Source::Dht(via), now) {
+                Ok(()) => added += 1,
+                Err(why) => tracing::trace!(?why, "DHT record not added to the view"),
+            }
+        }
+        added
     }
 
     /// Closes a link (sends CLOSE, forgets it).
@@ -799,6 +930,7 @@ impl LinkLayer {
             self.run_probe(now);
             // Introducers follow our links; a changed set re-signs the record.
             self.refresh_record(now);
+            self.close_idle_dht_links(now);
         }
         if now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
             self.refresh_record(now);
@@ -911,6 +1043,10 @@ impl LinkLayer {
                 punch_in: RateWindow::default(),
                 punch_notify_in: RateWindow::default(),
                 probe_in: RateWindow::default(),
+                peer_flags: 0,
+                dht_only: false,
+                dht_in: RateWindow::default(),
+                dht_store_in: RateWindow::default(),
                 _charge: charge,
             },
         );
@@ -1291,6 +1427,7 @@ impl LinkLayer {
             MsgType::Cell => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.last_cell = now;
+                    l.dht_only = false;
                 }
                 // A pooled buffer: the consumer hands it back with `recycle`.
                 let mut cell = self.take_buf();
@@ -1311,9 +1448,9 @@ impl LinkLayer {
             MsgType::ProbeForward => self.on_probe_forward(now, id, payload),
             MsgType::RelayRequest => self.on_relay_request(now, id, f.rpc_id(), payload),
             MsgType::RelayOffer => self.on_relay_offer(now, id, f.rpc_id(), payload),
-            // Relayed links and the DHT belong to later work; until then these are well-formed
-            // but unsupported, and dropped.
-            _ => self.stats.dropped += 1,
+            MsgType::DhtRequest | MsgType::DhtResponse => {
+                self.on_dht_frame(now, id, t == MsgType::DhtResponse, f.rpc_id(), payload)
+            }
         }
     }
 
@@ -1370,6 +1507,7 @@ impl LinkLayer {
                 l.hello_received = true;
                 l.identity = identity;
                 l.is_relay = record.as_ref().is_some_and(RelayRecord::is_relay);
+                l.peer_flags = record.as_ref().map_or(0, |r| r.fields().flags);
                 if let Some(r) = &record {
                     l.peer_nat = r.fields().nat;
                     l.peer_endpoint = r.fields().endpoints.first().copied();
@@ -1566,6 +1704,32 @@ impl LinkLayer {
             }
             Err(e) => tracing::warn!("cannot sign our relay record: {e}"),
         }
+    }
+
+    /// A DHT frame from a neighbour: only relays speak the DHT (12.1); requests are
+    /// rate-limited per link, STOREs more tightly. The DHT parses the message.
+    fn on_dht_frame(&mut self, now: Millis, id: LinkId, response: bool, rpc_id: u64, p: &[u8]) {
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        let allowed = l.identity.is_some()
+            && (response
+                || (l.dht_in.allow(now, 1000, DHT_REQUEST_RATE)
+                    && (p.get(1) != Some(&DHT_TYPE_STORE)
+                        || l.dht_store_in.allow(now, 1000, DHT_STORE_RATE))));
+        if !allowed {
+            self.stats.dht_dropped += 1;
+            return;
+        }
+        self.stats.dht_frames += 1;
+        let mut data = self.take_buf();
+        data.extend_from_slice(p);
+        self.events.push_back(LinkEvent::Dht {
+            link: id,
+            rpc_id,
+            response,
+            data,
+        });
     }
 
     fn on_pex_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {

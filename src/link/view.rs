@@ -32,6 +32,8 @@ pub enum Source {
     Itself,
     /// From a neighbour's PEX answer (the neighbour's identity).
     Pex([u8; 32]),
+    /// From a DHT SAMPLE answered by the last hop of one of our circuits (its identity).
+    Dht([u8; 32]),
 }
 
 /// The family prefix of an address: IPv4 addresses masked to `v4` bits, IPv6 to `v6` bits.
@@ -125,7 +127,8 @@ impl RelayView {
         for e in self.entries.values() {
             match e.first_source {
                 Source::Itself => direct += 1,
-                Source::Pex(k) => pex.push(k),
+                // A relay vouching through PEX or through the DHT is one source either way.
+                Source::Pex(k) | Source::Dht(k) => pex.push(k),
             }
         }
         pex.sort_unstable();
@@ -168,7 +171,7 @@ impl RelayView {
         if self.entries.values().filter(|e| e.prefix == prefix).count() >= VIEW_MAX_PER_PREFIX {
             return Err(Refused::PrefixFull);
         }
-        if let Source::Pex(_) = source {
+        if let Source::Pex(_) | Source::Dht(_) = source {
             if self.sources() >= VIEW_MIN_SOURCES {
                 let mine = self
                     .entries

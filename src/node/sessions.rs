@@ -74,7 +74,7 @@ pub const MAX_SESSIONS: usize = 4096;
 /// Introductions a service has in progress (rendezvous not yet joined).
 pub const MAX_PENDING_INTRODUCTIONS: usize = 64;
 /// Flows a session tracks (the least recently used is forgotten first).
-pub const MAX_FLOWS_PER_SESSION: usize = 1024;
+pub const MAX_FLOWS_PER_SESSION: usize = 256;
 /// Circuits one session may hold (flows share circuits beyond it).
 pub const MAX_SESSION_CIRCUITS: usize = 16;
 /// Packets queued per destination while a session is made.
@@ -194,6 +194,8 @@ pub struct SessionTestHooks {
     pub send_introduce_twice: bool,
     /// Skip the client's source-address check in `send_packet`.
     pub skip_source_check: bool,
+    /// As an intro point, pass every introduction to the service twice (a replaying intro point).
+    pub replay_introduce2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,7 +481,14 @@ impl Node {
             ));
         }
         // As a service: to one of our sessions' clients.
-        if let Some(svc) = self.sess.services.iter().position(|s| s.address == src) {
+        // (With the real identity shown to `dst`, our service address is also our client
+        // address: the service path is taken only if `dst` is a client of that service.)
+        if let Some(svc) = self
+            .sess
+            .services
+            .iter()
+            .position(|s| s.address == src && s.sessions.contains_key(&dst))
+        {
             let r = self.service_send(now, svc, dst, packet);
             self.pump(now);
             return r;
@@ -738,6 +747,9 @@ impl Node {
                 };
                 let code = match outcome {
                     IntroduceOutcome::Forward { service_slot } => {
+                        if self.sess.hooks.replay_introduce2 {
+                            let _ = self.circ.reply(service_slot, C::Introduce2, payload);
+                        }
                         match self.circ.reply(service_slot, C::Introduce2, payload) {
                             Ok(()) => status::OK,
                             Err(_) => status::UNKNOWN,
@@ -2091,11 +2103,11 @@ impl Node {
         packet: &[u8],
     ) -> Result<(), SendError> {
         self.client_session(now, dst, pseudonym)?;
-        let open = self
-            .sess
-            .clients
-            .get(&dst)
-            .is_some_and(|c| c.open.is_some());
+        let open = match self.sess.clients.get(&dst) {
+            Some(c) => c.open.is_some(),
+            // It failed at once (the lookup answered synchronously).
+            None => return Err(SendError::Unreachable("no session could be made".into())),
+        };
         if !open {
             let mut buf = self.packet_buf();
             buf.extend_from_slice(packet);
