@@ -136,9 +136,14 @@ impl PathRules {
         self.families(a).overlaps(&self.families(b))
     }
 
-    /// Whether a record may be a hop at `now`: it is a relay and has not expired.
+    /// Whether a record may be a hop at `now`: it is a relay, has not expired, and can be
+    /// reached — directly, or behind NAT through an introducer it names (a relay whose NAT class
+    /// is not known yet names none, and an EXTEND to it would only time out).
     pub fn usable(&self, r: &RelayRecord, now: Millis) -> bool {
-        r.is_relay() && r.fields().expires > now / 1000
+        let f = r.fields();
+        r.is_relay()
+            && f.expires > now / 1000
+            && (f.nat.directly_reachable() || !f.introducers.is_empty())
     }
 
     fn label(&self) -> String {
@@ -1543,7 +1548,11 @@ impl Vanguards {
             let ok: Vec<&Node<'_>> = pool
                 .iter()
                 .filter(|n| {
-                    !guard_nodes.iter().any(|g| g.clashes(n)) && !self.contains(&n.identity)
+                    // Like guards, vanguards are directly reachable: then a NATed relay is only
+                    // ever a middle between two relays that can reach it by one punch.
+                    n.rec.is_some_and(|r| r.fields().nat.directly_reachable())
+                        && !guard_nodes.iter().any(|g| g.clashes(n))
+                        && !self.contains(&n.identity)
                 })
                 .collect();
             let Some(pick) = ok.choose(rng) else { break };
