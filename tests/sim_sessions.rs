@@ -402,7 +402,7 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
     assert!(![seen[0], seen[1]].contains(&real));
     assert_eq!(seen[3], real, "real identity where configured");
 
-    // An address without a descriptor is unreachable, and said so at once.
+    // An address without a descriptor is unreachable once the lookup finds nothing.
     let nowhere = service_addr(&[0x99; 32]);
     let me = w.sim.nodes[cli]
         .node
@@ -410,11 +410,11 @@ fn pseudonyms_differ_per_service_and_stay_stable() {
         .unwrap()
         .octets();
     let now = w.sim.now;
-    let r = w.sim.nodes[cli]
+    let _ = w.sim.nodes[cli]
         .node
         .send_packet(now, nowhere, &udp(me, nowhere, 1, 2, b"?"));
     w.sim.flush(cli);
-    assert!(r.is_err());
+    w.sim.run_for(40_000);
     assert!(w
         .unreachable(cli)
         .iter()
@@ -667,7 +667,7 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
             late.len()
         );
         assert!(
-            resumed.is_some_and(|r| r < if guard_killed { 30_000 } else { 15_000 }),
+            resumed.is_some_and(|r| r < if guard_killed { 30_000 } else { 20_000 }),
             "flow did not resume: {:?} {:?} {:?} {:?}",
             w.unreachable(cli),
             w.sim.nodes[cli].node.session_stats(),
@@ -684,4 +684,52 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
         assert_eq!(w.sim.nodes[cli].node.session_stats().client_sessions, 1);
     }
     assert!(w.sim.nodes[cli].node.session_stats().flows_moved >= 3);
+}
+
+/// The main scenario end to end through the DHT: the service publishes its descriptors through
+/// a 4-hop circuit, the client looks them up through a 3-hop circuit, then data both ways.
+#[test]
+fn client_finds_the_service_through_the_dht() {
+    let mut w = World::new(30, 18);
+    let svc = w.add_host();
+    let cli = w.add_host();
+    w.sim.run_for(40_000);
+    w.sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    let now = w.sim.now;
+    w.sim.nodes[svc].node.add_service(now, SERVICE_SEED);
+    w.sim.flush(svc);
+    // Intro points, descriptors, publication through a 4-hop circuit.
+    w.sim.run_for(30_000);
+    let s_addr = service_addr(&SERVICE_SEED);
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    let t0 = w.sim.now;
+    let p = udp(me, s_addr, 43000, 7, b"found you");
+    w.send(cli, s_addr, &p);
+    let echoes = w.run_echo(cli, svc, 30_000, 20);
+    assert!(
+        !echoes.is_empty(),
+        "no answer through the DHT path: {:?}",
+        w.unreachable(cli)
+    );
+    eprintln!(
+        "first contact with a DHT lookup: {} ms to the first echo",
+        echoes[0].0 - t0
+    );
+    let mut echoes = Vec::new();
+    for i in 0..20u16 {
+        w.send(
+            cli,
+            s_addr,
+            &udp(me, s_addr, 43000 + i % 4, 7, &[i as u8; 600]),
+        );
+        echoes.extend(w.run_echo(cli, svc, 20, 5));
+    }
+    echoes.extend(w.run_echo(cli, svc, 3_000, 20));
+    assert_eq!(echoes.len(), 20, "data both ways on four flows");
 }

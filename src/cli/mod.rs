@@ -403,6 +403,17 @@ fn print_status(v: &Value) -> String {
                 s(&v["circuits"]["relayed"])
             ),
         ),
+        (
+            "sessions",
+            format!(
+                "{}, {} flows ({} refused, {} dropped)",
+                s(&v["sessions"]),
+                s(&v["flows"]["active"]),
+                s(&v["flows"]["refused"]),
+                v["flows"]["dropped_from_peers"].as_u64().unwrap_or(0)
+                    + v["flows"]["dropped_from_kernel"].as_u64().unwrap_or(0)
+            ),
+        ),
         ("nat", s(&v["nat"])),
         (
             "view",

@@ -341,14 +341,16 @@ impl FlowLayer {
                     f.touch(now, flags, true);
                     f.local
                 } else {
-                    // A flow our kernel opens: to a client of our service we are its service
-                    // (own address); to anyone else we are a client under our pseudonym.
-                    let local =
-                        if self.table.is_client(&dst) || self.real_identity_for.contains(&dst) {
-                            LocalAddress::Own
-                        } else {
-                            LocalAddress::Pseudonym
-                        };
+                    // A flow our kernel opens is a client flow, under our pseudonym for the
+                    // destination, even towards a peer that visits our service: otherwise a
+                    // service could visit us with its real identity and then recognise our
+                    // address on our own visits to it. (So a service answers its visitors but
+                    // never opens flows to them.)
+                    let local = if self.real_identity_for.contains(&dst) {
+                        LocalAddress::Own
+                    } else {
+                        LocalAddress::Pseudonym
+                    };
                     match self.table.insert(key, Origin::Local, local, now) {
                         Ok(f) => f.touch(now, flags, true),
                         Err(_) => return TunVerdict::Drop(DropReason::TableFull),
@@ -506,7 +508,9 @@ impl FlowLayer {
                                 local == LocalAddress::Own
                                     && self.policy.exposed(p.transport.protocol(), dport)
                             }
-                            Transport::Echo { request, .. } => request,
+                            Transport::Echo { request, .. } => {
+                                request && local == LocalAddress::Own
+                            }
                             _ => false,
                         };
                         if !opens {

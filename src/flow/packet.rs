@@ -132,7 +132,7 @@ pub struct FlowKey {
     pub remote: [u8; 16],
     /// Our port (echo: the identifier).
     pub local_port: u16,
-    /// The peer's port (echo: 0).
+    /// The peer's port (echo: 1 if we sent the requests, 0 if the peer did).
     pub remote_port: u16,
 }
 
@@ -150,7 +150,8 @@ impl Packet {
                 };
                 (self.transport.protocol(), l, r)
             }
-            Transport::Echo { id, .. } => (PROTO_ICMPV6, id, 0),
+            // Who sent the request tells two echo flows with the same identifier apart.
+            Transport::Echo { id, request } => (PROTO_ICMPV6, id, u16::from(outbound == request)),
             Transport::IcmpError { .. } | Transport::IcmpOther { .. } => return None,
         };
         Some(FlowKey {

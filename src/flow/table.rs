@@ -165,11 +165,6 @@ impl FlowTable {
         self.flows.get_mut(key)
     }
 
-    /// Whether `peer` has opened flows towards us (it is a client of our service).
-    pub fn is_client(&self, peer: &[u8; 16]) -> bool {
-        self.per_peer.get(peer).is_some_and(|n| *n > 0)
-    }
-
     /// Creates a flow (replacing an expired one with the same key).
     pub fn insert(
         &mut self,
@@ -321,7 +316,6 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(budget.used(), 4 * FLOW_CHARGE);
-        assert!(t.is_client(&key(PROTO_UDP, 0, 1).remote));
         // A stranger cannot push flows out.
         assert_eq!(
             t.insert(key(PROTO_UDP, 9, 2), Origin::Remote, LocalAddress::Own, 1)
@@ -337,7 +331,7 @@ mod tests {
         t.sweep(10 * UDP_IDLE_MS);
         assert_eq!(budget.used(), 0);
         assert!(t.is_empty());
-        assert!(!t.is_client(&key(PROTO_UDP, 0, 1).remote));
+        assert!(t.per_peer.is_empty());
 
         let mut t = FlowTable::new(budget.clone(), MAX_FLOWS);
         for p in 0..MAX_FLOWS_PER_PEER {

@@ -269,20 +269,46 @@ fn echo_both_ways() {
     );
     assert!(valid(&rep));
     assert_eq!(dst_of(&rep), a);
-    // The service may ping its client's pseudonym too, and the reply goes back from it.
+    // A service never opens flows to its visitors: its kernel's ping to the client's pseudonym
+    // leaves under the service's own pseudonym for that address (the session layer will find no
+    // service there), never from the service address ...
     let mut req = echo(s, pseudonym, true);
-    service.on_tun_packet(NOW, &mut req, &mut out);
-    assert_eq!(
+    assert!(matches!(
+        service.on_tun_packet(NOW, &mut req, &mut out),
+        TunVerdict::Send { .. }
+    ));
+    assert_ne!(src_of(&req), s);
+    // ... and a crafted echo request to the client's pseudonym is refused there.
+    let mut req = echo(s, pseudonym, true);
+    assert!(matches!(
         client.on_session_packet(NOW, &mut req, &mut out),
+        SessionVerdict::Refuse { .. }
+    ));
+}
+
+#[test]
+fn a_visitor_with_its_real_identity_does_not_unmask_our_visits() {
+    // X visits our service under its real address X, and then we visit X's service: our flow to
+    // X must still come from our pseudonym for X.
+    let (mut us, a) = layer(1, &[22], &[]);
+    let (_, x) = layer(2, &[], &[]);
+    let mut out = Vec::new();
+    let mut syn = tcp(x, a, 50000, 22, true, false);
+    assert_eq!(
+        us.on_session_packet(NOW, &mut syn, &mut out),
         SessionVerdict::Deliver
     );
-    let mut rep = echo(a, s, false);
+    let mut reply = tcp(a, x, 22, 50000, true, true);
+    us.on_tun_packet(NOW, &mut reply, &mut out);
     assert_eq!(
-        client.on_tun_packet(NOW, &mut rep, &mut out),
-        TunVerdict::Send { dst: s }
+        src_of(&reply),
+        a,
+        "answers on its flow come from our address"
     );
-    assert_eq!(src_of(&rep), pseudonym);
-    assert!(valid(&rep));
+    let mut visit = tcp(a, x, 41000, 80, true, false);
+    us.on_tun_packet(NOW, &mut visit, &mut out);
+    assert_eq!(src_of(&visit), us.address_for(&x));
+    assert_ne!(src_of(&visit), a);
 }
 
 #[test]

@@ -884,6 +884,20 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in stems {
+            let suspect = self.circ.path(id).is_some_and(|p| {
+                p.iter().any(|h| {
+                    self.sess
+                        .suspects
+                        .get(h.identity())
+                        .is_some_and(|t| now < *t)
+                })
+            });
+            if suspect {
+                self.sess.owners.remove(&id);
+                self.sess.stems.retain(|(s, _)| *s != id);
+                self.circ.destroy(now, id);
+                continue;
+            }
             let fits = self
                 .circ
                 .path(id)
@@ -1834,7 +1848,10 @@ impl Node {
         let dst = match self.sess.lookups.remove(&token) {
             Some(d) => d,
             // The answer came before `dht_query` returned its token.
-            None => self.sess.querying.take()?,
+            None => match self.sess.querying.take() {
+                Some(d) => d,
+                None => return Some(outcome),
+            },
         };
         if let DhtOutcome::Records(records) = &outcome {
             for r in records {

@@ -659,6 +659,40 @@ mod tests {
     }
 
     #[test]
+    fn roles_refuse_when_the_budget_is_spent() {
+        let b = MemoryBudget::new(INTRO_REG_COST + REND_COOKIE_COST);
+        let mut intro = IntroPointRole::new(b.clone());
+        let mut rend = RendezvousRole::new(b.clone());
+        let bind = [2u8; 32];
+        let est = |k: u8| EstablishIntro::sign(&SigningKey::from_bytes(&[k; 32]), &bind).emit();
+        assert_eq!(intro.establish(0, 1, &bind, &est(1)), status::OK);
+        assert_eq!(
+            rend.establish(0, 2, &establish_rendezvous_body(&RendCookie([1; 32]))),
+            status::OK
+        );
+        // Full: both refuse with "rate limited" instead of growing.
+        assert_eq!(intro.establish(0, 3, &bind, &est(2)), status::RATE_LIMITED);
+        assert_eq!(
+            rend.establish(0, 4, &establish_rendezvous_body(&RendCookie([2; 32]))),
+            status::RATE_LIMITED
+        );
+        // The first registration cannot store a replay tag either: introductions are refused
+        // rather than passed on unrecorded.
+        let body = Introduce1 {
+            auth_key: SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes(),
+            msg1: [3; E2E_MSG1_LEN],
+        }
+        .emit();
+        assert_eq!(
+            intro.introduce(0, &body),
+            IntroduceOutcome::Refuse(status::RATE_LIMITED)
+        );
+        intro.closed(1);
+        rend.closed(2);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
     fn status_bodies_round_trip() {
         assert_eq!(parse_status(&status_body(3)), Ok(3));
         assert!(parse_status(&[2, 0, 0, 0]).is_err());
