@@ -602,7 +602,7 @@ impl Net {
             if t_reach.elapsed() > timeout {
                 self.progress_done();
                 return Err(format!(
-                    "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {}",
+                    "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {} (GLOBALNET_LOG=debug gives the daemons' session decisions)",
                     overlay_ping_error(&exe, &client, &service_addr),
                     crate::control::request(&service.control, "services")
                         .map(|v| v[0].to_string())
