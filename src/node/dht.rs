@@ -1099,9 +1099,11 @@ impl Node {
         }
         if now >= self.dht.next_scan {
             self.dht.next_scan = now + SCAN_MS;
-            let contacts: Vec<Contact> = self.link.dht_contacts().map(|(_, c)| c).collect();
+            let mut contacts: Vec<(LinkId, Contact)> = self.link.dht_contacts().collect();
+            // In link order: the table keeps what fits first, and a seed must repeat a run.
+            contacts.sort_unstable_by_key(|(l, _)| *l);
             if let Some(relay) = self.dht.relay.as_mut() {
-                for c in contacts {
+                for (_, c) in contacts {
                     if !relay.table.contains(&c.identity) {
                         relay.table.insert(c, now);
                     }
