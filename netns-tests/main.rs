@@ -9,3 +9,4 @@ mod circuits;
 mod foundation;
 mod links;
 mod nat;
+mod services;

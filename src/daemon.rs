@@ -3,28 +3,44 @@
 //! time in and out of them.
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
 use crate::budget::MemoryBudget;
 use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
 use crate::circuit::OnionKey;
 use crate::config::Config;
-use crate::control;
-use crate::crypto::NodeKeys;
-use crate::flow::{self, Verdict};
+use crate::control::{self, Answer, Request};
+use crate::crypto::{is_overlay, NodeKeys};
+use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
 use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
+use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
-use crate::time::Clock;
+use crate::time::{Clock, Millis};
 use crate::wire::udp;
 
-/// Largest packet read from the TUN (the MTU may be configured up to 65535).
-const TUN_BUF_LEN: usize = 65536;
+/// Packets waiting between the TUN tasks and the link task, each way. The TUN reader waits when
+/// the link task is behind (the kernel's queue then holds or drops, and TCP backs off); the link
+/// task never waits for the TUN writer: a packet that finds its queue full is dropped.
+const PACKET_QUEUE: usize = 256;
+/// Packets from the TUN handled per wake-up of the link task before it sends.
+const PACKET_BATCH: usize = 64;
+/// Spare buffers the link task keeps for what it writes to the kernel.
+const SPARE_BUFFERS: usize = 64;
+/// How long a `ping` waits for the peer (a first ping includes introduction and rendezvous).
+const PING_TIMEOUT_MS: Millis = 30_000;
+/// Pings in flight at once.
+const MAX_PINGS: usize = 64;
+/// How often the routes behind the inbound source check are read again.
+const ROUTE_REFRESH: Duration = Duration::from_secs(30);
 
 /// Errors that stop the daemon, with the context of the step that failed.
 #[derive(Debug)]
@@ -42,12 +58,23 @@ fn ctx<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> DaemonErro
     move |e| DaemonError(format!("{what}: {e}"))
 }
 
-/// Counters of the TUN task.
+/// Counters of the TUN tasks.
 #[derive(Default)]
 struct TunCounters {
     packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    write_errors: AtomicU64,
+    /// ICMPv6 errors handed to the TUN writer (counted at once, not with the snapshot, so a
+    /// test or an operator sees a reply counted as soon as the application saw it).
     icmp_replies: AtomicU64,
-    dropped: AtomicU64,
+}
+
+/// What the control socket asks of the link task.
+enum Command {
+    /// An end-to-end ping; the answer goes to `reply`.
+    Ping { dst: [u8; 16], reply: AnswerTx },
+    /// The prefixes routed through other interfaces changed (inbound source check).
+    ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
 }
 
 /// The link layer's state as the control socket shows it, refreshed by the link task.
@@ -64,6 +91,12 @@ struct LinkSnapshot {
     relayed: usize,
     circ_stats: CircuitStats,
     path_error: Option<String>,
+    flow: FlowStats,
+    flows: usize,
+    queue_drops: u64,
+    foreign_prefixes: Vec<String>,
+    services: Vec<ServiceInfo>,
+    sessions: Vec<SessionInfo>,
 }
 
 /// What the control socket reports.
@@ -76,6 +109,7 @@ struct NodeState {
     tun: TunCounters,
     links: Mutex<LinkSnapshot>,
     budget: MemoryBudget,
+    commands: mpsc::Sender<Command>,
 }
 
 fn peer_json(p: &PeerInfo) -> Value {
@@ -95,7 +129,44 @@ fn peer_json(p: &PeerInfo) -> Value {
 }
 
 impl control::Handler for NodeState {
-    fn handle(&self, cmd: &str) -> Result<Value, String> {
+    fn handle(&self, req: &Request) -> Answer {
+        if req.cmd == "ping" {
+            return self.ping(req.addr.as_deref());
+        }
+        Answer::Now(self.snapshot_answer(&req.cmd))
+    }
+}
+
+impl NodeState {
+    fn ping(&self, addr: Option<&str>) -> Answer {
+        let Some(addr) = addr else {
+            return Answer::Now(Err("ping needs an address (`addr`)".into()));
+        };
+        let dst = match addr.parse::<Ipv6Addr>() {
+            Ok(a) if is_overlay(&a) => a,
+            _ => {
+                return Answer::Now(Err(format!(
+                    "`{addr}` is not an overlay address; GlobalNet addresses are in fd00::/8"
+                )))
+            }
+        };
+        if dst == self.address {
+            return Answer::Now(Err(
+                "that is this node's own address; ping another node's address".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Ping {
+            dst: dst.octets(),
+            reply: tx,
+        };
+        match self.commands.try_send(cmd) {
+            Ok(()) => Answer::Later(rx),
+            Err(_) => Answer::Now(Err("the daemon is busy; try again".into())),
+        }
+    }
+
+    fn snapshot_answer(&self, cmd: &str) -> Result<Value, String> {
         let links = self
             .links
             .lock()
@@ -133,12 +204,27 @@ impl control::Handler for NodeState {
                     "creates_refused": links.circ_stats.creates_refused,
                     "path_error": links.path_error,
                 },
+                "sessions": links.sessions.len(),
+                "services": links.services.len(),
+                "flows": {
+                    "active": links.flows,
+                    "to_peers": links.flow.to_peers,
+                    "to_kernel": links.flow.to_kernel,
+                    "refused": links.flow.refused,
+                    "icmp_to_kernel": links.flow.icmp_to_kernel,
+                    "dropped_from_kernel": links.flow.dropped_from_kernel,
+                    "dropped_from_peers": links.flow.dropped_from_peers,
+                    "foreign_sources": links.flow.foreign_sources,
+                    "foreign_prefixes": links.foreign_prefixes,
+                },
                 "uptime_s": self.started.elapsed().as_secs(),
                 "pid": std::process::id(),
                 "tun": {
                     "packets_in": self.tun.packets_in.load(Ordering::Relaxed),
+                    "packets_out": self.tun.packets_out.load(Ordering::Relaxed),
                     "icmp_replies": self.tun.icmp_replies.load(Ordering::Relaxed),
-                    "dropped": self.tun.dropped.load(Ordering::Relaxed),
+                    "dropped": links.flow.dropped_from_kernel + links.queue_drops,
+                    "write_errors": self.tun.write_errors.load(Ordering::Relaxed),
                 },
             })),
             "peers" => Ok(Value::Array(links.peers.iter().map(peer_json).collect())),
@@ -158,17 +244,61 @@ impl control::Handler for NodeState {
                     })
                     .collect(),
             )),
-            "services" => Ok(json!([{
+            "services" => Ok(self.services_json(&links.services)),
+            "sessions" => Ok(Value::Array(
+                links
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "peer": s.peer.to_string(),
+                            "role": s.role,
+                            "local": s.local.to_string(),
+                            "state": s.state,
+                            "circuits": s.circuits,
+                            "flows": s.flows,
+                            "age_s": s.age_s,
+                        })
+                    })
+                    .collect(),
+            )),
+            other => Err(format!(
+                "unknown command `{other}`; this daemon knows status, peers, circuits, services, sessions, ping"
+            )),
+        }
+    }
+
+    /// The services the node hosts, with the ports `[expose]` opens on the node's own address.
+    /// The default service is listed as soon as `[expose]` lists ports, published or not yet.
+    fn services_json(&self, hosted: &[ServiceInfo]) -> Value {
+        let exposes = !self.config.expose.tcp.is_empty() || !self.config.expose.udp.is_empty();
+        let mut out: Vec<Value> = hosted
+            .iter()
+            .map(|s| {
+                let own = s.address == self.address;
+                json!({
+                    "address": s.address.to_string(),
+                    "tcp": if own { self.config.expose.tcp.clone() } else { Vec::new() },
+                    "udp": if own { self.config.expose.udp.clone() } else { Vec::new() },
+                    "intro_points": s.intro_points,
+                    "descriptor_age_s": s.descriptor_age_s,
+                    "published": s.descriptor_age_s.is_some(),
+                    "sessions": s.sessions,
+                })
+            })
+            .collect();
+        if exposes && !hosted.iter().any(|s| s.address == self.address) {
+            out.push(json!({
                 "address": self.address.to_string(),
                 "tcp": self.config.expose.tcp,
                 "udp": self.config.expose.udp,
                 "intro_points": [],
                 "descriptor_age_s": null,
-            }])),
-            other => Err(format!(
-                "unknown command `{other}`; this daemon knows status, peers, circuits, services"
-            )),
+                "published": false,
+                "sessions": 0,
+            }));
         }
+        Value::Array(out)
     }
 }
 
@@ -231,6 +361,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(ctx("runtime"))?;
     let budget = MemoryBudget::new(config.limits.memory_budget_mb as usize * (1 << 20));
+    let (commands_tx, commands_rx) = mpsc::channel(MAX_PINGS);
     let state = Arc::new(NodeState {
         address,
         relay_key: keys.relay_key_hex(),
@@ -240,6 +371,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         tun: TunCounters::default(),
         links: Mutex::new(LinkSnapshot::default()),
         budget: budget.clone(),
+        commands: commands_tx.clone(),
     });
     let clock = Clock::new();
     let link_cfg = LinkConfig {
@@ -258,18 +390,47 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         link: keys.relay_link.clone(),
         onion_public: x25519_dalek::PublicKey::from(&keys.relay_onion).to_bytes(),
     };
-    // The service key stays out of the link layer entirely (it is never tied to the relay).
+    // The service key stays out of the link layer entirely (it is never tied to the relay); the
+    // session layer and the flow layer get its seed for pseudonyms and the hosted service.
     let onion = OnionKey::from_secret(keys.relay_onion.clone());
+    let service_seed = Zeroizing::new(keys.service.to_bytes());
     drop(keys);
+    let flow = FlowLayer::new(
+        FlowConfig {
+            address,
+            client_seed: service_seed.clone(),
+            real_identity_for: config.client.real_identity.clone(),
+            policy: Policy::new(&config.expose.tcp, &config.expose.udp),
+        },
+        budget.clone(),
+    );
     let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
-    let mut link = Node::new(link, onion, rand::random(), clock.now());
-    link.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
+    let mut node = Node::new(link, onion, rand::random(), clock.now());
+    node.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
+    node.set_client_identity(
+        *service_seed,
+        config
+            .client
+            .real_identity
+            .iter()
+            .map(|a| a.octets())
+            .collect(),
+    );
+    if !config.expose.tcp.is_empty() || !config.expose.udp.is_empty() {
+        node.add_service(clock.now(), *service_seed);
+    }
+    drop(service_seed);
     let socket_path = config.control_socket.clone();
     let result = rt.block_on(run_async(
         dev,
         control_listener,
         sockets,
-        link,
+        Core {
+            node,
+            flow,
+            commands: commands_rx,
+        },
+        commands_tx,
         clock,
         state,
     ));
@@ -283,27 +444,56 @@ fn remove_socket(path: &PathBuf) {
     }
 }
 
+/// What the link task owns: the node, the flow layer, and the control commands' receiver.
+struct Core {
+    node: Node,
+    flow: FlowLayer,
+    commands: mpsc::Receiver<Command>,
+}
+
 async fn run_async(
     dev: tun_rs::SyncDevice,
     control_listener: std::os::unix::net::UnixListener,
     sockets: Vec<std::net::UdpSocket>,
-    link: Node,
+    core: Core,
+    commands: mpsc::Sender<Command>,
     clock: Clock,
     state: Arc<NodeState>,
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let dev = platform::tun::into_async(dev).map_err(ctx("TUN"))?;
+    let dev = Arc::new(platform::tun::into_async(dev).map_err(ctx("TUN"))?);
     let mut sigterm = signal(SignalKind::terminate()).map_err(ctx("signals"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ctx("signals"))?;
 
     let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
-    let tun_task = tokio::spawn(tun_loop(dev, state.clone()));
+    // TUN reader -> link task (packets from the kernel), and their buffers back.
+    let (from_tun_tx, from_tun_rx) = mpsc::channel(PACKET_QUEUE);
+    let (read_bufs_tx, read_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
+    // Link task -> TUN writer (packets for the kernel), and their buffers back.
+    let (to_tun_tx, to_tun_rx) = mpsc::channel(PACKET_QUEUE);
+    let (write_bufs_tx, write_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
+    let buf_len = usize::from(state.config.tun.mtu);
+    let tun_task = tokio::spawn(tun_reader(
+        dev.clone(),
+        from_tun_tx,
+        read_bufs_rx,
+        buf_len,
+        state.clone(),
+    ));
+    let writer_task = tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()));
+    let routes_task = tokio::spawn(route_refresher(state.config.tun.name.clone(), commands));
     let sockets = sockets
         .into_iter()
         .map(UdpSocket::from_std)
         .collect::<Result<Vec<_>, _>>()
         .map_err(ctx("UDP"))?;
-    let link_task = tokio::spawn(link_loop(sockets, link, clock, state.clone()));
+    let pipes = Pipes {
+        from_tun: from_tun_rx,
+        read_bufs: read_bufs_tx,
+        to_tun: to_tun_tx,
+        write_bufs: write_bufs_rx,
+    };
+    let link_task = tokio::spawn(link_loop(sockets, core, pipes, clock, state.clone()));
     let watchdog = tokio::spawn(watchdog_loop());
 
     notify(&[
@@ -334,6 +524,8 @@ async fn run_async(
     notify(&[sd_notify::NotifyState::Stopping]);
     control_task.abort();
     watchdog.abort();
+    writer_task.abort();
+    routes_task.abort();
     outcome
 }
 
@@ -356,30 +548,65 @@ async fn watchdog_loop() {
     }
 }
 
-async fn tun_loop(dev: tun_rs::AsyncDevice, state: Arc<NodeState>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; TUN_BUF_LEN];
-    let mut out = Vec::with_capacity(usize::from(crate::config::OVERLAY_MTU));
+/// Reads the kernel's packets from the TUN into recycled buffers and hands them to the link
+/// task, waiting when it is behind.
+async fn tun_reader(
+    dev: Arc<tun_rs::AsyncDevice>,
+    to_link: mpsc::Sender<Vec<u8>>,
+    mut bufs: mpsc::Receiver<Vec<u8>>,
+    buf_len: usize,
+    state: Arc<NodeState>,
+) -> std::io::Result<()> {
     loop {
+        let mut buf = bufs
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(buf_len));
+        buf.resize(buf_len, 0);
         let n = dev.recv(&mut buf).await?;
+        buf.truncate(n);
         state.tun.packets_in.fetch_add(1, Ordering::Relaxed);
-        let packet = buf.get(..n).unwrap_or(&[]);
-        // No session layer yet: no overlay destination is reachable.
-        match flow::classify_outbound(packet, |_| false, &mut out) {
-            Verdict::Reply(kind) => {
-                tracing::trace!(?kind, "ICMPv6 reply");
-                state.tun.icmp_replies.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = dev.send(&out).await {
-                    tracing::debug!("writing ICMPv6 reply: {e}");
+        if to_link.send(buf).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the packets the link task has for the kernel and hands their buffers back.
+async fn tun_writer(
+    dev: Arc<tun_rs::AsyncDevice>,
+    mut from_link: mpsc::Receiver<Vec<u8>>,
+    bufs: mpsc::Sender<Vec<u8>>,
+    state: Arc<NodeState>,
+) {
+    while let Some(buf) = from_link.recv().await {
+        match dev.send(&buf).await {
+            Ok(_) => state.tun.packets_out.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::debug!("writing to the TUN: {e}");
+                state.tun.write_errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        let _ = bufs.try_send(buf);
+    }
+}
+
+/// Reads the routes through other interfaces now and then, for the inbound source check.
+async fn route_refresher(ifname: String, commands: mpsc::Sender<Command>) {
+    let mut warned = false;
+    loop {
+        match platform::routes::prefixes_elsewhere(&ifname).await {
+            Ok(p) => {
+                if commands.send(Command::ForeignPrefixes(p)).await.is_err() {
+                    return;
                 }
             }
-            Verdict::Drop(reason) => {
-                tracing::trace!(?reason, "dropped a packet from the TUN");
-                state.tun.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!("reading routes for the inbound source check: {e}");
             }
-            Verdict::Forward { .. } => {
-                state.tun.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(_) => {}
         }
+        tokio::time::sleep(ROUTE_REFRESH).await;
     }
 }
 
@@ -406,16 +633,214 @@ fn drain(socket: Option<&UdpSocket>, node: &mut Node, clock: &Clock, buf: &mut [
     }
 }
 
-/// The link task: owns the UDP sockets and the link layer's state machine.
+/// The channels between the link task and the TUN tasks.
+struct Pipes {
+    from_tun: mpsc::Receiver<Vec<u8>>,
+    read_bufs: mpsc::Sender<Vec<u8>>,
+    to_tun: mpsc::Sender<Vec<u8>>,
+    write_bufs: mpsc::Receiver<Vec<u8>>,
+}
+
+/// The link task's side of the packet path: the flow layer between the TUN and the node.
+struct PacketPath {
+    flow: FlowLayer,
+    reply: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+    to_tun: mpsc::Sender<Vec<u8>>,
+    read_bufs: mpsc::Sender<Vec<u8>>,
+    queue_drops: u64,
+    state: Arc<NodeState>,
+}
+
+impl PacketPath {
+    /// A packet from the kernel: through the flow layer to a session, or answered locally.
+    fn kernel_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+        match self.flow.on_tun_packet(now, &mut buf, &mut self.reply) {
+            TunVerdict::Send { dst } => {
+                if node.send_packet(now, dst, &buf).is_err()
+                    && self.flow.on_send_failed(&buf, &mut self.reply)
+                {
+                    self.reply_to_kernel();
+                }
+            }
+            TunVerdict::Reply(kind) => {
+                tracing::trace!(?kind, "ICMPv6 reply to the kernel");
+                self.reply_to_kernel();
+            }
+            TunVerdict::Drop(reason) => tracing::trace!(?reason, "dropped a packet from the TUN"),
+        }
+        let _ = self.read_bufs.try_send(buf);
+    }
+
+    /// A packet from a session: into the kernel, or refused back to the peer.
+    fn peer_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+        match self.flow.on_session_packet(now, &mut buf, &mut self.reply) {
+            SessionVerdict::Deliver => {
+                if let Err(e) = self.to_tun.try_send(buf) {
+                    self.queue_drops += 1;
+                    node.recycle_packet(e.into_inner());
+                }
+                return;
+            }
+            SessionVerdict::Refuse { dst } => {
+                if let Err(e) = node.send_packet(now, dst, &self.reply) {
+                    tracing::trace!(?e, "refusal not sent");
+                }
+            }
+            SessionVerdict::Drop(reason) => {
+                tracing::trace!(?reason, "dropped a packet from a session")
+            }
+        }
+        node.recycle_packet(buf);
+    }
+
+    /// The session layer gave up on `dst`: the flows waiting for it learn at once.
+    fn unreachable(&mut self, dst: &[u8; 16]) {
+        let (spare, to_tun, drops) = (&mut self.spare, &self.to_tun, &mut self.queue_drops);
+        let counter = &self.state.tun.icmp_replies;
+        self.flow.on_unreachable(dst, &mut self.reply, |r| {
+            let mut b = spare.pop().unwrap_or_default();
+            b.clear();
+            b.extend_from_slice(r);
+            match to_tun.try_send(b) {
+                Ok(()) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    *drops += 1;
+                    spare.push(e.into_inner());
+                }
+            }
+        });
+    }
+
+    fn reply_to_kernel(&mut self) {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(&self.reply);
+        match self.to_tun.try_send(b) {
+            Ok(()) => {
+                self.state.tun.icmp_replies.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.queue_drops += 1;
+                self.spare.push(e.into_inner());
+            }
+        }
+    }
+
+    /// A buffer the TUN writer is done with: kept for replies, or handed back to the node.
+    fn returned(&mut self, node: &mut Node, buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(buf);
+        } else {
+            node.recycle_packet(buf);
+        }
+    }
+}
+
+/// Where a control answer goes.
+type AnswerTx = oneshot::Sender<Result<Value, String>>;
+
+/// Pings waiting for their PONG: id -> (destination, answer, sent at).
+#[derive(Default)]
+struct Pings {
+    waiting: HashMap<u64, (Ipv6Addr, AnswerTx, Millis)>,
+}
+
+impl Pings {
+    fn start(&mut self, node: &mut Node, now: Millis, dst: [u8; 16], reply: AnswerTx) {
+        if self.waiting.len() >= MAX_PINGS {
+            let _ = reply.send(Err("too many pings in flight; try again".into()));
+            return;
+        }
+        match node.e2e_ping(now, dst) {
+            Ok(id) => {
+                self.waiting.insert(id, (Ipv6Addr::from(dst), reply, now));
+            }
+            Err(crate::node::sessions::SendError::Unreachable(why)) => {
+                let _ = reply.send(Err(format!(
+                    "{} is unreachable: {why}",
+                    Ipv6Addr::from(dst)
+                )));
+            }
+        }
+    }
+
+    /// The PONG for ping `id` arrived.
+    fn answer(&mut self, id: u64, rtt_ms: f64) {
+        if let Some((dst, reply, _)) = self.waiting.remove(&id) {
+            let _ = reply.send(Ok(
+                json!({"addr": dst.to_string(), "rtt_ms": (rtt_ms * 10.0).round() / 10.0}),
+            ));
+        }
+    }
+
+    fn unreachable(&mut self, dst: &[u8; 16], why: &str) {
+        let dst = Ipv6Addr::from(*dst);
+        let ids: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (d, _, _))| *d == dst)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, reply, _)) = self.waiting.remove(&id) {
+                let _ = reply.send(Err(format!("{dst} is unreachable: {why}")));
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        let old: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, _, at))| now.saturating_sub(*at) >= PING_TIMEOUT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            if let Some((dst, reply, _)) = self.waiting.remove(&id) {
+                let _ = reply.send(Err(format!(
+                    "no answer from {dst} within {} s; the address may be wrong or its service offline",
+                    PING_TIMEOUT_MS / 1000
+                )));
+            }
+        }
+    }
+}
+
+/// The link task: owns the UDP sockets, the node's state machine and the flow layer.
 async fn link_loop(
     sockets: Vec<UdpSocket>,
-    mut link: Node,
+    core: Core,
+    pipes: Pipes,
     clock: Clock,
     state: Arc<NodeState>,
 ) -> std::io::Result<()> {
     if sockets.is_empty() {
         return Ok(());
     }
+    let Core {
+        node: mut link,
+        flow,
+        mut commands,
+    } = core;
+    let Pipes {
+        mut from_tun,
+        read_bufs,
+        to_tun,
+        mut write_bufs,
+    } = pipes;
+    let mut path = PacketPath {
+        flow,
+        reply: Vec::with_capacity(usize::from(crate::config::OVERLAY_MTU)),
+        spare: Vec::new(),
+        to_tun,
+        read_bufs,
+        queue_drops: 0,
+        state: state.clone(),
+    };
+    let mut pings = Pings::default();
     // Which family each socket serves, worked out once (not a syscall per datagram).
     let families: Vec<bool> = sockets
         .iter()
@@ -423,7 +848,10 @@ async fn link_loop(
         .collect();
     let mut buf0 = vec![0u8; 65536];
     let mut buf1 = vec![0u8; 65536];
+    let mut events: Vec<NodeEvent> = Vec::new();
     let mut last_snapshot = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = link
             .poll_timeout()
@@ -443,6 +871,44 @@ async fn link_loop(
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
+            p = from_tun.recv() => {
+                let Some(p) = p else {
+                    return Err(std::io::Error::other("the TUN reader stopped"));
+                };
+                let now = clock.now();
+                path.kernel_packet(&mut link, now, p);
+                for _ in 1..PACKET_BATCH {
+                    match from_tun.try_recv() {
+                        Ok(p) => path.kernel_packet(&mut link, now, p),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(b) = write_bufs.recv() => {
+                path.returned(&mut link, b);
+                while let Ok(b) = write_bufs.try_recv() {
+                    path.returned(&mut link, b);
+                }
+            }
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
+                Command::ForeignPrefixes(p) => {
+                    path.flow.policy_mut().set_foreign_prefixes(p);
+                    if let Ok(mut snap) = state.links.lock() {
+                        snap.foreign_prefixes = path
+                            .flow
+                            .policy_mut()
+                            .foreign_prefixes()
+                            .map(|(a, l)| format!("{a}/{l}"))
+                            .collect();
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let now = clock.now();
+                path.flow.sweep(now);
+                pings.expire(now);
+            }
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -463,8 +929,8 @@ async fn link_loop(
             }
             link.recycle(t.data);
         }
-        let events: Vec<NodeEvent> = link.drain_events().collect();
-        for e in events {
+        events.extend(link.drain_events());
+        for e in events.drain(..) {
             match e {
                 NodeEvent::Link(LinkEvent::Up { link: id, identity }) => {
                     tracing::info!(link = id.0, relay = identity.is_some(), "link up")
@@ -487,10 +953,29 @@ async fn link_loop(
                 NodeEvent::Dht { token, outcome } => {
                     tracing::debug!(token, ?outcome, "DHT query done")
                 }
-                NodeEvent::Packet { buf } => link.recycle_packet(buf),
-                NodeEvent::Unreachable { .. } => {}
+                NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
+                NodeEvent::Unreachable { dst, why } => {
+                    tracing::debug!(why, "an overlay destination is unreachable");
+                    path.unreachable(&dst);
+                    pings.unreachable(&dst, &why);
+                }
+                NodeEvent::Pong { id, rtt_ms, .. } => pings.answer(id, rtt_ms as f64),
                 NodeEvent::Link(LinkEvent::Dht { .. }) => {}
             }
+        }
+        // Replies made while handling events (refusals) leave now, not at the next wake-up.
+        while let Some(t) = link.poll_transmit() {
+            let socket = sockets
+                .iter()
+                .zip(&families)
+                .find(|(_, v4)| **v4 == t.dst.is_ipv4())
+                .map(|(s, _)| s);
+            if let Some(s) = socket {
+                if let Err(e) = s.send_to(&t.data, t.dst).await {
+                    tracing::debug!("UDP send to {}: {e}", t.dst);
+                }
+            }
+            link.recycle(t.data);
         }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
@@ -508,6 +993,11 @@ async fn link_loop(
                 snap.relayed = link.circ.relayed_count();
                 snap.circ_stats = link.circ.stats().clone();
                 snap.path_error = link.path_error().map(str::to_string);
+                snap.flow = path.flow.stats().clone();
+                snap.flows = path.flow.flows();
+                snap.queue_drops = path.queue_drops;
+                snap.services = link.services_info();
+                snap.sessions = link.sessions_info();
             }
         }
     }

@@ -14,6 +14,7 @@
 //! | [`control`]  | the Unix control socket (daemon side and client side)                |
 //! | [`cli`]      | the `globalnet` command line                                         |
 //! | [`daemon`]   | wires the layers together and owns the I/O tasks                     |
+//! | [`demo`]     | `globalnet demo`: a local network in namespaces reaching a service   |
 //!
 //! The session, circuit, link and wire layers arrive with their issues; docs/protocol.md specifies them.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod daemon;
+pub mod demo;
 pub mod dht;
 pub mod flow;
 pub mod link;

@@ -133,6 +133,9 @@ pub struct Sim {
     pub lost: u64,
     /// Datagrams a NAT box dropped (no mapping, or filtered).
     pub nat_dropped: u64,
+    /// Pairs of underlay IPs that cannot reach each other (either direction): a firewall
+    /// between two networks, for tests of fallbacks and recovery.
+    pub blocked: Vec<(IpAddr, IpAddr)>,
     boxes: Vec<NatBox>,
 }
 
@@ -167,6 +170,7 @@ impl Sim {
             delivered: 0,
             lost: 0,
             nat_dropped: 0,
+            blocked: Vec::new(),
             boxes: Vec::new(),
         }
     }
@@ -460,6 +464,17 @@ impl Sim {
             self.now = next;
             if next_dgram == Some(next) {
                 if let Some(Reverse((_, _, dest, from, data))) = self.queue.pop() {
+                    if let Dest::Addr(a) = dest {
+                        let (x, y) = (from.ip(), a.ip());
+                        if self
+                            .blocked
+                            .iter()
+                            .any(|&(p, q)| (p, q) == (x, y) || (p, q) == (y, x))
+                        {
+                            self.lost += 1;
+                            continue;
+                        }
+                    }
                     let to = match dest {
                         Dest::Node(i) => Some(i),
                         Dest::Addr(a) => {
@@ -517,6 +532,12 @@ impl Sim {
             }
         }
         self.now = until;
+    }
+
+    /// Sends what node `i` queued after a direct call into it (`send_packet`, `e2e_ping`, ...),
+    /// collects its events and reschedules its timer.
+    pub fn flush(&mut self, i: usize) {
+        self.collect(i);
     }
 
     /// Runs for `ms` more milliseconds of virtual time.

@@ -130,10 +130,26 @@ fn check_names_file_line_key_and_hint() {
 fn status_without_daemon_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("control.sock");
-    for cmd in ["status", "peers", "circuits", "services"] {
+    for cmd in ["status", "peers", "circuits", "services", "sessions"] {
         let o = gn(&[cmd, "--control", sock.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(1));
         assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    }
+    let o = gn(&["ping", "fd00::1", "--control", sock.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+}
+
+#[test]
+fn ping_refuses_what_is_not_an_overlay_address() {
+    for bad in ["example.com", "192.0.2.1", "2001:db8::1"] {
+        let o = gn(&["ping", bad, "--control", "/nonexistent.sock"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr(&o).contains("fd00::/8") || stderr(&o).contains("fd52"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -141,6 +157,7 @@ fn status_without_daemon_says_what_to_do() {
 fn every_subcommand_has_help_with_examples() {
     for cmd in [
         "keygen", "address", "check", "daemon", "status", "peers", "circuits", "services",
+        "sessions", "ping",
     ] {
         let o = gn(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");

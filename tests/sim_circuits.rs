@@ -260,4 +260,9 @@ fn builds_survive_five_percent_loss() {
         built_total > failures,
         "{failures} failures for {built_total} builds"
     );
+    // EXTEND and EXTENDED are resent (protocol 8.4): most builds survive a lost cell.
+    assert!(
+        failures * 100 <= (built_total + failures) * 15,
+        "{failures} failures for {built_total} builds"
+    );
 }

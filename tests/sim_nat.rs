@@ -358,3 +358,45 @@ fn links_survive_a_nat_rebinding() {
         new
     );
 }
+
+#[test]
+fn a_relayed_link_becomes_direct_when_punching_works_again() {
+    let mut sim = public_relays(5, 21);
+    let a = sim.add_node_behind(true, &[0], 3, &[NatKind::PortRestricted]);
+    let b = sim.add_node_behind(true, &[1], 3, &[NatKind::PortRestricted]);
+    let (ia, ib) = (sim.public_ip(a).unwrap(), sim.public_ip(b).unwrap());
+    // A firewall between the two NATs: punching fails, a dial falls back to a relayed link.
+    sim.blocked.push((ia, ib));
+    sim.run_for(30_000);
+    let t = match linked(&sim, a, b) {
+        Some(_) => 0,
+        None => {
+            dial(&mut sim, a, b);
+            time_to_link(&mut sim, a, b, 40_000).expect("no relayed link")
+        }
+    };
+    let p = linked(&sim, a, b).unwrap();
+    assert!(!p.direct, "direct through a firewall: {p:?}");
+    println!("blocked: relayed link after {t} ms");
+    // The firewall goes; the side with the smaller link key punches again and the link goes
+    // direct without ever going down.
+    sim.blocked.clear();
+    let mut direct_at = None;
+    for step in 0..120 {
+        sim.run_for(500);
+        let p = linked(&sim, a, b).expect("the relayed link went down");
+        let q = linked(&sim, b, a).expect("the relayed link went down");
+        if p.direct && q.direct {
+            direct_at = Some(step * 500);
+            break;
+        }
+    }
+    let t = direct_at.expect("still relayed 60 s after the firewall went");
+    println!("upgraded to direct {t} ms after the firewall went");
+    let upgraded: u64 = [a, b]
+        .iter()
+        .map(|&i| sim.nodes[i].node.link.stats().upgraded_links)
+        .sum();
+    assert!(upgraded >= 1);
+    assert_eq!(Some(linked(&sim, a, b).unwrap().endpoint.ip()), Some(ib));
+}

@@ -389,6 +389,74 @@ impl Lab {
         }
     }
 
+    /// The hub namespace (the switch) as a host, e.g. to capture the underlay's traffic.
+    pub fn hub(&self) -> Host {
+        Host {
+            name: "hub".into(),
+            ns: self.hub.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// Starts a long-running program inside `host`, stopped with the lab; its output goes to
+    /// `<run dir>/<name>.log`. With `ready`, waits until the program prints a line containing it
+    /// (panicking with the log if it exits first). Returns its pid.
+    pub fn spawn(
+        &mut self,
+        host: &Host,
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        ready: Option<&str>,
+    ) -> u32 {
+        let log = self.dir.join(format!("{name}.log"));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let mut cmd = self.cmd(host, program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stderr(logf.try_clone().expect("log"));
+        if ready.is_some() {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(logf.try_clone().expect("log"));
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        if let Some(word) = ready {
+            let stdout = child.stdout.take().expect("stdout");
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            assert!(
+                line.contains(word),
+                "{name} did not get ready (first line {line:?}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            // Keep draining, or the program dies of SIGPIPE on its next line.
+            let mut logf = logf;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut logf);
+            });
+        }
+        let pid = child.id();
+        self.track(child, name.to_string());
+        pid
+    }
+
+    /// Sends `signal` to a process started by this lab and waits up to 5 s for it to exit.
+    pub fn signal(&mut self, pid: u32, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match self.child_mut(pid).map(|c| c.try_wait()) {
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
+        panic!("process {pid} did not exit within 5 s after {signal:?}");
+    }
+
     /// Waits until the daemon answers `status` on its control socket; returns the status JSON.
     pub fn wait_ready(&mut self, d: &Daemon, timeout: Duration) -> serde_json::Value {
         let mut last = String::new();

@@ -24,7 +24,7 @@ use crate::wire::cell::{
 };
 use crate::wire::handshake::{ClientExt, CreatedHandshake};
 use crate::wire::relay::{
-    emit_relay_message, Extend, Extended, RelayCommand, RelayError, RelayMessage,
+    emit_relay_message, Extend, Extended, RelayCommand, RelayError, RelayMessage, EXTEND_LEN,
     EXTEND_LINK_SPEC_LEN, RELAY_CHECK_LEN,
 };
 
@@ -145,6 +145,8 @@ pub struct ClientCircuit {
     circ_id: u32,
     hops: Vec<HopKeys>,
     pending: Option<ClientHandshake>,
+    /// The EXTEND payload in flight, to resend in a fresh cell if no EXTENDED comes back.
+    pending_extend: Option<Box<[u8; EXTEND_LEN]>>,
     /// `W` for the next hop.
     next_w: u64,
     fwd_counter: u64,
@@ -189,6 +191,7 @@ impl ClientCircuit {
             circ_id,
             hops: Vec::with_capacity(4),
             pending: Some(hs),
+            pending_extend: None,
             next_w: 0,
             fwd_counter: 0,
             bwd_window: ReplayWindow::new(),
@@ -210,6 +213,7 @@ impl ClientCircuit {
             circ_id,
             hops,
             pending: None,
+            pending_extend: None,
             next_w,
             fwd_counter: 0,
             bwd_window: ReplayWindow::new(),
@@ -305,12 +309,36 @@ impl ClientCircuit {
             .map_err(ClientError::Relay)?;
         self.seal_forward(CellCommand::RelayEarly, cell)?;
         self.pending = Some(hs);
+        let mut keep = Box::new([0u8; EXTEND_LEN]);
+        if let (Some(dst), Some(src)) = (keep.get_mut(..payload.len()), payload.get(..EXTEND_LEN)) {
+            dst.copy_from_slice(src);
+        }
+        self.pending_extend = Some(keep);
         Ok(())
+    }
+
+    /// Resend the EXTEND in flight in a fresh RELAY_EARLY cell (a new sequence number: an
+    /// identical cell would be dropped as a replay by every hop it already reached). The
+    /// handshake inside is the same, so the new hop answers a duplicate identically.
+    pub fn resend_extend(&mut self, cell: &mut [u8; CELL_LEN]) -> Result<(), ClientError> {
+        let payload = self
+            .pending_extend
+            .as_deref()
+            .copied()
+            .ok_or(ClientError::NoHandshakePending)?;
+        if self.pending.is_none() {
+            return Err(ClientError::NoHandshakePending);
+        }
+        let mut view = Cell::new(&mut *cell);
+        emit_relay_message(view.body_mut(), RelayCommand::Extend, &payload)
+            .map_err(ClientError::Relay)?;
+        self.seal_forward(CellCommand::RelayEarly, cell)
     }
 
     /// Take the payload of an EXTENDED message [`receive`](Self::receive) delivered.
     pub fn on_extended(&mut self, payload: &[u8]) -> Result<(), ClientError> {
         let hs = self.pending.take().ok_or(ClientError::NoHandshakePending)?;
+        self.pending_extend = None;
         let ext = Extended::new_checked(payload).map_err(ClientError::Relay)?;
         if ext.status() != 0 {
             return Err(ClientError::ExtendFailed(ext.status()));

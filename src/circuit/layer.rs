@@ -25,7 +25,9 @@ use crate::wire::cell::{
 };
 use crate::wire::handshake::{ServerExt, CREATED_HS_LEN, CREATE_HS_LEN};
 use crate::wire::record::{LinkSpec, RelayRecord};
-use crate::wire::relay::{Extend, ExtendedStatus, RelayCommand, EXTEND_LINK_SPEC_LEN};
+use crate::wire::relay::{
+    Extend, ExtendedStatus, RelayCommand, EXTEND_LINK_SPEC_LEN, RELAY_PAYLOAD_LEN,
+};
 
 /// Circuits one link may carry.
 pub const MAX_CIRCUITS_PER_LINK: usize = 4096;
@@ -53,6 +55,16 @@ pub const RELAY_CIRCUIT_IDLE_TIMEOUT_MS: Millis = 900_000;
 pub const CREATE_RETRY_MS: Millis = 1_000;
 /// ... at most this many times.
 pub const CREATE_RETRIES: u8 = 2;
+/// An unanswered EXTEND is resent (in a fresh cell) after this long: longer than the relay's own
+/// EXTENDED resends ([`EXTENDED_RESEND_MS`]), so that a lost EXTENDED is repaired by the relay
+/// and the client resends only when its EXTEND itself was lost.
+pub const EXTEND_RESEND_MS: Millis = 2_500;
+/// EXTEND resends per hop (each costs a RELAY_EARLY cell at every earlier hop).
+pub const EXTEND_RESENDS: u8 = 1;
+/// A relay resends its EXTENDED this often until the client's next cell shows it arrived.
+pub const EXTENDED_RESEND_MS: Millis = 1_000;
+/// EXTENDED resends.
+pub const EXTENDED_RESENDS: u8 = 2;
 /// Cells held for a circuit while its next hop is being reached.
 pub const CIRCUIT_QUEUE_CELLS: usize = 128;
 /// Memory charged per relayed circuit (hop state, two routes, maps).
@@ -244,6 +256,14 @@ struct PendingExtend {
     retries: u8,
 }
 
+/// A relay's answer kept for a resend, until the client's next cell shows it arrived.
+enum Answer {
+    /// Our CREATED, with the hash of the CREATE it answers (a resent CREATE gets it again).
+    Created([u8; 32], [u8; CELL_LEN]),
+    /// Our EXTENDED (sent at, resends so far), resent on a timer.
+    Extended(Millis, u8, [u8; CELL_LEN]),
+}
+
 struct Relayed {
     hop: RelayHop,
     up: (LinkId, u32),
@@ -253,7 +273,7 @@ struct Relayed {
     extend: Option<PendingExtend>,
     /// Hash of the CREATE bytes and our CREATED cell, to answer a resent CREATE identically
     /// (dropped once the first relay cell shows the client got it).
-    answer: Option<Box<([u8; 32], [u8; CELL_LEN])>>,
+    answer: Option<Box<Answer>>,
     /// The circuit this one is spliced to (a rendezvous point joins two circuits, 10.6).
     splice: Option<u64>,
     /// Whether a role above saw this circuit (then it hears when it closes).
@@ -338,6 +358,9 @@ pub struct CircuitLayer {
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
     stats: CircuitStats,
+    /// Payload buffers of delivered messages, handed back with [`CircuitLayer::recycle_payload`]
+    /// so that a steady stream of DATA allocates nothing per message.
+    payloads: Vec<Vec<u8>>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -379,6 +402,7 @@ impl CircuitLayer {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             stats: CircuitStats::default(),
+            payloads: Vec::new(),
         }
     }
 
@@ -613,9 +637,11 @@ impl CircuitLayer {
         if let Some((slot, Dir::Up)) = self.routes.get(&key).copied() {
             // A resent CREATE (its CREATED was lost): answer identically.
             let digest = create_digest(cell);
-            if let Some(Some(ans)) = self.relayed.get(&slot).map(|r| r.answer.as_ref()) {
-                if ans.0 == digest {
-                    let out = ans.1;
+            if let Some(Some(Answer::Created(d, out))) =
+                self.relayed.get(&slot).map(|r| r.answer.as_deref())
+            {
+                if *d == digest {
+                    let out = *out;
                     self.push_cell(link, out);
                     return;
                 }
@@ -697,7 +723,7 @@ impl CircuitLayer {
                 created_at: now,
                 last_cell: now,
                 extend: None,
-                answer: Some(Box::new((create_digest(cell), out))),
+                answer: Some(Box::new(Answer::Created(create_digest(cell), out))),
                 splice: None,
                 role: false,
                 _charge: charge,
@@ -931,6 +957,11 @@ impl CircuitLayer {
         let Some(r) = self.relayed.get_mut(&slot) else {
             return;
         };
+        if r.extend.as_ref().is_some_and(|e| e.create == create) {
+            // The client resent an EXTEND we are still working on (its timer ran out before
+            // our CREATE was answered): our own retries carry on.
+            return;
+        }
         if r.hop.begin_extend(early).is_err() {
             refuse(self, ExtendedStatus::Refused);
             return;
@@ -1018,6 +1049,7 @@ impl CircuitLayer {
         match r.hop.finish_extend(&created, down_id, &mut out) {
             Ok(()) => {
                 r.extend = None;
+                r.answer = Some(Box::new(Answer::Extended(now, 0, out)));
                 self.push_cell(up, out);
             }
             Err(_) => self.destroy_relayed(now, slot, None),
@@ -1216,8 +1248,16 @@ impl CircuitLayer {
             return;
         };
         let Some(c) = o.circ.as_mut() else { return };
+        let mut buf = self
+            .payloads
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RELAY_PAYLOAD_LEN));
+        buf.clear();
         let (cmd, payload) = match c.receive(cell) {
-            Ok(m) => (m.cmd_raw(), m.payload().to_vec()),
+            Ok(m) => {
+                buf.extend_from_slice(m.payload());
+                (m.cmd_raw(), buf)
+            }
             Err(e) => {
                 self.stats.dropped += 1;
                 if e.tears_down() {
@@ -1243,6 +1283,13 @@ impl CircuitLayer {
         }
         self.events
             .push_back(CircEvent::Message { id, cmd, payload });
+    }
+
+    /// Returns the payload buffer of a [`CircEvent::Message`] for reuse.
+    pub fn recycle_payload(&mut self, buf: Vec<u8>) {
+        if self.payloads.len() < 64 && buf.capacity() >= RELAY_PAYLOAD_LEN {
+            self.payloads.push(buf);
+        }
     }
 
     /// Sends a relay message to the last hop of our built circuit.
@@ -1368,17 +1415,18 @@ impl CircuitLayer {
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            let built = self.own.get(&id).is_some_and(|o| o.built_at.is_some());
-            self.close_own(
-                now,
-                id,
-                if built {
-                    "retired (age)"
-                } else {
-                    "build timed out"
+            let why = match self.own.get(&id) {
+                Some(o) if o.built_at.is_some() => "retired (age)".to_string(),
+                Some(o) => match o.state {
+                    OwnState::Linking => "build timed out (no link to the first hop)".to_string(),
+                    OwnState::Extending { next } => {
+                        format!("build timed out (hop {} of {})", next + 1, o.path.len())
+                    }
+                    OwnState::Ready => "build timed out".to_string(),
                 },
-                true,
-            );
+                None => continue,
+            };
+            self.close_own(now, id, &why, true);
         }
         let mut failed_extends = Vec::new();
         let mut expired = Vec::new();
@@ -1399,13 +1447,46 @@ impl CircuitLayer {
         // answered again by the relay, or dropped by its replay window).
         let mut resend: Vec<(LinkId, [u8; CELL_LEN])> = Vec::new();
         for o in self.own.values_mut() {
-            if let (Some(cell), Some(link)) = (o.setup.as_ref(), o.link) {
-                if now.saturating_sub(o.setup_sent) >= CREATE_RETRY_MS
-                    && o.setup_retries < CREATE_RETRIES
+            let Some(link) = o.link else { continue };
+            match o.state {
+                OwnState::Extending { next: 0 } => {
+                    if let Some(cell) = o.setup.as_ref() {
+                        if now.saturating_sub(o.setup_sent) >= CREATE_RETRY_MS
+                            && o.setup_retries < CREATE_RETRIES
+                        {
+                            o.setup_retries += 1;
+                            o.setup_sent = now;
+                            resend.push((link, **cell));
+                        }
+                    }
+                }
+                OwnState::Extending { .. }
+                    if now.saturating_sub(o.setup_sent) >= EXTEND_RESEND_MS
+                        && o.setup_retries < EXTEND_RESENDS =>
                 {
-                    o.setup_retries += 1;
-                    o.setup_sent = now;
-                    resend.push((link, **cell));
+                    let mut cell = [0u8; CELL_LEN];
+                    if let Some(c) = o.circ.as_mut() {
+                        if c.resend_extend(&mut cell).is_ok() {
+                            o.setup_retries += 1;
+                            o.setup_sent = now;
+                            resend.push((link, cell));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for r in self.relayed.values_mut() {
+            let Some(Answer::Extended(at, n, cell)) = r.answer.as_deref_mut() else {
+                continue;
+            };
+            if now.saturating_sub(*at) >= EXTENDED_RESEND_MS {
+                if *n < EXTENDED_RESENDS {
+                    *at = now;
+                    *n += 1;
+                    resend.push((r.up.0, *cell));
+                } else {
+                    r.answer = None;
                 }
             }
         }

@@ -19,7 +19,7 @@ use crate::crypto::NodeKeys;
     name = "globalnet",
     version,
     about = "A decentralized, anonymous overlay network: hidden services as fd00::/8 IPv6 addresses",
-    after_help = "Examples:\n  sudo globalnet keygen            create this node's keys, print its address\n  globalnet check --config my.toml validate a config\n  sudo globalnet daemon            run the node with /etc/globalnet/config.toml\n  globalnet status                 ask the running daemon how it is"
+    after_help = "Examples:\n  sudo globalnet keygen            create this node's keys, print its address\n  globalnet check --config my.toml validate a config\n  sudo globalnet daemon            run the node with /etc/globalnet/config.toml\n  globalnet status                 ask the running daemon how it is\n  globalnet ping fd52:b1e::9a33    reach a hidden service and time the round trip"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -59,9 +59,39 @@ enum Command {
     /// List circuits (own and relayed)
     #[command(after_help = "Examples:\n  globalnet circuits\n  globalnet circuits --json")]
     Circuits(QueryArgs),
-    /// List this node's own hidden services
-    #[command(after_help = "Examples:\n  globalnet services\n  globalnet services --json")]
+    /// List this node's own hidden services: address, exposed ports, intro points, descriptor age
+    #[command(
+        after_help = "Examples:\n  globalnet services\n  globalnet services --json\n\nA node hosts its default service when [expose] in the config lists ports; only those\nports are reachable on its address, everything else is refused."
+    )]
     Services(QueryArgs),
+    /// List end-to-end sessions with hidden services (as client) and with their visitors (as service)
+    #[command(after_help = "Examples:\n  globalnet sessions\n  globalnet sessions --json")]
+    Sessions(QueryArgs),
+    /// Reach an overlay address end to end and report the round-trip time (exit 0 if it answered)
+    #[command(
+        after_help = "Examples:\n  globalnet ping fd52:b1e::9a33\n  globalnet ping -c 10 fd52:b1e::9a33\n  globalnet ping --json -c 3 fd52:b1e::9a33\n\nThe daemon sends an end-to-end PING on the session with the address (making one if needed:\nthe first answer includes the introduction and rendezvous) and times the PONG. Unlike\nping(8) it needs no open port and no ICMPv6 on the far side; ping(8) works too, over gn0."
+    )]
+    Ping(PingArgs),
+    /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
+    #[command(
+        after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
+    )]
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct PingArgs {
+    /// The overlay address to reach (fd00::/8)
+    #[arg(value_name = "ADDR")]
+    addr: String,
+    /// Stop after COUNT pings
+    #[arg(short = 'c', long, value_name = "COUNT", default_value_t = 4)]
+    count: u32,
+    /// Seconds between pings
+    #[arg(short = 'i', long, value_name = "SECS", default_value_t = 1.0)]
+    interval: f64,
+    #[command(flatten)]
+    query: QueryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +230,96 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Peers(q) => query(&q, "peers", print_peers),
         Command::Circuits(q) => query(&q, "circuits", print_circuits),
         Command::Services(q) => query(&q, "services", print_services),
+        Command::Sessions(q) => query(&q, "sessions", print_sessions),
+        Command::Ping(args) => ping(&args),
+        Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
+    }
+}
+
+fn ping(args: &PingArgs) -> Result<(), Failure> {
+    let addr: std::net::Ipv6Addr = args.addr.parse().map_err(|_| {
+        Failure::Usage(format!(
+            "`{}` is not an IPv6 address; give a GlobalNet address such as fd52:b1e::9a33 (see `globalnet services` on the other node)",
+            args.addr
+        ))
+    })?;
+    if !crate::crypto::is_overlay(&addr) {
+        return Err(Failure::Usage(format!(
+            "{addr} is not an overlay address; GlobalNet addresses are in fd00::/8"
+        )));
+    }
+    if args.count == 0 || !(0.2..=60.0).contains(&args.interval) {
+        return Err(Failure::Usage(
+            "give a count of at least 1 and an interval between 0.2 and 60 seconds".into(),
+        ));
+    }
+    let path = control_path(&args.query)?;
+    let json = args.query.json;
+    if !json {
+        println!("PING {addr}: end to end through onion circuits");
+    }
+    let started = std::time::Instant::now();
+    let mut rtts: Vec<f64> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for seq in 1..=args.count {
+        let t0 = std::time::Instant::now();
+        let mut req = control::Request::new("ping");
+        req.addr = Some(addr.to_string());
+        match control::request_with(&path, &req, std::time::Duration::from_secs(45)) {
+            Ok(v) => {
+                let rtt = v["rtt_ms"].as_f64().unwrap_or(0.0);
+                rtts.push(rtt);
+                if !json {
+                    println!("reply from {addr}: seq={seq} time={rtt:.1} ms");
+                }
+            }
+            Err(control::ControlError::Daemon(m)) => {
+                if !json {
+                    println!("no reply: seq={seq}: {m}");
+                }
+                errors.push(m);
+            }
+            // The daemon is not there or not ours to use: nothing to retry.
+            Err(e) => return Err(Failure::Runtime(e.to_string())),
+        }
+        if seq < args.count {
+            let wait = std::time::Duration::from_secs_f64(args.interval);
+            std::thread::sleep(wait.saturating_sub(t0.elapsed()));
+        }
+    }
+    let sent = args.count as usize;
+    let received = rtts.len();
+    let loss = 100.0 * (sent - received) as f64 / sent as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "addr": addr.to_string(),
+                "sent": sent,
+                "received": received,
+                "rtt_ms": rtts,
+                "errors": errors,
+            })
+        );
+    } else {
+        println!("--- {addr} ping statistics ---");
+        println!(
+            "{sent} sent, {received} received, {loss:.0}% loss, time {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        if received > 0 {
+            let min = rtts.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = rtts.iter().copied().fold(0.0, f64::max);
+            let avg = rtts.iter().sum::<f64>() / received as f64;
+            println!("rtt min/avg/max = {min:.1}/{avg:.1}/{max:.1} ms");
+        }
+    }
+    if received > 0 {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(format!(
+            "{addr} did not answer; check the address, that its node runs (`globalnet services` there) and that this node has peers (`globalnet status`)"
+        )))
     }
 }
 
@@ -281,6 +401,17 @@ fn print_status(v: &Value) -> String {
                 s(&v["circuits"]["own"]),
                 s(&v["circuits"]["ready"]),
                 s(&v["circuits"]["relayed"])
+            ),
+        ),
+        (
+            "sessions",
+            format!(
+                "{}, {} flows ({} refused, {} dropped)",
+                s(&v["sessions"]),
+                s(&v["flows"]["active"]),
+                s(&v["flows"]["refused"]),
+                v["flows"]["dropped_from_peers"].as_u64().unwrap_or(0)
+                    + v["flows"]["dropped_from_kernel"].as_u64().unwrap_or(0)
             ),
         ),
         ("nat", s(&v["nat"])),
@@ -384,25 +515,80 @@ fn print_circuits(v: &Value) -> String {
 fn print_services(v: &Value) -> String {
     let list = v.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        return "no services\n".into();
+        return "no services (list ports under [expose] in the config to host this node's service)\n"
+            .into();
     }
+    let ports = |p: &Value| -> String {
+        let list: Vec<String> = p
+            .as_array()
+            .map(|a| a.iter().map(|x| x.to_string()).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(",")
+        }
+    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
             vec![
                 s(&c["address"]),
-                s(&c["tcp"]),
-                s(&c["udp"]),
+                ports(&c["tcp"]),
+                ports(&c["udp"]),
                 c["intro_points"]
                     .as_array()
                     .map_or(0, |a| a.len())
                     .to_string(),
-                s(&c["descriptor_age_s"]),
+                c["descriptor_age_s"]
+                    .as_u64()
+                    .map_or("not published yet".into(), duration),
+                c["sessions"].as_u64().unwrap_or(0).to_string(),
             ]
         })
         .collect();
     table(
-        &["ADDRESS", "TCP", "UDP", "INTRO POINTS", "DESCRIPTOR AGE S"],
+        &[
+            "ADDRESS",
+            "TCP",
+            "UDP",
+            "INTRO POINTS",
+            "DESCRIPTOR AGE",
+            "SESSIONS",
+        ],
+        &rows,
+    )
+}
+
+fn print_sessions(v: &Value) -> String {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no sessions\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                s(&c["peer"]),
+                s(&c["role"]),
+                s(&c["state"]),
+                s(&c["circuits"]),
+                s(&c["flows"]),
+                duration(c["age_s"].as_u64().unwrap_or(0)),
+                s(&c["local"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PEER",
+            "ROLE",
+            "STATE",
+            "CIRCUITS",
+            "FLOWS",
+            "AGE",
+            "OUR ADDRESS",
+        ],
         &rows,
     )
 }
@@ -427,6 +613,35 @@ mod tests {
             ],
         );
         assert_eq!(t, "A     BB\nlong  x\ns     yy\n");
+    }
+
+    #[test]
+    fn services_table() {
+        let v = serde_json::json!([{
+            "address": "fd00::1", "tcp": [22, 80], "udp": [],
+            "intro_points": ["a", "b", "c"], "descriptor_age_s": 75
+        }, {
+            "address": "fd00::2", "tcp": [], "udp": [53],
+            "intro_points": [], "descriptor_age_s": null
+        }]);
+        let t = print_services(&v);
+        assert!(
+            t.contains("fd00::1  22,80  -    3             1m 15s"),
+            "{t}"
+        );
+        assert!(t.contains("not published yet"), "{t}");
+        assert!(print_services(&serde_json::json!([])).contains("[expose]"));
+    }
+
+    #[test]
+    fn ping_refuses_bad_addresses_before_asking_the_daemon() {
+        for bad in ["example.com", "2001:db8::1"] {
+            let cli = Cli::try_parse_from(["globalnet", "ping", bad]).unwrap();
+            let Command::Ping(args) = cli.command else {
+                panic!()
+            };
+            assert!(matches!(ping(&args), Err(Failure::Usage(_))));
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -47,6 +47,15 @@ pub struct Config {
     pub expose: ExposeConfig,
     /// Resource limits.
     pub limits: LimitsConfig,
+    /// How this node appears to the services it visits.
+    pub client: ClientConfig,
+}
+
+/// `[client]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientConfig {
+    /// Destinations shown this node's real address instead of a per-destination pseudonym.
+    pub real_identity: Vec<Ipv6Addr>,
 }
 
 /// `[limits]`
@@ -123,6 +132,7 @@ impl Default for Config {
                 memory_budget_mb: 256,
                 max_links: 1024,
             },
+            client: ClientConfig::default(),
         }
     }
 }
@@ -296,6 +306,34 @@ impl Config {
                 c.expose.udp = ports(&list, "expose.udp", &err)?;
             }
         }
+        if let Some(client) = raw.client {
+            if let Some(list) = client.real_identity {
+                for item in list {
+                    let addr = item
+                        .get_ref()
+                        .parse::<Ipv6Addr>()
+                        .ok()
+                        .filter(crate::crypto::is_overlay)
+                        .ok_or_else(|| {
+                            err(
+                                item.span(),
+                                "client.real_identity",
+                                format!("`{}` is not an overlay address", item.get_ref()),
+                                "list fd00::/8 addresses of services that may see this node's own address, e.g. [\"fd52:0b1e::9a33\"]",
+                            )
+                        })?;
+                    if c.client.real_identity.contains(&addr) {
+                        return Err(err(
+                            item.span(),
+                            "client.real_identity",
+                            format!("`{addr}` is listed twice"),
+                            "remove the duplicate",
+                        ));
+                    }
+                    c.client.real_identity.push(addr);
+                }
+            }
+        }
         Ok(c)
     }
 }
@@ -415,6 +453,13 @@ struct RawConfig {
     paths: Option<RawPaths>,
     expose: Option<RawExpose>,
     limits: Option<RawLimits>,
+    client: Option<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    real_identity: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +675,8 @@ ipv6_subnet_family_prefix = 128
 [expose]
 tcp = [80, 22]
 udp = [53]
+[client]
+real_identity = ["fd52:b1e::9a33"]
 "#;
         let c = Config::parse(text, "t.toml").unwrap();
         assert_eq!(c.user.as_deref(), Some("nobody"));
@@ -637,6 +684,10 @@ udp = [53]
         assert_eq!(c.network.listen.len(), 2);
         assert_eq!(c.expose.tcp, vec![22, 80]);
         assert_eq!(c.paths.ipv6_subnet_family_prefix, 128);
+        assert_eq!(
+            c.client.real_identity,
+            vec!["fd52:b1e::9a33".parse::<Ipv6Addr>().unwrap()]
+        );
         // Exposing services turns relaying off by default...
         assert!(!c.relay_enabled());
         // ...unless the operator says otherwise.
@@ -708,6 +759,13 @@ udp = [53]
 
         let e = bad("[paths]\nipv6_subnet_family_prefix = 129\n");
         assert_eq!(e.key, "paths.ipv6_subnet_family_prefix");
+
+        let e = bad("[client]\nreal_identity = [\"2001:db8::1\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "client.real_identity"), "{e}");
+        let e = bad("[client]\nreal_identity = [\"fd00::1\", \"fd00::1\"]\n");
+        assert!(e.message.contains("twice"), "{e}");
+        let e = bad("[client]\nreal_identities = []\n");
+        assert_eq!(e.key, "client.real_identities", "{e}");
 
         let e = bad("[tun\nname = 1");
         assert_eq!(e.line, 1, "{e}");

@@ -5,6 +5,11 @@
 //! the daemon answers with one JSON line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
 //! Requests are capped in size and time, and connections in number, so a local user in the group
 //! cannot tie the daemon up.
+//!
+//! Commands: `status`, `peers`, `circuits`, `services`, `sessions`, and `ping` with an `addr`
+//! field (`{"v":1,"cmd":"ping","addr":"fd.."}`), whose answer comes when the peer answered or
+//! failed: `{"ok":true,"result":{"addr":"fd..","rtt_ms":41.2}}`. Fields are only ever added, so a
+//! request that omits the optional ones means what it meant before.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,14 +36,39 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Request {
     /// Protocol version.
     pub v: u32,
-    /// The command: `status`, `peers`, `circuits`, `services`.
+    /// The command: `status`, `peers`, `circuits`, `services`, `sessions`, `ping`.
     pub cmd: String,
+    /// The overlay address a command is about (`ping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+}
+
+impl Request {
+    /// A request for `cmd` with no arguments.
+    pub fn new(cmd: &str) -> Request {
+        Request {
+            v: CONTROL_VERSION,
+            cmd: cmd.to_string(),
+            addr: None,
+        }
+    }
+}
+
+/// The longest a deferred answer (a `ping`) may take before the daemon answers with an error.
+pub const DEFERRED_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// An answer: ready now, or later from the task that owns the state (a ping waits for the peer).
+pub enum Answer {
+    /// The result or error now.
+    Now(Result<Value, String>),
+    /// The result or error when it is known.
+    Later(tokio::sync::oneshot::Receiver<Result<Value, String>>),
 }
 
 /// Answers control requests; implemented by the daemon.
 pub trait Handler: Send + Sync + 'static {
-    /// The result for a command, or an error message for the client.
-    fn handle(&self, cmd: &str) -> Result<Value, String>;
+    /// The answer to a request.
+    fn handle(&self, req: &Request) -> Answer;
 }
 
 /// Parses one request line. Never panics on any bytes.
@@ -127,7 +157,18 @@ async fn serve_one(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> 
     let reply = if n as u64 > MAX_REQUEST_LEN {
         serde_json::json!({"ok": false, "error": "request too long"})
     } else {
-        match parse_request(&line).and_then(|req| handler.handle(&req.cmd)) {
+        let answer = match parse_request(&line) {
+            Ok(req) => match handler.handle(&req) {
+                Answer::Now(r) => r,
+                Answer::Later(rx) => match tokio::time::timeout(DEFERRED_TIMEOUT, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err("the daemon dropped the request (shutting down?)".into()),
+                    Err(_) => Err("no answer in time".into()),
+                },
+            },
+            Err(e) => Err(e),
+        };
+        match answer {
             Ok(result) => serde_json::json!({"ok": true, "result": result}),
             Err(error) => serde_json::json!({"ok": false, "error": error}),
         }
@@ -181,6 +222,11 @@ impl std::error::Error for ControlError {}
 
 /// Sends one command to the daemon and returns its result (blocking; the CLI has no runtime).
 pub fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
+    request_with(path, &Request::new(cmd), Duration::from_secs(10))
+}
+
+/// Sends `req` and waits up to `timeout` for the answer.
+pub fn request_with(path: &Path, req: &Request, timeout: Duration) -> Result<Value, ControlError> {
     use std::io::{BufRead, Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ControlError::NotRunning(path.to_path_buf()),
@@ -189,14 +235,9 @@ pub fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
         _ => ControlError::Io(path.to_path_buf(), e),
     })?;
     let io_err = |e| ControlError::Io(path.to_path_buf(), e);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io_err)?;
-    let mut req = serde_json::to_vec(&Request {
-        v: CONTROL_VERSION,
-        cmd: cmd.to_string(),
-    })
-    .map_err(|e| ControlError::Io(path.to_path_buf(), io::Error::other(e)))?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    let mut req = serde_json::to_vec(req)
+        .map_err(|e| ControlError::Io(path.to_path_buf(), io::Error::other(e)))?;
     req.push(b'\n');
     stream.write_all(&req).map_err(io_err)?;
     let mut line = String::new();
@@ -224,10 +265,19 @@ mod tests {
 
     struct Echo;
     impl Handler for Echo {
-        fn handle(&self, cmd: &str) -> Result<Value, String> {
-            match cmd {
-                "status" => Ok(serde_json::json!({"uptime_s": 1})),
-                other => Err(format!("unknown command `{other}`")),
+        fn handle(&self, req: &Request) -> Answer {
+            match req.cmd.as_str() {
+                "status" => Answer::Now(Ok(serde_json::json!({"uptime_s": 1}))),
+                "ping" => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let addr = req.addr.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = tx.send(Ok(serde_json::json!({"addr": addr, "rtt_ms": 20})));
+                    });
+                    Answer::Later(rx)
+                }
+                other => Answer::Now(Err(format!("unknown command `{other}`"))),
             }
         }
     }
@@ -242,6 +292,22 @@ mod tests {
             .unwrap_err()
             .contains("version"));
         assert!(parse_request(br#"{"v":1,"cmd":"status","x":1}"#).is_err());
+        // The optional address: absent in old requests, present in pings.
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap().addr,
+            None
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"ping","addr":"fd00::1"}"#)
+                .unwrap()
+                .addr
+                .as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::new("status")).unwrap(),
+            r#"{"v":1,"cmd":"status"}"#
+        );
         assert!(parse_request(b"\xff\x00").is_err());
         assert!(parse_request(b"").is_err());
     }
@@ -266,6 +332,17 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(err, Err(ControlError::Daemon(m)) if m.contains("unknown command")));
+        // A deferred answer.
+        let p = path.clone();
+        let pong = tokio::task::spawn_blocking(move || {
+            let mut req = Request::new("ping");
+            req.addr = Some("fd00::1".into());
+            request_with(&p, &req, Duration::from_secs(5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(pong["addr"], "fd00::1");
         server.abort();
         let _ = server.await;
         // The listener is gone but the file remains: the client calls it stale, and a new bind

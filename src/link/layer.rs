@@ -19,6 +19,7 @@ use super::nat::{
     MAX_RELAYED_LINKS, NAT_ENTRY_COST, NAT_KEEPALIVE_MS, NAT_RECHECK_MS, PROBE_REQUEST_RATE,
     PROBE_RETRY_MS, PROBE_WINDOW_MS, PUNCH_DURATION_MS, PUNCH_INTERVAL_MS, PUNCH_REINIT_MS,
     PUNCH_REQUEST_RATE, PUNCH_TRIES, RELAYED_LINK_IDLE_MS, RELAYED_LINK_RATE, RELAY_REQUEST_RATE,
+    RELAY_UPGRADE_FIRST_MS, RELAY_UPGRADE_MAX_MS,
 };
 use super::noise::{BoringSession, NoiseOut, NoiseSession, Responder, Unsolicited, NOISE_BUF_LEN};
 use super::view::{RelayView, Source};
@@ -50,6 +51,10 @@ pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 /// An established link must send HELLO within this time.
 pub const HELLO_TIMEOUT_MS: Millis = 10_000;
+/// HELLO is resent this often, asking for an answer, until the peer's HELLO arrives (4.5).
+pub const HELLO_RETRY_MS: Millis = 1_000;
+/// HELLO `role` bit: the sender has not received the receiver's HELLO yet; answer with one.
+const HELLO_ASK: u8 = 0b100;
 /// First reconnect delay; doubles per failure.
 pub const BACKOFF_MIN_MS: Millis = 1_000;
 /// Largest reconnect delay.
@@ -239,6 +244,10 @@ pub struct LinkStats {
     pub probes_ok: u64,
     /// Relayed links set up (as an endpoint).
     pub relayed_links: u64,
+    /// Punches asked for to make a relayed link direct.
+    pub upgrade_attempts: u64,
+    /// Relayed links that became direct.
+    pub upgraded_links: u64,
     /// Relay envelopes forwarded as an introducer.
     pub relayed_datagrams: u64,
     /// DHT frames handed up.
@@ -324,6 +333,8 @@ struct Link {
     handshake_sent: Millis,
     attempts: u8,
     hello_sent: bool,
+    /// When we last sent HELLO (resent every `HELLO_RETRY_MS` until the peer's arrives).
+    hello_at: Millis,
     hello_received: bool,
     identity: Option<[u8; 32]>,
     is_relay: bool,
@@ -343,6 +354,9 @@ struct Link {
     punched: bool,
     /// Relayed through an introducer (section 13.4).
     relay: Option<RelayPath>,
+    /// When to try again to make a relayed link direct, and how many tries so far (13.4).
+    upgrade_next: Millis,
+    upgrade_tries: u8,
     relay_in: RateWindow,
     last_ping: Millis,
     punch_in: RateWindow,
@@ -924,6 +938,7 @@ impl LinkLayer {
             self.refresh_record(now);
         }
         self.run_dials(now);
+        self.run_upgrades(now);
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         for id in ids {
             self.link_timers(now, id);
@@ -1006,6 +1021,7 @@ impl LinkLayer {
                 handshake_sent: now,
                 attempts: 0,
                 hello_sent: false,
+                hello_at: 0,
                 hello_received: false,
                 identity: None,
                 is_relay: false,
@@ -1022,6 +1038,8 @@ impl LinkLayer {
                 peer_endpoint: None,
                 punched: false,
                 relay: None,
+                upgrade_next: 0,
+                upgrade_tries: 0,
                 relay_in: RateWindow::default(),
                 last_ping: 0,
                 punch_in: RateWindow::default(),
@@ -1213,8 +1231,10 @@ impl LinkLayer {
                     // proves only one.
                     let two_way = matches!(data.first(), Some(2) | Some(4));
                     if l.relay.is_none() || two_way {
-                        if l.relay.take().is_some() {
+                        if let Some(r) = l.relay.take() {
                             tracing::debug!(link = id.0, "relayed link upgraded to direct");
+                            self.relayed_tokens.remove(&r.token);
+                            self.stats.upgraded_links += 1;
                         }
                         l.endpoint = from;
                     }
@@ -1245,7 +1265,7 @@ impl LinkLayer {
             if let Some(k) = self.links.get(&id).map(|l| l.peer_key) {
                 self.dials.remove(&k);
             }
-            self.send_hello(now, id);
+            self.send_hello(now, id, false);
         }
         if let Some(n) = frame_len {
             self.on_frame(now, id, rx.get(..n).unwrap_or(&[]));
@@ -1320,7 +1340,7 @@ impl LinkLayer {
         }
     }
 
-    fn send_hello(&mut self, now: Millis, id: LinkId) {
+    fn send_hello(&mut self, now: Millis, id: LinkId, ask: bool) {
         let mut payload = [0u8; 4 + RELAY_RECORD_LEN];
         let n = match &self.own_record {
             Some(r) => {
@@ -1334,12 +1354,16 @@ impl LinkLayer {
                 4
             }
         };
+        if ask {
+            payload[0] |= HELLO_ASK;
+        }
         if self
             .send_frame(now, id, MsgType::Hello, 0, payload.get(..n).unwrap_or(&[]))
             .is_ok()
         {
             if let Some(l) = self.links.get_mut(&id) {
                 l.hello_sent = true;
+                l.hello_at = now;
             }
         }
     }
@@ -1499,9 +1523,16 @@ impl LinkLayer {
                 tracing::trace!(?why, "record not added to the view");
             }
         }
-        let hello_sent = self.links.get(&id).is_some_and(|l| l.hello_sent);
-        if !hello_sent {
-            self.send_hello(now, id);
+        // Answer a HELLO that asks (the peer lost ours), at most twice a second so that a
+        // peer cannot turn HELLOs into a stream of our records.
+        let (hello_sent, answer) = self.links.get(&id).map_or((true, false), |l| {
+            (
+                l.hello_sent,
+                role & HELLO_ASK != 0 && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS / 2,
+            )
+        });
+        if !hello_sent || answer {
+            self.send_hello(now, id, false);
         }
         if first {
             if let Some(ident) = identity {
@@ -1669,7 +1700,7 @@ impl LinkLayer {
                         .map(|l| l.id)
                         .collect();
                     for id in ids {
-                        self.send_hello(now, id);
+                        self.send_hello(now, id, false);
                     }
                 }
             }
@@ -1814,6 +1845,9 @@ impl LinkLayer {
                 .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
             {
                 self.close(now, id, 1);
+            } else if l.hello_sent && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS {
+                // Ours or theirs was lost: resend and ask for theirs.
+                self.send_hello(now, id, true);
             }
             return;
         }
@@ -2245,11 +2279,12 @@ impl LinkLayer {
             let Some(p) = self.punches.get_mut(&id) else {
                 continue;
             };
-            // Done once the session is up and the peer was heard since the punch began.
+            // Done once the session is up and the peer was heard directly since the punch
+            // began (a relayed link being upgraded hears it through the relay all along).
             let done = self
                 .links
                 .get(&id)
-                .map(|l| l.session.established() && l.last_rx > p.started);
+                .map(|l| l.session.established() && l.last_rx > p.started && l.relay.is_none());
             match done {
                 None => {
                     self.punches.remove(&id);
@@ -2269,8 +2304,9 @@ impl LinkLayer {
                 self.punches.remove(&id);
                 let key = self.links.get(&id).map(|l| l.peer_key);
                 // The dial (if we asked) decides whether to try again; a punch we were told
-                // about just ends.
-                if key.is_some_and(|k| !self.dials.contains_key(&k)) {
+                // about just ends (an upgrade of a live relayed link leaves it as it was).
+                let live = self.links.get(&id).is_some_and(|l| l.session.established());
+                if !live && key.is_some_and(|k| !self.dials.contains_key(&k)) {
                     self.remove_link(id, false);
                 }
                 continue;
@@ -2688,7 +2724,7 @@ impl LinkLayer {
         let _ = self.send_frame(now, id, MsgType::RelayOffer, rpc_id, &to_a.emit());
     }
 
-    fn set_relayed(&mut self, id: LinkId, via_link: LinkId, token: u64) {
+    fn set_relayed(&mut self, now: Millis, id: LinkId, via_link: LinkId, token: u64) {
         let Some(via) = self.links.get(&via_link).map(|l| l.endpoint) else {
             return;
         };
@@ -2703,6 +2739,55 @@ impl LinkLayer {
             }
             self.relayed_tokens.insert(token, id);
             self.stats.relayed_links += 1;
+            l.upgrade_next = now + RELAY_UPGRADE_FIRST_MS;
+            l.upgrade_tries = 0;
+        }
+    }
+
+    /// Tries now and then to turn relayed links into direct ones by punching again (13.4): a
+    /// punch can fail for passing reasons (loss, a NAT that was still holding a stale mapping).
+    /// One side asks (the one with the smaller link key), through an introducer of the peer; the
+    /// relayed link carries on meanwhile and is upgraded when the peer answers directly.
+    fn run_upgrades(&mut self, now: Millis) {
+        let due: Vec<(LinkId, [u8; 32], [u8; 32])> = self
+            .links
+            .values()
+            .filter(|l| {
+                l.relay.is_some()
+                    && l.session.established()
+                    && l.hello_received
+                    && now >= l.upgrade_next
+                    && self.link_public < l.peer_key
+                    && !(self.nat == NatClass::Symmetric && l.peer_nat == NatClass::Symmetric)
+                    && !self.punches.contains_key(&l.id)
+            })
+            .filter_map(|l| Some((l.id, l.identity?, l.peer_key)))
+            .collect();
+        for (id, identity, key) in due {
+            let intro = self.view.get(&identity).and_then(|r| {
+                r.fields()
+                    .introducers
+                    .iter()
+                    .find_map(|c| self.link_to(&c.identity))
+            });
+            if let Some(l) = self.links.get_mut(&id) {
+                let wait = RELAY_UPGRADE_FIRST_MS
+                    .saturating_mul(1 << l.upgrade_tries.min(6))
+                    .min(RELAY_UPGRADE_MAX_MS);
+                l.upgrade_tries = l.upgrade_tries.saturating_add(1);
+                l.upgrade_next = now + wait;
+            }
+            if let Some(il) = intro.filter(|il| *il != id) {
+                tracing::debug!(link = id.0, "trying to make a relayed link direct");
+                self.stats.upgrade_attempts += 1;
+                self.send_rpc(
+                    now,
+                    il,
+                    Rpc::Punch { target_key: key },
+                    MsgType::PunchRequest,
+                    &identity,
+                );
+            }
         }
     }
 
@@ -2720,7 +2805,7 @@ impl LinkLayer {
             let link = self.by_key.get(&target_key).copied();
             match link {
                 Some(link) if o.status == RELAY_OK && o.peer_link_key == target_key => {
-                    self.set_relayed(link, id, o.token);
+                    self.set_relayed(now, link, id, o.token);
                     self.initiate(link, now, true);
                 }
                 _ => {
@@ -2755,7 +2840,7 @@ impl LinkLayer {
             },
         };
         self.expected.insert(o.peer_link_key, now);
-        self.set_relayed(link, id, o.token);
+        self.set_relayed(now, link, id, o.token);
     }
 
     /// A relay envelope: forward it as an introducer, or take it as a relayed link's datagram.

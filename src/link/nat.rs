@@ -43,6 +43,10 @@ pub const MAX_RELAYED_LINKS: usize = 64;
 pub const RELAYED_LINK_RATE: u32 = 2_000;
 /// An idle relayed link is forgotten after this long.
 pub const RELAYED_LINK_IDLE_MS: Millis = 120_000;
+/// First try to make a relayed link direct, after it came up; the wait doubles per try.
+pub const RELAY_UPGRADE_FIRST_MS: Millis = 10_000;
+/// Longest wait between tries to make a relayed link direct.
+pub const RELAY_UPGRADE_MAX_MS: Millis = 900_000;
 /// Approximate bytes of one punch, probe or relay table entry.
 pub const NAT_ENTRY_COST: usize = 256;
 /// Observations kept.

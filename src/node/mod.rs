@@ -47,6 +47,15 @@ pub enum NodeEvent {
         /// The packet (hand the buffer back with [`Node::recycle_packet`]).
         buf: Vec<u8>,
     },
+    /// The answer to [`Node::e2e_ping`].
+    Pong {
+        /// The peer pinged.
+        dst: [u8; 16],
+        /// The id `e2e_ping` returned.
+        id: u64,
+        /// Round trip through the session's circuits.
+        rtt_ms: u64,
+    },
     /// Packets for `dst` cannot be delivered (no descriptor, introductions failed, session
     /// limits). Queued packets for it were dropped.
     Unreachable {
@@ -73,7 +82,6 @@ pub struct Node {
     guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
     pub(crate) dht: dht::NodeDht,
-    #[allow(dead_code)] // filled by the session layer
     pub(crate) sess: sessions::NodeSessions,
     packet_bufs: Vec<Vec<u8>>,
 }
@@ -106,6 +114,11 @@ impl Node {
             sess: sessions::NodeSessions::new(seed),
             packet_bufs: Vec::new(),
         }
+    }
+
+    /// Returns the payload of a reported [`CircEvent::Message`] for reuse.
+    pub fn recycle_message(&mut self, buf: Vec<u8>) {
+        self.circ.recycle_payload(buf);
     }
 
     /// Returns a packet buffer from [`NodeEvent::Packet`] for reuse.

@@ -96,3 +96,52 @@ async fn ensure_unreachable_route(handle: &rtnetlink::Handle) -> Result<(), Plat
         .await
         .map_err(nl("adding the unreachable fd00::/8 route"))
 }
+
+/// The IPv6 unicast and local routes through interfaces other than `ifname`, as (prefix,
+/// length): what the flow layer's inbound source check refuses (DESIGN.md section 3). Reject
+/// routes (unreachable, blackhole, prohibit) carry no traffic and are left out.
+pub async fn prefixes_elsewhere(ifname: &str) -> Result<Vec<(Ipv6Addr, u8)>, PlatformError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
+    let conn_task = tokio::spawn(conn);
+    let result = async {
+        let own = handle
+            .link()
+            .get()
+            .match_name(ifname.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("looking up the TUN device"))?
+            .map(|l| l.header.index);
+        let mut routes = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            if !matches!(r.header.kind, RouteType::Unicast | RouteType::Local) {
+                continue;
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(*d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let Some(d) = dst {
+                if oif.is_some() && oif != own {
+                    out.push((d, r.header.destination_prefix_length));
+                }
+            }
+        }
+        Ok(out)
+    }
+    .await;
+    conn_task.abort();
+    result
+}

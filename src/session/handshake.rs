@@ -437,6 +437,28 @@ impl ClientHandshake {
         )
     }
 
+    /// Message 1 claiming the key `claimed_p` while holding only `actual`'s secret: what a
+    /// malicious client sends to pass as someone else. Test hook only (the in-process network
+    /// plays such a client); an honest node never calls it.
+    #[doc(hidden)]
+    pub fn forged<R: RngCore + CryptoRng>(
+        rng: &mut R,
+        service_key: &[u8; 32],
+        intro_auth_key: &[u8; 32],
+        claimed_p: &[u8; 32],
+        actual: &Pseudonym,
+        intro_plaintext: &[u8; INTRO_PLAINTEXT_LEN],
+    ) -> Result<(Self, [u8; E2E_MSG1_LEN]), E2eError> {
+        Self::build(
+            StaticSecret::random_from_rng(rng),
+            service_key,
+            intro_auth_key,
+            claimed_p,
+            actual.dh_secret(),
+            intro_plaintext,
+        )
+    }
+
     /// Message 1 with a claimed `P` and the DH secret actually held; they differ only in tests of
     /// a malicious client.
     fn build(

@@ -11,15 +11,19 @@
 //! | [`handshake`] | GN-E2E-IK, the end-to-end handshake (10.2, 10.3)                      |
 //! | [`frame`]     | end-to-end frames, the session replay window, e2e messages (10.4, 10.5) |
 //! | [`intro`]     | introduction and rendezvous bodies, cookies, the JOIN proof (10.6, 10.7) |
+//! | [`roles`]     | the intro-point and rendezvous-point tables of a relay (10.6)          |
+//! | [`flows`]     | flow keys of inner packets (10.8)                                     |
 //!
 //! This module never logs or prints secret material: key holders implement `Debug` as a short
 //! fingerprint of public values only. Every hash, KDF and MAC input starts with a label from
 //! [`crate::crypto::labels`].
 
+pub mod flows;
 pub mod frame;
 pub mod handshake;
 pub mod intro;
 pub mod pseudonym;
+pub mod roles;
 
 pub use frame::{Direction, E2eMessage, FrameError, ReplayWindow, SessionChannel};
 pub use handshake::{

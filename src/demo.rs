@@ -1,0 +1,1179 @@
+//! `globalnet demo`: a local network in network namespaces that reaches a hidden service.
+//!
+//! The demo builds a switched underlay (a hub namespace with a bridge, one namespace per node
+//! attached by a veth pair, 198.18.0.0/15 addresses, no route out), starts real daemons with the
+//! default config except the settings a one-subnet test network needs, starts a small HTTP server
+//! behind the service's `[expose]`d port, and fetches a random token from the client namespace
+//! with `curl` over the service's fd00::/8 address. Then it prints the path's shape, the timings
+//! and the commands to try by hand, and waits for Ctrl-C (or exits at once with `--once`).
+//!
+//! Everything it creates is removed on exit, on Ctrl-C, on SIGTERM and on failure; a demo that
+//! was killed outright is cleaned up by the next one (fixed namespace names with the prefix
+//! [`NS_PREFIX`], and a pid file in the run directory). No part of it depends on the test harness.
+
+// Reading a `serde_json::Value` by key returns Null for a missing key or a non-object; it cannot
+// panic.
+#![allow(clippy::indexing_slicing)]
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use std::io::{BufRead, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace the demo creates (the test harness uses `gnt-`).
+pub const NS_PREFIX: &str = "gndemo-";
+/// TCP port of the demo's HTTP service.
+pub const HTTP_PORT: u16 = 8080;
+/// UDP port every demo node listens on.
+const UDP_PORT: u16 = 7412;
+
+/// Set by the signal watcher on SIGINT, SIGTERM or SIGHUP.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+const INTERRUPTED: &str = "interrupted";
+
+/// Arguments of `globalnet demo`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DemoArgs {
+    /// Relays in the demo network besides the service and the client (3-40)
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(3..=40))]
+    relays: u8,
+    /// Exit as soon as the token was fetched and checked, instead of waiting for Ctrl-C
+    #[arg(long)]
+    once: bool,
+    /// Give up when the network has not formed or the service is not reachable within this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+    /// Keep the run directory (configs, keys, logs) after the demo ends
+    #[arg(long)]
+    keep: bool,
+    #[command(subcommand)]
+    internal: Option<Internal>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Internal {
+    /// The demo's HTTP server (run by the demo inside the service's namespace)
+    #[command(hide = true)]
+    Serve {
+        /// TCP port to listen on (all addresses)
+        #[arg(long)]
+        port: u16,
+        /// The token every page carries
+        #[arg(long)]
+        token: String,
+        /// Append one line per request (client address, request line) to this file
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+}
+
+/// Runs `globalnet demo` (or its internal HTTP server).
+pub fn run(args: DemoArgs) -> Result<(), String> {
+    if let Some(Internal::Serve { port, token, log }) = args.internal {
+        return serve(port, &token, log.as_deref());
+    }
+    preflight()?;
+    watch_signals()?;
+    let mut net = Net::create(&args)?;
+    let result = net.run(&args);
+    match &result {
+        Ok(()) => net.failed = false,
+        Err(e) if e == INTERRUPTED => net.failed = false,
+        Err(_) => net.failed = true,
+    }
+    println!("\ntearing down the demo network ...");
+    drop(net);
+    match result {
+        Err(e) if e == INTERRUPTED => {
+            Err("interrupted before the demo finished; everything removed".into())
+        }
+        Ok(()) => {
+            println!("done: namespaces, links and processes removed");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn preflight() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(
+            "the demo needs root: it creates network namespaces, TUN devices and routes.\n  hint: sudo target/release/globalnet demo"
+                .into(),
+        );
+    }
+    for (tool, package) in [("ip", "iproute2"), ("curl", "curl")] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Err(format!(
+                "`{tool}` is missing; the demo needs it.\n  hint: sudo apt-get install {package}  (or sudo scripts/install-deps)"
+            ));
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Err("/dev/net/tun is missing: TUN devices are not available here".into());
+    }
+    Ok(())
+}
+
+/// Sets [`STOP`] on SIGINT, SIGTERM or SIGHUP, from a thread of its own. The handlers are
+/// installed before this returns, so no signal in between kills the demo before it tears down.
+fn watch_signals() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("signal handling: {e}"))?;
+    let mut sigs = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })
+        .map_err(|e| format!("signal handling: {e}"))?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = sigs.0.recv() => {}
+                _ = sigs.1.recv() => {}
+                _ = sigs.2.recv() => {}
+            }
+        });
+        STOP.store(true, Ordering::SeqCst);
+    });
+    Ok(())
+}
+
+fn stopped() -> Result<(), String> {
+    if STOP.load(Ordering::SeqCst) {
+        Err(INTERRUPTED.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sleeps `d`, waking early (with an error) when the demo is interrupted.
+fn nap(d: Duration) -> Result<(), String> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        stopped()?;
+        std::thread::sleep(Duration::from_millis(25).min(end - Instant::now()));
+    }
+    stopped()
+}
+
+/// Runs a command to completion (all of its output), killing it after `timeout` or when the
+/// demo is interrupted. The child gets a process group of its own, so a Ctrl-C in the terminal
+/// reaches only the demo, which then stops everything in order.
+fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
+        }
+        if STOP.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            stopped()?;
+            return Err(format!("{what} did not finish within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}
+
+/// Runs a command and fails with its output when it fails.
+fn must(cmd: &mut Command) -> Result<Output, String> {
+    let what = format!("{cmd:?}");
+    let out = run_cmd(cmd, Duration::from_secs(20))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    must(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Deletes a namespace after killing whatever still runs inside (or it outlives its name).
+fn delete_ns(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn demo_namespaces() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(NS_PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+fn run_dir() -> PathBuf {
+    std::env::temp_dir().join("globalnet-demo")
+}
+
+/// Whether `pid` is a live `globalnet demo` (not a reused pid).
+fn is_live_demo(pid: i32) -> bool {
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.iter().any(|a| *a == b"demo") && !args.iter().any(|a| *a == b"serve")
+        })
+        .unwrap_or(false)
+}
+
+/// One node of the demo network.
+#[derive(Debug, Clone)]
+struct Node {
+    name: String,
+    ns: String,
+    ip: Ipv4Addr,
+    dir: PathBuf,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+/// The demo network; dropping it tears everything down.
+struct Net {
+    hub: String,
+    nodes: Vec<Node>,
+    children: Vec<(Child, String)>,
+    dir: PathBuf,
+    keep: bool,
+    failed: bool,
+    interactive: bool,
+    last_progress: Option<(String, Instant)>,
+}
+
+impl Net {
+    /// Cleans up a stale demo, then creates the run directory and the hub.
+    fn create(args: &DemoArgs) -> Result<Net, String> {
+        let dir = run_dir();
+        let pid_file = dir.join("pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            if is_live_demo(pid) {
+                return Err(format!(
+                    "another demo is running (pid {pid}); stop it first (Ctrl-C in its terminal, or sudo kill {pid})"
+                ));
+            }
+        }
+        let stale = demo_namespaces();
+        if !stale.is_empty() {
+            println!(
+                "removing {} namespace(s) left by an earlier demo that did not exit cleanly",
+                stale.len()
+            );
+            for ns in &stale {
+                delete_ns(ns);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        let hub = format!("{NS_PREFIX}hub");
+        let net = Net {
+            hub: hub.clone(),
+            nodes: Vec::new(),
+            children: Vec::new(),
+            dir,
+            keep: args.keep,
+            failed: false,
+            interactive: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            last_progress: None,
+        };
+        ip(&["netns", "add", &hub])?;
+        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// Adds a namespace on the switch with `198.18.0.<k+1>/15` and no route out.
+    fn add_node(&mut self, name: &str) -> Result<Node, String> {
+        let k = self.nodes.len();
+        let ns = format!("{NS_PREFIX}{name}");
+        let ip4 = Ipv4Addr::new(198, 18, 0, (k + 1) as u8);
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let node = Node {
+            name: name.to_string(),
+            ns: ns.clone(),
+            ip: ip4,
+            control: dir.join("control.sock"),
+            log: dir.join("daemon.log"),
+            dir,
+        };
+        // Registered before it exists, so a failure half-way still removes it.
+        self.nodes.push(node.clone());
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let port = format!("p{k}");
+        ip(&[
+            "-n", &self.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
+        ip(&["-n", &self.hub, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip4}/15"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(node)
+    }
+
+    /// A command that runs inside `node`'s namespace.
+    fn cmd(node: &Node, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &node.ns]).arg(program);
+        c
+    }
+
+    /// Starts a long-running process inside `node`, output to `log`.
+    fn spawn(&mut self, mut cmd: Command, log: &Path, what: String) -> Result<u32, String> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let f2 = f
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        let pid = child.id();
+        self.children.push((child, what));
+        Ok(pid)
+    }
+
+    fn write_config(&self, node: &Node, bootstrap: Option<Ipv4Addr>, expose: &[u16]) -> PathBuf {
+        let boot = bootstrap
+            .map(|b| format!("\"{b}:{UDP_PORT}\""))
+            .unwrap_or_default();
+        let ports: Vec<String> = expose.iter().map(u16::to_string).collect();
+        let text = format!(
+            "# globalnet demo node `{name}`: the defaults, except what a network in one subnet needs.\n\
+             state_dir = \"{state}\"\ncontrol_socket = \"{control}\"\n\n\
+             [network]\nlisten = [\"{ip}:{UDP_PORT}\"]\nbootstrap = [{boot}]\n\n\
+             [paths]\n# Every demo node lives in 198.18.0.0/15.\nipv4_subnet_family_prefix = 32\n\n\
+             [expose]\ntcp = [{ports}]\n",
+            name = node.name,
+            state = node.dir.join("state").display(),
+            control = node.control.display(),
+            ip = node.ip,
+            ports = ports.join(", "),
+        );
+        let path = node.dir.join("config.toml");
+        let _ = std::fs::write(&path, text);
+        path
+    }
+
+    fn child_exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .find(|(c, _)| c.id() == pid)
+            .and_then(|(c, _)| c.try_wait().ok().flatten())
+    }
+
+    fn log_tail(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .get(lines.len().saturating_sub(15)..)
+            .unwrap_or_default()
+            .join("\n")
+    }
+
+    /// Shows a progress line: rewritten in place on a terminal; otherwise printed when `key`
+    /// changes or every 5 s, so logs stay short.
+    fn progress(&mut self, key: &str, line: &str) {
+        if self.interactive {
+            print!("\r\x1b[K{line}");
+        } else {
+            let due = self
+                .last_progress
+                .as_ref()
+                .is_none_or(|(k, t)| k != key || t.elapsed() >= Duration::from_secs(5));
+            if !due {
+                return;
+            }
+            println!("{line}");
+        }
+        self.last_progress = Some((key.to_string(), Instant::now()));
+        let _ = std::io::stdout().flush();
+    }
+
+    fn progress_done(&mut self) {
+        if self.interactive && self.last_progress.is_some() {
+            println!();
+        }
+        self.last_progress = None;
+    }
+
+    fn run(&mut self, args: &DemoArgs) -> Result<(), String> {
+        let t0 = Instant::now();
+        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+        let timeout = Duration::from_secs(args.timeout);
+        let ssh = SshSetup::available();
+        println!(
+            "globalnet demo: {} relays, a hidden service and a client, each in a network namespace ({NS_PREFIX}*)",
+            args.relays
+        );
+
+        // The underlay.
+        let mut relays = Vec::new();
+        for i in 1..=args.relays {
+            relays.push(self.add_node(&format!("relay{i}"))?);
+        }
+        let service = self.add_node("service")?;
+        let client = self.add_node("client")?;
+        let boot = relays.first().map(|r| r.ip);
+
+        // The daemons.
+        let mut expose = vec![HTTP_PORT];
+        if ssh.is_some() {
+            expose.push(22);
+        }
+        let mut daemons = Vec::new();
+        for node in relays.iter().chain([&service, &client]) {
+            let bootstrap = if Some(node.ip) == boot { None } else { boot };
+            let ports: &[u16] = if node.name == "service" { &expose } else { &[] };
+            let cfg = self.write_config(node, bootstrap, ports);
+            let mut c = Self::cmd(node, &exe);
+            c.args(["daemon", "--config"]).arg(&cfg);
+            let pid = self.spawn(c, &node.log, format!("daemon on {}", node.name))?;
+            daemons.push((node.clone(), pid));
+        }
+        let mut statuses = Vec::new();
+        for (node, pid) in &daemons {
+            statuses.push(self.wait_ready(node, *pid)?);
+        }
+        let addr_of = |i: usize| -> String {
+            statuses
+                .get(i)
+                .map(|s: &Value| s["address"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        };
+        let (service_addr, client_addr) = (addr_of(relays.len()), addr_of(relays.len() + 1));
+        if service_addr.is_empty() || client_addr.is_empty() {
+            return Err("a daemon reported no overlay address".into());
+        }
+        let names: Vec<(String, String, Ipv4Addr)> = daemons
+            .iter()
+            .zip(&statuses)
+            .map(|((n, _), s)| {
+                (
+                    n.name.clone(),
+                    s["relay_key"].as_str().unwrap_or_default().to_string(),
+                    n.ip,
+                )
+            })
+            .collect();
+        println!(
+            "  {} daemons up after {:.1} s; the service is {service_addr}, the client is {client_addr}",
+            daemons.len(),
+            t0.elapsed().as_secs_f64()
+        );
+
+        // The applications behind the service's exposed ports.
+        let token = random_token();
+        let http_log = service.dir.join("http.log");
+        let mut serve = Self::cmd(&service, &exe);
+        serve
+            .args(["demo", "serve", "--port", &HTTP_PORT.to_string(), "--token"])
+            .arg(&token)
+            .arg("--log")
+            .arg(&http_log);
+        self.spawn(
+            serve,
+            &service.dir.join("http-server.out"),
+            "HTTP server".into(),
+        )?;
+        let ssh_hint = match &ssh {
+            Some(s) => match s.start(self, &service) {
+                Ok(hint) => Some(hint),
+                Err(e) => {
+                    println!("  (no ssh in this demo: {e})");
+                    None
+                }
+            },
+            None => None,
+        };
+
+        // Links and circuits form.
+        let formed = self.wait_formed(&daemons, &service, timeout)?;
+        println!("  network formed after {:.1} s", formed.as_secs_f64());
+
+        // The client reaches the service.
+        let url = format!("http://[{service_addr}]:{HTTP_PORT}/");
+        let t_reach = Instant::now();
+        let mut attempts = 0u32;
+        let mut last_err = String::new();
+        let page = loop {
+            stopped()?;
+            if t_reach.elapsed() > timeout {
+                self.progress_done();
+                return Err(format!(
+                    "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {}",
+                    overlay_ping_error(&exe, &client, &service_addr),
+                    crate::control::request(&service.control, "services")
+                        .map(|v| v[0].to_string())
+                        .unwrap_or_else(|e| e.to_string()),
+                    self.dir.display()
+                ));
+            }
+            attempts += 1;
+            let published = crate::control::request(&service.control, "services")
+                .map(|v| v[0]["published"] == Value::Bool(true))
+                .unwrap_or(false);
+            let key = format!(
+                "{published}{}",
+                last_err.split(':').take(2).collect::<String>()
+            );
+            self.progress(
+                &key,
+                &format!(
+                    "  reaching the service (descriptor {}): curl attempt {attempts} ({:.0} s){}",
+                    if published {
+                        "published"
+                    } else {
+                        "not published yet"
+                    },
+                    t_reach.elapsed().as_secs_f64(),
+                    if last_err.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — last: {last_err}")
+                    }
+                ),
+            );
+            let out = run_cmd(
+                Self::cmd(&client, "curl").args(["-sS", "-g", "--max-time", "8", &url]),
+                Duration::from_secs(10),
+            )?;
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && body.contains(&token) {
+                break body;
+            }
+            last_err = if out.status.success() {
+                format!("unexpected page: {}", body.trim())
+            } else {
+                String::from_utf8_lossy(&out.stderr).trim().to_string()
+            };
+            nap(Duration::from_millis(500))?;
+        };
+        let reachable = t_reach.elapsed();
+        self.progress_done();
+        println!(
+            "  token {token} fetched and checked: the service was reachable {:.1} s after the network formed",
+            reachable.as_secs_f64()
+        );
+        let seen_as = page
+            .lines()
+            .find_map(|l| l.strip_prefix("you are "))
+            .map(str::to_string)
+            .unwrap_or_default();
+
+        // A fresh connection on the warm network.
+        let timing = run_cmd(
+            Self::cmd(&client, "curl").args([
+                "-sS",
+                "-g",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_connect} %{time_total}",
+                &url,
+            ]),
+            Duration::from_secs(12),
+        )?;
+        let fetch = String::from_utf8_lossy(&timing.stdout).into_owned();
+        let mut f = fetch
+            .split_whitespace()
+            .filter_map(|x| x.parse::<f64>().ok());
+        let (connect, total) = (f.next(), f.next());
+
+        // The overlay round trip, end to end (needs no open port on the service).
+        let ping = run_cmd(
+            Command::new(&exe)
+                .args([
+                    "ping",
+                    "--json",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    &service_addr,
+                    "--control",
+                ])
+                .arg(&client.control),
+            Duration::from_secs(60),
+        )?;
+        let rtts: Vec<f64> = serde_json::from_slice::<Value>(&ping.stdout)
+            .ok()
+            .and_then(|v| {
+                v["rtt_ms"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            })
+            .unwrap_or_default();
+
+        // The path's shape.
+        println!("\nThe path (the client's and the service's own circuits; relays in between):");
+        for (who, node) in [("client", &client), ("service", &service)] {
+            let circuits = crate::control::request(&node.control, "circuits")
+                .map_err(|e| format!("{who}: {e}"))?;
+            for line in describe_circuits(&circuits, &names) {
+                println!("  {who:<8} {line}");
+            }
+        }
+        println!("  client → [its circuit] → rendezvous relay ← [the service's circuit] ← service: no relay sees both ends");
+
+        println!("\nTimings:");
+        println!(
+            "  network formed (links + pool circuits on every node)  {:6.1} s",
+            formed.as_secs_f64()
+        );
+        println!(
+            "  service reachable (first successful fetch)            {:6.1} s after that",
+            reachable.as_secs_f64()
+        );
+        match (connect, total) {
+            (Some(c), Some(t)) => println!(
+                "  a new connection on the warm network: connect {:.0} ms, fetch {:.0} ms",
+                c * 1000.0,
+                t * 1000.0
+            ),
+            _ => println!(
+                "  a new connection on the warm network: failed ({})",
+                String::from_utf8_lossy(&timing.stderr).trim()
+            ),
+        }
+        if rtts.is_empty() {
+            println!(
+                "  overlay round trip (globalnet ping): no answer ({})",
+                String::from_utf8_lossy(&ping.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
+        } else {
+            let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
+            println!(
+                "  overlay round trip (globalnet ping, {} pings): {avg:.1} ms on average",
+                rtts.len()
+            );
+        }
+        if !seen_as.is_empty() {
+            println!(
+                "\nThe service saw the client as {seen_as} — a pseudonym for this service only; the client's own address is {client_addr}."
+            );
+        }
+
+        println!("\nTry it by hand:");
+        println!("  sudo ip netns exec {} curl {url}", client.ns);
+        println!(
+            "  sudo ip netns exec {} ping -6 -c 3 {service_addr}",
+            client.ns
+        );
+        println!(
+            "  sudo {} ping {service_addr} --control {}",
+            exe.display(),
+            client.control.display()
+        );
+        println!(
+            "  sudo {} circuits --control {}",
+            exe.display(),
+            client.control.display()
+        );
+        if let Some(h) = &ssh_hint {
+            println!(
+                "  {}",
+                h.replace("{ns}", &client.ns)
+                    .replace("{addr}", &service_addr)
+            );
+        }
+        println!(
+            "  sudo ip netns exec {} curl -g http://[{service_addr}]:9999/   # not exposed: refused at once",
+            client.ns
+        );
+        if args.once {
+            return Ok(());
+        }
+        println!("  configs, keys and logs: {}", self.dir.display());
+        println!("\nThe network stays up until Ctrl-C.");
+        loop {
+            if nap(Duration::from_secs(1)).is_err() {
+                // Ctrl-C is how this demo ends.
+                return Ok(());
+            }
+            for (node, pid) in &daemons {
+                if let Some(s) = self.child_exited(*pid) {
+                    return Err(format!(
+                        "the daemon on {} exited ({s}); its log ends:\n{}",
+                        node.name,
+                        Self::log_tail(&node.log)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits until the daemon answers on its control socket.
+    fn wait_ready(&mut self, node: &Node, pid: u32) -> Result<Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            stopped()?;
+            if let Some(s) = self.child_exited(pid) {
+                return Err(format!(
+                    "the daemon on {} exited at start ({s}); its log ends:\n{}",
+                    node.name,
+                    Self::log_tail(&node.log)
+                ));
+            }
+            match crate::control::request(&node.control, "status") {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("the daemon on {} is not answering: {e}", node.name))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Shows links and circuits forming until every node has a ready circuit and two links.
+    fn wait_formed(
+        &mut self,
+        daemons: &[(Node, u32)],
+        service: &Node,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            stopped()?;
+            let (mut peers, mut ready, mut nodes_ready) = (0u64, 0u64, 0usize);
+            for (node, pid) in daemons {
+                if let Some(s) = self.child_exited(*pid) {
+                    self.progress_done();
+                    return Err(format!(
+                        "the daemon on {} exited ({s}); its log ends:\n{}",
+                        node.name,
+                        Self::log_tail(&node.log)
+                    ));
+                }
+                let Ok(st) = crate::control::request(&node.control, "status") else {
+                    continue;
+                };
+                let (p, r) = (
+                    st["peers"].as_u64().unwrap_or(0),
+                    st["circuits"]["ready"].as_u64().unwrap_or(0),
+                );
+                peers += p;
+                ready += r;
+                if p >= 2 && r >= crate::node::POOL_TARGET as u64 {
+                    nodes_ready += 1;
+                }
+            }
+            let intro = crate::control::request(&service.control, "services")
+                .ok()
+                .and_then(|v| {
+                    v.as_array()
+                        .and_then(|a| a.first())
+                        .map(|s| match &s["intro_points"] {
+                            Value::Array(a) => a.len() as u64,
+                            other => other.as_u64().unwrap_or(0),
+                        })
+                })
+                .unwrap_or(0);
+            let line = format!(
+                "  forming: {} links, {ready} ready circuits, {nodes_ready}/{} nodes ready, service intro points: {intro}",
+                peers / 2,
+                daemons.len()
+            );
+            self.progress(
+                &line,
+                &format!("{line} ({:.0} s)", start.elapsed().as_secs_f64()),
+            );
+            if nodes_ready == daemons.len() {
+                self.progress_done();
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                self.progress_done();
+                return Err(format!(
+                    "the network did not form within {timeout:?} ({nodes_ready}/{} nodes with links and a ready circuit)\n  logs: {}",
+                    daemons.len(),
+                    self.dir.display()
+                ));
+            }
+            nap(Duration::from_millis(200))?;
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (child, _) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for node in &self.nodes {
+            delete_ns(&node.ns);
+        }
+        delete_ns(&self.hub);
+        if self.failed || self.keep {
+            let _ = std::fs::remove_file(self.dir.join("pid"));
+            println!(
+                "configs, keys and logs kept in {} (the next demo removes them)",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One line per circuit: purpose, hops, state, and the relays by demo name when the daemon
+/// reports a circuit's path (relay keys or endpoints).
+fn describe_circuits(circuits: &Value, names: &[(String, String, Ipv4Addr)]) -> Vec<String> {
+    let list = circuits.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return vec!["no circuits".into()];
+    }
+    let name_of = |id: &str| -> String {
+        names
+            .iter()
+            .find(|(_, key, ip)| {
+                (!key.is_empty() && (key.starts_with(id) || id.starts_with(key.as_str())))
+                    || id.split(':').next() == Some(ip.to_string().as_str())
+            })
+            .map(|(n, _, _)| n.clone())
+            .unwrap_or_else(|| id.get(..12).unwrap_or(id).to_string())
+    };
+    let pool_ready = list
+        .iter()
+        .filter(|c| c["purpose"] == "pool" && c["state"] == "ready")
+        .count();
+    let mut lines: Vec<String> = list
+        .iter()
+        .filter(|c| c["purpose"] != "pool")
+        .map(|c| {
+            let path = ["path", "relays"]
+                .iter()
+                .find_map(|k| c[*k].as_array())
+                .map(|hops| {
+                    let hops: Vec<String> = hops
+                        .iter()
+                        .map(|h| match h {
+                            Value::String(s) => name_of(s),
+                            other => name_of(
+                                other["relay_key"]
+                                    .as_str()
+                                    .or(other["endpoint"].as_str())
+                                    .unwrap_or("?"),
+                            ),
+                        })
+                        .collect();
+                    format!(": {}", hops.join(" → "))
+                })
+                .unwrap_or_default();
+            format!(
+                "{:<10} {} hops, {}{path}",
+                c["purpose"].as_str().unwrap_or("?"),
+                c["hops"],
+                c["state"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    if pool_ready > 0 {
+        lines.push(format!(
+            "and {pool_ready} ready pool circuit(s) for new flows"
+        ));
+    }
+    lines
+}
+
+/// Why the client's daemon cannot reach `addr`, in its own words (`globalnet ping`).
+fn overlay_ping_error(exe: &Path, client: &Node, addr: &str) -> String {
+    let out = run_cmd(
+        Command::new(exe)
+            .args(["ping", "--json", "-c", "1", addr, "--control"])
+            .arg(&client.control),
+        Duration::from_secs(50),
+    );
+    match out {
+        Ok(o) => {
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            match (&v["errors"][0], &v["rtt_ms"][0]) {
+                (Value::String(e), _) => e.clone(),
+                (_, Value::Number(ms)) => format!("it answers globalnet ping in {ms} ms"),
+                _ => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            }
+        }
+        Err(e) => e,
+    }
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An sshd for the service, with throw-away keys, when the host has OpenSSH.
+struct SshSetup {
+    sshd: PathBuf,
+}
+
+impl SshSetup {
+    fn available() -> Option<SshSetup> {
+        let sshd = PathBuf::from("/usr/sbin/sshd");
+        let keygen = Command::new("ssh-keygen")
+            .arg("-?")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        (sshd.exists() && keygen).then_some(SshSetup { sshd })
+    }
+
+    /// Starts sshd (key auth only, on port 22 of every address) in `node`; returns the client's
+    /// command with `{ns}` and `{addr}` to fill in.
+    fn start(&self, net: &mut Net, node: &Node) -> Result<String, String> {
+        let dir = node.dir.join("ssh");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (host_key, client_key) = (dir.join("host_key"), dir.join("client_key"));
+        for k in [&host_key, &client_key] {
+            must(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(k),
+            )?;
+        }
+        let auth = dir.join("authorized_keys");
+        std::fs::copy(dir.join("client_key.pub"), &auth)
+            .map_err(|e| format!("{}: {e}", auth.display()))?;
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port 22\nListenAddress ::\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {}\n",
+                host_key.display(),
+                auth.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", cfg.display()))?;
+        // sshd insists on its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let mut c = Net::cmd(node, &self.sshd);
+        c.args(["-D", "-e", "-f"]).arg(&cfg);
+        net.spawn(c, &dir.join("sshd.log"), "sshd".into())?;
+        Ok(format!(
+            "sudo ip netns exec {{ns}} ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@{{addr}} hostname",
+            client_key.display()
+        ))
+    }
+}
+
+/// The demo's HTTP server: every GET gets the token and the address the request came from; one
+/// log line per request. Threads per connection, requests capped in size and time.
+fn serve(port: u16, token: &str, log: Option<&Path>) -> Result<(), String> {
+    let listener = std::net::TcpListener::bind(("::", port))
+        .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+    println!("ready: listening on [::]:{port}");
+    let _ = std::io::stdout().flush();
+    let log = log.map(Path::to_path_buf);
+    for conn in listener.incoming() {
+        let Ok(mut stream) = conn else { continue };
+        let token = token.to_string();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| "?".into());
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = std::io::BufReader::new(match stream.try_clone() {
+                Ok(s) => s.take(16 * 1024),
+                Err(_) => return,
+            });
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                return;
+            }
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.trim().is_empty() => break,
+                    Ok(_) => {}
+                }
+            }
+            if let Some(path) = &log {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    let _ = writeln!(f, "{peer} {}", request.trim());
+                }
+            }
+            let body = format!("token {token}\nyou are {peer}\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn circuits_are_described_by_demo_names() {
+        let names = vec![
+            (
+                "relay1".to_string(),
+                "aa11".to_string(),
+                Ipv4Addr::new(198, 18, 0, 1),
+            ),
+            (
+                "relay2".to_string(),
+                "bb22".to_string(),
+                Ipv4Addr::new(198, 18, 0, 2),
+            ),
+        ];
+        let c = serde_json::json!([
+            {"purpose": "flow", "hops": 2, "state": "ready", "path": ["aa11", "198.18.0.2:7412"]},
+            {"purpose": "pool", "hops": 3, "state": "building"},
+            {"purpose": "pool", "hops": 3, "state": "ready"},
+            {"purpose": "rendezvous", "hops": 3, "state": "ready", "path": [{"relay_key": "bb22ff"}, "cc"]}
+        ]);
+        let lines = describe_circuits(&c, &names);
+        assert_eq!(lines[0], "flow       2 hops, ready: relay1 → relay2");
+        assert_eq!(lines[1], "rendezvous 3 hops, ready: relay2 → cc");
+        assert_eq!(lines[2], "and 1 ready pool circuit(s) for new flows");
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            describe_circuits(&serde_json::json!([]), &names),
+            vec!["no circuits"]
+        );
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
