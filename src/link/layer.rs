@@ -94,7 +94,7 @@ const DHT_TYPE_STORE: u8 = 5;
 /// A link dialed only to carry DHT requests is closed after this long without DHT requests or
 /// cells: a relay's lookups touch dozens of contacts, and keeping a link to each would multiply
 /// every node's links (and their timers and keepalives) for a request or two each.
-pub const DHT_LINK_IDLE_MS: Millis = 12_000;
+pub const DHT_LINK_IDLE_MS: Millis = 30_000;
 
 /// A link, named locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
