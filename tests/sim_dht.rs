@@ -367,3 +367,79 @@ fn a_client_without_a_usable_view_fails_cleanly() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_last_hop_enforces_the_per_circuit_limits_and_refuses_junk() {
+    use globalnet::circuit::layer::{CircEvent, Purpose};
+    use globalnet::dht::lookup_msg::{LookupOp, LookupReply, LookupRequest, LookupStatus};
+    use globalnet::wire::relay::RelayCommand;
+
+    let (mut sim, clients) = network(13);
+    sim.run_for(30_000);
+    let c = clients[0];
+    // A pool circuit: its last hop is a rendezvous-capable relay, which here is a DHT relay too.
+    let id = sim.nodes[c]
+        .node
+        .take_pool_circuit(Purpose::Probe)
+        .expect("a ready pool circuit");
+    let before = sim.nodes[c].events.len();
+    for i in 0..40u32 {
+        let req = LookupRequest {
+            op: LookupOp::Sample,
+            kind: None,
+            lookup_id: i,
+            key: [0; 32],
+            record: Vec::new(),
+        };
+        sim.nodes[c]
+            .node
+            .circ
+            .send(id, RelayCommand::DhtLookup, &req.emit())
+            .unwrap();
+    }
+    // Junk: an unknown op, and an unknown version.
+    let mut junk = LookupRequest {
+        op: LookupOp::Sample,
+        kind: None,
+        lookup_id: 100,
+        key: [0; 32],
+        record: Vec::new(),
+    }
+    .emit();
+    junk[1] = 9;
+    sim.nodes[c]
+        .node
+        .circ
+        .send(id, RelayCommand::DhtLookup, &junk)
+        .unwrap();
+    junk[0] = 7;
+    junk[1] = LookupOp::Sample as u8;
+    sim.nodes[c]
+        .node
+        .circ
+        .send(id, RelayCommand::DhtLookup, &junk)
+        .unwrap();
+    sim.nodes[c].node.pump(sim.now);
+    sim.run_for(3_000);
+    let (mut ok, mut limited, mut refused) = (0, 0, 0);
+    for e in &sim.nodes[c].events[before..] {
+        if let NodeEvent::Circuit(CircEvent::Message { cmd, payload, .. }) = e {
+            if *cmd != RelayCommand::DhtLookupReply as u8 {
+                continue;
+            }
+            let r = LookupReply::parse(payload).expect("a well-formed reply");
+            match r.status {
+                LookupStatus::Ok => ok += 1,
+                LookupStatus::RateLimited => limited += 1,
+                LookupStatus::Refused => {
+                    assert_eq!(r.lookup_id, 100);
+                    refused += 1
+                }
+                s => panic!("{s:?}"),
+            }
+        }
+    }
+    assert_eq!((ok, limited), (30, 10), "DHT_LOOKUPS_PER_MIN");
+    // The unknown op cannot be salvaged (no op to answer with); the unknown version can.
+    assert_eq!(refused, 1);
+}

@@ -384,12 +384,15 @@ impl Lookup {
 
     /// Times out requests whose deadline passed, and the whole lookup at its deadline.
     pub fn on_timer(&mut self, now: Millis) {
-        let expired: Vec<u64> = self
+        let mut expired: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
             .map(|(q, _)| *q)
             .collect();
+        // In query order: results (and the routing table fed from them) must not depend on a
+        // hash map's order.
+        expired.sort_unstable();
         for q in expired {
             if let Some(p) = self.pending.remove(&q) {
                 self.fail(&p, false);
@@ -424,7 +427,10 @@ impl Lookup {
         }
         self.finished = true;
         self.result.timed_out_overall = timeout;
-        for (_, p) in std::mem::take(&mut self.pending) {
+        let mut pending: Vec<(u64, Pending)> =
+            std::mem::take(&mut self.pending).into_iter().collect();
+        pending.sort_unstable_by_key(|(q, _)| *q);
+        for (_, p) in pending {
             self.fail(&p, false);
         }
         let penalised: HashSet<[u8; 32]> = self.result.penalised.iter().copied().collect();

@@ -333,12 +333,13 @@ impl DhtRelay {
     /// Timeouts of requests and operations.
     pub fn on_timer(&mut self, now: Millis) {
         // Store requests past their deadline count as refusals by a failed contact.
-        let expired: Vec<u64> = self
+        let mut expired: Vec<u64> = self
             .rpcs
             .iter()
             .filter(|(_, r)| matches!(r, Rpc::Store { deadline, .. } if *deadline <= now))
             .map(|(id, _)| *id)
             .collect();
+        expired.sort_unstable();
         for id in expired {
             if let Some(Rpc::Store { handle, to, .. }) = self.rpcs.remove(&id) {
                 self.table.on_failure(&to);
@@ -352,7 +353,9 @@ impl DhtRelay {
         self.rpcs.retain(
             |_, r| !matches!(r, Rpc::Lookup { deadline, .. } if *deadline + DHT_RPC_TIMEOUT_MS <= now),
         );
-        let handles: Vec<OpHandle> = self.ops.keys().copied().collect();
+        // In handle order, so that a simulation with a fixed seed repeats itself.
+        let mut handles: Vec<OpHandle> = self.ops.keys().copied().collect();
+        handles.sort_unstable();
         for h in handles {
             if let Some(op) = self.ops.get_mut(&h) {
                 op.lookup.on_timer(now);

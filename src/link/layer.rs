@@ -802,7 +802,7 @@ impl LinkLayer {
 
     /// Closes links dialed for the DHT that carried nothing for `DHT_LINK_IDLE_MS`.
     fn close_idle_dht_links(&mut self, now: Millis) {
-        let idle: Vec<LinkId> = self
+        let mut idle: Vec<LinkId> = self
             .links
             .values()
             .filter(|l| l.dht_only && l.hello_received)
@@ -812,6 +812,8 @@ impl LinkLayer {
             })
             .map(|l| l.id)
             .collect();
+        // In link order, so that a simulation with a fixed seed repeats itself.
+        idle.sort_unstable();
         for id in idle {
             if !self.nat_uses(id) {
                 tracing::trace!(link = id.0, "closing an idle DHT link");

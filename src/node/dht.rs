@@ -40,8 +40,9 @@ pub const DHT_LOOKUPS_CONCURRENT: u8 = 4;
 pub const DHT_LOOKUPS_PER_MIN: u32 = 30;
 /// A requester re-sends a lookup that got no reply after this long (12.6).
 pub const DHT_QUERY_WAIT_MS: Millis = (DHT_LOOKUP_TIMEOUT_S + 5) * 1000;
-/// Circuits (builds or sends) a query tries before it fails.
-pub const DHT_QUERY_TRIES: u8 = 3;
+/// Circuits (builds or sends) a query tries before it fails. Generous, because a view holds dead
+/// relays until their records expire, and a build through one fails only after its timeout.
+pub const DHT_QUERY_TRIES: u8 = 5;
 /// After the first FIND_VALUE reply, the rest of a multi-record answer is awaited this long.
 pub const DHT_VALUE_COLLECT_MS: Millis = 3_000;
 /// An unused DHT circuit is closed after this long.
@@ -185,6 +186,8 @@ struct ClientQuery {
     tries: u8,
     seen: Vec<u8>,
     total: u8,
+    /// This attempt's last hop sent a record that failed verification.
+    junk: bool,
     records: HashMap<[u8; 32], (u64, Vec<u8>)>,
     _charge: Charge,
 }
@@ -336,6 +339,7 @@ impl Node {
                 tries: 0,
                 seen: Vec::new(),
                 total: 0,
+                junk: false,
                 records: HashMap::new(),
                 _charge: charge,
             },
@@ -496,6 +500,7 @@ impl Node {
         q.deadline = now + DHT_QUERY_WAIT_MS;
         q.seen.clear();
         q.total = 0;
+        q.junk = false;
         let bytes = request_of(&q.query, lookup_id).emit();
         self.dht.by_lookup_id.insert(lookup_id, token);
         if let Some(c) = self.dht.circs.get_mut(&id) {
@@ -570,13 +575,20 @@ impl Node {
                             q.records.insert(signer, (version, record));
                         }
                     }
-                    _ => self.dht.stats.bad_records += 1,
+                    _ => {
+                        self.dht.stats.bad_records += 1;
+                        q.junk = true;
+                    }
                 }
                 if !q.seen.contains(&seq_no) {
                     q.seen.push(seq_no);
                 }
                 q.total = q.total.max(total);
-                if q.seen.len() >= usize::from(q.total) {
+                if q.seen.len() >= usize::from(q.total) && q.records.is_empty() && q.junk {
+                    // Only junk from this last hop: ask through another one.
+                    self.dht_retry(now, token, true);
+                    return true;
+                } else if q.seen.len() >= usize::from(q.total) {
                     Some(records_outcome(q))
                 } else {
                     q.deadline = q.deadline.min(now + DHT_VALUE_COLLECT_MS);
@@ -766,7 +778,8 @@ impl Node {
 
     /// Sends what waits for links that came up; drops what waited longer than a request lives.
     fn dht_flush_waiting(&mut self, now: Millis) {
-        let ids: Vec<[u8; 32]> = self.dht.waiting.keys().copied().collect();
+        let mut ids: Vec<[u8; 32]> = self.dht.waiting.keys().copied().collect();
+        ids.sort_unstable();
         for id in ids {
             let link = self.link.link_to(&id);
             let Some(w) = self.dht.waiting.get_mut(&id) else {
@@ -1086,9 +1099,11 @@ impl Node {
         }
         if now >= self.dht.next_scan {
             self.dht.next_scan = now + SCAN_MS;
-            let contacts: Vec<Contact> = self.link.dht_contacts().map(|(_, c)| c).collect();
+            let mut contacts: Vec<(LinkId, Contact)> = self.link.dht_contacts().collect();
+            // In link order: the table keeps what fits first, and a seed must repeat a run.
+            contacts.sort_unstable_by_key(|(l, _)| *l);
             if let Some(relay) = self.dht.relay.as_mut() {
-                for c in contacts {
+                for (_, c) in contacts {
                     if !relay.table.contains(&c.identity) {
                         relay.table.insert(c, now);
                     }
@@ -1191,7 +1206,7 @@ impl Node {
             }
         }
         // Circuits nobody uses any more, and those whose last hop failed us.
-        let idle: Vec<CircId> = self
+        let mut idle: Vec<CircId> = self
             .dht
             .circs
             .iter()
@@ -1203,6 +1218,7 @@ impl Node {
             })
             .map(|(id, _)| *id)
             .collect();
+        idle.sort_unstable();
         for id in idle {
             self.circ.destroy(now, id);
         }
