@@ -51,6 +51,8 @@ use super::{Node, NodeEvent};
 
 /// Intro points a service keeps.
 pub const NUM_INTRO_POINTS: usize = 3;
+/// How long a new service waits for all its intro points before publishing fewer.
+pub const FIRST_DESC_WAIT_MS: Millis = 5_000;
 /// Intro point lifetime bounds (rotation, 10.6).
 pub const INTRO_POINT_LIFETIME_MIN_MS: Millis = 64_800_000;
 /// Upper bound of the intro point lifetime.
@@ -1424,6 +1426,15 @@ impl Node {
         if entries.is_empty() {
             return;
         }
+        // The first descriptor waits a moment for all intro points: one listing a single intro
+        // point stays in clients' caches, and a client whose guard is that relay cannot use it.
+        let first_up = s.intros.iter().filter_map(|i| i.established).min();
+        if s.published_keys.is_empty()
+            && entries.len() < NUM_INTRO_POINTS
+            && first_up.is_some_and(|t| now.saturating_sub(t) < FIRST_DESC_WAIT_MS)
+        {
+            return;
+        }
         let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
         let stale = s
             .built_at
@@ -1791,7 +1802,15 @@ impl Node {
         self.unreachable(dst, why);
     }
 
-    /// A valid cached descriptor for `dst` (current epoch first), opened.
+    /// Drops the cached descriptors of `dst` (both epochs a lookup would ask for).
+    fn forget_descriptor(&mut self, now: Millis, dst: &[u8; 16]) {
+        let (cur, other) = epochs_to_look_up(now / 1000);
+        for e in [Some(cur), other].into_iter().flatten() {
+            self.sess.desc_cache.remove(&desc_index(dst, e));
+        }
+    }
+
+        /// A valid cached descriptor for `dst` (current epoch first), opened.
     fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
         let now_s = now / 1000;
         let (cur, other) = epochs_to_look_up(now_s);
@@ -1888,9 +1907,7 @@ impl Node {
         };
         if c.tried.len() >= INTRO_ATTEMPTS {
             // The descriptor may be stale (its intro points gone): the next try looks it up.
-            self.sess
-                .desc_cache
-                .retain(|_, (d, _)| d.open(&dst, epochs_to_look_up(now / 1000).0).is_err());
+            self.forget_descriptor(now, &dst);
             self.client_fail(now, dst, "introductions failed");
             return;
         }
@@ -1902,6 +1919,11 @@ impl Node {
             .collect();
         candidates.shuffle(&mut self.sess.rng);
         let Some(entry) = candidates.into_iter().next() else {
+            // Every intro point of this descriptor was tried (or cannot be used from here, e.g.
+            // it is our guard). A service publishes a new revision as its intro points come
+            // and go, so the next try looks the descriptor up again instead of failing on the
+            // cached one until it expires.
+            self.forget_descriptor(now, &dst);
             self.client_fail(now, dst, "no intro point left to try");
             return;
         };
