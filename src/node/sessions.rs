@@ -1810,7 +1810,7 @@ impl Node {
         }
     }
 
-        /// A valid cached descriptor for `dst` (current epoch first), opened.
+    /// A valid cached descriptor for `dst` (current epoch first), opened.
     fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
         let now_s = now / 1000;
         let (cur, other) = epochs_to_look_up(now_s);
