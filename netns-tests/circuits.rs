@@ -45,7 +45,7 @@ fn eight_nodes_build_pool_circuits_within_45_s() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .filter(|c| c["state"] == "ready" && c["hops"] == 3)
+                    .filter(|c| c["state"] == "ready" && c["hops"] == 3 && c["purpose"] == "pool")
                     .count()
                     >= 2
             })
@@ -59,9 +59,13 @@ fn eight_nodes_build_pool_circuits_within_45_s() {
     let mut relayed = 0;
     for d in &daemons {
         for c in lab.query(d, "circuits").as_array().unwrap() {
-            assert_eq!(c["purpose"], "pool");
-            if let Some(ms) = c["build_ms"].as_u64() {
-                builds.push(ms);
+            // Beside the pool, nodes keep client stems (purpose intro) and DHT circuits.
+            let purpose = c["purpose"].as_str().unwrap();
+            assert!(["pool", "intro", "dht"].contains(&purpose), "{c}");
+            if purpose == "pool" {
+                if let Some(ms) = c["build_ms"].as_u64() {
+                    builds.push(ms);
+                }
             }
         }
         let status = lab.query(d, "status");

@@ -6,6 +6,7 @@
 mod harness;
 
 mod circuits;
+mod dht;
 mod foundation;
 mod links;
 mod nat;

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
+use super::client::ClientError;
 use super::handshake::{respond, HopTarget, OnionKey};
 use super::hop::{Forward, RelayHop};
 use super::ClientCircuit;
@@ -361,6 +362,8 @@ pub struct CircuitLayer {
     /// Payload buffers of delivered messages, handed back with [`CircuitLayer::recycle_payload`]
     /// so that a steady stream of DATA allocates nothing per message.
     payloads: Vec<Vec<u8>>,
+    /// Relays our extensions could not reach, for [`CircuitLayer::take_unreachable`].
+    unreachable: Vec<[u8; 32]>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -403,6 +406,7 @@ impl CircuitLayer {
             events: VecDeque::new(),
             stats: CircuitStats::default(),
             payloads: Vec::new(),
+            unreachable: Vec::new(),
         }
     }
 
@@ -1274,15 +1278,32 @@ impl CircuitLayer {
                     return;
                 }
             };
+            let target = o.path.get(next).map(|r| *r.identity());
             let Some(c) = o.circ.as_mut() else { return };
             match c.on_extended(&payload) {
                 Ok(()) => self.extend_or_finish(now, id, next + 1),
-                Err(e) => self.close_own(now, id, &format!("EXTENDED: {e}"), true),
+                Err(e) => {
+                    // Status 1 (no link) or 6 (timed out): the relay before could not reach
+                    // it, which is what a dead relay looks like.
+                    if matches!(e, ClientError::ExtendFailed(1 | 6)) {
+                        if let Some(t) = target {
+                            if self.unreachable.len() < 64 {
+                                self.unreachable.push(t);
+                            }
+                        }
+                    }
+                    self.close_own(now, id, &format!("EXTENDED: {e}"), true)
+                }
             }
             return;
         }
         self.events
             .push_back(CircEvent::Message { id, cmd, payload });
+    }
+
+    /// Relays an extension of ours failed to reach since the last call (EXTENDED status 1 or 6).
+    pub fn take_unreachable(&mut self) -> Vec<[u8; 32]> {
+        std::mem::take(&mut self.unreachable)
     }
 
     /// Returns the payload buffer of a [`CircEvent::Message`] for reuse.
@@ -1418,7 +1439,14 @@ impl CircuitLayer {
             let why = match self.own.get(&id) {
                 Some(o) if o.built_at.is_some() => "retired (age)".to_string(),
                 Some(o) => match o.state {
-                    OwnState::Linking => "build timed out (no link to the first hop)".to_string(),
+                    OwnState::Linking => {
+                        if let Some(first) = o.path.first() {
+                            if self.unreachable.len() < 64 {
+                                self.unreachable.push(*first.identity());
+                            }
+                        }
+                        "build timed out (no link to the first hop)".to_string()
+                    }
                     OwnState::Extending { next } => {
                         format!("build timed out (hop {} of {})", next + 1, o.path.len())
                     }

@@ -53,6 +53,10 @@ pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 pub const HELLO_TIMEOUT_MS: Millis = 10_000;
 /// HELLO is resent this often, asking for an answer, until the peer's HELLO arrives (4.5).
 pub const HELLO_RETRY_MS: Millis = 1_000;
+/// How long a relay an extension failed to stays out of the view.
+pub const SUSPECT_RELAY_MS: Millis = 120_000;
+/// Suspects remembered at most.
+const MAX_SUSPECTS: usize = 1024;
 /// HELLO `role` bit: the sender has not received the receiver's HELLO yet; answer with one.
 const HELLO_ASK: u8 = 0b100;
 /// First reconnect delay; doubles per failure.
@@ -431,6 +435,10 @@ pub struct LinkLayer {
     /// Addresses we sent to outside a live link lately (closed links, bootstrap queries,
     /// punches): a probe from one of them proves nothing.
     recent_peers: HashMap<std::net::IpAddr, (Millis, Charge)>,
+    /// Relays a circuit extension to failed, kept out of the view until the time given unless
+    /// they speak to us themselves (records of dead relays linger in others' views until they
+    /// expire, and every path through one fails only after a timeout).
+    suspects: HashMap<[u8; 32], Millis>,
     recent_overflow_until: Millis,
     probe: Option<Probe>,
     probe_ok: Option<SocketAddr>,
@@ -492,6 +500,7 @@ impl LinkLayer {
             expected: HashMap::new(),
             obs: Observations::default(),
             recent_peers: HashMap::new(),
+            suspects: HashMap::new(),
             recent_overflow_until: 0,
             probe: None,
             probe_ok: None,
@@ -845,6 +854,27 @@ impl LinkLayer {
         self.links.get(&link).map(|l| l.endpoint)
     }
 
+    /// A circuit could not be extended to this relay (link failed or timed out): keep it out
+    /// of the view, and so out of paths, for `SUSPECT_RELAY_MS`, unless it links to us itself.
+    pub fn suspect_relay(&mut self, identity: &[u8; 32], now: Millis) {
+        if self.link_to(identity).is_some() {
+            // We hold a live link to it: whatever failed, it is not dead.
+            return;
+        }
+        if self.suspects.len() >= MAX_SUSPECTS {
+            self.suspects.retain(|_, t| now < *t);
+            if self.suspects.len() >= MAX_SUSPECTS {
+                return;
+            }
+        }
+        self.suspects.insert(*identity, now + SUSPECT_RELAY_MS);
+        self.view.remove(identity);
+    }
+
+    fn is_suspect(&self, identity: &[u8; 32], now: Millis) -> bool {
+        self.suspects.get(identity).is_some_and(|t| now < *t)
+    }
+
     /// Adds verified relay records learned through the DHT (a SAMPLE answered by the last hop
     /// `via` of one of our circuits) to the view: one more source beside PEX (9.1). Returns how
     /// many were added or refreshed.
@@ -858,6 +888,9 @@ impl LinkLayer {
         for r in records {
             if !r.is_relay() {
                 self.stats.bad_records += 1;
+                continue;
+            }
+            if self.is_suspect(r.identity(), now) {
                 continue;
             }
             match self.view.insert(r, Source::Dht(via), now) {
@@ -927,6 +960,7 @@ impl LinkLayer {
                 .retain(|_, (_, t, _)| now.saturating_sub(*t) < PROBE_WINDOW_MS * 2);
             self.recent_peers
                 .retain(|_, (t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+            self.suspects.retain(|_, t| now < *t);
             self.relay_table
                 .retain(|_, e| now.saturating_sub(e.last) < RELAYED_LINK_IDLE_MS);
             self.run_probe(now);
@@ -1784,6 +1818,7 @@ impl LinkLayer {
         }
         for chunk in p.get(2..).unwrap_or(&[]).chunks_exact(RELAY_RECORD_LEN) {
             match RelayRecord::parse(chunk, now) {
+                Ok(r) if r.is_relay() && self.is_suspect(r.identity(), now) => {}
                 Ok(r) if r.is_relay() => {
                     if let Err(why) = self.view.insert(r, Source::Pex(source), now) {
                         tracing::trace!(?why, "PEX record not added");

@@ -264,6 +264,10 @@ impl Node {
                 progress = true;
                 self.route_circuit_event(now, e);
             }
+            for r in self.circ.take_unreachable() {
+                tracing::debug!(relay = %crate::crypto::keys::fingerprint(&r), "an extension could not reach this relay: left out of paths for a while");
+                self.link.suspect_relay(&r, now);
+            }
             if !progress {
                 break;
             }
