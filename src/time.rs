@@ -46,3 +46,35 @@ impl Default for Clock {
         Clock::new()
     }
 }
+
+/// A token bucket: `take` succeeds at most `rate` times a second on average, with bursts up to
+/// `burst`. The one rate limiter of every layer (CREATE cells, introductions, ...), on the
+/// caller's clock so that it runs in virtual time too.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    at: Millis,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(burst: f64, now: Millis) -> Bucket {
+        Bucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Millis, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
+        self.at = now;
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

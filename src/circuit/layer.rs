@@ -20,7 +20,7 @@ use super::hop::{Forward, RelayHop};
 use super::ClientCircuit;
 use crate::budget::{Charge, MemoryBudget};
 use crate::link::LinkId;
-use crate::time::Millis;
+use crate::time::{Bucket, Millis};
 use crate::wire::cell::{
     Cell, CellCommand, CellHeader, DestroyBody, DestroyReason, CELL_HEADER_LEN, CELL_LEN,
 };
@@ -206,32 +206,6 @@ impl std::fmt::Display for CircuitError {
 }
 
 impl std::error::Error for CircuitError {}
-
-struct Bucket {
-    tokens: f64,
-    at: Millis,
-}
-
-impl Bucket {
-    fn new(burst: f64, now: Millis) -> Bucket {
-        Bucket {
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    fn take(&mut self, now: Millis, rate: f64, burst: f64) -> bool {
-        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
-        self.at = now;
-        self.tokens = (self.tokens + dt * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 struct LinkInfo {
     identity: Option<[u8; 32]>,

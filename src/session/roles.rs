@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::budget::{Charge, MemoryBudget};
-use crate::time::Millis;
+use crate::time::{Bucket, Millis};
 
 use super::intro::{
     EstablishIntro, IntroError, Introduce1, RendCookie, Rendezvous1, INTRO_VERSION, RENDEZVOUS2_LEN,
@@ -91,32 +91,6 @@ pub fn parse_establish_rendezvous(body: &[u8]) -> Result<RendCookie, IntroError>
     let mut c = [0u8; 32];
     c.copy_from_slice(&b[4..]);
     Ok(RendCookie(c))
-}
-
-struct Bucket {
-    tokens: f64,
-    at: Millis,
-}
-
-impl Bucket {
-    fn new(burst: f64, now: Millis) -> Bucket {
-        Bucket {
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    fn take(&mut self, now: Millis, rate: f64, burst: f64) -> bool {
-        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
-        self.at = now;
-        self.tokens = (self.tokens + dt * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// A token bucket with a rate and a burst (used by services for `SERVICE_INTRO_RATE`).
