@@ -1810,7 +1810,7 @@ impl Node {
         }
     }
 
-        /// A valid cached descriptor for `dst` (current epoch first), opened.
+    /// A valid cached descriptor for `dst` (current epoch first), opened.
     fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
         let now_s = now / 1000;
         let (cur, other) = epochs_to_look_up(now_s);
@@ -2383,6 +2383,12 @@ impl Node {
         match msg {
             E2eMessage::Packet(p) => match addresses(p) {
                 Some((src, d)) if src == dst && d == own && length_consistent(p) => {
+                    // The service moves a flow off a circuit it saw die (the client may not
+                    // know yet: a killed relay sends nothing): answer where it arrives.
+                    if let Some((c, t)) = flow_of(p, false).and_then(|f| o.flows.get_mut(&f)) {
+                        *c = id;
+                        *t = now;
+                    }
                     let mut out = self.packet_bufs.pop().unwrap_or_default();
                     out.extend_from_slice(p);
                     self.events.push(NodeEvent::Packet { buf: out });
