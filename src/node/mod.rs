@@ -233,6 +233,7 @@ impl Node {
                     LinkEvent::Down { link, identity } => {
                         if let Some(id) = &identity {
                             self.guards.mark_down(id, now);
+                            self.sess_on_link_down(now, id);
                         }
                         self.circ.on_link_down(now, link);
                         self.events
