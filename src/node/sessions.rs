@@ -103,8 +103,10 @@ const SESSION_COST: usize = 16 * 1024;
 const DESC_CACHE_COST: usize = 1200;
 /// Paths drawn to find one without a suspect relay.
 const SUSPECT_PATH_TRIES: usize = 8;
-/// A relay whose link to us died is avoided in new paths for this long.
-const LINK_DOWN_SUSPECT_MS: Millis = 30_000;
+/// A relay whose link to us went down is avoided in new paths for this long (or until a link to
+/// it is up again): its record outlives it in every view, and an EXTEND to it fails only after
+/// the extending relay's dial times out.
+const LINK_DOWN_SUSPECT_MS: Millis = SUSPECT_MS;
 /// Intro circuits are rebuilt no faster than this after a failure.
 const INTRO_RETRY_MS: Millis = 2_000;
 
@@ -1032,6 +1034,11 @@ impl Node {
         let until = now + LINK_DOWN_SUSPECT_MS;
         let e = self.sess.suspects.entry(*identity).or_insert(until);
         *e = (*e).max(until);
+    }
+
+    /// A link to a relay is up: it is not suspect (any more).
+    pub(super) fn sess_on_link_up(&mut self, identity: &[u8; 32]) {
+        self.sess.suspects.remove(identity);
     }
 
     /// Circuit events for session circuits are consumed (`None`); others are handed back.
