@@ -1124,3 +1124,33 @@ fn vanguards_lifetimes_and_replacement() {
     let c3 = ctx(&view, &[], rules, NOW + 25 * DAY);
     assert_eq!(vg.maintain(&c3, &g, &mut rng), NUM_L2_GUARDS);
 }
+
+#[test]
+fn a_temporary_stand_in_guard_while_every_guard_is_down() {
+    let view = view_of(&guard_net());
+    let mut rng = StdRng::seed_from_u64(9);
+    let rules = PathRules::default();
+    let c = ctx(&view, &[], rules, NOW);
+    let mut g = Guards::new();
+    g.maintain(&c, &mut rng);
+    let (first, second) = (g.list()[0].identity, g.list()[1].identity);
+    g.mark_down(&first, NOW);
+    g.mark_down(&second, NOW);
+    // Killed guards: circuits need some first hop, but only a temporary one (not saved).
+    let ev = g.maintain(&c, &mut rng);
+    assert_eq!(g.len(), NUM_GUARDS + 1, "{ev:?}");
+    let stand_in = g.list()[NUM_GUARDS].clone();
+    assert!(stand_in.temporary);
+    assert!(stand_in.identity != first && stand_in.identity != second);
+    assert_eq!(g.first_hop(&c).unwrap().identity(), &stand_in.identity);
+    // Stable while the guards stay down.
+    g.maintain(&c, &mut rng);
+    assert_eq!(g.len(), NUM_GUARDS + 1);
+    assert_eq!(g.list()[NUM_GUARDS].identity, stand_in.identity);
+    // A real guard is back: the stand-in goes.
+    g.mark_up(&second, NOW + 1);
+    let c = ctx(&view, &[], rules, NOW + 2);
+    g.maintain(&c, &mut rng);
+    assert_eq!(g.len(), NUM_GUARDS);
+    assert_eq!(g.first_hop(&c).unwrap().identity(), &second);
+}

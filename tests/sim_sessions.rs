@@ -686,6 +686,116 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
     assert!(w.sim.nodes[cli].node.session_stats().flows_moved >= 3);
 }
 
+/// A flow only the service sends on (a download, an ssh session's output: the client's TCP has
+/// nothing to say while nothing arrives) survives a relay on its path dying silently. The client
+/// never probes; the relay next to the dead one must notice (its link PINGs go unanswered) and
+/// close the circuit, and the service answers on another one.
+#[test]
+fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
+    let mut w = World::new(24, 23);
+    let svc = w.add_host();
+    let cli = w.add_host();
+    w.sim.run_for(30_000);
+    w.publish(svc, SERVICE_SEED, &[cli]);
+    let s_addr = service_addr(&SERVICE_SEED);
+    w.sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    let mut seq = 0u32;
+    // The client opens the flow; from then on only the service sends.
+    let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 3_000);
+    assert!(!got.is_empty(), "the flow runs");
+    let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+    let circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
+    // A relay on the flow's circuit only (not a guard, on no other circuit of the session):
+    // the session stays and only that circuit dies. The flow's relays are the busy ones.
+    let ids = |n: usize, c: CircId| -> Vec<[u8; 32]> {
+        w.sim.nodes[n]
+            .node
+            .circ
+            .path(c)
+            .map(|p| p.iter().skip(1).map(|r| *r.identity()).collect())
+            .unwrap_or_default()
+    };
+    let mut shared: Vec<[u8; 32]> = Vec::new();
+    for (c, _) in w.sim.nodes[cli].node.session_circuits(s_addr) {
+        if c != circ {
+            shared.extend(ids(cli, c));
+        }
+    }
+    let svc_circs = w.sim.nodes[svc].node.service_session_circuits(s_addr, me);
+    let svc_relays: Vec<[u8; 32]> = svc_circs.iter().flat_map(|c| ids(svc, *c)).collect();
+    for r in &svc_relays {
+        if svc_relays.iter().filter(|x| *x == r).count() > 1 {
+            shared.push(*r);
+        }
+    }
+    let relayed = |w: &World| -> Vec<u64> {
+        w.sim
+            .nodes
+            .iter()
+            .map(|n| n.node.circ.stats().relayed_cells)
+            .collect()
+    };
+    let c0 = relayed(&w);
+    let push = |w: &mut World, n: u32, ms: u64| -> Vec<(u64, u32)> {
+        let mut got = Vec::new();
+        let mut seen = w.sim.nodes[cli].events.len();
+        for i in 0..ms / 100 {
+            let now = w.sim.now;
+            let p = udp(s_addr, me, 7, 42000, &(n + i as u32).to_be_bytes());
+            let _ = w.sim.nodes[svc].node.send_packet(now, me, &p);
+            w.sim.flush(svc);
+            w.sim.run_for(100);
+            for p in w.packets(cli, seen) {
+                got.push((w.sim.now, u32::from_be_bytes(p[48..52].try_into().unwrap())));
+            }
+            seen = w.sim.nodes[cli].events.len();
+        }
+        got
+    };
+    let before = push(&mut w, 0, 3_000);
+    assert!(before.len() >= 25, "pushed before: {}", before.len());
+    let c1 = relayed(&w);
+    let (cg, sg) = (
+        w.sim.nodes[cli].node.guards().list().to_vec(),
+        w.sim.nodes[svc].node.guards().list().to_vec(),
+    );
+    let victim = (0..w.sim.nodes.len())
+        .filter(|i| c1[*i].saturating_sub(c0[*i]) >= 20)
+        .find(|i| {
+            let id = w.sim.nodes[*i].identity;
+            !shared.contains(&id)
+                && !cg.iter().chain(sg.iter()).any(|g| g.identity == id)
+                && *i != cli
+                && *i != svc
+        })
+        .expect("a relay only the flow's circuit uses");
+    let killed_at = w.sim.now;
+    w.sim.kill(victim);
+    let after = push(&mut w, 1_000, 30_000);
+    eprintln!(
+        "service circuits before {svc_circs:?} after {:?}; client {:?}",
+        w.sim.nodes[svc].node.service_session_circuits(s_addr, me),
+        w.sim.nodes[cli].node.session_circuits(s_addr)
+    );
+    let resumed = after.first().map(|(t, _)| t - killed_at);
+    eprintln!("service-only flow resumed {resumed:?} ms after its relay died");
+    // Before dead links were PINGed as soon as they went quiet this took about 18 s (the idle
+    // PING interval plus its timeouts).
+    assert!(
+        resumed.is_some_and(|r| r < 14_000),
+        "the service's packets resumed after {resumed:?} ms; {:?}",
+        w.sim.nodes[svc].node.session_stats()
+    );
+    assert!(after.len() >= 100, "the flow continues: {}", after.len());
+}
+
 /// The main scenario end to end through the DHT: the service publishes its descriptors through
 /// a 4-hop circuit, the client looks them up through a 3-hop circuit, then data both ways.
 #[test]

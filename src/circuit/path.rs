@@ -56,6 +56,8 @@ pub const CLIENT_CIRCUIT_HOPS: usize = 3;
 pub const SERVICE_CIRCUIT_HOPS: usize = 4;
 /// Guards a node keeps.
 pub const NUM_GUARDS: usize = 2;
+/// Guards held at most: [`NUM_GUARDS`] plus temporary stand-ins while all of them are down.
+pub const MAX_GUARDS: usize = 2 * NUM_GUARDS;
 /// Shortest guard lifetime, days.
 pub const GUARD_LIFETIME_MIN_DAYS: u64 = 30;
 /// Longest guard lifetime, days.
@@ -1354,6 +1356,11 @@ impl Guards {
         let replace_ms = GUARD_DOWN_REPLACE_DAYS * DAY_MS;
         let mut events = Vec::new();
         let mut kept = Vec::with_capacity(NUM_GUARDS);
+        let snapshot: Vec<([u8; 32], bool)> = self
+            .list
+            .iter()
+            .map(|g| (g.identity, g.down_since.is_some()))
+            .collect();
         for mut g in std::mem::take(&mut self.list) {
             let rec = ctx
                 .view
@@ -1384,7 +1391,7 @@ impl Guards {
                 .is_some_and(|d| now.saturating_sub(d) > replace_ms)
             {
                 Some(GuardDropReason::Missing)
-            } else if g.temporary && diverse {
+            } else if g.temporary && diverse && !stand_in_needed(&snapshot, &g) {
                 Some(GuardDropReason::Temporary)
             } else if rec.is_some_and(|r| ctx.rules.families(&r.fields().endpoints).overlaps(&own))
             {
@@ -1401,9 +1408,15 @@ impl Guards {
             }
         }
         self.list = kept;
-        if self.list.len() < NUM_GUARDS {
+        // While every guard is down (killed, unreachable), one temporary stand-in is added so
+        // circuits can be built at all; it goes once a real guard is up again.
+        let all_down = |l: &[Guard]| !l.is_empty() && l.iter().all(|g| g.down_since.is_some());
+        if self.list.len() < NUM_GUARDS || all_down(&self.list) {
             let pool = ctx.pool(&own);
-            while self.list.len() < NUM_GUARDS {
+            while self.list.len() < NUM_GUARDS
+                || (all_down(&self.list) && self.list.len() < MAX_GUARDS)
+            {
+                let stand_in = self.list.len() >= NUM_GUARDS;
                 let taken: Vec<Node<'_>> = self
                     .list
                     .iter()
@@ -1435,7 +1448,7 @@ impl Guards {
                     last_seen_up: None,
                     down_since: None,
                     missing_since: None,
-                    temporary: !diverse,
+                    temporary: !diverse || stand_in,
                 };
                 self.dirty |= !g.temporary;
                 events.push(GuardEvent::Chosen {
@@ -1469,6 +1482,16 @@ impl Guards {
         }
         fallback
     }
+}
+
+/// Whether temporary guard `g` stands in for guards that are all down: every other guard
+/// (`snapshot`: identity, marked down) is marked down and `g` is not.
+fn stand_in_needed(snapshot: &[([u8; 32], bool)], g: &Guard) -> bool {
+    let mut others = snapshot
+        .iter()
+        .filter(|(id, _)| *id != g.identity)
+        .peekable();
+    others.peek().is_some() && others.all(|(_, down)| *down) && g.down_since.is_none()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ use crate::wire::record::{
 pub const LINK_TIMER_TICK_MS: Millis = 250;
 /// Liveness ping on links with no traffic for this long.
 pub const PING_INTERVAL_MS: Millis = 15_000;
+/// A link we sent on that has received nothing for this long is pinged without waiting for
+/// `PING_INTERVAL_MS` (its death then shows within this plus the PING's timeouts).
+pub const SILENT_PING_MS: Millis = 2_000;
 /// Link request timeout.
 pub const LINK_RPC_TIMEOUT_MS: Millis = 2_000;
 /// Retries of a link request.
@@ -1929,7 +1932,13 @@ impl LinkLayer {
         // Liveness.
         let Some(l) = self.links.get(&id) else { return };
         let pinging = l.rpcs.values().any(|p| matches!(p.rpc, Rpc::Ping { .. }));
-        if !pinging && now.saturating_sub(l.last_rx) >= PING_INTERVAL_MS {
+        // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
+        // sends nothing, and circuits through it should not wait the idle interval to close.
+        let quiet = now.saturating_sub(l.last_rx);
+        let unanswered = l.last_tx > l.last_rx
+            && quiet >= SILENT_PING_MS
+            && now.saturating_sub(l.last_ping) >= SILENT_PING_MS;
+        if !pinging && (quiet >= PING_INTERVAL_MS || unanswered) {
             self.ping(now, id);
         }
         // Keepalives that hold NAT mappings (section 13.5). Behind NAT the keepalive is a PING

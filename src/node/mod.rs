@@ -222,6 +222,7 @@ impl Node {
                     LinkEvent::Up { link, identity } => {
                         if let Some(id) = &identity {
                             self.guards.mark_up(id, now);
+                            self.sess_on_link_up(id);
                         }
                         if let Some(theirs) = self.link.peer_key(link) {
                             let ours = self.link.link_public();
@@ -233,6 +234,7 @@ impl Node {
                     LinkEvent::Down { link, identity } => {
                         if let Some(id) = &identity {
                             self.guards.mark_down(id, now);
+                            self.sess_on_link_down(now, id);
                         }
                         self.circ.on_link_down(now, link);
                         self.events

@@ -101,6 +101,12 @@ pub const SERVICE_POOL_STEMS: usize = 4;
 const SESSION_COST: usize = 16 * 1024;
 /// Memory charged per cached descriptor.
 const DESC_CACHE_COST: usize = 1200;
+/// Paths drawn to find one without a suspect relay.
+const SUSPECT_PATH_TRIES: usize = 8;
+/// A relay whose link to us went down is avoided in new paths for this long (or until a link to
+/// it is up again): its record outlives it in every view, and an EXTEND to it fails only after
+/// the extending relay's dial times out.
+const LINK_DOWN_SUSPECT_MS: Millis = SUSPECT_MS;
 /// Intro circuits are rebuilt no faster than this after a failure.
 const INTRO_RETRY_MS: Millis = 2_000;
 
@@ -832,14 +838,29 @@ impl Node {
                 .vanguards
                 .maintain(&ctx, &self.guards, &mut self.sess.rng);
         }
-        let path = ctx
-            .select(
-                kind,
-                &self.guards,
-                Some(&self.sess.vanguards),
-                &mut self.sess.rng,
-            )
-            .map_err(|e| e.to_string())?;
+        // A relay that just stopped answering is still in the view for a while: paths through
+        // it would wait for an EXTEND to fail. A few tries find one without; else the last.
+        self.sess.suspects.retain(|_, until| now < *until);
+        let mut tries = 0;
+        let path = loop {
+            tries += 1;
+            let path = ctx
+                .select(
+                    kind.clone(),
+                    &self.guards,
+                    Some(&self.sess.vanguards),
+                    &mut self.sess.rng,
+                )
+                .map_err(|e| e.to_string())?;
+            let clean = !path
+                .hops()
+                .iter()
+                .skip(1)
+                .any(|h| self.sess.suspects.contains_key(&h.identity));
+            if clean || tries >= SUSPECT_PATH_TRIES {
+                break path;
+            }
+        };
         path.hops()
             .iter()
             .map(|h| ctx.view.get(&h.identity).cloned())
@@ -1006,6 +1027,18 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// A link to a relay went down (it may have died): new paths avoid it for a while.
+    pub(super) fn sess_on_link_down(&mut self, now: Millis, identity: &[u8; 32]) {
+        let until = now + LINK_DOWN_SUSPECT_MS;
+        let e = self.sess.suspects.entry(*identity).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    /// A link to a relay is up: it is not suspect (any more).
+    pub(super) fn sess_on_link_up(&mut self, identity: &[u8; 32]) {
+        self.sess.suspects.remove(identity);
     }
 
     /// Circuit events for session circuits are consumed (`None`); others are handed back.
@@ -2383,6 +2416,12 @@ impl Node {
         match msg {
             E2eMessage::Packet(p) => match addresses(p) {
                 Some((src, d)) if src == dst && d == own && length_consistent(p) => {
+                    // The service moves a flow off a circuit it saw die (the client may not
+                    // know yet: a killed relay sends nothing): answer where it arrives.
+                    if let Some((c, t)) = flow_of(p, false).and_then(|f| o.flows.get_mut(&f)) {
+                        *c = id;
+                        *t = now;
+                    }
                     let mut out = self.packet_bufs.pop().unwrap_or_default();
                     out.extend_from_slice(p);
                     self.events.push(NodeEvent::Packet { buf: out });
