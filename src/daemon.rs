@@ -810,6 +810,23 @@ impl Pings {
 }
 
 /// The link task: owns the UDP sockets, the node's state machine and the flow layer.
+/// Sends every datagram the node has queued, each on the socket of its address family.
+async fn send_transmits(node: &mut Node, sockets: &[UdpSocket], families: &[bool]) {
+    while let Some(t) = node.poll_transmit() {
+        let socket = sockets
+            .iter()
+            .zip(families)
+            .find(|(_, v4)| **v4 == t.dst.is_ipv4())
+            .map(|(s, _)| s);
+        if let Some(s) = socket {
+            if let Err(e) = s.send_to(&t.data, t.dst).await {
+                tracing::debug!("UDP send to {}: {e}", t.dst);
+            }
+        }
+        node.recycle(t.data);
+    }
+}
+
 async fn link_loop(
     sockets: Vec<UdpSocket>,
     core: Core,
@@ -916,19 +933,7 @@ async fn link_loop(
                 }
             } => link.handle_timeout(clock.now()),
         }
-        while let Some(t) = link.poll_transmit() {
-            let socket = sockets
-                .iter()
-                .zip(&families)
-                .find(|(_, v4)| **v4 == t.dst.is_ipv4())
-                .map(|(s, _)| s);
-            if let Some(s) = socket {
-                if let Err(e) = s.send_to(&t.data, t.dst).await {
-                    tracing::debug!("UDP send to {}: {e}", t.dst);
-                }
-            }
-            link.recycle(t.data);
-        }
+        send_transmits(&mut link, &sockets, &families).await;
         events.extend(link.drain_events());
         for e in events.drain(..) {
             match e {
@@ -964,19 +969,7 @@ async fn link_loop(
             }
         }
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
-        while let Some(t) = link.poll_transmit() {
-            let socket = sockets
-                .iter()
-                .zip(&families)
-                .find(|(_, v4)| **v4 == t.dst.is_ipv4())
-                .map(|(s, _)| s);
-            if let Some(s) = socket {
-                if let Err(e) = s.send_to(&t.data, t.dst).await {
-                    tracing::debug!("UDP send to {}: {e}", t.dst);
-                }
-            }
-            link.recycle(t.data);
-        }
+        send_transmits(&mut link, &sockets, &families).await;
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
             last_snapshot = now;
