@@ -965,7 +965,7 @@ async fn link_loop(
                     pings.unreachable(&dst, &why);
                 }
                 NodeEvent::Pong { id, rtt_ms, .. } => pings.answer(id, rtt_ms as f64),
-                NodeEvent::Link(LinkEvent::Dht { .. }) => {}
+                NodeEvent::Link(LinkEvent::Dht { .. } | LinkEvent::DialFailed { .. }) => {}
             }
         }
         // Replies made while handling events (refusals) leave now, not at the next wake-up.

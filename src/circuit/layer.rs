@@ -225,6 +225,7 @@ enum Dir {
 
 struct PendingExtend {
     identity: [u8; 32],
+    link_key: [u8; 32],
     create: [u8; CREATE_HS_LEN],
     started: Millis,
     sent: Option<Millis>,
@@ -245,7 +246,8 @@ struct Relayed {
     down: Option<(LinkId, u32)>,
     created_at: Millis,
     last_cell: Millis,
-    extend: Option<PendingExtend>,
+    /// While extending (boxed: most relayed circuits never extend, or only once).
+    extend: Option<Box<PendingExtend>>,
     /// Hash of the CREATE bytes and our CREATED cell, to answer a resent CREATE identically
     /// (dropped once the first relay cell shows the client got it).
     answer: Option<Box<Answer>>,
@@ -493,6 +495,33 @@ impl CircuitLayer {
                 .collect();
             for slot in extends {
                 self.send_extend_create(now, slot, link);
+            }
+        }
+    }
+
+    /// A link to the relay with this link key could not be made (a dial failed, or the peer
+    /// died a moment ago): extensions waiting for it fail now, not at their timeout.
+    pub fn on_link_failed(&mut self, link_key: &[u8; 32]) {
+        let slots: Vec<u64> = self
+            .relayed
+            .iter()
+            .filter(|(_, r)| {
+                r.down.is_none() && r.extend.as_ref().is_some_and(|e| e.link_key == *link_key)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for slot in slots {
+            let Some(r) = self.relayed.get_mut(&slot) else {
+                continue;
+            };
+            r.extend = None;
+            let mut cell = [0u8; CELL_LEN];
+            let up = r.up.0;
+            if r.hop
+                .fail_extend(ExtendedStatus::LinkFailed, &mut cell)
+                .is_ok()
+            {
+                self.push_cell(up, cell);
             }
         }
     }
@@ -944,13 +973,14 @@ impl CircuitLayer {
             refuse(self, ExtendedStatus::Refused);
             return;
         }
-        r.extend = Some(PendingExtend {
+        r.extend = Some(Box::new(PendingExtend {
             identity: spec.identity,
+            link_key: spec.link_key,
             create,
             started: now,
             sent: None,
             retries: 0,
-        });
+        }));
         let existing = self
             .links
             .iter()

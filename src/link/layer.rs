@@ -43,7 +43,16 @@ pub const LINK_TIMER_TICK_MS: Millis = 250;
 pub const PING_INTERVAL_MS: Millis = 15_000;
 /// A link we sent on that has received nothing for this long is pinged without waiting for
 /// `PING_INTERVAL_MS` (its death then shows within this plus the PING's timeouts).
-pub const SILENT_PING_MS: Millis = 2_000;
+pub const SILENT_PING_MS: Millis = 1_000;
+/// The timeout of each try of such a PING: a killed neighbour is noticed ~4 s after it died
+/// (every flow through it stalls until then). Only a link that stays silent through all tries
+/// is dropped, so a lost PONG on a busy link costs nothing.
+pub const SILENT_PING_TIMEOUT_MS: Millis = 1_000;
+/// How long `connect` refuses a peer whose link died of unanswered PINGs (unless it links to
+/// us again first).
+pub const DEAD_PEER_MS: Millis = 30_000;
+/// Such peers remembered at most.
+const MAX_DEAD_PEERS: usize = 1024;
 /// Link request timeout.
 pub const LINK_RPC_TIMEOUT_MS: Millis = 2_000;
 /// Retries of a link request.
@@ -157,6 +166,11 @@ pub enum LinkEvent {
         /// Our endpoint as seen from outside.
         endpoint: SocketAddr,
     },
+    /// A link we dialled (for [`LinkLayer::connect`]) never came up.
+    DialFailed {
+        /// The peer's link key.
+        peer_key: [u8; 32],
+    },
 }
 
 /// Errors of the link layer's commands.
@@ -168,6 +182,8 @@ pub enum LinkError {
     Limit,
     /// The message does not fit a frame.
     TooLarge,
+    /// The peer stopped answering a short while ago (its link died of unanswered PINGs).
+    Dead,
 }
 
 impl std::fmt::Display for LinkError {
@@ -176,6 +192,7 @@ impl std::fmt::Display for LinkError {
             LinkError::NoLink => write!(f, "no such link"),
             LinkError::Limit => write!(f, "link or memory limit reached"),
             LinkError::TooLarge => write!(f, "message too large for a link frame"),
+            LinkError::Dead => write!(f, "the peer stopped answering a short while ago"),
         }
     }
 }
@@ -323,6 +340,8 @@ struct Probe {
 struct Pending {
     rpc: Rpc,
     deadline: Millis,
+    /// Each try's timeout.
+    timeout: Millis,
     retries: u8,
     frame: Vec<u8>,
     _charge: Charge,
@@ -430,6 +449,9 @@ pub struct LinkLayer {
     observed: Option<SocketAddr>,
     nat: NatClass,
     backoff: HashMap<[u8; 32], Backoff>,
+    /// Peers (by link key) whose link died of unanswered PINGs, until when `connect` refuses
+    /// them: an EXTEND towards a relay that just died fails at once instead of dialling it.
+    dead_peers: HashMap<[u8; 32], Millis>,
     bootstrap_queries: HashMap<SocketAddr, (u64, Millis)>,
     bootstrap_backoff: HashMap<SocketAddr, Backoff>,
     query_budget: (Millis, u32),
@@ -497,6 +519,7 @@ impl LinkLayer {
             observed: None,
             nat: NatClass::Unknown,
             backoff: HashMap::new(),
+            dead_peers: HashMap::new(),
             bootstrap_queries: HashMap::new(),
             bootstrap_backoff: HashMap::new(),
             query_budget: (0, 0),
@@ -681,6 +704,11 @@ impl LinkLayer {
     ) -> Result<LinkId, LinkError> {
         if peer_key == self.link_public {
             return Err(LinkError::NoLink);
+        }
+        if self.dead_peers.get(&peer_key).is_some_and(|t| now < *t)
+            && !self.by_key.contains_key(&peer_key)
+        {
+            return Err(LinkError::Dead);
         }
         // A relay behind NAT is reached by punching through its introducers (section 13.2).
         let natted = self
@@ -1135,6 +1163,10 @@ impl LinkLayer {
                     link: id,
                     identity: l.identity,
                 });
+            } else if dead && l.dialed {
+                self.events.push_back(LinkEvent::DialFailed {
+                    peer_key: l.peer_key,
+                });
             }
             if dead && l.dialed {
                 let b = self.backoff.entry(l.peer_key).or_insert(Backoff {
@@ -1349,6 +1381,18 @@ impl LinkLayer {
     }
 
     fn send_rpc(&mut self, now: Millis, id: LinkId, rpc: Rpc, t: MsgType, payload: &[u8]) {
+        self.send_rpc_timeout(now, id, rpc, t, payload, LINK_RPC_TIMEOUT_MS);
+    }
+
+    fn send_rpc_timeout(
+        &mut self,
+        now: Millis,
+        id: LinkId,
+        rpc: Rpc,
+        t: MsgType,
+        payload: &[u8],
+        timeout: Millis,
+    ) {
         let rpc_id: u64 = self.rng.gen_range(1..u64::MAX);
         let Some(l) = self.links.get(&id) else { return };
         if l.rpcs.len() >= MAX_RPC_PER_LINK {
@@ -1368,7 +1412,8 @@ impl LinkLayer {
                 rpc_id,
                 Pending {
                     rpc,
-                    deadline: now + LINK_RPC_TIMEOUT_MS,
+                    deadline: now + timeout,
+                    timeout,
                     retries: LINK_RPC_RETRIES,
                     frame: framecopy,
                     _charge: charge,
@@ -1572,9 +1617,10 @@ impl LinkLayer {
             self.send_hello(now, id, false);
         }
         if first {
+            let key = self.links.get(&id).map(|l| l.peer_key).unwrap_or_default();
+            self.dead_peers.remove(&key);
             if let Some(ident) = identity {
-                self.backoff
-                    .remove(&self.links.get(&id).map(|l| l.peer_key).unwrap_or_default());
+                self.backoff.remove(&key);
                 tracing::debug!(link = id.0, peer = %fingerprint(&ident), "link up");
             }
             self.events.push_back(LinkEvent::Up { link: id, identity });
@@ -1595,15 +1641,20 @@ impl LinkLayer {
     }
 
     fn ping_with(&mut self, now: Millis, id: LinkId, nonce: u64) {
+        self.ping_timeout(now, id, nonce, LINK_RPC_TIMEOUT_MS);
+    }
+
+    fn ping_timeout(&mut self, now: Millis, id: LinkId, nonce: u64, timeout: Millis) {
         if let Some(l) = self.links.get_mut(&id) {
             l.last_ping = now;
         }
-        self.send_rpc(
+        self.send_rpc_timeout(
             now,
             id,
             Rpc::Ping { nonce, sent: now },
             MsgType::Ping,
             &nonce.to_be_bytes(),
+            timeout,
         );
     }
 
@@ -1891,19 +1942,21 @@ impl LinkLayer {
         }
         // Request timeouts and retries.
         let mut retry: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut failed_ping = false;
+        // The time a failed PING waited in all (its tries' timeouts).
+        let mut failed_ping: Option<Millis> = None;
         if let Some(l) = self.links.get_mut(&id) {
             let mut gone = Vec::new();
             for (rid, p) in l.rpcs.iter_mut() {
                 if now >= p.deadline {
                     if p.retries > 0 {
                         p.retries -= 1;
-                        p.deadline = now + LINK_RPC_TIMEOUT_MS;
+                        p.deadline = now + p.timeout;
                         retry.push((*rid, p.frame.clone()));
                     } else {
                         gone.push(*rid);
                         if matches!(p.rpc, Rpc::Ping { .. }) {
-                            failed_ping = true;
+                            let waited = p.timeout * (u64::from(LINK_RPC_RETRIES) + 1);
+                            failed_ping = Some(failed_ping.map_or(waited, |w| w.min(waited)));
                         }
                     }
                 }
@@ -1914,11 +1967,21 @@ impl LinkLayer {
         }
         // Dead only if the PING went unanswered *and* nothing else arrived meanwhile: on a lossy
         // path a lost PONG is not a dead neighbour.
-        let silent = self.links.get(&id).is_some_and(|l| {
-            now.saturating_sub(l.last_rx) >= LINK_RPC_TIMEOUT_MS * (u64::from(LINK_RPC_RETRIES) + 1)
+        let silent = failed_ping.is_some_and(|waited| {
+            self.links
+                .get(&id)
+                .is_some_and(|l| now.saturating_sub(l.last_rx) >= waited)
         });
-        if failed_ping && silent {
+        if silent {
             tracing::debug!(link = id.0, "no answer to PING: link is dead");
+            if let Some(key) = self.links.get(&id).map(|l| l.peer_key) {
+                if self.dead_peers.len() >= MAX_DEAD_PEERS {
+                    self.dead_peers.retain(|_, t| now < *t);
+                }
+                if self.dead_peers.len() < MAX_DEAD_PEERS {
+                    self.dead_peers.insert(key, now + DEAD_PEER_MS);
+                }
+            }
             self.remove_link(id, true);
             return;
         }
@@ -1938,7 +2001,10 @@ impl LinkLayer {
         let unanswered = l.last_tx > l.last_rx
             && quiet >= SILENT_PING_MS
             && now.saturating_sub(l.last_ping) >= SILENT_PING_MS;
-        if !pinging && (quiet >= PING_INTERVAL_MS || unanswered) {
+        if !pinging && unanswered {
+            let nonce: u64 = self.rng.gen();
+            self.ping_timeout(now, id, nonce, SILENT_PING_TIMEOUT_MS);
+        } else if !pinging && quiet >= PING_INTERVAL_MS {
             self.ping(now, id);
         }
         // Keepalives that hold NAT mappings (section 13.5). Behind NAT the keepalive is a PING

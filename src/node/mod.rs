@@ -246,6 +246,7 @@ impl Node {
                         response,
                         data,
                     } => self.dht_on_frame(now, link, rpc_id, response, &data),
+                    LinkEvent::DialFailed { peer_key } => self.circ.on_link_failed(&peer_key),
                     other => self.events.push(NodeEvent::Link(other)),
                 }
             }
@@ -258,7 +259,9 @@ impl Node {
                         }
                     }
                     CircAction::Connect { link_key, endpoint } => {
-                        let _ = self.link.connect(now, link_key, endpoint);
+                        if self.link.connect(now, link_key, endpoint).is_err() {
+                            self.circ.on_link_failed(&link_key);
+                        }
                     }
                 }
             }
