@@ -585,9 +585,34 @@ fn small_networks_fail_loudly_naming_the_rule() {
         addr.ip().to_string().split('.').next().unwrap(),
         addr.ip().to_string().split('.').nth(1).unwrap()
     );
+    // A target in the first guard's family is reached through the other guard (as Tor does)...
     let beside = Hop::from_record(&simple(10, &near, FLAG_RENDEZVOUS));
-    let e = c
+    let p = c
         .select(PathKind::Client(Target::Relay(beside)), &g, None, &mut rng)
+        .unwrap();
+    assert_ne!(p.hops()[0].identity, *guard.identity());
+    // ... and one in the families of both guards cannot be reached: the error names the clash.
+    let other = g
+        .list()
+        .iter()
+        .find(|x| x.identity != *guard.identity())
+        .and_then(|x| view.get(&x.identity))
+        .unwrap();
+    let oaddr = other.fields().endpoints[0].ip().to_string();
+    let near2 = format!(
+        "{}.{}.77.78:7",
+        oaddr.split('.').next().unwrap(),
+        oaddr.split('.').nth(1).unwrap()
+    );
+    let both = Hop::from_record(&record(
+        11,
+        &[ep(&near), ep(&near2)],
+        FLAG_RELAY | FLAG_RENDEZVOUS,
+        NatClass::Public,
+        NOW / 1000 + 3600,
+    ));
+    let e = c
+        .select(PathKind::Client(Target::Relay(both)), &g, None, &mut rng)
         .unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -688,16 +713,22 @@ fn rendezvous_exception_keeps_only_the_middle_distinct() {
             assert!(p.is_peer_rendezvous());
             assert_rules(&c, &p, &kind, &g, &vg);
         }
-        // The same relay as the service's own choice of target is refused.
-        assert!(matches!(
-            c.select(
-                PathKind::Service(Target::Relay(rp.clone())),
-                &g,
-                Some(&vg),
-                &mut rng
-            ),
-            Err(PathError::TargetConflict { .. })
-        ));
+        // As the service's own choice of target it never shares a family with a hop: one in
+        // the node's family is refused, one that clashes with the first guard is reached
+        // through the other guard (or refused when there is no way round).
+        match c.select(
+            PathKind::Service(Target::Relay(rp.clone())),
+            &g,
+            Some(&vg),
+            &mut rng,
+        ) {
+            Ok(p) => {
+                assert_ne!(p.hops()[0].identity, guard.identity().to_owned());
+                assert!(disjoint(&p.hops()[0].endpoints, &rp.endpoints, rules));
+                c.check(&p).unwrap();
+            }
+            Err(e) => assert!(matches!(e, PathError::TargetConflict { .. }), "{e:?}"),
+        }
         // Pooled stems: the rendezvous point may follow any stem whose middle is elsewhere.
         let stem = c
             .select(PathKind::ServiceStem, &g, Some(&vg), &mut rng)

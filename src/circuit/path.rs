@@ -629,7 +629,14 @@ impl<'a> PathContext<'a> {
         };
         let own = self.own();
         let pool = self.pool(&own);
-        let guard = match guards.first_hop_node(self, &own) {
+        // A given target that clashes with our first guard is reached through the next usable
+        // one (Tor's guard restriction): otherwise a client whose guard is a service's intro
+        // point, or in its family, could never use that intro point.
+        let avoid = match &target {
+            Some(Target::Relay(h)) => Some(self.node_of_hop(h)),
+            _ => None,
+        };
+        let guard = match guards.first_hop_node_avoiding(self, &own, avoid.as_ref()) {
             Some(g) => g,
             None => {
                 return Err(self
@@ -1470,6 +1477,35 @@ impl Guards {
     }
 
     fn first_hop_node<'v>(&self, ctx: &PathContext<'v>, own: &Families) -> Option<Node<'v>> {
+        self.first_hop_node_avoiding(ctx, own, None)
+    }
+
+    /// The first hop for a path to `avoid` (if given): the first usable guard that does not
+    /// clash with it, else (the error names the clash) the one [`Guards::first_hop`] gives.
+    fn first_hop_node_avoiding<'v>(
+        &self,
+        ctx: &PathContext<'v>,
+        own: &Families,
+        avoid: Option<&Node<'_>>,
+    ) -> Option<Node<'v>> {
+        if let Some(t) = avoid {
+            let mut fallback = None;
+            for g in &self.list {
+                let Some(n) = ctx.lookup(&g.identity, own) else {
+                    continue;
+                };
+                if n.identity == t.identity || n.fam.overlaps(&t.fam) {
+                    continue;
+                }
+                if g.down_since.is_none() {
+                    return Some(n);
+                }
+                fallback.get_or_insert(n);
+            }
+            if fallback.is_some() {
+                return fallback;
+            }
+        }
         let mut fallback = None;
         for g in &self.list {
             let Some(n) = ctx.lookup(&g.identity, own) else {
@@ -1769,7 +1805,7 @@ mod tests {
             .unwrap();
         assert!(p.is_peer_rendezvous());
         c.check(&p).unwrap();
-        // As a client's own target it is refused, naming the guard.
+        // As a client's own target the next guard is taken (here no middle is left for it).
         let e = c
             .select(
                 PathKind::Service(Target::Relay(rp)),
@@ -1778,14 +1814,78 @@ mod tests {
                 &mut rng,
             )
             .unwrap_err();
-        assert_eq!(
-            e,
-            PathError::TargetConflict {
-                with: Conflict::Hop(Role::Guard),
-                same_identity: true,
-                rules: PathRules::default()
-            }
+        assert!(matches!(e, PathError::NoMiddle { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn target_that_is_our_guard_goes_through_the_other_guard() {
+        let v = view(
+            (1..=6)
+                .map(|i| {
+                    rec(
+                        i,
+                        &[&format!("10.{i}.0.1:7")],
+                        FLAG_RELAY | FLAG_RENDEZVOUS,
+                        NatClass::Public,
+                    )
+                })
+                .collect(),
         );
+        let c = ctx(&v, &[], PathRules::default());
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut g = Guards::new();
+        g.maintain(&c, &mut rng);
+        assert_eq!(g.len(), NUM_GUARDS);
+        let first = *g.first_hop(&c).unwrap().identity();
+        let target = Hop::from_record(v.get(&first).unwrap());
+        for _ in 0..20 {
+            let p = c
+                .select(
+                    PathKind::Client(Target::Relay(target.clone())),
+                    &g,
+                    None,
+                    &mut rng,
+                )
+                .unwrap();
+            c.check(&p).unwrap();
+            assert_ne!(p.hops()[0].identity, first);
+            assert!(g.list().iter().any(|x| x.identity == p.hops()[0].identity));
+            assert_eq!(p.hops().last().unwrap().identity, first);
+        }
+        // Every other path keeps the first guard.
+        let p = c
+            .select(
+                PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
+                &g,
+                None,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(p.hops()[0].identity, first);
+        // With the other guard gone from the view there is no way round: the error says why.
+        let other = g
+            .list()
+            .iter()
+            .find(|x| x.identity != first)
+            .unwrap()
+            .identity;
+        let v2 = view(
+            (1..=6)
+                .map(|i| {
+                    rec(
+                        i,
+                        &[&format!("10.{i}.0.1:7")],
+                        FLAG_RELAY | FLAG_RENDEZVOUS,
+                        NatClass::Public,
+                    )
+                })
+                .filter(|r| *r.identity() != other)
+                .collect(),
+        );
+        let c2 = ctx(&v2, &[], PathRules::default());
+        let e = c2
+            .select(PathKind::Client(Target::Relay(target)), &g, None, &mut rng)
+            .unwrap_err();
         assert_eq!(e.to_string(), "path: the target relay is the guard");
     }
 }
