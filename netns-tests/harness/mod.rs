@@ -700,6 +700,8 @@ impl Drop for Lab {
                 "netns test failed: logs, configs and state kept in {}",
                 self.dir.display()
             );
+        } else if std::env::var_os("GN_NETNS_KEEP").is_some() {
+            eprintln!("GN_NETNS_KEEP: logs kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

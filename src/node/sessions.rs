@@ -14,7 +14,7 @@
 //! answer to an e2e PING) loses its flows to the spare or another live circuit, and the client
 //! joins a replacement. The e2e counters belong to the session, so nothing is renegotiated.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
 
 use ed25519_dalek::SigningKey;
@@ -65,8 +65,36 @@ pub const SERVICE_INTRO_RATE: (f64, f64) = (10.0, 100.0);
 pub const INTRO_ATTEMPTS: usize = 3;
 /// An introduction (or a JOIN) must finish this long after it started.
 pub const REND_TIMEOUT_MS: Millis = 20_000;
+/// After INTRODUCE_ACK, the service's RENDEZVOUS1 is waited for this long before another intro
+/// point is tried too (an intro point acknowledges once it passed the introduction on; a relay
+/// that died on the service's side of it loses it silently).
+pub const REND_AFTER_ACK_TIMEOUT_MS: Millis = 3_000;
+/// ... and an attempt that waited that long stays open beside the next one until this long
+/// after its acknowledgement (a slow service still gets through).
+pub const REND_LINGER_MS: Millis = 15_000;
 /// A descriptor lookup is given up after this long.
 pub const LOOKUP_TIMEOUT_MS: Millis = 30_000;
+/// A new session that is not open this long after its first packet gives up (its queued
+/// packets are answered unreachable). Until then failed introductions are retried with a fresh
+/// descriptor: a service replaces intro points it lost within seconds, so the next revision
+/// usually works.
+pub const SESSION_SETUP_TIMEOUT_MS: Millis = 40_000;
+/// The first wait before looking the descriptor up again after every intro point failed;
+/// doubles each round up to [`INTRO_ROUND_DELAY_MAX_MS`].
+pub const INTRO_ROUND_DELAY_MS: Millis = 1_000;
+/// The longest wait between rounds.
+pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;
+/// An intro point that is not established this long after its circuit was started (a lost
+/// ESTABLISH_INTRO or a circuit stuck in extension) is replaced.
+pub const INTRO_ESTABLISH_TIMEOUT_MS: Millis = 20_000;
+/// A service's circuit to a client's rendezvous point is built this many times at most (a
+/// relay on the first path may have died).
+pub const SERVICE_REND_TRIES: u8 = 2;
+/// A client session that lost its last circuit is made again at once if a flow used it this
+/// recently.
+pub const RESUME_ACTIVE_MS: Millis = 10_000;
+/// After a failed descriptor publication, the next try.
+pub const PUBLISH_RETRY_MS: Millis = 10_000;
 /// Joined, unused circuits a session keeps for new flows.
 pub const SESSION_SPARE_CIRCUITS: usize = 1;
 /// A session is renewed (new introduction) after this long.
@@ -252,6 +280,7 @@ struct IntroPoint {
     replay: ReplayCache,
     introductions: u64,
     retire_at: Millis,
+    created: Millis,
 }
 
 struct ServiceSession {
@@ -277,6 +306,8 @@ struct Service {
     rate: RateLimit,
     pending: usize,
     next_intro_try: Millis,
+    /// A publication failed: publish again then.
+    publish_retry_at: Option<Millis>,
 }
 
 struct Introduction {
@@ -289,7 +320,10 @@ struct Introduction {
     entry: IntroEntry,
     service_key: [u8; 32],
     hs: Option<ClientHandshake>,
+    /// When INTRODUCE1 was sent.
+    sent_at: Option<Millis>,
     acked: bool,
+    acked_at: Option<Millis>,
 }
 
 struct SessCirc {
@@ -324,7 +358,17 @@ struct ClientSession {
     lookup: Option<Millis>,
     content: Option<DescriptorContent>,
     tried: Vec<[u8; 32]>,
+    /// Descriptor rounds that failed (every intro point tried).
+    rounds: u32,
+    /// While waiting between rounds: when to look the descriptor up again.
+    retry_at: Option<Millis>,
+    /// A ready rendezvous circuit (and its registered cookie) kept from an introduction that
+    /// failed on the intro point's side, for the next try.
+    spare_rend: Option<(CircId, RendCookie, bool)>,
     intro: Option<Introduction>,
+    /// An earlier attempt the service acknowledged but has not answered yet: it may still
+    /// succeed while the next one runs (its RENDEZVOUS2 is accepted until it expires).
+    lingering: Option<Introduction>,
     open: Option<OpenSession>,
     _charge: Charge,
 }
@@ -340,15 +384,19 @@ pub struct NodeSessions {
     desc_cache: HashMap<[u8; 32], (Descriptor, Charge)>,
     clients: HashMap<[u8; 16], ClientSession>,
     owners: HashMap<CircId, Owner>,
-    pending_r1: HashMap<CircId, Rendezvous1>,
+    /// Service circuits to a client's rendezvous point, before RENDEZVOUS1: what to send, the
+    /// rendezvous point, and which try this is.
+    pending_r1: HashMap<CircId, (Rendezvous1, [u8; 32], u8)>,
     /// The latest time the node was driven with (for status output).
     now: Millis,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
     suspects: HashMap<[u8; 32], Millis>,
     lookups: HashMap<u64, [u8; 16]>,
     querying: Option<[u8; 16]>,
-    publishes: HashSet<u64>,
-    publishing: bool,
+    /// Descriptor publications under way: token → service.
+    publishes: HashMap<u64, [u8; 16]>,
+    /// The service whose publication is being started (its answer may come before the token).
+    publishing: Option<[u8; 16]>,
     stems: Vec<(CircId, bool)>,
     vanguards: Vanguards,
     pings: HashMap<u64, ([u8; 16], Millis)>,
@@ -375,8 +423,8 @@ impl NodeSessions {
             suspects: HashMap::new(),
             lookups: HashMap::new(),
             querying: None,
-            publishes: HashSet::new(),
-            publishing: false,
+            publishes: HashMap::new(),
+            publishing: None,
             stems: Vec::new(),
             vanguards: Vanguards::new(),
             pings: HashMap::new(),
@@ -451,6 +499,7 @@ impl Node {
             rate: RateLimit::new(SERVICE_INTRO_RATE.0, SERVICE_INTRO_RATE.1, now),
             pending: 0,
             next_intro_try: now,
+            publish_retry_at: None,
         });
         self.sess_timeout(now);
         self.pump(now);
@@ -937,6 +986,11 @@ impl Node {
             }
         }
         self.sess.stats.fresh_builds += 1;
+        tracing::debug!(
+            at = now,
+            target = %hex8(target.identity()),
+            "no pooled stem fits: building a circuit from scratch"
+        );
         let kind = if service {
             PathKind::Service(Target::PeerRendezvous(hop_of(target)))
         } else {
@@ -1146,17 +1200,42 @@ impl Node {
             Owner::Intro { svc } => {
                 if let Some(s) = self.sess.service_mut(&svc) {
                     // Descriptors listing it stay valid for a while; a replacement is chosen
-                    // at the next tick and the descriptors are rebuilt then.
+                    // at the next tick (not after the usual retry wait) and the descriptors
+                    // are rebuilt then.
                     s.intros.retain(|i| i.circ != id);
+                    s.next_intro_try = now;
                 }
             }
             Owner::ServiceRend { svc, peer } => {
+                let retry = self
+                    .sess
+                    .pending_r1
+                    .remove(&id)
+                    .filter(|(_, _, tries)| *tries < SERVICE_REND_TRIES);
                 if let Some(s) = self.sess.service_mut(&svc) {
                     s.pending = s.pending.saturating_sub(1);
                     if let Some(ss) = s.sessions.get_mut(&peer) {
                         ss.pending = ss.pending.saturating_sub(1);
-                        if ss.pending == 0 && ss.circuits.is_empty() {
+                        if ss.pending == 0 && ss.circuits.is_empty() && retry.is_none() {
                             s.sessions.remove(&peer);
+                        }
+                    }
+                }
+                // A relay on the way died: the client waits at its rendezvous point, so try
+                // once more by a fresh path (the dead relay is suspect now).
+                if let Some((r1, rp, tries)) = retry {
+                    let live = self
+                        .sess
+                        .service_mut(&svc)
+                        .is_some_and(|s| s.sessions.contains_key(&peer));
+                    if !live || !self.service_rend_circuit(now, svc, peer, &rp, r1, tries + 1) {
+                        if let Some(s) = self.sess.service_mut(&svc) {
+                            if s.sessions
+                                .get(&peer)
+                                .is_some_and(|ss| ss.pending == 0 && ss.circuits.is_empty())
+                            {
+                                s.sessions.remove(&peer);
+                            }
                         }
                     }
                 }
@@ -1191,12 +1270,18 @@ impl Node {
                 }
             }
             Owner::ClientRend { dst } => {
-                let ours = self
-                    .sess
-                    .clients
-                    .get(&dst)
-                    .and_then(|c| c.intro.as_ref())
-                    .is_some_and(|i| i.rend == Some(id));
+                if let Some(c) = self.sess.clients.get_mut(&dst) {
+                    if c.lingering.as_ref().is_some_and(|l| l.rend == Some(id)) {
+                        c.lingering = None;
+                    }
+                }
+                let ours = match c_intro(&mut self.sess.clients, &dst) {
+                    Some(i) if i.rend == Some(id) => {
+                        i.rend = None;
+                        true
+                    }
+                    _ => false,
+                };
                 if ours {
                     self.client_retry_intro(now, dst, "rendezvous circuit failed");
                 }
@@ -1221,15 +1306,29 @@ impl Node {
         };
         let Some(o) = c.open.as_mut() else { return };
         o.circuits.retain(|x| x.id != id);
+        let active = o
+            .flows
+            .values()
+            .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
         let before = o.flows.len();
         o.flows.retain(|_, (f, _)| *f != id);
         self.sess.stats.flows_moved += (before - o.flows.len()) as u64;
         if o.circuits.is_empty() {
-            // No circuit left: the session ends, and the next packet makes a new introduction
-            // (10.8); flow-layer state survives. Not at once: a session nobody uses should not
-            // come back by itself (and a twin with the same pseudonym, a restarted node, would
-            // otherwise fight it for the service's single session slot).
+            // No circuit left: the session ends and a new introduction starts (10.8); flow-layer
+            // state survives. At once only if a flow carried a packet lately (its next one then
+            // finds the session up, not starting): a session nobody uses should not come back
+            // by itself (and a twin with the same pseudonym, a restarted node, would otherwise
+            // fight it for the service's single session slot).
             self.client_close(now, dst);
+            if let (true, Some(seed)) = (active, self.sess.client_seed) {
+                let real = self.sess.real_for.contains(&dst);
+                let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
+                tracing::debug!(
+                    at = now,
+                    "session lost with active flows: introducing again"
+                );
+                let _ = self.client_session(now, dst, pseudonym);
+            }
         } else {
             self.client_keep_spare(now, dst);
         }
@@ -1249,6 +1348,7 @@ impl Node {
                 {
                     if ok {
                         ip.established = Some(now);
+                        tracing::debug!(at = now, "intro point established");
                     }
                 }
                 if ok {
@@ -1283,6 +1383,7 @@ impl Node {
                 let Some(i) = c.intro.as_mut() else { return };
                 if code == status::OK && !i.acked {
                     i.acked = true;
+                    i.acked_at = Some(now);
                     i.intro = None;
                     self.sess.owners.remove(&id);
                     self.circ.destroy(now, id);
@@ -1329,7 +1430,12 @@ impl Node {
             let retire: Vec<CircId> = s
                 .intros
                 .iter()
-                .filter(|i| now >= i.retire_at || i.introductions >= INTRO_MAX_INTRODUCTIONS)
+                .filter(|i| {
+                    now >= i.retire_at
+                        || i.introductions >= INTRO_MAX_INTRODUCTIONS
+                        || (i.established.is_none()
+                            && now.saturating_sub(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS)
+                })
                 .map(|i| i.circ)
                 .collect();
             let need = NUM_INTRO_POINTS.saturating_sub(s.intros.len() - retire.len());
@@ -1360,7 +1466,11 @@ impl Node {
                 self.circ.destroy(now, c);
             }
             if need > 0 && due {
-                self.service_add_intro(now, svc);
+                // All missing ones at once: a service that lost its guard lost every intro
+                // point, and clients find it again only once a new descriptor lists new ones.
+                for _ in 0..need {
+                    self.service_add_intro(now, svc);
+                }
             }
             self.service_publish(now, svc, false);
         }
@@ -1429,6 +1539,7 @@ impl Node {
                 replay,
                 introductions: 0,
                 retire_at,
+                created: now,
             });
         }
     }
@@ -1471,7 +1582,8 @@ impl Node {
         let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
         let stale = s
             .built_at
-            .is_none_or(|t| now.saturating_sub(t) >= DESC_REPUBLISH_S * 1000);
+            .is_none_or(|t| now.saturating_sub(t) >= DESC_REPUBLISH_S * 1000)
+            || s.publish_retry_at.is_some_and(|t| now >= t);
         if !force && !stale && keys == s.published_keys {
             return;
         }
@@ -1492,11 +1604,17 @@ impl Node {
                 Err(err) => tracing::warn!("descriptor: {err}"),
             }
         }
+        tracing::debug!(
+            at = now,
+            intro_points = keys.len(),
+            "publishing descriptors"
+        );
         s.descs = descs.clone();
         s.built_at = Some(now);
+        s.publish_retry_at = None;
         s.published_keys = keys;
         for d in descs {
-            self.sess.publishing = true;
+            self.sess.publishing = Some(svc);
             let token = self.dht_query(
                 now,
                 DhtQuery::Publish {
@@ -1505,8 +1623,9 @@ impl Node {
                 },
                 true,
             );
-            self.sess.publishing = false;
-            self.sess.publishes.insert(token);
+            if self.sess.publishing.take().is_some() {
+                self.sess.publishes.insert(token, svc);
+            }
         }
     }
 
@@ -1600,15 +1719,28 @@ impl Node {
         let Ok(spec) = LinkSpec::parse(link_spec) else {
             return false;
         };
+        self.service_rend_circuit(now, svc, peer, &spec.identity, r1, 1)
+    }
+
+    /// A circuit to the rendezvous point `rp` that sends `r1` when there (try `tries`).
+    fn service_rend_circuit(
+        &mut self,
+        now: Millis,
+        svc: [u8; 16],
+        peer: [u8; 16],
+        rp: &[u8; 32],
+        r1: Rendezvous1,
+        tries: u8,
+    ) -> bool {
         // The rendezvous point must be a relay we know (its signed record gives the onion key).
-        let Some(target) = self.link.view().get(&spec.identity).cloned() else {
+        let Some(target) = self.link.view().get(rp).cloned() else {
             tracing::debug!("rendezvous point not in our view");
             return false;
         };
         let owner = Owner::ServiceRend { svc, peer };
         match self.sess_circuit_to(now, true, &target, Purpose::Rendezvous, owner) {
             Ok(id) => {
-                self.sess.pending_r1.insert(id, r1);
+                self.sess.pending_r1.insert(id, (r1, *rp, tries));
                 if let Some(s) = self.sess.service_mut(&svc) {
                     s.pending += 1;
                     if let Some(ss) = s.sessions.get_mut(&peer) {
@@ -1638,7 +1770,7 @@ impl Node {
             None => false,
         };
         let sent = match (&r1, live) {
-            (Some(r1), true) => self.circ.send(id, C::Rendezvous1, &r1.emit()).is_ok(),
+            (Some((r1, _, _)), true) => self.circ.send(id, C::Rendezvous1, &r1.emit()).is_ok(),
             _ => false,
         };
         if !sent {
@@ -1800,7 +1932,11 @@ impl Node {
                 lookup: None,
                 content: None,
                 tried: Vec::new(),
+                rounds: 0,
+                retry_at: None,
+                spare_rend: None,
                 intro: None,
+                lingering: None,
                 open: None,
                 _charge: charge,
             },
@@ -1819,11 +1955,17 @@ impl Node {
 
     fn client_fail(&mut self, now: Millis, dst: [u8; 16], why: &str) {
         if let Some(c) = self.sess.clients.remove(&dst) {
+            let spare = c.spare_rend.map(|(id, _, _)| id);
+            let lingering = c.lingering.and_then(|l| l.rend);
             if let Some(i) = c.intro {
                 for id in [i.rend, i.intro].into_iter().flatten() {
                     self.sess.owners.remove(&id);
                     self.circ.destroy(now, id);
                 }
+            }
+            for id in [spare, lingering].into_iter().flatten() {
+                self.sess.owners.remove(&id);
+                self.circ.destroy(now, id);
             }
             for (id, (d, _)) in self.sess.pings.clone() {
                 if d == dst {
@@ -1891,9 +2033,17 @@ impl Node {
         token: u64,
         outcome: DhtOutcome,
     ) -> Option<DhtOutcome> {
-        if self.sess.publishes.remove(&token) || self.sess.publishing {
+        let publisher = match self.sess.publishes.remove(&token) {
+            Some(svc) => Some(svc),
+            None => self.sess.publishing.take(),
+        };
+        if let Some(svc) = publisher {
             if let DhtOutcome::Failed(e) = &outcome {
                 tracing::debug!("descriptor publication failed: {e}");
+                // Clients would keep finding the old revision (intro points that are gone).
+                if let Some(s) = self.sess.service_mut(&svc) {
+                    s.publish_retry_at = Some(now + PUBLISH_RETRY_MS);
+                }
             }
             return None;
         }
@@ -1921,11 +2071,17 @@ impl Node {
                 self.client_start_intro(now, dst);
             }
             None => {
-                let why = match outcome {
-                    DhtOutcome::Failed(e) => format!("descriptor lookup failed: {e}"),
-                    _ => "no descriptor for this address".to_string(),
+                let (why, retry) = match outcome {
+                    DhtOutcome::Failed(e) => (format!("descriptor lookup failed: {e}"), true),
+                    _ => ("no descriptor for this address".to_string(), false),
                 };
-                self.client_fail(now, dst, &why);
+                // An address nobody publishes fails at once; a lookup that broke, or one
+                // between rounds (the service may be republishing), is tried again.
+                if retry || c.rounds > 0 {
+                    self.client_next_round(now, dst, &why);
+                } else {
+                    self.client_fail(now, dst, &why);
+                }
             }
         }
         None
@@ -1939,29 +2095,60 @@ impl Node {
             return;
         };
         if c.tried.len() >= INTRO_ATTEMPTS {
-            // The descriptor may be stale (its intro points gone): the next try looks it up.
-            self.forget_descriptor(now, &dst);
-            self.client_fail(now, dst, "introductions failed");
+            self.client_next_round(now, dst, "introductions failed");
             return;
         }
+        let me = self.link.identity();
+        let suspects = &self.sess.suspects;
         let mut candidates: Vec<IntroEntry> = content
             .intro_points
             .iter()
-            .filter(|e| !c.tried.contains(&e.auth_key))
+            // Ourselves (a client that is a relay can be the intro point): no circuit to us.
+            .filter(|e| !c.tried.contains(&e.auth_key) && e.identity != me)
             .cloned()
             .collect();
         candidates.shuffle(&mut self.sess.rng);
+        // Intro points behind relays that just stopped answering last (a circuit to one waits
+        // for its EXTEND to fail), and our own guards after the rest (no pooled stem reaches
+        // them: the circuit is built from scratch through another guard).
+        let guards: Vec<[u8; 32]> = self.guards.list().iter().map(|g| g.identity).collect();
+        candidates.sort_by_key(|e| {
+            (
+                suspects.get(&e.identity).is_some_and(|t| now < *t),
+                guards.contains(&e.identity),
+            )
+        });
+        tracing::trace!(
+            candidates = ?candidates
+                .iter()
+                .map(|e| (hex8(&e.identity), guards.contains(&e.identity)))
+                .collect::<Vec<_>>(),
+            "intro point candidates"
+        );
         let Some(entry) = candidates.into_iter().next() else {
-            // Every intro point of this descriptor was tried (or cannot be used from here, e.g.
-            // it is our guard). A service publishes a new revision as its intro points come
-            // and go, so the next try looks the descriptor up again instead of failing on the
-            // cached one until it expires.
-            self.forget_descriptor(now, &dst);
-            self.client_fail(now, dst, "no intro point left to try");
+            // Every intro point of this descriptor was tried (or cannot be used from here). A
+            // service publishes a new revision as its intro points come and go, so the next
+            // round looks the descriptor up again instead of trying the cached one until it
+            // expires.
+            self.client_next_round(now, dst, "no intro point left to try");
             return;
         };
         c.tried.push(entry.auth_key);
-        let cookie = RendCookie::generate(&mut self.sess.rng);
+        tracing::debug!(
+            at = now,
+            intro_point = %hex8(&entry.identity),
+            kept_rend = c.spare_rend.is_some(),
+            "introducing"
+        );
+        // A rendezvous circuit kept from the last try (its cookie is registered) saves a build.
+        let kept = c
+            .spare_rend
+            .take()
+            .filter(|(id, _, _)| self.circ.path(*id).is_some());
+        let cookie = match &kept {
+            Some((_, cookie, _)) => cookie.clone(),
+            None => RendCookie::generate(&mut self.sess.rng),
+        };
         c.intro = Some(Introduction {
             started: now,
             cookie,
@@ -1972,27 +2159,39 @@ impl Node {
             entry: entry.clone(),
             service_key: content.service_key,
             hs: None,
+            sent_at: None,
             acked: false,
+            acked_at: None,
         });
-        // The rendezvous point: a pooled circuit (ends at a random RENDEZVOUS relay).
-        let rend = match self.sess_take_pool(now, &[]) {
-            Some(id) => {
-                self.sess.owners.insert(id, Owner::ClientRend { dst });
-                self.client_set_rend(dst, id);
-                self.client_establish_rendezvous(id);
-                Ok(id)
+        if let Some((id, _, ready)) = kept {
+            self.client_set_rend(dst, id);
+            if let Some(i) = c_intro(&mut self.sess.clients, &dst) {
+                i.rend_ready = ready;
             }
-            None => self.sess_build(
-                now,
-                PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
-                Purpose::Rendezvous,
-                Owner::ClientRend { dst },
-            ),
+        }
+        // The rendezvous point: a pooled circuit (ends at a random RENDEZVOUS relay).
+        let rend = if let Some(id) = c_intro(&mut self.sess.clients, &dst).and_then(|i| i.rend) {
+            Ok(id)
+        } else {
+            match self.sess_take_pool(now, &[]) {
+                Some(id) => {
+                    self.sess.owners.insert(id, Owner::ClientRend { dst });
+                    self.client_set_rend(dst, id);
+                    self.client_establish_rendezvous(id);
+                    Ok(id)
+                }
+                None => self.sess_build(
+                    now,
+                    PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
+                    Purpose::Rendezvous,
+                    Owner::ClientRend { dst },
+                ),
+            }
         };
         match rend {
             Ok(id) => self.client_set_rend(dst, id),
             Err(e) => {
-                self.client_fail(now, dst, &format!("rendezvous circuit: {e}"));
+                self.client_next_round(now, dst, &format!("rendezvous circuit: {e}"));
                 return;
             }
         }
@@ -2037,17 +2236,73 @@ impl Node {
     }
 
     fn client_retry_intro(&mut self, now: Millis, dst: [u8; 16], why: &str) {
-        tracing::debug!(why, "introduction failed; trying another intro point");
+        tracing::debug!(
+            at = now,
+            why,
+            "introduction failed; trying another intro point"
+        );
+        self.client_drop_intro(now, dst);
+        self.client_start_intro(now, dst);
+    }
+
+    /// Ends the current introduction attempt. Its rendezvous circuit is kept for the next one
+    /// if the service cannot have seen the attempt (no INTRODUCE_ACK yet): a late RENDEZVOUS1
+    /// for an abandoned handshake would otherwise arrive on it.
+    fn client_drop_intro(&mut self, now: Millis, dst: [u8; 16]) {
         let Some(c) = self.sess.clients.get_mut(&dst) else {
             return;
         };
-        if let Some(i) = c.intro.take() {
-            for id in [i.rend, i.intro].into_iter().flatten() {
+        let Some(i) = c.intro.take() else { return };
+        if i.acked && i.rend.is_some() && i.hs.is_some() {
+            // The service has it: let it answer late while the next attempt runs.
+            let old = c.lingering.replace(i).and_then(|o| o.rend);
+            if let Some(id) = old {
                 self.sess.owners.remove(&id);
                 self.circ.destroy(now, id);
             }
+            return;
         }
-        self.client_start_intro(now, dst);
+        let mut close: Vec<CircId> = i.intro.into_iter().collect();
+        // Only a ready one: a rendezvous circuit still building when the attempt gave up may
+        // run through a dead relay, and would spoil every later attempt too.
+        match i.rend {
+            Some(r) if i.rend_ready && !i.acked && i.hs.is_none() && c.spare_rend.is_none() => {
+                c.spare_rend = Some((r, i.cookie, true));
+            }
+            Some(r) => close.push(r),
+            None => {}
+        }
+        for id in close {
+            self.sess.owners.remove(&id);
+            self.circ.destroy(now, id);
+        }
+    }
+
+    /// Every intro point of the descriptor failed: look it up again after a short wait (the
+    /// service may have replaced them), unless the session's setup time would be over.
+    fn client_next_round(&mut self, now: Millis, dst: [u8; 16], why: &str) {
+        self.client_drop_intro(now, dst);
+        self.forget_descriptor(now, &dst);
+        let Some(c) = self.sess.clients.get_mut(&dst) else {
+            return;
+        };
+        let delay = INTRO_ROUND_DELAY_MS
+            .saturating_mul(1 << c.rounds.min(8))
+            .min(INTRO_ROUND_DELAY_MAX_MS);
+        if now + delay >= c.started + SESSION_SETUP_TIMEOUT_MS {
+            self.client_fail(now, dst, why);
+            return;
+        }
+        tracing::debug!(
+            at = now,
+            why,
+            round = c.rounds,
+            "introductions failed; looking the descriptor up again"
+        );
+        c.rounds += 1;
+        c.tried.clear();
+        c.content = None;
+        c.retry_at = Some(now + delay);
     }
 
     fn client_try_introduce(&mut self, now: Millis, dst: [u8; 16]) {
@@ -2097,6 +2352,7 @@ impl Node {
             return;
         };
         i.hs = Some(hs);
+        i.sent_at = Some(now);
         let body = Introduce1 {
             auth_key: i.entry.auth_key,
             msg1,
@@ -2112,26 +2368,53 @@ impl Node {
         let Some(c) = self.sess.clients.get_mut(&dst) else {
             return;
         };
-        let Some(i) = c.intro.as_mut() else { return };
-        if i.rend != Some(id) {
-            return;
-        }
         let msg2 = match Rendezvous2::parse(payload).map(|r| r.hs) {
             Ok(RendHs::Ik(m)) => m,
             _ => return,
         };
-        let Some(hs) = i.hs.take() else { return };
+        let current = c.intro.as_ref().is_some_and(|i| i.rend == Some(id));
+        let late = c.lingering.as_ref().is_some_and(|i| i.rend == Some(id));
+        let hs = if current {
+            c.intro.as_mut().and_then(|i| i.hs.take())
+        } else if late {
+            c.lingering.as_mut().and_then(|i| i.hs.take())
+        } else {
+            None
+        };
+        let Some(hs) = hs else { return };
         let keys = match hs.finish(&msg2) {
             Ok((keys, _)) => keys,
-            Err(e) => {
+            Err(e) if current => {
                 self.client_retry_intro(now, dst, &format!("message 2: {e}"));
                 return;
             }
+            Err(_) => {
+                c.lingering = None;
+                self.sess.owners.remove(&id);
+                self.circ.destroy(now, id);
+                return;
+            }
         };
-        if let Some(intro) = c.intro.take().and_then(|i| i.intro) {
-            self.sess.owners.remove(&intro);
-            self.circ.destroy(now, intro);
+        // Whichever attempt succeeded, the other one ends.
+        let (won, other) = if current {
+            (c.intro.take(), c.lingering.take())
+        } else {
+            (c.lingering.take(), c.intro.take())
+        };
+        let mut close: Vec<CircId> = won.and_then(|i| i.intro).into_iter().collect();
+        if let Some(o) = other {
+            close.extend([o.intro, o.rend].into_iter().flatten());
         }
+        for x in close {
+            self.sess.owners.remove(&x);
+            self.circ.destroy(now, x);
+        }
+        tracing::debug!(
+            at = now,
+            setup_ms = now.saturating_sub(c.started),
+            rounds = c.rounds,
+            "client session open"
+        );
         c.open = Some(OpenSession {
             chan: SessionChannel::client(&keys),
             keys,
@@ -2475,11 +2758,36 @@ impl Node {
                 self.client_fail(now, dst, "descriptor lookup timed out");
                 continue;
             }
+            if c.open.is_none() && now.saturating_sub(c.started) >= SESSION_SETUP_TIMEOUT_MS {
+                self.client_fail(now, dst, "session setup timed out");
+                continue;
+            }
+            if c.retry_at.is_some_and(|t| now >= t) {
+                c.retry_at = None;
+                self.client_find_descriptor(now, dst);
+                continue;
+            }
             let stuck = c.intro.as_ref().is_some_and(|i| {
                 let age = now.saturating_sub(i.started);
+                let since = |t: Option<Millis>| t.map(|t| now.saturating_sub(t));
                 age >= REND_TIMEOUT_MS
                     || (age >= INTRO_STEP_TIMEOUT_MS && !(i.rend_ready && i.intro_ready))
+                    || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
+                    || since(i.acked_at) >= Some(REND_AFTER_ACK_TIMEOUT_MS)
             });
+            let expired = c.lingering.as_ref().is_some_and(|l| {
+                l.acked_at
+                    .is_none_or(|t| now.saturating_sub(t) >= REND_LINGER_MS)
+            });
+            if expired {
+                if let Some(id) = c.lingering.take().and_then(|l| l.rend) {
+                    self.sess.owners.remove(&id);
+                    self.circ.destroy(now, id);
+                }
+            }
+            let Some(c) = self.sess.clients.get_mut(&dst) else {
+                continue;
+            };
             if stuck {
                 self.client_retry_intro(now, dst, "introduction timed out");
                 continue;
@@ -2546,6 +2854,7 @@ impl Node {
         let Some(c) = self.sess.clients.remove(&dst) else {
             return;
         };
+        tracing::debug!(at = now, "client session closed");
         let mut ids: Vec<CircId> = Vec::new();
         if let Some(o) = c.open {
             ids.extend(o.circuits.iter().map(|c| c.id));
@@ -2554,6 +2863,8 @@ impl Node {
         if let Some(i) = c.intro {
             ids.extend([i.rend, i.intro].into_iter().flatten());
         }
+        ids.extend(c.spare_rend.map(|(id, _, _)| id));
+        ids.extend(c.lingering.and_then(|l| l.rend));
         for id in ids {
             self.sess.owners.remove(&id);
             self.circ.destroy(now, id);
@@ -2572,6 +2883,18 @@ impl Node {
             .pings
             .retain(|_, (_, at)| now.saturating_sub(*at) < LOOKUP_TIMEOUT_MS);
     }
+}
+
+/// The first 4 bytes of a key in hex, for logs.
+fn hex8(k: &[u8; 32]) -> String {
+    k.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+fn c_intro<'a>(
+    clients: &'a mut HashMap<[u8; 16], ClientSession>,
+    dst: &[u8; 16],
+) -> Option<&'a mut Introduction> {
+    clients.get_mut(dst).and_then(|c| c.intro.as_mut())
 }
 
 /// Forgets the least recently used flow.
