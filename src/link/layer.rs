@@ -48,8 +48,8 @@ pub const SILENT_PING_MS: Millis = 1_000;
 /// (every flow through it stalls until then). Only a link that stays silent through all tries
 /// is dropped, so a lost PONG on a busy link costs nothing.
 pub const SILENT_PING_TIMEOUT_MS: Millis = 1_000;
-/// How long `connect` refuses a peer whose link died of unanswered PINGs (unless it links to
-/// us again first).
+/// How long a peer whose link died of unanswered PINGs counts as dead for extensions (unless it
+/// links to us again first).
 pub const DEAD_PEER_MS: Millis = 30_000;
 /// Such peers remembered at most.
 const MAX_DEAD_PEERS: usize = 1024;
@@ -182,8 +182,6 @@ pub enum LinkError {
     Limit,
     /// The message does not fit a frame.
     TooLarge,
-    /// The peer stopped answering a short while ago (its link died of unanswered PINGs).
-    Dead,
 }
 
 impl std::fmt::Display for LinkError {
@@ -192,7 +190,6 @@ impl std::fmt::Display for LinkError {
             LinkError::NoLink => write!(f, "no such link"),
             LinkError::Limit => write!(f, "link or memory limit reached"),
             LinkError::TooLarge => write!(f, "message too large for a link frame"),
-            LinkError::Dead => write!(f, "the peer stopped answering a short while ago"),
         }
     }
 }
@@ -449,8 +446,9 @@ pub struct LinkLayer {
     observed: Option<SocketAddr>,
     nat: NatClass,
     backoff: HashMap<[u8; 32], Backoff>,
-    /// Peers (by link key) whose link died of unanswered PINGs, until when `connect` refuses
-    /// them: an EXTEND towards a relay that just died fails at once instead of dialling it.
+    /// Peers (by link key) whose link died of unanswered PINGs, until when
+    /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
+    /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
     dead_peers: HashMap<[u8; 32], Millis>,
     bootstrap_queries: HashMap<SocketAddr, (u64, Millis)>,
     bootstrap_backoff: HashMap<SocketAddr, Backoff>,
@@ -705,11 +703,6 @@ impl LinkLayer {
         if peer_key == self.link_public {
             return Err(LinkError::NoLink);
         }
-        if self.dead_peers.get(&peer_key).is_some_and(|t| now < *t)
-            && !self.by_key.contains_key(&peer_key)
-        {
-            return Err(LinkError::Dead);
-        }
         // A relay behind NAT is reached by punching through its introducers (section 13.2).
         let natted = self
             .view
@@ -878,6 +871,13 @@ impl LinkLayer {
                     },
                 ))
             })
+    }
+
+    /// Whether the peer with this link key stopped answering PINGs within the last
+    /// [`DEAD_PEER_MS`] and has not linked since.
+    pub fn recently_dead(&self, peer_key: &[u8; 32], now: Millis) -> bool {
+        self.dead_peers.get(peer_key).is_some_and(|t| now < *t)
+            && !self.by_key.contains_key(peer_key)
     }
 
     /// The underlay address a link's peer sends from.
@@ -1998,7 +1998,10 @@ impl LinkLayer {
         // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
         // sends nothing, and circuits through it should not wait the idle interval to close.
         let quiet = now.saturating_sub(l.last_rx);
-        let unanswered = l.last_tx > l.last_rx
+        // Cells (not keepalives or PINGs): a link that only keeps a NAT mapping open may be
+        // silent for a few seconds after the NAT lost its state (the NATed side's next
+        // keepalive restores it); dropping it then would cost every circuit on it.
+        let unanswered = l.last_cell > l.last_rx
             && quiet >= SILENT_PING_MS
             && now.saturating_sub(l.last_ping) >= SILENT_PING_MS;
         if !pinging && unanswered {

@@ -259,7 +259,9 @@ impl Node {
                         }
                     }
                     CircAction::Connect { link_key, endpoint } => {
-                        if self.link.connect(now, link_key, endpoint).is_err() {
+                        if self.link.recently_dead(&link_key, now)
+                            || self.link.connect(now, link_key, endpoint).is_err()
+                        {
                             self.circ.on_link_failed(&link_key);
                         }
                     }

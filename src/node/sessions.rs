@@ -2071,13 +2071,13 @@ impl Node {
                 self.client_start_intro(now, dst);
             }
             None => {
-                let (why, retry) = match outcome {
-                    DhtOutcome::Failed(e) => (format!("descriptor lookup failed: {e}"), true),
-                    _ => ("no descriptor for this address".to_string(), false),
+                let why = match outcome {
+                    DhtOutcome::Failed(e) => format!("descriptor lookup failed: {e}"),
+                    _ => "no descriptor for this address".to_string(),
                 };
-                // An address nobody publishes fails at once; a lookup that broke, or one
-                // between rounds (the service may be republishing), is tried again.
-                if retry || c.rounds > 0 {
+                // The first lookup's failure is final (an unknown address fails fast); one
+                // between rounds is tried again (the service may be republishing).
+                if c.rounds > 0 {
                     self.client_next_round(now, dst, &why);
                 } else {
                     self.client_fail(now, dst, &why);
