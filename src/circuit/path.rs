@@ -1415,13 +1415,19 @@ impl Guards {
             }
         }
         self.list = kept;
-        // While every guard is down (killed, unreachable), one temporary stand-in is added so
-        // circuits can be built at all; it goes once a real guard is up again.
-        let all_down = |l: &[Guard]| !l.is_empty() && l.iter().all(|g| g.down_since.is_some());
-        if self.list.len() < NUM_GUARDS || all_down(&self.list) {
+        // While a guard is down (killed, unreachable), temporary stand-ins keep `NUM_GUARDS` of
+        // them up: with every guard down circuits could not be built at all, and with one down
+        // a target that is the other one (an intro point) could not be reached. Paths still
+        // take the first guard that is up and fits, so a stand-in carries circuits only when no
+        // real guard can; it goes once the real guards are up again.
+        let short = |l: &[Guard]| {
+            l.iter().any(|g| g.down_since.is_some())
+                && l.iter().filter(|g| g.down_since.is_none()).count() < NUM_GUARDS
+        };
+        if self.list.len() < NUM_GUARDS || short(&self.list) {
             let pool = ctx.pool(&own);
             while self.list.len() < NUM_GUARDS
-                || (all_down(&self.list) && self.list.len() < MAX_GUARDS)
+                || (short(&self.list) && self.list.len() < MAX_GUARDS)
             {
                 let stand_in = self.list.len() >= NUM_GUARDS;
                 let taken: Vec<Node<'_>> = self
@@ -1520,14 +1526,14 @@ impl Guards {
     }
 }
 
-/// Whether temporary guard `g` stands in for guards that are all down: every other guard
-/// (`snapshot`: identity, marked down) is marked down and `g` is not.
+/// Whether temporary guard `g` stands in for guards that are down: another guard
+/// (`snapshot`: identity, marked down) is marked down, fewer than [`NUM_GUARDS`] others are up,
+/// and `g` is not down itself.
 fn stand_in_needed(snapshot: &[([u8; 32], bool)], g: &Guard) -> bool {
-    let mut others = snapshot
-        .iter()
-        .filter(|(id, _)| *id != g.identity)
-        .peekable();
-    others.peek().is_some() && others.all(|(_, down)| *down) && g.down_since.is_none()
+    let others = || snapshot.iter().filter(|(id, _)| *id != g.identity);
+    others().any(|(_, down)| *down)
+        && others().filter(|(_, down)| !*down).count() < NUM_GUARDS
+        && g.down_since.is_none()
 }
 
 // ---------------------------------------------------------------------------------------------

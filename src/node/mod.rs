@@ -233,7 +233,10 @@ impl Node {
                     }
                     LinkEvent::Down { link, identity } => {
                         if let Some(id) = &identity {
-                            self.guards.mark_down(id, now);
+                            if self.guards.list().iter().any(|g| g.identity == *id) {
+                                self.guards.mark_down(id, now);
+                                self.maintain_guards(now);
+                            }
                             self.sess_on_link_down(now, id);
                         }
                         self.circ.on_link_down(now, link);
@@ -314,7 +317,10 @@ impl Node {
         }
     }
 
-    fn maintain_pool(&mut self, now: Millis) {
+    /// Guard upkeep: replacements, and a temporary stand-in at once when every guard is down
+    /// (called on every tick and when a guard's link goes down, before the circuits that ran
+    /// through it are rebuilt — else they would pick the dead guard and wait out a build).
+    fn maintain_guards(&mut self, now: Millis) {
         let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
             Some(r) => r.fields().endpoints.clone(),
             None => self.link.observed().into_iter().collect(),
@@ -332,6 +338,24 @@ impl Node {
         for e in self.guards.maintain(&ctx, &mut self.rng) {
             tracing::info!("{e}");
         }
+    }
+
+    fn maintain_pool(&mut self, now: Millis) {
+        self.maintain_guards(now);
+        let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
+            Some(r) => r.fields().endpoints.clone(),
+            None => self.link.observed().into_iter().collect(),
+        };
+        let rules = PathRules {
+            ipv4_bits: self.prefix_bits.0,
+            ipv6_bits: self.prefix_bits.1,
+        };
+        let ctx = PathContext {
+            view: self.link.view(),
+            rules,
+            own_endpoints: &own_endpoints,
+            now,
+        };
         // A failed save is retried every ten minutes, not on every tick.
         let retry = self
             .guard_save_failed

@@ -87,6 +87,9 @@ pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;
 /// An intro point that is not established this long after its circuit was started (a lost
 /// ESTABLISH_INTRO or a circuit stuck in extension) is replaced.
 pub const INTRO_ESTABLISH_TIMEOUT_MS: Millis = 20_000;
+/// A service's circuit to an intro point that died is rebuilt to the same relay this many
+/// times (until it is established again) before the intro point is replaced.
+pub const INTRO_REBUILDS: u8 = 2;
 /// A service's circuit to a client's rendezvous point is built this many times at most (a
 /// relay on the first path may have died).
 pub const SERVICE_REND_TRIES: u8 = 2;
@@ -280,7 +283,12 @@ struct IntroPoint {
     replay: ReplayCache,
     introductions: u64,
     retire_at: Millis,
+    /// When its current circuit was started.
     created: Millis,
+    /// Established once: descriptors list it, also while its circuit is being rebuilt.
+    listed: bool,
+    /// Circuits rebuilt to it since it was last established.
+    rebuilds: u8,
 }
 
 struct ServiceSession {
@@ -1198,12 +1206,43 @@ impl Node {
         match owner {
             Owner::ClientStem | Owner::ServiceStem => self.sess.stems.retain(|(s, _)| *s != id),
             Owner::Intro { svc } => {
+                // A relay on the way died, most likely, not the intro point: a new circuit to
+                // the same relay under the same auth key keeps every descriptor that lists it
+                // good (the intro point moves the registration), so clients need no new one —
+                // republishing through a DHT that just lost relays can take half a minute.
+                let again = self.sess.service_mut(&svc).and_then(|s| {
+                    s.intros
+                        .iter()
+                        .find(|i| i.circ == id && i.listed && i.rebuilds < INTRO_REBUILDS)
+                        .and_then(|i| i.relay.as_ref().map(|r| *r.identity()))
+                });
+                let alive = again.and_then(|r| {
+                    let suspect = self.sess.suspects.get(&r).is_some_and(|t| now < *t);
+                    let rec = self.link.view().get(&r).cloned();
+                    rec.filter(|rec| {
+                        !suspect && !self.link.recently_dead(&rec.fields().link_key, now)
+                    })
+                });
+                let rebuilt = alive.and_then(|rec| {
+                    self.sess_circuit_to(now, true, &rec, Purpose::Intro, Owner::Intro { svc })
+                        .ok()
+                });
                 if let Some(s) = self.sess.service_mut(&svc) {
-                    // Descriptors listing it stay valid for a while; a replacement is chosen
-                    // at the next tick (not after the usual retry wait) and the descriptors
-                    // are rebuilt then.
-                    s.intros.retain(|i| i.circ != id);
-                    s.next_intro_try = now;
+                    match (rebuilt, s.intros.iter_mut().find(|i| i.circ == id)) {
+                        (Some(new), Some(ip)) => {
+                            tracing::debug!(at = now, "intro circuit lost: rebuilding it");
+                            ip.circ = new;
+                            ip.established = None;
+                            ip.created = now;
+                            ip.rebuilds += 1;
+                        }
+                        _ => {
+                            // Descriptors listing it stay valid for a while; a replacement is
+                            // chosen at the next tick and the descriptors are rebuilt then.
+                            s.intros.retain(|i| i.circ != id);
+                            s.next_intro_try = now;
+                        }
+                    }
                 }
             }
             Owner::ServiceRend { svc, peer } => {
@@ -1348,6 +1387,8 @@ impl Node {
                 {
                     if ok {
                         ip.established = Some(now);
+                        ip.listed = true;
+                        ip.rebuilds = 0;
                         tracing::debug!(at = now, "intro point established");
                     }
                 }
@@ -1540,6 +1581,8 @@ impl Node {
                 introductions: 0,
                 retire_at,
                 created: now,
+                listed: false,
+                rebuilds: 0,
             });
         }
     }
@@ -1554,7 +1597,7 @@ impl Node {
         let mut entries: Vec<IntroEntry> = s
             .intros
             .iter()
-            .filter(|i| i.established.is_some())
+            .filter(|i| i.listed)
             .filter_map(|i| {
                 let r = i.relay.as_ref()?;
                 Some(IntroEntry {
@@ -2064,6 +2107,9 @@ impl Node {
         }
         let content = self.cached_content(now, &dst);
         let c = self.sess.clients.get_mut(&dst)?;
+        // A refresh (or a lookup that already timed out) has no lookup time: only the cache
+        // changed, and the outcome is consumed.
+        c.lookup?;
         c.lookup = None;
         match content {
             Some(content) => {
@@ -2282,7 +2328,6 @@ impl Node {
     /// service may have replaced them), unless the session's setup time would be over.
     fn client_next_round(&mut self, now: Millis, dst: [u8; 16], why: &str) {
         self.client_drop_intro(now, dst);
-        self.forget_descriptor(now, &dst);
         let Some(c) = self.sess.clients.get_mut(&dst) else {
             return;
         };
@@ -2290,6 +2335,8 @@ impl Node {
             .saturating_mul(1 << c.rounds.min(8))
             .min(INTRO_ROUND_DELAY_MAX_MS);
         if now + delay >= c.started + SESSION_SETUP_TIMEOUT_MS {
+            // The next session looks the descriptor up afresh.
+            self.forget_descriptor(now, &dst);
             self.client_fail(now, dst, why);
             return;
         }
@@ -2297,12 +2344,34 @@ impl Node {
             at = now,
             why,
             round = c.rounds,
-            "introductions failed; looking the descriptor up again"
+            "introductions failed; trying again after a pause"
         );
         c.rounds += 1;
         c.tried.clear();
         c.content = None;
         c.retry_at = Some(now + delay);
+        // The next round tries the cached descriptor again (a service rebuilds its circuits to
+        // the same intro points, so it usually works once the service noticed) while a lookup
+        // refreshes it meanwhile (a service that had to replace intro points republishes; a
+        // DHT that just lost relays can take tens of seconds to answer, so not waiting for it).
+        self.client_refresh_descriptor(now, dst);
+    }
+
+    /// A descriptor lookup whose answer only updates the cache (no session state waits on it).
+    fn client_refresh_descriptor(&mut self, now: Millis, dst: [u8; 16]) {
+        let (cur, _) = epochs_to_look_up(now / 1000);
+        self.sess.querying = Some(dst);
+        let token = self.dht_query(
+            now,
+            DhtQuery::FindValue {
+                kind: RecordKind::Descriptor,
+                key: desc_index(&dst, cur),
+            },
+            false,
+        );
+        if self.sess.querying.take().is_some() {
+            self.sess.lookups.insert(token, dst);
+        }
     }
 
     fn client_try_introduce(&mut self, now: Millis, dst: [u8; 16]) {

@@ -188,6 +188,8 @@ struct IntroReg {
 pub struct RoleStats {
     /// Registrations accepted.
     pub intro_established: u64,
+    /// Registrations moved to a new circuit of the same auth key's holder.
+    pub intro_moved: u64,
     /// Introductions passed to a service.
     pub introductions: u64,
     /// INTRODUCE1 dropped as replays.
@@ -273,8 +275,19 @@ impl IntroPointRole {
         if est.verify(bind).is_err() {
             return status::REFUSED;
         }
-        if self.by_slot.contains_key(&slot) || self.by_key.contains_key(&est.auth_key) {
+        if self.by_slot.contains_key(&slot) {
             return status::EXISTS;
+        }
+        // The key's holder on a new circuit (its signature covers this circuit's bind): the
+        // service lost its old circuit to us, perhaps before we noticed. The registration moves,
+        // replay cache and all, so descriptors listing us stay good.
+        if let Some(old) = self.by_key.get(&est.auth_key).copied() {
+            if let Some(reg) = self.by_slot.remove(&old) {
+                self.by_key.insert(est.auth_key, slot);
+                self.by_slot.insert(slot, reg);
+                self.stats.intro_moved += 1;
+                return status::OK;
+            }
         }
         if self.by_slot.len() >= MAX_INTRO_REGISTRATIONS {
             return status::RATE_LIMITED;
@@ -503,8 +516,8 @@ mod tests {
         // Signed for another circuit: refused.
         assert_eq!(role.establish(0, 1, &[4; 32], &est), status::REFUSED);
         assert_eq!(role.establish(0, 1, &bind, &est), status::OK);
-        // The same key on a second circuit: already established.
-        assert_eq!(role.establish(0, 2, &bind, &est), status::EXISTS);
+        // Again on the same circuit: already established.
+        assert_eq!(role.establish(0, 1, &bind, &est), status::EXISTS);
         let intro = Introduce1 {
             auth_key: auth.verifying_key().to_bytes(),
             msg1: [9; E2E_MSG1_LEN],
@@ -531,7 +544,29 @@ mod tests {
             role.introduce(1, &[0u8; INTRODUCE1_LEN - 1]),
             IntroduceOutcome::Refuse(status::REFUSED)
         );
+        // The key's holder on a second circuit (signed for that circuit's bind): the
+        // registration moves there, its replay cache with it; the first circuit no longer has it.
+        let bind2 = [6u8; 32];
+        let est2 = EstablishIntro::sign(&auth, &bind2).emit();
+        assert_eq!(role.establish(0, 2, &bind, &est2), status::REFUSED);
+        assert_eq!(role.establish(0, 2, &bind2, &est2), status::OK);
+        assert_eq!(role.len(), 1);
+        assert_eq!(
+            role.introduce(1, &intro),
+            IntroduceOutcome::Refuse(status::REPLAY)
+        );
+        let fresh = Introduce1 {
+            auth_key: auth.verifying_key().to_bytes(),
+            msg1: [10; E2E_MSG1_LEN],
+        }
+        .emit();
+        assert_eq!(
+            role.introduce(1, &fresh),
+            IntroduceOutcome::Forward { service_slot: 2 }
+        );
         role.closed(1);
+        assert_eq!(role.len(), 1);
+        role.closed(2);
         assert!(role.is_empty());
         assert_eq!(
             role.introduce(2, &intro),
