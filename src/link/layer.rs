@@ -39,8 +39,11 @@ use crate::wire::record::{
 
 /// `update_timers` period.
 pub const LINK_TIMER_TICK_MS: Millis = 250;
-/// Liveness ping on links with no traffic for this long.
-pub const PING_INTERVAL_MS: Millis = 15_000;
+/// Liveness ping on links with no traffic for this long: a dead neighbour on an idle link shows
+/// within this plus the PING's tries (~11 s). It must stay above the NATed side's keepalive
+/// period (`NAT_KEEPALIVE_MS`) minus the tries, so a NAT that lost its state (conntrack flush)
+/// is repaired by that keepalive before the link is given up.
+pub const PING_INTERVAL_MS: Millis = 5_000;
 /// A link we sent on that has received nothing for this long is pinged without waiting for
 /// `PING_INTERVAL_MS` (its death then shows within this plus the PING's timeouts).
 pub const SILENT_PING_MS: Millis = 1_000;
