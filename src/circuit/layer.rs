@@ -511,18 +511,23 @@ impl CircuitLayer {
             .map(|(k, _)| *k)
             .collect();
         for slot in slots {
-            let Some(r) = self.relayed.get_mut(&slot) else {
-                continue;
-            };
-            r.extend = None;
-            let mut cell = [0u8; CELL_LEN];
-            let up = r.up.0;
-            if r.hop
-                .fail_extend(ExtendedStatus::LinkFailed, &mut cell)
-                .is_ok()
-            {
-                self.push_cell(up, cell);
-            }
+            self.fail_extend_link(slot);
+        }
+    }
+
+    /// Answers a relayed circuit's pending EXTEND with EXTENDED(link failed).
+    fn fail_extend_link(&mut self, slot: u64) {
+        let Some(r) = self.relayed.get_mut(&slot) else {
+            return;
+        };
+        r.extend = None;
+        let mut cell = [0u8; CELL_LEN];
+        let up = r.up.0;
+        if r.hop
+            .fail_extend(ExtendedStatus::LinkFailed, &mut cell)
+            .is_ok()
+        {
+            self.push_cell(up, cell);
         }
     }
 
@@ -992,19 +997,7 @@ impl CircuitLayer {
                 link_key: spec.link_key,
                 endpoint: *ep,
             }),
-            (None, None) => {
-                if let Some(r) = self.relayed.get_mut(&slot) {
-                    r.extend = None;
-                    let mut cell = [0u8; CELL_LEN];
-                    let up = r.up.0;
-                    if r.hop
-                        .fail_extend(ExtendedStatus::LinkFailed, &mut cell)
-                        .is_ok()
-                    {
-                        self.push_cell(up, cell);
-                    }
-                }
-            }
+            (None, None) => self.fail_extend_link(slot),
         }
     }
 

@@ -317,21 +317,30 @@ impl Node {
         }
     }
 
+    /// Our endpoints for path rules (from our record, else as neighbours see us).
+    pub(super) fn own_endpoints(&self) -> Vec<SocketAddr> {
+        match self.link.own_record() {
+            Some(r) => r.fields().endpoints.clone(),
+            None => self.link.observed().into_iter().collect(),
+        }
+    }
+
+    /// The family prefixes of the path rules.
+    pub(super) fn path_rules(&self) -> PathRules {
+        PathRules {
+            ipv4_bits: self.prefix_bits.0,
+            ipv6_bits: self.prefix_bits.1,
+        }
+    }
+
     /// Guard upkeep: replacements, and a temporary stand-in at once when every guard is down
     /// (called on every tick and when a guard's link goes down, before the circuits that ran
     /// through it are rebuilt — else they would pick the dead guard and wait out a build).
     fn maintain_guards(&mut self, now: Millis) {
-        let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
-            Some(r) => r.fields().endpoints.clone(),
-            None => self.link.observed().into_iter().collect(),
-        };
-        let rules = PathRules {
-            ipv4_bits: self.prefix_bits.0,
-            ipv6_bits: self.prefix_bits.1,
-        };
+        let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
-            rules,
+            rules: self.path_rules(),
             own_endpoints: &own_endpoints,
             now,
         };
@@ -342,17 +351,10 @@ impl Node {
 
     fn maintain_pool(&mut self, now: Millis) {
         self.maintain_guards(now);
-        let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
-            Some(r) => r.fields().endpoints.clone(),
-            None => self.link.observed().into_iter().collect(),
-        };
-        let rules = PathRules {
-            ipv4_bits: self.prefix_bits.0,
-            ipv6_bits: self.prefix_bits.1,
-        };
+        let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
-            rules,
+            rules: self.path_rules(),
             own_endpoints: &own_endpoints,
             now,
         };

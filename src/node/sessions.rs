@@ -15,7 +15,7 @@
 //! joins a replacement. The e2e counters belong to the session, so nothing is renegotiated.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
@@ -24,7 +24,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::budget::Charge;
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
-use crate::circuit::path::{Hop, PathContext, PathKind, PathRules, Target, Vanguards};
+use crate::circuit::path::{Hop, PathContext, PathKind, Target, Vanguards};
 use crate::crypto::keys::fingerprint;
 use crate::dht::descriptor::{
     epochs_to_look_up, epochs_to_publish, expires_for, index as desc_index, revision_for,
@@ -877,16 +877,10 @@ impl Node {
     // ---- circuits and paths --------------------------------------------------------------
 
     fn sess_path(&mut self, now: Millis, kind: PathKind) -> Result<Vec<RelayRecord>, String> {
-        let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
-            Some(r) => r.fields().endpoints.clone(),
-            None => self.link.observed().into_iter().collect(),
-        };
+        let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
-            rules: PathRules {
-                ipv4_bits: self.prefix_bits.0,
-                ipv6_bits: self.prefix_bits.1,
-            },
+            rules: self.path_rules(),
             own_endpoints: &own_endpoints,
             now,
         };
@@ -2050,23 +2044,10 @@ impl Node {
             self.client_start_intro(now, dst);
             return;
         }
-        let (cur, _) = epochs_to_look_up(now / 1000);
         if let Some(c) = self.sess.clients.get_mut(&dst) {
             c.lookup = Some(now);
         }
-        self.sess.querying = Some(dst);
-        let token = self.dht_query(
-            now,
-            DhtQuery::FindValue {
-                kind: RecordKind::Descriptor,
-                key: desc_index(&dst, cur),
-            },
-            false,
-        );
-        let answered = self.sess.querying.take().is_none();
-        if !answered {
-            self.sess.lookups.insert(token, dst);
-        }
+        self.client_lookup_descriptor(now, dst);
     }
 
     /// A DHT outcome for a query the session layer made is consumed (`None`).
@@ -2354,11 +2335,12 @@ impl Node {
         // the same intro points, so it usually works once the service noticed) while a lookup
         // refreshes it meanwhile (a service that had to replace intro points republishes; a
         // DHT that just lost relays can take tens of seconds to answer, so not waiting for it).
-        self.client_refresh_descriptor(now, dst);
+        self.client_lookup_descriptor(now, dst);
     }
 
-    /// A descriptor lookup whose answer only updates the cache (no session state waits on it).
-    fn client_refresh_descriptor(&mut self, now: Millis, dst: [u8; 16]) {
+    /// Looks the descriptor of `dst` up in the DHT. Its answer starts an introduction only if
+    /// the session is waiting for it (`lookup` set); otherwise it just refreshes the cache.
+    fn client_lookup_descriptor(&mut self, now: Millis, dst: [u8; 16]) {
         let (cur, _) = epochs_to_look_up(now / 1000);
         self.sess.querying = Some(dst);
         let token = self.dht_query(
