@@ -25,6 +25,7 @@ use ed25519_dalek::SigningKey;
 use globalnet::budget::MemoryBudget;
 use globalnet::circuit::layer::{CircEvent, CircId, Purpose};
 use globalnet::circuit::OnionKey;
+use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer};
 use globalnet::node::{Node, NodeEvent, POOL_HOPS};
 use globalnet::time::Clock;
@@ -224,8 +225,16 @@ impl Client {
             max_links: 64,
             prefix_bits: (cli.ipv4_prefix, 128),
         };
-        let link = LinkLayer::new(cfg, keys, MemoryBudget::new(256 << 20), seed, clock.now());
-        let mut node = Node::new(link, OnionKey::from_secret(onion), seed, clock.now());
+        let choices = Randomness::with_choice_seed(derive("choices", seed));
+        let link = LinkLayer::new(
+            cfg,
+            keys,
+            MemoryBudget::new(256 << 20),
+            choices,
+            clock.now(),
+        );
+        let rand = Randomness::with_choice_seed(derive("node choices", seed));
+        let mut node = Node::new(link, OnionKey::from_secret(onion), rand, clock.now());
         node.set_pool_target(cli.pool.max(1));
         Ok(Client {
             node,

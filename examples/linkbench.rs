@@ -21,6 +21,7 @@
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use globalnet::budget::MemoryBudget;
+use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkEvent, LinkId, LinkKeys, LinkLayer};
 use globalnet::time::{Clock, Millis};
 use globalnet::wire::cell::CELL_LEN;
@@ -167,7 +168,8 @@ impl Node {
             max_links: 16,
             prefix_bits: (32, 128),
         };
-        let layer = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), seed, clock.now());
+        let rand = Randomness::with_choice_seed(derive("choices", seed));
+        let layer = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), rand, clock.now());
         Ok((
             Node {
                 layer,
@@ -631,7 +633,8 @@ fn layer_for(seed: u64, addr: SocketAddr, now: Millis) -> (LinkLayer, [u8; 32]) 
         max_links: 16,
         prefix_bits: (32, 128),
     };
-    let l = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), seed, now);
+    let rand = Randomness::with_choice_seed(derive("choices", seed));
+    let l = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), rand, now);
     (l, public)
 }
 

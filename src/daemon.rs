@@ -18,7 +18,7 @@ use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
 use crate::circuit::OnionKey;
 use crate::config::Config;
 use crate::control::{self, Answer, Request};
-use crate::crypto::{is_overlay, NodeKeys};
+use crate::crypto::{is_overlay, NodeKeys, Randomness};
 use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
 use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
 use crate::node::sessions::{ServiceInfo, SessionInfo};
@@ -404,8 +404,20 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         },
         budget.clone(),
     );
-    let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
-    let mut node = Node::new(link, onion, rand::random(), clock.now());
+    // Everything random from the operating system: secrets read it afresh, choices get 256 bits.
+    let link = LinkLayer::new(
+        link_cfg,
+        link_keys,
+        budget,
+        Randomness::from_os(),
+        clock.now(),
+    );
+    let mut node = Node::new(link, onion, Randomness::from_os(), clock.now());
+    if !node.secrets_from_os() {
+        return Err(DaemonError(
+            "secret randomness is not the operating system's: refusing to run".into(),
+        ));
+    }
     node.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
     node.set_client_identity(
         *service_seed,

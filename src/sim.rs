@@ -17,6 +17,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::budget::MemoryBudget;
 use crate::circuit::OnionKey;
+use crate::crypto::Randomness;
 use crate::link::{LinkConfig, LinkKeys, LinkLayer};
 use crate::node::{Node, NodeEvent};
 use crate::time::Millis;
@@ -233,10 +234,13 @@ impl Sim {
             link,
             onion_public: PublicKey::from(&onion).to_bytes(),
         };
-        let seed = self.cfg.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let budget = MemoryBudget::new(self.cfg.budget);
-        let layer = LinkLayer::new(cfg, keys, budget, seed, self.now);
-        let node = Node::new(layer, OnionKey::from_secret(onion), seed, self.now);
+        // Seeded secrets too, so a failing seed replays byte for byte: the simulator is the one
+        // place allowed to (crate::crypto::rng).
+        let link_rand = Randomness::simulated(derive(self.cfg.seed, "link choices", i));
+        let layer = LinkLayer::new(cfg, keys, budget, link_rand, self.now);
+        let rand = Randomness::simulated(derive(self.cfg.seed, "node randomness", i));
+        let node = Node::new(layer, OnionKey::from_secret(onion), rand, self.now);
         self.nodes.push(SimNode {
             addr,
             node,

@@ -2,6 +2,7 @@
 //! node, receiving it on the other), counted with a global allocator.
 
 use globalnet::budget::MemoryBudget;
+use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ fn node(i: u8, addr: SocketAddr) -> LinkLayer {
         cfg,
         keys,
         MemoryBudget::new(1 << 24),
-        u64::from(i),
+        Randomness::with_choice_seed([i; 32]),
         1_800_000_000_000,
     )
 }

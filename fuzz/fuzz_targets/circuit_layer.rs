@@ -2,6 +2,7 @@
 //! (CREATE, RELAY, DESTROY, ... with any bytes) and timer ticks must never panic.
 #![no_main]
 use globalnet::budget::MemoryBudget;
+use globalnet::crypto::Randomness;
 use globalnet::circuit::layer::CircuitLayer;
 use globalnet::circuit::OnionKey;
 use globalnet::link::LinkId;
@@ -10,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let onion = OnionKey::from_secret(x25519_dalek::StaticSecret::from([3u8; 32]));
     let mut now = 1_800_000_000_000u64;
-    let mut c = CircuitLayer::new([7; 32], onion, true, MemoryBudget::new(1 << 20), 1, now);
+    let mut c = CircuitLayer::new([7; 32], onion, true, MemoryBudget::new(1 << 20), Randomness::with_choice_seed([1; 32]), now);
     c.on_link_up(now, LinkId(1), Some([9; 32]), [1; 32], [2; 32]);
     c.on_link_up(now, LinkId(2), Some([8; 32]), [5; 32], [2; 32]);
     // Input: repeated [link u8][cell 1352 bytes] (short input is padded), or a timer tick.

@@ -2,6 +2,7 @@
 //! an authenticated but malicious neighbour, interleaved with timers. Nothing may panic.
 #![no_main]
 use globalnet::budget::MemoryBudget;
+use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkKeys, LinkLayer};
 use libfuzzer_sys::fuzz_target;
 
@@ -17,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         ..LinkConfig::default()
     };
     let mut now = 1_800_000_000_000u64;
-    let mut l = LinkLayer::new(cfg, keys, MemoryBudget::new(1 << 20), 1, now);
+    let mut l = LinkLayer::new(cfg, keys, MemoryBudget::new(1 << 20), Randomness::with_choice_seed([1; 32]), now);
     let from = "198.18.0.3:7412".parse().unwrap();
     // Input: repeated [kind u8][len u16][bytes].
     let mut rest = data;

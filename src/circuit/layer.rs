@@ -10,7 +10,7 @@
 //! more than its two neighbours on the circuit.
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -19,6 +19,7 @@ use super::handshake::{respond, HopTarget, OnionKey};
 use super::hop::{Forward, RelayHop};
 use super::ClientCircuit;
 use crate::budget::{Charge, MemoryBudget};
+use crate::crypto::{Randomness, SecretRng};
 use crate::link::LinkId;
 use crate::time::{Bucket, Millis};
 use crate::wire::cell::{
@@ -322,7 +323,10 @@ pub struct CircuitLayer {
     onion: OnionKey,
     relay: bool,
     budget: MemoryBudget,
+    /// Choices: circuit ids.
     rng: StdRng,
+    /// Handshake ephemerals (ours as a client, ours as a relay).
+    secrets: SecretRng,
     links: HashMap<LinkId, LinkInfo>,
     relayed: HashMap<u64, Relayed>,
     routes: HashMap<(LinkId, u32), (u64, Dir)>,
@@ -360,15 +364,17 @@ impl CircuitLayer {
         onion: OnionKey,
         relay: bool,
         budget: MemoryBudget,
-        seed: u64,
+        rand: Randomness,
         now: Millis,
     ) -> Self {
+        let (rng, secrets) = rand.into_parts();
         CircuitLayer {
             identity,
             onion,
             relay,
             budget,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
+            secrets,
             links: HashMap::new(),
             relayed: HashMap::new(),
             routes: HashMap::new(),
@@ -394,6 +400,12 @@ impl CircuitLayer {
     /// The next event for the layers above.
     pub fn poll_event(&mut self) -> Option<CircEvent> {
         self.events.pop_front()
+    }
+
+    /// Whether this layer's handshake ephemerals come from the operating system (false only in
+    /// the in-process network).
+    pub fn secrets_from_os(&self) -> bool {
+        self.secrets.is_os()
     }
 
     /// Counters.
@@ -700,7 +712,7 @@ impl CircuitLayer {
             .get(CELL_HEADER_LEN..CELL_HEADER_LEN + CREATE_HS_LEN)
             .unwrap_or(&[]);
         let hs = match respond(
-            &mut self.rng,
+            &mut self.secrets,
             create,
             &self.identity,
             &[&self.onion],
@@ -1159,7 +1171,7 @@ impl CircuitLayer {
             onion_key: first.fields().onion_key,
         };
         let mut cell = [0u8; CELL_LEN];
-        match ClientCircuit::create(&mut self.rng, circ_id, &target, &mut cell) {
+        match ClientCircuit::create(&mut self.secrets, circ_id, &target, &mut cell) {
             Ok(c) => {
                 o.circ = Some(c);
                 o.link = Some(link);
@@ -1232,7 +1244,7 @@ impl CircuitLayer {
             return;
         };
         let mut cell = [0u8; CELL_LEN];
-        match c.extend(&mut self.rng, &target, &spec, &mut cell) {
+        match c.extend(&mut self.secrets, &target, &spec, &mut cell) {
             Ok(()) => {
                 o.state = OwnState::Extending { next };
                 o.setup = Some(Box::new(cell));

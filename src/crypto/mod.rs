@@ -1,4 +1,5 @@
-//! Keys, key files and overlay addresses (DESIGN.md section 3).
+//! Keys, key files, overlay addresses and the randomness secrets are made from (DESIGN.md
+//! section 3).
 //!
 //! This module never logs or prints secret material: key types implement `Debug` as a short
 //! fingerprint of the public half only. Every hash input starts with a label from [`labels`].
@@ -6,6 +7,8 @@
 pub mod address;
 pub mod keys;
 pub mod labels;
+pub mod rng;
 
 pub use address::{address_of, is_overlay, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
 pub use keys::{KeyError, NodeKeys};
+pub use rng::{Randomness, SecretRng};

@@ -8,7 +8,7 @@
 //! memory budget; an answer is accepted only from the contact it was asked of.
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -19,6 +19,7 @@ use super::store::{checked_key, Store};
 use super::{distance, node_id, server, Key, DHT_DISJOINT_PATHS, DHT_K, DHT_REPLICAS};
 use super::{DHT_LOOKUP_TIMEOUT_S, DHT_RPC_TIMEOUT_MS};
 use crate::budget::{Charge, MemoryBudget};
+use crate::crypto::Randomness;
 use crate::time::Millis;
 use crate::wire::record::Contact;
 
@@ -150,7 +151,7 @@ impl DhtRelay {
         identity: [u8; 32],
         prefix_bits: (u8, u8),
         budget: MemoryBudget,
-        seed: u64,
+        rand: Randomness,
     ) -> DhtRelay {
         DhtRelay {
             table: RoutingTable::new(&identity, prefix_bits, budget.clone()),
@@ -162,7 +163,7 @@ impl DhtRelay {
             ops: HashMap::new(),
             rpcs: HashMap::new(),
             next_handle: 1,
-            rng: StdRng::seed_from_u64(seed),
+            rng: rand.choices(),
             out: Vec::new(),
             budget,
             stats: RelayStats::default(),
@@ -548,7 +549,12 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                DhtRelay::new(c.identity, (32, 128), MemoryBudget::new(64 << 20), i as u64)
+                DhtRelay::new(
+                    c.identity,
+                    (32, 128),
+                    MemoryBudget::new(64 << 20),
+                    Randomness::simulated([i as u8; 32]),
+                )
             })
             .collect();
         for r in relays.iter_mut() {

@@ -9,7 +9,7 @@
 
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -25,6 +25,7 @@ use super::noise::{BoringSession, NoiseOut, NoiseSession, Responder, Unsolicited
 use super::view::{RelayView, Source};
 use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::keys::{fingerprint, hex};
+use crate::crypto::Randomness;
 use crate::time::Millis;
 use crate::wire::datagram::{self, Kind};
 use crate::wire::link::{
@@ -491,13 +492,14 @@ fn new_buf() -> Vec<u8> {
 }
 
 impl LinkLayer {
-    /// A link layer for a node. `seed` makes its random choices reproducible (the daemon passes
-    /// a random seed; tests a fixed one).
+    /// A link layer for a node. `rand` seeds its choices (indices, RPC ids, nonces, jitter): the
+    /// daemon passes [`Randomness::from_os`]. It makes no secrets: boringtun draws the link
+    /// handshake's ephemerals from the operating system itself.
     pub fn new(
         cfg: LinkConfig,
         keys: LinkKeys,
         budget: MemoryBudget,
-        seed: u64,
+        rand: Randomness,
         now: Millis,
     ) -> LinkLayer {
         let link_public = PublicKey::from(&keys.link).to_bytes();
@@ -509,7 +511,7 @@ impl LinkLayer {
             keys,
             link_public,
             budget,
-            rng: StdRng::seed_from_u64(seed),
+            rng: rand.choices(),
             links: HashMap::new(),
             by_index: HashMap::new(),
             by_key: HashMap::new(),

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use crate::budget::Charge;
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{PathContext, PathKind, PathRules, Target as PathTarget, Vanguards};
+use crate::crypto::Randomness;
 use crate::dht::lookup::Target;
 use crate::dht::lookup_msg::{
     salvage_ids, LookupOp, LookupReply, LookupRequest, LookupStatus, ReplyBody, DHT_SAMPLE_MAX,
@@ -196,7 +197,7 @@ struct ClientQuery {
 pub struct NodeDht {
     next_token: u64,
     relay: Option<DhtRelay>,
-    seed: u64,
+    rand: Randomness,
     hostile: bool,
     waiting: HashMap<[u8; 32], Waiting>,
     waiting_total: usize,
@@ -219,11 +220,11 @@ pub struct NodeDht {
 }
 
 impl NodeDht {
-    pub(crate) fn new(seed: u64) -> NodeDht {
+    pub(crate) fn new(rand: Randomness) -> NodeDht {
         NodeDht {
             next_token: 1,
             relay: None,
-            seed,
+            rand,
             hostile: false,
             waiting: HashMap::new(),
             waiting_total: 0,
@@ -1087,7 +1088,7 @@ impl Node {
                 self.link.identity(),
                 self.prefix_bits,
                 self.link.budget().clone(),
-                self.dht.seed ^ 0xd47,
+                self.dht.rand.split("dht relay"),
             ));
             // Jittered, so that relays started together do not all look up and publish at once.
             self.dht.next_refresh = now + 3_000 + self.rng.gen_range(0..5_000);

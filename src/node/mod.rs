@@ -10,8 +10,8 @@
 pub mod dht;
 pub mod sessions;
 
+use crate::crypto::Randomness;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -88,8 +88,9 @@ pub struct Node {
 
 impl Node {
     /// Joins the layers. `onion` is the relay's current onion key; identity, relay role, family
-    /// prefixes and the memory budget come from the link layer.
-    pub fn new(link: LinkLayer, onion: OnionKey, seed: u64, now: Millis) -> Node {
+    /// prefixes and the memory budget come from the link layer. `rand` is split among the
+    /// layers: the daemon passes [`Randomness::from_os`].
+    pub fn new(link: LinkLayer, onion: OnionKey, mut rand: Randomness, now: Millis) -> Node {
         let cfg = link.config();
         let (relay, prefix_bits) = (cfg.relay, cfg.prefix_bits);
         Node {
@@ -98,22 +99,28 @@ impl Node {
                 onion,
                 relay,
                 link.budget().clone(),
-                seed ^ 0x5eed,
+                rand.split("circuit"),
                 now,
             ),
             link,
             prefix_bits,
             pool_target: POOL_TARGET,
             events: Vec::new(),
-            rng: StdRng::seed_from_u64(seed ^ 0xface),
+            rng: rand.split("node").choices(),
             last_path_error: None,
             guards: Guards::new(),
             guard_file: None,
             guard_save_failed: None,
-            dht: dht::NodeDht::new(seed),
-            sess: sessions::NodeSessions::new(seed),
+            dht: dht::NodeDht::new(rand.split("dht")),
+            sess: sessions::NodeSessions::new(rand.split("sessions")),
             packet_bufs: Vec::new(),
         }
+    }
+
+    /// Whether every secret this node makes comes from the operating system's generator (false
+    /// only in the in-process network). The daemon refuses to run otherwise.
+    pub fn secrets_from_os(&self) -> bool {
+        self.circ.secrets_from_os() && self.sess.secrets_from_os()
     }
 
     /// Returns the payload of a reported [`CircEvent::Message`] for reuse.

@@ -20,12 +20,13 @@ use std::net::Ipv6Addr;
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::RngCore;
 
 use crate::budget::Charge;
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{Hop, PathContext, PathKind, Target, Vanguards};
 use crate::crypto::keys::fingerprint;
+use crate::crypto::{Randomness, SecretRng};
 use crate::dht::descriptor::{
     epochs_to_look_up, epochs_to_publish, expires_for, index as desc_index, revision_for,
     Descriptor, DescriptorContent, IntroEntry, Publication, DESC_MAX_INTRO, DESC_REPUBLISH_S,
@@ -383,7 +384,11 @@ struct ClientSession {
 
 /// The node's session state.
 pub struct NodeSessions {
+    /// Choices: intro point lifetimes, candidate order, vanguards.
     rng: StdRng,
+    /// Intro-point auth keys, descriptor salts, rendezvous cookies, end-to-end handshake
+    /// ephemerals.
+    secrets: SecretRng,
     intro_role: Option<IntroPointRole>,
     rend_role: Option<RendezvousRole>,
     client_seed: Option<[u8; 32]>,
@@ -415,9 +420,15 @@ pub struct NodeSessions {
 }
 
 impl NodeSessions {
-    pub(crate) fn new(seed: u64) -> NodeSessions {
+    pub(crate) fn secrets_from_os(&self) -> bool {
+        self.secrets.is_os()
+    }
+
+    pub(crate) fn new(rand: Randomness) -> NodeSessions {
+        let (rng, secrets) = rand.into_parts();
         NodeSessions {
-            rng: StdRng::seed_from_u64(seed ^ 0x5e55_1011),
+            rng,
+            secrets,
             intro_role: None,
             rend_role: None,
             client_seed: None,
@@ -1555,7 +1566,7 @@ impl Node {
         };
         self.sess.owners.insert(id, Owner::Intro { svc });
         let mut seed = [0u8; 32];
-        self.sess.rng.fill_bytes(&mut seed);
+        self.sess.secrets.fill_bytes(&mut seed);
         let span = INTRO_POINT_LIFETIME_MAX_MS - INTRO_POINT_LIFETIME_MIN_MS;
         let retire_at = now + INTRO_POINT_LIFETIME_MIN_MS + self.sess.rng.next_u64() % span;
         let auth = SigningKey::from_bytes(&seed);
@@ -1584,7 +1595,7 @@ impl Node {
     /// Builds and publishes descriptors when the set of established intro points changed or
     /// the republish interval passed (`force`: now).
     fn service_publish(&mut self, now: Millis, svc: [u8; 16], force: bool) {
-        let rng = &mut self.sess.rng;
+        let secrets = &mut self.sess.secrets;
         let Some(s) = self.sess.services.iter_mut().find(|s| s.address == svc) else {
             return;
         };
@@ -1630,7 +1641,7 @@ impl Node {
             let revision = revision_for(now, s.last_revision);
             s.last_revision = Some(revision);
             let mut salt = [0u8; 16];
-            rng.fill_bytes(&mut salt);
+            secrets.fill_bytes(&mut salt);
             let p = Publication {
                 revision,
                 expires: expires_for(now_s, e),
@@ -1672,7 +1683,7 @@ impl Node {
             return;
         };
         let total = self.sess.session_count();
-        let rng = &mut self.sess.rng;
+        let secrets = &mut self.sess.secrets;
         let stats = &mut self.sess.stats;
         let Some(s) = self.sess.services.iter_mut().find(|s| s.address == svc) else {
             return;
@@ -1709,7 +1720,7 @@ impl Node {
             return;
         };
         let peer = addr16(client.address());
-        let Ok((keys, msg2)) = client.accept(rng, &RendPlaintext::default().emit()) else {
+        let Ok((keys, msg2)) = client.accept(secrets, &RendPlaintext::default().emit()) else {
             stats.intro_rejected += 1;
             return;
         };
@@ -2174,7 +2185,7 @@ impl Node {
             .filter(|(id, _, _)| self.circ.path(*id).is_some());
         let cookie = match &kept {
             Some((_, cookie, _)) => cookie.clone(),
-            None => RendCookie::generate(&mut self.sess.rng),
+            None => RendCookie::generate(&mut self.sess.secrets),
         };
         c.intro = Some(Introduction {
             started: now,
@@ -2383,7 +2394,7 @@ impl Node {
         .emit();
         let made = match hooks.claim_pseudonym {
             Some(claim) => ClientHandshake::forged(
-                &mut self.sess.rng,
+                &mut self.sess.secrets,
                 &i.service_key,
                 &i.entry.auth_key,
                 &claim,
@@ -2391,7 +2402,7 @@ impl Node {
                 &pt,
             ),
             None => ClientHandshake::new(
-                &mut self.sess.rng,
+                &mut self.sess.secrets,
                 &i.service_key,
                 &i.entry.auth_key,
                 &c.pseudonym,
@@ -2593,7 +2604,7 @@ impl Node {
         {
             return;
         }
-        let cookie = RendCookie::generate(&mut self.sess.rng);
+        let cookie = RendCookie::generate(&mut self.sess.secrets);
         let avoid = self.session_relays(&dst);
         let id = match self.sess_take_pool(now, &avoid) {
             Some(id) => {
