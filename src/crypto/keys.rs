@@ -10,7 +10,7 @@
 //! <64 lowercase hex digits>
 //! ```
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -146,6 +146,29 @@ impl fmt::Debug for NodeKeys {
             .field("service", &"<redacted>")
             .finish_non_exhaustive()
     }
+}
+
+/// Decodes an Ed25519 public key received from the network (docs/protocol.md 3.1). Every key
+/// that becomes an identity, an address, a signer or a Diffie–Hellman key passes here. Refused:
+///
+/// - bytes that are not a point, or a non-canonical encoding (`y ≥ p`, or `x = 0` with the sign
+///   bit set): two encodings of one point would be two addresses of one key;
+/// - points of small order (no secret stands behind them);
+/// - points with a torsion component (`P + T`, `T` of order 2, 4 or 8): X25519 and cofactored
+///   arithmetic clear the cofactor, so the holder of `p` could prove each of the eight `P + T`
+///   as well as `P`, each a different address.
+///
+/// `-P` is accepted: it is a key of its own, whose secret `-p` only the holder of `p` knows, so it
+/// gives that holder nothing a fresh key would not (threat model 6.4).
+pub fn decode_public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    let key = VerifyingKey::from_bytes(bytes).ok()?;
+    let point = key.to_edwards();
+    // `VerifyingKey::to_bytes` echoes the input; re-encoding the decoded point is what catches a
+    // non-canonical encoding.
+    if key.is_weak() || !point.is_torsion_free() || point.compress().to_bytes() != *bytes {
+        return None;
+    }
+    Some(key)
 }
 
 /// A short, printable fingerprint of a public key (never of a secret).
@@ -343,9 +366,60 @@ impl NodeKeys {
     }
 }
 
+/// The eight points of small order, `k·T8` for a generator `T8` of the torsion subgroup (for
+/// tests of [`decode_public_key`] and its callers).
+#[cfg(test)]
+pub(crate) fn eight_torsion() -> Vec<curve25519_dalek::edwards::EdwardsPoint> {
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::Scalar;
+    // A point of order 8 (from the usual list of small-order encodings).
+    let mut b = [0u8; 32];
+    for (i, c) in b.iter_mut().enumerate() {
+        let h = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a";
+        *c = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let t8 = CompressedEdwardsY(b).decompress().unwrap();
+    // Small order, and 4·T8 is not the identity: the order is exactly 8.
+    assert!(t8.is_small_order());
+    assert_ne!(
+        (Scalar::from(4u64) * t8).compress(),
+        EdwardsPoint::default().compress()
+    );
+    (0u64..8).map(|k| Scalar::from(k) * t8).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One secret, one accepted point: torsion variants and small-order points are refused;
+    /// `-P` is a key of its own and is accepted.
+    #[test]
+    fn network_keys_are_torsion_free_canonical_points() {
+        let p = SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let pe = p.to_edwards();
+        assert!(decode_public_key(&p.to_bytes()).is_some());
+        assert!(decode_public_key(&(-pe).compress().to_bytes()).is_some());
+        let torsion = eight_torsion();
+        for (k, t) in torsion.iter().enumerate() {
+            let variant = (pe + t).compress().to_bytes();
+            assert_eq!(decode_public_key(&variant).is_some(), k == 0, "P + {k}·T8");
+            assert_eq!(
+                decode_public_key(&(-pe + t).compress().to_bytes()).is_some(),
+                k == 0,
+                "-P + {k}·T8"
+            );
+            assert!(
+                decode_public_key(&t.compress().to_bytes()).is_none(),
+                "{k}·T8"
+            );
+        }
+        // A non-canonical encoding of a valid point (y + p for y = 2 is y = 2^255 - 17).
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[31] = 0x7f;
+        non_canonical[0] = 0xef;
+        assert!(decode_public_key(&non_canonical).is_none());
+    }
 
     #[test]
     fn create_load_never_overwrite() {

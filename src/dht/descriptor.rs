@@ -723,6 +723,24 @@ mod tests {
         unhex(v.as_str().unwrap()).try_into().unwrap()
     }
 
+    /// The service key of a descriptor passes the network-key check (the client's `open` calls
+    /// `blind_public`): a torsion variant of a real key, which its holder could otherwise publish
+    /// under up to eight more addresses, is refused.
+    #[test]
+    fn service_key_with_torsion_is_refused() {
+        let a = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let addr = crate::crypto::address_of(a.as_bytes()).octets();
+        assert!(blind_public(a.as_bytes(), &addr, 7).is_ok());
+        for t in crate::crypto::keys::eight_torsion().iter().skip(1) {
+            let variant = (a.to_edwards() + t).compress().to_bytes();
+            let addr = crate::crypto::address_of(&variant).octets();
+            assert_eq!(
+                blind_public(&variant, &addr, 7).unwrap_err(),
+                DescError::BlindedKey
+            );
+        }
+    }
+
     #[test]
     fn index_vectors() {
         let d = doc();

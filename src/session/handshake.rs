@@ -18,7 +18,7 @@
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use core::fmt;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use hkdf::Hkdf;
 use rand::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -31,7 +31,7 @@ use super::intro::{join_mac, INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN};
 use super::pseudonym::Pseudonym;
 use super::{array_at, dh, hash};
 use crate::crypto::address_of;
-use crate::crypto::keys::fingerprint;
+use crate::crypto::keys::{decode_public_key, fingerprint};
 use crate::crypto::labels::{LABEL_E2E_HASH, LABEL_E2E_INIT, LABEL_E2E_MIX, LABEL_E2E_SPLIT};
 
 /// AEAD tag length inside the handshake.
@@ -88,14 +88,12 @@ impl fmt::Display for E2eError {
 
 impl std::error::Error for E2eError {}
 
-/// Decodes an Ed25519 public key received from the network (3.1): a point, canonical, not of
-/// small order. Returns its Montgomery form.
+/// Decodes an Ed25519 public key received from the network (3.1): a point, canonical, of large
+/// order and torsion-free. Returns its Montgomery form. Torsion matters most here: X25519
+/// clears the cofactor, so without the check the holder of `p` would prove `P + T` for every
+/// small-order `T`, each a different pseudonym address.
 fn montgomery_of(key: &[u8; 32]) -> Option<[u8; 32]> {
-    let vk = VerifyingKey::from_bytes(key).ok()?;
-    if vk.is_weak() || vk.to_edwards().compress().to_bytes() != *key {
-        return None;
-    }
-    Some(vk.to_montgomery().to_bytes())
+    Some(decode_public_key(key)?.to_montgomery().to_bytes())
 }
 
 /// The session keys both ends derive (10.3): `k_c2s`, `k_s2c`, `k_join` and `session_id = h`.
@@ -632,7 +630,7 @@ mod tests {
             let mut b = [0xffu8; 32];
             b[31] = 0x7f;
             b[0] = 0xed + y;
-            let Ok(vk) = VerifyingKey::from_bytes(&b) else {
+            let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&b) else {
                 continue;
             };
             assert!(montgomery_of(&b).is_none(), "y = {y}");
@@ -643,6 +641,97 @@ mod tests {
         assert!(refused_large_order > 0);
         assert!(
             montgomery_of(Pseudonym::derive(&[1u8; 32], &Ipv6Addr::LOCALHOST).public()).is_some()
+        );
+    }
+
+    /// A client holding `p` claims `P + T` for each small-order `T`. The Diffie–Hellman proof
+    /// would pass (X25519 clears the cofactor: `s·(P + T) = s·P` for the clamped `s`), so only the
+    /// torsion check stops one key from appearing as eight addresses.
+    #[test]
+    fn torsion_variants_of_a_pseudonym_are_refused() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let (service, own, auth) = setup();
+        let p = CompressedEdwardsY(*own.public()).decompress().unwrap();
+        let s_mont = PublicKey::from(*service.montgomery());
+        let honest = own.dh_secret().diffie_hellman(&s_mont).to_bytes();
+        for (k, t) in crate::crypto::keys::eight_torsion()
+            .iter()
+            .enumerate()
+            .skip(1)
+        {
+            let claimed = (p + t).compress().to_bytes();
+            assert_ne!(address_of(&claimed), own.address());
+            // What the service would compute for `ss` without the check: the honest value.
+            let claimed_mont = (p + t).to_montgomery().to_bytes();
+            assert_eq!(*dh(&service.dh, &claimed_mont).unwrap(), honest, "k = {k}");
+            let (_, msg1) = ClientHandshake::build(
+                StaticSecret::random_from_rng(OsRng),
+                service.public(),
+                &auth,
+                &claimed,
+                own.dh_secret(),
+                &[0u8; INTRO_PLAINTEXT_LEN],
+            )
+            .unwrap();
+            assert_eq!(
+                service.read_msg1(&auth, &msg1).unwrap_err(),
+                E2eError::BadPseudonymKey,
+                "k = {k}"
+            );
+        }
+        // A descriptor's service key with torsion is refused on the client's side too.
+        let a = CompressedEdwardsY(*service.public()).decompress().unwrap();
+        let t = crate::crypto::keys::eight_torsion()[1];
+        let bad_a = (a + t).compress().to_bytes();
+        assert_eq!(
+            ClientHandshake::new(&mut OsRng, &bad_a, &auth, &own, &[0; INTRO_PLAINTEXT_LEN])
+                .unwrap_err(),
+            E2eError::BadServiceKey
+        );
+    }
+
+    /// `-P` has the same Montgomery form as `P`, so the holder of `p` proves it too. It is
+    /// accepted as a key of its own (its secret is `-p`; nobody else can claim it, and a client
+    /// can make new keys anyway); what matters is that the exact encoding the client sent is the
+    /// one the service sees and the one the transcript binds: `enc_P` is hashed into `h`, so the
+    /// sessions of `P` and `-P` have different keys, and no one in between can flip the sign.
+    #[test]
+    fn negated_pseudonym_is_its_own_key_and_its_encoding_is_bound() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let (service, own, auth) = setup();
+        let p = CompressedEdwardsY(*own.public()).decompress().unwrap();
+        let neg = (-p).compress().to_bytes();
+        assert_eq!((-p).to_montgomery(), p.to_montgomery());
+        let eph = [7u8; 32];
+        let run = |claimed: &[u8; 32]| {
+            let (client, msg1) = ClientHandshake::build(
+                StaticSecret::from(eph),
+                service.public(),
+                &auth,
+                claimed,
+                own.dh_secret(),
+                &[0u8; INTRO_PLAINTEXT_LEN],
+            )
+            .unwrap();
+            let introduced = service.read_msg1(&auth, &msg1).unwrap();
+            assert_eq!(introduced.pseudonym(), claimed);
+            let (skeys, msg2) = introduced
+                .accept_with_ephemeral(StaticSecret::from([8u8; 32]), &[0; REND_PLAINTEXT_LEN])
+                .unwrap();
+            let (ckeys, _) = client.finish(&msg2).unwrap();
+            assert_eq!(skeys.c2s(), ckeys.c2s());
+            (address_of(claimed), *ckeys.session_id(), msg1)
+        };
+        let (addr_p, id_p, msg1) = run(own.public());
+        let (addr_neg, id_neg, _) = run(&neg);
+        assert_ne!(addr_p, addr_neg);
+        assert_ne!(id_p, id_neg, "the encoding of P is part of the transcript");
+        // Flipping the sign bit inside enc_P in transit breaks the AEAD.
+        let mut tampered = msg1;
+        tampered[32 + 31] ^= 0x80;
+        assert_eq!(
+            service.read_msg1(&auth, &tampered).unwrap_err(),
+            E2eError::Msg1Decrypt
         );
     }
 

@@ -11,14 +11,14 @@
 //! to the client, the rendezvous point and the service: their `Debug` is redacted.
 
 use core::fmt;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use hmac::{Hmac, Mac};
 use rand::{CryptoRng, RngCore};
 use sha2::Sha256;
 
 use super::handshake::{E2E_MSG1_LEN, E2E_MSG2_LEN};
 use super::{array_at, hash};
-use crate::crypto::keys::fingerprint;
+use crate::crypto::keys::{decode_public_key, fingerprint};
 use crate::crypto::labels::{LABEL_E2E_JOIN, LABEL_ESTABLISH_INTRO, LABEL_INTRO_REPLAY};
 use crate::wire::record::LINK_SPEC_LEN;
 
@@ -183,13 +183,10 @@ impl EstablishIntro {
         EstablishIntro { auth_key, sig }
     }
 
-    /// The intro point's check: `auth_key` canonical and of large order, and the signature valid
-    /// (strict verification) for this circuit's `bind`.
+    /// The intro point's check: `auth_key` canonical, of large order and torsion-free, and the
+    /// signature valid (strict verification) for this circuit's `bind`.
     pub fn verify(&self, bind: &[u8; 32]) -> Result<(), IntroError> {
-        let vk = VerifyingKey::from_bytes(&self.auth_key).map_err(|_| IntroError::BadAuthKey)?;
-        if vk.is_weak() || vk.to_edwards().compress().to_bytes() != self.auth_key {
-            return Err(IntroError::BadAuthKey);
-        }
+        let vk = decode_public_key(&self.auth_key).ok_or(IntroError::BadAuthKey)?;
         vk.verify_strict(
             &establish_intro_message(bind, &self.auth_key),
             &Signature::from_bytes(&self.sig),
@@ -488,6 +485,13 @@ mod tests {
         assert_eq!(parsed, e);
         parsed.verify(&[1u8; 32]).unwrap();
         assert_eq!(parsed.verify(&[2u8; 32]), Err(IntroError::BadSignature));
+        // An auth key with a torsion component is refused before any signature check.
+        let t = crate::crypto::keys::eight_torsion()[1];
+        let mut torsion = parsed.clone();
+        torsion.auth_key = (auth.verifying_key().to_edwards() + t)
+            .compress()
+            .to_bytes();
+        assert_eq!(torsion.verify(&[1u8; 32]), Err(IntroError::BadAuthKey));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use crate::crypto::keys::decode_public_key;
 use crate::crypto::labels::LABEL_RELAY_RECORD_SIG;
 
 /// Length of an endpoint.
@@ -235,17 +236,12 @@ pub fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
     out[64..].copy_from_slice(&ep);
 }
 
-/// Decodes an Ed25519 public key received from the network: a point, canonically encoded (the
-/// decoded point re-encodes to the same bytes), not of small order.
+/// Decodes an Ed25519 public key received from the network: a point, canonically encoded, of
+/// large order and torsion-free ([`decode_public_key`]).
 pub fn check_identity(identity: &[u8; 32]) -> Result<VerifyingKey, RecordError> {
-    let key = VerifyingKey::from_bytes(identity)
-        .map_err(|_| RecordError::Field("identity not a point"))?;
-    // `to_bytes` echoes the input; re-encoding the decoded point is what catches a non-canonical
-    // encoding.
-    if key.is_weak() || key.to_edwards().compress().to_bytes() != *identity {
-        return Err(RecordError::Field("identity weak or not canonical"));
-    }
-    Ok(key)
+    decode_public_key(identity).ok_or(RecordError::Field(
+        "identity not a canonical point of the prime-order subgroup",
+    ))
 }
 
 /// Length of a link specifier (5.3): how a relay reaches the next hop of a circuit.
@@ -733,6 +729,17 @@ mod tests {
         assert!(check_identity(&y_is_p).is_err());
         let good = SigningKey::from_bytes(&[9; 32]).verifying_key().to_bytes();
         assert!(check_identity(&good).is_ok());
+    }
+
+    /// A relay identity with a torsion component would give one key up to eight DHT node ids.
+    #[test]
+    fn identity_with_torsion_is_refused() {
+        let good = SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_edwards();
+        for t in crate::crypto::keys::eight_torsion().iter().skip(1) {
+            assert!(check_identity(&(good + t).compress().to_bytes()).is_err());
+        }
     }
 
     #[test]
