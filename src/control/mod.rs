@@ -6,6 +6,10 @@
 //! Requests are capped in size and time, and connections in number, so a local user in the group
 //! cannot tie the daemon up.
 //!
+//! Who may ask what: the socket's mode (0660) lets its group in; the commands in
+//! [`PRIVATE_COMMANDS`] (which destinations this node visits) are answered only to root and the
+//! daemon's own user, checked with the peer's credentials (`SO_PEERCRED`) on every connection.
+//!
 //! Commands: `status`, `peers`, `circuits`, `services`, `sessions`, and `ping` with an `addr`
 //! field (`{"v":1,"cmd":"ping","addr":"fd.."}`), whose answer comes when the peer answered or
 //! failed: `{"ok":true,"result":{"addr":"fd..","rtt_ms":41.2}}`. Fields are only ever added, so a
@@ -71,6 +75,26 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: &Request) -> Answer;
 }
 
+/// Commands whose answer tells which destinations this node visits and who visits its services
+/// (`sessions`): answered only to root and to the daemon's own user, never to the rest of the
+/// socket's group.
+pub const PRIVATE_COMMANDS: &[&str] = &["sessions"];
+
+/// Whether a peer with uid `peer_uid` (from `SO_PEERCRED`; `None` when the kernel gave none) may
+/// ask `cmd` of a daemon whose effective uid is `own_uid`. The error says who may and how.
+pub fn may_ask(cmd: &str, peer_uid: Option<u32>, own_uid: u32) -> Result<(), String> {
+    if !PRIVATE_COMMANDS.contains(&cmd) {
+        return Ok(());
+    }
+    match peer_uid {
+        Some(uid) if uid == 0 || uid == own_uid => Ok(()),
+        _ => Err(format!(
+            "`{cmd}` shows which destinations this node visits, so only root and the daemon's \
+             own user (uid {own_uid}) may ask; run it with sudo"
+        )),
+    }
+}
+
 /// Parses one request line. Never panics on any bytes.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let req: Request =
@@ -86,7 +110,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 
 /// Binds the control socket: creates its directory if absent, removes a stale socket left by a
 /// daemon that died, refuses to start beside a live one, and sets mode 0660 (owned by `owner`
-/// when given, so the group of the unprivileged user may use it).
+/// when given, so the group of the unprivileged user may use it). Anything at the path that is
+/// not a socket (a file, a directory, a symlink) is an error and stays where it is.
 pub fn bind(
     path: &Path,
     owner: Option<(u32, u32)>,
@@ -100,7 +125,19 @@ pub fn bind(
             }
         }
     }
-    if path.exists() {
+    // `symlink_metadata`: a symlink at the path is not followed, and not removed either.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to remove it (move it away, or set \
+                     `control_socket` to another path)",
+                    path.display()
+                ),
+            ));
+        }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
                 return Err(io::Error::new(
@@ -148,6 +185,9 @@ pub async fn serve(
 }
 
 async fn serve_one(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> {
+    // Asked per connection, so a change of the daemon's uid (the privilege drop) is seen.
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+    let own_uid = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_LEN + 1));
     let mut line = Vec::new();
@@ -157,7 +197,9 @@ async fn serve_one(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> 
     let reply = if n as u64 > MAX_REQUEST_LEN {
         serde_json::json!({"ok": false, "error": "request too long"})
     } else {
-        let answer = match parse_request(&line) {
+        let answer = match parse_request(&line)
+            .and_then(|req| may_ask(&req.cmd, peer_uid, own_uid).map(|()| req))
+        {
             Ok(req) => match handler.handle(&req) {
                 Answer::Now(r) => r,
                 Answer::Later(rx) => match tokio::time::timeout(DEFERRED_TIMEOUT, rx).await {
@@ -268,6 +310,7 @@ mod tests {
         fn handle(&self, req: &Request) -> Answer {
             match req.cmd.as_str() {
                 "status" => Answer::Now(Ok(serde_json::json!({"uptime_s": 1}))),
+                "sessions" => Answer::Now(Ok(serde_json::json!([{"peer": "fd00::2"}]))),
                 "ping" => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let addr = req.addr.clone();
@@ -312,6 +355,48 @@ mod tests {
         assert!(parse_request(b"").is_err());
     }
 
+    #[test]
+    fn private_commands_only_for_root_and_the_daemon_user() {
+        let own = 990;
+        assert!(may_ask("sessions", Some(0), own).is_ok());
+        assert!(may_ask("sessions", Some(own), own).is_ok());
+        let e = may_ask("sessions", Some(1000), own).unwrap_err();
+        assert!(e.contains("only root") && e.contains("uid 990"), "{e}");
+        assert!(may_ask("sessions", None, own).is_err());
+        // Everything else stays open to the socket's group.
+        for cmd in ["status", "peers", "circuits", "services", "ping", "nope"] {
+            assert!(may_ask(cmd, Some(1000), own).is_ok(), "{cmd}");
+        }
+    }
+
+    /// A file, a directory or a symlink at the socket's path is refused and left alone.
+    #[test]
+    fn bind_never_removes_what_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, b"precious").unwrap();
+        let e = bind(&file, None).unwrap_err();
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+        let sub = dir.path().join("dir.sock");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("inside"), b"x").unwrap();
+        assert!(bind(&sub, None).is_err());
+        assert!(sub.join("inside").exists());
+
+        // A symlink, dangling or to a file: neither it nor its target goes.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(bind(&link, None).is_err());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        let dangling = dir.path().join("dangling.sock");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(bind(&dangling, None).is_err());
+        assert!(std::fs::symlink_metadata(&dangling).is_ok());
+    }
+
     #[tokio::test]
     async fn round_trip_and_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -327,6 +412,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(result.unwrap()["uptime_s"], 1);
+        // This test's process is the daemon's own user (or root): `sessions` is answered.
+        let p = path.clone();
+        let sessions = tokio::task::spawn_blocking(move || request(&p, "sessions"))
+            .await
+            .unwrap();
+        assert_eq!(sessions.unwrap()[0]["peer"], "fd00::2");
         let p = path.clone();
         let err = tokio::task::spawn_blocking(move || request(&p, "nope"))
             .await
