@@ -345,14 +345,23 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ))
     })?;
 
-    if let Some(ids) = ids {
-        if root {
-            privdrop::drop_to_user(ids).map_err(ctx("dropping privileges"))?;
-            tracing::info!(uid = ids.uid, "dropped privileges; kept CAP_NET_ADMIN only");
-        } else {
-            tracing::warn!("not started as root: `user` has nothing to drop and is ignored");
+    // Every way of starting ends with CAP_NET_ADMIN as the only capability (docs/decisions.md).
+    let caps = match ids {
+        Some(ids) if root => {
+            let caps = privdrop::drop_to_user(ids).map_err(ctx("dropping privileges"))?;
+            tracing::info!(uid = ids.uid, "dropped privileges");
+            caps
         }
-    }
+        _ => {
+            if ids.is_some() {
+                tracing::warn!("not started as root: `user` has nothing to drop and is ignored");
+            } else if root {
+                tracing::warn!("running as root: set `user` so that the daemon drops uid 0");
+            }
+            privdrop::limit_capabilities().map_err(ctx("limiting capabilities"))?
+        }
+    };
+    tracing::info!(%caps, "capabilities after set-up");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
