@@ -3,18 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{globalnet_bin, Host, Lab};
+use crate::harness::{globalnet_bin, shipped_listen, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 
-fn config(h: &Host, bootstrap: &[&Host], extra: &str) -> String {
+fn config(_h: &Host, bootstrap: &[&Host], extra: &str) -> String {
     let boot: Vec<String> = bootstrap
         .iter()
         .map(|b| format!("\"{}:7412\"", b.ip))
         .collect();
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
-        h.ip,
+        "[network]\nlisten = {}\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
+        shipped_listen(),
         boot.join(", ")
     )
 }

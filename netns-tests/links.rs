@@ -4,15 +4,15 @@
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
-use crate::harness::{Daemon, Host, Lab};
+use crate::harness::{shipped_listen, Daemon, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 
 fn config(h: &Host, bootstrap: Option<&Host>) -> String {
     let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-        h.ip
+        "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen()
     )
 }
 

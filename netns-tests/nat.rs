@@ -5,23 +5,24 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, Host, Lab, NatType};
+use crate::harness::{shipped_listen, Daemon, Host, Lab, NatType};
 
 const READY: Duration = Duration::from_secs(10);
 
 fn public_config(h: &Host, bootstrap: Option<&Host>) -> String {
     let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-        h.ip
+        "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen()
     )
 }
 
-/// Behind NAT a daemon listens on the unspecified address and learns its endpoint.
+/// Behind NAT a daemon listens as shipped (the unspecified address) and learns its endpoint.
 fn natted_config(boot: &[&Host]) -> String {
     let boot: Vec<String> = boot.iter().map(|b| format!("\"{}:7412\"", b.ip)).collect();
     format!(
-        "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        "[network]\nlisten = {}\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen(),
         boot.join(", ")
     )
 }

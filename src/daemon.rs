@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
@@ -332,11 +331,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // User=) owns it already and may not chown.
     let root = nix::unistd::geteuid().is_root();
     let owner = ids.filter(|_| root).map(|i| (i.uid, i.gid));
+    let dual = udp::dual_stack_for(&config.network.listen);
     let sockets = config
         .network
         .listen
         .iter()
-        .map(|a| udp::bind(*a).map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}"))))
+        .zip(dual)
+        .map(|(a, d)| {
+            udp::bind_with(*a, d)
+                .map(|s| (s, d))
+                .map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
@@ -454,7 +459,7 @@ struct Core {
 async fn run_async(
     dev: tun_rs::SyncDevice,
     control_listener: std::os::unix::net::UnixListener,
-    sockets: Vec<std::net::UdpSocket>,
+    sockets: Vec<(std::net::UdpSocket, bool)>,
     core: Core,
     commands: mpsc::Sender<Command>,
     clock: Clock,
@@ -484,7 +489,7 @@ async fn run_async(
     let routes_task = tokio::spawn(route_refresher(state.config.tun.name.clone(), commands));
     let sockets = sockets
         .into_iter()
-        .map(UdpSocket::from_std)
+        .map(|(s, dual)| udp::Port::new(s, dual))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ctx("UDP"))?;
     let pipes = Pipes {
@@ -610,24 +615,31 @@ async fn route_refresher(ifname: String, commands: mpsc::Sender<Command>) {
     }
 }
 
-/// Receives on up to two sockets (one per family); pending forever when there is no second one.
+/// Receives on up to two sockets; pending forever when there is no such socket.
 async fn recv_on(
-    socket: Option<&UdpSocket>,
+    socket: Option<&udp::Port>,
     buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
+) -> std::io::Result<(usize, usize, udp::Received)> {
     match socket {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.recv(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Hands one read to the node: several datagrams of `stride` bytes when GRO coalesced them.
+fn deliver(node: &mut Node, now: Millis, buf: &[u8], n: usize, stride: usize, rx: udp::Received) {
+    for d in buf.get(..n).unwrap_or(&[]).chunks(stride) {
+        node.handle_datagram_at(now, rx.from, rx.local, d);
     }
 }
 
 /// Handles what else is already queued on the socket (up to a batch) before going back to the
 /// event loop: fewer wake-ups and timer re-arms per datagram under load.
-fn drain(socket: Option<&UdpSocket>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
+fn drain(socket: Option<&udp::Port>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
     let Some(s) = socket else { return };
     for _ in 0..63 {
-        match s.try_recv_from(buf) {
-            Ok((n, from)) => node.handle_datagram(clock.now(), from, buf.get(..n).unwrap_or(&[])),
+        match s.try_recv(buf) {
+            Ok((n, stride, rx)) => deliver(node, clock.now(), buf, n, stride, rx),
             Err(_) => break,
         }
     }
@@ -810,16 +822,12 @@ impl Pings {
 }
 
 /// The link task: owns the UDP sockets, the node's state machine and the flow layer.
-/// Sends every datagram the node has queued, each on the socket of its address family.
-async fn send_transmits(node: &mut Node, sockets: &[UdpSocket], families: &[bool]) {
+/// Sends every datagram the node has queued, each on a socket of its address family, from the
+/// address the peer wrote to.
+async fn send_transmits(node: &mut Node, sockets: &[udp::Port]) {
     while let Some(t) = node.poll_transmit() {
-        let socket = sockets
-            .iter()
-            .zip(families)
-            .find(|(_, v4)| **v4 == t.dst.is_ipv4())
-            .map(|(s, _)| s);
-        if let Some(s) = socket {
-            if let Err(e) = s.send_to(&t.data, t.dst).await {
+        if let Some(s) = sockets.iter().find(|s| s.serves(&t.dst)) {
+            if let Err(e) = s.send(t.dst, t.src, &t.data).await {
                 tracing::debug!("UDP send to {}: {e}", t.dst);
             }
         }
@@ -828,7 +836,7 @@ async fn send_transmits(node: &mut Node, sockets: &[UdpSocket], families: &[bool
 }
 
 async fn link_loop(
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<udp::Port>,
     core: Core,
     pipes: Pipes,
     clock: Clock,
@@ -858,13 +866,8 @@ async fn link_loop(
         state: state.clone(),
     };
     let mut pings = Pings::default();
-    // Which family each socket serves, worked out once (not a syscall per datagram).
-    let families: Vec<bool> = sockets
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
-        .collect();
-    let mut buf0 = vec![0u8; 65536];
-    let mut buf1 = vec![0u8; 65536];
+    let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
+    let mut buf1 = vec![0u8; sockets.get(1).map_or(0, udp::Port::buffer_len)];
     let mut events: Vec<NodeEvent> = Vec::new();
     let mut last_snapshot = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -875,15 +878,15 @@ async fn link_loop(
             .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
         tokio::select! {
             r = recv_on(sockets.first(), &mut buf0) => match r {
-                Ok((n, from)) => {
-                    link.handle_datagram(clock.now(), from, buf0.get(..n).unwrap_or(&[]));
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf0, n, stride, rx);
                     drain(sockets.first(), &mut link, &clock, &mut buf0);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
             r = recv_on(sockets.get(1), &mut buf1) => match r {
-                Ok((n, from)) => {
-                    link.handle_datagram(clock.now(), from, buf1.get(..n).unwrap_or(&[]));
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf1, n, stride, rx);
                     drain(sockets.get(1), &mut link, &clock, &mut buf1);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
@@ -933,7 +936,7 @@ async fn link_loop(
                 }
             } => link.handle_timeout(clock.now()),
         }
-        send_transmits(&mut link, &sockets, &families).await;
+        send_transmits(&mut link, &sockets).await;
         events.extend(link.drain_events());
         for e in events.drain(..) {
             match e {
@@ -969,7 +972,7 @@ async fn link_loop(
             }
         }
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
-        send_transmits(&mut link, &sockets, &families).await;
+        send_transmits(&mut link, &sockets).await;
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
             last_snapshot = now;

@@ -151,6 +151,21 @@ fn remove_stale_namespaces() {
     }
 }
 
+/// The `listen` value of the shipped `config.example.toml` (what every package installs), as
+/// TOML, e.g. `["0.0.0.0:7412"]`: tests listen as users do unless a test is about another value.
+pub fn shipped_listen() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).expect("config.example.toml");
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen").map(str::trim))
+        .and_then(|rest| rest.strip_prefix('='))
+        .map(|v| v.split('#').next().unwrap_or("").trim().to_string())
+        .expect("config.example.toml has a `listen` line");
+    assert!(value.contains(":7412"), "tests assume port 7412: {value}");
+    value
+}
+
 /// One host of a lab.
 #[derive(Debug, Clone)]
 pub struct Host {

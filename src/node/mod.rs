@@ -169,7 +169,18 @@ impl Node {
 
     /// Handles a datagram.
     pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
-        self.link.handle_datagram(now, from, data);
+        self.handle_datagram_at(now, from, None, data);
+    }
+
+    /// A datagram that arrived at our endpoint `local` (see [`LinkLayer::handle_datagram_at`]).
+    pub fn handle_datagram_at(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        local: Option<SocketAddr>,
+        data: &[u8],
+    ) {
+        self.link.handle_datagram_at(now, from, local, data);
         self.pump(now);
     }
 
