@@ -15,11 +15,13 @@ use zeroize::Zeroizing;
 use crate::budget::MemoryBudget;
 use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
 use crate::circuit::OnionKey;
-use crate::config::Config;
+use crate::config::{Config, PeerAddr};
 use crate::control::{self, Answer, Request};
 use crate::crypto::{is_overlay, NodeKeys};
 use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
-use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
+use crate::link::{
+    BootstrapInfo, BootstrapPeer, LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo,
+};
 use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
@@ -74,6 +76,30 @@ enum Command {
     Ping { dst: [u8; 16], reply: AnswerTx },
     /// The prefixes routed through other interfaces changed (inbound source check).
     ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
+    /// A bootstrap host name resolved (or not).
+    Resolved {
+        name: String,
+        result: Result<Vec<SocketAddr>, String>,
+    },
+}
+
+/// How long one resolution of a bootstrap host name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves a bootstrap host name off the event loop (getaddrinfo blocks; tokio runs it on its
+/// blocking pool) and hands the answer to the link task.
+fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
+    tokio::spawn(async move {
+        let result =
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&name)).await {
+                Ok(Ok(addrs)) => Ok(addrs
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                    .collect()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
+            };
+        let _ = commands.send(Command::Resolved { name, result }).await;
+    });
 }
 
 /// The link layer's state as the control socket shows it, refreshed by the link task.
@@ -96,6 +122,12 @@ struct LinkSnapshot {
     foreign_prefixes: Vec<String>,
     services: Vec<ServiceInfo>,
     sessions: Vec<SessionInfo>,
+    bootstrap: Vec<BootstrapInfo>,
+    /// Why the node has no links or no circuits, in one line.
+    reason: Option<String>,
+    local_endpoints: Vec<SocketAddr>,
+    /// Unix ms of the snapshot (for "since" fields).
+    at: Millis,
 }
 
 /// What the control socket reports.
@@ -183,6 +215,16 @@ impl NodeState {
                 "nat": links.nat,
                 "observed_endpoint": links.observed.map(|e| e.to_string()),
                 "relay_record": links.record,
+                "local_endpoints": links.local_endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                "bootstrap": links.bootstrap.iter().map(|b| json!({
+                    "peer": b.peer,
+                    "addrs": b.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "state": b.state,
+                    "failing_s": b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
+                    "tries": b.tries,
+                    "last_error": b.last_error,
+                })).collect::<Vec<_>>(),
+                "reason": links.reason,
                 "view": {"relays": links.view, "sources": links.view_sources},
                 "links": {
                     "datagrams_in": links.stats.datagrams_in,
@@ -381,8 +423,21 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let clock = Clock::new();
     let link_cfg = LinkConfig {
         relay: config.relay_enabled(),
-        advertise: config.network.listen.clone(),
-        bootstrap: config.network.bootstrap.clone(),
+        // Explicit endpoints, or the listen addresses (a wildcard one learns the host's).
+        advertise: if config.network.advertise.is_empty() {
+            config.network.listen.clone()
+        } else {
+            config.network.advertise.clone()
+        },
+        bootstrap: config
+            .network
+            .bootstrap
+            .iter()
+            .map(|p| match p {
+                PeerAddr::Addr(a) => BootstrapPeer::Addr(*a),
+                PeerAddr::Name { .. } => BootstrapPeer::Name(p.to_string()),
+            })
+            .collect(),
         target_links: config.network.links as usize,
         max_links: config.limits.max_links as usize,
         prefix_bits: (
@@ -912,6 +967,9 @@ async fn link_loop(
             }
             Some(cmd) = commands.recv() => match cmd {
                 Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
+                Command::Resolved { name, result } => {
+                    link.link.on_resolved(clock.now(), &name, result);
+                }
                 Command::ForeignPrefixes(p) => {
                     path.flow.policy_mut().set_foreign_prefixes(p);
                     if let Ok(mut snap) = state.links.lock() {
@@ -973,6 +1031,9 @@ async fn link_loop(
         }
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
         send_transmits(&mut link, &sockets).await;
+        while let Some(name) = link.link.poll_resolve() {
+            spawn_resolve(name, state.commands.clone());
+        }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
             last_snapshot = now;
@@ -994,6 +1055,19 @@ async fn link_loop(
                 snap.queue_drops = path.queue_drops;
                 snap.services = link.services_info();
                 snap.sessions = link.sessions_info();
+                snap.bootstrap = l.bootstrap_status();
+                snap.local_endpoints = l.local_endpoints().to_vec();
+                snap.at = now;
+                let ready = snap.circuits.iter().any(|c| c.ready);
+                snap.reason = l.isolation_reason(now).or_else(|| {
+                    (!ready).then(|| match &snap.path_error {
+                        Some(e) => format!("no circuits: {e}"),
+                        None if snap.circuits.is_empty() => {
+                            "no circuits yet: waiting for relays to choose paths from".to_string()
+                        }
+                        None => format!("no circuits yet: {} building", snap.circuits.len()),
+                    })
+                });
             }
         }
     }

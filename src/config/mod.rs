@@ -81,12 +81,63 @@ pub struct TunConfig {
 pub struct NetworkConfig {
     /// UDP sockets to bind.
     pub listen: Vec<SocketAddr>,
+    /// Endpoints to publish instead of learning them (a port forward, a 1:1 NAT); empty: learn.
+    pub advertise: Vec<SocketAddr>,
     /// Peers to start from.
-    pub bootstrap: Vec<SocketAddr>,
+    pub bootstrap: Vec<PeerAddr>,
     /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
     pub relay: Option<bool>,
     /// Links to relays to keep.
     pub links: u32,
+}
+
+/// A peer as the config names it: an address, or a host name resolved when it is dialled (at
+/// start and again on every retry, as WireGuard's `Endpoint` does).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A DNS name and port (`seed.example.net:7412`).
+    Name {
+        /// The host name.
+        host: String,
+        /// The UDP port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Addr(a) => write!(f, "{a}"),
+            PeerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl PeerAddr {
+    /// Parses `IP:port`, `[IPv6]:port` or `host.name:port`.
+    pub fn parse(text: &str) -> Option<PeerAddr> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(PeerAddr::Addr(a));
+        }
+        let (host, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        // A name is not all digits and dots (that is a mistyped IPv4 address).
+        let named = host.chars().any(|c| c.is_ascii_alphabetic());
+        (host.len() <= 253 && named && host.split('.').all(label_ok)).then(|| PeerAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
 }
 
 /// `[paths]`
@@ -119,6 +170,7 @@ impl Default for Config {
             },
             network: NetworkConfig {
                 listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
+                advertise: Vec::new(),
                 bootstrap: Vec::new(),
                 relay: None,
                 links: 8,
@@ -251,8 +303,11 @@ impl Config {
                 }
                 c.network.listen = addrs;
             }
+            if let Some(list) = net.advertise {
+                c.network.advertise = socket_addrs(&list, "network.advertise", false, &err)?;
+            }
             if let Some(list) = net.bootstrap {
-                c.network.bootstrap = socket_addrs(&list, "network.bootstrap", false, &err)?;
+                c.network.bootstrap = peer_addrs(&list, "network.bootstrap", &err)?;
             }
             c.network.relay = net.relay;
             if let Some(v) = net.links {
@@ -390,6 +445,54 @@ fn socket_addrs(
     Ok(out)
 }
 
+fn peer_addrs(
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    err: &ErrFn<'_>,
+) -> Result<Vec<PeerAddr>, ConfigError> {
+    let mut out: Vec<PeerAddr> = Vec::new();
+    for item in list.get_ref() {
+        let peer =
+            PeerAddr::parse(item.get_ref()).ok_or_else(|| {
+                err(
+                item.span(),
+                key,
+                format!("`{}` is not an address or host name with a port", item.get_ref()),
+                "write \"198.18.0.1:7412\", \"[2001:db8::1]:7412\" or \"seed.example.net:7412\"",
+            )
+            })?;
+        match &peer {
+            PeerAddr::Addr(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(err(
+                    item.span(),
+                    key,
+                    format!("`{a}` cannot be dialled"),
+                    "give a peer's real address and port",
+                ))
+            }
+            PeerAddr::Name { port: 0, .. } => {
+                return Err(err(
+                    item.span(),
+                    key,
+                    format!("`{peer}` has port 0"),
+                    "give the peer's real port (7412 by default)",
+                ))
+            }
+            _ => {}
+        }
+        if out.contains(&peer) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("`{peer}` is listed twice"),
+                "remove the duplicate",
+            ));
+        }
+        out.push(peer);
+    }
+    Ok(out)
+}
+
 fn int_in(
     v: &Spanned<i64>,
     min: i64,
@@ -480,6 +583,7 @@ struct RawTun {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
+    advertise: Option<Spanned<Vec<Spanned<String>>>>,
     bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
     relay: Option<bool>,
     links: Option<Spanned<i64>>,

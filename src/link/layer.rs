@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::bootstrap::{Bootstrap, BootstrapInfo, BootstrapPeer};
 use super::nat::{
     behind_nat, Observations, RateWindow, LINK_KEEPALIVE_MS, MAX_PROBE_PINGS, MAX_PUNCHES,
     MAX_RELAYED_LINKS, NAT_ENTRY_COST, NAT_KEEPALIVE_MS, NAT_RECHECK_MS, PROBE_REQUEST_RATE,
@@ -218,8 +219,8 @@ pub struct LinkConfig {
     pub relay: bool,
     /// Our endpoints as others should dial them; empty means "learn from reflection".
     pub advertise: Vec<SocketAddr>,
-    /// Addresses to bootstrap from.
-    pub bootstrap: Vec<SocketAddr>,
+    /// Peers to bootstrap from.
+    pub bootstrap: Vec<BootstrapPeer>,
     /// Links to relays to keep.
     pub target_links: usize,
     /// Most links at once.
@@ -463,8 +464,7 @@ pub struct LinkLayer {
     /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
     /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
     dead_peers: HashMap<[u8; 32], Millis>,
-    bootstrap_queries: HashMap<SocketAddr, (u64, Millis)>,
-    bootstrap_backoff: HashMap<SocketAddr, Backoff>,
+    boot: Bootstrap,
     query_budget: (Millis, u32),
     expected: HashMap<[u8; 32], Millis>,
     obs: Observations,
@@ -513,6 +513,7 @@ impl LinkLayer {
         let link_public = PublicKey::from(&keys.link).to_bytes();
         let identity = keys.identity.verifying_key().to_bytes();
         let view = RelayView::new(identity, cfg.prefix_bits, budget.clone());
+        let boot = Bootstrap::new(&cfg.bootstrap);
         let mut l = LinkLayer {
             responder: Responder::new(keys.link.clone()),
             cfg,
@@ -533,8 +534,7 @@ impl LinkLayer {
             nat: NatClass::Unknown,
             backoff: HashMap::new(),
             dead_peers: HashMap::new(),
-            bootstrap_queries: HashMap::new(),
-            bootstrap_backoff: HashMap::new(),
+            boot,
             query_budget: (0, 0),
             expected: HashMap::new(),
             obs: Observations::default(),
@@ -2136,14 +2136,10 @@ impl LinkLayer {
     }
 
     fn on_record_response(&mut self, now: Millis, from: SocketAddr, nonce: u64, data: &[u8]) {
-        match self.bootstrap_queries.get(&from) {
-            Some((n, _)) if *n == nonce => {}
-            _ => {
-                self.stats.dropped += 1;
-                return;
-            }
+        if !self.boot.on_response(from, nonce) {
+            self.stats.dropped += 1;
+            return;
         }
-        self.bootstrap_queries.remove(&from);
         let Some(bytes) = datagram::record_of_response(data) else {
             return;
         };
@@ -2166,56 +2162,78 @@ impl LinkLayer {
 
     fn bootstrap(&mut self, now: Millis) {
         let have_relay = self.links.values().any(|l| l.hello_received && l.is_relay);
-        let targets: Vec<SocketAddr> = self.cfg.bootstrap.clone();
-        for addr in targets {
-            let linked = self.links.values().any(|l| l.endpoint == addr);
-            if linked || (have_relay && self.view.len() >= self.cfg.target_links) {
-                continue;
-            }
-            if let Some(b) = self.bootstrap_backoff.get(&addr) {
-                if now < b.until {
-                    continue;
-                }
-            }
-            if let Some((_, sent)) = self.bootstrap_queries.get(&addr) {
-                if now.saturating_sub(*sent) < LINK_RPC_TIMEOUT_MS {
-                    continue;
-                }
-            }
-            let nonce: u64 = self.rng.gen();
-            self.bootstrap_queries.insert(addr, (nonce, now));
-            let b = self.bootstrap_backoff.entry(addr).or_insert(Backoff {
-                until: 0,
-                delay: BACKOFF_MIN_MS / 2,
-            });
-            b.delay = (b.delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS / 4);
-            // Jitter, so that nodes started together do not retry in lockstep.
-            let delay = b.delay;
-            b.until = now + delay + self.rng.gen_range(0..=delay / 2);
-            self.note_recent(addr.ip(), now);
+        let enough = have_relay && self.view.len() >= self.cfg.target_links;
+        let links = &self.links;
+        let queries = self.boot.due(
+            now,
+            enough,
+            |a| links.values().any(|l| l.endpoint == *a),
+            &mut self.rng,
+        );
+        for q in queries {
+            self.note_recent(q.addr.ip(), now);
             let mut out = self.take_buf();
-            datagram::emit_record_query(nonce, &mut out);
+            datagram::emit_record_query(q.nonce, &mut out);
             self.stats.datagrams_out += 1;
             self.transmits.push_back(Transmit {
-                dst: addr,
+                dst: q.addr,
                 src: None,
                 data: out,
             });
         }
+        let reason = self.isolation_reason(now);
+        self.boot.log_isolation(now, reason.as_deref());
+    }
+
+    /// A bootstrap host name the daemon should resolve (off the event loop) and hand back with
+    /// [`LinkLayer::on_resolved`].
+    pub fn poll_resolve(&mut self) -> Option<String> {
+        self.boot.poll_resolve()
+    }
+
+    /// The addresses a bootstrap host name resolved to, or why it did not resolve.
+    pub fn on_resolved(
+        &mut self,
+        now: Millis,
+        name: &str,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        self.boot.on_resolved(now, name, result);
+        self.bootstrap(now);
+    }
+
+    /// Each bootstrap peer's state, for `status`.
+    pub fn bootstrap_status(&self) -> Vec<BootstrapInfo> {
+        let links = &self.links;
+        self.boot
+            .status(|a| links.values().any(|l| l.endpoint == *a && l.hello_received))
+    }
+
+    /// Why the node has no link, in one line; `None` while a link is up.
+    pub fn isolation_reason(&self, now: Millis) -> Option<String> {
+        if self.links.values().any(|l| l.hello_received) {
+            return None;
+        }
+        let listening: Vec<String> = if self.locals.is_empty() {
+            self.cfg.advertise.iter().map(|a| a.to_string()).collect()
+        } else {
+            self.locals.iter().map(|a| a.to_string()).collect()
+        };
+        Some(self.boot.isolation_reason(now, &listening.join(", ")))
     }
 
     fn maintain_links(&mut self, now: Millis) {
-        let bootstrap = &self.cfg.bootstrap;
+        let boot = &self.boot;
         let others = self
             .links
             .values()
-            .filter(|l| l.hello_received && l.is_relay && !bootstrap.contains(&l.endpoint))
+            .filter(|l| l.hello_received && l.is_relay && !boot.is_bootstrap(&l.endpoint))
             .count();
         if others >= self.cfg.target_links {
             let idle_bootstrap: Vec<LinkId> = self
                 .links
                 .values()
-                .filter(|l| l.dialed && l.hello_received && bootstrap.contains(&l.endpoint))
+                .filter(|l| l.dialed && l.hello_received && boot.is_bootstrap(&l.endpoint))
                 .filter(|l| {
                     l.established_at
                         .is_some_and(|t| now.saturating_sub(t) >= BOOTSTRAP_LINGER_MS)
