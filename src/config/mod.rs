@@ -83,6 +83,8 @@ pub struct NetworkConfig {
     pub listen: Vec<SocketAddr>,
     /// Peers to start from.
     pub bootstrap: Vec<SocketAddr>,
+    /// Endpoints published in this relay's record instead of the learned ones; empty: learn them.
+    pub advertise: Vec<SocketAddr>,
     /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
     pub relay: Option<bool>,
     /// Links to relays to keep.
@@ -120,6 +122,7 @@ impl Default for Config {
             network: NetworkConfig {
                 listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
                 bootstrap: Vec::new(),
+                advertise: Vec::new(),
                 relay: None,
                 links: 8,
             },
@@ -253,6 +256,9 @@ impl Config {
             }
             if let Some(list) = net.bootstrap {
                 c.network.bootstrap = socket_addrs(&list, "network.bootstrap", false, &err)?;
+            }
+            if let Some(list) = net.advertise {
+                c.network.advertise = socket_addrs(&list, "network.advertise", false, &err)?;
             }
             c.network.relay = net.relay;
             if let Some(v) = net.links {
@@ -481,6 +487,7 @@ struct RawTun {
 struct RawNetwork {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
+    advertise: Option<Spanned<Vec<Spanned<String>>>>,
     relay: Option<bool>,
     links: Option<Spanned<i64>>,
 }
@@ -795,5 +802,22 @@ real_identity = ["fd52:b1e::9a33"]
             ]), 0..12)) {
             let _ = Config::parse(&lines.join("\n"), "fuzz.toml");
         }
+    }
+
+    #[test]
+    fn advertise_lists_reachable_endpoints() {
+        assert!(Config::default().network.advertise.is_empty());
+        let c = Config::parse(
+            "[network]\nadvertise = [\"203.0.113.7:7412\", \"[2001:db8::7]:7412\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.network.advertise.len(), 2);
+        for bad_entry in ["\"0.0.0.0:7412\"", "\"203.0.113.7\"", "\"203.0.113.7:0\""] {
+            let e = bad(&format!("[network]\nadvertise = [{bad_entry}]\n"));
+            assert_eq!((e.line, e.key.as_str()), (2, "network.advertise"), "{e}");
+        }
+        let e = bad("[network]\nadvertise = [\"203.0.113.7:1\", \"203.0.113.7:1\"]\n");
+        assert!(e.message.contains("twice"), "{e}");
     }
 }
