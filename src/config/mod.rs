@@ -3,7 +3,8 @@
 //! Parsing is two steps: serde reads the text into `Raw*` structs that keep each value's byte span
 //! (unknown keys and wrong types are refused there), then [`Config::from_raw`] checks every value
 //! and builds the typed [`Config`]. Every error names the file, the line, the key and what to do.
-//! `config.example.toml` documents every option; keep the two in step.
+//! `config.example.toml` and `globalnet.conf(5)` document every option; tests/config_reference.rs
+//! keeps the three in step.
 
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -421,15 +422,15 @@ fn socket_addrs(
                 item.span(),
                 key,
                 format!("`{}` is not an IP address with a port", item.get_ref()),
-                "write \"198.18.0.1:7412\" for IPv4 or \"[2001:db8::1]:7412\" for IPv6 (no host names)",
+                "write \"198.18.0.1:7412\" for IPv4 or \"[2001:db8::1]:7412\" for IPv6 (an IP address, not a host name)",
             )
         })?;
         if !listen && (addr.ip().is_unspecified() || addr.port() == 0) {
             return Err(err(
                 item.span(),
                 key,
-                format!("`{addr}` cannot be dialled"),
-                "give a peer's real address and port",
+                format!("`{addr}` is not a specific address and port"),
+                "give an address and port others can reach (no 0.0.0.0, [::] or port 0)",
             ));
         }
         if out.contains(&addr) {
@@ -688,7 +689,7 @@ impl ConfigError {
         let message = e.message().trim().to_string();
         let key = key_at(text, span.start);
         let hint = if message.starts_with("unknown field") {
-            "remove it or fix its spelling; config.example.toml documents every option"
+            "remove it or fix its spelling; globalnet.conf(5) and config.example.toml document every option"
         } else if message.starts_with("invalid type") {
             "give the value the type config.example.toml shows: quoted strings, bare numbers, true/false, [lists]"
         } else if message.contains("duplicate") {
@@ -899,5 +900,56 @@ real_identity = ["fd52:b1e::9a33"]
             ]), 0..12)) {
             let _ = Config::parse(&lines.join("\n"), "fuzz.toml");
         }
+    }
+
+    #[test]
+    fn bootstrap_takes_host_names() {
+        let c = Config::parse(
+            "[network]\nbootstrap = [\"Seed.Example.NET:7412\", \"198.18.0.1:7412\", \"[2001:db8::1]:9\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.network.bootstrap,
+            vec![
+                PeerAddr::Name {
+                    host: "seed.example.net".into(),
+                    port: 7412
+                },
+                PeerAddr::Addr("198.18.0.1:7412".parse().unwrap()),
+                PeerAddr::Addr("[2001:db8::1]:9".parse().unwrap()),
+            ]
+        );
+        assert_eq!(c.network.bootstrap[0].to_string(), "seed.example.net:7412");
+        for bad_entry in [
+            "\"seed.example.net\"",
+            "\"seed_x.example:7412\"",
+            "\"1.2.3:7412\"",
+            "\"-a.example:7412\"",
+            "\"seed.example.net:0\"",
+            "\"seed.example.net:70000\"",
+            "\"a.example:1\", \"A.example:1\"",
+        ] {
+            let e = Config::parse(&format!("[network]\nbootstrap = [{bad_entry}]\n"), "t.toml")
+                .unwrap_err();
+            assert_eq!(e.key, "network.bootstrap", "{bad_entry}: {e}");
+        }
+    }
+
+    #[test]
+    fn advertise_lists_reachable_endpoints() {
+        assert!(Config::default().network.advertise.is_empty());
+        let c = Config::parse(
+            "[network]\nadvertise = [\"203.0.113.7:7412\", \"[2001:db8::7]:7412\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.network.advertise.len(), 2);
+        for bad_entry in ["\"0.0.0.0:7412\"", "\"203.0.113.7\"", "\"203.0.113.7:0\""] {
+            let e = bad(&format!("[network]\nadvertise = [{bad_entry}]\n"));
+            assert_eq!((e.line, e.key.as_str()), (2, "network.advertise"), "{e}");
+        }
+        let e = bad("[network]\nadvertise = [\"203.0.113.7:1\", \"203.0.113.7:1\"]\n");
+        assert!(e.message.contains("twice"), "{e}");
     }
 }
