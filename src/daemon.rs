@@ -128,6 +128,9 @@ struct LinkSnapshot {
     local_endpoints: Vec<SocketAddr>,
     /// Unix ms of the snapshot (for "since" fields).
     at: Millis,
+    guards: usize,
+    guards_temporary: bool,
+    guard_save_error: Option<String>,
 }
 
 /// What the control socket reports.
@@ -225,6 +228,11 @@ impl NodeState {
                     "last_error": b.last_error,
                 })).collect::<Vec<_>>(),
                 "reason": links.reason,
+                "guards": {
+                    "count": links.guards,
+                    "temporary": links.guards_temporary,
+                    "save_error": links.guard_save_error,
+                },
                 "view": {"relays": links.view, "sources": links.view_sources},
                 "links": {
                     "datagrams_in": links.stats.datagrams_in,
@@ -385,6 +393,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 .map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // What the running daemon writes goes where the dropped user may write it.
+    let cache = platform::state::prepare_cache(
+        &config.state_dir,
+        owner,
+        &[crate::circuit::path::GUARDS_FILE],
+    )
+    .map_err(|e| {
+        DaemonError(format!(
+            "state directory {}: {e}",
+            config.state_dir.join(platform::state::CACHE_DIR).display()
+        ))
+    })?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
             "control socket {}: {e}",
@@ -466,7 +486,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     );
     let link = LinkLayer::new(link_cfg, link_keys, budget, rand::random(), clock.now());
     let mut node = Node::new(link, onion, rand::random(), clock.now());
-    node.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
+    node.set_guard_file(cache.join(crate::circuit::path::GUARDS_FILE));
     node.set_client_identity(
         *service_seed,
         config
@@ -1056,6 +1076,9 @@ async fn link_loop(
                 snap.services = link.services_info();
                 snap.sessions = link.sessions_info();
                 snap.bootstrap = l.bootstrap_status();
+                snap.guards = link.guards().len();
+                snap.guards_temporary = link.guards().has_temporary();
+                snap.guard_save_error = link.guard_save_error().map(str::to_string);
                 snap.local_endpoints = l.local_endpoints().to_vec();
                 snap.at = now;
                 let ready = snap.circuits.iter().any(|c| c.ready);

@@ -81,6 +81,7 @@ pub struct Node {
     guards: Guards,
     guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
+    guard_save_error: Option<String>,
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: sessions::NodeSessions,
     packet_bufs: Vec<Vec<u8>>,
@@ -110,6 +111,7 @@ impl Node {
             guards: Guards::new(),
             guard_file: None,
             guard_save_failed: None,
+            guard_save_error: None,
             dht: dht::NodeDht::new(seed),
             sess: sessions::NodeSessions::new(seed),
             packet_bufs: Vec::new(),
@@ -150,6 +152,11 @@ impl Node {
             Err(e) => tracing::warn!("guards file {}: {e}; choosing new guards", file.display()),
         }
         self.guard_file = Some(file);
+    }
+
+    /// Why the guards could not be saved last time (`None` after a good save).
+    pub fn guard_save_error(&self) -> Option<&str> {
+        self.guard_save_error.as_deref()
     }
 
     /// The current guards (identity, temporary?) for status output.
@@ -376,10 +383,16 @@ impl Node {
         if self.guards.needs_save() && retry {
             if let Some(f) = &self.guard_file {
                 match self.guards.save(f) {
-                    Ok(()) => self.guard_save_failed = None,
+                    Ok(()) => {
+                        if self.guard_save_error.take().is_some() {
+                            tracing::info!("guards saved to {} again", f.display());
+                        }
+                        self.guard_save_failed = None;
+                    }
                     Err(e) => {
                         tracing::warn!("saving guards to {}: {e}", f.display());
                         self.guard_save_failed = Some(now);
+                        self.guard_save_error = Some(e.to_string());
                     }
                 }
             }
