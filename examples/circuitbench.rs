@@ -220,7 +220,11 @@ impl Client {
         let cfg = LinkConfig {
             relay: false,
             advertise: vec![],
-            bootstrap: cli.bootstrap.clone(),
+            bootstrap: cli
+                .bootstrap
+                .iter()
+                .map(|a| globalnet::link::BootstrapPeer::Addr(*a))
+                .collect(),
             target_links: cli.links.max(1),
             max_links: 64,
             prefix_bits: (cli.ipv4_prefix, 128),

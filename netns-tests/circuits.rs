@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Host, Lab};
+use crate::harness::{shipped_listen, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 
@@ -26,8 +26,8 @@ fn eight_nodes_build_pool_circuits_within_45_s() {
         let cfg = lab.write_config(
             h,
             &format!(
-                "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-                h.ip
+                "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+                shipped_listen()
             ),
         );
         daemons.push(lab.start_daemon(h, &cfg));

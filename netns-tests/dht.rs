@@ -3,18 +3,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{globalnet_bin, Host, Lab};
+use crate::harness::{globalnet_bin, shipped_listen, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 
-fn config(h: &Host, bootstrap: &[&Host], extra: &str) -> String {
+fn config(bootstrap: &[&Host], extra: &str) -> String {
     let boot: Vec<String> = bootstrap
         .iter()
         .map(|b| format!("\"{}:7412\"", b.ip))
         .collect();
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
-        h.ip,
+        "[network]\nlisten = {}\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
+        shipped_listen(),
         boot.join(", ")
     )
 }
@@ -28,7 +28,7 @@ fn descriptor_survives_three_of_eight_relays_dying() {
     let mut daemons = Vec::new();
     for (i, h) in relays.iter().enumerate() {
         let boot: Vec<&Host> = if i == 0 { vec![] } else { vec![&relays[0]] };
-        let cfg = lab.write_config(h, &config(h, &boot, ""));
+        let cfg = lab.write_config(h, &config(&boot, ""));
         let d = lab.start_daemon(h, &cfg);
         lab.wait_ready(&d, READY);
         daemons.push(d);
@@ -37,7 +37,7 @@ fn descriptor_survives_three_of_eight_relays_dying() {
     let svc = lab.add_host("svc");
     let cfg = lab.write_config(
         &svc,
-        &config(&svc, &[&relays[6], &relays[7]], "[expose]\ntcp = [8080]\n"),
+        &config(&[&relays[6], &relays[7]], "[expose]\ntcp = [8080]\n"),
     );
     let service = lab.start_daemon(&svc, &cfg);
     let status = lab.wait_ready(&service, READY);
@@ -75,7 +75,7 @@ fn descriptor_survives_three_of_eight_relays_dying() {
 
     // A client that never saw the network before joins and fetches the token by the address.
     let cli = lab.add_host("cli");
-    let cfg = lab.write_config(&cli, &config(&cli, &[&relays[6], &relays[7]], ""));
+    let cfg = lab.write_config(&cli, &config(&[&relays[6], &relays[7]], ""));
     let client = lab.start_daemon(&cli, &cfg);
     lab.wait_ready(&client, READY);
     let url = format!("http://[{address}]:8080/");

@@ -4,15 +4,15 @@
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
-use crate::harness::{Daemon, Host, Lab};
+use crate::harness::{shipped_listen, Daemon, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 
-fn config(h: &Host, bootstrap: Option<&Host>) -> String {
+fn config(bootstrap: Option<&Host>) -> String {
     let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-        h.ip
+        "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen()
     )
 }
 
@@ -33,7 +33,7 @@ fn five_relays_link_up_and_recover() {
     let hosts: Vec<Host> = (0..5).map(|i| lab.add_host(&format!("n{i}"))).collect();
     let mut daemons = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        let cfg = lab.write_config(h, &config(h, if i == 0 { None } else { Some(&hosts[0]) }));
+        let cfg = lab.write_config(h, &config(if i == 0 { None } else { Some(&hosts[0]) }));
         let d = lab.start_daemon(h, &cfg);
         lab.wait_ready(&d, READY);
         daemons.push(d);
@@ -148,7 +148,7 @@ fn eight_nodes_one_bootstrap_loss_and_flood() {
     for (i, h) in hosts.iter().take(8).enumerate() {
         let extra = format!(
             "{}{budget}",
-            config(h, if i == 0 { None } else { Some(&hosts[0]) })
+            config(if i == 0 { None } else { Some(&hosts[0]) })
         );
         let cfg = lab.write_config(h, &extra);
         let d = lab.start_daemon(h, &cfg);
@@ -242,7 +242,7 @@ fn eight_nodes_one_bootstrap_loss_and_flood() {
         Duration::from_secs(30),
         || peer_keys(&lab, victim).len() >= 3,
     );
-    let late = lab.write_config(&hosts[8], &config(&hosts[8], Some(&hosts[0])));
+    let late = lab.write_config(&hosts[8], &config(Some(&hosts[0])));
     let d8 = lab.start_daemon(&hosts[8], &late);
     lab.wait_ready(&d8, READY);
     lab.wait_for(

@@ -6,6 +6,7 @@
 mod harness;
 
 mod circuits;
+mod deployment;
 mod dht;
 mod foundation;
 mod links;

@@ -5,23 +5,24 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, Host, Lab, NatType};
+use crate::harness::{shipped_listen, Daemon, Host, Lab, NatType};
 
 const READY: Duration = Duration::from_secs(10);
 
-fn public_config(h: &Host, bootstrap: Option<&Host>) -> String {
+fn public_config(bootstrap: Option<&Host>) -> String {
     let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
     format!(
-        "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-        h.ip
+        "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen()
     )
 }
 
-/// Behind NAT a daemon listens on the unspecified address and learns its endpoint.
+/// Behind NAT a daemon listens as shipped (the unspecified address) and learns its endpoint.
 fn natted_config(boot: &[&Host]) -> String {
     let boot: Vec<String> = boot.iter().map(|b| format!("\"{}:7412\"", b.ip)).collect();
     format!(
-        "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        "[network]\nlisten = {}\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen(),
         boot.join(", ")
     )
 }
@@ -62,7 +63,7 @@ fn natted_relays_link_direct_or_relayed() {
     }
     let mut daemons: Vec<(String, Daemon)> = Vec::new();
     for (i, h) in public.iter().enumerate() {
-        let cfg = lab.write_config(h, &public_config(h, (i > 0).then(|| &public[0])));
+        let cfg = lab.write_config(h, &public_config((i > 0).then(|| &public[0])));
         let d = lab.start_daemon(h, &cfg);
         lab.wait_ready(&d, READY);
         daemons.push((h.name.clone(), d));
@@ -212,7 +213,7 @@ fn natted_links_recover_from_a_conntrack_flush() {
     let (sym_boxes, sym) = lab.add_natted_host("sym", &[NatType::Symmetric]);
     let mut publics = Vec::new();
     for (i, h) in public.iter().enumerate() {
-        let cfg = lab.write_config(h, &public_config(h, (i > 0).then(|| &public[0])));
+        let cfg = lab.write_config(h, &public_config((i > 0).then(|| &public[0])));
         let d = lab.start_daemon(h, &cfg);
         lab.wait_ready(&d, READY);
         publics.push(d);
@@ -341,7 +342,7 @@ fn hidden_services_reachable_through_every_nat() {
     let public: Vec<Host> = (0..4).map(|i| lab.add_host(&format!("r{i}"))).collect();
     let mut daemons: Vec<(String, Daemon)> = Vec::new();
     for (i, h) in public.iter().enumerate() {
-        let cfg = lab.write_config(h, &public_config(h, (i > 0).then(|| &public[0])));
+        let cfg = lab.write_config(h, &public_config((i > 0).then(|| &public[0])));
         let d = lab.start_daemon(h, &cfg);
         lab.wait_ready(&d, READY);
         daemons.push((h.name.clone(), d));
@@ -370,7 +371,7 @@ fn hidden_services_reachable_through_every_nat() {
                 lab.add_natted_host(&name, nats).1
             };
             let mut cfg = if nats.is_empty() {
-                public_config(&h, Some(&public[0]))
+                public_config(Some(&public[0]))
             } else {
                 natted_config(&boot)
             };

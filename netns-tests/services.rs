@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{globalnet_bin, Daemon, Host, Lab};
+use crate::harness::{globalnet_bin, shipped_listen, Daemon, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 const NETTOOLS: &str = concat!(
@@ -33,8 +33,8 @@ fn node_config(lab: &Lab, h: &Host, boot: Option<&Host>, extra: &str) -> std::pa
     lab.write_config(
         h,
         &format!(
-            "[network]\nlisten = [\"{}:7412\"]\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
-            h.ip
+            "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n{extra}",
+            shipped_listen()
         ),
     )
 }

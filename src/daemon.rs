@@ -9,18 +9,19 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::budget::MemoryBudget;
 use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
 use crate::circuit::OnionKey;
-use crate::config::Config;
+use crate::config::{Config, PeerAddr};
 use crate::control::{self, Answer, Request};
 use crate::crypto::{is_overlay, NodeKeys, Randomness};
 use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
-use crate::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo};
+use crate::link::{
+    BootstrapInfo, BootstrapPeer, LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo,
+};
 use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
@@ -75,6 +76,30 @@ enum Command {
     Ping { dst: [u8; 16], reply: AnswerTx },
     /// The prefixes routed through other interfaces changed (inbound source check).
     ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
+    /// A bootstrap host name resolved (or not).
+    Resolved {
+        name: String,
+        result: Result<Vec<SocketAddr>, String>,
+    },
+}
+
+/// How long one resolution of a bootstrap host name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves a bootstrap host name off the event loop (getaddrinfo blocks; tokio runs it on its
+/// blocking pool) and hands the answer to the link task.
+fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
+    tokio::spawn(async move {
+        let result =
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&name)).await {
+                Ok(Ok(addrs)) => Ok(addrs
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                    .collect()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
+            };
+        let _ = commands.send(Command::Resolved { name, result }).await;
+    });
 }
 
 /// The link layer's state as the control socket shows it, refreshed by the link task.
@@ -97,6 +122,15 @@ struct LinkSnapshot {
     foreign_prefixes: Vec<String>,
     services: Vec<ServiceInfo>,
     sessions: Vec<SessionInfo>,
+    bootstrap: Vec<BootstrapInfo>,
+    /// Why the node has no links or no circuits, in one line.
+    reason: Option<String>,
+    local_endpoints: Vec<SocketAddr>,
+    /// Unix ms of the snapshot (for "since" fields).
+    at: Millis,
+    guards: usize,
+    guards_temporary: bool,
+    guard_save_error: Option<String>,
 }
 
 /// What the control socket reports.
@@ -184,6 +218,21 @@ impl NodeState {
                 "nat": links.nat,
                 "observed_endpoint": links.observed.map(|e| e.to_string()),
                 "relay_record": links.record,
+                "local_endpoints": links.local_endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                "bootstrap": links.bootstrap.iter().map(|b| json!({
+                    "peer": b.peer,
+                    "addrs": b.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    "state": b.state,
+                    "failing_s": b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
+                    "tries": b.tries,
+                    "last_error": b.last_error,
+                })).collect::<Vec<_>>(),
+                "reason": links.reason,
+                "guards": {
+                    "count": links.guards,
+                    "temporary": links.guards_temporary,
+                    "save_error": links.guard_save_error,
+                },
                 "view": {"relays": links.view, "sources": links.view_sources},
                 "links": {
                     "datagrams_in": links.stats.datagrams_in,
@@ -332,12 +381,30 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // User=) owns it already and may not chown.
     let root = nix::unistd::geteuid().is_root();
     let owner = ids.filter(|_| root).map(|i| (i.uid, i.gid));
+    let dual = udp::dual_stack_for(&config.network.listen);
     let sockets = config
         .network
         .listen
         .iter()
-        .map(|a| udp::bind(*a).map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}"))))
+        .zip(dual)
+        .map(|(a, d)| {
+            udp::bind_with(*a, d)
+                .map(|s| (s, d))
+                .map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    // What the running daemon writes goes where the dropped user may write it.
+    let cache = platform::state::prepare_cache(
+        &config.state_dir,
+        owner,
+        &[crate::circuit::path::GUARDS_FILE],
+    )
+    .map_err(|e| {
+        DaemonError(format!(
+            "state directory {}: {e}",
+            config.state_dir.join(platform::state::CACHE_DIR).display()
+        ))
+    })?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
             "control socket {}: {e}",
@@ -385,8 +452,21 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let clock = Clock::new();
     let link_cfg = LinkConfig {
         relay: config.relay_enabled(),
-        advertise: config.network.listen.clone(),
-        bootstrap: config.network.bootstrap.clone(),
+        // Explicit endpoints, or the listen addresses (a wildcard one learns the host's).
+        advertise: if config.network.advertise.is_empty() {
+            config.network.listen.clone()
+        } else {
+            config.network.advertise.clone()
+        },
+        bootstrap: config
+            .network
+            .bootstrap
+            .iter()
+            .map(|p| match p {
+                PeerAddr::Addr(a) => BootstrapPeer::Addr(*a),
+                PeerAddr::Name { .. } => BootstrapPeer::Name(p.to_string()),
+            })
+            .collect(),
         target_links: config.network.links as usize,
         max_links: config.limits.max_links as usize,
         prefix_bits: (
@@ -427,7 +507,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             "secret randomness is not the operating system's: refusing to run".into(),
         ));
     }
-    node.set_guard_file(config.state_dir.join(crate::circuit::path::GUARDS_FILE));
+    node.set_guard_file(cache.join(crate::circuit::path::GUARDS_FILE));
     node.set_client_identity(
         *service_seed,
         config
@@ -475,7 +555,7 @@ struct Core {
 async fn run_async(
     dev: tun_rs::SyncDevice,
     control_listener: std::os::unix::net::UnixListener,
-    sockets: Vec<std::net::UdpSocket>,
+    sockets: Vec<(std::net::UdpSocket, bool)>,
     core: Core,
     commands: mpsc::Sender<Command>,
     clock: Clock,
@@ -505,7 +585,7 @@ async fn run_async(
     let routes_task = tokio::spawn(route_refresher(state.config.tun.name.clone(), commands));
     let sockets = sockets
         .into_iter()
-        .map(UdpSocket::from_std)
+        .map(|(s, dual)| udp::Port::new(s, dual))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ctx("UDP"))?;
     let pipes = Pipes {
@@ -631,24 +711,31 @@ async fn route_refresher(ifname: String, commands: mpsc::Sender<Command>) {
     }
 }
 
-/// Receives on up to two sockets (one per family); pending forever when there is no second one.
+/// Receives on up to two sockets; pending forever when there is no such socket.
 async fn recv_on(
-    socket: Option<&UdpSocket>,
+    socket: Option<&udp::Port>,
     buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
+) -> std::io::Result<(usize, usize, udp::Received)> {
     match socket {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.recv(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Hands one read to the node: several datagrams of `stride` bytes when GRO coalesced them.
+fn deliver(node: &mut Node, now: Millis, buf: &[u8], n: usize, stride: usize, rx: udp::Received) {
+    for d in buf.get(..n).unwrap_or(&[]).chunks(stride) {
+        node.handle_datagram_at(now, rx.from, rx.local, d);
     }
 }
 
 /// Handles what else is already queued on the socket (up to a batch) before going back to the
 /// event loop: fewer wake-ups and timer re-arms per datagram under load.
-fn drain(socket: Option<&UdpSocket>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
+fn drain(socket: Option<&udp::Port>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
     let Some(s) = socket else { return };
     for _ in 0..63 {
-        match s.try_recv_from(buf) {
-            Ok((n, from)) => node.handle_datagram(clock.now(), from, buf.get(..n).unwrap_or(&[])),
+        match s.try_recv(buf) {
+            Ok((n, stride, rx)) => deliver(node, clock.now(), buf, n, stride, rx),
             Err(_) => break,
         }
     }
@@ -831,16 +918,12 @@ impl Pings {
 }
 
 /// The link task: owns the UDP sockets, the node's state machine and the flow layer.
-/// Sends every datagram the node has queued, each on the socket of its address family.
-async fn send_transmits(node: &mut Node, sockets: &[UdpSocket], families: &[bool]) {
+/// Sends every datagram the node has queued, each on a socket of its address family, from the
+/// address the peer wrote to.
+async fn send_transmits(node: &mut Node, sockets: &[udp::Port]) {
     while let Some(t) = node.poll_transmit() {
-        let socket = sockets
-            .iter()
-            .zip(families)
-            .find(|(_, v4)| **v4 == t.dst.is_ipv4())
-            .map(|(s, _)| s);
-        if let Some(s) = socket {
-            if let Err(e) = s.send_to(&t.data, t.dst).await {
+        if let Some(s) = sockets.iter().find(|s| s.serves(&t.dst)) {
+            if let Err(e) = s.send(t.dst, t.src, &t.data).await {
                 tracing::debug!("UDP send to {}: {e}", t.dst);
             }
         }
@@ -849,7 +932,7 @@ async fn send_transmits(node: &mut Node, sockets: &[UdpSocket], families: &[bool
 }
 
 async fn link_loop(
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<udp::Port>,
     core: Core,
     pipes: Pipes,
     clock: Clock,
@@ -879,13 +962,8 @@ async fn link_loop(
         state: state.clone(),
     };
     let mut pings = Pings::default();
-    // Which family each socket serves, worked out once (not a syscall per datagram).
-    let families: Vec<bool> = sockets
-        .iter()
-        .map(|s| s.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
-        .collect();
-    let mut buf0 = vec![0u8; 65536];
-    let mut buf1 = vec![0u8; 65536];
+    let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
+    let mut buf1 = vec![0u8; sockets.get(1).map_or(0, udp::Port::buffer_len)];
     let mut events: Vec<NodeEvent> = Vec::new();
     let mut last_snapshot = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -896,15 +974,15 @@ async fn link_loop(
             .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
         tokio::select! {
             r = recv_on(sockets.first(), &mut buf0) => match r {
-                Ok((n, from)) => {
-                    link.handle_datagram(clock.now(), from, buf0.get(..n).unwrap_or(&[]));
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf0, n, stride, rx);
                     drain(sockets.first(), &mut link, &clock, &mut buf0);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
             r = recv_on(sockets.get(1), &mut buf1) => match r {
-                Ok((n, from)) => {
-                    link.handle_datagram(clock.now(), from, buf1.get(..n).unwrap_or(&[]));
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf1, n, stride, rx);
                     drain(sockets.get(1), &mut link, &clock, &mut buf1);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
@@ -930,6 +1008,9 @@ async fn link_loop(
             }
             Some(cmd) = commands.recv() => match cmd {
                 Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
+                Command::Resolved { name, result } => {
+                    link.link.on_resolved(clock.now(), &name, result);
+                }
                 Command::ForeignPrefixes(p) => {
                     path.flow.policy_mut().set_foreign_prefixes(p);
                     if let Ok(mut snap) = state.links.lock() {
@@ -954,7 +1035,7 @@ async fn link_loop(
                 }
             } => link.handle_timeout(clock.now()),
         }
-        send_transmits(&mut link, &sockets, &families).await;
+        send_transmits(&mut link, &sockets).await;
         events.extend(link.drain_events());
         for e in events.drain(..) {
             match e {
@@ -990,7 +1071,10 @@ async fn link_loop(
             }
         }
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
-        send_transmits(&mut link, &sockets, &families).await;
+        send_transmits(&mut link, &sockets).await;
+        while let Some(name) = link.link.poll_resolve() {
+            spawn_resolve(name, state.commands.clone());
+        }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
             last_snapshot = now;
@@ -1012,6 +1096,22 @@ async fn link_loop(
                 snap.queue_drops = path.queue_drops;
                 snap.services = link.services_info();
                 snap.sessions = link.sessions_info();
+                snap.bootstrap = l.bootstrap_status();
+                snap.guards = link.guards().len();
+                snap.guards_temporary = link.guards().has_temporary();
+                snap.guard_save_error = link.guard_save_error().map(str::to_string);
+                snap.local_endpoints = l.local_endpoints().to_vec();
+                snap.at = now;
+                let ready = snap.circuits.iter().any(|c| c.ready);
+                snap.reason = l.isolation_reason(now).or_else(|| {
+                    (!ready).then(|| match &snap.path_error {
+                        Some(e) => format!("no circuits: {e}"),
+                        None if snap.circuits.is_empty() => {
+                            "no circuits yet: waiting for relays to choose paths from".to_string()
+                        }
+                        None => format!("no circuits yet: {} building", snap.circuits.len()),
+                    })
+                });
             }
         }
     }

@@ -442,13 +442,12 @@ impl Net {
         let text = format!(
             "# globalnet demo node `{name}`: the defaults, except what a network in one subnet needs.\n\
              state_dir = \"{state}\"\ncontrol_socket = \"{control}\"\n\n\
-             [network]\nlisten = [\"{ip}:{UDP_PORT}\"]\nbootstrap = [{boot}]\n\n\
+             [network]\n# listen: the default, as shipped (0.0.0.0:7412).\nbootstrap = [{boot}]\n\n\
              [paths]\n# Every demo node lives in 198.18.0.0/15.\nipv4_subnet_family_prefix = 32\n\n\
              [expose]\ntcp = [{ports}]\n",
             name = node.name,
             state = node.dir.join("state").display(),
             control = node.control.display(),
-            ip = node.ip,
             ports = ports.join(", "),
         );
         let path = node.dir.join("config.toml");

@@ -224,7 +224,10 @@ impl Sim {
             } else {
                 Vec::new()
             },
-            bootstrap: bootstrap.iter().map(|&b| sim_addr(b)).collect(),
+            bootstrap: bootstrap
+                .iter()
+                .map(|&b| crate::link::BootstrapPeer::Addr(sim_addr(b)))
+                .collect(),
             target_links,
             max_links: 1024,
             prefix_bits: (32, 128),

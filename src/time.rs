@@ -78,3 +78,68 @@ impl Bucket {
         }
     }
 }
+
+/// How often a condition that persists is logged again (docs/decisions.md, "Logs").
+pub const REPEAT_LOG_MS: Millis = 60_000;
+
+/// Decides when a repeated condition is logged: when it starts, when it changes, and at most
+/// once every [`REPEAT_LOG_MS`] in between (a node alone on the network would otherwise log the
+/// same "cannot build a path" several times a second). Keyed by the message text, so a changed
+/// reason is logged at once.
+#[derive(Debug, Default, Clone)]
+pub struct RepeatLog {
+    last: Option<(String, Millis)>,
+    suppressed: u32,
+}
+
+impl RepeatLog {
+    /// A condition holds now, described by `message`. Returns `Some(n)` when it should be logged,
+    /// `n` being how many repeats were held back since it was last logged.
+    pub fn hit(&mut self, now: Millis, message: &str) -> Option<u32> {
+        match &mut self.last {
+            Some((m, at)) if m == message && now.saturating_sub(*at) < REPEAT_LOG_MS => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            Some((m, at)) if m == message => {
+                *at = now;
+                Some(std::mem::take(&mut self.suppressed))
+            }
+            _ => {
+                self.last = Some((message.to_string(), now));
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// The condition ended; returns whether it was being logged (so the caller can say so once).
+    pub fn clear(&mut self) -> bool {
+        self.suppressed = 0;
+        self.last.take().is_some()
+    }
+
+    /// Whether the condition holds (was hit and not cleared).
+    pub fn active(&self) -> bool {
+        self.last.is_some()
+    }
+}
+
+#[cfg(test)]
+mod repeat_log_tests {
+    use super::*;
+
+    #[test]
+    fn logs_start_change_and_once_a_minute() {
+        let mut r = RepeatLog::default();
+        assert_eq!(r.hit(0, "a"), Some(0));
+        // Four times a second for a minute: nothing more.
+        for t in 1..240 {
+            assert_eq!(r.hit(t * 250, "a"), None, "at {t}");
+        }
+        assert_eq!(r.hit(60_000, "a"), Some(239));
+        assert_eq!(r.hit(60_250, "b"), Some(0), "a change is logged at once");
+        assert!(r.clear());
+        assert!(!r.clear());
+        assert_eq!(r.hit(61_000, "b"), Some(0), "a new start is logged");
+    }
+}

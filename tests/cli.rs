@@ -96,7 +96,7 @@ fn check_names_file_line_key_and_hint() {
     let cases: &[(&str, &str, &str)] = &[
         ("[tun]\nname = \"gn0\"\nmtu = 99999\n", ":3:", "tun.mtu"),
         (
-            "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [\"peer.example:7412\"]\n",
+            "[network]\nlisten = [\"0.0.0.0:7412\"]\nbootstrap = [\"peer.example\"]\n",
             ":3:",
             "network.bootstrap",
         ),

@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let cfg = LinkConfig {
         advertise: vec!["198.18.0.1:7412".parse().unwrap()],
-        bootstrap: vec!["198.18.0.2:7412".parse().unwrap()],
+        bootstrap: vec![globalnet::link::BootstrapPeer::Addr(
+            "198.18.0.2:7412".parse().unwrap(),
+        )],
         ..LinkConfig::default()
     };
     let mut now = 1_800_000_000_000u64;

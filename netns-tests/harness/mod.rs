@@ -104,6 +104,8 @@ fn delete_ns(ns: &str) {
         .args(["netns", "del", ns])
         .stderr(Stdio::null())
         .status();
+    // Per-namespace /etc files (`ip netns exec` mounts them over /etc).
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
 }
 
 fn kill_pid(pid: u32) {
@@ -149,6 +151,21 @@ fn remove_stale_namespaces() {
             delete_ns(name);
         }
     }
+}
+
+/// The `listen` value of the shipped `config.example.toml` (what every package installs), as
+/// TOML, e.g. `["0.0.0.0:7412"]`: tests listen as users do unless a test is about another value.
+pub fn shipped_listen() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).expect("config.example.toml");
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen").map(str::trim))
+        .and_then(|rest| rest.strip_prefix('='))
+        .map(|v| v.split('#').next().unwrap_or("").trim().to_string())
+        .expect("config.example.toml has a `listen` line");
+    assert!(value.contains(":7412"), "tests assume port 7412: {value}");
+    value
 }
 
 /// One host of a lab.
@@ -260,6 +277,38 @@ impl Lab {
         };
         self.hosts.push(host.clone());
         host
+    }
+
+    /// Gives `host` its own `/etc/hosts` (`ip netns exec` mounts `/etc/netns/<ns>/hosts` over
+    /// it), so its programs resolve the lab's names without any outside DNS. Removed with the
+    /// namespace.
+    pub fn set_hosts_file(&self, host: &Host, text: &str) {
+        let dir = Path::new("/etc/netns").join(&host.ns);
+        std::fs::create_dir_all(&dir).expect("/etc/netns/<ns>");
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1 localhost\n::1 localhost\n{text}"),
+        )
+        .expect("hosts file");
+        // A name not in the file must fail here and now, never ask a resolver outside the lab.
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+        )
+        .expect("resolv.conf");
+    }
+
+    /// Adds another underlay address to `host` (a multi-homed host).
+    pub fn add_address(&self, host: &Host, addr: Ipv4Addr) {
+        ip(&[
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{addr}/15"),
+            "dev",
+            "eth0",
+        ]);
     }
 
     /// A command that runs inside `host`.

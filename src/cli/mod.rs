@@ -426,9 +426,28 @@ fn print_status(v: &Value) -> String {
         ("uptime", duration(v["uptime_s"].as_u64().unwrap_or(0))),
         ("version", s(&v["version"])),
     ];
-    rows.iter()
+    let mut out: String = rows
+        .iter()
         .map(|(k, val)| format!("{k:<10} {val}\n"))
-        .collect()
+        .collect();
+    for b in v["bootstrap"].as_array().into_iter().flatten() {
+        let mut line = format!("{} {}", s(&b["peer"]), s(&b["state"]));
+        if let Some(f) = b["failing_s"].as_u64() {
+            line.push_str(&format!(
+                " for {} ({} tries)",
+                duration(f),
+                b["tries"].as_u64().unwrap_or(0)
+            ));
+        }
+        if let Some(e) = b["last_error"].as_str() {
+            line.push_str(&format!(": {e}"));
+        }
+        out.push_str(&format!("{:<10} {line}\n", "bootstrap"));
+    }
+    if let Some(r) = v["reason"].as_str() {
+        out.push_str(&format!("{:<10} {r}\n", "why"));
+    }
+    out
 }
 
 fn print_peers(v: &Value) -> String {

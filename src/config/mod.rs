@@ -3,7 +3,8 @@
 //! Parsing is two steps: serde reads the text into `Raw*` structs that keep each value's byte span
 //! (unknown keys and wrong types are refused there), then [`Config::from_raw`] checks every value
 //! and builds the typed [`Config`]. Every error names the file, the line, the key and what to do.
-//! `config.example.toml` documents every option; keep the two in step.
+//! `config.example.toml` and `globalnet.conf(5)` document every option; tests/config_reference.rs
+//! keeps the three in step.
 
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -81,12 +82,63 @@ pub struct TunConfig {
 pub struct NetworkConfig {
     /// UDP sockets to bind.
     pub listen: Vec<SocketAddr>,
+    /// Endpoints to publish instead of learning them (a port forward, a 1:1 NAT); empty: learn.
+    pub advertise: Vec<SocketAddr>,
     /// Peers to start from.
-    pub bootstrap: Vec<SocketAddr>,
+    pub bootstrap: Vec<PeerAddr>,
     /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
     pub relay: Option<bool>,
     /// Links to relays to keep.
     pub links: u32,
+}
+
+/// A peer as the config names it: an address, or a host name resolved when it is dialled (at
+/// start and again on every retry, as WireGuard's `Endpoint` does).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A DNS name and port (`seed.example.net:7412`).
+    Name {
+        /// The host name.
+        host: String,
+        /// The UDP port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Addr(a) => write!(f, "{a}"),
+            PeerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl PeerAddr {
+    /// Parses `IP:port`, `[IPv6]:port` or `host.name:port`.
+    pub fn parse(text: &str) -> Option<PeerAddr> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(PeerAddr::Addr(a));
+        }
+        let (host, port) = text.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        // A name is not all digits and dots (that is a mistyped IPv4 address).
+        let named = host.chars().any(|c| c.is_ascii_alphabetic());
+        (host.len() <= 253 && named && host.split('.').all(label_ok)).then(|| PeerAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
 }
 
 /// `[paths]`
@@ -119,6 +171,7 @@ impl Default for Config {
             },
             network: NetworkConfig {
                 listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
+                advertise: Vec::new(),
                 bootstrap: Vec::new(),
                 relay: None,
                 links: 8,
@@ -251,8 +304,11 @@ impl Config {
                 }
                 c.network.listen = addrs;
             }
+            if let Some(list) = net.advertise {
+                c.network.advertise = socket_addrs(&list, "network.advertise", false, &err)?;
+            }
             if let Some(list) = net.bootstrap {
-                c.network.bootstrap = socket_addrs(&list, "network.bootstrap", false, &err)?;
+                c.network.bootstrap = peer_addrs(&list, "network.bootstrap", &err)?;
             }
             c.network.relay = net.relay;
             if let Some(v) = net.links {
@@ -366,15 +422,15 @@ fn socket_addrs(
                 item.span(),
                 key,
                 format!("`{}` is not an IP address with a port", item.get_ref()),
-                "write \"198.18.0.1:7412\" for IPv4 or \"[2001:db8::1]:7412\" for IPv6 (no host names)",
+                "write \"198.18.0.1:7412\" for IPv4 or \"[2001:db8::1]:7412\" for IPv6 (an IP address, not a host name)",
             )
         })?;
         if !listen && (addr.ip().is_unspecified() || addr.port() == 0) {
             return Err(err(
                 item.span(),
                 key,
-                format!("`{addr}` cannot be dialled"),
-                "give a peer's real address and port",
+                format!("`{addr}` is not a specific address and port"),
+                "give an address and port others can reach (no 0.0.0.0, [::] or port 0)",
             ));
         }
         if out.contains(&addr) {
@@ -386,6 +442,54 @@ fn socket_addrs(
             ));
         }
         out.push(addr);
+    }
+    Ok(out)
+}
+
+fn peer_addrs(
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+    err: &ErrFn<'_>,
+) -> Result<Vec<PeerAddr>, ConfigError> {
+    let mut out: Vec<PeerAddr> = Vec::new();
+    for item in list.get_ref() {
+        let peer =
+            PeerAddr::parse(item.get_ref()).ok_or_else(|| {
+                err(
+                item.span(),
+                key,
+                format!("`{}` is not an address or host name with a port", item.get_ref()),
+                "write \"198.18.0.1:7412\", \"[2001:db8::1]:7412\" or \"seed.example.net:7412\"",
+            )
+            })?;
+        match &peer {
+            PeerAddr::Addr(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(err(
+                    item.span(),
+                    key,
+                    format!("`{a}` cannot be dialled"),
+                    "give a peer's real address and port",
+                ))
+            }
+            PeerAddr::Name { port: 0, .. } => {
+                return Err(err(
+                    item.span(),
+                    key,
+                    format!("`{peer}` has port 0"),
+                    "give the peer's real port (7412 by default)",
+                ))
+            }
+            _ => {}
+        }
+        if out.contains(&peer) {
+            return Err(err(
+                item.span(),
+                key,
+                format!("`{peer}` is listed twice"),
+                "remove the duplicate",
+            ));
+        }
+        out.push(peer);
     }
     Ok(out)
 }
@@ -480,6 +584,7 @@ struct RawTun {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
+    advertise: Option<Spanned<Vec<Spanned<String>>>>,
     bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
     relay: Option<bool>,
     links: Option<Spanned<i64>>,
@@ -584,7 +689,7 @@ impl ConfigError {
         let message = e.message().trim().to_string();
         let key = key_at(text, span.start);
         let hint = if message.starts_with("unknown field") {
-            "remove it or fix its spelling; config.example.toml documents every option"
+            "remove it or fix its spelling; globalnet.conf(5) and config.example.toml document every option"
         } else if message.starts_with("invalid type") {
             "give the value the type config.example.toml shows: quoted strings, bare numbers, true/false, [lists]"
         } else if message.contains("duplicate") {
@@ -795,5 +900,56 @@ real_identity = ["fd52:b1e::9a33"]
             ]), 0..12)) {
             let _ = Config::parse(&lines.join("\n"), "fuzz.toml");
         }
+    }
+
+    #[test]
+    fn bootstrap_takes_host_names() {
+        let c = Config::parse(
+            "[network]\nbootstrap = [\"Seed.Example.NET:7412\", \"198.18.0.1:7412\", \"[2001:db8::1]:9\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.network.bootstrap,
+            vec![
+                PeerAddr::Name {
+                    host: "seed.example.net".into(),
+                    port: 7412
+                },
+                PeerAddr::Addr("198.18.0.1:7412".parse().unwrap()),
+                PeerAddr::Addr("[2001:db8::1]:9".parse().unwrap()),
+            ]
+        );
+        assert_eq!(c.network.bootstrap[0].to_string(), "seed.example.net:7412");
+        for bad_entry in [
+            "\"seed.example.net\"",
+            "\"seed_x.example:7412\"",
+            "\"1.2.3:7412\"",
+            "\"-a.example:7412\"",
+            "\"seed.example.net:0\"",
+            "\"seed.example.net:70000\"",
+            "\"a.example:1\", \"A.example:1\"",
+        ] {
+            let e = Config::parse(&format!("[network]\nbootstrap = [{bad_entry}]\n"), "t.toml")
+                .unwrap_err();
+            assert_eq!(e.key, "network.bootstrap", "{bad_entry}: {e}");
+        }
+    }
+
+    #[test]
+    fn advertise_lists_reachable_endpoints() {
+        assert!(Config::default().network.advertise.is_empty());
+        let c = Config::parse(
+            "[network]\nadvertise = [\"203.0.113.7:7412\", \"[2001:db8::7]:7412\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.network.advertise.len(), 2);
+        for bad_entry in ["\"0.0.0.0:7412\"", "\"203.0.113.7\"", "\"203.0.113.7:0\""] {
+            let e = bad(&format!("[network]\nadvertise = [{bad_entry}]\n"));
+            assert_eq!((e.line, e.key.as_str()), (2, "network.advertise"), "{e}");
+        }
+        let e = bad("[network]\nadvertise = [\"203.0.113.7:1\", \"203.0.113.7:1\"]\n");
+        assert!(e.message.contains("twice"), "{e}");
     }
 }

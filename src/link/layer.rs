@@ -11,9 +11,10 @@ use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::bootstrap::{Bootstrap, BootstrapInfo, BootstrapPeer};
 use super::nat::{
     behind_nat, Observations, RateWindow, LINK_KEEPALIVE_MS, MAX_PROBE_PINGS, MAX_PUNCHES,
     MAX_RELAYED_LINKS, NAT_ENTRY_COST, NAT_KEEPALIVE_MS, NAT_RECHECK_MS, PROBE_REQUEST_RATE,
@@ -125,6 +126,8 @@ pub struct LinkId(pub u32);
 pub struct Transmit {
     /// Where to.
     pub dst: SocketAddr,
+    /// Our address to send from: the one the peer wrote to (`None`: the kernel chooses).
+    pub src: Option<IpAddr>,
     /// The bytes; hand the buffer back with [`LinkLayer::recycle`] when sent.
     pub data: Vec<u8>,
 }
@@ -217,8 +220,8 @@ pub struct LinkConfig {
     pub relay: bool,
     /// Our endpoints as others should dial them; empty means "learn from reflection".
     pub advertise: Vec<SocketAddr>,
-    /// Addresses to bootstrap from.
-    pub bootstrap: Vec<SocketAddr>,
+    /// Peers to bootstrap from.
+    pub bootstrap: Vec<BootstrapPeer>,
     /// Links to relays to keep.
     pub target_links: usize,
     /// Most links at once.
@@ -318,6 +321,8 @@ struct RelayPath {
     via: SocketAddr,
     via_link: LinkId,
     token: u64,
+    /// Our address the introducer writes to (the via link's).
+    via_local: Option<IpAddr>,
 }
 
 /// One relayed link as the introducer sees it: one entry per token (two per link).
@@ -353,6 +358,8 @@ struct Link {
     session: Box<dyn NoiseSession>,
     peer_key: [u8; 32],
     endpoint: SocketAddr,
+    /// Our address the peer's authenticated datagrams arrive at; we answer from it.
+    local: Option<IpAddr>,
     local_index: u32,
     dialed: bool,
     created: Millis,
@@ -448,14 +455,17 @@ pub struct LinkLayer {
     own_record: Option<RelayRecord>,
     record_signed: Millis,
     observed: Option<SocketAddr>,
+    /// Our own endpoints learned from where datagrams arrive (wildcard listen addresses).
+    locals: Vec<SocketAddr>,
+    /// The local endpoint of the datagram being handled.
+    rx_local: Option<SocketAddr>,
     nat: NatClass,
     backoff: HashMap<[u8; 32], Backoff>,
     /// Peers (by link key) whose link died of unanswered PINGs, until when
     /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
     /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
     dead_peers: HashMap<[u8; 32], Millis>,
-    bootstrap_queries: HashMap<SocketAddr, (u64, Millis)>,
-    bootstrap_backoff: HashMap<SocketAddr, Backoff>,
+    boot: Bootstrap,
     query_budget: (Millis, u32),
     expected: HashMap<[u8; 32], Millis>,
     obs: Observations,
@@ -505,6 +515,7 @@ impl LinkLayer {
         let link_public = PublicKey::from(&keys.link).to_bytes();
         let identity = keys.identity.verifying_key().to_bytes();
         let view = RelayView::new(identity, cfg.prefix_bits, budget.clone());
+        let boot = Bootstrap::new(&cfg.bootstrap);
         let mut l = LinkLayer {
             responder: Responder::new(keys.link.clone()),
             cfg,
@@ -520,11 +531,12 @@ impl LinkLayer {
             own_record: None,
             record_signed: 0,
             observed: None,
+            locals: Vec::new(),
+            rx_local: None,
             nat: NatClass::Unknown,
             backoff: HashMap::new(),
             dead_peers: HashMap::new(),
-            bootstrap_queries: HashMap::new(),
-            bootstrap_backoff: HashMap::new(),
+            boot,
             query_budget: (0, 0),
             expected: HashMap::new(),
             obs: Observations::default(),
@@ -964,6 +976,24 @@ impl LinkLayer {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_at(now, from, None, data);
+    }
+
+    /// Handles one received datagram that arrived at our endpoint `local` (known when the socket
+    /// reports packet info; a wildcard listen address learns its endpoints this way).
+    pub fn handle_datagram_at(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        local: Option<SocketAddr>,
+        data: &[u8],
+    ) {
+        self.rx_local = local;
+        self.handle_datagram_inner(now, from, data);
+        self.rx_local = None;
+    }
+
+    fn handle_datagram_inner(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         match datagram::classify(data) {
             Kind::Initiation => self.on_initiation(now, from, data),
@@ -1025,22 +1055,35 @@ impl LinkLayer {
 
     /// Sends a datagram of a link: in a relay envelope to the introducer if it is relayed.
     fn link_out(&mut self, id: LinkId, dst: SocketAddr, bytes: &[u8]) {
-        match self.links.get(&id).and_then(|l| l.relay) {
+        let (relay, local) = match self.links.get(&id) {
+            Some(l) => (l.relay, l.local),
+            None => (None, None),
+        };
+        match relay {
             Some(r) => {
                 let mut data = self.take_buf();
                 datagram::emit_relay_envelope(r.token, bytes, &mut data);
                 self.stats.datagrams_out += 1;
-                self.transmits.push_back(Transmit { dst: r.via, data });
+                self.transmits.push_back(Transmit {
+                    dst: r.via,
+                    src: r.via_local,
+                    data,
+                });
             }
-            None => self.push_transmit(dst, bytes),
+            None => self.push_transmit(dst, local, bytes),
         }
     }
 
-    fn push_transmit(&mut self, dst: SocketAddr, bytes: &[u8]) {
+    fn push_transmit(&mut self, dst: SocketAddr, src: Option<IpAddr>, bytes: &[u8]) {
         let mut data = self.take_buf();
         data.extend_from_slice(bytes);
         self.stats.datagrams_out += 1;
-        self.transmits.push_back(Transmit { dst, data });
+        self.transmits.push_back(Transmit { dst, src, data });
+    }
+
+    /// Our address the datagram being handled arrived at (answers go out from it).
+    fn rx_src(&self) -> Option<IpAddr> {
+        self.rx_local.map(|l| l.ip())
     }
 
     fn new_link(
@@ -1084,6 +1127,11 @@ impl LinkLayer {
                 session: Box::new(session),
                 peer_key,
                 endpoint,
+                local: if dialed {
+                    None
+                } else {
+                    self.rx_local.map(|l| l.ip())
+                },
                 local_index,
                 dialed,
                 created: now,
@@ -1215,7 +1263,7 @@ impl LinkLayer {
                 self.stats.cookies += 1;
                 if let Some(b) = buf.get(..n) {
                     let b = b.to_vec();
-                    self.push_transmit(from, &b);
+                    self.push_transmit(from, self.rx_src(), &b);
                 }
                 self.scratch = buf;
             }
@@ -1261,6 +1309,9 @@ impl LinkLayer {
         let mut frame_len = None;
         let mut expired = false;
         let mut newly_established = false;
+        let rx_local = self.rx_local;
+        let src = rx_local.map(|l| l.ip());
+        let mut learned = None;
         if let Some(l) = self.links.get_mut(&id) {
             let was = l.session.established();
             let mut authenticated = false;
@@ -1275,12 +1326,20 @@ impl LinkLayer {
                     authenticated = true;
                     let mut d = self.pool.pop().unwrap_or_else(new_buf);
                     wrap(&mut d, b);
-                    self.transmits.push_back(Transmit { dst: from, data: d });
+                    self.transmits.push_back(Transmit {
+                        dst: from,
+                        src,
+                        data: d,
+                    });
                     sent += 1;
                     while let NoiseOut::Send(b) = l.session.flush(&mut rx) {
                         let mut d = self.pool.pop().unwrap_or_else(new_buf);
                         wrap(&mut d, b);
-                        self.transmits.push_back(Transmit { dst: from, data: d });
+                        self.transmits.push_back(Transmit {
+                            dst: from,
+                            src,
+                            data: d,
+                        });
                         sent += 1;
                     }
                 }
@@ -1311,6 +1370,10 @@ impl LinkLayer {
                             self.stats.upgraded_links += 1;
                         }
                         l.endpoint = from;
+                        if src.is_some() {
+                            l.local = src;
+                        }
+                        learned = rx_local;
                     }
                 }
                 l.last_rx = now;
@@ -1323,6 +1386,9 @@ impl LinkLayer {
                 l.last_tx = now;
                 self.stats.datagrams_out += sent;
             }
+        }
+        if let Some(local) = learned {
+            self.learn_local(now, local);
         }
         if expired {
             self.rx_scratch = rx;
@@ -1371,13 +1437,13 @@ impl LinkLayer {
         match len {
             Some(len) => {
                 data.truncate(len);
-                let mut dst = l.endpoint;
+                let (mut dst, mut src) = (l.endpoint, l.local);
                 if let Some(r) = l.relay {
                     wrap_envelope(&mut data, r.token);
-                    dst = r.via;
+                    (dst, src) = (r.via, r.via_local);
                 }
                 self.stats.datagrams_out += 1;
-                self.transmits.push_back(Transmit { dst, data });
+                self.transmits.push_back(Transmit { dst, src, data });
             }
             // Queued inside the session until the handshake completes (or refused).
             None => self.recycle(data),
@@ -2044,6 +2110,11 @@ impl LinkLayer {
     }
 
     fn on_record_query(&mut self, now: Millis, from: SocketAddr, nonce: u64) {
+        // The first node of a network listening on a wildcard address learns its endpoint from
+        // the first query (it has no record to answer with before).
+        if let Some(local) = self.rx_local {
+            self.learn_local(now, local);
+        }
         let Some(record) = self.own_record.as_ref().map(|r| *r.bytes()) else {
             self.stats.dropped += 1;
             return;
@@ -2061,19 +2132,16 @@ impl LinkLayer {
         self.stats.datagrams_out += 1;
         self.transmits.push_back(Transmit {
             dst: from,
+            src: self.rx_src(),
             data: out,
         });
     }
 
     fn on_record_response(&mut self, now: Millis, from: SocketAddr, nonce: u64, data: &[u8]) {
-        match self.bootstrap_queries.get(&from) {
-            Some((n, _)) if *n == nonce => {}
-            _ => {
-                self.stats.dropped += 1;
-                return;
-            }
+        if !self.boot.on_response(from, nonce) {
+            self.stats.dropped += 1;
+            return;
         }
-        self.bootstrap_queries.remove(&from);
         let Some(bytes) = datagram::record_of_response(data) else {
             return;
         };
@@ -2096,55 +2164,78 @@ impl LinkLayer {
 
     fn bootstrap(&mut self, now: Millis) {
         let have_relay = self.links.values().any(|l| l.hello_received && l.is_relay);
-        let targets: Vec<SocketAddr> = self.cfg.bootstrap.clone();
-        for addr in targets {
-            let linked = self.links.values().any(|l| l.endpoint == addr);
-            if linked || (have_relay && self.view.len() >= self.cfg.target_links) {
-                continue;
-            }
-            if let Some(b) = self.bootstrap_backoff.get(&addr) {
-                if now < b.until {
-                    continue;
-                }
-            }
-            if let Some((_, sent)) = self.bootstrap_queries.get(&addr) {
-                if now.saturating_sub(*sent) < LINK_RPC_TIMEOUT_MS {
-                    continue;
-                }
-            }
-            let nonce: u64 = self.rng.gen();
-            self.bootstrap_queries.insert(addr, (nonce, now));
-            let b = self.bootstrap_backoff.entry(addr).or_insert(Backoff {
-                until: 0,
-                delay: BACKOFF_MIN_MS / 2,
-            });
-            b.delay = (b.delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS / 4);
-            // Jitter, so that nodes started together do not retry in lockstep.
-            let delay = b.delay;
-            b.until = now + delay + self.rng.gen_range(0..=delay / 2);
-            self.note_recent(addr.ip(), now);
+        let enough = have_relay && self.view.len() >= self.cfg.target_links;
+        let links = &self.links;
+        let queries = self.boot.due(
+            now,
+            enough,
+            |a| links.values().any(|l| l.endpoint == *a),
+            &mut self.rng,
+        );
+        for q in queries {
+            self.note_recent(q.addr.ip(), now);
             let mut out = self.take_buf();
-            datagram::emit_record_query(nonce, &mut out);
+            datagram::emit_record_query(q.nonce, &mut out);
             self.stats.datagrams_out += 1;
             self.transmits.push_back(Transmit {
-                dst: addr,
+                dst: q.addr,
+                src: None,
                 data: out,
             });
         }
+        let reason = self.isolation_reason(now);
+        self.boot.log_isolation(now, reason.as_deref());
+    }
+
+    /// A bootstrap host name the daemon should resolve (off the event loop) and hand back with
+    /// [`LinkLayer::on_resolved`].
+    pub fn poll_resolve(&mut self) -> Option<String> {
+        self.boot.poll_resolve()
+    }
+
+    /// The addresses a bootstrap host name resolved to, or why it did not resolve.
+    pub fn on_resolved(
+        &mut self,
+        now: Millis,
+        name: &str,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        self.boot.on_resolved(now, name, result);
+        self.bootstrap(now);
+    }
+
+    /// Each bootstrap peer's state, for `status`.
+    pub fn bootstrap_status(&self) -> Vec<BootstrapInfo> {
+        let links = &self.links;
+        self.boot
+            .status(|a| links.values().any(|l| l.endpoint == *a && l.hello_received))
+    }
+
+    /// Why the node has no link, in one line; `None` while a link is up.
+    pub fn isolation_reason(&self, now: Millis) -> Option<String> {
+        if self.links.values().any(|l| l.hello_received) {
+            return None;
+        }
+        let listening: Vec<String> = if self.locals.is_empty() {
+            self.cfg.advertise.iter().map(|a| a.to_string()).collect()
+        } else {
+            self.locals.iter().map(|a| a.to_string()).collect()
+        };
+        Some(self.boot.isolation_reason(now, &listening.join(", ")))
     }
 
     fn maintain_links(&mut self, now: Millis) {
-        let bootstrap = &self.cfg.bootstrap;
+        let boot = &self.boot;
         let others = self
             .links
             .values()
-            .filter(|l| l.hello_received && l.is_relay && !bootstrap.contains(&l.endpoint))
+            .filter(|l| l.hello_received && l.is_relay && !boot.is_bootstrap(&l.endpoint))
             .count();
         if others >= self.cfg.target_links {
             let idle_bootstrap: Vec<LinkId> = self
                 .links
                 .values()
-                .filter(|l| l.dialed && l.hello_received && bootstrap.contains(&l.endpoint))
+                .filter(|l| l.dialed && l.hello_received && boot.is_bootstrap(&l.endpoint))
                 .filter(|l| {
                     l.established_at
                         .is_some_and(|t| now.saturating_sub(t) >= BOOTSTRAP_LINGER_MS)
@@ -2199,27 +2290,86 @@ fn wrap_envelope(data: &mut Vec<u8>, token: u64) {
     data.splice(0..0, head);
 }
 
+/// Host endpoints learned from received datagrams, at most.
+const MAX_LOCAL_ENDPOINTS: usize = 8;
+
+/// Private, shared, link-local and unique-local addresses: reachable only on their own network.
+fn is_local_scope(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_private() || a.is_link_local() || {
+                // 100.64.0.0/10, carrier-grade NAT.
+                let [x, y, ..] = a.octets();
+                x == 100 && (64..128).contains(&y)
+            }
+        }
+        IpAddr::V6(a) => {
+            let [s, ..] = a.segments();
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// Bytes of a link frame header, for callers sizing buffers.
 pub const FRAME_OVERHEAD: usize = LINK_HEADER_LEN;
 
 // ---- NAT traversal (docs/protocol.md section 13) ----------------------------------------------
 impl LinkLayer {
-    /// Our endpoints as configured, without unspecified ones.
+    /// Our endpoints: the configured ones, and for a wildcard listen address the host addresses
+    /// datagrams arrived at. Once neighbours tell us where they see us, learned addresses of
+    /// another scope (a LAN address on a host that is reached publicly) are left out.
     fn advertised(&self) -> Vec<SocketAddr> {
-        self.cfg
+        let mut out: Vec<SocketAddr> = self
+            .cfg
             .advertise
             .iter()
             .copied()
             .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
-            .collect()
+            .collect();
+        let scope = self.observed.map(|o| is_local_scope(o.ip()));
+        for l in &self.locals {
+            if !out.contains(l) && scope.is_none_or(|s| s == is_local_scope(l.ip())) {
+                out.push(*l);
+            }
+        }
+        // The endpoint neighbours see first: it is known to work.
+        if let Some(i) = self.observed.and_then(|o| out.iter().position(|a| *a == o)) {
+            out.swap(0, i);
+        }
+        out
     }
 
-    /// Section 13.1: public if neighbours see us at an address we advertise, reachable if a probe
-    /// reached us unsolicited at the endpoint we are seen at, else what the mappings show.
+    /// Notes that datagrams reach us at `local`. Only for wildcard listen addresses (a specific
+    /// one is advertised as configured) and only a few (a host has few addresses).
+    fn learn_local(&mut self, now: Millis, local: SocketAddr) {
+        if self.locals.contains(&local) || self.locals.len() >= MAX_LOCAL_ENDPOINTS {
+            return;
+        }
+        let wildcard = self
+            .cfg
+            .advertise
+            .iter()
+            .any(|a| a.ip().is_unspecified() && a.port() == local.port());
+        if !wildcard || local.ip().is_unspecified() || local.ip().is_loopback() {
+            return;
+        }
+        tracing::info!(endpoint = %local, "datagrams reach us at this endpoint");
+        self.locals.push(local);
+        self.refresh_record(now);
+    }
+
+    /// Our endpoints learned from received datagrams (wildcard listen addresses).
+    pub fn local_endpoints(&self) -> &[SocketAddr] {
+        &self.locals
+    }
+
+    /// Section 13.1: public if neighbours see us at an address we advertise (or one datagrams
+    /// arrive at: no translation on the way), reachable if a probe reached us unsolicited at the
+    /// endpoint we are seen at, else what the mappings show.
     fn reclassify(&mut self) {
         let advertised = self.advertised();
         self.nat = match self.observed {
-            Some(o) if advertised.contains(&o) => NatClass::Public,
+            Some(o) if advertised.contains(&o) || self.locals.contains(&o) => NatClass::Public,
             Some(o) if self.probe_ok == Some(o) => NatClass::Reachable,
             _ => self.obs.class(),
         };
@@ -2259,13 +2409,13 @@ impl LinkLayer {
             Some(len) => {
                 l.last_tx = now;
                 data.truncate(len);
-                let mut dst = l.endpoint;
+                let (mut dst, mut src) = (l.endpoint, l.local);
                 if let Some(r) = l.relay {
                     wrap_envelope(&mut data, r.token);
-                    dst = r.via;
+                    (dst, src) = (r.via, r.via_local);
                 }
                 self.stats.datagrams_out += 1;
-                self.transmits.push_back(Transmit { dst, data });
+                self.transmits.push_back(Transmit { dst, src, data });
             }
             None => self.recycle(data),
         }
@@ -2453,7 +2603,7 @@ impl LinkLayer {
             let (endpoints, init) = (p.endpoints.clone(), p.init.clone());
             if !init.is_empty() {
                 for ep in endpoints {
-                    self.push_transmit(ep, &init);
+                    self.push_transmit(ep, None, &init);
                 }
             }
         }
@@ -2843,7 +2993,8 @@ impl LinkLayer {
     }
 
     fn set_relayed(&mut self, now: Millis, id: LinkId, via_link: LinkId, token: u64) {
-        let Some(via) = self.links.get(&via_link).map(|l| l.endpoint) else {
+        let Some((via, via_local)) = self.links.get(&via_link).map(|l| (l.endpoint, l.local))
+        else {
             return;
         };
         self.punches.remove(&id);
@@ -2852,6 +3003,7 @@ impl LinkLayer {
                 via,
                 via_link,
                 token,
+                via_local,
             }) {
                 self.relayed_tokens.remove(&old.token);
             }
@@ -2978,11 +3130,11 @@ impl LinkLayer {
             let dst = match self.relay_table.get_mut(&other) {
                 Some(o) => {
                     o.last = now;
-                    self.links.get(&o.link).map(|l| l.endpoint)
+                    self.links.get(&o.link).map(|l| (l.endpoint, l.local))
                 }
                 None => None,
             };
-            let Some(dst) = dst else {
+            let Some((dst, src)) = dst else {
                 self.stats.dropped += 1;
                 return;
             };
@@ -2991,7 +3143,11 @@ impl LinkLayer {
             datagram::emit_relay_envelope(other, inner, &mut out);
             self.stats.datagrams_out += 1;
             self.stats.relayed_datagrams += 1;
-            self.transmits.push_back(Transmit { dst, data: out });
+            self.transmits.push_back(Transmit {
+                dst,
+                src,
+                data: out,
+            });
             return;
         }
         if let Some(id) = self.relayed_tokens.get(&token).copied() {

@@ -81,6 +81,7 @@ pub struct Node {
     guards: Guards,
     guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
+    guard_save_error: Option<String>,
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: sessions::NodeSessions,
     packet_bufs: Vec<Vec<u8>>,
@@ -111,6 +112,7 @@ impl Node {
             guards: Guards::new(),
             guard_file: None,
             guard_save_failed: None,
+            guard_save_error: None,
             dht: dht::NodeDht::new(rand.split("dht")),
             sess: sessions::NodeSessions::new(rand.split("sessions")),
             packet_bufs: Vec::new(),
@@ -159,6 +161,11 @@ impl Node {
         self.guard_file = Some(file);
     }
 
+    /// Why the guards could not be saved last time (`None` after a good save).
+    pub fn guard_save_error(&self) -> Option<&str> {
+        self.guard_save_error.as_deref()
+    }
+
     /// The current guards (identity, temporary?) for status output.
     pub fn guards(&self) -> &Guards {
         &self.guards
@@ -176,7 +183,18 @@ impl Node {
 
     /// Handles a datagram.
     pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
-        self.link.handle_datagram(now, from, data);
+        self.handle_datagram_at(now, from, None, data);
+    }
+
+    /// A datagram that arrived at our endpoint `local` (see [`LinkLayer::handle_datagram_at`]).
+    pub fn handle_datagram_at(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        local: Option<SocketAddr>,
+        data: &[u8],
+    ) {
+        self.link.handle_datagram_at(now, from, local, data);
         self.pump(now);
     }
 
@@ -372,10 +390,16 @@ impl Node {
         if self.guards.needs_save() && retry {
             if let Some(f) = &self.guard_file {
                 match self.guards.save(f) {
-                    Ok(()) => self.guard_save_failed = None,
+                    Ok(()) => {
+                        if self.guard_save_error.take().is_some() {
+                            tracing::info!("guards saved to {} again", f.display());
+                        }
+                        self.guard_save_failed = None;
+                    }
                     Err(e) => {
                         tracing::warn!("saving guards to {}: {e}", f.display());
                         self.guard_save_failed = Some(now);
+                        self.guard_save_error = Some(e.to_string());
                     }
                 }
             }

@@ -43,7 +43,7 @@ use crate::session::{
     ClientHandshake, E2eMessage, EstablishIntro, Introduce1, Pseudonym, RendCookie, RendPlaintext,
     Rendezvous1, Rendezvous2, ServiceIdentity, SessionChannel, SessionKeys,
 };
-use crate::time::Millis;
+use crate::time::{Millis, RepeatLog};
 use crate::wire::record::{LinkSpec, RelayRecord, FLAG_RENDEZVOUS};
 use crate::wire::relay::RelayCommand as C;
 
@@ -417,6 +417,9 @@ pub struct NodeSessions {
     /// Counters.
     pub stats: SessionStats,
     hooks: SessionTestHooks,
+    /// Why stems or intro-point paths cannot be built, logged when it starts or changes.
+    stem_log: RepeatLog,
+    intro_path_log: RepeatLog,
 }
 
 impl NodeSessions {
@@ -450,6 +453,8 @@ impl NodeSessions {
             next_ping: 1,
             stats: SessionStats::default(),
             hooks: SessionTestHooks::default(),
+            stem_log: RepeatLog::default(),
+            intro_path_log: RepeatLog::default(),
         }
     }
 
@@ -1089,8 +1094,16 @@ impl Node {
                     Purpose::Intro
                 };
                 match self.sess_build(now, kind, purpose, owner) {
-                    Ok(id) => self.sess.stems.push((id, false)),
-                    Err(e) => tracing::debug!("stem: {e}"),
+                    Ok(id) => {
+                        self.sess.stems.push((id, false));
+                        self.sess.stem_log.clear();
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if let Some(held) = self.sess.stem_log.hit(now, &e) {
+                            tracing::debug!(repeats = held, "stem: {e}");
+                        }
+                    }
                 }
             }
         }
@@ -1545,12 +1558,16 @@ impl Node {
         for _ in 0..4 {
             match self.sess_path(now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
                 Ok(p) if p.last().is_some_and(|r| !used.contains(r.identity())) => {
+                    self.sess.intro_path_log.clear();
                     path = Some(p);
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!("intro point path: {e}");
+                    let e = e.to_string();
+                    if let Some(held) = self.sess.intro_path_log.hit(now, &e) {
+                        tracing::debug!(repeats = held, "intro point path: {e}");
+                    }
                     break;
                 }
             }

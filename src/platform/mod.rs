@@ -8,6 +8,7 @@
 
 pub mod privdrop;
 pub mod routes;
+pub mod state;
 pub mod tun;
 
 /// Errors of the platform layer, in its own terms.

@@ -1,15 +1,24 @@
-//! The UDP sockets of the wire layer: one per address family, with buffers large enough that a
+//! The UDP sockets of the wire layer: one per listen address, with buffers large enough that a
 //! burst of cells is not dropped by the kernel before the daemon reads it.
+//!
+//! A socket bound to a wildcard address (`0.0.0.0`, `[::]`) must still know which of the host's
+//! addresses a peer wrote to, to publish it and to answer from it (a multi-homed host would
+//! otherwise answer from whatever address the routing table picks, and the peer's NAT or firewall
+//! would drop it). So every socket reports each datagram's destination address
+//! (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and sends with a chosen source address; quinn-udp does
+//! that, together with `recvmmsg` and UDP GRO, without unsafe code of ours.
 
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
 
 /// Socket buffer size asked for (the kernel may cap it at `net.core.[rw]mem_max`).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Binds a non-blocking UDP socket on `addr` (IPv6 sockets are IPv6-only, so one per family).
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// Binds a non-blocking UDP socket on `addr`. An IPv6 socket is IPv6-only unless `dual_stack`
+/// (then IPv4 peers arrive as `::ffff:a.b.c.d`; [`Port`] hides that).
+pub fn bind_with(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -17,7 +26,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+        s.set_only_v6(!dual_stack)?;
     }
     // Best effort: a smaller buffer works, only with more drops under bursts.
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
@@ -25,4 +34,228 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Binds one socket per family (IPv6 sockets are IPv6-only), as the benchmarks use.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, false)
+}
+
+/// Which listen addresses get a dual-stack socket: `[::]:P` does, unless `0.0.0.0:P` is listed
+/// too (both cannot own the IPv4 side of port P).
+pub fn dual_stack_for(listen: &[SocketAddr]) -> Vec<bool> {
+    listen
+        .iter()
+        .map(|a| {
+            a.is_ipv6()
+                && a.ip().is_unspecified()
+                && !listen
+                    .iter()
+                    .any(|b| b.is_ipv4() && b.ip().is_unspecified() && b.port() == a.port())
+        })
+        .collect()
+}
+
+/// One received datagram's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The sender (IPv4 as IPv4, also on a dual-stack socket).
+    pub from: SocketAddr,
+    /// The address the sender wrote to: one of ours, with the socket's port.
+    pub local: Option<SocketAddr>,
+}
+
+/// A bound UDP socket with its batching and packet-info state.
+pub struct Port {
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    port: u16,
+    v4: bool,
+    v6: bool,
+    /// An IPv6 socket that also carries IPv4 (destinations must be written v4-mapped).
+    dual: bool,
+}
+
+impl Port {
+    /// Wraps a socket from [`bind_with`]; needs a tokio runtime.
+    pub fn new(socket: std::net::UdpSocket, dual_stack: bool) -> io::Result<Port> {
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let local = socket.local_addr()?;
+        // quinn-udp turns path-MTU discovery to "probe" (DF, interface MTU). Our datagrams are
+        // sized for a 1500-byte path, and on a smaller one (PPPoE, tunnels) the kernel's usual
+        // behaviour — learn the path MTU, fragment locally — keeps the link working.
+        let fd = rustix::fd::AsFd::as_fd(&socket);
+        if local.is_ipv4() || dual_stack {
+            let _ = rustix::net::sockopt::set_ip_mtu_discover(
+                fd,
+                rustix::net::sockopt::Ipv4PathMtuDiscovery::WANT,
+            );
+        }
+        if local.is_ipv6() {
+            let _ = rustix::net::sockopt::set_ipv6_mtu_discover(
+                fd,
+                rustix::net::sockopt::Ipv6PathMtuDiscovery::WANT,
+            );
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::Ipv6DontFrag,
+                &false,
+            );
+        }
+        Ok(Port {
+            socket: tokio::net::UdpSocket::from_std(socket)?,
+            state,
+            port: local.port(),
+            v4: local.is_ipv4() || dual_stack,
+            v6: local.is_ipv6(),
+            dual: local.is_ipv6() && dual_stack,
+        })
+    }
+
+    /// Whether this socket can send to `dst`.
+    pub fn serves(&self, dst: &SocketAddr) -> bool {
+        if dst.is_ipv4() {
+            self.v4
+        } else {
+            self.v6
+        }
+    }
+
+    /// Receive buffer size that holds the largest batch GRO may hand over at once.
+    pub fn buffer_len(&self) -> usize {
+        (self.state.gro_segments() * 2048).max(65_536)
+    }
+
+    /// Waits for and receives one read's worth (several datagrams of `meta.stride` bytes each
+    /// when GRO coalesced them).
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, usize, Received)> {
+        loop {
+            self.socket.readable().await?;
+            match self.try_recv(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Port::recv`] without waiting: `WouldBlock` when nothing is queued. Returns the bytes
+    /// read, the stride (each datagram's length but maybe the last's) and the addresses.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<(usize, usize, Received)> {
+        let mut meta = [RecvMeta::default()];
+        let n = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut bufs = [IoSliceMut::new(buf)];
+            self.state
+                .recv(UdpSockRef::from(&self.socket), &mut bufs, &mut meta)
+        })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let [m] = meta;
+        let local = m.dst_ip.map(|ip| SocketAddr::new(canonical(ip), self.port));
+        Ok((
+            m.len,
+            m.stride.max(1),
+            Received {
+                from: SocketAddr::new(canonical(m.addr.ip()), m.addr.port()),
+                local,
+            },
+        ))
+    }
+
+    /// Sends one datagram to `dst` from `src` (our address the peer wrote to; `None` lets the
+    /// kernel choose). Waits while the socket's buffer is full.
+    pub async fn send(&self, dst: SocketAddr, src: Option<IpAddr>, data: &[u8]) -> io::Result<()> {
+        let destination = match (dst, self.dual) {
+            (SocketAddr::V4(v4), true) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => dst,
+        };
+        // A source of the other family than the destination cannot be used.
+        let src_ip = src.filter(|s| s.is_ipv4() == dst.is_ipv4());
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip,
+        };
+        self.socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                self.state
+                    .try_send(UdpSockRef::from(&self.socket), &transmit)
+            })
+            .await
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack socket reports IPv4 peers that way).
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_v6_is_dual_stack_unless_v4_wildcard_shares_the_port() {
+        let a: SocketAddr = "[::]:7412".parse().unwrap();
+        let b: SocketAddr = "0.0.0.0:7412".parse().unwrap();
+        let c: SocketAddr = "[::1]:7413".parse().unwrap();
+        assert_eq!(dual_stack_for(&[a]), vec![true]);
+        assert_eq!(dual_stack_for(&[b, a]), vec![false, false]);
+        assert_eq!(dual_stack_for(&[c]), vec![false]);
+    }
+
+    #[tokio::test]
+    async fn wildcard_socket_reports_the_address_written_to_and_answers_from_it() {
+        // Two loopback addresses: a wildcard socket must tell them apart and answer from each.
+        let server = Port::new(
+            bind_with("0.0.0.0:0".parse().unwrap(), false).unwrap(),
+            false,
+        )
+        .unwrap();
+        let port = server.socket.local_addr().unwrap().port();
+        for dst in ["127.0.0.1", "127.0.0.2"] {
+            let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let to: SocketAddr = format!("{dst}:{port}").parse().unwrap();
+            client.send_to(b"hello", to).await.unwrap();
+            let mut buf = vec![0u8; server.buffer_len()];
+            let (n, _, rx) = server.recv(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"hello");
+            assert_eq!(rx.local, Some(to));
+            server
+                .send(rx.from, rx.local.map(|l| l.ip()), b"back")
+                .await
+                .unwrap();
+            let (n, from) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"back");
+            assert_eq!(from, to, "the answer comes from the address written to");
+        }
+    }
+
+    #[tokio::test]
+    async fn dual_stack_socket_carries_ipv4_as_ipv4() {
+        let Ok(sock) = bind_with("[::]:0".parse().unwrap(), true) else {
+            return; // no IPv6 on this host
+        };
+        let server = Port::new(sock, true).unwrap();
+        let port = server.socket.local_addr().unwrap().port();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        client.send_to(b"v4", to).await.unwrap();
+        let mut buf = vec![0u8; server.buffer_len()];
+        let (n, _, rx) = server.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"v4");
+        assert!(rx.from.is_ipv4(), "{rx:?}");
+        assert_eq!(rx.local, Some(to));
+        server
+            .send(rx.from, rx.local.map(|l| l.ip()), b"ok")
+            .await
+            .unwrap();
+        let (n, from) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ok");
+        assert_eq!(from, to);
+    }
 }

@@ -135,6 +135,9 @@ check "package ships the binary, unit and conffile" \
              dpkg-deb --contents '$deb' | grep -q ' ./lib/systemd/system/globalnet.service\$' &&
              dpkg-deb --contents '$deb' | grep -q ' ./etc/globalnet/config.toml\$' &&
              dpkg-deb --info '$deb' conffiles | grep -qx /etc/globalnet/config.toml"
+check "package ships globalnet(1) and globalnet.conf(5), 0644 root:root" \
+    bash -c "dpkg-deb --contents '$deb' | grep -Eq '^-rw-r--r-- root/root .* \\./usr/share/man/man1/globalnet\\.1\\.gz\$' &&
+             dpkg-deb --contents '$deb' | grep -Eq '^-rw-r--r-- root/root .* \\./usr/share/man/man5/globalnet\\.conf\\.5\\.gz\$'"
 if command -v lintian >/dev/null; then
     if lint=$(lintian --tag-display-limit 0 "$deb" 2>/dev/null) && [ -z "$lint" ]; then ok "lintian clean (no errors or warnings)"
     else note "lintian (informational):"; printf '%s\n' "$lint" | sed 's/^/        /'; fi
@@ -181,6 +184,32 @@ again=$(cd / && runuser -u globalnet -- globalnet keygen --state-dir /var/lib/gl
 check "keygen again prints the same address" grep -qF "$address" <<< "$again"
 check "keygen again leaves the keys untouched" \
     test "$(cd /var/lib/globalnet && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)" = "$keys_sum"
+
+# --- man pages ----------------------------------------------------------------------
+log "man pages"
+for page in /usr/share/man/man1/globalnet.1.gz /usr/share/man/man5/globalnet.conf.5.gz; do
+    # Minimal images tell dpkg to skip /usr/share/man (path-exclude); nothing to check then.
+    if [ ! -e "$page" ] && grep -Eqs '^path-exclude[[:space:]=]+/usr/share/man' /etc/dpkg/dpkg.cfg.d/*; then
+        note "$page not installed: dpkg excludes /usr/share/man on this machine"
+        continue
+    fi
+    check "$page is 0644 root:root" test "$(stat -c '%a %U %G' "$page" 2>&1)" = "644 root root"
+    check "$page is intact gzip" gzip -t "$page"
+    check "$page has its date and version on the .TH line" \
+        bash -c "zcat '$page' | head -1 | grep -Eq '^\\.TH [A-Z.]+ [15] \"[0-9]{4}-[0-9]{2}-[0-9]{2}\" \"globalnet [^\"]+\"'"
+    check "$page has a NAME section" bash -c "zcat '$page' | grep -qx '\\.SH NAME'"
+    if command -v lexgrog >/dev/null; then check "lexgrog reads the NAME line of $page" lexgrog "$page"; fi
+    if command -v man >/dev/null; then
+        check "man -l $page renders without warnings" \
+            bash -c "out=\$(man --warnings -l '$page' 2>&1 >/dev/null) && [ -z \"\$out\" ]"
+    fi
+done
+if command -v man >/dev/null; then
+    check "man finds globalnet(1)" test "$(man -w 1 globalnet 2>&1)" = /usr/share/man/man1/globalnet.1.gz
+    check "man finds globalnet.conf(5)" test "$(man -w 5 globalnet.conf 2>&1)" = /usr/share/man/man5/globalnet.conf.5.gz
+else
+    note "man not installed: skipping the rendering checks"
+fi
 
 # --- help ---------------------------------------------------------------------------
 log "--help of every subcommand"
