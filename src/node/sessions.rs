@@ -33,7 +33,7 @@ use crate::dht::descriptor::{
 };
 use crate::dht::message::RecordKind;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
-use crate::session::frame::{E2E_HEADER_LEN, E2E_MAX_FRAME_LEN};
+use crate::session::frame::{E2E_FRAME_LEN, E2E_PLAINTEXT_OFFSET};
 use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
 use crate::session::roles::{
     establish_rendezvous_body, parse_status, status, status_body, IntroPointRole, IntroduceOutcome,
@@ -490,9 +490,9 @@ fn hop_of(r: &RelayRecord) -> Hop {
 fn seal(
     chan: &mut SessionChannel,
     msg: &E2eMessage<'_>,
-    buf: &mut [u8; E2E_MAX_FRAME_LEN],
+    buf: &mut [u8; E2E_FRAME_LEN],
 ) -> Option<usize> {
-    let n = msg.emit(buf.get_mut(E2E_HEADER_LEN..)?).ok()?;
+    let n = msg.emit(buf.get_mut(E2E_PLAINTEXT_OFFSET..)?).ok()?;
     chan.seal_in_place(buf, n).ok()
 }
 
@@ -1878,7 +1878,7 @@ impl Node {
         let Some(circ) = circ else {
             return Err(SendError::Unreachable("session has no live circuit".into()));
         };
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let n = seal(&mut ss.chan, &E2eMessage::Packet(packet), &mut buf)
             .ok_or_else(|| SendError::Unreachable("packet does not fit a frame".into()))?;
         self.circ
@@ -1894,7 +1894,7 @@ impl Node {
         id: CircId,
         payload: &[u8],
     ) {
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(frame) = buf.get_mut(..payload.len()) else {
             return;
         };
@@ -1959,7 +1959,7 @@ impl Node {
             _ => {}
         }
         if let Some(r) = reply {
-            let mut out = [0u8; E2E_MAX_FRAME_LEN];
+            let mut out = [0u8; E2E_FRAME_LEN];
             if let Some(n) = seal(&mut ss.chan, &r, &mut out) {
                 let _ = self.circ.send(id, C::Data, out.get(..n).unwrap_or(&[]));
             }
@@ -2740,7 +2740,7 @@ impl Node {
         else {
             return false;
         };
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(n) = seal(&mut o.chan, msg, &mut buf) else {
             return false;
         };
@@ -2753,7 +2753,7 @@ impl Node {
     }
 
     fn client_on_data(&mut self, now: Millis, dst: [u8; 16], id: CircId, payload: &[u8]) {
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(frame) = buf.get_mut(..payload.len()) else {
             return;
         };
