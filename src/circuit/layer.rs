@@ -302,6 +302,25 @@ pub struct CircuitInfo {
     pub build_ms: Option<Millis>,
 }
 
+/// What a rendezvous point reads in clear of one DATA message it passes across a splice: the
+/// relay header's `length` and the first bytes of the payload (where an e2e frame keeps its
+/// version and counter). Recorded only when [`CircuitLayer::observe_splices`] asked for it, so
+/// tests can check what a hostile rendezvous point learns (docs/threat-model.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplicedMessage {
+    /// The relayed circuit (slot) the message arrived on.
+    pub from: u64,
+    /// The relay header's `length` field.
+    pub length: u16,
+    /// The first [`SPLICED_HEAD_LEN`] payload bytes (zero where the payload is shorter).
+    pub head: [u8; SPLICED_HEAD_LEN],
+}
+
+/// Payload bytes a [`SplicedMessage`] keeps.
+pub const SPLICED_HEAD_LEN: usize = 16;
+/// Most [`SplicedMessage`]s kept; later ones are not recorded.
+pub const MAX_SPLICED_OBSERVATIONS: usize = 4096;
+
 /// Counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CircuitStats {
@@ -344,6 +363,8 @@ pub struct CircuitLayer {
     payloads: Vec<Vec<u8>>,
     /// Relays our extensions could not reach, for [`CircuitLayer::take_unreachable`].
     unreachable: Vec<[u8; 32]>,
+    /// What crossed our splices, when a test asked (`None`: nothing is recorded).
+    spliced_seen: Option<Vec<SplicedMessage>>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -389,6 +410,7 @@ impl CircuitLayer {
             stats: CircuitStats::default(),
             payloads: Vec::new(),
             unreachable: Vec::new(),
+            spliced_seen: None,
         }
     }
 
@@ -790,6 +812,19 @@ impl CircuitLayer {
                 if let Some(other) = r.splice {
                     // A spliced rendezvous point passes DATA across, and nothing else (10.6).
                     if cmd == RelayCommand::Data as u8 {
+                        if let Some(seen) = self.spliced_seen.as_mut() {
+                            if seen.len() < MAX_SPLICED_OBSERVATIONS {
+                                let mut head = [0u8; SPLICED_HEAD_LEN];
+                                for (h, b) in head.iter_mut().zip(message.payload()) {
+                                    *h = *b;
+                                }
+                                seen.push(SplicedMessage {
+                                    from: slot,
+                                    length: message.length(),
+                                    head,
+                                });
+                            }
+                        }
                         self.splice_data(other, message.payload());
                     } else {
                         self.stats.dropped += 1;
@@ -939,6 +974,16 @@ impl CircuitLayer {
             r.splice = Some(a);
         }
         Ok(())
+    }
+
+    /// Starts recording what crosses our splices (see [`SplicedMessage`]).
+    pub fn observe_splices(&mut self) {
+        self.spliced_seen.get_or_insert_with(Vec::new);
+    }
+
+    /// What crossed our splices since [`observe_splices`](Self::observe_splices).
+    pub fn spliced_seen(&self) -> &[SplicedMessage] {
+        self.spliced_seen.as_deref().unwrap_or(&[])
     }
 
     /// Tears down a relayed circuit that ends at us (a role refused it).
