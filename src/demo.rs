@@ -15,6 +15,8 @@
 // panic.
 #![allow(clippy::indexing_slicing)]
 
+use crate::control::proto::{ServiceAnswer, StatusAnswer};
+use crate::control::{self, Cmd};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::io::{BufRead, Read, Write};
@@ -538,7 +540,7 @@ impl Net {
         let addr_of = |i: usize| -> String {
             statuses
                 .get(i)
-                .map(|s: &Value| s["address"].as_str().unwrap_or_default().to_string())
+                .map(|s: &StatusAnswer| s.address.clone())
                 .unwrap_or_default()
         };
         let (service_addr, client_addr) = (addr_of(relays.len()), addr_of(relays.len() + 1));
@@ -548,13 +550,7 @@ impl Net {
         let names: Vec<(String, String, Ipv4Addr)> = daemons
             .iter()
             .zip(&statuses)
-            .map(|((n, _), s)| {
-                (
-                    n.name.clone(),
-                    s["relay_key"].as_str().unwrap_or_default().to_string(),
-                    n.ip,
-                )
-            })
+            .map(|((n, _), s)| (n.name.clone(), s.relay_key.clone(), n.ip))
             .collect();
         println!(
             "  {} daemons up after {:.1} s; the service is {service_addr}, the client is {client_addr}",
@@ -603,16 +599,16 @@ impl Net {
                 return Err(format!(
                     "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {} (GLOBALNET_LOG=debug gives the daemons' session decisions)",
                     overlay_ping_error(&exe, &client, &service_addr),
-                    crate::control::request(&service.control, "services")
+                    control::request(&service.control, Cmd::Services)
                         .map(|v| v[0].to_string())
                         .unwrap_or_else(|e| e.to_string()),
                     self.dir.display()
                 ));
             }
             attempts += 1;
-            let published = crate::control::request(&service.control, "services")
-                .map(|v| v[0]["published"] == Value::Bool(true))
-                .unwrap_or(false);
+            let published = services(&service.control)
+                .first()
+                .is_some_and(|s| s.published);
             let key = format!(
                 "{published}{}",
                 last_err.split(':').take(2).collect::<String>()
@@ -711,7 +707,7 @@ impl Net {
         println!("\nThe path (ready circuits of each end; a flow runs on one circuit of each):");
         let mut flow_hops = Vec::new();
         for (who, node) in [("client", &client), ("service", &service)] {
-            let circuits = crate::control::request(&node.control, "circuits")
+            let circuits = control::request(&node.control, Cmd::Circuits)
                 .map_err(|e| format!("{who}: {e}"))?;
             let (line, hops) = describe_circuits(&circuits, &names);
             println!("  {who:<8} {line}");
@@ -828,7 +824,7 @@ impl Net {
     }
 
     /// Waits until the daemon answers on its control socket.
-    fn wait_ready(&mut self, node: &Node, pid: u32) -> Result<Value, String> {
+    fn wait_ready(&mut self, node: &Node, pid: u32) -> Result<StatusAnswer, String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             stopped()?;
@@ -839,7 +835,7 @@ impl Net {
                     Self::log_tail(&node.log)
                 ));
             }
-            match crate::control::request(&node.control, "status") {
+            match control::ask(&node.control, Cmd::Status) {
                 Ok(v) => return Ok(v),
                 Err(e) if Instant::now() > deadline => {
                     return Err(format!("the daemon on {} is not answering: {e}", node.name))
@@ -869,33 +865,27 @@ impl Net {
                         Self::log_tail(&node.log)
                     ));
                 }
-                let Ok(st) = crate::control::request(&node.control, "status") else {
+                let Ok(st) = control::ask::<StatusAnswer>(&node.control, Cmd::Status) else {
                     continue;
                 };
-                let (p, r) = (
-                    st["peers"].as_u64().unwrap_or(0),
-                    st["circuits"]["ready"].as_u64().unwrap_or(0),
-                );
+                let (p, r) = (st.peers as u64, st.circuits.ready as u64);
                 peers += p;
                 ready += r;
                 if p >= 2 && r >= crate::node::POOL_TARGET as u64 {
                     nodes_ready += 1;
                 }
             }
-            let svc = crate::control::request(&service.control, "services")
-                .ok()
-                .and_then(|v| v.as_array().and_then(|a| a.first()).cloned())
-                .unwrap_or(Value::Null);
-            let intro = match &svc["intro_points"] {
-                Value::Array(a) => a.len() as u64,
-                other => other.as_u64().unwrap_or(0),
-            };
+            let svc = services(&service.control)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let intro = svc.intro_points.len() as u64;
             // A client that looks the service up before its descriptor lists all intro points
             // caches the short one (and today stays stuck when that intro point is its guard),
             // so the demo's client waits for the full descriptor, as a user would wait for a
             // service to be published.
-            let published = svc["published"] == Value::Bool(true)
-                && intro >= crate::node::sessions::NUM_INTRO_POINTS as u64;
+            let published =
+                svc.published && intro >= crate::node::sessions::NUM_INTRO_POINTS as u64;
             let line = format!(
                 "  forming: {} links, {ready} ready circuits, {nodes_ready}/{} nodes ready, service intro points: {intro}",
                 peers / 2,
@@ -1047,6 +1037,11 @@ fn describe_circuits(
         format!("{}{path}", parts.join(", ")),
         hops_of("flow").last().copied(),
     )
+}
+
+/// The services a node hosts; none when its daemon does not answer.
+fn services(control_socket: &Path) -> Vec<ServiceAnswer> {
+    control::ask(control_socket, Cmd::Services).unwrap_or_default()
 }
 
 /// Why the client's daemon cannot reach `addr`, in its own words (`globalnet ping`).
