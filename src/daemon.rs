@@ -452,6 +452,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             config.state_dir.join(platform::state::CACHE_DIR).display()
         ))
     })?;
+    let (onion_secret, onion_since) = onion_key(&config.state_dir, &cache, &keys)?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
             "control socket {}: {e}",
@@ -524,11 +525,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let link_keys = LinkKeys {
         identity: keys.relay_identity.clone(),
         link: keys.relay_link.clone(),
-        onion_public: x25519_dalek::PublicKey::from(&keys.relay_onion).to_bytes(),
+        onion_public: x25519_dalek::PublicKey::from(&onion_secret).to_bytes(),
     };
     // The service key stays out of the link layer entirely (it is never tied to the relay); the
     // session layer and the flow layer get its seed for pseudonyms and the hosted service.
-    let onion = OnionKey::from_secret(keys.relay_onion.clone());
+    let onion = OnionKey::from_secret(onion_secret);
     let service_seed = Zeroizing::new(keys.service.to_bytes());
     drop(keys);
     let flow = FlowLayer::new(
@@ -555,6 +556,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ));
     }
     node.set_guard_file(cache.join(crate::circuit::path::GUARDS_FILE));
+    node.set_onion_key_since(onion_since);
     node.set_client_identity(
         *service_seed,
         config
@@ -584,6 +586,50 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     ));
     remove_socket(&socket_path);
     result
+}
+
+/// The current onion key and when it was made. A rotated key is kept in `state_dir` when the
+/// daemon may write there (the packaged unit), else in the cache (root-then-`user` mode), which
+/// then holds the newer key.
+fn onion_key(
+    state_dir: &std::path::Path,
+    cache: &std::path::Path,
+    keys: &NodeKeys,
+) -> Result<(x25519_dalek::StaticSecret, Millis), DaemonError> {
+    use crate::crypto::keys::{read_key_file_if_present, KeyKind, RELAY_ONION_FILE};
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    };
+    let cached = read_key_file_if_present(&cache.join(RELAY_ONION_FILE), KeyKind::X25519)
+        .map_err(ctx("rotated onion key"))?;
+    if let Some((secret, at)) = cached {
+        return Ok((x25519_dalek::StaticSecret::from(secret), unix_ms(at)));
+    }
+    let at = std::fs::metadata(state_dir.join(RELAY_ONION_FILE))
+        .and_then(|m| m.modified())
+        .map_or(0, unix_ms);
+    Ok((keys.relay_onion.clone(), at))
+}
+
+/// Keeps a rotated onion key (0600), off the event loop: over the old key in `state_dir` where
+/// the daemon may write (the old secret is gone then), else in the cache.
+fn save_onion_key(state_dir: PathBuf, cache: PathBuf, key: OnionKey) {
+    use crate::crypto::keys::{replace_key_file, KeyKind, RELAY_ONION_FILE};
+    tokio::task::spawn_blocking(move || {
+        let secret = key.secret_bytes();
+        match replace_key_file(&state_dir, RELAY_ONION_FILE, &secret, KeyKind::X25519) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(cache.join(RELAY_ONION_FILE));
+            }
+            Err(first) => {
+                if let Err(e) = replace_key_file(&cache, RELAY_ONION_FILE, &secret, KeyKind::X25519)
+                {
+                    tracing::warn!("keeping the new onion key: {first}; {e}");
+                }
+            }
+        }
+    });
 }
 
 fn remove_socket(path: &PathBuf) {
@@ -1122,6 +1168,10 @@ async fn link_loop(
         send_transmits(&mut link, &sockets).await;
         while let Some(name) = link.link.poll_resolve() {
             spawn_resolve(name, state.commands.clone());
+        }
+        if let Some(k) = link.take_onion_key_to_save() {
+            let dir = state.config.state_dir.clone();
+            save_onion_key(dir.clone(), dir.join(platform::state::CACHE_DIR), k);
         }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {
