@@ -2,7 +2,7 @@
 //! systemd notification). Protocol decisions live in the layers; this file only moves bytes and
 //! time in and out of them.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +16,12 @@ use crate::budget::MemoryBudget;
 use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
 use crate::circuit::OnionKey;
 use crate::config::{Config, PeerAddr};
-use crate::control::{self, Answer, Request};
+use crate::control::proto::{
+    BootstrapStatus, CircuitAnswer, CircuitCounts, CircuitState, FlowCounts, GuardStatus,
+    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+    TunCounts, ViewStatus,
+};
+use crate::control::{self, Answer, Cmd, Request};
 use crate::crypto::{is_overlay, NodeKeys, Randomness};
 use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
 use crate::link::{
@@ -146,25 +151,69 @@ struct NodeState {
     commands: mpsc::Sender<Command>,
 }
 
-fn peer_json(p: &PeerInfo) -> Value {
-    json!({
-        "relay_key": p.relay_key,
-        "link_key": p.link_key,
-        "endpoint": p.endpoint.to_string(),
-        "direct": p.direct,
-        "punched": p.punched,
-        "rtt_ms": p.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
-        "established_s": p.established_s,
-        "last_handshake_s": p.last_handshake_s,
-        "outbound": p.outbound,
-        "bytes_in": p.bytes_in,
-        "bytes_out": p.bytes_out,
-    })
+impl From<&PeerInfo> for PeerAnswer {
+    fn from(p: &PeerInfo) -> PeerAnswer {
+        PeerAnswer {
+            relay_key: p.relay_key.clone(),
+            link_key: p.link_key.clone(),
+            endpoint: p.endpoint.to_string(),
+            direct: p.direct,
+            punched: p.punched,
+            rtt_ms: p.rtt_ms.map(tenths),
+            established_s: p.established_s,
+            last_handshake_s: p.last_handshake_s,
+            outbound: p.outbound,
+            bytes_in: p.bytes_in,
+            bytes_out: p.bytes_out,
+        }
+    }
+}
+
+impl From<&CircuitInfo> for CircuitAnswer {
+    fn from(c: &CircuitInfo) -> CircuitAnswer {
+        CircuitAnswer {
+            id: format!("{:x}", c.id.0),
+            hops: c.hops,
+            purpose: c.purpose.name().to_string(),
+            age_s: c.age_s,
+            state: if c.ready {
+                CircuitState::Ready
+            } else {
+                CircuitState::Building
+            },
+            build_ms: c.build_ms,
+        }
+    }
+}
+
+impl From<&SessionInfo> for SessionAnswer {
+    fn from(s: &SessionInfo) -> SessionAnswer {
+        SessionAnswer {
+            peer: s.peer.to_string(),
+            role: s.role.to_string(),
+            local: s.local.to_string(),
+            state: s.state.to_string(),
+            circuits: s.circuits,
+            flows: s.flows,
+            age_s: s.age_s,
+        }
+    }
+}
+
+/// Milliseconds rounded to a tenth, as the answers show them.
+fn tenths(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+/// An answer as the control socket carries it. The JSON value's object keys are sorted, which
+/// keeps the bytes on the wire what they were when the answers were built by hand.
+fn to_result<T: serde::Serialize>(answer: &T) -> Result<Value, String> {
+    serde_json::to_value(answer).map_err(|e| format!("internal error: {e}"))
 }
 
 impl control::Handler for NodeState {
     fn handle(&self, req: &Request) -> Answer {
-        if req.cmd == "ping" {
+        if req.cmd == Cmd::Ping {
             return self.ping(req.addr.as_deref());
         }
         Answer::Now(self.snapshot_answer(&req.cmd))
@@ -200,154 +249,152 @@ impl NodeState {
         }
     }
 
-    fn snapshot_answer(&self, cmd: &str) -> Result<Value, String> {
+    fn snapshot_answer(&self, cmd: &Cmd) -> Result<Value, String> {
         let links = self
             .links
             .lock()
             .map_err(|_| "internal error: state lock poisoned".to_string())?;
         match cmd {
-            "status" => Ok(json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "address": self.address.to_string(),
-                "relay_key": self.relay_key,
-                "link_key": self.link_key,
-                "interface": self.config.tun.name,
-                "mtu": self.config.tun.mtu,
-                "relay": self.config.relay_enabled(),
-                "peers": links.peers.len(),
-                "nat": links.nat,
-                "observed_endpoint": links.observed.map(|e| e.to_string()),
-                "relay_record": links.record,
-                "local_endpoints": links.local_endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                "bootstrap": links.bootstrap.iter().map(|b| json!({
-                    "peer": b.peer,
-                    "addrs": b.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    "state": b.state,
-                    "failing_s": b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
-                    "tries": b.tries,
-                    "last_error": b.last_error,
-                })).collect::<Vec<_>>(),
-                "reason": links.reason,
-                "guards": {
-                    "count": links.guards,
-                    "temporary": links.guards_temporary,
-                    "save_error": links.guard_save_error,
-                },
-                "view": {"relays": links.view, "sources": links.view_sources},
-                "links": {
-                    "datagrams_in": links.stats.datagrams_in,
-                    "datagrams_out": links.stats.datagrams_out,
-                    "dropped": links.stats.dropped,
-                    "refused": links.stats.refused,
-                    "malformed": links.stats.malformed,
-                    "bad_records": links.stats.bad_records,
-                },
-                "memory": {"used": self.budget.used(), "limit": self.budget.limit()},
-                "circuits": {
-                    "own": links.circuits.len(),
-                    "ready": links.circuits.iter().filter(|c| c.ready).count(),
-                    "relayed": links.relayed,
-                    "relayed_cells": links.circ_stats.relayed_cells,
-                    "built": links.circ_stats.built,
-                    "build_failures": links.circ_stats.build_failures,
-                    "creates_refused": links.circ_stats.creates_refused,
-                    "path_error": links.path_error,
-                },
-                "sessions": links.sessions.len(),
-                "services": links.services.len(),
-                "flows": {
-                    "active": links.flows,
-                    "to_peers": links.flow.to_peers,
-                    "to_kernel": links.flow.to_kernel,
-                    "refused": links.flow.refused,
-                    "icmp_to_kernel": links.flow.icmp_to_kernel,
-                    "dropped_from_kernel": links.flow.dropped_from_kernel,
-                    "dropped_from_peers": links.flow.dropped_from_peers,
-                    "foreign_sources": links.flow.foreign_sources,
-                    "foreign_prefixes": links.foreign_prefixes,
-                },
-                "uptime_s": self.started.elapsed().as_secs(),
-                "pid": std::process::id(),
-                "tun": {
-                    "packets_in": self.tun.packets_in.load(Ordering::Relaxed),
-                    "packets_out": self.tun.packets_out.load(Ordering::Relaxed),
-                    "icmp_replies": self.tun.icmp_replies.load(Ordering::Relaxed),
-                    "dropped": links.flow.dropped_from_kernel + links.queue_drops,
-                    "write_errors": self.tun.write_errors.load(Ordering::Relaxed),
-                },
-            })),
-            "peers" => Ok(Value::Array(links.peers.iter().map(peer_json).collect())),
-            "circuits" => Ok(Value::Array(
-                links
+            Cmd::Status => to_result(&self.status(&links)),
+            Cmd::Peers => to_result(&links.peers.iter().map(PeerAnswer::from).collect::<Vec<_>>()),
+            Cmd::Circuits => to_result(
+                &links
                     .circuits
                     .iter()
-                    .map(|c| {
-                        json!({
-                            "id": format!("{:x}", c.id.0),
-                            "hops": c.hops,
-                            "purpose": c.purpose.name(),
-                            "age_s": c.age_s,
-                            "state": if c.ready { "ready" } else { "building" },
-                            "build_ms": c.build_ms,
-                        })
-                    })
-                    .collect(),
-            )),
-            "services" => Ok(self.services_json(&links.services)),
-            "sessions" => Ok(Value::Array(
-                links
+                    .map(CircuitAnswer::from)
+                    .collect::<Vec<_>>(),
+            ),
+            Cmd::Services => to_result(&self.services(&links.services)),
+            Cmd::Sessions => to_result(
+                &links
                     .sessions
                     .iter()
-                    .map(|s| {
-                        json!({
-                            "peer": s.peer.to_string(),
-                            "role": s.role,
-                            "local": s.local.to_string(),
-                            "state": s.state,
-                            "circuits": s.circuits,
-                            "flows": s.flows,
-                            "age_s": s.age_s,
-                        })
-                    })
-                    .collect(),
+                    .map(SessionAnswer::from)
+                    .collect::<Vec<_>>(),
+            ),
+            // `ping` never gets here: the link task answers it (see `handle`).
+            Cmd::Ping | Cmd::Unknown(_) => Err(format!(
+                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping"
             )),
-            other => Err(format!(
-                "unknown command `{other}`; this daemon knows status, peers, circuits, services, sessions, ping"
-            )),
+        }
+    }
+
+    fn status(&self, links: &LinkSnapshot) -> StatusAnswer {
+        let strings = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect();
+        StatusAnswer {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address: self.address.to_string(),
+            relay_key: self.relay_key.clone(),
+            link_key: self.link_key.clone(),
+            interface: self.config.tun.name.clone(),
+            mtu: self.config.tun.mtu,
+            relay: self.config.relay_enabled(),
+            peers: links.peers.len(),
+            nat: links.nat.to_string(),
+            observed_endpoint: links.observed.map(|e| e.to_string()),
+            relay_record: links.record,
+            local_endpoints: strings(&links.local_endpoints),
+            bootstrap: links
+                .bootstrap
+                .iter()
+                .map(|b| BootstrapStatus {
+                    peer: b.peer.clone(),
+                    addrs: strings(&b.addrs),
+                    state: b.state.to_string(),
+                    failing_s: b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
+                    tries: b.tries,
+                    last_error: b.last_error.clone(),
+                })
+                .collect(),
+            reason: links.reason.clone(),
+            guards: GuardStatus {
+                count: links.guards,
+                temporary: links.guards_temporary,
+                save_error: links.guard_save_error.clone(),
+            },
+            view: ViewStatus {
+                relays: links.view,
+                sources: links.view_sources,
+            },
+            links: LinkCounts {
+                datagrams_in: links.stats.datagrams_in,
+                datagrams_out: links.stats.datagrams_out,
+                dropped: links.stats.dropped,
+                refused: links.stats.refused,
+                malformed: links.stats.malformed,
+                bad_records: links.stats.bad_records,
+            },
+            memory: MemoryStatus {
+                used: self.budget.used(),
+                limit: self.budget.limit(),
+            },
+            circuits: CircuitCounts {
+                own: links.circuits.len(),
+                ready: links.circuits.iter().filter(|c| c.ready).count(),
+                relayed: links.relayed,
+                relayed_cells: links.circ_stats.relayed_cells,
+                built: links.circ_stats.built,
+                build_failures: links.circ_stats.build_failures,
+                creates_refused: links.circ_stats.creates_refused,
+                path_error: links.path_error.clone(),
+            },
+            sessions: links.sessions.len(),
+            services: links.services.len(),
+            flows: FlowCounts {
+                active: links.flows,
+                to_peers: links.flow.to_peers,
+                to_kernel: links.flow.to_kernel,
+                refused: links.flow.refused,
+                icmp_to_kernel: links.flow.icmp_to_kernel,
+                dropped_from_kernel: links.flow.dropped_from_kernel,
+                dropped_from_peers: links.flow.dropped_from_peers,
+                foreign_sources: links.flow.foreign_sources,
+                foreign_prefixes: links.foreign_prefixes.clone(),
+            },
+            uptime_s: self.started.elapsed().as_secs(),
+            pid: std::process::id(),
+            tun: TunCounts {
+                packets_in: self.tun.packets_in.load(Ordering::Relaxed),
+                packets_out: self.tun.packets_out.load(Ordering::Relaxed),
+                icmp_replies: self.tun.icmp_replies.load(Ordering::Relaxed),
+                dropped: links.flow.dropped_from_kernel + links.queue_drops,
+                write_errors: self.tun.write_errors.load(Ordering::Relaxed),
+            },
         }
     }
 
     /// The services the node hosts, with the ports `[expose]` opens on the node's own address.
     /// The default service is listed as soon as `[expose]` lists ports, published or not yet.
-    fn services_json(&self, hosted: &[ServiceInfo]) -> Value {
-        let exposes = !self.config.expose.tcp.is_empty() || !self.config.expose.udp.is_empty();
-        let mut out: Vec<Value> = hosted
+    fn services(&self, hosted: &[ServiceInfo]) -> Vec<ServiceAnswer> {
+        let expose = &self.config.expose;
+        let exposes = !expose.tcp.is_empty() || !expose.udp.is_empty();
+        let mut out: Vec<ServiceAnswer> = hosted
             .iter()
             .map(|s| {
                 let own = s.address == self.address;
-                json!({
-                    "address": s.address.to_string(),
-                    "tcp": if own { self.config.expose.tcp.clone() } else { Vec::new() },
-                    "udp": if own { self.config.expose.udp.clone() } else { Vec::new() },
-                    "intro_points": s.intro_points,
-                    "descriptor_age_s": s.descriptor_age_s,
-                    "published": s.descriptor_age_s.is_some(),
-                    "sessions": s.sessions,
-                })
+                ServiceAnswer {
+                    address: s.address.to_string(),
+                    tcp: if own { expose.tcp.clone() } else { Vec::new() },
+                    udp: if own { expose.udp.clone() } else { Vec::new() },
+                    intro_points: s.intro_points.clone(),
+                    descriptor_age_s: s.descriptor_age_s,
+                    published: s.descriptor_age_s.is_some(),
+                    sessions: s.sessions,
+                }
             })
             .collect();
         if exposes && !hosted.iter().any(|s| s.address == self.address) {
-            out.push(json!({
-                "address": self.address.to_string(),
-                "tcp": self.config.expose.tcp,
-                "udp": self.config.expose.udp,
-                "intro_points": [],
-                "descriptor_age_s": null,
-                "published": false,
-                "sessions": 0,
-            }));
+            out.push(ServiceAnswer {
+                address: self.address.to_string(),
+                tcp: expose.tcp.clone(),
+                udp: expose.udp.clone(),
+                intro_points: Vec::new(),
+                descriptor_age_s: None,
+                published: false,
+                sessions: 0,
+            });
         }
-        Value::Array(out)
+        out
     }
 }
 
@@ -405,6 +452,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             config.state_dir.join(platform::state::CACHE_DIR).display()
         ))
     })?;
+    let (onion_secret, onion_since) = onion_key(&config.state_dir, &cache, &keys)?;
     let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
         DaemonError(format!(
             "control socket {}: {e}",
@@ -477,11 +525,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let link_keys = LinkKeys {
         identity: keys.relay_identity.clone(),
         link: keys.relay_link.clone(),
-        onion_public: x25519_dalek::PublicKey::from(&keys.relay_onion).to_bytes(),
+        onion_public: x25519_dalek::PublicKey::from(&onion_secret).to_bytes(),
     };
     // The service key stays out of the link layer entirely (it is never tied to the relay); the
     // session layer and the flow layer get its seed for pseudonyms and the hosted service.
-    let onion = OnionKey::from_secret(keys.relay_onion.clone());
+    let onion = OnionKey::from_secret(onion_secret);
     let service_seed = Zeroizing::new(keys.service.to_bytes());
     drop(keys);
     let flow = FlowLayer::new(
@@ -508,6 +556,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ));
     }
     node.set_guard_file(cache.join(crate::circuit::path::GUARDS_FILE));
+    node.set_onion_key_since(onion_since);
     node.set_client_identity(
         *service_seed,
         config
@@ -537,6 +586,50 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     ));
     remove_socket(&socket_path);
     result
+}
+
+/// The current onion key and when it was made. A rotated key is kept in `state_dir` when the
+/// daemon may write there (the packaged unit), else in the cache (root-then-`user` mode), which
+/// then holds the newer key.
+fn onion_key(
+    state_dir: &std::path::Path,
+    cache: &std::path::Path,
+    keys: &NodeKeys,
+) -> Result<(x25519_dalek::StaticSecret, Millis), DaemonError> {
+    use crate::crypto::keys::{read_key_file_if_present, KeyKind, RELAY_ONION_FILE};
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    };
+    let cached = read_key_file_if_present(&cache.join(RELAY_ONION_FILE), KeyKind::X25519)
+        .map_err(ctx("rotated onion key"))?;
+    if let Some((secret, at)) = cached {
+        return Ok((x25519_dalek::StaticSecret::from(secret), unix_ms(at)));
+    }
+    let at = std::fs::metadata(state_dir.join(RELAY_ONION_FILE))
+        .and_then(|m| m.modified())
+        .map_or(0, unix_ms);
+    Ok((keys.relay_onion.clone(), at))
+}
+
+/// Keeps a rotated onion key (0600), off the event loop: over the old key in `state_dir` where
+/// the daemon may write (the old secret is gone then), else in the cache.
+fn save_onion_key(state_dir: PathBuf, cache: PathBuf, key: OnionKey) {
+    use crate::crypto::keys::{replace_key_file, KeyKind, RELAY_ONION_FILE};
+    tokio::task::spawn_blocking(move || {
+        let secret = key.secret_bytes();
+        match replace_key_file(&state_dir, RELAY_ONION_FILE, &secret, KeyKind::X25519) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(cache.join(RELAY_ONION_FILE));
+            }
+            Err(first) => {
+                if let Err(e) = replace_key_file(&cache, RELAY_ONION_FILE, &secret, KeyKind::X25519)
+                {
+                    tracing::warn!("keeping the new onion key: {first}; {e}");
+                }
+            }
+        }
+    });
 }
 
 fn remove_socket(path: &PathBuf) {
@@ -878,9 +971,10 @@ impl Pings {
     /// The PONG for ping `id` arrived.
     fn answer(&mut self, id: u64, rtt_ms: f64) {
         if let Some((dst, reply, _)) = self.waiting.remove(&id) {
-            let _ = reply.send(Ok(
-                json!({"addr": dst.to_string(), "rtt_ms": (rtt_ms * 10.0).round() / 10.0}),
-            ));
+            let _ = reply.send(to_result(&PingAnswer {
+                addr: dst.to_string(),
+                rtt_ms: tenths(rtt_ms),
+            }));
         }
     }
 
@@ -1074,6 +1168,10 @@ async fn link_loop(
         send_transmits(&mut link, &sockets).await;
         while let Some(name) = link.link.poll_resolve() {
             spawn_resolve(name, state.commands.clone());
+        }
+        if let Some(k) = link.take_onion_key_to_save() {
+            let dir = state.config.state_dir.clone();
+            save_onion_key(dir.clone(), dir.join(platform::state::CACHE_DIR), k);
         }
         let now = clock.now();
         if now.saturating_sub(last_snapshot) >= 250 {

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use super::client::ClientError;
 use super::handshake::{respond, HopTarget, OnionKey};
 use super::hop::{Forward, RelayHop};
+use super::onion::OnionKeys;
 use super::ClientCircuit;
 use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::{Randomness, SecretRng};
@@ -339,7 +340,9 @@ pub struct CircuitStats {
 /// The circuit layer of one node.
 pub struct CircuitLayer {
     identity: [u8; 32],
-    onion: OnionKey,
+    onion: OnionKeys,
+    /// A key made by rotation that the node has not taken yet (to publish and keep).
+    rotated: Option<OnionKey>,
     relay: bool,
     budget: MemoryBudget,
     /// Choices: circuit ids.
@@ -391,7 +394,8 @@ impl CircuitLayer {
         let (rng, secrets) = rand.into_parts();
         CircuitLayer {
             identity,
-            onion,
+            onion: OnionKeys::new(onion, now),
+            rotated: None,
             relay,
             budget,
             rng,
@@ -412,6 +416,22 @@ impl CircuitLayer {
             unreachable: Vec::new(),
             spliced_seen: None,
         }
+    }
+
+    /// A new onion key made by rotation, once: publish it in the relay record and keep it.
+    pub fn take_rotated_onion_key(&mut self) -> Option<OnionKey> {
+        self.rotated.take()
+    }
+
+    /// The current onion key.
+    pub fn onion_key(&self) -> &OnionKey {
+        self.onion.current()
+    }
+
+    /// Sets when the current onion key was made (from its file), so rotation keeps its schedule
+    /// across restarts.
+    pub fn set_onion_key_since(&mut self, since: Millis) {
+        self.onion.set_since(since);
     }
 
     /// The next action for the link layer.
@@ -733,11 +753,12 @@ impl CircuitLayer {
         let create = cell
             .get(CELL_HEADER_LEN..CELL_HEADER_LEN + CREATE_HS_LEN)
             .unwrap_or(&[]);
+        let (keys, n) = self.onion.accepted(now);
         let hs = match respond(
             &mut self.secrets,
             create,
             &self.identity,
-            &[&self.onion],
+            keys.get(..n).unwrap_or(&[]),
             &ServerExt::default(),
         ) {
             Ok(hs) => hs,
@@ -1480,6 +1501,13 @@ impl CircuitLayer {
     /// Timeouts: builds, extends, idle and old circuits, quarantine.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.quarantine.retain(|_, t| now < *t);
+        self.onion.expire(now);
+        if self.relay && self.onion.due(now) {
+            let next = OnionKey::generate(&mut self.secrets);
+            tracing::info!(key = ?next, "onion key rotated; the previous one is accepted for 2 days");
+            self.rotated = Some(next.clone());
+            self.onion.rotate(now, next);
+        }
         let stale: Vec<CircId> = self
             .own
             .iter()

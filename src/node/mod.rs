@@ -82,6 +82,8 @@ pub struct Node {
     guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
     guard_save_error: Option<String>,
+    /// A rotated onion key the daemon has not written to disk yet.
+    onion_to_save: Option<OnionKey>,
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: sessions::NodeSessions,
     packet_bufs: Vec<Vec<u8>>,
@@ -113,6 +115,7 @@ impl Node {
             guard_file: None,
             guard_save_failed: None,
             guard_save_error: None,
+            onion_to_save: None,
             dht: dht::NodeDht::new(rand.split("dht")),
             sess: sessions::NodeSessions::new(rand.split("sessions")),
             packet_bufs: Vec::new(),
@@ -161,6 +164,17 @@ impl Node {
         self.guard_file = Some(file);
     }
 
+    /// A rotated onion key to keep (0600) so that a restart still accepts CREATEs built from the
+    /// record that publishes it; once.
+    pub fn take_onion_key_to_save(&mut self) -> Option<OnionKey> {
+        self.onion_to_save.take()
+    }
+
+    /// Sets when the current onion key was made (its file's age).
+    pub fn set_onion_key_since(&mut self, since: Millis) {
+        self.circ.set_onion_key_since(since);
+    }
+
     /// Why the guards could not be saved last time (`None` after a good save).
     pub fn guard_save_error(&self) -> Option<&str> {
         self.guard_save_error.as_deref()
@@ -206,6 +220,10 @@ impl Node {
         }
         self.link.handle_timeout(now);
         self.circ.handle_timeout(now);
+        if let Some(k) = self.circ.take_rotated_onion_key() {
+            self.link.set_onion_public(now, *k.public());
+            self.onion_to_save = Some(k);
+        }
         self.pump(now);
         self.maintain_pool(now);
         self.dht_timeout(now);
