@@ -370,6 +370,7 @@ pub(super) async fn link_loop(
             }
             Some(cmd) = commands.recv() => match cmd {
                 Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
+                Command::GuardsSaved(result) => link.guards_saved(clock.now(), result),
                 Command::Resolved { name, result } => {
                     link.link.on_resolved(clock.now(), &name, result);
                 }
@@ -436,6 +437,14 @@ pub(super) async fn link_loop(
         send_transmits(&mut link, &sockets).await;
         while let Some(name) = link.link.poll_resolve() {
             spawn_resolve(name, state.commands.clone());
+        }
+        if let Some(g) = link.take_guards_to_save(clock.now()) {
+            let path = state
+                .config
+                .state_dir
+                .join(platform::state::CACHE_DIR)
+                .join(crate::circuit::path::GUARDS_FILE);
+            save_guards(path, g, state.commands.clone());
         }
         if let Some(k) = link.take_onion_key_to_save() {
             let dir = state.config.state_dir.clone();

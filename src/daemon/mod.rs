@@ -81,6 +81,8 @@ enum Command {
     Ping { dst: [u8; 16], reply: AnswerTx },
     /// The prefixes routed through other interfaces changed (inbound source check).
     ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
+    /// The guard file was written (or not).
+    GuardsSaved(Result<(), String>),
     /// A bootstrap host name resolved (or not).
     Resolved {
         name: String,
@@ -108,6 +110,7 @@ fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
 }
 
 mod answers;
+pub mod guard_file;
 mod io;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
@@ -271,7 +274,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             "secret randomness is not the operating system's: refusing to run".into(),
         ));
     }
-    node.set_guard_file(cache.join(crate::circuit::path::GUARDS_FILE));
+    let guards_path = cache.join(crate::circuit::path::GUARDS_FILE);
+    match guard_file::load(&guards_path) {
+        Ok(g) => node.set_guards(g),
+        Err(e) => tracing::warn!("{e}; choosing new guards"),
+    }
     node.set_onion_key_since(onion_since);
     node.set_client_identity(
         *service_seed,
@@ -326,6 +333,21 @@ fn onion_key(
         .and_then(|m| m.modified())
         .map_or(0, unix_ms);
     Ok((keys.relay_onion.clone(), at))
+}
+
+/// Writes the guards to keep off the event loop (a synced file) and reports how it went.
+fn save_guards(
+    path: PathBuf,
+    guards: Vec<crate::circuit::path::Guard>,
+    commands: mpsc::Sender<Command>,
+) {
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || guard_file::save_list(&guards, &path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let _ = commands.send(Command::GuardsSaved(result)).await;
+    });
 }
 
 /// Keeps a rotated onion key (0600), off the event loop: over the old key in `state_dir` where
