@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path as FsPath, PathBuf};
 
 use crate::circuit::path::{Guard, Guards, GUARDS_FILE, GUARDS_FILE_VERSION, NUM_GUARDS};
-use crate::crypto::keys::hex;
+use crate::crypto::keys::{hex, unhex32};
 
 /// A guard file larger than this is refused as corrupt (two entries take about 400 bytes).
 const MAX_GUARDS_FILE_LEN: u64 = 64 * 1024;
@@ -66,19 +66,6 @@ struct GuardEntry {
     down_since: Option<u64>,
     #[serde(default)]
     missing_since: Option<u64>,
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *o = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Reads the guard file. A missing file gives no guards; an unreadable or corrupt one is an
