@@ -110,7 +110,7 @@ impl Net {
             by_identity.insert(identity, i);
             nodes.push(Node {
                 table: RoutingTable::new(&identity, PREFIX_BITS, MemoryBudget::new(8 << 20)),
-                store: Store::new(MemoryBudget::new(64 << 20)),
+                store: Store::new(node_id(&identity), MemoryBudget::new(64 << 20)),
                 key,
                 contact,
                 behaviour: Behaviour::Honest,

@@ -85,7 +85,7 @@ fn responder_errors() {
     let mut rng = StdRng::seed_from_u64(1);
     let me = [7u8; 32];
     let table = RoutingTable::new(&me, (16, 48), MemoryBudget::new(1 << 20));
-    let mut store = Store::new(MemoryBudget::new(1 << 20));
+    let mut store = Store::new(globalnet::dht::node_id(&me), MemoryBudget::new(1 << 20));
     let src: IpAddr = "198.18.0.9".parse().unwrap();
     let mut ask =
         |b: &[u8]| server::respond(&table, &mut store, b, src, (16, 48), NOW_MS, &mut rng);

@@ -155,7 +155,7 @@ impl DhtRelay {
     ) -> DhtRelay {
         DhtRelay {
             table: RoutingTable::new(&identity, prefix_bits, budget.clone()),
-            store: Store::new(budget.clone()),
+            store: Store::new(node_id(&identity), budget.clone()),
             cfg: LookupConfig {
                 own_identity: identity,
                 prefix_bits,

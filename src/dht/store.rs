@@ -6,24 +6,40 @@
 //! (`DHT_STORE_MAX_RECORDS`, `DHT_STORE_PER_SOURCE_PREFIX` per source family prefix) and every
 //! record holds a charge against the memory budget. Records are dropped at `expires`.
 //!
+//! At the total cap a new record is not simply refused (an attacker with circuits through many
+//! last hops could fill the store and lock out every later publisher): the source holding the
+//! most records pays, with its record farthest from this node's id (oldest revision on a tie).
+//! A source smaller than the largest always gets its record in; one of the largest only when its
+//! record is nearer than that victim. Honest records are the ones this node is responsible for,
+//! so they cluster near its id, and pushing one out takes keys ground nearer still.
+//!
 //! The store keeps exactly the record bytes a STORE carried plus the source prefix: never an
 //! address or a service key (it never sees one), and nothing that repeats across epochs.
 //! The responsibility rule (status 4) needs the routing table and is checked by the caller
 //! ([`crate::dht::server`]).
 
 use rand::Rng;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 
 use super::descriptor::{Descriptor, DESC_MAX_SIGNERS_PER_INDEX, DESC_NEW_SIGNER_INTERVAL_S};
 use super::message::{RecordKind, StoreStatus};
 use super::routing::Prefix;
-use super::{relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
+use super::{distance, relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
 use crate::budget::{Charge, MemoryBudget};
 use crate::time::Millis;
 use crate::wire::record::RelayRecord;
 
-/// Approximate bytes one stored record costs beyond its bytes (parsed fields, map overhead).
-pub const STORE_ENTRY_OVERHEAD: usize = 128;
+/// Approximate bytes one stored record costs beyond its bytes (parsed fields, map overhead and
+/// its entry in the eviction order).
+pub const STORE_ENTRY_OVERHEAD: usize = 256;
+/// Sources tied for the most records whose farthest record is looked at when choosing what to
+/// evict (bounds the work of one STORE when many sources hold the same count).
+const EVICT_TIED_SOURCES: usize = 64;
+
+/// Where a record stands in the eviction order of its source: greater goes first (farther
+/// from the node's id, then older revision; the signer only makes entries unique).
+type Rank = (Key, Reverse<u64>, [u8; 32]);
 
 #[derive(Debug)]
 struct Stored {
@@ -45,10 +61,70 @@ struct Slot {
 /// The records one DHT node stores for others.
 #[derive(Debug)]
 pub struct Store {
+    own_id: Key,
     slots: HashMap<Key, Slot>,
     total: usize,
-    per_source: HashMap<Prefix, usize>,
+    shares: Shares,
     budget: MemoryBudget,
+    stats_evicted: u64,
+}
+
+/// What each source holds: counts for the per-source cap, and the order in which the largest
+/// source's records are evicted at the total cap.
+#[derive(Debug, Default)]
+struct Shares {
+    count: HashMap<Prefix, usize>,
+    by_count: BTreeSet<(usize, Prefix)>,
+    ranked: HashMap<Prefix, BTreeSet<Rank>>,
+}
+
+impl Shares {
+    fn held(&self, source: &Prefix) -> usize {
+        self.count.get(source).copied().unwrap_or(0)
+    }
+
+    fn set_count(&mut self, source: Prefix, old: usize, new: usize) {
+        self.by_count.remove(&(old, source));
+        if new == 0 {
+            self.count.remove(&source);
+        } else {
+            self.count.insert(source, new);
+            self.by_count.insert((new, source));
+        }
+    }
+
+    fn add(&mut self, source: Prefix, rank: Rank) {
+        let n = self.held(&source);
+        self.set_count(source, n, n + 1);
+        self.ranked.entry(source).or_default().insert(rank);
+    }
+
+    fn remove(&mut self, source: Prefix, rank: &Rank) {
+        let n = self.held(&source);
+        self.set_count(source, n, n.saturating_sub(1));
+        if let Some(r) = self.ranked.get_mut(&source) {
+            r.remove(rank);
+            if r.is_empty() {
+                self.ranked.remove(&source);
+            }
+        }
+    }
+
+    /// The record to evict at the total cap: the farthest (then oldest) record among the
+    /// sources holding the most, with its source and how many that source holds.
+    fn victim(&self) -> Option<(Prefix, usize, Rank)> {
+        let &(most, _) = self.by_count.last()?;
+        self.by_count
+            .iter()
+            .rev()
+            .take_while(|(n, _)| *n == most)
+            .take(EVICT_TIED_SOURCES)
+            .filter_map(|(_, src)| {
+                let r = self.ranked.get(src)?.last()?;
+                Some((*src, most, *r))
+            })
+            .max_by(|a, b| a.2.cmp(&b.2))
+    }
 }
 
 /// A record checked for storage: its key, signer and version (seq or revision).
@@ -89,13 +165,38 @@ pub fn checked_key(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<(Ke
 }
 
 impl Store {
-    /// An empty store charged to `budget`.
-    pub fn new(budget: MemoryBudget) -> Store {
+    /// An empty store of the node with DHT id `own_id`, charged to `budget`.
+    pub fn new(own_id: Key, budget: MemoryBudget) -> Store {
         Store {
+            own_id,
             slots: HashMap::new(),
             total: 0,
-            per_source: HashMap::new(),
+            shares: Shares::default(),
             budget,
+            stats_evicted: 0,
+        }
+    }
+
+    fn rank(&self, key: &Key, version: u64, signer: [u8; 32]) -> Rank {
+        (distance(&self.own_id, key), Reverse(version), signer)
+    }
+
+    /// Drops one record (an eviction at the total cap).
+    fn evict(&mut self, source: Prefix, rank: &Rank) {
+        let key = distance(&self.own_id, &rank.0);
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return;
+        };
+        let before = slot.records.len();
+        slot.records
+            .retain(|s| !(s.signer == rank.2 && s.version == rank.1 .0));
+        let removed = before - slot.records.len();
+        if slot.records.is_empty() {
+            self.slots.remove(&key);
+        }
+        if removed > 0 {
+            self.total -= removed;
+            self.shares.remove(source, rank);
         }
     }
 
@@ -158,21 +259,34 @@ impl Store {
                 }
             }
         };
-        if replace.is_none() && self.total >= DHT_STORE_MAX_RECORDS {
-            return StoreStatus::Full;
-        }
         // A source replacing a record it stored itself does not grow its share.
         let same_source = replace
             .and_then(|i| self.slots.get(&c.key).and_then(|s| s.records.get(i)))
             .is_some_and(|old| old.source == source);
-        if !same_source
-            && self.per_source.get(&source).copied().unwrap_or(0) >= DHT_STORE_PER_SOURCE_PREFIX
-        {
+        let held = self.shares.held(&source);
+        if !same_source && held >= DHT_STORE_PER_SOURCE_PREFIX {
             return StoreStatus::Full;
+        }
+        let rank = self.rank(&c.key, c.version, c.signer);
+        let mut victim = None;
+        if replace.is_none() && self.total >= DHT_STORE_MAX_RECORDS {
+            let Some((v_source, most, v_rank)) = self.shares.victim() else {
+                return StoreStatus::Full;
+            };
+            // A source smaller than the largest (even after this record and the eviction) takes
+            // from the largest; one of the largest only displaces a farther or older record.
+            if held + 2 > most && rank >= v_rank {
+                return StoreStatus::Full;
+            }
+            victim = Some((v_source, v_rank));
         }
         let Some(charge) = self.budget.try_charge(bytes.len() + STORE_ENTRY_OVERHEAD) else {
             return StoreStatus::Full;
         };
+        if let Some((v_source, v_rank)) = victim {
+            self.stats_evicted += 1;
+            self.evict(v_source, &v_rank);
+        }
         let new = Stored {
             bytes: bytes.to_vec(),
             signer: c.signer,
@@ -191,17 +305,16 @@ impl Store {
         match replace.and_then(|i| slot.records.get_mut(i)) {
             Some(old) => {
                 let old_source = old.source;
+                let old_rank = (rank.0, Reverse(old.version), old.signer);
                 *old = new;
-                if let Some(n) = self.per_source.get_mut(&old_source) {
-                    *n = n.saturating_sub(1);
-                }
+                self.shares.remove(old_source, &old_rank);
             }
             None => {
                 slot.records.push(new);
                 self.total += 1;
             }
         }
-        *self.per_source.entry(source).or_insert(0) += 1;
+        self.shares.add(source, rank);
         StoreStatus::Stored
     }
 
@@ -210,14 +323,13 @@ impl Store {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        let per_source = &mut self.per_source;
+        let shares = &mut self.shares;
+        let dist = distance(&self.own_id, key);
         let before = slot.records.len();
         slot.records.retain(|s| {
             let keep = s.expires > now_s;
             if !keep {
-                if let Some(n) = per_source.get_mut(&s.source) {
-                    *n = n.saturating_sub(1);
-                }
+                shares.remove(s.source, &(dist, Reverse(s.version), s.signer));
             }
             keep
         });
@@ -233,7 +345,6 @@ impl Store {
         for k in keys {
             self.expire_key(&k, now_ms);
         }
-        self.per_source.retain(|_, n| *n > 0);
     }
 
     /// The FIND_VALUE answer for `key`: how many unexpired records of `kind` are held and the one
@@ -258,6 +369,11 @@ impl Store {
             total,
             live.get(usize::from(cursor)).map(|s| s.bytes.as_slice()),
         )
+    }
+
+    /// Records evicted at the total cap to make room for others.
+    pub fn evicted(&self) -> u64 {
+        self.stats_evicted
     }
 
     /// Records held.
@@ -328,7 +444,7 @@ mod tests {
     #[test]
     fn no_rollback_per_signer() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut s = Store::new(MemoryBudget::new(1 << 20));
+        let mut s = Store::new([0; 32], MemoryBudget::new(1 << 20));
         let d1 = desc(7, NOW_MS - 10);
         let d2 = desc(7, NOW_MS);
         let k = RecordKind::Descriptor;
@@ -364,7 +480,7 @@ mod tests {
     fn signers_per_index() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let budget = MemoryBudget::new(1 << 20);
-        let mut s = Store::new(budget.clone());
+        let mut s = Store::new([0; 32], budget.clone());
         let k = RecordKind::Descriptor;
         // Descriptors from different keys land on different indexes; to share one index, build
         // them "for" one address by faking the index is impossible (it is signed), so drive the
@@ -376,8 +492,8 @@ mod tests {
         );
         assert!(budget.used() > 922);
         // Per-source cap.
-        let mut s2 = Store::new(MemoryBudget::new(1 << 30));
-        s2.per_source.insert(SRC, DHT_STORE_PER_SOURCE_PREFIX);
+        let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 30));
+        s2.shares.count.insert(SRC, DHT_STORE_PER_SOURCE_PREFIX);
         assert_eq!(
             s2.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
             StoreStatus::Full
@@ -387,7 +503,7 @@ mod tests {
             StoreStatus::Stored
         );
         // Budget.
-        let mut s3 = Store::new(MemoryBudget::new(100));
+        let mut s3 = Store::new([0; 32], MemoryBudget::new(100));
         assert_eq!(
             s3.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
             StoreStatus::Full
@@ -400,7 +516,7 @@ mod tests {
         // entries under a shared key.
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let budget = MemoryBudget::new(1 << 24);
-        let mut s = Store::new(budget.clone());
+        let mut s = Store::new([0; 32], budget.clone());
         let key = [9u8; 32];
         let mut slot = Slot::default();
         for i in 0..DESC_MAX_SIGNERS_PER_INDEX {
@@ -448,6 +564,127 @@ mod tests {
         );
     }
 
+    /// Puts a synthetic record under `key` for `source` (filling the store to its cap with real
+    /// descriptors would take minutes of signing).
+    fn plant(s: &mut Store, key: Key, source: Prefix, budget: &MemoryBudget) {
+        let rank = s.rank(&key, 1, key);
+        s.slots.entry(key).or_default().records.push(Stored {
+            bytes: vec![0],
+            signer: key,
+            version: 1,
+            expires: u64::MAX,
+            source,
+            _charge: budget.try_charge(1).unwrap(),
+        });
+        s.total += 1;
+        s.shares.add(source, rank);
+    }
+
+    /// A key at distance `top` (in the first byte) and `i` (in the next eight) from `own`.
+    fn at(own: &Key, top: u8, i: usize) -> Key {
+        let mut k = *own;
+        k[0] ^= top;
+        for (b, x) in k[1..9].iter_mut().zip((i as u64).to_be_bytes()) {
+            *b ^= x;
+        }
+        k
+    }
+
+    /// Hostile sources fill the store to the total cap with records far from the node's id; an
+    /// honest descriptor near it is still stored, from a new source or from one of the largest,
+    /// and what goes is the farthest record of the largest source.
+    #[test]
+    fn a_full_store_evicts_far_records_of_the_largest_source() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let k = RecordKind::Descriptor;
+        let honest = desc(1, NOW_MS);
+        let mut own = *honest.index();
+        own[31] ^= 1;
+
+        // 64 hostile prefixes at their per-source cap: 65,536 records.
+        let budget = MemoryBudget::new(1 << 30);
+        let mut s = Store::new(own, budget.clone());
+        let per = DHT_STORE_PER_SOURCE_PREFIX;
+        for j in 0..DHT_STORE_MAX_RECORDS / per {
+            let src = (4, 1000 + j as u128);
+            for i in 0..per {
+                let key = if j == 5 && i == 7 {
+                    own.map(|b| !b)
+                } else {
+                    at(&own, 0x80, j * per + i)
+                };
+                plant(&mut s, key, src, &budget);
+            }
+        }
+        assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
+        let farthest = own.map(|b| !b);
+        assert!(s.slots.contains_key(&farthest));
+        assert_eq!(
+            s.store(k, honest.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
+        assert_eq!(s.evicted(), 1);
+        assert!(!s.slots.contains_key(&farthest), "the farthest record went");
+        assert_eq!(
+            s.shares.held(&(4, 1005)),
+            per - 1,
+            "from the largest source"
+        );
+        assert_eq!(s.get(honest.index(), k, 0, NOW_MS).0, 1);
+
+        // 128 prefixes at 512 each, and the honest record arrives through one of them (a last
+        // hop the attacker's circuits share): nearness decides.
+        let budget = MemoryBudget::new(1 << 30);
+        let mut s = Store::new(own, budget.clone());
+        let per = 512;
+        for j in 0..DHT_STORE_MAX_RECORDS / per {
+            for i in 0..per {
+                plant(
+                    &mut s,
+                    at(&own, 0x40, j * per + i),
+                    (4, 2000 + j as u128),
+                    &budget,
+                );
+            }
+        }
+        let shared = (4, 2000 + 127);
+        assert_eq!(
+            s.store(k, honest.bytes(), shared, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
+        // A record farther than everything held, from one of the largest sources, is refused;
+        // from a source holding little it takes the place of the largest source's farthest.
+        let far = (2..64)
+            .map(|seed| desc(seed, NOW_MS))
+            .find(|d| (d.index()[0] ^ own[0]) & 0x80 != 0)
+            .unwrap();
+        assert_eq!(
+            s.store(k, far.bytes(), shared, NOW_MS, &mut rng),
+            StoreStatus::Full
+        );
+        assert_eq!(
+            s.store(k, far.bytes(), SRC, NOW_MS, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
+        assert_eq!(s.evicted(), 2);
+        assert_eq!(
+            s.get(honest.index(), k, 0, NOW_MS).0,
+            1,
+            "the near one stays"
+        );
+        // Expiry keeps the eviction order in step with the records.
+        s.expire((honest.expires() + 1) * 1000);
+        assert_eq!(s.len(), DHT_STORE_MAX_RECORDS - 2);
+        assert_eq!(s.shares.held(&SRC), 0);
+        assert_eq!(
+            s.shares.ranked.values().map(BTreeSet::len).sum::<usize>(),
+            s.len()
+        );
+    }
+
     #[test]
     fn relay_records_under_their_key() {
         let doc: serde_json::Value =
@@ -460,7 +697,7 @@ mod tests {
             .collect();
         let now = 1_767_225_600_000 + 60_000;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut s = Store::new(MemoryBudget::new(1 << 20));
+        let mut s = Store::new([0; 32], MemoryBudget::new(1 << 20));
         assert_eq!(
             s.store(RecordKind::Relay, &bytes, SRC, now, &mut rng),
             StoreStatus::Stored
