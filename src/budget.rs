@@ -2,10 +2,12 @@
 //!
 //! Every entry that a remote party can make us keep (a link being set up, a relay record, a queued
 //! cell, a relayed circuit, a DHT record, ...) holds a [`Charge`] for its approximate size. When a
-//! charge would exceed the budget it is refused, and the table that wanted it evicts its own least
-//! valuable entries first (protocol.md section 15: idle circuits, then cached records, then queued
-//! cells) and tries again; if that frees nothing, the new entry is refused. Dropping an entry drops
-//! its charge, so the accounting cannot drift.
+//! charge would exceed the budget it is refused; a table that can tell who fills it then evicts
+//! from its own largest consumer (the upstream link holding the most of it) and tries again, and
+//! every other table refuses the new entry (protocol.md section 15, "Memory pressure", lists what
+//! each table does). Evicting the longest-idle entry instead would hand the memory to whoever
+//! keeps its own entries fresh, which is exactly a flooder. Dropping an entry drops its charge, so
+//! the accounting cannot drift.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +49,28 @@ impl Charge {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Reserves `bytes` more on the same charge, or returns `false` (and reserves nothing) if
+    /// that would exceed the limit. Lets a table that grows one entry at a time charge what it
+    /// holds instead of a chunk it may never fill.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        match self.budget.try_charge(bytes) {
+            Some(mut more) => {
+                // Fold the new reservation into this one; `more` must not release it on drop.
+                self.bytes += more.bytes;
+                more.bytes = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases up to `bytes` of this charge now.
+    pub fn shrink(&mut self, bytes: usize) {
+        let n = bytes.min(self.bytes);
+        self.bytes -= n;
+        self.budget.inner.used.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl MemoryBudget {
@@ -80,6 +104,14 @@ impl MemoryBudget {
                 }
                 Err(actual) => cur = actual,
             }
+        }
+    }
+
+    /// A charge of nothing, to be grown with [`Charge::try_grow`].
+    pub fn empty_charge(&self) -> Charge {
+        Charge {
+            budget: self.clone(),
+            bytes: 0,
         }
     }
 
@@ -122,5 +154,22 @@ mod tests {
         drop(c2);
         assert_eq!(b.used(), 0);
         assert!(b.try_charge(usize::MAX).is_none());
+    }
+
+    #[test]
+    fn charges_grow_and_shrink_within_the_limit() {
+        let b = MemoryBudget::new(100);
+        let mut c = b.empty_charge();
+        assert!(c.try_grow(70));
+        assert!(!c.try_grow(40));
+        assert_eq!((c.bytes(), b.used()), (70, 70));
+        c.shrink(30);
+        assert!(c.try_grow(60));
+        assert_eq!((c.bytes(), b.used()), (100, 100));
+        c.shrink(1000);
+        assert_eq!((c.bytes(), b.used()), (0, 0));
+        assert!(c.try_grow(10));
+        drop(c);
+        assert_eq!(b.used(), 0);
     }
 }

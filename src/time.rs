@@ -65,6 +65,12 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket would be full at `now` (then forgetting it loses nothing).
+    pub fn is_full(&self, now: Millis, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
+        self.tokens + dt * rate >= burst
+    }
+
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Millis, rate: f64, burst: f64) -> bool {
         let dt = now.saturating_sub(self.at) as f64 / 1000.0;

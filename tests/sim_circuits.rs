@@ -266,3 +266,78 @@ fn builds_survive_five_percent_loss() {
         "{failures} failures for {built_total} builds"
     );
 }
+
+/// Issue #19 item 1: under memory pressure a CREATE flood evicts circuits of the link it comes
+/// over, not the longest-idle circuits (which are honest pool circuits: a flooder keeps its own
+/// fresh).
+#[test]
+fn create_flood_under_memory_pressure_evicts_the_flooders_circuits() {
+    use std::collections::HashMap;
+    let mut sim = network(6, SimConfig::default());
+    sim.run_for(20_000);
+    let attacker = 5;
+    let victim_rec = sim.nodes[0].node.link.own_record().unwrap().clone();
+    sim.nodes[attacker].node.set_pool_target(0);
+    let first = sim.nodes[attacker].node.link.link_to(victim_rec.identity());
+    let flood_link = sim.nodes[0]
+        .node
+        .link
+        .link_to(
+            sim.nodes[attacker]
+                .node
+                .link
+                .own_record()
+                .unwrap()
+                .identity(),
+        )
+        .unwrap();
+    let per_link = |sim: &Sim| {
+        let mut m: HashMap<_, usize> = HashMap::new();
+        for (up, _) in sim.nodes[0].node.circ.relayed_neighbours() {
+            *m.entry(up).or_default() += 1;
+        }
+        m
+    };
+    let honest_before = per_link(&sim);
+    let honest_total: usize = honest_before
+        .iter()
+        .filter(|(l, _)| **l != flood_link)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        honest_total >= 3,
+        "honest circuits through the victim: {honest_total}"
+    );
+    // Leave room for 40 more relayed circuits: the flood meets a full budget.
+    let budget = sim.nodes[0].node.link.budget().clone();
+    let free = budget.limit() - budget.used();
+    let _hog = budget.try_charge(free - 40 * globalnet::circuit::layer::RELAY_CIRCUIT_COST);
+    for _ in 0..2000 {
+        let _ = sim.nodes[attacker].node.circ.build(
+            sim.now,
+            Purpose::Probe,
+            vec![victim_rec.clone()],
+            first,
+        );
+    }
+    let now = sim.now;
+    sim.nodes[attacker].node.pump(now);
+    sim.run_for(10_000);
+    let v = &sim.nodes[0].node.circ;
+    let after = per_link(&sim);
+    eprintln!(
+        "CREATE flood under pressure: {} evicted, {} refused, per link before {honest_before:?} after {after:?}",
+        v.stats().evicted_for_memory,
+        v.stats().creates_refused
+    );
+    assert!(v.stats().evicted_for_memory > 0);
+    for (l, n) in &honest_before {
+        if *l != flood_link {
+            assert!(
+                after.get(l).copied().unwrap_or(0) >= *n,
+                "honest circuits over {l:?} evicted: {n} before, {:?} after",
+                after.get(l)
+            );
+        }
+    }
+}

@@ -329,6 +329,8 @@ pub struct CircuitStats {
     pub relayed_cells: u64,
     /// CREATE cells refused (limits, budget, bad handshakes).
     pub creates_refused: u64,
+    /// Relayed circuits destroyed to make memory for a new one (the largest link's first).
+    pub evicted_for_memory: u64,
     /// Cells dropped (unknown circuit, replay, tamper, malformed).
     pub dropped: u64,
     /// Circuits we built.
@@ -738,8 +740,7 @@ impl CircuitLayer {
         let charge = match self.budget.try_charge(RELAY_CIRCUIT_COST) {
             Some(c) => c,
             None => {
-                // The least valuable entries go first: the longest-idle relayed circuit.
-                self.evict_idle(now);
+                self.evict_for_memory(now);
                 match self.budget.try_charge(RELAY_CIRCUIT_COST) {
                     Some(c) => c,
                     None => {
@@ -803,13 +804,30 @@ impl CircuitLayer {
         self.push_cell(link, out);
     }
 
-    fn evict_idle(&mut self, now: Millis) {
+    /// Frees one relayed circuit for a new one: the longest-idle circuit of the upstream link
+    /// carrying the most relayed circuits (ties: the higher link id). The longest-idle circuit
+    /// overall would be an honest service's quiet intro circuit or a client's spare, while a
+    /// flooder keeps its own fresh; by link, the flood pays for itself (protocol.md section 15).
+    fn evict_for_memory(&mut self, now: Millis) {
+        let mut per_link: HashMap<LinkId, usize> = HashMap::new();
+        for r in self.relayed.values() {
+            *per_link.entry(r.up.0).or_default() += 1;
+        }
+        let Some(link) = per_link
+            .into_iter()
+            .max_by_key(|&(l, n)| (n, l))
+            .map(|(l, _)| l)
+        else {
+            return;
+        };
         let victim = self
             .relayed
             .iter()
-            .min_by_key(|(_, r)| r.last_cell)
+            .filter(|(_, r)| r.up.0 == link)
+            .min_by_key(|(k, r)| (r.last_cell, **k))
             .map(|(k, _)| *k);
         if let Some(v) = victim {
+            self.stats.evicted_for_memory += 1;
             self.destroy_relayed(now, v, None);
         }
     }

@@ -829,28 +829,41 @@ impl Node {
         let has_role = intro_holds || rend_holds;
         match C::from_u8(cmd) {
             Some(C::EstablishIntro) => {
-                let code = match (has_role, self.circ.relayed_bind(slot)) {
-                    (false, Some(bind)) => self
-                        .sess
-                        .intro_role
-                        .as_mut()
-                        .map_or(status::REFUSED, |r| r.establish(now, slot, &bind, payload)),
+                let up = self.circ.relayed_upstream(slot);
+                let code = match (has_role, self.circ.relayed_bind(slot), up) {
+                    (false, Some(bind), Some(up)) => {
+                        self.sess.intro_role.as_mut().map_or(status::REFUSED, |r| {
+                            r.establish(now, slot, up, &bind, payload)
+                        })
+                    }
                     _ => status::REFUSED,
                 };
                 let _ = self
                     .circ
                     .reply(slot, C::IntroEstablished, &status_body(code));
+                // Registrations dropped for memory: closing their circuits tells their services
+                // to register elsewhere.
+                let evicted = self
+                    .sess
+                    .intro_role
+                    .as_mut()
+                    .map(|r| r.take_evicted())
+                    .unwrap_or_default();
+                for s in evicted {
+                    self.circ.close_relayed(now, s);
+                }
             }
             Some(C::Introduce1) => {
-                let outcome = if has_role {
-                    IntroduceOutcome::Refuse(status::REFUSED)
-                } else {
-                    self.sess
+                let up = self.circ.relayed_upstream(slot);
+                let outcome = match (has_role, up) {
+                    (false, Some(up)) => self
+                        .sess
                         .intro_role
                         .as_mut()
                         .map_or(IntroduceOutcome::Refuse(status::REFUSED), |r| {
-                            r.introduce(now, payload)
-                        })
+                            r.introduce(now, slot, up, payload)
+                        }),
+                    _ => IntroduceOutcome::Refuse(status::REFUSED),
                 };
                 let code = match outcome {
                     IntroduceOutcome::Forward { service_slot } => {

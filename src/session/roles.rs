@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::budget::{Charge, MemoryBudget};
+use crate::link::LinkId;
 use crate::time::{Bucket, Millis};
 
 use super::intro::{
@@ -28,14 +29,32 @@ pub const INTRO_REPLAY_CACHE_MAX: usize = 65_536;
 pub const REND_COOKIE_LIFETIME_MS: Millis = 120_000;
 /// Intro registrations one relay holds.
 pub const MAX_INTRO_REGISTRATIONS: usize = 4096;
+/// Intro registrations whose circuits arrive over one upstream link. The link is the only
+/// source a relay can see; an honest relay passes on a handful of services' intro circuits to
+/// any one intro point, so 64 binds only a flooder (and the services that share its relay, which
+/// then pick another intro point).
+pub const MAX_INTRO_REGISTRATIONS_PER_LINK: usize = 64;
+/// INTRODUCE1 messages one client circuit may send. An honest client sends one and closes the
+/// circuit; the second is room for a resend (which the replay cache then drops).
+pub const MAX_INTRODUCE1_PER_CIRCUIT: u8 = 2;
+/// INTRODUCE1 messages per second from circuits arriving over one upstream link.
+pub const INTRO_LINK_RATE: f64 = 50.0;
+/// Burst of [`INTRO_LINK_RATE`].
+pub const INTRO_LINK_BURST: f64 = 500.0;
+/// Replay tags held for registrations arriving over one upstream link.
+pub const MAX_REPLAY_TAGS_PER_LINK: usize = 65_536;
+/// Replay tags held for all registrations together.
+pub const MAX_REPLAY_TAGS: usize = 262_144;
+/// Upstream links with an INTRODUCE1 rate bucket held at once (more than a node has links).
+const MAX_INTRO_LINK_BUCKETS: usize = 4096;
 /// Rendezvous cookies one relay holds.
 pub const MAX_REND_COOKIES: usize = 16_384;
-/// Replay tags are charged to the budget in chunks of this many.
-const REPLAY_CHUNK: usize = 1024;
-/// Bytes charged per registration (key, bucket, map entries).
-const INTRO_REG_COST: usize = 256;
+/// Bytes charged per registration (key, bucket, map entries, its place in its link's list).
+pub const INTRO_REG_COST: usize = 256;
 /// Bytes charged per replay tag (the tag in a set and a queue).
-const REPLAY_TAG_COST: usize = 80;
+pub const REPLAY_TAG_COST: usize = 80;
+/// Bytes charged per client circuit that sent an INTRODUCE1 (its counter, until it closes).
+pub const INTRO_CLIENT_COST: usize = 64;
 /// Bytes charged per cookie.
 const REND_COOKIE_COST: usize = 128;
 
@@ -116,14 +135,14 @@ impl RateLimit {
     }
 }
 
-/// A bounded set of recent 32-byte tags, oldest evicted first, charged to the budget in
-/// chunks. `false` from [`ReplayCache::insert`] means seen before (or no memory: refused).
+/// A bounded set of recent 32-byte tags, oldest evicted first, charged to the budget per tag
+/// held: a cache that sees one introduction costs one tag, not a chunk it may never fill.
+/// `false` from [`ReplayCache::insert`] means seen before (or no memory: refused).
 pub struct ReplayCache {
     set: HashSet<[u8; 32]>,
     order: VecDeque<[u8; 32]>,
     max: usize,
-    charges: Vec<Charge>,
-    budget: MemoryBudget,
+    charge: Charge,
 }
 
 impl ReplayCache {
@@ -133,8 +152,7 @@ impl ReplayCache {
             set: HashSet::new(),
             order: VecDeque::new(),
             max,
-            charges: Vec::new(),
-            budget,
+            charge: budget.empty_charge(),
         }
     }
 
@@ -153,15 +171,29 @@ impl ReplayCache {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
-        } else if self.order.len() >= self.charges.len() * REPLAY_CHUNK {
-            match self.budget.try_charge(REPLAY_CHUNK * REPLAY_TAG_COST) {
-                Some(c) => self.charges.push(c),
-                None => return Err(false),
-            }
+        } else if !self.charge.try_grow(REPLAY_TAG_COST) {
+            return Err(false);
         }
         self.set.insert(tag);
         self.order.push_back(tag);
         Ok(())
+    }
+
+    /// Forgets the oldest tag and releases its memory; `false` if empty.
+    pub fn pop_oldest(&mut self) -> bool {
+        match self.order.pop_front() {
+            Some(old) => {
+                self.set.remove(&old);
+                self.charge.shrink(REPLAY_TAG_COST);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the next insert replaces the oldest tag instead of growing.
+    pub fn is_full(&self) -> bool {
+        self.order.len() >= self.max
     }
 
     /// Tags held.
@@ -177,6 +209,8 @@ impl ReplayCache {
 
 struct IntroReg {
     auth_key: [u8; 32],
+    /// The link the registering circuit arrived over: the registration's source.
+    up: LinkId,
     replay: ReplayCache,
     bucket: Bucket,
     introductions: u64,
@@ -198,6 +232,10 @@ pub struct RoleStats {
     pub rate_limited: u64,
     /// Messages refused (malformed, wrong role, unknown key, limits).
     pub refused: u64,
+    /// Registrations dropped to free memory for another link's (the largest consumer's first).
+    pub intro_evicted: u64,
+    /// Replay tags forgotten early because their link or the relay held its share.
+    pub tags_shed: u64,
     /// Cookies registered.
     pub cookies: u64,
     /// Circuit pairs spliced.
@@ -216,10 +254,37 @@ pub enum IntroduceOutcome {
     Refuse(u8),
 }
 
-/// The intro-point role: registrations by circuit and by auth key.
+/// What one upstream link holds in the intro-point role.
+#[derive(Default)]
+struct LinkUse {
+    /// Its registrations, oldest first (at most [`MAX_INTRO_REGISTRATIONS_PER_LINK`]).
+    slots: Vec<u64>,
+    /// Replay tags its registrations hold.
+    tags: usize,
+}
+
+impl LinkUse {
+    fn bytes(&self) -> usize {
+        self.slots.len() * INTRO_REG_COST + self.tags * REPLAY_TAG_COST
+    }
+}
+
+/// A client circuit's INTRODUCE1 count.
+struct IntroClient {
+    sent: u8,
+    _charge: Charge,
+}
+
+/// The intro-point role: registrations by circuit and by auth key, accounted per upstream link
+/// so that memory pressure falls on the link that holds the most (docs/protocol.md section 15).
 pub struct IntroPointRole {
     by_slot: HashMap<u64, IntroReg>,
     by_key: HashMap<[u8; 32], u64>,
+    by_link: HashMap<LinkId, LinkUse>,
+    clients: HashMap<u64, IntroClient>,
+    link_rate: HashMap<LinkId, Bucket>,
+    tags: usize,
+    evicted: Vec<u64>,
     budget: MemoryBudget,
     /// Counters.
     pub stats: RoleStats,
@@ -231,6 +296,11 @@ impl IntroPointRole {
         IntroPointRole {
             by_slot: HashMap::new(),
             by_key: HashMap::new(),
+            by_link: HashMap::new(),
+            clients: HashMap::new(),
+            link_rate: HashMap::new(),
+            tags: 0,
+            evicted: Vec::new(),
             budget,
             stats: RoleStats::default(),
         }
@@ -251,15 +321,39 @@ impl IntroPointRole {
         self.by_slot.is_empty()
     }
 
+    /// Replay tags held by all registrations.
+    pub fn replay_tags(&self) -> usize {
+        self.tags
+    }
+
+    /// Replay tags held by the registration on `slot`.
+    pub fn replay_tags_of(&self, slot: u64) -> usize {
+        self.by_slot.get(&slot).map_or(0, |r| r.replay.len())
+    }
+
     /// The auth keys registered here (for tests asserting what an intro point holds).
     pub fn auth_keys(&self) -> Vec<[u8; 32]> {
         self.by_key.keys().copied().collect()
     }
 
-    /// ESTABLISH_INTRO on `slot`, whose handshake `bind` is `bind`. The caller has checked that
-    /// the circuit has no other role. Returns the INTRO_ESTABLISHED status.
-    pub fn establish(&mut self, now: Millis, slot: u64, bind: &[u8; 32], body: &[u8]) -> u8 {
-        let code = self.try_establish(now, slot, bind, body);
+    /// Registrations dropped for memory since the last call: the caller closes their circuits,
+    /// so their services notice and register elsewhere.
+    pub fn take_evicted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// ESTABLISH_INTRO on `slot`, which arrived over `up` and whose handshake `bind` is `bind`.
+    /// The caller has checked that the circuit has no other role. Returns the INTRO_ESTABLISHED
+    /// status.
+    pub fn establish(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        bind: &[u8; 32],
+        body: &[u8],
+    ) -> u8 {
+        let code = self.try_establish(now, slot, up, bind, body);
         if code == status::OK {
             self.stats.intro_established += 1;
         } else {
@@ -268,7 +362,14 @@ impl IntroPointRole {
         code
     }
 
-    fn try_establish(&mut self, now: Millis, slot: u64, bind: &[u8; 32], body: &[u8]) -> u8 {
+    fn try_establish(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        bind: &[u8; 32],
+        body: &[u8],
+    ) -> u8 {
         let Ok(est) = EstablishIntro::parse(body) else {
             return status::REFUSED;
         };
@@ -280,9 +381,15 @@ impl IntroPointRole {
         }
         // The key's holder on a new circuit (its signature covers this circuit's bind): the
         // service lost its old circuit to us, perhaps before we noticed. The registration moves,
-        // replay cache and all, so descriptors listing us stay good.
+        // replay cache and all, so descriptors listing us stay good. A move adds nothing, so the
+        // per-link cap does not apply; the tags move to the new link's account.
         if let Some(old) = self.by_key.get(&est.auth_key).copied() {
-            if let Some(reg) = self.by_slot.remove(&old) {
+            if let Some(mut reg) = self.by_slot.remove(&old) {
+                self.unlink(reg.up, old, reg.replay.len());
+                reg.up = up;
+                let u = self.by_link.entry(up).or_default();
+                u.slots.push(slot);
+                u.tags += reg.replay.len();
                 self.by_key.insert(est.auth_key, slot);
                 self.by_slot.insert(slot, reg);
                 self.stats.intro_moved += 1;
@@ -292,14 +399,34 @@ impl IntroPointRole {
         if self.by_slot.len() >= MAX_INTRO_REGISTRATIONS {
             return status::RATE_LIMITED;
         }
-        let Some(charge) = self.budget.try_charge(INTRO_REG_COST) else {
+        if self
+            .by_link
+            .get(&up)
+            .is_some_and(|u| u.slots.len() >= MAX_INTRO_REGISTRATIONS_PER_LINK)
+        {
             return status::RATE_LIMITED;
+        }
+        let charge = match self.budget.try_charge(INTRO_REG_COST) {
+            Some(c) => c,
+            None => {
+                // Under pressure the link holding the most gives way, never the asking one: a
+                // flooder cannot push out registrations that arrived over other links.
+                if !self.evict_largest_registration(up) {
+                    return status::RATE_LIMITED;
+                }
+                match self.budget.try_charge(INTRO_REG_COST) {
+                    Some(c) => c,
+                    None => return status::RATE_LIMITED,
+                }
+            }
         };
         self.by_key.insert(est.auth_key, slot);
+        self.by_link.entry(up).or_default().slots.push(slot);
         self.by_slot.insert(
             slot,
             IntroReg {
                 auth_key: est.auth_key,
+                up,
                 replay: ReplayCache::new(INTRO_REPLAY_CACHE_MAX, self.budget.clone()),
                 bucket: Bucket::new(INTRO_BURST, now),
                 introductions: 0,
@@ -309,9 +436,15 @@ impl IntroPointRole {
         status::OK
     }
 
-    /// INTRODUCE1 from a client's circuit.
-    pub fn introduce(&mut self, now: Millis, body: &[u8]) -> IntroduceOutcome {
-        let out = self.try_introduce(now, body);
+    /// INTRODUCE1 from the client circuit `slot`, which arrived over `up`.
+    pub fn introduce(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        body: &[u8],
+    ) -> IntroduceOutcome {
+        let out = self.try_introduce(now, slot, up, body);
         match out {
             IntroduceOutcome::Forward { .. } => self.stats.introductions += 1,
             IntroduceOutcome::Refuse(status::REPLAY) => self.stats.replays += 1,
@@ -321,37 +454,210 @@ impl IntroPointRole {
         out
     }
 
-    fn try_introduce(&mut self, now: Millis, body: &[u8]) -> IntroduceOutcome {
+    fn try_introduce(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        body: &[u8],
+    ) -> IntroduceOutcome {
         let Ok(intro) = Introduce1::parse(body) else {
             return IntroduceOutcome::Refuse(status::REFUSED);
         };
         let Some(&service_slot) = self.by_key.get(&intro.auth_key) else {
             return IntroduceOutcome::Refuse(status::UNKNOWN);
         };
-        let Some(reg) = self.by_slot.get_mut(&service_slot) else {
-            return IntroduceOutcome::Refuse(status::UNKNOWN);
-        };
         let tag = intro.replay_tag();
-        if reg.replay.contains(&tag) {
-            return IntroduceOutcome::Refuse(status::REPLAY);
-        }
-        // The rate is checked after the replay cache, so replays cannot drain the bucket.
-        if !reg.bucket.take(now, INTRO_RATE, INTRO_BURST) {
+        let (reg_up, full) = match self.by_slot.get(&service_slot) {
+            Some(reg) if reg.replay.contains(&tag) => {
+                return IntroduceOutcome::Refuse(status::REPLAY)
+            }
+            Some(reg) => (reg.up, reg.replay.is_full()),
+            None => return IntroduceOutcome::Refuse(status::UNKNOWN),
+        };
+        // Limits are checked after the replay cache, so replays cannot drain them; the client
+        // circuit's and its link's first, so one flooding client cannot drain a key's bucket.
+        if self
+            .clients
+            .get(&slot)
+            .is_some_and(|c| c.sent >= MAX_INTRODUCE1_PER_CIRCUIT)
+        {
             return IntroduceOutcome::Refuse(status::RATE_LIMITED);
         }
-        match reg.replay.insert(tag) {
+        if !self.take_link_token(now, up) {
+            return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+        }
+        if !self.clients.contains_key(&slot) {
+            let Some(charge) = self.budget.try_charge(INTRO_CLIENT_COST) else {
+                return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+            };
+            self.clients.insert(
+                slot,
+                IntroClient {
+                    sent: 0,
+                    _charge: charge,
+                },
+            );
+        }
+        if let Some(c) = self.clients.get_mut(&slot) {
+            c.sent = c.sent.saturating_add(1);
+        }
+        let key_token = self
+            .by_slot
+            .get_mut(&service_slot)
+            .is_some_and(|reg| reg.bucket.take(now, INTRO_RATE, INTRO_BURST));
+        if !key_token {
+            return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+        }
+        if !full {
+            self.make_room_for_tag(reg_up, service_slot);
+        }
+        let mut stored = self.store_tag(service_slot, tag);
+        if stored == Err(false) && self.shed_tag(None, service_slot) {
+            stored = self.store_tag(service_slot, tag);
+        }
+        match stored {
             Ok(()) => {}
             Err(true) => return IntroduceOutcome::Refuse(status::REPLAY),
             Err(false) => return IntroduceOutcome::Refuse(status::RATE_LIMITED),
         }
-        reg.introductions += 1;
+        if let Some(reg) = self.by_slot.get_mut(&service_slot) {
+            reg.introductions += 1;
+        }
         IntroduceOutcome::Forward { service_slot }
+    }
+
+    fn take_link_token(&mut self, now: Millis, up: LinkId) -> bool {
+        if !self.link_rate.contains_key(&up) && self.link_rate.len() >= MAX_INTRO_LINK_BUCKETS {
+            // A full bucket says nothing a new one would not.
+            self.link_rate
+                .retain(|_, b| !b.is_full(now, INTRO_LINK_RATE, INTRO_LINK_BURST));
+            if self.link_rate.len() >= MAX_INTRO_LINK_BUCKETS {
+                return false;
+            }
+        }
+        self.link_rate
+            .entry(up)
+            .or_insert_with(|| Bucket::new(INTRO_LINK_BURST, now))
+            .take(now, INTRO_LINK_RATE, INTRO_LINK_BURST)
+    }
+
+    /// Inserts `tag` into the registration on `slot`, keeping the link and total counts.
+    fn store_tag(&mut self, slot: u64, tag: [u8; 32]) -> Result<(), bool> {
+        let Some(reg) = self.by_slot.get_mut(&slot) else {
+            return Err(false);
+        };
+        let grows = !reg.replay.is_full();
+        reg.replay.insert(tag)?;
+        if grows {
+            self.tags += 1;
+            if let Some(u) = self.by_link.get_mut(&reg.up) {
+                u.tags += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a new tag within its link's share and the relay's total: over either, the oldest
+    /// tag of the largest registration of the link over its share (or of the largest link)
+    /// goes. The service keeps its own replay cache of client ephemerals (10.6), so a tag
+    /// forgotten early lets a replay cost the service one decryption, not a second session.
+    fn make_room_for_tag(&mut self, up: LinkId, not_slot: u64) {
+        let link_full = self
+            .by_link
+            .get(&up)
+            .is_some_and(|u| u.tags >= MAX_REPLAY_TAGS_PER_LINK);
+        if link_full {
+            self.shed_tag(Some(up), not_slot);
+        } else if self.tags >= MAX_REPLAY_TAGS {
+            self.shed_tag(None, not_slot);
+        }
+    }
+
+    /// Forgets the oldest tag of the registration holding the most tags on `link`, or on the
+    /// link holding the most memory if `None`. The registration `prefer_not` gives its own only
+    /// if it is the only one there.
+    fn shed_tag(&mut self, link: Option<LinkId>, prefer_not: u64) -> bool {
+        let Some(link) = link.or_else(|| self.largest_link()) else {
+            return false;
+        };
+        let Some(u) = self.by_link.get(&link) else {
+            return false;
+        };
+        let victim = u
+            .slots
+            .iter()
+            .filter_map(|s| self.by_slot.get(s).map(|r| (*s, r.replay.len())))
+            .max_by_key(|&(s, n)| (n, s != prefer_not, s));
+        let Some((victim, _)) = victim else {
+            return false;
+        };
+        let popped = self
+            .by_slot
+            .get_mut(&victim)
+            .is_some_and(|r| r.replay.pop_oldest());
+        if popped {
+            self.tags = self.tags.saturating_sub(1);
+            if let Some(u) = self.by_link.get_mut(&link) {
+                u.tags = u.tags.saturating_sub(1);
+            }
+            self.stats.tags_shed += 1;
+        }
+        popped
+    }
+
+    /// The link whose registrations hold the most memory (ties: the higher id, so the choice
+    /// does not depend on map order).
+    fn largest_link(&self) -> Option<LinkId> {
+        self.by_link
+            .iter()
+            .max_by_key(|(l, u)| (u.bytes(), **l))
+            .map(|(l, _)| *l)
+    }
+
+    /// Drops the registration holding the most tags (then the newest) on the largest link,
+    /// unless that link is `asking`.
+    fn evict_largest_registration(&mut self, asking: LinkId) -> bool {
+        let Some(link) = self.largest_link() else {
+            return false;
+        };
+        if link == asking {
+            return false;
+        }
+        let victim = self.by_link.get(&link).and_then(|u| {
+            u.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| self.by_slot.get(s).map(|r| (r.replay.len(), i, *s)))
+                .max()
+                .map(|(_, _, s)| s)
+        });
+        let Some(victim) = victim else {
+            return false;
+        };
+        self.closed(victim);
+        self.evicted.push(victim);
+        self.stats.intro_evicted += 1;
+        true
+    }
+
+    fn unlink(&mut self, up: LinkId, slot: u64, tags: usize) {
+        if let Some(u) = self.by_link.get_mut(&up) {
+            u.slots.retain(|s| *s != slot);
+            u.tags = u.tags.saturating_sub(tags);
+            if u.slots.is_empty() {
+                self.by_link.remove(&up);
+            }
+        }
+        self.tags = self.tags.saturating_sub(tags);
     }
 
     /// The circuit `slot` is gone: its registration and replay cache go with it.
     pub fn closed(&mut self, slot: u64) {
+        self.clients.remove(&slot);
         if let Some(reg) = self.by_slot.remove(&slot) {
             self.by_key.remove(&reg.auth_key);
+            self.unlink(reg.up, slot, reg.replay.len());
         }
     }
 }
@@ -503,6 +809,8 @@ mod tests {
     use crate::session::E2E_MSG1_LEN;
     use ed25519_dalek::SigningKey;
 
+    const L: LinkId = LinkId(1);
+
     fn budget() -> MemoryBudget {
         MemoryBudget::new(64 << 20)
     }
@@ -514,21 +822,21 @@ mod tests {
         let bind = [3u8; 32];
         let est = EstablishIntro::sign(&auth, &bind).emit();
         // Signed for another circuit: refused.
-        assert_eq!(role.establish(0, 1, &[4; 32], &est), status::REFUSED);
-        assert_eq!(role.establish(0, 1, &bind, &est), status::OK);
+        assert_eq!(role.establish(0, 1, L, &[4; 32], &est), status::REFUSED);
+        assert_eq!(role.establish(0, 1, L, &bind, &est), status::OK);
         // Again on the same circuit: already established.
-        assert_eq!(role.establish(0, 1, &bind, &est), status::EXISTS);
+        assert_eq!(role.establish(0, 1, L, &bind, &est), status::EXISTS);
         let intro = Introduce1 {
             auth_key: auth.verifying_key().to_bytes(),
             msg1: [9; E2E_MSG1_LEN],
         }
         .emit();
         assert_eq!(
-            role.introduce(0, &intro),
+            role.introduce(0, 100, L, &intro),
             IntroduceOutcome::Forward { service_slot: 1 }
         );
         assert_eq!(
-            role.introduce(1, &intro),
+            role.introduce(1, 100, L, &intro),
             IntroduceOutcome::Refuse(status::REPLAY)
         );
         let other = Introduce1 {
@@ -537,22 +845,22 @@ mod tests {
         }
         .emit();
         assert_eq!(
-            role.introduce(1, &other),
+            role.introduce(1, 100, L, &other),
             IntroduceOutcome::Refuse(status::UNKNOWN)
         );
         assert_eq!(
-            role.introduce(1, &[0u8; INTRODUCE1_LEN - 1]),
+            role.introduce(1, 100, L, &[0u8; INTRODUCE1_LEN - 1]),
             IntroduceOutcome::Refuse(status::REFUSED)
         );
         // The key's holder on a second circuit (signed for that circuit's bind): the
         // registration moves there, its replay cache with it; the first circuit no longer has it.
         let bind2 = [6u8; 32];
         let est2 = EstablishIntro::sign(&auth, &bind2).emit();
-        assert_eq!(role.establish(0, 2, &bind, &est2), status::REFUSED);
-        assert_eq!(role.establish(0, 2, &bind2, &est2), status::OK);
+        assert_eq!(role.establish(0, 2, L, &bind, &est2), status::REFUSED);
+        assert_eq!(role.establish(0, 2, L, &bind2, &est2), status::OK);
         assert_eq!(role.len(), 1);
         assert_eq!(
-            role.introduce(1, &intro),
+            role.introduce(1, 100, L, &intro),
             IntroduceOutcome::Refuse(status::REPLAY)
         );
         let fresh = Introduce1 {
@@ -561,7 +869,7 @@ mod tests {
         }
         .emit();
         assert_eq!(
-            role.introduce(1, &fresh),
+            role.introduce(1, 100, L, &fresh),
             IntroduceOutcome::Forward { service_slot: 2 }
         );
         role.closed(1);
@@ -569,7 +877,7 @@ mod tests {
         role.closed(2);
         assert!(role.is_empty());
         assert_eq!(
-            role.introduce(2, &intro),
+            role.introduce(2, 100, L, &intro),
             IntroduceOutcome::Refuse(status::UNKNOWN)
         );
     }
@@ -580,7 +888,7 @@ mod tests {
         let auth = SigningKey::from_bytes(&[8; 32]);
         let bind = [1u8; 32];
         assert_eq!(
-            role.establish(0, 1, &bind, &EstablishIntro::sign(&auth, &bind).emit()),
+            role.establish(0, 1, L, &bind, &EstablishIntro::sign(&auth, &bind).emit()),
             status::OK
         );
         let mut limited = 0;
@@ -592,7 +900,9 @@ mod tests {
                 msg1,
             }
             .emit();
-            if role.introduce(0, &body) == IntroduceOutcome::Refuse(status::RATE_LIMITED) {
+            // One circuit per introduction, as honest clients do.
+            let out = role.introduce(0, 100 + u64::from(i), L, &body);
+            if out == IntroduceOutcome::Refuse(status::RATE_LIMITED) {
                 limited += 1;
             }
         }
@@ -609,7 +919,10 @@ mod tests {
             c.insert(t).unwrap();
         }
         assert_eq!(c.len(), 3000);
-        assert!(b.used() >= 3 * REPLAY_CHUNK * REPLAY_TAG_COST);
+        // Charged per tag held, not per chunk (issue #19: a first tag cost a 1,024-tag chunk).
+        assert_eq!(b.used(), 3000 * REPLAY_TAG_COST);
+        assert!(c.pop_oldest());
+        assert_eq!(b.used(), 2999 * REPLAY_TAG_COST);
         let mut t = [0u8; 32];
         t[..4].copy_from_slice(&4999u32.to_be_bytes());
         assert_eq!(c.insert(t), Err(true));
@@ -674,13 +987,16 @@ mod tests {
         let mut rend = RendezvousRole::new(b.clone());
         let bind = [2u8; 32];
         let est = |k: u8| EstablishIntro::sign(&SigningKey::from_bytes(&[k; 32]), &bind).emit();
-        assert_eq!(intro.establish(0, 1, &bind, &est(1)), status::OK);
+        assert_eq!(intro.establish(0, 1, L, &bind, &est(1)), status::OK);
         assert_eq!(
             rend.establish(0, 2, &establish_rendezvous_body(&RendCookie([1; 32]))),
             status::OK
         );
         // Full: both refuse with "rate limited" instead of growing.
-        assert_eq!(intro.establish(0, 3, &bind, &est(2)), status::RATE_LIMITED);
+        assert_eq!(
+            intro.establish(0, 3, L, &bind, &est(2)),
+            status::RATE_LIMITED
+        );
         assert_eq!(
             rend.establish(0, 4, &establish_rendezvous_body(&RendCookie([2; 32]))),
             status::RATE_LIMITED
@@ -693,12 +1009,148 @@ mod tests {
         }
         .emit();
         assert_eq!(
-            intro.introduce(0, &body),
+            intro.introduce(0, 100, L, &body),
             IntroduceOutcome::Refuse(status::RATE_LIMITED)
         );
         intro.closed(1);
         rend.closed(2);
         assert_eq!(b.used(), 0);
+    }
+
+    fn made_up_registration(role: &mut IntroPointRole, slot: u64, up: LinkId) -> (u8, [u8; 32]) {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&slot.to_be_bytes());
+        let auth = SigningKey::from_bytes(&seed);
+        let bind = [slot as u8; 32];
+        let code = role.establish(
+            0,
+            slot,
+            up,
+            &bind,
+            &EstablishIntro::sign(&auth, &bind).emit(),
+        );
+        (code, auth.verifying_key().to_bytes())
+    }
+
+    fn introduction(auth_key: [u8; 32], n: u64) -> Vec<u8> {
+        let mut msg1 = [0u8; E2E_MSG1_LEN];
+        msg1[..8].copy_from_slice(&n.to_be_bytes());
+        Introduce1 { auth_key, msg1 }.emit().to_vec()
+    }
+
+    /// Issue #19 item 1: 3,200 registrations with made-up keys and one INTRODUCE1 each used to
+    /// charge a 1,024-tag chunk apiece, about 256 MiB. Now each charges what it stores.
+    #[test]
+    fn registration_flood_charges_what_it_stores() {
+        let b = MemoryBudget::default();
+        let mut role = IntroPointRole::new(b.clone());
+        let mut keys = Vec::new();
+        for i in 0..3200u64 {
+            let up = LinkId(1000 + (i / MAX_INTRO_REGISTRATIONS_PER_LINK as u64) as u32);
+            let (code, key) = made_up_registration(&mut role, 10 + i, up);
+            assert_eq!(code, status::OK);
+            keys.push(key);
+        }
+        // The per-link cap: a 65th registration over the same link is refused.
+        assert_eq!(
+            made_up_registration(&mut role, 9999, LinkId(1000)).0,
+            status::RATE_LIMITED
+        );
+        for (i, key) in keys.iter().enumerate() {
+            let client = 100_000 + i as u64;
+            let up = LinkId(2000 + (i / 200) as u32);
+            let out = role.introduce(0, client, up, &introduction(*key, 0));
+            assert!(matches!(out, IntroduceOutcome::Forward { .. }));
+            // A second and third INTRODUCE1 on the same circuit: the third is over the cap.
+            role.introduce(0, client, up, &introduction(*key, 1));
+            let third = role.introduce(0, client, up, &introduction(*key, 2));
+            assert_eq!(third, IntroduceOutcome::Refuse(status::RATE_LIMITED));
+        }
+        let per_reg = INTRO_REG_COST + 2 * REPLAY_TAG_COST + INTRO_CLIENT_COST;
+        assert!(b.used() <= 3200 * per_reg, "{} bytes", b.used());
+        assert!(b.used() < 2 << 20);
+        // An honest service over another link still registers, and its client gets through
+        // over a third.
+        let (code, key) = made_up_registration(&mut role, 50_000, LinkId(7));
+        assert_eq!(code, status::OK);
+        assert_eq!(
+            role.introduce(1, 50_001, LinkId(8), &introduction(key, 0)),
+            IntroduceOutcome::Forward {
+                service_slot: 50_000
+            }
+        );
+        drop(role);
+        assert_eq!(b.used(), 0);
+    }
+
+    /// A flood of INTRODUCE1s at the flooder's own registrations sheds the flooder's replay tags
+    /// once its link holds its share; an honest registration over another link keeps its own.
+    #[test]
+    fn tag_flood_sheds_the_flooders_tags() {
+        let b = MemoryBudget::default();
+        let mut role = IntroPointRole::new(b.clone());
+        let (_, honest) = made_up_registration(&mut role, 1, LinkId(7));
+        for n in 0..100 {
+            let out = role.introduce(0, 10 + n, LinkId(8), &introduction(honest, n));
+            assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 });
+        }
+        let flooder: Vec<[u8; 32]> = (0..64)
+            .map(|i| made_up_registration(&mut role, 100 + i, LinkId(1000)).1)
+            .collect();
+        let mut now = 0;
+        let total = MAX_REPLAY_TAGS_PER_LINK as u64 + 5_000;
+        for n in 0..total {
+            // Spread over keys and sender links, within every rate limit.
+            now += 20;
+            let key = flooder[(n % 64) as usize];
+            let client = 1_000_000 + n;
+            let up = LinkId(2000 + (n % 64) as u32);
+            let out = role.introduce(now, client, up, &introduction(key, n));
+            assert!(
+                matches!(out, IntroduceOutcome::Forward { .. }),
+                "{n}: {out:?}"
+            );
+            role.closed(client);
+        }
+        assert_eq!(role.replay_tags(), MAX_REPLAY_TAGS_PER_LINK + 100);
+        assert_eq!(role.replay_tags_of(1), 100);
+        assert_eq!(role.stats.tags_shed, 5_000);
+        // 65 registrations, the tags kept, and the honest clients' 100 open circuits.
+        let bound = 65 * INTRO_REG_COST
+            + (MAX_REPLAY_TAGS_PER_LINK + 100) * REPLAY_TAG_COST
+            + 100 * INTRO_CLIENT_COST;
+        assert_eq!(b.used(), bound);
+        // The honest service is still reachable through the flood.
+        assert_eq!(
+            role.introduce(now, 5, LinkId(8), &introduction(honest, 1 << 40)),
+            IntroduceOutcome::Forward { service_slot: 1 }
+        );
+    }
+
+    /// Under memory pressure a registration over the largest link goes, never one over the
+    /// asking link, and its circuit is handed back to be closed.
+    #[test]
+    fn budget_pressure_evicts_the_largest_links_registration() {
+        let b = MemoryBudget::new(41 * INTRO_REG_COST);
+        let mut role = IntroPointRole::new(b.clone());
+        assert_eq!(made_up_registration(&mut role, 1, LinkId(7)).0, status::OK);
+        for i in 0..40 {
+            let (code, _) = made_up_registration(&mut role, 100 + i, LinkId(1000));
+            assert_eq!(code, status::OK, "{i}");
+        }
+        // Full: the flooder's own link asking gets nothing.
+        assert_eq!(
+            made_up_registration(&mut role, 200, LinkId(1000)).0,
+            status::RATE_LIMITED
+        );
+        assert!(role.take_evicted().is_empty());
+        // A second honest service over another link: the flooder's link gives way.
+        assert_eq!(made_up_registration(&mut role, 2, LinkId(8)).0, status::OK);
+        let evicted = role.take_evicted();
+        assert_eq!(evicted.len(), 1);
+        assert!((100..140).contains(&evicted[0]));
+        assert!(role.holds(1) && role.holds(2));
+        assert_eq!(role.stats.intro_evicted, 1);
     }
 
     #[test]
