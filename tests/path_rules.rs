@@ -6,10 +6,10 @@
 use ed25519_dalek::SigningKey;
 use globalnet::budget::MemoryBudget;
 use globalnet::circuit::path::{
-    Conflict, GuardDropReason, GuardEvent, GuardFileError, Guards, Hop, Path, PathContext,
-    PathError, PathKind, PathRules, Role, Shape, Target, Vanguards, GUARD_DOWN_REPLACE_DAYS,
-    NUM_GUARDS, NUM_L2_GUARDS,
+    Conflict, GuardDropReason, GuardEvent, Guards, Hop, Path, PathContext, PathError, PathKind,
+    PathRules, Role, Shape, Target, Vanguards, GUARD_DOWN_REPLACE_DAYS, NUM_GUARDS, NUM_L2_GUARDS,
 };
+use globalnet::daemon::guard_file::{self, GuardFileError};
 use globalnet::link::view::{family_prefix, RelayView, Source};
 use globalnet::time::Millis;
 use globalnet::wire::record::{
@@ -772,7 +772,7 @@ fn guards_persist_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guards.json");
     assert!(
-        Guards::load(&file).unwrap().is_empty(),
+        guard_file::load(&file).unwrap().is_empty(),
         "no file: no guards"
     );
 
@@ -792,7 +792,7 @@ fn guards_persist_round_trip() {
     g.mark_up(&first, NOW + 5);
     let second = g.list()[1].identity;
     g.mark_down(&second, NOW + 6);
-    g.save(&file).unwrap();
+    guard_file::save(&mut g, &file).unwrap();
     assert!(!g.needs_save());
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -800,7 +800,7 @@ fn guards_persist_round_trip() {
     let hexid: String = first.iter().map(|b| format!("{b:02x}")).collect();
     assert!(text.contains(&hexid), "{text}");
     assert!(text.contains("\"last_seen_up\"") && text.contains("\"down_since\""));
-    let back = Guards::load(&file).unwrap();
+    let back = guard_file::load(&file).unwrap();
     assert_eq!(back.list(), g.list());
     // No stray temporary file.
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -881,9 +881,9 @@ fn corrupt_guard_files_are_errors_not_panics() {
     ];
     for (i, text) in cases.iter().enumerate() {
         std::fs::write(&file, text).unwrap();
-        match Guards::load(&file) {
+        match guard_file::load(&file) {
             Err(GuardFileError::Corrupt { reason, .. }) => {
-                let e = Guards::load(&file).unwrap_err().to_string();
+                let e = guard_file::load(&file).unwrap_err().to_string();
                 assert!(e.contains("is corrupt") && e.contains(&reason), "{e}");
             }
             other => panic!("case {i}: {other:?}"),
@@ -891,14 +891,14 @@ fn corrupt_guard_files_are_errors_not_panics() {
     }
     std::fs::write(&file, [0xffu8, 0xfe, b'{']).unwrap();
     assert!(matches!(
-        Guards::load(&file),
+        guard_file::load(&file),
         Err(GuardFileError::Corrupt { .. })
     ));
     // A directory where the file should be: an I/O error, not a panic.
-    assert!(Guards::load(dir.path()).is_err());
+    assert!(guard_file::load(dir.path()).is_err());
     // A valid file loads; then the caller can always start fresh.
     std::fs::write(&file, format!(r#"{{"version":1,"guards":[{ok}]}}"#)).unwrap();
-    assert_eq!(Guards::load(&file).unwrap().len(), 1);
+    assert_eq!(guard_file::load(&file).unwrap().len(), 1);
 }
 
 #[test]
@@ -1073,8 +1073,8 @@ fn temporary_guards_under_a_view_with_few_sources() {
     let c = ctx(&view, &[], rules, NOW);
     assert!(c.select(PathKind::ClientStem, &g, None, &mut rng).is_ok());
     assert!(!g.needs_save());
-    g.save(&file).unwrap();
-    assert!(Guards::load(&file).unwrap().is_empty());
+    guard_file::save(&mut g, &file).unwrap();
+    assert!(guard_file::load(&file).unwrap().is_empty());
     // Still not diverse: kept.
     assert!(g.maintain(&c, &mut rng).is_empty());
     // Two relays vouch for themselves: three sources, the temporaries are replaced.
@@ -1091,12 +1091,12 @@ fn temporary_guards_under_a_view_with_few_sources() {
     assert_eq!(g.len(), NUM_GUARDS);
     assert!(!g.has_temporary());
     assert!(g.needs_save());
-    g.save(&file).unwrap();
-    assert_eq!(Guards::load(&file).unwrap().list(), g.list());
+    guard_file::save(&mut g, &file).unwrap();
+    assert_eq!(guard_file::load(&file).unwrap().list(), g.list());
 
     // Saved guards survive a restart into a non-diverse view; an expired one is replaced by a
     // temporary guard, which is not saved.
-    let saved = Guards::load(&file).unwrap();
+    let saved = guard_file::load(&file).unwrap();
     let mut small = RelayView::new([0; 32], (32, 128), MemoryBudget::new(1 << 24));
     for r in &records {
         small.insert(r.clone(), Source::Pex([9; 32]), NOW).unwrap();
@@ -1118,8 +1118,8 @@ fn temporary_guards_under_a_view_with_few_sources() {
         GuardDropReason::Expired
     )));
     assert_eq!(g.list().iter().filter(|x| x.temporary).count(), 1);
-    g.save(&file).unwrap();
-    assert_eq!(Guards::load(&file).unwrap().len(), 1);
+    guard_file::save(&mut g, &file).unwrap();
+    assert_eq!(guard_file::load(&file).unwrap().len(), 1);
 }
 
 #[test]

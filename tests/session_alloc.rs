@@ -6,7 +6,7 @@ mod alloc_counter;
 
 use alloc_counter::allocations;
 
-use globalnet::session::frame::{E2E_HEADER_LEN, E2E_MAX_FRAME_LEN};
+use globalnet::session::frame::{E2E_FRAME_LEN, E2E_PLAINTEXT_OFFSET};
 use globalnet::session::intro::{INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN};
 use globalnet::session::{ClientHandshake, E2eMessage, Pseudonym, ServiceIdentity, SessionChannel};
 use rand::rngs::OsRng;
@@ -32,8 +32,8 @@ fn frames_allocate_nothing() {
     let mut client = SessionChannel::client(&ck);
     let mut svc = SessionChannel::service(&sk);
     let packet = [0x60u8; 1280];
-    let mut buf = [0u8; E2E_MAX_FRAME_LEN];
-    let mut out = [0u8; E2E_MAX_FRAME_LEN];
+    let mut buf = [0u8; E2E_FRAME_LEN];
+    let mut out = [0u8; E2E_FRAME_LEN];
 
     let before = allocations();
     for i in 0..1000u64 {
@@ -42,7 +42,7 @@ fn frames_allocate_nothing() {
         } else {
             E2eMessage::Ping(i)
         };
-        let n = msg.emit(&mut buf[E2E_HEADER_LEN..]).unwrap();
+        let n = msg.emit(&mut buf[E2E_PLAINTEXT_OFFSET..]).unwrap();
         let len = client.seal_in_place(&mut buf, n).unwrap();
         let pt = svc.open_in_place(&mut buf[..len]).unwrap();
         let got = E2eMessage::parse(pt).unwrap();

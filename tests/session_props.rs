@@ -3,8 +3,8 @@
 //! between circuits, and parsers that never panic.
 
 use globalnet::session::frame::{
-    E2E_COUNTER_LIMIT, E2E_HEADER_LEN, E2E_MAX_COUNTER_JUMP, E2E_MAX_FRAME_LEN, E2E_MAX_PLAINTEXT,
-    E2E_REPLAY_WINDOW,
+    E2E_COUNTER_LIMIT, E2E_FRAME_LEN, E2E_HEADER_LEN, E2E_MAX_COUNTER_JUMP, E2E_MAX_PLAINTEXT,
+    E2E_REPLAY_WINDOW, E2E_VERSION,
 };
 use globalnet::session::intro::{INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN};
 use globalnet::session::{
@@ -143,7 +143,7 @@ fn session() -> (SessionChannel, SessionChannel) {
 }
 
 fn seal(ch: &mut SessionChannel, pt: &[u8]) -> Vec<u8> {
-    let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+    let mut buf = [0u8; E2E_FRAME_LEN];
     let n = ch.seal(pt, &mut buf).unwrap();
     buf[..n].to_vec()
 }
@@ -151,7 +151,7 @@ fn seal(ch: &mut SessionChannel, pt: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_tampering_and_replay() {
     let (mut client, mut service) = session();
-    let mut out = [0u8; E2E_MAX_FRAME_LEN];
+    let mut out = [0u8; E2E_FRAME_LEN];
     let f = seal(&mut client, b"\x02\0\0\0\0\0\0\0\x07");
     for i in 0..f.len() {
         let mut t = f.clone();
@@ -163,24 +163,63 @@ fn frames_tampering_and_replay() {
     let n = service.open(&f, &mut out).unwrap();
     assert_eq!(E2eMessage::parse(&out[..n]).unwrap(), E2eMessage::Ping(7));
     assert_eq!(service.open(&f, &mut out), Err(FrameError::Duplicate));
-    // Wrong direction key: a client frame reflected back at the client does not open.
+    // Wrong direction key: a client frame reflected back at the client does not open. (Its
+    // counter unmasks to garbage under the wrong key, so the window usually refuses it first.)
     let g = seal(&mut client, b"\x07");
-    assert_eq!(client.open(&g, &mut out), Err(FrameError::Decrypt));
+    assert!(matches!(
+        client.open(&g, &mut out),
+        Err(FrameError::Decrypt | FrameError::TooFarAhead)
+    ));
+    assert_eq!(client.window().top(), None);
     // Unknown version, short frames.
     let mut v = g.clone();
-    v[0] = 2;
-    assert_eq!(service.open(&v, &mut out), Err(FrameError::Version(2)));
+    v[0] = E2E_VERSION + 1;
+    assert_eq!(
+        service.open(&v, &mut out),
+        Err(FrameError::Version(E2E_VERSION + 1))
+    );
     assert_eq!(
         service.open(&g[..E2E_HEADER_LEN + 15], &mut out),
         Err(FrameError::Length)
     );
+    // Every frame has one length: a shorter or longer one is refused.
+    assert_eq!(
+        service.open(&g[..E2E_FRAME_LEN - 1], &mut out),
+        Err(FrameError::Length)
+    );
     // Too long a plaintext is refused at the sender.
-    let mut buf = [0u8; E2E_MAX_FRAME_LEN + 1];
+    let mut buf = [0u8; E2E_FRAME_LEN + 1];
     assert_eq!(
         client.seal(&[0u8; E2E_MAX_PLAINTEXT + 1], &mut buf),
         Err(FrameError::Length)
     );
     assert!(client.seal(&[0u8; E2E_MAX_PLAINTEXT], &mut buf).is_ok());
+}
+
+/// What a relay reads of a frame (10.4): one length for every message, and no counter. The
+/// bytes where the counter travels differ from the counter, and do not step by one.
+#[test]
+fn frames_have_one_length_and_no_visible_counter() {
+    let (mut client, _) = session();
+    let packet = [0x60u8; 1280];
+    let mut heads = Vec::new();
+    for i in 0..200usize {
+        let pt: &[u8] = match i % 4 {
+            0 => &packet[..40 + i],
+            1 => &packet,
+            2 => b"\x02\0\0\0\0\0\0\0\x07",
+            _ => b"\x06\0",
+        };
+        let f = seal(&mut client, pt);
+        assert_eq!(f.len(), E2E_FRAME_LEN);
+        assert_eq!(f[0], E2E_VERSION);
+        heads.push(u64::from_be_bytes(f[1..E2E_HEADER_LEN].try_into().unwrap()));
+    }
+    let counters: Vec<u64> = (0..200).collect();
+    assert!(heads.iter().zip(&counters).all(|(h, c)| h != c));
+    assert!(heads.windows(2).all(|w| w[1].wrapping_sub(w[0]) > 1 << 20));
+    // A real counter stays below 2^48; a masked one lands there once in 2^16 frames.
+    assert!(heads.iter().filter(|h| **h < E2E_COUNTER_LIMIT).count() <= 2);
 }
 
 /// Counters belong to the session: a flow that moves from circuit A to circuit B (frames of both
@@ -202,7 +241,7 @@ fn flow_moves_to_another_circuit() {
             circuit_b.push(f);
         }
     }
-    let mut out = [0u8; E2E_MAX_FRAME_LEN];
+    let mut out = [0u8; E2E_FRAME_LEN];
     let mut got = Vec::new();
     // Circuit B's frames overtake the tail of circuit A's (the old circuit is slow).
     for f in circuit_a[..8]
@@ -279,7 +318,7 @@ proptest! {
     fn frame_round_trip(pts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..E2E_MAX_PLAINTEXT), 1..8)) {
         let (mut client, mut service) = session();
         let frames: Vec<_> = pts.iter().map(|p| seal(&mut client, p)).collect();
-        let mut out = [0u8; E2E_MAX_FRAME_LEN];
+        let mut out = [0u8; E2E_FRAME_LEN];
         for (f, p) in frames.iter().zip(&pts).rev() {
             let n = service.open(f, &mut out).unwrap();
             prop_assert_eq!(&out[..n], &p[..]);

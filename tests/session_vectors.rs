@@ -2,11 +2,12 @@
 //! tests/vectors/protocol.json, made by the independent script
 //! tests/vectors/make_protocol_vectors.py: pseudonyms, GN-E2E-IK messages, transcript hash and
 //! keys, INTRODUCE1 and RENDEZVOUS1 bodies, the intro replay tag, the JOIN MAC, e2e frames in both
-//! directions at several counters, and ESTABLISH_INTRO.
+//! directions at several counters (padded, counter masked), and ESTABLISH_INTRO.
 
 use ed25519_dalek::SigningKey;
 use globalnet::session::frame::{
-    open_frame, seal_frame, FrameError, E2E_HEADER_LEN, E2E_MAX_FRAME_LEN,
+    frame_counter, open_frame, seal_frame, FrameError, FrameKey, E2E_FRAME_LEN, E2E_HEADER_LEN,
+    E2E_PLAINTEXT_OFFSET,
 };
 use globalnet::session::intro::{
     join_mac, RendCookie, RendPlaintext, INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN,
@@ -197,35 +198,49 @@ fn e2e_frames() {
     let mut service = SessionChannel::service(&sk);
     let mut client = SessionChannel::client(&ck);
     let frames = d["e2e_aead"].as_array().unwrap();
-    assert!(frames.len() >= 4);
+    assert!(frames.len() >= 6);
     for f in frames {
         let counter = f["counter"].as_u64().unwrap();
         let pt = hex(&f["plaintext"]);
         let expected = hex(&f["frame"]);
+        // Every frame fills a relay payload, whatever it carries (10.4).
+        assert_eq!(expected.len(), E2E_FRAME_LEN);
         let c2s = f["direction"] == "client_to_service";
-        let key = if c2s { ck.c2s() } else { ck.s2c() };
+        let key = FrameKey::new(if c2s { ck.c2s() } else { ck.s2c() });
 
-        // Seal at the vector's counter.
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
-        buf[E2E_HEADER_LEN..E2E_HEADER_LEN + pt.len()].copy_from_slice(&pt);
-        let n = seal_frame(key, counter, &mut buf, pt.len()).unwrap();
+        // Seal at the vector's counter, in a buffer holding stale bytes past the plaintext.
+        let mut buf = [0xa5u8; E2E_FRAME_LEN];
+        buf[E2E_PLAINTEXT_OFFSET..E2E_PLAINTEXT_OFFSET + pt.len()].copy_from_slice(&pt);
+        let n = seal_frame(&key, counter, &mut buf, pt.len()).unwrap();
         assert_eq!(buf[..n].to_vec(), expected, "frame at counter {counter}");
+        // The counter on the wire is the vector's counter under the vector's mask.
+        let mask = hex(&f["counter_mask"]);
+        let on_wire: Vec<u8> = counter
+            .to_be_bytes()
+            .iter()
+            .zip(&mask)
+            .map(|(c, m)| c ^ m)
+            .collect();
+        assert_eq!(expected[1..E2E_HEADER_LEN].to_vec(), on_wire);
+        assert_eq!(frame_counter(&key, &expected), Ok(counter));
 
         // Open with the pure function and check the message.
         let mut copy = expected.clone();
-        let (c, opened) = open_frame(key, &mut copy).unwrap();
+        let (c, opened) = open_frame(&key, &mut copy).unwrap();
         assert_eq!(c, counter);
         assert_eq!(opened.to_vec(), pt);
-        assert!(
-            matches!(E2eMessage::parse(opened).unwrap(), E2eMessage::Packet(p) if p.len() == 48)
-        );
+        match E2eMessage::parse(opened).unwrap() {
+            E2eMessage::Packet(p) => assert!(p.len() == 48 || p.len() == 1280),
+            E2eMessage::Ping(id) => assert_eq!(id, 0x0102030405060708),
+            m => panic!("unexpected message {m:?}"),
+        }
 
         // Open with the receiving session end, whose window applies.
         let receiver = if c2s { &mut service } else { &mut client };
-        let mut out = [0u8; E2E_MAX_FRAME_LEN];
+        let mut out = [0u8; E2E_FRAME_LEN];
         match receiver.open(&expected, &mut out) {
             Ok(m) => assert_eq!(out[..m].to_vec(), pt),
-            // 2^32 + 5 after 1 is beyond E2E_MAX_COUNTER_JUMP: refused by a session, accepted
+            // 2^32 + 5 after 3 is beyond E2E_MAX_COUNTER_JUMP: refused by a session, accepted
             // by a fresh one.
             Err(FrameError::TooFarAhead) => {
                 assert!(counter > (1 << 20));
@@ -236,7 +251,7 @@ fn e2e_frames() {
             }
             Err(e) => panic!("frame at {counter}: {e}"),
         }
-        // The same frame again is a replay.
+        // The same frame again is a replay: the window works on the hidden counter.
         assert!(receiver.open(&expected, &mut out).is_err());
     }
 }

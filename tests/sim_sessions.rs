@@ -2,7 +2,8 @@
 //! intro point and a rendezvous point, data flows both ways, new flows start on the spare
 //! circuit, pseudonyms differ per service and stay stable, forged pseudonyms and replayed
 //! introductions are refused, flows survive the death of any relay on their path, and the relays
-//! in the middle hold neither the service key nor both ends' addresses.
+//! in the middle hold neither the service key nor both ends' addresses, and a rendezvous point
+//! reads one length and no counter in what it splices.
 
 use globalnet::circuit::layer::CircId;
 use globalnet::node::NodeEvent;
@@ -881,6 +882,99 @@ fn client_finds_the_service_through_the_dht() {
     }
     echoes.extend(w.run_echo(cli, svc, 3_000, 20));
     assert_eq!(echoes.len(), 20, "data both ways on four flows");
+}
+
+/// What one hostile rendezvous point reads (issue #18 item 2, docs/threat-model.md): over
+/// packets of many sizes both ways, e2e PINGs and PONGs, and the NEW_CIRCUIT frames that join
+/// spare circuits for new flows, every DATA message a rendezvous point splices has one length,
+/// and the bytes where the e2e counter travels do not count.
+#[test]
+fn a_rendezvous_point_sees_one_length_and_no_counter() {
+    use globalnet::session::frame::{E2E_COUNTER_LIMIT, E2E_HEADER_LEN, E2E_VERSION};
+    use globalnet::wire::relay::RELAY_PAYLOAD_LEN;
+
+    let mut w = World::new(16, 17);
+    let svc = w.add_host();
+    let cli = w.add_host();
+    w.sim.run_for(30_000);
+    for n in &mut w.sim.nodes {
+        n.node.circ.observe_splices();
+    }
+    w.sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    w.publish(svc, SERVICE_SEED, &[cli]);
+    let s_addr = service_addr(&SERVICE_SEED);
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    // UDP bodies from 1 byte to a full 1280-byte packet, on four flows.
+    let sizes = [1usize, 100, 500, 1000, 1232];
+    let mut pongs = 0;
+    for i in 0..60usize {
+        let body = vec![i as u8; sizes[i % sizes.len()]];
+        w.send(
+            cli,
+            s_addr,
+            &udp(me, s_addr, 42000 + (i % 4) as u16, 7, &body),
+        );
+        w.run_echo(cli, svc, 100, 5);
+        if i % 10 == 9 {
+            let now = w.sim.now;
+            let id = w.sim.nodes[cli].node.e2e_ping(now, s_addr).unwrap();
+            w.sim.flush(cli);
+            let from = w.sim.nodes[cli].events.len();
+            w.run_echo(cli, svc, 1_000, 20);
+            pongs += w.sim.nodes[cli].events[from..]
+                .iter()
+                .filter(|e| matches!(e, NodeEvent::Pong { id: got, .. } if *got == id))
+                .count();
+        }
+    }
+    w.run_echo(cli, svc, 5_000, 20);
+    let echoes = w.packets(cli, 0).len();
+    assert!(echoes >= 50, "echoes: {echoes}");
+    assert!(pongs >= 5, "pongs: {pongs}");
+    let joins = w.sim.nodes[cli].node.session_stats().joins;
+    assert!(joins >= 1, "NEW_CIRCUIT frames joined circuits: {joins}");
+
+    // Per rendezvous point and arriving circuit, in arrival order.
+    let mut streams: std::collections::BTreeMap<(usize, u64), Vec<u64>> = Default::default();
+    let mut total = 0;
+    for (i, n) in w.sim.nodes.iter().enumerate() {
+        for m in n.node.circ.spliced_seen() {
+            total += 1;
+            assert_eq!(
+                usize::from(m.length),
+                RELAY_PAYLOAD_LEN,
+                "relay {i} read a length"
+            );
+            assert_eq!(m.head[0], E2E_VERSION);
+            let c = u64::from_be_bytes(m.head[1..E2E_HEADER_LEN].try_into().unwrap());
+            streams.entry((i, m.from)).or_default().push(c);
+        }
+    }
+    assert!(total >= 2 * echoes, "spliced messages: {total}");
+    let mut small = 0;
+    for ((relay, _), cs) in &streams {
+        // A clear counter starts near 0 and steps by one (with gaps where the session's other
+        // circuits took the numbers between). What the relay reads does neither.
+        small += cs.iter().filter(|c| **c < E2E_COUNTER_LIMIT).count();
+        let steps = cs
+            .windows(2)
+            .filter(|p| p[1].wrapping_sub(p[0]) < 1 << 20)
+            .count();
+        assert_eq!(steps, 0, "relay {relay} reads a counter: {cs:x?}");
+    }
+    // A masked counter falls below 2^48 once in 2^16 frames.
+    assert!(small <= 2, "{small} of {total} look like counters");
+    eprintln!(
+        "{total} spliced messages on {} circuit directions, {echoes} echoes, {pongs} pongs, \
+         {joins} joins",
+        streams.len()
+    );
 }
 
 /// Issue #18 item 5, protocol 6.7: a burst of more than `MAX_SEQ_JUMP` cells lost in a row on a

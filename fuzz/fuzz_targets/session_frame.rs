@@ -1,8 +1,8 @@
-//! End-to-end frames and messages (protocol.md 10.4, 10.5): any bytes are opened or refused by a
-//! session end without a panic, and any plaintext parses to a message or an error; a parsed
+//! End-to-end frames and messages (protocol.md 10.4, 10.5): any bytes, and any bytes at the start
+//! of a whole frame, are opened or refused by a session end without a panic, and any plaintext parses to a message or an error; a parsed
 //! message emits bytes that parse to the same message.
 #![no_main]
-use globalnet::session::frame::E2E_MAX_FRAME_LEN;
+use globalnet::session::frame::{E2E_FRAME_LEN, E2E_VERSION};
 use globalnet::session::intro::{INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN};
 use globalnet::session::{
     ClientHandshake, E2eMessage, Pseudonym, ReplayWindow, ServiceIdentity, SessionChannel,
@@ -42,10 +42,17 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut ch = SessionChannel::service(keys());
-    let mut out = [0u8; E2E_MAX_FRAME_LEN];
+    let mut out = [0u8; E2E_FRAME_LEN];
     let _ = ch.open(data, &mut out);
     let mut buf = data.to_vec();
     let _ = ch.open_in_place(&mut buf);
+    // Only whole frames get past the length check: also try the input as the start of one, so
+    // the counter unmasking and the AEAD see fuzzed bytes.
+    let mut full = [0u8; E2E_FRAME_LEN];
+    let n = data.len().min(E2E_FRAME_LEN);
+    full[..n].copy_from_slice(&data[..n]);
+    full[0] = E2E_VERSION;
+    let _ = ch.open_in_place(&mut full);
     // A frame the client seals around the input opens to the input.
     let mut client = SessionChannel::client(keys());
     if let Ok(n) = client.seal(data, &mut out) {

@@ -5,29 +5,33 @@
 //! else. Daemons run inside the hosts with generated configs; their logs, configs and state live
 //! in a run directory that is kept (and printed) when a test fails and removed when it passes.
 //!
-//! Teardown always happens: on drop (also while a test panics), on Ctrl-C (a signal handler kills
-//! every child and deletes every namespace of this process), and for namespaces left by a process
-//! that was killed outright (the next lab removes namespaces whose owning pid is gone).
+//! Teardown always happens: on drop (also while a test panics), on Ctrl-C or SIGTERM (a signal
+//! handler kills every child and deletes every namespace of this process), and for namespaces
+//! left by a process that was killed outright (the next lab removes namespaces whose owning pid
+//! is gone).
 //!
 //! Loss and delay: this kernel has no netem, so loss is an nftables rule in the host's output
 //! chain (`numgen random mod 100 < N drop`) and delay is `gn-delayer` holding the host's outgoing
 //! packets from an NFQUEUE (DESIGN.md section 10).
+//!
+//! The namespaces, the switch, children and teardown are the `globalnet-lab` crate's, which
+//! `globalnet demo` uses too; this file adds what only tests need (daemons with generated
+//! configs, NAT boxes, delay, the control queries) and turns the lab's errors into panics.
 #![allow(dead_code)]
 
+use globalnet_lab::signals::{self, OnSignal};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
+
+pub use globalnet_lab::Host;
 
 /// Prefix of every namespace this harness creates.
 pub const NS_PREFIX: &str = "gnt-";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-static SIGNAL_HANDLER: Once = Once::new();
-/// Namespaces and child pids of every live lab in this process, for the Ctrl-C handler.
-static LIVE: Mutex<(Vec<String>, Vec<u32>)> = Mutex::new((Vec::new(), Vec::new()));
 
 /// Whether netns tests can run here. Without root they are skipped, unless
 /// `GN_NETNS_REQUIRED=1` (CI and the README's test command set it), which turns that into a failure.
@@ -69,78 +73,28 @@ pub fn example_bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs a command and returns its output (whatever the exit status); panics if it cannot start.
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
+    globalnet_lab::run(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a command and panics with its output if it fails.
 pub fn must(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    globalnet_lab::must(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn ip(args: &[&str]) -> Output {
-    must(Command::new("ip").args(args))
+fn ip(args: &[&str]) {
+    globalnet_lab::ip(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn delete_ns(ns: &str) {
-    // Kill whatever still runs inside, or the namespace outlives its name.
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", ns])
-        .stderr(Stdio::null())
-        .status();
-    // Per-namespace /etc files (`ip netns exec` mounts them over /etc).
-    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
-}
-
-fn kill_pid(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-fn install_signal_handler() {
-    SIGNAL_HANDLER.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            let (names, pids) = match LIVE.lock() {
-                Ok(g) => (g.0.clone(), g.1.clone()),
-                Err(p) => (p.get_ref().0.clone(), p.get_ref().1.clone()),
-            };
-            for pid in pids {
-                kill_pid(pid);
-            }
-            for ns in names {
-                delete_ns(&ns);
-            }
-            eprintln!("interrupted: namespaces removed");
-            std::process::exit(130);
-        });
-    });
+/// A lab step that must work, or the test cannot go on.
+fn ok<T>(r: globalnet_lab::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Removes namespaces left behind by harness processes that no longer exist.
 fn remove_stale_namespaces() {
-    let out = run(Command::new("ip").args(["netns", "list"]));
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
+    for name in globalnet_lab::namespaces(NS_PREFIX) {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else {
             continue;
         };
@@ -148,7 +102,7 @@ fn remove_stale_namespaces() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            delete_ns(name);
+            globalnet_lab::delete_namespace(&name);
         }
     }
 }
@@ -166,17 +120,6 @@ pub fn shipped_listen() -> String {
         .expect("config.example.toml has a `listen` line");
     assert!(value.contains(":7412"), "tests assume port 7412: {value}");
     value
-}
-
-/// One host of a lab.
-#[derive(Debug, Clone)]
-pub struct Host {
-    /// Short name used in logs and file names.
-    pub name: String,
-    /// Its namespace.
-    pub ns: String,
-    /// Its underlay address.
-    pub ip: Ipv4Addr,
 }
 
 /// A daemon started by [`Lab::start_daemon`].
@@ -198,10 +141,7 @@ pub struct Daemon {
 
 /// A switched underlay of namespaces.
 pub struct Lab {
-    tag: String,
-    hub: String,
-    hosts: Vec<Host>,
-    children: Vec<(Child, String)>,
+    lab: globalnet_lab::Lab,
     /// Run directory: configs, state, logs.
     pub dir: PathBuf,
 }
@@ -212,110 +152,37 @@ impl Lab {
         if !can_run() {
             return None;
         }
-        install_signal_handler();
+        ok(signals::handle_signals(OnSignal::TeardownAndExit));
         remove_stale_namespaces();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{NS_PREFIX}{}-{n}", std::process::id());
+        let tag = format!("{NS_PREFIX}{}-{n}-", std::process::id());
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/netns-runs")
             .join(format!("{test}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("run directory");
-        // Daemons may drop to `nobody`; let them reach their own files.
-        let _ = Command::new("chmod").arg("0755").arg(&dir).status();
-        let hub = format!("{tag}-hub");
-        let lab = Lab {
-            tag,
-            hub: hub.clone(),
-            hosts: Vec::new(),
-            children: Vec::new(),
-            dir,
-        };
-        lab.register_ns(&hub);
-        ip(&["netns", "add", &hub]);
-        ip(&["-n", &hub, "link", "set", "lo", "up"]);
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        Some(lab)
-    }
-
-    fn register_ns(&self, ns: &str) {
-        if let Ok(mut g) = LIVE.lock() {
-            g.0.push(ns.to_string());
-        }
+        let lab = ok(globalnet_lab::Lab::new(&tag, dir.clone()));
+        Some(Lab { lab, dir })
     }
 
     /// Adds a host on the switch: `198.18.0.<k+1>/15` for the k-th host.
     pub fn add_host(&mut self, name: &str) -> Host {
-        let k = self.hosts.len();
-        assert!(k < 250, "too many hosts for this addressing plan");
-        let ns = format!("{}-{name}", self.tag);
-        let addr = Ipv4Addr::new(198, 18, 0, (k + 1) as u8);
-        self.register_ns(&ns);
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let port = format!("p{k}");
-        ip(&[
-            "-n", &self.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ]);
-        ip(&["-n", &self.hub, "link", "set", &port, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/15"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        let host = Host {
-            name: name.to_string(),
-            ns,
-            ip: addr,
-        };
-        self.hosts.push(host.clone());
-        host
+        ok(self.lab.add_host(name))
     }
 
     /// Gives `host` its own `/etc/hosts` (`ip netns exec` mounts `/etc/netns/<ns>/hosts` over
     /// it), so its programs resolve the lab's names without any outside DNS. Removed with the
     /// namespace.
     pub fn set_hosts_file(&self, host: &Host, text: &str) {
-        let dir = Path::new("/etc/netns").join(&host.ns);
-        std::fs::create_dir_all(&dir).expect("/etc/netns/<ns>");
-        std::fs::write(
-            dir.join("hosts"),
-            format!("127.0.0.1 localhost\n::1 localhost\n{text}"),
-        )
-        .expect("hosts file");
-        // A name not in the file must fail here and now, never ask a resolver outside the lab.
-        std::fs::write(
-            dir.join("resolv.conf"),
-            "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
-        )
-        .expect("resolv.conf");
+        ok(self.lab.set_hosts_file(host, text))
     }
 
     /// Adds another underlay address to `host` (a multi-homed host).
     pub fn add_address(&self, host: &Host, addr: Ipv4Addr) {
-        ip(&[
-            "-n",
-            &host.ns,
-            "addr",
-            "add",
-            &format!("{addr}/15"),
-            "dev",
-            "eth0",
-        ]);
+        ok(self.lab.add_address(host, addr))
     }
 
     /// A command that runs inside `host`.
     pub fn cmd(&self, host: &Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &host.ns]).arg(program);
-        c
+        host.cmd(program)
     }
 
     /// Runs a shell command inside `host` and returns its output (whatever the exit status).
@@ -337,13 +204,7 @@ impl Lab {
 
     /// Drops `percent` of the host's outgoing packets (nftables, output hook).
     pub fn set_loss(&self, host: &Host, percent: u32) {
-        let rules = format!(
-            "table inet gnloss {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
-        );
-        let path = self.dir.join(format!("{}-loss.nft", host.name));
-        std::fs::write(&path, rules).expect("write nft rules");
-        let _ = self.sh(host, "nft delete table inet gnloss 2>/dev/null");
-        must(self.cmd(host, "nft").arg("-f").arg(&path));
+        ok(self.lab.set_loss(host, percent))
     }
 
     /// Delays every outgoing packet of the host by `ms` milliseconds (gn-delayer on an NFQUEUE).
@@ -376,11 +237,8 @@ impl Lab {
         }
     }
 
-    fn track(&mut self, child: Child, what: String) {
-        if let Ok(mut g) = LIVE.lock() {
-            g.1.push(child.id());
-        }
-        self.children.push((child, what));
+    fn track(&mut self, child: std::process::Child, what: String) {
+        self.lab.track(child, &what);
     }
 
     /// Writes a daemon config for `host`: state and control socket inside the run directory,
@@ -440,11 +298,7 @@ impl Lab {
 
     /// The hub namespace (the switch) as a host, e.g. to capture the underlay's traffic.
     pub fn hub(&self) -> Host {
-        Host {
-            name: "hub".into(),
-            ns: self.hub.clone(),
-            ip: Ipv4Addr::UNSPECIFIED,
-        }
+        self.lab.hub()
     }
 
     /// Starts a long-running program inside `host`, stopped with the lab; its output goes to
@@ -544,17 +398,13 @@ impl Lab {
         serde_json::from_slice(&out.stdout).expect("JSON")
     }
 
-    fn child_mut(&mut self, pid: u32) -> Option<&mut Child> {
-        self.children
-            .iter_mut()
-            .find(|(c, _)| c.id() == pid)
-            .map(|(c, _)| c)
+    fn child_mut(&mut self, pid: u32) -> Option<&mut std::process::Child> {
+        self.lab.child_mut(pid)
     }
 
     /// The daemon's exit status if it has exited.
     pub fn try_wait(&mut self, d: &Daemon) -> Option<ExitStatus> {
-        self.child_mut(d.pid)
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.lab.exited(d.pid)
     }
 
     /// Sends `signal` to the daemon and waits up to `timeout` for it to exit.
@@ -619,7 +469,7 @@ impl Lab {
         let mut boxes = vec![outer];
         for (level, kind) in nats.iter().enumerate() {
             let nat_box = boxes.last().cloned().expect("a box");
-            let n = self.hosts.len();
+            let n = self.lab.hosts().len();
             assert!(n < 250, "too many hosts for this addressing plan");
             let last = level + 1 == nats.len();
             let inner_name = if last {
@@ -627,10 +477,10 @@ impl Lab {
             } else {
                 format!("{name}-nat{}", level + 1)
             };
-            let ns = format!("{}-{inner_name}", self.tag);
-            self.register_ns(&ns);
-            ip(&["netns", "add", &ns]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let gw = Ipv4Addr::new(198, 19, n as u8, 1);
+            let addr = Ipv4Addr::new(198, 19, n as u8, 2);
+            let host = ok(self.lab.add_bare_host(&inner_name, addr));
+            let ns = host.ns.clone();
             ip(&[
                 "-n",
                 &nat_box.ns,
@@ -645,8 +495,6 @@ impl Lab {
                 "netns",
                 &ns,
             ]);
-            let gw = Ipv4Addr::new(198, 19, n as u8, 1);
-            let addr = Ipv4Addr::new(198, 19, n as u8, 2);
             ip(&[
                 "-n",
                 &nat_box.ns,
@@ -668,12 +516,6 @@ impl Lab {
             ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()]);
-            let host = Host {
-                name: inner_name,
-                ns,
-                ip: addr,
-            };
-            self.hosts.push(host.clone());
             self.set_nat(&nat_box, *kind, addr);
             boxes.push(host);
         }
@@ -717,42 +559,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (child, _) in &mut self.children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let mut names: Vec<String> = self.hosts.iter().map(|h| h.ns.clone()).collect();
-        names.push(self.hub.clone());
-        for ns in &names {
-            delete_ns(ns);
-        }
-        if let Ok(mut g) = LIVE.lock() {
-            g.0.retain(|n| !names.contains(n));
-            let pids: Vec<u32> = self.children.iter().map(|(c, _)| c.id()).collect();
-            g.1.retain(|p| !pids.contains(p));
-        }
+        self.lab.teardown();
         if std::thread::panicking() {
+            self.lab.keep_dir(true);
             eprintln!(
                 "netns test failed: logs, configs and state kept in {}",
                 self.dir.display()
             );
         } else if std::env::var_os("GN_NETNS_KEEP").is_some() {
+            self.lab.keep_dir(true);
             eprintln!("GN_NETNS_KEEP: logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -115,6 +115,11 @@ impl OnionKey {
     pub fn public(&self) -> &[u8; 32] {
         &self.public
     }
+
+    /// `b`, to write to the key file (zeroed when dropped).
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.secret.to_bytes())
+    }
 }
 
 impl fmt::Debug for OnionKey {

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use super::client::ClientError;
 use super::handshake::{respond, HopTarget, OnionKey};
 use super::hop::{Forward, HopError, RelayHop};
+use super::onion::OnionKeys;
 use super::replay::ReplayError;
 use super::ClientCircuit;
 use crate::budget::{Charge, MemoryBudget};
@@ -316,6 +317,25 @@ pub struct CircuitInfo {
     pub build_ms: Option<Millis>,
 }
 
+/// What a rendezvous point reads in clear of one DATA message it passes across a splice: the
+/// relay header's `length` and the first bytes of the payload (where an e2e frame keeps its
+/// version and counter). Recorded only when [`CircuitLayer::observe_splices`] asked for it, so
+/// tests can check what a hostile rendezvous point learns (docs/threat-model.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplicedMessage {
+    /// The relayed circuit (slot) the message arrived on.
+    pub from: u64,
+    /// The relay header's `length` field.
+    pub length: u16,
+    /// The first [`SPLICED_HEAD_LEN`] payload bytes (zero where the payload is shorter).
+    pub head: [u8; SPLICED_HEAD_LEN],
+}
+
+/// Payload bytes a [`SplicedMessage`] keeps.
+pub const SPLICED_HEAD_LEN: usize = 16;
+/// Most [`SplicedMessage`]s kept; later ones are not recorded.
+pub const MAX_SPLICED_OBSERVATIONS: usize = 4096;
+
 /// Counters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CircuitStats {
@@ -340,7 +360,9 @@ pub struct CircuitStats {
 /// The circuit layer of one node.
 pub struct CircuitLayer {
     identity: [u8; 32],
-    onion: OnionKey,
+    onion: OnionKeys,
+    /// A key made by rotation that the node has not taken yet (to publish and keep).
+    rotated: Option<OnionKey>,
     relay: bool,
     budget: MemoryBudget,
     /// Choices: circuit ids.
@@ -364,6 +386,8 @@ pub struct CircuitLayer {
     payloads: Vec<Vec<u8>>,
     /// Relays our extensions could not reach, for [`CircuitLayer::take_unreachable`].
     unreachable: Vec<[u8; 32]>,
+    /// What crossed our splices, when a test asked (`None`: nothing is recorded).
+    spliced_seen: Option<Vec<SplicedMessage>>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -390,7 +414,8 @@ impl CircuitLayer {
         let (rng, secrets) = rand.into_parts();
         CircuitLayer {
             identity,
-            onion,
+            onion: OnionKeys::new(onion, now),
+            rotated: None,
             relay,
             budget,
             rng,
@@ -409,7 +434,24 @@ impl CircuitLayer {
             stats: CircuitStats::default(),
             payloads: Vec::new(),
             unreachable: Vec::new(),
+            spliced_seen: None,
         }
+    }
+
+    /// A new onion key made by rotation, once: publish it in the relay record and keep it.
+    pub fn take_rotated_onion_key(&mut self) -> Option<OnionKey> {
+        self.rotated.take()
+    }
+
+    /// The current onion key.
+    pub fn onion_key(&self) -> &OnionKey {
+        self.onion.current()
+    }
+
+    /// Sets when the current onion key was made (from its file), so rotation keeps its schedule
+    /// across restarts.
+    pub fn set_onion_key_since(&mut self, since: Millis) {
+        self.onion.set_since(since);
     }
 
     /// The next action for the link layer.
@@ -752,11 +794,12 @@ impl CircuitLayer {
         let create = cell
             .get(CELL_HEADER_LEN..CELL_HEADER_LEN + CREATE_HS_LEN)
             .unwrap_or(&[]);
+        let (keys, n) = self.onion.accepted(now);
         let hs = match respond(
             &mut self.secrets,
             create,
             &self.identity,
-            &[&self.onion],
+            keys.get(..n).unwrap_or(&[]),
             &ServerExt::default(),
         ) {
             Ok(hs) => hs,
@@ -855,6 +898,19 @@ impl CircuitLayer {
                 if let Some(other) = r.splice {
                     // A spliced rendezvous point passes DATA across, and nothing else (10.6).
                     if cmd == RelayCommand::Data as u8 {
+                        if let Some(seen) = self.spliced_seen.as_mut() {
+                            if seen.len() < MAX_SPLICED_OBSERVATIONS {
+                                let mut head = [0u8; SPLICED_HEAD_LEN];
+                                for (h, b) in head.iter_mut().zip(message.payload()) {
+                                    *h = *b;
+                                }
+                                seen.push(SplicedMessage {
+                                    from: slot,
+                                    length: message.length(),
+                                    head,
+                                });
+                            }
+                        }
                         self.splice_data(other, message.payload());
                     } else {
                         self.stats.dropped += 1;
@@ -1013,6 +1069,16 @@ impl CircuitLayer {
             r.splice = Some(a);
         }
         Ok(())
+    }
+
+    /// Starts recording what crosses our splices (see [`SplicedMessage`]).
+    pub fn observe_splices(&mut self) {
+        self.spliced_seen.get_or_insert_with(Vec::new);
+    }
+
+    /// What crossed our splices since [`observe_splices`](Self::observe_splices).
+    pub fn spliced_seen(&self) -> &[SplicedMessage] {
+        self.spliced_seen.as_deref().unwrap_or(&[])
     }
 
     /// Tears down a relayed circuit that ends at us (a role refused it).
@@ -1517,6 +1583,13 @@ impl CircuitLayer {
     /// Timeouts: builds, extends, idle and old circuits, quarantine.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.quarantine.retain(|_, t| now < *t);
+        self.onion.expire(now);
+        if self.relay && self.onion.due(now) {
+            let next = OnionKey::generate(&mut self.secrets);
+            tracing::info!(key = ?next, "onion key rotated; the previous one is accepted for 2 days");
+            self.rotated = Some(next.clone());
+            self.onion.rotate(now, next);
+        }
         let stale: Vec<CircId> = self
             .own
             .iter()

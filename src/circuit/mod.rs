@@ -23,6 +23,7 @@ pub mod handshake;
 pub mod hop;
 pub mod keys;
 pub mod layer;
+pub mod onion;
 pub mod path;
 pub mod replay;
 pub mod wideblock;
@@ -33,5 +34,6 @@ pub use handshake::{
 };
 pub use hop::{Forward, HopError, RelayHop, CIRCUIT_MAX_CELLS, MAX_RELAY_EARLY};
 pub use keys::{next_backward_seq_start, HopKeys, BACKWARD_SEQ_GAP, HOP_KEYS_LEN};
+pub use onion::{OnionKeys, ONION_KEY_GRACE_MS, ONION_KEY_ROTATION_MS};
 pub use replay::{ReplayError, ReplayWindow, MAX_SEQ_JUMP, REPLAY_WINDOW_CELLS};
 pub use wideblock::{WbKeys, WB_LEFT_LEN, WB_TWEAK_LEN};

@@ -19,8 +19,8 @@
 //! - selection is uniform among the relays that satisfy the rules: candidates are sorted by
 //!   identity before sampling, so a seeded generator gives the same path for the same view.
 //!
-//! Guards (9.3): [`Guards`] keeps [`NUM_GUARDS`] guards, persisted with [`Guards::load`] and
-//! [`Guards::save`]; [`Guards::maintain`] replaces expired and long-unreachable ones and chooses
+//! Guards (9.3): [`Guards`] keeps [`NUM_GUARDS`] guards, kept across restarts by the daemon
+//! (`daemon::guard_file`; this module does no file I/O: [`Guards::restore`], [`Guards::to_keep`]); [`Guards::maintain`] replaces expired and long-unreachable ones and chooses
 //! new ones only from a view with [`VIEW_MIN_SOURCES`] sources (otherwise temporary guards that
 //! are never saved). [`Vanguards`] keeps [`NUM_L2_GUARDS`] short-lived second hops for service
 //! circuits, in memory only.
@@ -36,16 +36,11 @@
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path as FsPath, PathBuf};
 
 use crate::circuit::handshake::HopTarget;
-use crate::crypto::keys::{fingerprint, hex};
+use crate::crypto::keys::fingerprint;
 use crate::link::view::{family_prefix, RelayView, VIEW_MIN_SOURCES};
 use crate::time::Millis;
 use crate::wire::record::{Contact, RelayRecord, FLAG_DHT, FLAG_RELAY, FLAG_RENDEZVOUS};
@@ -76,8 +71,6 @@ pub const GUARDS_FILE: &str = "guards.json";
 pub const GUARDS_FILE_VERSION: u32 = 1;
 
 const DAY_MS: u64 = 86_400_000;
-/// A guard file larger than this is refused as corrupt (two entries take about 400 bytes).
-const MAX_GUARDS_FILE_LEN: u64 = 64 * 1024;
 /// Work bound for counting family-disjoint relays in an error message.
 const DISJOINT_SEARCH_STEPS: usize = 200_000;
 
@@ -1098,72 +1091,6 @@ impl fmt::Display for GuardEvent {
     }
 }
 
-/// A guard file could not be used. The caller logs it and starts with fresh guards.
-#[derive(Debug)]
-pub enum GuardFileError {
-    /// Reading or writing failed.
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        error: io::Error,
-    },
-    /// The file is not a valid guard file.
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl fmt::Display for GuardFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GuardFileError::Io { path, error } => {
-                write!(f, "guards: {}: {error}", path.display())
-            }
-            GuardFileError::Corrupt { path, reason } => write!(
-                f,
-                "guards: {} is corrupt ({reason}); choosing new guards",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for GuardFileError {}
-
-#[derive(Serialize, Deserialize)]
-struct GuardFile {
-    version: u32,
-    guards: Vec<GuardEntry>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct GuardEntry {
-    identity: String,
-    chosen_at: u64,
-    expires: u64,
-    last_seen_up: Option<u64>,
-    down_since: Option<u64>,
-    #[serde(default)]
-    missing_since: Option<u64>,
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *o = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The node's guards, in order of preference (9.3).
 #[derive(Debug, Clone, Default)]
 pub struct Guards {
@@ -1177,129 +1104,39 @@ impl Guards {
         Guards::default()
     }
 
-    /// Reads the guard file. A missing file gives no guards; an unreadable or corrupt one is an
-    /// error (the caller logs it and starts with [`Guards::new`]).
-    pub fn load(path: &FsPath) -> Result<Guards, GuardFileError> {
-        let io_err = |error| GuardFileError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let corrupt = |reason: String| GuardFileError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let file = match fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Guards::new()),
-            Err(e) => return Err(io_err(e)),
-        };
-        let mut text = String::new();
-        let read = file.take(MAX_GUARDS_FILE_LEN + 1).read_to_string(&mut text);
-        match read {
-            Ok(n) if n as u64 > MAX_GUARDS_FILE_LEN => {
-                return Err(corrupt(format!("longer than {MAX_GUARDS_FILE_LEN} bytes")))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(corrupt("not UTF-8".to_string()))
-            }
-            Err(e) => return Err(io_err(e)),
+    /// Guards restored from a saved list (the daemon's guard file): checked as a file from disk
+    /// must be (no more than [`NUM_GUARDS`], no duplicates, lifetimes in range); the reason when
+    /// not.
+    pub fn restore(list: Vec<Guard>) -> Result<Guards, String> {
+        if list.len() > NUM_GUARDS {
+            return Err(format!("{} guards", list.len()));
         }
-        let parsed: GuardFile =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("JSON: {e}")))?;
-        if parsed.version != GUARDS_FILE_VERSION {
-            return Err(corrupt(format!("unknown version {}", parsed.version)));
-        }
-        if parsed.guards.len() > NUM_GUARDS {
-            return Err(corrupt(format!("{} guards", parsed.guards.len())));
-        }
-        let mut list: Vec<Guard> = Vec::with_capacity(parsed.guards.len());
-        for e in parsed.guards {
-            let identity =
-                unhex32(&e.identity).ok_or_else(|| corrupt("bad identity".to_string()))?;
-            if list.iter().any(|g| g.identity == identity) {
-                return Err(corrupt("duplicate guard".to_string()));
+        for (i, g) in list.iter().enumerate() {
+            if list.iter().take(i).any(|o| o.identity == g.identity) {
+                return Err("duplicate guard".to_string());
             }
-            if e.expires <= e.chosen_at
-                || e.expires - e.chosen_at > GUARD_LIFETIME_MAX_DAYS * DAY_MS
+            if g.expires <= g.chosen_at
+                || g.expires - g.chosen_at > GUARD_LIFETIME_MAX_DAYS * DAY_MS
             {
-                return Err(corrupt("lifetime out of range".to_string()));
+                return Err("lifetime out of range".to_string());
             }
-            list.push(Guard {
-                identity,
-                chosen_at: e.chosen_at,
-                expires: e.expires,
-                last_seen_up: e.last_seen_up,
-                down_since: e.down_since,
-                missing_since: e.missing_since,
-                temporary: false,
-            });
         }
         Ok(Guards { list, dirty: false })
     }
 
-    /// Writes the non-temporary guards: to a temporary file in the same directory (mode 0600),
-    /// synced, then renamed over `path`.
-    pub fn save(&mut self, path: &FsPath) -> Result<(), GuardFileError> {
-        let io_err = |p: &FsPath| {
-            let p = p.to_path_buf();
-            move |error| GuardFileError::Io { path: p, error }
-        };
-        let file = GuardFile {
-            version: GUARDS_FILE_VERSION,
-            guards: self
-                .list
-                .iter()
-                .filter(|g| !g.temporary)
-                .map(|g| GuardEntry {
-                    identity: hex(&g.identity),
-                    chosen_at: g.chosen_at,
-                    expires: g.expires,
-                    last_seen_up: g.last_seen_up,
-                    down_since: g.down_since,
-                    missing_since: g.missing_since,
-                })
-                .collect(),
-        };
-        let mut text = serde_json::to_string_pretty(&file).map_err(|e| GuardFileError::Io {
-            path: path.to_path_buf(),
-            error: io::Error::other(e),
-        })?;
-        text.push('\n');
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| GUARDS_FILE.to_string());
-        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
-        drop(f);
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp)(e));
-        }
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(path)(e));
-        }
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                FsPath::new(".")
-            } else {
-                dir
-            };
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+    /// The guards to keep across restarts (temporary ones are not kept).
+    pub fn to_keep(&self) -> Vec<Guard> {
+        self.list.iter().filter(|g| !g.temporary).cloned().collect()
+    }
+
+    /// What [`Guards::to_keep`] returned is on disk now.
+    pub fn mark_saved(&mut self) {
         self.dirty = false;
-        Ok(())
+    }
+
+    /// A save failed: it is still to be done.
+    pub fn mark_unsaved(&mut self) {
+        self.dirty = true;
     }
 
     /// The guards, in order of preference.
@@ -1322,7 +1159,7 @@ impl Guards {
         self.list.iter().any(|g| g.temporary)
     }
 
-    /// Whether something that [`Guards::save`] writes changed since the last load or save.
+    /// Whether something [`Guards::to_keep`] returns changed since the last restore or save.
     pub fn needs_save(&self) -> bool {
         self.dirty
     }

@@ -1,17 +1,16 @@
 //! The `globalnet` command line (DESIGN.md section 11). Subcommands that need the daemon talk to
 //! it over the control socket; `keygen`, `address` and `check` work without one.
 
-// Reading a `serde_json::Value` by key returns Null for a missing key or a non-object; it cannot
-// panic, and it keeps the printers short.
-#![allow(clippy::indexing_slicing)]
-
 use clap::{Args, Parser, Subcommand};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR};
-use crate::control;
+use crate::control::proto::{
+    CircuitAnswer, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+};
+use crate::control::{self, Cmd};
 use crate::crypto::NodeKeys;
 
 #[derive(Parser, Debug)]
@@ -226,11 +225,11 @@ fn run(command: Command) -> Result<(), Failure> {
             let c = load_config(&args.config)?;
             crate::daemon::run(c).map_err(|e| Failure::Runtime(e.to_string()))
         }
-        Command::Status(q) => query(&q, "status", print_status),
-        Command::Peers(q) => query(&q, "peers", print_peers),
-        Command::Circuits(q) => query(&q, "circuits", print_circuits),
-        Command::Services(q) => query(&q, "services", print_services),
-        Command::Sessions(q) => query(&q, "sessions", print_sessions),
+        Command::Status(q) => query(&q, Cmd::Status, print_status),
+        Command::Peers(q) => query(&q, Cmd::Peers, |l: &Vec<_>| print_peers(l)),
+        Command::Circuits(q) => query(&q, Cmd::Circuits, |l: &Vec<_>| print_circuits(l)),
+        Command::Services(q) => query(&q, Cmd::Services, |l: &Vec<_>| print_services(l)),
+        Command::Sessions(q) => query(&q, Cmd::Sessions, |l: &Vec<_>| print_sessions(l)),
         Command::Ping(args) => ping(&args),
         Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
@@ -263,11 +262,11 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
     let mut errors: Vec<String> = Vec::new();
     for seq in 1..=args.count {
         let t0 = std::time::Instant::now();
-        let mut req = control::Request::new("ping");
-        req.addr = Some(addr.to_string());
-        match control::request_with(&path, &req, std::time::Duration::from_secs(45)) {
-            Ok(v) => {
-                let rtt = v["rtt_ms"].as_f64().unwrap_or(0.0);
+        let req = control::Request::ping(addr.to_string());
+        let answer = control::request_with(&path, &req, std::time::Duration::from_secs(45))
+            .and_then(control::decode::<PingAnswer>);
+        match answer {
+            Ok(PingAnswer { rtt_ms: rtt, .. }) => {
                 rtts.push(rtt);
                 if !json {
                     println!("reply from {addr}: seq={seq} time={rtt:.1} ms");
@@ -323,23 +322,32 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
     }
 }
 
-fn query(args: &QueryArgs, cmd: &str, human: fn(&Value) -> String) -> Result<(), Failure> {
+/// Asks the daemon `cmd`; prints its answer as it came with `--json` (fields this CLI does not
+/// know yet included), else read as the command's answer type and shown by `human`.
+fn query<T: DeserializeOwned>(
+    args: &QueryArgs,
+    cmd: Cmd,
+    human: impl Fn(&T) -> String,
+) -> Result<(), Failure> {
     let path = control_path(args)?;
     let result = control::request(&path, cmd).map_err(|e| Failure::Runtime(e.to_string()))?;
     if args.json {
         println!("{result}");
     } else {
-        print!("{}", human(&result));
+        let answer: T = control::decode(result).map_err(|e| Failure::Runtime(e.to_string()))?;
+        print!("{}", human(&answer));
     }
     Ok(())
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// An optional value, `-` when absent.
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), T::to_string)
+}
+
+/// A number as JSON writes it (`41.0`, not `41`), as the tables always showed it.
+fn float(x: f64) -> String {
+    serde_json::Number::from_f64(x).map_or("-".into(), |n| n.to_string())
 }
 
 fn duration(secs: u64) -> String {
@@ -377,110 +385,80 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_status(v: &Value) -> String {
+fn print_status(v: &StatusAnswer) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
     let rows = [
-        ("address", s(&v["address"])),
-        (
-            "interface",
-            format!("{} (mtu {})", s(&v["interface"]), s(&v["mtu"])),
-        ),
-        ("relay key", s(&v["relay_key"])),
-        (
-            "relaying",
-            if v["relay"] == Value::Bool(true) {
-                "yes".into()
-            } else {
-                "no".into()
-            },
-        ),
-        ("peers", s(&v["peers"])),
+        ("address", v.address.clone()),
+        ("interface", format!("{} (mtu {})", v.interface, v.mtu)),
+        ("relay key", v.relay_key.clone()),
+        ("relaying", yes_no(v.relay).into()),
+        ("peers", v.peers.to_string()),
         (
             "circuits",
             format!(
                 "{} own ({} ready), {} relayed for others",
-                s(&v["circuits"]["own"]),
-                s(&v["circuits"]["ready"]),
-                s(&v["circuits"]["relayed"])
+                v.circuits.own, v.circuits.ready, v.circuits.relayed
             ),
         ),
         (
             "sessions",
             format!(
                 "{}, {} flows ({} refused, {} dropped)",
-                s(&v["sessions"]),
-                s(&v["flows"]["active"]),
-                s(&v["flows"]["refused"]),
-                v["flows"]["dropped_from_peers"].as_u64().unwrap_or(0)
-                    + v["flows"]["dropped_from_kernel"].as_u64().unwrap_or(0)
+                v.sessions,
+                v.flows.active,
+                v.flows.refused,
+                v.flows.dropped_from_peers + v.flows.dropped_from_kernel
             ),
         ),
-        ("nat", s(&v["nat"])),
+        ("nat", v.nat.clone()),
         (
             "view",
-            format!(
-                "{} relays from {} sources",
-                s(&v["view"]["relays"]),
-                s(&v["view"]["sources"])
-            ),
+            format!("{} relays from {} sources", v.view.relays, v.view.sources),
         ),
-        ("uptime", duration(v["uptime_s"].as_u64().unwrap_or(0))),
-        ("version", s(&v["version"])),
+        ("uptime", duration(v.uptime_s)),
+        ("version", v.version.clone()),
     ];
     let mut out: String = rows
         .iter()
         .map(|(k, val)| format!("{k:<10} {val}\n"))
         .collect();
-    for b in v["bootstrap"].as_array().into_iter().flatten() {
-        let mut line = format!("{} {}", s(&b["peer"]), s(&b["state"]));
-        if let Some(f) = b["failing_s"].as_u64() {
-            line.push_str(&format!(
-                " for {} ({} tries)",
-                duration(f),
-                b["tries"].as_u64().unwrap_or(0)
-            ));
+    for b in &v.bootstrap {
+        let mut line = format!("{} {}", b.peer, b.state);
+        if let Some(f) = b.failing_s {
+            line.push_str(&format!(" for {} ({} tries)", duration(f), b.tries));
         }
-        if let Some(e) = b["last_error"].as_str() {
+        if let Some(e) = &b.last_error {
             line.push_str(&format!(": {e}"));
         }
         out.push_str(&format!("{:<10} {line}\n", "bootstrap"));
     }
-    if let Some(r) = v["reason"].as_str() {
+    if let Some(r) = &v.reason {
         out.push_str(&format!("{:<10} {r}\n", "why"));
     }
     out
 }
 
-fn print_peers(v: &Value) -> String {
-    let list = v.as_array().cloned().unwrap_or_default();
+fn print_peers(list: &[PeerAnswer]) -> String {
     if list.is_empty() {
         return "no peers yet\n".into();
     }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {
-            let key = match &p["relay_key"] {
-                Value::String(k) => k.get(..16).unwrap_or(k).to_string(),
-                _ => "(client)".to_string(),
+            let key = match &p.relay_key {
+                Some(k) => k.get(..16).unwrap_or(k).to_string(),
+                None => "(client)".to_string(),
             };
             vec![
                 key,
-                s(&p["endpoint"]),
-                if p["direct"] == Value::Bool(true) {
-                    "direct".into()
-                } else {
-                    "relayed".into()
-                },
-                if p["outbound"] == Value::Bool(true) {
-                    "out".into()
-                } else {
-                    "in".into()
-                },
-                s(&p["rtt_ms"]),
-                p["last_handshake_s"]
-                    .as_u64()
+                p.endpoint.clone(),
+                if p.direct { "direct" } else { "relayed" }.into(),
+                if p.outbound { "out" } else { "in" }.into(),
+                p.rtt_ms.map_or("-".into(), float),
+                p.last_handshake_s
                     .map_or("-".into(), |t| duration(t) + " ago"),
-                bytes(p["bytes_in"].as_u64().unwrap_or(0)),
-                bytes(p["bytes_out"].as_u64().unwrap_or(0)),
+                bytes(p.bytes_in),
+                bytes(p.bytes_out),
             ]
         })
         .collect();
@@ -507,8 +485,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn print_circuits(v: &Value) -> String {
-    let list = v.as_array().cloned().unwrap_or_default();
+fn print_circuits(list: &[CircuitAnswer]) -> String {
     if list.is_empty() {
         return "no circuits yet\n".into();
     }
@@ -516,12 +493,12 @@ fn print_circuits(v: &Value) -> String {
         .iter()
         .map(|c| {
             vec![
-                s(&c["id"]),
-                s(&c["hops"]),
-                s(&c["purpose"]),
-                s(&c["state"]),
-                s(&c["build_ms"]),
-                duration(c["age_s"].as_u64().unwrap_or(0)),
+                c.id.clone(),
+                c.hops.to_string(),
+                c.purpose.clone(),
+                c.state.as_str().into(),
+                opt(&c.build_ms),
+                duration(c.age_s),
             ]
         })
         .collect();
@@ -531,38 +508,29 @@ fn print_circuits(v: &Value) -> String {
     )
 }
 
-fn print_services(v: &Value) -> String {
-    let list = v.as_array().cloned().unwrap_or_default();
+fn print_services(list: &[ServiceAnswer]) -> String {
     if list.is_empty() {
         return "no services (list ports under [expose] in the config to host this node's service)\n"
             .into();
     }
-    let ports = |p: &Value| -> String {
-        let list: Vec<String> = p
-            .as_array()
-            .map(|a| a.iter().map(|x| x.to_string()).collect())
-            .unwrap_or_default();
-        if list.is_empty() {
+    let ports = |p: &[u16]| -> String {
+        if p.is_empty() {
             "-".into()
         } else {
-            list.join(",")
+            p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
         }
     };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
             vec![
-                s(&c["address"]),
-                ports(&c["tcp"]),
-                ports(&c["udp"]),
-                c["intro_points"]
-                    .as_array()
-                    .map_or(0, |a| a.len())
-                    .to_string(),
-                c["descriptor_age_s"]
-                    .as_u64()
+                c.address.clone(),
+                ports(&c.tcp),
+                ports(&c.udp),
+                c.intro_points.len().to_string(),
+                c.descriptor_age_s
                     .map_or("not published yet".into(), duration),
-                c["sessions"].as_u64().unwrap_or(0).to_string(),
+                c.sessions.to_string(),
             ]
         })
         .collect();
@@ -579,8 +547,7 @@ fn print_services(v: &Value) -> String {
     )
 }
 
-fn print_sessions(v: &Value) -> String {
-    let list = v.as_array().cloned().unwrap_or_default();
+fn print_sessions(list: &[SessionAnswer]) -> String {
     if list.is_empty() {
         return "no sessions\n".into();
     }
@@ -588,13 +555,13 @@ fn print_sessions(v: &Value) -> String {
         .iter()
         .map(|c| {
             vec![
-                s(&c["peer"]),
-                s(&c["role"]),
-                s(&c["state"]),
-                s(&c["circuits"]),
-                s(&c["flows"]),
-                duration(c["age_s"].as_u64().unwrap_or(0)),
-                s(&c["local"]),
+                c.peer.clone(),
+                c.role.clone(),
+                c.state.clone(),
+                c.circuits.to_string(),
+                c.flows.to_string(),
+                duration(c.age_s),
+                c.local.clone(),
             ]
         })
         .collect();
@@ -636,20 +603,21 @@ mod tests {
 
     #[test]
     fn services_table() {
-        let v = serde_json::json!([{
+        let v: Vec<ServiceAnswer> = serde_json::from_value(serde_json::json!([{
             "address": "fd00::1", "tcp": [22, 80], "udp": [],
             "intro_points": ["a", "b", "c"], "descriptor_age_s": 75
         }, {
             "address": "fd00::2", "tcp": [], "udp": [53],
             "intro_points": [], "descriptor_age_s": null
-        }]);
+        }]))
+        .unwrap();
         let t = print_services(&v);
         assert!(
             t.contains("fd00::1  22,80  -    3             1m 15s"),
             "{t}"
         );
         assert!(t.contains("not published yet"), "{t}");
-        assert!(print_services(&serde_json::json!([])).contains("[expose]"));
+        assert!(print_services(&[]).contains("[expose]"));
     }
 
     #[test]

@@ -13,9 +13,13 @@
 //! Commands: `status`, `peers`, `circuits`, `services`, `sessions`, and `ping` with an `addr`
 //! field (`{"v":1,"cmd":"ping","addr":"fd.."}`), whose answer comes when the peer answered or
 //! failed: `{"ok":true,"result":{"addr":"fd..","rtt_ms":41.2}}`. Fields are only ever added, so a
-//! request that omits the optional ones means what it meant before.
+//! request that omits the optional ones means what it meant before. The request and each
+//! command's answer are types in [`proto`], shared by the daemon and the CLI; the transport here
+//! carries the answer as a JSON value, so it knows nothing about any one command.
 
-use serde::{Deserialize, Serialize};
+pub mod proto;
+
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -25,38 +29,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Version of the control protocol.
-pub const CONTROL_VERSION: u32 = 1;
+pub use proto::{Cmd, Request, CONTROL_VERSION};
+
 /// Longest request line accepted.
 pub const MAX_REQUEST_LEN: u64 = 4096;
 /// Most control connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Time a client has to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A control request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    /// Protocol version.
-    pub v: u32,
-    /// The command: `status`, `peers`, `circuits`, `services`, `sessions`, `ping`.
-    pub cmd: String,
-    /// The overlay address a command is about (`ping`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-}
-
-impl Request {
-    /// A request for `cmd` with no arguments.
-    pub fn new(cmd: &str) -> Request {
-        Request {
-            v: CONTROL_VERSION,
-            cmd: cmd.to_string(),
-            addr: None,
-        }
-    }
-}
 
 /// The longest a deferred answer (a `ping`) may take before the daemon answers with an error.
 pub const DEFERRED_TIMEOUT: Duration = Duration::from_secs(40);
@@ -78,12 +58,12 @@ pub trait Handler: Send + Sync + 'static {
 /// Commands whose answer tells which destinations this node visits and who visits its services
 /// (`sessions`): answered only to root and to the daemon's own user, never to the rest of the
 /// socket's group.
-pub const PRIVATE_COMMANDS: &[&str] = &["sessions"];
+pub const PRIVATE_COMMANDS: &[Cmd] = &[Cmd::Sessions];
 
 /// Whether a peer with uid `peer_uid` (from `SO_PEERCRED`; `None` when the kernel gave none) may
 /// ask `cmd` of a daemon whose effective uid is `own_uid`. The error says who may and how.
 pub fn may_ask(cmd: &str, peer_uid: Option<u32>, own_uid: u32) -> Result<(), String> {
-    if !PRIVATE_COMMANDS.contains(&cmd) {
+    if !PRIVATE_COMMANDS.contains(&Cmd::from(cmd)) {
         return Ok(());
     }
     match peer_uid {
@@ -198,7 +178,7 @@ async fn serve_one(stream: UnixStream, handler: &dyn Handler) -> io::Result<()> 
         serde_json::json!({"ok": false, "error": "request too long"})
     } else {
         let answer = match parse_request(&line)
-            .and_then(|req| may_ask(&req.cmd, peer_uid, own_uid).map(|()| req))
+            .and_then(|req| may_ask(req.cmd.as_str(), peer_uid, own_uid).map(|()| req))
         {
             Ok(req) => match handler.handle(&req) {
                 Answer::Now(r) => r,
@@ -232,6 +212,8 @@ pub enum ControlError {
     PermissionDenied(PathBuf),
     /// The daemon answered with an error.
     Daemon(String),
+    /// The daemon's answer does not have the shape its command promises.
+    Unexpected(String),
     /// Anything else.
     Io(PathBuf, io::Error),
 }
@@ -255,6 +237,10 @@ impl std::fmt::Display for ControlError {
                 p.display()
             ),
             ControlError::Daemon(m) => write!(f, "the daemon refused the request: {m}"),
+            ControlError::Unexpected(m) => write!(
+                f,
+                "the daemon's answer is not what this globalnet expects ({m}); use the globalnet binary that matches the daemon"
+            ),
             ControlError::Io(p, e) => write!(f, "talking to the daemon on {}: {e}", p.display()),
         }
     }
@@ -263,8 +249,19 @@ impl std::fmt::Display for ControlError {
 impl std::error::Error for ControlError {}
 
 /// Sends one command to the daemon and returns its result (blocking; the CLI has no runtime).
-pub fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
+pub fn request(path: &Path, cmd: impl Into<Cmd>) -> Result<Value, ControlError> {
     request_with(path, &Request::new(cmd), Duration::from_secs(10))
+}
+
+/// Sends one command and reads its result as the answer type the command promises, e.g.
+/// `ask::<proto::StatusAnswer>(path, Cmd::Status)`.
+pub fn ask<T: DeserializeOwned>(path: &Path, cmd: Cmd) -> Result<T, ControlError> {
+    decode(request(path, cmd)?)
+}
+
+/// Reads a result as the answer type its command promises.
+pub fn decode<T: DeserializeOwned>(result: Value) -> Result<T, ControlError> {
+    serde_json::from_value(result).map_err(|e| ControlError::Unexpected(e.to_string()))
 }
 
 /// Sends `req` and waits up to `timeout` for the answer.

@@ -289,6 +289,52 @@ fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: KeyKind) -> Resul
     }
 }
 
+/// Replaces a key file (a rotated onion key): written to a temporary file (0600), synced, then
+/// renamed over the old one, whose secret is then gone from the file system.
+pub fn replace_key_file(
+    dir: &Path,
+    name: &str,
+    secret: &[u8; 32],
+    kind: KeyKind,
+) -> Result<(), KeyError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let written = file
+        .write_all(render_key_file(secret, kind).as_bytes())
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads a key file that may be absent (`None`), with the time it was written.
+pub fn read_key_file_if_present(
+    path: &Path,
+    kind: KeyKind,
+) -> Result<Option<([u8; 32], std::time::SystemTime)>, KeyError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let key = read_key(path, kind)?;
+    let at = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(io_err(path))?;
+    Ok(Some((key, at)))
+}
+
 fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),

@@ -42,6 +42,8 @@ pub const LABEL_E2E_MIX: &[u8] = b"globalnet e2e ik v1 mix";
 pub const LABEL_E2E_SPLIT: &[u8] = b"globalnet e2e ik v1 split";
 /// Proof when joining a circuit to a session (10.7).
 pub const LABEL_E2E_JOIN: &[u8] = b"globalnet e2e join v1";
+/// Protection of the end-to-end frame counter (10.4).
+pub const LABEL_E2E_HP: &[u8] = b"globalnet e2e hp v1";
 /// Intro point registration signature (10.6).
 pub const LABEL_ESTABLISH_INTRO: &[u8] = b"globalnet establish intro v1";
 /// Intro point replay cache tag (10.6).
@@ -69,6 +71,7 @@ pub const ALL: &[&[u8]] = &[
     LABEL_E2E_MIX,
     LABEL_E2E_SPLIT,
     LABEL_E2E_JOIN,
+    LABEL_E2E_HP,
     LABEL_ESTABLISH_INTRO,
     LABEL_INTRO_REPLAY,
 ];

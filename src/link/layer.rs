@@ -1839,6 +1839,7 @@ impl LinkLayer {
         let changed = self.own_record.as_ref().is_none_or(|r| {
             let f = r.fields();
             f.flags != fields.flags
+                || f.onion_key != fields.onion_key
                 || f.nat != fields.nat
                 || f.endpoints != fields.endpoints
                 || f.introducers != fields.introducers
@@ -2355,6 +2356,12 @@ impl LinkLayer {
         }
         tracing::info!(endpoint = %local, "datagrams reach us at this endpoint");
         self.locals.push(local);
+        self.refresh_record(now);
+    }
+
+    /// A new onion key (rotation): the record is signed again with it and sent to neighbours.
+    pub fn set_onion_public(&mut self, now: Millis, onion_public: [u8; 32]) {
+        self.keys.onion_public = onion_public;
         self.refresh_record(now);
     }
 

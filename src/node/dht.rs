@@ -9,6 +9,11 @@
 //! and circuits. A node never queries the DHT from its own address for itself: its own lookups
 //! go through a circuit whose last hop runs them. Nothing kept for a last-hop lookup outlives the
 //! reply or the circuit.
+//!
+//! Each of our queries gets a circuit of its own, which is retired when the query ends or moves
+//! on: a last hop sees one key (one destination, one epoch's descriptor) per circuit and nothing
+//! that ties it to our other queries. A few unused circuits are kept built so that a query does
+//! not wait for a build (12.6).
 
 use rand::Rng;
 use std::collections::HashMap;
@@ -46,8 +51,18 @@ pub const DHT_QUERY_WAIT_MS: Millis = (DHT_LOOKUP_TIMEOUT_S + 5) * 1000;
 pub const DHT_QUERY_TRIES: u8 = 5;
 /// After the first FIND_VALUE reply, the rest of a multi-record answer is awaited this long.
 pub const DHT_VALUE_COLLECT_MS: Millis = 3_000;
-/// An unused DHT circuit is closed after this long.
-pub const DHT_CIRCUIT_IDLE_MS: Millis = 120_000;
+/// Unused 3-hop DHT circuits a node that visits services keeps built, so that a first
+/// descriptor lookup does not wait for a build. One: lookups rarely come together, and the pool
+/// refills within a build.
+pub const DHT_POOL_CLIENT: usize = 1;
+/// Unused 4-hop DHT circuits a node that hosts services keeps built (one publication per epoch
+/// near a boundary, each on its own circuit).
+pub const DHT_POOL_SERVICE: usize = 2;
+/// An unused pooled DHT circuit is replaced after this long, so that a lookup rarely meets a
+/// relay that died since the build.
+pub const DHT_POOL_MAX_AGE_MS: Millis = 600_000;
+/// After a pool circuit could not be built (no path), the next try.
+pub const DHT_POOL_RETRY_MS: Millis = 2_000;
 /// Routing-table refresh period (a self-lookup and one random key).
 pub const DHT_REFRESH_MS: Millis = 900_000;
 /// Refresh period while the table holds fewer than `DHT_K` contacts.
@@ -145,6 +160,20 @@ pub struct DhtStats {
     pub own_accepted: u8,
 }
 
+/// What a last hop saw of one DHT_LOOKUP, kept only while a test asks for it
+/// ([`Node::dht_observe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSeen {
+    /// The relayed circuit it came on.
+    pub slot: u64,
+    /// What was asked.
+    pub op: LookupOp,
+    /// The key looked up, or the key of the published record (zero for SAMPLE).
+    pub key: Key,
+    /// When.
+    pub at: Millis,
+}
+
 struct Waiting {
     frames: Vec<(u64, Vec<u8>, Millis, Charge)>,
 }
@@ -172,8 +201,10 @@ enum OwnOp {
 struct DhtCirc {
     service: bool,
     ready: bool,
-    bad: bool,
-    last_used: Millis,
+    /// Given to a query: it never carries another one, and closes when that query is done with
+    /// it.
+    taken: bool,
+    created: Millis,
 }
 
 struct ClientQuery {
@@ -189,6 +220,10 @@ struct ClientQuery {
     total: u8,
     /// This attempt's last hop sent a record that failed verification.
     junk: bool,
+    /// Relays that must not be the last hop of this query's circuits.
+    avoid: Vec<[u8; 32]>,
+    /// Last hops the request went to (every attempt).
+    via: Vec<[u8; 32]>,
     records: HashMap<[u8; 32], (u64, Vec<u8>)>,
     _charge: Charge,
 }
@@ -207,8 +242,10 @@ pub struct NodeDht {
     circs: HashMap<CircId, DhtCirc>,
     queries: HashMap<u64, ClientQuery>,
     by_lookup_id: HashMap<u32, u64>,
-    deferred: Vec<(u64, DhtOutcome)>,
+    deferred: Vec<(u64, DhtOutcome, Vec<[u8; 32]>)>,
     in_query: bool,
+    next_pool_try: Millis,
+    observe: Option<Vec<RoleSeen>>,
     vanguards: Vanguards,
     next_scan: Millis,
     next_refresh: Millis,
@@ -236,6 +273,8 @@ impl NodeDht {
             by_lookup_id: HashMap::new(),
             deferred: Vec::new(),
             in_query: false,
+            next_pool_try: 0,
+            observe: None,
             vanguards: Vanguards::new(),
             next_scan: 0,
             next_refresh: 0,
@@ -270,10 +309,40 @@ impl Node {
     /// else 3 hops). The answer arrives as [`NodeEvent::Dht`] with the returned token (or is
     /// consumed by the session layer when it asked). It never arrives before this returns.
     pub fn dht_query(&mut self, now: Millis, query: DhtQuery, service: bool) -> u64 {
+        self.dht_query_avoiding(now, query, service, Vec::new())
+    }
+
+    /// [`Node::dht_query`] through circuits whose last hop is none of `avoid`.
+    pub(super) fn dht_query_avoiding(
+        &mut self,
+        now: Millis,
+        query: DhtQuery,
+        service: bool,
+        avoid: Vec<[u8; 32]>,
+    ) -> u64 {
         self.dht.in_query = true;
-        let token = self.dht_start_query(now, query, service, false);
+        let token = self.dht_start_query(now, query, service, false, avoid);
         self.dht.in_query = false;
         token
+    }
+
+    /// The last hops a running query's request went to so far.
+    pub(super) fn dht_query_via(&self, token: u64) -> &[[u8; 32]] {
+        self.dht.queries.get(&token).map_or(&[], |q| &q.via)
+    }
+
+    /// Test hook: while on, every DHT_LOOKUP this node receives as a last hop is logged (the
+    /// circuit, the op, the key) so that tests can check what one relay sees. Turning it off
+    /// drops the log. A node keeps nothing of the kind otherwise.
+    #[doc(hidden)]
+    pub fn dht_observe(&mut self, on: bool) {
+        self.dht.observe = on.then(Vec::new);
+    }
+
+    /// What this node saw as a last hop since [`Node::dht_observe`] turned the log on.
+    #[doc(hidden)]
+    pub fn dht_observed(&self) -> &[RoleSeen] {
+        self.dht.observe.as_deref().unwrap_or(&[])
     }
 
     /// Counters of the DHT parts.
@@ -300,6 +369,7 @@ impl Node {
         query: DhtQuery,
         service: bool,
         internal: bool,
+        avoid: Vec<[u8; 32]>,
     ) -> u64 {
         let token = self.dht.next_token;
         self.dht.next_token += 1;
@@ -341,6 +411,8 @@ impl Node {
                 seen: Vec::new(),
                 total: 0,
                 junk: false,
+                avoid,
+                via: Vec::new(),
                 records: HashMap::new(),
                 _charge: charge,
             },
@@ -349,15 +421,16 @@ impl Node {
         token
     }
 
-    /// Delivers an outcome to the session layer, or reports it.
-    fn dht_done(&mut self, now: Millis, token: u64, outcome: DhtOutcome) {
-        if let Some(outcome) = self.sess_on_dht(now, token, outcome) {
+    /// Delivers an outcome to the session layer (with the last hops the request went to), or
+    /// reports it.
+    fn dht_done(&mut self, now: Millis, token: u64, outcome: DhtOutcome, via: Vec<[u8; 32]>) {
+        if let Some(outcome) = self.sess_on_dht(now, token, outcome, via) {
             self.events.push(NodeEvent::Dht { token, outcome });
         }
     }
 
     /// Ends a query: internal ones feed the view; others go to `dht_done` (later, if we are
-    /// still inside `dht_query`).
+    /// still inside `dht_query`). Its circuit is retired.
     fn dht_finish(&mut self, now: Millis, token: u64, outcome: DhtOutcome) {
         let q = self.dht.queries.remove(&token);
         if let Some(q) = &q {
@@ -365,6 +438,8 @@ impl Node {
                 self.dht.by_lookup_id.remove(&q.lookup_id);
             }
         }
+        let circ = q.as_ref().and_then(|q| q.circ);
+        let via = q.as_ref().map(|q| q.via.clone()).unwrap_or_default();
         if let DhtOutcome::Failed(why) = &outcome {
             self.dht.stats.queries_failed += 1;
             tracing::debug!(token, "DHT query failed: {why}");
@@ -382,12 +457,24 @@ impl Node {
                     self.dht.stats.sampled_relays += n as u64;
                 }
             }
+            self.dht_retire(now, circ);
             return;
         }
+        self.dht_retire(now, circ);
         if self.dht.in_query {
-            self.dht.deferred.push((token, outcome));
+            self.dht.deferred.push((token, outcome, via));
         } else {
-            self.dht_done(now, token, outcome);
+            self.dht_done(now, token, outcome, via);
+        }
+    }
+
+    /// Closes a circuit a query is done with: it never carries another query. Its entry goes
+    /// with the `Closed` event, which is ours to consume.
+    fn dht_retire(&mut self, now: Millis, circ: Option<CircId>) {
+        let Some(id) = circ else { return };
+        if let Some(c) = self.dht.circs.get_mut(&id) {
+            c.taken = true;
+            self.circ.destroy(now, id);
         }
     }
 
@@ -402,9 +489,15 @@ impl Node {
             return;
         }
         let service = q.service;
+        let avoid = q.avoid.clone();
+        // An unused pool circuit of the kind, ready ones first (then the oldest).
         let mut pick: Option<(CircId, bool)> = None;
         for (id, c) in &self.dht.circs {
-            if c.service != service || c.bad {
+            if c.service != service || c.taken {
+                continue;
+            }
+            let last = self.circ.path(*id).and_then(|p| p.last());
+            if last.is_none_or(|r| avoid.contains(r.identity())) {
                 continue;
             }
             if pick.is_none_or(|(p, ready)| (c.ready && !ready) || (c.ready == ready && *id < p)) {
@@ -413,7 +506,7 @@ impl Node {
         }
         let (id, ready) = match pick {
             Some(p) => p,
-            None => match self.dht_build(now, service) {
+            None => match self.dht_build(now, service, &avoid) {
                 Ok(id) => (id, false),
                 Err(why) => {
                     self.dht_finish(now, token, DhtOutcome::Failed(why));
@@ -421,6 +514,9 @@ impl Node {
                 }
             },
         };
+        if let Some(c) = self.dht.circs.get_mut(&id) {
+            c.taken = true;
+        }
         if let Some(q) = self.dht.queries.get_mut(&token) {
             q.circ = Some(id);
             q.sent = false;
@@ -431,8 +527,14 @@ impl Node {
         }
     }
 
-    /// Builds a DHT circuit: 3 hops (4 for services) ending at a relay with `FLAG_DHT`.
-    fn dht_build(&mut self, now: Millis, service: bool) -> Result<CircId, String> {
+    /// Builds a DHT circuit: 3 hops (4 for services) ending at a relay with `FLAG_DHT` that is
+    /// none of `avoid`.
+    fn dht_build(
+        &mut self,
+        now: Millis,
+        service: bool,
+        avoid: &[[u8; 32]],
+    ) -> Result<CircId, String> {
         let own_endpoints: Vec<SocketAddr> = match self.link.own_record() {
             Some(r) => r.fields().endpoints.clone(),
             None => self.link.observed().into_iter().collect(),
@@ -455,9 +557,27 @@ impl Node {
             PathKind::Client(PathTarget::Any(FLAG_DHT))
         };
         let vanguards = service.then_some(&self.dht.vanguards);
-        let path = ctx
-            .select(kind, &self.guards, vanguards, &mut self.rng)
-            .map_err(|e| format!("no DHT circuit: {e}"))?;
+        // A few draws for a last hop outside `avoid`; a network too small for that fails the
+        // query rather than use a relay we promised ourselves not to.
+        let mut path = None;
+        for _ in 0..8 {
+            let p = ctx
+                .select(kind.clone(), &self.guards, vanguards, &mut self.rng)
+                .map_err(|e| format!("no DHT circuit: {e}"))?;
+            if p.hops()
+                .last()
+                .is_some_and(|h| !avoid.contains(&h.identity))
+            {
+                path = Some(p);
+                break;
+            }
+        }
+        let path = path.ok_or_else(|| {
+            format!(
+                "no DHT circuit: no last hop outside the {} to avoid",
+                avoid.len()
+            )
+        })?;
         let records = path
             .hops()
             .iter()
@@ -476,8 +596,8 @@ impl Node {
             DhtCirc {
                 service,
                 ready: false,
-                bad: false,
-                last_used: now,
+                taken: false,
+                created: now,
             },
         );
         Ok(id)
@@ -503,18 +623,20 @@ impl Node {
         q.total = 0;
         q.junk = false;
         let bytes = request_of(&q.query, lookup_id).emit();
-        self.dht.by_lookup_id.insert(lookup_id, token);
-        if let Some(c) = self.dht.circs.get_mut(&id) {
-            c.last_used = now;
+        if let Some(last) = self.circ.path(id).and_then(|p| p.last()) {
+            if !q.via.contains(last.identity()) {
+                q.via.push(*last.identity());
+            }
         }
+        self.dht.by_lookup_id.insert(lookup_id, token);
         if self.circ.send(id, RelayCommand::DhtLookup, &bytes).is_err() {
-            self.dht_retry(now, token, true);
+            self.dht_retry(now, token);
         }
     }
 
-    /// Tries a query again, on another circuit if `bad_circuit` (its last hop refused or never
-    /// answered).
-    fn dht_retry(&mut self, now: Millis, token: u64, bad_circuit: bool) {
+    /// Tries a query again on a fresh circuit (its last hop refused or never answered, or the
+    /// circuit closed); the old circuit is retired.
+    fn dht_retry(&mut self, now: Millis, token: u64) {
         self.dht.stats.retries += 1;
         let Some(q) = self.dht.queries.get_mut(&token) else {
             return;
@@ -524,11 +646,7 @@ impl Node {
         if self.dht.by_lookup_id.get(&q.lookup_id) == Some(&token) {
             self.dht.by_lookup_id.remove(&q.lookup_id);
         }
-        if bad_circuit {
-            if let Some(c) = circ.and_then(|id| self.dht.circs.get_mut(&id)) {
-                c.bad = true;
-            }
-        }
+        self.dht_retire(now, circ);
         self.dht_dispatch(now, token);
     }
 
@@ -554,9 +672,6 @@ impl Node {
         if q.circ != Some(id) || !q.sent {
             self.dht.stats.bad_replies += 1;
             return true;
-        }
-        if let Some(c) = self.dht.circs.get_mut(&id) {
-            c.last_used = now;
         }
         let status = reply.status;
         let outcome = match (&q.query, status, reply.body) {
@@ -587,7 +702,7 @@ impl Node {
                 q.total = q.total.max(total);
                 if q.seen.len() >= usize::from(q.total) && q.records.is_empty() && q.junk {
                     // Only junk from this last hop: ask through another one.
-                    self.dht_retry(now, token, true);
+                    self.dht_retry(now, token);
                     return true;
                 } else if q.seen.len() >= usize::from(q.total) {
                     Some(records_outcome(q))
@@ -620,7 +735,7 @@ impl Node {
             (_, LookupStatus::Timeout | LookupStatus::RateLimited | LookupStatus::Refused, b)
                 if b.op() == op_of(&q.query) =>
             {
-                self.dht_retry(now, token, true);
+                self.dht_retry(now, token);
                 return true;
             }
             _ => {
@@ -641,7 +756,6 @@ impl Node {
                 let id = *id;
                 if let Some(c) = self.dht.circs.get_mut(&id) {
                     c.ready = true;
-                    c.last_used = now;
                 }
                 let mut waiting: Vec<u64> = self
                     .dht
@@ -658,7 +772,15 @@ impl Node {
             }
             CircEvent::Closed { id, .. } if self.dht.circs.contains_key(id) => {
                 let id = *id;
-                self.dht.circs.remove(&id);
+                if self
+                    .dht
+                    .circs
+                    .remove(&id)
+                    .is_some_and(|c| !c.ready && !c.taken)
+                {
+                    // A pool build that failed: not again at once.
+                    self.dht.next_pool_try = now + DHT_POOL_RETRY_MS;
+                }
                 let mut on_it: Vec<u64> = self
                     .dht
                     .queries
@@ -668,7 +790,7 @@ impl Node {
                     .collect();
                 on_it.sort_unstable();
                 for t in on_it {
-                    self.dht_retry(now, t, false);
+                    self.dht_retry(now, t);
                 }
                 None
             }
@@ -865,6 +987,20 @@ impl Node {
                 return;
             }
         };
+        if let Some(log) = self.dht.observe.as_mut() {
+            let key = match (req.op, req.kind) {
+                (LookupOp::Publish, Some(kind)) => {
+                    checked_key(kind, &req.record, now).map_or([0; 32], |(k, _, _)| k)
+                }
+                _ => req.key,
+            };
+            log.push(RoleSeen {
+                slot,
+                op: req.op,
+                key,
+                at: now,
+            });
+        }
         if !self.dht_is_relay() || self.dht.relay.is_none() {
             self.dht_role_refuse(slot, req.op, req.lookup_id, LookupStatus::Refused);
             return;
@@ -1074,8 +1210,8 @@ impl Node {
 
     pub(super) fn dht_timeout(&mut self, now: Millis) {
         self.dht.in_query = false;
-        for (token, outcome) in std::mem::take(&mut self.dht.deferred) {
-            self.dht_done(now, token, outcome);
+        for (token, outcome, via) in std::mem::take(&mut self.dht.deferred) {
+            self.dht_done(now, token, outcome, via);
         }
         self.dht_relay_timers(now);
         self.dht_client_timers(now);
@@ -1203,26 +1339,28 @@ impl Node {
                     self.dht_finish(now, t, o);
                 }
             } else {
-                self.dht_retry(now, t, true);
+                self.dht_retry(now, t);
             }
         }
-        // Circuits nobody uses any more, and those whose last hop failed us.
+        // Taken circuits whose query is gone, and pool circuits grown old unused.
         let mut idle: Vec<CircId> = self
             .dht
             .circs
             .iter()
             .filter(|(id, c)| {
-                let used = self.dht.queries.values().any(|q| q.circ == Some(**id));
-                !used
-                    && (c.bad
-                        || (c.ready && now.saturating_sub(c.last_used) >= DHT_CIRCUIT_IDLE_MS))
+                if c.taken {
+                    !self.dht.queries.values().any(|q| q.circ == Some(**id))
+                } else {
+                    now.saturating_sub(c.created) >= DHT_POOL_MAX_AGE_MS
+                }
             })
             .map(|(id, _)| *id)
             .collect();
         idle.sort_unstable();
         for id in idle {
-            self.circ.destroy(now, id);
+            self.dht_retire(now, Some(id));
         }
+        self.dht_fill_pool(now);
         // Relay discovery through the DHT while the view is small (9.1).
         if self.dht.next_sample == 0 {
             self.dht.next_sample = now + 20_000;
@@ -1232,7 +1370,31 @@ impl Node {
             let small = self.link.view().len() < crate::link::layer::VIEW_WANTED;
             let running = self.dht.queries.values().any(|q| q.internal);
             if small && !running {
-                self.dht_start_query(now, DhtQuery::Sample, false, true);
+                self.dht_start_query(now, DhtQuery::Sample, false, true, Vec::new());
+            }
+        }
+    }
+
+    /// Keeps the pools of unused DHT circuits the session layer wants (client lookups,
+    /// service publications) built.
+    fn dht_fill_pool(&mut self, now: Millis) {
+        if now < self.dht.next_pool_try {
+            return;
+        }
+        let (clients, services) = self.sess_dht_pool_wanted();
+        for (service, want) in [(false, clients), (true, services)] {
+            let have = self
+                .dht
+                .circs
+                .values()
+                .filter(|c| c.service == service && !c.taken)
+                .count();
+            for _ in have..want {
+                if let Err(e) = self.dht_build(now, service, &[]) {
+                    tracing::debug!("DHT circuit pool: {e}");
+                    self.dht.next_pool_try = now + DHT_POOL_RETRY_MS;
+                    return;
+                }
             }
         }
     }

@@ -13,7 +13,6 @@ pub mod sessions;
 use crate::crypto::Randomness;
 use rand::rngs::StdRng;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use crate::circuit::layer::{CircAction, CircEvent, CircId, CircuitLayer, Purpose};
 use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
@@ -79,9 +78,10 @@ pub struct Node {
     rng: StdRng,
     last_path_error: Option<String>,
     guards: Guards,
-    guard_file: Option<PathBuf>,
     guard_save_failed: Option<Millis>,
     guard_save_error: Option<String>,
+    /// A rotated onion key the daemon has not written to disk yet.
+    onion_to_save: Option<OnionKey>,
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: sessions::NodeSessions,
     packet_bufs: Vec<Vec<u8>>,
@@ -110,9 +110,9 @@ impl Node {
             rng: rand.split("node").choices(),
             last_path_error: None,
             guards: Guards::new(),
-            guard_file: None,
             guard_save_failed: None,
             guard_save_error: None,
+            onion_to_save: None,
             dht: dht::NodeDht::new(rand.split("dht")),
             sess: sessions::NodeSessions::new(rand.split("sessions")),
             packet_bufs: Vec::new(),
@@ -151,14 +151,52 @@ impl Node {
         Some(id)
     }
 
-    /// Keeps guards in `file` across restarts (loaded now, saved when they change). A corrupt
-    /// file is logged and replaced by fresh guards.
-    pub fn set_guard_file(&mut self, file: PathBuf) {
-        match Guards::load(&file) {
-            Ok(g) => self.guards = g,
-            Err(e) => tracing::warn!("guards file {}: {e}; choosing new guards", file.display()),
+    /// The guards the daemon loaded from its guard file.
+    pub fn set_guards(&mut self, guards: Guards) {
+        self.guards = guards;
+    }
+
+    /// The guards to write to the guard file when they changed (at most every ten minutes after
+    /// a failed save); the daemon writes them off the event loop and reports back with
+    /// [`Node::guards_saved`].
+    pub fn take_guards_to_save(&mut self, now: Millis) -> Option<Vec<crate::circuit::path::Guard>> {
+        let retry = self
+            .guard_save_failed
+            .is_none_or(|t| now.saturating_sub(t) >= 600_000);
+        if !self.guards.needs_save() || !retry {
+            return None;
         }
-        self.guard_file = Some(file);
+        self.guards.mark_saved();
+        Some(self.guards.to_keep())
+    }
+
+    /// How the last save went.
+    pub fn guards_saved(&mut self, now: Millis, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                if self.guard_save_error.take().is_some() {
+                    tracing::info!("guards saved again");
+                }
+                self.guard_save_failed = None;
+            }
+            Err(e) => {
+                tracing::warn!("saving guards: {e}");
+                self.guards.mark_unsaved();
+                self.guard_save_failed = Some(now);
+                self.guard_save_error = Some(e);
+            }
+        }
+    }
+
+    /// A rotated onion key to keep (0600) so that a restart still accepts CREATEs built from the
+    /// record that publishes it; once.
+    pub fn take_onion_key_to_save(&mut self) -> Option<OnionKey> {
+        self.onion_to_save.take()
+    }
+
+    /// Sets when the current onion key was made (its file's age).
+    pub fn set_onion_key_since(&mut self, since: Millis) {
+        self.circ.set_onion_key_since(since);
     }
 
     /// Why the guards could not be saved last time (`None` after a good save).
@@ -206,6 +244,10 @@ impl Node {
         }
         self.link.handle_timeout(now);
         self.circ.handle_timeout(now);
+        if let Some(k) = self.circ.take_rotated_onion_key() {
+            self.link.set_onion_public(now, *k.public());
+            self.onion_to_save = Some(k);
+        }
         self.pump(now);
         self.maintain_pool(now);
         self.dht_timeout(now);
@@ -383,27 +425,6 @@ impl Node {
             own_endpoints: &own_endpoints,
             now,
         };
-        // A failed save is retried every ten minutes, not on every tick.
-        let retry = self
-            .guard_save_failed
-            .is_none_or(|t| now.saturating_sub(t) >= 600_000);
-        if self.guards.needs_save() && retry {
-            if let Some(f) = &self.guard_file {
-                match self.guards.save(f) {
-                    Ok(()) => {
-                        if self.guard_save_error.take().is_some() {
-                            tracing::info!("guards saved to {} again", f.display());
-                        }
-                        self.guard_save_failed = None;
-                    }
-                    Err(e) => {
-                        tracing::warn!("saving guards to {}: {e}", f.display());
-                        self.guard_save_failed = Some(now);
-                        self.guard_save_error = Some(e.to_string());
-                    }
-                }
-            }
-        }
         if self.pool_target == 0 || self.circ.count(Purpose::Pool) >= self.pool_target {
             return;
         }

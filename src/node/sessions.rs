@@ -20,7 +20,7 @@ use std::net::Ipv6Addr;
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 use crate::budget::Charge;
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
@@ -28,12 +28,13 @@ use crate::circuit::path::{Hop, PathContext, PathKind, Target, Vanguards};
 use crate::crypto::keys::fingerprint;
 use crate::crypto::{Randomness, SecretRng};
 use crate::dht::descriptor::{
-    epochs_to_look_up, epochs_to_publish, expires_for, index as desc_index, revision_for,
+    epoch, epochs_to_look_up, epochs_to_publish, expires_for, index as desc_index, revision_for,
     Descriptor, DescriptorContent, IntroEntry, Publication, DESC_MAX_INTRO, DESC_REPUBLISH_S,
+    EPOCH_OVERLAP_S,
 };
 use crate::dht::message::RecordKind;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
-use crate::session::frame::{E2E_HEADER_LEN, E2E_MAX_FRAME_LEN};
+use crate::session::frame::{E2E_FRAME_LEN, E2E_PLAINTEXT_OFFSET};
 use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
 use crate::session::roles::{
     establish_rendezvous_body, parse_status, status, status_body, IntroPointRole, IntroduceOutcome,
@@ -99,6 +100,19 @@ pub const SERVICE_REND_TRIES: u8 = 2;
 pub const RESUME_ACTIVE_MS: Millis = 10_000;
 /// After a failed descriptor publication, the next try.
 pub const PUBLISH_RETRY_MS: Millis = 10_000;
+/// A descriptor for an epoch other than the current one goes out this long after the current
+/// epoch's (uniformly at random in the range), so that storage nodes and last hops do not see a
+/// service's two blinded keys arrive together (12.6).
+pub const DESC_SPREAD_MS: (Millis, Millis) = (5_000, 120_000);
+/// The periodic republication comes up to this much before `DESC_REPUBLISH_S` (at random), so
+/// that its time does not tie a service's epochs either.
+pub const DESC_REPUBLISH_JITTER_MS: Millis = 900_000;
+/// A revision after the first of a run is up to this much below the time it is made (and
+/// still above the previous one): revisions of two epochs made at once do not match.
+pub const DESC_REVISION_JITTER_MS: Millis = 60_000;
+/// The last hops of a service's publications it remembers, to keep the records of two epochs
+/// off one relay (12.6).
+pub const DESC_VIA_MAX: usize = 32;
 /// Joined, unused circuits a session keeps for new flows.
 pub const SESSION_SPARE_CIRCUITS: usize = 1;
 /// A session is renewed (new introduction) after this long.
@@ -307,10 +321,19 @@ struct Service {
     ident: ServiceIdentity,
     address: [u8; 16],
     intros: Vec<IntroPoint>,
-    descs: Vec<Descriptor>,
+    /// The last descriptor built per epoch.
+    descs: Vec<(u64, Descriptor)>,
     built_at: Option<Millis>,
     published_keys: Vec<[u8; 32]>,
-    last_revision: Option<u64>,
+    /// Per epoch: the last revision published in this run (no rollback per (index, signer),
+    /// and the signer differs per epoch).
+    revisions: HashMap<u64, u64>,
+    /// Epochs whose descriptor is due, and when.
+    queued: Vec<(u64, Millis)>,
+    /// When the periodic republication is due.
+    republish_at: Option<Millis>,
+    /// Last hops that carried a publication: epoch, relay, when.
+    via: VecDeque<(u64, [u8; 32], Millis)>,
     sessions: HashMap<[u8; 16], ServiceSession>,
     rate: RateLimit,
     pending: usize,
@@ -406,10 +429,10 @@ pub struct NodeSessions {
     suspects: HashMap<[u8; 32], Millis>,
     lookups: HashMap<u64, [u8; 16]>,
     querying: Option<[u8; 16]>,
-    /// Descriptor publications under way: token → service.
-    publishes: HashMap<u64, [u8; 16]>,
-    /// The service whose publication is being started (its answer may come before the token).
-    publishing: Option<[u8; 16]>,
+    /// Descriptor publications under way: token → service and epoch.
+    publishes: HashMap<u64, ([u8; 16], u64)>,
+    /// The publication being started (its answer may come before the token).
+    publishing: Option<([u8; 16], u64)>,
     stems: Vec<(CircId, bool)>,
     vanguards: Vanguards,
     pings: HashMap<u64, ([u8; 16], Millis)>,
@@ -490,9 +513,9 @@ fn hop_of(r: &RelayRecord) -> Hop {
 fn seal(
     chan: &mut SessionChannel,
     msg: &E2eMessage<'_>,
-    buf: &mut [u8; E2E_MAX_FRAME_LEN],
+    buf: &mut [u8; E2E_FRAME_LEN],
 ) -> Option<usize> {
-    let n = msg.emit(buf.get_mut(E2E_HEADER_LEN..)?).ok()?;
+    let n = msg.emit(buf.get_mut(E2E_PLAINTEXT_OFFSET..)?).ok()?;
     chan.seal_in_place(buf, n).ok()
 }
 
@@ -518,7 +541,10 @@ impl Node {
             descs: Vec::new(),
             built_at: None,
             published_keys: Vec::new(),
-            last_revision: None,
+            revisions: HashMap::new(),
+            queued: Vec::new(),
+            republish_at: None,
+            via: VecDeque::new(),
             sessions: HashMap::new(),
             rate: RateLimit::new(SERVICE_INTRO_RATE.0, SERVICE_INTRO_RATE.1, now),
             pending: 0,
@@ -680,7 +706,7 @@ impl Node {
         self.sess
             .services
             .iter()
-            .flat_map(|s| s.descs.iter().map(|d| d.bytes().to_vec()))
+            .flat_map(|s| s.descs.iter().map(|(_, d)| d.bytes().to_vec()))
             .collect()
     }
 
@@ -1609,10 +1635,12 @@ impl Node {
         }
     }
 
-    /// Builds and publishes descriptors when the set of established intro points changed or
-    /// the republish interval passed (`force`: now).
+    /// Schedules descriptors when the set of established intro points changed or the
+    /// republish time came (`force`: now), and publishes those that are due. The current
+    /// epoch's goes at once; another epoch's at a random later time, each through a circuit of
+    /// its own whose last hop carried no other epoch's record of this service lately.
     fn service_publish(&mut self, now: Millis, svc: [u8; 16], force: bool) {
-        let secrets = &mut self.sess.secrets;
+        let rng = &mut self.sess.rng;
         let Some(s) = self.sess.services.iter_mut().find(|s| s.address == svc) else {
             return;
         };
@@ -1645,53 +1673,129 @@ impl Node {
             return;
         }
         let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
-        let stale = s
-            .built_at
-            .is_none_or(|t| now.saturating_sub(t) >= DESC_REPUBLISH_S * 1000)
-            || s.publish_retry_at.is_some_and(|t| now >= t);
-        if !force && !stale && keys == s.published_keys {
+        let now_s = now / 1000;
+        let current = epoch(now_s);
+        let epochs = epochs_to_publish(now_s);
+        let stale =
+            s.republish_at.is_none_or(|t| now >= t) || s.publish_retry_at.is_some_and(|t| now >= t);
+        if force || stale || keys != s.published_keys {
+            let mut queued = Vec::new();
+            for &e in &epochs {
+                let at = if e == current {
+                    now
+                } else {
+                    // A pending later time stays: repeated changes must not postpone it.
+                    let spread = now + rng.gen_range(DESC_SPREAD_MS.0..DESC_SPREAD_MS.1);
+                    s.queued
+                        .iter()
+                        .find(|(q, _)| *q == e)
+                        .map_or(spread, |(_, t)| (*t).min(spread))
+                };
+                queued.push((e, at));
+            }
+            s.queued = queued;
+            s.republish_at =
+                Some(now + DESC_REPUBLISH_S * 1000 - rng.gen_range(0..DESC_REPUBLISH_JITTER_MS));
+            s.built_at = Some(now);
+            s.publish_retry_at = None;
+            s.published_keys = keys;
+            s.descs.retain(|(e, _)| epochs.contains(e));
+            s.revisions.retain(|e, _| epochs.contains(e));
+            let keep_after = now.saturating_sub(EPOCH_OVERLAP_S * 1000);
+            s.via.retain(|(_, _, at)| *at >= keep_after);
+        }
+        let due: Vec<u64> = s
+            .queued
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(e, _)| *e)
+            .collect();
+        if due.is_empty() {
             return;
         }
-        let now_s = now / 1000;
-        let mut descs = Vec::new();
-        for e in epochs_to_publish(now_s) {
-            let revision = revision_for(now, s.last_revision);
-            s.last_revision = Some(revision);
+        s.queued.retain(|(_, at)| *at > now);
+        let mut sends = Vec::new();
+        for e in due {
+            let last = s.revisions.get(&e).copied();
+            // The first revision of a run is the time itself, so that a restarted service
+            // always publishes above its own older records.
+            let at = match last {
+                Some(_) => now.saturating_sub(rng.gen_range(0..DESC_REVISION_JITTER_MS)),
+                None => now,
+            };
+            let revision = revision_for(at, last);
+            s.revisions.insert(e, revision);
             let mut salt = [0u8; 16];
-            secrets.fill_bytes(&mut salt);
+            self.sess.secrets.fill_bytes(&mut salt);
             let p = Publication {
                 revision,
                 expires: expires_for(now_s, e),
                 salt,
             };
             match Descriptor::build(&s.signing, e, &entries, p) {
-                Ok(d) => descs.push(d),
+                Ok(d) => {
+                    s.descs.retain(|(de, _)| *de != e);
+                    s.descs.push((e, d.clone()));
+                    sends.push((e, d));
+                }
                 Err(err) => tracing::warn!("descriptor: {err}"),
             }
         }
-        tracing::debug!(
-            at = now,
-            intro_points = keys.len(),
-            "publishing descriptors"
-        );
-        s.descs = descs.clone();
-        s.built_at = Some(now);
-        s.publish_retry_at = None;
-        s.published_keys = keys;
-        for d in descs {
-            self.sess.publishing = Some(svc);
-            let token = self.dht_query(
+        for (e, d) in sends {
+            tracing::debug!(at = now, epoch = e, "publishing a descriptor");
+            let avoid = self.service_publish_avoid(svc, e);
+            self.sess.publishing = Some((svc, e));
+            let token = self.dht_query_avoiding(
                 now,
                 DhtQuery::Publish {
                     kind: RecordKind::Descriptor,
                     record: d.bytes().to_vec(),
                 },
                 true,
+                avoid,
             );
-            if self.sess.publishing.take().is_some() {
-                self.sess.publishes.insert(token, svc);
+            if let Some(p) = self.sess.publishing.take() {
+                self.sess.publishes.insert(token, p);
             }
         }
+    }
+
+    /// Relays a publication of `svc` for epoch `e` must not end at: the last hops that carried
+    /// (or carry now) its records of other epochs.
+    fn service_publish_avoid(&self, svc: [u8; 16], e: u64) -> Vec<[u8; 32]> {
+        let mut avoid: Vec<[u8; 32]> = self
+            .sess
+            .services
+            .iter()
+            .filter(|s| s.address == svc)
+            .flat_map(|s| s.via.iter())
+            .filter(|(ve, _, _)| *ve != e)
+            .map(|(_, r, _)| *r)
+            .collect();
+        for (token, (s, pe)) in &self.sess.publishes {
+            if *s == svc && *pe != e {
+                avoid.extend_from_slice(self.dht_query_via(*token));
+            }
+        }
+        avoid.sort_unstable();
+        avoid.dedup();
+        avoid
+    }
+
+    /// Whether the DHT layer should keep unused circuits built for client lookups and for
+    /// service publications (how many of each).
+    pub(super) fn sess_dht_pool_wanted(&self) -> (usize, usize) {
+        let clients = if self.sess.client_seed.is_some() {
+            super::dht::DHT_POOL_CLIENT
+        } else {
+            0
+        };
+        let services = if self.sess.services.is_empty() {
+            0
+        } else {
+            super::dht::DHT_POOL_SERVICE
+        };
+        (clients, services)
     }
 
     fn service_on_introduce2(&mut self, now: Millis, svc: [u8; 16], id: CircId, payload: &[u8]) {
@@ -1878,7 +1982,7 @@ impl Node {
         let Some(circ) = circ else {
             return Err(SendError::Unreachable("session has no live circuit".into()));
         };
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let n = seal(&mut ss.chan, &E2eMessage::Packet(packet), &mut buf)
             .ok_or_else(|| SendError::Unreachable("packet does not fit a frame".into()))?;
         self.circ
@@ -1894,7 +1998,7 @@ impl Node {
         id: CircId,
         payload: &[u8],
     ) {
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(frame) = buf.get_mut(..payload.len()) else {
             return;
         };
@@ -1959,7 +2063,7 @@ impl Node {
             _ => {}
         }
         if let Some(r) = reply {
-            let mut out = [0u8; E2E_MAX_FRAME_LEN];
+            let mut out = [0u8; E2E_FRAME_LEN];
             if let Some(n) = seal(&mut ss.chan, &r, &mut out) {
                 let _ = self.circ.send(id, C::Data, out.get(..n).unwrap_or(&[]));
             }
@@ -2084,18 +2188,25 @@ impl Node {
         now: Millis,
         token: u64,
         outcome: DhtOutcome,
+        via: Vec<[u8; 32]>,
     ) -> Option<DhtOutcome> {
         let publisher = match self.sess.publishes.remove(&token) {
-            Some(svc) => Some(svc),
+            Some(p) => Some(p),
             None => self.sess.publishing.take(),
         };
-        if let Some(svc) = publisher {
-            if let DhtOutcome::Failed(e) = &outcome {
-                tracing::debug!("descriptor publication failed: {e}");
-                // Clients would keep finding the old revision (intro points that are gone).
-                if let Some(s) = self.sess.service_mut(&svc) {
-                    s.publish_retry_at = Some(now + PUBLISH_RETRY_MS);
+        if let Some((svc, e)) = publisher {
+            // The outcome is consumed either way.
+            let s = self.sess.service_mut(&svc)?;
+            for r in via {
+                if s.via.len() >= DESC_VIA_MAX {
+                    s.via.pop_front();
                 }
+                s.via.push_back((e, r, now));
+            }
+            if let DhtOutcome::Failed(why) = &outcome {
+                tracing::debug!("descriptor publication failed: {why}");
+                // Clients would keep finding the old revision (intro points that are gone).
+                s.publish_retry_at = Some(now + PUBLISH_RETRY_MS);
             }
             return None;
         }
@@ -2740,7 +2851,7 @@ impl Node {
         else {
             return false;
         };
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(n) = seal(&mut o.chan, msg, &mut buf) else {
             return false;
         };
@@ -2753,7 +2864,7 @@ impl Node {
     }
 
     fn client_on_data(&mut self, now: Millis, dst: [u8; 16], id: CircId, payload: &[u8]) {
-        let mut buf = [0u8; E2E_MAX_FRAME_LEN];
+        let mut buf = [0u8; E2E_FRAME_LEN];
         let Some(frame) = buf.get_mut(..payload.len()) else {
             return;
         };

@@ -1,14 +1,26 @@
 //! End-to-end frames and messages (docs/protocol.md 10.4 and 10.5).
 //!
-//! A frame is the payload of a DATA relay message: `version ‖ counter u64 ‖ AEAD(plaintext)`, with
-//! the key of its direction, nonce `0^4 ‖ u64(counter)` and the header as associated data. The
-//! counters and the replay window belong to the session ([`SessionChannel`]), not to a circuit, so
-//! a flow can move to another circuit without renegotiating anything.
+//! A frame is the payload of a DATA relay message and always fills it: `version ‖ protected
+//! counter u64 ‖ AEAD(length u16 ‖ plaintext ‖ zero padding)`, [`E2E_FRAME_LEN`] bytes whatever
+//! it carries. The rendezvous point splicing two circuits reads relay messages in clear, so a
+//! frame that kept its own length would tell it every packet size and control messages from
+//! data; a clear counter would let it link a session's circuits through the gaps each leaves in
+//! the other. The AEAD uses the key of its direction, nonce `0^4 ‖ u64(counter)` and
+//! `version ‖ counter` (unprotected) as associated data; the counter on the wire is masked with
+//! ChaCha20 under a key derived from the direction key and a sample of the ciphertext (QUIC's
+//! header protection, RFC 9001 5.4), so only the ends can read it. docs/decisions.md says why
+//! this construction.
+//!
+//! The counters and the replay window belong to the session ([`SessionChannel`]), not to a
+//! circuit, so a flow can move to another circuit without renegotiating anything.
 //!
 //! Sealing and opening work in place in caller buffers: no heap allocation per frame. The receive
-//! side checks the version and the counter against the window before opening, and marks the
-//! counter only after the AEAD opened, so garbage cannot poison the window.
+//! side checks the version and the (unmasked) counter against the window before opening, and
+//! marks the counter only after the AEAD opened, so garbage cannot poison the window.
 
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::{KeyIvInit, StreamCipherCore, StreamCipherSeekCore};
+use chacha20::ChaChaCore;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use core::fmt;
@@ -16,19 +28,26 @@ use zeroize::Zeroizing;
 
 use super::handshake::SessionKeys;
 use super::intro::REND_COOKIE_LEN;
+use crate::crypto::labels::LABEL_E2E_HP;
 use crate::wire::record::LINK_SPEC_LEN;
 use crate::wire::relay::RELAY_PAYLOAD_LEN;
 
-/// Frame version.
-pub const E2E_VERSION: u8 = 1;
-/// `version` u8 ‖ `counter` u64.
+/// Frame version. Version 1 had a clear counter and no padding; nothing accepts it any more.
+pub const E2E_VERSION: u8 = 2;
+/// `version` u8 ‖ protected `counter` u64.
 pub const E2E_HEADER_LEN: usize = 9;
+/// The message's real length, the first field under the AEAD.
+pub const E2E_LENGTH_LEN: usize = 2;
 /// AEAD tag.
 pub const E2E_TAG_LEN: usize = 16;
+/// Every frame, whatever it carries: a whole relay payload.
+pub const E2E_FRAME_LEN: usize = RELAY_PAYLOAD_LEN;
+/// Where the plaintext (an e2e message) starts in a frame buffer.
+pub const E2E_PLAINTEXT_OFFSET: usize = E2E_HEADER_LEN + E2E_LENGTH_LEN;
 /// Largest plaintext in one frame.
-pub const E2E_MAX_PLAINTEXT: usize = RELAY_PAYLOAD_LEN - E2E_HEADER_LEN - E2E_TAG_LEN;
-/// Largest frame: a whole relay payload.
-pub const E2E_MAX_FRAME_LEN: usize = RELAY_PAYLOAD_LEN;
+pub const E2E_MAX_PLAINTEXT: usize = E2E_FRAME_LEN - E2E_PLAINTEXT_OFFSET - E2E_TAG_LEN;
+/// Bytes of ciphertext (from its start, right after the header) the counter mask is made from.
+pub const E2E_SAMPLE_LEN: usize = 16;
 /// Bits in the session replay window.
 pub const E2E_REPLAY_WINDOW: usize = 8192;
 /// Largest forward jump of the counter a receiver accepts.
@@ -36,14 +55,17 @@ pub const E2E_MAX_COUNTER_JUMP: u64 = 1 << 20;
 /// A session ends before a counter reaches this; frames at or above it are refused.
 pub const E2E_COUNTER_LIMIT: u64 = 1 << 48;
 
-const _: () = assert!(E2E_MAX_PLAINTEXT == 1291);
+const _: () = assert!(E2E_MAX_PLAINTEXT == 1289);
+// A full inner packet with its message type byte must fit (DESIGN.md section 12).
+const _: () = assert!(PACKET_MAX < E2E_MAX_PLAINTEXT);
+const _: () = assert!(E2E_SAMPLE_LEN <= E2E_FRAME_LEN - E2E_HEADER_LEN - E2E_TAG_LEN);
 
 const WORDS: usize = E2E_REPLAY_WINDOW / 64;
 
 /// Why a frame was refused, or could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    /// Shorter than header and tag, or longer than a relay payload.
+    /// Not exactly [`E2E_FRAME_LEN`] bytes, or a length field larger than a frame holds.
     Length,
     /// Unknown version (section 16: drop).
     Version(u8),
@@ -218,10 +240,10 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn key(self, keys: &SessionKeys) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(match self {
-            Direction::ClientToService => *keys.c2s(),
-            Direction::ServiceToClient => *keys.s2c(),
+    fn key(self, keys: &SessionKeys) -> FrameKey {
+        FrameKey::new(match self {
+            Direction::ClientToService => keys.c2s(),
+            Direction::ServiceToClient => keys.s2c(),
         })
     }
 
@@ -233,7 +255,33 @@ impl Direction {
     }
 }
 
-/// `version ‖ u64(counter)`.
+/// The keys of one direction: the AEAD key (`k_c2s` or `k_s2c`) and the counter protection key
+/// `hp = KDF(LABEL_E2E_HP, key, 32)` derived from it once per session.
+pub struct FrameKey {
+    aead: Zeroizing<[u8; 32]>,
+    hp: Zeroizing<[u8; 32]>,
+}
+
+impl FrameKey {
+    /// The keys for direction key `key`.
+    pub fn new(key: &[u8; 32]) -> Self {
+        let mut hp = Zeroizing::new([0u8; 32]);
+        // HKDF-SHA256 gives up to 8160 bytes; 32 never fails.
+        let _ = super::kdf(LABEL_E2E_HP, key, hp.as_mut_slice());
+        FrameKey {
+            aead: Zeroizing::new(*key),
+            hp,
+        }
+    }
+}
+
+impl fmt::Debug for FrameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameKey(..)")
+    }
+}
+
+/// `version ‖ u64(counter)`, the associated data (with the counter in clear).
 fn frame_header(counter: u64) -> [u8; E2E_HEADER_LEN] {
     let mut h = [0u8; E2E_HEADER_LEN];
     h[0] = E2E_VERSION;
@@ -248,11 +296,40 @@ fn nonce(counter: u64) -> Nonce {
     n.into()
 }
 
-/// Seals a frame in place: `buf[E2E_HEADER_LEN..E2E_HEADER_LEN + plaintext_len]` holds the
-/// plaintext; the header and tag are written around it. Returns the frame length. Pure: the caller
-/// picks the counter (use [`SessionChannel`] to have the session pick it).
+/// The 8-byte counter mask: the first keystream bytes of ChaCha20 under `hp` with the sample as
+/// its 16-byte input, block counter `sample[0..4]` little-endian and nonce `sample[4..16]`
+/// (RFC 9001 5.4.4). The sample is AEAD output under a nonce never repeated for this key, so
+/// masks of two frames are independent unless two 128-bit samples collide.
+fn counter_mask(hp: &[u8; 32], sample: &[u8; E2E_SAMPLE_LEN]) -> [u8; 8] {
+    let [b0, b1, b2, b3, iv @ ..] = sample;
+    let block = u32::from_le_bytes([*b0, *b1, *b2, *b3]);
+    let mut core = ChaChaCore::<U10>::new(hp.into(), iv.into());
+    // The core, not the stream wrapper: the wrapper refuses the last block position (u32::MAX),
+    // which a sample may name; the block function itself is defined there.
+    core.set_block_pos(block);
+    let mut ks = Default::default();
+    core.write_keystream_block(&mut ks);
+    let mut mask = [0u8; 8];
+    for (m, k) in mask.iter_mut().zip(ks.iter()) {
+        *m = *k;
+    }
+    mask
+}
+
+/// The sample a frame's counter mask is made from: the first ciphertext bytes.
+fn sample_of(frame: &[u8]) -> Result<&[u8; E2E_SAMPLE_LEN], FrameError> {
+    frame
+        .get(E2E_HEADER_LEN..E2E_HEADER_LEN + E2E_SAMPLE_LEN)
+        .and_then(|s| <&[u8; E2E_SAMPLE_LEN]>::try_from(s).ok())
+        .ok_or(FrameError::Length)
+}
+
+/// Seals a frame in place: `buf[E2E_PLAINTEXT_OFFSET..E2E_PLAINTEXT_OFFSET + plaintext_len]`
+/// holds the plaintext; the header, length, padding and tag are written around it. Returns the
+/// frame length, always [`E2E_FRAME_LEN`]. Pure: the caller picks the counter (use
+/// [`SessionChannel`] to have the session pick it).
 pub fn seal_frame(
-    key: &[u8; 32],
+    key: &FrameKey,
     counter: u64,
     buf: &mut [u8],
     plaintext_len: usize,
@@ -263,22 +340,34 @@ pub fn seal_frame(
     if counter >= E2E_COUNTER_LIMIT {
         return Err(FrameError::CounterExhausted);
     }
-    let end = E2E_HEADER_LEN + plaintext_len;
-    let frame_len = end + E2E_TAG_LEN;
-    let frame = buf.get_mut(..frame_len).ok_or(FrameError::BufferTooSmall)?;
+    let frame = buf
+        .get_mut(..E2E_FRAME_LEN)
+        .ok_or(FrameError::BufferTooSmall)?;
     let (header, rest) = frame.split_at_mut(E2E_HEADER_LEN);
-    let (pt, tag_out) = rest.split_at_mut(plaintext_len);
-    header.copy_from_slice(&frame_header(counter));
-    let tag = ChaCha20Poly1305::new(key.into())
-        .encrypt_in_place_detached(&nonce(counter), header, pt)
+    let (sealed, tag_out) = rest.split_at_mut(E2E_FRAME_LEN - E2E_HEADER_LEN - E2E_TAG_LEN);
+    let (length, body) = sealed.split_at_mut(E2E_LENGTH_LEN);
+    // plaintext_len <= E2E_MAX_PLAINTEXT < 2^16.
+    length.copy_from_slice(&(plaintext_len as u16).to_be_bytes());
+    // A reused buffer holds old bytes past the plaintext; the peer must see zeros there.
+    if let Some(pad) = body.get_mut(plaintext_len..) {
+        pad.fill(0);
+    }
+    let clear = frame_header(counter);
+    let tag = ChaCha20Poly1305::new((&*key.aead).into())
+        .encrypt_in_place_detached(&nonce(counter), &clear, sealed)
         .map_err(|_| FrameError::Length)?;
     tag_out.copy_from_slice(&tag);
-    Ok(frame_len)
+    header.copy_from_slice(&clear);
+    let mask = counter_mask(&key.hp, sample_of(frame)?);
+    for (b, m) in frame.iter_mut().skip(1).zip(mask) {
+        *b ^= m;
+    }
+    Ok(E2E_FRAME_LEN)
 }
 
-/// Reads a frame's version and counter.
-pub fn frame_counter(frame: &[u8]) -> Result<u64, FrameError> {
-    if frame.len() < E2E_HEADER_LEN + E2E_TAG_LEN || frame.len() > E2E_MAX_FRAME_LEN {
+/// Checks a frame's length and version and unmasks its counter.
+pub fn frame_counter(key: &FrameKey, frame: &[u8]) -> Result<u64, FrameError> {
+    if frame.len() != E2E_FRAME_LEN {
         return Err(FrameError::Length);
     }
     match frame.first() {
@@ -286,34 +375,47 @@ pub fn frame_counter(frame: &[u8]) -> Result<u64, FrameError> {
         Some(&v) => return Err(FrameError::Version(v)),
         None => return Err(FrameError::Length),
     }
-    let c = frame
+    let masked = frame
         .get(1..E2E_HEADER_LEN)
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
         .ok_or(FrameError::Length)?;
-    Ok(u64::from_be_bytes(c))
+    let mask = counter_mask(&key.hp, sample_of(frame)?);
+    Ok(u64::from_be_bytes(masked) ^ u64::from_be_bytes(mask))
 }
 
 /// Opens a frame in place, without any replay check. Returns the counter and the plaintext, which
-/// lies in `frame[E2E_HEADER_LEN..len - E2E_TAG_LEN]`. On failure the frame bytes are garbage.
+/// lies in `frame[E2E_PLAINTEXT_OFFSET..E2E_PLAINTEXT_OFFSET + length]`. On failure the frame
+/// bytes are garbage.
 pub fn open_frame<'a>(
-    key: &[u8; 32],
+    key: &FrameKey,
     frame: &'a mut [u8],
 ) -> Result<(u64, &'a mut [u8]), FrameError> {
-    let counter = frame_counter(frame)?;
-    let tag_at = frame.len() - E2E_TAG_LEN;
-    let (body, tag) = frame.split_at_mut(tag_at);
-    let (header, pt) = body.split_at_mut(E2E_HEADER_LEN);
-    ChaCha20Poly1305::new(key.into())
-        .decrypt_in_place_detached(&nonce(counter), header, pt, Tag::from_slice(tag))
+    let counter = frame_counter(key, frame)?;
+    let (_, rest) = frame.split_at_mut(E2E_HEADER_LEN);
+    let (sealed, tag) = rest.split_at_mut(E2E_FRAME_LEN - E2E_HEADER_LEN - E2E_TAG_LEN);
+    ChaCha20Poly1305::new((&*key.aead).into())
+        .decrypt_in_place_detached(
+            &nonce(counter),
+            &frame_header(counter),
+            sealed,
+            Tag::from_slice(tag),
+        )
         .map_err(|_| FrameError::Decrypt)?;
+    let (length, body) = sealed.split_at_mut(E2E_LENGTH_LEN);
+    let n = <[u8; E2E_LENGTH_LEN]>::try_from(&*length)
+        .map(u16::from_be_bytes)
+        .map_err(|_| FrameError::Length)?;
+    let n = usize::from(n);
+    // Authentic, but a peer running other code could still write a length past the frame.
+    let pt = body.get_mut(..n).ok_or(FrameError::Length)?;
     Ok((counter, pt))
 }
 
-/// The frame state of one session end: send key and counter, receive key and replay window.
+/// The frame state of one session end: send keys and counter, receive keys and replay window.
 /// Independent of circuits: frames sealed here may travel on any circuit of the session.
 pub struct SessionChannel {
-    send_key: Zeroizing<[u8; 32]>,
-    recv_key: Zeroizing<[u8; 32]>,
+    send_key: FrameKey,
+    recv_key: FrameKey,
     send_direction: Direction,
     next_send: u64,
     window: ReplayWindow,
@@ -367,7 +469,7 @@ impl SessionChannel {
         if plaintext.len() > E2E_MAX_PLAINTEXT {
             return Err(FrameError::Length);
         }
-        out.get_mut(E2E_HEADER_LEN..E2E_HEADER_LEN + plaintext.len())
+        out.get_mut(E2E_PLAINTEXT_OFFSET..E2E_PLAINTEXT_OFFSET + plaintext.len())
             .ok_or(FrameError::BufferTooSmall)?
             .copy_from_slice(plaintext);
         self.seal_in_place(out, plaintext.len())
@@ -375,7 +477,7 @@ impl SessionChannel {
 
     /// Checks, opens in place and marks a received frame. Returns the plaintext (inside `frame`).
     pub fn open_in_place<'a>(&mut self, frame: &'a mut [u8]) -> Result<&'a mut [u8], FrameError> {
-        let counter = frame_counter(frame)?;
+        let counter = frame_counter(&self.recv_key, frame)?;
         self.window.check(counter)?;
         let (counter, pt) = open_frame(&self.recv_key, frame)?;
         self.window.mark(counter);
@@ -391,7 +493,7 @@ impl SessionChannel {
             .ok_or(FrameError::BufferTooSmall)?;
         buf.copy_from_slice(frame);
         let n = self.open_in_place(buf)?.len();
-        out.copy_within(E2E_HEADER_LEN..E2E_HEADER_LEN + n, 0);
+        out.copy_within(E2E_PLAINTEXT_OFFSET..E2E_PLAINTEXT_OFFSET + n, 0);
         Ok(n)
     }
 }
@@ -625,6 +727,43 @@ mod tests {
         );
         w.check(top - E2E_REPLAY_WINDOW as u64 + 1).unwrap();
         assert_eq!(w.check(E2E_COUNTER_LIMIT), Err(FrameError::TooFarAhead));
+    }
+
+    /// A sample may name ChaCha20's last block (counter u32::MAX): the mask is still made, and
+    /// differs from block 0's.
+    #[test]
+    fn mask_at_the_last_block() {
+        let hp = [7u8; 32];
+        let mut sample = [0xffu8; E2E_SAMPLE_LEN];
+        let last = counter_mask(&hp, &sample);
+        sample[..4].fill(0);
+        assert_ne!(last, counter_mask(&hp, &sample));
+    }
+
+    #[test]
+    fn every_frame_fills_the_relay_payload() {
+        let key = FrameKey::new(&[9u8; 32]);
+        for len in [0usize, 1, 9, 41, 1281, E2E_MAX_PLAINTEXT] {
+            let mut buf = [0x5au8; E2E_FRAME_LEN];
+            assert_eq!(seal_frame(&key, 3, &mut buf, len), Ok(E2E_FRAME_LEN));
+            let (c, pt) = open_frame(&key, &mut buf).unwrap();
+            assert_eq!((c, pt.len()), (3, len));
+            assert!(pt.iter().all(|b| *b == 0x5a));
+            // Stale buffer bytes past the plaintext were replaced by zero padding.
+            let end = E2E_PLAINTEXT_OFFSET + len;
+            assert!(buf[end..E2E_FRAME_LEN - E2E_TAG_LEN]
+                .iter()
+                .all(|b| *b == 0));
+        }
+        let mut buf = [0u8; E2E_FRAME_LEN];
+        assert_eq!(
+            seal_frame(&key, 0, &mut buf, E2E_MAX_PLAINTEXT + 1),
+            Err(FrameError::Length)
+        );
+        assert_eq!(
+            seal_frame(&key, 0, &mut buf[..E2E_FRAME_LEN - 1], 0),
+            Err(FrameError::BufferTooSmall)
+        );
     }
 
     #[test]

@@ -49,8 +49,14 @@ CREATED_HS_LEN = 148
 HOP_KEYS_LEN = 368
 LINK_SPEC_LEN = 272
 ENDPOINT_LEN = 19
-E2E_VERSION = 1
+E2E_VERSION = 2
 E2E_HEADER_LEN = 9
+E2E_LENGTH_LEN = 2
+E2E_TAG_LEN = 16
+E2E_FRAME_LEN = RELAY_PAYLOAD_LEN                   # 1316, every frame
+E2E_MAX_PLAINTEXT = E2E_FRAME_LEN - E2E_HEADER_LEN - E2E_LENGTH_LEN - E2E_TAG_LEN  # 1289
+E2E_SAMPLE_LEN = 16
+assert 1 + 1280 <= E2E_MAX_PLAINTEXT                # a full inner packet and its type byte (2.1)
 INTRO_PLAINTEXT_LEN = 400
 REND_PLAINTEXT_LEN = 32
 DESC_HEADER_LEN = 102
@@ -67,6 +73,7 @@ LINK_MSG_CELL = 0x01
 RELAY_DATA, RELAY_EXTEND, RELAY_EXTENDED = 0x01, 0x02, 0x03
 # e2e message types (section 10.5)
 E2E_PACKET = 0x01
+E2E_PING = 0x02
 # handshake TLV types (section 8.3)
 TLV_BACKWARD_SEQ_START = 0x81
 TLV_FEATURES = 0x02
@@ -95,6 +102,7 @@ LABELS = {
     "E2E_MIX": b"globalnet e2e ik v1 mix",
     "E2E_SPLIT": b"globalnet e2e ik v1 split",
     "E2E_JOIN": b"globalnet e2e join v1",
+    "E2E_HP": b"globalnet e2e hp v1",
     "ESTABLISH_INTRO_SIG": b"globalnet establish intro v1",
     "INTRO_REPLAY": b"globalnet intro replay v1",
 }
@@ -767,24 +775,46 @@ def vec_e2e():
     join_cookie = sha256(b"rendezvous cookie 2")
     hs["join"] = {"cookie": join_cookie.hex(),
                   "mac": hmac_sha256(split[64:], L["E2E_JOIN"], join_cookie).hex()}
-    # end-to-end AEAD (section 10.4)
+    # end-to-end frames (section 10.4)
     k_c2s = split[:32]
-    pkt = bytes.fromhex("6000000000080640") + address(ed_pub(ps)) + dest + bytes(8)
-    frames = []
-    for counter in (0, 1, 2**32 + 5):
-        hdr = bytes([E2E_VERSION]) + u64(counter)
-        nonce = bytes(4) + u64(counter)
-        pt = bytes([E2E_PACKET]) + pkt
-        frames.append({"direction": "client_to_service", "counter": counter,
-                       "plaintext": pt.hex(), "frame": (hdr + aead_seal(k_c2s, nonce, hdr, pt)).hex()})
     k_s2c = split[32:64]
-    hdr = bytes([E2E_VERSION]) + u64(7)
-    pt = bytes([E2E_PACKET]) + pkt
-    frames.append({"direction": "service_to_client", "counter": 7, "plaintext": pt.hex(),
-                   "frame": (hdr + aead_seal(k_s2c, bytes(4) + u64(7), hdr, pt)).hex()})
-    max_frame = E2E_HEADER_LEN + 1 + 1280 + 16
-    assert max_frame <= RELAY_PAYLOAD_LEN
+    pkt = bytes.fromhex("6000000000080640") + address(ed_pub(ps)) + dest + bytes(8)
+    big = bytes.fromhex("6000000004d81140") + address(ed_pub(ps)) + dest + \
+        bytes(range(256)) * 4 + bytes(1240 - 1024)
+    assert len(big) == 1280
+    frames = []
+    for direction, key, counter, pt in (
+            ("client_to_service", k_c2s, 0, bytes([E2E_PACKET]) + pkt),
+            ("client_to_service", k_c2s, 1, bytes([E2E_PACKET]) + pkt),
+            ("client_to_service", k_c2s, 2, bytes([E2E_PING]) + u64(0x0102030405060708)),
+            ("client_to_service", k_c2s, 3, bytes([E2E_PACKET]) + big),
+            ("client_to_service", k_c2s, 2**32 + 5, bytes([E2E_PACKET]) + pkt),
+            ("service_to_client", k_s2c, 7, bytes([E2E_PACKET]) + pkt)):
+        frames.append(dict(direction=direction, counter=counter, plaintext=pt.hex(),
+                           **e2e_frame(key, counter, pt)))
+    assert all(len(bytes.fromhex(f["frame"])) == E2E_FRAME_LEN for f in frames)
     return hs, frames
+
+
+def e2e_frame(key, counter, pt):
+    """Section 10.4: pad to a whole relay payload, seal, then mask the counter."""
+    assert len(pt) <= E2E_MAX_PLAINTEXT
+    clear_hdr = bytes([E2E_VERSION]) + u64(counter)
+    inner = len(pt).to_bytes(E2E_LENGTH_LEN, "big") + pt + bytes(E2E_MAX_PLAINTEXT - len(pt))
+    sealed = aead_seal(key, bytes(4) + u64(counter), clear_hdr, inner)
+    hp = kdf(L["E2E_HP"], key, 32)
+    sample = sealed[:E2E_SAMPLE_LEN]
+    # RFC 9001 5.4.4: the 16-byte sample is ChaCha20's block counter (LE) and nonce, which is
+    # exactly the 16-byte nonce `cryptography` (OpenSSL) takes.
+    mask = Cipher(algorithms.ChaCha20(hp, sample), mode=None).encryptor().update(bytes(8))
+    frame = bytes([E2E_VERSION]) + xor(u64(counter), mask) + sealed
+    assert len(frame) == E2E_FRAME_LEN
+    # and back, as a receiver does
+    got = u64(int.from_bytes(frame[1:9], "big") ^ int.from_bytes(mask, "big"))
+    assert got == u64(counter)
+    opened = aead_open(key, bytes(4) + got, clear_hdr, frame[E2E_HEADER_LEN:])
+    assert opened[E2E_LENGTH_LEN:E2E_LENGTH_LEN + len(pt)] == pt
+    return {"hp_key": hp.hex(), "counter_mask": mask.hex(), "frame": frame.hex()}
 
 
 def vec_establish_intro():

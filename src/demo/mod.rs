@@ -9,20 +9,24 @@
 //!
 //! Everything it creates is removed on exit, on Ctrl-C, on SIGTERM and on failure; a demo that
 //! was killed outright is cleaned up by the next one (fixed namespace names with the prefix
-//! [`NS_PREFIX`], and a pid file in the run directory). No part of it depends on the test harness.
+//! [`NS_PREFIX`], and a pid file in the run directory). The namespaces, children, signals and
+//! teardown are the `globalnet-lab` crate's, which the netns tests' harness uses too; this file
+//! is the demo itself: which nodes, their configs, the HTTP server, the checks and the report.
 
 // Reading a `serde_json::Value` by key returns Null for a missing key or a non-object; it cannot
 // panic.
 #![allow(clippy::indexing_slicing)]
 
+use crate::control::proto::{ServiceAnswer, StatusAnswer};
+use crate::control::{self, Cmd};
 use clap::{Args, Subcommand};
+use globalnet_lab::signals::{self, OnSignal};
+use globalnet_lab::{Abandoned, Host, Lab};
 use serde_json::Value;
 use std::io::{BufRead, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Prefix of every namespace the demo creates (the test harness uses `gnt-`).
@@ -31,9 +35,6 @@ pub const NS_PREFIX: &str = "gndemo-";
 pub const HTTP_PORT: u16 = 8080;
 /// UDP port every demo node listens on.
 const UDP_PORT: u16 = 7412;
-
-/// Set by the signal watcher on SIGINT, SIGTERM or SIGHUP.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 const INTERRUPTED: &str = "interrupted";
 
@@ -80,7 +81,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         return serve(port, &token, log.as_deref());
     }
     preflight()?;
-    watch_signals()?;
+    signals::handle_signals(OnSignal::Stop)?;
     let mut net = Net::create(&args)?;
     let result = net.run(&args);
     match &result {
@@ -128,38 +129,8 @@ fn preflight() -> Result<(), String> {
     Ok(())
 }
 
-/// Sets [`STOP`] on SIGINT, SIGTERM or SIGHUP, from a thread of its own. The handlers are
-/// installed before this returns, so no signal in between kills the demo before it tears down.
-fn watch_signals() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("signal handling: {e}"))?;
-    let mut sigs = rt
-        .block_on(async {
-            Ok::<_, std::io::Error>((
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::hangup())?,
-            ))
-        })
-        .map_err(|e| format!("signal handling: {e}"))?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            tokio::select! {
-                _ = sigs.0.recv() => {}
-                _ = sigs.1.recv() => {}
-                _ = sigs.2.recv() => {}
-            }
-        });
-        STOP.store(true, Ordering::SeqCst);
-    });
-    Ok(())
-}
-
 fn stopped() -> Result<(), String> {
-    if STOP.load(Ordering::SeqCst) {
+    if signals::stop_requested() {
         Err(INTERRUPTED.into())
     } else {
         Ok(())
@@ -177,57 +148,11 @@ fn nap(d: Duration) -> Result<(), String> {
 }
 
 /// Runs a command to completion (all of its output), killing it after `timeout` or when the
-/// demo is interrupted. The child gets a process group of its own, so a Ctrl-C in the terminal
-/// reaches only the demo, which then stops everything in order.
+/// demo is interrupted.
 fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out_t = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err_t = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) => {}
-            Err(e) => return Err(format!("waiting for {what}: {e}")),
-        }
-        if STOP.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            stopped()?;
-            return Err(format!("{what} did not finish within {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+    globalnet_lab::run_for(cmd, timeout, signals::stop_requested).map_err(|e| match e {
+        Abandoned::Stopped => INTERRUPTED.to_string(),
+        Abandoned::Failed(e) => e.into(),
     })
 }
 
@@ -244,40 +169,6 @@ fn must(cmd: &mut Command) -> Result<Output, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    must(Command::new("ip").args(args)).map(|_| ())
-}
-
-/// Deletes a namespace after killing whatever still runs inside (or it outlives its name).
-fn delete_ns(ns: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", ns])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn demo_namespaces() -> Vec<String> {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(NS_PREFIX))
-        .map(str::to_string)
-        .collect()
 }
 
 fn run_dir() -> PathBuf {
@@ -300,9 +191,7 @@ fn is_live_demo(pid: i32) -> bool {
 /// One node of the demo network.
 #[derive(Debug, Clone)]
 struct Node {
-    name: String,
-    ns: String,
-    ip: Ipv4Addr,
+    host: Host,
     dir: PathBuf,
     control: PathBuf,
     log: PathBuf,
@@ -310,10 +199,7 @@ struct Node {
 
 /// The demo network; dropping it tears everything down.
 struct Net {
-    hub: String,
-    nodes: Vec<Node>,
-    children: Vec<(Child, String)>,
-    dir: PathBuf,
+    lab: Lab,
     keep: bool,
     failed: bool,
     interactive: bool,
@@ -335,103 +221,49 @@ impl Net {
                 ));
             }
         }
-        let stale = demo_namespaces();
+        let stale = globalnet_lab::namespaces(NS_PREFIX);
         if !stale.is_empty() {
             println!(
                 "removing {} namespace(s) left by an earlier demo that did not exit cleanly",
                 stale.len()
             );
             for ns in &stale {
-                delete_ns(ns);
+                globalnet_lab::delete_namespace(ns);
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let lab = Lab::new(NS_PREFIX, dir)?;
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| format!("{}: {e}", pid_file.display()))?;
-        let hub = format!("{NS_PREFIX}hub");
-        let net = Net {
-            hub: hub.clone(),
-            nodes: Vec::new(),
-            children: Vec::new(),
-            dir,
+        Ok(Net {
+            lab,
             keep: args.keep,
             failed: false,
             interactive: std::io::IsTerminal::is_terminal(&std::io::stdout()),
             last_progress: None,
-        };
-        ip(&["netns", "add", &hub])?;
-        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
-        Ok(net)
+        })
+    }
+
+    /// The run directory: configs, keys, logs.
+    fn dir(&self) -> &Path {
+        self.lab.dir()
     }
 
     /// Adds a namespace on the switch with `198.18.0.<k+1>/15` and no route out.
     fn add_node(&mut self, name: &str) -> Result<Node, String> {
-        let k = self.nodes.len();
-        let ns = format!("{NS_PREFIX}{name}");
-        let ip4 = Ipv4Addr::new(198, 18, 0, (k + 1) as u8);
-        let dir = self.dir.join(name);
+        stopped()?;
+        let dir = self.dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let node = Node {
-            name: name.to_string(),
-            ns: ns.clone(),
-            ip: ip4,
+        Ok(Node {
+            host: self.lab.add_host(name)?,
             control: dir.join("control.sock"),
             log: dir.join("daemon.log"),
             dir,
-        };
-        // Registered before it exists, so a failure half-way still removes it.
-        self.nodes.push(node.clone());
-        ip(&["netns", "add", &ns])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let port = format!("p{k}");
-        ip(&[
-            "-n", &self.hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ])?;
-        ip(&["-n", &self.hub, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip4}/15"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        Ok(node)
+        })
     }
 
-    /// A command that runs inside `node`'s namespace.
-    fn cmd(node: &Node, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &node.ns]).arg(program);
-        c
-    }
-
-    /// Starts a long-running process inside `node`, output to `log`.
-    fn spawn(&mut self, mut cmd: Command, log: &Path, what: String) -> Result<u32, String> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let f2 = f
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(f2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
-        let pid = child.id();
-        self.children.push((child, what));
-        Ok(pid)
+    /// Starts a long-running process, stopped with the demo, output to `log`.
+    fn spawn(&mut self, cmd: Command, log: &Path, what: String) -> Result<u32, String> {
+        Ok(self.lab.spawn(cmd, log, &what)?)
     }
 
     fn write_config(&self, node: &Node, bootstrap: Option<Ipv4Addr>, expose: &[u16]) -> PathBuf {
@@ -445,7 +277,7 @@ impl Net {
              [network]\n# listen: the default, as shipped (0.0.0.0:7412).\nbootstrap = [{boot}]\n\n\
              [paths]\n# Every demo node lives in 198.18.0.0/15.\nipv4_subnet_family_prefix = 32\n\n\
              [expose]\ntcp = [{ports}]\n",
-            name = node.name,
+            name = node.host.name,
             state = node.dir.join("state").display(),
             control = node.control.display(),
             ports = ports.join(", "),
@@ -456,10 +288,7 @@ impl Net {
     }
 
     fn child_exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
-        self.children
-            .iter_mut()
-            .find(|(c, _)| c.id() == pid)
-            .and_then(|(c, _)| c.try_wait().ok().flatten())
+        self.lab.exited(pid)
     }
 
     fn log_tail(path: &Path) -> String {
@@ -514,7 +343,7 @@ impl Net {
         }
         let service = self.add_node("service")?;
         let client = self.add_node("client")?;
-        let boot = relays.first().map(|r| r.ip);
+        let boot = relays.first().map(|r| r.host.ip);
 
         // The daemons.
         let mut expose = vec![HTTP_PORT];
@@ -523,12 +352,20 @@ impl Net {
         }
         let mut daemons = Vec::new();
         for node in relays.iter().chain([&service, &client]) {
-            let bootstrap = if Some(node.ip) == boot { None } else { boot };
-            let ports: &[u16] = if node.name == "service" { &expose } else { &[] };
+            let bootstrap = if Some(node.host.ip) == boot {
+                None
+            } else {
+                boot
+            };
+            let ports: &[u16] = if node.host.name == "service" {
+                &expose
+            } else {
+                &[]
+            };
             let cfg = self.write_config(node, bootstrap, ports);
-            let mut c = Self::cmd(node, &exe);
+            let mut c = node.host.cmd(&exe);
             c.args(["daemon", "--config"]).arg(&cfg);
-            let pid = self.spawn(c, &node.log, format!("daemon on {}", node.name))?;
+            let pid = self.spawn(c, &node.log, format!("daemon on {}", node.host.name))?;
             daemons.push((node.clone(), pid));
         }
         let mut statuses = Vec::new();
@@ -538,7 +375,7 @@ impl Net {
         let addr_of = |i: usize| -> String {
             statuses
                 .get(i)
-                .map(|s: &Value| s["address"].as_str().unwrap_or_default().to_string())
+                .map(|s: &StatusAnswer| s.address.clone())
                 .unwrap_or_default()
         };
         let (service_addr, client_addr) = (addr_of(relays.len()), addr_of(relays.len() + 1));
@@ -548,13 +385,7 @@ impl Net {
         let names: Vec<(String, String, Ipv4Addr)> = daemons
             .iter()
             .zip(&statuses)
-            .map(|((n, _), s)| {
-                (
-                    n.name.clone(),
-                    s["relay_key"].as_str().unwrap_or_default().to_string(),
-                    n.ip,
-                )
-            })
+            .map(|((n, _), s)| (n.host.name.clone(), s.relay_key.clone(), n.host.ip))
             .collect();
         println!(
             "  {} daemons up after {:.1} s; the service is {service_addr}, the client is {client_addr}",
@@ -565,7 +396,7 @@ impl Net {
         // The applications behind the service's exposed ports.
         let token = random_token();
         let http_log = service.dir.join("http.log");
-        let mut serve = Self::cmd(&service, &exe);
+        let mut serve = service.host.cmd(&exe);
         serve
             .args(["demo", "serve", "--port", &HTTP_PORT.to_string(), "--token"])
             .arg(&token)
@@ -603,16 +434,16 @@ impl Net {
                 return Err(format!(
                     "the service was not reachable within {timeout:?} ({attempts} attempts); last curl error: {last_err}\n  the client's daemon says: {}\n  the service's descriptor: {}\n  logs: {} (GLOBALNET_LOG=debug gives the daemons' session decisions)",
                     overlay_ping_error(&exe, &client, &service_addr),
-                    crate::control::request(&service.control, "services")
+                    control::request(&service.control, Cmd::Services)
                         .map(|v| v[0].to_string())
                         .unwrap_or_else(|e| e.to_string()),
-                    self.dir.display()
+                    self.dir().display()
                 ));
             }
             attempts += 1;
-            let published = crate::control::request(&service.control, "services")
-                .map(|v| v[0]["published"] == Value::Bool(true))
-                .unwrap_or(false);
+            let published = services(&service.control)
+                .first()
+                .is_some_and(|s| s.published);
             let key = format!(
                 "{published}{}",
                 last_err.split(':').take(2).collect::<String>()
@@ -635,7 +466,10 @@ impl Net {
                 ),
             );
             let out = run_cmd(
-                Self::cmd(&client, "curl").args(["-sS", "-g", "--max-time", "8", &url]),
+                client
+                    .host
+                    .cmd("curl")
+                    .args(["-sS", "-g", "--max-time", "8", &url]),
                 Duration::from_secs(10),
             )?;
             let body = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -663,7 +497,7 @@ impl Net {
 
         // A fresh connection on the warm network.
         let timing = run_cmd(
-            Self::cmd(&client, "curl").args([
+            client.host.cmd("curl").args([
                 "-sS",
                 "-g",
                 "--max-time",
@@ -711,7 +545,7 @@ impl Net {
         println!("\nThe path (ready circuits of each end; a flow runs on one circuit of each):");
         let mut flow_hops = Vec::new();
         for (who, node) in [("client", &client), ("service", &service)] {
-            let circuits = crate::control::request(&node.control, "circuits")
+            let circuits = control::request(&node.control, Cmd::Circuits)
                 .map_err(|e| format!("{who}: {e}"))?;
             let (line, hops) = describe_circuits(&circuits, &names);
             println!("  {who:<8} {line}");
@@ -765,10 +599,10 @@ impl Net {
         }
 
         println!("\nTry it by hand:");
-        println!("  sudo ip netns exec {} curl {url}", client.ns);
+        println!("  sudo ip netns exec {} curl {url}", client.host.ns);
         println!(
             "  sudo ip netns exec {} ping -6 -c 3 {service_addr}",
-            client.ns
+            client.host.ns
         );
         println!(
             "  sudo {} ping {service_addr} --control {}",
@@ -783,18 +617,18 @@ impl Net {
         if let Some(h) = &ssh_hint {
             println!(
                 "  {}",
-                h.replace("{ns}", &client.ns)
+                h.replace("{ns}", &client.host.ns)
                     .replace("{addr}", &service_addr)
             );
         }
         println!(
             "  sudo ip netns exec {} curl -g http://[{service_addr}]:9999/   # not exposed: refused at once",
-            client.ns
+            client.host.ns
         );
         if args.once {
             return Ok(());
         }
-        println!("  configs, keys and logs: {}", self.dir.display());
+        println!("  configs, keys and logs: {}", self.dir().display());
         println!("\nThe network stays up until Ctrl-C.");
         let mut gone: Vec<u32> = Vec::new();
         loop {
@@ -812,15 +646,15 @@ impl Net {
                     gone.push(*pid);
                     let log = Self::log_tail(&node.log);
                     let last = log.lines().last().unwrap_or("");
-                    if node.name == "service" || node.name == "client" {
+                    if node.host.name == "service" || node.host.name == "client" {
                         return Err(format!(
                             "the daemon on {} exited ({s}); its log ends:\n{log}",
-                            node.name
+                            node.host.name
                         ));
                     }
                     println!(
                         "the daemon on {} exited ({s}); the network carries on without it. Its last log line: {last}",
-                        node.name
+                        node.host.name
                     );
                 }
             }
@@ -828,21 +662,24 @@ impl Net {
     }
 
     /// Waits until the daemon answers on its control socket.
-    fn wait_ready(&mut self, node: &Node, pid: u32) -> Result<Value, String> {
+    fn wait_ready(&mut self, node: &Node, pid: u32) -> Result<StatusAnswer, String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             stopped()?;
             if let Some(s) = self.child_exited(pid) {
                 return Err(format!(
                     "the daemon on {} exited at start ({s}); its log ends:\n{}",
-                    node.name,
+                    node.host.name,
                     Self::log_tail(&node.log)
                 ));
             }
-            match crate::control::request(&node.control, "status") {
+            match control::ask(&node.control, Cmd::Status) {
                 Ok(v) => return Ok(v),
                 Err(e) if Instant::now() > deadline => {
-                    return Err(format!("the daemon on {} is not answering: {e}", node.name))
+                    return Err(format!(
+                        "the daemon on {} is not answering: {e}",
+                        node.host.name
+                    ))
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -865,37 +702,31 @@ impl Net {
                     self.progress_done();
                     return Err(format!(
                         "the daemon on {} exited ({s}); its log ends:\n{}",
-                        node.name,
+                        node.host.name,
                         Self::log_tail(&node.log)
                     ));
                 }
-                let Ok(st) = crate::control::request(&node.control, "status") else {
+                let Ok(st) = control::ask::<StatusAnswer>(&node.control, Cmd::Status) else {
                     continue;
                 };
-                let (p, r) = (
-                    st["peers"].as_u64().unwrap_or(0),
-                    st["circuits"]["ready"].as_u64().unwrap_or(0),
-                );
+                let (p, r) = (st.peers as u64, st.circuits.ready as u64);
                 peers += p;
                 ready += r;
                 if p >= 2 && r >= crate::node::POOL_TARGET as u64 {
                     nodes_ready += 1;
                 }
             }
-            let svc = crate::control::request(&service.control, "services")
-                .ok()
-                .and_then(|v| v.as_array().and_then(|a| a.first()).cloned())
-                .unwrap_or(Value::Null);
-            let intro = match &svc["intro_points"] {
-                Value::Array(a) => a.len() as u64,
-                other => other.as_u64().unwrap_or(0),
-            };
+            let svc = services(&service.control)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let intro = svc.intro_points.len() as u64;
             // A client that looks the service up before its descriptor lists all intro points
             // caches the short one (and today stays stuck when that intro point is its guard),
             // so the demo's client waits for the full descriptor, as a user would wait for a
             // service to be published.
-            let published = svc["published"] == Value::Bool(true)
-                && intro >= crate::node::sessions::NUM_INTRO_POINTS as u64;
+            let published =
+                svc.published && intro >= crate::node::sessions::NUM_INTRO_POINTS as u64;
             let line = format!(
                 "  forming: {} links, {ready} ready circuits, {nodes_ready}/{} nodes ready, service intro points: {intro}",
                 peers / 2,
@@ -917,7 +748,7 @@ impl Net {
                     "the network did not form within {timeout:?} ({nodes_ready}/{} nodes with links and ready circuits; service descriptor {}with {intro} intro point(s))\n  logs: {}",
                     daemons.len(),
                     if published { "published " } else { "not published, " },
-                    self.dir.display()
+                    self.dir().display()
                 ));
             }
             nap(Duration::from_millis(200))?;
@@ -927,265 +758,25 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        for (child, _) in &mut self.children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for node in &self.nodes {
-            delete_ns(&node.ns);
-        }
-        delete_ns(&self.hub);
+        self.lab.teardown();
         if self.failed || self.keep {
-            let _ = std::fs::remove_file(self.dir.join("pid"));
+            let _ = std::fs::remove_file(self.dir().join("pid"));
             println!(
                 "configs, keys and logs kept in {} (the next demo removes them)",
-                self.dir.display()
+                self.dir().display()
             );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            self.lab.keep_dir(true);
         }
     }
 }
 
-/// A one-line summary of a node's ready circuits by purpose ("3 flow (3 hops), 2 intro (2
-/// hops), ..."), with the relays of one flow circuit by demo name when the daemon reports a
-/// circuit's path (relay keys or endpoints); and the hop count of its flow circuits.
-fn describe_circuits(
-    circuits: &Value,
-    names: &[(String, String, Ipv4Addr)],
-) -> (String, Option<u64>) {
-    let list: Vec<Value> = circuits
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|c| c["state"] == "ready")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if list.is_empty() {
-        return ("no circuits ready".into(), None);
-    }
-    let mut purposes: Vec<&str> = Vec::new();
-    for c in &list {
-        let p = c["purpose"].as_str().unwrap_or("?");
-        if !purposes.contains(&p) {
-            purposes.push(p);
-        }
-    }
-    // Flows first, the pool last: the order of interest.
-    let rank = |p: &str| match p {
-        "flow" => 0,
-        "rendezvous" => 1,
-        "intro" => 2,
-        "pool" => 9,
-        _ => 5,
-    };
-    purposes.sort_by_key(|p| rank(p));
-    let hops_of = |p: &str| -> Vec<u64> {
-        let mut h: Vec<u64> = list
-            .iter()
-            .filter(|c| c["purpose"] == p)
-            .filter_map(|c| c["hops"].as_u64())
-            .collect();
-        h.sort_unstable();
-        h.dedup();
-        h
-    };
-    let parts: Vec<String> = purposes
-        .iter()
-        .map(|p| {
-            let n = list.iter().filter(|c| c["purpose"] == *p).count();
-            let hops: Vec<String> = hops_of(p).iter().map(u64::to_string).collect();
-            format!("{n} {p} ({} hops)", hops.join("/"))
-        })
-        .collect();
-    let name_of = |id: &str| -> String {
-        names
-            .iter()
-            .find(|(_, key, ip)| {
-                (!key.is_empty() && (key.starts_with(id) || id.starts_with(key.as_str())))
-                    || id.split(':').next() == Some(ip.to_string().as_str())
-            })
-            .map(|(n, _, _)| n.clone())
-            .unwrap_or_else(|| id.get(..12).unwrap_or(id).to_string())
-    };
-    let path = list
-        .iter()
-        .filter(|c| c["purpose"] == "flow")
-        .find_map(|c| ["path", "relays"].iter().find_map(|k| c[*k].as_array()))
-        .map(|hops| {
-            let hops: Vec<String> = hops
-                .iter()
-                .map(|h| match h {
-                    Value::String(s) => name_of(s),
-                    other => name_of(
-                        other["relay_key"]
-                            .as_str()
-                            .or(other["endpoint"].as_str())
-                            .unwrap_or("?"),
-                    ),
-                })
-                .collect();
-            format!("; a flow goes through {}", hops.join(" → "))
-        })
-        .unwrap_or_default();
-    (
-        format!("{}{path}", parts.join(", ")),
-        hops_of("flow").last().copied(),
-    )
-}
+mod report;
+mod serve;
+mod ssh;
 
-/// Why the client's daemon cannot reach `addr`, in its own words (`globalnet ping`).
-fn overlay_ping_error(exe: &Path, client: &Node, addr: &str) -> String {
-    let out = run_cmd(
-        Command::new(exe)
-            .args(["ping", "--json", "-c", "1", addr, "--control"])
-            .arg(&client.control),
-        Duration::from_secs(50),
-    );
-    match out {
-        Ok(o) => {
-            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-            match (&v["errors"][0], &v["rtt_ms"][0]) {
-                (Value::String(e), _) => e.clone(),
-                (_, Value::Number(ms)) => format!("it answers globalnet ping in {ms} ms"),
-                _ => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            }
-        }
-        Err(e) => e,
-    }
-}
-
-fn random_token() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// An sshd for the service, with throw-away keys, when the host has OpenSSH.
-struct SshSetup {
-    sshd: PathBuf,
-}
-
-impl SshSetup {
-    fn available() -> Option<SshSetup> {
-        let sshd = PathBuf::from("/usr/sbin/sshd");
-        let keygen = Command::new("ssh-keygen")
-            .arg("-?")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        (sshd.exists() && keygen).then_some(SshSetup { sshd })
-    }
-
-    /// Starts sshd (key auth only, on port 22 of every address) in `node`; returns the client's
-    /// command with `{ns}` and `{addr}` to fill in.
-    fn start(&self, net: &mut Net, node: &Node) -> Result<String, String> {
-        let dir = node.dir.join("ssh");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let (host_key, client_key) = (dir.join("host_key"), dir.join("client_key"));
-        for k in [&host_key, &client_key] {
-            must(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(k),
-            )?;
-        }
-        let auth = dir.join("authorized_keys");
-        std::fs::copy(dir.join("client_key.pub"), &auth)
-            .map_err(|e| format!("{}: {e}", auth.display()))?;
-        let cfg = dir.join("sshd_config");
-        std::fs::write(
-            &cfg,
-            format!(
-                "Port 22\nListenAddress ::\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {}\n",
-                host_key.display(),
-                auth.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .map_err(|e| format!("{}: {e}", cfg.display()))?;
-        // sshd insists on its privilege-separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let mut c = Net::cmd(node, &self.sshd);
-        c.args(["-D", "-e", "-f"]).arg(&cfg);
-        net.spawn(c, &dir.join("sshd.log"), "sshd".into())?;
-        Ok(format!(
-            "sudo ip netns exec {{ns}} ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@{{addr}} hostname",
-            client_key.display()
-        ))
-    }
-}
-
-/// The demo's HTTP server: every GET gets the token and the address the request came from; one
-/// log line per request. Threads per connection, requests capped in size and time.
-fn serve(port: u16, token: &str, log: Option<&Path>) -> Result<(), String> {
-    let listener = std::net::TcpListener::bind(("::", port))
-        .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-    println!("ready: listening on [::]:{port}");
-    let _ = std::io::stdout().flush();
-    let log = log.map(Path::to_path_buf);
-    for conn in listener.incoming() {
-        let Ok(mut stream) = conn else { continue };
-        let token = token.to_string();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|_| "?".into());
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = std::io::BufReader::new(match stream.try_clone() {
-                Ok(s) => s.take(16 * 1024),
-                Err(_) => return,
-            });
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
-                return;
-            }
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) if line.trim().is_empty() => break,
-                    Ok(_) => {}
-                }
-            }
-            if let Some(path) = &log {
-                if let Ok(mut f) = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                {
-                    let _ = writeln!(f, "{peer} {}", request.trim());
-                }
-            }
-            let body = format!("token {token}\nyou are {peer}\n");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        });
-    }
-    Ok(())
-}
+use report::{describe_circuits, overlay_ping_error, random_token, services};
+use serve::serve;
+use ssh::SshSetup;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,295 @@
+//! What the control socket answers: the node's state as the link task last copied it, turned
+//! into the typed answers of `control::proto`.
+
+use super::*;
+
+/// The link layer's state as the control socket shows it, refreshed by the link task.
+#[derive(Default)]
+pub(super) struct LinkSnapshot {
+    pub(super) peers: Vec<PeerInfo>,
+    pub(super) stats: LinkStats,
+    pub(super) view: usize,
+    pub(super) view_sources: usize,
+    pub(super) nat: &'static str,
+    pub(super) observed: Option<SocketAddr>,
+    pub(super) record: bool,
+    pub(super) circuits: Vec<CircuitInfo>,
+    pub(super) relayed: usize,
+    pub(super) circ_stats: CircuitStats,
+    pub(super) path_error: Option<String>,
+    pub(super) flow: FlowStats,
+    pub(super) flows: usize,
+    pub(super) queue_drops: u64,
+    pub(super) foreign_prefixes: Vec<String>,
+    pub(super) services: Vec<ServiceInfo>,
+    pub(super) sessions: Vec<SessionInfo>,
+    pub(super) bootstrap: Vec<BootstrapInfo>,
+    /// Why the node has no links or no circuits, in one line.
+    pub(super) reason: Option<String>,
+    pub(super) local_endpoints: Vec<SocketAddr>,
+    /// Unix ms of the snapshot (for "since" fields).
+    pub(super) at: Millis,
+    pub(super) guards: usize,
+    pub(super) guards_temporary: bool,
+    pub(super) guard_save_error: Option<String>,
+}
+
+/// What the control socket reports.
+pub(super) struct NodeState {
+    pub(super) address: Ipv6Addr,
+    pub(super) relay_key: String,
+    pub(super) link_key: String,
+    pub(super) config: Config,
+    pub(super) started: Instant,
+    pub(super) tun: TunCounters,
+    pub(super) links: Mutex<LinkSnapshot>,
+    pub(super) budget: MemoryBudget,
+    pub(super) commands: mpsc::Sender<Command>,
+}
+
+impl From<&PeerInfo> for PeerAnswer {
+    fn from(p: &PeerInfo) -> PeerAnswer {
+        PeerAnswer {
+            relay_key: p.relay_key.clone(),
+            link_key: p.link_key.clone(),
+            endpoint: p.endpoint.to_string(),
+            direct: p.direct,
+            punched: p.punched,
+            rtt_ms: p.rtt_ms.map(tenths),
+            established_s: p.established_s,
+            last_handshake_s: p.last_handshake_s,
+            outbound: p.outbound,
+            bytes_in: p.bytes_in,
+            bytes_out: p.bytes_out,
+        }
+    }
+}
+
+impl From<&CircuitInfo> for CircuitAnswer {
+    fn from(c: &CircuitInfo) -> CircuitAnswer {
+        CircuitAnswer {
+            id: format!("{:x}", c.id.0),
+            hops: c.hops,
+            purpose: c.purpose.name().to_string(),
+            age_s: c.age_s,
+            state: if c.ready {
+                CircuitState::Ready
+            } else {
+                CircuitState::Building
+            },
+            build_ms: c.build_ms,
+        }
+    }
+}
+
+impl From<&SessionInfo> for SessionAnswer {
+    fn from(s: &SessionInfo) -> SessionAnswer {
+        SessionAnswer {
+            peer: s.peer.to_string(),
+            role: s.role.to_string(),
+            local: s.local.to_string(),
+            state: s.state.to_string(),
+            circuits: s.circuits,
+            flows: s.flows,
+            age_s: s.age_s,
+        }
+    }
+}
+
+/// Milliseconds rounded to a tenth, as the answers show them.
+pub(super) fn tenths(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+/// An answer as the control socket carries it. The JSON value's object keys are sorted, which
+/// keeps the bytes on the wire what they were when the answers were built by hand.
+pub(super) fn to_result<T: serde::Serialize>(answer: &T) -> Result<Value, String> {
+    serde_json::to_value(answer).map_err(|e| format!("internal error: {e}"))
+}
+
+impl control::Handler for NodeState {
+    fn handle(&self, req: &Request) -> Answer {
+        if req.cmd == Cmd::Ping {
+            return self.ping(req.addr.as_deref());
+        }
+        Answer::Now(self.snapshot_answer(&req.cmd))
+    }
+}
+
+impl NodeState {
+    pub(super) fn ping(&self, addr: Option<&str>) -> Answer {
+        let Some(addr) = addr else {
+            return Answer::Now(Err("ping needs an address (`addr`)".into()));
+        };
+        let dst = match addr.parse::<Ipv6Addr>() {
+            Ok(a) if is_overlay(&a) => a,
+            _ => {
+                return Answer::Now(Err(format!(
+                    "`{addr}` is not an overlay address; GlobalNet addresses are in fd00::/8"
+                )))
+            }
+        };
+        if dst == self.address {
+            return Answer::Now(Err(
+                "that is this node's own address; ping another node's address".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Ping {
+            dst: dst.octets(),
+            reply: tx,
+        };
+        match self.commands.try_send(cmd) {
+            Ok(()) => Answer::Later(rx),
+            Err(_) => Answer::Now(Err("the daemon is busy; try again".into())),
+        }
+    }
+
+    pub(super) fn snapshot_answer(&self, cmd: &Cmd) -> Result<Value, String> {
+        let links = self
+            .links
+            .lock()
+            .map_err(|_| "internal error: state lock poisoned".to_string())?;
+        match cmd {
+            Cmd::Status => to_result(&self.status(&links)),
+            Cmd::Peers => to_result(&links.peers.iter().map(PeerAnswer::from).collect::<Vec<_>>()),
+            Cmd::Circuits => to_result(
+                &links
+                    .circuits
+                    .iter()
+                    .map(CircuitAnswer::from)
+                    .collect::<Vec<_>>(),
+            ),
+            Cmd::Services => to_result(&self.services(&links.services)),
+            Cmd::Sessions => to_result(
+                &links
+                    .sessions
+                    .iter()
+                    .map(SessionAnswer::from)
+                    .collect::<Vec<_>>(),
+            ),
+            // `ping` never gets here: the link task answers it (see `handle`).
+            Cmd::Ping | Cmd::Unknown(_) => Err(format!(
+                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping"
+            )),
+        }
+    }
+
+    pub(super) fn status(&self, links: &LinkSnapshot) -> StatusAnswer {
+        let strings = |addrs: &[SocketAddr]| addrs.iter().map(|a| a.to_string()).collect();
+        StatusAnswer {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address: self.address.to_string(),
+            relay_key: self.relay_key.clone(),
+            link_key: self.link_key.clone(),
+            interface: self.config.tun.name.clone(),
+            mtu: self.config.tun.mtu,
+            relay: self.config.relay_enabled(),
+            peers: links.peers.len(),
+            nat: links.nat.to_string(),
+            observed_endpoint: links.observed.map(|e| e.to_string()),
+            relay_record: links.record,
+            local_endpoints: strings(&links.local_endpoints),
+            bootstrap: links
+                .bootstrap
+                .iter()
+                .map(|b| BootstrapStatus {
+                    peer: b.peer.clone(),
+                    addrs: strings(&b.addrs),
+                    state: b.state.to_string(),
+                    failing_s: b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
+                    tries: b.tries,
+                    last_error: b.last_error.clone(),
+                })
+                .collect(),
+            reason: links.reason.clone(),
+            guards: GuardStatus {
+                count: links.guards,
+                temporary: links.guards_temporary,
+                save_error: links.guard_save_error.clone(),
+            },
+            view: ViewStatus {
+                relays: links.view,
+                sources: links.view_sources,
+            },
+            links: LinkCounts {
+                datagrams_in: links.stats.datagrams_in,
+                datagrams_out: links.stats.datagrams_out,
+                dropped: links.stats.dropped,
+                refused: links.stats.refused,
+                malformed: links.stats.malformed,
+                bad_records: links.stats.bad_records,
+            },
+            memory: MemoryStatus {
+                used: self.budget.used(),
+                limit: self.budget.limit(),
+            },
+            circuits: CircuitCounts {
+                own: links.circuits.len(),
+                ready: links.circuits.iter().filter(|c| c.ready).count(),
+                relayed: links.relayed,
+                relayed_cells: links.circ_stats.relayed_cells,
+                built: links.circ_stats.built,
+                build_failures: links.circ_stats.build_failures,
+                creates_refused: links.circ_stats.creates_refused,
+                path_error: links.path_error.clone(),
+            },
+            sessions: links.sessions.len(),
+            services: links.services.len(),
+            flows: FlowCounts {
+                active: links.flows,
+                to_peers: links.flow.to_peers,
+                to_kernel: links.flow.to_kernel,
+                refused: links.flow.refused,
+                icmp_to_kernel: links.flow.icmp_to_kernel,
+                dropped_from_kernel: links.flow.dropped_from_kernel,
+                dropped_from_peers: links.flow.dropped_from_peers,
+                foreign_sources: links.flow.foreign_sources,
+                foreign_prefixes: links.foreign_prefixes.clone(),
+            },
+            uptime_s: self.started.elapsed().as_secs(),
+            pid: std::process::id(),
+            tun: TunCounts {
+                packets_in: self.tun.packets_in.load(Ordering::Relaxed),
+                packets_out: self.tun.packets_out.load(Ordering::Relaxed),
+                icmp_replies: self.tun.icmp_replies.load(Ordering::Relaxed),
+                dropped: links.flow.dropped_from_kernel + links.queue_drops,
+                write_errors: self.tun.write_errors.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// The services the node hosts, with the ports `[expose]` opens on the node's own address.
+    /// The default service is listed as soon as `[expose]` lists ports, published or not yet.
+    pub(super) fn services(&self, hosted: &[ServiceInfo]) -> Vec<ServiceAnswer> {
+        let expose = &self.config.expose;
+        let exposes = !expose.tcp.is_empty() || !expose.udp.is_empty();
+        let mut out: Vec<ServiceAnswer> = hosted
+            .iter()
+            .map(|s| {
+                let own = s.address == self.address;
+                ServiceAnswer {
+                    address: s.address.to_string(),
+                    tcp: if own { expose.tcp.clone() } else { Vec::new() },
+                    udp: if own { expose.udp.clone() } else { Vec::new() },
+                    intro_points: s.intro_points.clone(),
+                    descriptor_age_s: s.descriptor_age_s,
+                    published: s.descriptor_age_s.is_some(),
+                    sessions: s.sessions,
+                }
+            })
+            .collect();
+        if exposes && !hosted.iter().any(|s| s.address == self.address) {
+            out.push(ServiceAnswer {
+                address: self.address.to_string(),
+                tcp: expose.tcp.clone(),
+                udp: expose.udp.clone(),
+                intro_points: Vec::new(),
+                descriptor_age_s: None,
+                published: false,
+                sessions: 0,
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,493 @@
+//! The daemon's I/O tasks: the TUN reader and writer, the route refresher, and the link task
+//! that owns the UDP sockets, the node and the flow layer.
+
+use super::*;
+
+/// Reads the kernel's packets from the TUN into recycled buffers and hands them to the link
+/// task, waiting when it is behind.
+pub(super) async fn tun_reader(
+    dev: Arc<tun_rs::AsyncDevice>,
+    to_link: mpsc::Sender<Vec<u8>>,
+    mut bufs: mpsc::Receiver<Vec<u8>>,
+    buf_len: usize,
+    state: Arc<NodeState>,
+) -> std::io::Result<()> {
+    loop {
+        let mut buf = bufs
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(buf_len));
+        buf.resize(buf_len, 0);
+        let n = dev.recv(&mut buf).await?;
+        buf.truncate(n);
+        state.tun.packets_in.fetch_add(1, Ordering::Relaxed);
+        if to_link.send(buf).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the packets the link task has for the kernel and hands their buffers back.
+pub(super) async fn tun_writer(
+    dev: Arc<tun_rs::AsyncDevice>,
+    mut from_link: mpsc::Receiver<Vec<u8>>,
+    bufs: mpsc::Sender<Vec<u8>>,
+    state: Arc<NodeState>,
+) {
+    while let Some(buf) = from_link.recv().await {
+        match dev.send(&buf).await {
+            Ok(_) => state.tun.packets_out.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::debug!("writing to the TUN: {e}");
+                state.tun.write_errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        let _ = bufs.try_send(buf);
+    }
+}
+
+/// Reads the routes through other interfaces now and then, for the inbound source check.
+pub(super) async fn route_refresher(ifname: String, commands: mpsc::Sender<Command>) {
+    let mut warned = false;
+    loop {
+        match platform::routes::prefixes_elsewhere(&ifname).await {
+            Ok(p) => {
+                if commands.send(Command::ForeignPrefixes(p)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!("reading routes for the inbound source check: {e}");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(ROUTE_REFRESH).await;
+    }
+}
+
+/// Receives on up to two sockets; pending forever when there is no such socket.
+pub(super) async fn recv_on(
+    socket: Option<&udp::Port>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, usize, udp::Received)> {
+    match socket {
+        Some(s) => s.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands one read to the node: several datagrams of `stride` bytes when GRO coalesced them.
+pub(super) fn deliver(
+    node: &mut Node,
+    now: Millis,
+    buf: &[u8],
+    n: usize,
+    stride: usize,
+    rx: udp::Received,
+) {
+    for d in buf.get(..n).unwrap_or(&[]).chunks(stride) {
+        node.handle_datagram_at(now, rx.from, rx.local, d);
+    }
+}
+
+/// Handles what else is already queued on the socket (up to a batch) before going back to the
+/// event loop: fewer wake-ups and timer re-arms per datagram under load.
+pub(super) fn drain(socket: Option<&udp::Port>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
+    let Some(s) = socket else { return };
+    for _ in 0..63 {
+        match s.try_recv(buf) {
+            Ok((n, stride, rx)) => deliver(node, clock.now(), buf, n, stride, rx),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The channels between the link task and the TUN tasks.
+pub(super) struct Pipes {
+    pub(super) from_tun: mpsc::Receiver<Vec<u8>>,
+    pub(super) read_bufs: mpsc::Sender<Vec<u8>>,
+    pub(super) to_tun: mpsc::Sender<Vec<u8>>,
+    pub(super) write_bufs: mpsc::Receiver<Vec<u8>>,
+}
+
+/// The link task's side of the packet path: the flow layer between the TUN and the node.
+pub(super) struct PacketPath {
+    pub(super) flow: FlowLayer,
+    pub(super) reply: Vec<u8>,
+    pub(super) spare: Vec<Vec<u8>>,
+    pub(super) to_tun: mpsc::Sender<Vec<u8>>,
+    pub(super) read_bufs: mpsc::Sender<Vec<u8>>,
+    pub(super) queue_drops: u64,
+    pub(super) state: Arc<NodeState>,
+}
+
+impl PacketPath {
+    /// A packet from the kernel: through the flow layer to a session, or answered locally.
+    pub(super) fn kernel_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+        match self.flow.on_tun_packet(now, &mut buf, &mut self.reply) {
+            TunVerdict::Send { dst } => {
+                if node.send_packet(now, dst, &buf).is_err()
+                    && self.flow.on_send_failed(&buf, &mut self.reply)
+                {
+                    self.reply_to_kernel();
+                }
+            }
+            TunVerdict::Reply(kind) => {
+                tracing::trace!(?kind, "ICMPv6 reply to the kernel");
+                self.reply_to_kernel();
+            }
+            TunVerdict::Drop(reason) => tracing::trace!(?reason, "dropped a packet from the TUN"),
+        }
+        let _ = self.read_bufs.try_send(buf);
+    }
+
+    /// A packet from a session: into the kernel, or refused back to the peer.
+    pub(super) fn peer_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+        match self.flow.on_session_packet(now, &mut buf, &mut self.reply) {
+            SessionVerdict::Deliver => {
+                if let Err(e) = self.to_tun.try_send(buf) {
+                    self.queue_drops += 1;
+                    node.recycle_packet(e.into_inner());
+                }
+                return;
+            }
+            SessionVerdict::Refuse { dst } => {
+                if let Err(e) = node.send_packet(now, dst, &self.reply) {
+                    tracing::trace!(?e, "refusal not sent");
+                }
+            }
+            SessionVerdict::Drop(reason) => {
+                tracing::trace!(?reason, "dropped a packet from a session")
+            }
+        }
+        node.recycle_packet(buf);
+    }
+
+    /// The session layer gave up on `dst`: the flows waiting for it learn at once.
+    pub(super) fn unreachable(&mut self, dst: &[u8; 16]) {
+        let (spare, to_tun, drops) = (&mut self.spare, &self.to_tun, &mut self.queue_drops);
+        let counter = &self.state.tun.icmp_replies;
+        self.flow.on_unreachable(dst, &mut self.reply, |r| {
+            let mut b = spare.pop().unwrap_or_default();
+            b.clear();
+            b.extend_from_slice(r);
+            match to_tun.try_send(b) {
+                Ok(()) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    *drops += 1;
+                    spare.push(e.into_inner());
+                }
+            }
+        });
+    }
+
+    pub(super) fn reply_to_kernel(&mut self) {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(&self.reply);
+        match self.to_tun.try_send(b) {
+            Ok(()) => {
+                self.state.tun.icmp_replies.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.queue_drops += 1;
+                self.spare.push(e.into_inner());
+            }
+        }
+    }
+
+    /// A buffer the TUN writer is done with: kept for replies, or handed back to the node.
+    pub(super) fn returned(&mut self, node: &mut Node, buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(buf);
+        } else {
+            node.recycle_packet(buf);
+        }
+    }
+}
+
+/// Where a control answer goes.
+pub(super) type AnswerTx = oneshot::Sender<Result<Value, String>>;
+
+/// Pings waiting for their PONG: id -> (destination, answer, sent at).
+#[derive(Default)]
+pub(super) struct Pings {
+    pub(super) waiting: HashMap<u64, (Ipv6Addr, AnswerTx, Millis)>,
+}
+
+impl Pings {
+    pub(super) fn start(&mut self, node: &mut Node, now: Millis, dst: [u8; 16], reply: AnswerTx) {
+        if self.waiting.len() >= MAX_PINGS {
+            let _ = reply.send(Err("too many pings in flight; try again".into()));
+            return;
+        }
+        match node.e2e_ping(now, dst) {
+            Ok(id) => {
+                self.waiting.insert(id, (Ipv6Addr::from(dst), reply, now));
+            }
+            Err(crate::node::sessions::SendError::Unreachable(why)) => {
+                let _ = reply.send(Err(format!(
+                    "{} is unreachable: {why}",
+                    Ipv6Addr::from(dst)
+                )));
+            }
+        }
+    }
+
+    /// The PONG for ping `id` arrived.
+    pub(super) fn answer(&mut self, id: u64, rtt_ms: f64) {
+        if let Some((dst, reply, _)) = self.waiting.remove(&id) {
+            let _ = reply.send(to_result(&PingAnswer {
+                addr: dst.to_string(),
+                rtt_ms: tenths(rtt_ms),
+            }));
+        }
+    }
+
+    pub(super) fn unreachable(&mut self, dst: &[u8; 16], why: &str) {
+        let dst = Ipv6Addr::from(*dst);
+        let ids: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (d, _, _))| *d == dst)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, reply, _)) = self.waiting.remove(&id) {
+                let _ = reply.send(Err(format!("{dst} is unreachable: {why}")));
+            }
+        }
+    }
+
+    pub(super) fn expire(&mut self, now: Millis) {
+        let old: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, _, at))| now.saturating_sub(*at) >= PING_TIMEOUT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            if let Some((dst, reply, _)) = self.waiting.remove(&id) {
+                let _ = reply.send(Err(format!(
+                    "no answer from {dst} within {} s; the address may be wrong or its service offline",
+                    PING_TIMEOUT_MS / 1000
+                )));
+            }
+        }
+    }
+}
+
+/// The link task: owns the UDP sockets, the node's state machine and the flow layer.
+/// Sends every datagram the node has queued, each on a socket of its address family, from the
+/// address the peer wrote to.
+pub(super) async fn send_transmits(node: &mut Node, sockets: &[udp::Port]) {
+    while let Some(t) = node.poll_transmit() {
+        if let Some(s) = sockets.iter().find(|s| s.serves(&t.dst)) {
+            if let Err(e) = s.send(t.dst, t.src, &t.data).await {
+                tracing::debug!("UDP send to {}: {e}", t.dst);
+            }
+        }
+        node.recycle(t.data);
+    }
+}
+
+pub(super) async fn link_loop(
+    sockets: Vec<udp::Port>,
+    core: Core,
+    pipes: Pipes,
+    clock: Clock,
+    state: Arc<NodeState>,
+) -> std::io::Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let Core {
+        node: mut link,
+        flow,
+        mut commands,
+    } = core;
+    let Pipes {
+        mut from_tun,
+        read_bufs,
+        to_tun,
+        mut write_bufs,
+    } = pipes;
+    let mut path = PacketPath {
+        flow,
+        reply: Vec::with_capacity(usize::from(crate::config::OVERLAY_MTU)),
+        spare: Vec::new(),
+        to_tun,
+        read_bufs,
+        queue_drops: 0,
+        state: state.clone(),
+    };
+    let mut pings = Pings::default();
+    let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
+    let mut buf1 = vec![0u8; sockets.get(1).map_or(0, udp::Port::buffer_len)];
+    let mut events: Vec<NodeEvent> = Vec::new();
+    let mut last_snapshot = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = link
+            .poll_timeout()
+            .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
+        tokio::select! {
+            r = recv_on(sockets.first(), &mut buf0) => match r {
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf0, n, stride, rx);
+                    drain(sockets.first(), &mut link, &clock, &mut buf0);
+                }
+                Err(e) => tracing::debug!("UDP receive: {e}"),
+            },
+            r = recv_on(sockets.get(1), &mut buf1) => match r {
+                Ok((n, stride, rx)) => {
+                    deliver(&mut link, clock.now(), &buf1, n, stride, rx);
+                    drain(sockets.get(1), &mut link, &clock, &mut buf1);
+                }
+                Err(e) => tracing::debug!("UDP receive: {e}"),
+            },
+            p = from_tun.recv() => {
+                let Some(p) = p else {
+                    return Err(std::io::Error::other("the TUN reader stopped"));
+                };
+                let now = clock.now();
+                path.kernel_packet(&mut link, now, p);
+                for _ in 1..PACKET_BATCH {
+                    match from_tun.try_recv() {
+                        Ok(p) => path.kernel_packet(&mut link, now, p),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(b) = write_bufs.recv() => {
+                path.returned(&mut link, b);
+                while let Ok(b) = write_bufs.try_recv() {
+                    path.returned(&mut link, b);
+                }
+            }
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
+                Command::GuardsSaved(result) => link.guards_saved(clock.now(), result),
+                Command::Resolved { name, result } => {
+                    link.link.on_resolved(clock.now(), &name, result);
+                }
+                Command::ForeignPrefixes(p) => {
+                    path.flow.policy_mut().set_foreign_prefixes(p);
+                    if let Ok(mut snap) = state.links.lock() {
+                        snap.foreign_prefixes = path
+                            .flow
+                            .policy_mut()
+                            .foreign_prefixes()
+                            .map(|(a, l)| format!("{a}/{l}"))
+                            .collect();
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let now = clock.now();
+                path.flow.sweep(now);
+                pings.expire(now);
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => link.handle_timeout(clock.now()),
+        }
+        send_transmits(&mut link, &sockets).await;
+        events.extend(link.drain_events());
+        for e in events.drain(..) {
+            match e {
+                NodeEvent::Link(LinkEvent::Up { link: id, identity }) => {
+                    tracing::info!(link = id.0, relay = identity.is_some(), "link up")
+                }
+                NodeEvent::Link(LinkEvent::Down { link: id, .. }) => {
+                    tracing::info!(link = id.0, "link down")
+                }
+                NodeEvent::Link(LinkEvent::Observed { endpoint }) => {
+                    tracing::info!(%endpoint, "a neighbour sees us at this endpoint")
+                }
+                NodeEvent::Link(LinkEvent::Cell { .. }) => {}
+                NodeEvent::Circuit(CircEvent::Built { id, build_ms }) => {
+                    tracing::debug!(circuit = id.0, build_ms, "circuit built")
+                }
+                NodeEvent::Circuit(CircEvent::Closed { id, why }) => {
+                    tracing::debug!(circuit = id.0, why, "circuit closed")
+                }
+                NodeEvent::Circuit(CircEvent::Message { .. }) => {}
+                NodeEvent::Circuit(_) => {}
+                NodeEvent::Dht { token, outcome } => {
+                    tracing::debug!(token, ?outcome, "DHT query done")
+                }
+                NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
+                NodeEvent::Unreachable { dst, why } => {
+                    tracing::debug!(why, "an overlay destination is unreachable");
+                    path.unreachable(&dst);
+                    pings.unreachable(&dst, &why);
+                }
+                NodeEvent::Pong { id, rtt_ms, .. } => pings.answer(id, rtt_ms as f64),
+                NodeEvent::Link(LinkEvent::Dht { .. } | LinkEvent::DialFailed { .. }) => {}
+            }
+        }
+        // Replies made while handling events (refusals) leave now, not at the next wake-up.
+        send_transmits(&mut link, &sockets).await;
+        while let Some(name) = link.link.poll_resolve() {
+            spawn_resolve(name, state.commands.clone());
+        }
+        if let Some(g) = link.take_guards_to_save(clock.now()) {
+            let path = state
+                .config
+                .state_dir
+                .join(platform::state::CACHE_DIR)
+                .join(crate::circuit::path::GUARDS_FILE);
+            save_guards(path, g, state.commands.clone());
+        }
+        if let Some(k) = link.take_onion_key_to_save() {
+            let dir = state.config.state_dir.clone();
+            save_onion_key(dir.clone(), dir.join(platform::state::CACHE_DIR), k);
+        }
+        let now = clock.now();
+        if now.saturating_sub(last_snapshot) >= 250 {
+            last_snapshot = now;
+            if let Ok(mut snap) = state.links.lock() {
+                let l = &link.link;
+                snap.peers = l.peers(now);
+                snap.stats = l.stats().clone();
+                snap.view = l.view().len();
+                snap.view_sources = l.view().sources();
+                snap.nat = l.nat().name();
+                snap.observed = l.observed();
+                snap.record = l.own_record().is_some();
+                snap.circuits = link.circ.circuits(now);
+                snap.relayed = link.circ.relayed_count();
+                snap.circ_stats = link.circ.stats().clone();
+                snap.path_error = link.path_error().map(str::to_string);
+                snap.flow = path.flow.stats().clone();
+                snap.flows = path.flow.flows();
+                snap.queue_drops = path.queue_drops;
+                snap.services = link.services_info();
+                snap.sessions = link.sessions_info();
+                snap.bootstrap = l.bootstrap_status();
+                snap.guards = link.guards().len();
+                snap.guards_temporary = link.guards().has_temporary();
+                snap.guard_save_error = link.guard_save_error().map(str::to_string);
+                snap.local_endpoints = l.local_endpoints().to_vec();
+                snap.at = now;
+                let ready = snap.circuits.iter().any(|c| c.ready);
+                snap.reason = l.isolation_reason(now).or_else(|| {
+                    (!ready).then(|| match &snap.path_error {
+                        Some(e) => format!("no circuits: {e}"),
+                        None if snap.circuits.is_empty() => {
+                            "no circuits yet: waiting for relays to choose paths from".to_string()
+                        }
+                        None => format!("no circuits yet: {} building", snap.circuits.len()),
+                    })
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! The daemon: wires the layers together and owns the I/O tasks (TUN, control socket, signals,
+//! systemd notification). Protocol decisions live in the layers; this file only moves bytes and
+//! time in and out of them.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::budget::MemoryBudget;
+use crate::circuit::layer::{CircEvent, CircuitInfo, CircuitStats};
+use crate::circuit::OnionKey;
+use crate::config::{Config, PeerAddr};
+use crate::control::proto::{
+    BootstrapStatus, CircuitAnswer, CircuitCounts, CircuitState, FlowCounts, GuardStatus,
+    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+    TunCounts, ViewStatus,
+};
+use crate::control::{self, Answer, Cmd, Request};
+use crate::crypto::{is_overlay, NodeKeys, Randomness};
+use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunVerdict};
+use crate::link::{
+    BootstrapInfo, BootstrapPeer, LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo,
+};
+use crate::node::sessions::{ServiceInfo, SessionInfo};
+use crate::node::{Node, NodeEvent};
+use crate::platform::{self, privdrop};
+use crate::time::{Clock, Millis};
+use crate::wire::udp;
+
+/// Packets waiting between the TUN tasks and the link task, each way. The TUN reader waits when
+/// the link task is behind (the kernel's queue then holds or drops, and TCP backs off); the link
+/// task never waits for the TUN writer: a packet that finds its queue full is dropped.
+const PACKET_QUEUE: usize = 256;
+/// Packets from the TUN handled per wake-up of the link task before it sends.
+const PACKET_BATCH: usize = 64;
+/// Spare buffers the link task keeps for what it writes to the kernel.
+const SPARE_BUFFERS: usize = 64;
+/// How long a `ping` waits for the peer (a first ping includes introduction and rendezvous).
+const PING_TIMEOUT_MS: Millis = 30_000;
+/// Pings in flight at once.
+const MAX_PINGS: usize = 64;
+/// How often the routes behind the inbound source check are read again.
+const ROUTE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Errors that stop the daemon, with the context of the step that failed.
+#[derive(Debug)]
+pub struct DaemonError(pub String);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn ctx<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> DaemonError {
+    move |e| DaemonError(format!("{what}: {e}"))
+}
+
+/// Counters of the TUN tasks.
+#[derive(Default)]
+struct TunCounters {
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    write_errors: AtomicU64,
+    /// ICMPv6 errors handed to the TUN writer (counted at once, not with the snapshot, so a
+    /// test or an operator sees a reply counted as soon as the application saw it).
+    icmp_replies: AtomicU64,
+}
+
+/// What the control socket asks of the link task.
+enum Command {
+    /// An end-to-end ping; the answer goes to `reply`.
+    Ping { dst: [u8; 16], reply: AnswerTx },
+    /// The prefixes routed through other interfaces changed (inbound source check).
+    ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
+    /// The guard file was written (or not).
+    GuardsSaved(Result<(), String>),
+    /// A bootstrap host name resolved (or not).
+    Resolved {
+        name: String,
+        result: Result<Vec<SocketAddr>, String>,
+    },
+}
+
+/// How long one resolution of a bootstrap host name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves a bootstrap host name off the event loop (getaddrinfo blocks; tokio runs it on its
+/// blocking pool) and hands the answer to the link task.
+fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
+    tokio::spawn(async move {
+        let result =
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&name)).await {
+                Ok(Ok(addrs)) => Ok(addrs
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                    .collect()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs())),
+            };
+        let _ = commands.send(Command::Resolved { name, result }).await;
+    });
+}
+
+mod answers;
+pub mod guard_file;
+mod io;
+
+use answers::{tenths, to_result, LinkSnapshot, NodeState};
+use io::AnswerTx;
+use io::{link_loop, route_refresher, tun_reader, tun_writer, Pipes};
+
+/// Runs the node until SIGTERM or SIGINT.
+///
+/// Order: keys, TUN, routes, control socket (all privileged), then the privilege drop while the
+/// process has one thread, then the multi-threaded runtime.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let (keys, created) = NodeKeys::load_or_create(&config.state_dir).map_err(ctx("keys"))?;
+    if !created.0.is_empty() {
+        tracing::info!(files = ?created.0, dir = %config.state_dir.display(), "created missing keys");
+    }
+    let address = keys.address();
+
+    let ids = config
+        .user
+        .as_deref()
+        .map(privdrop::lookup)
+        .transpose()
+        .map_err(ctx("config `user`"))?;
+    let dev = platform::tun::create(&config.tun.name, config.tun.mtu).map_err(ctx("set-up"))?;
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ctx("set-up runtime"))?;
+        rt.block_on(platform::routes::configure(&config.tun.name, address))
+            .map_err(ctx("configuring the TUN device"))?;
+    }
+    // Only a root daemon hands the socket to the drop user; an unprivileged one (systemd's
+    // User=) owns it already and may not chown.
+    let root = nix::unistd::geteuid().is_root();
+    let owner = ids.filter(|_| root).map(|i| (i.uid, i.gid));
+    let dual = udp::dual_stack_for(&config.network.listen);
+    let sockets = config
+        .network
+        .listen
+        .iter()
+        .zip(dual)
+        .map(|(a, d)| {
+            udp::bind_with(*a, d)
+                .map(|s| (s, d))
+                .map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // What the running daemon writes goes where the dropped user may write it.
+    let cache = platform::state::prepare_cache(
+        &config.state_dir,
+        owner,
+        &[crate::circuit::path::GUARDS_FILE],
+    )
+    .map_err(|e| {
+        DaemonError(format!(
+            "state directory {}: {e}",
+            config.state_dir.join(platform::state::CACHE_DIR).display()
+        ))
+    })?;
+    let (onion_secret, onion_since) = onion_key(&config.state_dir, &cache, &keys)?;
+    let control_listener = control::bind(&config.control_socket, owner).map_err(|e| {
+        DaemonError(format!(
+            "control socket {}: {e}",
+            config.control_socket.display()
+        ))
+    })?;
+
+    // Every way of starting ends with CAP_NET_ADMIN as the only capability (docs/decisions.md).
+    let caps = match ids {
+        Some(ids) if root => {
+            let caps = privdrop::drop_to_user(ids).map_err(ctx("dropping privileges"))?;
+            tracing::info!(uid = ids.uid, "dropped privileges");
+            caps
+        }
+        _ => {
+            if ids.is_some() {
+                tracing::warn!("not started as root: `user` has nothing to drop and is ignored");
+            } else if root {
+                tracing::warn!("running as root: set `user` so that the daemon drops uid 0");
+            }
+            privdrop::limit_capabilities().map_err(ctx("limiting capabilities"))?
+        }
+    };
+    tracing::info!(%caps, "capabilities after set-up");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("globalnet")
+        .build()
+        .map_err(ctx("runtime"))?;
+    let budget = MemoryBudget::new(config.limits.memory_budget_mb as usize * (1 << 20));
+    let (commands_tx, commands_rx) = mpsc::channel(MAX_PINGS);
+    let state = Arc::new(NodeState {
+        address,
+        relay_key: keys.relay_key_hex(),
+        link_key: crate::crypto::keys::hex(keys.link_public().as_bytes()),
+        config: config.clone(),
+        started: Instant::now(),
+        tun: TunCounters::default(),
+        links: Mutex::new(LinkSnapshot::default()),
+        budget: budget.clone(),
+        commands: commands_tx.clone(),
+    });
+    let clock = Clock::new();
+    let link_cfg = LinkConfig {
+        relay: config.relay_enabled(),
+        // Explicit endpoints, or the listen addresses (a wildcard one learns the host's).
+        advertise: if config.network.advertise.is_empty() {
+            config.network.listen.clone()
+        } else {
+            config.network.advertise.clone()
+        },
+        bootstrap: config
+            .network
+            .bootstrap
+            .iter()
+            .map(|p| match p {
+                PeerAddr::Addr(a) => BootstrapPeer::Addr(*a),
+                PeerAddr::Name { .. } => BootstrapPeer::Name(p.to_string()),
+            })
+            .collect(),
+        target_links: config.network.links as usize,
+        max_links: config.limits.max_links as usize,
+        prefix_bits: (
+            config.paths.ipv4_subnet_family_prefix,
+            config.paths.ipv6_subnet_family_prefix,
+        ),
+    };
+    let link_keys = LinkKeys {
+        identity: keys.relay_identity.clone(),
+        link: keys.relay_link.clone(),
+        onion_public: x25519_dalek::PublicKey::from(&onion_secret).to_bytes(),
+    };
+    // The service key stays out of the link layer entirely (it is never tied to the relay); the
+    // session layer and the flow layer get its seed for pseudonyms and the hosted service.
+    let onion = OnionKey::from_secret(onion_secret);
+    let service_seed = Zeroizing::new(keys.service.to_bytes());
+    drop(keys);
+    let flow = FlowLayer::new(
+        FlowConfig {
+            address,
+            client_seed: service_seed.clone(),
+            real_identity_for: config.client.real_identity.clone(),
+            policy: Policy::new(&config.expose.tcp, &config.expose.udp),
+        },
+        budget.clone(),
+    );
+    // Everything random from the operating system: secrets read it afresh, choices get 256 bits.
+    let link = LinkLayer::new(
+        link_cfg,
+        link_keys,
+        budget,
+        Randomness::from_os(),
+        clock.now(),
+    );
+    let mut node = Node::new(link, onion, Randomness::from_os(), clock.now());
+    if !node.secrets_from_os() {
+        return Err(DaemonError(
+            "secret randomness is not the operating system's: refusing to run".into(),
+        ));
+    }
+    let guards_path = cache.join(crate::circuit::path::GUARDS_FILE);
+    match guard_file::load(&guards_path) {
+        Ok(g) => node.set_guards(g),
+        Err(e) => tracing::warn!("{e}; choosing new guards"),
+    }
+    node.set_onion_key_since(onion_since);
+    node.set_client_identity(
+        *service_seed,
+        config
+            .client
+            .real_identity
+            .iter()
+            .map(|a| a.octets())
+            .collect(),
+    );
+    if !config.expose.tcp.is_empty() || !config.expose.udp.is_empty() {
+        node.add_service(clock.now(), *service_seed);
+    }
+    drop(service_seed);
+    let socket_path = config.control_socket.clone();
+    let result = rt.block_on(run_async(
+        dev,
+        control_listener,
+        sockets,
+        Core {
+            node,
+            flow,
+            commands: commands_rx,
+        },
+        commands_tx,
+        clock,
+        state,
+    ));
+    remove_socket(&socket_path);
+    result
+}
+
+/// The current onion key and when it was made. A rotated key is kept in `state_dir` when the
+/// daemon may write there (the packaged unit), else in the cache (root-then-`user` mode), which
+/// then holds the newer key.
+fn onion_key(
+    state_dir: &std::path::Path,
+    cache: &std::path::Path,
+    keys: &NodeKeys,
+) -> Result<(x25519_dalek::StaticSecret, Millis), DaemonError> {
+    use crate::crypto::keys::{read_key_file_if_present, KeyKind, RELAY_ONION_FILE};
+    let unix_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    };
+    let cached = read_key_file_if_present(&cache.join(RELAY_ONION_FILE), KeyKind::X25519)
+        .map_err(ctx("rotated onion key"))?;
+    if let Some((secret, at)) = cached {
+        return Ok((x25519_dalek::StaticSecret::from(secret), unix_ms(at)));
+    }
+    let at = std::fs::metadata(state_dir.join(RELAY_ONION_FILE))
+        .and_then(|m| m.modified())
+        .map_or(0, unix_ms);
+    Ok((keys.relay_onion.clone(), at))
+}
+
+/// Writes the guards to keep off the event loop (a synced file) and reports how it went.
+fn save_guards(
+    path: PathBuf,
+    guards: Vec<crate::circuit::path::Guard>,
+    commands: mpsc::Sender<Command>,
+) {
+    tokio::spawn(async move {
+        let result = tokio::task::spawn_blocking(move || guard_file::save_list(&guards, &path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let _ = commands.send(Command::GuardsSaved(result)).await;
+    });
+}
+
+/// Keeps a rotated onion key (0600), off the event loop: over the old key in `state_dir` where
+/// the daemon may write (the old secret is gone then), else in the cache.
+fn save_onion_key(state_dir: PathBuf, cache: PathBuf, key: OnionKey) {
+    use crate::crypto::keys::{replace_key_file, KeyKind, RELAY_ONION_FILE};
+    tokio::task::spawn_blocking(move || {
+        let secret = key.secret_bytes();
+        match replace_key_file(&state_dir, RELAY_ONION_FILE, &secret, KeyKind::X25519) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(cache.join(RELAY_ONION_FILE));
+            }
+            Err(first) => {
+                if let Err(e) = replace_key_file(&cache, RELAY_ONION_FILE, &secret, KeyKind::X25519)
+                {
+                    tracing::warn!("keeping the new onion key: {first}; {e}");
+                }
+            }
+        }
+    });
+}
+
+fn remove_socket(path: &PathBuf) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!("removing {}: {e}", path.display());
+    }
+}
+
+/// What the link task owns: the node, the flow layer, and the control commands' receiver.
+struct Core {
+    node: Node,
+    flow: FlowLayer,
+    commands: mpsc::Receiver<Command>,
+}
+
+async fn run_async(
+    dev: tun_rs::SyncDevice,
+    control_listener: std::os::unix::net::UnixListener,
+    sockets: Vec<(std::net::UdpSocket, bool)>,
+    core: Core,
+    commands: mpsc::Sender<Command>,
+    clock: Clock,
+    state: Arc<NodeState>,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let dev = Arc::new(platform::tun::into_async(dev).map_err(ctx("TUN"))?);
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ctx("signals"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ctx("signals"))?;
+
+    let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
+    // TUN reader -> link task (packets from the kernel), and their buffers back.
+    let (from_tun_tx, from_tun_rx) = mpsc::channel(PACKET_QUEUE);
+    let (read_bufs_tx, read_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
+    // Link task -> TUN writer (packets for the kernel), and their buffers back.
+    let (to_tun_tx, to_tun_rx) = mpsc::channel(PACKET_QUEUE);
+    let (write_bufs_tx, write_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
+    let buf_len = usize::from(state.config.tun.mtu);
+    let tun_task = tokio::spawn(tun_reader(
+        dev.clone(),
+        from_tun_tx,
+        read_bufs_rx,
+        buf_len,
+        state.clone(),
+    ));
+    let writer_task = tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()));
+    let routes_task = tokio::spawn(route_refresher(state.config.tun.name.clone(), commands));
+    let sockets = sockets
+        .into_iter()
+        .map(|(s, dual)| udp::Port::new(s, dual))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ctx("UDP"))?;
+    let pipes = Pipes {
+        from_tun: from_tun_rx,
+        read_bufs: read_bufs_tx,
+        to_tun: to_tun_tx,
+        write_bufs: write_bufs_rx,
+    };
+    let link_task = tokio::spawn(link_loop(sockets, core, pipes, clock, state.clone()));
+    let watchdog = tokio::spawn(watchdog_loop());
+
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running"),
+    ]);
+    tracing::info!(
+        interface = %state.config.tun.name,
+        mtu = state.config.tun.mtu,
+        relay = state.config.relay_enabled(),
+        "globalnet is up"
+    );
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+        r = tun_task => Err(DaemonError(format!("TUN task ended: {}", match r {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "device closed".to_string(),
+            Err(e) => e.to_string(),
+        }))),
+        r = link_task => Err(DaemonError(format!("link task ended: {}", match r {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "no sockets".to_string(),
+            Err(e) => e.to_string(),
+        }))),
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    control_task.abort();
+    watchdog.abort();
+    writer_task.abort();
+    routes_task.abort();
+    outcome
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// Pets the systemd watchdog at half its interval; does nothing without one.
+async fn watchdog_loop() {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+    loop {
+        tick.tick().await;
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
