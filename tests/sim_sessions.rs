@@ -983,7 +983,6 @@ fn a_rendezvous_point_sees_one_length_and_no_counter() {
 /// relay on it dies.
 #[test]
 fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
-    use globalnet::circuit::layer::CircEvent;
     use globalnet::circuit::MAX_SEQ_JUMP;
     init_log();
     let mut w = World::new(24, 29);
@@ -1007,38 +1006,48 @@ fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
     let circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
     let path = w.sim.nodes[cli].node.circ.path(circ).unwrap().to_vec();
     let guard = w.sim.node_by_identity(path[0].identity()).unwrap();
+    let jumps_before = w.sim.nodes[guard].node.circ.stats().jumps_too_far;
+    // The burst: MAX_SEQ_JUMP + 1 packets of the flow, each one cell on its circuit, all lost
+    // (what the local link queue does not hold is dropped there, which is loss too).
     let pair = (w.sim.nodes[cli].addr.ip(), w.sim.nodes[guard].addr.ip());
-    // The burst: MAX_SEQ_JUMP + 1 packets of the flow, all lost (what the local link queue
-    // does not hold is dropped there, which is loss too).
     w.sim.blocked.push(pair);
+    let c0 = w.sim.nodes[cli].node.circ.next_forward_seq(circ).unwrap();
     for _ in 0..=MAX_SEQ_JUMP {
         seq += 1;
         let now = w.sim.now;
-        let _ = w.sim.nodes[cli].node.send_packet(
-            now,
-            s_addr,
-            &udp(me, s_addr, 42000, 7, &seq.to_be_bytes()),
-        );
+        w.sim.nodes[cli]
+            .node
+            .send_packet(now, s_addr, &udp(me, s_addr, 42000, 7, &seq.to_be_bytes()))
+            .unwrap();
         w.sim.nodes[cli].node.pump(now);
     }
+    let c1 = w.sim.nodes[cli].node.circ.next_forward_seq(circ).unwrap();
+    assert_eq!(c1.wrapping_sub(c0), MAX_SEQ_JUMP + 1, "one cell per packet");
+    let lost_before = w.sim.lost;
     w.sim.flush(cli);
     w.sim.run_for(200);
+    assert!(w.sim.lost - lost_before > MAX_SEQ_JUMP / 4);
     w.sim.blocked.retain(|p| *p != pair);
     let burst_end = w.sim.now;
     let first_after = seq + 1;
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 20_000);
-    let closed = w.sim.nodes[cli].events.iter().find_map(|e| match e {
-        NodeEvent::Circuit(CircEvent::Closed { id, why }) if *id == circ => Some(why.clone()),
-        _ => None,
-    });
-    let why = closed.expect("the flow's circuit was closed");
-    assert!(why.contains("destroyed by the network"), "{why}");
+    // The guard saw the jump and destroyed the circuit; the client no longer has it.
+    assert!(w.sim.nodes[guard].node.circ.stats().jumps_too_far > jumps_before);
+    assert!(
+        !w.sim.nodes[cli]
+            .node
+            .circ
+            .circuits(w.sim.now)
+            .iter()
+            .any(|c| c.id == circ),
+        "the flow's circuit is closed"
+    );
     let resumed = got
         .iter()
         .find(|(_, n)| *n >= first_after)
         .map(|(t, _)| t - burst_end);
     eprintln!(
-        "burst of {} lost cells: circuit closed ({why}); flow resumed after {resumed:?} ms",
+        "burst of {} lost cells: the guard closed the circuit; the flow resumed after {resumed:?} ms",
         MAX_SEQ_JUMP + 1
     );
     assert!(resumed.is_some_and(|r| r < 10_000), "flow did not resume");
