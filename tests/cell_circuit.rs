@@ -1,16 +1,19 @@
 //! Circuits of 1 to 9 hops built with real handshakes between in-memory relays: round trips over
 //! links that lose, duplicate and reorder cells; nothing equal in a cell's bytes at two hops;
-//! tampering caught at the ends; replays refused; RELAY_EARLY and the extend cap enforced.
+//! tampering caught at the ends, where the first failed check closes the circuit; a tagging
+//! relay gets one cell per circuit; forward jumps bounded; random sequence starts, so the first
+//! hop sees what any hop sees; replays refused; RELAY_EARLY and the extend cap enforced.
 
 mod cell_support;
 
 use cell_support::{build, random_ids, Built, Relay};
 use globalnet::circuit::{
-    wideblock, ClientError, Forward, HopError, HopKeys, RelayHop, ReplayError,
-    CIRCUIT_TAMPER_LIMIT, MAX_CIRCUIT_HOPS, MAX_RELAY_EARLY,
+    next_backward_seq_start, wideblock, ClientCircuit, ClientError, Forward, HopError, HopKeys,
+    RelayHop, ReplayError, SeqStart, MAX_CIRCUIT_HOPS, MAX_RELAY_EARLY, MAX_SEQ_JUMP,
+    REPLAY_WINDOW_CELLS,
 };
 use globalnet::wire::cell::{Cell, CellCommand, CellHeader, DestroyReason, CELL_LEN};
-use globalnet::wire::relay::{emit_relay_message, RelayCommand, EXTEND_LINK_SPEC_LEN};
+use globalnet::wire::relay::{emit_relay_message, Extend, RelayCommand, EXTEND_LINK_SPEC_LEN};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -82,6 +85,7 @@ fn lossy_round_trip(seed: u64, n: usize, count: u32) {
                     assert_eq!(message.command(), Ok(RelayCommand::Data));
                     delivered.push(message.payload().to_vec());
                 }
+                Ok(other) => panic!("hop {j}: {other:?}"),
                 Err(HopError::Replay(ReplayError::Replay)) => {}
                 Err(e) => panic!("hop {j}: {e}"),
             }
@@ -343,38 +347,314 @@ fn last_hop_replay_window() {
     );
 }
 
+/// 6.5, 6.6: the first failed check field closes the circuit, at the last hop and at the client
+/// (loss, duplicates and reordering never cause one: `lossy_links_one_to_eight_hops` fails on any
+/// error but a replay).
 #[test]
-fn tamper_limit_destroys() {
+fn the_first_failed_check_closes_the_circuit() {
     let (mut c, _) = circuit(6, 2);
-    for k in 1..=CIRCUIT_TAMPER_LIMIT {
+    let mut cell = [0u8; CELL_LEN];
+    c.client.send(RelayCommand::Data, b"x", &mut cell).unwrap();
+    cell[100] ^= 0x40;
+    c.hops[0].forward(&mut cell).unwrap();
+    let e = c.hops[1].forward(&mut cell).unwrap_err();
+    assert_eq!(e, HopError::Tampered);
+    assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+    // the same at the client
+    let mut cell = [0u8; CELL_LEN];
+    c.hops[1]
+        .originate(RelayCommand::Data, b"y", &mut cell)
+        .unwrap();
+    cell[1000] ^= 1;
+    c.hops[0].backward(&mut cell).unwrap();
+    let e = c.client.receive(&mut cell).unwrap_err();
+    assert_eq!(e, ClientError::Tampered);
+    assert!(e.tears_down());
+    assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+}
+
+/// Threat model 6.1: a hostile guard tags a cell for a colluder further on, by shifting the seq
+/// it passes on by `delta` or by flipping a body bit. The honest middle hop passes a shifted seq
+/// only up to `MAX_SEQ_JUMP` ahead of what it has seen (beyond, it destroys the circuit), and the
+/// honest last hop destroys the circuit at that first tagged cell. So a tag is one cell per
+/// circuit, whose seq is one of fewer than `MAX_SEQ_JUMP + REPLAY_WINDOW_CELLS` values.
+#[test]
+fn a_tagging_guard_gets_one_cell_per_circuit() {
+    let cases: [(u64, Option<u64>, bool); 5] = [
+        (20, Some(1), true),
+        (21, Some(MAX_SEQ_JUMP - 1), true),
+        (22, Some(MAX_SEQ_JUMP), false),
+        (23, Some(u64::MAX - 5), true), // 6 back: a seq the middle hop has not seen
+        (24, None, true),               // a body bit
+    ];
+    for (seed, delta, middle_passes) in cases {
+        let (mut c, _) = circuit(seed, 3);
+        // ordinary traffic first, so every window has a top; the guard drops cells 4..9
+        for i in 0..10 {
+            let mut cell = [0u8; CELL_LEN];
+            c.client.send(RelayCommand::Drop, &[], &mut cell).unwrap();
+            if (4..9).contains(&i) {
+                c.hops[0].forward(&mut cell).unwrap();
+            } else {
+                c.forward_all(&mut cell);
+            }
+        }
         let mut cell = [0u8; CELL_LEN];
-        c.client.send(RelayCommand::Data, b"x", &mut cell).unwrap();
-        cell[100] ^= 0x40;
-        c.hops[0].forward(&mut cell).unwrap();
-        let e = c.hops[1].forward(&mut cell).unwrap_err();
-        if k < CIRCUIT_TAMPER_LIMIT {
-            assert_eq!(e, HopError::Tampered { count: k });
-            assert_eq!(e.destroy_reason(), None);
-        } else {
-            assert_eq!(e, HopError::TamperLimit);
-            assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+        c.client
+            .send(RelayCommand::Data, b"tag me", &mut cell)
+            .unwrap();
+        assert!(matches!(c.hops[0].forward(&mut cell), Ok(Forward::Relayed)));
+        // the guard's tag
+        match delta {
+            Some(d) => {
+                let s = Cell::new(&cell).seq();
+                Cell::new(&mut cell).set_seq(s.wrapping_add(d));
+            }
+            None => cell[700] ^= 4,
+        }
+        match c.hops[1].forward(&mut cell) {
+            Ok(Forward::Relayed) => {
+                assert!(middle_passes, "delta {delta:?} passed the middle hop");
+                let e = c.hops[2].forward(&mut cell).unwrap_err();
+                assert_eq!(e, HopError::Tampered);
+                assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+            }
+            Err(e) => {
+                assert!(!middle_passes, "delta {delta:?}: {e}");
+                assert_eq!(e, HopError::Replay(ReplayError::TooFarAhead));
+                assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+            }
+            Ok(other) => panic!("{other:?}"),
         }
     }
-    // the same at the client
-    for k in 1..=CIRCUIT_TAMPER_LIMIT {
-        let mut cell = [0u8; CELL_LEN];
-        c.hops[1]
-            .originate(RelayCommand::Data, b"y", &mut cell)
+    // The values a tag can take at the middle hop: MAX_SEQ_JUMP ahead, 1023 behind.
+    assert!(((MAX_SEQ_JUMP as usize + REPLAY_WINDOW_CELLS) as f64).log2() < 13.2);
+}
+
+/// A two-hop circuit from hand-made keys, the first hop already extended: the client (with the
+/// given starts) and the two relay hops.
+fn manual_circuit(start: SeqStart) -> (ClientCircuit, [(HopKeys, u64); 2]) {
+    let (k1, _) = manual_hop(30);
+    let (k2, _) = manual_hop(31);
+    let w2 = next_backward_seq_start(start.backward, k1.backward_offset());
+    let client = ClientCircuit::from_hops(5, start, vec![k1.clone(), k2.clone()]).unwrap();
+    (client, [(k1, start.backward), (k2, w2)])
+}
+
+fn intermediate(keys: &HopKeys, w: u64) -> RelayHop {
+    let mut hop = RelayHop::new(keys.clone(), w, 5);
+    let mut scratch = [0u8; CELL_LEN];
+    hop.begin_extend(true).unwrap();
+    hop.finish_extend(&[0; 148], 6, &mut scratch).unwrap();
+    hop
+}
+
+/// 6.7: a jump of `MAX_SEQ_JUMP` (that many cells lost in a row, less one) is accepted; one more
+/// destroys the circuit at the hop or the client that sees it, forward and backward — every later
+/// cell would be refused too, so the circuit closes and its flows move as on a relay death.
+#[test]
+fn a_jump_beyond_max_seq_jump_closes_the_circuit() {
+    let start = SeqStart {
+        forward: u64::MAX - 2, // the counter wraps on the way
+        backward: 1 << 63,
+    };
+    let (mut client, [(k1, w1), (k2, w2)]) = manual_circuit(start);
+    let mut hop1 = intermediate(&k1, w1);
+    let mut hop2 = RelayHop::new(k2.clone(), w2, 6);
+    // A client whose counter is `ahead` further on, with the same keys: its cells are what the
+    // real client would send after losing `ahead - 1` cells.
+    let later = |ahead: u64| {
+        let s = SeqStart {
+            forward: start.forward.wrapping_add(ahead),
+            ..start
+        };
+        manual_circuit(s).0
+    };
+    let mut cell = [0u8; CELL_LEN];
+    client.send(RelayCommand::Data, b"0", &mut cell).unwrap();
+    assert!(matches!(hop1.forward(&mut cell), Ok(Forward::Relayed)));
+    assert!(matches!(
+        hop2.forward(&mut cell),
+        Ok(Forward::Delivered { .. })
+    ));
+    // forward: a jump of exactly MAX_SEQ_JUMP is delivered
+    later(MAX_SEQ_JUMP)
+        .send(RelayCommand::Data, b"1", &mut cell)
+        .unwrap();
+    assert!(matches!(hop1.forward(&mut cell), Ok(Forward::Relayed)));
+    assert!(matches!(
+        hop2.forward(&mut cell),
+        Ok(Forward::Delivered { .. })
+    ));
+    // one more is refused, and the refusal destroys the circuit at an intermediate hop ...
+    let mut far = [0u8; CELL_LEN];
+    later(2 * MAX_SEQ_JUMP + 1)
+        .send(RelayCommand::Data, b"2", &mut far)
+        .unwrap();
+    let mut copy = far;
+    let e = hop1.forward(&mut far).unwrap_err();
+    assert_eq!(e, HopError::Replay(ReplayError::TooFarAhead));
+    assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+    // ... and at the last hop (reached through a fresh copy of hop 1, whose window is empty)
+    assert!(matches!(
+        intermediate(&k1, w1).forward(&mut copy),
+        Ok(Forward::Relayed)
+    ));
+    let e = hop2.forward(&mut copy).unwrap_err();
+    assert_eq!(e, HopError::Replay(ReplayError::TooFarAhead));
+    assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+
+    // backward: the last hop's origin counter jumps (a last hop whose `W` is further on)
+    let back = |w_ahead: u64, cell: &mut [u8; CELL_LEN]| {
+        RelayHop::new(k2.clone(), w2.wrapping_add(w_ahead), 6)
+            .originate(RelayCommand::Data, b"b", cell)
             .unwrap();
-        cell[1000] ^= 1;
-        c.hops[0].backward(&mut cell).unwrap();
-        let e = c.client.receive(&mut cell).unwrap_err();
-        if k < CIRCUIT_TAMPER_LIMIT {
-            assert_eq!(e, ClientError::Tampered { count: k });
-        } else {
-            assert_eq!(e, ClientError::TamperLimit);
-            assert!(e.tears_down());
+    };
+    back(0, &mut cell);
+    hop1.backward(&mut cell).unwrap();
+    client.receive(&mut cell).unwrap();
+    back(MAX_SEQ_JUMP, &mut cell);
+    hop1.backward(&mut cell).unwrap();
+    client.receive(&mut cell).unwrap();
+    back(2 * MAX_SEQ_JUMP + 1, &mut far);
+    let mut copy = far;
+    let e = hop1.backward(&mut far).unwrap_err();
+    assert_eq!(e, HopError::Replay(ReplayError::TooFarAhead));
+    assert_eq!(e.destroy_reason(), Some(DestroyReason::Protocol));
+    intermediate(&k1, w1).backward(&mut copy).unwrap();
+    let e = client.receive(&mut copy).unwrap_err();
+    assert_eq!(e, ClientError::Replay(ReplayError::TooFarAhead));
+    assert!(e.tears_down());
+    // Too old (reordering past the window) and replays only drop the cell.
+    assert_eq!(HopError::Replay(ReplayError::TooOld).destroy_reason(), None);
+    assert_eq!(HopError::Replay(ReplayError::Replay).destroy_reason(), None);
+    assert!(!ClientError::Replay(ReplayError::TooOld).tears_down());
+    assert!(!ClientError::Replay(ReplayError::Replay).tears_down());
+}
+
+/// Issue #18 item 6: a guard cannot tell a client's own circuit from one it extends for someone
+/// else by the sequence numbers. On its own circuits a client draws `c` and `W_1` uniformly at
+/// random, so hop 1 sees values distributed like those hop 2 sees (`c + Df_1`, `W_2`).
+#[test]
+fn the_first_hop_sees_random_sequence_starts() {
+    let mut rng = StdRng::seed_from_u64(40);
+    let (mut w, mut s) = (
+        [BTreeSet::new(), BTreeSet::new()],
+        [BTreeSet::new(), BTreeSet::new()],
+    );
+    for _ in 0..64 {
+        let relays: Vec<Relay> = (0..2).map(|_| Relay::random(&mut rng)).collect();
+        let mut cell = [0u8; CELL_LEN];
+        let mut client =
+            ClientCircuit::create(&mut rng, 9, &relays[0].target(), &mut cell).unwrap();
+        let hs = relays[0].respond(&mut rng, &Cell::new(&cell).body()[..180]);
+        // what hop 1 learns from CREATE, and what hop 2 would learn from its CREATE
+        w[0].insert(hs.client_ext.backward_seq_start);
+        let db1 = hs.keys.backward_offset();
+        let df1 = hs.keys.forward_offset();
+        let mut reply = [0u8; CELL_LEN];
+        globalnet::wire::cell::emit_plain_cell(
+            &mut reply,
+            &CellHeader {
+                circ_id: 9,
+                cmd: CellCommand::Created,
+                seq: 0,
+            },
+            &hs.created,
+        );
+        client.on_created(&reply).unwrap();
+        assert_eq!(
+            client.next_backward_seq_start(),
+            next_backward_seq_start(hs.client_ext.backward_seq_start, db1)
+        );
+        w[1].insert(client.next_backward_seq_start());
+        // the first forward seq hop 1 sees, and hop 2's for the same cell
+        let c0 = client.next_forward_seq();
+        s[0].insert(c0);
+        s[1].insert(c0.wrapping_add(df1));
+    }
+    for set in w.iter().chain(&s) {
+        assert_eq!(set.len(), 64, "a start repeated");
+        assert!(!set.contains(&0));
+        // about half have the top bit set, as for uniform values
+        let high = set.iter().filter(|v| **v >> 63 == 1).count();
+        assert!(
+            (16..=48).contains(&high),
+            "{high} of 64 with the top bit set"
+        );
+        let small = set.iter().filter(|v| **v < 1 << 32).count();
+        assert_eq!(small, 0, "starts near zero");
+    }
+}
+
+/// 8.4 with the first failed check fatal: the client's resent EXTEND (its EXTENDED was lost)
+/// reaches a hop that has already extended. That hop recognises it by its own check field and
+/// does not forward it (the new hop would see garbage and close the circuit); it answers with its
+/// EXTENDED again. The client's next cell ends the exception and goes through.
+#[test]
+fn a_resent_extend_is_answered_by_the_hop_that_extended() {
+    let mut rng = StdRng::seed_from_u64(50);
+    let relays: Vec<Relay> = (0..3).map(|_| Relay::random(&mut rng)).collect();
+    let ids = random_ids(&mut rng, 3);
+    let mut c = build(&mut rng, &relays[..2], &ids[..2]);
+    let mut cell = [0u8; CELL_LEN];
+    c.client
+        .extend(
+            &mut rng,
+            &relays[2].target(),
+            &[0; EXTEND_LINK_SPEC_LEN],
+            &mut cell,
+        )
+        .unwrap();
+    assert!(matches!(c.hops[0].forward(&mut cell), Ok(Forward::Relayed)));
+    let create = match c.hops[1].forward(&mut cell).unwrap() {
+        Forward::Delivered {
+            early: true,
+            message,
+        } => Extend::new_checked(message.payload())
+            .unwrap()
+            .create_handshake()
+            .to_vec(),
+        other => panic!("{other:?}"),
+    };
+    c.hops[1].begin_extend(true).unwrap();
+    let hs = relays[2].respond(&mut rng, &create);
+    let created = hs.created;
+    let mut hop3 = RelayHop::from_handshake(hs, ids[2]);
+    let mut extended = [0u8; CELL_LEN];
+    c.hops[1]
+        .finish_extend(&created, ids[2], &mut extended)
+        .unwrap();
+    // The EXTENDED is lost; the client resends its EXTEND in a fresh cell.
+    let mut again = [0u8; CELL_LEN];
+    c.client.resend_extend(&mut again).unwrap();
+    assert!(matches!(
+        c.hops[0].forward(&mut again),
+        Ok(Forward::Relayed)
+    ));
+    match c.hops[1].forward(&mut again).unwrap() {
+        Forward::ResentExtend { message } => {
+            assert_eq!(message.command(), Ok(RelayCommand::Extend));
+            let ext = Extend::new_checked(message.payload()).unwrap();
+            assert_eq!(ext.create_handshake(), &create[..]);
         }
+        other => panic!("{other:?}"),
+    }
+    // The relay sends its EXTENDED again (the layer keeps the cell): the client installs hop 3.
+    c.hops[0].backward(&mut extended).unwrap();
+    let m = c.client.receive(&mut extended).unwrap();
+    assert_eq!(m.command(), Ok(RelayCommand::Extended));
+    let payload = m.payload().to_vec();
+    c.client.on_extended(&payload).unwrap();
+    // The next cell goes through to the new last hop.
+    c.client
+        .send(RelayCommand::Data, b"through", &mut cell)
+        .unwrap();
+    assert!(matches!(c.hops[0].forward(&mut cell), Ok(Forward::Relayed)));
+    assert!(matches!(c.hops[1].forward(&mut cell), Ok(Forward::Relayed)));
+    match hop3.forward(&mut cell).unwrap() {
+        Forward::Delivered { message, .. } => assert_eq!(message.payload(), b"through"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -390,6 +670,7 @@ fn trace(c: &mut Built, payload: &[u8]) -> (Vec<[u8; CELL_LEN]>, Vec<[u8; CELL_L
         match c.hops[j].forward(&mut cell).unwrap() {
             Forward::Relayed => fwd.push(cell),
             Forward::Delivered { message, .. } => assert_eq!(message.payload(), payload),
+            other => panic!("{other:?}"),
         }
     }
     c.hops[n - 1]
@@ -459,7 +740,7 @@ proptest! {
             }
             match c.hops[j].forward(&mut cell) {
                 Ok(Forward::Relayed) => {}
-                Ok(Forward::Delivered { .. }) => delivered = true,
+                Ok(Forward::Delivered { .. } | Forward::ResentExtend { .. }) => delivered = true,
                 Err(_) => break,
             }
         }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use globalnet::circuit::{
-    respond, ClientCircuit, Forward, HopTarget, OnionKey, RelayHandshake, RelayHop,
+    respond, ClientCircuit, Forward, HopTarget, OnionKey, RelayHandshake, RelayHop, SeqStart,
 };
 use globalnet::wire::cell::{Cell, CellCommand, CELL_LEN};
 use globalnet::wire::handshake::ServerExt;
@@ -131,6 +131,7 @@ impl Built {
                     assert_eq!(j + 1, n);
                     return (message.command().unwrap(), message.payload().to_vec());
                 }
+                other => panic!("hop {j}: {other:?}"),
             }
         }
         panic!("not delivered");
@@ -170,6 +171,7 @@ impl Built {
                     let ext = Extend::new_checked(message.payload()).unwrap();
                     create.copy_from_slice(ext.create_handshake());
                 }
+                other => panic!("hop {j}: {other:?}"),
             }
         }
         let last = self.hops.last_mut().unwrap();
@@ -190,10 +192,23 @@ impl Built {
     }
 }
 
-/// Build a circuit through `relays` (real handshakes), with circuit ids `ids` (one per link).
+/// Build a circuit through `relays` (real handshakes), with circuit ids `ids` (one per link) and
+/// random sequence starts.
 pub fn build<R: RngCore + CryptoRng>(rng: &mut R, relays: &[Relay], ids: &[u32]) -> Built {
+    let start = SeqStart::random(rng);
+    build_at(rng, relays, ids, start)
+}
+
+/// [`build`] with given sequence starts.
+pub fn build_at<R: RngCore + CryptoRng>(
+    rng: &mut R,
+    relays: &[Relay],
+    ids: &[u32],
+    start: SeqStart,
+) -> Built {
     let mut cell = [0u8; CELL_LEN];
-    let mut client = ClientCircuit::create(rng, ids[0], &relays[0].target(), &mut cell).unwrap();
+    let mut client =
+        ClientCircuit::create_at(rng, ids[0], &relays[0].target(), start, &mut cell).unwrap();
     assert_eq!(Cell::new(&cell).command(), Ok(CellCommand::Create));
     let hs = relays[0].respond(rng, &Cell::new(&cell).body()[..180]);
     let mut reply = [0u8; CELL_LEN];

@@ -6,9 +6,10 @@
 
 mod cell_support;
 
-use cell_support::{build, hex, hex32, seed, FixedRng, Relay};
+use cell_support::{build_at, hex, hex32, seed, FixedRng, Relay};
 use globalnet::circuit::{
-    respond, wideblock, ClientHandshake, HopKeys, HopTarget, OnionKey, WbKeys, HOP_KEYS_LEN,
+    respond, wideblock, ClientHandshake, HopKeys, HopTarget, OnionKey, SeqStart, WbKeys,
+    HOP_KEYS_LEN,
 };
 use globalnet::wire::cell::{Cell, CellCommand, CELL_LEN};
 use globalnet::wire::handshake::{ClientExt, ServerExt};
@@ -179,14 +180,19 @@ fn cells(name: &str) {
         .iter()
         .map(|c| c["circ_id"].as_u64().unwrap() as u32)
         .collect();
-    let mut circ = build(&mut FixedRng::new(&ephemerals), &relays, &ids);
+    // The vector's sequence starts (a real client draws both at random, 6.5, 6.6).
+    let start = SeqStart {
+        forward: v["seq_start"]["forward_counter"].as_u64().unwrap(),
+        backward: v["seq_start"]["backward_W_1"].as_u64().unwrap(),
+    };
+    let mut circ = build_at(&mut FixedRng::new(&ephemerals), &relays, &ids, start);
 
     // The keys the handshakes produced are the vector's.
     for (j, h) in hops.iter().enumerate() {
         assert_eq!(
             h["backward_seq_start_W"].as_u64().unwrap(),
             if j == 0 {
-                0
+                start.backward
             } else {
                 globalnet::circuit::next_backward_seq_start(
                     hops[j - 1]["backward_seq_start_W"].as_u64().unwrap(),
@@ -203,7 +209,18 @@ fn cells(name: &str) {
 
     // Forward: bring the client counter to the vector's value with DROP cells, then send.
     let counter = v["forward"]["client_counter"].as_u64().unwrap();
-    while circ.client.cells_sent() < counter {
+    assert_eq!(
+        counter,
+        start
+            .forward
+            .wrapping_add(v["forward"]["cells_before"].as_u64().unwrap())
+    );
+    // the build took one RELAY_EARLY (EXTEND) per hop after the first
+    assert_eq!(
+        circ.client.next_forward_seq(),
+        start.forward.wrapping_add(n as u64 - 1)
+    );
+    while circ.client.next_forward_seq() != counter {
         let mut c = [0u8; CELL_LEN];
         circ.client.send(RelayCommand::Drop, &[], &mut c).unwrap();
         assert_eq!(circ.forward_all(&mut c).0, RelayCommand::Drop);
@@ -226,6 +243,7 @@ fn cells(name: &str) {
                 assert!(!early && j + 1 == n);
                 assert_eq!(&message.as_bytes()[..], &plain[..]);
             }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -976,3 +976,82 @@ fn a_rendezvous_point_sees_one_length_and_no_counter() {
         streams.len()
     );
 }
+
+/// Issue #18 item 5, protocol 6.7: a burst of more than `MAX_SEQ_JUMP` cells lost in a row on a
+/// flow's circuit (the client's link to its guard blacked out while the flow sends at full speed)
+/// closes that circuit at the guard, and the flow moves to another circuit exactly as when a
+/// relay on it dies.
+#[test]
+fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
+    use globalnet::circuit::MAX_SEQ_JUMP;
+    init_log();
+    let mut w = World::new(24, 29);
+    let svc = w.add_host();
+    let cli = w.add_host();
+    w.sim.run_for(30_000);
+    w.publish(svc, SERVICE_SEED, &[cli]);
+    let s_addr = service_addr(&SERVICE_SEED);
+    w.sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    let mut seq = 0u32;
+    let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 5_000);
+    assert!(got.len() >= 40, "flow runs: {} echoes", got.len());
+    let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+    let circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
+    let path = w.sim.nodes[cli].node.circ.path(circ).unwrap().to_vec();
+    let guard = w.sim.node_by_identity(path[0].identity()).unwrap();
+    let jumps_before = w.sim.nodes[guard].node.circ.stats().jumps_too_far;
+    // The burst: MAX_SEQ_JUMP + 1 packets of the flow, each one cell on its circuit, all lost
+    // (what the local link queue does not hold is dropped there, which is loss too).
+    let pair = (w.sim.nodes[cli].addr.ip(), w.sim.nodes[guard].addr.ip());
+    w.sim.blocked.push(pair);
+    let c0 = w.sim.nodes[cli].node.circ.next_forward_seq(circ).unwrap();
+    for _ in 0..=MAX_SEQ_JUMP {
+        seq += 1;
+        let now = w.sim.now;
+        w.sim.nodes[cli]
+            .node
+            .send_packet(now, s_addr, &udp(me, s_addr, 42000, 7, &seq.to_be_bytes()))
+            .unwrap();
+        w.sim.nodes[cli].node.pump(now);
+    }
+    let c1 = w.sim.nodes[cli].node.circ.next_forward_seq(circ).unwrap();
+    assert_eq!(c1.wrapping_sub(c0), MAX_SEQ_JUMP + 1, "one cell per packet");
+    let lost_before = w.sim.lost;
+    w.sim.flush(cli);
+    w.sim.run_for(200);
+    assert!(w.sim.lost - lost_before > MAX_SEQ_JUMP / 4);
+    w.sim.blocked.retain(|p| *p != pair);
+    let burst_end = w.sim.now;
+    let first_after = seq + 1;
+    let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 20_000);
+    // The guard saw the jump and destroyed the circuit; the client no longer has it.
+    assert!(w.sim.nodes[guard].node.circ.stats().jumps_too_far > jumps_before);
+    assert!(
+        !w.sim.nodes[cli]
+            .node
+            .circ
+            .circuits(w.sim.now)
+            .iter()
+            .any(|c| c.id == circ),
+        "the flow's circuit is closed"
+    );
+    let resumed = got
+        .iter()
+        .find(|(_, n)| *n >= first_after)
+        .map(|(t, _)| t - burst_end);
+    eprintln!(
+        "burst of {} lost cells: the guard closed the circuit; the flow resumed after {resumed:?} ms",
+        MAX_SEQ_JUMP + 1
+    );
+    assert!(resumed.is_some_and(|r| r < 10_000), "flow did not resume");
+    let now_circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
+    assert_ne!(now_circ, circ, "the flow moved to another circuit");
+    assert!(w.sim.nodes[cli].node.session_stats().flows_moved >= 1);
+}

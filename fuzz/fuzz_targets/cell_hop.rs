@@ -2,7 +2,7 @@
 //! intermediate relay (both directions), a last hop and a client must give a result or a typed
 //! error, never a panic.
 #![no_main]
-use globalnet::circuit::{ClientCircuit, Forward, HopKeys, RelayHop};
+use globalnet::circuit::{ClientCircuit, Forward, HopKeys, RelayHop, SeqStart};
 use globalnet::wire::cell::CELL_LEN;
 use libfuzzer_sys::fuzz_target;
 
@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let mut scratch = [0u8; CELL_LEN];
     middle.begin_extend(true).unwrap();
     middle.finish_extend(&[0; 148], 3, &mut scratch).unwrap();
-    let mut client = ClientCircuit::from_hops(4, vec![keys(3), keys(4)]).unwrap();
+    let start = SeqStart {
+        forward: 0,
+        backward: 0,
+    };
+    let mut client = ClientCircuit::from_hops(4, start, vec![keys(3), keys(4)]).unwrap();
     // several cells per input: each chunk of CELL_LEN + 1 bytes (a selector and a cell)
     for chunk in data.chunks(CELL_LEN + 1) {
         let Some((&sel, rest)) = chunk.split_first() else {

@@ -2,8 +2,10 @@
 //! sections 6.5, 6.6, 6.8 and 8.5).
 //!
 //! [`ClientCircuit`] holds the keys of every hop, the forward counter `c`, the backward replay
-//! window, the tamper count and the handshake in flight. It is a plain state machine over cell
-//! buffers: [`ClientCircuit::create`] fills a CREATE cell, [`ClientCircuit::on_created`] takes the
+//! window and the handshake in flight. Both sequence starts, `c` and `W_1`, are uniformly random
+//! ([`SeqStart`]), so the first hop sees what any other hop sees and cannot tell that it is first;
+//! the first failed check field or a backward seq too far ahead ends the circuit. It is a plain
+//! state machine over cell buffers: [`ClientCircuit::create`] fills a CREATE cell, [`ClientCircuit::on_created`] takes the
 //! CREATED cell, [`ClientCircuit::extend`] fills a RELAY_EARLY cell carrying EXTEND and
 //! [`ClientCircuit::on_extended`] takes the EXTENDED payload. Once built, [`ClientCircuit::send`]
 //! wraps a relay message in one layer per hop and [`ClientCircuit::receive`] removes them from a
@@ -11,10 +13,9 @@
 
 use core::fmt;
 use rand::{CryptoRng, RngCore};
-use subtle::ConstantTimeEq;
 
 use super::handshake::{ClientHandshake, HandshakeError, HopTarget};
-use super::hop::{CIRCUIT_MAX_CELLS, CIRCUIT_TAMPER_LIMIT, MAX_RELAY_EARLY};
+use super::hop::{check_field_is_zero, CIRCUIT_MAX_CELLS, MAX_RELAY_EARLY};
 use super::keys::{next_backward_seq_start, HopKeys};
 use super::replay::{ReplayError, ReplayWindow};
 use super::wideblock::{tweak, WbError};
@@ -25,7 +26,7 @@ use crate::wire::cell::{
 use crate::wire::handshake::{ClientExt, CreatedHandshake};
 use crate::wire::relay::{
     emit_relay_message, Extend, Extended, RelayCommand, RelayError, RelayMessage, EXTEND_LEN,
-    EXTEND_LINK_SPEC_LEN, RELAY_CHECK_LEN,
+    EXTEND_LINK_SPEC_LEN,
 };
 
 /// The most hops a circuit can have: every honest hop refuses the 9th RELAY_EARLY (6.8).
@@ -41,15 +42,12 @@ pub enum ClientError {
     UnexpectedCell(CellCommand),
     /// A RELAY_EARLY travelling backward.
     BackwardRelayEarly,
-    /// Refused by the backward replay window.
+    /// Refused by the backward replay window. Too far ahead tears the circuit down (6.7); a
+    /// replay or a seq too old is dropped.
     Replay(ReplayError),
-    /// The check field failed after removing every layer.
-    Tampered {
-        /// Failed check fields on this circuit so far.
-        count: u32,
-    },
-    /// [`CIRCUIT_TAMPER_LIMIT`] check fields failed.
-    TamperLimit,
+    /// The check field failed after removing every layer: tampering or garbage. The first one
+    /// tears the circuit down (6.6): loss, reordering and duplicates never cause one.
+    Tampered,
     /// The relay message (after a good check field) is malformed.
     Relay(RelayError),
     /// The handshake with a hop failed.
@@ -81,7 +79,8 @@ impl ClientError {
             self,
             ClientError::Cell(_)
                 | ClientError::BackwardRelayEarly
-                | ClientError::TamperLimit
+                | ClientError::Replay(ReplayError::TooFarAhead)
+                | ClientError::Tampered
                 | ClientError::Relay(RelayError::UnknownVersion(_))
                 | ClientError::Handshake(_)
                 | ClientError::ExtendFailed(_)
@@ -103,8 +102,7 @@ impl fmt::Display for ClientError {
             ClientError::UnexpectedCell(c) => write!(f, "unexpected {c:?} cell"),
             ClientError::BackwardRelayEarly => f.write_str("RELAY_EARLY travelling backward"),
             ClientError::Replay(e) => write!(f, "{e}"),
-            ClientError::Tampered { count } => write!(f, "check field failed ({count} so far)"),
-            ClientError::TamperLimit => f.write_str("too many failed check fields"),
+            ClientError::Tampered => f.write_str("check field failed"),
             ClientError::Relay(e) => write!(f, "relay message refused: {e}"),
             ClientError::Handshake(e) => write!(f, "handshake failed: {e}"),
             ClientError::ExtendFailed(s) => write!(f, "EXTEND failed with status {s}"),
@@ -140,6 +138,29 @@ impl From<CellError> for ClientError {
     }
 }
 
+/// Where a circuit's sequence numbers start (6.5, 6.6): the forward counter `c` of the first
+/// cell and `W_1`, the first backward seq hop 1 emits. A new circuit draws both uniformly at
+/// random, so the values hop 1 sees are distributed exactly like those hop 2 or 3 sees
+/// (`c + ΣDf`, `W_j`), and a guard cannot tell a client's own circuits from those it extends
+/// for others by them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqStart {
+    /// `c` of the first RELAY/RELAY_EARLY cell.
+    pub forward: u64,
+    /// `W_1`, sent to hop 1 in `BACKWARD_SEQ_START`.
+    pub backward: u64,
+}
+
+impl SeqStart {
+    /// Both starts uniformly random.
+    pub fn random<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        SeqStart {
+            forward: rng.next_u64(),
+            backward: rng.next_u64(),
+        }
+    }
+}
+
 /// The client's state for one circuit.
 pub struct ClientCircuit {
     circ_id: u32,
@@ -149,10 +170,12 @@ pub struct ClientCircuit {
     pending_extend: Option<Box<[u8; EXTEND_LEN]>>,
     /// `W` for the next hop.
     next_w: u64,
+    /// `c` for the next forward cell.
     fwd_counter: u64,
+    /// Forward cells sent so far.
+    sent: u64,
     bwd_window: ReplayWindow,
     relay_sent: bool,
-    tamper: u32,
 }
 
 impl fmt::Debug for ClientCircuit {
@@ -161,23 +184,35 @@ impl fmt::Debug for ClientCircuit {
             .field("circ_id", &self.circ_id)
             .field("hops", &self.hops.len())
             .field("pending", &self.pending.is_some())
-            .field("cells_sent", &self.fwd_counter)
-            .field("tamper", &self.tamper)
+            .field("cells_sent", &self.sent)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientCircuit {
     /// Start a circuit on `circ_id` (allocated on the link to the first hop): fill `cell` with the
-    /// CREATE cell for `first_hop` (`W_1` = 0).
+    /// CREATE cell for `first_hop`. `c` and `W_1` are drawn at random.
     pub fn create<R: RngCore + CryptoRng>(
         rng: &mut R,
         circ_id: u32,
         first_hop: &HopTarget,
         cell: &mut [u8; CELL_LEN],
     ) -> Result<Self, ClientError> {
+        let start = SeqStart::random(rng);
+        Self::create_at(rng, circ_id, first_hop, start, cell)
+    }
+
+    /// [`create`](Self::create) with given sequence starts (known-answer tests; anything else
+    /// uses random ones).
+    pub fn create_at<R: RngCore + CryptoRng>(
+        rng: &mut R,
+        circ_id: u32,
+        first_hop: &HopTarget,
+        start: SeqStart,
+        cell: &mut [u8; CELL_LEN],
+    ) -> Result<Self, ClientError> {
         let ext = ClientExt {
-            backward_seq_start: 0,
+            backward_seq_start: start.backward,
             features: 0,
         };
         let (hs, create) = ClientHandshake::new(rng, first_hop, &ext)?;
@@ -192,33 +227,37 @@ impl ClientCircuit {
             hops: Vec::with_capacity(4),
             pending: Some(hs),
             pending_extend: None,
-            next_w: 0,
-            fwd_counter: 0,
+            next_w: start.backward,
+            fwd_counter: start.forward,
+            sent: 0,
             bwd_window: ReplayWindow::new(),
             relay_sent: false,
-            tamper: 0,
         })
     }
 
     /// A circuit whose handshakes happened elsewhere (tests, benchmarks, or a restored state):
-    /// `hops` in path order, hop 1 first; `W_1` was 0.
-    pub fn from_hops(circ_id: u32, hops: Vec<HopKeys>) -> Result<Self, ClientError> {
+    /// `hops` in path order, hop 1 first, built with sequence starts `start`.
+    pub fn from_hops(
+        circ_id: u32,
+        start: SeqStart,
+        hops: Vec<HopKeys>,
+    ) -> Result<Self, ClientError> {
         if hops.len() > MAX_CIRCUIT_HOPS {
             return Err(ClientError::TooManyHops);
         }
         let next_w = hops
             .iter()
-            .fold(0u64, |w, h| next_backward_seq_start(w, h.db));
+            .fold(start.backward, |w, h| next_backward_seq_start(w, h.db));
         Ok(ClientCircuit {
             circ_id,
             hops,
             pending: None,
             pending_extend: None,
             next_w,
-            fwd_counter: 0,
+            fwd_counter: start.forward,
+            sent: 0,
             bwd_window: ReplayWindow::new(),
             relay_sent: false,
-            tamper: 0,
         })
     }
 
@@ -237,8 +276,13 @@ impl ClientCircuit {
         self.pending.is_some()
     }
 
-    /// RELAY/RELAY_EARLY cells sent so far (the next forward counter `c`).
+    /// RELAY/RELAY_EARLY cells sent so far.
     pub fn cells_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The forward counter `c` the next cell will carry (hop 1 sees it as the cell's seq).
+    pub fn next_forward_seq(&self) -> u64 {
         self.fwd_counter
     }
 
@@ -384,7 +428,7 @@ impl ClientCircuit {
         cmd: CellCommand,
         cell: &mut [u8; CELL_LEN],
     ) -> Result<(), ClientError> {
-        if self.fwd_counter >= CIRCUIT_MAX_CELLS {
+        if self.sent >= CIRCUIT_MAX_CELLS {
             return Err(ClientError::Exhausted);
         }
         let c = self.fwd_counter;
@@ -404,7 +448,8 @@ impl ClientCircuit {
             cmd,
             seq: c,
         });
-        self.fwd_counter = c + 1;
+        self.fwd_counter = c.wrapping_add(1);
+        self.sent += 1;
         if cmd == CellCommand::Relay {
             self.relay_sent = true;
         }
@@ -412,8 +457,8 @@ impl ClientCircuit {
     }
 
     /// Remove every layer from a backward RELAY cell (6.6) and return the relay message from the
-    /// last hop. A check field that is not zero is counted as tampering; the window is marked only
-    /// for cells that pass.
+    /// last hop. A check field that is not zero is tampering and ends the circuit
+    /// ([`ClientError::Tampered`] tears down); the window is marked only for cells that pass.
     pub fn receive<'a>(
         &mut self,
         cell: &'a mut [u8; CELL_LEN],
@@ -435,16 +480,8 @@ impl ClientCircuit {
             hop.kb
                 .decrypt(&tweak(t, CellCommand::Relay as u8), view.body_mut())?;
         }
-        let check_ok: bool = view
-            .body()
-            .get(..RELAY_CHECK_LEN)
-            .is_some_and(|c| c.ct_eq(&[0u8; RELAY_CHECK_LEN]).into());
-        if !check_ok {
-            self.tamper += 1;
-            if self.tamper >= CIRCUIT_TAMPER_LIMIT {
-                return Err(ClientError::TamperLimit);
-            }
-            return Err(ClientError::Tampered { count: self.tamper });
+        if !check_field_is_zero(view.body()) {
+            return Err(ClientError::Tampered);
         }
         self.bwd_window.mark(v);
         let body: &'a [u8] = &cell[CELL_HEADER_LEN..];

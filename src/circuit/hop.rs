@@ -6,8 +6,14 @@
 //! in place on a `[u8; CELL_LEN]` buffer and leave it ready to send on the other link:
 //!
 //! - [`RelayHop::forward`]: a RELAY/RELAY_EARLY cell from upstream. An intermediate hop removes its
-//!   layer and passes it on; the last hop also checks the zero check field and hands out the relay
-//!   message.
+//!   layer and passes it on (a hop that has just extended first recognises the client's resent
+//!   EXTEND by its own check field); the last hop also checks the zero check field and hands out
+//!   the relay message.
+//!
+//! Errors say whether the circuit ends ([`HopError::destroy_reason`]): the first failed check
+//! field at the last hop and any seq more than `MAX_SEQ_JUMP` ahead destroy it (6.5, 6.7), since
+//! loss, duplicates and reordering never cause either, and only the circuit's two neighbours can
+//! send a cell that reaches it.
 //! - [`RelayHop::backward`]: a RELAY cell from downstream, given this hop's layer and passed up.
 //! - [`RelayHop::originate`]: the last hop sends a relay message towards the client.
 //! - [`RelayHop::begin_extend`] / [`RelayHop::finish_extend`] / [`RelayHop::fail_extend`]: the
@@ -33,8 +39,6 @@ use crate::wire::relay::{
 
 /// RELAY_EARLY cells a circuit may carry forward (6.8); the next one destroys it.
 pub const MAX_RELAY_EARLY: u8 = 8;
-/// Failed check fields before the last hop or the client destroys the circuit.
-pub const CIRCUIT_TAMPER_LIMIT: u32 = 8;
 /// Cells a circuit carries per direction before the client must replace it.
 pub const CIRCUIT_MAX_CELLS: u64 = 1 << 31;
 
@@ -46,15 +50,12 @@ pub enum HopError {
     Cell(CellError),
     /// A cell that is not RELAY or RELAY_EARLY (the caller handles those).
     NotRelay(CellCommand),
-    /// Refused by the replay window.
+    /// Refused by the replay window. Too far ahead destroys the circuit (reason 1, 6.7); a
+    /// replay or a seq too old is dropped.
     Replay(ReplayError),
-    /// The check field at the last hop was not zero: tampering or garbage.
-    Tampered {
-        /// Failed check fields on this circuit so far.
-        count: u32,
-    },
-    /// [`CIRCUIT_TAMPER_LIMIT`] check fields failed (destroy, reason 1).
-    TamperLimit,
+    /// The check field at the last hop was not zero: tampering or garbage. The first one
+    /// destroys the circuit (reason 1, 6.5): loss, reordering and duplicates never cause one.
+    Tampered,
     /// The 9th RELAY_EARLY (destroy, reason 1).
     TooManyRelayEarly,
     /// A RELAY_EARLY with a seq above that of a RELAY cell already seen (destroy, reason 1).
@@ -84,7 +85,8 @@ impl HopError {
     pub fn destroy_reason(&self) -> Option<DestroyReason> {
         match self {
             HopError::Cell(_)
-            | HopError::TamperLimit
+            | HopError::Tampered
+            | HopError::Replay(ReplayError::TooFarAhead)
             | HopError::TooManyRelayEarly
             | HopError::RelayEarlyAfterRelay
             | HopError::BackwardRelayEarly
@@ -101,8 +103,7 @@ impl fmt::Display for HopError {
             HopError::Cell(e) => write!(f, "{e}"),
             HopError::NotRelay(c) => write!(f, "{c:?} cell where a relay cell was expected"),
             HopError::Replay(e) => write!(f, "{e}"),
-            HopError::Tampered { count } => write!(f, "check field failed ({count} so far)"),
-            HopError::TamperLimit => f.write_str("too many failed check fields"),
+            HopError::Tampered => f.write_str("check field failed"),
             HopError::TooManyRelayEarly => f.write_str("too many RELAY_EARLY cells"),
             HopError::RelayEarlyAfterRelay => f.write_str("RELAY_EARLY after RELAY"),
             HopError::BackwardRelayEarly => f.write_str("RELAY_EARLY travelling backward"),
@@ -150,6 +151,14 @@ pub enum Forward<'a> {
         /// The relay message, in the cell buffer.
         message: RelayMessage<&'a [u8; CELL_BODY_LEN]>,
     },
+    /// This hop extended the circuit and has not forwarded a cell since, and this RELAY_EARLY
+    /// cell passed its own check field: the client resent its EXTEND because the EXTENDED was
+    /// lost (8.4). Answer with the same EXTENDED if the CREATE bytes are the ones this hop sent
+    /// on; never forward it (the next hop would see garbage and destroy the circuit).
+    ResentExtend {
+        /// The relay message, in the cell buffer.
+        message: RelayMessage<&'a [u8; CELL_BODY_LEN]>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +183,9 @@ pub struct RelayHop {
     lowest_relay_seq: Option<u64>,
     origin_start: u64,
     origin_next: u64,
-    tamper: u32,
+    /// Set by [`finish_extend`](Self::finish_extend), cleared by the first cell forwarded: until
+    /// then a RELAY_EARLY that passes this hop's check field is a resent EXTEND.
+    just_extended: bool,
 }
 
 impl fmt::Debug for RelayHop {
@@ -183,9 +194,14 @@ impl fmt::Debug for RelayHop {
             .field("upstream_circ_id", &self.upstream_circ_id)
             .field("role", &self.role)
             .field("relay_early", &self.relay_early)
-            .field("tamper", &self.tamper)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a body's check field (its first [`RELAY_CHECK_LEN`] bytes) is zero, in constant time.
+pub(crate) fn check_field_is_zero(body: &[u8]) -> bool {
+    body.get(..RELAY_CHECK_LEN)
+        .is_some_and(|c| c.ct_eq(&[0u8; RELAY_CHECK_LEN]).into())
 }
 
 fn signed_gt(a: u64, b: u64) -> bool {
@@ -207,7 +223,7 @@ impl RelayHop {
             lowest_relay_seq: None,
             origin_start,
             origin_next: origin_start,
-            tamper: 0,
+            just_extended: false,
         }
     }
 
@@ -271,25 +287,25 @@ impl RelayHop {
             .kf
             .decrypt(&tweak(seq, cmd as u8), view.body_mut())?;
         match self.role {
-            // 4. Pass it on.
+            // 4. Pass it on (unless it is a resent EXTEND meant for this hop, 8.4).
             Role::Intermediate(next) => {
                 self.fwd_window.mark(seq);
+                if self.just_extended {
+                    if early && check_field_is_zero(view.body()) {
+                        let body: &'a [u8] = &cell[CELL_HEADER_LEN..];
+                        let message = RelayMessage::new_checked(body).map_err(HopError::Relay)?;
+                        return Ok(Forward::ResentExtend { message });
+                    }
+                    self.just_extended = false;
+                }
                 view.set_circ_id(next);
                 view.set_seq(seq.wrapping_add(self.keys.df));
                 Ok(Forward::Relayed)
             }
-            // 5. The last hop: the check field decides.
+            // 5. The last hop: the check field decides, and the first failure ends the circuit.
             Role::Last | Role::Extending => {
-                let check_ok: bool = view
-                    .body()
-                    .get(..RELAY_CHECK_LEN)
-                    .is_some_and(|c| c.ct_eq(&[0u8; RELAY_CHECK_LEN]).into());
-                if !check_ok {
-                    self.tamper += 1;
-                    if self.tamper >= CIRCUIT_TAMPER_LIMIT {
-                        return Err(HopError::TamperLimit);
-                    }
-                    return Err(HopError::Tampered { count: self.tamper });
+                if !check_field_is_zero(view.body()) {
+                    return Err(HopError::Tampered);
                 }
                 self.fwd_window.mark(seq);
                 let body: &'a [u8] = &cell[CELL_HEADER_LEN..];
@@ -387,6 +403,7 @@ impl RelayHop {
         let payload = Extended::emit(ExtendedStatus::Ok, created);
         self.originate(RelayCommand::Extended, &payload, cell)?;
         self.role = Role::Intermediate(downstream_circ_id);
+        self.just_extended = true;
         Ok(())
     }
 

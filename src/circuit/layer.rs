@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 
 use super::client::ClientError;
 use super::handshake::{respond, HopTarget, OnionKey};
-use super::hop::{Forward, RelayHop};
+use super::hop::{Forward, HopError, RelayHop};
 use super::onion::OnionKeys;
+use super::replay::ReplayError;
 use super::ClientCircuit;
 use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::{Randomness, SecretRng};
@@ -74,6 +75,9 @@ pub const CIRCUIT_QUEUE_CELLS: usize = 128;
 pub const RELAY_CIRCUIT_COST: usize = 1024;
 /// Memory charged per own circuit.
 pub const OWN_CIRCUIT_COST: usize = 4096;
+
+/// One side of a relayed circuit: the link and the circuit id on it.
+pub type Route = (LinkId, u32);
 
 /// Our own circuit, named locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -238,8 +242,18 @@ struct PendingExtend {
 enum Answer {
     /// Our CREATED, with the hash of the CREATE it answers (a resent CREATE gets it again).
     Created([u8; 32], [u8; CELL_LEN]),
-    /// Our EXTENDED (sent at, resends so far), resent on a timer.
-    Extended(Millis, u8, [u8; CELL_LEN]),
+    /// Our EXTENDED, resent on a timer up to [`EXTENDED_RESENDS`] times, and again whenever the
+    /// client resends the EXTEND with the same CREATE bytes (8.4).
+    Extended {
+        /// When it was last sent.
+        at: Millis,
+        /// Timed resends so far.
+        resends: u8,
+        /// The CREATE handshake bytes of the EXTEND it answers.
+        create: [u8; CREATE_HS_LEN],
+        /// The cell.
+        cell: [u8; CELL_LEN],
+    },
 }
 
 struct Relayed {
@@ -337,6 +351,12 @@ pub struct CircuitStats {
     pub built: u64,
     /// Our builds that failed.
     pub build_failures: u64,
+    /// EXTENDED cells sent again for a client's resent EXTEND, after the extension (8.4).
+    pub extended_again: u64,
+    /// Relayed circuits destroyed at the first failed check field, as their last hop (6.5).
+    pub tampered: u64,
+    /// Circuits (relayed or ours) destroyed for a seq more than `MAX_SEQ_JUMP` ahead (6.7).
+    pub jumps_too_far: u64,
 }
 
 /// The circuit layer of one node.
@@ -468,6 +488,27 @@ impl CircuitLayer {
             .values()
             .map(|r| (r.up.0, r.down.map(|d| d.0)))
             .collect()
+    }
+
+    /// The (link, circuit id) pairs of every relayed circuit, upstream and downstream, for tests
+    /// (which cells could reach it, and from whom).
+    pub fn relayed_routes(&self) -> Vec<(Route, Option<Route>)> {
+        self.relayed.values().map(|r| (r.up, r.down)).collect()
+    }
+
+    /// The link to the first hop of our circuit and the circuit id on it, for tests (a cell a
+    /// hostile first hop would pass on travels there).
+    pub fn first_hop_route(&self, id: CircId) -> Option<Route> {
+        let o = self.own.get(&id)?;
+        o.link.map(|l| (l, o.circ_id))
+    }
+
+    /// The forward counter `c` the next cell of our circuit will carry, for tests.
+    pub fn next_forward_seq(&self, id: CircId) -> Option<u64> {
+        self.own
+            .get(&id)
+            .and_then(|o| o.circ.as_ref())
+            .map(ClientCircuit::next_forward_seq)
     }
 
     /// Our circuits.
@@ -837,16 +878,40 @@ impl CircuitLayer {
             return;
         };
         r.last_cell = now;
-        r.answer = None;
         let down = r.down;
+        let up = r.up.0;
         match r.hop.forward(cell) {
+            Ok(Forward::ResentExtend { message }) => {
+                // The client did not get our EXTENDED: send it again, unless this is not the
+                // EXTEND we carried out (then drop it: it is not for the next hop either).
+                let again = match r.answer.as_deref() {
+                    Some(Answer::Extended { create, cell, .. })
+                        if message.cmd_raw() == RelayCommand::Extend as u8
+                            && Extend::new_checked(message.payload())
+                                .is_ok_and(|e| e.create_handshake() == &create[..]) =>
+                    {
+                        Some(*cell)
+                    }
+                    _ => None,
+                };
+                match again {
+                    Some(out) => {
+                        self.stats.extended_again += 1;
+                        self.push_cell(up, out);
+                    }
+                    None => self.stats.dropped += 1,
+                }
+            }
             Ok(Forward::Relayed) => {
+                // The client's next cell: our CREATED or EXTENDED got through.
+                r.answer = None;
                 if let Some((link, _)) = down {
                     self.stats.relayed_cells += 1;
                     self.push_cell(link, *cell);
                 }
             }
             Ok(Forward::Delivered { early, message }) => {
+                r.answer = None;
                 let cmd = message.cmd_raw();
                 if let Some(other) = r.splice {
                     // A spliced rendezvous point passes DATA across, and nothing else (10.6).
@@ -879,7 +944,7 @@ impl CircuitLayer {
                 self.last_hop_message(now, slot, early, cmd, payload.get(..n).unwrap_or(&[]));
             }
             Err(e) => {
-                self.stats.dropped += 1;
+                self.count_error(&e);
                 if e.destroy_reason().is_some() {
                     self.destroy_relayed(now, slot, None);
                 }
@@ -899,11 +964,20 @@ impl CircuitLayer {
                 self.push_cell(up, *cell);
             }
             Err(e) => {
-                self.stats.dropped += 1;
+                self.count_error(&e);
                 if e.destroy_reason().is_some() {
                     self.destroy_relayed(now, slot, None);
                 }
             }
+        }
+    }
+
+    fn count_error(&mut self, e: &HopError) {
+        self.stats.dropped += 1;
+        match e {
+            HopError::Tampered => self.stats.tampered += 1,
+            HopError::Replay(ReplayError::TooFarAhead) => self.stats.jumps_too_far += 1,
+            _ => {}
         }
     }
 
@@ -1129,10 +1203,10 @@ impl CircuitLayer {
             return;
         };
         let Some((_, down_id)) = r.down else { return };
-        if r.extend.is_none() {
+        let Some(create) = r.extend.as_ref().map(|e| e.create) else {
             self.stats.dropped += 1;
             return;
-        }
+        };
         let mut created = [0u8; CREATED_HS_LEN];
         created.copy_from_slice(
             Cell::new(cell)
@@ -1146,7 +1220,12 @@ impl CircuitLayer {
         match r.hop.finish_extend(&created, down_id, &mut out) {
             Ok(()) => {
                 r.extend = None;
-                r.answer = Some(Box::new(Answer::Extended(now, 0, out)));
+                r.answer = Some(Box::new(Answer::Extended {
+                    at: now,
+                    resends: 0,
+                    create,
+                    cell: out,
+                }));
                 self.push_cell(up, out);
             }
             Err(_) => self.destroy_relayed(now, slot, None),
@@ -1357,6 +1436,9 @@ impl CircuitLayer {
             }
             Err(e) => {
                 self.stats.dropped += 1;
+                if e == ClientError::Replay(ReplayError::TooFarAhead) {
+                    self.stats.jumps_too_far += 1;
+                }
                 if e.tears_down() {
                     self.close_own(now, id, &format!("circuit broken: {e}"), true);
                 }
@@ -1605,17 +1687,18 @@ impl CircuitLayer {
             }
         }
         for r in self.relayed.values_mut() {
-            let Some(Answer::Extended(at, n, cell)) = r.answer.as_deref_mut() else {
+            let Some(Answer::Extended {
+                at, resends, cell, ..
+            }) = r.answer.as_deref_mut()
+            else {
                 continue;
             };
-            if now.saturating_sub(*at) >= EXTENDED_RESEND_MS {
-                if *n < EXTENDED_RESENDS {
-                    *at = now;
-                    *n += 1;
-                    resend.push((r.up.0, *cell));
-                } else {
-                    r.answer = None;
-                }
+            // After the timed resends the answer stays for a resent EXTEND (8.4), until the
+            // client's next cell or the circuit's end.
+            if now.saturating_sub(*at) >= EXTENDED_RESEND_MS && *resends < EXTENDED_RESENDS {
+                *at = now;
+                *resends += 1;
+                resend.push((r.up.0, *cell));
             }
         }
         for r in self.relayed.values_mut() {

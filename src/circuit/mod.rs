@@ -28,13 +28,11 @@ pub mod path;
 pub mod replay;
 pub mod wideblock;
 
-pub use client::{ClientCircuit, ClientError, MAX_CIRCUIT_HOPS};
+pub use client::{ClientCircuit, ClientError, SeqStart, MAX_CIRCUIT_HOPS};
 pub use handshake::{
     respond, ClientHandshake, HandshakeError, HopTarget, OnionKey, RelayHandshake,
 };
-pub use hop::{
-    Forward, HopError, RelayHop, CIRCUIT_MAX_CELLS, CIRCUIT_TAMPER_LIMIT, MAX_RELAY_EARLY,
-};
+pub use hop::{Forward, HopError, RelayHop, CIRCUIT_MAX_CELLS, MAX_RELAY_EARLY};
 pub use keys::{next_backward_seq_start, HopKeys, BACKWARD_SEQ_GAP, HOP_KEYS_LEN};
 pub use onion::{OnionKeys, ONION_KEY_GRACE_MS, ONION_KEY_ROTATION_MS};
 pub use replay::{ReplayError, ReplayWindow, MAX_SEQ_JUMP, REPLAY_WINDOW_CELLS};

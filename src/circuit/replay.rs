@@ -4,7 +4,9 @@
 //! seq. For a received `seq`, with `d = signed(seq − top)`:
 //!
 //! - `0 < d ≤ MAX_SEQ_JUMP`: accepted; marking shifts the bitmap by `d` and sets `top = seq`;
-//! - `d > MAX_SEQ_JUMP`: refused (nothing legitimate jumps that far);
+//! - `d > MAX_SEQ_JUMP`: refused, and the caller destroys the circuit: every later seq would be
+//!   refused too, and a circuit that lost that many cells in a row is treated like one whose
+//!   relay died (its flows move);
 //! - `−1024 < d ≤ 0`: accepted if the bit for `seq` is clear; marking sets it;
 //! - otherwise: refused as too old.
 //!
@@ -15,8 +17,15 @@ use core::fmt;
 
 /// Bits in a replay window.
 pub const REPLAY_WINDOW_CELLS: usize = 1024;
-/// The largest forward jump a window accepts.
-pub const MAX_SEQ_JUMP: u64 = 65_536;
+/// The largest forward jump a window accepts (6.7). A jump of `d` means `d − 1` cells lost in a
+/// row upstream (or `d − 1` overtaken by this one). Reordering needs at most
+/// [`REPLAY_WINDOW_CELLS`] (older cells are refused anyway); a TCP flow, one per circuit, never
+/// has more than its window in flight — Linux's largest default receive buffer, 6 MiB, is about
+/// 5,200 cells of 1,220-byte segments — and 8,192 cells are ~240 ms of total loss for a sender
+/// that does not back off at 400 Mbit/s. A bigger jump destroys the circuit (reason 1), and its
+/// flows move as on a relay death. It also bounds what a tagging relay can say with one cell's
+/// seq: fewer than 2^13.2 values (threat model, 6.1).
+pub const MAX_SEQ_JUMP: u64 = 8_192;
 
 const WORDS: usize = REPLAY_WINDOW_CELLS / 64;
 
@@ -25,7 +34,7 @@ const WORDS: usize = REPLAY_WINDOW_CELLS / 64;
 pub enum ReplayError {
     /// Seen before.
     Replay,
-    /// More than [`MAX_SEQ_JUMP`] ahead of the newest seq.
+    /// More than [`MAX_SEQ_JUMP`] ahead of the newest seq: the circuit is destroyed.
     TooFarAhead,
     /// [`REPLAY_WINDOW_CELLS`] or more behind the newest seq.
     TooOld,

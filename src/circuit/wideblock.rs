@@ -1,6 +1,11 @@
 //! GN-WB, the per-hop layer (docs/protocol.md section 6.4): a tweakable LIONESS (four-round
 //! unbalanced Feistel) built from ChaCha20 and HMAC-SHA256.
 //!
+//! Each stream round keys ChaCha20 with `HMAC-SHA256(K, LABEL_WIDEBLOCK_STREAM ‖ tweak ‖ L)`, a
+//! PRF output, never with `L ⊕ K`: the left half is chosen by whoever sends the cell, so an XOR
+//! would hand ChaCha20 keys with known differences and the layer would need ChaCha20 to resist
+//! related-key attacks. Derived keys need only that HMAC-SHA256 is a PRF and ChaCha20 a PRG.
+//!
 //! A body is split into `L` ([`WB_LEFT_LEN`] = 32 bytes) and `R` (the rest). Any change to the
 //! ciphertext garbles the whole plaintext, which is what makes tagging attacks visible at the end
 //! of a circuit. The layer works in place, keeps no state between cells and never allocates.
@@ -12,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::crypto::labels::LABEL_WIDEBLOCK;
+use crate::crypto::labels::{LABEL_WIDEBLOCK, LABEL_WIDEBLOCK_STREAM};
 
 /// Left part of the Feistel (the part the hash rounds produce).
 pub const WB_LEFT_LEN: usize = 32;
@@ -98,14 +103,23 @@ fn split(body: &mut [u8]) -> Result<(&mut [u8; WB_LEFT_LEN], &mut [u8]), WbError
     }
 }
 
-/// `R ← R ⊕ ChaCha20(key = L ⊕ k, nonce = tweak, counter = 0)`.
+/// `R ← R ⊕ ChaCha20(key = HMAC-SHA256(k, LABEL_WIDEBLOCK_STREAM ‖ tweak ‖ L), nonce = 0^12,
+/// counter = 0)`.
 fn stream_round(k: &[u8; 32], l: &[u8; WB_LEFT_LEN], tweak: &[u8; WB_TWEAK_LEN], r: &mut [u8]) {
     let mut key = [0u8; 32];
-    for ((d, a), b) in key.iter_mut().zip(l).zip(k) {
-        *d = a ^ b;
+    // HMAC accepts keys of any length, so this never fails; a failure would leave `R` under a
+    // zero key, garbled for everyone, and the check field at the end of the circuit would
+    // refuse the cell.
+    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(k) {
+        mac.update(LABEL_WIDEBLOCK_STREAM);
+        mac.update(tweak);
+        mac.update(l);
+        let mut derived = mac.finalize().into_bytes();
+        key.copy_from_slice(&derived);
+        derived.as_mut_slice().zeroize();
     }
     // The cipher state erases itself on drop (chacha20 `zeroize` feature).
-    let mut cipher = ChaCha20::new(&key.into(), tweak.into());
+    let mut cipher = ChaCha20::new(&key.into(), &[0u8; 12].into());
     key.zeroize();
     cipher.apply_keystream(r);
 }
@@ -155,6 +169,30 @@ mod tests {
         let mut t = b.clone();
         k.decrypt(&tweak(5, 4), &mut t).unwrap();
         assert_ne!(&t[..16], &plain[..16]);
+    }
+
+    /// 6.4: a stream round's key is a PRF output. With `L ⊕ K` keying, `(K ⊕ Δ, L ⊕ Δ)` gave
+    /// the same keystream as `(K, L)` for every `Δ`: the related-key structure the derived key
+    /// removes.
+    #[test]
+    fn stream_round_keys_are_derived_not_xored() {
+        let k = [7u8; 32];
+        let l = [9u8; WB_LEFT_LEN];
+        let tw = tweak(1, 3);
+        let mut a = [0u8; 64];
+        stream_round(&k, &l, &tw, &mut a);
+        for delta in [[1u8; 32], [0x80; 32]] {
+            let (mut k2, mut l2) = (k, l);
+            k2.iter_mut().zip(&delta).for_each(|(x, d)| *x ^= d);
+            l2.iter_mut().zip(&delta).for_each(|(x, d)| *x ^= d);
+            let mut b = [0u8; 64];
+            stream_round(&k2, &l2, &tw, &mut b);
+            assert_ne!(a, b);
+        }
+        // The key depends on the tweak too (the nonce is fixed).
+        let mut c = [0u8; 64];
+        stream_round(&k, &l, &tweak(2, 3), &mut c);
+        assert_ne!(a, c);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const LABEL_CIRC_HS_TRANSCRIPT: &[u8] = b"globalnet circuit hs v1 transcript
 pub const LABEL_CIRC_HS_KEYS: &[u8] = b"globalnet circuit hs v1 keys";
 /// Hash rounds of the per-hop wide-block layer (6.4).
 pub const LABEL_WIDEBLOCK: &[u8] = b"globalnet wideblock v1";
+/// The key of each stream round of the per-hop wide-block layer (6.4).
+pub const LABEL_WIDEBLOCK_STREAM: &[u8] = b"globalnet wideblock stream key v1";
 /// Descriptor index (11.1).
 pub const LABEL_DESC_INDEX: &[u8] = b"globalnet desc index v1";
 /// Blinding factor (11.2).
@@ -57,6 +59,7 @@ pub const ALL: &[&[u8]] = &[
     LABEL_CIRC_HS_TRANSCRIPT,
     LABEL_CIRC_HS_KEYS,
     LABEL_WIDEBLOCK,
+    LABEL_WIDEBLOCK_STREAM,
     LABEL_DESC_INDEX,
     LABEL_BLIND,
     LABEL_BLIND_NONCE,

@@ -9,8 +9,11 @@
 use core::borrow::{Borrow, BorrowMut};
 use core::fmt;
 
-/// Circuit handshake version.
-pub const HS_VERSION: u8 = 1;
+/// Circuit handshake version. It names the per-hop layer the keys are for too: version 1 keyed
+/// GN-WB's stream rounds with `L ⊕ K`, version 2 with a derived key (6.4), and the two cannot
+/// carry each other's cells, so a version-1 handshake is refused (DESTROY 1) rather than leave
+/// a circuit that garbles every cell.
+pub const HS_VERSION: u8 = 2;
 /// The only circuit handshake type: GN-NTOR.
 pub const HS_TYPE_GN_NTOR: u8 = 1;
 /// CREATE handshake bytes.
@@ -611,13 +614,19 @@ mod tests {
         ));
         let mut c = [0u8; CREATE_HS_LEN];
         c[0] = 1;
+        assert_eq!(
+            CreateHandshake::new_checked(&c).unwrap_err(),
+            HandshakeWireError::UnknownVersion(1),
+            "version 1 keyed the old GN-WB"
+        );
+        c[0] = HS_VERSION;
         c[1] = 2;
         assert_eq!(
             CreateHandshake::new_checked(&c).unwrap_err(),
             HandshakeWireError::UnknownType(2)
         );
         let mut d = [0u8; CREATED_HS_LEN];
-        d[0] = 1;
+        d[0] = HS_VERSION;
         d[1] = 1;
         d[2] = 3;
         assert_eq!(

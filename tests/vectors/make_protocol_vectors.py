@@ -40,7 +40,7 @@ RELAY_PAYLOAD_LEN = CELL_BODY_LEN - RELAY_HEADER_LEN  # 1316
 WB_LEFT_LEN = 32
 CELL_VERSION = 1
 RELAY_VERSION = 1
-HS_VERSION = 1
+HS_VERSION = 2  # version 1 keyed the per-hop layer's stream rounds with L xor K (6.4)
 HS_TYPE_GN_NTOR = 1
 HS_CLIENT_EXT_LEN = 64
 HS_SERVER_EXT_LEN = 64
@@ -90,6 +90,7 @@ LABELS = {
     "CIRC_HS_TRANSCRIPT": b"globalnet circuit hs v1 transcript",
     "CIRC_HS_KEYS": b"globalnet circuit hs v1 keys",
     "WIDEBLOCK": b"globalnet wideblock v1",
+    "WIDEBLOCK_STREAM": b"globalnet wideblock stream key v1",
     "DESC_INDEX": b"globalnet desc index v1",
     "BLIND": b"globalnet blind v1",
     "BLIND_NONCE": b"globalnet blind nonce v1",
@@ -311,7 +312,9 @@ def wb_tweak(seq, cmd):
 
 
 def wb_round_s(k, left, tweak, n):
-    return chacha20_stream(xor(left, k), tweak, n)
+    # the stream key is derived with a PRF keyed by k (no related keys: never L xor k)
+    ks = hmac_sha256(k, L["WIDEBLOCK_STREAM"], tweak, left)
+    return chacha20_stream(ks, bytes(12), n)
 
 
 def wb_round_h(k, tweak, right):
@@ -475,16 +478,22 @@ def make_relay_record(i):
             "dht_node_id": sha256(L["DHT_NODE_ID"], identity).hex()}
 
 
+# Sections 6.5, 6.6: a client draws its forward counter start c and W_1 uniformly at random for
+# every circuit (so hop 1 cannot tell it is first); the vectors use these fixed values.
+SEQ_START_FORWARD = int.from_bytes(seed("forward counter start")[:8], "big")
+SEQ_START_W1 = int.from_bytes(seed("backward seq start W_1")[:8], "big")
+
+
 def vec_handshake():
     _, rid = relay_identity(1)
     v, _ = circuit_handshake(rid, seed("relay 1 onion"), seed("client eph 1"), seed("relay eph 1"),
-                             0)
+                             SEQ_START_W1)
     return v
 
 
 def build_hops(n):
     hops = []
-    w = 0  # BACKWARD_SEQ_START for hop 1
+    w = SEQ_START_W1  # BACKWARD_SEQ_START for hop 1
     for i in range(1, n + 1):
         _, rid = relay_identity(i)
         v, k = circuit_handshake(rid, seed("relay %d onion" % i), seed("client eph %d" % i),
@@ -495,8 +504,9 @@ def build_hops(n):
     return hops
 
 
-def vec_cells(n, circ_ids, fwd_counter, payload):
+def vec_cells(n, circ_ids, cells_before, payload):
     hops = build_hops(n)
+    fwd_counter = (SEQ_START_FORWARD + cells_before) % 2**64
     plain = relay_msg(RELAY_DATA, payload)
     # ---- forward: client wraps, each hop peels one layer (section 6.5)
     seqs = [fwd_counter]
@@ -546,7 +556,8 @@ def vec_cells(n, circ_ids, fwd_counter, payload):
                   "kb": [k.hex() for k in h["keys"]["kb"]],
                   "df": h["keys"]["df"], "db": h["keys"]["db"]} for h in hops],
         "relay_message_plaintext": plain.hex(),
-        "forward": {"client_counter": fwd_counter, "cells": fwd},
+        "seq_start": {"forward_counter": SEQ_START_FORWARD, "backward_W_1": SEQ_START_W1},
+        "forward": {"cells_before": cells_before, "client_counter": fwd_counter, "cells": fwd},
         "backward": {"origin_seq_at_last_hop": origin_seq, "cells": bwd},
         "link_frame_of_first_forward_cell": link_frame(LINK_MSG_CELL,
                                                        bytes.fromhex(fwd[0]["cell"])).hex(),
