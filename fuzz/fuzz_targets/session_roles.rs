@@ -5,6 +5,7 @@
 //! and flow keys never panic.
 #![no_main]
 use globalnet::budget::MemoryBudget;
+use globalnet::link::LinkId;
 use globalnet::session::flows::{addresses, flow_of, length_consistent};
 use globalnet::session::roles::{
     parse_establish_rendezvous, parse_status, IntroPointRole, IntroduceOutcome,
@@ -32,13 +33,15 @@ fuzz_target!(|data: &[u8]| {
         let (body, after) = tail.split_at(n);
         rest = after;
         let slot = u64::from(*slot % 8);
+        // Two upstream links, so the per-link accounts and caps are exercised too.
+        let up = LinkId(u32::from(*len & 1));
         now += 100;
         match op % 6 {
             0 => {
-                let code = intro.establish(now, slot, &[slot as u8; 32], body);
+                let code = intro.establish(now, slot, up, &[slot as u8; 32], body);
                 assert!(code <= 6);
             }
-            1 => match intro.introduce(now, body) {
+            1 => match intro.introduce(now, slot, up, body) {
                 IntroduceOutcome::Forward { service_slot } => assert!(intro.holds(service_slot)),
                 IntroduceOutcome::Refuse(c) => assert!(c <= 6),
             },
