@@ -105,16 +105,32 @@ pub fn limit_capabilities() -> Result<CapSets, PlatformError> {
         shrink_bounding()?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| perr("ambient set")(e.to_string()))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| perr("inheritable set")(e.to_string()))?;
-    let permitted =
-        caps::read(None, CapSet::Permitted).map_err(|e| perr("reading caps")(e.to_string()))?;
+    // capset only where a set holds more than it may: the packaged unit's seccomp filter refuses
+    // capset (`~@privileged`), and systemd starts us with exactly CAP_NET_ADMIN effective and
+    // permitted, and inheritable (ambient capabilities must be inheritable). An inheritable
+    // CAP_NET_ADMIN is inert once the ambient set is empty and no_new_privs is set: no child can
+    // gain it.
+    let read = |set| caps::read(None, set).map_err(|e| perr("reading caps")(e.to_string()));
+    let only_kept = |s: &CapsHashSet| s.iter().all(|c| *c == KEPT_CAPABILITY);
+    if !only_kept(&read(CapSet::Inheritable)?) {
+        caps::clear(None, CapSet::Inheritable)
+            .map_err(|e| perr("inheritable set")(e.to_string()))?;
+    }
+    let permitted = read(CapSet::Permitted)?;
     let keep: CapsHashSet = permitted
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|c| *c == KEPT_CAPABILITY)
         .collect();
     // Effective first: it must stay within the permitted set at every step.
-    caps::set(None, CapSet::Effective, &keep).map_err(|e| perr("effective set")(e.to_string()))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(|e| perr("permitted set")(e.to_string()))?;
+    if read(CapSet::Effective)? != keep {
+        caps::set(None, CapSet::Effective, &keep)
+            .map_err(|e| perr("effective set")(e.to_string()))?;
+    }
+    if permitted != keep {
+        caps::set(None, CapSet::Permitted, &keep)
+            .map_err(|e| perr("permitted set")(e.to_string()))?;
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| perr("PR_SET_NO_NEW_PRIVS")(e.to_string()))?;
     let sets = CapSets::read()?;
     sets.check(setpcap)?;
@@ -169,7 +185,8 @@ impl CapSets {
         let bad = [
             ("effective", extra(&self.effective)),
             ("permitted", extra(&self.permitted)),
-            ("inheritable", !self.inheritable.is_empty()),
+            // Only the kept capability, and inert (see `limit_capabilities`).
+            ("inheritable", extra(&self.inheritable)),
             ("ambient", !self.ambient.is_empty()),
             ("bounding", bounding && extra(&self.bounding)),
         ];
@@ -228,6 +245,14 @@ mod tests {
             bounding: set(&[KEPT_CAPABILITY]),
         };
         good.check(true).unwrap();
+        // As systemd starts the packaged unit: the ambient capability is also inheritable, which
+        // is inert once ambient is empty (and capset is refused by the unit's filter).
+        CapSets {
+            inheritable: set(&[KEPT_CAPABILITY]),
+            ..good.clone()
+        }
+        .check(true)
+        .unwrap();
         // Nothing at all is fine too (an unprivileged start without the ambient capability).
         let none = CapSets {
             effective: set(&[]),
@@ -250,7 +275,7 @@ mod tests {
                 ..good.clone()
             },
             CapSets {
-                inheritable: set(&[KEPT_CAPABILITY]),
+                inheritable: set(&[Capability::CAP_NET_RAW]),
                 ..good.clone()
             },
             CapSets {
