@@ -198,17 +198,20 @@ fn main() {
 
     println!("client, 3 hops");
     report("onion wrap for 3 hops (emit+3×encrypt)", wrap3, CELL_LEN);
+    // A fresh circuit: the cells originated above never reached hops 1 and 2, and a jump of
+    // more than MAX_SEQ_JUMP would close the circuit (protocol.md 6.7).
+    let mut circ3 = build(&mut rng, &relays, &ids);
     let mut back: Vec<[u8; CELL_LEN]> = Vec::with_capacity(N as usize);
     for _ in 0..N + N / 10 + 1 {
-        circ2.hops[2]
+        circ3.hops[2]
             .originate(RelayCommand::Data, &payload, &mut cell)
             .unwrap();
-        circ2.hops[1].backward(&mut cell).unwrap();
-        circ2.hops[0].backward(&mut cell).unwrap();
+        circ3.hops[1].backward(&mut cell).unwrap();
+        circ3.hops[0].backward(&mut cell).unwrap();
         back.push(cell);
     }
     let unwrap3 = time(N, |i| {
-        let m = circ2
+        let m = circ3
             .client
             .receive(black_box(&mut back[i as usize]))
             .unwrap();
