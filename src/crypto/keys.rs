@@ -243,9 +243,14 @@ fn read_key(path: &Path, kind: KeyKind) -> Result<[u8; 32], KeyError> {
     })
 }
 
-/// Writes a new key file; returns false (and writes nothing) if the file already exists.
-fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: KeyKind) -> Result<bool, KeyError> {
-    let path = dir.join(name);
+/// Writes `secret` to a fresh temporary file (0600) beside `name` in `dir` and syncs it; returns
+/// its path. The caller links or renames it into place.
+fn write_temp_key(
+    dir: &Path,
+    name: &str,
+    secret: &[u8; 32],
+    kind: KeyKind,
+) -> Result<std::path::PathBuf, KeyError> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
@@ -262,6 +267,13 @@ fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: KeyKind) -> Resul
         let _ = fs::remove_file(&tmp);
         return Err(io_err(&tmp)(e));
     }
+    Ok(tmp)
+}
+
+/// Writes a new key file; returns false (and writes nothing) if the file already exists.
+fn create_key(dir: &Path, name: &str, secret: &[u8; 32], kind: KeyKind) -> Result<bool, KeyError> {
+    let path = dir.join(name);
+    let tmp = write_temp_key(dir, name, secret, kind)?;
     // link() refuses to replace an existing file: this is what makes "never overwrite" hold even
     // when two keygens race.
     let linked = fs::hard_link(&tmp, &path);
@@ -287,19 +299,8 @@ pub fn replace_key_file(
     kind: KeyKind,
 ) -> Result<(), KeyError> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    let written = file
-        .write_all(render_key_file(secret, kind).as_bytes())
-        .and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
+    let tmp = write_temp_key(dir, name, secret, kind)?;
+    if let Err(e) = fs::rename(&tmp, &path) {
         let _ = fs::remove_file(&tmp);
         return Err(io_err(&path)(e));
     }
@@ -426,6 +427,34 @@ pub(crate) fn eight_torsion() -> Vec<curve25519_dalek::edwards::EdwardsPoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_key_replaces_the_file_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            read_key_file_if_present(&dir.path().join("k.key"), KeyKind::X25519)
+                .unwrap()
+                .is_none()
+        );
+        assert!(create_key(dir.path(), "k.key", &[1; 32], KeyKind::X25519).unwrap());
+        assert!(!create_key(dir.path(), "k.key", &[2; 32], KeyKind::X25519).unwrap());
+        replace_key_file(dir.path(), "k.key", &[3; 32], KeyKind::X25519).unwrap();
+        let (key, _) = read_key_file_if_present(&dir.path().join("k.key"), KeyKind::X25519)
+            .unwrap()
+            .unwrap();
+        assert_eq!(key, [3; 32]);
+        let mode = fs::metadata(dir.path().join("k.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
 
     /// One secret, one accepted point: torsion variants and small-order points are refused;
     /// `-P` is a key of its own and is accepted.
