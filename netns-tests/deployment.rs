@@ -131,15 +131,7 @@ fn example_config_forms_a_network_that_reaches_a_service() {
             })
         },
     );
-    let keys: Vec<String> = daemons
-        .iter()
-        .map(|d| {
-            lab.query(d, "status")["relay_key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let keys: Vec<String> = daemons.iter().map(|d| lab.relay_key(d)).collect();
     for (i, d) in daemons.iter().enumerate() {
         let s = lab.query(d, "status");
         assert_eq!(
@@ -233,10 +225,7 @@ fn seed_by_host_name_multihomed_dual_stack_and_an_isolated_node_that_says_why() 
     let lonely_d = lab.start_daemon(&lonely, &cfg);
     lab.wait_ready(&lonely_d, READY);
 
-    let seed_key = lab.query(&seed_d, "status")["relay_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let seed_key = lab.relay_key(&seed_d);
     lab.wait_for(
         "everyone to link to the seed by name",
         Duration::from_secs(30),

@@ -38,15 +38,7 @@ fn five_relays_link_up_and_recover() {
         lab.wait_ready(&d, READY);
         daemons.push(d);
     }
-    let keys: Vec<String> = daemons
-        .iter()
-        .map(|d| {
-            lab.query(d, "status")["relay_key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let keys: Vec<String> = daemons.iter().map(|d| lab.relay_key(d)).collect();
 
     // Everyone links to everyone (5 nodes, 8 wanted links each).
     // A full mesh, every link confirmed by a PING round trip (an RTT).

@@ -77,10 +77,7 @@ fn natted_relays_link_direct_or_relayed() {
     let keys: HashMap<String, String> = daemons
         .iter()
         .map(|(n, d)| {
-            let k = lab.query(d, "status")["relay_key"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let k = lab.relay_key(d);
             (k, n.clone())
         })
         .collect();
@@ -218,15 +215,7 @@ fn natted_links_recover_from_a_conntrack_flush() {
         lab.wait_ready(&d, READY);
         publics.push(d);
     }
-    let public_keys: Vec<String> = publics
-        .iter()
-        .map(|d| {
-            lab.query(d, "status")["relay_key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let public_keys: Vec<String> = publics.iter().map(|d| lab.relay_key(d)).collect();
     let mut natted = Vec::new();
     for h in [&cone, &sym] {
         let cfg = lab.write_config(h, &natted_config(&[&public[0], &public[1]]));

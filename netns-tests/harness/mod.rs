@@ -429,6 +429,14 @@ impl Lab {
         }
     }
 
+    /// The daemon's relay key, from `status`.
+    pub fn relay_key(&self, d: &Daemon) -> String {
+        self.query(d, "status")["relay_key"]
+            .as_str()
+            .expect("relay_key in status")
+            .to_string()
+    }
+
     /// Polls `cond` every 50 ms until it holds, or panics after `timeout` naming `what`.
     pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
