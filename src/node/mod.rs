@@ -83,7 +83,7 @@ pub struct Node {
     /// A rotated onion key the daemon has not written to disk yet.
     onion_to_save: Option<OnionKey>,
     pub(crate) dht: dht::NodeDht,
-    pub(crate) sess: sessions::NodeSessions,
+    pub(crate) sess: crate::session::SessionLayer,
     packet_bufs: Vec<Vec<u8>>,
 }
 
@@ -114,7 +114,7 @@ impl Node {
             guard_save_error: None,
             onion_to_save: None,
             dht: dht::NodeDht::new(rand.split("dht")),
-            sess: sessions::NodeSessions::new(rand.split("sessions")),
+            sess: crate::session::SessionLayer::new(rand.split("sessions")),
             packet_bufs: Vec::new(),
         }
     }
@@ -136,12 +136,6 @@ impl Node {
             buf.clear();
             self.packet_bufs.push(buf);
         }
-    }
-
-    /// A cleared buffer for a packet event.
-    #[allow(dead_code)] // used by the session layer
-    pub(crate) fn packet_buf(&mut self) -> Vec<u8> {
-        self.packet_bufs.pop().unwrap_or_default()
     }
 
     /// Takes the oldest ready pool circuit for `purpose` (the pool refills itself).
@@ -386,10 +380,7 @@ impl Node {
 
     /// Our endpoints for path rules (from our record, else as neighbours see us).
     pub(super) fn own_endpoints(&self) -> Vec<SocketAddr> {
-        match self.link.own_record() {
-            Some(r) => r.fields().endpoints.clone(),
-            None => self.link.observed().into_iter().collect(),
-        }
+        own_endpoints(&self.link)
     }
 
     /// The family prefixes of the path rules.
@@ -454,5 +445,13 @@ impl Node {
                 self.last_path_error = Some(e);
             }
         }
+    }
+}
+
+/// Our endpoints for path rules (from our record, else as neighbours see us).
+fn own_endpoints(link: &LinkLayer) -> Vec<SocketAddr> {
+    match link.own_record() {
+        Some(r) => r.fields().endpoints.clone(),
+        None => link.observed().into_iter().collect(),
     }
 }

@@ -18,13 +18,17 @@
 //! fingerprint of public values only. Every hash, KDF and MAC input starts with a label from
 //! [`crate::crypto::labels`].
 
+pub mod ctx;
 pub mod flows;
 pub mod frame;
 pub mod handshake;
 pub mod intro;
+/// The session layer's state machines (see the table above).
+pub mod layer;
 pub mod pseudonym;
 pub mod roles;
 
+pub use ctx::{DhtAnswer, DhtRequest, SessionCtx};
 pub use frame::{Direction, E2eMessage, FrameError, ReplayWindow, SessionChannel};
 pub use handshake::{
     ClientHandshake, E2eError, IntroducedClient, ServiceIdentity, SessionKeys, E2E_MSG1_LEN,
@@ -34,6 +38,7 @@ pub use intro::{
     EstablishIntro, IntroError, IntroPlaintext, Introduce1, RendCookie, RendHs, RendPlaintext,
     Rendezvous1, Rendezvous2,
 };
+pub use layer::SessionLayer;
 pub use pseudonym::Pseudonym;
 
 use hkdf::Hkdf;
