@@ -1,5 +1,5 @@
 //! The session layer joined to a node: the public session API of [`Node`], which hands each call
-//! to [`SessionLayer`] with a [`SessionCtx`] made of borrows of the node's link and circuit
+//! to [`crate::session::SessionLayer`] with a [`SessionCtx`] made of borrows of the node's link and circuit
 //! layers, and then starts the DHT queries the session layer asked for. The state machines
 //! themselves live in [`crate::session`] (see its module table).
 
@@ -21,7 +21,10 @@ use crate::wire::relay::RelayCommand;
 use super::dht::{DhtOutcome, DhtQuery};
 use super::{Node, NodeEvent};
 
-pub use crate::session::layer::*;
+pub use crate::session::layer::{
+    SendError, ServiceInfo, SessionInfo, SessionStats, SessionTestHooks,
+};
+pub use crate::session::limits::*;
 
 /// The node as the session layer sees it: split borrows of the node's parts.
 struct Ctx<'a> {

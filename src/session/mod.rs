@@ -1,32 +1,46 @@
 //! Sessions: the end-to-end layer between a client pseudonym and a service (docs/protocol.md
 //! section 10; DESIGN.md section 6).
 //!
-//! Everything here is pure: byte formats, key derivation and state machines that are handed bytes
-//! (and a random number generator where one is needed) and hand bytes back. No sockets, no clock,
-//! no circuits: the daemon moves the bytes between circuits and these types.
+//! Everything here is sans-IO. The pure pieces (byte formats, key derivation, role tables) are
+//! handed bytes and hand bytes back; the session layer's state machines ([`SessionLayer`]) are
+//! driven by the node through a narrow [`SessionCtx`] (build, extend, send on and destroy
+//! circuits; paths; reports) and ask for DHT queries as [`DhtRequest`]s. No sockets, no clock.
 //!
-//! | module        | what                                                                  |
-//! |---------------|-----------------------------------------------------------------------|
-//! | [`pseudonym`] | per-destination client pseudonyms (10.1)                              |
-//! | [`handshake`] | GN-E2E-IK, the end-to-end handshake (10.2, 10.3)                      |
-//! | [`frame`]     | end-to-end frames, the session replay window, e2e messages (10.4, 10.5) |
-//! | [`intro`]     | introduction and rendezvous bodies, cookies, the JOIN proof (10.6, 10.7) |
-//! | [`roles`]     | the intro-point and rendezvous-point tables of a relay (10.6)          |
-//! | [`flows`]     | flow keys of inner packets (10.8)                                     |
+//! | module          | what                                                                  |
+//! |-----------------|-----------------------------------------------------------------------|
+//! | [`pseudonym`]   | per-destination client pseudonyms (10.1)                              |
+//! | [`handshake`]   | GN-E2E-IK, the end-to-end handshake (10.2, 10.3)                      |
+//! | [`frame`]       | end-to-end frames, the session replay window, e2e messages (10.4, 10.5) |
+//! | [`intro`]       | introduction and rendezvous bodies, cookies, the JOIN proof (10.6, 10.7) |
+//! | [`roles`]       | the intro-point and rendezvous-point tables of a relay (10.6)          |
+//! | [`flows`]       | flow keys of inner packets (10.8)                                     |
+//! | [`ctx`]         | [`SessionCtx`], what the layer needs from the node; DHT requests       |
+//! | [`layer`]       | [`SessionLayer`]: state, the owner table of its circuits, status, entry points |
+//! | [`limits`]      | the layer's limits and timers                                         |
+//! | `dispatch`      | events of the layer's circuits, to the state machine that owns each   |
+//! | `circuits`      | paths, vanguards, suspects, stems, pool circuits for sessions          |
+//! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
+//! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
+//! | `client`        | sessions to services we visit: setup, descriptor cache, timers; `client::intro` (introductions), `client::flows` (flows, spares, JOIN, e2e frames) |
 //!
 //! This module never logs or prints secret material: key holders implement `Debug` as a short
 //! fingerprint of public values only. Every hash, KDF and MAC input starts with a label from
 //! [`crate::crypto::labels`].
 
+mod circuits;
+mod client;
 pub mod ctx;
+mod dispatch;
 pub mod flows;
 pub mod frame;
 pub mod handshake;
 pub mod intro;
-/// The session layer's state machines (see the table above).
 pub mod layer;
+pub mod limits;
+mod points;
 pub mod pseudonym;
 pub mod roles;
+mod service;
 
 pub use ctx::{DhtAnswer, DhtRequest, SessionCtx};
 pub use frame::{Direction, E2eMessage, FrameError, ReplayWindow, SessionChannel};

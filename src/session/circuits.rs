@@ -1,0 +1,221 @@
+//! Circuits for sessions: paths (with vanguards for services, 9.3, and without relays that
+//! just stopped answering), pre-built stems extended to intro and rendezvous points, and pool
+//! circuits taken for rendezvous points.
+
+use crate::circuit::layer::{CircId, Purpose};
+use crate::circuit::path::{Hop, PathContext, PathKind, Target};
+use crate::session::ctx::SessionCtx;
+use crate::session::layer::{hex8, Owner, SessionLayer};
+use crate::session::limits::*;
+use crate::time::Millis;
+use crate::wire::record::RelayRecord;
+
+fn hop_of(r: &RelayRecord) -> Hop {
+    Hop::from_record(r)
+}
+
+impl SessionLayer {
+    pub(in crate::session) fn sess_path(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        kind: PathKind,
+    ) -> Result<Vec<RelayRecord>, String> {
+        let own_endpoints = ctx.own_endpoints();
+        let pc = PathContext {
+            view: ctx.view(),
+            rules: ctx.path_rules(),
+            own_endpoints: &own_endpoints,
+            now,
+        };
+        if matches!(kind, PathKind::Service(_) | PathKind::ServiceStem) {
+            self.vanguards.maintain(&pc, ctx.guards(), &mut self.rng);
+        }
+        // A relay that just stopped answering is still in the view for a while: paths through
+        // it would wait for an EXTEND to fail. A few tries find one without; else the last.
+        self.suspects.retain(|_, until| now < *until);
+        let mut tries = 0;
+        let path = loop {
+            tries += 1;
+            let path = pc
+                .select(
+                    kind.clone(),
+                    ctx.guards(),
+                    Some(&self.vanguards),
+                    &mut self.rng,
+                )
+                .map_err(|e| e.to_string())?;
+            let clean = !path
+                .hops()
+                .iter()
+                .skip(1)
+                .any(|h| self.suspects.contains_key(&h.identity));
+            if clean || tries >= SUSPECT_PATH_TRIES {
+                break path;
+            }
+        };
+        path.hops()
+            .iter()
+            .map(|h| pc.view.get(&h.identity).cloned())
+            .collect::<Option<Vec<RelayRecord>>>()
+            .ok_or_else(|| "path: a hop left the view".to_string())
+    }
+
+    pub(in crate::session) fn sess_build(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        kind: PathKind,
+        purpose: Purpose,
+        owner: Owner,
+    ) -> Result<CircId, String> {
+        let path = self.sess_path(ctx, now, kind)?;
+        let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
+        self.owners.insert(id, owner);
+        Ok(id)
+    }
+
+    /// A circuit ending at `target`: a ready stem extended by one hop, or a fresh build.
+    pub(in crate::session) fn sess_circuit_to(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        service: bool,
+        target: &RelayRecord,
+        purpose: Purpose,
+        owner: Owner,
+    ) -> Result<CircId, String> {
+        let want = if service {
+            Owner::ServiceStem
+        } else {
+            Owner::ClientStem
+        };
+        let stems: Vec<CircId> = self
+            .stems
+            .iter()
+            .filter(|(id, ready)| *ready && self.owners.get(id) == Some(&want))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stems {
+            let suspect = ctx.path(id).is_some_and(|p| {
+                p.iter()
+                    .any(|h| self.suspects.get(h.identity()).is_some_and(|t| now < *t))
+            });
+            if suspect {
+                self.owners.remove(&id);
+                self.stems.retain(|(s, _)| *s != id);
+                ctx.destroy(now, id);
+                continue;
+            }
+            let fits = ctx
+                .path(id)
+                .is_some_and(|p| p.iter().all(|h| h.identity() != target.identity()));
+            if !fits {
+                continue;
+            }
+            if ctx.extend(now, id, target.clone()).is_ok() {
+                self.stats.stem_extends += 1;
+                self.stems.retain(|(s, _)| *s != id);
+                self.owners.insert(id, owner);
+                ctx.set_purpose(id, purpose);
+                return Ok(id);
+            }
+        }
+        self.stats.fresh_builds += 1;
+        tracing::debug!(
+            at = now,
+            target = %hex8(target.identity()),
+            "no pooled stem fits: building a circuit from scratch"
+        );
+        let kind = if service {
+            PathKind::Service(Target::PeerRendezvous(hop_of(target)))
+        } else {
+            PathKind::Client(Target::Relay(hop_of(target)))
+        };
+        self.sess_build(ctx, now, kind, purpose, owner)
+    }
+
+    /// A ready pool circuit for a rendezvous: none through a suspect relay (those are torn
+    /// down, the pool rebuilds), preferably none through a relay in `avoid` (the session's
+    /// other circuits, so that one relay's death does not take the spare too).
+    pub(in crate::session) fn sess_take_pool(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        avoid: &[[u8; 32]],
+    ) -> Option<CircId> {
+        self.suspects.retain(|_, until| now < *until);
+        let mut fallback = None;
+        let mut chosen = None;
+        for id in ctx.ready_ids(Purpose::Pool) {
+            let Some(path) = ctx.path(id) else {
+                continue;
+            };
+            if path
+                .iter()
+                .any(|r| self.suspects.contains_key(r.identity()))
+            {
+                ctx.destroy(now, id);
+                continue;
+            }
+            if path.iter().skip(1).any(|r| avoid.contains(r.identity())) {
+                fallback.get_or_insert(id);
+                continue;
+            }
+            chosen = Some(id);
+            break;
+        }
+        let id = chosen.or(fallback)?;
+        ctx.set_purpose(id, Purpose::Rendezvous);
+        Some(id)
+    }
+
+    pub(in crate::session) fn maintain_stems(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+        let wants = [
+            (
+                Owner::ClientStem,
+                if self.client_seed.is_some() {
+                    CLIENT_POOL_STEMS
+                } else {
+                    0
+                },
+                PathKind::ClientStem,
+            ),
+            (
+                Owner::ServiceStem,
+                if self.services.is_empty() {
+                    0
+                } else {
+                    SERVICE_POOL_STEMS
+                },
+                PathKind::ServiceStem,
+            ),
+        ];
+        for (owner, want, kind) in wants {
+            let have = self
+                .stems
+                .iter()
+                .filter(|(id, _)| self.owners.get(id) == Some(&owner))
+                .count();
+            if have < want {
+                let purpose = if owner == Owner::ServiceStem {
+                    Purpose::Rendezvous
+                } else {
+                    Purpose::Intro
+                };
+                match self.sess_build(ctx, now, kind, purpose, owner) {
+                    Ok(id) => {
+                        self.stems.push((id, false));
+                        self.stem_log.clear();
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if let Some(held) = self.stem_log.hit(now, &e) {
+                            tracing::debug!(repeats = held, "stem: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

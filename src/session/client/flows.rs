@@ -1,0 +1,288 @@
+//! An open client session's circuits and flows (10.8): each flow on its own circuit, a joined
+//! spare for the next one, JOINs for replacements, e2e frames in and out.
+
+use std::collections::HashMap;
+
+use crate::circuit::layer::{CircId, Purpose};
+use crate::circuit::path::{PathKind, Target};
+use crate::session::client::{Join, SessCirc};
+use crate::session::ctx::SessionCtx;
+use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
+use crate::session::frame::E2E_FRAME_LEN;
+use crate::session::intro::RendHs;
+use crate::session::layer::{addr16, evict_lru, seal, Owner, SessionLayer};
+use crate::session::limits::*;
+use crate::session::{E2eMessage, RendCookie, Rendezvous2};
+use crate::time::Millis;
+use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
+use crate::wire::relay::RelayCommand as C;
+
+impl SessionLayer {
+    /// The circuit for a packet of `flow`: its own, else the spare (a circuit no flow uses),
+    /// else the least loaded. Starts a JOIN when the spare is taken.
+    pub(in crate::session) fn client_pick_circuit(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        flow: Option<FlowKey>,
+    ) -> Option<CircId> {
+        let o = self.clients.get_mut(&dst)?.open.as_mut()?;
+        if let Some(f) = flow {
+            if let Some((c, t)) = o.flows.get_mut(&f) {
+                let c = *c;
+                if o.circuits.iter().any(|x| x.id == c) {
+                    *t = now;
+                    return Some(c);
+                }
+            }
+        }
+        let load = |id: CircId, flows: &HashMap<FlowKey, (CircId, Millis)>| {
+            flows.values().filter(|(c, _)| *c == id).count()
+        };
+        let pick = o
+            .circuits
+            .iter()
+            .map(|c| (load(c.id, &o.flows), c.id))
+            .min()
+            .map(|(_, id)| id)?;
+        if let Some(f) = flow {
+            if o.flows.len() >= MAX_FLOWS_PER_SESSION {
+                evict_lru(&mut o.flows);
+            }
+            o.flows.insert(f, (pick, now));
+            self.client_keep_spare(ctx, now, dst);
+        }
+        Some(pick)
+    }
+
+    /// Keeps `SESSION_SPARE_CIRCUITS` joined circuits without flows (10.8).
+    pub(in crate::session) fn client_keep_spare(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+    ) {
+        let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
+            return;
+        };
+        let spare = o
+            .circuits
+            .iter()
+            .filter(|c| !o.flows.values().any(|(f, _)| *f == c.id))
+            .count();
+        if spare + o.joins.len() >= SESSION_SPARE_CIRCUITS
+            || o.circuits.len() + o.joins.len() >= MAX_SESSION_CIRCUITS
+        {
+            return;
+        }
+        let cookie = RendCookie::generate(&mut self.secrets);
+        let avoid = self.session_relays(ctx, &dst);
+        let id = match self.sess_take_pool(ctx, now, &avoid) {
+            Some(id) => {
+                self.owners.insert(id, Owner::ClientJoin { dst });
+                Ok(id)
+            }
+            None => self.sess_build(
+                ctx,
+                now,
+                PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
+                Purpose::Rendezvous,
+                Owner::ClientJoin { dst },
+            ),
+        };
+        let Ok(id) = id else { return };
+        let ready = ctx.ready_ids(Purpose::Rendezvous).contains(&id);
+        if let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) {
+            o.joins.push(Join {
+                circ: id,
+                cookie,
+                started: now,
+                requested: false,
+            });
+        }
+        if ready {
+            self.client_establish_rendezvous(ctx, id);
+        }
+    }
+
+    pub(in crate::session) fn client_request_join(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        id: CircId,
+    ) {
+        let Some(rp) = ctx.path(id).and_then(|p| p.last()).cloned() else {
+            return;
+        };
+        let Ok(spec) = LinkSpec::of_record(&rp).emit() else {
+            return;
+        };
+        let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
+            return;
+        };
+        let Some(j) = o.joins.iter_mut().find(|j| j.circ == id) else {
+            return;
+        };
+        j.requested = true;
+        let cookie = j.cookie.0;
+        let request_id = o.next_request;
+        o.next_request = o.next_request.wrapping_add(1);
+        let onion = rp.fields().onion_key;
+        let msg = E2eMessage::NewCircuit(crate::session::frame::NewCircuit {
+            request_id,
+            cookie: &cookie,
+            rendezvous_link_spec: &spec,
+            rendezvous_onion_key: &onion,
+        });
+        if let Some(circ) = self.client_pick_circuit(ctx, now, dst, None) {
+            self.client_send_msg(ctx, now, dst, circ, &msg);
+        }
+    }
+
+    pub(in crate::session) fn client_on_join(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        id: CircId,
+        payload: &[u8],
+    ) {
+        let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
+            return;
+        };
+        let Some(pos) = o.joins.iter().position(|j| j.circ == id) else {
+            return;
+        };
+        let ok = match Rendezvous2::parse(payload).map(|r| r.hs) {
+            Ok(RendHs::Join(mac)) => o
+                .joins
+                .get(pos)
+                .is_some_and(|j| o.keys.verify_join_mac(&j.cookie.0, &mac)),
+            _ => false,
+        };
+        o.joins.remove(pos);
+        if !ok {
+            self.owners.remove(&id);
+            ctx.destroy(now, id);
+            return;
+        }
+        o.circuits.push(SessCirc {
+            id,
+            unanswered_since: None,
+            probe: None,
+        });
+        self.stats.joins += 1;
+        self.owners.insert(id, Owner::ClientCirc { dst });
+        ctx.set_purpose(id, Purpose::Flow);
+    }
+
+    /// Seals and sends an e2e message on one of the session's circuits.
+    pub(in crate::session) fn client_send_msg(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        circ: CircId,
+        msg: &E2eMessage<'_>,
+    ) -> bool {
+        let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
+            return false;
+        };
+        let mut buf = [0u8; E2E_FRAME_LEN];
+        let Some(n) = seal(&mut o.chan, msg, &mut buf) else {
+            return false;
+        };
+        if let Some(c) = o.circuits.iter_mut().find(|c| c.id == circ) {
+            c.unanswered_since.get_or_insert(now);
+        }
+        ctx.send(circ, C::Data, buf.get(..n).unwrap_or(&[])).is_ok()
+    }
+
+    pub(in crate::session) fn client_on_data(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        id: CircId,
+        payload: &[u8],
+    ) {
+        let mut buf = [0u8; E2E_FRAME_LEN];
+        let Some(frame) = buf.get_mut(..payload.len()) else {
+            return;
+        };
+        frame.copy_from_slice(payload);
+        let stats = &mut self.stats;
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let own = addr16(c.pseudonym.address());
+        let Some(o) = c.open.as_mut() else { return };
+        let Ok(pt) = o.chan.open_in_place(frame) else {
+            stats.frames_refused += 1;
+            return;
+        };
+        if let Some(sc) = o.circuits.iter_mut().find(|x| x.id == id) {
+            sc.unanswered_since = None;
+        }
+        let Ok(msg) = E2eMessage::parse(pt) else {
+            stats.frames_refused += 1;
+            return;
+        };
+        match msg {
+            E2eMessage::Packet(p) => match addresses(p) {
+                Some((src, d)) if src == dst && d == own && length_consistent(p) => {
+                    // The service moves a flow off a circuit it saw die (the client may not
+                    // know yet: a killed relay sends nothing): answer where it arrives.
+                    if let Some((c, t)) = flow_of(p, false).and_then(|f| o.flows.get_mut(&f)) {
+                        *c = id;
+                        *t = now;
+                    }
+                    ctx.deliver_packet(p);
+                }
+                _ => stats.packets_refused += 1,
+            },
+            E2eMessage::Pong(x) => {
+                for sc in o.circuits.iter_mut() {
+                    if sc.probe.is_some_and(|(p, _)| p == x) {
+                        sc.probe = None;
+                    }
+                }
+                if let Some((d, at)) = self.pings.remove(&x) {
+                    ctx.pong(d, x, now.saturating_sub(at));
+                }
+            }
+            E2eMessage::Ping(x) => {
+                let _ = self.client_send_msg(ctx, now, dst, id, &E2eMessage::Pong(x));
+            }
+            E2eMessage::NewCircuitRefused { .. } => {
+                // The service is at its limit: flows share the circuits there are.
+                let stale: Vec<CircId> = o
+                    .joins
+                    .iter()
+                    .filter(|j| j.requested)
+                    .map(|j| j.circ)
+                    .collect();
+                o.joins.retain(|j| !j.requested);
+                for s in stale {
+                    self.owners.remove(&s);
+                    ctx.destroy(now, s);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Relays past the first hop of the client session's circuits to `dst`.
+    fn session_relays(&self, ctx: &impl SessionCtx, dst: &[u8; 16]) -> Vec<[u8; 32]> {
+        let Some(o) = self.clients.get(dst).and_then(|c| c.open.as_ref()) else {
+            return Vec::new();
+        };
+        o.circuits
+            .iter()
+            .filter_map(|c| ctx.path(c.id))
+            .flat_map(|p| p.iter().skip(1).map(|r| *r.identity()))
+            .collect()
+    }
+}

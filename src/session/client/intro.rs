@@ -1,0 +1,457 @@
+//! Introductions (10.6): choosing an intro point, the rendezvous circuit and the circuit to the
+//! intro point, INTRODUCE1, RENDEZVOUS2; retries, rounds with a fresh descriptor, and an
+//! acknowledged attempt left to linger beside the next one.
+
+use std::collections::HashMap;
+
+use rand::seq::SliceRandom;
+
+use crate::circuit::layer::{CircId, Purpose};
+use crate::circuit::path::{PathKind, Target};
+use crate::dht::descriptor::{epochs_to_look_up, index as desc_index, IntroEntry};
+use crate::session::client::{c_intro, Introduction, OpenSession, SessCirc};
+use crate::session::ctx::{DhtRequest, SessionCtx};
+use crate::session::flows::flow_of;
+use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
+use crate::session::layer::{hex8, Owner, SessionLayer};
+use crate::session::limits::*;
+use crate::session::roles::establish_rendezvous_body;
+use crate::session::{
+    ClientHandshake, E2eMessage, Introduce1, RendCookie, Rendezvous2, SessionChannel,
+};
+use crate::time::Millis;
+use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
+use crate::wire::relay::RelayCommand as C;
+
+impl SessionLayer {
+    pub(in crate::session) fn client_start_intro(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+    ) {
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let Some(content) = c.content.clone() else {
+            return;
+        };
+        if c.tried.len() >= INTRO_ATTEMPTS {
+            self.client_next_round(ctx, now, dst, "introductions failed");
+            return;
+        }
+        let me = ctx.identity();
+        let suspects = &self.suspects;
+        let mut candidates: Vec<IntroEntry> = content
+            .intro_points
+            .iter()
+            // Ourselves (a client that is a relay can be the intro point): no circuit to us.
+            .filter(|e| !c.tried.contains(&e.auth_key) && e.identity != me)
+            .cloned()
+            .collect();
+        candidates.shuffle(&mut self.rng);
+        // Intro points behind relays that just stopped answering last (a circuit to one waits
+        // for its EXTEND to fail), and our own guards after the rest (no pooled stem reaches
+        // them: the circuit is built from scratch through another guard).
+        let guards: Vec<[u8; 32]> = ctx.guards().list().iter().map(|g| g.identity).collect();
+        candidates.sort_by_key(|e| {
+            (
+                suspects.get(&e.identity).is_some_and(|t| now < *t),
+                guards.contains(&e.identity),
+            )
+        });
+        tracing::trace!(
+            candidates = ?candidates
+                .iter()
+                .map(|e| (hex8(&e.identity), guards.contains(&e.identity)))
+                .collect::<Vec<_>>(),
+            "intro point candidates"
+        );
+        let Some(entry) = candidates.into_iter().next() else {
+            // Every intro point of this descriptor was tried (or cannot be used from here). A
+            // service publishes a new revision as its intro points come and go, so the next
+            // round looks the descriptor up again instead of trying the cached one until it
+            // expires.
+            self.client_next_round(ctx, now, dst, "no intro point left to try");
+            return;
+        };
+        c.tried.push(entry.auth_key);
+        tracing::debug!(
+            at = now,
+            intro_point = %hex8(&entry.identity),
+            kept_rend = c.spare_rend.is_some(),
+            "introducing"
+        );
+        // A rendezvous circuit kept from the last try (its cookie is registered) saves a build.
+        let kept = c
+            .spare_rend
+            .take()
+            .filter(|(id, _, _)| ctx.path(*id).is_some());
+        let cookie = match &kept {
+            Some((_, cookie, _)) => cookie.clone(),
+            None => RendCookie::generate(&mut self.secrets),
+        };
+        c.intro = Some(Introduction {
+            started: now,
+            cookie,
+            rend: None,
+            rend_ready: false,
+            intro: None,
+            intro_ready: false,
+            entry: entry.clone(),
+            service_key: content.service_key,
+            hs: None,
+            sent_at: None,
+            acked: false,
+            acked_at: None,
+        });
+        if let Some((id, _, ready)) = kept {
+            self.client_set_rend(dst, id);
+            if let Some(i) = c_intro(&mut self.clients, &dst) {
+                i.rend_ready = ready;
+            }
+        }
+        // The rendezvous point: a pooled circuit (ends at a random RENDEZVOUS relay).
+        let rend = if let Some(id) = c_intro(&mut self.clients, &dst).and_then(|i| i.rend) {
+            Ok(id)
+        } else {
+            match self.sess_take_pool(ctx, now, &[]) {
+                Some(id) => {
+                    self.owners.insert(id, Owner::ClientRend { dst });
+                    self.client_set_rend(dst, id);
+                    self.client_establish_rendezvous(ctx, id);
+                    Ok(id)
+                }
+                None => self.sess_build(
+                    ctx,
+                    now,
+                    PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
+                    Purpose::Rendezvous,
+                    Owner::ClientRend { dst },
+                ),
+            }
+        };
+        match rend {
+            Ok(id) => self.client_set_rend(dst, id),
+            Err(e) => {
+                self.client_next_round(ctx, now, dst, &format!("rendezvous circuit: {e}"));
+                return;
+            }
+        }
+        // The intro point: a stem extended to it. Its record must be in our view (the
+        // descriptor's entry names it; the signed record gives the current onion key).
+        let record = ctx
+            .view()
+            .get(&entry.identity)
+            .filter(|r| r.fields().onion_key == entry.onion_key)
+            .cloned();
+        let intro = match record {
+            Some(r) => self.sess_circuit_to(
+                ctx,
+                now,
+                false,
+                &r,
+                Purpose::Intro,
+                Owner::ClientIntro { dst },
+            ),
+            None => Err("intro point not in our view".to_string()),
+        };
+        match intro {
+            Ok(id) => {
+                if let Some(i) = self.clients.get_mut(&dst).and_then(|c| c.intro.as_mut()) {
+                    i.intro = Some(id);
+                }
+            }
+            Err(e) => self.client_retry_intro(ctx, now, dst, &e),
+        }
+    }
+
+    fn client_set_rend(&mut self, dst: [u8; 16], id: CircId) {
+        if let Some(i) = self.clients.get_mut(&dst).and_then(|c| c.intro.as_mut()) {
+            i.rend = Some(id);
+        }
+    }
+
+    pub(in crate::session) fn client_retry_intro(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        why: &str,
+    ) {
+        tracing::debug!(
+            at = now,
+            why,
+            "introduction failed; trying another intro point"
+        );
+        self.client_drop_intro(ctx, now, dst);
+        self.client_start_intro(ctx, now, dst);
+    }
+
+    /// Ends the current introduction attempt. Its rendezvous circuit is kept for the next one
+    /// if the service cannot have seen the attempt (no INTRODUCE_ACK yet): a late RENDEZVOUS1
+    /// for an abandoned handshake would otherwise arrive on it.
+    fn client_drop_intro(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let Some(i) = c.intro.take() else { return };
+        if i.acked && i.rend.is_some() && i.hs.is_some() {
+            // The service has it: let it answer late while the next attempt runs.
+            let old = c.lingering.replace(i).and_then(|o| o.rend);
+            if let Some(id) = old {
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+            }
+            return;
+        }
+        let mut close: Vec<CircId> = i.intro.into_iter().collect();
+        // Only a ready one: a rendezvous circuit still building when the attempt gave up may
+        // run through a dead relay, and would spoil every later attempt too.
+        match i.rend {
+            Some(r) if i.rend_ready && !i.acked && i.hs.is_none() && c.spare_rend.is_none() => {
+                c.spare_rend = Some((r, i.cookie, true));
+            }
+            Some(r) => close.push(r),
+            None => {}
+        }
+        for id in close {
+            self.owners.remove(&id);
+            ctx.destroy(now, id);
+        }
+    }
+
+    /// Every intro point of the descriptor failed: look it up again after a short wait (the
+    /// service may have replaced them), unless the session's setup time would be over.
+    pub(in crate::session) fn client_next_round(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        why: &str,
+    ) {
+        self.client_drop_intro(ctx, now, dst);
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let delay = INTRO_ROUND_DELAY_MS
+            .saturating_mul(1 << c.rounds.min(8))
+            .min(INTRO_ROUND_DELAY_MAX_MS);
+        if now + delay >= c.started + SESSION_SETUP_TIMEOUT_MS {
+            // The next session looks the descriptor up afresh.
+            self.forget_descriptor(now, &dst);
+            self.client_fail(ctx, now, dst, why);
+            return;
+        }
+        tracing::debug!(
+            at = now,
+            why,
+            round = c.rounds,
+            "introductions failed; trying again after a pause"
+        );
+        c.rounds += 1;
+        c.tried.clear();
+        c.content = None;
+        c.retry_at = Some(now + delay);
+        // The next round tries the cached descriptor again (a service rebuilds its circuits to
+        // the same intro points, so it usually works once the service noticed) while a lookup
+        // refreshes it meanwhile (a service that had to replace intro points republishes; a
+        // DHT that just lost relays can take tens of seconds to answer, so not waiting for it).
+        self.client_lookup_descriptor(now, dst);
+    }
+
+    /// Looks the descriptor of `dst` up in the DHT. Its answer starts an introduction only if
+    /// the session is waiting for it (`lookup` set); otherwise it just refreshes the cache.
+    pub(in crate::session) fn client_lookup_descriptor(&mut self, now: Millis, dst: [u8; 16]) {
+        let (cur, _) = epochs_to_look_up(now / 1000);
+        self.dht_requests.push_back(DhtRequest::Lookup {
+            dst,
+            key: desc_index(&dst, cur),
+        });
+    }
+
+    pub(in crate::session) fn client_try_introduce(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+    ) {
+        let hooks = self.hooks.clone();
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let Some(i) = c.intro.as_mut() else { return };
+        if !(i.rend_ready && i.intro_ready) || i.hs.is_some() {
+            return;
+        }
+        let (Some(rend), Some(intro)) = (i.rend, i.intro) else {
+            return;
+        };
+        let Some(rp) = ctx.path(rend).and_then(|p| p.last()) else {
+            return;
+        };
+        let Ok(spec) = LinkSpec::of_record(rp).emit() else {
+            return;
+        };
+        let pt = IntroPlaintext {
+            cookie: i.cookie.clone(),
+            rendezvous_link_spec: spec,
+            rendezvous_onion_key: rp.fields().onion_key,
+            tlv: [0u8; INTRO_TLV_LEN],
+        }
+        .emit();
+        let made = match hooks.claim_pseudonym {
+            Some(claim) => ClientHandshake::forged(
+                &mut self.secrets,
+                &i.service_key,
+                &i.entry.auth_key,
+                &claim,
+                &c.pseudonym,
+                &pt,
+            ),
+            None => ClientHandshake::new(
+                &mut self.secrets,
+                &i.service_key,
+                &i.entry.auth_key,
+                &c.pseudonym,
+                &pt,
+            ),
+        };
+        let Ok((hs, msg1)) = made else {
+            self.client_retry_intro(ctx, now, dst, "handshake");
+            return;
+        };
+        i.hs = Some(hs);
+        i.sent_at = Some(now);
+        let body = Introduce1 {
+            auth_key: i.entry.auth_key,
+            msg1,
+        }
+        .emit();
+        let _ = ctx.send(intro, C::Introduce1, &body);
+        if hooks.send_introduce_twice {
+            let _ = ctx.send(intro, C::Introduce1, &body);
+        }
+    }
+
+    pub(in crate::session) fn client_on_rendezvous2(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        id: CircId,
+        payload: &[u8],
+    ) {
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let msg2 = match Rendezvous2::parse(payload).map(|r| r.hs) {
+            Ok(RendHs::Ik(m)) => m,
+            _ => return,
+        };
+        let current = c.intro.as_ref().is_some_and(|i| i.rend == Some(id));
+        let late = c.lingering.as_ref().is_some_and(|i| i.rend == Some(id));
+        let hs = if current {
+            c.intro.as_mut().and_then(|i| i.hs.take())
+        } else if late {
+            c.lingering.as_mut().and_then(|i| i.hs.take())
+        } else {
+            None
+        };
+        let Some(hs) = hs else { return };
+        let keys = match hs.finish(&msg2) {
+            Ok((keys, _)) => keys,
+            Err(e) if current => {
+                self.client_retry_intro(ctx, now, dst, &format!("message 2: {e}"));
+                return;
+            }
+            Err(_) => {
+                c.lingering = None;
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+                return;
+            }
+        };
+        // Whichever attempt succeeded, the other one ends.
+        let (won, other) = if current {
+            (c.intro.take(), c.lingering.take())
+        } else {
+            (c.lingering.take(), c.intro.take())
+        };
+        let mut close: Vec<CircId> = won.and_then(|i| i.intro).into_iter().collect();
+        if let Some(o) = other {
+            close.extend([o.intro, o.rend].into_iter().flatten());
+        }
+        for x in close {
+            self.owners.remove(&x);
+            ctx.destroy(now, x);
+        }
+        tracing::debug!(
+            at = now,
+            setup_ms = now.saturating_sub(c.started),
+            rounds = c.rounds,
+            "client session open"
+        );
+        c.open = Some(OpenSession {
+            chan: SessionChannel::client(&keys),
+            keys,
+            established: now,
+            circuits: vec![SessCirc {
+                id,
+                unanswered_since: None,
+                probe: None,
+            }],
+            flows: HashMap::new(),
+            joins: Vec::new(),
+            next_request: 1,
+        });
+        self.stats.client_sessions += 1;
+        self.owners.insert(id, Owner::ClientCirc { dst });
+        ctx.set_purpose(id, Purpose::Flow);
+        let (queue, pings) = match self.clients.get_mut(&dst) {
+            Some(c) => (std::mem::take(&mut c.queue), std::mem::take(&mut c.pings)),
+            None => return,
+        };
+        for p in pings {
+            if let Some(circ) = self.client_pick_circuit(ctx, now, dst, None) {
+                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(p));
+            }
+        }
+        for p in queue {
+            let flow = flow_of(&p, true);
+            if let Some(circ) = self.client_pick_circuit(ctx, now, dst, flow) {
+                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Packet(&p));
+            }
+            ctx.recycle_packet(p);
+        }
+        self.client_keep_spare(ctx, now, dst);
+    }
+
+    pub(in crate::session) fn client_establish_rendezvous(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        id: CircId,
+    ) {
+        let cookie = match self.owners.get(&id) {
+            Some(Owner::ClientRend { dst }) => self
+                .clients
+                .get(dst)
+                .and_then(|c| c.intro.as_ref())
+                .map(|i| i.cookie.clone()),
+            Some(Owner::ClientJoin { dst }) => self
+                .clients
+                .get(dst)
+                .and_then(|c| c.open.as_ref())
+                .and_then(|o| o.joins.iter().find(|j| j.circ == id))
+                .map(|j| j.cookie.clone()),
+            _ => None,
+        };
+        if let Some(cookie) = cookie {
+            let _ = ctx.send(
+                id,
+                C::EstablishRendezvous,
+                &establish_rendezvous_body(&cookie),
+            );
+        }
+    }
+}

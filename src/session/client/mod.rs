@@ -1,0 +1,553 @@
+//! Sessions to services this node visits: the client state machine. A session starts with a
+//! descriptor (cached, else looked up through the DHT by the node), goes through introductions
+//! ([`intro`]) and is open once RENDEZVOUS2 completes the handshake; its flows ride joined
+//! circuits ([`flows`]). Here: starting, failing, the descriptor cache, timers, closing.
+
+mod flows;
+mod intro;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+
+use crate::budget::{Charge, MemoryBudget};
+use crate::circuit::layer::CircId;
+use crate::dht::descriptor::{
+    epochs_to_look_up, index as desc_index, Descriptor, DescriptorContent, IntroEntry,
+};
+use crate::session::ctx::{DhtAnswer, SessionCtx};
+use crate::session::flows::{flow_of, FlowKey};
+use crate::session::layer::{SendError, SessionLayer};
+use crate::session::limits::*;
+use crate::session::{
+    ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
+};
+use crate::time::Millis;
+
+pub(in crate::session) struct Introduction {
+    pub(in crate::session) started: Millis,
+    pub(in crate::session) cookie: RendCookie,
+    pub(in crate::session) rend: Option<CircId>,
+    pub(in crate::session) rend_ready: bool,
+    pub(in crate::session) intro: Option<CircId>,
+    pub(in crate::session) intro_ready: bool,
+    pub(in crate::session) entry: IntroEntry,
+    pub(in crate::session) service_key: [u8; 32],
+    pub(in crate::session) hs: Option<ClientHandshake>,
+    /// When INTRODUCE1 was sent.
+    pub(in crate::session) sent_at: Option<Millis>,
+    pub(in crate::session) acked: bool,
+    pub(in crate::session) acked_at: Option<Millis>,
+}
+
+pub(in crate::session) struct SessCirc {
+    pub(in crate::session) id: CircId,
+    /// When we first sent on it after its last answer.
+    pub(in crate::session) unanswered_since: Option<Millis>,
+    pub(in crate::session) probe: Option<(u64, Millis)>,
+}
+
+pub(in crate::session) struct Join {
+    pub(in crate::session) circ: CircId,
+    pub(in crate::session) cookie: RendCookie,
+    pub(in crate::session) started: Millis,
+    pub(in crate::session) requested: bool,
+}
+
+pub(in crate::session) struct OpenSession {
+    pub(in crate::session) chan: SessionChannel,
+    pub(in crate::session) keys: SessionKeys,
+    pub(in crate::session) established: Millis,
+    pub(in crate::session) circuits: Vec<SessCirc>,
+    pub(in crate::session) flows: HashMap<FlowKey, (CircId, Millis)>,
+    pub(in crate::session) joins: Vec<Join>,
+    pub(in crate::session) next_request: u32,
+}
+
+pub(in crate::session) struct ClientSession {
+    pub(in crate::session) pseudonym: Pseudonym,
+    pub(in crate::session) started: Millis,
+    pub(in crate::session) queue: VecDeque<Vec<u8>>,
+    pub(in crate::session) pings: Vec<u64>,
+    pub(in crate::session) lookup: Option<Millis>,
+    pub(in crate::session) content: Option<DescriptorContent>,
+    pub(in crate::session) tried: Vec<[u8; 32]>,
+    /// Descriptor rounds that failed (every intro point tried).
+    pub(in crate::session) rounds: u32,
+    /// While waiting between rounds: when to look the descriptor up again.
+    pub(in crate::session) retry_at: Option<Millis>,
+    /// A ready rendezvous circuit (and its registered cookie) kept from an introduction that
+    /// failed on the intro point's side, for the next try.
+    pub(in crate::session) spare_rend: Option<(CircId, RendCookie, bool)>,
+    pub(in crate::session) intro: Option<Introduction>,
+    /// An earlier attempt the service acknowledged but has not answered yet: it may still
+    /// succeed while the next one runs (its RENDEZVOUS2 is accepted until it expires).
+    pub(in crate::session) lingering: Option<Introduction>,
+    pub(in crate::session) open: Option<OpenSession>,
+    pub(in crate::session) _charge: Charge,
+}
+
+/// Reports `dst` unreachable; the error for the caller.
+pub(in crate::session) fn unreachable(
+    ctx: &mut impl SessionCtx,
+    dst: [u8; 16],
+    why: &str,
+) -> SendError {
+    ctx.unreachable(dst, why);
+    SendError::Unreachable(why.to_string())
+}
+
+pub(in crate::session) fn c_intro<'a>(
+    clients: &'a mut HashMap<[u8; 16], ClientSession>,
+    dst: &[u8; 16],
+) -> Option<&'a mut Introduction> {
+    clients.get_mut(dst).and_then(|c| c.intro.as_mut())
+}
+
+impl SessionLayer {
+    /// Sets the node's own service seed, from which per-destination pseudonyms are derived
+    /// (10.1); destinations in `real_identity_for` see the real identity instead.
+    pub fn set_client_identity(&mut self, seed: [u8; 32], real_identity_for: Vec<[u8; 16]>) {
+        self.client_seed = Some(seed);
+        self.real_for = real_identity_for;
+    }
+
+    /// The address this node shows `dst` as a client (its pseudonym for `dst`, or its real
+    /// address where configured), if a client identity is set.
+    pub fn pseudonym_for(&self, dst: [u8; 16]) -> Option<Ipv6Addr> {
+        let seed = self.client_seed.as_ref()?;
+        let real = self.real_for.contains(&dst);
+        Some(Pseudonym::for_destination(seed, &Ipv6Addr::from(dst), real).address())
+    }
+
+    /// Sends an e2e PING on the session to `dst` (starting one if needed). The answer is a
+    /// [`crate::node::NodeEvent::Pong`] with the returned id.
+    pub fn e2e_ping(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+    ) -> Result<u64, SendError> {
+        let Some(seed) = self.client_seed else {
+            return Err(SendError::Unreachable("no client identity".into()));
+        };
+        let id = self.ping_id();
+        self.pings.insert(id, (dst, now));
+        let real = self.real_for.contains(&dst);
+        let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
+        self.client_session(ctx, now, dst, pseudonym)?;
+        let open = self.clients.get(&dst).is_some_and(|c| c.open.is_some());
+        if open {
+            let circ = self.client_pick_circuit(ctx, now, dst, None);
+            if let Some(circ) = circ {
+                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
+            }
+        } else if let Some(c) = self.clients.get_mut(&dst) {
+            if c.pings.len() < MAX_QUEUED_PACKETS {
+                c.pings.push(id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Puts a descriptor into the client cache (after the storage checks of 11.5; the client
+    /// checks run when it is used).
+    pub fn cache_descriptor(
+        &mut self,
+        budget: &MemoryBudget,
+        now: Millis,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let d = Descriptor::parse(bytes, now).map_err(|e| e.to_string())?;
+        let now_s = now / 1000;
+        self.desc_cache.retain(|_, (d, _)| d.expires() > now_s);
+        if let Some((old, _)) = self.desc_cache.get(d.index()) {
+            if old.revision() >= d.revision() {
+                return Ok(());
+            }
+        }
+        if self.desc_cache.len() >= MAX_CACHED_DESCRIPTORS {
+            let oldest = self
+                .desc_cache
+                .iter()
+                .min_by_key(|(_, (d, _))| d.expires())
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.desc_cache.remove(&k);
+            }
+        }
+        let charge = budget.try_charge(DESC_CACHE_COST).ok_or("memory budget")?;
+        self.desc_cache.insert(*d.index(), (d, charge));
+        Ok(())
+    }
+
+    /// Circuits of our client session to `dst` and the flows on each (for tests and status).
+    pub fn session_circuits(&self, dst: [u8; 16]) -> Vec<(CircId, usize)> {
+        let Some(o) = self.clients.get(&dst).and_then(|c| c.open.as_ref()) else {
+            return Vec::new();
+        };
+        o.circuits
+            .iter()
+            .map(|c| (c.id, o.flows.values().filter(|(f, _)| *f == c.id).count()))
+            .collect()
+    }
+
+    /// The circuit a flow of our session to `dst` rides.
+    pub fn flow_circuit(&self, dst: [u8; 16], flow: &FlowKey) -> Option<CircId> {
+        self.clients
+            .get(&dst)
+            .and_then(|c| c.open.as_ref())
+            .and_then(|o| o.flows.get(flow))
+            .map(|(c, _)| *c)
+    }
+
+    /// Finds or starts the client session to `dst`.
+    fn client_session(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        pseudonym: Pseudonym,
+    ) -> Result<(), SendError> {
+        if self.clients.contains_key(&dst) {
+            return Ok(());
+        }
+        if self.session_count() >= MAX_SESSIONS {
+            return Err(unreachable(ctx, dst, "session limit reached"));
+        }
+        let Some(charge) = ctx.budget().try_charge(SESSION_COST) else {
+            return Err(unreachable(ctx, dst, "memory budget"));
+        };
+        self.clients.insert(
+            dst,
+            ClientSession {
+                pseudonym,
+                started: now,
+                queue: VecDeque::new(),
+                pings: Vec::new(),
+                lookup: None,
+                content: None,
+                tried: Vec::new(),
+                rounds: 0,
+                retry_at: None,
+                spare_rend: None,
+                intro: None,
+                lingering: None,
+                open: None,
+                _charge: charge,
+            },
+        );
+        self.client_find_descriptor(ctx, now, dst);
+        Ok(())
+    }
+
+    pub(in crate::session) fn client_fail(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        why: &str,
+    ) {
+        if let Some(c) = self.clients.remove(&dst) {
+            let spare = c.spare_rend.map(|(id, _, _)| id);
+            let lingering = c.lingering.and_then(|l| l.rend);
+            if let Some(i) = c.intro {
+                for id in [i.rend, i.intro].into_iter().flatten() {
+                    self.owners.remove(&id);
+                    ctx.destroy(now, id);
+                }
+            }
+            for id in [spare, lingering].into_iter().flatten() {
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+            }
+            for (id, (d, _)) in self.pings.clone() {
+                if d == dst {
+                    self.pings.remove(&id);
+                }
+            }
+        }
+        tracing::debug!(why, "destination unreachable");
+        unreachable(ctx, dst, why);
+    }
+
+    /// Drops the cached descriptors of `dst` (both epochs a lookup would ask for).
+    pub(in crate::session) fn forget_descriptor(&mut self, now: Millis, dst: &[u8; 16]) {
+        let (cur, other) = epochs_to_look_up(now / 1000);
+        for e in [Some(cur), other].into_iter().flatten() {
+            self.desc_cache.remove(&desc_index(dst, e));
+        }
+    }
+
+    /// A valid cached descriptor for `dst` (current epoch first), opened.
+    fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
+        let now_s = now / 1000;
+        let (cur, other) = epochs_to_look_up(now_s);
+        [Some(cur), other].into_iter().flatten().find_map(|e| {
+            let (d, _) = self.desc_cache.get(&desc_index(dst, e))?;
+            if d.expires() <= now_s {
+                return None;
+            }
+            d.open(dst, e).ok()
+        })
+    }
+
+    fn client_find_descriptor(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+        if let Some(content) = self.cached_content(now, &dst) {
+            if let Some(c) = self.clients.get_mut(&dst) {
+                c.content = Some(content);
+                c.lookup = None;
+            }
+            self.client_start_intro(ctx, now, dst);
+            return;
+        }
+        if let Some(c) = self.clients.get_mut(&dst) {
+            c.lookup = Some(now);
+        }
+        self.client_lookup_descriptor(now, dst);
+    }
+
+    pub(in crate::session) fn client_lookup_done(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        answer: DhtAnswer<'_>,
+    ) {
+        if let DhtAnswer::Records(records) = answer {
+            for r in records {
+                if let Err(e) = self.cache_descriptor(ctx.budget(), now, r) {
+                    tracing::debug!("descriptor from the DHT: {e}");
+                }
+            }
+        }
+        let content = self.cached_content(now, &dst);
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        // A refresh (or a lookup that already timed out) has no lookup time: only the cache
+        // changed, and the outcome is consumed.
+        if c.lookup.is_none() {
+            return;
+        }
+        c.lookup = None;
+        match content {
+            Some(content) => {
+                c.content = Some(content);
+                self.client_start_intro(ctx, now, dst);
+            }
+            None => {
+                let why = match answer {
+                    DhtAnswer::Failed(e) => format!("descriptor lookup failed: {e}"),
+                    _ => "no descriptor for this address".to_string(),
+                };
+                // The first lookup's failure is final (an unknown address fails fast); one
+                // between rounds is tried again (the service may be republishing).
+                if c.rounds > 0 {
+                    self.client_next_round(ctx, now, dst, &why);
+                } else {
+                    self.client_fail(ctx, now, dst, &why);
+                }
+            }
+        }
+    }
+
+    pub(in crate::session) fn client_lost_circuit(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        id: CircId,
+    ) {
+        let Some(c) = self.clients.get_mut(&dst) else {
+            return;
+        };
+        let Some(o) = c.open.as_mut() else { return };
+        o.circuits.retain(|x| x.id != id);
+        let active = o
+            .flows
+            .values()
+            .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
+        let before = o.flows.len();
+        o.flows.retain(|_, (f, _)| *f != id);
+        self.stats.flows_moved += (before - o.flows.len()) as u64;
+        if o.circuits.is_empty() {
+            // No circuit left: the session ends and a new introduction starts (10.8); flow-layer
+            // state survives. At once only if a flow carried a packet lately (its next one then
+            // finds the session up, not starting): a session nobody uses should not come back
+            // by itself (and a twin with the same pseudonym, a restarted node, would otherwise
+            // fight it for the service's single session slot).
+            self.client_close(ctx, now, dst);
+            if let (true, Some(seed)) = (active, self.client_seed) {
+                let real = self.real_for.contains(&dst);
+                let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
+                tracing::debug!(
+                    at = now,
+                    "session lost with active flows: introducing again"
+                );
+                let _ = self.client_session(ctx, now, dst, pseudonym);
+            }
+        } else {
+            self.client_keep_spare(ctx, now, dst);
+        }
+    }
+
+    pub(in crate::session) fn client_send(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+        pseudonym: Pseudonym,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        self.client_session(ctx, now, dst, pseudonym)?;
+        let open = match self.clients.get(&dst) {
+            Some(c) => c.open.is_some(),
+            // It failed at once (the lookup answered synchronously).
+            None => return Err(SendError::Unreachable("no session could be made".into())),
+        };
+        if !open {
+            let mut buf = ctx.packet_buf();
+            buf.extend_from_slice(packet);
+            if let Some(c) = self.clients.get_mut(&dst) {
+                if c.queue.len() >= MAX_QUEUED_PACKETS {
+                    c.queue.pop_front();
+                }
+                c.queue.push_back(buf);
+            }
+            return Ok(());
+        }
+        let flow = flow_of(packet, true);
+        let Some(circ) = self.client_pick_circuit(ctx, now, dst, flow) else {
+            return Err(SendError::Unreachable("session has no circuit".into()));
+        };
+        if self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Packet(packet)) {
+            Ok(())
+        } else {
+            Err(SendError::Unreachable("circuit refused the frame".into()))
+        }
+    }
+
+    pub(in crate::session) fn client_maintain(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+        let dsts: Vec<[u8; 16]> = self.clients.keys().copied().collect();
+        for dst in dsts {
+            let Some(c) = self.clients.get_mut(&dst) else {
+                continue;
+            };
+            if c.lookup
+                .is_some_and(|t| now.saturating_sub(t) >= LOOKUP_TIMEOUT_MS)
+            {
+                self.client_fail(ctx, now, dst, "descriptor lookup timed out");
+                continue;
+            }
+            if c.open.is_none() && now.saturating_sub(c.started) >= SESSION_SETUP_TIMEOUT_MS {
+                self.client_fail(ctx, now, dst, "session setup timed out");
+                continue;
+            }
+            if c.retry_at.is_some_and(|t| now >= t) {
+                c.retry_at = None;
+                self.client_find_descriptor(ctx, now, dst);
+                continue;
+            }
+            let stuck = c.intro.as_ref().is_some_and(|i| {
+                let age = now.saturating_sub(i.started);
+                let since = |t: Option<Millis>| t.map(|t| now.saturating_sub(t));
+                age >= REND_TIMEOUT_MS
+                    || (age >= INTRO_STEP_TIMEOUT_MS && !(i.rend_ready && i.intro_ready))
+                    || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
+                    || since(i.acked_at) >= Some(REND_AFTER_ACK_TIMEOUT_MS)
+            });
+            let expired = c.lingering.as_ref().is_some_and(|l| {
+                l.acked_at
+                    .is_none_or(|t| now.saturating_sub(t) >= REND_LINGER_MS)
+            });
+            if expired {
+                if let Some(id) = c.lingering.take().and_then(|l| l.rend) {
+                    self.owners.remove(&id);
+                    ctx.destroy(now, id);
+                }
+            }
+            let Some(c) = self.clients.get_mut(&dst) else {
+                continue;
+            };
+            if stuck {
+                self.client_retry_intro(ctx, now, dst, "introduction timed out");
+                continue;
+            }
+            let Some(o) = c.open.as_mut() else { continue };
+            // Circuits that stopped answering get an e2e PING; no PONG: dead (10.8).
+            let mut probes = Vec::new();
+            let mut dead = Vec::new();
+            for sc in o.circuits.iter_mut() {
+                match (sc.probe, sc.unanswered_since) {
+                    (Some((_, at)), _) if now.saturating_sub(at) >= CIRCUIT_PROBE_TIMEOUT_MS => {
+                        dead.push(sc.id)
+                    }
+                    (None, Some(t)) if now.saturating_sub(t) >= CIRCUIT_PROBE_AFTER_MS => {
+                        let id = self.next_ping;
+                        self.next_ping += 1;
+                        sc.probe = Some((id, now));
+                        probes.push((sc.id, id));
+                    }
+                    _ => {}
+                }
+            }
+            let expired_joins: Vec<CircId> = o
+                .joins
+                .iter()
+                .filter(|j| now.saturating_sub(j.started) >= REND_TIMEOUT_MS)
+                .map(|j| j.circ)
+                .collect();
+            o.joins.retain(|j| !expired_joins.contains(&j.circ));
+            o.flows
+                .retain(|_, (_, t)| now.saturating_sub(*t) < FLOW_IDLE_MS);
+            let old = now.saturating_sub(o.established) >= SESSION_MAX_AGE_MS;
+            for (circ, id) in probes {
+                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
+            }
+            for id in expired_joins {
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+            }
+            for id in dead {
+                self.stats.probe_failures += 1;
+                let relays: Vec<[u8; 32]> = ctx
+                    .path(id)
+                    .map(|p| p.iter().skip(1).map(|r| *r.identity()).collect())
+                    .unwrap_or_default();
+                for r in relays {
+                    self.suspects.insert(r, now + SUSPECT_MS);
+                }
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+                self.client_lost_circuit(ctx, now, dst, id);
+            }
+            if old {
+                self.client_close(ctx, now, dst);
+                continue;
+            }
+            self.client_keep_spare(ctx, now, dst);
+        }
+    }
+
+    /// Ends a client session (its circuits close; the next packet makes a new one).
+    fn client_close(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+        let Some(c) = self.clients.remove(&dst) else {
+            return;
+        };
+        tracing::debug!(at = now, "client session closed");
+        let mut ids: Vec<CircId> = Vec::new();
+        if let Some(o) = c.open {
+            ids.extend(o.circuits.iter().map(|c| c.id));
+            ids.extend(o.joins.iter().map(|j| j.circ));
+        }
+        if let Some(i) = c.intro {
+            ids.extend([i.rend, i.intro].into_iter().flatten());
+        }
+        ids.extend(c.spare_rend.map(|(id, _, _)| id));
+        ids.extend(c.lingering.and_then(|l| l.rend));
+        for id in ids {
+            self.owners.remove(&id);
+            ctx.destroy(now, id);
+        }
+    }
+}

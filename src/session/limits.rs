@@ -1,0 +1,151 @@
+//! Limits and timers of the session layer, in one place: the client and service sides share
+//! several (docs/protocol.md section 10 gives the reasons for most).
+
+use crate::time::Millis;
+
+/// Intro points a service keeps.
+pub const NUM_INTRO_POINTS: usize = 3;
+
+/// How long a new service waits for all its intro points before publishing fewer.
+pub const FIRST_DESC_WAIT_MS: Millis = 5_000;
+
+/// Intro point lifetime bounds (rotation, 10.6).
+pub const INTRO_POINT_LIFETIME_MIN_MS: Millis = 64_800_000;
+
+/// Upper bound of the intro point lifetime.
+pub const INTRO_POINT_LIFETIME_MAX_MS: Millis = 86_400_000;
+
+/// Introductions after which an intro point is rotated.
+pub const INTRO_MAX_INTRODUCTIONS: u64 = 16_384;
+
+/// Introductions a service acts on per second, and the burst.
+pub const SERVICE_INTRO_RATE: (f64, f64) = (10.0, 100.0);
+
+/// Intro points a client tries before giving up.
+pub const INTRO_ATTEMPTS: usize = 3;
+
+/// An introduction (or a JOIN) must finish this long after it started.
+pub const REND_TIMEOUT_MS: Millis = 20_000;
+
+/// After INTRODUCE_ACK, the service's RENDEZVOUS1 is waited for this long before another intro
+/// point is tried too (an intro point acknowledges once it passed the introduction on; a relay
+/// that died on the service's side of it loses it silently).
+pub const REND_AFTER_ACK_TIMEOUT_MS: Millis = 3_000;
+
+/// ... and an attempt that waited that long stays open beside the next one until this long
+/// after its acknowledgement (a slow service still gets through).
+pub const REND_LINGER_MS: Millis = 15_000;
+
+/// A descriptor lookup is given up after this long.
+pub const LOOKUP_TIMEOUT_MS: Millis = 30_000;
+
+/// A new session that is not open this long after its first packet gives up (its queued
+/// packets are answered unreachable). Until then failed introductions are retried with a fresh
+/// descriptor: a service replaces intro points it lost within seconds, so the next revision
+/// usually works.
+pub const SESSION_SETUP_TIMEOUT_MS: Millis = 40_000;
+
+/// The first wait before looking the descriptor up again after every intro point failed;
+/// doubles each round up to [`INTRO_ROUND_DELAY_MAX_MS`].
+pub const INTRO_ROUND_DELAY_MS: Millis = 1_000;
+
+/// The longest wait between rounds.
+pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;
+
+/// An intro point that is not established this long after its circuit was started (a lost
+/// ESTABLISH_INTRO or a circuit stuck in extension) is replaced.
+pub const INTRO_ESTABLISH_TIMEOUT_MS: Millis = 20_000;
+
+/// A service's circuit to an intro point that died is rebuilt to the same relay this many
+/// times (until it is established again) before the intro point is replaced.
+pub const INTRO_REBUILDS: u8 = 2;
+
+/// A service's circuit to a client's rendezvous point is built this many times at most (a
+/// relay on the first path may have died).
+pub const SERVICE_REND_TRIES: u8 = 2;
+
+/// A client session that lost its last circuit is made again at once if a flow used it this
+/// recently.
+pub const RESUME_ACTIVE_MS: Millis = 10_000;
+
+/// After a failed descriptor publication, the next try.
+pub const PUBLISH_RETRY_MS: Millis = 10_000;
+
+/// A descriptor for an epoch other than the current one goes out this long after the current
+/// epoch's (uniformly at random in the range), so that storage nodes and last hops do not see a
+/// service's two blinded keys arrive together (12.6).
+pub const DESC_SPREAD_MS: (Millis, Millis) = (5_000, 120_000);
+
+/// The periodic republication comes up to this much before `DESC_REPUBLISH_S` (at random), so
+/// that its time does not tie a service's epochs either.
+pub const DESC_REPUBLISH_JITTER_MS: Millis = 900_000;
+
+/// A revision after the first of a run is up to this much below the time it is made (and
+/// still above the previous one): revisions of two epochs made at once do not match.
+pub const DESC_REVISION_JITTER_MS: Millis = 60_000;
+
+/// The last hops of a service's publications it remembers, to keep the records of two epochs
+/// off one relay (12.6).
+pub const DESC_VIA_MAX: usize = 32;
+
+/// Joined, unused circuits a session keeps for new flows.
+pub const SESSION_SPARE_CIRCUITS: usize = 1;
+
+/// A session is renewed (new introduction) after this long.
+pub const SESSION_MAX_AGE_MS: Millis = 86_400_000;
+
+/// Sessions per node, both roles.
+pub const MAX_SESSIONS: usize = 4096;
+
+/// Introductions a service has in progress (rendezvous not yet joined).
+pub const MAX_PENDING_INTRODUCTIONS: usize = 64;
+
+/// Flows a session tracks (the least recently used is forgotten first).
+pub const MAX_FLOWS_PER_SESSION: usize = 256;
+
+/// Circuits one session may hold (flows share circuits beyond it).
+pub const MAX_SESSION_CIRCUITS: usize = 16;
+
+/// Packets queued per destination while a session is made.
+pub const MAX_QUEUED_PACKETS: usize = 32;
+
+/// Descriptors a client caches.
+pub const MAX_CACHED_DESCRIPTORS: usize = 1024;
+
+/// A circuit that carried our cells this long without an answer gets an e2e PING.
+pub const CIRCUIT_PROBE_AFTER_MS: Millis = 5_000;
+
+/// ... and is dead if the PONG does not come within this.
+pub const CIRCUIT_PROBE_TIMEOUT_MS: Millis = 3_000;
+
+/// A flow unused this long is forgotten (its circuit goes back to being a spare).
+pub const FLOW_IDLE_MS: Millis = 300_000;
+
+/// Relays on a circuit that stopped answering are avoided for this long.
+pub const SUSPECT_MS: Millis = 120_000;
+
+/// An introduction whose two circuits are not both ready by now is retried elsewhere.
+pub const INTRO_STEP_TIMEOUT_MS: Millis = 5_000;
+
+/// Pre-built client stems (guard, middle), extended to intro points.
+pub const CLIENT_POOL_STEMS: usize = 2;
+
+/// Pre-built service stems (guard, vanguard, middle), extended to rendezvous points.
+pub const SERVICE_POOL_STEMS: usize = 4;
+
+/// Memory charged per session.
+pub(in crate::session) const SESSION_COST: usize = 16 * 1024;
+
+/// Memory charged per cached descriptor.
+pub(in crate::session) const DESC_CACHE_COST: usize = 1200;
+
+/// Paths drawn to find one without a suspect relay.
+pub(in crate::session) const SUSPECT_PATH_TRIES: usize = 8;
+
+/// A relay whose link to us went down is avoided in new paths for this long (or until a link to
+/// it is up again): its record outlives it in every view, and an EXTEND to it fails only after
+/// the extending relay's dial times out.
+pub(in crate::session) const LINK_DOWN_SUSPECT_MS: Millis = SUSPECT_MS;
+
+/// Intro circuits are rebuilt no faster than this after a failure.
+pub(in crate::session) const INTRO_RETRY_MS: Millis = 2_000;

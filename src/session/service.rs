@@ -1,0 +1,725 @@
+//! The hidden services this node hosts: intro points (chosen, established over 4-hop service
+//! circuits, rebuilt, rotated), descriptors (built, spread over epochs, published through the
+//! DHT by the node), INTRODUCE2, circuits to clients' rendezvous points, and the sessions with
+//! clients (10.6 - 10.8, 12.6).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+
+use ed25519_dalek::SigningKey;
+use rand::{Rng, RngCore};
+
+use crate::budget::Charge;
+use crate::circuit::layer::{CircId, Purpose};
+use crate::circuit::path::{PathKind, Target};
+use crate::crypto::keys::fingerprint;
+use crate::dht::descriptor::{
+    epoch, epochs_to_publish, expires_for, revision_for, Descriptor, IntroEntry, Publication,
+    DESC_MAX_INTRO, DESC_REPUBLISH_S, EPOCH_OVERLAP_S,
+};
+use crate::session::ctx::{DhtRequest, SessionCtx};
+use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
+use crate::session::frame::E2E_FRAME_LEN;
+use crate::session::intro::RendHs;
+use crate::session::layer::{addr16, evict_lru, seal, Owner, SendError, ServiceInfo, SessionLayer};
+use crate::session::limits::*;
+use crate::session::roles::{RateLimit, ReplayCache};
+use crate::session::{
+    E2eMessage, Introduce1, RendCookie, RendPlaintext, Rendezvous1, ServiceIdentity,
+    SessionChannel, SessionKeys,
+};
+use crate::time::Millis;
+use crate::wire::record::{LinkSpec, RelayRecord, FLAG_RENDEZVOUS};
+use crate::wire::relay::RelayCommand as C;
+
+pub(in crate::session) struct IntroPoint {
+    pub(in crate::session) circ: CircId,
+    pub(in crate::session) auth: SigningKey,
+    pub(in crate::session) auth_pub: [u8; 32],
+    pub(in crate::session) relay: Option<RelayRecord>,
+    pub(in crate::session) established: Option<Millis>,
+    /// `E_c` seen through this auth key (10.6).
+    pub(in crate::session) replay: ReplayCache,
+    pub(in crate::session) introductions: u64,
+    pub(in crate::session) retire_at: Millis,
+    /// When its current circuit was started.
+    pub(in crate::session) created: Millis,
+    /// Established once: descriptors list it, also while its circuit is being rebuilt.
+    pub(in crate::session) listed: bool,
+    /// Circuits rebuilt to it since it was last established.
+    pub(in crate::session) rebuilds: u8,
+}
+
+pub(in crate::session) struct ServiceSession {
+    pub(in crate::session) chan: SessionChannel,
+    pub(in crate::session) keys: SessionKeys,
+    pub(in crate::session) circuits: Vec<CircId>,
+    pub(in crate::session) pending: usize,
+    pub(in crate::session) flows: HashMap<FlowKey, (CircId, Millis)>,
+    pub(in crate::session) established: Millis,
+    pub(in crate::session) _charge: Charge,
+}
+
+pub(in crate::session) struct Service {
+    pub(in crate::session) signing: SigningKey,
+    pub(in crate::session) ident: ServiceIdentity,
+    pub(in crate::session) address: [u8; 16],
+    pub(in crate::session) intros: Vec<IntroPoint>,
+    /// The last descriptor built per epoch.
+    pub(in crate::session) descs: Vec<(u64, Descriptor)>,
+    pub(in crate::session) built_at: Option<Millis>,
+    pub(in crate::session) published_keys: Vec<[u8; 32]>,
+    /// Per epoch: the last revision published in this run (no rollback per (index, signer),
+    /// and the signer differs per epoch).
+    pub(in crate::session) revisions: HashMap<u64, u64>,
+    /// Epochs whose descriptor is due, and when.
+    pub(in crate::session) queued: Vec<(u64, Millis)>,
+    /// When the periodic republication is due.
+    pub(in crate::session) republish_at: Option<Millis>,
+    /// Last hops that carried a publication: epoch, relay, when.
+    pub(in crate::session) via: VecDeque<(u64, [u8; 32], Millis)>,
+    pub(in crate::session) sessions: HashMap<[u8; 16], ServiceSession>,
+    pub(in crate::session) rate: RateLimit,
+    pub(in crate::session) pending: usize,
+    pub(in crate::session) next_intro_try: Millis,
+    /// A publication failed: publish again then.
+    pub(in crate::session) publish_retry_at: Option<Millis>,
+}
+
+impl SessionLayer {
+    /// Hosts a hidden service with the Ed25519 seed `seed` (its address is the address of the
+    /// public key): intro points are chosen and established over 4-hop service circuits, and
+    /// descriptors for the current (and, near the boundary, the next) epoch are published and
+    /// refreshed.
+    /// `false` if it is hosted already.
+    pub fn add_service(&mut self, now: Millis, seed: [u8; 32]) -> bool {
+        let signing = SigningKey::from_bytes(&seed);
+        let ident = ServiceIdentity::from_seed(&seed);
+        let address = addr16(ident.address());
+        if self.services.iter().any(|s| s.address == address) {
+            return false;
+        }
+        self.services.push(Service {
+            signing,
+            ident,
+            address,
+            intros: Vec::new(),
+            descs: Vec::new(),
+            built_at: None,
+            published_keys: Vec::new(),
+            revisions: HashMap::new(),
+            queued: Vec::new(),
+            republish_at: None,
+            via: VecDeque::new(),
+            sessions: HashMap::new(),
+            rate: RateLimit::new(SERVICE_INTRO_RATE.0, SERVICE_INTRO_RATE.1, now),
+            pending: 0,
+            next_intro_try: now,
+            publish_retry_at: None,
+        });
+        true
+    }
+
+    /// The services this node hosts.
+    pub fn services_info(&self) -> Vec<ServiceInfo> {
+        let now = self.now;
+        self.services
+            .iter()
+            .map(|s| ServiceInfo {
+                address: Ipv6Addr::from(s.address),
+                intro_points: s
+                    .intros
+                    .iter()
+                    .filter(|i| i.established.is_some())
+                    .filter_map(|i| i.relay.as_ref().map(|r| fingerprint(r.identity())))
+                    .collect(),
+                descriptor_age_s: s.built_at.map(|t| now.saturating_sub(t) / 1000),
+                sessions: s.sessions.len(),
+            })
+            .collect()
+    }
+
+    /// The descriptors our services last built (current and next epoch), as published.
+    pub fn service_descriptors(&self) -> Vec<Vec<u8>> {
+        self.services
+            .iter()
+            .flat_map(|s| s.descs.iter().map(|(_, d)| d.bytes().to_vec()))
+            .collect()
+    }
+
+    /// Circuits of our service `svc`'s session with the client `peer`.
+    pub fn service_session_circuits(&self, svc: [u8; 16], peer: [u8; 16]) -> Vec<CircId> {
+        self.services
+            .iter()
+            .find(|s| s.address == svc)
+            .and_then(|s| s.sessions.get(&peer))
+            .map(|ss| ss.circuits.clone())
+            .unwrap_or_default()
+    }
+
+    /// The client addresses (pseudonyms) our service `svc` has sessions with.
+    pub fn service_peers(&self, svc: [u8; 16]) -> Vec<[u8; 16]> {
+        self.services
+            .iter()
+            .find(|s| s.address == svc)
+            .map(|s| s.sessions.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether this node holds (as a service) the secret of the key with this public half.
+    pub fn holds_service_key(&self, public: &[u8; 32]) -> bool {
+        self.services.iter().any(|s| s.ident.public() == public)
+    }
+
+    pub(in crate::session) fn service_maintain(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+        for k in 0..self.services.len() {
+            let Some(s) = self.services.get_mut(k) else {
+                continue;
+            };
+            let svc = s.address;
+            // Rotation: retire worn-out intro points (their circuits stay until the
+            // descriptors listing them expire; here they simply close with the replacement).
+            let retire: Vec<CircId> = s
+                .intros
+                .iter()
+                .filter(|i| {
+                    now >= i.retire_at
+                        || i.introductions >= INTRO_MAX_INTRODUCTIONS
+                        || (i.established.is_none()
+                            && now.saturating_sub(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS)
+                })
+                .map(|i| i.circ)
+                .collect();
+            let need = NUM_INTRO_POINTS.saturating_sub(s.intros.len() - retire.len());
+            let due = now >= s.next_intro_try;
+            for id in retire {
+                self.owners.remove(&id);
+                ctx.destroy(now, id);
+                if let Some(s) = self.service_mut(&svc) {
+                    s.intros.retain(|i| i.circ != id);
+                }
+            }
+            let mut closing = Vec::new();
+            if let Some(s) = self.service_mut(&svc) {
+                let old: Vec<[u8; 16]> = s
+                    .sessions
+                    .iter()
+                    .filter(|(_, ss)| now.saturating_sub(ss.established) >= SESSION_MAX_AGE_MS)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in old {
+                    if let Some(ss) = s.sessions.remove(&p) {
+                        closing.extend(ss.circuits);
+                    }
+                }
+            }
+            for c in closing {
+                self.owners.remove(&c);
+                ctx.destroy(now, c);
+            }
+            if need > 0 && due {
+                // All missing ones at once: a service that lost its guard lost every intro
+                // point, and clients find it again only once a new descriptor lists new ones.
+                for _ in 0..need {
+                    self.service_add_intro(ctx, now, svc);
+                }
+            }
+            self.service_publish(now, svc, false);
+        }
+    }
+
+    fn service_add_intro(&mut self, ctx: &mut impl SessionCtx, now: Millis, svc: [u8; 16]) {
+        let used: Vec<[u8; 32]> = self
+            .service_mut(&svc)
+            .map(|s| {
+                s.intros
+                    .iter()
+                    .filter_map(|i| {
+                        i.relay.as_ref().map(|r| *r.identity()).or_else(|| {
+                            ctx.path(i.circ)
+                                .and_then(|p| p.last())
+                                .map(|r| *r.identity())
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A relay not yet an intro point of this service, chosen under every path rule.
+        let mut path = None;
+        for _ in 0..4 {
+            match self.sess_path(ctx, now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
+                Ok(p) if p.last().is_some_and(|r| !used.contains(r.identity())) => {
+                    self.intro_path_log.clear();
+                    path = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let e = e.to_string();
+                    if let Some(held) = self.intro_path_log.hit(now, &e) {
+                        tracing::debug!(repeats = held, "intro point path: {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        let Some(s) = self.service_mut(&svc) else {
+            return;
+        };
+        s.next_intro_try = now + INTRO_RETRY_MS;
+        let Some(path) = path else { return };
+        let Ok(id) = ctx.build(now, Purpose::Intro, path) else {
+            return;
+        };
+        self.owners.insert(id, Owner::Intro { svc });
+        let mut seed = [0u8; 32];
+        self.secrets.fill_bytes(&mut seed);
+        let span = INTRO_POINT_LIFETIME_MAX_MS - INTRO_POINT_LIFETIME_MIN_MS;
+        let retire_at = now + INTRO_POINT_LIFETIME_MIN_MS + self.rng.next_u64() % span;
+        let auth = SigningKey::from_bytes(&seed);
+        let auth_pub = auth.verifying_key().to_bytes();
+        let replay = ReplayCache::new(
+            crate::session::roles::INTRO_REPLAY_CACHE_MAX,
+            ctx.budget().clone(),
+        );
+        if let Some(s) = self.service_mut(&svc) {
+            s.intros.push(IntroPoint {
+                circ: id,
+                auth,
+                auth_pub,
+                relay: None,
+                established: None,
+                replay,
+                introductions: 0,
+                retire_at,
+                created: now,
+                listed: false,
+                rebuilds: 0,
+            });
+        }
+    }
+
+    /// Schedules descriptors when the set of established intro points changed or the
+    /// republish time came (`force`: now), and publishes those that are due. The current
+    /// epoch's goes at once; another epoch's at a random later time, each through a circuit of
+    /// its own whose last hop carried no other epoch's record of this service lately.
+    pub(in crate::session) fn service_publish(&mut self, now: Millis, svc: [u8; 16], force: bool) {
+        let rng = &mut self.rng;
+        let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
+            return;
+        };
+        let mut entries: Vec<IntroEntry> = s
+            .intros
+            .iter()
+            .filter(|i| i.listed)
+            .filter_map(|i| {
+                let r = i.relay.as_ref()?;
+                Some(IntroEntry {
+                    identity: *r.identity(),
+                    link_key: r.fields().link_key,
+                    onion_key: r.fields().onion_key,
+                    auth_key: i.auth_pub,
+                    endpoints: r.fields().endpoints.iter().take(2).copied().collect(),
+                })
+            })
+            .collect();
+        entries.truncate(DESC_MAX_INTRO);
+        if entries.is_empty() {
+            return;
+        }
+        // The first descriptor waits a moment for all intro points: one listing a single intro
+        // point stays in clients' caches, and a client whose guard is that relay cannot use it.
+        let first_up = s.intros.iter().filter_map(|i| i.established).min();
+        if s.published_keys.is_empty()
+            && entries.len() < NUM_INTRO_POINTS
+            && first_up.is_some_and(|t| now.saturating_sub(t) < FIRST_DESC_WAIT_MS)
+        {
+            return;
+        }
+        let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
+        let now_s = now / 1000;
+        let current = epoch(now_s);
+        let epochs = epochs_to_publish(now_s);
+        let stale =
+            s.republish_at.is_none_or(|t| now >= t) || s.publish_retry_at.is_some_and(|t| now >= t);
+        if force || stale || keys != s.published_keys {
+            let mut queued = Vec::new();
+            for &e in &epochs {
+                let at = if e == current {
+                    now
+                } else {
+                    // A pending later time stays: repeated changes must not postpone it.
+                    let spread = now + rng.gen_range(DESC_SPREAD_MS.0..DESC_SPREAD_MS.1);
+                    s.queued
+                        .iter()
+                        .find(|(q, _)| *q == e)
+                        .map_or(spread, |(_, t)| (*t).min(spread))
+                };
+                queued.push((e, at));
+            }
+            s.queued = queued;
+            s.republish_at =
+                Some(now + DESC_REPUBLISH_S * 1000 - rng.gen_range(0..DESC_REPUBLISH_JITTER_MS));
+            s.built_at = Some(now);
+            s.publish_retry_at = None;
+            s.published_keys = keys;
+            s.descs.retain(|(e, _)| epochs.contains(e));
+            s.revisions.retain(|e, _| epochs.contains(e));
+            let keep_after = now.saturating_sub(EPOCH_OVERLAP_S * 1000);
+            s.via.retain(|(_, _, at)| *at >= keep_after);
+        }
+        let due: Vec<u64> = s
+            .queued
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(e, _)| *e)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        s.queued.retain(|(_, at)| *at > now);
+        let mut sends = Vec::new();
+        for e in due {
+            let last = s.revisions.get(&e).copied();
+            // The first revision of a run is the time itself, so that a restarted service
+            // always publishes above its own older records.
+            let at = match last {
+                Some(_) => now.saturating_sub(rng.gen_range(0..DESC_REVISION_JITTER_MS)),
+                None => now,
+            };
+            let revision = revision_for(at, last);
+            s.revisions.insert(e, revision);
+            let mut salt = [0u8; 16];
+            self.secrets.fill_bytes(&mut salt);
+            let p = Publication {
+                revision,
+                expires: expires_for(now_s, e),
+                salt,
+            };
+            match Descriptor::build(&s.signing, e, &entries, p) {
+                Ok(d) => {
+                    s.descs.retain(|(de, _)| *de != e);
+                    s.descs.push((e, d.clone()));
+                    sends.push((e, d));
+                }
+                Err(err) => tracing::warn!("descriptor: {err}"),
+            }
+        }
+        for (e, d) in sends {
+            tracing::debug!(at = now, epoch = e, "publishing a descriptor");
+            let avoid = self.service_publish_avoid(svc, e);
+            self.dht_requests.push_back(DhtRequest::Publish {
+                svc,
+                epoch: e,
+                record: d.bytes().to_vec(),
+                avoid,
+            });
+        }
+    }
+
+    /// Relays a publication of `svc` for epoch `e` must not end at: the last hops that carried
+    /// its records of other epochs (the node adds those its other running publications go
+    /// to, [`SessionLayer::publications_of`]).
+    fn service_publish_avoid(&self, svc: [u8; 16], e: u64) -> Vec<[u8; 32]> {
+        let mut avoid: Vec<[u8; 32]> = self
+            .services
+            .iter()
+            .filter(|s| s.address == svc)
+            .flat_map(|s| s.via.iter())
+            .filter(|(ve, _, _)| *ve != e)
+            .map(|(_, r, _)| *r)
+            .collect();
+        avoid.sort_unstable();
+        avoid.dedup();
+        avoid
+    }
+
+    pub(in crate::session) fn service_on_introduce2(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        svc: [u8; 16],
+        id: CircId,
+        payload: &[u8],
+    ) {
+        let Ok(intro) = Introduce1::parse(payload) else {
+            self.stats.intro_rejected += 1;
+            return;
+        };
+        let total = self.session_count();
+        let secrets = &mut self.secrets;
+        let stats = &mut self.stats;
+        let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
+            return;
+        };
+        let Some(ip) = s.intros.iter_mut().find(|i| i.circ == id) else {
+            return;
+        };
+        if intro.auth_key != ip.auth_pub {
+            stats.intro_rejected += 1;
+            return;
+        }
+        let client = match s.ident.read_msg1(&ip.auth_pub, &intro.msg1) {
+            Ok(c) => c,
+            Err(_) => {
+                stats.intro_rejected += 1;
+                return;
+            }
+        };
+        if ip.replay.contains(client.client_ephemeral()) {
+            stats.intro_replays += 1;
+            return;
+        }
+        if s.pending >= MAX_PENDING_INTRODUCTIONS || total >= MAX_SESSIONS || !s.rate.take(now) {
+            stats.intro_limited += 1;
+            return;
+        }
+        if ip.replay.insert(*client.client_ephemeral()).is_err() {
+            stats.intro_limited += 1;
+            return;
+        }
+        ip.introductions += 1;
+        let Ok(pt) = crate::session::intro::IntroPlaintext::parse(client.intro_plaintext()) else {
+            stats.intro_rejected += 1;
+            return;
+        };
+        let peer = addr16(client.address());
+        let Ok((keys, msg2)) = client.accept(secrets, &RendPlaintext::default().emit()) else {
+            stats.intro_rejected += 1;
+            return;
+        };
+        let Some(charge) = ctx.budget().try_charge(SESSION_COST) else {
+            stats.intro_limited += 1;
+            return;
+        };
+        let r1 = Rendezvous1 {
+            cookie: pt.cookie.clone(),
+            hs: RendHs::Ik(msg2),
+        };
+        // A returning client replaces its old session (its circuits close with it).
+        let old = s.sessions.insert(
+            peer,
+            ServiceSession {
+                chan: SessionChannel::service(&keys),
+                keys,
+                circuits: Vec::new(),
+                pending: 0,
+                flows: HashMap::new(),
+                established: now,
+                _charge: charge,
+            },
+        );
+        stats.service_sessions += 1;
+        if let Some(old) = old {
+            for c in old.circuits {
+                self.owners.remove(&c);
+                ctx.destroy(now, c);
+            }
+        }
+        self.service_join_rendezvous(ctx, now, svc, peer, &pt.rendezvous_link_spec, r1);
+    }
+
+    /// Extends a stem to the client's rendezvous point and sends RENDEZVOUS1 when there.
+    fn service_join_rendezvous(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        svc: [u8; 16],
+        peer: [u8; 16],
+        link_spec: &[u8],
+        r1: Rendezvous1,
+    ) -> bool {
+        let Ok(spec) = LinkSpec::parse(link_spec) else {
+            return false;
+        };
+        self.service_rend_circuit(ctx, now, svc, peer, &spec.identity, r1, 1)
+    }
+
+    /// A circuit to the rendezvous point `rp` that sends `r1` when there (try `tries`).
+    // The node's parts come as `ctx`: one argument more than clippy's default limit.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::session) fn service_rend_circuit(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        svc: [u8; 16],
+        peer: [u8; 16],
+        rp: &[u8; 32],
+        r1: Rendezvous1,
+        tries: u8,
+    ) -> bool {
+        // The rendezvous point must be a relay we know (its signed record gives the onion key).
+        let Some(target) = ctx.view().get(rp).cloned() else {
+            tracing::debug!("rendezvous point not in our view");
+            return false;
+        };
+        let owner = Owner::ServiceRend { svc, peer };
+        match self.sess_circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner) {
+            Ok(id) => {
+                self.pending_r1.insert(id, (r1, *rp, tries));
+                if let Some(s) = self.service_mut(&svc) {
+                    s.pending += 1;
+                    if let Some(ss) = s.sessions.get_mut(&peer) {
+                        ss.pending += 1;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!("rendezvous circuit: {e}");
+                false
+            }
+        }
+    }
+
+    pub(in crate::session) fn service_rend_ready(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        id: CircId,
+        svc: [u8; 16],
+        peer: [u8; 16],
+    ) {
+        let r1 = self.pending_r1.remove(&id);
+        let Some(s) = self.service_mut(&svc) else {
+            return;
+        };
+        s.pending = s.pending.saturating_sub(1);
+        let live = match s.sessions.get_mut(&peer) {
+            Some(ss) => {
+                ss.pending = ss.pending.saturating_sub(1);
+                true
+            }
+            None => false,
+        };
+        let sent = match (&r1, live) {
+            (Some((r1, _, _)), true) => ctx.send(id, C::Rendezvous1, &r1.emit()).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            self.owners.remove(&id);
+            ctx.destroy(now, id);
+            return;
+        }
+        ctx.set_purpose(id, Purpose::Flow);
+        self.owners.insert(id, Owner::ServiceCirc { svc, peer });
+        if let Some(ss) = self
+            .service_mut(&svc)
+            .and_then(|s| s.sessions.get_mut(&peer))
+        {
+            ss.circuits.push(id);
+        }
+    }
+
+    pub(in crate::session) fn service_send(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        _now: Millis,
+        svc: usize,
+        dst: [u8; 16],
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        let Some(s) = self.services.get_mut(svc) else {
+            return Err(SendError::Unreachable("no such service".into()));
+        };
+        let Some(ss) = s.sessions.get_mut(&dst) else {
+            return Err(SendError::Unreachable("no session with this client".into()));
+        };
+        let flow = flow_of(packet, false);
+        let circ = flow
+            .and_then(|f| ss.flows.get(&f))
+            .map(|(c, _)| *c)
+            .filter(|c| ss.circuits.contains(c))
+            .or_else(|| ss.circuits.last().copied());
+        let Some(circ) = circ else {
+            return Err(SendError::Unreachable("session has no live circuit".into()));
+        };
+        let mut buf = [0u8; E2E_FRAME_LEN];
+        let n = seal(&mut ss.chan, &E2eMessage::Packet(packet), &mut buf)
+            .ok_or_else(|| SendError::Unreachable("packet does not fit a frame".into()))?;
+        ctx.send(circ, C::Data, buf.get(..n).unwrap_or(&[]))
+            .map_err(|e| SendError::Unreachable(e.to_string()))
+    }
+
+    pub(in crate::session) fn service_on_data(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        svc: [u8; 16],
+        peer: [u8; 16],
+        id: CircId,
+        payload: &[u8],
+    ) {
+        let mut buf = [0u8; E2E_FRAME_LEN];
+        let Some(frame) = buf.get_mut(..payload.len()) else {
+            return;
+        };
+        frame.copy_from_slice(payload);
+        let stats = &mut self.stats;
+        let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
+            return;
+        };
+        let Some(ss) = s.sessions.get_mut(&peer) else {
+            return;
+        };
+        let Ok(pt) = ss.chan.open_in_place(frame) else {
+            stats.frames_refused += 1;
+            return;
+        };
+        let Ok(msg) = E2eMessage::parse(pt) else {
+            stats.frames_refused += 1;
+            return;
+        };
+        let mut reply = None;
+        let mut join = None;
+        match msg {
+            E2eMessage::Packet(p) => {
+                // 10.9: source is the session peer, destination this service.
+                match addresses(p) {
+                    Some((src, dst)) if src == peer && dst == svc && length_consistent(p) => {
+                        if let Some(f) = flow_of(p, true) {
+                            if ss.flows.len() >= MAX_FLOWS_PER_SESSION && !ss.flows.contains_key(&f)
+                            {
+                                evict_lru(&mut ss.flows);
+                            }
+                            ss.flows.insert(f, (id, now));
+                        }
+                        ctx.deliver_packet(p);
+                    }
+                    _ => stats.packets_refused += 1,
+                }
+            }
+            E2eMessage::Ping(x) => reply = Some(E2eMessage::Pong(x)),
+            E2eMessage::NewCircuit(nc) => {
+                let refused = ss.circuits.len() + ss.pending >= MAX_SESSION_CIRCUITS
+                    || s.pending >= MAX_PENDING_INTRODUCTIONS;
+                if refused {
+                    reply = Some(E2eMessage::NewCircuitRefused {
+                        request_id: nc.request_id,
+                        reason: 1,
+                    });
+                } else {
+                    let cookie = RendCookie(*nc.cookie);
+                    let mac = ss.keys.join_mac(nc.cookie);
+                    join = Some((
+                        *nc.rendezvous_link_spec,
+                        Rendezvous1 {
+                            cookie,
+                            hs: RendHs::Join(mac),
+                        },
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if let Some(r) = reply {
+            let mut out = [0u8; E2E_FRAME_LEN];
+            if let Some(n) = seal(&mut ss.chan, &r, &mut out) {
+                let _ = ctx.send(id, C::Data, out.get(..n).unwrap_or(&[]));
+            }
+        }
+        if let Some((spec, r1)) = join {
+            self.service_join_rendezvous(ctx, now, svc, peer, &spec, r1);
+        }
+    }
+}
