@@ -1,0 +1,434 @@
+//! The intro-point role (10.6): registrations by circuit and by auth key, introductions passed
+//! to services, replays and rates refused, memory accounted per upstream link.
+
+use super::*;
+
+struct IntroReg {
+    auth_key: [u8; 32],
+    /// The link the registering circuit arrived over: the registration's source.
+    up: LinkId,
+    replay: ReplayCache,
+    bucket: Bucket,
+    introductions: u64,
+    _charge: Charge,
+}
+
+/// What the intro point does with an INTRODUCE1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntroduceOutcome {
+    /// Send the same bytes as INTRODUCE2 on `service_slot`, and INTRODUCE_ACK(0) to the client.
+    Forward {
+        /// The service's intro circuit.
+        service_slot: u64,
+    },
+    /// Answer INTRODUCE_ACK with this status and pass nothing on.
+    Refuse(u8),
+}
+
+/// What one upstream link holds in the intro-point role.
+#[derive(Default)]
+struct LinkUse {
+    /// Its registrations, oldest first (at most [`MAX_INTRO_REGISTRATIONS_PER_LINK`]).
+    slots: Vec<u64>,
+    /// Replay tags its registrations hold.
+    tags: usize,
+}
+
+impl LinkUse {
+    fn bytes(&self) -> usize {
+        self.slots.len() * INTRO_REG_COST + self.tags * REPLAY_TAG_COST
+    }
+}
+
+/// A client circuit's INTRODUCE1 count.
+struct IntroClient {
+    sent: u8,
+    _charge: Charge,
+}
+
+/// The intro-point role: registrations by circuit and by auth key, accounted per upstream link
+/// so that memory pressure falls on the link that holds the most (docs/protocol.md section 15).
+pub struct IntroPointRole {
+    by_slot: HashMap<u64, IntroReg>,
+    by_key: HashMap<[u8; 32], u64>,
+    by_link: HashMap<LinkId, LinkUse>,
+    clients: HashMap<u64, IntroClient>,
+    link_rate: HashMap<LinkId, Bucket>,
+    tags: usize,
+    evicted: Vec<u64>,
+    budget: MemoryBudget,
+    /// Counters.
+    pub stats: RoleStats,
+}
+
+impl IntroPointRole {
+    /// An empty role charging `budget`.
+    pub fn new(budget: MemoryBudget) -> IntroPointRole {
+        IntroPointRole {
+            by_slot: HashMap::new(),
+            by_key: HashMap::new(),
+            by_link: HashMap::new(),
+            clients: HashMap::new(),
+            link_rate: HashMap::new(),
+            tags: 0,
+            evicted: Vec::new(),
+            budget,
+            stats: RoleStats::default(),
+        }
+    }
+
+    /// Whether `slot` is a registered intro circuit.
+    pub fn holds(&self, slot: u64) -> bool {
+        self.by_slot.contains_key(&slot)
+    }
+
+    /// Registrations held.
+    pub fn len(&self) -> usize {
+        self.by_slot.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.by_slot.is_empty()
+    }
+
+    /// Replay tags held by all registrations.
+    pub fn replay_tags(&self) -> usize {
+        self.tags
+    }
+
+    /// Replay tags held by the registration on `slot`.
+    pub fn replay_tags_of(&self, slot: u64) -> usize {
+        self.by_slot.get(&slot).map_or(0, |r| r.replay.len())
+    }
+
+    /// The auth keys registered here (for tests asserting what an intro point holds).
+    pub fn auth_keys(&self) -> Vec<[u8; 32]> {
+        self.by_key.keys().copied().collect()
+    }
+
+    /// Registrations dropped for memory since the last call: the caller closes their circuits,
+    /// so their services notice and register elsewhere.
+    pub fn take_evicted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// ESTABLISH_INTRO on `slot`, which arrived over `up` and whose handshake `bind` is `bind`.
+    /// The caller has checked that the circuit has no other role. Returns the INTRO_ESTABLISHED
+    /// status.
+    pub fn establish(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        bind: &[u8; 32],
+        body: &[u8],
+    ) -> u8 {
+        let code = self.try_establish(now, slot, up, bind, body);
+        if code == status::OK {
+            self.stats.intro_established += 1;
+        } else {
+            self.stats.refused += 1;
+        }
+        code
+    }
+
+    fn try_establish(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        bind: &[u8; 32],
+        body: &[u8],
+    ) -> u8 {
+        let Ok(est) = EstablishIntro::parse(body) else {
+            return status::REFUSED;
+        };
+        if est.verify(bind).is_err() {
+            return status::REFUSED;
+        }
+        if self.by_slot.contains_key(&slot) {
+            return status::EXISTS;
+        }
+        // The key's holder on a new circuit (its signature covers this circuit's bind): the
+        // service lost its old circuit to us, perhaps before we noticed. The registration moves,
+        // replay cache and all, so descriptors listing us stay good. A move adds nothing, so the
+        // per-link cap does not apply; the tags move to the new link's account.
+        if let Some(old) = self.by_key.get(&est.auth_key).copied() {
+            if let Some(mut reg) = self.by_slot.remove(&old) {
+                self.unlink(reg.up, old, reg.replay.len());
+                reg.up = up;
+                let u = self.by_link.entry(up).or_default();
+                u.slots.push(slot);
+                u.tags += reg.replay.len();
+                self.by_key.insert(est.auth_key, slot);
+                self.by_slot.insert(slot, reg);
+                self.stats.intro_moved += 1;
+                return status::OK;
+            }
+        }
+        if self.by_slot.len() >= MAX_INTRO_REGISTRATIONS {
+            return status::RATE_LIMITED;
+        }
+        if self
+            .by_link
+            .get(&up)
+            .is_some_and(|u| u.slots.len() >= MAX_INTRO_REGISTRATIONS_PER_LINK)
+        {
+            return status::RATE_LIMITED;
+        }
+        let charge = match self.budget.try_charge(INTRO_REG_COST) {
+            Some(c) => c,
+            None => {
+                // Under pressure the link holding the most gives way, never the asking one: a
+                // flooder cannot push out registrations that arrived over other links.
+                if !self.evict_largest_registration(up) {
+                    return status::RATE_LIMITED;
+                }
+                match self.budget.try_charge(INTRO_REG_COST) {
+                    Some(c) => c,
+                    None => return status::RATE_LIMITED,
+                }
+            }
+        };
+        self.by_key.insert(est.auth_key, slot);
+        self.by_link.entry(up).or_default().slots.push(slot);
+        self.by_slot.insert(
+            slot,
+            IntroReg {
+                auth_key: est.auth_key,
+                up,
+                replay: ReplayCache::new(INTRO_REPLAY_CACHE_MAX, self.budget.clone()),
+                bucket: Bucket::new(INTRO_BURST, now),
+                introductions: 0,
+                _charge: charge,
+            },
+        );
+        status::OK
+    }
+
+    /// INTRODUCE1 from the client circuit `slot`, which arrived over `up`.
+    pub fn introduce(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        body: &[u8],
+    ) -> IntroduceOutcome {
+        let out = self.try_introduce(now, slot, up, body);
+        match out {
+            IntroduceOutcome::Forward { .. } => self.stats.introductions += 1,
+            IntroduceOutcome::Refuse(status::REPLAY) => self.stats.replays += 1,
+            IntroduceOutcome::Refuse(status::RATE_LIMITED) => self.stats.rate_limited += 1,
+            IntroduceOutcome::Refuse(_) => self.stats.refused += 1,
+        }
+        out
+    }
+
+    fn try_introduce(
+        &mut self,
+        now: Millis,
+        slot: u64,
+        up: LinkId,
+        body: &[u8],
+    ) -> IntroduceOutcome {
+        let Ok(intro) = Introduce1::parse(body) else {
+            return IntroduceOutcome::Refuse(status::REFUSED);
+        };
+        let Some(&service_slot) = self.by_key.get(&intro.auth_key) else {
+            return IntroduceOutcome::Refuse(status::UNKNOWN);
+        };
+        let tag = intro.replay_tag();
+        let (reg_up, full) = match self.by_slot.get(&service_slot) {
+            Some(reg) if reg.replay.contains(&tag) => {
+                return IntroduceOutcome::Refuse(status::REPLAY)
+            }
+            Some(reg) => (reg.up, reg.replay.is_full()),
+            None => return IntroduceOutcome::Refuse(status::UNKNOWN),
+        };
+        // Limits are checked after the replay cache, so replays cannot drain them; the client
+        // circuit's and its link's first, so one flooding client cannot drain a key's bucket.
+        if self
+            .clients
+            .get(&slot)
+            .is_some_and(|c| c.sent >= MAX_INTRODUCE1_PER_CIRCUIT)
+        {
+            return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+        }
+        if !self.take_link_token(now, up) {
+            return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+        }
+        if !self.clients.contains_key(&slot) {
+            let Some(charge) = self.budget.try_charge(INTRO_CLIENT_COST) else {
+                return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+            };
+            self.clients.insert(
+                slot,
+                IntroClient {
+                    sent: 0,
+                    _charge: charge,
+                },
+            );
+        }
+        if let Some(c) = self.clients.get_mut(&slot) {
+            c.sent = c.sent.saturating_add(1);
+        }
+        let key_token = self
+            .by_slot
+            .get_mut(&service_slot)
+            .is_some_and(|reg| reg.bucket.take(now, INTRO_RATE, INTRO_BURST));
+        if !key_token {
+            return IntroduceOutcome::Refuse(status::RATE_LIMITED);
+        }
+        if !full {
+            self.make_room_for_tag(reg_up, service_slot);
+        }
+        let mut stored = self.store_tag(service_slot, tag);
+        if stored == Err(false) && self.shed_tag(None, service_slot) {
+            stored = self.store_tag(service_slot, tag);
+        }
+        match stored {
+            Ok(()) => {}
+            Err(true) => return IntroduceOutcome::Refuse(status::REPLAY),
+            Err(false) => return IntroduceOutcome::Refuse(status::RATE_LIMITED),
+        }
+        if let Some(reg) = self.by_slot.get_mut(&service_slot) {
+            reg.introductions += 1;
+        }
+        IntroduceOutcome::Forward { service_slot }
+    }
+
+    fn take_link_token(&mut self, now: Millis, up: LinkId) -> bool {
+        if !self.link_rate.contains_key(&up) && self.link_rate.len() >= MAX_INTRO_LINK_BUCKETS {
+            // A full bucket says nothing a new one would not.
+            self.link_rate
+                .retain(|_, b| !b.is_full(now, INTRO_LINK_RATE, INTRO_LINK_BURST));
+            if self.link_rate.len() >= MAX_INTRO_LINK_BUCKETS {
+                return false;
+            }
+        }
+        self.link_rate
+            .entry(up)
+            .or_insert_with(|| Bucket::new(INTRO_LINK_BURST, now))
+            .take(now, INTRO_LINK_RATE, INTRO_LINK_BURST)
+    }
+
+    /// Inserts `tag` into the registration on `slot`, keeping the link and total counts.
+    fn store_tag(&mut self, slot: u64, tag: [u8; 32]) -> Result<(), bool> {
+        let Some(reg) = self.by_slot.get_mut(&slot) else {
+            return Err(false);
+        };
+        let grows = !reg.replay.is_full();
+        reg.replay.insert(tag)?;
+        if grows {
+            self.tags += 1;
+            if let Some(u) = self.by_link.get_mut(&reg.up) {
+                u.tags += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a new tag within its link's share and the relay's total: over either, the oldest
+    /// tag of the largest registration of the link over its share (or of the largest link)
+    /// goes. The service keeps its own replay cache of client ephemerals (10.6), so a tag
+    /// forgotten early lets a replay cost the service one decryption, not a second session.
+    fn make_room_for_tag(&mut self, up: LinkId, not_slot: u64) {
+        let link_full = self
+            .by_link
+            .get(&up)
+            .is_some_and(|u| u.tags >= MAX_REPLAY_TAGS_PER_LINK);
+        if link_full {
+            self.shed_tag(Some(up), not_slot);
+        } else if self.tags >= MAX_REPLAY_TAGS {
+            self.shed_tag(None, not_slot);
+        }
+    }
+
+    /// Forgets the oldest tag of the registration holding the most tags on `link`, or on the
+    /// link holding the most memory if `None`. The registration `prefer_not` gives its own only
+    /// if it is the only one there.
+    fn shed_tag(&mut self, link: Option<LinkId>, prefer_not: u64) -> bool {
+        let Some(link) = link.or_else(|| self.largest_link()) else {
+            return false;
+        };
+        let Some(u) = self.by_link.get(&link) else {
+            return false;
+        };
+        let victim = u
+            .slots
+            .iter()
+            .filter_map(|s| self.by_slot.get(s).map(|r| (*s, r.replay.len())))
+            .max_by_key(|&(s, n)| (n, s != prefer_not, s));
+        let Some((victim, _)) = victim else {
+            return false;
+        };
+        let popped = self
+            .by_slot
+            .get_mut(&victim)
+            .is_some_and(|r| r.replay.pop_oldest());
+        if popped {
+            self.tags = self.tags.saturating_sub(1);
+            if let Some(u) = self.by_link.get_mut(&link) {
+                u.tags = u.tags.saturating_sub(1);
+            }
+            self.stats.tags_shed += 1;
+        }
+        popped
+    }
+
+    /// The link whose registrations hold the most memory (ties: the higher id, so the choice
+    /// does not depend on map order).
+    fn largest_link(&self) -> Option<LinkId> {
+        self.by_link
+            .iter()
+            .max_by_key(|(l, u)| (u.bytes(), **l))
+            .map(|(l, _)| *l)
+    }
+
+    /// Drops the registration holding the most tags (then the newest) on the largest link,
+    /// unless that link is `asking`.
+    fn evict_largest_registration(&mut self, asking: LinkId) -> bool {
+        let Some(link) = self.largest_link() else {
+            return false;
+        };
+        if link == asking {
+            return false;
+        }
+        let victim = self.by_link.get(&link).and_then(|u| {
+            u.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| self.by_slot.get(s).map(|r| (r.replay.len(), i, *s)))
+                .max()
+                .map(|(_, _, s)| s)
+        });
+        let Some(victim) = victim else {
+            return false;
+        };
+        self.closed(victim);
+        self.evicted.push(victim);
+        self.stats.intro_evicted += 1;
+        true
+    }
+
+    fn unlink(&mut self, up: LinkId, slot: u64, tags: usize) {
+        if let Some(u) = self.by_link.get_mut(&up) {
+            u.slots.retain(|s| *s != slot);
+            u.tags = u.tags.saturating_sub(tags);
+            if u.slots.is_empty() {
+                self.by_link.remove(&up);
+            }
+        }
+        self.tags = self.tags.saturating_sub(tags);
+    }
+
+    /// The circuit `slot` is gone: its registration and replay cache go with it.
+    pub fn closed(&mut self, slot: u64) {
+        self.clients.remove(&slot);
+        if let Some(reg) = self.by_slot.remove(&slot) {
+            self.by_key.remove(&reg.auth_key);
+            self.unlink(reg.up, slot, reg.replay.len());
+        }
+    }
+}

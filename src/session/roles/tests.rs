@@ -1,0 +1,355 @@
+use super::*;
+use crate::session::intro::{RendHs, Rendezvous2, INTRODUCE1_LEN};
+use crate::session::E2E_MSG1_LEN;
+use ed25519_dalek::SigningKey;
+
+const L: LinkId = LinkId(1);
+
+fn budget() -> MemoryBudget {
+    MemoryBudget::new(64 << 20)
+}
+
+#[test]
+fn intro_point_registers_forwards_and_drops_replays() {
+    let mut role = IntroPointRole::new(budget());
+    let auth = SigningKey::from_bytes(&[7; 32]);
+    let bind = [3u8; 32];
+    let est = EstablishIntro::sign(&auth, &bind).emit();
+    // Signed for another circuit: refused.
+    assert_eq!(role.establish(0, 1, L, &[4; 32], &est), status::REFUSED);
+    assert_eq!(role.establish(0, 1, L, &bind, &est), status::OK);
+    // Again on the same circuit: already established.
+    assert_eq!(role.establish(0, 1, L, &bind, &est), status::EXISTS);
+    let intro = Introduce1 {
+        auth_key: auth.verifying_key().to_bytes(),
+        msg1: [9; E2E_MSG1_LEN],
+    }
+    .emit();
+    assert_eq!(
+        role.introduce(0, 100, L, &intro),
+        IntroduceOutcome::Forward { service_slot: 1 }
+    );
+    assert_eq!(
+        role.introduce(1, 100, L, &intro),
+        IntroduceOutcome::Refuse(status::REPLAY)
+    );
+    let other = Introduce1 {
+        auth_key: [5; 32],
+        msg1: [9; E2E_MSG1_LEN],
+    }
+    .emit();
+    assert_eq!(
+        role.introduce(1, 100, L, &other),
+        IntroduceOutcome::Refuse(status::UNKNOWN)
+    );
+    assert_eq!(
+        role.introduce(1, 100, L, &[0u8; INTRODUCE1_LEN - 1]),
+        IntroduceOutcome::Refuse(status::REFUSED)
+    );
+    // The key's holder on a second circuit (signed for that circuit's bind): the
+    // registration moves there, its replay cache with it; the first circuit no longer has it.
+    let bind2 = [6u8; 32];
+    let est2 = EstablishIntro::sign(&auth, &bind2).emit();
+    assert_eq!(role.establish(0, 2, L, &bind, &est2), status::REFUSED);
+    assert_eq!(role.establish(0, 2, L, &bind2, &est2), status::OK);
+    assert_eq!(role.len(), 1);
+    assert_eq!(
+        role.introduce(1, 100, L, &intro),
+        IntroduceOutcome::Refuse(status::REPLAY)
+    );
+    let fresh = Introduce1 {
+        auth_key: auth.verifying_key().to_bytes(),
+        msg1: [10; E2E_MSG1_LEN],
+    }
+    .emit();
+    assert_eq!(
+        role.introduce(1, 100, L, &fresh),
+        IntroduceOutcome::Forward { service_slot: 2 }
+    );
+    role.closed(1);
+    assert_eq!(role.len(), 1);
+    role.closed(2);
+    assert!(role.is_empty());
+    assert_eq!(
+        role.introduce(2, 100, L, &intro),
+        IntroduceOutcome::Refuse(status::UNKNOWN)
+    );
+}
+
+#[test]
+fn intro_point_rate_limits_per_key() {
+    let mut role = IntroPointRole::new(budget());
+    let auth = SigningKey::from_bytes(&[8; 32]);
+    let bind = [1u8; 32];
+    assert_eq!(
+        role.establish(0, 1, L, &bind, &EstablishIntro::sign(&auth, &bind).emit()),
+        status::OK
+    );
+    let mut limited = 0;
+    for i in 0..400u32 {
+        let mut msg1 = [0u8; E2E_MSG1_LEN];
+        msg1[..4].copy_from_slice(&i.to_be_bytes());
+        let body = Introduce1 {
+            auth_key: auth.verifying_key().to_bytes(),
+            msg1,
+        }
+        .emit();
+        // One circuit per introduction, as honest clients do.
+        let out = role.introduce(0, 100 + u64::from(i), L, &body);
+        if out == IntroduceOutcome::Refuse(status::RATE_LIMITED) {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 400 - INTRO_BURST as usize);
+}
+
+#[test]
+fn replay_cache_is_bounded_and_charged() {
+    let b = MemoryBudget::new(1 << 20);
+    let mut c = ReplayCache::new(3000, b.clone());
+    for i in 0..5000u32 {
+        let mut t = [0u8; 32];
+        t[..4].copy_from_slice(&i.to_be_bytes());
+        c.insert(t).unwrap();
+    }
+    assert_eq!(c.len(), 3000);
+    // Charged per tag held, not per chunk (issue #19: a first tag cost a 1,024-tag chunk).
+    assert_eq!(b.used(), 3000 * REPLAY_TAG_COST);
+    assert!(c.pop_oldest());
+    assert_eq!(b.used(), 2999 * REPLAY_TAG_COST);
+    let mut t = [0u8; 32];
+    t[..4].copy_from_slice(&4999u32.to_be_bytes());
+    assert_eq!(c.insert(t), Err(true));
+    drop(c);
+    assert_eq!(b.used(), 0);
+}
+
+#[test]
+fn rendezvous_point_matches_cookies_once() {
+    let mut role = RendezvousRole::new(budget());
+    let cookie = RendCookie([4; 32]);
+    let body = establish_rendezvous_body(&cookie);
+    assert_eq!(role.establish(0, 10, &body), status::OK);
+    assert_eq!(role.establish(0, 11, &body), status::EXISTS);
+    let r1 = Rendezvous1 {
+        cookie: cookie.clone(),
+        hs: RendHs::Join([1; 32]),
+    }
+    .emit();
+    match role.rendezvous1(5, 20, &r1) {
+        RendezvousOutcome::Splice {
+            client_slot,
+            rendezvous2,
+        } => {
+            assert_eq!(client_slot, 10);
+            assert_eq!(
+                Rendezvous2::parse(&rendezvous2).unwrap().hs,
+                RendHs::Join([1; 32])
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(role.rendezvous1(6, 21, &r1), RendezvousOutcome::Destroy);
+    assert!(role.is_empty());
+}
+
+#[test]
+fn rendezvous_cookies_expire() {
+    let mut role = RendezvousRole::new(budget());
+    let cookie = RendCookie([5; 32]);
+    assert_eq!(
+        role.establish(0, 1, &establish_rendezvous_body(&cookie)),
+        status::OK
+    );
+    let r1 = Rendezvous1 {
+        cookie,
+        hs: RendHs::Join([1; 32]),
+    }
+    .emit();
+    assert_eq!(
+        role.rendezvous1(REND_COOKIE_LIFETIME_MS, 2, &r1),
+        RendezvousOutcome::Destroy
+    );
+    role.expire(REND_COOKIE_LIFETIME_MS);
+    assert!(role.is_empty() && !role.holds(1));
+}
+
+#[test]
+fn roles_refuse_when_the_budget_is_spent() {
+    let b = MemoryBudget::new(INTRO_REG_COST + REND_COOKIE_COST);
+    let mut intro = IntroPointRole::new(b.clone());
+    let mut rend = RendezvousRole::new(b.clone());
+    let bind = [2u8; 32];
+    let est = |k: u8| EstablishIntro::sign(&SigningKey::from_bytes(&[k; 32]), &bind).emit();
+    assert_eq!(intro.establish(0, 1, L, &bind, &est(1)), status::OK);
+    assert_eq!(
+        rend.establish(0, 2, &establish_rendezvous_body(&RendCookie([1; 32]))),
+        status::OK
+    );
+    // Full: both refuse with "rate limited" instead of growing.
+    assert_eq!(
+        intro.establish(0, 3, L, &bind, &est(2)),
+        status::RATE_LIMITED
+    );
+    assert_eq!(
+        rend.establish(0, 4, &establish_rendezvous_body(&RendCookie([2; 32]))),
+        status::RATE_LIMITED
+    );
+    // The first registration cannot store a replay tag either: introductions are refused
+    // rather than passed on unrecorded.
+    let body = Introduce1 {
+        auth_key: SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes(),
+        msg1: [3; E2E_MSG1_LEN],
+    }
+    .emit();
+    assert_eq!(
+        intro.introduce(0, 100, L, &body),
+        IntroduceOutcome::Refuse(status::RATE_LIMITED)
+    );
+    intro.closed(1);
+    rend.closed(2);
+    assert_eq!(b.used(), 0);
+}
+
+fn made_up_registration(role: &mut IntroPointRole, slot: u64, up: LinkId) -> (u8, [u8; 32]) {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&slot.to_be_bytes());
+    let auth = SigningKey::from_bytes(&seed);
+    let bind = [slot as u8; 32];
+    let code = role.establish(
+        0,
+        slot,
+        up,
+        &bind,
+        &EstablishIntro::sign(&auth, &bind).emit(),
+    );
+    (code, auth.verifying_key().to_bytes())
+}
+
+fn introduction(auth_key: [u8; 32], n: u64) -> Vec<u8> {
+    let mut msg1 = [0u8; E2E_MSG1_LEN];
+    msg1[..8].copy_from_slice(&n.to_be_bytes());
+    Introduce1 { auth_key, msg1 }.emit().to_vec()
+}
+
+/// Issue #19 item 1: 3,200 registrations with made-up keys and one INTRODUCE1 each used to
+/// charge a 1,024-tag chunk apiece, about 256 MiB. Now each charges what it stores.
+#[test]
+fn registration_flood_charges_what_it_stores() {
+    let b = MemoryBudget::default();
+    let mut role = IntroPointRole::new(b.clone());
+    let mut keys = Vec::new();
+    for i in 0..3200u64 {
+        let up = LinkId(1000 + (i / MAX_INTRO_REGISTRATIONS_PER_LINK as u64) as u32);
+        let (code, key) = made_up_registration(&mut role, 10 + i, up);
+        assert_eq!(code, status::OK);
+        keys.push(key);
+    }
+    // The per-link cap: a 65th registration over the same link is refused.
+    assert_eq!(
+        made_up_registration(&mut role, 9999, LinkId(1000)).0,
+        status::RATE_LIMITED
+    );
+    for (i, key) in keys.iter().enumerate() {
+        let client = 100_000 + i as u64;
+        let up = LinkId(2000 + (i / 200) as u32);
+        let out = role.introduce(0, client, up, &introduction(*key, 0));
+        assert!(matches!(out, IntroduceOutcome::Forward { .. }));
+        // A second and third INTRODUCE1 on the same circuit: the third is over the cap.
+        role.introduce(0, client, up, &introduction(*key, 1));
+        let third = role.introduce(0, client, up, &introduction(*key, 2));
+        assert_eq!(third, IntroduceOutcome::Refuse(status::RATE_LIMITED));
+    }
+    let per_reg = INTRO_REG_COST + 2 * REPLAY_TAG_COST + INTRO_CLIENT_COST;
+    assert!(b.used() <= 3200 * per_reg, "{} bytes", b.used());
+    assert!(b.used() < 2 << 20);
+    // An honest service over another link still registers, and its client gets through
+    // over a third.
+    let (code, key) = made_up_registration(&mut role, 50_000, LinkId(7));
+    assert_eq!(code, status::OK);
+    assert_eq!(
+        role.introduce(1, 50_001, LinkId(8), &introduction(key, 0)),
+        IntroduceOutcome::Forward {
+            service_slot: 50_000
+        }
+    );
+    drop(role);
+    assert_eq!(b.used(), 0);
+}
+
+/// A flood of INTRODUCE1s at the flooder's own registrations sheds the flooder's replay tags
+/// once its link holds its share; an honest registration over another link keeps its own.
+#[test]
+fn tag_flood_sheds_the_flooders_tags() {
+    let b = MemoryBudget::default();
+    let mut role = IntroPointRole::new(b.clone());
+    let (_, honest) = made_up_registration(&mut role, 1, LinkId(7));
+    for n in 0..100 {
+        let out = role.introduce(0, 10 + n, LinkId(8), &introduction(honest, n));
+        assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 });
+    }
+    let flooder: Vec<[u8; 32]> = (0..64)
+        .map(|i| made_up_registration(&mut role, 100 + i, LinkId(1000)).1)
+        .collect();
+    let mut now = 0;
+    let total = MAX_REPLAY_TAGS_PER_LINK as u64 + 5_000;
+    for n in 0..total {
+        // Spread over keys and sender links, within every rate limit.
+        now += 20;
+        let key = flooder[(n % 64) as usize];
+        let client = 1_000_000 + n;
+        let up = LinkId(2000 + (n % 64) as u32);
+        let out = role.introduce(now, client, up, &introduction(key, n));
+        assert!(
+            matches!(out, IntroduceOutcome::Forward { .. }),
+            "{n}: {out:?}"
+        );
+        role.closed(client);
+    }
+    assert_eq!(role.replay_tags(), MAX_REPLAY_TAGS_PER_LINK + 100);
+    assert_eq!(role.replay_tags_of(1), 100);
+    assert_eq!(role.stats.tags_shed, 5_000);
+    // 65 registrations, the tags kept, and the honest clients' 100 open circuits.
+    let bound = 65 * INTRO_REG_COST
+        + (MAX_REPLAY_TAGS_PER_LINK + 100) * REPLAY_TAG_COST
+        + 100 * INTRO_CLIENT_COST;
+    assert_eq!(b.used(), bound);
+    // The honest service is still reachable through the flood.
+    assert_eq!(
+        role.introduce(now, 5, LinkId(8), &introduction(honest, 1 << 40)),
+        IntroduceOutcome::Forward { service_slot: 1 }
+    );
+}
+
+/// Under memory pressure a registration over the largest link goes, never one over the
+/// asking link, and its circuit is handed back to be closed.
+#[test]
+fn budget_pressure_evicts_the_largest_links_registration() {
+    let b = MemoryBudget::new(41 * INTRO_REG_COST);
+    let mut role = IntroPointRole::new(b.clone());
+    assert_eq!(made_up_registration(&mut role, 1, LinkId(7)).0, status::OK);
+    for i in 0..40 {
+        let (code, _) = made_up_registration(&mut role, 100 + i, LinkId(1000));
+        assert_eq!(code, status::OK, "{i}");
+    }
+    // Full: the flooder's own link asking gets nothing.
+    assert_eq!(
+        made_up_registration(&mut role, 200, LinkId(1000)).0,
+        status::RATE_LIMITED
+    );
+    assert!(role.take_evicted().is_empty());
+    // A second honest service over another link: the flooder's link gives way.
+    assert_eq!(made_up_registration(&mut role, 2, LinkId(8)).0, status::OK);
+    let evicted = role.take_evicted();
+    assert_eq!(evicted.len(), 1);
+    assert!((100..140).contains(&evicted[0]));
+    assert!(role.holds(1) && role.holds(2));
+    assert_eq!(role.stats.intro_evicted, 1);
+}
+
+#[test]
+fn status_bodies_round_trip() {
+    assert_eq!(parse_status(&status_body(3)), Ok(3));
+    assert!(parse_status(&[2, 0, 0, 0]).is_err());
+    assert!(parse_status(&[1, 0]).is_err());
+}
