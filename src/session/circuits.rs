@@ -15,7 +15,7 @@ fn hop_of(r: &RelayRecord) -> Hop {
 }
 
 impl SessionLayer {
-    pub(in crate::session) fn sess_path(
+    pub(in crate::session) fn path_for(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -61,7 +61,7 @@ impl SessionLayer {
             .ok_or_else(|| "path: a hop left the view".to_string())
     }
 
-    pub(in crate::session) fn sess_build(
+    pub(in crate::session) fn build_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -69,14 +69,14 @@ impl SessionLayer {
         purpose: Purpose,
         owner: Owner,
     ) -> Result<CircId, String> {
-        let path = self.sess_path(ctx, now, kind)?;
+        let path = self.path_for(ctx, now, kind)?;
         let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
         self.owners.insert(id, owner);
         Ok(id)
     }
 
     /// A circuit ending at `target`: a ready stem extended by one hop, or a fresh build.
-    pub(in crate::session) fn sess_circuit_to(
+    pub(in crate::session) fn circuit_to(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -132,13 +132,13 @@ impl SessionLayer {
         } else {
             PathKind::Client(Target::Relay(hop_of(target)))
         };
-        self.sess_build(ctx, now, kind, purpose, owner)
+        self.build_circuit(ctx, now, kind, purpose, owner)
     }
 
     /// A ready pool circuit for a rendezvous: none through a suspect relay (those are torn
     /// down, the pool rebuilds), preferably none through a relay in `avoid` (the session's
     /// other circuits, so that one relay's death does not take the spare too).
-    pub(in crate::session) fn sess_take_pool(
+    pub(in crate::session) fn take_pool(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -203,7 +203,7 @@ impl SessionLayer {
                 } else {
                     Purpose::Intro
                 };
-                match self.sess_build(ctx, now, kind, purpose, owner) {
+                match self.build_circuit(ctx, now, kind, purpose, owner) {
                     Ok(id) => {
                         self.stems.push((id, false));
                         self.stem_log.clear();

@@ -12,7 +12,7 @@ use crate::time::Millis;
 use crate::wire::relay::RelayCommand as C;
 
 impl SessionLayer {
-    pub(in crate::session) fn sess_circuit_ready(
+    pub(in crate::session) fn circuit_ready(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -59,7 +59,7 @@ impl SessionLayer {
         }
     }
 
-    pub(in crate::session) fn sess_circuit_closed(
+    pub(in crate::session) fn circuit_closed(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
@@ -89,7 +89,7 @@ impl SessionLayer {
                     rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
                 });
                 let rebuilt = alive.and_then(|rec| {
-                    self.sess_circuit_to(ctx, now, true, &rec, Purpose::Intro, Owner::Intro { svc })
+                    self.circuit_to(ctx, now, true, &rec, Purpose::Intro, Owner::Intro { svc })
                         .ok()
                 });
                 if let Some(s) = self.service_mut(&svc) {
@@ -197,7 +197,7 @@ impl SessionLayer {
         }
     }
 
-    pub(in crate::session) fn sess_message(
+    pub(in crate::session) fn on_message(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,

@@ -419,15 +419,15 @@ impl SessionLayer {
     ) -> bool {
         match e {
             CircEvent::Built { id, .. } | CircEvent::Extended { id, .. } if self.owns(*id) => {
-                self.sess_circuit_ready(ctx, now, *id);
+                self.circuit_ready(ctx, now, *id);
                 true
             }
             CircEvent::Closed { id, why } if self.owns(*id) => {
-                self.sess_circuit_closed(ctx, now, *id, why);
+                self.circuit_closed(ctx, now, *id, why);
                 true
             }
             CircEvent::Message { id, cmd, payload } if self.owns(*id) => {
-                self.sess_message(ctx, now, *id, *cmd, payload);
+                self.on_message(ctx, now, *id, *cmd, payload);
                 true
             }
             _ => false,

@@ -247,7 +247,7 @@ impl SessionLayer {
         // A relay not yet an intro point of this service, chosen under every path rule.
         let mut path = None;
         for _ in 0..4 {
-            match self.sess_path(ctx, now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
+            match self.path_for(ctx, now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
                 Ok(p) if p.last().is_some_and(|r| !used.contains(r.identity())) => {
                     self.intro_path_log.clear();
                     path = Some(p);
@@ -554,7 +554,7 @@ impl SessionLayer {
             return false;
         };
         let owner = Owner::ServiceRend { svc, peer };
-        match self.sess_circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner) {
+        match self.circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner) {
             Ok(id) => {
                 self.pending_r1.insert(id, (r1, *rp, tries));
                 if let Some(s) = self.service_mut(&svc) {

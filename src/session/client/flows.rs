@@ -78,12 +78,12 @@ impl SessionLayer {
         }
         let cookie = RendCookie::generate(&mut self.secrets);
         let avoid = self.session_relays(ctx, &dst);
-        let id = match self.sess_take_pool(ctx, now, &avoid) {
+        let id = match self.take_pool(ctx, now, &avoid) {
             Some(id) => {
                 self.owners.insert(id, Owner::ClientJoin { dst });
                 Ok(id)
             }
-            None => self.sess_build(
+            None => self.build_circuit(
                 ctx,
                 now,
                 PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),

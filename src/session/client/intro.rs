@@ -115,14 +115,14 @@ impl SessionLayer {
         let rend = if let Some(id) = c_intro(&mut self.clients, &dst).and_then(|i| i.rend) {
             Ok(id)
         } else {
-            match self.sess_take_pool(ctx, now, &[]) {
+            match self.take_pool(ctx, now, &[]) {
                 Some(id) => {
                     self.owners.insert(id, Owner::ClientRend { dst });
                     self.client_set_rend(dst, id);
                     self.client_establish_rendezvous(ctx, id);
                     Ok(id)
                 }
-                None => self.sess_build(
+                None => self.build_circuit(
                     ctx,
                     now,
                     PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
@@ -146,7 +146,7 @@ impl SessionLayer {
             .filter(|r| r.fields().onion_key == entry.onion_key)
             .cloned();
         let intro = match record {
-            Some(r) => self.sess_circuit_to(
+            Some(r) => self.circuit_to(
                 ctx,
                 now,
                 false,
