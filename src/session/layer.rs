@@ -515,3 +515,6 @@ impl SessionLayer {
             .retain(|_, (_, at)| now.saturating_sub(*at) < LOOKUP_TIMEOUT_MS);
     }
 }
+
+#[cfg(test)]
+mod tests;
