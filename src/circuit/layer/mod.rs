@@ -10,7 +10,7 @@
 //! joins: it never learns more than its two neighbours on the circuit.
 //!
 //! By role: this file holds the façade (ids, actions, events, counters, links, cell dispatch and
-//! the timer entry point), [`origin`] the circuits we build, [`relay`] the circuits we carry for
+//! the timer entry point), `origin.rs` the circuits we build, `relay.rs` the circuits we carry for
 //! others. Both roles share the links, the circuit-id space and the quarantine.
 
 mod origin;
@@ -585,7 +585,7 @@ impl CircuitLayer {
     // ---- timers --------------------------------------------------------------------------
 
     /// Timeouts: builds, extends, idle and old circuits, quarantine. Each role keeps its own
-    /// timers ([`origin`], [`relay`]); ours run first, so the cells they resend queue ahead of
+    /// timers (`origin.rs`, `relay.rs`); ours run first, so the cells they resend queue ahead of
     /// the relayed circuits' cells.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.quarantine.retain(|_, t| now < *t);
