@@ -20,9 +20,11 @@
 //!   identity before sampling, so a seeded generator gives the same path for the same view.
 //!
 //! Guards (9.3): [`Guards`] keeps [`NUM_GUARDS`] guards, kept across restarts by the daemon
-//! (`daemon::guard_file`; this module does no file I/O: [`Guards::restore`], [`Guards::to_keep`]); [`Guards::maintain`] replaces expired and long-unreachable ones and chooses
-//! new ones only from a view with [`VIEW_MIN_SOURCES`] sources (otherwise temporary guards that
-//! are never saved). [`Vanguards`] keeps [`NUM_L2_GUARDS`] short-lived second hops for service
+//! (`daemon::guard_file`; this module does no file I/O: [`Guards::restore`],
+//! [`Guards::to_keep`]); [`Guards::maintain`] replaces expired and long-unreachable ones and
+//! chooses new ones only from a view with
+//! [`VIEW_MIN_SOURCES`](crate::link::view::VIEW_MIN_SOURCES) sources (otherwise temporary guards
+//! that are never saved). [`Vanguards`] keeps [`NUM_L2_GUARDS`] short-lived second hops for service
 //! circuits, in memory only.
 //!
 //! Typical use:

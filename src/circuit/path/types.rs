@@ -78,7 +78,8 @@ pub enum PathKind {
     Client(Target),
     /// Guard, layer-2 vanguard, middle, target.
     Service(Target),
-    /// Guard, middle: pooled, extended later to an intro point ([`PathContext::extend_stem`]).
+    /// Guard, middle: pooled, extended later to an intro point
+    /// ([`PathContext::extend_stem`](super::PathContext::extend_stem)).
     ClientStem,
     /// Guard, layer-2 vanguard, middle: pooled, extended later to a rendezvous point.
     ServiceStem,
