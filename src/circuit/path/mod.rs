@@ -74,9 +74,5 @@ pub const NUM_L2_GUARDS: usize = 4;
 pub const L2_GUARD_LIFETIME_MIN_DAYS: u64 = 1;
 /// Longest vanguard lifetime, days.
 pub const L2_GUARD_LIFETIME_MAX_DAYS: u64 = 12;
-/// The guard file's name in the state directory.
-pub const GUARDS_FILE: &str = "guards.json";
-/// Version of the guard file format.
-pub const GUARDS_FILE_VERSION: u32 = 1;
 
 const DAY_MS: u64 = 86_400_000;
