@@ -9,9 +9,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path as FsPath, PathBuf};
 
-use crate::circuit::path::{Guard, Guards, GUARDS_FILE, GUARDS_FILE_VERSION, NUM_GUARDS};
+use crate::circuit::path::{Guard, Guards, NUM_GUARDS};
 use crate::crypto::keys::{hex, unhex32};
 
+/// The guard file's name in the state directory's `cache/`.
+pub const GUARDS_FILE: &str = "guards.json";
+/// Version of the guard file format.
+pub const GUARDS_FILE_VERSION: u32 = 1;
 /// A guard file larger than this is refused as corrupt (two entries take about 400 bytes).
 const MAX_GUARDS_FILE_LEN: u64 = 64 * 1024;
 

@@ -443,7 +443,7 @@ pub(super) async fn link_loop(
                 .config
                 .state_dir
                 .join(platform::state::CACHE_DIR)
-                .join(crate::circuit::path::GUARDS_FILE);
+                .join(crate::daemon::guard_file::GUARDS_FILE);
             save_guards(path, g, state.commands.clone());
         }
         if let Some(k) = link.take_onion_key_to_save() {

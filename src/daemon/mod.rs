@@ -163,7 +163,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let cache = platform::state::prepare_cache(
         &config.state_dir,
         owner,
-        &[crate::circuit::path::GUARDS_FILE],
+        &[crate::daemon::guard_file::GUARDS_FILE],
     )
     .map_err(|e| {
         DaemonError(format!(
@@ -274,7 +274,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             "secret randomness is not the operating system's: refusing to run".into(),
         ));
     }
-    let guards_path = cache.join(crate::circuit::path::GUARDS_FILE);
+    let guards_path = cache.join(crate::daemon::guard_file::GUARDS_FILE);
     match guard_file::load(&guards_path) {
         Ok(g) => node.set_guards(g),
         Err(e) => tracing::warn!("{e}; choosing new guards"),
