@@ -1,0 +1,247 @@
+//! One link: the per-neighbour record and its timers (handshake retries, HELLO, request
+//! timeouts, liveness PINGs, keepalives, PEX).
+
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::budget::Charge;
+use crate::link::nat::{behind_nat, RateWindow, LINK_KEEPALIVE_MS, NAT_KEEPALIVE_MS};
+use crate::link::noise::{NoiseOut, NoiseSession, NOISE_BUF_LEN};
+use crate::time::Millis;
+use crate::wire::link::MsgType;
+use crate::wire::record::NatClass;
+
+use super::discovery::{PEX_INTERVAL_MS, PEX_MAX, VIEW_WANTED};
+use super::hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
+use super::relayed::RelayPath;
+use super::rpc::{Pending, Rpc, LINK_RPC_RETRIES};
+use super::{LinkId, LinkLayer};
+
+/// Liveness ping on links with no traffic for this long: a dead neighbour on an idle link shows
+/// within this plus the PING's tries (~11 s). It must stay above the NATed side's keepalive
+/// period (`NAT_KEEPALIVE_MS`) minus the tries, so a NAT that lost its state (conntrack flush)
+/// is repaired by that keepalive before the link is given up.
+pub const PING_INTERVAL_MS: Millis = 5_000;
+/// A link we sent on that has received nothing for this long is pinged without waiting for
+/// `PING_INTERVAL_MS` (its death then shows within this plus the PING's timeouts).
+pub const SILENT_PING_MS: Millis = 1_000;
+/// The timeout of each try of such a PING: a killed neighbour is noticed ~4 s after it died
+/// (every flow through it stalls until then). Only a link that stays silent through all tries
+/// is dropped, so a lost PONG on a busy link costs nothing.
+pub const SILENT_PING_TIMEOUT_MS: Millis = 1_000;
+/// How long a peer whose link died of unanswered PINGs counts as dead for extensions (unless it
+/// links to us again first).
+pub const DEAD_PEER_MS: Millis = 30_000;
+/// Such peers remembered at most.
+pub(super) const MAX_DEAD_PEERS: usize = 1024;
+
+/// A handshake is resent after this long without an answer.
+pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
+/// Handshake attempts before a dial gives up.
+pub const HANDSHAKE_ATTEMPTS: u8 = 4;
+
+pub(super) struct Link {
+    pub(super) id: LinkId,
+    pub(super) session: Box<dyn NoiseSession>,
+    pub(super) peer_key: [u8; 32],
+    pub(super) endpoint: SocketAddr,
+    /// Our address the peer's authenticated datagrams arrive at; we answer from it.
+    pub(super) local: Option<IpAddr>,
+    pub(super) local_index: u32,
+    pub(super) dialed: bool,
+    pub(super) created: Millis,
+    pub(super) established_at: Option<Millis>,
+    pub(super) handshake_sent: Millis,
+    pub(super) attempts: u8,
+    pub(super) hello_sent: bool,
+    /// When we last sent HELLO (resent every `HELLO_RETRY_MS` until the peer's arrives).
+    pub(super) hello_at: Millis,
+    pub(super) hello_received: bool,
+    pub(super) identity: Option<[u8; 32]>,
+    pub(super) is_relay: bool,
+    pub(super) last_rx: Millis,
+    pub(super) last_tx: Millis,
+    pub(super) rtt_ms: Option<f64>,
+    pub(super) malformed: u32,
+    pub(super) malformed_since: Millis,
+    pub(super) last_pex: Millis,
+    pub(super) pex_served: Millis,
+    pub(super) last_cell: Millis,
+    pub(super) rpcs: HashMap<u64, Pending>,
+    /// The NAT class and first endpoint of the peer's record.
+    pub(super) peer_nat: NatClass,
+    pub(super) peer_endpoint: Option<SocketAddr>,
+    /// Came up by punching.
+    pub(super) punched: bool,
+    /// Relayed through an introducer (section 13.4).
+    pub(super) relay: Option<RelayPath>,
+    /// When to try again to make a relayed link direct, and how many tries so far (13.4).
+    pub(super) upgrade_next: Millis,
+    pub(super) upgrade_tries: u8,
+    pub(super) relay_in: RateWindow,
+    pub(super) last_ping: Millis,
+    pub(super) punch_in: RateWindow,
+    pub(super) punch_notify_in: RateWindow,
+    pub(super) probe_in: RateWindow,
+    /// Flags of the peer's record (0 for clients).
+    pub(super) peer_flags: u8,
+    /// Dialed for DHT requests and not used for anything else (yet).
+    pub(super) dht_only: bool,
+    pub(super) dht_in: RateWindow,
+    pub(super) dht_store_in: RateWindow,
+    pub(super) _charge: Charge,
+}
+
+impl LinkLayer {
+    pub(super) fn link_timers(&mut self, now: Millis, id: LinkId) {
+        // The session's own timers.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(NOISE_BUF_LEN, 0);
+        let mut send = None;
+        let mut expired = false;
+        if let Some(l) = self.links.get_mut(&id) {
+            match l.session.update_timers(&mut buf) {
+                NoiseOut::Send(b) => send = Some((l.endpoint, b.to_vec())),
+                NoiseOut::Expired => expired = true,
+                _ => {}
+            }
+        }
+        self.scratch = buf;
+        if let Some((dst, b)) = send {
+            self.link_out(id, dst, &b);
+        }
+        if expired {
+            self.remove_link(id, true);
+            return;
+        }
+        let Some(l) = self.links.get(&id) else { return };
+        let established = l.session.established();
+        // Handshake retries on our clock (boringtun retries on the wall clock too; in virtual
+        // time only this one runs).
+        if !established {
+            if self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&id) {
+                // Punching owns this link's handshakes and lifetime.
+                return;
+            }
+            // 1 s, 2 s, 4 s between attempts: a lost initiation costs a second, not five, and a
+            // dead peer is given up after about 7 s.
+            let wait = HANDSHAKE_RETRY_MS << l.attempts.saturating_sub(1).min(4);
+            if now.saturating_sub(l.handshake_sent) >= wait {
+                if l.dialed && l.attempts < HANDSHAKE_ATTEMPTS {
+                    self.initiate(id, now, true);
+                } else {
+                    self.remove_link(id, true);
+                }
+            }
+            return;
+        }
+        if !l.hello_received {
+            if l.established_at
+                .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
+            {
+                self.close(now, id, 1);
+            } else if l.hello_sent && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS {
+                // Ours or theirs was lost: resend and ask for theirs.
+                self.send_hello(now, id, true);
+            }
+            return;
+        }
+        // Request timeouts and retries.
+        let mut retry: Vec<(u64, Vec<u8>)> = Vec::new();
+        // The time a failed PING waited in all (its tries' timeouts).
+        let mut failed_ping: Option<Millis> = None;
+        if let Some(l) = self.links.get_mut(&id) {
+            let mut gone = Vec::new();
+            for (rid, p) in l.rpcs.iter_mut() {
+                if now >= p.deadline {
+                    if p.retries > 0 {
+                        p.retries -= 1;
+                        p.deadline = now + p.timeout;
+                        retry.push((*rid, p.frame.clone()));
+                    } else {
+                        gone.push(*rid);
+                        if matches!(p.rpc, Rpc::Ping { .. }) {
+                            let waited = p.timeout * (u64::from(LINK_RPC_RETRIES) + 1);
+                            failed_ping = Some(failed_ping.map_or(waited, |w| w.min(waited)));
+                        }
+                    }
+                }
+            }
+            for rid in gone {
+                l.rpcs.remove(&rid);
+            }
+        }
+        // Dead only if the PING went unanswered *and* nothing else arrived meanwhile: on a lossy
+        // path a lost PONG is not a dead neighbour.
+        let silent = failed_ping.is_some_and(|waited| {
+            self.links
+                .get(&id)
+                .is_some_and(|l| now.saturating_sub(l.last_rx) >= waited)
+        });
+        if silent {
+            tracing::debug!(link = id.0, "no answer to PING: link is dead");
+            if let Some(key) = self.links.get(&id).map(|l| l.peer_key) {
+                if self.dead_peers.len() >= MAX_DEAD_PEERS {
+                    self.dead_peers.retain(|_, t| now < *t);
+                }
+                if self.dead_peers.len() < MAX_DEAD_PEERS {
+                    self.dead_peers.insert(key, now + DEAD_PEER_MS);
+                }
+            }
+            self.remove_link(id, true);
+            return;
+        }
+        for (rid, f) in retry {
+            if let (Some(t), Some(payload)) =
+                (f.first().and_then(|b| MsgType::from_u8(*b)), f.get(1..))
+            {
+                let _ = self.send_frame(now, id, t, rid, payload);
+            }
+        }
+        // Liveness.
+        let Some(l) = self.links.get(&id) else { return };
+        let pinging = l.rpcs.values().any(|p| matches!(p.rpc, Rpc::Ping { .. }));
+        // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
+        // sends nothing, and circuits through it should not wait the idle interval to close.
+        let quiet = now.saturating_sub(l.last_rx);
+        // Cells (not keepalives or PINGs): a link that only keeps a NAT mapping open may be
+        // silent for a few seconds after the NAT lost its state (the NATed side's next
+        // keepalive restores it); dropping it then would cost every circuit on it.
+        let unanswered = l.last_cell > l.last_rx
+            && quiet >= SILENT_PING_MS
+            && now.saturating_sub(l.last_ping) >= SILENT_PING_MS;
+        if !pinging && unanswered {
+            let nonce: u64 = self.rng.gen();
+            self.ping_timeout(now, id, nonce, SILENT_PING_TIMEOUT_MS);
+        } else if !pinging && quiet >= PING_INTERVAL_MS {
+            self.ping(now, id);
+        }
+        // Keepalives that hold NAT mappings (section 13.5). Behind NAT the keepalive is a PING
+        // on a fixed period: its PONG also tells us at once when our NAT rebound and gave us a
+        // new public port, and the PING itself shows every neighbour where we went.
+        let Some(l) = self.links.get(&id) else { return };
+        if behind_nat(self.nat) {
+            if !pinging && now.saturating_sub(l.last_ping) >= NAT_KEEPALIVE_MS {
+                self.ping(now, id);
+            }
+        } else if (l.punched || behind_nat(l.peer_nat))
+            && now.saturating_sub(l.last_tx) >= LINK_KEEPALIVE_MS
+        {
+            self.send_keepalive(now, id);
+        }
+        // Peer exchange.
+        let Some(l) = self.links.get(&id) else { return };
+        let interval = if self.view.len() < VIEW_WANTED {
+            PEX_INTERVAL_MS
+        } else {
+            30 * PEX_INTERVAL_MS
+        };
+        if l.is_relay && now.saturating_sub(l.last_pex) >= interval {
+            if let Some(l) = self.links.get_mut(&id) {
+                l.last_pex = now;
+            }
+            self.send_rpc(now, id, Rpc::Pex, MsgType::PexRequest, &[PEX_MAX, 0]);
+        }
+    }
+}
