@@ -33,7 +33,7 @@ impl LinkLayer {
         data: &[u8],
     ) -> Result<(), LinkError> {
         match self.links.get_mut(&link) {
-            Some(l) if l.hello_received && l.identity.is_some() => l.last_cell = now,
+            Some(l) if l.state.ready() && l.identity.is_some() => l.last_cell = now,
             _ => return Err(LinkError::NoLink),
         }
         let t = if response {
@@ -67,7 +67,7 @@ impl LinkLayer {
         let mut idle: Vec<LinkId> = self
             .links
             .values()
-            .filter(|l| l.dht_only && l.hello_received)
+            .filter(|l| l.dht_only && l.state.ready())
             .filter(|l| {
                 let since = l.last_cell.max(l.established_at.unwrap_or(l.created));
                 now.saturating_sub(since) >= DHT_LINK_IDLE_MS
@@ -89,7 +89,7 @@ impl LinkLayer {
     pub fn dht_contacts(&self) -> impl Iterator<Item = (LinkId, Contact)> + '_ {
         self.links
             .values()
-            .filter(|l| l.hello_received && l.peer_flags & FLAG_DHT != 0)
+            .filter(|l| l.state.ready() && l.peer_flags & FLAG_DHT != 0)
             .filter_map(|l| {
                 Some((
                     l.id,

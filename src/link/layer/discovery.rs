@@ -221,7 +221,7 @@ impl LinkLayer {
     }
 
     pub(super) fn bootstrap(&mut self, now: Millis) {
-        let have_relay = self.links.values().any(|l| l.hello_received && l.is_relay);
+        let have_relay = self.links.values().any(|l| l.state.ready() && l.is_relay);
         let enough = have_relay && self.view.len() >= self.cfg.target_links;
         let links = &self.links;
         let queries = self.boot.due(
@@ -266,12 +266,12 @@ impl LinkLayer {
     pub fn bootstrap_status(&self) -> Vec<BootstrapInfo> {
         let links = &self.links;
         self.boot
-            .status(|a| links.values().any(|l| l.endpoint == *a && l.hello_received))
+            .status(|a| links.values().any(|l| l.endpoint == *a && l.state.ready()))
     }
 
     /// Why the node has no link, in one line; `None` while a link is up.
     pub fn isolation_reason(&self, now: Millis) -> Option<String> {
-        if self.links.values().any(|l| l.hello_received) {
+        if self.links.values().any(|l| l.state.ready()) {
             return None;
         }
         let listening: Vec<String> = if self.locals.is_empty() {
@@ -287,13 +287,13 @@ impl LinkLayer {
         let others = self
             .links
             .values()
-            .filter(|l| l.hello_received && l.is_relay && !boot.is_bootstrap(&l.endpoint))
+            .filter(|l| l.state.ready() && l.is_relay && !boot.is_bootstrap(&l.endpoint))
             .count();
         if others >= self.cfg.target_links {
             let idle_bootstrap: Vec<LinkId> = self
                 .links
                 .values()
-                .filter(|l| l.dialed && l.hello_received && boot.is_bootstrap(&l.endpoint))
+                .filter(|l| l.dialed && l.state.ready() && boot.is_bootstrap(&l.endpoint))
                 .filter(|l| {
                     l.established_at
                         .is_some_and(|t| now.saturating_sub(t) >= BOOTSTRAP_LINGER_MS)
@@ -310,7 +310,7 @@ impl LinkLayer {
         let relays = self
             .links
             .values()
-            .filter(|l| l.is_relay || (l.dialed && !l.hello_received))
+            .filter(|l| l.is_relay || (l.dialed && !l.state.ready()))
             .count();
         if relays >= self.cfg.target_links {
             return;

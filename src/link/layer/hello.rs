@@ -46,8 +46,7 @@ impl LinkLayer {
             .is_ok()
         {
             if let Some(l) = self.links.get_mut(&id) {
-                l.hello_sent = true;
-                l.hello_at = now;
+                l.state.on_hello_sent(now);
             }
         }
     }
@@ -93,7 +92,7 @@ impl LinkLayer {
         }
         let first = match self.links.get_mut(&id) {
             Some(l) => {
-                let first = !l.hello_received;
+                let first = !l.state.ready();
                 if let (Some(old), Some(new)) = (l.identity, identity) {
                     if old != new {
                         // An identity change on a live link is not allowed.
@@ -102,7 +101,7 @@ impl LinkLayer {
                         return;
                     }
                 }
-                l.hello_received = true;
+                l.state.on_hello_received();
                 l.identity = identity;
                 l.is_relay = record.as_ref().is_some_and(RelayRecord::is_relay);
                 l.peer_flags = record.as_ref().map_or(0, |r| r.fields().flags);
@@ -123,8 +122,9 @@ impl LinkLayer {
         // peer cannot turn HELLOs into a stream of our records.
         let (hello_sent, answer) = self.links.get(&id).map_or((true, false), |l| {
             (
-                l.hello_sent,
-                role & HELLO_ASK != 0 && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS / 2,
+                l.state.hello_sent(),
+                role & HELLO_ASK != 0
+                    && now.saturating_sub(l.state.hello_at().unwrap_or(0)) >= HELLO_RETRY_MS / 2,
             )
         });
         if !hello_sent || answer {
@@ -185,7 +185,7 @@ impl LinkLayer {
             let mut cands: Vec<&Link> = self
                 .links
                 .values()
-                .filter(|l| l.hello_received && l.is_relay && l.peer_nat.directly_reachable())
+                .filter(|l| l.state.ready() && l.is_relay && l.peer_nat.directly_reachable())
                 .filter(|l| l.session.established())
                 .collect();
             cands.sort_by_key(|l| l.id);
@@ -238,7 +238,7 @@ impl LinkLayer {
                     let ids: Vec<LinkId> = self
                         .links
                         .values()
-                        .filter(|l| l.hello_sent)
+                        .filter(|l| l.state.hello_sent())
                         .map(|l| l.id)
                         .collect();
                     for id in ids {

@@ -15,7 +15,7 @@ use crate::wire::record::NatClass;
 use super::discovery::{PEX_INTERVAL_MS, PEX_MAX, VIEW_WANTED};
 use super::hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
 use super::relayed::RelayPath;
-use super::rpc::{Pending, Rpc, LINK_RPC_RETRIES};
+use super::rpc::{Pending, Rpc, LINK_RPC_RETRIES, LINK_RPC_TIMEOUT_MS};
 use super::{LinkId, LinkLayer};
 
 /// Liveness ping on links with no traffic for this long: a dead neighbour on an idle link shows
@@ -41,6 +41,64 @@ pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 /// Handshake attempts before a dial gives up.
 pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 
+/// Where a link is in coming up, past its WireGuard handshake (docs/protocol.md 4.5). The
+/// handshake itself is the session's (`NoiseSession::established`); a link carries cells, DHT
+/// frames and requests only once both HELLOs are through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkState {
+    /// No HELLO either way yet.
+    Handshake,
+    /// Ours went out, last at `hello_at` (resent every `HELLO_RETRY_MS` until the peer's
+    /// arrives); the peer's has not come.
+    HelloSent { hello_at: Millis },
+    /// The peer's came before we sent ours (we answer at once).
+    HelloReceived,
+    /// Both HELLOs are through. Ours last went out at `hello_at` (again when our record
+    /// changes, or when the peer asks).
+    Ready { hello_at: Millis },
+}
+
+impl LinkState {
+    /// The peer's HELLO arrived: the link is up for the layers above.
+    pub(super) fn ready(self) -> bool {
+        matches!(self, LinkState::HelloReceived | LinkState::Ready { .. })
+    }
+
+    /// We sent HELLO.
+    pub(super) fn hello_sent(self) -> bool {
+        self.hello_at().is_some()
+    }
+
+    /// When we last sent HELLO.
+    pub(super) fn hello_at(self) -> Option<Millis> {
+        match self {
+            LinkState::HelloSent { hello_at } | LinkState::Ready { hello_at } => Some(hello_at),
+            LinkState::Handshake | LinkState::HelloReceived => None,
+        }
+    }
+
+    /// We sent HELLO at `now`.
+    pub(super) fn on_hello_sent(&mut self, now: Millis) {
+        *self = match *self {
+            LinkState::Handshake | LinkState::HelloSent { .. } => {
+                LinkState::HelloSent { hello_at: now }
+            }
+            LinkState::HelloReceived | LinkState::Ready { .. } => {
+                LinkState::Ready { hello_at: now }
+            }
+        };
+    }
+
+    /// The peer's HELLO arrived.
+    pub(super) fn on_hello_received(&mut self) {
+        *self = match *self {
+            LinkState::Handshake => LinkState::HelloReceived,
+            LinkState::HelloSent { hello_at } => LinkState::Ready { hello_at },
+            s => s,
+        };
+    }
+}
+
 pub(super) struct Link {
     pub(super) id: LinkId,
     pub(super) session: Box<dyn NoiseSession>,
@@ -54,10 +112,8 @@ pub(super) struct Link {
     pub(super) established_at: Option<Millis>,
     pub(super) handshake_sent: Millis,
     pub(super) attempts: u8,
-    pub(super) hello_sent: bool,
-    /// When we last sent HELLO (resent every `HELLO_RETRY_MS` until the peer's arrives).
-    pub(super) hello_at: Millis,
-    pub(super) hello_received: bool,
+    /// How far HELLO got.
+    pub(super) state: LinkState,
     pub(super) identity: Option<[u8; 32]>,
     pub(super) is_relay: bool,
     pub(super) last_rx: Millis,
@@ -93,7 +149,167 @@ pub(super) struct Link {
     pub(super) _charge: Charge,
 }
 
+/// What a link's handshake timer asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HandshakeTimer {
+    Wait,
+    /// Send another initiation.
+    Retry,
+    /// The peer never answered: drop the link.
+    GiveUp,
+}
+
+/// What a link's HELLO timer asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HelloTimer {
+    Wait,
+    /// Ours or theirs was lost: resend and ask for theirs.
+    Resend,
+    /// No HELLO within `HELLO_TIMEOUT_MS` of the handshake: close the link.
+    GiveUp,
+}
+
+/// What keeps a NAT mapping open on a link (section 13.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keepalive {
+    /// Behind NAT: a PING, whose PONG also tells us at once when our NAT rebound and gave us a
+    /// new public port, and which shows every neighbour where we went.
+    Ping,
+    /// An empty WireGuard keepalive.
+    Empty,
+}
+
+/// A link's own timers: each says what is due at `now`, the layer does it (sans-IO, like the
+/// session's `update_timers`).
+impl Link {
+    /// Handshake retries on our clock (boringtun retries on the wall clock too; in virtual time
+    /// only this one runs). For a link whose session is not up and that no punch drives.
+    pub(super) fn handshake_timer(&self, now: Millis) -> HandshakeTimer {
+        // 1 s, 2 s, 4 s between attempts: a lost initiation costs a second, not five, and a
+        // dead peer is given up after about 7 s.
+        let wait = HANDSHAKE_RETRY_MS << self.attempts.saturating_sub(1).min(4);
+        if now.saturating_sub(self.handshake_sent) < wait {
+            HandshakeTimer::Wait
+        } else if self.dialed && self.attempts < HANDSHAKE_ATTEMPTS {
+            HandshakeTimer::Retry
+        } else {
+            HandshakeTimer::GiveUp
+        }
+    }
+
+    /// HELLO until the peer's arrives, for a link whose session is up.
+    pub(super) fn hello_timer(&self, now: Millis) -> HelloTimer {
+        if self.state.ready() {
+            HelloTimer::Wait
+        } else if self
+            .established_at
+            .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
+        {
+            HelloTimer::GiveUp
+        } else if self
+            .state
+            .hello_at()
+            .is_some_and(|at| now.saturating_sub(at) >= HELLO_RETRY_MS)
+        {
+            HelloTimer::Resend
+        } else {
+            HelloTimer::Wait
+        }
+    }
+
+    /// Request timeouts: pushes the requests to send again onto `retry` (their ids and frames)
+    /// and forgets those out of tries. Returns, if a PING ran out of tries, the time it waited in
+    /// all (its tries' timeouts).
+    pub(super) fn expire_rpcs(
+        &mut self,
+        now: Millis,
+        retry: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Option<Millis> {
+        let mut failed_ping: Option<Millis> = None;
+        let mut gone = Vec::new();
+        for (rid, p) in self.rpcs.iter_mut() {
+            if now >= p.deadline {
+                if p.retries > 0 {
+                    p.retries -= 1;
+                    p.deadline = now + p.timeout;
+                    retry.push((*rid, p.frame.clone()));
+                } else {
+                    gone.push(*rid);
+                    if matches!(p.rpc, Rpc::Ping { .. }) {
+                        let waited = p.timeout * (u64::from(LINK_RPC_RETRIES) + 1);
+                        failed_ping = Some(failed_ping.map_or(waited, |w| w.min(waited)));
+                    }
+                }
+            }
+        }
+        for rid in gone {
+            self.rpcs.remove(&rid);
+        }
+        failed_ping
+    }
+
+    /// Whether the peer sent nothing for `waited`. Dead only if a PING went unanswered *and*
+    /// nothing else arrived meanwhile: on a lossy path a lost PONG is not a dead neighbour.
+    pub(super) fn silent_for(&self, now: Millis, waited: Millis) -> bool {
+        now.saturating_sub(self.last_rx) >= waited
+    }
+
+    /// A PING of ours is waiting for its PONG.
+    pub(super) fn pinging(&self) -> bool {
+        self.rpcs
+            .values()
+            .any(|p| matches!(p.rpc, Rpc::Ping { .. }))
+    }
+
+    /// A liveness PING due on a link that completed HELLO, with each try's timeout.
+    pub(super) fn liveness_ping(&self, now: Millis, pinging: bool) -> Option<Millis> {
+        // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
+        // sends nothing, and circuits through it should not wait the idle interval to close.
+        let quiet = now.saturating_sub(self.last_rx);
+        // Cells (not keepalives or PINGs): a link that only keeps a NAT mapping open may be
+        // silent for a few seconds after the NAT lost its state (the NATed side's next
+        // keepalive restores it); dropping it then would cost every circuit on it.
+        let unanswered = self.last_cell > self.last_rx
+            && quiet >= SILENT_PING_MS
+            && now.saturating_sub(self.last_ping) >= SILENT_PING_MS;
+        if !pinging && unanswered {
+            Some(SILENT_PING_TIMEOUT_MS)
+        } else if !pinging && quiet >= PING_INTERVAL_MS {
+            Some(LINK_RPC_TIMEOUT_MS)
+        } else {
+            None
+        }
+    }
+
+    /// A keepalive due to hold NAT mappings (section 13.5): behind NAT (`natted`) a PING on a
+    /// fixed period, else an empty keepalive on links that need one (punched, or the peer is
+    /// behind NAT).
+    pub(super) fn keepalive(&self, now: Millis, natted: bool, pinging: bool) -> Option<Keepalive> {
+        if natted {
+            (!pinging && now.saturating_sub(self.last_ping) >= NAT_KEEPALIVE_MS)
+                .then_some(Keepalive::Ping)
+        } else {
+            ((self.punched || behind_nat(self.peer_nat))
+                && now.saturating_sub(self.last_tx) >= LINK_KEEPALIVE_MS)
+                .then_some(Keepalive::Empty)
+        }
+    }
+
+    /// A PEX request due to a relay: every `PEX_INTERVAL_MS` while the view is small
+    /// (`view_small`), thirty times less often after.
+    pub(super) fn pex_due(&self, now: Millis, view_small: bool) -> bool {
+        let interval = if view_small {
+            PEX_INTERVAL_MS
+        } else {
+            30 * PEX_INTERVAL_MS
+        };
+        self.is_relay && now.saturating_sub(self.last_pex) >= interval
+    }
+}
+
 impl LinkLayer {
+    /// Runs one link's timers: the session's, then the link's own (handshake, HELLO, requests,
+    /// liveness, keepalive, PEX), and does what they ask.
     pub(super) fn link_timers(&mut self, now: Millis, id: LinkId) {
         // The session's own timers.
         let mut buf = std::mem::take(&mut self.scratch);
@@ -116,68 +332,35 @@ impl LinkLayer {
             return;
         }
         let Some(l) = self.links.get(&id) else { return };
-        let established = l.session.established();
-        // Handshake retries on our clock (boringtun retries on the wall clock too; in virtual
-        // time only this one runs).
-        if !established {
+        if !l.session.established() {
             if self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&id) {
                 // Punching owns this link's handshakes and lifetime.
                 return;
             }
-            // 1 s, 2 s, 4 s between attempts: a lost initiation costs a second, not five, and a
-            // dead peer is given up after about 7 s.
-            let wait = HANDSHAKE_RETRY_MS << l.attempts.saturating_sub(1).min(4);
-            if now.saturating_sub(l.handshake_sent) >= wait {
-                if l.dialed && l.attempts < HANDSHAKE_ATTEMPTS {
-                    self.initiate(id, now, true);
-                } else {
-                    self.remove_link(id, true);
-                }
+            match l.handshake_timer(now) {
+                HandshakeTimer::Wait => {}
+                HandshakeTimer::Retry => self.initiate(id, now, true),
+                HandshakeTimer::GiveUp => self.remove_link(id, true),
             }
             return;
         }
-        if !l.hello_received {
-            if l.established_at
-                .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
-            {
-                self.close(now, id, 1);
-            } else if l.hello_sent && now.saturating_sub(l.hello_at) >= HELLO_RETRY_MS {
-                // Ours or theirs was lost: resend and ask for theirs.
-                self.send_hello(now, id, true);
+        if !l.state.ready() {
+            match l.hello_timer(now) {
+                HelloTimer::Wait => {}
+                HelloTimer::Resend => self.send_hello(now, id, true),
+                HelloTimer::GiveUp => self.close(now, id, 1),
             }
             return;
         }
-        // Request timeouts and retries.
         let mut retry: Vec<(u64, Vec<u8>)> = Vec::new();
-        // The time a failed PING waited in all (its tries' timeouts).
-        let mut failed_ping: Option<Millis> = None;
-        if let Some(l) = self.links.get_mut(&id) {
-            let mut gone = Vec::new();
-            for (rid, p) in l.rpcs.iter_mut() {
-                if now >= p.deadline {
-                    if p.retries > 0 {
-                        p.retries -= 1;
-                        p.deadline = now + p.timeout;
-                        retry.push((*rid, p.frame.clone()));
-                    } else {
-                        gone.push(*rid);
-                        if matches!(p.rpc, Rpc::Ping { .. }) {
-                            let waited = p.timeout * (u64::from(LINK_RPC_RETRIES) + 1);
-                            failed_ping = Some(failed_ping.map_or(waited, |w| w.min(waited)));
-                        }
-                    }
-                }
-            }
-            for rid in gone {
-                l.rpcs.remove(&rid);
-            }
-        }
-        // Dead only if the PING went unanswered *and* nothing else arrived meanwhile: on a lossy
-        // path a lost PONG is not a dead neighbour.
+        let failed_ping = match self.links.get_mut(&id) {
+            Some(l) => l.expire_rpcs(now, &mut retry),
+            None => None,
+        };
         let silent = failed_ping.is_some_and(|waited| {
             self.links
                 .get(&id)
-                .is_some_and(|l| now.saturating_sub(l.last_rx) >= waited)
+                .is_some_and(|l| l.silent_for(now, waited))
         });
         if silent {
             tracing::debug!(link = id.0, "no answer to PING: link is dead");
@@ -199,45 +382,20 @@ impl LinkLayer {
                 let _ = self.send_frame(now, id, t, rid, payload);
             }
         }
-        // Liveness.
         let Some(l) = self.links.get(&id) else { return };
-        let pinging = l.rpcs.values().any(|p| matches!(p.rpc, Rpc::Ping { .. }));
-        // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
-        // sends nothing, and circuits through it should not wait the idle interval to close.
-        let quiet = now.saturating_sub(l.last_rx);
-        // Cells (not keepalives or PINGs): a link that only keeps a NAT mapping open may be
-        // silent for a few seconds after the NAT lost its state (the NATed side's next
-        // keepalive restores it); dropping it then would cost every circuit on it.
-        let unanswered = l.last_cell > l.last_rx
-            && quiet >= SILENT_PING_MS
-            && now.saturating_sub(l.last_ping) >= SILENT_PING_MS;
-        if !pinging && unanswered {
+        let pinging = l.pinging();
+        if let Some(timeout) = l.liveness_ping(now, pinging) {
             let nonce: u64 = self.rng.gen();
-            self.ping_timeout(now, id, nonce, SILENT_PING_TIMEOUT_MS);
-        } else if !pinging && quiet >= PING_INTERVAL_MS {
-            self.ping(now, id);
+            self.ping_timeout(now, id, nonce, timeout);
         }
-        // Keepalives that hold NAT mappings (section 13.5). Behind NAT the keepalive is a PING
-        // on a fixed period: its PONG also tells us at once when our NAT rebound and gave us a
-        // new public port, and the PING itself shows every neighbour where we went.
         let Some(l) = self.links.get(&id) else { return };
-        if behind_nat(self.nat) {
-            if !pinging && now.saturating_sub(l.last_ping) >= NAT_KEEPALIVE_MS {
-                self.ping(now, id);
-            }
-        } else if (l.punched || behind_nat(l.peer_nat))
-            && now.saturating_sub(l.last_tx) >= LINK_KEEPALIVE_MS
-        {
-            self.send_keepalive(now, id);
+        match l.keepalive(now, behind_nat(self.nat), pinging) {
+            Some(Keepalive::Ping) => self.ping(now, id),
+            Some(Keepalive::Empty) => self.send_keepalive(now, id),
+            None => {}
         }
-        // Peer exchange.
         let Some(l) = self.links.get(&id) else { return };
-        let interval = if self.view.len() < VIEW_WANTED {
-            PEX_INTERVAL_MS
-        } else {
-            30 * PEX_INTERVAL_MS
-        };
-        if l.is_relay && now.saturating_sub(l.last_pex) >= interval {
+        if l.pex_due(now, self.view.len() < VIEW_WANTED) {
             if let Some(l) = self.links.get_mut(&id) {
                 l.last_pex = now;
             }

@@ -481,7 +481,7 @@ impl LinkLayer {
     pub fn link_to(&self, identity: &[u8; 32]) -> Option<LinkId> {
         self.links
             .values()
-            .find(|l| l.hello_received && l.identity.as_ref() == Some(identity))
+            .find(|l| l.state.ready() && l.identity.as_ref() == Some(identity))
             .map(|l| l.id)
     }
 
@@ -494,7 +494,7 @@ impl LinkLayer {
     pub fn ready_links(&self) -> impl Iterator<Item = LinkId> + '_ {
         self.links
             .values()
-            .filter(|l| l.hello_received)
+            .filter(|l| l.state.ready())
             .map(|l| l.id)
     }
 
@@ -502,7 +502,7 @@ impl LinkLayer {
     pub fn relay_links(&self) -> usize {
         self.links
             .values()
-            .filter(|l| l.hello_received && l.is_relay)
+            .filter(|l| l.state.ready() && l.is_relay)
             .count()
     }
 
@@ -511,7 +511,7 @@ impl LinkLayer {
         let mut v: Vec<PeerInfo> = self
             .links
             .values()
-            .filter(|l| l.hello_received)
+            .filter(|l| l.state.ready())
             .map(|l| {
                 let (tx, rx) = l.session.traffic();
                 PeerInfo {
@@ -625,7 +625,7 @@ impl LinkLayer {
     /// Sends a cell (exactly `CELL_LEN` bytes) on a link that completed HELLO.
     pub fn send_cell(&mut self, now: Millis, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
         match self.links.get_mut(&link) {
-            Some(l) if l.hello_received => {
+            Some(l) if l.state.ready() => {
                 l.last_cell = now;
                 l.dht_only = false;
             }
@@ -766,7 +766,7 @@ impl LinkLayer {
                 return;
             }
         };
-        let hello_received = self.links.get(&id).is_some_and(|l| l.hello_received);
+        let hello_received = self.links.get(&id).is_some_and(|l| l.state.ready());
         let t = f.msg_type();
         if !hello_received
             && !matches!(

@@ -85,7 +85,7 @@ impl LinkLayer {
         let relays: Vec<LinkId> = self
             .links
             .values()
-            .filter(|l| l.hello_received && l.is_relay)
+            .filter(|l| l.state.ready() && l.is_relay)
             .map(|l| l.id)
             .collect();
         if relays.len() < 2 {
@@ -198,7 +198,7 @@ impl LinkLayer {
         let cands: Vec<LinkId> = self
             .links
             .values()
-            .filter(|l| l.hello_received && l.is_relay && l.id != id && l.endpoint.ip() != ip)
+            .filter(|l| l.state.ready() && l.is_relay && l.id != id && l.endpoint.ip() != ip)
             .filter(|l| l.peer_key != fwd.subject_link_key)
             .map(|l| l.id)
             .collect();

@@ -153,7 +153,7 @@ impl LinkLayer {
             .filter(|l| {
                 l.relay.is_some()
                     && l.session.established()
-                    && l.hello_received
+                    && l.state.ready()
                     && now >= l.upgrade_next
                     && self.link_public < l.peer_key
                     && !(self.nat == NatClass::Symmetric && l.peer_nat == NatClass::Symmetric)

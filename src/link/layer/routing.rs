@@ -13,7 +13,7 @@ use crate::wire::datagram::{self};
 use crate::wire::record::NatClass;
 
 use super::discovery::{Backoff, BACKOFF_MAX_MS, BACKOFF_MIN_MS};
-use super::link::Link;
+use super::link::{Link, LinkState};
 use super::{LinkError, LinkEvent, LinkId, LinkLayer, Transmit};
 
 /// Approximate bytes one link costs (session, state, maps).
@@ -133,9 +133,7 @@ impl LinkLayer {
                 established_at: None,
                 handshake_sent: now,
                 attempts: 0,
-                hello_sent: false,
-                hello_at: 0,
-                hello_received: false,
+                state: LinkState::Handshake,
                 identity: None,
                 is_relay: false,
                 last_rx: now,
@@ -174,7 +172,7 @@ impl LinkLayer {
         let victim = self
             .links
             .values()
-            .filter(|l| !l.hello_received && !l.dialed)
+            .filter(|l| !l.state.ready() && !l.dialed)
             .min_by_key(|l| l.created)
             .map(|l| l.id);
         if let Some(v) = victim {
@@ -206,7 +204,7 @@ impl LinkLayer {
             }
             let at = l.last_tx.max(l.last_rx);
             self.note_recent(l.endpoint.ip(), at);
-            if l.hello_received {
+            if l.state.ready() {
                 self.events.push_back(LinkEvent::Down {
                     link: id,
                     identity: l.identity,
