@@ -117,9 +117,9 @@ impl LinkLayer {
         };
         let allowed = l.identity.is_some()
             && (response
-                || (l.dht_in.allow(now, 1000, DHT_REQUEST_RATE)
+                || (l.limits.dht.allow(now, 1000, DHT_REQUEST_RATE)
                     && (p.get(1) != Some(&DHT_TYPE_STORE)
-                        || l.dht_store_in.allow(now, 1000, DHT_STORE_RATE))));
+                        || l.limits.dht_store.allow(now, 1000, DHT_STORE_RATE))));
         if !allowed {
             self.stats.dht_dropped += 1;
             return;

@@ -99,31 +99,45 @@ impl LinkState {
     }
 }
 
+/// One neighbour link: its session, how far it came up, and what its timers need.
 pub(super) struct Link {
     pub(super) id: LinkId,
     pub(super) session: Box<dyn NoiseSession>,
+    /// The peer's X25519 link key (authenticated by the handshake).
     pub(super) peer_key: [u8; 32],
+    /// Where the peer's authenticated datagrams last came from (roaming).
     pub(super) endpoint: SocketAddr,
     /// Our address the peer's authenticated datagrams arrive at; we answer from it.
     pub(super) local: Option<IpAddr>,
+    /// Our session index (the receiver index peers put in their datagrams, shifted).
     pub(super) local_index: u32,
+    /// We dialled it (else the peer did).
     pub(super) dialed: bool,
     pub(super) created: Millis,
+    /// When the session first came up.
     pub(super) established_at: Option<Millis>,
+    /// The handshake retry timer: our last initiation and how many we sent.
     pub(super) handshake_sent: Millis,
     pub(super) attempts: u8,
     /// How far HELLO got.
     pub(super) state: LinkState,
+    /// The peer's relay identity and whether its record is a relay's (from its HELLO).
     pub(super) identity: Option<[u8; 32]>,
     pub(super) is_relay: bool,
+    /// Last authenticated datagram from the peer, last datagram to it.
     pub(super) last_rx: Millis,
     pub(super) last_tx: Millis,
+    /// Smoothed PING round trip.
     pub(super) rtt_ms: Option<f64>,
+    /// Malformed frames since `malformed_since` (a minute's window).
     pub(super) malformed: u32,
     pub(super) malformed_since: Millis,
+    /// Our last PEX request on it, our last PEX answer on it.
     pub(super) last_pex: Millis,
     pub(super) pex_served: Millis,
+    /// Last use: a cell either way, a DHT frame we sent, or `LinkLayer::mark_in_use`.
     pub(super) last_cell: Millis,
+    /// Our requests waiting for an answer, by rpc id.
     pub(super) rpcs: HashMap<u64, Pending>,
     /// The NAT class and first endpoint of the peer's record.
     pub(super) peer_nat: NatClass,
@@ -135,18 +149,32 @@ pub(super) struct Link {
     /// When to try again to make a relayed link direct, and how many tries so far (13.4).
     pub(super) upgrade_next: Millis,
     pub(super) upgrade_tries: u8,
-    pub(super) relay_in: RateWindow,
+    /// Our last PING on it.
     pub(super) last_ping: Millis,
-    pub(super) punch_in: RateWindow,
-    pub(super) punch_notify_in: RateWindow,
-    pub(super) probe_in: RateWindow,
     /// Flags of the peer's record (0 for clients).
     pub(super) peer_flags: u8,
     /// Dialed for DHT requests and not used for anything else (yet).
     pub(super) dht_only: bool,
-    pub(super) dht_in: RateWindow,
-    pub(super) dht_store_in: RateWindow,
+    /// What the peer may ask of us, per second or minute.
+    pub(super) limits: Limits,
     pub(super) _charge: Charge,
+}
+
+/// Rate windows of the requests a neighbour may send us, each bounded per link.
+#[derive(Default)]
+pub(super) struct Limits {
+    /// RELAY_REQUEST and unsolicited RELAY_OFFER.
+    pub(super) relay: RateWindow,
+    /// PUNCH_REQUEST.
+    pub(super) punch: RateWindow,
+    /// Unsolicited PUNCH_NOTIFY.
+    pub(super) punch_notify: RateWindow,
+    /// PROBE_REQUEST and PROBE_FORWARD.
+    pub(super) probe: RateWindow,
+    /// DHT requests.
+    pub(super) dht: RateWindow,
+    /// DHT STOREs.
+    pub(super) dht_store: RateWindow,
 }
 
 /// What a link's handshake timer asks for.
@@ -401,5 +429,33 @@ impl LinkLayer {
             }
             self.send_rpc(now, id, Rpc::Pex, MsgType::PexRequest, &[PEX_MAX, 0]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkState;
+
+    #[test]
+    fn hello_progress_either_order() {
+        let mut s = LinkState::Handshake;
+        assert!(!s.ready() && !s.hello_sent());
+        s.on_hello_sent(5);
+        assert_eq!(s, LinkState::HelloSent { hello_at: 5 });
+        assert!(!s.ready());
+        s.on_hello_sent(7);
+        assert_eq!(s.hello_at(), Some(7));
+        s.on_hello_received();
+        assert_eq!(s, LinkState::Ready { hello_at: 7 });
+
+        // The peer's first: up at once, ours still owed.
+        let mut t = LinkState::Handshake;
+        t.on_hello_received();
+        assert!(t.ready() && !t.hello_sent());
+        t.on_hello_sent(9);
+        assert_eq!(t, LinkState::Ready { hello_at: 9 });
+        // Another HELLO from the peer (a record change) changes nothing here.
+        t.on_hello_received();
+        assert_eq!(t, LinkState::Ready { hello_at: 9 });
     }
 }

@@ -184,7 +184,7 @@ impl LinkLayer {
         let Some(a) = self.links.get_mut(&id) else {
             return;
         };
-        if !self.cfg.relay || !a.probe_in.allow(now, 60_000, PROBE_REQUEST_RATE) {
+        if !self.cfg.relay || !a.limits.probe.allow(now, 60_000, PROBE_REQUEST_RATE) {
             self.stats.dropped += 1;
             return;
         }
@@ -217,10 +217,9 @@ impl LinkLayer {
             Ok(f) => f,
             Err(e) => return self.malformed(now, id, &e.to_string()),
         };
-        let ok = self
-            .links
-            .get_mut(&id)
-            .is_some_and(|l| l.is_relay && l.probe_in.allow(now, 1000, 10 * PROBE_REQUEST_RATE));
+        let ok = self.links.get_mut(&id).is_some_and(|l| {
+            l.is_relay && l.limits.probe.allow(now, 1000, 10 * PROBE_REQUEST_RATE)
+        });
         if !ok
             || self.by_key.contains_key(&f.subject_link_key)
             || self.probe_pings.len() >= MAX_PROBE_PINGS

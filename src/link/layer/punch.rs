@@ -237,7 +237,7 @@ impl LinkLayer {
         let allowed = self
             .links
             .get_mut(&id)
-            .is_some_and(|l| l.punch_in.allow(now, 1000, PUNCH_REQUEST_RATE));
+            .is_some_and(|l| l.limits.punch.allow(now, 1000, PUNCH_REQUEST_RATE));
         if !allowed || !self.cfg.relay {
             self.stats.dropped += 1;
             return;
@@ -311,7 +311,7 @@ impl LinkLayer {
         let from_relay = self.links.get_mut(&id).is_some_and(|l| {
             l.is_relay
                 && l.identity.is_some()
-                && l.punch_notify_in.allow(now, 1000, PUNCH_REQUEST_RATE)
+                && l.limits.punch_notify.allow(now, 1000, PUNCH_REQUEST_RATE)
         });
         if !from_relay || n.endpoints.is_empty() || n.peer_link_key == self.link_public {
             self.stats.dropped += 1;

@@ -57,7 +57,7 @@ impl LinkLayer {
         let allowed = self
             .links
             .get_mut(&id)
-            .is_some_and(|l| l.relay_in.allow(now, 1000, RELAY_REQUEST_RATE));
+            .is_some_and(|l| l.limits.relay.allow(now, 1000, RELAY_REQUEST_RATE));
         if !allowed || !self.cfg.relay {
             self.stats.dropped += 1;
             return;
@@ -218,7 +218,7 @@ impl LinkLayer {
         let ok = self.links.get_mut(&id).is_some_and(|l| {
             l.is_relay
                 && l.identity.is_some()
-                && l.relay_in.allow(now, 1000, 2 * RELAY_REQUEST_RATE)
+                && l.limits.relay.allow(now, 1000, 2 * RELAY_REQUEST_RATE)
         });
         if !ok || o.status != RELAY_OK || o.peer_link_key == self.link_public {
             self.stats.dropped += 1;

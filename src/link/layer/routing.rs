@@ -6,14 +6,13 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::link::nat::RateWindow;
 use crate::link::noise::{BoringSession, NOISE_BUF_LEN};
 use crate::time::Millis;
 use crate::wire::datagram::{self};
 use crate::wire::record::NatClass;
 
 use super::discovery::{Backoff, BACKOFF_MAX_MS, BACKOFF_MIN_MS};
-use super::link::{Link, LinkState};
+use super::link::{Limits, Link, LinkState};
 use super::{LinkError, LinkEvent, LinkId, LinkLayer, Transmit};
 
 /// Approximate bytes one link costs (session, state, maps).
@@ -151,15 +150,10 @@ impl LinkLayer {
                 relay: None,
                 upgrade_next: 0,
                 upgrade_tries: 0,
-                relay_in: RateWindow::default(),
                 last_ping: 0,
-                punch_in: RateWindow::default(),
-                punch_notify_in: RateWindow::default(),
-                probe_in: RateWindow::default(),
                 peer_flags: 0,
                 dht_only: false,
-                dht_in: RateWindow::default(),
-                dht_store_in: RateWindow::default(),
+                limits: Limits::default(),
                 _charge: charge,
             },
         );

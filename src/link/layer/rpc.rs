@@ -20,6 +20,7 @@ pub const RPC_COST: usize = 128;
 /// Most requests outstanding on one link.
 pub const MAX_RPC_PER_LINK: usize = 16;
 
+/// What a request of ours was for, so that its answer (matched by rpc id) is taken as such.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Rpc {
     Ping { nonce: u64, sent: Millis },
@@ -28,17 +29,23 @@ pub(super) enum Rpc {
     Relay { target_key: [u8; 32] },
 }
 
+/// A request of ours waiting for its answer, charged to the memory budget.
 pub(super) struct Pending {
     pub(super) rpc: Rpc,
+    /// When the current try times out.
     pub(super) deadline: Millis,
     /// Each try's timeout.
     pub(super) timeout: Millis,
+    /// Tries left after this one.
     pub(super) retries: u8,
+    /// The frame's type byte and payload, to send again.
     pub(super) frame: Vec<u8>,
     pub(super) _charge: Charge,
 }
 
 impl LinkLayer {
+    /// Sends a request with the usual timeout; its answer or its timeouts come back through the
+    /// link's `rpcs`.
     pub(super) fn send_rpc(
         &mut self,
         now: Millis,
