@@ -1,0 +1,644 @@
+//! The link layer of one node as a sans-IO state machine: every neighbour link, the handshake
+//! responder, bootstrap, peer exchange and the relay view.
+//!
+//! Driven by [`LinkLayer::handle_datagram`] and [`LinkLayer::handle_timeout`] with the current
+//! time; its outputs are datagrams ([`LinkLayer::poll_transmit`]), events for the layers above
+//! ([`LinkLayer::poll_event`]) and the next time it wants to be woken
+//! ([`LinkLayer::poll_timeout`]). The daemon drives it with a UDP socket and a real clock; the
+//! in-process network ([`crate::sim`]) with an in-memory transport and virtual time.
+//!
+//! [`LinkLayer`] is the façade and the router: it owns the tables, takes datagrams and timer
+//! ticks, and hands each to the part that deals with it (issue #17):
+//! - `link`: one link's state and its timers;
+//! - `routing`: the link tables, creating and removing links, our own endpoints;
+//! - `session`: datagrams into and out of a link's WireGuard session, handshakes;
+//! - `rpc`: requests and their retries, PING/PONG;
+//! - `hello`: HELLO and our own record;
+//! - `discovery`: bootstrap, peer exchange, dialling with backoff, suspects;
+//! - `dht`: DHT frames over links;
+//! - `punch`, `probe`, `relayed`: NAT traversal (hole punching, the reachability probe and our
+//!   NAT class, relayed links).
+
+mod dht;
+mod discovery;
+mod hello;
+mod link;
+mod probe;
+mod punch;
+mod relayed;
+mod routing;
+mod rpc;
+mod session;
+mod types;
+
+use rand::rngs::StdRng;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use x25519_dalek::PublicKey;
+
+use crate::budget::{Charge, MemoryBudget};
+use crate::crypto::keys::hex;
+use crate::crypto::Randomness;
+use crate::link::bootstrap::Bootstrap;
+use crate::link::nat::{Observations, PROBE_WINDOW_MS, PUNCH_TRIES, RELAYED_LINK_IDLE_MS};
+use crate::link::noise::{Responder, NOISE_BUF_LEN};
+use crate::link::view::RelayView;
+use crate::time::Millis;
+use crate::wire::datagram::{self, Kind};
+use crate::wire::link::{LinkFrame, MsgType, LINK_HEADER_LEN};
+use crate::wire::record::{
+    emit_endpoint, NatClass, RelayRecord, ENDPOINT_LEN, RELAY_RECORD_REPUBLISH_S,
+};
+
+pub use dht::{DHT_LINK_IDLE_MS, DHT_REQUEST_RATE, DHT_STORE_RATE};
+use discovery::Backoff;
+pub use discovery::{
+    BACKOFF_MAX_MS, BACKOFF_MIN_MS, BOOTSTRAP_LINGER_MS, PEX_INTERVAL_MS, PEX_MAX,
+    RECORD_QUERY_RATE, SUSPECT_RELAY_MS, VIEW_WANTED,
+};
+pub use hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
+use link::Link;
+pub use link::{
+    DEAD_PEER_MS, HANDSHAKE_ATTEMPTS, HANDSHAKE_RETRY_MS, PING_INTERVAL_MS, SILENT_PING_MS,
+    SILENT_PING_TIMEOUT_MS,
+};
+use probe::{Probe, RECENT_PEER_MS};
+use punch::{Punch, PunchDial};
+use relayed::RelayEntry;
+pub use routing::LINK_COST;
+pub use rpc::{LINK_RPC_RETRIES, LINK_RPC_TIMEOUT_MS, MAX_RPC_PER_LINK, RPC_COST};
+pub use types::{
+    LinkConfig, LinkError, LinkEvent, LinkId, LinkKeys, LinkStats, PeerInfo, Transmit,
+};
+
+/// `update_timers` period.
+pub const LINK_TIMER_TICK_MS: Millis = 250;
+
+/// Malformed frames per minute before a link is closed.
+pub const LINK_MALFORMED_LIMIT: u32 = 20;
+
+/// The link layer of one node.
+pub struct LinkLayer {
+    cfg: LinkConfig,
+    keys: LinkKeys,
+    link_public: [u8; 32],
+    responder: Responder,
+    budget: MemoryBudget,
+    rng: StdRng,
+    links: HashMap<LinkId, Link>,
+    by_index: HashMap<u32, LinkId>,
+    by_key: HashMap<[u8; 32], LinkId>,
+    next_id: u32,
+    view: RelayView,
+    own_record: Option<RelayRecord>,
+    record_signed: Millis,
+    observed: Option<SocketAddr>,
+    /// Our own endpoints learned from where datagrams arrive (wildcard listen addresses).
+    locals: Vec<SocketAddr>,
+    /// The local endpoint of the datagram being handled.
+    rx_local: Option<SocketAddr>,
+    nat: NatClass,
+    backoff: HashMap<[u8; 32], Backoff>,
+    /// Peers (by link key) whose link died of unanswered PINGs, until when
+    /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
+    /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
+    dead_peers: HashMap<[u8; 32], Millis>,
+    boot: Bootstrap,
+    query_budget: (Millis, u32),
+    expected: HashMap<[u8; 32], Millis>,
+    obs: Observations,
+    /// Addresses we sent to outside a live link lately (closed links, bootstrap queries,
+    /// punches): a probe from one of them proves nothing.
+    recent_peers: HashMap<std::net::IpAddr, (Millis, Charge)>,
+    /// Relays a circuit extension to failed, kept out of the view until the time given unless
+    /// they speak to us themselves (records of dead relays linger in others' views until they
+    /// expire, and every path through one fails only after a timeout).
+    suspects: HashMap<[u8; 32], Millis>,
+    recent_overflow_until: Millis,
+    probe: Option<Probe>,
+    probe_ok: Option<SocketAddr>,
+    last_probe: Millis,
+    probe_pings: HashMap<[u8; 32], (u64, Millis, Charge)>,
+    dials: HashMap<[u8; 32], PunchDial>,
+    punches: HashMap<LinkId, Punch>,
+    /// As an introducer: token -> relayed link entry.
+    relay_table: HashMap<u64, RelayEntry>,
+    /// As an endpoint: our token -> relayed link.
+    relayed_tokens: HashMap<u64, LinkId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<LinkEvent>,
+    pool: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+    rx_scratch: Vec<u8>,
+    next_tick: Millis,
+    last_second: Millis,
+    stats: LinkStats,
+}
+
+/// Bytes of a link frame header, for callers sizing buffers.
+pub const FRAME_OVERHEAD: usize = LINK_HEADER_LEN;
+
+impl LinkLayer {
+    /// A link layer for a node. `rand` seeds its choices (indices, RPC ids, nonces, jitter): the
+    /// daemon passes [`Randomness::from_os`]. It makes no secrets: boringtun draws the link
+    /// handshake's ephemerals from the operating system itself.
+    pub fn new(
+        cfg: LinkConfig,
+        keys: LinkKeys,
+        budget: MemoryBudget,
+        rand: Randomness,
+        now: Millis,
+    ) -> LinkLayer {
+        let link_public = PublicKey::from(&keys.link).to_bytes();
+        let identity = keys.identity.verifying_key().to_bytes();
+        let view = RelayView::new(identity, cfg.prefix_bits, budget.clone());
+        let boot = Bootstrap::new(&cfg.bootstrap);
+        let mut l = LinkLayer {
+            responder: Responder::new(keys.link.clone()),
+            cfg,
+            keys,
+            link_public,
+            budget,
+            rng: rand.choices(),
+            links: HashMap::new(),
+            by_index: HashMap::new(),
+            by_key: HashMap::new(),
+            next_id: 1,
+            view,
+            own_record: None,
+            record_signed: 0,
+            observed: None,
+            locals: Vec::new(),
+            rx_local: None,
+            nat: NatClass::Unknown,
+            backoff: HashMap::new(),
+            dead_peers: HashMap::new(),
+            boot,
+            query_budget: (0, 0),
+            expected: HashMap::new(),
+            obs: Observations::default(),
+            recent_peers: HashMap::new(),
+            suspects: HashMap::new(),
+            recent_overflow_until: 0,
+            probe: None,
+            probe_ok: None,
+            last_probe: 0,
+            probe_pings: HashMap::new(),
+            dials: HashMap::new(),
+            punches: HashMap::new(),
+            relay_table: HashMap::new(),
+            relayed_tokens: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            pool: Vec::new(),
+            scratch: vec![0u8; NOISE_BUF_LEN],
+            rx_scratch: vec![0u8; NOISE_BUF_LEN],
+            next_tick: now,
+            last_second: now,
+            stats: LinkStats::default(),
+        };
+        l.refresh_record(now);
+        l
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Returns a sent datagram's buffer for reuse (no allocation per datagram in steady state).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < 1024 {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// The next event for the layers above.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`LinkLayer::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let punch = self.punches.values().map(|p| p.next).min();
+        Some(punch.map_or(self.next_tick, |p| p.min(self.next_tick)))
+    }
+
+    // ---- state for status ----------------------------------------------------------------
+
+    /// Counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+
+    /// Our relay record, once we have endpoints to put in it.
+    pub fn own_record(&self) -> Option<&RelayRecord> {
+        self.own_record.as_ref()
+    }
+
+    /// The relay view.
+    pub fn view(&self) -> &RelayView {
+        &self.view
+    }
+
+    /// Our NAT class as far as we know it.
+    pub fn nat(&self) -> NatClass {
+        self.nat
+    }
+
+    /// The endpoint a neighbour last reported seeing us at.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.observed
+    }
+
+    /// Tells the link layer that a link carries circuits, so that it is not closed as idle
+    /// (bootstrap links are closed once unused).
+    pub fn mark_in_use(&mut self, link: LinkId, now: Millis) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.last_cell = now;
+            l.dht_only = false;
+        }
+    }
+
+    /// Our relay identity (public key).
+    pub fn identity(&self) -> [u8; 32] {
+        self.keys.identity.verifying_key().to_bytes()
+    }
+
+    /// The memory budget this layer charges (shared with the layers above).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &LinkConfig {
+        &self.cfg
+    }
+
+    /// Our X25519 link public key.
+    pub fn link_public(&self) -> [u8; 32] {
+        self.link_public
+    }
+
+    /// The X25519 link key of a link's peer.
+    pub fn peer_key(&self, link: LinkId) -> Option<[u8; 32]> {
+        self.links.get(&link).map(|l| l.peer_key)
+    }
+
+    /// The link (past HELLO) bound to a relay identity, if any.
+    pub fn link_to(&self, identity: &[u8; 32]) -> Option<LinkId> {
+        self.links
+            .values()
+            .find(|l| l.state.ready() && l.identity.as_ref() == Some(identity))
+            .map(|l| l.id)
+    }
+
+    /// The relay identity of a link's peer.
+    pub fn identity_of(&self, link: LinkId) -> Option<[u8; 32]> {
+        self.links.get(&link).and_then(|l| l.identity)
+    }
+
+    /// Links that completed HELLO.
+    pub fn ready_links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links
+            .values()
+            .filter(|l| l.state.ready())
+            .map(|l| l.id)
+    }
+
+    /// Relay links that completed HELLO.
+    pub fn relay_links(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.state.ready() && l.is_relay)
+            .count()
+    }
+
+    /// One entry per link that completed HELLO.
+    pub fn peers(&self, now: Millis) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .links
+            .values()
+            .filter(|l| l.state.ready())
+            .map(|l| {
+                let (tx, rx) = l.session.traffic();
+                PeerInfo {
+                    link: l.id,
+                    relay_key: l.identity.as_ref().map(|k| hex(k)),
+                    link_key: hex(&l.peer_key),
+                    endpoint: l.endpoint,
+                    direct: l.relay.is_none(),
+                    punched: l.punched,
+                    rtt_ms: l.rtt_ms,
+                    established_s: l.established_at.map(|t| now.saturating_sub(t) / 1000),
+                    last_handshake_s: l.session.since_handshake(),
+                    outbound: l.dialed,
+                    bytes_out: tx,
+                    bytes_in: rx,
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| p.link);
+        v
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    /// Dials a peer by link key and endpoint (no effect if a link exists).
+    pub fn connect(
+        &mut self,
+        now: Millis,
+        peer_key: [u8; 32],
+        endpoint: SocketAddr,
+    ) -> Result<LinkId, LinkError> {
+        if peer_key == self.link_public {
+            return Err(LinkError::NoLink);
+        }
+        // A relay behind NAT is reached by punching through its introducers (section 13.2).
+        let natted = self
+            .view
+            .iter()
+            .find(|r| r.fields().link_key == peer_key)
+            .filter(|r| !r.fields().nat.directly_reachable() && !r.fields().introducers.is_empty())
+            .map(|r| {
+                (
+                    *r.identity(),
+                    r.fields().introducers.clone(),
+                    r.fields().nat,
+                )
+            });
+        let id = match self.by_key.get(&peer_key).copied() {
+            Some(id) => {
+                let up = self.links.get(&id).is_some_and(|l| l.session.established());
+                if up || self.dials.contains_key(&peer_key) || natted.is_none() {
+                    return Ok(id);
+                }
+                id
+            }
+            None => {
+                let id = self.new_link(now, peer_key, endpoint, true)?;
+                self.expected.insert(peer_key, now);
+                // No plain initiation towards a NATed target: its NAT would drop it, and a
+                // Linux NAT may even keep a conntrack entry for it that later clashes with the
+                // target's own mapping towards us and spoils the punch.
+                if natted.is_none() {
+                    self.initiate(id, now, false);
+                }
+                id
+            }
+        };
+        if let Some((target, introducers, their_nat)) = natted {
+            // Symmetric on both sides cannot punch: go straight to a relayed link. With one
+            // symmetric side only an address-restricted cone on the other side lets it through:
+            // one try.
+            let symmetric = usize::from(self.nat == NatClass::Symmetric)
+                + usize::from(their_nat == NatClass::Symmetric);
+            let tries = match symmetric {
+                0 => 0,
+                1 => PUNCH_TRIES - 1,
+                _ => PUNCH_TRIES,
+            };
+            self.dials.insert(
+                peer_key,
+                PunchDial {
+                    target,
+                    introducers,
+                    tries,
+                    waits: 0,
+                    next: now,
+                    relay_asked: false,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// Dials without punching (reachability probes must test the plain path).
+    fn connect_direct(
+        &mut self,
+        now: Millis,
+        peer_key: [u8; 32],
+        endpoint: SocketAddr,
+    ) -> Result<LinkId, LinkError> {
+        if let Some(id) = self.by_key.get(&peer_key) {
+            return Ok(*id);
+        }
+        if peer_key == self.link_public {
+            return Err(LinkError::NoLink);
+        }
+        let id = self.new_link(now, peer_key, endpoint, true)?;
+        self.expected.insert(peer_key, now);
+        self.initiate(id, now, false);
+        Ok(id)
+    }
+
+    /// Sends a cell (exactly `CELL_LEN` bytes) on a link that completed HELLO.
+    pub fn send_cell(&mut self, now: Millis, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
+        match self.links.get_mut(&link) {
+            Some(l) if l.state.ready() => {
+                l.last_cell = now;
+                l.dht_only = false;
+            }
+            _ => return Err(LinkError::NoLink),
+        }
+        self.send_frame(now, link, MsgType::Cell, 0, cell)
+    }
+
+    /// The underlay address a link's peer sends from.
+    pub fn endpoint_of(&self, link: LinkId) -> Option<SocketAddr> {
+        self.links.get(&link).map(|l| l.endpoint)
+    }
+
+    /// Closes a link (sends CLOSE, forgets it).
+    pub fn close(&mut self, now: Millis, link: LinkId, reason: u8) {
+        let _ = self.send_frame(now, link, MsgType::Close, 0, &[reason]);
+        self.remove_link(link, false);
+    }
+
+    /// Fuzzing hook: processes `bytes` as a decrypted frame from a peer with a fixed link key, as
+    /// if it had arrived on an authenticated session (the fuzzer cannot forge WireGuard).
+    #[cfg(fuzzing)]
+    #[doc(hidden)]
+    pub fn fuzz_frame(&mut self, now: Millis, bytes: &[u8]) {
+        let key = [0x42u8; 32];
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => match self.new_link(now, key, SocketAddr::from(([198, 18, 0, 9], 7412)), false)
+            {
+                Ok(id) => id,
+                Err(_) => return,
+            },
+        };
+        self.on_frame(now, id, bytes);
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_at(now, from, None, data);
+    }
+
+    /// Handles one received datagram that arrived at our endpoint `local` (known when the socket
+    /// reports packet info; a wildcard listen address learns its endpoints this way).
+    pub fn handle_datagram_at(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        local: Option<SocketAddr>,
+        data: &[u8],
+    ) {
+        self.rx_local = local;
+        self.handle_datagram_inner(now, from, data);
+        self.rx_local = None;
+    }
+
+    fn handle_datagram_inner(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        match datagram::classify(data) {
+            Kind::Initiation => self.on_initiation(now, from, data),
+            Kind::Indexed(idx) => match self.by_index.get(&(idx >> 8)).copied() {
+                Some(id) => self.feed(now, id, from, data),
+                None => self.stats.dropped += 1,
+            },
+            Kind::RecordQuery(nonce) => self.on_record_query(now, from, nonce),
+            Kind::RecordResponse(nonce) => self.on_record_response(now, from, nonce, data),
+            Kind::RelayEnvelope => self.on_envelope(now, from, data),
+            Kind::Unknown => self.stats.dropped += 1,
+        }
+    }
+
+    /// Runs timers: session timers, retries, pings, bootstrap, PEX, target links.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.run_punches(now);
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + LINK_TIMER_TICK_MS;
+        if now.saturating_sub(self.last_second) >= 1000 {
+            self.last_second = now;
+            self.responder.tick();
+            self.query_budget = (now, 0);
+            self.view.prune(now);
+            self.expected
+                .retain(|_, t| now.saturating_sub(*t) < 120_000);
+            self.probe_pings
+                .retain(|_, (_, t, _)| now.saturating_sub(*t) < PROBE_WINDOW_MS * 2);
+            self.recent_peers
+                .retain(|_, (t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+            self.suspects.retain(|_, t| now < *t);
+            self.relay_table
+                .retain(|_, e| now.saturating_sub(e.last) < RELAYED_LINK_IDLE_MS);
+            self.run_probe(now);
+            // Introducers follow our links; a changed set re-signs the record.
+            self.refresh_record(now);
+            self.close_idle_dht_links(now);
+        }
+        if now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
+            self.refresh_record(now);
+        }
+        self.run_dials(now);
+        self.run_upgrades(now);
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
+            self.link_timers(now, id);
+        }
+        self.bootstrap(now);
+        self.maintain_links(now);
+    }
+
+    // ---- frames --------------------------------------------------------------------------
+
+    /// Counts a malformed frame; too many in a minute close the link.
+    fn malformed(&mut self, now: Millis, id: LinkId, why: &str) {
+        self.stats.malformed += 1;
+        tracing::debug!(link = id.0, why, "malformed frame");
+        let close = match self.links.get_mut(&id) {
+            Some(l) => {
+                if now.saturating_sub(l.malformed_since) > 60_000 {
+                    l.malformed_since = now;
+                    l.malformed = 0;
+                }
+                l.malformed += 1;
+                l.malformed > LINK_MALFORMED_LIMIT
+            }
+            None => false,
+        };
+        if close {
+            self.stats.closed_protocol += 1;
+            self.close(now, id, 1);
+        }
+    }
+
+    /// Hands a decrypted frame to the part that deals with its type.
+    fn on_frame(&mut self, now: Millis, id: LinkId, bytes: &[u8]) {
+        let f = match LinkFrame::new_checked(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                // A keepalive is an empty plaintext; boringtun never hands those up, but be safe.
+                if !bytes.is_empty() {
+                    self.malformed(now, id, &e.to_string());
+                }
+                return;
+            }
+        };
+        let hello_received = self.links.get(&id).is_some_and(|l| l.state.ready());
+        let t = f.msg_type();
+        if !hello_received
+            && !matches!(
+                t,
+                MsgType::Hello | MsgType::Ping | MsgType::Pong | MsgType::Close
+            )
+        {
+            self.malformed(now, id, "message before HELLO");
+            return;
+        }
+        let payload = f.payload();
+        match t {
+            MsgType::Hello => self.on_hello(now, id, payload),
+            MsgType::Ping => {
+                self.check_probe_ping(now, id, payload);
+                let mut p = [0u8; 8 + ENDPOINT_LEN];
+                p[..8].copy_from_slice(payload.get(..8).unwrap_or(&[0; 8]));
+                let endpoint = self.links.get(&id).map(|l| l.endpoint);
+                let mut ep = [0u8; ENDPOINT_LEN];
+                emit_endpoint(endpoint, &mut ep);
+                p[8..].copy_from_slice(&ep);
+                let _ = self.send_frame(now, id, MsgType::Pong, f.rpc_id(), &p);
+            }
+            MsgType::Pong => self.on_pong(now, id, f.rpc_id(), payload),
+            MsgType::PexRequest => self.on_pex_request(now, id, f.rpc_id(), payload),
+            MsgType::PexResponse => self.on_pex_response(now, id, f.rpc_id(), payload),
+            MsgType::Cell => {
+                if let Some(l) = self.links.get_mut(&id) {
+                    l.last_cell = now;
+                    l.dht_only = false;
+                }
+                // A pooled buffer: the consumer hands it back with `recycle`.
+                let mut cell = self.take_buf();
+                cell.extend_from_slice(payload);
+                self.events.push_back(LinkEvent::Cell { link: id, cell });
+            }
+            MsgType::Close => {
+                tracing::debug!(
+                    link = id.0,
+                    reason = payload.first().copied().unwrap_or(0),
+                    "peer closed the link"
+                );
+                self.remove_link(id, false);
+            }
+            MsgType::PunchRequest => self.on_punch_request(now, id, f.rpc_id(), payload),
+            MsgType::PunchNotify => self.on_punch_notify(now, id, f.rpc_id(), payload),
+            MsgType::ProbeRequest => self.on_probe_request(now, id, payload),
+            MsgType::ProbeForward => self.on_probe_forward(now, id, payload),
+            MsgType::RelayRequest => self.on_relay_request(now, id, f.rpc_id(), payload),
+            MsgType::RelayOffer => self.on_relay_offer(now, id, f.rpc_id(), payload),
+            MsgType::DhtRequest | MsgType::DhtResponse => {
+                self.on_dht_frame(now, id, t == MsgType::DhtResponse, f.rpc_id(), payload)
+            }
+        }
+    }
+}
