@@ -3,6 +3,7 @@
 //! that never panics and never allocates beyond the input's size; `emit` writes the exact layout.
 
 use core::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 
 use super::message::{emit_contact, parse_contact, RecordKind, DHT_MAX_CONTACTS};
 use super::Key;
@@ -18,7 +19,7 @@ pub const DHT_LOOKUP_REPLY_HEADER_LEN: usize = 8;
 pub const DHT_SAMPLE_MAX: usize = 3;
 
 /// What the requester asks the last hop to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum LookupOp {
     /// The closest DHT nodes to a key.
@@ -31,21 +32,8 @@ pub enum LookupOp {
     Sample = 4,
 }
 
-impl LookupOp {
-    /// The op for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<LookupOp> {
-        Some(match b {
-            1 => LookupOp::FindNodes,
-            2 => LookupOp::FindValue,
-            3 => LookupOp::Publish,
-            4 => LookupOp::Sample,
-            _ => return None,
-        })
-    }
-}
-
 /// How the last hop fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum LookupStatus {
     /// Done.
@@ -62,22 +50,6 @@ pub enum LookupStatus {
     Stale = 5,
     /// The request was malformed, of an unknown version, or the last hop is no DHT relay.
     Refused = 6,
-}
-
-impl LookupStatus {
-    /// The status for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<LookupStatus> {
-        Some(match b {
-            0 => LookupStatus::Ok,
-            1 => LookupStatus::NotFound,
-            2 => LookupStatus::Timeout,
-            3 => LookupStatus::RateLimited,
-            4 => LookupStatus::Invalid,
-            5 => LookupStatus::Stale,
-            6 => LookupStatus::Refused,
-            _ => return None,
-        })
-    }
 }
 
 /// Why a payload was refused.
@@ -179,7 +151,7 @@ impl LookupRequest {
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
         }
-        let op = LookupOp::from_u8(r.u8()?).ok_or(LookupMsgError::Field("op"))?;
+        let op = LookupOp::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("op"))?;
         let kind_b = r.u8()?;
         let _reserved = r.u8()?;
         let lookup_id = u32::from_be_bytes(r.array::<4>()?);
@@ -187,7 +159,7 @@ impl LookupRequest {
         let record_len = usize::from(r.u16()?);
         let kind = match op {
             LookupOp::FindValue | LookupOp::Publish => {
-                Some(RecordKind::from_u8(kind_b).ok_or(LookupMsgError::Field("kind"))?)
+                Some(RecordKind::try_from(kind_b).map_err(|_| LookupMsgError::Field("kind"))?)
             }
             LookupOp::FindNodes | LookupOp::Sample if kind_b == 0 => None,
             _ => return Err(LookupMsgError::Field("kind")),
@@ -299,8 +271,9 @@ impl LookupReply {
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
         }
-        let op = LookupOp::from_u8(r.u8()?).ok_or(LookupMsgError::Field("op"))?;
-        let status = LookupStatus::from_u8(r.u8()?).ok_or(LookupMsgError::Field("status"))?;
+        let op = LookupOp::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("op"))?;
+        let status =
+            LookupStatus::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("status"))?;
         let _reserved = r.u8()?;
         let lookup_id = u32::from_be_bytes(r.array::<4>()?);
         let body = match op {
@@ -411,7 +384,7 @@ impl LookupReply {
 /// Reads the `op` and `lookup_id` of a request that failed to parse, so that the refusal can
 /// still be matched by the requester (both are at fixed offsets in every version-1 payload).
 pub fn salvage_ids(bytes: &[u8]) -> Option<(LookupOp, u32)> {
-    let op = LookupOp::from_u8(*bytes.get(1)?)?;
+    let op = LookupOp::try_from(*bytes.get(1)?).ok()?;
     let id: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
     Some((op, u32::from_be_bytes(id)))
 }

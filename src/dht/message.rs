@@ -5,6 +5,7 @@
 //! lookup do that with the record parsers and their own clock). [`DhtMessage::emit`] writes the
 //! exact layout back. Reserved bytes are written as zero and ignored on receipt (section 1).
 
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 
 use super::descriptor::DESC_LEN;
@@ -41,7 +42,7 @@ pub mod msg_type {
 }
 
 /// The kinds of records the DHT stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum RecordKind {
     /// A relay record (5.4), 424 bytes.
@@ -51,15 +52,6 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    /// The kind for a byte.
-    pub fn from_u8(b: u8) -> Option<RecordKind> {
-        match b {
-            1 => Some(RecordKind::Relay),
-            2 => Some(RecordKind::Descriptor),
-            _ => None,
-        }
-    }
-
     /// The only record length allowed for this kind.
     pub fn record_len(self) -> usize {
         match self {
@@ -70,7 +62,7 @@ impl RecordKind {
 }
 
 /// STORE_RESULT status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum StoreStatus {
     /// Stored (or already held identically).
@@ -85,21 +77,8 @@ pub enum StoreStatus {
     NotResponsible = 4,
 }
 
-impl StoreStatus {
-    fn from_u8(b: u8) -> Option<StoreStatus> {
-        Some(match b {
-            0 => StoreStatus::Stored,
-            1 => StoreStatus::Stale,
-            2 => StoreStatus::Invalid,
-            3 => StoreStatus::Full,
-            4 => StoreStatus::NotResponsible,
-            _ => return None,
-        })
-    }
-}
-
 /// ERROR codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum ErrorCode {
     /// Unsupported version.
@@ -108,17 +87,6 @@ pub enum ErrorCode {
     Malformed = 2,
     /// Overloaded.
     Overloaded = 3,
-}
-
-impl ErrorCode {
-    fn from_u8(b: u8) -> Option<ErrorCode> {
-        Some(match b {
-            1 => ErrorCode::UnsupportedVersion,
-            2 => ErrorCode::Malformed,
-            3 => ErrorCode::Overloaded,
-            _ => return None,
-        })
-    }
 }
 
 /// A DHT message.
@@ -314,7 +282,7 @@ fn contacts(r: &mut Reader<'_>, n: usize) -> Result<Vec<Contact>, MessageError> 
 }
 
 fn kind(b: u8) -> Result<RecordKind, MessageError> {
-    RecordKind::from_u8(b).ok_or(MessageError::Field("record kind"))
+    RecordKind::try_from(b).map_err(|_| MessageError::Field("record kind"))
 }
 
 impl DhtMessage {
@@ -410,10 +378,12 @@ impl DhtMessage {
                 }
             }
             msg_type::STORE_RESULT => DhtMessage::StoreResult {
-                status: StoreStatus::from_u8(r.u8()?).ok_or(MessageError::Field("status"))?,
+                status: StoreStatus::try_from(r.u8()?)
+                    .map_err(|_| MessageError::Field("status"))?,
             },
             msg_type::ERROR => DhtMessage::Error {
-                code: ErrorCode::from_u8(r.u8()?).ok_or(MessageError::Field("error code"))?,
+                code: ErrorCode::try_from(r.u8()?)
+                    .map_err(|_| MessageError::Field("error code"))?,
                 max_version: r.u8()?,
             },
             other => return Err(MessageError::UnknownType(other)),

@@ -12,6 +12,7 @@
 
 use core::borrow::{Borrow, BorrowMut};
 use core::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 
 /// Every cell, at every hop.
 pub const CELL_LEN: usize = 1352;
@@ -35,7 +36,7 @@ pub const CELL_SEQ_OFFSET: usize = 8;
 pub const DESTROY_VERSION: u8 = 1;
 
 /// Cell commands (6.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum CellCommand {
     /// Circuit handshake, client to relay (8.2).
@@ -53,19 +54,6 @@ pub enum CellCommand {
 }
 
 impl CellCommand {
-    /// The command for a wire value, if it is one.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => CellCommand::Create,
-            2 => CellCommand::Created,
-            3 => CellCommand::Relay,
-            4 => CellCommand::RelayEarly,
-            5 => CellCommand::Destroy,
-            6 => CellCommand::Padding,
-            _ => return None,
-        })
-    }
-
     /// RELAY or RELAY_EARLY: cells whose body carries per-hop layers and whose `seq` is meaningful.
     pub fn is_relay(self) -> bool {
         matches!(self, CellCommand::Relay | CellCommand::RelayEarly)
@@ -73,7 +61,7 @@ impl CellCommand {
 }
 
 /// DESTROY reasons (6.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum DestroyReason {
     /// 0: none given.
@@ -96,25 +84,6 @@ pub enum DestroyReason {
     LinkClosed = 8,
     /// 9: destroyed elsewhere on the circuit (the only reason a relay propagates).
     Destroyed = 9,
-}
-
-impl DestroyReason {
-    /// The reason for a wire value, if it is one.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => DestroyReason::None,
-            1 => DestroyReason::Protocol,
-            2 => DestroyReason::Internal,
-            3 => DestroyReason::Requested,
-            4 => DestroyReason::ResourceLimit,
-            5 => DestroyReason::ConnectFailed,
-            6 => DestroyReason::UnknownOnionKey,
-            7 => DestroyReason::Timeout,
-            8 => DestroyReason::LinkClosed,
-            9 => DestroyReason::Destroyed,
-            _ => return None,
-        })
-    }
 }
 
 /// Why a cell was refused.
@@ -209,7 +178,7 @@ impl<T: Borrow<[u8; CELL_LEN]>> Cell<T> {
         if self.version() != CELL_VERSION {
             return Err(CellError::UnknownVersion(self.version()));
         }
-        CellCommand::from_u8(self.cmd_raw()).ok_or(CellError::UnknownCommand(self.cmd_raw()))
+        CellCommand::try_from(self.cmd_raw()).map_err(|_| CellError::UnknownCommand(self.cmd_raw()))
     }
 
     /// `seq` (meaningful for RELAY and RELAY_EARLY only).
@@ -319,7 +288,7 @@ impl DestroyBody {
     pub fn parse(body: &[u8]) -> Self {
         let reason = match body {
             [DESTROY_VERSION, r, ..] => {
-                DestroyReason::from_u8(*r).unwrap_or(DestroyReason::Protocol)
+                DestroyReason::try_from(*r).unwrap_or(DestroyReason::Protocol)
             }
             _ => DestroyReason::Protocol,
         };

@@ -5,6 +5,7 @@
 //! the u16 at offset 4 plus 40 fits the plaintext (it then truncates to that length). Everything
 //! else in the header is ours. This module is the only place that builds or parses the header.
 
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -34,7 +35,7 @@ const OFF_NEXT_HEADER: usize = 6;
 const OFF_RPC_ID: usize = 8;
 
 /// Link message types (section 4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum MsgType {
     /// One cell.
@@ -70,27 +71,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// The type for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<MsgType> {
-        use MsgType::*;
-        Some(match b {
-            0x01 => Cell,
-            0x02 => Hello,
-            0x03 => Ping,
-            0x04 => Pong,
-            0x05 => PexRequest,
-            0x06 => PexResponse,
-            0x07 => PunchRequest,
-            0x08 => PunchNotify,
-            0x09 => RelayRequest,
-            0x0A => RelayOffer,
-            0x0B => ProbeRequest,
-            0x0C => ProbeForward,
-            0x0D => DhtRequest,
-            0x0E => DhtResponse,
-            0x0F => Close,
-            _ => return None,
-        })
+    /// The type for a wire value, if it is one (callers elsewhere match on an `Option`).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::try_from(v).ok()
     }
 
     /// Whether `rpc_id` is meaningful for this type.

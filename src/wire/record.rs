@@ -6,6 +6,7 @@
 //! parsed fields.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -43,7 +44,7 @@ pub const FLAG_RENDEZVOUS: u8 = 1 << 2;
 const SIGNED_LEN: usize = RELAY_RECORD_LEN - 64;
 
 /// NAT classes (section 13.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum NatClass {
     /// Not known yet.
@@ -59,18 +60,6 @@ pub enum NatClass {
 }
 
 impl NatClass {
-    /// The class for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<NatClass> {
-        Some(match b {
-            0 => NatClass::Unknown,
-            1 => NatClass::Public,
-            2 => NatClass::Reachable,
-            3 => NatClass::Cone,
-            4 => NatClass::Symmetric,
-            _ => return None,
-        })
-    }
-
     /// The name used in `status --json`.
     pub fn name(self) -> &'static str {
         match self {
@@ -482,7 +471,7 @@ impl RelayRecord {
         if flags & !(FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS) != 0 {
             return Err(RecordError::Field("reserved flag bits set"));
         }
-        let nat = NatClass::from_u8(b[3]).ok_or(RecordError::Field("unknown NAT class"))?;
+        let nat = NatClass::try_from(b[3]).map_err(|_| RecordError::Field("unknown NAT class"))?;
         let mut identity = [0u8; 32];
         let mut link_key = [0u8; 32];
         let mut onion_key = [0u8; 32];
