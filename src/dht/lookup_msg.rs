@@ -2,6 +2,7 @@
 //! service sends to the last hop of its circuit, and what that DHT relay answers. Checked parsing
 //! that never panics and never allocates beyond the input's size; `emit` writes the exact layout.
 
+use crate::wire::reader::{ReadError, Reader};
 use core::fmt;
 use num_enum::{IntoPrimitive, TryFromPrimitive};
 
@@ -78,40 +79,12 @@ impl fmt::Display for LookupMsgError {
 
 impl std::error::Error for LookupMsgError {}
 
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], LookupMsgError> {
-        if self.b.len() < n {
-            return Err(LookupMsgError::Truncated);
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], LookupMsgError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| LookupMsgError::Truncated)
-    }
-
-    fn u8(&mut self) -> Result<u8, LookupMsgError> {
-        let [x] = self.array::<1>()?;
-        Ok(x)
-    }
-
-    fn u16(&mut self) -> Result<u16, LookupMsgError> {
-        Ok(u16::from_be_bytes(self.array::<2>()?))
-    }
-
-    fn end(&self) -> Result<(), LookupMsgError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(LookupMsgError::Trailing)
+// Reads that run short or leave bytes over keep the variants they always had.
+impl From<ReadError> for LookupMsgError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated => LookupMsgError::Truncated,
+            ReadError::Trailing => LookupMsgError::Trailing,
         }
     }
 }
@@ -146,7 +119,7 @@ impl fmt::Debug for LookupRequest {
 impl LookupRequest {
     /// Parses a DHT_LOOKUP payload.
     pub fn parse(bytes: &[u8]) -> Result<LookupRequest, LookupMsgError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
@@ -154,7 +127,7 @@ impl LookupRequest {
         let op = LookupOp::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("op"))?;
         let kind_b = r.u8()?;
         let _reserved = r.u8()?;
-        let lookup_id = u32::from_be_bytes(r.array::<4>()?);
+        let lookup_id = r.u32()?;
         let key = r.array::<32>()?;
         let record_len = usize::from(r.u16()?);
         let kind = match op {
@@ -266,7 +239,7 @@ impl LookupReply {
     /// Parses a DHT_LOOKUP_REPLY payload. Records inside are only length-checked: the caller
     /// verifies them.
     pub fn parse(bytes: &[u8]) -> Result<LookupReply, LookupMsgError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
@@ -275,7 +248,7 @@ impl LookupReply {
         let status =
             LookupStatus::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("status"))?;
         let _reserved = r.u8()?;
-        let lookup_id = u32::from_be_bytes(r.array::<4>()?);
+        let lookup_id = r.u32()?;
         let body = match op {
             LookupOp::FindNodes => {
                 let n = usize::from(r.u8()?);

@@ -5,6 +5,7 @@
 //! lookup do that with the record parsers and their own clock). [`DhtMessage::emit`] writes the
 //! exact layout back. Reserved bytes are written as zero and ignored on receipt (section 1).
 
+use crate::wire::reader::{ReadError, Reader};
 use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 
@@ -221,40 +222,12 @@ impl MessageError {
 }
 
 /// A cursor over the input that never panics.
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
-        if self.b.len() < n {
-            return Err(MessageError::Truncated);
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, MessageError> {
-        let [x] = self.array::<1>()?;
-        Ok(x)
-    }
-
-    fn u16(&mut self) -> Result<u16, MessageError> {
-        Ok(u16::from_be_bytes(self.array::<2>()?))
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| MessageError::Truncated)
-    }
-
-    fn end(&self) -> Result<(), MessageError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(MessageError::Trailing)
+// Reads that run short or leave bytes over keep the variants they always had.
+impl From<ReadError> for MessageError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated => MessageError::Truncated,
+            ReadError::Trailing => MessageError::Trailing,
         }
     }
 }
@@ -309,7 +282,7 @@ impl DhtMessage {
 
     /// Parses and checks one message.
     pub fn parse(bytes: &[u8]) -> Result<DhtMessage, MessageError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let [version, ty, _, _] = r.array::<DHT_HEADER_LEN>()?;
         if version != DHT_VERSION {
             return Err(MessageError::UnsupportedVersion(version));
