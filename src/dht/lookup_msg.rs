@@ -54,30 +54,21 @@ pub enum LookupStatus {
 }
 
 /// Why a payload was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LookupMsgError {
     /// Shorter than its fixed part or its length fields say.
+    #[error("truncated")]
     Truncated,
     /// Bytes after the end.
+    #[error("trailing bytes")]
     Trailing,
     /// Unknown `version`.
+    #[error("unknown version {0}")]
     UnknownVersion(u8),
     /// A field out of range.
+    #[error("bad field: {0}")]
     Field(&'static str),
 }
-
-impl fmt::Display for LookupMsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LookupMsgError::Truncated => write!(f, "truncated"),
-            LookupMsgError::Trailing => write!(f, "trailing bytes"),
-            LookupMsgError::UnknownVersion(v) => write!(f, "unknown version {v}"),
-            LookupMsgError::Field(w) => write!(f, "bad field: {w}"),
-        }
-    }
-}
-
-impl std::error::Error for LookupMsgError {}
 
 // Reads that run short or leave bytes over keep the variants they always had.
 impl From<ReadError> for LookupMsgError {

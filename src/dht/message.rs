@@ -177,33 +177,24 @@ impl fmt::Debug for DhtMessage {
 }
 
 /// Why a DHT message was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     /// Shorter than its layout requires.
+    #[error("DHT message truncated")]
     Truncated,
     /// Longer than its layout.
+    #[error("trailing bytes after DHT message")]
     Trailing,
     /// A version this node does not speak.
+    #[error("unsupported DHT version {0}")]
     UnsupportedVersion(u8),
     /// An unknown message type.
+    #[error("unknown DHT message type {0}")]
     UnknownType(u8),
     /// A malformed field.
+    #[error("malformed DHT message field: {0}")]
     Field(&'static str),
 }
-
-impl fmt::Display for MessageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MessageError::Truncated => write!(f, "DHT message truncated"),
-            MessageError::Trailing => write!(f, "trailing bytes after DHT message"),
-            MessageError::UnsupportedVersion(v) => write!(f, "unsupported DHT version {v}"),
-            MessageError::UnknownType(t) => write!(f, "unknown DHT message type {t}"),
-            MessageError::Field(what) => write!(f, "malformed DHT message field: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for MessageError {}
 
 impl MessageError {
     /// The ERROR reply a responder sends for a request that failed to parse this way (12.2).
@@ -221,7 +212,6 @@ impl MessageError {
     }
 }
 
-/// A cursor over the input that never panics.
 // Reads that run short or leave bytes over keep the variants they always had.
 impl From<ReadError> for MessageError {
     fn from(e: ReadError) -> Self {

@@ -87,30 +87,21 @@ pub enum DestroyReason {
 }
 
 /// Why a cell was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CellError {
     /// The input is not exactly [`CELL_LEN`] bytes.
+    #[error("cell of {got} bytes (expected {CELL_LEN})")]
     Length {
         /// How many bytes there were.
         got: usize,
     },
     /// `version` is not [`CELL_VERSION`].
+    #[error("unknown cell version {0}")]
     UnknownVersion(u8),
     /// `cmd` is not a known command.
+    #[error("unknown cell command {0}")]
     UnknownCommand(u8),
 }
-
-impl fmt::Display for CellError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CellError::Length { got } => write!(f, "cell of {got} bytes (expected {CELL_LEN})"),
-            CellError::UnknownVersion(v) => write!(f, "unknown cell version {v}"),
-            CellError::UnknownCommand(c) => write!(f, "unknown cell command {c}"),
-        }
-    }
-}
-
-impl std::error::Error for CellError {}
 
 /// A view over one cell's bytes.
 ///

@@ -6,7 +6,6 @@
 //! else in the header is ours. This module is the only place that builds or parses the header.
 
 use num_enum::{IntoPrimitive, TryFromPrimitive};
-use std::fmt;
 use std::net::SocketAddr;
 
 use super::record::{emit_endpoint, parse_endpoint, ENDPOINT_LEN};
@@ -124,24 +123,15 @@ pub const RELAY_OFFER_LEN: usize = 1 + 32 + 32 + 8 + 4;
 pub const PROBE_FORWARD_LEN: usize = 32 + 32 + ENDPOINT_LEN + 8;
 
 /// Why a NAT traversal payload was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NatMsgError {
     /// Wrong payload length.
+    #[error("NAT message payload of {0} bytes")]
     Length(usize),
     /// A malformed field.
+    #[error("malformed NAT message field: {0}")]
     Field(&'static str),
 }
-
-impl fmt::Display for NatMsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NatMsgError::Length(n) => write!(f, "NAT message payload of {n} bytes"),
-            NatMsgError::Field(w) => write!(f, "malformed NAT message field: {w}"),
-        }
-    }
-}
-
-impl std::error::Error for NatMsgError {}
 
 fn arr<const N: usize>(p: &[u8], off: usize) -> Result<[u8; N], NatMsgError> {
     p.get(off..off + N)
@@ -329,36 +319,27 @@ impl ProbeForward {
 }
 
 /// Why a frame was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Shorter than the header or than its length field says.
+    #[error("truncated link frame")]
     Truncated,
     /// Byte 0 is not `0x61`.
+    #[error("unknown link framing byte {0:#04x}")]
     BadVersion(u8),
     /// Next-header position is not 253.
+    #[error("bad next-header {0}")]
     BadNextHeader(u8),
     /// Unknown message type.
+    #[error("unknown link message type {0:#04x}")]
     UnknownType(u8),
     /// Unknown layout version for a known type.
+    #[error("unknown message layout version {0}")]
     UnknownMsgVersion(u8),
     /// Payload length outside the type's bounds.
+    #[error("payload length {0} out of bounds for its type")]
     BadLength(usize),
 }
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::Truncated => write!(f, "truncated link frame"),
-            FrameError::BadVersion(v) => write!(f, "unknown link framing byte {v:#04x}"),
-            FrameError::BadNextHeader(v) => write!(f, "bad next-header {v}"),
-            FrameError::UnknownType(t) => write!(f, "unknown link message type {t:#04x}"),
-            FrameError::UnknownMsgVersion(v) => write!(f, "unknown message layout version {v}"),
-            FrameError::BadLength(n) => write!(f, "payload length {n} out of bounds for its type"),
-        }
-    }
-}
-
-impl std::error::Error for FrameError {}
 
 /// A checked view of a received link frame.
 #[derive(Debug, Clone, Copy)]

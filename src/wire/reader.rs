@@ -3,27 +3,16 @@
 //! offsets. Every read is checked: short input is [`ReadError::Truncated`], never a panic, and
 //! [`Reader::end`] refuses trailing bytes.
 
-use core::fmt;
-
 /// Why a read failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     /// Fewer bytes left than the field needs.
+    #[error("truncated")]
     Truncated,
     /// Bytes left after the last field.
+    #[error("trailing bytes")]
     Trailing,
 }
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Truncated => write!(f, "truncated"),
-            ReadError::Trailing => write!(f, "trailing bytes"),
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
 
 /// Reads big-endian fields off the front of a byte slice.
 pub struct Reader<'a> {

@@ -78,11 +78,13 @@ impl NatClass {
 }
 
 /// Why a record or one of its parts was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// Wrong length.
+    #[error("record length {0}, expected {RELAY_RECORD_LEN}")]
     Length(usize),
     /// Unknown kind or version.
+    #[error("unknown record kind {kind} version {version}")]
     UnknownVersion {
         /// The kind byte.
         kind: u8,
@@ -90,31 +92,18 @@ pub enum RecordError {
         version: u8,
     },
     /// A malformed field.
+    #[error("malformed record field: {0}")]
     Field(&'static str),
     /// The signature does not verify.
+    #[error("record signature does not verify")]
     Signature,
     /// Expired, or valid too far in the future.
+    #[error("record expired or not yet valid")]
     Expired,
     /// The sequence number is in the future.
+    #[error("record sequence number is in the future")]
     FutureSeq,
 }
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecordError::Length(n) => write!(f, "record length {n}, expected {RELAY_RECORD_LEN}"),
-            RecordError::UnknownVersion { kind, version } => {
-                write!(f, "unknown record kind {kind} version {version}")
-            }
-            RecordError::Field(what) => write!(f, "malformed record field: {what}"),
-            RecordError::Signature => write!(f, "record signature does not verify"),
-            RecordError::Expired => write!(f, "record expired or not yet valid"),
-            RecordError::FutureSeq => write!(f, "record sequence number is in the future"),
-        }
-    }
-}
-
-impl std::error::Error for RecordError {}
 
 /// Parses one endpoint slot: `Ok(None)` for an empty slot.
 pub fn parse_endpoint(b: &[u8; ENDPOINT_LEN]) -> Result<Option<SocketAddr>, RecordError> {

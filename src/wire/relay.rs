@@ -80,9 +80,10 @@ impl RelayCommand {
 }
 
 /// Why a relay message, EXTEND or EXTENDED was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// Wrong number of bytes.
+    #[error("{got} bytes where {expected} were expected")]
     Length {
         /// Expected.
         expected: usize,
@@ -90,30 +91,18 @@ pub enum RelayError {
         got: usize,
     },
     /// Unknown relay message version (a relay destroys the circuit, 7.1).
+    #[error("unknown relay message version {0}")]
     UnknownVersion(u8),
     /// `length` larger than [`RELAY_PAYLOAD_LEN`].
+    #[error("relay payload length {0} too large")]
     PayloadLength(u16),
     /// Unknown relay command (dropped and counted).
+    #[error("unknown relay command {0}")]
     UnknownCommand(u8),
     /// Unknown EXTEND / EXTENDED version (EXTENDED status 4).
+    #[error("unknown EXTEND version {0}")]
     UnknownExtendVersion(u8),
 }
-
-impl fmt::Display for RelayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RelayError::Length { expected, got } => {
-                write!(f, "{got} bytes where {expected} were expected")
-            }
-            RelayError::UnknownVersion(v) => write!(f, "unknown relay message version {v}"),
-            RelayError::PayloadLength(l) => write!(f, "relay payload length {l} too large"),
-            RelayError::UnknownCommand(c) => write!(f, "unknown relay command {c}"),
-            RelayError::UnknownExtendVersion(v) => write!(f, "unknown EXTEND version {v}"),
-        }
-    }
-}
-
-impl std::error::Error for RelayError {}
 
 /// A view over a relay message: a whole [`CELL_BODY_LEN`]-byte plaintext body.
 #[derive(Clone, Copy)]
