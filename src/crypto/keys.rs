@@ -403,11 +403,7 @@ pub(crate) fn eight_torsion() -> Vec<curve25519_dalek::edwards::EdwardsPoint> {
     use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
     use curve25519_dalek::Scalar;
     // A point of order 8 (from the usual list of small-order encodings).
-    let mut b = [0u8; 32];
-    for (i, c) in b.iter_mut().enumerate() {
-        let h = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a";
-        *c = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
-    }
+    let b = unhex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a").unwrap();
     let t8 = CompressedEdwardsY(b).decompress().unwrap();
     // Small order, and 4·T8 is not the identity: the order is exactly 8.
     assert!(t8.is_small_order());

@@ -482,10 +482,7 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
         let v = &doc["cells_3_hops"];
         let frame_hex = v["link_frame_of_first_forward_cell"].as_str().unwrap();
-        let frame: Vec<u8> = (0..frame_hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&frame_hex[i..i + 2], 16).unwrap())
-            .collect();
+        let frame: Vec<u8> = hex::decode(frame_hex).unwrap();
         assert_eq!(frame.len(), LINK_FRAME_CELL_LEN);
         let f = LinkFrame::new_checked(&frame).unwrap();
         assert_eq!(f.msg_type(), MsgType::Cell);
