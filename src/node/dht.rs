@@ -92,22 +92,6 @@ struct Ctx<'a> {
     vanguards: &'a mut Vanguards,
 }
 
-/// Splits the node into the DHT parts and the context they act through.
-macro_rules! split {
-    ($node:expr) => {{
-        let n = &mut *$node;
-        let ctx = Ctx {
-            link: &mut n.link,
-            circ: &mut n.circ,
-            rng: &mut n.rng,
-            guards: &n.guards,
-            prefix_bits: n.prefix_bits,
-            vanguards: &mut n.dht.vanguards,
-        };
-        (&mut n.dht.host, &mut n.dht.client, ctx)
-    }};
-}
-
 impl CircuitContext for Ctx<'_> {
     fn budget(&self) -> &MemoryBudget {
         self.link.budget()
@@ -282,6 +266,19 @@ impl LinkContext for Ctx<'_> {
 }
 
 impl Node {
+    /// Splits the node into the DHT parts and the context they act through.
+    fn dht_split(&mut self) -> (&mut DhtHost, &mut DhtClient, Ctx<'_>) {
+        let ctx = Ctx {
+            link: &mut self.link,
+            circ: &mut self.circ,
+            rng: &mut self.rng,
+            guards: &self.guards,
+            prefix_bits: self.prefix_bits,
+            vanguards: &mut self.dht.vanguards,
+        };
+        (&mut self.dht.host, &mut self.dht.client, ctx)
+    }
+
     /// Starts a DHT query through one of our circuits (`service`: a 4-hop service circuit,
     /// else 3 hops). The answer arrives as [`NodeEvent::Dht`] with the returned token (or is
     /// consumed by the session layer when it asked). It never arrives before this returns.
@@ -297,7 +294,7 @@ impl Node {
         service: bool,
         avoid: Vec<[u8; 32]>,
     ) -> u64 {
-        let (_, client, mut ctx) = split!(self);
+        let (_, client, mut ctx) = self.dht_split();
         client.query(&mut ctx, now, query, service, avoid)
     }
 
@@ -364,7 +361,7 @@ impl Node {
 
     /// A DHT_LOOKUP_REPLY on one of our circuits; `false` if it was not ours.
     pub(super) fn dht_on_reply(&mut self, now: Millis, id: CircId, payload: &[u8]) -> bool {
-        let (_, client, mut ctx) = split!(self);
+        let (_, client, mut ctx) = self.dht_split();
         let ours = client.on_reply(&mut ctx, now, id, payload);
         let done = client.take_done();
         self.dht_deliver(now, done);
@@ -373,7 +370,7 @@ impl Node {
 
     /// Circuit events for DHT circuits are consumed (`None`); others are handed back.
     pub(super) fn dht_on_circuit_event(&mut self, now: Millis, e: CircEvent) -> Option<CircEvent> {
-        let (_, client, mut ctx) = split!(self);
+        let (_, client, mut ctx) = self.dht_split();
         let e = client.on_circuit_event(&mut ctx, now, e);
         let done = client.take_done();
         self.dht_deliver(now, done);
@@ -388,12 +385,12 @@ impl Node {
         response: bool,
         data: &[u8],
     ) {
-        let (host, _, mut ctx) = split!(self);
+        let (host, _, mut ctx) = self.dht_split();
         host.on_frame(&mut ctx, now, link, rpc_id, response, data);
     }
 
     pub(super) fn dht_on_last_hop(&mut self, now: Millis, slot: u64, payload: &[u8]) {
-        let (host, _, mut ctx) = split!(self);
+        let (host, _, mut ctx) = self.dht_split();
         host.on_last_hop(&mut ctx, now, slot, payload);
     }
 
@@ -405,19 +402,19 @@ impl Node {
         let deferred = self.dht.client.take_deferred();
         self.dht_deliver(now, deferred);
         {
-            let (host, _, mut ctx) = split!(self);
+            let (host, _, mut ctx) = self.dht_split();
             host.on_timer(&mut ctx, now);
         }
         // One overdue query at a time: the session layer may start another when it hears of
         // one.
         for token in self.dht.client.overdue(now) {
-            let (_, client, mut ctx) = split!(self);
+            let (_, client, mut ctx) = self.dht_split();
             client.on_overdue(&mut ctx, now, token);
             let done = client.take_done();
             self.dht_deliver(now, done);
         }
         let wanted = self.sess_dht_pool_wanted();
-        let (_, client, mut ctx) = split!(self);
+        let (_, client, mut ctx) = self.dht_split();
         client.on_timer(&mut ctx, now, wanted);
         let done = client.take_done();
         self.dht_deliver(now, done);
