@@ -12,6 +12,9 @@
 //!
 //! Checking and marking are separate: the ends of a circuit mark only after the check field
 //! passed, so garbage cannot poison their windows. Fixed size, no allocation.
+//!
+//! The mechanism is [`SeqWindow`], generic over its size and largest jump; the session layer's
+//! window over e2e counters (10.4) is the same one with its own sizes.
 
 use core::fmt;
 
@@ -27,16 +30,15 @@ pub const REPLAY_WINDOW_CELLS: usize = 1024;
 /// seq: fewer than 2^13.2 values (threat model, 6.1).
 pub const MAX_SEQ_JUMP: u64 = 8_192;
 
-const WORDS: usize = REPLAY_WINDOW_CELLS / 64;
-
 /// Why a seq was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayError {
     /// Seen before.
     Replay,
-    /// More than [`MAX_SEQ_JUMP`] ahead of the newest seq: the circuit is destroyed.
+    /// More than [`MAX_SEQ_JUMP`] (the window's largest jump) ahead of the newest seq: the
+    /// circuit is destroyed.
     TooFarAhead,
-    /// [`REPLAY_WINDOW_CELLS`] or more behind the newest seq.
+    /// [`REPLAY_WINDOW_CELLS`] (the window's size) or more behind the newest seq.
     TooOld,
 }
 
@@ -53,8 +55,12 @@ impl fmt::Display for ReplayError {
 impl std::error::Error for ReplayError {}
 
 /// A replay window for one hop and one direction.
+pub type ReplayWindow = SeqWindow<{ REPLAY_WINDOW_CELLS / 64 }, MAX_SEQ_JUMP>;
+
+/// A replay window of `64 × WORDS` bits over sequence numbers that may wrap around 2^64, which
+/// accepts forward jumps of at most `MAX_JUMP` (the rules above, with these sizes).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ReplayWindow {
+pub struct SeqWindow<const WORDS: usize, const MAX_JUMP: u64> {
     /// Newest marked seq (meaningless while `started` is false).
     top: u64,
     /// Bit `i` (word `i / 64`, bit `i % 64`) stands for `top − i`.
@@ -62,13 +68,13 @@ pub struct ReplayWindow {
     started: bool,
 }
 
-impl Default for ReplayWindow {
+impl<const WORDS: usize, const MAX_JUMP: u64> Default for SeqWindow<WORDS, MAX_JUMP> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl fmt::Debug for ReplayWindow {
+impl<const WORDS: usize, const MAX_JUMP: u64> fmt::Debug for SeqWindow<WORDS, MAX_JUMP> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayWindow")
             .field("started", &self.started)
@@ -82,10 +88,18 @@ enum Position {
     Behind(usize),
 }
 
-impl ReplayWindow {
+impl<const WORDS: usize, const MAX_JUMP: u64> SeqWindow<WORDS, MAX_JUMP> {
+    /// Bits in the window.
+    const BITS: u64 = WORDS as u64 * 64;
+    /// A window needs a bit for the newest seq, and a jump must stay a forward one in signed
+    /// terms.
+    const SIZES_OK: () = assert!(WORDS > 0 && MAX_JUMP < 1 << 63);
+
     /// An empty window.
     pub const fn new() -> Self {
-        ReplayWindow {
+        #[allow(clippy::let_unit_value)] // evaluates the size check for each instance
+        let () = Self::SIZES_OK;
+        SeqWindow {
             top: 0,
             bits: [0; WORDS],
             started: false,
@@ -100,14 +114,14 @@ impl ReplayWindow {
     fn position(&self, seq: u64) -> Result<Position, ReplayError> {
         let d = seq.wrapping_sub(self.top) as i64;
         if d > 0 {
-            if d as u64 > MAX_SEQ_JUMP {
+            if d as u64 > MAX_JUMP {
                 Err(ReplayError::TooFarAhead)
             } else {
                 Ok(Position::Ahead(d as u64))
             }
         } else {
             let back = d.unsigned_abs();
-            if back < REPLAY_WINDOW_CELLS as u64 {
+            if back < Self::BITS {
                 Ok(Position::Behind(back as usize))
             } else {
                 Err(ReplayError::TooOld)
@@ -140,14 +154,14 @@ impl ReplayWindow {
             self.started = true;
             self.top = seq;
             self.bits = [0; WORDS];
-            self.bits[0] = 1;
+            self.set_newest();
             return;
         }
         match self.position(seq) {
             Ok(Position::Ahead(d)) => {
                 self.shift(d);
                 self.top = seq;
-                self.bits[0] |= 1;
+                self.set_newest();
             }
             Ok(Position::Behind(i)) => {
                 if let Some(w) = self.bits.get_mut(i / 64) {
@@ -155,6 +169,12 @@ impl ReplayWindow {
                 }
             }
             Err(_) => {}
+        }
+    }
+
+    fn set_newest(&mut self) {
+        if let Some(w) = self.bits.first_mut() {
+            *w |= 1;
         }
     }
 
@@ -167,7 +187,7 @@ impl ReplayWindow {
 
     /// Move every bit `d` places towards older seqs.
     fn shift(&mut self, d: u64) {
-        if d >= REPLAY_WINDOW_CELLS as u64 {
+        if d >= Self::BITS {
             self.bits = [0; WORDS];
             return;
         }

@@ -39,11 +39,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     fn hex32(s: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-        }
-        out
+        crate::crypto::keys::unhex32(s).unwrap()
     }
 
     /// Vectors made by `tests/vectors/make_addresses.py` (Python `cryptography`, not this code).

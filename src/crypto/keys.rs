@@ -35,14 +35,25 @@ const MAGIC: &str = "globalnet-secret-key v1";
 const MAX_KEY_FILE_LEN: u64 = 4096;
 
 /// What can go wrong with key files. Messages say what to do.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// No key files yet.
+    #[error(
+        "no key at {}; create the keys with `globalnet keygen --state-dir {}`",
+        path.display(),
+        KeyError::missing_hint(path)
+    )]
     Missing {
         /// The file that is absent.
         path: PathBuf,
     },
     /// A key file others can read or write.
+    #[error(
+        "key file {} has mode {:04o}, so other users may read it; fix with `chmod 600 {}`",
+        path.display(),
+        mode & 0o7777,
+        path.display()
+    )]
     Permissions {
         /// The file.
         path: PathBuf,
@@ -50,6 +61,11 @@ pub enum KeyError {
         mode: u32,
     },
     /// A file that is not a GlobalNet key of the expected kind.
+    #[error(
+        "{} is not a usable GlobalNet key ({reason}); move it away to create a new key, \
+         which changes this node's identity",
+        path.display()
+    )]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -57,6 +73,7 @@ pub enum KeyError {
         reason: String,
     },
     /// An I/O error on a path.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The path being read or written.
         path: PathBuf,
@@ -65,36 +82,13 @@ pub enum KeyError {
     },
 }
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyError::Missing { path } => write!(
-                f,
-                "no key at {}; create the keys with `globalnet keygen --state-dir {}`",
-                path.display(),
-                path.parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
-            KeyError::Permissions { path, mode } => write!(
-                f,
-                "key file {} has mode {:04o}, so other users may read it; fix with `chmod 600 {}`",
-                path.display(),
-                mode & 0o7777,
-                path.display()
-            ),
-            KeyError::Malformed { path, reason } => write!(
-                f,
-                "{} is not a usable GlobalNet key ({reason}); move it away to create a new key, \
-                 which changes this node's identity",
-                path.display()
-            ),
-            KeyError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-        }
+impl KeyError {
+    fn missing_hint(path: &Path) -> String {
+        path.parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     }
 }
-
-impl std::error::Error for KeyError {}
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
     move |source| KeyError::Io {
@@ -409,11 +403,7 @@ pub(crate) fn eight_torsion() -> Vec<curve25519_dalek::edwards::EdwardsPoint> {
     use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
     use curve25519_dalek::Scalar;
     // A point of order 8 (from the usual list of small-order encodings).
-    let mut b = [0u8; 32];
-    for (i, c) in b.iter_mut().enumerate() {
-        let h = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a";
-        *c = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
-    }
+    let b = unhex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a").unwrap();
     let t8 = CompressedEdwardsY(b).decompress().unwrap();
     // Small order, and 4·T8 is not the identity: the order is exactly 8.
     assert!(t8.is_small_order());
@@ -427,6 +417,17 @@ pub(crate) fn eight_torsion() -> Vec<curve25519_dalek::edwards::EdwardsPoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_is_the_source() {
+        use std::error::Error;
+        let e = KeyError::Io {
+            path: PathBuf::from("/x/k.key"),
+            source: io::Error::new(io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(e.to_string(), "/x/k.key: gone");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("gone"));
+    }
 
     #[test]
     fn a_rotated_key_replaces_the_file_0600() {

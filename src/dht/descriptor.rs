@@ -78,11 +78,13 @@ const BODY_OFF_KEY: usize = 4;
 const BODY_OFF_INTRO: usize = 36;
 
 /// Why a descriptor, or one of its parts, was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DescError {
     /// Wrong length.
+    #[error("descriptor length {0}, expected {DESC_LEN}")]
     Length(usize),
     /// Unknown kind or version.
+    #[error("unknown record kind {kind} version {version}")]
     UnknownVersion {
         /// The kind byte.
         kind: u8,
@@ -90,48 +92,33 @@ pub enum DescError {
         version: u8,
     },
     /// A malformed field.
+    #[error("malformed descriptor field: {0}")]
     Field(&'static str),
     /// The blinded key is not canonical or of small order.
+    #[error("blinded key not canonical or of small order")]
     BlindedKey,
     /// The signature does not verify under the blinded key.
+    #[error("descriptor signature does not verify")]
     Signature,
     /// Expired, or valid too far in the future.
+    #[error("descriptor expired or not yet valid")]
     Expired,
     /// The revision is in the future.
+    #[error("descriptor revision is in the future")]
     FutureRevision,
     /// The body does not decrypt (wrong address or epoch, or tampered).
+    #[error("descriptor body does not decrypt")]
     Decrypt,
     /// The body's service key does not hash to the address.
+    #[error("descriptor service key does not match the address")]
     WrongAddress,
     /// The blinded key is not `h·A`.
+    #[error("blinded key does not match the service key")]
     WrongBlinding,
     /// The blinding factor is zero for this address and epoch (probability 2^-252): do not publish.
+    #[error("blinding factor is zero for this epoch")]
     ZeroBlinding,
 }
-
-impl fmt::Display for DescError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DescError::Length(n) => write!(f, "descriptor length {n}, expected {DESC_LEN}"),
-            DescError::UnknownVersion { kind, version } => {
-                write!(f, "unknown record kind {kind} version {version}")
-            }
-            DescError::Field(what) => write!(f, "malformed descriptor field: {what}"),
-            DescError::BlindedKey => write!(f, "blinded key not canonical or of small order"),
-            DescError::Signature => write!(f, "descriptor signature does not verify"),
-            DescError::Expired => write!(f, "descriptor expired or not yet valid"),
-            DescError::FutureRevision => write!(f, "descriptor revision is in the future"),
-            DescError::Decrypt => write!(f, "descriptor body does not decrypt"),
-            DescError::WrongAddress => {
-                write!(f, "descriptor service key does not match the address")
-            }
-            DescError::WrongBlinding => write!(f, "blinded key does not match the service key"),
-            DescError::ZeroBlinding => write!(f, "blinding factor is zero for this epoch"),
-        }
-    }
-}
-
-impl std::error::Error for DescError {}
 
 fn u64_be(x: u64) -> [u8; 8] {
     x.to_be_bytes()
@@ -699,10 +686,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s).unwrap()
     }
 
     fn doc() -> serde_json::Value {

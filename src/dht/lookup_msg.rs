@@ -2,7 +2,9 @@
 //! service sends to the last hop of its circuit, and what that DHT relay answers. Checked parsing
 //! that never panics and never allocates beyond the input's size; `emit` writes the exact layout.
 
+use crate::wire::reader::{ReadError, Reader};
 use core::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 
 use super::message::{emit_contact, parse_contact, RecordKind, DHT_MAX_CONTACTS};
 use super::Key;
@@ -18,7 +20,7 @@ pub const DHT_LOOKUP_REPLY_HEADER_LEN: usize = 8;
 pub const DHT_SAMPLE_MAX: usize = 3;
 
 /// What the requester asks the last hop to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum LookupOp {
     /// The closest DHT nodes to a key.
@@ -31,21 +33,8 @@ pub enum LookupOp {
     Sample = 4,
 }
 
-impl LookupOp {
-    /// The op for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<LookupOp> {
-        Some(match b {
-            1 => LookupOp::FindNodes,
-            2 => LookupOp::FindValue,
-            3 => LookupOp::Publish,
-            4 => LookupOp::Sample,
-            _ => return None,
-        })
-    }
-}
-
 /// How the last hop fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum LookupStatus {
     /// Done.
@@ -64,82 +53,29 @@ pub enum LookupStatus {
     Refused = 6,
 }
 
-impl LookupStatus {
-    /// The status for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<LookupStatus> {
-        Some(match b {
-            0 => LookupStatus::Ok,
-            1 => LookupStatus::NotFound,
-            2 => LookupStatus::Timeout,
-            3 => LookupStatus::RateLimited,
-            4 => LookupStatus::Invalid,
-            5 => LookupStatus::Stale,
-            6 => LookupStatus::Refused,
-            _ => return None,
-        })
-    }
-}
-
 /// Why a payload was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LookupMsgError {
     /// Shorter than its fixed part or its length fields say.
+    #[error("truncated")]
     Truncated,
     /// Bytes after the end.
+    #[error("trailing bytes")]
     Trailing,
     /// Unknown `version`.
+    #[error("unknown version {0}")]
     UnknownVersion(u8),
     /// A field out of range.
+    #[error("bad field: {0}")]
     Field(&'static str),
 }
 
-impl fmt::Display for LookupMsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LookupMsgError::Truncated => write!(f, "truncated"),
-            LookupMsgError::Trailing => write!(f, "trailing bytes"),
-            LookupMsgError::UnknownVersion(v) => write!(f, "unknown version {v}"),
-            LookupMsgError::Field(w) => write!(f, "bad field: {w}"),
-        }
-    }
-}
-
-impl std::error::Error for LookupMsgError {}
-
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], LookupMsgError> {
-        if self.b.len() < n {
-            return Err(LookupMsgError::Truncated);
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], LookupMsgError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| LookupMsgError::Truncated)
-    }
-
-    fn u8(&mut self) -> Result<u8, LookupMsgError> {
-        let [x] = self.array::<1>()?;
-        Ok(x)
-    }
-
-    fn u16(&mut self) -> Result<u16, LookupMsgError> {
-        Ok(u16::from_be_bytes(self.array::<2>()?))
-    }
-
-    fn end(&self) -> Result<(), LookupMsgError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(LookupMsgError::Trailing)
+// Reads that run short or leave bytes over keep the variants they always had.
+impl From<ReadError> for LookupMsgError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated => LookupMsgError::Truncated,
+            ReadError::Trailing => LookupMsgError::Trailing,
         }
     }
 }
@@ -174,20 +110,20 @@ impl fmt::Debug for LookupRequest {
 impl LookupRequest {
     /// Parses a DHT_LOOKUP payload.
     pub fn parse(bytes: &[u8]) -> Result<LookupRequest, LookupMsgError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
         }
-        let op = LookupOp::from_u8(r.u8()?).ok_or(LookupMsgError::Field("op"))?;
+        let op = LookupOp::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("op"))?;
         let kind_b = r.u8()?;
         let _reserved = r.u8()?;
-        let lookup_id = u32::from_be_bytes(r.array::<4>()?);
+        let lookup_id = r.u32()?;
         let key = r.array::<32>()?;
         let record_len = usize::from(r.u16()?);
         let kind = match op {
             LookupOp::FindValue | LookupOp::Publish => {
-                Some(RecordKind::from_u8(kind_b).ok_or(LookupMsgError::Field("kind"))?)
+                Some(RecordKind::try_from(kind_b).map_err(|_| LookupMsgError::Field("kind"))?)
             }
             LookupOp::FindNodes | LookupOp::Sample if kind_b == 0 => None,
             _ => return Err(LookupMsgError::Field("kind")),
@@ -294,15 +230,16 @@ impl LookupReply {
     /// Parses a DHT_LOOKUP_REPLY payload. Records inside are only length-checked: the caller
     /// verifies them.
     pub fn parse(bytes: &[u8]) -> Result<LookupReply, LookupMsgError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != DHT_LOOKUP_VERSION {
             return Err(LookupMsgError::UnknownVersion(version));
         }
-        let op = LookupOp::from_u8(r.u8()?).ok_or(LookupMsgError::Field("op"))?;
-        let status = LookupStatus::from_u8(r.u8()?).ok_or(LookupMsgError::Field("status"))?;
+        let op = LookupOp::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("op"))?;
+        let status =
+            LookupStatus::try_from(r.u8()?).map_err(|_| LookupMsgError::Field("status"))?;
         let _reserved = r.u8()?;
-        let lookup_id = u32::from_be_bytes(r.array::<4>()?);
+        let lookup_id = r.u32()?;
         let body = match op {
             LookupOp::FindNodes => {
                 let n = usize::from(r.u8()?);
@@ -411,7 +348,7 @@ impl LookupReply {
 /// Reads the `op` and `lookup_id` of a request that failed to parse, so that the refusal can
 /// still be matched by the requester (both are at fixed offsets in every version-1 payload).
 pub fn salvage_ids(bytes: &[u8]) -> Option<(LookupOp, u32)> {
-    let op = LookupOp::from_u8(*bytes.get(1)?)?;
+    let op = LookupOp::try_from(*bytes.get(1)?).ok()?;
     let id: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
     Some((op, u32::from_be_bytes(id)))
 }

@@ -5,6 +5,8 @@
 //! lookup do that with the record parsers and their own clock). [`DhtMessage::emit`] writes the
 //! exact layout back. Reserved bytes are written as zero and ignored on receipt (section 1).
 
+use crate::wire::reader::{ReadError, Reader};
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 
 use super::descriptor::DESC_LEN;
@@ -41,7 +43,7 @@ pub mod msg_type {
 }
 
 /// The kinds of records the DHT stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum RecordKind {
     /// A relay record (5.4), 424 bytes.
@@ -51,15 +53,6 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
-    /// The kind for a byte.
-    pub fn from_u8(b: u8) -> Option<RecordKind> {
-        match b {
-            1 => Some(RecordKind::Relay),
-            2 => Some(RecordKind::Descriptor),
-            _ => None,
-        }
-    }
-
     /// The only record length allowed for this kind.
     pub fn record_len(self) -> usize {
         match self {
@@ -70,7 +63,7 @@ impl RecordKind {
 }
 
 /// STORE_RESULT status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum StoreStatus {
     /// Stored (or already held identically).
@@ -85,21 +78,8 @@ pub enum StoreStatus {
     NotResponsible = 4,
 }
 
-impl StoreStatus {
-    fn from_u8(b: u8) -> Option<StoreStatus> {
-        Some(match b {
-            0 => StoreStatus::Stored,
-            1 => StoreStatus::Stale,
-            2 => StoreStatus::Invalid,
-            3 => StoreStatus::Full,
-            4 => StoreStatus::NotResponsible,
-            _ => return None,
-        })
-    }
-}
-
 /// ERROR codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum ErrorCode {
     /// Unsupported version.
@@ -108,17 +88,6 @@ pub enum ErrorCode {
     Malformed = 2,
     /// Overloaded.
     Overloaded = 3,
-}
-
-impl ErrorCode {
-    fn from_u8(b: u8) -> Option<ErrorCode> {
-        Some(match b {
-            1 => ErrorCode::UnsupportedVersion,
-            2 => ErrorCode::Malformed,
-            3 => ErrorCode::Overloaded,
-            _ => return None,
-        })
-    }
 }
 
 /// A DHT message.
@@ -208,33 +177,24 @@ impl fmt::Debug for DhtMessage {
 }
 
 /// Why a DHT message was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
     /// Shorter than its layout requires.
+    #[error("DHT message truncated")]
     Truncated,
     /// Longer than its layout.
+    #[error("trailing bytes after DHT message")]
     Trailing,
     /// A version this node does not speak.
+    #[error("unsupported DHT version {0}")]
     UnsupportedVersion(u8),
     /// An unknown message type.
+    #[error("unknown DHT message type {0}")]
     UnknownType(u8),
     /// A malformed field.
+    #[error("malformed DHT message field: {0}")]
     Field(&'static str),
 }
-
-impl fmt::Display for MessageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MessageError::Truncated => write!(f, "DHT message truncated"),
-            MessageError::Trailing => write!(f, "trailing bytes after DHT message"),
-            MessageError::UnsupportedVersion(v) => write!(f, "unsupported DHT version {v}"),
-            MessageError::UnknownType(t) => write!(f, "unknown DHT message type {t}"),
-            MessageError::Field(what) => write!(f, "malformed DHT message field: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for MessageError {}
 
 impl MessageError {
     /// The ERROR reply a responder sends for a request that failed to parse this way (12.2).
@@ -252,41 +212,12 @@ impl MessageError {
     }
 }
 
-/// A cursor over the input that never panics.
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
-        if self.b.len() < n {
-            return Err(MessageError::Truncated);
-        }
-        let (head, rest) = self.b.split_at(n);
-        self.b = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, MessageError> {
-        let [x] = self.array::<1>()?;
-        Ok(x)
-    }
-
-    fn u16(&mut self) -> Result<u16, MessageError> {
-        Ok(u16::from_be_bytes(self.array::<2>()?))
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], MessageError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| MessageError::Truncated)
-    }
-
-    fn end(&self) -> Result<(), MessageError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(MessageError::Trailing)
+// Reads that run short or leave bytes over keep the variants they always had.
+impl From<ReadError> for MessageError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated => MessageError::Truncated,
+            ReadError::Trailing => MessageError::Trailing,
         }
     }
 }
@@ -314,7 +245,7 @@ fn contacts(r: &mut Reader<'_>, n: usize) -> Result<Vec<Contact>, MessageError> 
 }
 
 fn kind(b: u8) -> Result<RecordKind, MessageError> {
-    RecordKind::from_u8(b).ok_or(MessageError::Field("record kind"))
+    RecordKind::try_from(b).map_err(|_| MessageError::Field("record kind"))
 }
 
 impl DhtMessage {
@@ -341,7 +272,7 @@ impl DhtMessage {
 
     /// Parses and checks one message.
     pub fn parse(bytes: &[u8]) -> Result<DhtMessage, MessageError> {
-        let mut r = Reader { b: bytes };
+        let mut r = Reader::new(bytes);
         let [version, ty, _, _] = r.array::<DHT_HEADER_LEN>()?;
         if version != DHT_VERSION {
             return Err(MessageError::UnsupportedVersion(version));
@@ -410,10 +341,12 @@ impl DhtMessage {
                 }
             }
             msg_type::STORE_RESULT => DhtMessage::StoreResult {
-                status: StoreStatus::from_u8(r.u8()?).ok_or(MessageError::Field("status"))?,
+                status: StoreStatus::try_from(r.u8()?)
+                    .map_err(|_| MessageError::Field("status"))?,
             },
             msg_type::ERROR => DhtMessage::Error {
-                code: ErrorCode::from_u8(r.u8()?).ok_or(MessageError::Field("error code"))?,
+                code: ErrorCode::try_from(r.u8()?)
+                    .map_err(|_| MessageError::Field("error code"))?,
                 max_version: r.u8()?,
             },
             other => return Err(MessageError::UnknownType(other)),

@@ -10,12 +10,16 @@
 //! | [`server`]     | answering FIND_NODE, FIND_VALUE and STORE (12.2, 12.4)               |
 //! | [`relay`]      | a DHT relay: table, store, lookups and publications it runs (12.1-12.5) |
 //! | [`lookup_msg`] | the DHT_LOOKUP / DHT_LOOKUP_REPLY payloads of circuits (12.6)        |
+//! | [`host`]       | a relay node's DHT side: the relay over links, the last-hop role (12.6) |
+//! | [`client`]     | the lookups a node asks for through its own circuits (12.6)          |
 //!
 //! Nothing here touches a socket or a clock: callers feed messages and the current time in and
 //! get messages to send out. Nothing here learns or logs an overlay address of a service it
 //! stores for; network bytes never cause a panic.
 
+pub mod client;
 pub mod descriptor;
+pub mod host;
 pub mod lookup;
 pub mod lookup_msg;
 pub mod message;
@@ -104,10 +108,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s).unwrap()
     }
 
     #[test]

@@ -691,10 +691,7 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
         let v = &doc["relay_record"];
         let hex = v["record"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes: Vec<u8> = hex::decode(hex).unwrap();
         let now = 1_767_225_600_000 + 60_000;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut s = Store::new([0; 32], MemoryBudget::new(1 << 20));
@@ -703,10 +700,7 @@ mod tests {
             StoreStatus::Stored
         );
         let dht_key = v["dht_key"].as_str().unwrap();
-        let key: Vec<u8> = (0..64)
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&dht_key[i..i + 2], 16).unwrap())
-            .collect();
+        let key: Vec<u8> = hex::decode(dht_key).unwrap();
         let key: Key = key.try_into().unwrap();
         assert_eq!(
             s.get(&key, RecordKind::Relay, 0, now),

@@ -4,7 +4,7 @@
 //! circuit actions down to the link layer, and keeps the pool of ready circuits.
 //!
 //! The upper layers join here too, each in its own file of glue so that a reader finds them by
-//! name: [`dht`] (the DHT relay, lookups run for circuits, lookups we ask for) and [`sessions`]
+//! name: [`dht`] (joining [`crate::dht::host`] and [`crate::dht::client`]) and [`sessions`]
 //! (intro and rendezvous points, hidden services we host, sessions to services we visit).
 
 pub mod dht;

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 
 use super::handshake::SessionKeys;
 use super::intro::REND_COOKIE_LEN;
+use crate::circuit::replay::{ReplayError, SeqWindow};
 use crate::crypto::labels::LABEL_E2E_HP;
 use crate::wire::record::LINK_SPEC_LEN;
 use crate::wire::relay::RELAY_PAYLOAD_LEN;
@@ -59,8 +60,6 @@ const _: () = assert!(E2E_MAX_PLAINTEXT == 1289);
 // A full inner packet with its message type byte must fit (DESIGN.md section 12).
 const _: () = assert!(PACKET_MAX < E2E_MAX_PLAINTEXT);
 const _: () = assert!(E2E_SAMPLE_LEN <= E2E_FRAME_LEN - E2E_HEADER_LEN - E2E_TAG_LEN);
-
-const WORDS: usize = E2E_REPLAY_WINDOW / 64;
 
 /// Why a frame was refused, or could not be made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,47 +99,42 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// The session replay window over received counters (10.4; the rules of 6.7 with
-/// `E2E_REPLAY_WINDOW` and `E2E_MAX_COUNTER_JUMP`). Bit `i` stands for counter `top − i`.
-#[derive(Clone)]
-pub struct ReplayWindow {
-    top: Option<u64>,
-    bits: [u64; WORDS],
-}
+/// The session replay window over received counters (10.4): the window of 6.7
+/// ([`SeqWindow`]) with `E2E_REPLAY_WINDOW` bits and `E2E_MAX_COUNTER_JUMP`, plus the session's
+/// counter limit. Counters never wrap (they stay below `E2E_COUNTER_LIMIT` < 2^63), so the
+/// window's wrap-around distance is their plain difference.
+#[derive(Clone, Default)]
+pub struct ReplayWindow(SeqWindow<{ E2E_REPLAY_WINDOW / 64 }, E2E_MAX_COUNTER_JUMP>);
 
-impl Default for ReplayWindow {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+const _: () = assert!(E2E_COUNTER_LIMIT < 1 << 63 && E2E_REPLAY_WINDOW % 64 == 0);
 
 impl fmt::Debug for ReplayWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayWindow")
-            .field("top", &self.top)
+            .field("top", &self.top())
             .finish()
+    }
+}
+
+impl From<ReplayError> for FrameError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::Replay => FrameError::Duplicate,
+            ReplayError::TooOld => FrameError::TooOld,
+            ReplayError::TooFarAhead => FrameError::TooFarAhead,
+        }
     }
 }
 
 impl ReplayWindow {
     /// An empty window (accepts any counter below the limit first).
     pub const fn new() -> Self {
-        ReplayWindow {
-            top: None,
-            bits: [0; WORDS],
-        }
+        ReplayWindow(SeqWindow::new())
     }
 
     /// The highest counter marked so far.
     pub fn top(&self) -> Option<u64> {
-        self.top
-    }
-
-    fn bit(&self, i: u64) -> bool {
-        let w = usize::try_from(i / 64).unwrap_or(usize::MAX);
-        self.bits
-            .get(w)
-            .is_some_and(|word| word >> (i % 64) & 1 == 1)
+        self.0.top()
     }
 
     /// Whether `counter` would be accepted. Changes nothing.
@@ -148,78 +142,13 @@ impl ReplayWindow {
         if counter >= E2E_COUNTER_LIMIT {
             return Err(FrameError::TooFarAhead);
         }
-        let Some(top) = self.top else { return Ok(()) };
-        if counter > top {
-            if counter - top > E2E_MAX_COUNTER_JUMP {
-                return Err(FrameError::TooFarAhead);
-            }
-            return Ok(());
-        }
-        let back = top - counter;
-        if back >= E2E_REPLAY_WINDOW as u64 {
-            return Err(FrameError::TooOld);
-        }
-        if self.bit(back) {
-            return Err(FrameError::Duplicate);
-        }
-        Ok(())
+        Ok(self.0.check(counter)?)
     }
 
     /// Marks `counter` as received. Call only after [`check`](Self::check) passed and the frame
     /// opened.
     pub fn mark(&mut self, counter: u64) {
-        let top = match self.top {
-            None => {
-                self.top = Some(counter);
-                self.bits = [0; WORDS];
-                self.set(0);
-                return;
-            }
-            Some(top) => top,
-        };
-        if counter > top {
-            self.shift(counter - top);
-            self.top = Some(counter);
-            self.set(0);
-        } else {
-            self.set(top - counter);
-        }
-    }
-
-    fn set(&mut self, i: u64) {
-        let w = usize::try_from(i / 64).unwrap_or(usize::MAX);
-        if let Some(word) = self.bits.get_mut(w) {
-            *word |= 1 << (i % 64);
-        }
-    }
-
-    /// Moves every bit `d` places older; bits that fall off the end are forgotten.
-    fn shift(&mut self, d: u64) {
-        if d >= E2E_REPLAY_WINDOW as u64 {
-            self.bits = [0; WORDS];
-            return;
-        }
-        // d < 8192, so these fit.
-        let ws = (d / 64) as usize;
-        let bs = (d % 64) as u32;
-        let old = self.bits;
-        for (j, word) in self.bits.iter_mut().enumerate() {
-            let hi = j
-                .checked_sub(ws)
-                .and_then(|k| old.get(k))
-                .copied()
-                .unwrap_or(0);
-            let lo = j
-                .checked_sub(ws + 1)
-                .and_then(|k| old.get(k))
-                .copied()
-                .unwrap_or(0);
-            *word = if bs == 0 {
-                hi
-            } else {
-                (hi << bs) | (lo >> (64 - bs))
-            };
-        }
+        self.0.mark(counter);
     }
 
     /// [`check`](Self::check) then [`mark`](Self::mark).

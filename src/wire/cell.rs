@@ -12,6 +12,7 @@
 
 use core::borrow::{Borrow, BorrowMut};
 use core::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 
 /// Every cell, at every hop.
 pub const CELL_LEN: usize = 1352;
@@ -35,7 +36,7 @@ pub const CELL_SEQ_OFFSET: usize = 8;
 pub const DESTROY_VERSION: u8 = 1;
 
 /// Cell commands (6.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum CellCommand {
     /// Circuit handshake, client to relay (8.2).
@@ -53,19 +54,6 @@ pub enum CellCommand {
 }
 
 impl CellCommand {
-    /// The command for a wire value, if it is one.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => CellCommand::Create,
-            2 => CellCommand::Created,
-            3 => CellCommand::Relay,
-            4 => CellCommand::RelayEarly,
-            5 => CellCommand::Destroy,
-            6 => CellCommand::Padding,
-            _ => return None,
-        })
-    }
-
     /// RELAY or RELAY_EARLY: cells whose body carries per-hop layers and whose `seq` is meaningful.
     pub fn is_relay(self) -> bool {
         matches!(self, CellCommand::Relay | CellCommand::RelayEarly)
@@ -73,7 +61,7 @@ impl CellCommand {
 }
 
 /// DESTROY reasons (6.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum DestroyReason {
     /// 0: none given.
@@ -98,50 +86,22 @@ pub enum DestroyReason {
     Destroyed = 9,
 }
 
-impl DestroyReason {
-    /// The reason for a wire value, if it is one.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => DestroyReason::None,
-            1 => DestroyReason::Protocol,
-            2 => DestroyReason::Internal,
-            3 => DestroyReason::Requested,
-            4 => DestroyReason::ResourceLimit,
-            5 => DestroyReason::ConnectFailed,
-            6 => DestroyReason::UnknownOnionKey,
-            7 => DestroyReason::Timeout,
-            8 => DestroyReason::LinkClosed,
-            9 => DestroyReason::Destroyed,
-            _ => return None,
-        })
-    }
-}
-
 /// Why a cell was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CellError {
     /// The input is not exactly [`CELL_LEN`] bytes.
+    #[error("cell of {got} bytes (expected {CELL_LEN})")]
     Length {
         /// How many bytes there were.
         got: usize,
     },
     /// `version` is not [`CELL_VERSION`].
+    #[error("unknown cell version {0}")]
     UnknownVersion(u8),
     /// `cmd` is not a known command.
+    #[error("unknown cell command {0}")]
     UnknownCommand(u8),
 }
-
-impl fmt::Display for CellError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CellError::Length { got } => write!(f, "cell of {got} bytes (expected {CELL_LEN})"),
-            CellError::UnknownVersion(v) => write!(f, "unknown cell version {v}"),
-            CellError::UnknownCommand(c) => write!(f, "unknown cell command {c}"),
-        }
-    }
-}
-
-impl std::error::Error for CellError {}
 
 /// A view over one cell's bytes.
 ///
@@ -209,7 +169,7 @@ impl<T: Borrow<[u8; CELL_LEN]>> Cell<T> {
         if self.version() != CELL_VERSION {
             return Err(CellError::UnknownVersion(self.version()));
         }
-        CellCommand::from_u8(self.cmd_raw()).ok_or(CellError::UnknownCommand(self.cmd_raw()))
+        CellCommand::try_from(self.cmd_raw()).map_err(|_| CellError::UnknownCommand(self.cmd_raw()))
     }
 
     /// `seq` (meaningful for RELAY and RELAY_EARLY only).
@@ -319,7 +279,7 @@ impl DestroyBody {
     pub fn parse(body: &[u8]) -> Self {
         let reason = match body {
             [DESTROY_VERSION, r, ..] => {
-                DestroyReason::from_u8(*r).unwrap_or(DestroyReason::Protocol)
+                DestroyReason::try_from(*r).unwrap_or(DestroyReason::Protocol)
             }
             _ => DestroyReason::Protocol,
         };
@@ -403,9 +363,6 @@ mod tests {
 
     fn hex_lit(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s).unwrap()
     }
 }

@@ -45,9 +45,10 @@ pub const EXT_FEATURES: u8 = 0x02;
 pub const EXT_CRITICAL_BIT: u8 = 0x80;
 
 /// Why handshake bytes were refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeWireError {
     /// Wrong number of bytes.
+    #[error("handshake of {got} bytes (expected {expected})")]
     Length {
         /// Expected.
         expected: usize,
@@ -55,23 +56,30 @@ pub enum HandshakeWireError {
         got: usize,
     },
     /// `hs_version` is not [`HS_VERSION`].
+    #[error("unknown handshake version {0}")]
     UnknownVersion(u8),
     /// `hs_type` is not [`HS_TYPE_GN_NTOR`].
+    #[error("unknown handshake type {0}")]
     UnknownType(u8),
     /// CREATED `status` is not 0.
+    #[error("CREATED with status {0}")]
     Status(u8),
     /// An extension area is malformed or unacceptable.
-    Ext(ExtError),
+    #[error("extension area: {0}")]
+    Ext(#[from] ExtError),
 }
 
 /// Why an extension area was refused (8.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExtError {
     /// A TLV runs past the end of the area.
+    #[error("extension TLV runs past the area")]
     Overrun,
     /// A critical type this node does not understand.
+    #[error("unknown critical extension 0x{0:02x}")]
     UnknownCritical(u8),
     /// A known type with the wrong length.
+    #[error("extension 0x{ty:02x} with bad length {len}")]
     BadLength {
         /// The type.
         ty: u8,
@@ -79,49 +87,14 @@ pub enum ExtError {
         len: u8,
     },
     /// A known type twice.
+    #[error("extension 0x{0:02x} appears twice")]
     Duplicate(u8),
     /// The client area has no `BACKWARD_SEQ_START`.
+    #[error("no BACKWARD_SEQ_START extension")]
     MissingBackwardSeqStart,
     /// The values do not fit the area (encoding only).
+    #[error("extensions do not fit the area")]
     TooLong,
-}
-
-impl fmt::Display for ExtError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExtError::Overrun => f.write_str("extension TLV runs past the area"),
-            ExtError::UnknownCritical(t) => write!(f, "unknown critical extension 0x{t:02x}"),
-            ExtError::BadLength { ty, len } => {
-                write!(f, "extension 0x{ty:02x} with bad length {len}")
-            }
-            ExtError::Duplicate(t) => write!(f, "extension 0x{t:02x} appears twice"),
-            ExtError::MissingBackwardSeqStart => f.write_str("no BACKWARD_SEQ_START extension"),
-            ExtError::TooLong => f.write_str("extensions do not fit the area"),
-        }
-    }
-}
-
-impl fmt::Display for HandshakeWireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeWireError::Length { expected, got } => {
-                write!(f, "handshake of {got} bytes (expected {expected})")
-            }
-            HandshakeWireError::UnknownVersion(v) => write!(f, "unknown handshake version {v}"),
-            HandshakeWireError::UnknownType(t) => write!(f, "unknown handshake type {t}"),
-            HandshakeWireError::Status(s) => write!(f, "CREATED with status {s}"),
-            HandshakeWireError::Ext(e) => write!(f, "extension area: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ExtError {}
-impl std::error::Error for HandshakeWireError {}
-
-impl From<ExtError> for HandshakeWireError {
-    fn from(e: ExtError) -> Self {
-        HandshakeWireError::Ext(e)
-    }
 }
 
 fn array32(src: &[u8]) -> [u8; 32] {
@@ -545,6 +518,18 @@ impl ServerExt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_extension_error_is_the_source_and_keeps_its_message() {
+        use std::error::Error;
+        let e = HandshakeWireError::from(ExtError::Duplicate(0x81));
+        assert_eq!(
+            e.to_string(),
+            "extension area: extension 0x81 appears twice"
+        );
+        let source = e.source().map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("extension 0x81 appears twice"));
+    }
 
     #[test]
     fn client_ext_round_trip_and_layout() {

@@ -5,7 +5,7 @@
 //! the u16 at offset 4 plus 40 fits the plaintext (it then truncates to that length). Everything
 //! else in the header is ours. This module is the only place that builds or parses the header.
 
-use std::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::net::SocketAddr;
 
 use super::record::{emit_endpoint, parse_endpoint, ENDPOINT_LEN};
@@ -34,7 +34,7 @@ const OFF_NEXT_HEADER: usize = 6;
 const OFF_RPC_ID: usize = 8;
 
 /// Link message types (section 4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum MsgType {
     /// One cell.
@@ -70,27 +70,9 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// The type for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<MsgType> {
-        use MsgType::*;
-        Some(match b {
-            0x01 => Cell,
-            0x02 => Hello,
-            0x03 => Ping,
-            0x04 => Pong,
-            0x05 => PexRequest,
-            0x06 => PexResponse,
-            0x07 => PunchRequest,
-            0x08 => PunchNotify,
-            0x09 => RelayRequest,
-            0x0A => RelayOffer,
-            0x0B => ProbeRequest,
-            0x0C => ProbeForward,
-            0x0D => DhtRequest,
-            0x0E => DhtResponse,
-            0x0F => Close,
-            _ => return None,
-        })
+    /// The type for a wire value, if it is one (callers elsewhere match on an `Option`).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::try_from(v).ok()
     }
 
     /// Whether `rpc_id` is meaningful for this type.
@@ -141,24 +123,15 @@ pub const RELAY_OFFER_LEN: usize = 1 + 32 + 32 + 8 + 4;
 pub const PROBE_FORWARD_LEN: usize = 32 + 32 + ENDPOINT_LEN + 8;
 
 /// Why a NAT traversal payload was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NatMsgError {
     /// Wrong payload length.
+    #[error("NAT message payload of {0} bytes")]
     Length(usize),
     /// A malformed field.
+    #[error("malformed NAT message field: {0}")]
     Field(&'static str),
 }
-
-impl fmt::Display for NatMsgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NatMsgError::Length(n) => write!(f, "NAT message payload of {n} bytes"),
-            NatMsgError::Field(w) => write!(f, "malformed NAT message field: {w}"),
-        }
-    }
-}
-
-impl std::error::Error for NatMsgError {}
 
 fn arr<const N: usize>(p: &[u8], off: usize) -> Result<[u8; N], NatMsgError> {
     p.get(off..off + N)
@@ -346,36 +319,27 @@ impl ProbeForward {
 }
 
 /// Why a frame was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Shorter than the header or than its length field says.
+    #[error("truncated link frame")]
     Truncated,
     /// Byte 0 is not `0x61`.
+    #[error("unknown link framing byte {0:#04x}")]
     BadVersion(u8),
     /// Next-header position is not 253.
+    #[error("bad next-header {0}")]
     BadNextHeader(u8),
     /// Unknown message type.
+    #[error("unknown link message type {0:#04x}")]
     UnknownType(u8),
     /// Unknown layout version for a known type.
+    #[error("unknown message layout version {0}")]
     UnknownMsgVersion(u8),
     /// Payload length outside the type's bounds.
+    #[error("payload length {0} out of bounds for its type")]
     BadLength(usize),
 }
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::Truncated => write!(f, "truncated link frame"),
-            FrameError::BadVersion(v) => write!(f, "unknown link framing byte {v:#04x}"),
-            FrameError::BadNextHeader(v) => write!(f, "bad next-header {v}"),
-            FrameError::UnknownType(t) => write!(f, "unknown link message type {t:#04x}"),
-            FrameError::UnknownMsgVersion(v) => write!(f, "unknown message layout version {v}"),
-            FrameError::BadLength(n) => write!(f, "payload length {n} out of bounds for its type"),
-        }
-    }
-}
-
-impl std::error::Error for FrameError {}
 
 /// A checked view of a received link frame.
 #[derive(Debug, Clone, Copy)]
@@ -518,10 +482,7 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
         let v = &doc["cells_3_hops"];
         let frame_hex = v["link_frame_of_first_forward_cell"].as_str().unwrap();
-        let frame: Vec<u8> = (0..frame_hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&frame_hex[i..i + 2], 16).unwrap())
-            .collect();
+        let frame: Vec<u8> = hex::decode(frame_hex).unwrap();
         assert_eq!(frame.len(), LINK_FRAME_CELL_LEN);
         let f = LinkFrame::new_checked(&frame).unwrap();
         assert_eq!(f.msg_type(), MsgType::Cell);

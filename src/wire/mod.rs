@@ -6,6 +6,7 @@ pub mod cell;
 pub mod datagram;
 pub mod handshake;
 pub mod link;
+pub mod reader;
 pub mod record;
 pub mod relay;
 pub mod udp;

@@ -6,6 +6,7 @@
 //! parsed fields.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -43,7 +44,7 @@ pub const FLAG_RENDEZVOUS: u8 = 1 << 2;
 const SIGNED_LEN: usize = RELAY_RECORD_LEN - 64;
 
 /// NAT classes (section 13.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum NatClass {
     /// Not known yet.
@@ -59,18 +60,6 @@ pub enum NatClass {
 }
 
 impl NatClass {
-    /// The class for a byte, if known.
-    pub fn from_u8(b: u8) -> Option<NatClass> {
-        Some(match b {
-            0 => NatClass::Unknown,
-            1 => NatClass::Public,
-            2 => NatClass::Reachable,
-            3 => NatClass::Cone,
-            4 => NatClass::Symmetric,
-            _ => return None,
-        })
-    }
-
     /// The name used in `status --json`.
     pub fn name(self) -> &'static str {
         match self {
@@ -89,11 +78,13 @@ impl NatClass {
 }
 
 /// Why a record or one of its parts was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// Wrong length.
+    #[error("record length {0}, expected {RELAY_RECORD_LEN}")]
     Length(usize),
     /// Unknown kind or version.
+    #[error("unknown record kind {kind} version {version}")]
     UnknownVersion {
         /// The kind byte.
         kind: u8,
@@ -101,31 +92,18 @@ pub enum RecordError {
         version: u8,
     },
     /// A malformed field.
+    #[error("malformed record field: {0}")]
     Field(&'static str),
     /// The signature does not verify.
+    #[error("record signature does not verify")]
     Signature,
     /// Expired, or valid too far in the future.
+    #[error("record expired or not yet valid")]
     Expired,
     /// The sequence number is in the future.
+    #[error("record sequence number is in the future")]
     FutureSeq,
 }
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecordError::Length(n) => write!(f, "record length {n}, expected {RELAY_RECORD_LEN}"),
-            RecordError::UnknownVersion { kind, version } => {
-                write!(f, "unknown record kind {kind} version {version}")
-            }
-            RecordError::Field(what) => write!(f, "malformed record field: {what}"),
-            RecordError::Signature => write!(f, "record signature does not verify"),
-            RecordError::Expired => write!(f, "record expired or not yet valid"),
-            RecordError::FutureSeq => write!(f, "record sequence number is in the future"),
-        }
-    }
-}
-
-impl std::error::Error for RecordError {}
 
 /// Parses one endpoint slot: `Ok(None)` for an empty slot.
 pub fn parse_endpoint(b: &[u8; ENDPOINT_LEN]) -> Result<Option<SocketAddr>, RecordError> {
@@ -482,7 +460,7 @@ impl RelayRecord {
         if flags & !(FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS) != 0 {
             return Err(RecordError::Field("reserved flag bits set"));
         }
-        let nat = NatClass::from_u8(b[3]).ok_or(RecordError::Field("unknown NAT class"))?;
+        let nat = NatClass::try_from(b[3]).map_err(|_| RecordError::Field("unknown NAT class"))?;
         let mut identity = [0u8; 32];
         let mut link_key = [0u8; 32];
         let mut onion_key = [0u8; 32];
@@ -588,10 +566,7 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        hex::decode(s).unwrap()
     }
 
     const NOW_MS: u64 = 1_767_225_600_000 + 60_000;

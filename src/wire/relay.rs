@@ -8,6 +8,7 @@
 
 use core::borrow::Borrow;
 use core::fmt;
+use num_enum::{IntoPrimitive, TryFromPrimitive};
 
 use super::cell::CELL_BODY_LEN;
 use super::handshake::{CREATED_HS_LEN, CREATE_HS_LEN};
@@ -32,7 +33,7 @@ pub const EXTENDED_LEN: usize = 4 + CREATED_HS_LEN;
 pub const EXTEND_VERSION: u8 = 1;
 
 /// Relay commands (7.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum RelayCommand {
     /// End-to-end frame.
@@ -72,36 +73,17 @@ pub enum RelayCommand {
 }
 
 impl RelayCommand {
-    /// The command for a wire value, if it is one.
+    /// The command for a wire value, if it is one (callers elsewhere match on an `Option`).
     pub fn from_u8(v: u8) -> Option<Self> {
-        use RelayCommand::*;
-        Some(match v {
-            0x01 => Data,
-            0x02 => Extend,
-            0x03 => Extended,
-            0x04 => DhtLookup,
-            0x05 => DhtLookupReply,
-            0x06 => EstablishIntro,
-            0x07 => IntroEstablished,
-            0x08 => Introduce1,
-            0x09 => Introduce2,
-            0x0A => IntroduceAck,
-            0x0B => EstablishRendezvous,
-            0x0C => RendezvousEstablished,
-            0x0D => Rendezvous1,
-            0x0E => Rendezvous2,
-            0x0F => Drop,
-            0x10 => Probe,
-            0x11 => ProbeReply,
-            _ => return None,
-        })
+        Self::try_from(v).ok()
     }
 }
 
 /// Why a relay message, EXTEND or EXTENDED was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// Wrong number of bytes.
+    #[error("{got} bytes where {expected} were expected")]
     Length {
         /// Expected.
         expected: usize,
@@ -109,30 +91,18 @@ pub enum RelayError {
         got: usize,
     },
     /// Unknown relay message version (a relay destroys the circuit, 7.1).
+    #[error("unknown relay message version {0}")]
     UnknownVersion(u8),
     /// `length` larger than [`RELAY_PAYLOAD_LEN`].
+    #[error("relay payload length {0} too large")]
     PayloadLength(u16),
     /// Unknown relay command (dropped and counted).
+    #[error("unknown relay command {0}")]
     UnknownCommand(u8),
     /// Unknown EXTEND / EXTENDED version (EXTENDED status 4).
+    #[error("unknown EXTEND version {0}")]
     UnknownExtendVersion(u8),
 }
-
-impl fmt::Display for RelayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RelayError::Length { expected, got } => {
-                write!(f, "{got} bytes where {expected} were expected")
-            }
-            RelayError::UnknownVersion(v) => write!(f, "unknown relay message version {v}"),
-            RelayError::PayloadLength(l) => write!(f, "relay payload length {l} too large"),
-            RelayError::UnknownCommand(c) => write!(f, "unknown relay command {c}"),
-            RelayError::UnknownExtendVersion(v) => write!(f, "unknown EXTEND version {v}"),
-        }
-    }
-}
-
-impl std::error::Error for RelayError {}
 
 /// A view over a relay message: a whole [`CELL_BODY_LEN`]-byte plaintext body.
 #[derive(Clone, Copy)]
@@ -300,7 +270,7 @@ impl<T: Borrow<[u8; EXTEND_LEN]>> fmt::Debug for Extend<T> {
 }
 
 /// EXTENDED `status` values (8.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, TryFromPrimitive, IntoPrimitive)]
 #[repr(u8)]
 pub enum ExtendedStatus {
     /// Extended.
@@ -313,20 +283,6 @@ pub enum ExtendedStatus {
     Refused = 4,
     /// No CREATED within `EXTEND_TIMEOUT_S`.
     Timeout = 6,
-}
-
-impl ExtendedStatus {
-    /// The status for a wire value, if it is one.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => ExtendedStatus::Ok,
-            1 => ExtendedStatus::LinkFailed,
-            2 => ExtendedStatus::TargetDestroyed,
-            4 => ExtendedStatus::Refused,
-            6 => ExtendedStatus::Timeout,
-            _ => return None,
-        })
-    }
 }
 
 /// A view over an EXTENDED payload (8.4).

@@ -1,0 +1,906 @@
+//! The lookups a node asks of the DHT through its own circuits (docs/protocol.md section 12.6),
+//! as one sans-IO state machine: the queries, the circuits they run on and the pool of unused
+//! DHT circuits.
+//!
+//! A node never queries the DHT from its own address for itself: each query goes through a
+//! circuit whose last hop runs it, and each query gets a circuit of its own, which is retired
+//! when the query ends or moves on. A last hop sees one key (one destination, one epoch's
+//! descriptor) per circuit and nothing that ties it to our other queries. A few unused circuits
+//! are kept built so that a query does not wait for a build.
+//!
+//! The client builds, uses and closes circuits through a [`CircuitContext`] the node
+//! implements; finished queries wait in an outbox ([`DhtClient::take_done`]) for the node to
+//! hand them to the layer that asked.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::collections::HashMap;
+
+use crate::budget::{Charge, MemoryBudget};
+use crate::circuit::layer::{CircEvent, CircId};
+use crate::dht::lookup_msg::{LookupOp, LookupReply, LookupRequest, LookupStatus, ReplyBody};
+use crate::dht::message::RecordKind;
+use crate::dht::store::checked_key;
+use crate::dht::{Key, DHT_LOOKUP_TIMEOUT_S};
+use crate::time::Millis;
+use crate::wire::record::RelayRecord;
+
+/// A requester re-sends a lookup that got no reply after this long (12.6).
+pub const DHT_QUERY_WAIT_MS: Millis = (DHT_LOOKUP_TIMEOUT_S + 5) * 1000;
+/// Circuits (builds or sends) a query tries before it fails. Generous, because a view holds dead
+/// relays until their records expire, and a build through one fails only after its timeout.
+pub const DHT_QUERY_TRIES: u8 = 5;
+/// After the first FIND_VALUE reply, the rest of a multi-record answer is awaited this long.
+pub const DHT_VALUE_COLLECT_MS: Millis = 3_000;
+/// Unused 3-hop DHT circuits a node that visits services keeps built, so that a first
+/// descriptor lookup does not wait for a build. One: lookups rarely come together, and the pool
+/// refills within a build.
+pub const DHT_POOL_CLIENT: usize = 1;
+/// Unused 4-hop DHT circuits a node that hosts services keeps built (one publication per epoch
+/// near a boundary, each on its own circuit).
+pub const DHT_POOL_SERVICE: usize = 2;
+/// An unused pooled DHT circuit is replaced after this long, so that a lookup rarely meets a
+/// relay that died since the build.
+pub const DHT_POOL_MAX_AGE_MS: Millis = 600_000;
+/// After a pool circuit could not be built (no path), the next try.
+pub const DHT_POOL_RETRY_MS: Millis = 2_000;
+/// SAMPLE period on nodes whose view is below `VIEW_WANTED`.
+pub const DHT_SAMPLE_MS: Millis = 60_000;
+/// Our own queries at once.
+pub const DHT_MAX_QUERIES: usize = 256;
+/// Memory charged per own query (the request, collected records).
+const QUERY_COST: usize = 4096;
+
+/// What a node asks of the DHT (through one of its circuits, never from its own address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtQuery {
+    /// Every valid record stored under `key`.
+    FindValue {
+        /// Relay record or descriptor.
+        kind: RecordKind,
+        /// The DHT key (relay key or descriptor index).
+        key: Key,
+    },
+    /// Store `record` on the replicas responsible for its key.
+    Publish {
+        /// Relay record or descriptor.
+        kind: RecordKind,
+        /// The record bytes.
+        record: Vec<u8>,
+    },
+    /// A few random relay records from the last hop's view (relay discovery).
+    Sample,
+}
+
+/// What came of a [`DhtQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtOutcome {
+    /// FIND_VALUE: the valid records found (highest revision per signer).
+    Records(Vec<Vec<u8>>),
+    /// FIND_VALUE: nothing stored under the key.
+    NotFound,
+    /// PUBLISH: replicas that accepted and refused.
+    Published {
+        /// Accepted.
+        accepted: u8,
+        /// Refused.
+        refused: u8,
+    },
+    /// SAMPLE: relay records.
+    Relays(Vec<RelayRecord>),
+    /// No answer or no circuit (the reason, for logs).
+    Failed(String),
+}
+
+/// Counters of the client side.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Our own queries.
+    pub queries: u64,
+    /// Our queries that failed.
+    pub queries_failed: u64,
+    /// Lookups re-sent (timeout or a refusing last hop).
+    pub retries: u64,
+    /// Replies on our circuits that did not parse or match.
+    pub bad_replies: u64,
+    /// Records in replies that failed verification (forged, expired, wrong key).
+    pub bad_records: u64,
+    /// Relay records SAMPLE added to the view.
+    pub sampled_relays: u64,
+}
+
+/// What the client needs of the node: circuits to build, use and close, the view to feed and
+/// the memory budget.
+pub trait CircuitContext {
+    /// The memory budget queries are charged to.
+    fn budget(&self) -> &MemoryBudget;
+    /// The node's random choices (lookup ids).
+    fn rng(&mut self) -> &mut StdRng;
+    /// Starts building a DHT circuit: 3 hops (4 for `service`) ending at a relay with
+    /// `FLAG_DHT` that is none of `avoid`. Its `Built` or `Closed` event comes later.
+    fn build_circuit(
+        &mut self,
+        now: Millis,
+        service: bool,
+        avoid: &[[u8; 32]],
+    ) -> Result<CircId, String>;
+    /// The identity of a circuit's last hop.
+    fn last_hop(&self, id: CircId) -> Option<[u8; 32]>;
+    /// Sends a DHT_LOOKUP on a built circuit; whether it went.
+    fn send_lookup(&mut self, id: CircId, payload: &[u8]) -> bool;
+    /// Closes a circuit; its `Closed` event still comes.
+    fn destroy_circuit(&mut self, now: Millis, id: CircId);
+    /// Adds relay records a SAMPLE returned through the last hop `via` to the view; how many.
+    fn add_relays(&mut self, records: Vec<RelayRecord>, via: [u8; 32], now: Millis) -> usize;
+    /// Whether the view is small enough to look for more relays through the DHT.
+    fn view_is_small(&self) -> bool;
+}
+
+struct DhtCirc {
+    service: bool,
+    ready: bool,
+    /// Given to a query: it never carries another one, and closes when that query is done with
+    /// it.
+    taken: bool,
+    created: Millis,
+}
+
+struct ClientQuery {
+    query: DhtQuery,
+    service: bool,
+    internal: bool,
+    circ: Option<CircId>,
+    sent: bool,
+    lookup_id: u32,
+    deadline: Millis,
+    tries: u8,
+    seen: Vec<u8>,
+    total: u8,
+    /// This attempt's last hop sent a record that failed verification.
+    junk: bool,
+    /// Relays that must not be the last hop of this query's circuits.
+    avoid: Vec<[u8; 32]>,
+    /// Last hops the request went to (every attempt).
+    via: Vec<[u8; 32]>,
+    records: HashMap<[u8; 32], (u64, Vec<u8>)>,
+    _charge: Charge,
+}
+
+/// A finished query: its token, what came of it and the last hops its request went to.
+pub type Done = (u64, DhtOutcome, Vec<[u8; 32]>);
+
+/// The queries this node asks of the DHT and their circuits.
+pub struct DhtClient {
+    next_token: u64,
+    circs: HashMap<CircId, DhtCirc>,
+    queries: HashMap<u64, ClientQuery>,
+    by_lookup_id: HashMap<u32, u64>,
+    /// Outcomes of queries that ended while their token was being handed out: delivered on the
+    /// next timer, so that an answer never arrives before `query` returns.
+    deferred: Vec<Done>,
+    done: Vec<Done>,
+    in_query: bool,
+    next_pool_try: Millis,
+    next_sample: Millis,
+    stats: ClientStats,
+}
+
+impl Default for DhtClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DhtClient {
+    /// No queries, no circuits.
+    pub fn new() -> DhtClient {
+        DhtClient {
+            next_token: 1,
+            circs: HashMap::new(),
+            queries: HashMap::new(),
+            by_lookup_id: HashMap::new(),
+            deferred: Vec::new(),
+            done: Vec::new(),
+            in_query: false,
+            next_pool_try: 0,
+            next_sample: 0,
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Starts a query through circuits whose last hop is none of `avoid` (`service`: 4-hop
+    /// service circuits, else 3 hops). Returns its token; its outcome comes out of
+    /// [`DhtClient::take_deferred`] or [`DhtClient::take_done`] later, never before this
+    /// returns.
+    pub fn query<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        query: DhtQuery,
+        service: bool,
+        avoid: Vec<[u8; 32]>,
+    ) -> u64 {
+        self.in_query = true;
+        let token = self.start_query(ctx, now, query, service, false, avoid);
+        self.in_query = false;
+        token
+    }
+
+    /// The last hops a running query's request went to so far.
+    pub fn via(&self, token: u64) -> &[[u8; 32]] {
+        self.queries.get(&token).map_or(&[], |q| &q.via)
+    }
+
+    /// Queries that ended since the last call (to hand to whoever asked).
+    pub fn take_done(&mut self) -> Vec<Done> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Outcomes held back while their query's token was handed out; the first thing a timer
+    /// delivers.
+    pub fn take_deferred(&mut self) -> Vec<Done> {
+        self.in_query = false;
+        std::mem::take(&mut self.deferred)
+    }
+
+    fn start_query<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        query: DhtQuery,
+        service: bool,
+        internal: bool,
+        avoid: Vec<[u8; 32]>,
+    ) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.stats.queries += 1;
+        if let DhtQuery::Publish { kind, record } = &query {
+            if record.len() != kind.record_len() {
+                self.finish(
+                    ctx,
+                    now,
+                    token,
+                    DhtOutcome::Failed("record of the wrong length".into()),
+                );
+                return token;
+            }
+        }
+        let charge = if self.queries.len() < DHT_MAX_QUERIES {
+            ctx.budget().try_charge(QUERY_COST)
+        } else {
+            None
+        };
+        let Some(charge) = charge else {
+            self.finish(
+                ctx,
+                now,
+                token,
+                DhtOutcome::Failed("too many DHT queries".into()),
+            );
+            return token;
+        };
+        self.queries.insert(
+            token,
+            ClientQuery {
+                query,
+                service,
+                internal,
+                circ: None,
+                sent: false,
+                lookup_id: 0,
+                deadline: 0,
+                tries: 0,
+                seen: Vec::new(),
+                total: 0,
+                junk: false,
+                avoid,
+                via: Vec::new(),
+                records: HashMap::new(),
+                _charge: charge,
+            },
+        );
+        self.dispatch(ctx, now, token);
+        token
+    }
+
+    /// Ends a query: internal ones feed the view; others go to the outbox (the deferred one if
+    /// we are still inside `query`). Its circuit is retired.
+    fn finish<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        token: u64,
+        outcome: DhtOutcome,
+    ) {
+        let q = self.queries.remove(&token);
+        if let Some(q) = &q {
+            if self.by_lookup_id.get(&q.lookup_id) == Some(&token) {
+                self.by_lookup_id.remove(&q.lookup_id);
+            }
+        }
+        let circ = q.as_ref().and_then(|q| q.circ);
+        let via = q.as_ref().map(|q| q.via.clone()).unwrap_or_default();
+        if let DhtOutcome::Failed(why) = &outcome {
+            self.stats.queries_failed += 1;
+            tracing::debug!(token, "DHT query failed: {why}");
+        }
+        if q.as_ref().is_some_and(|q| q.internal) {
+            if let DhtOutcome::Relays(rs) = outcome {
+                // The last hop that answered is the source: it vouches for what it sampled.
+                let via = q.and_then(|q| q.circ).and_then(|id| ctx.last_hop(id));
+                if let Some(via) = via {
+                    let n = ctx.add_relays(rs, via, now);
+                    self.stats.sampled_relays += n as u64;
+                }
+            }
+            self.retire(ctx, now, circ);
+            return;
+        }
+        self.retire(ctx, now, circ);
+        if self.in_query {
+            self.deferred.push((token, outcome, via));
+        } else {
+            self.done.push((token, outcome, via));
+        }
+    }
+
+    /// Closes a circuit a query is done with: it never carries another query. Its entry goes
+    /// with the `Closed` event, which is ours to consume.
+    fn retire<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, circ: Option<CircId>) {
+        let Some(id) = circ else { return };
+        if let Some(c) = self.circs.get_mut(&id) {
+            c.taken = true;
+            ctx.destroy_circuit(now, id);
+        }
+    }
+
+    /// Puts a query on a DHT circuit of its kind, building one if there is none.
+    fn dispatch<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+        let Some(q) = self.queries.get(&token) else {
+            return;
+        };
+        if q.tries >= DHT_QUERY_TRIES {
+            let why = format!("no answer through {} circuits", q.tries);
+            self.finish(ctx, now, token, DhtOutcome::Failed(why));
+            return;
+        }
+        let service = q.service;
+        let avoid = q.avoid.clone();
+        // An unused pool circuit of the kind, ready ones first (then the oldest).
+        let mut pick: Option<(CircId, bool)> = None;
+        for (id, c) in &self.circs {
+            if c.service != service || c.taken {
+                continue;
+            }
+            let last = ctx.last_hop(*id);
+            if last.is_none_or(|r| avoid.contains(&r)) {
+                continue;
+            }
+            if pick.is_none_or(|(p, ready)| (c.ready && !ready) || (c.ready == ready && *id < p)) {
+                pick = Some((*id, c.ready));
+            }
+        }
+        let (id, ready) = match pick {
+            Some(p) => p,
+            None => match self.build(ctx, now, service, &avoid) {
+                Ok(id) => (id, false),
+                Err(why) => {
+                    self.finish(ctx, now, token, DhtOutcome::Failed(why));
+                    return;
+                }
+            },
+        };
+        if let Some(c) = self.circs.get_mut(&id) {
+            c.taken = true;
+        }
+        if let Some(q) = self.queries.get_mut(&token) {
+            q.circ = Some(id);
+            q.sent = false;
+            q.tries += 1;
+        }
+        if ready {
+            self.send(ctx, now, token);
+        }
+    }
+
+    fn build<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        service: bool,
+        avoid: &[[u8; 32]],
+    ) -> Result<CircId, String> {
+        let id = ctx.build_circuit(now, service, avoid)?;
+        self.circs.insert(
+            id,
+            DhtCirc {
+                service,
+                ready: false,
+                taken: false,
+                created: now,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Sends a query's DHT_LOOKUP on its (ready) circuit under a fresh `lookup_id`.
+    fn send<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+        let lookup_id = loop {
+            let id: u32 = ctx.rng().gen();
+            if !self.by_lookup_id.contains_key(&id) {
+                break id;
+            }
+        };
+        let Some(q) = self.queries.get_mut(&token) else {
+            return;
+        };
+        let Some(id) = q.circ else { return };
+        self.by_lookup_id.remove(&q.lookup_id);
+        q.lookup_id = lookup_id;
+        q.sent = true;
+        q.deadline = now + DHT_QUERY_WAIT_MS;
+        q.seen.clear();
+        q.total = 0;
+        q.junk = false;
+        let bytes = request_of(&q.query, lookup_id).emit();
+        if let Some(last) = ctx.last_hop(id) {
+            if !q.via.contains(&last) {
+                q.via.push(last);
+            }
+        }
+        self.by_lookup_id.insert(lookup_id, token);
+        if !ctx.send_lookup(id, &bytes) {
+            self.retry(ctx, now, token);
+        }
+    }
+
+    /// Tries a query again on a fresh circuit (its last hop refused or never answered, or the
+    /// circuit closed); the old circuit is retired.
+    fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+        self.stats.retries += 1;
+        let Some(q) = self.queries.get_mut(&token) else {
+            return;
+        };
+        q.sent = false;
+        let circ = q.circ.take();
+        if self.by_lookup_id.get(&q.lookup_id) == Some(&token) {
+            self.by_lookup_id.remove(&q.lookup_id);
+        }
+        self.retire(ctx, now, circ);
+        self.dispatch(ctx, now, token);
+    }
+
+    /// A DHT_LOOKUP_REPLY on circuit `id`; `false` if the circuit is not ours.
+    pub fn on_reply<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        id: CircId,
+        payload: &[u8],
+    ) -> bool {
+        if !self.circs.contains_key(&id) {
+            return false;
+        }
+        let reply = match LookupReply::parse(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(circuit = id.0, "DHT_LOOKUP_REPLY refused: {e}");
+                self.stats.bad_replies += 1;
+                return true;
+            }
+        };
+        let Some(token) = self.by_lookup_id.get(&reply.lookup_id).copied() else {
+            return true;
+        };
+        let Some(q) = self.queries.get_mut(&token) else {
+            return true;
+        };
+        if q.circ != Some(id) || !q.sent {
+            self.stats.bad_replies += 1;
+            return true;
+        }
+        let status = reply.status;
+        let outcome = match (&q.query, status, reply.body) {
+            (
+                DhtQuery::FindValue { kind, key },
+                LookupStatus::Ok,
+                ReplyBody::FindValue {
+                    seq_no,
+                    total,
+                    record,
+                },
+            ) => {
+                match checked_key(*kind, &record, now) {
+                    Some((k, signer, version)) if k == *key => {
+                        let better = q.records.get(&signer).is_none_or(|(v, _)| version > *v);
+                        if better {
+                            q.records.insert(signer, (version, record));
+                        }
+                    }
+                    _ => {
+                        self.stats.bad_records += 1;
+                        q.junk = true;
+                    }
+                }
+                if !q.seen.contains(&seq_no) {
+                    q.seen.push(seq_no);
+                }
+                q.total = q.total.max(total);
+                if q.seen.len() >= usize::from(q.total) && q.records.is_empty() && q.junk {
+                    // Only junk from this last hop: ask through another one.
+                    self.retry(ctx, now, token);
+                    return true;
+                } else if q.seen.len() >= usize::from(q.total) {
+                    Some(records_outcome(q))
+                } else {
+                    q.deadline = q.deadline.min(now + DHT_VALUE_COLLECT_MS);
+                    None
+                }
+            }
+            (DhtQuery::FindValue { .. }, LookupStatus::NotFound, ReplyBody::FindValue { .. }) => {
+                Some(records_outcome(q))
+            }
+            (
+                DhtQuery::Publish { .. },
+                LookupStatus::Ok | LookupStatus::Stale | LookupStatus::Timeout,
+                ReplyBody::Publish { accepted, refused },
+            ) => Some(DhtOutcome::Published { accepted, refused }),
+            (DhtQuery::Publish { .. }, LookupStatus::Invalid, ReplyBody::Publish { .. }) => Some(
+                DhtOutcome::Failed("the DHT relay refused the record as invalid".into()),
+            ),
+            (DhtQuery::Sample, LookupStatus::Ok, ReplyBody::Sample(rs)) => {
+                let mut relays = Vec::new();
+                for b in rs {
+                    match RelayRecord::parse(&b, now) {
+                        Ok(r) if r.is_relay() => relays.push(r),
+                        _ => self.stats.bad_records += 1,
+                    }
+                }
+                Some(DhtOutcome::Relays(relays))
+            }
+            (_, LookupStatus::Timeout | LookupStatus::RateLimited | LookupStatus::Refused, b)
+                if b.op() == op_of(&q.query) =>
+            {
+                self.retry(ctx, now, token);
+                return true;
+            }
+            _ => {
+                self.stats.bad_replies += 1;
+                return true;
+            }
+        };
+        if let Some(o) = outcome {
+            self.finish(ctx, now, token, o);
+        }
+        true
+    }
+
+    /// Circuit events for DHT circuits are consumed (`None`); others are handed back.
+    pub fn on_circuit_event<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        e: CircEvent,
+    ) -> Option<CircEvent> {
+        match &e {
+            CircEvent::Built { id, .. } if self.circs.contains_key(id) => {
+                let id = *id;
+                if let Some(c) = self.circs.get_mut(&id) {
+                    c.ready = true;
+                }
+                let mut waiting: Vec<u64> = self
+                    .queries
+                    .iter()
+                    .filter(|(_, q)| q.circ == Some(id) && !q.sent)
+                    .map(|(t, _)| *t)
+                    .collect();
+                waiting.sort_unstable();
+                for t in waiting {
+                    self.send(ctx, now, t);
+                }
+                None
+            }
+            CircEvent::Closed { id, .. } if self.circs.contains_key(id) => {
+                let id = *id;
+                if self.circs.remove(&id).is_some_and(|c| !c.ready && !c.taken) {
+                    // A pool build that failed: not again at once.
+                    self.next_pool_try = now + DHT_POOL_RETRY_MS;
+                }
+                let mut on_it: Vec<u64> = self
+                    .queries
+                    .iter()
+                    .filter(|(_, q)| q.circ == Some(id))
+                    .map(|(t, _)| *t)
+                    .collect();
+                on_it.sort_unstable();
+                for t in on_it {
+                    self.retry(ctx, now, t);
+                }
+                None
+            }
+            CircEvent::Extended { id, .. } | CircEvent::Message { id, .. }
+                if self.circs.contains_key(id) =>
+            {
+                None
+            }
+            _ => Some(e),
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+    //
+    // The timer work comes in steps so that the node can hand each finished query to the
+    // layer that asked before the next step runs (that layer may start another query at once).
+
+    /// Sent queries whose reply did not come (or the rest of a multi-record answer), in token
+    /// order: each goes to [`DhtClient::on_overdue`].
+    pub fn overdue(&self, now: Millis) -> Vec<u64> {
+        let mut due: Vec<u64> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.sent && q.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        due.sort_unstable();
+        due
+    }
+
+    /// Ends an overdue query with what it collected, or tries it again.
+    pub fn on_overdue<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+        let partial = self
+            .queries
+            .get(&token)
+            .is_some_and(|q| !q.records.is_empty());
+        if partial {
+            let o = self.queries.get(&token).map(records_outcome);
+            if let Some(o) = o {
+                self.finish(ctx, now, token, o);
+            }
+        } else {
+            self.retry(ctx, now, token);
+        }
+    }
+
+    /// Closes taken circuits whose query is gone and pool circuits grown old unused, keeps the
+    /// pools of unused circuits (`wanted`: client lookups, service publications) built, and
+    /// looks for relays through the DHT while the view is small (9.1).
+    pub fn on_timer<C: CircuitContext>(
+        &mut self,
+        ctx: &mut C,
+        now: Millis,
+        wanted: (usize, usize),
+    ) {
+        let mut idle: Vec<CircId> = self
+            .circs
+            .iter()
+            .filter(|(id, c)| {
+                if c.taken {
+                    !self.queries.values().any(|q| q.circ == Some(**id))
+                } else {
+                    now.saturating_sub(c.created) >= DHT_POOL_MAX_AGE_MS
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        idle.sort_unstable();
+        for id in idle {
+            self.retire(ctx, now, Some(id));
+        }
+        self.fill_pool(ctx, now, wanted);
+        if self.next_sample == 0 {
+            self.next_sample = now + 20_000;
+        }
+        if now >= self.next_sample {
+            self.next_sample = now + DHT_SAMPLE_MS;
+            let running = self.queries.values().any(|q| q.internal);
+            if ctx.view_is_small() && !running {
+                self.start_query(ctx, now, DhtQuery::Sample, false, true, Vec::new());
+            }
+        }
+    }
+
+    fn fill_pool<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, wanted: (usize, usize)) {
+        if now < self.next_pool_try {
+            return;
+        }
+        let (clients, services) = wanted;
+        for (service, want) in [(false, clients), (true, services)] {
+            let have = self
+                .circs
+                .values()
+                .filter(|c| c.service == service && !c.taken)
+                .count();
+            for _ in have..want {
+                if let Err(e) = self.build(ctx, now, service, &[]) {
+                    tracing::debug!("DHT circuit pool: {e}");
+                    self.next_pool_try = now + DHT_POOL_RETRY_MS;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn request_of(q: &DhtQuery, lookup_id: u32) -> LookupRequest {
+    let (op, kind, key, record) = match q {
+        DhtQuery::FindValue { kind, key } => (LookupOp::FindValue, Some(*kind), *key, Vec::new()),
+        DhtQuery::Publish { kind, record } => {
+            (LookupOp::Publish, Some(*kind), [0; 32], record.clone())
+        }
+        DhtQuery::Sample => (LookupOp::Sample, None, [0; 32], Vec::new()),
+    };
+    LookupRequest {
+        op,
+        kind,
+        lookup_id,
+        key,
+        record,
+    }
+}
+
+fn op_of(q: &DhtQuery) -> LookupOp {
+    match q {
+        DhtQuery::FindValue { .. } => LookupOp::FindValue,
+        DhtQuery::Publish { .. } => LookupOp::Publish,
+        DhtQuery::Sample => LookupOp::Sample,
+    }
+}
+
+fn records_outcome(q: &ClientQuery) -> DhtOutcome {
+    if q.records.is_empty() {
+        return DhtOutcome::NotFound;
+    }
+    let mut v: Vec<Vec<u8>> = q.records.values().map(|(_, b)| b.clone()).collect();
+    v.sort();
+    DhtOutcome::Records(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Circuits that build when told to, and a record of what went out on them.
+    struct Mock {
+        budget: MemoryBudget,
+        rng: StdRng,
+        next: u64,
+        built: Vec<CircId>,
+        sent: Vec<(CircId, Vec<u8>)>,
+        destroyed: Vec<CircId>,
+        no_paths: bool,
+    }
+
+    impl Mock {
+        fn new() -> Mock {
+            Mock {
+                budget: MemoryBudget::new(1 << 20),
+                rng: StdRng::seed_from_u64(7),
+                next: 1,
+                built: Vec::new(),
+                sent: Vec::new(),
+                destroyed: Vec::new(),
+                no_paths: false,
+            }
+        }
+    }
+
+    impl CircuitContext for Mock {
+        fn budget(&self) -> &MemoryBudget {
+            &self.budget
+        }
+        fn rng(&mut self) -> &mut StdRng {
+            &mut self.rng
+        }
+        fn build_circuit(&mut self, _: Millis, _: bool, _: &[[u8; 32]]) -> Result<CircId, String> {
+            if self.no_paths {
+                return Err("no path".into());
+            }
+            let id = CircId(self.next);
+            self.next += 1;
+            self.built.push(id);
+            Ok(id)
+        }
+        fn last_hop(&self, id: CircId) -> Option<[u8; 32]> {
+            Some([id.0 as u8; 32])
+        }
+        fn send_lookup(&mut self, id: CircId, payload: &[u8]) -> bool {
+            self.sent.push((id, payload.to_vec()));
+            true
+        }
+        fn destroy_circuit(&mut self, _: Millis, id: CircId) {
+            self.destroyed.push(id);
+        }
+        fn add_relays(&mut self, records: Vec<RelayRecord>, _: [u8; 32], _: Millis) -> usize {
+            records.len()
+        }
+        fn view_is_small(&self) -> bool {
+            false
+        }
+    }
+
+    fn find(key: Key) -> DhtQuery {
+        DhtQuery::FindValue {
+            kind: RecordKind::Descriptor,
+            key,
+        }
+    }
+
+    #[test]
+    fn a_query_builds_its_own_circuit_sends_once_built_and_retires_it() {
+        let (mut c, mut m) = (DhtClient::new(), Mock::new());
+        let token = c.query(&mut m, 0, find([3; 32]), false, Vec::new());
+        assert_eq!(m.built, vec![CircId(1)]);
+        assert!(
+            m.sent.is_empty(),
+            "nothing goes out before the circuit is built"
+        );
+        let built = CircEvent::Built {
+            id: CircId(1),
+            build_ms: 10,
+        };
+        assert_eq!(c.on_circuit_event(&mut m, 10, built), None);
+        let (id, payload) = m.sent.pop().unwrap();
+        assert_eq!(id, CircId(1));
+        let req = LookupRequest::parse(&payload).unwrap();
+        assert_eq!((req.op, req.key), (LookupOp::FindValue, [3; 32]));
+        assert_eq!(c.via(token), &[[1; 32]]);
+        let reply = LookupReply {
+            status: LookupStatus::NotFound,
+            lookup_id: req.lookup_id,
+            body: ReplyBody::empty(LookupOp::FindValue),
+        };
+        assert!(c.on_reply(&mut m, 20, CircId(1), &reply.emit().unwrap()));
+        assert_eq!(
+            c.take_done(),
+            vec![(token, DhtOutcome::NotFound, vec![[1; 32]])]
+        );
+        assert_eq!(m.destroyed, vec![CircId(1)]);
+        // A reply on a circuit that is not ours is handed back.
+        assert!(!c.on_reply(&mut m, 20, CircId(9), &[]));
+    }
+
+    #[test]
+    fn an_outcome_never_comes_before_the_token() {
+        let (mut c, mut m) = (DhtClient::new(), Mock::new());
+        m.no_paths = true;
+        let token = c.query(&mut m, 0, find([1; 32]), false, Vec::new());
+        assert!(c.take_done().is_empty());
+        let deferred = c.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(deferred[0].0, token);
+        assert!(matches!(deferred[0].1, DhtOutcome::Failed(_)));
+        assert_eq!(c.stats().queries_failed, 1);
+    }
+
+    #[test]
+    fn a_refusing_last_hop_moves_the_query_to_a_new_circuit() {
+        let (mut c, mut m) = (DhtClient::new(), Mock::new());
+        c.query(&mut m, 0, find([2; 32]), false, Vec::new());
+        c.on_circuit_event(
+            &mut m,
+            1,
+            CircEvent::Built {
+                id: CircId(1),
+                build_ms: 1,
+            },
+        );
+        let req = LookupRequest::parse(&m.sent[0].1).unwrap();
+        let refusal = LookupReply {
+            status: LookupStatus::RateLimited,
+            lookup_id: req.lookup_id,
+            body: ReplyBody::empty(LookupOp::FindValue),
+        };
+        c.on_reply(&mut m, 2, CircId(1), &refusal.emit().unwrap());
+        assert_eq!(m.destroyed, vec![CircId(1)]);
+        assert_eq!(m.built, vec![CircId(1), CircId(2)]);
+        assert_eq!(c.stats().retries, 1);
+        assert!(c.take_done().is_empty());
+    }
+}
