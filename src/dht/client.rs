@@ -231,6 +231,11 @@ impl DhtClient {
         token
     }
 
+    /// Whether `id` is one of the DHT client's circuits (its own or taken from the pool).
+    pub fn owns(&self, id: CircId) -> bool {
+        self.circs.contains_key(&id)
+    }
+
     /// The last hops a running query's request went to so far.
     pub fn via(&self, token: u64) -> &[[u8; 32]] {
         self.queries.get(&token).map_or(&[], |q| &q.via)

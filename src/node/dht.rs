@@ -73,6 +73,11 @@ pub struct NodeDht {
 }
 
 impl NodeDht {
+    /// Whether `id` is one of the DHT client's circuits.
+    pub(super) fn owns(&self, id: CircId) -> bool {
+        self.client.owns(id)
+    }
+
     pub(crate) fn new(rand: Randomness) -> NodeDht {
         NodeDht {
             host: DhtHost::new(rand),

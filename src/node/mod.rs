@@ -65,6 +65,13 @@ pub enum NodeEvent {
     },
 }
 
+/// The layer that owns one of our circuits ([`Node::circuit_owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CircOwner {
+    Dht,
+    Sessions,
+}
+
 /// A node: link layer, circuit layer and the glue.
 pub struct Node {
     /// The link layer.
@@ -345,36 +352,59 @@ impl Node {
         }
     }
 
-    /// Hands a circuit event to the upper layer it belongs to; what none takes is reported.
+    /// Which layer owns our circuit `id`: each layer keeps the table of the circuits it built
+    /// or took from the pool, and no circuit is in two of them. A circuit no layer owns (a pool
+    /// circuit, one the daemon built) is reported upwards.
+    fn circuit_owner(&self, id: CircId) -> Option<CircOwner> {
+        if self.dht.owns(id) {
+            Some(CircOwner::Dht)
+        } else if self.sess.owns(id) {
+            Some(CircOwner::Sessions)
+        } else {
+            None
+        }
+    }
+
+    /// Hands a circuit event to the layer it belongs to: last-hop roles by relay command,
+    /// events of our circuits by owner; what none takes is reported.
     fn route_circuit_event(&mut self, now: Millis, e: CircEvent) {
         use crate::wire::relay::RelayCommand as C;
-        match e {
+        let id = match &e {
             CircEvent::LastHop { slot, cmd, payload } => {
-                if cmd == C::DhtLookup as u8 {
-                    self.dht_on_last_hop(now, slot, &payload);
+                if *cmd == C::DhtLookup as u8 {
+                    self.dht_on_last_hop(now, *slot, payload);
                 } else {
-                    self.sess_on_last_hop(now, slot, cmd, &payload);
+                    self.sess_on_last_hop(now, *slot, *cmd, payload);
                 }
+                return;
             }
             CircEvent::RelayedClosed { slot } => {
-                self.dht_on_relayed_closed(now, slot);
-                self.sess_on_relayed_closed(now, slot);
+                self.dht_on_relayed_closed(now, *slot);
+                self.sess_on_relayed_closed(now, *slot);
+                return;
             }
-            CircEvent::Message { id, cmd, payload } if cmd == C::DhtLookupReply as u8 => {
-                if !self.dht_on_reply(now, id, &payload) {
-                    self.events
-                        .push(NodeEvent::Circuit(CircEvent::Message { id, cmd, payload }));
+            CircEvent::Built { id, .. }
+            | CircEvent::Closed { id, .. }
+            | CircEvent::Extended { id, .. }
+            | CircEvent::Message { id, .. } => *id,
+        };
+        let unclaimed = match self.circuit_owner(id) {
+            Some(CircOwner::Dht) => match e {
+                CircEvent::Message { id, cmd, payload } if cmd == C::DhtLookupReply as u8 => {
+                    self.dht_on_reply(now, id, &payload);
+                    None
                 }
-            }
-            e => {
-                let e = match self.dht_on_circuit_event(now, e) {
-                    Some(e) => e,
-                    None => return,
-                };
-                if let Some(e) = self.sess_on_circuit_event(now, e) {
-                    self.events.push(NodeEvent::Circuit(e));
-                }
-            }
+                e => self.dht_on_circuit_event(now, e),
+            },
+            // Only the DHT client reads lookup replies; on another circuit one is reported.
+            Some(CircOwner::Sessions) => match e {
+                e @ CircEvent::Message { cmd, .. } if cmd == C::DhtLookupReply as u8 => Some(e),
+                e => self.sess_on_circuit_event(now, e),
+            },
+            None => Some(e),
+        };
+        if let Some(e) = unclaimed {
+            self.events.push(NodeEvent::Circuit(e));
         }
     }
 

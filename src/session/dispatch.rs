@@ -208,7 +208,7 @@ impl SessionLayer {
         let Some(owner) = self.owners.get(&id).copied() else {
             return;
         };
-        match (owner, C::from_u8(cmd)) {
+        match (owner, C::try_from(cmd).ok()) {
             (Owner::Intro { svc }, Some(C::IntroEstablished)) => {
                 let ok = parse_status(payload) == Ok(status::OK);
                 if let Some(ip) = self

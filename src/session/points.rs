@@ -30,7 +30,7 @@ impl SessionLayer {
             .get_or_insert_with(|| RendezvousRole::new(budget));
         let rend_holds = rend.holds(slot);
         let has_role = intro_holds || rend_holds;
-        match C::from_u8(cmd) {
+        match C::try_from(cmd).ok() {
             Some(C::EstablishIntro) => {
                 let up = ctx.relayed_upstream(slot);
                 let code = match (has_role, ctx.relayed_bind(slot), up) {

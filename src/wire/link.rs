@@ -70,11 +70,6 @@ pub enum MsgType {
 }
 
 impl MsgType {
-    /// The type for a wire value, if it is one (callers elsewhere match on an `Option`).
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Self::try_from(v).ok()
-    }
-
     /// Whether `rpc_id` is meaningful for this type.
     pub fn is_rpc(self) -> bool {
         use MsgType::*;
@@ -362,8 +357,8 @@ impl<'a> LinkFrame<'a> {
         if header[OFF_NEXT_HEADER] != LINK_NEXT_HEADER {
             return Err(FrameError::BadNextHeader(header[OFF_NEXT_HEADER]));
         }
-        let msg_type =
-            MsgType::from_u8(header[OFF_TYPE]).ok_or(FrameError::UnknownType(header[OFF_TYPE]))?;
+        let msg_type = MsgType::try_from(header[OFF_TYPE])
+            .map_err(|_| FrameError::UnknownType(header[OFF_TYPE]))?;
         if header[OFF_MSG_VERSION] != 1 {
             return Err(FrameError::UnknownMsgVersion(header[OFF_MSG_VERSION]));
         }

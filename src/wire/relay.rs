@@ -72,13 +72,6 @@ pub enum RelayCommand {
     ProbeReply = 0x11,
 }
 
-impl RelayCommand {
-    /// The command for a wire value, if it is one (callers elsewhere match on an `Option`).
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Self::try_from(v).ok()
-    }
-}
-
 /// Why a relay message, EXTEND or EXTENDED was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
@@ -163,7 +156,8 @@ impl<T: Borrow<[u8; CELL_BODY_LEN]>> RelayMessage<T> {
 
     /// The command, if known.
     pub fn command(&self) -> Result<RelayCommand, RelayError> {
-        RelayCommand::from_u8(self.cmd_raw()).ok_or(RelayError::UnknownCommand(self.cmd_raw()))
+        RelayCommand::try_from(self.cmd_raw())
+            .map_err(|_| RelayError::UnknownCommand(self.cmd_raw()))
     }
 
     /// `length`.

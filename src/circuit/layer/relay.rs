@@ -358,7 +358,7 @@ impl CircuitLayer {
 
     /// A relay message for us as the last hop of someone's circuit.
     fn last_hop_message(&mut self, now: Millis, slot: u64, early: bool, cmd: u8, payload: &[u8]) {
-        match RelayCommand::from_u8(cmd) {
+        match RelayCommand::try_from(cmd).ok() {
             Some(RelayCommand::Extend) => self.on_extend(now, slot, early, payload),
             Some(RelayCommand::Probe) => {
                 // Echo, same size: liveness and RTT checks of a circuit.

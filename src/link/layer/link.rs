@@ -404,9 +404,10 @@ impl LinkLayer {
             return;
         }
         for (rid, f) in retry {
-            if let (Some(t), Some(payload)) =
-                (f.first().and_then(|b| MsgType::from_u8(*b)), f.get(1..))
-            {
+            if let (Some(t), Some(payload)) = (
+                f.first().and_then(|b| MsgType::try_from(*b).ok()),
+                f.get(1..),
+            ) {
                 let _ = self.send_frame(now, id, t, rid, payload);
             }
         }
