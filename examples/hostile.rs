@@ -19,6 +19,7 @@
 //!   made-up services whose index shares its first B bits with the service's current index, R per
 //!   second in all.
 //! - `junk`: random datagrams (1–1400 bytes) from 16 source ports, R per second.
+//! - `none`: sends nothing for S seconds (the control run of a test).
 //!
 //! Every secret is from the OS generator. Output lines are `word key=value ...`: `ready` when the
 //! flood starts, `tick` every second, `result` at the end (what was sent and how the target
@@ -55,6 +56,8 @@ enum Mode {
     Introduce,
     Store,
     Junk,
+    /// Nothing: the control run.
+    None,
 }
 
 #[derive(Parser)]
@@ -96,6 +99,25 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// CPU seconds (user + system) this process used so far (Linux; 10-ms ticks).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn hex4(b: &[u8; 32]) -> String {
@@ -418,9 +440,10 @@ fn flood(
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "result mode={:?} seconds={secs:.1} rate={:.1} {}",
+        "result mode={:?} seconds={secs:.1} rate={:.1} tool_cpu_s={:.1} {}",
         cli.mode,
         tally.sent as f64 / secs.max(0.001),
+        cpu_seconds(),
         tally.line()
     );
 }
@@ -833,8 +856,9 @@ fn run_junk(cli: &Cli) -> Result<(), String> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "result mode=Junk seconds={secs:.1} rate={:.1} sent={sent}",
-        sent as f64 / secs.max(0.001)
+        "result mode=Junk seconds={secs:.1} rate={:.1} tool_cpu_s={:.1} sent={sent}",
+        sent as f64 / secs.max(0.001),
+        cpu_seconds()
     );
     Ok(())
 }
@@ -848,6 +872,15 @@ fn main() -> ExitCode {
         Mode::Introduce => run_introduce(&cli, &clock),
         Mode::Store => run_store(&cli, &clock),
         Mode::Junk => run_junk(&cli),
+        Mode::None => {
+            println!("ready mode=None agents=0");
+            std::thread::sleep(Duration::from_secs_f64(cli.seconds));
+            println!(
+                "result mode=None seconds={:.1} rate=0 tool_cpu_s=0 sent=0",
+                cli.seconds
+            );
+            Ok(())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
