@@ -9,12 +9,13 @@
 //!
 //! Modes:
 //! - `create`: N client identities (one link each to the target) build 1-hop circuits to the
-//!   target at R per second in all, up to C, and keep them open.
+//!   target at R per second in all and keep C open (rebuilding those the target closes).
 //! - `establish-intro`: the same circuits, each registering a made-up intro auth key (a fresh
 //!   Ed25519 key, signed for the circuit's `bind`): C registrations.
 //! - `introduce`: looks the service's descriptor up through the DHT like a client, then builds
 //!   1-hop circuits to each of its intro points and sends 2 INTRODUCE1 on each (the descriptor's
-//!   auth key, a random `msg1`: the intro point cannot tell it from a real one), R per second.
+//!   auth key, a random `msg1`: the intro point cannot tell it from a real one), R INTRODUCE1 per
+//!   second (`sent` counts INTRODUCE1s, `built` circuits).
 //! - `store`: N relay identities (each a link to the target) send DHT STOREs of descriptors of
 //!   made-up services whose index shares its first B bits with the service's current index, R per
 //!   second in all.
@@ -678,7 +679,8 @@ fn run_introduce(cli: &Cli, clock: &Clock) -> Result<(), String> {
             {
                 Ok(id) => {
                     pending.borrow_mut().push((i, id, *auth));
-                    true
+                    // Counted when its INTRODUCE1s go out.
+                    false
                 }
                 Err(_) => false,
             }
@@ -704,7 +706,7 @@ fn run_introduce(cli: &Cli, clock: &Clock) -> Result<(), String> {
                             .send(id, RelayCommand::Introduce1, &m.emit())
                             .is_ok()
                         {
-                            tally.answer("introduce1_sent".into());
+                            tally.sent += 1;
                         }
                     }
                 }

@@ -86,6 +86,23 @@ fn intro_points(lab: &Lab, svc: &Daemon) -> Vec<String> {
     v
 }
 
+/// The ids of the service's intro circuits, sorted: a replaced intro circuit (even at the same
+/// relay) shows as a new id.
+fn intro_circuits(lab: &Lab, svc: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = lab
+        .query(svc, "circuits")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["purpose"] == "intro")
+                .filter_map(|c| c["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// The flood tool, killed if the test gives up first.
 struct Flood(Child);
 
@@ -107,8 +124,10 @@ fn env_f64(name: &str, default: f64) -> f64 {
 struct Attack {
     mode: &'static str,
     args: Vec<String>,
-    /// The flood targets the service's intro points, not only the target relay.
+    /// An honest client gets through within `HONEST_BOUND` today.
     honest_must_connect: bool,
+    /// The service's intro circuits are known to survive this flood today.
+    intro_circuits_must_survive: bool,
 }
 
 #[test]
@@ -225,11 +244,13 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
             mode: "none",
             args: base("none"),
             honest_must_connect: true,
+            intro_circuits_must_survive: true,
         },
         Attack {
             mode: "junk",
             args: with("junk", &["--rate".into(), rate(5000.0)]),
             honest_must_connect: true,
+            intro_circuits_must_survive: true,
         },
         Attack {
             mode: "create",
@@ -245,6 +266,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
                 ],
             ),
             honest_must_connect: true,
+            intro_circuits_must_survive: true,
         },
         Attack {
             mode: "establish-intro",
@@ -260,6 +282,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
                 ],
             ),
             honest_must_connect: true,
+            intro_circuits_must_survive: true,
         },
         Attack {
             mode: "introduce",
@@ -275,6 +298,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
                 ],
             ),
             honest_must_connect: false,
+            intro_circuits_must_survive: false,
         },
         Attack {
             mode: "store",
@@ -290,6 +314,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
                 ],
             ),
             honest_must_connect: true,
+            intro_circuits_must_survive: true,
         },
     ];
 
@@ -300,6 +325,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
         .enumerate()
     {
         let before = intro_points(&lab, &svc);
+        let circuits_before = intro_circuits(&lab, &svc);
         let log = lab.dir.join(format!("hostile-{}.log", attack.mode));
         let logf = std::fs::File::create(&log).expect("log");
         let mut child = lab
@@ -366,13 +392,14 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
             .unwrap_or("result missing")
             .to_string();
         let after = intro_points(&lab, &svc);
+        let circuits_after = intro_circuits(&lab, &svc);
         let used = lab.query(&target, "status")["memory"]["used"]
             .as_u64()
             .unwrap_or(0);
         eprintln!(
             "hostile mode={} {} honest_connect_s={} rss_idle_kib={idle_kib} rss_max_kib={max_kib} \
              rss_bound_kib={} budget_used_kib={} target_cpu_s={target_cpu:.1} \
-             intro_points_before={} intro_points_after={}",
+             intro_points_before={} intro_points_after={} intro_circuits_kept={}",
             attack.mode,
             result
                 .split_whitespace()
@@ -384,6 +411,7 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
             used / 1024,
             before.join(","),
             after.join(","),
+            circuits_after == circuits_before,
         );
         lab.stop(
             &client,
@@ -407,6 +435,13 @@ fn hostile_nodes_flood_a_relay_and_an_honest_client_gets_through() {
         if after != before {
             failures.push(format!(
                 "{}: the service's intro points changed under the flood: {before:?} -> {after:?}",
+                attack.mode
+            ));
+        }
+        if attack.intro_circuits_must_survive && circuits_after != circuits_before {
+            failures.push(format!(
+                "{}: the service's intro circuits changed under the flood: {circuits_before:?} -> \
+                 {circuits_after:?}",
                 attack.mode
             ));
         }
