@@ -9,6 +9,7 @@ mod circuits;
 mod deployment;
 mod dht;
 mod foundation;
+mod hostile;
 mod links;
 mod nat;
 mod services;
