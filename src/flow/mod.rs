@@ -39,7 +39,7 @@ use crate::budget::MemoryBudget;
 use crate::config::OVERLAY_MTU;
 use crate::crypto::is_overlay;
 use crate::session::Pseudonym;
-use crate::time::Millis;
+use crate::time::{Bucket, Millis};
 use packet::{Field, IPV6_HEADER_LEN, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN};
 pub use packet::{FlowKey, Packet, PacketError, Transport};
 pub use policy::Policy;
@@ -166,28 +166,6 @@ struct Pending {
     at: Millis,
 }
 
-/// A token bucket, refilled by time.
-struct Bucket {
-    tokens: u32,
-    last: Millis,
-}
-
-impl Bucket {
-    fn take(&mut self, now: Millis) -> bool {
-        let elapsed = now.saturating_sub(self.last);
-        let refill = elapsed.saturating_mul(u64::from(REFUSAL_RATE)) / 1000;
-        if refill > 0 {
-            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(REFUSAL_RATE)) as u32;
-            self.last = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 /// The flow layer's state.
 pub struct FlowLayer {
     own: [u8; 16],
@@ -212,10 +190,7 @@ impl FlowLayer {
             table: FlowTable::new(budget, table::MAX_FLOWS),
             pseudonyms: HashMap::new(),
             pending: HashMap::new(),
-            refusals: Bucket {
-                tokens: REFUSAL_RATE,
-                last: 0,
-            },
+            refusals: Bucket::new(f64::from(REFUSAL_RATE), 0),
             stats: FlowStats::default(),
         }
     }
@@ -534,7 +509,11 @@ impl FlowLayer {
     /// anything else but a RST (never answered), rate-limited.
     fn refuse(&mut self, now: Millis, p: &Packet, pkt: &[u8], out: &mut Vec<u8>) -> SessionVerdict {
         let flags = tcp_flags(p).unwrap_or(0);
-        if flags & TCP_RST != 0 || !self.refusals.take(now) {
+        if flags & TCP_RST != 0
+            || !self
+                .refusals
+                .take(now, f64::from(REFUSAL_RATE), f64::from(REFUSAL_RATE))
+        {
             return SessionVerdict::Drop(DropReason::Refused);
         }
         if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
