@@ -1,5 +1,6 @@
 //! The intro-point role (10.6): registrations by circuit and by auth key, introductions passed
-//! to services, replays and rates refused, memory accounted per upstream link.
+//! to services, replays and rates refused, memory accounted per upstream link: a registration to
+//! the link its ESTABLISH_INTRO came over, a replay tag to the link its INTRODUCE1 came over.
 
 use super::*;
 
@@ -7,7 +8,7 @@ struct IntroReg {
     auth_key: [u8; 32],
     /// The link the registering circuit arrived over: the registration's source.
     up: LinkId,
-    replay: ReplayCache,
+    replay: TagCache,
     bucket: Bucket,
     introductions: u64,
     _charge: Charge,
@@ -25,18 +26,111 @@ pub enum IntroduceOutcome {
     Refuse(u8),
 }
 
-/// What one upstream link holds in the intro-point role.
+/// What one upstream link holds in the intro-point role: what it caused, wherever it is kept.
 #[derive(Default)]
 struct LinkUse {
     /// Its registrations, oldest first (at most [`MAX_INTRO_REGISTRATIONS_PER_LINK`]).
     slots: Vec<u64>,
-    /// Replay tags its registrations hold.
+    /// Replay tags of INTRODUCE1s that came over it, in any registration's cache (at most
+    /// [`MAX_REPLAY_TAGS_PER_LINK`]).
     tags: usize,
 }
 
 impl LinkUse {
     fn bytes(&self) -> usize {
         self.slots.len() * INTRO_REG_COST + self.tags * REPLAY_TAG_COST
+    }
+}
+
+/// One auth key's replay cache: like [`ReplayCache`], oldest evicted first and charged per tag,
+/// but each tag remembers the link its INTRODUCE1 came over, so that the tag is charged to that
+/// link and can be forgotten on its account.
+struct TagCache {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<([u8; 32], LinkId)>,
+    /// Tags held per sending link (at most one entry per tag held, within the tag's charge).
+    senders: HashMap<LinkId, usize>,
+    max: usize,
+    charge: Charge,
+}
+
+impl TagCache {
+    fn new(max: usize, budget: &MemoryBudget) -> TagCache {
+        TagCache {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            senders: HashMap::new(),
+            max,
+            charge: budget.empty_charge(),
+        }
+    }
+
+    fn contains(&self, tag: &[u8; 32]) -> bool {
+        self.set.contains(tag)
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.order.len() >= self.max
+    }
+
+    fn held_from(&self, link: LinkId) -> usize {
+        self.senders.get(&link).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, link: LinkId, grows: bool) {
+        if grows {
+            *self.senders.entry(link).or_insert(0) += 1;
+        } else if let Some(n) = self.senders.get_mut(&link) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.senders.remove(&link);
+            }
+        }
+    }
+
+    /// Inserts `tag` sent over `link`. `Ok(Some(l))`: full, so the oldest tag (sent over `l`)
+    /// made way; `Err(true)`: a replay; `Err(false)`: the budget refused the memory.
+    fn insert(&mut self, tag: [u8; 32], link: LinkId) -> Result<Option<LinkId>, bool> {
+        if self.set.contains(&tag) {
+            return Err(true);
+        }
+        let mut replaced = None;
+        if self.is_full() {
+            if let Some((old, l)) = self.order.pop_front() {
+                self.set.remove(&old);
+                self.count(l, false);
+                replaced = Some(l);
+            }
+        } else if !self.charge.try_grow(REPLAY_TAG_COST) {
+            return Err(false);
+        }
+        self.set.insert(tag);
+        self.order.push_back((tag, link));
+        self.count(link, true);
+        Ok(replaced)
+    }
+
+    /// Forgets the oldest tag sent over `link` and releases its memory; `false` if none. A scan
+    /// of at most `max` entries, run only to shed (a link over its share, the relay at its total,
+    /// the budget spent).
+    fn pop_oldest_from(&mut self, link: LinkId) -> bool {
+        if self.held_from(link) == 0 {
+            return false;
+        }
+        let Some(i) = self.order.iter().position(|(_, l)| *l == link) else {
+            return false;
+        };
+        let Some((old, _)) = self.order.remove(i) else {
+            return false;
+        };
+        self.set.remove(&old);
+        self.charge.shrink(REPLAY_TAG_COST);
+        self.count(link, false);
+        true
     }
 }
 
@@ -102,6 +196,11 @@ impl IntroPointRole {
         self.by_slot.get(&slot).map_or(0, |r| r.replay.len())
     }
 
+    /// Bytes charged to the upstream link `link` in the eviction accounting.
+    pub fn link_bytes(&self, link: LinkId) -> usize {
+        self.by_link.get(&link).map_or(0, LinkUse::bytes)
+    }
+
     /// The auth keys registered here (for tests asserting what an intro point holds).
     pub fn auth_keys(&self) -> Vec<[u8; 32]> {
         self.by_key.keys().copied().collect()
@@ -153,14 +252,12 @@ impl IntroPointRole {
         // The key's holder on a new circuit (its signature covers this circuit's bind): the
         // service lost its old circuit to us, perhaps before we noticed. The registration moves,
         // replay cache and all, so descriptors listing us stay good. A move adds nothing, so the
-        // per-link cap does not apply; the tags move to the new link's account.
+        // per-link cap does not apply; the tags stay charged to the links they came over.
         if let Some(old) = self.by_key.get(&est.auth_key).copied() {
             if let Some(mut reg) = self.by_slot.remove(&old) {
-                self.unlink(reg.up, old, reg.replay.len());
+                self.unlink(reg.up, old);
                 reg.up = up;
-                let u = self.by_link.entry(up).or_default();
-                u.slots.push(slot);
-                u.tags += reg.replay.len();
+                self.by_link.entry(up).or_default().slots.push(slot);
                 self.by_key.insert(est.auth_key, slot);
                 self.by_slot.insert(slot, reg);
                 self.stats.intro_moved += 1;
@@ -180,9 +277,10 @@ impl IntroPointRole {
         let charge = match self.budget.try_charge(INTRO_REG_COST) {
             Some(c) => c,
             None => {
-                // Under pressure the link holding the most gives way, never the asking one: a
-                // flooder cannot push out registrations that arrived over other links.
-                if !self.evict_largest_registration(up) {
+                // Under pressure the link that caused the most gives way, never the asking one:
+                // a flooder cannot push out registrations that arrived over other links, and
+                // the tags its INTRODUCE1s left count against its own link, not the service's.
+                if !self.make_room_for_registration(up) {
                     return status::RATE_LIMITED;
                 }
                 match self.budget.try_charge(INTRO_REG_COST) {
@@ -198,7 +296,7 @@ impl IntroPointRole {
             IntroReg {
                 auth_key: est.auth_key,
                 up,
-                replay: ReplayCache::new(INTRO_REPLAY_CACHE_MAX, self.budget.clone()),
+                replay: TagCache::new(INTRO_REPLAY_CACHE_MAX, &self.budget),
                 bucket: Bucket::new(INTRO_BURST, now),
                 introductions: 0,
                 _charge: charge,
@@ -239,11 +337,11 @@ impl IntroPointRole {
             return IntroduceOutcome::Refuse(status::UNKNOWN);
         };
         let tag = intro.replay_tag();
-        let (reg_up, full) = match self.by_slot.get(&service_slot) {
+        let full = match self.by_slot.get(&service_slot) {
             Some(reg) if reg.replay.contains(&tag) => {
                 return IntroduceOutcome::Refuse(status::REPLAY)
             }
-            Some(reg) => (reg.up, reg.replay.is_full()),
+            Some(reg) => reg.replay.is_full(),
             None => return IntroduceOutcome::Refuse(status::UNKNOWN),
         };
         // Limits are checked after the replay cache, so replays cannot drain them; the client
@@ -280,12 +378,10 @@ impl IntroPointRole {
         if !key_token {
             return IntroduceOutcome::Refuse(status::RATE_LIMITED);
         }
-        if !full {
-            self.make_room_for_tag(reg_up, service_slot);
-        }
-        let mut stored = self.store_tag(service_slot, tag);
-        if stored == Err(false) && self.shed_tag(None, service_slot) {
-            stored = self.store_tag(service_slot, tag);
+        self.make_room_for_tag(up, full);
+        let mut stored = self.store_tag(service_slot, tag, up);
+        if stored == Err(false) && self.largest_tag_link().is_some_and(|l| self.shed_tag(l)) {
+            stored = self.store_tag(service_slot, tag, up);
         }
         match stored {
             Ok(()) => {}
@@ -313,72 +409,83 @@ impl IntroPointRole {
             .take(now, INTRO_LINK_RATE, INTRO_LINK_BURST)
     }
 
-    /// Inserts `tag` into the registration on `slot`, keeping the link and total counts.
-    fn store_tag(&mut self, slot: u64, tag: [u8; 32]) -> Result<(), bool> {
+    /// Inserts `tag`, sent over `from`, into the registration on `slot`, keeping the per-link
+    /// and total counts.
+    fn store_tag(&mut self, slot: u64, tag: [u8; 32], from: LinkId) -> Result<(), bool> {
         let Some(reg) = self.by_slot.get_mut(&slot) else {
             return Err(false);
         };
-        let grows = !reg.replay.is_full();
-        reg.replay.insert(tag)?;
-        if grows {
-            self.tags += 1;
-            if let Some(u) = self.by_link.get_mut(&reg.up) {
-                u.tags += 1;
-            }
+        if let Some(old) = reg.replay.insert(tag, from)? {
+            self.tag_gone(old, 1);
         }
+        self.tags += 1;
+        self.by_link.entry(from).or_default().tags += 1;
         Ok(())
     }
 
-    /// Keeps a new tag within its link's share and the relay's total: over either, the oldest
-    /// tag of the largest registration of the link over its share (or of the largest link)
-    /// goes. The service keeps its own replay cache of client ephemerals (10.6), so a tag
-    /// forgotten early lets a replay cost the service one decryption, not a second session.
-    fn make_room_for_tag(&mut self, up: LinkId, not_slot: u64) {
+    /// Keeps a new tag from `from` within that link's share and the relay's total: over its
+    /// share, the link's own oldest tag goes; over the total, the oldest tag of the link that
+    /// sent the most. A full cache (`full`) replaces its oldest tag and does not grow the total.
+    /// The service keeps its own replay cache of client ephemerals (10.6), so a tag forgotten
+    /// early lets a replay cost the service one decryption, not a second session.
+    fn make_room_for_tag(&mut self, from: LinkId, full: bool) {
         let link_full = self
             .by_link
-            .get(&up)
+            .get(&from)
             .is_some_and(|u| u.tags >= MAX_REPLAY_TAGS_PER_LINK);
         if link_full {
-            self.shed_tag(Some(up), not_slot);
-        } else if self.tags >= MAX_REPLAY_TAGS {
-            self.shed_tag(None, not_slot);
+            self.shed_tag(from);
+        } else if !full && self.tags >= MAX_REPLAY_TAGS {
+            if let Some(l) = self.largest_tag_link() {
+                self.shed_tag(l);
+            }
         }
     }
 
-    /// Forgets the oldest tag of the registration holding the most tags on `link`, or on the
-    /// link holding the most memory if `None`. The registration `prefer_not` gives its own only
-    /// if it is the only one there.
-    fn shed_tag(&mut self, link: Option<LinkId>, prefer_not: u64) -> bool {
-        let Some(link) = link.or_else(|| self.largest_link()) else {
-            return false;
-        };
-        let Some(u) = self.by_link.get(&link) else {
-            return false;
-        };
-        let victim = u
-            .slots
+    /// Forgets the oldest tag `link` sent to the registration holding the most of its tags.
+    fn shed_tag(&mut self, link: LinkId) -> bool {
+        let victim = self
+            .by_slot
             .iter()
-            .filter_map(|s| self.by_slot.get(s).map(|r| (*s, r.replay.len())))
-            .max_by_key(|&(s, n)| (n, s != prefer_not, s));
-        let Some((victim, _)) = victim else {
+            .map(|(s, r)| (r.replay.held_from(link), *s))
+            .filter(|&(n, _)| n > 0)
+            .max();
+        let Some((_, victim)) = victim else {
             return false;
         };
         let popped = self
             .by_slot
             .get_mut(&victim)
-            .is_some_and(|r| r.replay.pop_oldest());
+            .is_some_and(|r| r.replay.pop_oldest_from(link));
         if popped {
-            self.tags = self.tags.saturating_sub(1);
-            if let Some(u) = self.by_link.get_mut(&link) {
-                u.tags = u.tags.saturating_sub(1);
-            }
+            self.tag_gone(link, 1);
             self.stats.tags_shed += 1;
         }
         popped
     }
 
-    /// The link whose registrations hold the most memory (ties: the higher id, so the choice
-    /// does not depend on map order).
+    /// `n` tags sent over `link` are no longer held.
+    fn tag_gone(&mut self, link: LinkId, n: usize) {
+        self.tags = self.tags.saturating_sub(n);
+        if let Some(u) = self.by_link.get_mut(&link) {
+            u.tags = u.tags.saturating_sub(n);
+        }
+        self.tidy(link);
+    }
+
+    /// Forgets `link` once it holds nothing.
+    fn tidy(&mut self, link: LinkId) {
+        if self
+            .by_link
+            .get(&link)
+            .is_some_and(|u| u.slots.is_empty() && u.tags == 0)
+        {
+            self.by_link.remove(&link);
+        }
+    }
+
+    /// The link that caused the most memory: its registrations plus the tags of its
+    /// INTRODUCE1s (ties: the higher id, so the choice does not depend on map order).
     fn largest_link(&self) -> Option<LinkId> {
         self.by_link
             .iter()
@@ -386,24 +493,39 @@ impl IntroPointRole {
             .map(|(l, _)| *l)
     }
 
-    /// Drops the registration holding the most tags (then the newest) on the largest link,
-    /// unless that link is `asking`.
-    fn evict_largest_registration(&mut self, asking: LinkId) -> bool {
+    /// The link whose INTRODUCE1s left the most tags.
+    fn largest_tag_link(&self) -> Option<LinkId> {
+        self.by_link
+            .iter()
+            .filter(|(_, u)| u.tags > 0)
+            .max_by_key(|(l, u)| (u.tags, **l))
+            .map(|(l, _)| *l)
+    }
+
+    /// Frees memory for a registration over `asking` from the largest link's own state, unless
+    /// that link is `asking`: first the oldest tags its INTRODUCE1s left (enough for one
+    /// registration), else its newest registration, whose circuit is handed back to be closed.
+    /// Never another link's registration because of tags a third link sent.
+    fn make_room_for_registration(&mut self, asking: LinkId) -> bool {
         let Some(link) = self.largest_link() else {
             return false;
         };
         if link == asking {
             return false;
         }
-        let victim = self.by_link.get(&link).and_then(|u| {
-            u.slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| self.by_slot.get(s).map(|r| (r.replay.len(), i, *s)))
-                .max()
-                .map(|(_, _, s)| s)
-        });
-        let Some(victim) = victim else {
+        let want = INTRO_REG_COST.div_ceil(REPLAY_TAG_COST);
+        let (tags, newest) = match self.by_link.get(&link) {
+            Some(u) => (u.tags, u.slots.last().copied()),
+            None => return false,
+        };
+        if tags >= want || newest.is_none() {
+            let mut shed = 0;
+            while shed < want && self.shed_tag(link) {
+                shed += 1;
+            }
+            return shed > 0;
+        }
+        let Some(victim) = newest else {
             return false;
         };
         self.closed(victim);
@@ -412,23 +534,23 @@ impl IntroPointRole {
         true
     }
 
-    fn unlink(&mut self, up: LinkId, slot: u64, tags: usize) {
+    fn unlink(&mut self, up: LinkId, slot: u64) {
         if let Some(u) = self.by_link.get_mut(&up) {
             u.slots.retain(|s| *s != slot);
-            u.tags = u.tags.saturating_sub(tags);
-            if u.slots.is_empty() {
-                self.by_link.remove(&up);
-            }
         }
-        self.tags = self.tags.saturating_sub(tags);
+        self.tidy(up);
     }
 
-    /// The circuit `slot` is gone: its registration and replay cache go with it.
+    /// The circuit `slot` is gone: its registration and replay cache go with it, and each tag
+    /// leaves the account of the link that sent it.
     pub fn closed(&mut self, slot: u64) {
         self.clients.remove(&slot);
         if let Some(reg) = self.by_slot.remove(&slot) {
             self.by_key.remove(&reg.auth_key);
-            self.unlink(reg.up, slot, reg.replay.len());
+            self.unlink(reg.up, slot);
+            for (link, n) in &reg.replay.senders {
+                self.tag_gone(*link, *n);
+            }
         }
     }
 }

@@ -49,7 +49,8 @@ pub const MAX_INTRODUCE1_PER_CIRCUIT: u8 = 2;
 pub const INTRO_LINK_RATE: f64 = 50.0;
 /// Burst of [`INTRO_LINK_RATE`].
 pub const INTRO_LINK_BURST: f64 = 500.0;
-/// Replay tags held for registrations arriving over one upstream link.
+/// Replay tags held for INTRODUCE1s that arrived over one upstream link (charged to that link,
+/// whichever registration holds them; over it, the link's own oldest tag goes).
 pub const MAX_REPLAY_TAGS_PER_LINK: usize = 65_536;
 /// Replay tags held for all registrations together.
 pub const MAX_REPLAY_TAGS: usize = 262_144;
@@ -232,7 +233,8 @@ pub struct RoleStats {
     pub refused: u64,
     /// Registrations dropped to free memory for another link's (the largest consumer's first).
     pub intro_evicted: u64,
-    /// Replay tags forgotten early because their link or the relay held its share.
+    /// Replay tags forgotten early because the link they came over or the relay held its
+    /// share, or to make room under memory pressure (the largest sender's first).
     pub tags_shed: u64,
     /// Cookies registered.
     pub cookies: u64,

@@ -279,6 +279,8 @@ fn registration_flood_charges_what_it_stores() {
 
 /// A flood of INTRODUCE1s at the flooder's own registrations sheds the flooder's replay tags
 /// once its link holds its share; an honest registration over another link keeps its own.
+/// The share is the sending link's (tags are charged to the link an INTRODUCE1 came over), so
+/// the flood comes over one link; spread over many, it is held to `MAX_REPLAY_TAGS` instead.
 #[test]
 fn tag_flood_sheds_the_flooders_tags() {
     let b = MemoryBudget::default();
@@ -294,11 +296,11 @@ fn tag_flood_sheds_the_flooders_tags() {
     let mut now = 0;
     let total = MAX_REPLAY_TAGS_PER_LINK as u64 + 5_000;
     for n in 0..total {
-        // Spread over keys and sender links, within every rate limit.
+        // Spread over keys, over one sender link, within every rate limit.
         now += 20;
         let key = flooder[(n % 64) as usize];
         let client = 1_000_000 + n;
-        let up = LinkId(2000 + (n % 64) as u32);
+        let up = LinkId(2000);
         let out = role.introduce(now, client, up, &introduction(key, n));
         assert!(
             matches!(out, IntroduceOutcome::Forward { .. }),
@@ -345,6 +347,83 @@ fn budget_pressure_evicts_the_largest_links_registration() {
     assert!((100..140).contains(&evicted[0]));
     assert!(role.holds(1) && role.holds(2));
     assert_eq!(role.stats.intro_evicted, 1);
+}
+
+/// Issue #19 item 1, found by the hostile-node suite: a flood of INTRODUCE1 at a service's key
+/// used to count its replay tags against the service's own link, so under memory pressure the
+/// flooder's next ESTABLISH_INTRO evicted the service. Tags are charged to the link they came
+/// over: the flooder's link is then the largest, and it is refused (or gives up its own tags).
+#[test]
+fn introduce_flood_cannot_aim_eviction_at_the_service() {
+    let (a, b, c) = (LinkId(7), LinkId(1000), LinkId(8));
+    let b_budget = MemoryBudget::new(INTRO_REG_COST + 100 * REPLAY_TAG_COST + INTRO_CLIENT_COST);
+    let mut role = IntroPointRole::new(b_budget.clone());
+    let (code, service) = made_up_registration(&mut role, 1, a);
+    assert_eq!(code, status::OK);
+    for n in 0..100 {
+        let client = 1_000 + n;
+        let out = role.introduce(0, client, b, &introduction(service, n));
+        assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 }, "{n}");
+        role.closed(client);
+    }
+    assert_eq!(role.replay_tags_of(1), 100);
+    // The flooder registers over its link: the budget is spent and its link holds the most,
+    // so it is refused; the service's registration stays.
+    assert_eq!(
+        made_up_registration(&mut role, 2, b).0,
+        status::RATE_LIMITED
+    );
+    assert!(role.take_evicted().is_empty());
+    assert!(role.holds(1));
+    assert_eq!(role.stats.intro_evicted, 0);
+    // The tags are the flooder's link's, the service's link holds its registration only.
+    assert_eq!(role.link_bytes(b), 100 * REPLAY_TAG_COST);
+    assert_eq!(role.link_bytes(a), INTRO_REG_COST);
+    // A client over a third link still gets through: the flooder's oldest tag makes room.
+    assert_eq!(
+        role.introduce(0, 5_000, c, &introduction(service, 1 << 40)),
+        IntroduceOutcome::Forward { service_slot: 1 }
+    );
+    role.closed(5_000);
+    assert_eq!(role.stats.tags_shed, 1);
+    // A second service over that link registers: the flooder's tags make room, no
+    // registration is evicted.
+    assert_eq!(made_up_registration(&mut role, 3, c).0, status::OK);
+    assert!(role.take_evicted().is_empty());
+    assert!(role.holds(1) && role.holds(3));
+    assert!(role.link_bytes(b) < 100 * REPLAY_TAG_COST);
+    assert_eq!(role.link_bytes(a), INTRO_REG_COST);
+    drop(role);
+    assert_eq!(b_budget.used(), 0);
+}
+
+/// The in-process reproduction in docs/benchmarks.md ("Hostile nodes"): 6,000 INTRODUCE1 at a
+/// service's key over 8 links, then the flooder's ESTABLISH_INTRO over a ninth with the budget
+/// full. The largest link is a sender's: its oldest tags make room, the service stays.
+#[test]
+fn introduce_flood_over_many_links_sheds_their_tags_not_the_service() {
+    let b = MemoryBudget::new(INTRO_REG_COST + 6_000 * REPLAY_TAG_COST + INTRO_CLIENT_COST);
+    let mut role = IntroPointRole::new(b.clone());
+    let (_, service) = made_up_registration(&mut role, 1, LinkId(7));
+    let mut now = 0;
+    for n in 0..6_000u64 {
+        now += 40;
+        let client = 10_000 + n;
+        let up = LinkId(100 + (n % 8) as u32);
+        let out = role.introduce(now, client, up, &introduction(service, n));
+        assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 }, "{n}");
+        role.closed(client);
+    }
+    assert_eq!(
+        made_up_registration(&mut role, 2, LinkId(200)).0,
+        status::OK
+    );
+    assert!(role.take_evicted().is_empty());
+    assert_eq!(role.link_bytes(LinkId(7)), INTRO_REG_COST);
+    assert!(role.holds(1) && role.holds(2));
+    assert_eq!(role.stats.intro_evicted, 0);
+    assert_eq!(role.stats.tags_shed, 4);
+    assert_eq!(role.replay_tags_of(1), 6_000 - 4);
 }
 
 #[test]
