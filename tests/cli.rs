@@ -67,6 +67,14 @@ fn keygen_creates_once_and_address_matches() {
     assert!(address.status.success());
     assert_eq!(stdout(&address).trim(), addr);
 
+    // --name prints the key name, which resolves to the same address.
+    let named = gn(&["address", "--name", "--state-dir", d]);
+    assert!(named.status.success());
+    let name = stdout(&named).trim().to_string();
+    assert!(name.ends_with(".gn.alt") && name.len() == 56 + 7, "{name}");
+    let key = globalnet::names::KeyName::parse(&name).unwrap();
+    assert_eq!(key.address().to_string(), addr);
+
     // --config supplies the state directory too.
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, format!("state_dir = \"{d}\"\n")).unwrap();

@@ -12,6 +12,7 @@ use crate::control::proto::{
 };
 use crate::control::{self, Cmd};
 use crate::crypto::NodeKeys;
+use crate::names::KeyName;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,9 +35,9 @@ enum Command {
     Keygen(StateArgs),
     /// Print this node's overlay address (the address of its default service key)
     #[command(
-        after_help = "Examples:\n  globalnet address\n  globalnet address --state-dir ./state"
+        after_help = "Examples:\n  globalnet address\n  globalnet address --name\n  globalnet address --state-dir ./state"
     )]
-    Address(StateArgs),
+    Address(AddressArgs),
     /// Validate a config file and exit: 0 when valid, else the file, line, key and a hint
     #[command(
         after_help = "Examples:\n  globalnet check\n  globalnet check --config ./node1.toml"
@@ -91,6 +92,16 @@ struct PingArgs {
     interval: f64,
     #[command(flatten)]
     query: QueryArgs,
+}
+
+#[derive(Args, Debug)]
+struct AddressArgs {
+    /// Print the key name (<key>.gn.alt) instead: it carries the whole service key, so a client
+    /// can check the service against it
+    #[arg(long)]
+    name: bool,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -201,9 +212,13 @@ fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Address(args) => {
-            let dir = state_dir(&args)?;
+            let dir = state_dir(&args.state)?;
             let keys = NodeKeys::load(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("{}", keys.address());
+            if args.name {
+                println!("{}", KeyName::of(&keys.service.verifying_key()));
+            } else {
+                println!("{}", keys.address());
+            }
             Ok(())
         }
         Command::Check(args) => {

@@ -49,6 +49,9 @@ pub const LABEL_ESTABLISH_INTRO: &[u8] = b"globalnet establish intro v1";
 /// Intro point replay cache tag (10.6).
 pub const LABEL_INTRO_REPLAY: &[u8] = b"globalnet intro replay v1";
 
+/// Checksum of a key name (18.1).
+pub const LABEL_KEYNAME_CHECKSUM: &[u8] = b"globalnet keyname checksum v1";
+
 /// Every label, for the distinctness test and for documentation tools.
 pub const ALL: &[&[u8]] = &[
     LABEL_ADDRESS,
@@ -74,6 +77,7 @@ pub const ALL: &[&[u8]] = &[
     LABEL_E2E_HP,
     LABEL_ESTABLISH_INTRO,
     LABEL_INTRO_REPLAY,
+    LABEL_KEYNAME_CHECKSUM,
 ];
 
 #[cfg(test)]
@@ -101,7 +105,8 @@ mod tests {
             let s = std::str::from_utf8(label).unwrap();
             assert!(
                 text.contains(s)
-                    || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s),
+                    || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s)
+                    || include_str!("../../tests/vectors/make_keynames.py").contains(s),
                 "label {s} not found in the vector script"
             );
         }
