@@ -165,7 +165,7 @@ fn ping_refuses_what_is_not_an_overlay_address() {
 fn every_subcommand_has_help_with_examples() {
     for cmd in [
         "keygen", "address", "check", "daemon", "status", "peers", "circuits", "services",
-        "sessions", "ping",
+        "sessions", "ping", "resolve",
     ] {
         let o = gn(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
@@ -176,4 +176,28 @@ fn every_subcommand_has_help_with_examples() {
     }
     let o = gn(&["--version"]);
     assert!(stdout(&o).starts_with("globalnet "));
+}
+
+#[test]
+fn check_reads_the_names_file_and_names_the_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = tmp.path().join("names");
+    std::fs::write(
+        &names,
+        "# petnames\nalice fd52:b1e::9a33\nbob 2001:db8::1\n",
+    )
+    .unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("[names]\nfile = \"{}\"\n", names.display())).unwrap();
+    let o = gn(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!("{}:3:", names.display())),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&names, "alice fd52:b1e::9a33\n").unwrap();
+    let o = gn(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 petname(s)"), "{}", stdout(&o));
 }

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR};
 use crate::control::proto::{
-    CircuitAnswer, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+    CircuitAnswer, PeerAnswer, PingAnswer, ResolveAnswer, ServiceAnswer, SessionAnswer,
+    StatusAnswer,
 };
 use crate::control::{self, Cmd};
 use crate::crypto::NodeKeys;
@@ -72,6 +73,11 @@ enum Command {
         after_help = "Examples:\n  globalnet ping fd52:b1e::9a33\n  globalnet ping -c 10 fd52:b1e::9a33\n  globalnet ping --json -c 3 fd52:b1e::9a33\n\nThe daemon sends an end-to-end PING on the session with the address (making one if needed:\nthe first answer includes the introduction and rendezvous) and times the PONG. Unlike\nping(8) it needs no open port and no ICMPv6 on the far side; ping(8) works too, over gn0."
     )]
     Ping(PingArgs),
+    /// What a .gn.alt name resolves to, and which layer said so (petname, key name, network)
+    #[command(
+        after_help = "Examples:\n  globalnet resolve alice.gn.alt\n  globalnet resolve alice\n  globalnet resolve --json <key>.gn.alt\n\nPetnames (the names file, /etc/globalnet/names, and [names] local) win over every other layer;\na key name (globalnet address --name) resolves by itself."
+    )]
+    Resolve(ResolveArgs),
     /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
     #[command(
         after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
@@ -90,6 +96,15 @@ struct PingArgs {
     /// Seconds between pings
     #[arg(short = 'i', long, value_name = "SECS", default_value_t = 1.0)]
     interval: f64,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Args, Debug)]
+struct ResolveArgs {
+    /// The name: NAME.gn.alt, or NAME alone for NAME.gn.alt
+    #[arg(value_name = "NAME")]
+    name: String,
     #[command(flatten)]
     query: QueryArgs,
 }
@@ -223,8 +238,9 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Check(args) => {
             let c = load_config(&args.config)?;
+            let pets = c.petnames().map_err(|e| Failure::Usage(e.to_string()))?;
             println!(
-                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?})",
+                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?}, {} petname(s))",
                 args.config.display(),
                 c.tun.name,
                 c.tun.mtu,
@@ -232,7 +248,8 @@ fn run(command: Command) -> Result<(), Failure> {
                 c.network.bootstrap.len(),
                 if c.relay_enabled() { "on" } else { "off" },
                 c.expose.tcp,
-                c.expose.udp
+                c.expose.udp,
+                pets.len()
             );
             Ok(())
         }
@@ -246,6 +263,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Services(q) => query(&q, Cmd::Services, |l: &Vec<_>| print_services(l)),
         Command::Sessions(q) => query(&q, Cmd::Sessions, |l: &Vec<_>| print_sessions(l)),
         Command::Ping(args) => ping(&args),
+        Command::Resolve(args) => resolve(&args),
         Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
 }
@@ -335,6 +353,43 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
             "{addr} did not answer; check the address, that its node runs (`globalnet services` there) and that this node has peers (`globalnet status`)"
         )))
     }
+}
+
+fn resolve(args: &ResolveArgs) -> Result<(), Failure> {
+    // A bare label means NAME.gn.alt; anything with a dot is taken as written, so a name under
+    // another domain is refused rather than quietly moved under .gn.alt.
+    let name = if args.name.contains('.') {
+        args.name.clone()
+    } else {
+        format!("{}.{}", args.name, crate::names::SUFFIX)
+    };
+    let path = control_path(&args.query)?;
+    let result = control::request_with(
+        &path,
+        &control::Request::resolve(name),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if args.query.json {
+        println!("{result}");
+        return Ok(());
+    }
+    let a: ResolveAnswer = control::decode(result).map_err(|e| Failure::Runtime(e.to_string()))?;
+    print!("{}", print_resolve(&a));
+    Ok(())
+}
+
+fn print_resolve(a: &ResolveAnswer) -> String {
+    let mut out = format!("{:<8} {}\n{:<8} {}\n", "name", a.name, "address", a.address);
+    if let Some(k) = &a.key {
+        out.push_str(&format!("{:<8} {k}\n", "key"));
+    }
+    let from = match &a.origin {
+        Some(o) => format!("{} ({o})", a.source),
+        None => a.source.clone(),
+    };
+    out.push_str(&format!("{:<8} {from}\n", "from"));
+    out
 }
 
 /// Asks the daemon `cmd`; prints its answer as it came with `--json` (fields this CLI does not

@@ -18,8 +18,8 @@ use crate::circuit::OnionKey;
 use crate::config::{Config, PeerAddr};
 use crate::control::proto::{
     BootstrapStatus, CircuitAnswer, CircuitCounts, CircuitState, FlowCounts, GuardStatus,
-    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
-    TunCounts, ViewStatus,
+    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ResolveAnswer, ServiceAnswer, SessionAnswer,
+    StatusAnswer, TunCounts, ViewStatus,
 };
 use crate::control::{self, Answer, Cmd, Request};
 use crate::crypto::{is_overlay, NodeKeys, Randomness};
@@ -27,6 +27,7 @@ use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunV
 use crate::link::{
     BootstrapInfo, BootstrapPeer, LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo,
 };
+use crate::names;
 use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
@@ -127,6 +128,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         tracing::info!(files = ?created.0, dir = %config.state_dir.display(), "created missing keys");
     }
     let address = keys.address();
+    // Read before the privilege drop: the names file may be readable by root only.
+    let petnames = config.petnames().map_err(|e| DaemonError(e.to_string()))?;
+    tracing::info!(count = petnames.len(), file = %config.names.file.display(), "petnames");
 
     let ids = config
         .user
@@ -215,6 +219,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         links: Mutex::new(LinkSnapshot::default()),
         budget: budget.clone(),
         commands: commands_tx.clone(),
+        petnames,
     });
     let clock = Clock::new();
     let link_cfg = LinkConfig {
