@@ -10,5 +10,6 @@ mod deployment;
 mod dht;
 mod foundation;
 mod links;
+mod names;
 mod nat;
 mod services;

@@ -61,6 +61,8 @@ pub struct NamesConfig {
     pub file: PathBuf,
     /// Petnames written in the config itself (`local`).
     pub local: crate::names::petnames::Petnames,
+    /// Answer DNS for gn.alt on the node's address on gn0, port 53.
+    pub dns: bool,
 }
 
 impl Default for NamesConfig {
@@ -68,6 +70,7 @@ impl Default for NamesConfig {
         NamesConfig {
             file: crate::names::petnames::DEFAULT_NAMES_FILE.into(),
             local: Default::default(),
+            dns: true,
         }
     }
 }
@@ -425,6 +428,9 @@ impl Config {
             if let Some(v) = names.file {
                 c.names.file = absolute_path(&v, "names.file", &err)?;
             }
+            if let Some(v) = names.dns {
+                c.names.dns = v;
+            }
             for item in names.local.unwrap_or_default() {
                 let (line, column) = line_col(text, item.span().start);
                 c.names
@@ -606,6 +612,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNames {
+    dns: Option<bool>,
     file: Option<Spanned<String>>,
     local: Option<Vec<Spanned<String>>>,
 }

@@ -111,6 +111,7 @@ fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
 }
 
 mod answers;
+mod dns;
 pub mod guard_file;
 mod io;
 
@@ -182,6 +183,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             config.control_socket.display()
         ))
     })?;
+
+    let dns_socket = config.names.dns.then(|| dns::bind(address)).flatten();
+    if dns_socket.is_some() {
+        dns::register_with_resolved(&config.tun.name, address);
+    }
 
     // Every way of starting ends with CAP_NET_ADMIN as the only capability (docs/decisions.md).
     let caps = match ids {
@@ -299,6 +305,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     drop(service_seed);
     let socket_path = config.control_socket.clone();
+    if let Some(s) = dns_socket {
+        rt.spawn(dns::serve(s, state.clone()));
+    }
     let result = rt.block_on(run_async(
         dev,
         control_listener,
