@@ -42,6 +42,15 @@ pub(super) fn register_with_resolved(ifname: &str, address: Ipv6Addr) {
         tracing::debug!("systemd-resolved is not running; not registering gn.alt with it");
         return;
     }
+    // resolvectl names the link by its index in our namespace and resolved reads it in its own:
+    // from another namespace (a test, a container) that would configure some unrelated link.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    if let (Some(own), Some(init)) = (ns("self"), ns("1")) {
+        if own != init {
+            tracing::debug!("not in the host's network namespace; not registering with resolved");
+            return;
+        }
+    }
     let run = |args: &[&str]| -> Result<(), String> {
         let out = std::process::Command::new("resolvectl")
             .args(args)
