@@ -5,6 +5,7 @@
 //! (claims in the DHT). A petname always wins, so a name the user chose can never be taken over
 //! from outside.
 
+pub mod claim;
 pub mod dns;
 pub mod keyname;
 pub mod petnames;
