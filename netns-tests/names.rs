@@ -106,3 +106,112 @@ fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The client's resolver is its daemon; the service is reached by a petname to its key name (and
+/// one to its address) with ssh and curl, and by its key name itself.
+#[test]
+fn ssh_and_curl_reach_a_service_by_name() {
+    use crate::services::{node_config, start_sshd};
+    let Some(mut lab) = Lab::new("names-apps") else {
+        return;
+    };
+    let relay_hosts: Vec<_> = (1..=7).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let svc_host = lab.add_host("svc");
+    let client_host = lab.add_host("client");
+    let boot = relay_hosts[0].clone();
+
+    // The service's keys first, so the client's names file can name them.
+    let svc_cfg = node_config(&lab, &svc_host, Some(&boot), "[expose]\ntcp = [22, 80]\n");
+    let svc_state = lab.dir.join("svc-state");
+    let key_out = crate::harness::must(
+        Command::new(globalnet_bin())
+            .args(["keygen", "--state-dir"])
+            .arg(&svc_state),
+    );
+    let svc_addr = String::from_utf8_lossy(&key_out.stdout).trim().to_string();
+    let name_out = crate::harness::must(
+        Command::new(globalnet_bin())
+            .args(["address", "--name", "--state-dir"])
+            .arg(&svc_state),
+    );
+    let svc_name = String::from_utf8_lossy(&name_out.stdout).trim().to_string();
+    let names = lab.dir.join("client-names");
+    std::fs::write(&names, format!("alice {svc_name}\nbob {svc_addr}\n")).unwrap();
+
+    let mut relays = Vec::new();
+    for (i, h) in relay_hosts.iter().enumerate() {
+        let cfg = node_config(&lab, h, (i > 0).then_some(&boot), "");
+        relays.push(lab.start_daemon(h, &cfg));
+    }
+    let cfg = node_config(
+        &lab,
+        &client_host,
+        Some(&boot),
+        &format!("[names]\nfile = \"{}\"\n", names.display()),
+    );
+    let client = lab.start_daemon(&client_host, &cfg);
+    for d in relays.iter().chain([&client]) {
+        lab.wait_ready(d, Duration::from_secs(10));
+    }
+    let client_addr = lab.query(&client, "status")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.set_hosts_file(&client_host, "");
+    std::fs::write(
+        std::path::Path::new("/etc/netns")
+            .join(&client_host.ns)
+            .join("resolv.conf"),
+        format!("nameserver {client_addr}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+
+    let token = "gn-names-page-7d1e";
+    let gn = globalnet_bin();
+    lab.spawn(
+        &svc_host,
+        "svc-http",
+        &gn,
+        &["demo", "serve", "--port", "80", "--token", token],
+        Some("ready"),
+    );
+    let ssh_key = start_sshd(&mut lab, &svc_host);
+    let svc = lab.start_daemon(&svc_host, &svc_cfg);
+    lab.wait_ready(&svc, Duration::from_secs(10));
+
+    let t = Instant::now();
+    let mut last = String::new();
+    let reached = loop {
+        let out = lab.sh(&client_host, "curl -sS --max-time 5 http://alice.gn.alt/");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && body.contains(token) {
+            break true;
+        }
+        last = format!("{body}{}", String::from_utf8_lossy(&out.stderr));
+        if t.elapsed() > Duration::from_secs(120) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(reached, "curl http://alice.gn.alt/ never worked: {last}");
+    eprintln!(
+        "names: curl http://alice.gn.alt/ answered after {:?}",
+        t.elapsed()
+    );
+
+    for name in ["bob.gn.alt", svc_name.as_str()] {
+        let out = lab.sh_ok(
+            &client_host,
+            &format!("curl -sS --max-time 20 http://{name}/"),
+        );
+        assert!(out.contains(token), "{name}: {out}");
+    }
+    let out = lab.sh_ok(
+        &client_host,
+        &format!(
+            "ssh -i {} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 -o LogLevel=ERROR root@alice.gn.alt 'echo over-$((40+2))'",
+            ssh_key.display()
+        ),
+    );
+    assert_eq!(out.trim(), "over-42");
+}
