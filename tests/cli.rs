@@ -165,7 +165,7 @@ fn ping_refuses_what_is_not_an_overlay_address() {
 fn every_subcommand_has_help_with_examples() {
     for cmd in [
         "keygen", "address", "check", "daemon", "status", "peers", "circuits", "services",
-        "sessions", "ping", "resolve",
+        "sessions", "ping", "resolve", "name",
     ] {
         let o = gn(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
@@ -200,4 +200,56 @@ fn check_reads_the_names_file_and_names_the_bad_line() {
     let o = gn(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("1 petname(s)"), "{}", stdout(&o));
+}
+
+#[test]
+fn name_claim_show_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    assert!(gn(&["keygen", "--state-dir", d]).status.success());
+    let key = stdout(&gn(&["address", "--name", "--state-dir", d]));
+    let t = std::time::Instant::now();
+    let o = gn(&["name", "claim", "Cheesy.gn.alt", "--state-dir", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("name claim took {:?}", t.elapsed());
+    assert!(stdout(&o).contains("cheesy.gn.alt") && stdout(&o).contains(key.trim()));
+    let o = gn(&["name", "claim", "cheesy", "--state-dir", d]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a second claim of one name is refused"
+    );
+    let o = gn(&["name", "show", "cheesy", "--state-dir", d]);
+    assert!(
+        o.status.success() && stdout(&o).contains("bits"),
+        "{}",
+        stdout(&o)
+    );
+    for bad in [
+        "a.b",
+        "-x",
+        "aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4lwbyb",
+    ] {
+        let o = gn(&["name", "claim", bad, "--state-dir", d]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+    }
+    let o = gn(&[
+        "name",
+        "show",
+        "cheesy",
+        "--service",
+        "web",
+        "--state-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(gn(&["name", "release", "cheesy", "--state-dir", d])
+        .status
+        .success());
+    assert_eq!(
+        gn(&["name", "show", "cheesy", "--state-dir", d])
+            .status
+            .code(),
+        Some(1)
+    );
 }

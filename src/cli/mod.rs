@@ -78,6 +78,12 @@ enum Command {
         after_help = "Examples:\n  globalnet resolve alice.gn.alt\n  globalnet resolve alice\n  globalnet resolve --json <key>.gn.alt\n\nPetnames (the names file, /etc/globalnet/names, and [names] local) win over every other layer;\na key name (globalnet address --name) resolves by itself."
     )]
     Resolve(ResolveArgs),
+    /// Claim, show or release a network-issued name NAME.gn.alt for this node's service
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  sudo globalnet name claim cheesy\n  globalnet name show cheesy\n  sudo globalnet name release cheesy\n\nA claim is signed by the service key and priced with proof of work (about 10^6 hashes); among claims of one name the one with the most work wins (docs/protocol.md 18.3).\nNot yet published in the DHT: the claim is kept in the state directory."
+    )]
+    Name(NameCommand),
     /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
     #[command(
         after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
@@ -98,6 +104,31 @@ struct PingArgs {
     interval: f64,
     #[command(flatten)]
     query: QueryArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum NameCommand {
+    /// Do the work, sign a claim of NAME.gn.alt with the service key and keep it
+    #[command(after_help = "Examples:\n  sudo globalnet name claim cheesy")]
+    Claim(NameArgs),
+    /// Show this node's claim of NAME.gn.alt
+    #[command(after_help = "Examples:\n  globalnet name show cheesy")]
+    Show(NameArgs),
+    /// Drop this node's claim of NAME.gn.alt (published copies expire within 7 days)
+    #[command(after_help = "Examples:\n  sudo globalnet name release cheesy")]
+    Release(NameArgs),
+}
+
+#[derive(Args, Debug)]
+struct NameArgs {
+    /// The name: one label, with or without .gn.alt
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// The service whose key claims it (only the node's default service exists so far)
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    service: String,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +295,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Sessions(q) => query(&q, Cmd::Sessions, |l: &Vec<_>| print_sessions(l)),
         Command::Ping(args) => ping(&args),
         Command::Resolve(args) => resolve(&args),
+        Command::Name(cmd) => name(cmd),
         Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
 }
@@ -353,6 +385,71 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
             "{addr} did not answer; check the address, that its node runs (`globalnet services` there) and that this node has peers (`globalnet status`)"
         )))
     }
+}
+
+fn name(cmd: NameCommand) -> Result<(), Failure> {
+    use crate::names::claim_files;
+    let (NameCommand::Claim(args) | NameCommand::Show(args) | NameCommand::Release(args)) = &cmd;
+    if args.service != "default" {
+        return Err(Failure::Usage(format!(
+            "no service `{}`: this node has only its default service (--service default)",
+            args.service
+        )));
+    }
+    let label = args
+        .name
+        .strip_suffix('.')
+        .unwrap_or(&args.name)
+        .to_ascii_lowercase();
+    let label = crate::names::keyname::split_suffix(&label)
+        .unwrap_or(&label)
+        .to_string();
+    if !crate::names::claim::claimable(&label) {
+        return Err(Failure::Usage(format!(
+            "`{}` cannot be claimed: give one label of letters, digits and '-', e.g. cheesy or cheesy.gn.alt (key names resolve by themselves)",
+            args.name
+        )));
+    }
+    let dir = state_dir(&args.state)?;
+    let show = |c: &crate::names::claim::Claim| {
+        let key = c.key_name().map_or("-".into(), |k| k.to_string());
+        format!(
+            "name     {}.gn.alt\nkey      {key}\nwork     {} bits (at least {})\nsigned   day {}\nfile     {}\n",
+            c.name,
+            c.work_bits(),
+            crate::names::claim::MIN_WORK_BITS,
+            c.epoch,
+            claim_files::claim_path(&dir, &c.name).display()
+        )
+    };
+    match cmd {
+        NameCommand::Claim(_) => {
+            let keys = NodeKeys::load(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let (c, secs) =
+                claim_files::claim(&dir, &label, &keys.service).map_err(Failure::Runtime)?;
+            print!("{}", show(&c));
+            println!("took     {secs:.1} s of work");
+            eprintln!("note: claims are not published in the DHT yet (issue #24); the claim is kept for when they are");
+        }
+        NameCommand::Show(_) => match claim_files::load(&dir, &label).map_err(Failure::Runtime)? {
+            Some(c) => print!("{}", show(&c)),
+            None => {
+                return Err(Failure::Runtime(format!(
+                    "this node does not claim {label}.gn.alt (globalnet name claim {label})"
+                )))
+            }
+        },
+        NameCommand::Release(_) => {
+            if claim_files::release(&dir, &label).map_err(Failure::Runtime)? {
+                println!("released {label}.gn.alt");
+            } else {
+                return Err(Failure::Runtime(format!(
+                    "this node does not claim {label}.gn.alt"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn resolve(args: &ResolveArgs) -> Result<(), Failure> {

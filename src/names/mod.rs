@@ -6,6 +6,7 @@
 //! from outside.
 
 pub mod claim;
+pub mod claim_files;
 pub mod dns;
 pub mod keyname;
 pub mod petnames;
