@@ -39,7 +39,8 @@ fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
     let cfg = lab.write_config(
         &host,
         &format!(
-            "[network]\nlisten = {}\n[names]\nfile = \"{}\"\nlocal = [\"alice {KEY_NAME}\"]\n",
+            // Dropping to nobody: the socket on port 53 is bound before the drop.
+            "user = \"nobody\"\n[network]\nlisten = {}\n[names]\nfile = \"{}\"\nlocal = [\"alice {KEY_NAME}\"]\n",
             shipped_listen(),
             names.display()
         ),
@@ -47,6 +48,11 @@ fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
     let d = lab.start_daemon(&host, &cfg);
     let status = lab.wait_ready(&d, Duration::from_secs(10));
     let addr = status["address"].as_str().unwrap().to_string();
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", d.pid)).unwrap();
+    assert!(
+        proc_status.contains("CapEff:\t0000000000001000"),
+        "only CAP_NET_ADMIN is left: {proc_status}"
+    );
     lab.set_hosts_file(&host, "");
     std::fs::write(
         std::path::Path::new("/etc/netns")
