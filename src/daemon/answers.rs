@@ -2,6 +2,8 @@
 //! into the typed answers of `control::proto`.
 
 use super::*;
+use crate::control::proto::ResolveAnswer;
+use crate::names;
 
 /// The link layer's state as the control socket shows it, refreshed by the link task.
 #[derive(Default)]

@@ -18,8 +18,8 @@ use crate::circuit::OnionKey;
 use crate::config::{Config, PeerAddr};
 use crate::control::proto::{
     BootstrapStatus, CircuitAnswer, CircuitCounts, CircuitState, FlowCounts, GuardStatus,
-    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ResolveAnswer, ServiceAnswer, SessionAnswer,
-    StatusAnswer, TunCounts, ViewStatus,
+    LinkCounts, MemoryStatus, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+    TunCounts, ViewStatus,
 };
 use crate::control::{self, Answer, Cmd, Request};
 use crate::crypto::{is_overlay, NodeKeys, Randomness};
@@ -27,7 +27,6 @@ use crate::flow::{FlowConfig, FlowLayer, FlowStats, Policy, SessionVerdict, TunV
 use crate::link::{
     BootstrapInfo, BootstrapPeer, LinkConfig, LinkEvent, LinkKeys, LinkLayer, LinkStats, PeerInfo,
 };
-use crate::names;
 use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
