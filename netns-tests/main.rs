@@ -11,5 +11,6 @@ mod dht;
 mod foundation;
 mod hostile;
 mod links;
+mod names;
 mod nat;
 mod services;

@@ -26,7 +26,12 @@ const MARKER: &str = "GN-PLAINTEXT-MARKER-5f3a9c";
 /// `globalnet demo` uses fixed namespace names: its tests must not overlap.
 static DEMO_LOCK: Mutex<()> = Mutex::new(());
 
-fn node_config(lab: &Lab, h: &Host, boot: Option<&Host>, extra: &str) -> std::path::PathBuf {
+pub(crate) fn node_config(
+    lab: &Lab,
+    h: &Host,
+    boot: Option<&Host>,
+    extra: &str,
+) -> std::path::PathBuf {
     let boot = boot
         .map(|b| format!("\"{}:7412\"", b.ip))
         .unwrap_or_default();
@@ -76,7 +81,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Starts sshd in `host` with a fresh host key, accepting only `client_key.pub`; returns the
 /// client's private key path.
-fn start_sshd(lab: &mut Lab, host: &Host) -> std::path::PathBuf {
+pub(crate) fn start_sshd(lab: &mut Lab, host: &Host) -> std::path::PathBuf {
     let dir = lab.dir.join("ssh");
     std::fs::create_dir_all(&dir).unwrap();
     let (host_key, client_key) = (dir.join("host_key"), dir.join("client_key"));

@@ -15,6 +15,7 @@
 //! | [`cli`]      | the `globalnet` command line                                         |
 //! | [`daemon`]   | wires the layers together and owns the I/O tasks                     |
 //! | [`demo`]     | `globalnet demo`: a local network in namespaces reaching a service   |
+//! | [`names`]    | names under `.gn.alt`: key names, petnames, network-issued names      |
 //!
 //! The session, circuit, link and wire layers arrive with their issues; docs/protocol.md specifies them.
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod dht;
 pub mod flow;
 pub mod link;
+pub mod names;
 pub mod node;
 pub mod platform;
 pub mod session;

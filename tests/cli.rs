@@ -67,6 +67,14 @@ fn keygen_creates_once_and_address_matches() {
     assert!(address.status.success());
     assert_eq!(stdout(&address).trim(), addr);
 
+    // --name prints the key name, which resolves to the same address.
+    let named = gn(&["address", "--name", "--state-dir", d]);
+    assert!(named.status.success());
+    let name = stdout(&named).trim().to_string();
+    assert!(name.ends_with(".gn.alt") && name.len() == 56 + 7, "{name}");
+    let key = globalnet::names::KeyName::parse(&name).unwrap();
+    assert_eq!(key.address().to_string(), addr);
+
     // --config supplies the state directory too.
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, format!("state_dir = \"{d}\"\n")).unwrap();
@@ -157,7 +165,7 @@ fn ping_refuses_what_is_not_an_overlay_address() {
 fn every_subcommand_has_help_with_examples() {
     for cmd in [
         "keygen", "address", "check", "daemon", "status", "peers", "circuits", "services",
-        "sessions", "ping",
+        "sessions", "ping", "resolve", "name",
     ] {
         let o = gn(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
@@ -168,4 +176,80 @@ fn every_subcommand_has_help_with_examples() {
     }
     let o = gn(&["--version"]);
     assert!(stdout(&o).starts_with("globalnet "));
+}
+
+#[test]
+fn check_reads_the_names_file_and_names_the_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = tmp.path().join("names");
+    std::fs::write(
+        &names,
+        "# petnames\nalice fd52:b1e::9a33\nbob 2001:db8::1\n",
+    )
+    .unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("[names]\nfile = \"{}\"\n", names.display())).unwrap();
+    let o = gn(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(&format!("{}:3:", names.display())),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&names, "alice fd52:b1e::9a33\n").unwrap();
+    let o = gn(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 petname(s)"), "{}", stdout(&o));
+}
+
+#[test]
+fn name_claim_show_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    assert!(gn(&["keygen", "--state-dir", d]).status.success());
+    let key = stdout(&gn(&["address", "--name", "--state-dir", d]));
+    let t = std::time::Instant::now();
+    let o = gn(&["name", "claim", "Cheesy.gn.alt", "--state-dir", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("name claim took {:?}", t.elapsed());
+    assert!(stdout(&o).contains("cheesy.gn.alt") && stdout(&o).contains(key.trim()));
+    let o = gn(&["name", "claim", "cheesy", "--state-dir", d]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a second claim of one name is refused"
+    );
+    let o = gn(&["name", "show", "cheesy", "--state-dir", d]);
+    assert!(
+        o.status.success() && stdout(&o).contains("bits"),
+        "{}",
+        stdout(&o)
+    );
+    for bad in [
+        "a.b",
+        "-x",
+        "aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4lwbyb",
+    ] {
+        let o = gn(&["name", "claim", bad, "--state-dir", d]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+    }
+    let o = gn(&[
+        "name",
+        "show",
+        "cheesy",
+        "--service",
+        "web",
+        "--state-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(gn(&["name", "release", "cheesy", "--state-dir", d])
+        .status
+        .success());
+    assert_eq!(
+        gn(&["name", "show", "cheesy", "--state-dir", d])
+            .status
+            .code(),
+        Some(1)
+    );
 }

@@ -8,10 +8,12 @@ use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR};
 use crate::control::proto::{
-    CircuitAnswer, PeerAnswer, PingAnswer, ServiceAnswer, SessionAnswer, StatusAnswer,
+    CircuitAnswer, PeerAnswer, PingAnswer, ResolveAnswer, ServiceAnswer, SessionAnswer,
+    StatusAnswer,
 };
 use crate::control::{self, Cmd};
 use crate::crypto::NodeKeys;
+use crate::names::KeyName;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,9 +36,9 @@ enum Command {
     Keygen(StateArgs),
     /// Print this node's overlay address (the address of its default service key)
     #[command(
-        after_help = "Examples:\n  globalnet address\n  globalnet address --state-dir ./state"
+        after_help = "Examples:\n  globalnet address\n  globalnet address --name\n  globalnet address --state-dir ./state"
     )]
-    Address(StateArgs),
+    Address(AddressArgs),
     /// Validate a config file and exit: 0 when valid, else the file, line, key and a hint
     #[command(
         after_help = "Examples:\n  globalnet check\n  globalnet check --config ./node1.toml"
@@ -71,6 +73,17 @@ enum Command {
         after_help = "Examples:\n  globalnet ping fd52:b1e::9a33\n  globalnet ping -c 10 fd52:b1e::9a33\n  globalnet ping --json -c 3 fd52:b1e::9a33\n\nThe daemon sends an end-to-end PING on the session with the address (making one if needed:\nthe first answer includes the introduction and rendezvous) and times the PONG. Unlike\nping(8) it needs no open port and no ICMPv6 on the far side; ping(8) works too, over gn0."
     )]
     Ping(PingArgs),
+    /// What a .gn.alt name resolves to, and which layer said so (petname, key name, network)
+    #[command(
+        after_help = "Examples:\n  globalnet resolve alice.gn.alt\n  globalnet resolve alice\n  globalnet resolve --json <key>.gn.alt\n\nPetnames (the names file, /etc/globalnet/names, and [names] local) win over every other layer;\na key name (globalnet address --name) resolves by itself."
+    )]
+    Resolve(ResolveArgs),
+    /// Claim, show or release a network-issued name NAME.gn.alt for this node's service
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  sudo globalnet name claim cheesy\n  globalnet name show cheesy\n  sudo globalnet name release cheesy\n\nA claim is signed by the service key and priced with proof of work (about 10^6 hashes); among claims of one name the one with the most work wins (docs/protocol.md 18.3).\nNot yet published in the DHT: the claim is kept in the state directory."
+    )]
+    Name(NameCommand),
     /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
     #[command(
         after_help = "Examples:\n  sudo globalnet demo\n  sudo globalnet demo --once --relays 8"
@@ -91,6 +104,50 @@ struct PingArgs {
     interval: f64,
     #[command(flatten)]
     query: QueryArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum NameCommand {
+    /// Do the work, sign a claim of NAME.gn.alt with the service key and keep it
+    #[command(after_help = "Examples:\n  sudo globalnet name claim cheesy")]
+    Claim(NameArgs),
+    /// Show this node's claim of NAME.gn.alt
+    #[command(after_help = "Examples:\n  globalnet name show cheesy")]
+    Show(NameArgs),
+    /// Drop this node's claim of NAME.gn.alt (published copies expire within 7 days)
+    #[command(after_help = "Examples:\n  sudo globalnet name release cheesy")]
+    Release(NameArgs),
+}
+
+#[derive(Args, Debug)]
+struct NameArgs {
+    /// The name: one label, with or without .gn.alt
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// The service whose key claims it (only the node's default service exists so far)
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    service: String,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Args, Debug)]
+struct ResolveArgs {
+    /// The name: NAME.gn.alt, or NAME alone for NAME.gn.alt
+    #[arg(value_name = "NAME")]
+    name: String,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Args, Debug)]
+struct AddressArgs {
+    /// Print the key name (<key>.gn.alt) instead: it carries the whole service key, so a client
+    /// can check the service against it
+    #[arg(long)]
+    name: bool,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 #[derive(Args, Debug)]
@@ -201,15 +258,20 @@ fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Address(args) => {
-            let dir = state_dir(&args)?;
+            let dir = state_dir(&args.state)?;
             let keys = NodeKeys::load(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("{}", keys.address());
+            if args.name {
+                println!("{}", KeyName::of(&keys.service.verifying_key()));
+            } else {
+                println!("{}", keys.address());
+            }
             Ok(())
         }
         Command::Check(args) => {
             let c = load_config(&args.config)?;
+            let pets = c.petnames().map_err(|e| Failure::Usage(e.to_string()))?;
             println!(
-                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?})",
+                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?}, {} petname(s))",
                 args.config.display(),
                 c.tun.name,
                 c.tun.mtu,
@@ -217,7 +279,8 @@ fn run(command: Command) -> Result<(), Failure> {
                 c.network.bootstrap.len(),
                 if c.relay_enabled() { "on" } else { "off" },
                 c.expose.tcp,
-                c.expose.udp
+                c.expose.udp,
+                pets.len()
             );
             Ok(())
         }
@@ -231,6 +294,8 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Services(q) => query(&q, Cmd::Services, |l: &Vec<_>| print_services(l)),
         Command::Sessions(q) => query(&q, Cmd::Sessions, |l: &Vec<_>| print_sessions(l)),
         Command::Ping(args) => ping(&args),
+        Command::Resolve(args) => resolve(&args),
+        Command::Name(cmd) => name(cmd),
         Command::Demo(args) => crate::demo::run(args).map_err(Failure::Runtime),
     }
 }
@@ -320,6 +385,108 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
             "{addr} did not answer; check the address, that its node runs (`globalnet services` there) and that this node has peers (`globalnet status`)"
         )))
     }
+}
+
+fn name(cmd: NameCommand) -> Result<(), Failure> {
+    use crate::names::claim_files;
+    let (NameCommand::Claim(args) | NameCommand::Show(args) | NameCommand::Release(args)) = &cmd;
+    if args.service != "default" {
+        return Err(Failure::Usage(format!(
+            "no service `{}`: this node has only its default service (--service default)",
+            args.service
+        )));
+    }
+    let label = args
+        .name
+        .strip_suffix('.')
+        .unwrap_or(&args.name)
+        .to_ascii_lowercase();
+    let label = crate::names::keyname::split_suffix(&label)
+        .unwrap_or(&label)
+        .to_string();
+    if !crate::names::claim::claimable(&label) {
+        return Err(Failure::Usage(format!(
+            "`{}` cannot be claimed: give one label of letters, digits and '-', e.g. cheesy or cheesy.gn.alt (key names resolve by themselves)",
+            args.name
+        )));
+    }
+    let dir = state_dir(&args.state)?;
+    let show = |c: &crate::names::claim::Claim| {
+        let key = c.key_name().map_or("-".into(), |k| k.to_string());
+        format!(
+            "name     {}.gn.alt\nkey      {key}\nwork     {} bits (at least {})\nsigned   day {}\nfile     {}\n",
+            c.name,
+            c.work_bits(),
+            crate::names::claim::MIN_WORK_BITS,
+            c.epoch,
+            claim_files::claim_path(&dir, &c.name).display()
+        )
+    };
+    match cmd {
+        NameCommand::Claim(_) => {
+            let keys = NodeKeys::load(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let (c, secs) =
+                claim_files::claim(&dir, &label, &keys.service).map_err(Failure::Runtime)?;
+            print!("{}", show(&c));
+            println!("took     {secs:.1} s of work");
+            eprintln!("note: claims are not published in the DHT yet (issue #24); the claim is kept for when they are");
+        }
+        NameCommand::Show(_) => match claim_files::load(&dir, &label).map_err(Failure::Runtime)? {
+            Some(c) => print!("{}", show(&c)),
+            None => {
+                return Err(Failure::Runtime(format!(
+                    "this node does not claim {label}.gn.alt (globalnet name claim {label})"
+                )))
+            }
+        },
+        NameCommand::Release(_) => {
+            if claim_files::release(&dir, &label).map_err(Failure::Runtime)? {
+                println!("released {label}.gn.alt");
+            } else {
+                return Err(Failure::Runtime(format!(
+                    "this node does not claim {label}.gn.alt"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve(args: &ResolveArgs) -> Result<(), Failure> {
+    // A bare label means NAME.gn.alt; anything with a dot is taken as written, so a name under
+    // another domain is refused rather than quietly moved under .gn.alt.
+    let name = if args.name.contains('.') {
+        args.name.clone()
+    } else {
+        format!("{}.{}", args.name, crate::names::SUFFIX)
+    };
+    let path = control_path(&args.query)?;
+    let result = control::request_with(
+        &path,
+        &control::Request::resolve(name),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if args.query.json {
+        println!("{result}");
+        return Ok(());
+    }
+    let a: ResolveAnswer = control::decode(result).map_err(|e| Failure::Runtime(e.to_string()))?;
+    print!("{}", print_resolve(&a));
+    Ok(())
+}
+
+fn print_resolve(a: &ResolveAnswer) -> String {
+    let mut out = format!("{:<8} {}\n{:<8} {}\n", "name", a.name, "address", a.address);
+    if let Some(k) = &a.key {
+        out.push_str(&format!("{:<8} {k}\n", "key"));
+    }
+    let from = match &a.origin {
+        Some(o) => format!("{} ({o})", a.source),
+        None => a.source.clone(),
+    };
+    out.push_str(&format!("{:<8} {from}\n", "from"));
+    out
 }
 
 /// Asks the daemon `cmd`; prints its answer as it came with `--json` (fields this CLI does not

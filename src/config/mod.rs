@@ -50,6 +50,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// How this node appears to the services it visits.
     pub client: ClientConfig,
+    /// Names under `.gn.alt`.
+    pub names: NamesConfig,
+}
+
+/// `[names]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamesConfig {
+    /// The names file (petnames, one `NAME TARGET` per line).
+    pub file: PathBuf,
+    /// Petnames written in the config itself (`local`).
+    pub local: crate::names::petnames::Petnames,
+    /// Answer DNS for gn.alt on the node's address on gn0, port 53.
+    pub dns: bool,
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        NamesConfig {
+            file: crate::names::petnames::DEFAULT_NAMES_FILE.into(),
+            local: Default::default(),
+            dns: true,
+        }
+    }
 }
 
 /// `[client]`
@@ -186,6 +209,7 @@ impl Default for Config {
                 max_links: 1024,
             },
             client: ClientConfig::default(),
+            names: NamesConfig::default(),
         }
     }
 }
@@ -197,6 +221,16 @@ impl Config {
         self.network
             .relay
             .unwrap_or(self.expose.tcp.is_empty() && self.expose.udp.is_empty())
+    }
+
+    /// Every petname: the config's `[names] local` list, then the names file. Read at start and
+    /// by `globalnet check`; errors name the file and line.
+    pub fn petnames(&self) -> Result<crate::names::petnames::Petnames, ConfigError> {
+        let mut p = self.names.local.clone();
+        // An absent file is no names, as an absent /etc/hosts line is no host: the file is
+        // optional and the package does not ship one.
+        p.add_file(&self.names.file, true)?;
+        Ok(p)
     }
 
     /// Reads and validates a config file.
@@ -390,6 +424,20 @@ impl Config {
                 }
             }
         }
+        if let Some(names) = raw.names {
+            if let Some(v) = names.file {
+                c.names.file = absolute_path(&v, "names.file", &err)?;
+            }
+            if let Some(v) = names.dns {
+                c.names.dns = v;
+            }
+            for item in names.local.unwrap_or_default() {
+                let (line, column) = line_col(text, item.span().start);
+                c.names
+                    .local
+                    .add_line(item.get_ref(), file, line, column, "names.local")?;
+            }
+        }
         Ok(c)
     }
 }
@@ -558,6 +606,15 @@ struct RawConfig {
     expose: Option<RawExpose>,
     limits: Option<RawLimits>,
     client: Option<RawClient>,
+    names: Option<RawNames>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNames {
+    dns: Option<bool>,
+    file: Option<Spanned<String>>,
+    local: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -877,6 +934,26 @@ real_identity = ["fd52:b1e::9a33"]
 
         let e = bad("[tun]\n[tun]\n");
         assert!(e.line >= 1, "{e}");
+    }
+
+    #[test]
+    fn names_table() {
+        let c = Config::parse(
+            "[names]\nfile = \"/tmp/names\"\nlocal = [\"alice fd00::1\",\n  \"bob fd00::2\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.names.file, PathBuf::from("/tmp/names"));
+        assert_eq!(c.names.local.len(), 2);
+        assert_eq!(c.names.local.get("bob.gn.alt").unwrap().origin, "t.toml:4");
+        let e = bad("[names]\nlocal = [\"alice 2001:db8::1\"]\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "names.local"), "{e}");
+        let e = bad("[names]\nfile = \"names\"\n");
+        assert_eq!(e.key, "names.file");
+        let c = Config::parse("[names]\nfile = \"/nonexistent/names\"\n", "t").unwrap();
+        assert!(c.petnames().unwrap().is_empty());
+        let c = Config::parse("[names]\nfile = \"/\"\n", "t").unwrap();
+        assert!(c.petnames().unwrap_err().to_string().starts_with("/:"));
     }
 
     #[test]

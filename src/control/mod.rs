@@ -12,7 +12,9 @@
 //!
 //! Commands: `status`, `peers`, `circuits`, `services`, `sessions`, and `ping` with an `addr`
 //! field (`{"v":1,"cmd":"ping","addr":"fd.."}`), whose answer comes when the peer answered or
-//! failed: `{"ok":true,"result":{"addr":"fd..","rtt_ms":41.2}}`. Fields are only ever added, so a
+//! failed: `{"ok":true,"result":{"addr":"fd..","rtt_ms":41.2}}`; `resolve` with a `name` field
+//! (`{"v":1,"cmd":"resolve","name":"alice.gn.alt"}`) answers what the name resolves to. It is not
+//! private: the DNS server on gn0 tells every local program the same. Fields are only ever added, so a
 //! request that omits the optional ones means what it meant before. The request and each
 //! command's answer are types in [`proto`], shared by the daemon and the CLI; the transport here
 //! carries the answer as a JSON value, so it knows nothing about any one command.

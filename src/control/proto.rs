@@ -32,19 +32,22 @@ pub enum Cmd {
     Sessions,
     /// An end-to-end ping of `addr`: a [`PingAnswer`].
     Ping,
+    /// What a `.gn.alt` name (`name`) resolves to: a [`ResolveAnswer`].
+    Resolve,
     /// Any other name.
     Unknown(String),
 }
 
 impl Cmd {
     /// Every command a daemon of this version answers.
-    pub const KNOWN: [Cmd; 6] = [
+    pub const KNOWN: [Cmd; 7] = [
         Cmd::Status,
         Cmd::Peers,
         Cmd::Circuits,
         Cmd::Services,
         Cmd::Sessions,
         Cmd::Ping,
+        Cmd::Resolve,
     ];
 
     /// The command's name on the wire.
@@ -56,6 +59,7 @@ impl Cmd {
             Cmd::Services => "services",
             Cmd::Sessions => "sessions",
             Cmd::Ping => "ping",
+            Cmd::Resolve => "resolve",
             Cmd::Unknown(name) => name,
         }
     }
@@ -112,6 +116,9 @@ pub struct Request {
     /// address is refused in its own words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// The name a command is about (`resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Request {
@@ -121,6 +128,15 @@ impl Request {
             v: CONTROL_VERSION,
             cmd: cmd.into(),
             addr: None,
+            name: None,
+        }
+    }
+
+    /// What `name` resolves to.
+    pub fn resolve(name: impl Into<String>) -> Request {
+        Request {
+            name: Some(name.into()),
+            ..Request::new(Cmd::Resolve)
         }
     }
 
@@ -434,6 +450,22 @@ pub struct PingAnswer {
     pub addr: String,
     /// The round-trip time, to a tenth of a millisecond.
     pub rtt_ms: f64,
+}
+
+/// The answer to `resolve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResolveAnswer {
+    /// The canonical name (lowercase, ending in `.gn.alt`).
+    pub name: String,
+    /// The overlay address it resolves to.
+    pub address: String,
+    /// The service's key name, when the answering layer knows the key.
+    pub key: Option<String>,
+    /// `petname`, `key` or `network`.
+    pub source: String,
+    /// Where a petname was written (`file:line`).
+    pub origin: Option<String>,
 }
 
 #[cfg(test)]

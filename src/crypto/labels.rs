@@ -49,6 +49,15 @@ pub const LABEL_ESTABLISH_INTRO: &[u8] = b"globalnet establish intro v1";
 /// Intro point replay cache tag (10.6).
 pub const LABEL_INTRO_REPLAY: &[u8] = b"globalnet intro replay v1";
 
+/// Checksum of a key name (18.1).
+pub const LABEL_KEYNAME_CHECKSUM: &[u8] = b"globalnet keyname checksum v1";
+/// Proof of work of a name claim (18.3).
+pub const LABEL_NAME_POW: &[u8] = b"globalnet name pow v1";
+/// Signature of a name claim (18.3).
+pub const LABEL_NAME_CLAIM_SIG: &[u8] = b"globalnet name claim sig v1";
+/// DHT key of a name's claims (18.3).
+pub const LABEL_NAME_DHT_KEY: &[u8] = b"globalnet name dht key v1";
+
 /// Every label, for the distinctness test and for documentation tools.
 pub const ALL: &[&[u8]] = &[
     LABEL_ADDRESS,
@@ -74,6 +83,10 @@ pub const ALL: &[&[u8]] = &[
     LABEL_E2E_HP,
     LABEL_ESTABLISH_INTRO,
     LABEL_INTRO_REPLAY,
+    LABEL_KEYNAME_CHECKSUM,
+    LABEL_NAME_POW,
+    LABEL_NAME_CLAIM_SIG,
+    LABEL_NAME_DHT_KEY,
 ];
 
 #[cfg(test)]
@@ -101,7 +114,9 @@ mod tests {
             let s = std::str::from_utf8(label).unwrap();
             assert!(
                 text.contains(s)
-                    || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s),
+                    || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s)
+                    || include_str!("../../tests/vectors/make_keynames.py").contains(s)
+                    || include_str!("../../tests/vectors/make_name_claims.py").contains(s),
                 "label {s} not found in the vector script"
             );
         }

@@ -7,6 +7,7 @@
 pub mod address;
 pub mod keys;
 pub mod labels;
+pub mod pow;
 pub mod rng;
 
 pub use address::{address_of, is_overlay, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};

@@ -2,6 +2,8 @@
 //! into the typed answers of `control::proto`.
 
 use super::*;
+use crate::control::proto::ResolveAnswer;
+use crate::names;
 
 /// The link layer's state as the control socket shows it, refreshed by the link task.
 #[derive(Default)]
@@ -45,6 +47,8 @@ pub(super) struct NodeState {
     pub(super) links: Mutex<LinkSnapshot>,
     pub(super) budget: MemoryBudget,
     pub(super) commands: mpsc::Sender<Command>,
+    /// The petnames, read at start.
+    pub(super) petnames: names::Petnames,
 }
 
 impl From<&PeerInfo> for PeerAnswer {
@@ -112,6 +116,9 @@ impl control::Handler for NodeState {
         if req.cmd == Cmd::Ping {
             return self.ping(req.addr.as_deref());
         }
+        if req.cmd == Cmd::Resolve {
+            return Answer::Now(self.resolve(req.name.as_deref()));
+        }
         Answer::Now(self.snapshot_answer(&req.cmd))
     }
 }
@@ -145,6 +152,32 @@ impl NodeState {
         }
     }
 
+    pub(super) fn resolve(&self, name: Option<&str>) -> Result<Value, String> {
+        let Some(name) = name else {
+            return Err("resolve needs a name (`name`)".into());
+        };
+        let found = match names::resolve_local(name, &self.petnames) {
+            Ok(names::Local::Found(r)) => r,
+            Ok(names::Local::Network(_)) | Ok(names::Local::NotFound) => {
+                return Err(format!(
+                    "{name}: no such name (not a petname, not a key name, and not claimed in the network)"
+                ))
+            }
+            Err(e) => return Err(format!("{name}: {e}")),
+        };
+        let origin = match &found.source {
+            names::Source::Petname { origin } => Some(origin.clone()),
+            _ => None,
+        };
+        to_result(&ResolveAnswer {
+            name: found.name,
+            address: found.address.to_string(),
+            key: found.key.map(|k| k.to_string()),
+            source: found.source.as_str().into(),
+            origin,
+        })
+    }
+
     pub(super) fn snapshot_answer(&self, cmd: &Cmd) -> Result<Value, String> {
         let links = self
             .links
@@ -169,8 +202,8 @@ impl NodeState {
                     .collect::<Vec<_>>(),
             ),
             // `ping` never gets here: the link task answers it (see `handle`).
-            Cmd::Ping | Cmd::Unknown(_) => Err(format!(
-                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping"
+            Cmd::Ping | Cmd::Resolve | Cmd::Unknown(_) => Err(format!(
+                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping, resolve"
             )),
         }
     }

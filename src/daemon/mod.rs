@@ -110,6 +110,7 @@ fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
 }
 
 mod answers;
+mod dns;
 pub mod guard_file;
 mod io;
 
@@ -127,6 +128,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         tracing::info!(files = ?created.0, dir = %config.state_dir.display(), "created missing keys");
     }
     let address = keys.address();
+    // Read before the privilege drop: the names file may be readable by root only.
+    let petnames = config.petnames().map_err(|e| DaemonError(e.to_string()))?;
+    tracing::info!(count = petnames.len(), file = %config.names.file.display(), "petnames");
 
     let ids = config
         .user
@@ -179,6 +183,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ))
     })?;
 
+    let dns_socket = config.names.dns.then(|| dns::bind(address)).flatten();
+    if dns_socket.is_some() {
+        dns::register_with_resolved(&config.tun.name, address);
+    }
+
     // Every way of starting ends with CAP_NET_ADMIN as the only capability (docs/decisions.md).
     let caps = match ids {
         Some(ids) if root => {
@@ -215,6 +224,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         links: Mutex::new(LinkSnapshot::default()),
         budget: budget.clone(),
         commands: commands_tx.clone(),
+        petnames,
     });
     let clock = Clock::new();
     let link_cfg = LinkConfig {
@@ -294,6 +304,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     drop(service_seed);
     let socket_path = config.control_socket.clone();
+    if let Some(s) = dns_socket {
+        rt.spawn(dns::serve(s, state.clone()));
+    }
     let result = rt.block_on(run_async(
         dev,
         control_listener,

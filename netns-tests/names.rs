@@ -1,0 +1,223 @@
+//! Issue #24: names under gn.alt answered by the daemon's DNS server on gn0.
+//!
+//! The client namespace's resolver is the daemon (`/etc/netns/NS/resolv.conf`, which `ip netns
+//! exec` mounts over /etc/resolv.conf), so ordinary programs (`getent`, glibc's stub resolver)
+//! resolve names with nothing else set up.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{globalnet_bin, shipped_listen, Lab};
+
+/// A key name from tests/vectors/keynames.json and its address.
+const KEY_NAME: &str = "aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4lwbyb.gn.alt";
+const KEY_ADDR: &str = "fdfc:a1e2:e67f:8a0d:e83:d03b:4f4e:6587";
+
+/// Sends one DNS query for `name` of type `qtype` to `[server]:53` and prints `RCODE ANCOUNT`.
+const ASK: &str = r#"
+import socket, struct, sys
+server, name, qtype = sys.argv[1], sys.argv[2], int(sys.argv[3])
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".") if l) + b"\0"
+q += struct.pack(">HH", qtype, 1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, (server, 53))
+r = s.recv(1500)
+assert r[:2] == b"\x42\x42"
+print(r[3] & 15, struct.unpack(">H", r[6:8])[0])
+"#;
+
+#[test]
+fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
+    let Some(mut lab) = Lab::new("names-dns") else {
+        return;
+    };
+    let host = lab.add_host("n1");
+    let names = lab.dir.join("names");
+    std::fs::write(&names, "# petnames\ncarol fd12::c\n").unwrap();
+    let cfg = lab.write_config(
+        &host,
+        &format!(
+            // Dropping to nobody: the socket on port 53 is bound before the drop.
+            "user = \"nobody\"\n[network]\nlisten = {}\n[names]\nfile = \"{}\"\nlocal = [\"alice {KEY_NAME}\"]\n",
+            shipped_listen(),
+            names.display()
+        ),
+    );
+    let d = lab.start_daemon(&host, &cfg);
+    let status = lab.wait_ready(&d, Duration::from_secs(10));
+    let addr = status["address"].as_str().unwrap().to_string();
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", d.pid)).unwrap();
+    assert!(
+        proc_status.contains("CapEff:\t0000000000001000"),
+        "only CAP_NET_ADMIN is left: {proc_status}"
+    );
+    lab.set_hosts_file(&host, "");
+    std::fs::write(
+        std::path::Path::new("/etc/netns")
+            .join(&host.ns)
+            .join("resolv.conf"),
+        format!("nameserver {addr}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+
+    let getent = |name: &str| lab.sh(&host, &format!("getent ahosts {name}"));
+    for (name, want) in [
+        ("alice.gn.alt", KEY_ADDR),
+        ("ALICE.gn.alt", KEY_ADDR),
+        (KEY_NAME, KEY_ADDR),
+        ("carol.gn.alt", "fd12::c"),
+    ] {
+        let out = getent(name);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(want),
+            "{name}: {text}"
+        );
+    }
+
+    // A name that does not exist fails at once (NXDOMAIN, not a timeout).
+    let t = Instant::now();
+    assert!(!getent("nobody.gn.alt").status.success());
+    let unknown = t.elapsed();
+    assert!(unknown < Duration::from_millis(1500), "{unknown:?}");
+    eprintln!("names: NXDOMAIN for an unknown name in {unknown:?}");
+
+    let ask = |name: &str, qtype: u16| {
+        let out = lab.sh_ok(&host, &format!("python3 -c '{ASK}' {addr} {name} {qtype}"));
+        out.trim().to_string()
+    };
+    assert_eq!(ask("alice.gn.alt", 28), "0 1", "AAAA");
+    assert_eq!(ask("alice.gn.alt", 1), "0 0", "A: NODATA");
+    assert_eq!(ask("nobody.gn.alt", 28), "3 0", "NXDOMAIN");
+    assert_eq!(ask("example.com", 28), "5 0", "another domain: REFUSED");
+    assert_eq!(ask("alice.gn", 28), "5 0", "Guinea's .gn: REFUSED");
+
+    // `globalnet resolve` says which layer answered.
+    let out = crate::harness::must(
+        Command::new(globalnet_bin())
+            .args(["resolve", "alice", "--control"])
+            .arg(&d.control),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(KEY_ADDR) && text.contains("petname"),
+        "{text}"
+    );
+    let out = Command::new(globalnet_bin())
+        .args(["resolve", "nobody.gn.alt", "--control"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// The client's resolver is its daemon; the service is reached by a petname to its key name (and
+/// one to its address) with ssh and curl, and by its key name itself.
+#[test]
+fn ssh_and_curl_reach_a_service_by_name() {
+    use crate::services::{node_config, start_sshd};
+    let Some(mut lab) = Lab::new("names-apps") else {
+        return;
+    };
+    let relay_hosts: Vec<_> = (1..=7).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let svc_host = lab.add_host("svc");
+    let client_host = lab.add_host("client");
+    let boot = relay_hosts[0].clone();
+
+    // The service's keys first, so the client's names file can name them.
+    let svc_cfg = node_config(&lab, &svc_host, Some(&boot), "[expose]\ntcp = [22, 80]\n");
+    let svc_state = lab.dir.join("svc-state");
+    let key_out = crate::harness::must(
+        Command::new(globalnet_bin())
+            .args(["keygen", "--state-dir"])
+            .arg(&svc_state),
+    );
+    let svc_addr = String::from_utf8_lossy(&key_out.stdout).trim().to_string();
+    let name_out = crate::harness::must(
+        Command::new(globalnet_bin())
+            .args(["address", "--name", "--state-dir"])
+            .arg(&svc_state),
+    );
+    let svc_name = String::from_utf8_lossy(&name_out.stdout).trim().to_string();
+    let names = lab.dir.join("client-names");
+    std::fs::write(&names, format!("alice {svc_name}\nbob {svc_addr}\n")).unwrap();
+
+    let mut relays = Vec::new();
+    for (i, h) in relay_hosts.iter().enumerate() {
+        let cfg = node_config(&lab, h, (i > 0).then_some(&boot), "");
+        relays.push(lab.start_daemon(h, &cfg));
+    }
+    let cfg = node_config(
+        &lab,
+        &client_host,
+        Some(&boot),
+        &format!("[names]\nfile = \"{}\"\n", names.display()),
+    );
+    let client = lab.start_daemon(&client_host, &cfg);
+    for d in relays.iter().chain([&client]) {
+        lab.wait_ready(d, Duration::from_secs(10));
+    }
+    let client_addr = lab.query(&client, "status")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.set_hosts_file(&client_host, "");
+    std::fs::write(
+        std::path::Path::new("/etc/netns")
+            .join(&client_host.ns)
+            .join("resolv.conf"),
+        format!("nameserver {client_addr}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+
+    let token = "gn-names-page-7d1e";
+    let gn = globalnet_bin();
+    lab.spawn(
+        &svc_host,
+        "svc-http",
+        &gn,
+        &["demo", "serve", "--port", "80", "--token", token],
+        Some("ready"),
+    );
+    let ssh_key = start_sshd(&mut lab, &svc_host);
+    let svc = lab.start_daemon(&svc_host, &svc_cfg);
+    lab.wait_ready(&svc, Duration::from_secs(10));
+
+    let t = Instant::now();
+    let mut last = String::new();
+    let reached = loop {
+        let out = lab.sh(&client_host, "curl -sS --max-time 5 http://alice.gn.alt/");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && body.contains(token) {
+            break true;
+        }
+        last = format!("{body}{}", String::from_utf8_lossy(&out.stderr));
+        if t.elapsed() > Duration::from_secs(120) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(reached, "curl http://alice.gn.alt/ never worked: {last}");
+    eprintln!(
+        "names: curl http://alice.gn.alt/ answered after {:?}",
+        t.elapsed()
+    );
+
+    for name in ["bob.gn.alt", svc_name.as_str()] {
+        let out = lab.sh_ok(
+            &client_host,
+            &format!("curl -sS --max-time 20 http://{name}/"),
+        );
+        assert!(out.contains(token), "{name}: {out}");
+    }
+    let out = lab.sh_ok(
+        &client_host,
+        &format!(
+            "ssh -i {} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 -o LogLevel=ERROR root@alice.gn.alt 'echo over-$((40+2))'",
+            ssh_key.display()
+        ),
+    );
+    assert_eq!(out.trim(), "over-42");
+}
