@@ -137,6 +137,11 @@ pub struct Sim {
     /// Pairs of underlay IPs that cannot reach each other (either direction): a firewall
     /// between two networks, for tests of fallbacks and recovery.
     pub blocked: Vec<(IpAddr, IpAddr)>,
+    /// An underlay IP whose incoming datagrams are counted in `watched_datagrams` (a victim
+    /// address in reflection tests; it need not belong to a node).
+    pub watched: Option<IpAddr>,
+    /// Datagrams sent to `watched`, by source IP (a NATed node's is its NAT's public IP).
+    pub watched_datagrams: HashMap<IpAddr, u64>,
     boxes: Vec<NatBox>,
 }
 
@@ -172,6 +177,8 @@ impl Sim {
             lost: 0,
             nat_dropped: 0,
             blocked: Vec::new(),
+            watched: None,
+            watched_datagrams: HashMap::new(),
             boxes: Vec::new(),
         }
     }
@@ -472,6 +479,9 @@ impl Sim {
             if next_dgram == Some(next) {
                 if let Some(Reverse((_, _, dest, from, data))) = self.queue.pop() {
                     if let Dest::Addr(a) = dest {
+                        if self.watched == Some(a.ip()) {
+                            *self.watched_datagrams.entry(from.ip()).or_default() += 1;
+                        }
                         let (x, y) = (from.ip(), a.ip());
                         if self
                             .blocked

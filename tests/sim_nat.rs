@@ -400,3 +400,60 @@ fn a_relayed_link_becomes_direct_when_punching_works_again() {
     assert!(upgraded >= 1);
     assert_eq!(Some(linked(&sim, a, b).unwrap().endpoint.ip()), Some(ib));
 }
+
+/// Issue #19 item 4, a hostile requester: a relay whose self-signed record names a victim's
+/// address dials a NATed relay, so that an introducer tells the target to punch towards the
+/// victim. It ignores the target's initiations (a firewall in the test) so the punches run their
+/// full course and the dial retries through every introducer. The introducer must forward only
+/// the endpoint it observed itself, so the target sends the victim nothing. The victim address is
+/// in the simulation's underlay but belongs to no node.
+#[test]
+fn a_hostile_requester_cannot_aim_punches_at_a_victim() {
+    let mut sim = public_relays(5, 31);
+    let t = sim.add_node_behind(true, &[0], 3, &[NatKind::PortRestricted]);
+    let h = sim.add_node(true, &[1], 3);
+    let t_ip = sim.public_ip(t).unwrap();
+    let h_ip = sim.nodes[h].addr.ip();
+    // The attacker never lets the target's punches in (nor links to it directly).
+    sim.blocked.push((h_ip, t_ip));
+    sim.run_for(30_000);
+    assert_eq!(sim.nodes[t].node.link.nat(), NatClass::Cone);
+    let victim: std::net::SocketAddr = "198.18.250.9:7412".parse().unwrap();
+    sim.watched = Some(victim.ip());
+    let now = sim.now;
+    sim.nodes[h].node.link.forge_record_endpoint(now, victim);
+    sim.flush(h);
+    sim.run_for(2_000);
+    // Its neighbours took the forged record (an introducer of the target among them).
+    let forged = sim.nodes[h]
+        .node
+        .link
+        .own_record()
+        .unwrap()
+        .fields()
+        .endpoints[0];
+    assert_eq!(forged, victim);
+    let mut total = 0;
+    for round in 0..3 {
+        if linked(&sim, h, t).is_some() {
+            break;
+        }
+        dial(&mut sim, h, t);
+        sim.run_for(30_000);
+        let from_t = sim.watched_datagrams.get(&t_ip).copied().unwrap_or(0);
+        println!("round {round}: target sent {from_t} datagrams to the victim");
+        total = from_t;
+    }
+    let introductions: u64 = (0..5)
+        .map(|i| sim.nodes[i].node.link.stats().introductions)
+        .sum();
+    let punches = sim.nodes[t].node.link.stats().punches;
+    println!(
+        "introductions {introductions}, target punches {punches}, to the victim from the target \
+         {total}, from anyone {:?}",
+        sim.watched_datagrams
+    );
+    // The attack ran: introducers introduced and the target punched.
+    assert!(introductions >= 1 && punches >= 1);
+    assert_eq!(total, 0, "the target punched towards the forged endpoint");
+}

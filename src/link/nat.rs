@@ -2,8 +2,11 @@
 //! endpoints neighbours observe, the constants of punching, probing and relayed links, and small
 //! rate windows. The message flow itself lives in [`super::layer`].
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::budget::{Charge, MemoryBudget};
 use crate::time::Millis;
 use crate::wire::record::NatClass;
 
@@ -13,12 +16,31 @@ pub const LINK_KEEPALIVE_MS: Millis = 20_000;
 /// A node behind NAT sends on every link at least this often, so that a rebinding of its NAT
 /// (a new public port) reaches every neighbour within this time (plus a round trip).
 pub const NAT_KEEPALIVE_MS: Millis = 8_000;
-/// Handshake initiations are re-sent this often while punching.
-pub const PUNCH_INTERVAL_MS: Millis = 100;
 /// While punching, a fresh initiation replaces the repeated one this often.
 pub const PUNCH_REINIT_MS: Millis = 1_000;
 /// A punch lasts this long.
 pub const PUNCH_DURATION_MS: Millis = 5_000;
+/// When a punch sends its initiation to each endpoint, after the punch began: dense at first
+/// (both sides' notifies leave the introducer together, so the holes usually open within a
+/// round trip), then sparse until the punch ends. These are all the datagrams one punch sends to
+/// an endpoint that has not answered: an introducer that names a stranger's endpoint gets at
+/// most this many datagrams sent there, not one per interval (issue #19).
+pub const PUNCH_PROBE_AT_MS: [Millis; 8] = [0, 100, 200, 300, 500, 1_000, 2_000, 3_500];
+/// Window of the per-endpoint and per-IP caps on punch datagrams.
+pub const PUNCH_CAP_WINDOW_MS: Millis = 60_000;
+/// Punch datagrams to one endpoint per window, over all punches: the tries of one dial (through
+/// each introducer in turn) and a few more.
+pub const PUNCH_CAP_PER_ENDPOINT: u32 = 4 * PUNCH_PROBE_AT_MS.len() as u32;
+/// Punch datagrams to one IP address per window, whatever the port. Looser than per endpoint:
+/// behind a carrier-grade NAT many honest peers share one public IP with distinct ports, and a
+/// cap per IP as tight as the one per endpoint would let one of them starve punching to all.
+/// This allows every punch slot ([`MAX_PUNCHES`]) to aim at one IP within a window.
+pub const PUNCH_CAP_PER_IP: u32 = MAX_PUNCHES as u32 * PUNCH_PROBE_AT_MS.len() as u32;
+/// Entries of each cap table (endpoints, IPs); when full of live entries, punching to a new
+/// address waits (failing closed: a flood of notifies must not evict honest entries' counts).
+pub const PUNCH_CAP_ENTRIES: usize = 256;
+/// Approximate bytes of one cap table entry.
+pub const PUNCH_CAP_COST: usize = 64;
 /// Punch attempts (through the target's introducers in turn) before a dial gives up.
 pub const PUNCH_TRIES: u8 = 3;
 /// PUNCH_REQUESTs an introducer serves per link and second; also PUNCH_NOTIFYs a node acts on.
@@ -71,6 +93,78 @@ impl RateWindow {
         }
         self.count += 1;
         true
+    }
+
+    /// Whether [`RateWindow::allow`] would allow one more event now (counts nothing).
+    pub fn would_allow(&self, now: Millis, period: Millis, limit: u32) -> bool {
+        now.saturating_sub(self.start) >= period || self.count < limit
+    }
+
+    /// Whether the window ran out (a fresh one would start at the next event).
+    pub fn expired(&self, now: Millis, period: Millis) -> bool {
+        now.saturating_sub(self.start) >= period
+    }
+}
+
+/// Caps on the datagrams punching sends to an address, per endpoint and per IP, in fixed windows
+/// (see [`PUNCH_CAP_PER_ENDPOINT`], [`PUNCH_CAP_PER_IP`]). Both tables are bounded and every entry
+/// is charged to the memory budget.
+#[derive(Default)]
+pub struct PunchCaps {
+    endpoints: HashMap<SocketAddr, (RateWindow, Charge)>,
+    ips: HashMap<IpAddr, (RateWindow, Charge)>,
+    /// When the tables were last swept of expired entries.
+    swept: Millis,
+}
+
+impl PunchCaps {
+    /// Counts one punch datagram to `to`; false if a cap (or the table bound, or the budget)
+    /// refuses it.
+    pub fn allow(&mut self, now: Millis, to: SocketAddr, budget: &MemoryBudget) -> bool {
+        if now.saturating_sub(self.swept) >= PUNCH_CAP_WINDOW_MS {
+            self.swept = now;
+            self.endpoints
+                .retain(|_, (w, _)| !w.expired(now, PUNCH_CAP_WINDOW_MS));
+            self.ips
+                .retain(|_, (w, _)| !w.expired(now, PUNCH_CAP_WINDOW_MS));
+        }
+        // Check both before counting in either: a refused datagram uses up no allowance.
+        let ep_ok = self
+            .endpoints
+            .get(&to)
+            .map_or(self.endpoints.len() < PUNCH_CAP_ENTRIES, |(w, _)| {
+                w.would_allow(now, PUNCH_CAP_WINDOW_MS, PUNCH_CAP_PER_ENDPOINT)
+            });
+        let ip_ok = self
+            .ips
+            .get(&to.ip())
+            .map_or(self.ips.len() < PUNCH_CAP_ENTRIES, |(w, _)| {
+                w.would_allow(now, PUNCH_CAP_WINDOW_MS, PUNCH_CAP_PER_IP)
+            });
+        if !ep_ok || !ip_ok {
+            return false;
+        }
+        if let Entry::Vacant(v) = self.endpoints.entry(to) {
+            let Some(c) = budget.try_charge(PUNCH_CAP_COST) else {
+                return false;
+            };
+            v.insert((RateWindow::default(), c));
+        }
+        if let Entry::Vacant(v) = self.ips.entry(to.ip()) {
+            let Some(c) = budget.try_charge(PUNCH_CAP_COST) else {
+                return false;
+            };
+            v.insert((RateWindow::default(), c));
+        }
+        let e = self
+            .endpoints
+            .get_mut(&to)
+            .is_some_and(|(w, _)| w.allow(now, PUNCH_CAP_WINDOW_MS, PUNCH_CAP_PER_ENDPOINT));
+        let i = self
+            .ips
+            .get_mut(&to.ip())
+            .is_some_and(|(w, _)| w.allow(now, PUNCH_CAP_WINDOW_MS, PUNCH_CAP_PER_IP));
+        e && i
     }
 }
 
@@ -158,6 +252,37 @@ mod tests {
         assert_eq!(o.endpoint(), Some(e2));
         o.add(b, e2);
         assert_eq!(o.class(), NatClass::Cone);
+    }
+
+    #[test]
+    fn punch_caps_per_endpoint_and_per_ip() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut caps = PunchCaps::default();
+        let victim: SocketAddr = "198.18.250.9:7412".parse().unwrap();
+        let n = (0..1000)
+            .filter(|_| caps.allow(1000, victim, &budget))
+            .count();
+        assert_eq!(n, PUNCH_CAP_PER_ENDPOINT as usize);
+        // Other ports of the same IP (a CGNAT's other customers, or a victim's other ports) share
+        // the looser per-IP cap.
+        let mut n2 = n;
+        for port in 1..=100u16 {
+            let ep = SocketAddr::new(victim.ip(), port);
+            n2 += (0..1000).filter(|_| caps.allow(1000, ep, &budget)).count();
+        }
+        assert_eq!(n2, PUNCH_CAP_PER_IP as usize);
+        // A new window allows again.
+        assert!(caps.allow(1000 + PUNCH_CAP_WINDOW_MS, victim, &budget));
+        // The tables stay bounded.
+        let budget = MemoryBudget::new(1 << 20);
+        let mut caps = PunchCaps::default();
+        for i in 0..1000u32 {
+            let ep = SocketAddr::from((std::net::Ipv4Addr::from(0xc612_0000 + i), 7412));
+            let _ = caps.allow(5, ep, &budget);
+        }
+        assert_eq!(caps.endpoints.len(), PUNCH_CAP_ENTRIES);
+        assert_eq!(caps.ips.len(), PUNCH_CAP_ENTRIES);
+        assert_eq!(budget.used(), 2 * PUNCH_CAP_ENTRIES * PUNCH_CAP_COST);
     }
 
     #[test]

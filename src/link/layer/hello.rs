@@ -175,6 +175,10 @@ impl LinkLayer {
                 endpoints.extend(advertised);
             }
         }
+        if let Some(f) = self.forged_endpoint {
+            endpoints.retain(|e| *e != f);
+            endpoints.insert(0, f);
+        }
         endpoints.truncate(4);
         if endpoints.is_empty() {
             return;

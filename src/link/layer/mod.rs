@@ -40,7 +40,9 @@ use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::keys::hex;
 use crate::crypto::Randomness;
 use crate::link::bootstrap::Bootstrap;
-use crate::link::nat::{Observations, PROBE_WINDOW_MS, PUNCH_TRIES, RELAYED_LINK_IDLE_MS};
+use crate::link::nat::{
+    Observations, PunchCaps, PROBE_WINDOW_MS, PUNCH_TRIES, RELAYED_LINK_IDLE_MS,
+};
 use crate::link::noise::{Responder, NOISE_BUF_LEN};
 use crate::link::view::RelayView;
 use crate::time::Millis;
@@ -92,6 +94,8 @@ pub struct LinkLayer {
     view: RelayView,
     own_record: Option<RelayRecord>,
     record_signed: Millis,
+    /// A hostile node's lie in its own record (tests only: [`LinkLayer::forge_record_endpoint`]).
+    forged_endpoint: Option<SocketAddr>,
     observed: Option<SocketAddr>,
     /// Our own endpoints learned from where datagrams arrive (wildcard listen addresses).
     locals: Vec<SocketAddr>,
@@ -121,6 +125,8 @@ pub struct LinkLayer {
     probe_pings: HashMap<[u8; 32], (u64, Millis, Charge)>,
     dials: HashMap<[u8; 32], PunchDial>,
     punches: HashMap<LinkId, Punch>,
+    /// Caps on punch datagrams per endpoint and per IP, over all punches.
+    punch_caps: PunchCaps,
     /// As an introducer: token -> relayed link entry.
     relay_table: HashMap<u64, RelayEntry>,
     /// As an endpoint: our token -> relayed link.
@@ -167,6 +173,7 @@ impl LinkLayer {
             view,
             own_record: None,
             record_signed: 0,
+            forged_endpoint: None,
             observed: None,
             locals: Vec::new(),
             rx_local: None,
@@ -186,6 +193,7 @@ impl LinkLayer {
             probe_pings: HashMap::new(),
             dials: HashMap::new(),
             punches: HashMap::new(),
+            punch_caps: PunchCaps::default(),
             relay_table: HashMap::new(),
             relayed_tokens: HashMap::new(),
             transmits: VecDeque::new(),
@@ -456,6 +464,16 @@ impl LinkLayer {
     pub fn close(&mut self, now: Millis, link: LinkId, reason: u8) {
         let _ = self.send_frame(now, link, MsgType::Close, 0, &[reason]);
         self.remove_link(link, false);
+    }
+
+    /// Hostile-node hook for the in-process network: from now on our own record lists `endpoint`
+    /// first, whether or not it is ours. A record is self-signed, so any node can lie in it this
+    /// way; tests use this to check that nobody acts on such a lie in ways that harm a third
+    /// party (docs/threat-model.md section 7).
+    #[doc(hidden)]
+    pub fn forge_record_endpoint(&mut self, now: Millis, endpoint: SocketAddr) {
+        self.forged_endpoint = Some(endpoint);
+        self.refresh_record(now);
     }
 
     /// Fuzzing hook: processes `bytes` as a decrypted frame from a peer with a fixed link key, as

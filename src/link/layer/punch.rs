@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::budget::Charge;
 use crate::link::nat::{
-    MAX_PUNCHES, NAT_ENTRY_COST, PUNCH_DURATION_MS, PUNCH_INTERVAL_MS, PUNCH_REINIT_MS,
+    MAX_PUNCHES, NAT_ENTRY_COST, PUNCH_DURATION_MS, PUNCH_PROBE_AT_MS, PUNCH_REINIT_MS,
     PUNCH_REQUEST_RATE, PUNCH_TRIES,
 };
 use crate::link::noise::{NoiseOut, NOISE_BUF_LEN};
@@ -38,6 +38,8 @@ pub(super) struct Punch {
     pub(super) init: Vec<u8>,
     pub(super) init_at: Millis,
     pub(super) started: Millis,
+    /// Steps of [`PUNCH_PROBE_AT_MS`] done.
+    pub(super) probes: usize,
     pub(super) _charge: Charge,
 }
 
@@ -150,6 +152,7 @@ impl LinkLayer {
                 init: Vec::new(),
                 init_at: 0,
                 started: now,
+                probes: 0,
                 _charge: charge,
             },
         );
@@ -201,7 +204,11 @@ impl LinkLayer {
             if now < p.next {
                 continue;
             }
-            p.next = now + PUNCH_INTERVAL_MS;
+            p.probes += 1;
+            // After the last step the punch only waits for the peer until it ends.
+            p.next = PUNCH_PROBE_AT_MS
+                .get(p.probes)
+                .map_or(p.until, |at| p.started + at);
             let fresh = p.init.is_empty() || now.saturating_sub(p.init_at) >= PUNCH_REINIT_MS;
             if fresh {
                 let mut buf = std::mem::take(&mut self.scratch);
@@ -222,7 +229,13 @@ impl LinkLayer {
             let (endpoints, init) = (p.endpoints.clone(), p.init.clone());
             if !init.is_empty() {
                 for ep in endpoints {
-                    self.push_transmit(ep, None, &init);
+                    // Over all punches, whoever asked for them: a stranger named as an endpoint
+                    // gets a bounded number of datagrams per window (issue #19).
+                    if self.punch_caps.allow(now, ep, &self.budget) {
+                        self.push_transmit(ep, None, &init);
+                    } else {
+                        self.stats.punch_capped += 1;
+                    }
                 }
             }
         }
@@ -242,9 +255,16 @@ impl LinkLayer {
             self.stats.dropped += 1;
             return;
         }
+        // Only endpoints we observed ourselves: where each side's authenticated datagrams come
+        // from on its direct link to us. The endpoints in a record are self-signed claims;
+        // forwarding one would let a requester aim the target's punches at any third party
+        // (issue #19). A side we reach only through a relay has no endpoint we saw: "failed".
+        let observed = |l: &Link| l.relay.is_none().then_some(l.endpoint);
         let t = self.link_to(&target).filter(|t| *t != id);
-        let (Some(a), Some(t)) = (self.links.get(&id), t.and_then(|t| self.links.get(&t))) else {
-            // No live link to the target: "failed".
+        let pair = self.links.get(&id).zip(t.and_then(|t| self.links.get(&t)));
+        let Some((a, t, ea, et)) = pair.and_then(|(a, t)| Some((a, t, observed(a)?, observed(t)?)))
+        else {
+            // No live direct link to the target: "failed".
             let failed = PunchNotify {
                 peer: target,
                 peer_link_key: [0; 32],
@@ -254,24 +274,17 @@ impl LinkLayer {
             let _ = self.send_frame(now, id, MsgType::PunchNotify, rpc_id, &failed.emit());
             return;
         };
-        let endpoints_of = |l: &Link| {
-            let mut v = vec![l.endpoint];
-            if let Some(e) = l.peer_endpoint.filter(|e| *e != l.endpoint) {
-                v.push(e);
-            }
-            v
-        };
         let attempt_id: u64 = self.rng.gen();
         let to_a = PunchNotify {
             peer: target,
             peer_link_key: t.peer_key,
-            endpoints: endpoints_of(t),
+            endpoints: vec![et],
             attempt_id,
         };
         let to_t = PunchNotify {
             peer: a.identity.unwrap_or([0; 32]),
             peer_link_key: a.peer_key,
-            endpoints: endpoints_of(a),
+            endpoints: vec![ea],
             attempt_id,
         };
         let tid = t.id;
@@ -340,5 +353,109 @@ impl LinkLayer {
         };
         self.expected.insert(n.peer_link_key, now);
         self.start_punch(now, link, n.endpoints);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use crate::crypto::Randomness;
+    use crate::link::nat::{PUNCH_CAP_PER_ENDPOINT, PUNCH_CAP_PER_IP, PUNCH_CAP_WINDOW_MS};
+    use crate::link::{LinkConfig, LinkKeys};
+    use ed25519_dalek::SigningKey;
+    use x25519_dalek::StaticSecret;
+
+    /// Issue #19 item 4, a hostile introducer: a relay we are linked to sends PUNCH_NOTIFYs as
+    /// fast as we act on them, each for a new made-up peer, naming a victim's endpoints (one
+    /// port, then many ports of one IP). Every datagram we send to the victim's IP is counted.
+    #[test]
+    fn a_hostile_introducer_gets_few_datagrams_sent_to_a_victim() {
+        let now0: Millis = 1_800_000_000_000;
+        let keys = LinkKeys {
+            identity: SigningKey::from_bytes(&[1; 32]),
+            link: StaticSecret::from([2; 32]),
+            onion_public: [3; 32],
+        };
+        let cfg = LinkConfig {
+            advertise: vec!["198.18.0.1:7412".parse().unwrap()],
+            ..LinkConfig::default()
+        };
+        let budget = MemoryBudget::new(64 << 20);
+        let mut l = LinkLayer::new(cfg, keys, budget, Randomness::simulated([4; 32]), now0);
+        let relay: SocketAddr = "198.18.0.2:7412".parse().unwrap();
+        let id = l.new_link(now0, [5; 32], relay, true).unwrap();
+        if let Some(link) = l.links.get_mut(&id) {
+            link.is_relay = true;
+            link.identity = Some([6; 32]);
+        }
+        let victim: SocketAddr = "198.18.250.9:7412".parse().unwrap();
+        let count = |l: &mut LinkLayer| {
+            let mut n = 0u64;
+            while let Some(t) = l.poll_transmit() {
+                n += u64::from(t.dst.ip() == victim.ip());
+            }
+            n
+        };
+        // One notify: one punch's schedule, not one datagram per 100 ms for 5 s.
+        let mut now = now0;
+        let mut sent = 0;
+        let mut notifies = 0u64;
+        let mut notify = |l: &mut LinkLayer, now: Millis, endpoints: Vec<SocketAddr>| {
+            notifies += 1;
+            let mut peer_link_key = [9u8; 32];
+            peer_link_key[..8].copy_from_slice(&notifies.to_be_bytes());
+            let n = PunchNotify {
+                peer: [8; 32],
+                peer_link_key,
+                endpoints,
+                attempt_id: notifies,
+            };
+            l.on_punch_notify(now, id, 1_000 + notifies, &n.emit());
+        };
+        notify(&mut l, now, vec![victim]);
+        while now < now0 + PUNCH_DURATION_MS + 1_000 {
+            l.run_punches(now);
+            sent += count(&mut l);
+            now += 10;
+        }
+        println!("one notify: {sent} datagrams to the victim");
+        assert_eq!(sent, PUNCH_PROBE_AT_MS.len() as u64);
+        // A minute of notifies at the most we act on, one endpoint: the per-endpoint cap (in a
+        // fresh window: fixed windows let twice the cap through across a boundary).
+        now = now0 + PUNCH_CAP_WINDOW_MS;
+        let start = now;
+        let mut sent = 0;
+        while now < start + PUNCH_CAP_WINDOW_MS - 1_000 {
+            if (now - start) % 500 == 0 {
+                notify(&mut l, now, vec![victim]);
+            }
+            l.run_punches(now);
+            sent += count(&mut l);
+            now += 10;
+        }
+        println!("a minute at one endpoint: {sent} datagrams to the victim");
+        assert!(sent <= u64::from(PUNCH_CAP_PER_ENDPOINT), "{sent}");
+        assert!(l.stats.punch_capped > 0);
+        // A minute of notifies naming ever new ports of the victim's IP: the per-IP cap.
+        now = start + PUNCH_CAP_WINDOW_MS;
+        let start = now;
+        let mut sent = 0;
+        let mut port = 1000u16;
+        while now < start + PUNCH_CAP_WINDOW_MS - 1_000 {
+            if (now - start) % 500 == 0 {
+                port += 2;
+                let eps = vec![
+                    SocketAddr::new(victim.ip(), port),
+                    SocketAddr::new(victim.ip(), port + 1),
+                ];
+                notify(&mut l, now, eps);
+            }
+            l.run_punches(now);
+            sent += count(&mut l);
+            now += 10;
+        }
+        println!("a minute at many ports: {sent} datagrams to the victim");
+        assert!(sent <= u64::from(PUNCH_CAP_PER_IP), "{sent}");
     }
 }

@@ -156,6 +156,8 @@ pub struct LinkStats {
     pub punches: u64,
     /// Links that came up while punching.
     pub punched_links: u64,
+    /// Punch datagrams not sent: the per-endpoint or per-IP cap was reached (issue #19).
+    pub punch_capped: u64,
     /// PUNCH_NOTIFYs sent as an introducer.
     pub introductions: u64,
     /// Reachability probes that succeeded.
