@@ -147,6 +147,7 @@ impl SessionLayer {
                 if let Some(s) = self.service_mut(&svc) {
                     if let Some(ss) = s.sessions.get_mut(&peer) {
                         ss.circuits.retain(|c| *c != id);
+                        ss.silence.retain(|(c, _)| *c != id);
                         // Flows answer on any live circuit until the client's packets show
                         // their new one.
                         ss.flows.retain(|_, (c, _)| *c != id);

@@ -18,6 +18,7 @@ use crate::session::ctx::{DhtAnswer, SessionCtx};
 use crate::session::flows::{flow_of, FlowKey};
 use crate::session::layer::{SendError, SessionLayer};
 use crate::session::limits::*;
+use crate::session::silence::{Silence, Verdict};
 use crate::session::{
     ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
 };
@@ -41,9 +42,7 @@ pub(in crate::session) struct Introduction {
 
 pub(in crate::session) struct SessCirc {
     pub(in crate::session) id: CircId,
-    /// When we first sent on it after its last answer.
-    pub(in crate::session) unanswered_since: Option<Millis>,
-    pub(in crate::session) probe: Option<(u64, Millis)>,
+    pub(in crate::session) silence: Silence,
 }
 
 pub(in crate::session) struct Join {
@@ -478,17 +477,14 @@ impl SessionLayer {
             let mut probes = Vec::new();
             let mut dead = Vec::new();
             for sc in o.circuits.iter_mut() {
-                match (sc.probe, sc.unanswered_since) {
-                    (Some((_, at)), _) if now.saturating_sub(at) >= CIRCUIT_PROBE_TIMEOUT_MS => {
-                        dead.push(sc.id)
-                    }
-                    (None, Some(t)) if now.saturating_sub(t) >= CIRCUIT_PROBE_AFTER_MS => {
+                match sc.silence.check(now) {
+                    Verdict::Dead => dead.push(sc.id),
+                    Verdict::Probe => {
                         let id = self.next_ping;
                         self.next_ping += 1;
-                        sc.probe = Some((id, now));
                         probes.push((sc.id, id));
                     }
-                    _ => {}
+                    Verdict::Fine => {}
                 }
             }
             let expired_joins: Vec<CircId> = o
@@ -510,16 +506,10 @@ impl SessionLayer {
             }
             for id in dead {
                 self.stats.probe_failures += 1;
-                let relays: Vec<[u8; 32]> = ctx
-                    .path(id)
-                    .map(|p| p.iter().skip(1).map(|r| *r.identity()).collect())
-                    .unwrap_or_default();
-                for r in relays {
-                    self.suspects.insert(r, now + SUSPECT_MS);
-                }
-                self.owners.remove(&id);
-                ctx.destroy(now, id);
+                tracing::debug!(at = now, "session circuit silent: abandoned, flows move");
+                self.abandon_dead_circuit(ctx, now, id);
                 self.client_lost_circuit(ctx, now, dst, id);
+                self.client_drop_suspect_spares(ctx, now, dst);
             }
             if old {
                 self.client_close(ctx, now, dst);
