@@ -634,6 +634,7 @@ fn ssh_and_iperf3_survive_relay_deaths() {
     std::thread::sleep(Duration::from_secs(3));
     let (ssh_relay, ssh_cells) = busiest(&lab, &alive, Duration::from_secs(2), 4, 12)
         .expect("no relay carries the ssh session");
+    let t_iperf = Instant::now();
     let mut iperf_child = lab
         .cmd(&client_host, "iperf3")
         .args([
@@ -672,9 +673,10 @@ fn ssh_and_iperf3_survive_relay_deaths() {
             .take(8)
             .collect::<String>();
         eprintln!(
-            "killing {} (relay {key}; {why}) {:.1} s into the ssh session",
+            "killing {} (relay {key}; {why}) {:.1} s into the ssh session, {:.1} s into the iperf3 transfer",
             d.host.name,
-            t_transfer.elapsed().as_secs_f64()
+            t_transfer.elapsed().as_secs_f64(),
+            t_iperf.elapsed().as_secs_f64()
         );
         lab.stop(
             &d,
@@ -818,6 +820,36 @@ fn ssh_and_iperf3_survive_relay_deaths() {
     if ssh_stall.as_secs_f64() > STALL_LIMIT_S || stall > STALL_LIMIT_S {
         problems.push(format!(
             "stalled too long: ssh {:.1} s, iperf3 {stall:.1} s (limit {STALL_LIMIT_S} s)",
+            ssh_stall.as_secs_f64()
+        ));
+    }
+    // Issue #20: a relay death that leaves the session a live circuit costs a stall of about
+    // 3 s (the session finds the silent path in 2 s and moves the flows; TCP's 3 s
+    // retransmission goes through). When a guard died (the client's, or the service's: every
+    // circuit of that end) the client must introduce itself again, which takes longer (seen:
+    // 29 s when both ends lost their guards): only the 60 s limit above applies then. The
+    // client's session is as old as the ssh session unless it was introduced again.
+    let sessions = lab.query(&client, "sessions");
+    let age = sessions.as_array().and_then(|a| {
+        a.iter()
+            .find(|x| x["role"] == "client" && x["peer"] == svc_addr.to_string().as_str())
+            .and_then(|x| x["age_s"].as_u64())
+    });
+    let reintroduced = age.is_none_or(|a| a + 2 < t_transfer.elapsed().as_secs());
+    const MOVE_STALL_LIMIT_S: f64 = 20.0;
+    eprintln!(
+        "client session age {age:?} s, {:.0} s since the ssh session began: {}",
+        t_transfer.elapsed().as_secs_f64(),
+        if reintroduced {
+            "introduced again (a guard died)"
+        } else {
+            "the same session throughout (flows moved)"
+        }
+    );
+    if !reintroduced && (ssh_stall.as_secs_f64() > MOVE_STALL_LIMIT_S || stall > MOVE_STALL_LIMIT_S)
+    {
+        problems.push(format!(
+            "stalled too long although the session kept a live circuit: ssh {:.1} s, iperf3 {stall:.1} s (limit {MOVE_STALL_LIMIT_S} s)",
             ssh_stall.as_secs_f64()
         ));
     }
