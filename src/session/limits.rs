@@ -126,6 +126,11 @@ pub const CIRCUIT_REPROBE_MS: Millis = 500;
 /// retransmission through, so a stall stays near 3 s.
 pub const CIRCUIT_DEAD_AFTER_MS: Millis = 2_000;
 
+/// While a flow of the session carried a packet within `RESUME_ACTIVE_MS`, a spare not heard
+/// from for this long gets an e2e PING (kept warm: a spare whose path died is found before a flow
+/// moves onto it, and replaced). One PING per this interval per busy session.
+pub const SPARE_WARM_MS: Millis = 5_000;
+
 /// A flow unused this long is forgotten (its circuit goes back to being a spare).
 pub const FLOW_IDLE_MS: Millis = 300_000;
 

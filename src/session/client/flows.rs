@@ -206,6 +206,7 @@ impl SessionLayer {
         o.circuits.push(SessCirc {
             id,
             silence: Silence::default(),
+            heard_at: now,
         });
         self.stats.joins += 1;
         self.owners.insert(id, Owner::ClientCirc { dst });
@@ -262,6 +263,7 @@ impl SessionLayer {
         };
         if let Some(sc) = o.circuits.iter_mut().find(|x| x.id == id) {
             sc.silence.heard();
+            sc.heard_at = now;
         }
         let Ok(msg) = E2eMessage::parse(pt) else {
             stats.frames_refused += 1;

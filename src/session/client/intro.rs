@@ -400,6 +400,7 @@ impl SessionLayer {
             circuits: vec![SessCirc {
                 id,
                 silence: Silence::default(),
+                heard_at: now,
             }],
             flows: HashMap::new(),
             joins: Vec::new(),

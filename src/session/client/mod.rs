@@ -43,6 +43,8 @@ pub(in crate::session) struct Introduction {
 pub(in crate::session) struct SessCirc {
     pub(in crate::session) id: CircId,
     pub(in crate::session) silence: Silence,
+    /// When a frame last came back on it (or it was joined).
+    pub(in crate::session) heard_at: Millis,
 }
 
 pub(in crate::session) struct Join {
@@ -476,7 +478,24 @@ impl SessionLayer {
             // Circuits that stopped answering get an e2e PING; no PONG: dead (10.8).
             let mut probes = Vec::new();
             let mut dead = Vec::new();
+            let busy = o
+                .flows
+                .values()
+                .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
             for sc in o.circuits.iter_mut() {
+                let spare = !o.flows.values().any(|(f, _)| *f == sc.id);
+                if busy
+                    && spare
+                    && !sc.silence.silent()
+                    && now.saturating_sub(sc.heard_at) >= SPARE_WARM_MS
+                {
+                    // Its PING starts a silence like any frame sent: no answer, dead (10.8).
+                    sc.silence.sent(now);
+                    let id = self.next_ping;
+                    self.next_ping += 1;
+                    probes.push((sc.id, id));
+                    continue;
+                }
                 match sc.silence.check(now) {
                     Verdict::Dead => dead.push(sc.id),
                     Verdict::Probe => {
