@@ -279,6 +279,17 @@ impl SessionLayer {
         }
     }
 
+    /// The revisions of the cached descriptors of `dst` (both epochs a lookup would ask for).
+    fn cached_revisions(&self, now: Millis, dst: &[u8; 16]) -> [Option<u64>; 2] {
+        let (cur, other) = epochs_to_look_up(now / 1000);
+        let rev = |e: u64| {
+            self.desc_cache
+                .get(&desc_index(dst, e))
+                .map(|(d, _)| d.revision())
+        };
+        [rev(cur), other.and_then(rev)]
+    }
+
     /// A valid cached descriptor for `dst` (current epoch first), opened.
     fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
         let now_s = now / 1000;
@@ -314,6 +325,7 @@ impl SessionLayer {
         dst: [u8; 16],
         answer: DhtAnswer<'_>,
     ) {
+        let before = self.cached_revisions(now, &dst);
         if let DhtAnswer::Records(records) = answer {
             for r in records {
                 if let Err(e) = self.cache_descriptor(ctx.budget(), now, r) {
@@ -321,13 +333,19 @@ impl SessionLayer {
                 }
             }
         }
+        let newer = self.cached_revisions(now, &dst) != before;
         let content = self.cached_content(now, &dst);
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
         };
         // A refresh (or a lookup that already timed out) has no lookup time: only the cache
-        // changed, and the outcome is consumed.
+        // changed, and the outcome is consumed. A newer descriptor ends a pause between rounds
+        // (the service replaced its intro points: the next round should not wait for nothing).
         if c.lookup.is_none() {
+            if newer && c.retry_at.is_some() {
+                tracing::debug!(at = now, "a newer descriptor: the next round starts now");
+                c.retry_at = Some(now);
+            }
             return;
         }
         c.lookup = None;
