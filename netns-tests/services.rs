@@ -639,6 +639,7 @@ fn ssh_and_iperf3_survive_relay_deaths() {
     std::thread::sleep(Duration::from_secs(3));
     let (ssh_relay, ssh_cells) = busiest(&lab, &alive, Duration::from_secs(2), 4, 12)
         .expect("no relay carries the ssh session");
+    let t_iperf = Instant::now();
     let mut iperf_child = lab
         .cmd(&client_host, "iperf3")
         .args([
@@ -677,9 +678,10 @@ fn ssh_and_iperf3_survive_relay_deaths() {
             .take(8)
             .collect::<String>();
         eprintln!(
-            "killing {} (relay {key}; {why}) {:.1} s into the ssh session",
+            "killing {} (relay {key}; {why}) {:.1} s into the ssh session, {:.1} s into the iperf3 transfer",
             d.host.name,
-            t_transfer.elapsed().as_secs_f64()
+            t_transfer.elapsed().as_secs_f64(),
+            t_iperf.elapsed().as_secs_f64()
         );
         lab.stop(
             &d,
@@ -695,7 +697,9 @@ fn ssh_and_iperf3_survive_relay_deaths() {
         ssh_relay,
         format!("relayed {ssh_cells} cells in 2 s while only the ssh session ran"),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Two deaths 6 s apart (issue #20): the wait here plus the 1 s the busiest relay is
+    // measured over.
+    std::thread::sleep(Duration::from_secs(5));
     let mut problems: Vec<String> = Vec::new();
     let second = if iperf_relay == ssh_relay {
         // Both went through one relay; the transfer should have moved: kill its new busiest relay.
@@ -796,13 +800,21 @@ fn ssh_and_iperf3_survive_relay_deaths() {
         percentile(&rates, 50)
     };
     let (mut stall, mut run) = (0.0f64, 0.0f64);
-    for (_, r) in &intervals {
+    // Each stall: where it ended (s into the transfer) and how long it was.
+    let mut stalls: Vec<(f64, f64)> = Vec::new();
+    for (end, r) in &intervals {
         if *r < median * 0.05 {
             run += 0.5;
             stall = stall.max(run);
         } else {
+            if run > 0.0 {
+                stalls.push((*end - 0.5, run));
+            }
             run = 0.0;
         }
+    }
+    if run > 0.0 {
+        stalls.push((intervals.last().map_or(0.0, |i| i.0), run));
     }
     // Surviving means carrying on soon enough that a user would not have given up: a dead
     // relay shows in ~4 s, a new introduction takes a few more (tens of seconds when both ends
@@ -813,6 +825,36 @@ fn ssh_and_iperf3_survive_relay_deaths() {
     if ssh_stall.as_secs_f64() > STALL_LIMIT_S || stall > STALL_LIMIT_S {
         problems.push(format!(
             "stalled too long: ssh {:.1} s, iperf3 {stall:.1} s (limit {STALL_LIMIT_S} s)",
+            ssh_stall.as_secs_f64()
+        ));
+    }
+    // Issue #20: a relay death that leaves the session a live circuit costs a stall of about
+    // 3 s (the session finds the silent path in 2 s and moves the flows; TCP's 3 s
+    // retransmission goes through). When a guard died (the client's, or the service's: every
+    // circuit of that end) the client must introduce itself again, which takes longer (seen:
+    // 29 s when both ends lost their guards): only the 60 s limit above applies then. The
+    // client's session is as old as the ssh session unless it was introduced again.
+    let sessions = lab.query(&client, "sessions");
+    let age = sessions.as_array().and_then(|a| {
+        a.iter()
+            .find(|x| x["role"] == "client" && x["peer"] == svc_addr.to_string().as_str())
+            .and_then(|x| x["age_s"].as_u64())
+    });
+    let reintroduced = age.is_none_or(|a| a + 2 < t_transfer.elapsed().as_secs());
+    const MOVE_STALL_LIMIT_S: f64 = 20.0;
+    eprintln!(
+        "client session age {age:?} s, {:.0} s since the ssh session began: {}",
+        t_transfer.elapsed().as_secs_f64(),
+        if reintroduced {
+            "introduced again (a guard died)"
+        } else {
+            "the same session throughout (flows moved)"
+        }
+    );
+    if !reintroduced && (ssh_stall.as_secs_f64() > MOVE_STALL_LIMIT_S || stall > MOVE_STALL_LIMIT_S)
+    {
+        problems.push(format!(
+            "stalled too long although the session kept a live circuit: ssh {:.1} s, iperf3 {stall:.1} s (limit {MOVE_STALL_LIMIT_S} s)",
             ssh_stall.as_secs_f64()
         ));
     }
@@ -827,6 +869,18 @@ fn ssh_and_iperf3_survive_relay_deaths() {
         "relays killed: {killed:?}; ssh session: {}/30 lines, longest stall {:.1} s; iperf3: {median:.2} Mbit/s median per 0.5 s while moving, longest stall {stall:.1} s",
         lines.len(),
         ssh_stall.as_secs_f64(),
+    );
+    // The figure of issue #20 (goal: every stall <= 5 s in a release build with end-to-end
+    // dead-path detection; a stall of one 0.5 s interval is TCP's own first retransmission).
+    eprintln!(
+        "STALLS iperf3 (ended s into the transfer, length s): {}; longest {stall:.1} s; ssh longest {:.1} s; build {}",
+        stalls
+            .iter()
+            .map(|(e, l)| format!("{l:.1}@{e:.1}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ssh_stall.as_secs_f64(),
+        if cfg!(debug_assertions) { "debug" } else { "release" }
     );
     eprintln!(
         "iperf3 Mbit/s per 0.5 s: {}",

@@ -836,6 +836,121 @@ fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
     assert!(after.len() >= 100, "the flow continues: {}", after.len());
 }
 
+/// Two relay deaths 6 s apart on a busy flow's path (a relay on that circuit only, not a guard):
+/// each time the session finds the circuit silent (no frame back, no answer to its PINGs) within
+/// `CIRCUIT_DEAD_AFTER_MS` and the flow moves to the spare at once (10.8). In virtual time the
+/// flow's packets are back within 3.5 s of each death (detection 2 s, the node's 250 ms timer
+/// tick, a round trip, the flow's 100 ms packet interval); before end-to-end detection this took
+/// 4 to 8 s (the neighbours' link timeouts, then a 5 s probe plus a 3 s wait).
+#[test]
+fn two_relay_deaths_on_a_busy_path_each_stall_the_flow_under_3_5_s() {
+    init_log();
+    let mut w = World::new(24, 31);
+    let svc = w.add_host();
+    let cli = w.add_host();
+    w.sim.run_for(30_000);
+    w.publish(svc, SERVICE_SEED, &[cli]);
+    let s_addr = service_addr(&SERVICE_SEED);
+    w.sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    let me = w.sim.nodes[cli]
+        .node
+        .pseudonym_for(s_addr)
+        .unwrap()
+        .octets();
+    let mut seq = 0u32;
+    let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
+    assert!(got.len() >= 80, "flow runs: {} echoes", got.len());
+    let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+    let mut stalls = Vec::new();
+    for round in 0..2 {
+        let circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
+        let ids = |w: &World, n: usize, c: CircId| -> Vec<[u8; 32]> {
+            w.sim.nodes[n]
+                .node
+                .circ
+                .path(c)
+                .map(|p| p.iter().skip(1).map(|r| *r.identity()).collect())
+                .unwrap_or_default()
+        };
+        // Relays on other circuits of the session (either side) and guards are left alone: this
+        // is about one circuit's path dying, not the session's.
+        let mut other: Vec<[u8; 32]> = Vec::new();
+        for (c, _) in w.sim.nodes[cli].node.session_circuits(s_addr) {
+            if c != circ {
+                other.extend(ids(&w, cli, c));
+            }
+        }
+        let svc_circs = w.sim.nodes[svc].node.service_session_circuits(s_addr, me);
+        let svc_relays: Vec<[u8; 32]> = svc_circs.iter().flat_map(|c| ids(&w, svc, *c)).collect();
+        for r in &svc_relays {
+            if svc_relays.iter().filter(|x| *x == r).count() > 1 {
+                other.push(*r);
+            }
+        }
+        for n in [cli, svc] {
+            other.extend(
+                w.sim.nodes[n]
+                    .node
+                    .guards()
+                    .list()
+                    .iter()
+                    .map(|g| g.identity),
+            );
+        }
+        let mine = ids(&w, cli, circ);
+        let rp = *mine.last().unwrap();
+        let svc_half = svc_circs
+            .iter()
+            .find(|c| {
+                w.sim.nodes[svc]
+                    .node
+                    .circ
+                    .path(**c)
+                    .and_then(|p| p.last().map(|r| *r.identity()))
+                    == Some(rp)
+            })
+            .map(|c| ids(&w, svc, *c))
+            .unwrap_or_default();
+        let Some(victim_id) = mine
+            .iter()
+            .chain(svc_half.iter())
+            .find(|r| !other.contains(r))
+            .copied()
+        else {
+            eprintln!("round {round}: every relay of the flow's path is shared; skipped");
+            continue;
+        };
+        let victim = w.sim.node_by_identity(&victim_id).unwrap();
+        assert!(victim != cli && victim != svc);
+        let killed_at = w.sim.now;
+        let first_after = seq + 1;
+        w.sim.kill(victim);
+        let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 6_000);
+        let resumed = got
+            .iter()
+            .find(|(_, n)| *n >= first_after)
+            .map(|(t, _)| t - killed_at);
+        eprintln!("round {round}: relay {victim} on the flow's path killed; stall {resumed:?} ms");
+        assert!(
+            resumed.is_some_and(|r| r <= 3_500),
+            "stall {resumed:?} ms; {:?} {:?}",
+            w.sim.nodes[cli].node.session_stats(),
+            w.sim.nodes[svc].node.session_stats()
+        );
+        stalls.push(resumed);
+        assert_ne!(
+            w.sim.nodes[cli].node.flow_circuit(s_addr, &flow),
+            Some(circ),
+            "the flow moved"
+        );
+    }
+    assert!(!stalls.is_empty(), "no relay could be killed");
+    assert!(w.sim.nodes[cli].node.session_stats().probe_failures >= 1);
+    assert_eq!(w.sim.nodes[cli].node.session_stats().client_sessions, 1);
+}
+
 /// The main scenario end to end through the DHT: the service publishes its descriptors through
 /// a 4-hop circuit, the client looks them up through a 3-hop circuit, then data both ways.
 #[test]

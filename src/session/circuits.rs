@@ -219,3 +219,37 @@ impl SessionLayer {
         }
     }
 }
+
+impl SessionLayer {
+    /// A session circuit found dead by its silence (10.8): its relays past the first hop are
+    /// suspect (a dead relay sends no DESTROY and its record outlives it), and it is torn down.
+    /// The first hop is a guard, judged by its link.
+    pub(in crate::session) fn abandon_dead_circuit(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        id: CircId,
+    ) {
+        if let Some(p) = ctx.path(id) {
+            for r in p.iter().skip(1) {
+                self.suspects.insert(*r.identity(), now + SUSPECT_MS);
+            }
+        }
+        self.owners.remove(&id);
+        ctx.destroy(now, id);
+    }
+}
+
+/// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop).
+pub(in crate::session) fn through_suspect(
+    suspects: &std::collections::HashMap<[u8; 32], Millis>,
+    ctx: &impl SessionCtx,
+    now: Millis,
+    id: CircId,
+) -> bool {
+    ctx.path(id).is_some_and(|p| {
+        p.iter()
+            .skip(1)
+            .any(|r| suspects.get(r.identity()).is_some_and(|u| now < *u))
+    })
+}

@@ -3,7 +3,7 @@
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::session::client::c_intro;
-use crate::session::ctx::SessionCtx;
+use crate::session::ctx::{DhtRequest, SessionCtx};
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
@@ -147,6 +147,7 @@ impl SessionLayer {
                 if let Some(s) = self.service_mut(&svc) {
                     if let Some(ss) = s.sessions.get_mut(&peer) {
                         ss.circuits.retain(|c| *c != id);
+                        ss.silence.retain(|(c, _)| *c != id);
                         // Flows answer on any live circuit until the client's packets show
                         // their new one.
                         ss.flows.retain(|_, (c, _)| *c != id);
@@ -256,6 +257,16 @@ impl SessionLayer {
                 } else if code != status::OK {
                     self.stats.intro_acks_refused += 1;
                     if !i.acked {
+                        // The intro point holds no registration for the key our descriptor
+                        // lists: the service replaced it and republished. Refresh the
+                        // descriptor now (once at a time), not only when the round fails.
+                        if !self.lookups.values().any(|d| *d == dst)
+                            && !self.dht_requests.iter().any(
+                                |r| matches!(r, DhtRequest::Lookup { dst: d, .. } if *d == dst),
+                            )
+                        {
+                            self.client_lookup_descriptor(now, dst);
+                        }
                         self.client_retry_intro(ctx, now, dst, "intro point refused");
                     }
                 }

@@ -112,11 +112,24 @@ pub const MAX_QUEUED_PACKETS: usize = 32;
 /// Descriptors a client caches.
 pub const MAX_CACHED_DESCRIPTORS: usize = 1024;
 
-/// A circuit that carried our cells this long without an answer gets an e2e PING.
-pub const CIRCUIT_PROBE_AFTER_MS: Millis = 5_000;
+/// A circuit we sent on that has sent nothing back for this long gets an e2e PING (the silence
+/// starts; 10.8). Above a loaded circuit's round trip, so a busy circuit is rarely probed.
+pub const CIRCUIT_PROBE_AFTER_MS: Millis = 600;
 
-/// ... and is dead if the PONG does not come within this.
-pub const CIRCUIT_PROBE_TIMEOUT_MS: Millis = 3_000;
+/// ... another PING this long after the last while the silence lasts (one lost PING or PONG is
+/// not a dead path) ...
+pub const CIRCUIT_REPROBE_MS: Millis = 500;
+
+/// ... and after this long with nothing back at all the path is dead: its flows move to the
+/// spare at once. The inner TCP retransmits about 0.2, 0.6, 1.4 and 3.0 s into an outage; a
+/// path replaced by about 2.3 s (this plus the node's 250 ms timer tick) lets the 3.0 s
+/// retransmission through, so a stall stays near 3 s.
+pub const CIRCUIT_DEAD_AFTER_MS: Millis = 2_000;
+
+/// While a flow of the session carried a packet within `RESUME_ACTIVE_MS`, a spare not heard
+/// from for this long gets an e2e PING (kept warm: a spare whose path died is found before a flow
+/// moves onto it, and replaced). One PING per this interval per busy session.
+pub const SPARE_WARM_MS: Millis = 5_000;
 
 /// A flow unused this long is forgotten (its circuit goes back to being a spare).
 pub const FLOW_IDLE_MS: Millis = 300_000;

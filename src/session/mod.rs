@@ -21,6 +21,7 @@
 //! | `circuits`      | paths, vanguards, suspects, stems, pool circuits for sessions          |
 //! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
 //! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
+//! | `silence`       | dead-path detection: per-circuit silence, probes, the verdict (10.8)  |
 //! | `client`        | sessions to services we visit: setup, descriptor cache, timers; `client::intro` (introductions), `client::flows` (flows, spares, JOIN, e2e frames) |
 //!
 //! This module never logs or prints secret material: key holders implement `Debug` as a short
@@ -41,6 +42,7 @@ mod points;
 pub mod pseudonym;
 pub mod roles;
 mod service;
+mod silence;
 
 pub use ctx::{DhtAnswer, DhtRequest, SessionCtx};
 pub use frame::{Direction, E2eMessage, FrameError, ReplayWindow, SessionChannel};

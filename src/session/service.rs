@@ -24,6 +24,7 @@ use crate::session::intro::RendHs;
 use crate::session::layer::{addr16, evict_lru, seal, Owner, SendError, ServiceInfo, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
+use crate::session::silence::{Silence, Verdict};
 use crate::session::{
     E2eMessage, Introduce1, RendCookie, RendPlaintext, Rendezvous1, ServiceIdentity,
     SessionChannel, SessionKeys,
@@ -54,6 +55,9 @@ pub(in crate::session) struct ServiceSession {
     pub(in crate::session) chan: SessionChannel,
     pub(in crate::session) keys: SessionKeys,
     pub(in crate::session) circuits: Vec<CircId>,
+    /// The silence of each of `circuits` (10.8): the client owns the circuits, but only the
+    /// service sees its own half die when it is the one sending (a download).
+    pub(in crate::session) silence: Vec<(CircId, Silence)>,
     pub(in crate::session) pending: usize,
     pub(in crate::session) flows: HashMap<FlowKey, (CircId, Millis)>,
     pub(in crate::session) established: Millis,
@@ -225,6 +229,60 @@ impl SessionLayer {
                 }
             }
             self.service_publish(now, svc, false);
+            self.service_watch_circuits(ctx, now, svc);
+        }
+    }
+
+    /// Probes the session circuits of `svc` that went silent while it sent on them and
+    /// abandons those that stay silent (10.8): their flows answer on another circuit of the
+    /// session at once, and the client, seeing a flow's packets arrive elsewhere, follows.
+    fn service_watch_circuits(&mut self, ctx: &mut impl SessionCtx, now: Millis, svc: [u8; 16]) {
+        let mut next_ping = self.next_ping;
+        let mut dead = Vec::new();
+        let Some(s) = self.service_mut(&svc) else {
+            return;
+        };
+        for (peer, ss) in s.sessions.iter_mut() {
+            for k in 0..ss.silence.len() {
+                let Some((circ, silence)) = ss.silence.get_mut(k) else {
+                    continue;
+                };
+                let circ = *circ;
+                match silence.check(now) {
+                    Verdict::Fine => {}
+                    Verdict::Dead => dead.push((*peer, circ)),
+                    Verdict::Probe => {
+                        let mut out = [0u8; E2E_FRAME_LEN];
+                        let ping = E2eMessage::Ping(next_ping);
+                        next_ping += 1;
+                        if let Some(n) = seal(&mut ss.chan, &ping, &mut out) {
+                            let _ = ctx.send(circ, C::Data, out.get(..n).unwrap_or(&[]));
+                        }
+                    }
+                }
+            }
+        }
+        self.next_ping = next_ping;
+        for (peer, circ) in dead {
+            self.stats.probe_failures += 1;
+            tracing::debug!(at = now, "service session circuit silent: abandoned");
+            self.abandon_dead_circuit(ctx, now, circ);
+            let stats = &mut self.stats;
+            let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
+                continue;
+            };
+            let Some(ss) = s.sessions.get_mut(&peer) else {
+                continue;
+            };
+            ss.circuits.retain(|c| *c != circ);
+            ss.silence.retain(|(c, _)| *c != circ);
+            let before = ss.flows.len();
+            ss.flows.retain(|_, (c, _)| *c != circ);
+            stats.flows_moved += (before - ss.flows.len()) as u64;
+            // The client joins new circuits; with none left it introduces itself again.
+            if ss.circuits.is_empty() && ss.pending == 0 {
+                s.sessions.remove(&peer);
+            }
         }
     }
 
@@ -503,6 +561,7 @@ impl SessionLayer {
                 chan: SessionChannel::service(&keys),
                 keys,
                 circuits: Vec::new(),
+                silence: Vec::new(),
                 pending: 0,
                 flows: HashMap::new(),
                 established: now,
@@ -608,13 +667,14 @@ impl SessionLayer {
             .and_then(|s| s.sessions.get_mut(&peer))
         {
             ss.circuits.push(id);
+            ss.silence.push((id, Silence::default()));
         }
     }
 
     pub(in crate::session) fn service_send(
         &mut self,
         ctx: &mut impl SessionCtx,
-        _now: Millis,
+        now: Millis,
         svc: usize,
         dst: [u8; 16],
         packet: &[u8],
@@ -626,14 +686,26 @@ impl SessionLayer {
             return Err(SendError::Unreachable("no session with this client".into()));
         };
         let flow = flow_of(packet, false);
+        // A flow without a circuit (new, or its circuit died) answers on the newest circuit
+        // that is not waiting for an answer (the client's packets then show the flow's own).
         let circ = flow
             .and_then(|f| ss.flows.get(&f))
             .map(|(c, _)| *c)
             .filter(|c| ss.circuits.contains(c))
+            .or_else(|| {
+                ss.silence
+                    .iter()
+                    .rev()
+                    .find(|(_, s)| !s.silent())
+                    .map(|(c, _)| *c)
+            })
             .or_else(|| ss.circuits.last().copied());
         let Some(circ) = circ else {
             return Err(SendError::Unreachable("session has no live circuit".into()));
         };
+        if let Some((_, s)) = ss.silence.iter_mut().find(|(c, _)| *c == circ) {
+            s.sent(now);
+        }
         let mut buf = [0u8; E2E_FRAME_LEN];
         let n = seal(&mut ss.chan, &E2eMessage::Packet(packet), &mut buf)
             .ok_or_else(|| SendError::Unreachable("packet does not fit a frame".into()))?;
@@ -666,6 +738,9 @@ impl SessionLayer {
             stats.frames_refused += 1;
             return;
         };
+        if let Some((_, s)) = ss.silence.iter_mut().find(|(c, _)| *c == id) {
+            s.heard();
+        }
         let Ok(msg) = E2eMessage::parse(pt) else {
             stats.frames_refused += 1;
             return;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
+use crate::session::circuits::through_suspect;
 use crate::session::client::{Join, SessCirc};
 use crate::session::ctx::SessionCtx;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
@@ -12,6 +13,7 @@ use crate::session::frame::E2E_FRAME_LEN;
 use crate::session::intro::RendHs;
 use crate::session::layer::{addr16, evict_lru, seal, Owner, SessionLayer};
 use crate::session::limits::*;
+use crate::session::silence::Silence;
 use crate::session::{E2eMessage, RendCookie, Rendezvous2};
 use crate::time::Millis;
 use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
@@ -27,6 +29,7 @@ impl SessionLayer {
         dst: [u8; 16],
         flow: Option<FlowKey>,
     ) -> Option<CircId> {
+        let suspects = &self.suspects;
         let o = self.clients.get_mut(&dst)?.open.as_mut()?;
         if let Some(f) = flow {
             if let Some((c, t)) = o.flows.get_mut(&f) {
@@ -40,12 +43,17 @@ impl SessionLayer {
         let load = |id: CircId, flows: &HashMap<FlowKey, (CircId, Millis)>| {
             flows.values().filter(|(c, _)| *c == id).count()
         };
+        // A flow whose circuit just died must not land on one through the relay that killed
+        // it (a spare that shares the dead relay is no spare): clean circuits first.
         let pick = o
             .circuits
             .iter()
-            .map(|c| (load(c.id, &o.flows), c.id))
+            .map(|c| {
+                let suspect = through_suspect(suspects, ctx, now, c.id);
+                (suspect, load(c.id, &o.flows), c.id)
+            })
             .min()
-            .map(|(_, id)| id)?;
+            .map(|(_, _, id)| id)?;
         if let Some(f) = flow {
             if o.flows.len() >= MAX_FLOWS_PER_SESSION {
                 evict_lru(&mut o.flows);
@@ -54,6 +62,33 @@ impl SessionLayer {
             self.client_keep_spare(ctx, now, dst);
         }
         Some(pick)
+    }
+
+    /// After a circuit of the session to `dst` died: its spares through a relay now suspect
+    /// are closed (they are likely dead too, and a spare nobody sends on would be found out only
+    /// when a flow lands on it), so that a replacement is joined at once.
+    pub(in crate::session) fn client_drop_suspect_spares(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Millis,
+        dst: [u8; 16],
+    ) {
+        let suspects = &self.suspects;
+        let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
+            return;
+        };
+        // Keep one circuit at least: the session lives on it until the replacement is joined.
+        while o.circuits.len() > 1 {
+            let Some(pos) = o.circuits.iter().position(|c| {
+                !o.flows.values().any(|(f, _)| *f == c.id)
+                    && through_suspect(suspects, ctx, now, c.id)
+            }) else {
+                break;
+            };
+            let id = o.circuits.remove(pos).id;
+            self.owners.remove(&id);
+            ctx.destroy(now, id);
+        }
     }
 
     /// Keeps `SESSION_SPARE_CIRCUITS` joined circuits without flows (10.8).
@@ -170,8 +205,8 @@ impl SessionLayer {
         }
         o.circuits.push(SessCirc {
             id,
-            unanswered_since: None,
-            probe: None,
+            silence: Silence::default(),
+            heard_at: now,
         });
         self.stats.joins += 1;
         self.owners.insert(id, Owner::ClientCirc { dst });
@@ -194,8 +229,11 @@ impl SessionLayer {
         let Some(n) = seal(&mut o.chan, msg, &mut buf) else {
             return false;
         };
-        if let Some(c) = o.circuits.iter_mut().find(|c| c.id == circ) {
-            c.unanswered_since.get_or_insert(now);
+        // A PONG asks for nothing back (the peer's own silence tracking waits for it).
+        if !matches!(msg, E2eMessage::Pong(_)) {
+            if let Some(c) = o.circuits.iter_mut().find(|c| c.id == circ) {
+                c.silence.sent(now);
+            }
         }
         ctx.send(circ, C::Data, buf.get(..n).unwrap_or(&[])).is_ok()
     }
@@ -224,7 +262,8 @@ impl SessionLayer {
             return;
         };
         if let Some(sc) = o.circuits.iter_mut().find(|x| x.id == id) {
-            sc.unanswered_since = None;
+            sc.silence.heard();
+            sc.heard_at = now;
         }
         let Ok(msg) = E2eMessage::parse(pt) else {
             stats.frames_refused += 1;
@@ -244,11 +283,7 @@ impl SessionLayer {
                 _ => stats.packets_refused += 1,
             },
             E2eMessage::Pong(x) => {
-                for sc in o.circuits.iter_mut() {
-                    if sc.probe.is_some_and(|(p, _)| p == x) {
-                        sc.probe = None;
-                    }
-                }
+                // A probe's PONG ended the silence above; the node hears only its own pings.
                 if let Some((d, at)) = self.pings.remove(&x) {
                     ctx.pong(d, x, now.saturating_sub(at));
                 }

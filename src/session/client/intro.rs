@@ -16,6 +16,7 @@ use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
 use crate::session::layer::{hex8, Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::establish_rendezvous_body;
+use crate::session::silence::Silence;
 use crate::session::{
     ClientHandshake, E2eMessage, Introduce1, RendCookie, Rendezvous2, SessionChannel,
 };
@@ -398,8 +399,8 @@ impl SessionLayer {
             established: now,
             circuits: vec![SessCirc {
                 id,
-                unanswered_since: None,
-                probe: None,
+                silence: Silence::default(),
+                heard_at: now,
             }],
             flows: HashMap::new(),
             joins: Vec::new(),

@@ -18,6 +18,7 @@ use crate::session::ctx::{DhtAnswer, SessionCtx};
 use crate::session::flows::{flow_of, FlowKey};
 use crate::session::layer::{SendError, SessionLayer};
 use crate::session::limits::*;
+use crate::session::silence::{Silence, Verdict};
 use crate::session::{
     ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
 };
@@ -41,9 +42,9 @@ pub(in crate::session) struct Introduction {
 
 pub(in crate::session) struct SessCirc {
     pub(in crate::session) id: CircId,
-    /// When we first sent on it after its last answer.
-    pub(in crate::session) unanswered_since: Option<Millis>,
-    pub(in crate::session) probe: Option<(u64, Millis)>,
+    pub(in crate::session) silence: Silence,
+    /// When a frame last came back on it (or it was joined).
+    pub(in crate::session) heard_at: Millis,
 }
 
 pub(in crate::session) struct Join {
@@ -278,6 +279,17 @@ impl SessionLayer {
         }
     }
 
+    /// The revisions of the cached descriptors of `dst` (both epochs a lookup would ask for).
+    fn cached_revisions(&self, now: Millis, dst: &[u8; 16]) -> [Option<u64>; 2] {
+        let (cur, other) = epochs_to_look_up(now / 1000);
+        let rev = |e: u64| {
+            self.desc_cache
+                .get(&desc_index(dst, e))
+                .map(|(d, _)| d.revision())
+        };
+        [rev(cur), other.and_then(rev)]
+    }
+
     /// A valid cached descriptor for `dst` (current epoch first), opened.
     fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
         let now_s = now / 1000;
@@ -313,6 +325,7 @@ impl SessionLayer {
         dst: [u8; 16],
         answer: DhtAnswer<'_>,
     ) {
+        let before = self.cached_revisions(now, &dst);
         if let DhtAnswer::Records(records) = answer {
             for r in records {
                 if let Err(e) = self.cache_descriptor(ctx.budget(), now, r) {
@@ -320,13 +333,19 @@ impl SessionLayer {
                 }
             }
         }
+        let newer = self.cached_revisions(now, &dst) != before;
         let content = self.cached_content(now, &dst);
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
         };
         // A refresh (or a lookup that already timed out) has no lookup time: only the cache
-        // changed, and the outcome is consumed.
+        // changed, and the outcome is consumed. A newer descriptor ends a pause between rounds
+        // (the service replaced its intro points: the next round should not wait for nothing).
         if c.lookup.is_none() {
+            if newer && c.retry_at.is_some() {
+                tracing::debug!(at = now, "a newer descriptor: the next round starts now");
+                c.retry_at = Some(now);
+            }
             return;
         }
         c.lookup = None;
@@ -477,18 +496,32 @@ impl SessionLayer {
             // Circuits that stopped answering get an e2e PING; no PONG: dead (10.8).
             let mut probes = Vec::new();
             let mut dead = Vec::new();
+            let busy = o
+                .flows
+                .values()
+                .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
             for sc in o.circuits.iter_mut() {
-                match (sc.probe, sc.unanswered_since) {
-                    (Some((_, at)), _) if now.saturating_sub(at) >= CIRCUIT_PROBE_TIMEOUT_MS => {
-                        dead.push(sc.id)
-                    }
-                    (None, Some(t)) if now.saturating_sub(t) >= CIRCUIT_PROBE_AFTER_MS => {
+                let spare = !o.flows.values().any(|(f, _)| *f == sc.id);
+                if busy
+                    && spare
+                    && !sc.silence.silent()
+                    && now.saturating_sub(sc.heard_at) >= SPARE_WARM_MS
+                {
+                    // Its PING starts a silence like any frame sent: no answer, dead (10.8).
+                    sc.silence.sent(now);
+                    let id = self.next_ping;
+                    self.next_ping += 1;
+                    probes.push((sc.id, id));
+                    continue;
+                }
+                match sc.silence.check(now) {
+                    Verdict::Dead => dead.push(sc.id),
+                    Verdict::Probe => {
                         let id = self.next_ping;
                         self.next_ping += 1;
-                        sc.probe = Some((id, now));
                         probes.push((sc.id, id));
                     }
-                    _ => {}
+                    Verdict::Fine => {}
                 }
             }
             let expired_joins: Vec<CircId> = o
@@ -510,16 +543,10 @@ impl SessionLayer {
             }
             for id in dead {
                 self.stats.probe_failures += 1;
-                let relays: Vec<[u8; 32]> = ctx
-                    .path(id)
-                    .map(|p| p.iter().skip(1).map(|r| *r.identity()).collect())
-                    .unwrap_or_default();
-                for r in relays {
-                    self.suspects.insert(r, now + SUSPECT_MS);
-                }
-                self.owners.remove(&id);
-                ctx.destroy(now, id);
+                tracing::debug!(at = now, "session circuit silent: abandoned, flows move");
+                self.abandon_dead_circuit(ctx, now, id);
                 self.client_lost_circuit(ctx, now, dst, id);
+                self.client_drop_suspect_spares(ctx, now, dst);
             }
             if old {
                 self.client_close(ctx, now, dst);

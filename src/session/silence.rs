@@ -1,0 +1,128 @@
+//! Dead-path detection at the session (docs/protocol.md 10.8): a circuit we send on that sends
+//! nothing back is probed with an e2e PING when the silence starts, again while it lasts, and is
+//! abandoned when it lasts `CIRCUIT_DEAD_AFTER_MS`. This catches a relay death anywhere on the
+//! path (a dead middle relay sends no DESTROY; the link layer notices only its own neighbours,
+//! and only after its link timeouts), end to end, at either side of a session.
+//!
+//! Two timestamps per circuit, no allocation: the per-packet path only sets or clears them.
+
+use crate::session::limits::{CIRCUIT_DEAD_AFTER_MS, CIRCUIT_PROBE_AFTER_MS, CIRCUIT_REPROBE_MS};
+use crate::time::Millis;
+
+/// The silence of one circuit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(in crate::session) struct Silence {
+    /// When we first sent on the circuit after the last frame that came back on it.
+    since: Option<Millis>,
+    /// When the first and the latest probe of this silence went out.
+    probes: Option<(Millis, Millis)>,
+}
+
+/// What [`Silence::check`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::session) enum Verdict {
+    /// Nothing to do.
+    Fine,
+    /// Send an e2e PING on the circuit.
+    Probe,
+    /// The path is dead: abandon the circuit, move its flows.
+    Dead,
+}
+
+impl Silence {
+    /// We sent a frame on the circuit.
+    pub(in crate::session) fn sent(&mut self, now: Millis) {
+        if self.since.is_none() {
+            self.since = Some(now);
+        }
+    }
+
+    /// An authenticated end-to-end frame arrived on the circuit (any frame, not only the PONG:
+    /// a lost PONG on a circuit that carries traffic back must not kill it).
+    pub(in crate::session) fn heard(&mut self) {
+        *self = Silence::default();
+    }
+
+    /// Whether we are waiting for an answer on the circuit.
+    pub(in crate::session) fn silent(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Runs the timer. Dead only once a probe had `CIRCUIT_REPROBE_MS` to come back, so a node
+    /// driven late (a stalled process) probes before it gives up on a circuit.
+    pub(in crate::session) fn check(&mut self, now: Millis) -> Verdict {
+        let Some(since) = self.since else {
+            return Verdict::Fine;
+        };
+        let quiet = now.saturating_sub(since);
+        match self.probes {
+            Some((first, _))
+                if quiet >= CIRCUIT_DEAD_AFTER_MS
+                    && now.saturating_sub(first) >= CIRCUIT_REPROBE_MS =>
+            {
+                Verdict::Dead
+            }
+            Some((first, last)) if now.saturating_sub(last) >= CIRCUIT_REPROBE_MS => {
+                self.probes = Some((first, now));
+                Verdict::Probe
+            }
+            None if quiet >= CIRCUIT_PROBE_AFTER_MS => {
+                self.probes = Some((now, now));
+                Verdict::Probe
+            }
+            _ => Verdict::Fine,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_circuit_is_probed_then_dead_within_the_bound() {
+        let mut s = Silence::default();
+        assert_eq!(s.check(0), Verdict::Fine);
+        s.sent(1_000);
+        s.sent(1_100);
+        let mut probes = 0;
+        let mut dead_at = None;
+        for t in (1_000..6_000).step_by(50) {
+            match s.check(t) {
+                Verdict::Probe => probes += 1,
+                Verdict::Dead => {
+                    dead_at = Some(t);
+                    break;
+                }
+                Verdict::Fine => {}
+            }
+        }
+        let dead_at = dead_at.expect("declared dead");
+        assert_eq!(dead_at - 1_000, CIRCUIT_DEAD_AFTER_MS);
+        assert!(probes >= 2, "{probes} probes");
+    }
+
+    #[test]
+    fn any_frame_back_ends_the_silence() {
+        let mut s = Silence::default();
+        s.sent(0);
+        assert_eq!(s.check(CIRCUIT_PROBE_AFTER_MS), Verdict::Probe);
+        s.heard();
+        assert!(!s.silent());
+        for t in (0..10_000).step_by(100) {
+            assert_eq!(s.check(t), Verdict::Fine);
+        }
+        // Sending again starts a new silence from then.
+        s.sent(10_000);
+        assert_eq!(s.check(10_000 + CIRCUIT_DEAD_AFTER_MS - 1), Verdict::Probe);
+    }
+
+    #[test]
+    fn a_late_timer_probes_before_it_gives_up() {
+        let mut s = Silence::default();
+        s.sent(0);
+        assert_eq!(s.check(60_000), Verdict::Probe);
+        assert_eq!(s.check(60_000 + CIRCUIT_REPROBE_MS - 1), Verdict::Fine);
+        assert_eq!(s.check(60_000 + CIRCUIT_REPROBE_MS), Verdict::Dead);
+    }
+}
