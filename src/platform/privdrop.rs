@@ -105,10 +105,12 @@ pub fn limit_capabilities() -> Result<CapSets, PlatformError> {
         shrink_bounding()?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| perr("ambient set")(e.to_string()))?;
-    // capset only where a set holds more than it may: the packaged unit's seccomp filter refuses
-    // capset (`~@privileged`), and systemd starts us with exactly CAP_NET_ADMIN effective and
-    // permitted, and inheritable (ambient capabilities must be inheritable). An inheritable
-    // CAP_NET_ADMIN is inert once the ambient set is empty and no_new_privs is set: no child can
+    // capset only where a set holds more than it may. The packaged unit starts us with
+    // CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (port 53, bound before this) effective, permitted and
+    // inheritable (ambient capabilities must be inheritable) and lets capset through its seccomp
+    // filter for this drop. A unit without capset (a local drop-in back to CAP_NET_ADMIN alone and
+    // `~@privileged`) still starts: then nothing here needs capset. An inheritable CAP_NET_ADMIN
+    // left that way is inert once the ambient set is empty and no_new_privs is set: no child can
     // gain it.
     let read = |set| caps::read(None, set).map_err(|e| perr("reading caps")(e.to_string()));
     let only_kept = |s: &CapsHashSet| s.iter().all(|c| *c == KEPT_CAPABILITY);
@@ -245,8 +247,8 @@ mod tests {
             bounding: set(&[KEPT_CAPABILITY]),
         };
         good.check(true).unwrap();
-        // As systemd starts the packaged unit: the ambient capability is also inheritable, which
-        // is inert once ambient is empty (and capset is refused by the unit's filter).
+        // As systemd starts a unit granting CAP_NET_ADMIN alone with capset filtered out: the
+        // ambient capability is also inheritable, which is inert once ambient is empty.
         CapSets {
             inheritable: set(&[KEPT_CAPABILITY]),
             ..good.clone()

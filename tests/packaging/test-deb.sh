@@ -11,11 +11,14 @@
 # whatever the test installs is purged on exit, also on failure.
 #
 # Besides the static checks it runs the installed daemon once the way the unit
-# does (user globalnet, ambient CAP_NET_ADMIN only, no new privileges,
-# NOTIFY_SOCKET + WATCHDOG_USEC) inside a throw-away network namespace, and
-# under strace when available, to catch anything the unit's sandbox would
-# refuse (system calls outside the filter, writes outside the writable
-# directories, devices other than /dev/net/tun, other socket families).
+# does (user globalnet, the unit's ambient and bounding capabilities, no new
+# privileges, NOTIFY_SOCKET + WATCHDOG_USEC) inside a throw-away network
+# namespace, and under strace when available, to catch anything the unit's
+# sandbox would refuse (system calls outside the filter, writes outside the
+# writable directories, devices other than /dev/net/tun, other socket
+# families). It asks the daemon's DNS server on port 53 of gn0's address for
+# the node's key name, and checks that after set-up every thread holds
+# CAP_NET_ADMIN alone (nothing inheritable or ambient).
 set -euo pipefail
 
 MAX_EXPOSURE=2.5
@@ -57,6 +60,26 @@ import ipaddress, sys
 want = ipaddress.IPv6Address(sys.argv[1])
 have = [ipaddress.IPv6Interface(l.split()[3]).ip for l in sys.stdin if " inet6 " in l]
 sys.exit(0 if want in have else 1)' "$2"
+}
+
+# caps_after_setup PID: in every thread of PID, effective = permitted = CAP_NET_ADMIN, inheritable
+# and ambient empty, no_new_privs set (docs/decisions.md, "Capabilities after set-up").
+caps_after_setup() {
+    python3 - "$1" <<'EOF'
+import glob, sys
+NET_ADMIN = 1 << 12
+want = {"CapEff": NET_ADMIN, "CapPrm": NET_ADMIN, "CapInh": 0, "CapAmb": 0}
+tasks = sorted(glob.glob(f"/proc/{sys.argv[1]}/task/*/status"))
+bad = []
+for t in tasks:
+    f = {k: v.strip() for k, _, v in (l.partition(":") for l in open(t))}
+    bad += [f"{t}: {k}={f[k]}" for k, w in want.items() if int(f[k], 16) != w]
+    if f["NoNewPrivs"] != "1":
+        bad.append(f"{t}: NoNewPrivs={f['NoNewPrivs']}")
+print(f"{len(tasks)} threads checked")
+print("\n".join(bad))
+sys.exit(1 if bad or not tasks else 0)
+EOF
 }
 
 package_state() { dpkg-query -W -f='${db:Status-Status}' globalnet 2>/dev/null || true; }
@@ -237,13 +260,21 @@ else
     bad "systemd-analyze security exposure '${exposure:-?}' > $MAX_EXPOSURE"
     printf '%s\n' "$security" | grep '✗' | sed 's/^/        /'
 fi
-for directive in "Type=notify" "WatchdogSec=" "User=globalnet" "AmbientCapabilities=CAP_NET_ADMIN" \
-                 "CapabilityBoundingSet=CAP_NET_ADMIN" "ExecStart=/usr/bin/globalnet daemon --config /etc/globalnet/config.toml"; do
+for directive in "Type=notify" "WatchdogSec=" "User=globalnet" \
+                 "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE" \
+                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE" \
+                 "SystemCallFilter=capset" "ExecStart=/usr/bin/globalnet daemon --config /etc/globalnet/config.toml"; do
     check "unit has $directive" grep -q "^$directive" "$UNIT"
 done
 
 # --- the daemon as the unit runs it ---------------------------------------------------
-log "daemon as user globalnet with only CAP_NET_ADMIN, in a scratch network namespace"
+# The unit's capabilities as setpriv takes them: "CAP_NET_ADMIN CAP_NET_BIND_SERVICE" -> "+net_admin,+net_bind_service".
+unit_caps() {
+    sed -n "s/^$1=//p" "$UNIT" | tr ' ' '\n' | grep . | tr 'A-Z' 'a-z' | sed 's/^cap_/+/' | paste -sd,
+}
+ambient_caps=$(unit_caps AmbientCapabilities)
+bounding_caps=$(unit_caps CapabilityBoundingSet)
+log "daemon as user globalnet with the unit's capabilities (${ambient_caps//+/}), in a scratch network namespace"
 # Paths in a scratch directory so nothing collides with a real node.
 rt="$work/run"; st="$work/state"; mkdir -p "$rt" "$st"
 chown globalnet:globalnet "$rt" "$st"; chmod 0750 "$rt"; chmod 0700 "$st"
@@ -253,6 +284,47 @@ sed -E -e "s|^state_dir[[:space:]]*=.*|state_dir = \"$st\"|" \
        -e 's|^listen[[:space:]]*=.*|listen = ["127.0.0.1:7412"]|' \
        /etc/globalnet/config.toml > "$work/config.toml"
 chmod 0644 "$work/config.toml"
+
+key_name=$(globalnet address --name --state-dir "$st" 2>&1 | tail -1 || true)
+# ask.py SERVER NAME RCODE [ADDRESS]: one AAAA query to [SERVER]:53; the answer must come from there
+# with RCODE and, when ADDRESS is given, exactly that one address.
+cat > "$work/ask.py" <<'EOF'
+import ipaddress, random, socket, struct, sys
+server, name, rcode = sys.argv[1], sys.argv[2], sys.argv[3]
+want = [ipaddress.IPv6Address(a) for a in sys.argv[4:]]
+codes = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+qid = random.randrange(1 << 16)
+def labels(n):
+    return b"".join(bytes([len(l)]) + l.encode() for l in n.split(".") if l) + b"\0"
+q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + labels(name) + struct.pack(">HH", 28, 1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, (server, 53))
+r, peer = s.recvfrom(4096)
+rid, flags, qd, an, _, _ = struct.unpack(">HHHHHH", r[:12])
+def skip(i):
+    while r[i]:
+        if r[i] & 0xC0 == 0xC0:
+            return i + 2
+        i += 1 + r[i]
+    return i + 1
+i = 12
+for _ in range(qd):
+    i = skip(i) + 4
+got = []
+for _ in range(an):
+    i = skip(i)
+    typ, _, _, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+    i += 10
+    if typ == 28:
+        got.append(ipaddress.IPv6Address(r[i:i + rdlen]))
+    i += rdlen
+have = codes.get(flags & 0xF, str(flags & 0xF))
+print(f"{name}: from [{peer[0]}]:{peer[1]}: {have}, AAAA {[str(a) for a in got]}")
+ok = (rid == qid and flags & 0x8000 and ipaddress.IPv6Address(peer[0]) == ipaddress.IPv6Address(server)
+      and peer[1] == 53 and have == rcode and (not want or got == want))
+sys.exit(0 if ok else 1)
+EOF
 
 # A stand-in for systemd's notify socket: records every datagram.
 cat > "$work/notify.py" <<'EOF'
@@ -305,7 +377,7 @@ NOTIFY_SOCKET="$work/notify.sock" WATCHDOG_USEC=2000000 GLOBALNET_LOG=info \
 unshare --net --mount --propagation private -- bash "$work/sandbox.sh" "$work" "${tracer[@]+"${tracer[@]}"}" \
     sh -c 'WATCHDOG_PID=$$; export WATCHDOG_PID; exec "$@"' sh \
     setpriv --reuid globalnet --regid globalnet --init-groups \
-            --inh-caps -all,+net_admin --ambient-caps -all,+net_admin --bounding-set -all,+net_admin \
+            --inh-caps "-all,$ambient_caps" --ambient-caps "-all,$ambient_caps" --bounding-set "-all,$bounding_caps" \
             --no-new-privs \
     /usr/bin/globalnet daemon --config "$work/config.toml" >> "$work/daemon.log" 2>&1 &
 daemon_pid=$!
@@ -337,6 +409,14 @@ if grep -q 'READY=1' "$work/notify.log" 2>/dev/null && [ -n "$gn_pid" ]; then
     check "gn0 exists in the daemon's namespace" \
         nsenter --net="/proc/$gn_pid/ns/net" ip link show gn0
     check "gn0 carries the node's address" gn0_has_address "$gn_pid" "$address"
+    # DNS on port 53 of gn0's address: needs CAP_NET_BIND_SERVICE during set-up, which the
+    # daemon must have shed by now.
+    check "DNS on [$address]:53 answers the node's key name with its address" \
+        nsenter --net="/proc/$gn_pid/ns/net" python3 "$work/ask.py" "$address" "$key_name" NOERROR "$address"
+    check "DNS on [$address]:53 refuses a name outside gn.alt" \
+        nsenter --net="/proc/$gn_pid/ns/net" python3 "$work/ask.py" "$address" debian.org REFUSED
+    check "after set-up every thread holds CAP_NET_ADMIN alone (effective, permitted; inheritable, ambient empty; no_new_privs)" \
+        caps_after_setup "$gn_pid"
     kill -TERM "$gn_pid"
     rc=0; wait "$daemon_pid" || rc=$?
     daemon_pid=""
