@@ -595,10 +595,20 @@ fn run_flow(
     got
 }
 
-#[test]
-fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
+/// A network with a service and a client whose UDP flow has run for 10 s (checked).
+struct BusyFlow {
+    w: World,
+    svc: usize,
+    cli: usize,
+    s_addr: [u8; 16],
+    me: [u8; 16],
+    seq: u32,
+    flow: FlowKey,
+}
+
+fn busy_flow(seed: u64) -> BusyFlow {
     init_log();
-    let mut w = World::new(24, 17);
+    let mut w = World::new(24, seed);
     let svc = w.add_host();
     let cli = w.add_host();
     w.sim.run_for(30_000);
@@ -616,6 +626,28 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
     assert!(got.len() >= 80, "flow runs: {} echoes", got.len());
     let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+    BusyFlow {
+        w,
+        svc,
+        cli,
+        s_addr,
+        me,
+        seq,
+        flow,
+    }
+}
+
+#[test]
+fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
+    let BusyFlow {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+        mut seq,
+        flow,
+    } = busy_flow(17);
     let guards: Vec<[u8; 32]> = w.sim.nodes[cli]
         .node
         .guards()
@@ -844,25 +876,15 @@ fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
 /// 4 to 8 s (the neighbours' link timeouts, then a 5 s probe plus a 3 s wait).
 #[test]
 fn two_relay_deaths_on_a_busy_path_each_stall_the_flow_under_3_5_s() {
-    init_log();
-    let mut w = World::new(24, 31);
-    let svc = w.add_host();
-    let cli = w.add_host();
-    w.sim.run_for(30_000);
-    w.publish(svc, SERVICE_SEED, &[cli]);
-    let s_addr = service_addr(&SERVICE_SEED);
-    w.sim.nodes[cli]
-        .node
-        .set_client_identity(CLIENT_SEED, Vec::new());
-    let me = w.sim.nodes[cli]
-        .node
-        .pseudonym_for(s_addr)
-        .unwrap()
-        .octets();
-    let mut seq = 0u32;
-    let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
-    assert!(got.len() >= 80, "flow runs: {} echoes", got.len());
-    let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+    let BusyFlow {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+        mut seq,
+        flow,
+    } = busy_flow(31);
     let mut stalls = Vec::new();
     for round in 0..2 {
         let circ = w.sim.nodes[cli].node.flow_circuit(s_addr, &flow).unwrap();
