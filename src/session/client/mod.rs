@@ -406,22 +406,6 @@ impl SessionLayer {
                 let _ = self.client_session(ctx, now, dst, pseudonym);
             }
         } else {
-            // One path died: the others may share its fault (the guard, a relay). Each one not
-            // heard from lately gets a PING now, starting its silence: if all died, the session
-            // knows within CIRCUIT_DEAD_AFTER_MS of this death and introduces again (10.8).
-            let mut probes: [Option<(CircId, u64)>; MAX_SESSION_CIRCUITS] =
-                [None; MAX_SESSION_CIRCUITS];
-            for (sc, slot) in o.circuits.iter_mut().zip(probes.iter_mut()) {
-                if !sc.silence.silent() && now.saturating_sub(sc.heard_at) >= CIRCUIT_PROBE_AFTER_MS
-                {
-                    sc.silence.sent(now);
-                    *slot = Some((sc.id, self.next_ping));
-                    self.next_ping += 1;
-                }
-            }
-            for (circ, ping) in probes.into_iter().flatten() {
-                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(ping));
-            }
             self.client_keep_spare(ctx, now, dst);
         }
     }
