@@ -49,6 +49,8 @@ pub(super) struct NodeState {
     pub(super) commands: mpsc::Sender<Command>,
     /// The petnames, read at start.
     pub(super) petnames: names::Petnames,
+    /// The services hosted.
+    pub(super) hosted: Vec<super::hosted::Hosted>,
 }
 
 impl From<&PeerInfo> for PeerAnswer {
@@ -292,37 +294,23 @@ impl NodeState {
         }
     }
 
-    /// The services the node hosts, with the ports `[expose]` opens on the node's own address.
-    /// The default service is listed as soon as `[expose]` lists ports, published or not yet.
+    /// The services the node hosts, with the ports open on each one's address. A configured
+    /// service is listed at once, published or not yet.
     pub(super) fn services(&self, hosted: &[ServiceInfo]) -> Vec<ServiceAnswer> {
-        let expose = &self.config.expose;
-        let exposes = !expose.tcp.is_empty() || !expose.udp.is_empty();
-        let mut out: Vec<ServiceAnswer> = hosted
+        self.hosted
             .iter()
-            .map(|s| {
-                let own = s.address == self.address;
+            .map(|h| {
+                let s = hosted.iter().find(|s| s.address == h.address);
                 ServiceAnswer {
-                    address: s.address.to_string(),
-                    tcp: if own { expose.tcp.clone() } else { Vec::new() },
-                    udp: if own { expose.udp.clone() } else { Vec::new() },
-                    intro_points: s.intro_points.clone(),
-                    descriptor_age_s: s.descriptor_age_s,
-                    published: s.descriptor_age_s.is_some(),
-                    sessions: s.sessions,
+                    address: h.address.to_string(),
+                    tcp: h.tcp.clone(),
+                    udp: h.udp.clone(),
+                    intro_points: s.map(|s| s.intro_points.clone()).unwrap_or_default(),
+                    descriptor_age_s: s.and_then(|s| s.descriptor_age_s),
+                    published: s.is_some_and(|s| s.descriptor_age_s.is_some()),
+                    sessions: s.map_or(0, |s| s.sessions),
                 }
             })
-            .collect();
-        if exposes && !hosted.iter().any(|s| s.address == self.address) {
-            out.push(ServiceAnswer {
-                address: self.address.to_string(),
-                tcp: expose.tcp.clone(),
-                udp: expose.udp.clone(),
-                intro_points: Vec::new(),
-                descriptor_age_s: None,
-                published: false,
-                sessions: 0,
-            });
-        }
-        out
+            .collect()
     }
 }

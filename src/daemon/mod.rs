@@ -112,6 +112,7 @@ fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
 mod answers;
 mod dns;
 pub mod guard_file;
+mod hosted;
 mod io;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
@@ -225,6 +226,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         budget: budget.clone(),
         commands: commands_tx.clone(),
         petnames,
+        hosted: hosted::from_config(&config, address),
     });
     let clock = Clock::new();
     let link_cfg = LinkConfig {
@@ -299,7 +301,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             .map(|a| a.octets())
             .collect(),
     );
-    if !config.expose.tcp.is_empty() || !config.expose.udp.is_empty() {
+    if !state.hosted.is_empty() {
         node.add_service(clock.now(), *service_seed);
     }
     drop(service_seed);
