@@ -14,6 +14,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+pub mod services;
+pub use services::ServiceConfig;
+
 /// Where the daemon looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/globalnet/config.toml";
 /// Default state directory (keys and caches).
@@ -46,6 +49,8 @@ pub struct Config {
     pub paths: PathsConfig,
     /// Local services reachable over the overlay.
     pub expose: ExposeConfig,
+    /// Named services besides `[expose]`'s (`[[service]]`).
+    pub services: Vec<ServiceConfig>,
     /// Resource limits.
     pub limits: LimitsConfig,
     /// How this node appears to the services it visits.
@@ -109,7 +114,7 @@ pub struct NetworkConfig {
     pub advertise: Vec<SocketAddr>,
     /// Peers to start from.
     pub bootstrap: Vec<PeerAddr>,
-    /// Relay for others; `None` means the default (true unless `[expose]` lists ports).
+    /// Relay for others; `None` means the default (true unless the node hosts services).
     pub relay: Option<bool>,
     /// Links to relays to keep.
     pub links: u32,
@@ -204,6 +209,7 @@ impl Default for Config {
                 ipv6_subnet_family_prefix: 32,
             },
             expose: ExposeConfig::default(),
+            services: Vec::new(),
             limits: LimitsConfig {
                 memory_budget_mb: 256,
                 max_links: 1024,
@@ -215,12 +221,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Whether this node relays for others: the explicit setting, else true unless it exposes
+    /// Whether this node relays for others: the explicit setting, else true unless it hosts
     /// services (a relay's uptime is public and would be linkable to its services').
     pub fn relay_enabled(&self) -> bool {
-        self.network
-            .relay
-            .unwrap_or(self.expose.tcp.is_empty() && self.expose.udp.is_empty())
+        self.network.relay.unwrap_or(!self.hosts_services())
+    }
+
+    /// Whether `[expose]` lists ports or a `[[service]]` is configured.
+    pub fn hosts_services(&self) -> bool {
+        !self.expose.tcp.is_empty() || !self.expose.udp.is_empty() || !self.services.is_empty()
     }
 
     /// Every petname: the config's `[names] local` list, then the names file. Read at start and
@@ -396,6 +405,7 @@ impl Config {
                 c.expose.udp = ports(&list, "expose.udp", &err)?;
             }
         }
+        c.services = services::parse(raw.service.unwrap_or_default(), &err)?;
         if let Some(client) = raw.client {
             if let Some(list) = client.real_identity {
                 for item in list {
@@ -604,6 +614,7 @@ struct RawConfig {
     network: Option<RawNetwork>,
     paths: Option<RawPaths>,
     expose: Option<RawExpose>,
+    service: Option<Vec<services::RawService>>,
     limits: Option<RawLimits>,
     client: Option<RawClient>,
     names: Option<RawNames>,
