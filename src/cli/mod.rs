@@ -286,7 +286,7 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Daemon(args) => {
             let c = load_config(&args.config)?;
-            crate::daemon::run(c).map_err(|e| Failure::Runtime(e.to_string()))
+            crate::daemon::run(c, args.config.clone()).map_err(|e| Failure::Runtime(e.to_string()))
         }
         Command::Status(q) => query(&q, Cmd::Status, print_status),
         Command::Peers(q) => query(&q, Cmd::Peers, |l: &Vec<_>| print_peers(l)),

@@ -195,6 +195,8 @@ pub struct StatusAnswer {
     pub sessions: usize,
     /// Hosted services.
     pub services: usize,
+    /// The config's reloads.
+    pub config: ConfigStatus,
     /// Flow-layer counters.
     pub flows: FlowCounts,
     /// Seconds since the daemon started.
@@ -203,6 +205,18 @@ pub struct StatusAnswer {
     pub pid: u32,
     /// TUN counters.
     pub tun: TunCounts,
+}
+
+/// The config's reloads in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigStatus {
+    /// Reloads applied (SIGHUP).
+    pub reloads: u64,
+    /// Why the last reload was refused (the running config stays); `null` when it was applied.
+    pub reload_error: Option<String>,
+    /// Settings changed in the file that take a restart (tables or top-level keys).
+    pub restart_needed: Vec<String>,
 }
 
 /// One bootstrap peer in `status`.
@@ -379,6 +393,8 @@ pub struct CircuitAnswer {
     pub state: CircuitState,
     /// Build time, once built.
     pub build_ms: Option<u64>,
+    /// The hosted service it works for (intro, rendezvous and session circuits), by name.
+    pub service: Option<String>,
 }
 
 /// Whether a circuit is built.
@@ -406,6 +422,8 @@ impl CircuitState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServiceAnswer {
+    /// Its name: `default` for `[expose]`'s, else the `[[service]]`'s.
+    pub name: String,
     /// The service's overlay address.
     pub address: String,
     /// TCP ports open on it.
@@ -493,7 +511,7 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"id": "", "hops": 0, "purpose": "", "age_s": 0,
-                "state": "building", "build_ms": null})
+                "state": "building", "build_ms": null, "service": null})
         );
         let s: StatusAnswer = serde_json::from_str("{}").unwrap();
         assert_eq!(s, StatusAnswer::default());

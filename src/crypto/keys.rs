@@ -396,6 +396,25 @@ impl NodeKeys {
     }
 }
 
+/// Loads the key of a named service from `file` in `dir`, creating it (0600) when absent; an
+/// existing file is never changed. `true` when it was created.
+pub fn load_or_create_service_key(dir: &Path, file: &str) -> Result<(SigningKey, bool), KeyError> {
+    ensure_dir(dir)?;
+    let mut created = false;
+    if !dir.join(file).exists() {
+        let secret = SigningKey::generate(&mut OsRng).to_bytes();
+        created = create_key(dir, file, &secret, KeyKind::Ed25519)?;
+    }
+    let seed = read_key(&dir.join(file), KeyKind::Ed25519)?;
+    Ok((SigningKey::from_bytes(&seed), created))
+}
+
+/// Loads the existing key of a named service from `file` in `dir`.
+pub fn load_service_key(dir: &Path, file: &str) -> Result<SigningKey, KeyError> {
+    let seed = read_key(&dir.join(file), KeyKind::Ed25519)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
 /// The eight points of small order, `k·T8` for a generator `T8` of the torsion subgroup (for
 /// tests of [`decode_public_key`] and its callers).
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub(super) struct LinkSnapshot {
     pub(super) queue_drops: u64,
     pub(super) foreign_prefixes: Vec<String>,
     pub(super) services: Vec<ServiceInfo>,
+    /// Which service each of the services' circuits works for.
+    pub(super) circuit_services: Vec<(crate::circuit::layer::CircId, [u8; 16])>,
     pub(super) sessions: Vec<SessionInfo>,
     pub(super) bootstrap: Vec<BootstrapInfo>,
     /// Why the node has no links or no circuits, in one line.
@@ -49,8 +51,12 @@ pub(super) struct NodeState {
     pub(super) commands: mpsc::Sender<Command>,
     /// The petnames, read at start.
     pub(super) petnames: names::Petnames,
-    /// The services hosted.
-    pub(super) hosted: Vec<super::hosted::Hosted>,
+    /// The services hosted (a reload changes them).
+    pub(super) hosted: Mutex<Vec<super::hosted::Hosted>>,
+    /// How the last reload went.
+    pub(super) reload: Mutex<super::reload::ReloadState>,
+    /// The file a reload reads.
+    pub(super) config_path: PathBuf,
 }
 
 impl From<&PeerInfo> for PeerAnswer {
@@ -84,6 +90,7 @@ impl From<&CircuitInfo> for CircuitAnswer {
                 CircuitState::Building
             },
             build_ms: c.build_ms,
+            service: None,
         }
     }
 }
@@ -188,13 +195,7 @@ impl NodeState {
         match cmd {
             Cmd::Status => to_result(&self.status(&links)),
             Cmd::Peers => to_result(&links.peers.iter().map(PeerAnswer::from).collect::<Vec<_>>()),
-            Cmd::Circuits => to_result(
-                &links
-                    .circuits
-                    .iter()
-                    .map(CircuitAnswer::from)
-                    .collect::<Vec<_>>(),
-            ),
+            Cmd::Circuits => to_result(&self.circuits(&links)),
             Cmd::Services => to_result(&self.services(&links.services)),
             Cmd::Sessions => to_result(
                 &links
@@ -270,7 +271,8 @@ impl NodeState {
                 path_error: links.path_error.clone(),
             },
             sessions: links.sessions.len(),
-            services: links.services.len(),
+            services: self.hosted.lock().map_or(0, |h| h.len()),
+            config: self.reload.lock().map(|r| r.status()).unwrap_or_default(),
             flows: FlowCounts {
                 active: links.flows,
                 to_peers: links.flow.to_peers,
@@ -294,14 +296,38 @@ impl NodeState {
         }
     }
 
+    /// Our circuits, those of a service with its name.
+    fn circuits(&self, links: &LinkSnapshot) -> Vec<CircuitAnswer> {
+        let hosted = self.hosted.lock().map(|h| h.clone()).unwrap_or_default();
+        links
+            .circuits
+            .iter()
+            .map(|c| {
+                let mut a = CircuitAnswer::from(c);
+                a.service = links
+                    .circuit_services
+                    .iter()
+                    .find(|(id, _)| *id == c.id)
+                    .and_then(|(_, svc)| {
+                        hosted
+                            .iter()
+                            .find(|h| h.address.octets() == *svc)
+                            .map(|h| h.name.clone())
+                    });
+                a
+            })
+            .collect()
+    }
+
     /// The services the node hosts, with the ports open on each one's address. A configured
     /// service is listed at once, published or not yet.
     pub(super) fn services(&self, hosted: &[ServiceInfo]) -> Vec<ServiceAnswer> {
-        self.hosted
-            .iter()
+        let list = self.hosted.lock().map(|h| h.clone()).unwrap_or_default();
+        list.iter()
             .map(|h| {
                 let s = hosted.iter().find(|s| s.address == h.address);
                 ServiceAnswer {
+                    name: h.name.clone(),
                     address: h.address.to_string(),
                     tcp: h.tcp.clone(),
                     udp: h.udp.clone(),

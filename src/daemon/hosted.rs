@@ -1,14 +1,16 @@
 //! The hidden services this node hosts, as the daemon keeps them: each one's name, overlay
 //! address and open ports. The session layer holds their keys and protocol state
 //! ([`crate::session::SessionLayer`]); the flow layer their ports; this list is what ties a
-//! name to both for the control socket.
+//! name to both for the control socket, and what a reload compares against.
 
 use std::net::Ipv6Addr;
+use zeroize::Zeroizing;
 
+use crate::config::services::DEFAULT_SERVICE;
 use crate::config::Config;
-
-/// The name `[expose]`'s service goes by.
-pub const DEFAULT_SERVICE: &str = "default";
+use crate::crypto::address_of;
+use crate::crypto::keys::load_or_create_service_key;
+use crate::flow::ServicePorts;
 
 /// One hosted service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,17 +25,66 @@ pub(super) struct Hosted {
     pub(super) udp: Vec<u16>,
 }
 
-/// The services `config` hosts; `default_address` is the address of the node's default key.
-/// The default service is hosted when `[expose]` lists ports.
-pub(super) fn from_config(config: &Config, default_address: Ipv6Addr) -> Vec<Hosted> {
+/// A named service's key seed, beside its record.
+pub(super) type Seed = Zeroizing<[u8; 32]>;
+
+/// The services `config` hosts, with the seeds of the named ones (created in `state_dir` when
+/// absent, never overwritten); `default_address` is the address of the node's default key,
+/// hosted when `[expose]` lists ports. The error says which key file and what to do.
+pub(super) fn load(
+    config: &Config,
+    default_address: Ipv6Addr,
+) -> Result<Vec<(Hosted, Option<Seed>)>, String> {
+    let mut out = Vec::new();
     let e = &config.expose;
-    if e.tcp.is_empty() && e.udp.is_empty() {
-        return Vec::new();
+    if !e.tcp.is_empty() || !e.udp.is_empty() {
+        out.push((
+            Hosted {
+                name: DEFAULT_SERVICE.into(),
+                address: default_address,
+                tcp: e.tcp.clone(),
+                udp: e.udp.clone(),
+            },
+            None,
+        ));
     }
-    vec![Hosted {
-        name: DEFAULT_SERVICE.into(),
-        address: default_address,
-        tcp: e.tcp.clone(),
-        udp: e.udp.clone(),
-    }]
+    for s in &config.services {
+        let (key, created) = load_or_create_service_key(&config.state_dir, &s.key)
+            .map_err(|e| format!("service `{}`: {e}", s.name))?;
+        let address = address_of(&key.verifying_key().to_bytes());
+        if created {
+            tracing::info!(service = %s.name, file = %s.key, "created the service's key");
+        }
+        if address == default_address || out.iter().any(|(h, _): &(Hosted, _)| h.address == address)
+        {
+            return Err(format!(
+                "service `{}`: its key {} is another service's key; give it a key file of its own",
+                s.name, s.key
+            ));
+        }
+        out.push((
+            Hosted {
+                name: s.name.clone(),
+                address,
+                tcp: s.tcp.clone(),
+                udp: s.udp.clone(),
+            },
+            Some(Zeroizing::new(key.to_bytes())),
+        ));
+    }
+    Ok(out)
+}
+
+/// The flow layer's ports of the named services (not the default one: its ports are the node
+/// address's own).
+pub(super) fn ports(hosted: &[Hosted], default_address: Ipv6Addr) -> Vec<ServicePorts> {
+    hosted
+        .iter()
+        .filter(|h| h.address != default_address)
+        .map(|h| ServicePorts {
+            address: h.address.octets(),
+            tcp: h.tcp.clone(),
+            udp: h.udp.clone(),
+        })
+        .collect()
 }

@@ -371,6 +371,22 @@ pub(super) async fn link_loop(
             Some(cmd) = commands.recv() => match cmd {
                 Command::Ping { dst, reply } => pings.start(&mut link, clock.now(), dst, reply),
                 Command::GuardsSaved(result) => link.guards_saved(clock.now(), result),
+                Command::Services(change) => {
+                    let now = clock.now();
+                    for a in &change.remove {
+                        link.remove_service(now, *a);
+                    }
+                    for seed in &change.add {
+                        link.add_service(now, **seed);
+                    }
+                    if change.add_default {
+                        link.add_default_service(now);
+                    }
+                    let policy = path.flow.policy_mut();
+                    policy.set_own_ports(&change.own_ports.0, &change.own_ports.1);
+                    policy.set_services(change.ports);
+                    let _ = change.done.send(());
+                }
                 Command::Resolved { name, result } => {
                     link.link.on_resolved(clock.now(), &name, result);
                 }
@@ -470,6 +486,7 @@ pub(super) async fn link_loop(
                 snap.flows = path.flow.flows();
                 snap.queue_drops = path.queue_drops;
                 snap.services = link.services_info();
+                snap.circuit_services = link.circuit_services();
                 snap.sessions = link.sessions_info();
                 snap.bootstrap = l.bootstrap_status();
                 snap.guards = link.guards().len();

@@ -83,6 +83,8 @@ enum Command {
     ForeignPrefixes(Vec<(Ipv6Addr, u8)>),
     /// The guard file was written (or not).
     GuardsSaved(Result<(), String>),
+    /// A reload changed the hosted services.
+    Services(reload::ServiceChange),
     /// A bootstrap host name resolved (or not).
     Resolved {
         name: String,
@@ -114,6 +116,7 @@ mod dns;
 pub mod guard_file;
 mod hosted;
 mod io;
+mod reload;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
 use io::AnswerTx;
@@ -123,12 +126,14 @@ use io::{link_loop, route_refresher, tun_reader, tun_writer, Pipes};
 ///
 /// Order: keys, TUN, routes, control socket (all privileged), then the privilege drop while the
 /// process has one thread, then the multi-threaded runtime.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     let (keys, created) = NodeKeys::load_or_create(&config.state_dir).map_err(ctx("keys"))?;
     if !created.0.is_empty() {
         tracing::info!(files = ?created.0, dir = %config.state_dir.display(), "created missing keys");
     }
     let address = keys.address();
+    // Named services' keys are read (and made) before the privilege drop, like the node's.
+    let hosted = hosted::load(&config, address).map_err(DaemonError)?;
     // Read before the privilege drop: the names file may be readable by root only.
     let petnames = config.petnames().map_err(|e| DaemonError(e.to_string()))?;
     tracing::info!(count = petnames.len(), file = %config.names.file.display(), "petnames");
@@ -147,6 +152,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             .map_err(ctx("set-up runtime"))?;
         rt.block_on(platform::routes::configure(&config.tun.name, address))
             .map_err(ctx("configuring the TUN device"))?;
+        let named: Vec<Ipv6Addr> = hosted
+            .iter()
+            .filter(|(_, seed)| seed.is_some())
+            .map(|(h, _)| h.address)
+            .collect();
+        rt.block_on(platform::routes::set_service_addresses(
+            &config.tun.name,
+            &named,
+            &[],
+        ))
+        .map_err(ctx("adding the services' addresses"))?;
     }
     // Only a root daemon hands the socket to the drop user; an unprivileged one (systemd's
     // User=) owns it already and may not chown.
@@ -226,7 +242,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         budget: budget.clone(),
         commands: commands_tx.clone(),
         petnames,
-        hosted: hosted::from_config(&config, address),
+        hosted: Mutex::new(hosted.iter().map(|(h, _)| h.clone()).collect()),
+        reload: Mutex::new(reload::ReloadState::default()),
+        config_path,
     });
     let clock = Clock::new();
     let link_cfg = LinkConfig {
@@ -263,7 +281,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let onion = OnionKey::from_secret(onion_secret);
     let service_seed = Zeroizing::new(keys.service.to_bytes());
     drop(keys);
-    let flow = FlowLayer::new(
+    let mut flow = FlowLayer::new(
         FlowConfig {
             address,
             client_seed: service_seed.clone(),
@@ -272,6 +290,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         },
         budget.clone(),
     );
+    let list: Vec<hosted::Hosted> = hosted.iter().map(|(h, _)| h.clone()).collect();
+    flow.policy_mut()
+        .set_services(hosted::ports(&list, address));
     // Everything random from the operating system: secrets read it afresh, choices get 256 bits.
     let link = LinkLayer::new(
         link_cfg,
@@ -301,9 +322,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             .map(|a| a.octets())
             .collect(),
     );
-    if !state.hosted.is_empty() {
-        node.add_service(clock.now(), *service_seed);
+    // Each service its own key, intro points, descriptors and circuits (docs/threat-model.md).
+    for (h, seed) in &hosted {
+        let seed = seed.as_deref().copied().unwrap_or(*service_seed);
+        tracing::info!(service = %h.name, "hosting");
+        node.add_service(clock.now(), seed);
     }
+    drop(hosted);
     drop(service_seed);
     let socket_path = config.control_socket.clone();
     if let Some(s) = dns_socket {
@@ -411,6 +436,8 @@ async fn run_async(
     let dev = Arc::new(platform::tun::into_async(dev).map_err(ctx("TUN"))?);
     let mut sigterm = signal(SignalKind::terminate()).map_err(ctx("signals"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ctx("signals"))?;
+    // Without a handler a HUP would end the daemon; it reloads the config instead.
+    let mut sighup = signal(SignalKind::hangup()).map_err(ctx("signals"))?;
 
     let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
     // TUN reader -> link task (packets from the kernel), and their buffers back.
@@ -440,7 +467,8 @@ async fn run_async(
         to_tun: to_tun_tx,
         write_bufs: write_bufs_rx,
     };
-    let link_task = tokio::spawn(link_loop(sockets, core, pipes, clock, state.clone()));
+    let mut link_task = tokio::spawn(link_loop(sockets, core, pipes, clock, state.clone()));
+    let mut tun_task = tun_task;
     let watchdog = tokio::spawn(watchdog_loop());
 
     notify(&[
@@ -454,19 +482,27 @@ async fn run_async(
         "globalnet is up"
     );
 
-    let outcome = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
-        r = tun_task => Err(DaemonError(format!("TUN task ended: {}", match r {
-            Ok(Err(e)) => e.to_string(),
-            Ok(Ok(())) => "device closed".to_string(),
-            Err(e) => e.to_string(),
-        }))),
-        r = link_task => Err(DaemonError(format!("link task ended: {}", match r {
-            Ok(Err(e)) => e.to_string(),
-            Ok(Ok(())) => "no sockets".to_string(),
-            Err(e) => e.to_string(),
-        }))),
+    let outcome = loop {
+        break tokio::select! {
+            _ = sighup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                reload::reload(&state.config_path, &state).await;
+                notify(&[sd_notify::NotifyState::Ready]);
+                continue;
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+            r = &mut tun_task => Err(DaemonError(format!("TUN task ended: {}", match r {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "device closed".to_string(),
+                Err(e) => e.to_string(),
+            }))),
+            r = &mut link_task => Err(DaemonError(format!("link task ended: {}", match r {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "no sockets".to_string(),
+                Err(e) => e.to_string(),
+            }))),
+        };
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     control_task.abort();

@@ -42,7 +42,7 @@ use crate::session::Pseudonym;
 use crate::time::{Bucket, Millis};
 use packet::{Field, IPV6_HEADER_LEN, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN};
 pub use packet::{FlowKey, Packet, PacketError, Transport};
-pub use policy::Policy;
+pub use policy::{Policy, ServicePorts};
 use reply::{
     CODE_ADDRESS_UNREACHABLE, CODE_ADMIN_PROHIBITED, ICMP_DEST_UNREACHABLE, ICMP_PACKET_TOO_BIG,
 };
@@ -268,7 +268,9 @@ impl FlowLayer {
         if !is_overlay(&dst_ip) {
             return TunVerdict::Drop(DropReason::NotOverlay);
         }
-        if src != self.own {
+        // The node's own address, or a named service's answering its visitors.
+        let service = src != self.own;
+        if service && !self.policy.is_service(&src) {
             return TunVerdict::Drop(DropReason::BadSource);
         }
         let is_error = matches!(icmp_type, Some(t) if t < 128);
@@ -295,7 +297,7 @@ impl FlowLayer {
                 let Ok(q) = packet::parse_quoted(pkt) else {
                     return TunVerdict::Drop(DropReason::IcmpError);
                 };
-                if q.src != dst || q.dst != self.own {
+                if q.src != dst || q.dst != src {
                     return TunVerdict::Drop(DropReason::IcmpError);
                 }
                 let Some(key) = q.flow_key(false) else {
@@ -315,6 +317,10 @@ impl FlowLayer {
                 if let Some(f) = self.table.get_mut(&key, now) {
                     f.touch(now, flags, true);
                     f.local
+                } else if service {
+                    // A named service answers its visitors; it never opens flows (its
+                    // address would then be tied to this node's client side).
+                    return TunVerdict::Drop(DropReason::BadSource);
                 } else {
                     // A flow our kernel opens is a client flow, under our pseudonym for the
                     // destination, even towards a peer that visits our service: otherwise a
@@ -369,7 +375,11 @@ impl FlowLayer {
         if matches!(p.transport, Transport::IcmpError { .. }) {
             return false;
         }
-        if let Some(k) = p.flow_key(true) {
+        if let Some(mut k) = p.flow_key(true) {
+            // The pending head was keyed before our source became the pseudonym.
+            if k.local != self.own && !self.policy.is_service(&k.local) {
+                k.local = self.own;
+            }
             self.pending.remove(&k);
         }
         // Quote the packet as the peer would have seen it, then turn our pseudonym back into
@@ -439,7 +449,7 @@ impl FlowLayer {
         if !self.policy.source_allowed(&p.src) {
             return SessionVerdict::Drop(DropReason::BadSource);
         }
-        let local = if p.dst == self.own {
+        let local = if p.dst == self.own || self.policy.is_service(&p.dst) {
             LocalAddress::Own
         } else if p.dst == self.address_for(&p.src) {
             LocalAddress::Pseudonym
@@ -457,6 +467,7 @@ impl FlowLayer {
                 }
                 let known = q
                     .flow_key(true)
+                    .map(|k| self.kernel_key(k, local))
                     .and_then(|k| self.table.get_mut(&k, now))
                     .is_some_and(|f| f.local == local);
                 if !known {
@@ -470,6 +481,7 @@ impl FlowLayer {
                 let Some(key) = p.flow_key(false) else {
                     return SessionVerdict::Drop(DropReason::Malformed);
                 };
+                let key = self.kernel_key(key, local);
                 let flags = tcp_flags(&p);
                 match self.table.get_mut(&key, now) {
                     Some(f) if f.local == local => {
@@ -480,8 +492,13 @@ impl FlowLayer {
                     None => {
                         let opens = match p.transport {
                             Transport::Tcp { dport, .. } | Transport::Udp { dport, .. } => {
+                                let proto = p.transport.protocol();
                                 local == LocalAddress::Own
-                                    && self.policy.exposed(p.transport.protocol(), dport)
+                                    && if p.dst == self.own {
+                                        self.policy.exposed(proto, dport)
+                                    } else {
+                                        self.policy.service_exposed(&p.dst, proto, dport)
+                                    }
                             }
                             Transport::Echo { request, .. } => {
                                 request && local == LocalAddress::Own
@@ -503,6 +520,15 @@ impl FlowLayer {
             packet::rewrite(pkt, Field::Destination, &self.own);
         }
         SessionVerdict::Deliver
+    }
+
+    /// A flow key as the peer's packet shows it, in the kernel's view: our pseudonym is the
+    /// node's own address there.
+    fn kernel_key(&self, mut key: FlowKey, local: LocalAddress) -> FlowKey {
+        if local == LocalAddress::Pseudonym {
+            key.local = self.own;
+        }
+        key
     }
 
     /// Refuses `pkt` towards its sender: RST for a SYN, ICMPv6 administratively prohibited for

@@ -128,6 +128,9 @@ pub struct Packet {
 pub struct FlowKey {
     /// TCP, UDP or ICMPv6 (echo).
     pub proto: u8,
+    /// Our address (the node's own, or a hosted service's): two services may both serve one
+    /// client on one port.
+    pub local: [u8; 16],
     /// The peer's address.
     pub remote: [u8; 16],
     /// Our port (echo: the identifier).
@@ -140,7 +143,11 @@ impl Packet {
     /// The flow this packet belongs to, `outbound` if we are its source. ICMPv6 errors have no
     /// flow of their own (they belong to the flow they quote) and other ICMPv6 messages none.
     pub fn flow_key(&self, outbound: bool) -> Option<FlowKey> {
-        let remote = if outbound { self.dst } else { self.src };
+        let (remote, local) = if outbound {
+            (self.dst, self.src)
+        } else {
+            (self.src, self.dst)
+        };
         let (proto, local_port, remote_port) = match self.transport {
             Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => {
                 let (l, r) = if outbound {
@@ -156,6 +163,7 @@ impl Packet {
         };
         Some(FlowKey {
             proto,
+            local,
             remote,
             local_port,
             remote_port,
@@ -546,6 +554,7 @@ mod tests {
             p.flow_key(true).unwrap(),
             FlowKey {
                 proto: 6,
+                local: A,
                 remote: B,
                 local_port: 40000,
                 remote_port: 22

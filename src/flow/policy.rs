@@ -18,6 +18,19 @@ pub struct Policy {
     udp: Vec<u16>,
     /// Prefixes inside fd00::/8 routed through interfaces other than the TUN: (prefix, length).
     foreign: Vec<(u128, u8)>,
+    /// The named services' addresses and their TCP and UDP ports.
+    services: Vec<ServicePorts>,
+}
+
+/// A named hosted service's address and the ports open on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicePorts {
+    /// The service's overlay address.
+    pub address: [u8; 16],
+    /// TCP ports open on it.
+    pub tcp: Vec<u16>,
+    /// UDP ports open on it.
+    pub udp: Vec<u16>,
 }
 
 impl Policy {
@@ -27,7 +40,37 @@ impl Policy {
             tcp: tcp.to_vec(),
             udp: udp.to_vec(),
             foreign: Vec::new(),
+            services: Vec::new(),
         }
+    }
+
+    /// Replaces the named services (a reload); the node's own address keeps its ports.
+    pub fn set_services(&mut self, services: Vec<ServicePorts>) {
+        self.services = services;
+    }
+
+    /// Replaces the ports of the node's own address (`[expose]`, on a reload).
+    pub fn set_own_ports(&mut self, tcp: &[u16], udp: &[u16]) {
+        self.tcp = tcp.to_vec();
+        self.udp = udp.to_vec();
+    }
+
+    /// Whether `addr` is a named service's address.
+    pub fn is_service(&self, addr: &[u8; 16]) -> bool {
+        self.services.iter().any(|s| &s.address == addr)
+    }
+
+    /// Whether `port` of protocol `proto` is open on the named service at `addr`: each service
+    /// opens its own ports only.
+    pub fn service_exposed(&self, addr: &[u8; 16], proto: u8, port: u16) -> bool {
+        self.services.iter().any(|s| {
+            &s.address == addr
+                && match proto {
+                    PROTO_TCP => s.tcp.contains(&port),
+                    PROTO_UDP => s.udp.contains(&port),
+                    _ => false,
+                }
+        })
     }
 
     /// Whether `port` of protocol `proto` is exposed.
@@ -93,6 +136,28 @@ mod tests {
         assert!(p.exposed(PROTO_TCP, 22) && p.exposed(PROTO_UDP, 53));
         assert!(!p.exposed(PROTO_TCP, 53) && !p.exposed(PROTO_UDP, 22) && !p.exposed(58, 0));
         assert!(!Policy::default().exposed(PROTO_TCP, 22));
+    }
+
+    #[test]
+    fn each_service_opens_its_own_ports() {
+        let mut p = Policy::new(&[22], &[]);
+        let (a, b) = ([0xfd; 16], [0xfe; 16]);
+        p.set_services(vec![
+            ServicePorts {
+                address: a,
+                tcp: vec![80],
+                udp: vec![],
+            },
+            ServicePorts {
+                address: b,
+                tcp: vec![],
+                udp: vec![53],
+            },
+        ]);
+        assert!(p.is_service(&a) && p.is_service(&b) && !p.is_service(&[1; 16]));
+        assert!(p.service_exposed(&a, PROTO_TCP, 80) && p.service_exposed(&b, PROTO_UDP, 53));
+        assert!(!p.service_exposed(&b, PROTO_TCP, 80) && !p.service_exposed(&a, PROTO_UDP, 53));
+        assert!(!p.service_exposed(&a, PROTO_TCP, 22) && !p.exposed(PROTO_TCP, 80));
     }
 
     #[test]

@@ -268,6 +268,7 @@ mod tests {
         remote[15] = peer;
         FlowKey {
             proto,
+            local: [0xfd; 16],
             remote,
             local_port: port,
             remote_port: 80,

@@ -581,3 +581,68 @@ proptest::proptest! {
         }
     }
 }
+
+/// Named services on one node: each address opens its own ports only, answers its visitors
+/// from its own address, never opens flows, and one client port may reach two services.
+#[test]
+fn named_services_open_only_their_own_ports() {
+    let (mut svc, own) = layer(1, &[22], &[]);
+    let (a, b, c) = (
+        [0xfd, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfd, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
+    svc.policy_mut().set_services(vec![
+        ServicePorts {
+            address: a,
+            tcp: vec![80],
+            udp: vec![],
+        },
+        ServicePorts {
+            address: b,
+            tcp: vec![80, 443],
+            udp: vec![],
+        },
+    ]);
+    let mut out = Vec::new();
+    let mut verdict = |svc: &mut FlowLayer, dst: [u8; 16], sport: u16, dport: u16| {
+        let mut p = tcp(c, dst, sport, dport, true, false);
+        svc.on_session_packet(NOW, &mut p, &mut out)
+    };
+    assert_eq!(verdict(&mut svc, a, 5000, 80), SessionVerdict::Deliver);
+    assert_eq!(verdict(&mut svc, b, 5000, 80), SessionVerdict::Deliver);
+    assert_eq!(verdict(&mut svc, b, 5001, 443), SessionVerdict::Deliver);
+    for (dst, port) in [(a, 443), (a, 22), (own, 80), (b, 22)] {
+        assert_eq!(
+            verdict(&mut svc, dst, 5002, port),
+            SessionVerdict::Refuse { dst: c },
+            "{port}"
+        );
+    }
+    assert_eq!(svc.flows(), 3);
+    // The answer leaves from the service's address, unchanged.
+    let mut synack = tcp(a, c, 80, 5000, true, true);
+    assert_eq!(
+        svc.on_tun_packet(NOW, &mut synack, &mut out),
+        TunVerdict::Send { dst: c }
+    );
+    assert_eq!(synack[8..24], a);
+    // A service's address opens nothing, and an address we do not host sends nothing.
+    let mut open = tcp(a, c, 6000, 22, true, false);
+    assert_eq!(
+        svc.on_tun_packet(NOW, &mut open, &mut out),
+        TunVerdict::Drop(DropReason::BadSource)
+    );
+    let mut stranger = tcp(
+        [0xfd, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        c,
+        80,
+        5000,
+        true,
+        true,
+    );
+    assert_eq!(
+        svc.on_tun_packet(NOW, &mut stranger, &mut out),
+        TunVerdict::Drop(DropReason::BadSource)
+    );
+}

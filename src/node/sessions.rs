@@ -230,6 +230,26 @@ impl Node {
         self.pump(now);
     }
 
+    /// Hosts the default service (the client identity's key) as well, e.g. after a reload.
+    pub fn add_default_service(&mut self, now: Millis) {
+        if let Some(seed) = self.sess.client_seed() {
+            self.add_service(now, seed);
+        }
+    }
+
+    /// Stops hosting the service at `address`; the other services keep their circuits and
+    /// sessions.
+    pub fn remove_service(&mut self, now: Millis, address: [u8; 16]) {
+        if self.with_sessions(now, |s, ctx| s.remove_service(ctx, now, address)) {
+            self.pump(now);
+        }
+    }
+
+    /// Which service each of the services' circuits works for.
+    pub fn circuit_services(&self) -> Vec<(CircId, [u8; 16])> {
+        self.sess.circuit_services()
+    }
+
     /// Sets the node's own service seed, from which per-destination pseudonyms are derived
     /// (10.1); destinations in `real_identity_for` see the real identity instead.
     pub fn set_client_identity(&mut self, seed: [u8; 32], real_identity_for: Vec<[u8; 16]>) {

@@ -145,3 +145,63 @@ pub async fn prefixes_elsewhere(ifname: &str) -> Result<Vec<(Ipv6Addr, u8)>, Pla
     conn_task.abort();
     result
 }
+
+/// Puts the hosted services' addresses on `ifname` (each a /128 without DAD) and takes those in
+/// `remove` off. The node's own address stays the fd00::/8 route's preferred source, so the
+/// kernel never picks a service's address for this node's own outgoing flows: a service
+/// answers its visitors, it never opens flows.
+pub async fn set_service_addresses(
+    ifname: &str,
+    add: &[Ipv6Addr],
+    remove: &[Ipv6Addr],
+) -> Result<(), PlatformError> {
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
+    let conn_task = tokio::spawn(conn);
+    let result = async {
+        let index = handle
+            .link()
+            .get()
+            .match_name(ifname.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("looking up the TUN device"))?
+            .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))?
+            .header
+            .index;
+        for a in add {
+            let mut req = handle.address().add(index, (*a).into(), 128).replace();
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.execute()
+                .await
+                .map_err(nl("adding a service's address"))?;
+        }
+        for a in remove {
+            let mut found = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter((*a).into())
+                .execute();
+            while let Some(msg) = found
+                .try_next()
+                .await
+                .map_err(nl("listing the TUN device's addresses"))?
+            {
+                handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(nl("removing a service's address"))?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    conn_task.abort();
+    result
+}

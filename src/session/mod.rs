@@ -21,6 +21,7 @@
 //! | `circuits`      | paths, vanguards, suspects, stems, pool circuits for sessions          |
 //! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
 //! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
+//! | `hosting`       | taking one hosted service down while the others run; which circuits serve which service |
 //! | `silence`       | dead-path detection: per-circuit silence, probes, the verdict (10.8)  |
 //! | `client`        | sessions to services we visit: setup, descriptor cache, timers; `client::intro` (introductions), `client::flows` (flows, spares, JOIN, e2e frames) |
 //!
@@ -35,6 +36,7 @@ mod dispatch;
 pub mod flows;
 pub mod frame;
 pub mod handshake;
+mod hosting;
 pub mod intro;
 pub mod layer;
 pub mod limits;
