@@ -253,3 +253,49 @@ fn name_claim_show_release() {
         Some(1)
     );
 }
+
+#[test]
+fn keygen_and_address_for_a_named_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let d = dir.to_str().unwrap();
+    let first = gn(&["keygen", "--service", "web", "--state-dir", d]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let addr = stdout(&first).trim().to_string();
+    assert!(addr.parse::<std::net::Ipv6Addr>().is_ok(), "{addr}");
+    let key = dir.join("service_web.key");
+    let before = std::fs::read(&key).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never overwritten; the address follows the key.
+    let second = gn(&["keygen", "--service", "web", "--state-dir", d]);
+    assert_eq!(stdout(&second).trim(), addr);
+    assert!(
+        stderr(&second).contains("nothing changed"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let shown = gn(&["address", "--service", "web", "--state-dir", d]);
+    assert_eq!(stdout(&shown).trim(), addr);
+    let json = gn(&["address", "--service", "web", "--json", "--state-dir", d]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (v["service"].as_str(), v["address"].as_str()),
+        (Some("web"), Some(addr.as_str()))
+    );
+    // Another service's key is another address; a missing one says how to make it.
+    let other = gn(&["keygen", "--service", "ssh", "--state-dir", d]);
+    assert_ne!(stdout(&other).trim(), addr);
+    let missing = gn(&["address", "--service", "nope", "--state-dir", d]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("keygen --service nope"),
+        "{}",
+        stderr(&missing)
+    );
+    let bad = gn(&["keygen", "--service", "Bad/name", "--state-dir", d]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

@@ -8,12 +8,14 @@ use std::process::ExitCode;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR};
 use crate::control::proto::{
-    CircuitAnswer, PeerAnswer, PingAnswer, ResolveAnswer, ServiceAnswer, SessionAnswer,
-    StatusAnswer,
+    CircuitAnswer, PeerAnswer, PingAnswer, ResolveAnswer, SessionAnswer, StatusAnswer,
 };
 use crate::control::{self, Cmd};
 use crate::crypto::NodeKeys;
 use crate::names::KeyName;
+
+mod services;
+use services::print_services;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,14 +31,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create this node's keys if they are absent (never overwrites) and print its overlay address
+    /// Create this node's keys (or a named service's key) if absent (never overwrites) and print the address
     #[command(
-        after_help = "Examples:\n  sudo globalnet keygen\n  globalnet keygen --state-dir ./state"
+        after_help = "Examples:\n  sudo globalnet keygen\n  sudo globalnet keygen --service web\n  globalnet keygen --state-dir ./state"
     )]
-    Keygen(StateArgs),
-    /// Print this node's overlay address (the address of its default service key)
+    Keygen(KeygenArgs),
+    /// Print this node's overlay address (its default service's), or a named service's
     #[command(
-        after_help = "Examples:\n  globalnet address\n  globalnet address --name\n  globalnet address --state-dir ./state"
+        after_help = "Examples:\n  globalnet address\n  globalnet address --name\n  globalnet address --service web --json\n  globalnet address --state-dir ./state"
     )]
     Address(AddressArgs),
     /// Validate a config file and exit: 0 when valid, else the file, line, key and a hint
@@ -60,9 +62,9 @@ enum Command {
     /// List circuits (own and relayed)
     #[command(after_help = "Examples:\n  globalnet circuits\n  globalnet circuits --json")]
     Circuits(QueryArgs),
-    /// List this node's own hidden services: address, exposed ports, intro points, descriptor age
+    /// List this node's own hidden services: name, address, open ports, intro points, descriptor age, sessions
     #[command(
-        after_help = "Examples:\n  globalnet services\n  globalnet services --json\n\nA node hosts its default service when [expose] in the config lists ports; only those\nports are reachable on its address, everything else is refused."
+        after_help = "Examples:\n  globalnet services\n  globalnet services --json\n\nA node hosts its default service when [expose] in the config lists ports, and one more per\n[[service]] table; only a service's own ports are reachable on its address, everything else is\nrefused. `systemctl reload globalnet` applies changed services."
     )]
     Services(QueryArgs),
     /// List end-to-end sessions with hidden services (as client) and with their visitors (as service)
@@ -141,7 +143,25 @@ struct ResolveArgs {
 }
 
 #[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Create the key of this [[service]] instead (its `key` file, else service_NAME.key)
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[derive(Args, Debug)]
 struct AddressArgs {
+    /// The service: `default` ([expose]'s, the node's own address) or a [[service]]'s name
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Print JSON: service, address and key name
+    #[arg(long)]
+    json: bool,
     /// Print the key name (<key>.gn.alt) instead: it carries the whole service key, so a client
     /// can check the service against it
     #[arg(long)]
@@ -244,8 +264,13 @@ fn control_path(args: &QueryArgs) -> Result<PathBuf, Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Keygen(args) => {
-            let dir = state_dir(&args)?;
+        Command::Keygen(KeygenArgs {
+            service: Some(name),
+            json,
+            state,
+        }) => services::keygen(&state, &name, json),
+        Command::Keygen(KeygenArgs { json, state, .. }) => {
+            let dir = state_dir(&state)?;
             let (keys, created) =
                 NodeKeys::load_or_create(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
             for name in &created.0 {
@@ -254,8 +279,18 @@ fn run(command: Command) -> Result<(), Failure> {
             if created.0.is_empty() {
                 eprintln!("keys already present in {}; nothing changed", dir.display());
             }
-            println!("{}", keys.address());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"service": "default", "address": keys.address().to_string(), "created": created.0})
+                );
+            } else {
+                println!("{}", keys.address());
+            }
             Ok(())
+        }
+        Command::Address(args) if args.service.is_some() || args.json => {
+            services::address(&args.state, args.service.as_deref(), args.name, args.json)
         }
         Command::Address(args) => {
             let dir = state_dir(&args.state)?;
@@ -271,7 +306,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let c = load_config(&args.config)?;
             let pets = c.petnames().map_err(|e| Failure::Usage(e.to_string()))?;
             println!(
-                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?}, {} petname(s))",
+                "{}: OK (tun {} mtu {}, {} listen address(es), {} bootstrap peer(s), relay {}, exposed tcp {:?} udp {:?}, {} more service(s), {} petname(s))",
                 args.config.display(),
                 c.tun.name,
                 c.tun.mtu,
@@ -280,6 +315,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 if c.relay_enabled() { "on" } else { "off" },
                 c.expose.tcp,
                 c.expose.udp,
+                c.services.len(),
                 pets.len()
             );
             Ok(())
@@ -602,6 +638,19 @@ fn print_status(v: &StatusAnswer) -> String {
     if let Some(r) = &v.reason {
         out.push_str(&format!("{:<10} {r}\n", "why"));
     }
+    if let Some(e) = &v.config.reload_error {
+        out.push_str(&format!(
+            "{:<10} last reload refused, running the previous one: {e}\n",
+            "config"
+        ));
+    }
+    if !v.config.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "{:<10} changed, takes a restart: {}\n",
+            "config",
+            v.config.restart_needed.join(", ")
+        ));
+    }
     out
 }
 
@@ -675,45 +724,6 @@ fn print_circuits(list: &[CircuitAnswer]) -> String {
     )
 }
 
-fn print_services(list: &[ServiceAnswer]) -> String {
-    if list.is_empty() {
-        return "no services (list ports under [expose] in the config to host this node's service)\n"
-            .into();
-    }
-    let ports = |p: &[u16]| -> String {
-        if p.is_empty() {
-            "-".into()
-        } else {
-            p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
-        }
-    };
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|c| {
-            vec![
-                c.address.clone(),
-                ports(&c.tcp),
-                ports(&c.udp),
-                c.intro_points.len().to_string(),
-                c.descriptor_age_s
-                    .map_or("not published yet".into(), duration),
-                c.sessions.to_string(),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "ADDRESS",
-            "TCP",
-            "UDP",
-            "INTRO POINTS",
-            "DESCRIPTOR AGE",
-            "SESSIONS",
-        ],
-        &rows,
-    )
-}
-
 fn print_sessions(list: &[SessionAnswer]) -> String {
     if list.is_empty() {
         return "no sessions\n".into();
@@ -749,6 +759,7 @@ fn print_sessions(list: &[SessionAnswer]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::proto::ServiceAnswer;
     use clap::CommandFactory;
 
     #[test]
@@ -771,7 +782,7 @@ mod tests {
     #[test]
     fn services_table() {
         let v: Vec<ServiceAnswer> = serde_json::from_value(serde_json::json!([{
-            "address": "fd00::1", "tcp": [22, 80], "udp": [],
+            "name": "default", "address": "fd00::1", "tcp": [22, 80], "udp": [],
             "intro_points": ["a", "b", "c"], "descriptor_age_s": 75
         }, {
             "address": "fd00::2", "tcp": [], "udp": [53],
@@ -780,11 +791,12 @@ mod tests {
         .unwrap();
         let t = print_services(&v);
         assert!(
-            t.contains("fd00::1  22,80  -    3             1m 15s"),
+            t.contains("default  fd00::1  22,80  -    3             1m 15s"),
             "{t}"
         );
         assert!(t.contains("not published yet"), "{t}");
-        assert!(print_services(&[]).contains("[expose]"));
+        assert!(t.contains("\n-        fd00::2"), "{t}");
+        assert!(print_services(&[]).contains("[[service]]"));
     }
 
     #[test]
