@@ -11,6 +11,7 @@ mod dht;
 mod foundation;
 mod hostile;
 mod links;
+mod multiservice;
 mod names;
 mod nat;
 mod services;

@@ -263,7 +263,9 @@ fi
 for directive in "Type=notify" "WatchdogSec=" "User=globalnet" \
                  "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE" \
                  "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE" \
-                 "SystemCallFilter=capset" "ExecStart=/usr/bin/globalnet daemon --config /etc/globalnet/config.toml"; do
+                 "SystemCallFilter=capset" "ExecStart=/usr/bin/globalnet daemon --config /etc/globalnet/config.toml" \
+                 "ExecReload=/usr/bin/globalnet check --config /etc/globalnet/config.toml" \
+                 "ExecReload=/bin/kill -HUP \$MAINPID"; do
     check "unit has $directive" grep -q "^$directive" "$UNIT"
 done
 
@@ -415,6 +417,20 @@ if grep -q 'READY=1' "$work/notify.log" 2>/dev/null && [ -n "$gn_pid" ]; then
         nsenter --net="/proc/$gn_pid/ns/net" python3 "$work/ask.py" "$address" "$key_name" NOERROR "$address"
     check "DNS on [$address]:53 refuses a name outside gn.alt" \
         nsenter --net="/proc/$gn_pid/ns/net" python3 "$work/ask.py" "$address" debian.org REFUSED
+    # SIGHUP (what ExecReload= sends) reloads instead of ending the daemon. The shipped config
+    # relays, so a [[service]] added by a reload would turn relaying off: that takes a restart,
+    # and the reload is refused with the running config kept and the reason in `status`.
+    cp "$work/config.toml" "$work/config.toml.orig"
+    printf '\n[[service]]\nname = "web"\ntcp = [80]\n' >> "$work/config.toml"
+    kill -HUP "$gn_pid"
+    check "SIGHUP: the daemon keeps running and refuses a reload that would stop relaying" \
+        bash -c "for _ in \$(seq 50); do globalnet status --json --control '$rt/control.sock' | python3 -c 'import json,sys; d=json.load(sys.stdin); e=d[\"config\"][\"reload_error\"]; assert e and \"relaying\" in e, d[\"config\"]' && kill -0 $gn_pid && exit 0; sleep 0.2; done; exit 1"
+    check "the refused reload hosts nothing new" \
+        bash -c "globalnet services --json --control '$rt/control.sock' | python3 -c 'import json,sys; assert not any(s[\"name\"] == \"web\" for s in json.load(sys.stdin))'"
+    cp "$work/config.toml.orig" "$work/config.toml"
+    kill -HUP "$gn_pid"
+    check "SIGHUP with the running config: applied, reload error cleared" \
+        bash -c "for _ in \$(seq 50); do globalnet status --json --control '$rt/control.sock' | python3 -c 'import json,sys; c=json.load(sys.stdin)[\"config\"]; assert c[\"reload_error\"] is None and c[\"reloads\"] == 1, c' && exit 0; sleep 0.2; done; exit 1"
     check "after set-up every thread holds CAP_NET_ADMIN alone (effective, permitted; inheritable, ambient empty; no_new_privs)" \
         caps_after_setup "$gn_pid"
     kill -TERM "$gn_pid"
