@@ -266,7 +266,7 @@ impl DhtClient {
         self.next_token += 1;
         self.stats.queries += 1;
         if let DhtQuery::Publish { kind, record } = &query {
-            if record.len() != kind.record_len() {
+            if !kind.len_ok(record.len()) {
                 self.finish(
                     ctx,
                     now,

@@ -444,7 +444,7 @@ impl DhtHost {
                     body: ReplyBody::FindValue {
                         seq_no: 0,
                         total: 1,
-                        record: vec![0xAA; RecordKind::Relay.record_len()],
+                        record: vec![0xAA; RecordKind::Relay.max_len()],
                     },
                 },
             );

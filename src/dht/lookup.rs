@@ -326,6 +326,7 @@ impl Lookup {
                 let max_total = match want {
                     RecordKind::Relay => 1,
                     RecordKind::Descriptor => DESC_MAX_SIGNERS_PER_INDEX,
+                    RecordKind::NameClaim => crate::names::claim::KEEP_PER_NAME,
                 };
                 if kind != want || cursor != p.cursor || usize::from(total) > max_total {
                     return self.fail(&p, true);

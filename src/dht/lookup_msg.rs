@@ -128,11 +128,11 @@ impl LookupRequest {
             LookupOp::FindNodes | LookupOp::Sample if kind_b == 0 => None,
             _ => return Err(LookupMsgError::Field("kind")),
         };
-        let want = match (op, kind) {
-            (LookupOp::Publish, Some(k)) => k.record_len(),
-            _ => 0,
+        let len_ok = match (op, kind) {
+            (LookupOp::Publish, Some(k)) => k.len_ok(record_len),
+            _ => record_len == 0,
         };
-        if record_len != want {
+        if !len_ok {
             return Err(LookupMsgError::Field("record_len"));
         }
         let record = r.take(record_len)?.to_vec();
@@ -259,8 +259,9 @@ impl LookupReply {
                 let total = r.u8()?;
                 let len = usize::from(r.u16()?);
                 let ok_len = len == 0
-                    || len == RecordKind::Relay.record_len()
-                    || len == RecordKind::Descriptor.record_len();
+                    || RecordKind::Relay.len_ok(len)
+                    || RecordKind::Descriptor.len_ok(len)
+                    || RecordKind::NameClaim.len_ok(len);
                 // A record is present exactly when `seq_no` < `total`.
                 if !ok_len || (len != 0) != (seq_no < total) {
                     return Err(LookupMsgError::Field("record_len"));

@@ -11,6 +11,7 @@ use std::fmt;
 
 use super::descriptor::DESC_LEN;
 use super::{Key, DHT_K};
+use crate::names::claim::{MAX_CLAIM_LEN, MIN_CLAIM_LEN};
 use crate::wire::record::{Contact, CONTACT_LEN, RELAY_RECORD_LEN};
 
 /// The DHT message version this node speaks.
@@ -50,14 +51,27 @@ pub enum RecordKind {
     Relay = 1,
     /// A service descriptor (11.3), 922 bytes.
     Descriptor = 2,
+    /// A name claim (18.3), 111 to 173 bytes.
+    NameClaim = 3,
 }
 
 impl RecordKind {
-    /// The only record length allowed for this kind.
-    pub fn record_len(self) -> usize {
+    /// Whether a record of this kind may be `len` bytes long: relay records and descriptors
+    /// have one length, claims as many as their name allows.
+    pub fn len_ok(self, len: usize) -> bool {
+        match self {
+            RecordKind::Relay => len == RELAY_RECORD_LEN,
+            RecordKind::Descriptor => len == DESC_LEN,
+            RecordKind::NameClaim => (MIN_CLAIM_LEN..=MAX_CLAIM_LEN).contains(&len),
+        }
+    }
+
+    /// The longest record of this kind.
+    pub fn max_len(self) -> usize {
         match self {
             RecordKind::Relay => RELAY_RECORD_LEN,
             RecordKind::Descriptor => DESC_LEN,
+            RecordKind::NameClaim => MAX_CLAIM_LEN,
         }
     }
 }
@@ -303,7 +317,7 @@ impl DhtMessage {
                 let len = usize::from(r.u16()?);
                 let record = match len {
                     0 => None,
-                    l if l == kind.record_len() => Some(r.take(l)?.to_vec()),
+                    l if kind.len_ok(l) => Some(r.take(l)?.to_vec()),
                     _ => return Err(MessageError::Field("VALUE record_len")),
                 };
                 if record.is_some() && cursor >= total {
@@ -332,7 +346,7 @@ impl DhtMessage {
                 let kind = kind(r.u8()?)?;
                 let _reserved = r.u8()?;
                 let len = usize::from(r.u16()?);
-                if len != kind.record_len() {
+                if !kind.len_ok(len) {
                     return Err(MessageError::Field("STORE record_len"));
                 }
                 DhtMessage::Store {
@@ -381,7 +395,7 @@ impl DhtMessage {
                 contacts,
             } => {
                 let (len, max) = match record {
-                    Some(r) if r.len() == kind.record_len() && cursor < total => {
+                    Some(r) if kind.len_ok(r.len()) && cursor < total => {
                         (r.len(), DHT_MAX_CONTACTS_WITH_RECORD)
                     }
                     None if cursor >= total => (0, DHT_MAX_CONTACTS),
@@ -398,7 +412,7 @@ impl DhtMessage {
                 contacts.iter().for_each(|c| emit_contact(c, &mut out));
             }
             DhtMessage::Store { kind, record } => {
-                if record.len() != kind.record_len() {
+                if !kind.len_ok(record.len()) {
                     return Err(MessageError::Field("STORE record_len"));
                 }
                 out.extend_from_slice(&[*kind as u8, 0]);
@@ -484,6 +498,41 @@ mod tests {
                 MessageError::Trailing
             );
         }
+    }
+
+    /// Claims in DHT messages, against `tests/vectors/make_name_claims.py` (Python, not this
+    /// code), and the lengths a claim may have.
+    #[test]
+    fn claims_match_independent_vectors() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/name_claims.json")).unwrap();
+        let v = |k: &str| hex::decode(doc["dht"][k].as_str().unwrap()).unwrap();
+        let claim = hex::decode(doc["claims"][0]["claim"].as_str().unwrap()).unwrap();
+        let key: Key = hex::decode(doc["claims"][0]["dht_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let store = DhtMessage::Store {
+            kind: RecordKind::NameClaim,
+            record: claim.clone(),
+        };
+        assert_eq!(store.emit().unwrap(), v("store_message"));
+        assert_eq!(DhtMessage::parse(&v("store_message")).unwrap(), store);
+        let find = DhtMessage::FindValue {
+            key,
+            kind: RecordKind::NameClaim,
+            cursor: 0,
+        };
+        assert_eq!(find.emit().unwrap(), v("find_value_message"));
+        let publish = crate::dht::lookup_msg::LookupRequest::parse(&v("lookup_publish")).unwrap();
+        assert_eq!(publish.kind, Some(RecordKind::NameClaim));
+        assert_eq!(publish.record, claim);
+        assert_eq!(publish.emit(), v("lookup_publish"));
+        let k = RecordKind::NameClaim;
+        assert!(!k.len_ok(110) && k.len_ok(111) && k.len_ok(173) && !k.len_ok(174));
+        let mut long = v("store_message");
+        long.push(0);
+        assert!(DhtMessage::parse(&long).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use super::message::{RecordKind, StoreStatus};
 use super::routing::Prefix;
 use super::{distance, relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
 use crate::budget::{Charge, MemoryBudget};
+use crate::names::claim::{self, Claim, KEEP_PER_NAME};
 use crate::time::Millis;
 use crate::wire::record::RelayRecord;
 
@@ -47,15 +48,27 @@ struct Stored {
     signer: [u8; 32],
     version: u64,
     expires: u64,
+    /// A claim's work hash (lower is more work); zero for the other kinds.
+    work: [u8; 32],
     source: Prefix,
     _charge: Charge,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
-    kind_relay: bool,
+    kind: RecordKind,
     records: Vec<Stored>,
     last_new_signer_s: Option<u64>,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            kind: RecordKind::Descriptor,
+            records: Vec::new(),
+            last_new_signer_s: None,
+        }
+    }
 }
 
 /// The records one DHT node stores for others.
@@ -127,12 +140,13 @@ impl Shares {
     }
 }
 
-/// A record checked for storage: its key, signer and version (seq or revision).
+/// A record checked for storage: its key, signer and version (seq, revision or claim epoch).
 struct Checked {
     key: Key,
     signer: [u8; 32],
     version: u64,
     expires: u64,
+    work: [u8; 32],
 }
 
 fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
@@ -144,6 +158,7 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
                 signer: *r.identity(),
                 version: r.fields().seq,
                 expires: r.fields().expires,
+                work: [0; 32],
             })
         }
         RecordKind::Descriptor => {
@@ -153,6 +168,17 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
                 signer: *d.blinded_key(),
                 version: d.revision(),
                 expires: d.expires(),
+                work: [0; 32],
+            })
+        }
+        RecordKind::NameClaim => {
+            let c = Claim::decode_at(bytes, now_ms).ok()?;
+            Some(Checked {
+                key: claim::dht_key(&c.name),
+                signer: c.key,
+                version: u64::from(c.epoch),
+                expires: c.expires_s(),
+                work: c.work_hash(),
             })
         }
     }
@@ -210,7 +236,7 @@ impl Store {
         now_ms: Millis,
         rng: &mut R,
     ) -> StoreStatus {
-        if bytes.len() != kind.record_len() {
+        if !kind.len_ok(bytes.len()) {
             return StoreStatus::Invalid;
         }
         let Some(c) = check(kind, bytes, now_ms) else {
@@ -219,18 +245,24 @@ impl Store {
         self.expire_key(&c.key, now_ms);
         let now_s = now_ms / 1000;
         let relay = kind == RecordKind::Relay;
-        let (existing, n_records, rate_ok, kind_clash) = match self.slots.get(&c.key) {
+        let (existing, n_records, rate_ok, kind_clash, weakest) = match self.slots.get(&c.key) {
             Some(slot) => (
                 slot.records.iter().position(|s| s.signer == c.signer),
                 slot.records.len(),
                 slot.last_new_signer_s
                     .is_none_or(|t| now_s >= t + DESC_NEW_SIGNER_INTERVAL_S),
-                slot.kind_relay != relay,
+                slot.kind != kind,
+                slot.records
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, s)| s.work)
+                    .map(|(i, s)| (i, s.work)),
             ),
-            None => (None, 0, true, false),
+            None => (None, 0, true, false, None),
         };
         if kind_clash {
-            // A relay key and a descriptor index collide only by a SHA-256 collision.
+            // Keys of two kinds (hashes under different labels) collide only by a SHA-256
+            // collision.
             return StoreStatus::Invalid;
         }
         // Where the record goes: replacing the same signer, a random signer, or a new slot.
@@ -246,6 +278,19 @@ impl Store {
                     return StoreStatus::Stored;
                 }
                 Some(i)
+            }
+            None if kind == RecordKind::NameClaim => {
+                // The claims that could win are kept: a new key takes the place of the claim
+                // with the least work, and only with more work than it (protocol.md 18.3).
+                match weakest {
+                    Some((i, w)) if n_records >= KEEP_PER_NAME => {
+                        if c.work >= w {
+                            return StoreStatus::Stale;
+                        }
+                        Some(i)
+                    }
+                    _ => None,
+                }
             }
             None => {
                 let cap = if relay { 1 } else { DESC_MAX_SIGNERS_PER_INDEX };
@@ -292,14 +337,18 @@ impl Store {
             signer: c.signer,
             version: c.version,
             expires: c.expires,
+            work: c.work,
             source,
             _charge: charge,
         };
         let slot = self.slots.entry(c.key).or_insert_with(|| Slot {
-            kind_relay: relay,
+            kind,
             ..Slot::default()
         });
-        if existing.is_none() && n_records >= DESC_MAX_SIGNERS_PER_INDEX && !relay {
+        if existing.is_none()
+            && n_records >= DESC_MAX_SIGNERS_PER_INDEX
+            && kind == RecordKind::Descriptor
+        {
             slot.last_new_signer_s = Some(now_s);
         }
         match replace.and_then(|i| slot.records.get_mut(i)) {
@@ -360,7 +409,7 @@ impl Store {
         let Some(slot) = self.slots.get(key) else {
             return (0, None);
         };
-        if slot.kind_relay != (kind == RecordKind::Relay) {
+        if slot.kind != kind {
             return (0, None);
         }
         let live: Vec<&Stored> = slot.records.iter().filter(|s| s.expires > now_s).collect();
@@ -525,6 +574,7 @@ mod tests {
                 signer: [i as u8 + 100; 32],
                 version: 1,
                 expires: u64::MAX,
+                work: [0; 32],
                 source: SRC,
                 _charge: budget.try_charge(1).unwrap(),
             });
@@ -573,6 +623,7 @@ mod tests {
             signer: key,
             version: 1,
             expires: u64::MAX,
+            work: [0; 32],
             source,
             _charge: budget.try_charge(1).unwrap(),
         });
@@ -679,6 +730,101 @@ mod tests {
         s.expire((honest.expires() + 1) * 1000);
         assert_eq!(s.len(), DHT_STORE_MAX_RECORDS - 2);
         assert_eq!(s.shares.held(&SRC), 0);
+        assert_eq!(
+            s.shares.ranked.values().map(BTreeSet::len).sum::<usize>(),
+            s.len()
+        );
+    }
+
+    /// The two claims of `cheesy` in the independent vectors (22 and 20 bits of work), and a
+    /// time at which both are valid.
+    fn vector_claims() -> (Vec<Vec<u8>>, Millis) {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/name_claims.json")).unwrap();
+        let claims = doc["claims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| hex::decode(c["claim"].as_str().unwrap()).unwrap())
+            .collect();
+        (claims, 20_001 * claim::EPOCH_S * 1000 + 1000)
+    }
+
+    /// Claims are stored under the name's key, one per key (a newer epoch replaces), and a full
+    /// name keeps the claims with the most work: a weaker newcomer is refused, a stronger one
+    /// takes the place of the weakest.
+    #[test]
+    fn claims_keep_the_strongest_per_name() {
+        let (claims, now) = vector_claims();
+        let k = RecordKind::NameClaim;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let budget = MemoryBudget::new(1 << 20);
+        let mut s = Store::new([0; 32], budget.clone());
+        let key = claim::dht_key("cheesy");
+        for c in &claims {
+            assert_eq!(s.store(k, c, SRC, now, &mut rng), StoreStatus::Stored);
+        }
+        assert_eq!(s.get(&key, k, 0, now).0, 2);
+        assert_eq!(s.get(&key, RecordKind::Descriptor, 0, now).0, 0);
+        assert_eq!(s.bytes_stored(), claims[0].len() + claims[1].len());
+        // A claim is not a descriptor, nor a descriptor a claim.
+        assert_eq!(
+            s.store(RecordKind::Descriptor, &claims[0], SRC, now, &mut rng),
+            StoreStatus::Invalid
+        );
+        // Expired (the first was signed on day 20,000, valid through day 20,007).
+        let late = 20_008 * claim::EPOCH_S * 1000;
+        let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 20));
+        assert_eq!(
+            s2.store(k, &claims[0], SRC, late, &mut rng),
+            StoreStatus::Invalid
+        );
+        s.expire(late);
+        assert_eq!(s.get(&key, k, 0, late).0, 1);
+
+        // A name already holding KEEP_PER_NAME claims: plant them with chosen work hashes
+        // between the vectors' (22 bits: 0x000002ae.., 20 bits: 0x00000a81..).
+        let strong = Claim::decode_at(&claims[0], now).unwrap();
+        let weak = Claim::decode_at(&claims[1], now).unwrap();
+        assert!(strong.work_hash() < weak.work_hash());
+        let fill = |s: &mut Store, work: [u8; 32]| {
+            let slot = s.slots.entry(key).or_insert_with(|| Slot {
+                kind: k,
+                ..Slot::default()
+            });
+            let signer = [slot.records.len() as u8 + 1; 32];
+            slot.records.push(Stored {
+                bytes: vec![0; 120],
+                signer,
+                version: 20_001,
+                expires: u64::MAX,
+                work,
+                source: SRC,
+                _charge: budget.try_charge(1).unwrap(),
+            });
+            s.total += 1;
+            s.shares
+                .add(SRC, (distance(&[0; 32], &key), Reverse(20_001), signer));
+        };
+        let mut s = Store::new([0; 32], budget.clone());
+        let mut between = weak.work_hash();
+        between[31] = between[31].wrapping_sub(1);
+        for _ in 0..KEEP_PER_NAME {
+            fill(&mut s, between);
+        }
+        assert_eq!(
+            s.store(k, &claims[1], SRC, now, &mut rng),
+            StoreStatus::Stale
+        );
+        assert_eq!(
+            s.store(k, &claims[0], SRC, now, &mut rng),
+            StoreStatus::Stored
+        );
+        assert_eq!(s.len(), KEEP_PER_NAME);
+        let held: Vec<&[u8]> = (0..KEEP_PER_NAME as u8)
+            .filter_map(|i| s.get(&key, k, i, now).1)
+            .collect();
+        assert!(held.contains(&claims[0].as_slice()));
         assert_eq!(
             s.shares.ranked.values().map(BTreeSet::len).sum::<usize>(),
             s.len()

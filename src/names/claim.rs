@@ -25,8 +25,12 @@ pub const CLAIM_VERSION: u8 = 1;
 pub const MIN_WORK_BITS: u32 = 20;
 /// Days a claim stays valid after its epoch: services refresh daily.
 pub const VALID_EPOCHS: u32 = 7;
-/// Longest claim on the wire.
+/// Longest claim on the wire (a 63-character name).
 pub const MAX_CLAIM_LEN: usize = 2 + 63 + 32 + 4 + 8 + 64;
+/// Shortest claim on the wire (a one-character name).
+pub const MIN_CLAIM_LEN: usize = 2 + 1 + 32 + 4 + 8 + 64;
+/// Seconds in an epoch (a Unix day).
+pub const EPOCH_S: u64 = 86_400;
 
 /// Why bytes are not a valid claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +147,20 @@ impl Claim {
     /// Leading zero bits of the work hash.
     pub fn work_bits(&self) -> u32 {
         pow::leading_zero_bits(&self.work_hash())
+    }
+
+    /// The Unix second at which the claim stops being valid (the day after its last valid
+    /// epoch begins).
+    pub fn expires_s(&self) -> u64 {
+        (u64::from(self.epoch) + u64::from(VALID_EPOCHS) + 1) * EPOCH_S
+    }
+
+    /// Parses and checks a claim at Unix time `now_ms` ([`Claim::decode`]).
+    pub fn decode_at(bytes: &[u8], now_ms: u64) -> Result<Claim, ClaimError> {
+        Claim::decode(
+            bytes,
+            u32::try_from(now_ms / 1000 / EPOCH_S).unwrap_or(u32::MAX),
+        )
     }
 
     /// The key as a key name.

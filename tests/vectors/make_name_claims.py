@@ -43,9 +43,16 @@ def claim(seed: bytes, name: str, epoch: int) -> dict:
 a = claim(hashlib.sha256(b"globalnet test seed claim a").digest(), "cheesy", 20000)
 b = claim(hashlib.sha256(b"globalnet test seed claim b").digest(), "cheesy", 20001)
 win = min([a, b], key=lambda c: bytes.fromhex(c["work_hash"]))
+# Claims in the DHT (protocol.md 12.2, 12.6): record kind 3, length 111..173 (the claim's own).
+ca = bytes.fromhex(a["claim"])
+store = bytes([1, 5, 0, 0, 3, 0]) + struct.pack(">H", len(ca)) + ca
+publish = bytes([1, 3, 3, 0]) + struct.pack(">I", 0x01020304) + bytes(32) + struct.pack(">H", len(ca)) + ca
+find = bytes([1, 3, 0, 0]) + bytes.fromhex(a["dht_key"]) + bytes([3, 0])
 out = {"construction": __doc__.strip().splitlines()[2:7],
        "claims": [a, b],
-       "winner": {"claims": [a["claim"], b["claim"]], "owner": win["public_key"]}}
+       "winner": {"claims": [a["claim"], b["claim"]], "owner": win["public_key"]},
+       "dht": {"store_message": store.hex(), "find_value_message": find.hex(),
+               "lookup_publish": publish.hex()}}
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "name_claims.json")
 with open(path, "w") as f:
     json.dump(out, f, indent=2)
