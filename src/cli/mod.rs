@@ -119,6 +119,20 @@ enum NameCommand {
     /// Drop this node's claim of NAME.gn.alt (published copies expire within 7 days)
     #[command(after_help = "Examples:\n  sudo globalnet name release cheesy")]
     Release(NameArgs),
+    /// Trust the key the network now names for NAME.gn.alt instead of the pinned one
+    #[command(
+        after_help = "Examples:\n  globalnet resolve cheesy        # shows the conflict\n  sudo globalnet name accept cheesy"
+    )]
+    Accept(AcceptArgs),
+}
+
+#[derive(Args, Debug)]
+struct AcceptArgs {
+    /// The name: one label, with or without .gn.alt
+    #[arg(value_name = "NAME")]
+    name: String,
+    #[command(flatten)]
+    query: QueryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -425,7 +439,10 @@ fn ping(args: &PingArgs) -> Result<(), Failure> {
 
 fn name(cmd: NameCommand) -> Result<(), Failure> {
     use crate::names::claim_files;
-    let (NameCommand::Claim(args) | NameCommand::Show(args) | NameCommand::Release(args)) = &cmd;
+    let args = match &cmd {
+        NameCommand::Accept(a) => return accept(a),
+        NameCommand::Claim(a) | NameCommand::Show(a) | NameCommand::Release(a) => a,
+    };
     if args.service != "default" {
         return Err(Failure::Usage(format!(
             "no service `{}`: this node has only its default service (--service default)",
@@ -465,7 +482,7 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
                 claim_files::claim(&dir, &label, &keys.service).map_err(Failure::Runtime)?;
             print!("{}", show(&c));
             println!("took     {secs:.1} s of work");
-            eprintln!("note: claims are not published in the DHT yet (issue #24); the claim is kept for when they are");
+            eprintln!("note: the daemon publishes its claims in the DHT when it starts: restart it (systemctl restart globalnet)");
         }
         NameCommand::Show(_) => match claim_files::load(&dir, &label).map_err(Failure::Runtime)? {
             Some(c) => print!("{}", show(&c)),
@@ -475,6 +492,8 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
                 )))
             }
         },
+        // Answered by the daemon, above.
+        NameCommand::Accept(_) => {}
         NameCommand::Release(_) => {
             if claim_files::release(&dir, &label).map_err(Failure::Runtime)? {
                 println!("released {label}.gn.alt");
@@ -485,6 +504,24 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
             }
         }
     }
+    Ok(())
+}
+
+fn accept(args: &AcceptArgs) -> Result<(), Failure> {
+    let name = if args.name.contains('.') {
+        args.name.clone()
+    } else {
+        format!("{}.{}", args.name, crate::names::SUFFIX)
+    };
+    let path = control_path(&args.query)?;
+    let result = control::request_with(
+        &path,
+        &control::Request::accept(name),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let a: ResolveAnswer = control::decode(result).map_err(|e| Failure::Runtime(e.to_string()))?;
+    print!("{}", print_resolve(&a));
     Ok(())
 }
 

@@ -60,7 +60,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Commands whose answer tells which destinations this node visits and who visits its services
 /// (`sessions`): answered only to root and to the daemon's own user, never to the rest of the
 /// socket's group.
-pub const PRIVATE_COMMANDS: &[Cmd] = &[Cmd::Sessions];
+/// `accept` changes which key the node trusts for a name: the same people only.
+pub const PRIVATE_COMMANDS: &[Cmd] = &[Cmd::Sessions, Cmd::Accept];
 
 /// Whether a peer with uid `peer_uid` (from `SO_PEERCRED`; `None` when the kernel gave none) may
 /// ask `cmd` of a daemon whose effective uid is `own_uid`. The error says who may and how.
@@ -71,8 +72,13 @@ pub fn may_ask(cmd: &str, peer_uid: Option<u32>, own_uid: u32) -> Result<(), Str
     match peer_uid {
         Some(uid) if uid == 0 || uid == own_uid => Ok(()),
         _ => Err(format!(
-            "`{cmd}` shows which destinations this node visits, so only root and the daemon's \
-             own user (uid {own_uid}) may ask; run it with sudo"
+            "`{cmd}` {}, so only root and the daemon's own user (uid {own_uid}) may ask; run it \
+             with sudo",
+            if cmd == Cmd::Accept.as_str() {
+                "changes the key this node trusts for a name"
+            } else {
+                "shows which destinations this node visits"
+            }
         )),
     }
 }

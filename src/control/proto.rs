@@ -34,13 +34,15 @@ pub enum Cmd {
     Ping,
     /// What a `.gn.alt` name (`name`) resolves to: a [`ResolveAnswer`].
     Resolve,
+    /// Accept the key the network now names for `name` (a pin conflict): a [`ResolveAnswer`].
+    Accept,
     /// Any other name.
     Unknown(String),
 }
 
 impl Cmd {
     /// Every command a daemon of this version answers.
-    pub const KNOWN: [Cmd; 7] = [
+    pub const KNOWN: [Cmd; 8] = [
         Cmd::Status,
         Cmd::Peers,
         Cmd::Circuits,
@@ -48,6 +50,7 @@ impl Cmd {
         Cmd::Sessions,
         Cmd::Ping,
         Cmd::Resolve,
+        Cmd::Accept,
     ];
 
     /// The command's name on the wire.
@@ -60,6 +63,7 @@ impl Cmd {
             Cmd::Sessions => "sessions",
             Cmd::Ping => "ping",
             Cmd::Resolve => "resolve",
+            Cmd::Accept => "accept",
             Cmd::Unknown(name) => name,
         }
     }
@@ -137,6 +141,14 @@ impl Request {
         Request {
             name: Some(name.into()),
             ..Request::new(Cmd::Resolve)
+        }
+    }
+
+    /// Accept the network's key for `name`.
+    pub fn accept(name: impl Into<String>) -> Request {
+        Request {
+            name: Some(name.into()),
+            ..Request::new(Cmd::Accept)
         }
     }
 

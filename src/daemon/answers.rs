@@ -126,7 +126,10 @@ impl control::Handler for NodeState {
             return self.ping(req.addr.as_deref());
         }
         if req.cmd == Cmd::Resolve {
-            return Answer::Now(self.resolve(req.name.as_deref()));
+            return self.resolve(req.name.as_deref());
+        }
+        if req.cmd == Cmd::Accept {
+            return self.accept(req.name.as_deref());
         }
         Answer::Now(self.snapshot_answer(&req.cmd))
     }
@@ -161,30 +164,117 @@ impl NodeState {
         }
     }
 
-    pub(super) fn resolve(&self, name: Option<&str>) -> Result<Value, String> {
+    pub(super) fn resolve(&self, name: Option<&str>) -> Answer {
         let Some(name) = name else {
-            return Err("resolve needs a name (`name`)".into());
+            return Answer::Now(Err("resolve needs a name (`name`)".into()));
         };
         let found = match names::resolve_local(name, &self.petnames) {
             Ok(names::Local::Found(r)) => r,
-            Ok(names::Local::Network(_)) | Ok(names::Local::NotFound) => {
-                return Err(format!(
+            Ok(names::Local::Network(label)) => return self.resolve_network(name, label),
+            Ok(names::Local::NotFound) => {
+                return Answer::Now(Err(format!(
                     "{name}: no such name (not a petname, not a key name, and not claimed in the network)"
-                ))
+                )))
             }
-            Err(e) => return Err(format!("{name}: {e}")),
+            Err(e) => return Answer::Now(Err(format!("{name}: {e}"))),
         };
         let origin = match &found.source {
             names::Source::Petname { origin } => Some(origin.clone()),
             _ => None,
         };
-        to_result(&ResolveAnswer {
+        Answer::Now(to_result(&ResolveAnswer {
             name: found.name,
             address: found.address.to_string(),
             key: found.key.map(|k| k.to_string()),
             source: found.source.as_str().into(),
             origin,
-        })
+        }))
+    }
+
+    /// The user accepts the key the network named for a pinned name (`globalnet name accept`).
+    pub(super) fn accept(&self, name: Option<&str>) -> Answer {
+        let Some(name) = name else {
+            return Answer::Now(Err("accept needs a name (`name`)".into()));
+        };
+        let label = match names::resolve_local(name, &self.petnames) {
+            Ok(names::Local::Network(label)) => label,
+            Ok(_) => {
+                return Answer::Now(Err(format!(
+                "{name} is not a network-issued name (a petname or a key name): nothing to accept"
+            )))
+            }
+            Err(e) => return Answer::Now(Err(format!("{name}: {e}"))),
+        };
+        let (tx, rx) = oneshot::channel();
+        let (reply, got) = oneshot::channel();
+        let cmd = Command::AcceptName {
+            name: label.clone(),
+            reply,
+        };
+        if self.commands.try_send(cmd).is_err() {
+            return Answer::Now(Err("the daemon is busy; try again".into()));
+        }
+        tokio::spawn(async move {
+            let answer = match got.await {
+                Ok(Some(key)) => match super::names::key_name(&key) {
+                    Some(k) => to_result(&ResolveAnswer {
+                        name: format!("{label}.{}", names::SUFFIX),
+                        address: k.address().to_string(),
+                        key: Some(k.to_string()),
+                        source: "network (accepted)".into(),
+                        origin: None,
+                    }),
+                    None => Err("the claim's key is not usable".into()),
+                },
+                Ok(None) => Err(format!(
+                    "{label}.{}: no conflict to accept (`globalnet resolve {label}` shows one when the network names another key than the pinned one)",
+                    names::SUFFIX
+                )),
+                Err(_) => Err("the daemon is stopping".into()),
+            };
+            let _ = tx.send(answer);
+        });
+        Answer::Later(rx)
+    }
+
+    /// A name only the DHT can answer: the owner among its claims, after the pin.
+    fn resolve_network(&self, name: &str, label: String) -> Answer {
+        let (tx, rx) = oneshot::channel();
+        let commands = self.commands.clone();
+        let canon = format!("{label}.{}", names::SUFFIX);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let wait = Duration::from_secs(8);
+            let answer = match super::names::lookup(&commands, label, wait).await {
+                names::network::NetAnswer::Owner { key, conflict } => {
+                    match super::names::key_name(&key) {
+                        Some(k) => {
+                            let mut source = "network".to_string();
+                            if let Some(other) = conflict.and_then(|o| super::names::key_name(&o)) {
+                                // Shown, never used: the pinned key stays until the user accepts.
+                                source = format!("network (pinned; the network now names {other})");
+                            }
+                            to_result(&ResolveAnswer {
+                                name: canon,
+                                address: k.address().to_string(),
+                                key: Some(k.to_string()),
+                                source,
+                                origin: None,
+                            })
+                        }
+                        None => Err(format!("{name}: the claim's key is not usable")),
+                    }
+                }
+                names::network::NetAnswer::NoSuchName => Err(format!(
+                    "{name}: no such name (not a petname, not a key name, and not claimed in the network)"
+                )),
+                names::network::NetAnswer::Unavailable(why) => {
+                    Err(format!("{name}: could not ask the network: {why}"))
+                }
+            };
+            let _ = tx.send(answer);
+        });
+        Answer::Later(rx)
     }
 
     pub(super) fn snapshot_answer(&self, cmd: &Cmd) -> Result<Value, String> {
@@ -205,8 +295,8 @@ impl NodeState {
                     .collect::<Vec<_>>(),
             ),
             // `ping` never gets here: the link task answers it (see `handle`).
-            Cmd::Ping | Cmd::Resolve | Cmd::Unknown(_) => Err(format!(
-                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping, resolve"
+            Cmd::Ping | Cmd::Resolve | Cmd::Accept | Cmd::Unknown(_) => Err(format!(
+                "unknown command `{cmd}`; this daemon knows status, peers, circuits, services, sessions, ping, resolve, accept"
             )),
         }
     }

@@ -9,7 +9,9 @@ use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use super::NodeState;
-use crate::names::dns::{finish, handle, Handled};
+use crate::names::dns::{finish, handle, servfail, Handled};
+use crate::names::network::NetAnswer;
+use std::time::Duration;
 
 /// The DNS port: stub resolvers (glibc's, systemd-resolved's upstream) only ask port 53.
 pub const DNS_PORT: u16 = 53;
@@ -51,6 +53,13 @@ pub(super) fn register_with_resolved(ifname: &str, address: Ipv6Addr) {
             return;
         }
     }
+    // resolvectl needs no capability (resolved checks it over D-Bus/polkit), yet a child inherits
+    // the ambient set the unit grants (CAP_NET_ADMIN, CAP_NET_BIND_SERVICE). The daemon's own
+    // permitted and effective sets do not depend on it, and the privilege drop clears it anyway.
+    if let Err(e) = caps::clear(None, caps::CapSet::Ambient) {
+        tracing::warn!(error = %e, "could not clear the ambient capabilities; not running resolvectl");
+        return;
+    }
     let run = |args: &[&str]| -> Result<(), String> {
         let out = std::process::Command::new("resolvectl")
             .args(args)
@@ -77,16 +86,24 @@ pub(super) fn register_with_resolved(ifname: &str, address: Ipv6Addr) {
     }
 }
 
-/// Answers queries until the runtime stops. One datagram at a time: every answer is local (the
-/// petnames and key names in memory), so there is no table of pending queries to bound.
+/// How long a query for a network-issued name waits for the DHT: under the 5 s after which stub
+/// resolvers (glibc, resolved) give up or retry. Past it the answer is SERVFAIL (the name may
+/// exist; a retry finds the answer cached once the lookup ends), never NXDOMAIN.
+pub const DNS_WAIT: Duration = Duration::from_secs(4);
+/// Queries waiting for the DHT at once; more get SERVFAIL at once.
+const DNS_PENDING: usize = 64;
+
+/// Answers queries until the runtime stops. Local names are answered in turn; a network name
+/// is answered by a task of its own that waits for the DHT lookup (at most [`DNS_PENDING`]).
 pub(super) async fn serve(socket: UdpSocket, state: Arc<NodeState>) {
     let socket = match tokio::net::UdpSocket::from_std(socket) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::warn!(error = %e, "DNS socket");
             return;
         }
     };
+    let pending = Arc::new(tokio::sync::Semaphore::new(DNS_PENDING));
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
@@ -98,8 +115,28 @@ pub(super) async fn serve(socket: UdpSocket, state: Arc<NodeState>) {
         };
         let reply = match handle(buf.get(..len).unwrap_or(&[]), &state.petnames) {
             Handled::Reply(b) => b,
-            // Network-issued names are not resolved yet (issue #24, part 3): none exists.
-            Handled::Network { query, .. } => finish(&query, None),
+            Handled::Network { query, label } => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    let b = servfail(&query);
+                    let _ = socket.send_to(&b, from).await;
+                    continue;
+                };
+                let (socket, commands) = (socket.clone(), state.commands.clone());
+                tokio::spawn(async move {
+                    let b = match super::names::lookup(&commands, label, DNS_WAIT).await {
+                        NetAnswer::Owner { key, .. } => {
+                            finish(&query, super::names::key_name(&key).map(|k| k.address()))
+                        }
+                        NetAnswer::NoSuchName => finish(&query, None),
+                        NetAnswer::Unavailable(_) => servfail(&query),
+                    };
+                    if let Err(e) = socket.send_to(&b, from).await {
+                        tracing::debug!(error = %e, %from, "DNS send");
+                    }
+                    drop(permit);
+                });
+                continue;
+            }
             Handled::Drop => continue,
         };
         if let Err(e) = socket.send_to(&reply, from).await {

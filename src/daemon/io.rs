@@ -307,6 +307,7 @@ pub(super) async fn link_loop(
         node: mut link,
         flow,
         mut commands,
+        mut names,
     } = core;
     let Pipes {
         mut from_tun,
@@ -390,6 +391,10 @@ pub(super) async fn link_loop(
                 Command::Resolved { name, result } => {
                     link.link.on_resolved(clock.now(), &name, result);
                 }
+                Command::Name { name, reply } => names.ask(name, reply, clock.now()),
+                Command::AcceptName { name, reply } => {
+                    let _ = reply.send(names.names.accept(&name));
+                }
                 Command::ForeignPrefixes(p) => {
                     path.flow.policy_mut().set_foreign_prefixes(p);
                     if let Ok(mut snap) = state.links.lock() {
@@ -437,7 +442,9 @@ pub(super) async fn link_loop(
                 NodeEvent::Circuit(CircEvent::Message { .. }) => {}
                 NodeEvent::Circuit(_) => {}
                 NodeEvent::Dht { token, outcome } => {
-                    tracing::debug!(token, ?outcome, "DHT query done")
+                    if !names.on_dht(token, &outcome, clock.now()) {
+                        tracing::debug!(token, ?outcome, "DHT query done")
+                    }
                 }
                 NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
                 NodeEvent::Unreachable { dst, why } => {
@@ -449,6 +456,7 @@ pub(super) async fn link_loop(
                 NodeEvent::Link(LinkEvent::Dht { .. } | LinkEvent::DialFailed { .. }) => {}
             }
         }
+        names.pump(&mut link, clock.now());
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
         send_transmits(&mut link, &sockets).await;
         while let Some(name) = link.link.poll_resolve() {

@@ -90,6 +90,17 @@ enum Command {
         name: String,
         result: Result<Vec<SocketAddr>, String>,
     },
+    /// The user accepts the network's key for a name in conflict with its pin (the label);
+    /// the key accepted, if a conflict was known, goes to `reply`.
+    AcceptName {
+        name: String,
+        reply: tokio::sync::oneshot::Sender<Option<[u8; 32]>>,
+    },
+    /// Look a network-issued name up (its label); the answer goes to `reply`.
+    Name {
+        name: String,
+        reply: tokio::sync::oneshot::Sender<crate::names::network::NetAnswer>,
+    },
 }
 
 /// How long one resolution of a bootstrap host name may take.
@@ -116,6 +127,7 @@ mod dns;
 pub mod guard_file;
 mod hosted;
 mod io;
+mod names;
 mod reload;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
@@ -329,6 +341,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         node.add_service(clock.now(), seed);
     }
     drop(hosted);
+    let name_task = network_names(&config.state_dir, &cache, &service_seed, clock.now());
     drop(service_seed);
     let socket_path = config.control_socket.clone();
     if let Some(s) = dns_socket {
@@ -342,6 +355,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             node,
             flow,
             commands: commands_rx,
+            names: name_task,
         },
         commands_tx,
         clock,
@@ -349,6 +363,30 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     ));
     remove_socket(&socket_path);
     result
+}
+
+/// This node's claims (`state_dir/names`, made by `globalnet name claim`) and its pins (in the
+/// cache, where the daemon may write after the privilege drop).
+fn network_names(
+    state_dir: &std::path::Path,
+    cache: &std::path::Path,
+    service_seed: &[u8; 32],
+    now: Millis,
+) -> names::NameTask {
+    let (own, bad) = crate::names::claim_files::load_all(state_dir);
+    for e in bad {
+        tracing::warn!("{e}");
+    }
+    let pins = crate::names::claim_files::load_pins(cache).unwrap_or_else(|e| {
+        tracing::warn!("{e}; starting with no name pins");
+        Default::default()
+    });
+    let key = ed25519_dalek::SigningKey::from_bytes(service_seed);
+    let net = crate::names::network::NetNames::new(Some(key), own, pins, now);
+    for n in net.own_names() {
+        tracing::info!(name = %format!("{n}.{}", crate::names::SUFFIX), "publishing a name claim");
+    }
+    names::NameTask::new(net, cache.to_path_buf())
 }
 
 /// The current onion key and when it was made. A rotated key is kept in `state_dir` when the
@@ -421,6 +459,7 @@ struct Core {
     node: Node,
     flow: FlowLayer,
     commands: mpsc::Receiver<Command>,
+    names: names::NameTask,
 }
 
 async fn run_async(

@@ -350,6 +350,28 @@ impl Pins {
     pub fn accept(&mut self, name: &str, key: [u8; 32]) {
         self.pins.insert(name.to_string(), key);
     }
+
+    /// The pins as a file holds them: `NAME HEX-KEY` lines.
+    pub fn to_text(&self) -> String {
+        self.pins
+            .iter()
+            .map(|(n, k)| format!("{n} {}\n", hex::encode(k)))
+            .collect()
+    }
+
+    /// Pins read back from [`Pins::to_text`]; lines that do not parse are skipped (the file is
+    /// the daemon's own, rewritten whole on every change).
+    pub fn from_text(text: &str) -> Pins {
+        let pins = text
+            .lines()
+            .filter_map(|l| {
+                let (n, k) = l.split_once(' ')?;
+                let k: [u8; 32] = hex::decode(k.trim()).ok()?.try_into().ok()?;
+                claimable(n).then(|| (n.to_string(), k))
+            })
+            .collect();
+        Pins { pins }
+    }
 }
 
 #[cfg(test)]
@@ -538,6 +560,8 @@ mod tests {
         assert_eq!(p.get("alice"), Some([1; 32]));
         p.accept("alice", [2; 32]);
         assert_eq!(p.check("alice", [2; 32]), PinCheck::Same);
+        assert_eq!(Pins::from_text(&p.to_text()), p);
+        assert_eq!(Pins::from_text("junk\nalice zz\n"), Pins::default());
     }
 
     proptest::proptest! {

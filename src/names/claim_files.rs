@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::claim::{claimable, Claim, MIN_WORK_BITS};
+use super::claim::{claimable, Claim, Pins, MIN_WORK_BITS};
 use crate::crypto::SecretRng;
 
 /// The directory under the state directory.
@@ -97,6 +97,60 @@ pub fn load(state_dir: &Path, name: &str) -> Result<Option<Claim>, String> {
     })
 }
 
+/// The file of the pins (18.3), in the daemon's cache directory (writable after the privilege
+/// drop).
+pub const PINS_FILE: &str = "name-pins";
+
+/// Every claim under `state_dir/names/`, checked; unreadable or invalid ones are reported.
+pub fn load_all(state_dir: &Path) -> (Vec<Claim>, Vec<String>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    let Ok(dir) = std::fs::read_dir(state_dir.join(NAMES_DIR)) else {
+        return (ok, bad);
+    };
+    for e in dir.flatten() {
+        let file = e.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".claim")) else {
+            continue;
+        };
+        match load(state_dir, name) {
+            Ok(Some(c)) => ok.push(c),
+            Ok(None) => {}
+            Err(e) => bad.push(e),
+        }
+    }
+    ok.sort_by(|a, b| a.name.cmp(&b.name));
+    (ok, bad)
+}
+
+/// The pins in `cache_dir` (none when there is no file yet).
+pub fn load_pins(cache_dir: &Path) -> Result<Pins, String> {
+    let path = cache_dir.join(PINS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Pins::from_text(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Pins::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the pins to `cache_dir` atomically, mode 0600.
+pub fn save_pins(cache_dir: &Path, pins: &Pins) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cache_dir.join(PINS_FILE);
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(pins.to_text().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Removes the claim of `name`; whether there was one.
 pub fn release(state_dir: &Path, name: &str) -> Result<bool, String> {
     let path = claim_path(state_dir, name);
@@ -131,5 +185,22 @@ mod tests {
         assert_eq!(load(dir.path(), "cheesy").unwrap(), None);
         std::fs::write(claim_path(dir.path(), "bad"), b"junk").unwrap();
         assert!(load(dir.path(), "bad").is_err());
+        assert_eq!(load_all(dir.path()).1.len(), 1);
+    }
+
+    #[test]
+    fn pins_survive_a_restart_in_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_pins(dir.path()).unwrap(), Pins::default());
+        let mut p = Pins::default();
+        p.accept("cheesy", [7; 32]);
+        save_pins(dir.path(), &p).unwrap();
+        assert_eq!(load_pins(dir.path()).unwrap(), p);
+        let mode = std::fs::metadata(dir.path().join(PINS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

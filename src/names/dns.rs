@@ -79,6 +79,15 @@ pub fn finish(query: &Message, found: Option<Ipv6Addr>) -> Vec<u8> {
     }
 }
 
+/// SERVFAIL for a query left to the network whose lookup failed or took too long: the name may
+/// exist, so the resolver must not cache a denial (it retries; by then the answer is cached here).
+pub fn servfail(query: &Message) -> Vec<u8> {
+    match reply(query, ResponseCode::ServFail, None) {
+        Handled::Reply(bytes) => bytes,
+        _ => Vec::new(),
+    }
+}
+
 /// The labels of `name` before `gn.alt`, lowercased and joined by dots (empty for the apex), or
 /// `None` when the name is not under `gn.alt`.
 fn ours(name: &Name) -> Option<String> {

@@ -9,6 +9,7 @@ pub mod claim;
 pub mod claim_files;
 pub mod dns;
 pub mod keyname;
+pub mod network;
 pub mod petnames;
 
 use std::fmt;

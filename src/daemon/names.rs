@@ -1,0 +1,134 @@
+//! The link task's side of network-issued names (docs/protocol.md 18.3): it starts the DHT
+//! queries [`NetNames`] asks for, hands their outcomes back, and answers whoever waits for a
+//! name (the DNS server, `globalnet resolve`). The decisions are [`NetNames`]'s.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::sync::oneshot;
+
+use crate::dht::client::{DhtOutcome, DhtQuery};
+use crate::dht::message::RecordKind;
+use crate::names::claim::dht_key;
+use crate::names::claim_files;
+use crate::names::network::{NameQuery, NetAnswer, NetNames};
+use crate::node::Node;
+use crate::time::Millis;
+
+/// Callers waiting for names at once (DNS queries and `resolve`); more are told "busy".
+pub(super) const MAX_WAITERS: usize = 256;
+
+/// Network names and who waits for them.
+pub(super) struct NameTask {
+    pub(super) names: NetNames,
+    waiters: BTreeMap<String, Vec<oneshot::Sender<NetAnswer>>>,
+    waiting: usize,
+    pins_dir: PathBuf,
+}
+
+impl NameTask {
+    pub(super) fn new(names: NetNames, pins_dir: PathBuf) -> NameTask {
+        NameTask {
+            names,
+            waiters: BTreeMap::new(),
+            waiting: 0,
+            pins_dir,
+        }
+    }
+
+    /// Someone wants `name` (a claimable label).
+    pub(super) fn ask(&mut self, name: String, reply: oneshot::Sender<NetAnswer>, now: Millis) {
+        if self.waiting >= MAX_WAITERS || !self.names.resolve(&name, now) {
+            let _ = reply.send(NetAnswer::Unavailable(
+                "too many names being looked up".into(),
+            ));
+            return;
+        }
+        self.waiting += 1;
+        self.waiters.entry(name).or_default().push(reply);
+    }
+
+    /// A DHT query ended; `false` when it was not ours.
+    pub(super) fn on_dht(&mut self, token: u64, outcome: &DhtOutcome, now: Millis) -> bool {
+        if !self.names.owns(token) {
+            return false;
+        }
+        match outcome {
+            DhtOutcome::Records(r) => self.names.on_records(token, r, now),
+            DhtOutcome::NotFound => self.names.on_failed(token, true, "no claims", now),
+            DhtOutcome::Published { accepted, .. } => {
+                tracing::info!(accepted, "name claim published");
+                self.names.on_published(token, *accepted, now)
+            }
+            DhtOutcome::Failed(why) => self.names.on_failed(token, false, why, now),
+            DhtOutcome::Relays(_) => self.names.on_failed(token, false, "unexpected", now),
+        }
+        true
+    }
+
+    /// Starts what is due, answers what finished, saves changed pins.
+    pub(super) fn pump(&mut self, node: &mut Node, now: Millis) {
+        while let Some(q) = self.names.poll_query(now) {
+            let token = match &q {
+                NameQuery::Lookup { name } => node.dht_query(
+                    now,
+                    DhtQuery::FindValue {
+                        kind: RecordKind::NameClaim,
+                        key: dht_key(name),
+                    },
+                    false,
+                ),
+                NameQuery::Publish { record, .. } => node.dht_query(
+                    now,
+                    DhtQuery::Publish {
+                        kind: RecordKind::NameClaim,
+                        record: record.clone(),
+                    },
+                    true,
+                ),
+            };
+            self.names.started(token, &q);
+        }
+        while let Some((name, answer)) = self.names.poll_answer() {
+            for w in self.waiters.remove(&name).unwrap_or_default() {
+                self.waiting = self.waiting.saturating_sub(1);
+                let _ = w.send(answer.clone());
+            }
+        }
+        if let Some(pins) = self.names.take_pins_to_save() {
+            let dir = self.pins_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = claim_files::save_pins(&dir, &pins) {
+                    tracing::warn!(error = %e, "could not save the name pins");
+                }
+            });
+        }
+    }
+}
+
+/// Asks the link task for a network name and waits at most `wait`.
+pub(super) async fn lookup(
+    commands: &tokio::sync::mpsc::Sender<super::Command>,
+    name: String,
+    wait: std::time::Duration,
+) -> NetAnswer {
+    let (tx, rx) = oneshot::channel();
+    if commands
+        .try_send(super::Command::Name { name, reply: tx })
+        .is_err()
+    {
+        return NetAnswer::Unavailable("the daemon is busy".into());
+    }
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(_)) => NetAnswer::Unavailable("the daemon is stopping".into()),
+        Err(_) => NetAnswer::Unavailable(format!(
+            "no answer from the DHT within {} s",
+            wait.as_secs()
+        )),
+    }
+}
+
+/// The key name of a claim's key.
+pub(super) fn key_name(key: &[u8; 32]) -> Option<crate::names::KeyName> {
+    crate::crypto::keys::decode_public_key(key).map(|k| crate::names::KeyName::of(&k))
+}
