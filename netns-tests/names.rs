@@ -119,6 +119,25 @@ fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // An edited names file is read again without a restart (the daemon looks every 5 s).
+    std::fs::write(&names, "# petnames\ncarol fd12::c\ndave fd12::d\n").unwrap();
+    let t = Instant::now();
+    loop {
+        let out = getent("dave.gn.alt");
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("fd12::d") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the new petname never resolved"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "names: an added petname resolved {:?} after the edit",
+        t.elapsed()
+    );
 }
 
 /// The client's resolver is its daemon; the service is reached by a petname to its key name (and

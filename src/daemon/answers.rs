@@ -49,8 +49,8 @@ pub(super) struct NodeState {
     pub(super) links: Mutex<LinkSnapshot>,
     pub(super) budget: MemoryBudget,
     pub(super) commands: mpsc::Sender<Command>,
-    /// The petnames, read at start.
-    pub(super) petnames: names::Petnames,
+    /// The petnames, read at start and again by [`NodeState::reload_petnames`].
+    pub(super) petnames: std::sync::RwLock<names::Petnames>,
     /// The services hosted (a reload changes them).
     pub(super) hosted: Mutex<Vec<super::hosted::Hosted>>,
     /// How the last reload went.
@@ -136,6 +136,24 @@ impl control::Handler for NodeState {
 }
 
 impl NodeState {
+    /// The petnames now (a copy of the lock's contents is not needed: readers hold it briefly).
+    pub(super) fn pets(&self) -> std::sync::RwLockReadGuard<'_, names::Petnames> {
+        self.petnames.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the names file and `[names] local` again (on SIGHUP, or when the file changed). A
+    /// file that no longer parses (or that the dropped user may not read) keeps the old names,
+    /// with the error logged: a typo must not make every petname vanish.
+    pub fn reload_petnames(&self) {
+        match self.config.petnames() {
+            Ok(p) => {
+                tracing::info!(count = p.len(), file = %self.config.names.file.display(), "petnames reloaded");
+                *self.petnames.write().unwrap_or_else(|e| e.into_inner()) = p;
+            }
+            Err(e) => tracing::warn!("{e}; keeping the petnames read before"),
+        }
+    }
+
     pub(super) fn ping(&self, addr: Option<&str>) -> Answer {
         let Some(addr) = addr else {
             return Answer::Now(Err("ping needs an address (`addr`)".into()));
@@ -168,7 +186,7 @@ impl NodeState {
         let Some(name) = name else {
             return Answer::Now(Err("resolve needs a name (`name`)".into()));
         };
-        let found = match names::resolve_local(name, &self.petnames) {
+        let found = match names::resolve_local(name, &self.pets()) {
             Ok(names::Local::Found(r)) => r,
             Ok(names::Local::Network(label)) => return self.resolve_network(name, label),
             Ok(names::Local::NotFound) => {
@@ -196,7 +214,7 @@ impl NodeState {
         let Some(name) = name else {
             return Answer::Now(Err("accept needs a name (`name`)".into()));
         };
-        let label = match names::resolve_local(name, &self.petnames) {
+        let label = match names::resolve_local(name, &self.pets()) {
             Ok(names::Local::Network(label)) => label,
             Ok(_) => {
                 return Answer::Now(Err(format!(

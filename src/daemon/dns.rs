@@ -113,7 +113,8 @@ pub(super) async fn serve(socket: UdpSocket, state: Arc<NodeState>) {
                 continue;
             }
         };
-        let reply = match handle(buf.get(..len).unwrap_or(&[]), &state.petnames) {
+        let handled = handle(buf.get(..len).unwrap_or(&[]), &state.pets());
+        let reply = match handled {
             Handled::Reply(b) => b,
             Handled::Network { query, label } => {
                 let Ok(permit) = pending.clone().try_acquire_owned() else {

@@ -253,7 +253,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         links: Mutex::new(LinkSnapshot::default()),
         budget: budget.clone(),
         commands: commands_tx.clone(),
-        petnames,
+        petnames: std::sync::RwLock::new(petnames),
         hosted: Mutex::new(hosted.iter().map(|(h, _)| h.clone()).collect()),
         reload: Mutex::new(reload::ReloadState::default()),
         config_path,
@@ -479,6 +479,7 @@ async fn run_async(
     let mut sighup = signal(SignalKind::hangup()).map_err(ctx("signals"))?;
 
     let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
+    let petnames_task = tokio::spawn(names::watch_petnames(state.clone()));
     // TUN reader -> link task (packets from the kernel), and their buffers back.
     let (from_tun_tx, from_tun_rx) = mpsc::channel(PACKET_QUEUE);
     let (read_bufs_tx, read_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
@@ -526,6 +527,7 @@ async fn run_async(
             _ = sighup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 reload::reload(&state.config_path, &state).await;
+                state.reload_petnames();
                 notify(&[sd_notify::NotifyState::Ready]);
                 continue;
             }
@@ -545,6 +547,7 @@ async fn run_async(
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     control_task.abort();
+    petnames_task.abort();
     watchdog.abort();
     writer_task.abort();
     routes_task.abort();

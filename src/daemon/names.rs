@@ -132,3 +132,27 @@ pub(super) async fn lookup(
 pub(super) fn key_name(key: &[u8; 32]) -> Option<crate::names::KeyName> {
     crate::crypto::keys::decode_public_key(key).map(|k| crate::names::KeyName::of(&k))
 }
+
+/// How often the names file's modification time is looked at.
+const PETNAMES_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reloads the petnames when the names file changes (its mtime or size), so an edit takes
+/// effect without a restart; SIGHUP does the same through [`super::NodeState::reload_petnames`].
+pub(super) async fn watch_petnames(state: std::sync::Arc<super::NodeState>) {
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let file = state.config.names.file.clone();
+    let mut last = stamp(&file);
+    let mut tick = tokio::time::interval(PETNAMES_POLL);
+    loop {
+        tick.tick().await;
+        let now = stamp(&file);
+        if now != last {
+            last = now;
+            state.reload_petnames();
+        }
+    }
+}
