@@ -143,6 +143,9 @@ pub struct Sim {
     /// Datagrams sent to `watched`, by source IP (a NATed node's is its NAT's public IP).
     pub watched_datagrams: HashMap<IpAddr, u64>,
     boxes: Vec<NatBox>,
+    /// Running digest of every datagram handed to a node (time, source, node, length, type), when
+    /// [`Sim::record_trace`] turned it on: two runs of one seed must end with the same digest.
+    trace: Option<Sha256>,
 }
 
 fn derive(seed: u64, what: &str, i: usize) -> [u8; 32] {
@@ -180,6 +183,7 @@ impl Sim {
             watched: None,
             watched_datagrams: HashMap::new(),
             boxes: Vec::new(),
+            trace: None,
         }
     }
 
@@ -248,7 +252,8 @@ impl Sim {
         // Seeded secrets too, so a failing seed replays byte for byte: the simulator is the one
         // place allowed to (crate::crypto::rng).
         let link_rand = Randomness::simulated(derive(self.cfg.seed, "link choices", i));
-        let layer = LinkLayer::new(cfg, keys, budget, link_rand, self.now);
+        let mut layer = LinkLayer::new(cfg, keys, budget, link_rand, self.now);
+        layer.run_in_virtual_time();
         let rand = Randomness::simulated(derive(self.cfg.seed, "node randomness", i));
         let node = Node::new(layer, OnionKey::from_secret(onion), rand, self.now);
         self.nodes.push(SimNode {
@@ -524,6 +529,15 @@ impl Sim {
                     let alive = self.nodes.get(to).is_some_and(|n| n.alive);
                     if alive {
                         self.delivered += 1;
+                        if let Some(h) = self.trace.as_mut() {
+                            h.update(self.now.to_be_bytes());
+                            h.update(from.to_string().as_bytes());
+                            h.update((to as u64).to_be_bytes());
+                            h.update((data.len() as u64).to_be_bytes());
+                            // The message type only: link ciphertext differs between runs (the
+                            // WireGuard ephemerals come from the OS inside boringtun).
+                            h.update(data.get(..1).unwrap_or_default());
+                        }
                         if let Some(n) = self.nodes.get_mut(to) {
                             n.node.handle_datagram(self.now, from, &data);
                             n.node.recycle(data);
@@ -561,6 +575,21 @@ impl Sim {
     pub fn run_for(&mut self, ms: Millis) {
         let until = self.now + ms;
         self.run_until(until);
+    }
+
+    /// Starts the digest of delivered datagrams (see [`Sim::trace_digest`]).
+    pub fn record_trace(&mut self) {
+        self.trace = Some(Sha256::new());
+    }
+
+    /// The digest of every datagram delivered since [`Sim::record_trace`], with the count
+    /// delivered, lost and NAT-dropped; `None` when not recording.
+    pub fn trace_digest(&self) -> Option<[u8; 32]> {
+        let mut h = self.trace.clone()?;
+        h.update(self.delivered.to_be_bytes());
+        h.update(self.lost.to_be_bytes());
+        h.update(self.nat_dropped.to_be_bytes());
+        Some(h.finalize().into())
     }
 
     /// Index of the node with this relay identity.

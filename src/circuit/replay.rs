@@ -219,7 +219,7 @@ impl<const WORDS: usize, const MAX_JUMP: u64> SeqWindow<WORDS, MAX_JUMP> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::HashSet;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_rules_of_6_7() {
@@ -266,7 +266,7 @@ mod tests {
         #[test]
         fn matches_a_reference_model(start in any::<u64>(), steps in prop::collection::vec(-1100i64..1200, 1..300)) {
             let mut w = ReplayWindow::new();
-            let mut seen = HashSet::new();
+            let mut seen = BTreeSet::new();
             let mut top: Option<u64> = None;
             let mut cur = start;
             for s in steps {

@@ -14,7 +14,7 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::budget::{Charge, MemoryBudget};
 use crate::circuit::layer::{CircEvent, CircId};
@@ -162,7 +162,7 @@ struct ClientQuery {
     avoid: Vec<[u8; 32]>,
     /// Last hops the request went to (every attempt).
     via: Vec<[u8; 32]>,
-    records: HashMap<[u8; 32], (u64, Vec<u8>)>,
+    records: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
     _charge: Charge,
 }
 
@@ -172,9 +172,9 @@ pub type Done = (u64, DhtOutcome, Vec<[u8; 32]>);
 /// The queries this node asks of the DHT and their circuits.
 pub struct DhtClient {
     next_token: u64,
-    circs: HashMap<CircId, DhtCirc>,
-    queries: HashMap<u64, ClientQuery>,
-    by_lookup_id: HashMap<u32, u64>,
+    circs: BTreeMap<CircId, DhtCirc>,
+    queries: BTreeMap<u64, ClientQuery>,
+    by_lookup_id: BTreeMap<u32, u64>,
     /// Outcomes of queries that ended while their token was being handed out: delivered on the
     /// next timer, so that an answer never arrives before `query` returns.
     deferred: Vec<Done>,
@@ -196,9 +196,9 @@ impl DhtClient {
     pub fn new() -> DhtClient {
         DhtClient {
             next_token: 1,
-            circs: HashMap::new(),
-            queries: HashMap::new(),
-            by_lookup_id: HashMap::new(),
+            circs: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            by_lookup_id: BTreeMap::new(),
             deferred: Vec::new(),
             done: Vec::new(),
             in_query: false,
@@ -306,7 +306,7 @@ impl DhtClient {
                 junk: false,
                 avoid,
                 via: Vec::new(),
-                records: HashMap::new(),
+                records: BTreeMap::new(),
                 _charge: charge,
             },
         );

@@ -10,7 +10,7 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::budget::{Charge, MemoryBudget};
@@ -153,11 +153,11 @@ pub struct DhtHost {
     relay: Option<DhtRelay>,
     rand: Randomness,
     hostile: bool,
-    waiting: HashMap<[u8; 32], Waiting>,
+    waiting: BTreeMap<[u8; 32], Waiting>,
     waiting_total: usize,
-    slots: HashMap<u64, RoleSlot>,
-    role_ops: HashMap<OpHandle, RoleOp>,
-    own_ops: HashMap<OpHandle, OwnOp>,
+    slots: BTreeMap<u64, RoleSlot>,
+    role_ops: BTreeMap<OpHandle, RoleOp>,
+    own_ops: BTreeMap<OpHandle, OwnOp>,
     observe: Option<Vec<RoleSeen>>,
     next_scan: Millis,
     next_refresh: Millis,
@@ -175,11 +175,11 @@ impl DhtHost {
             relay: None,
             rand,
             hostile: false,
-            waiting: HashMap::new(),
+            waiting: BTreeMap::new(),
             waiting_total: 0,
-            slots: HashMap::new(),
-            role_ops: HashMap::new(),
-            own_ops: HashMap::new(),
+            slots: BTreeMap::new(),
+            role_ops: BTreeMap::new(),
+            own_ops: BTreeMap::new(),
             observe: None,
             next_scan: 0,
             next_refresh: 0,
@@ -555,7 +555,7 @@ impl DhtHost {
             (LookupOp::FindValue, OpResult::Lookup(res)) => {
                 let kind = r.kind.unwrap_or(RecordKind::Descriptor);
                 // Our own store counts too: we may be one of the replicas.
-                let mut best: HashMap<[u8; 32], (u64, Vec<u8>)> = HashMap::new();
+                let mut best: BTreeMap<[u8; 32], (u64, Vec<u8>)> = BTreeMap::new();
                 let mut all = res.records.clone();
                 if let Some(relay) = &self.relay {
                     let (total, _) = relay.store.get(&r.key, kind, 0, now);

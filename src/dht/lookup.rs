@@ -14,7 +14,7 @@
 //! answer is ignored, it counts as failed and it is listed in [`LookupResult::penalised`] for the
 //! caller's routing table. Nothing here trusts a peer's clock or keeps anything after the result.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::descriptor::DESC_MAX_SIGNERS_PER_INDEX;
 use super::message::{DhtMessage, RecordKind};
@@ -140,12 +140,12 @@ pub struct Lookup {
     cfg: LookupConfig,
     deadline: Millis,
     paths: Vec<Path>,
-    claimed: HashSet<[u8; 32]>,
-    pending: HashMap<u64, Pending>,
+    claimed: BTreeSet<[u8; 32]>,
+    pending: BTreeMap<u64, Pending>,
     next_query: u64,
     outbox: Vec<Outgoing>,
-    records: HashMap<[u8; 32], (u64, Vec<u8>)>,
-    depth: HashMap<[u8; 32], usize>,
+    records: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    depth: BTreeMap<[u8; 32], usize>,
     result: LookupResult,
     finished: bool,
 }
@@ -166,12 +166,12 @@ impl Lookup {
             cfg,
             deadline: now + DHT_LOOKUP_TIMEOUT_S * 1000,
             paths: (0..DHT_DISJOINT_PATHS).map(|_| Path::default()).collect(),
-            claimed: HashSet::new(),
-            pending: HashMap::new(),
+            claimed: BTreeSet::new(),
+            pending: BTreeMap::new(),
             next_query: 1,
             outbox: Vec::new(),
-            records: HashMap::new(),
-            depth: HashMap::new(),
+            records: BTreeMap::new(),
+            depth: BTreeMap::new(),
             result: LookupResult::default(),
             finished: false,
         };
@@ -434,7 +434,7 @@ impl Lookup {
         for (_, p) in pending {
             self.fail(&p, false);
         }
-        let penalised: HashSet<[u8; 32]> = self.result.penalised.iter().copied().collect();
+        let penalised: BTreeSet<[u8; 32]> = self.result.penalised.iter().copied().collect();
         let mut answered: Vec<(Key, Contact)> = self
             .paths
             .iter()
@@ -443,7 +443,7 @@ impl Lookup {
             .map(|c| (c.dist, c.contact))
             .collect();
         answered.sort_by_key(|a| a.0);
-        let mut per_prefix: HashMap<Prefix, usize> = HashMap::new();
+        let mut per_prefix: BTreeMap<Prefix, usize> = BTreeMap::new();
         let mut closest = Vec::new();
         for (_, c) in answered {
             let n = per_prefix
@@ -459,7 +459,10 @@ impl Lookup {
             }
         }
         self.result.closest = closest;
-        self.result.records = self.records.drain().map(|(_, (_, b))| b).collect();
+        self.result.records = std::mem::take(&mut self.records)
+            .into_values()
+            .map(|(_, b)| b)
+            .collect();
         self.result.records.sort();
     }
 
@@ -506,7 +509,7 @@ mod tests {
         let target = [0x33; 32];
         let seeds: Vec<Contact> = pool[..24].to_vec();
         let mut l = Lookup::new(target, Target::Nodes, &seeds, cfg(), 0);
-        let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut seen: BTreeMap<[u8; 32], usize> = BTreeMap::new();
         let mut now = 0;
         while !l.is_done() {
             let out = l.poll(now);

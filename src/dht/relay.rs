@@ -9,7 +9,7 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::lookup::{Lookup, LookupConfig, LookupResult, Target};
@@ -136,8 +136,8 @@ pub struct DhtRelay {
     /// The records stored for others.
     pub store: Store,
     cfg: LookupConfig,
-    ops: HashMap<OpHandle, Op>,
-    rpcs: HashMap<u64, Rpc>,
+    ops: BTreeMap<OpHandle, Op>,
+    rpcs: BTreeMap<u64, Rpc>,
     next_handle: OpHandle,
     rng: StdRng,
     out: Vec<RelayOut>,
@@ -160,8 +160,8 @@ impl DhtRelay {
                 own_identity: identity,
                 prefix_bits,
             },
-            ops: HashMap::new(),
-            rpcs: HashMap::new(),
+            ops: BTreeMap::new(),
+            rpcs: BTreeMap::new(),
             next_handle: 1,
             rng: rand.choices(),
             out: Vec::new(),

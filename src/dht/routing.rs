@@ -7,7 +7,7 @@
 //! The caller inserts a contact only after a link to it completed HELLO with a valid record
 //! carrying the `DHT` flag; this table does no I/O.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::{
@@ -83,7 +83,7 @@ struct Bucket {
 pub struct RoutingTable {
     own_id: Key,
     buckets: Vec<Bucket>,
-    per_prefix: HashMap<Prefix, usize>,
+    per_prefix: BTreeMap<Prefix, usize>,
     prefix_bits: (u8, u8),
     budget: MemoryBudget,
 }
@@ -95,7 +95,7 @@ impl RoutingTable {
         RoutingTable {
             own_id: node_id(own_identity),
             buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
-            per_prefix: HashMap::new(),
+            per_prefix: BTreeMap::new(),
             prefix_bits,
             budget,
         }

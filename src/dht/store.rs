@@ -20,7 +20,7 @@
 
 use rand::Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::descriptor::{Descriptor, DESC_MAX_SIGNERS_PER_INDEX, DESC_NEW_SIGNER_INTERVAL_S};
 use super::message::{RecordKind, StoreStatus};
@@ -75,7 +75,7 @@ impl Default for Slot {
 #[derive(Debug)]
 pub struct Store {
     own_id: Key,
-    slots: HashMap<Key, Slot>,
+    slots: BTreeMap<Key, Slot>,
     total: usize,
     shares: Shares,
     budget: MemoryBudget,
@@ -86,9 +86,9 @@ pub struct Store {
 /// source's records are evicted at the total cap.
 #[derive(Debug, Default)]
 struct Shares {
-    count: HashMap<Prefix, usize>,
+    count: BTreeMap<Prefix, usize>,
     by_count: BTreeSet<(usize, Prefix)>,
-    ranked: HashMap<Prefix, BTreeSet<Rank>>,
+    ranked: BTreeMap<Prefix, BTreeSet<Rank>>,
 }
 
 impl Shares {
@@ -195,7 +195,7 @@ impl Store {
     pub fn new(own_id: Key, budget: MemoryBudget) -> Store {
         Store {
             own_id,
-            slots: HashMap::new(),
+            slots: BTreeMap::new(),
             total: 0,
             shares: Shares::default(),
             budget,

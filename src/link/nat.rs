@@ -2,8 +2,8 @@
 //! endpoints neighbours observe, the constants of punching, probing and relayed links, and small
 //! rate windows. The message flow itself lives in [`super::layer`].
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::{Charge, MemoryBudget};
@@ -111,8 +111,8 @@ impl RateWindow {
 /// is charged to the memory budget.
 #[derive(Default)]
 pub struct PunchCaps {
-    endpoints: HashMap<SocketAddr, (RateWindow, Charge)>,
-    ips: HashMap<IpAddr, (RateWindow, Charge)>,
+    endpoints: BTreeMap<SocketAddr, (RateWindow, Charge)>,
+    ips: BTreeMap<IpAddr, (RateWindow, Charge)>,
     /// When the tables were last swept of expired entries.
     swept: Millis,
 }

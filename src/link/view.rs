@@ -9,7 +9,7 @@
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::{Charge, MemoryBudget};
@@ -86,7 +86,7 @@ struct Entry {
 /// The view.
 pub struct RelayView {
     own: [u8; 32],
-    entries: HashMap<[u8; 32], Entry>,
+    entries: BTreeMap<[u8; 32], Entry>,
     prefix_bits: (u8, u8),
     max: usize,
     budget: MemoryBudget,
@@ -97,7 +97,7 @@ impl RelayView {
     pub fn new(own: [u8; 32], prefix_bits: (u8, u8), budget: MemoryBudget) -> RelayView {
         RelayView {
             own,
-            entries: HashMap::new(),
+            entries: BTreeMap::new(),
             prefix_bits,
             max: VIEW_MAX,
             budget,

@@ -242,7 +242,7 @@ impl SessionLayer {
 
 /// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop).
 pub(in crate::session) fn through_suspect(
-    suspects: &std::collections::HashMap<[u8; 32], Millis>,
+    suspects: &std::collections::BTreeMap<[u8; 32], Millis>,
     ctx: &impl SessionCtx,
     now: Millis,
     id: CircId,

@@ -19,7 +19,7 @@
 //! shows (status, counters) and its entry points; the rest is in the files named in
 //! [`crate::session`]'s table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv6Addr;
 
 use rand::rngs::StdRng;
@@ -183,25 +183,25 @@ pub struct SessionLayer {
     pub(in crate::session) client_seed: Option<[u8; 32]>,
     pub(in crate::session) real_for: Vec<[u8; 16]>,
     pub(in crate::session) services: Vec<Service>,
-    pub(in crate::session) desc_cache: HashMap<[u8; 32], (Descriptor, Charge)>,
-    pub(in crate::session) clients: HashMap<[u8; 16], ClientSession>,
-    pub(in crate::session) owners: HashMap<CircId, Owner>,
+    pub(in crate::session) desc_cache: BTreeMap<[u8; 32], (Descriptor, Charge)>,
+    pub(in crate::session) clients: BTreeMap<[u8; 16], ClientSession>,
+    pub(in crate::session) owners: BTreeMap<CircId, Owner>,
     /// Service circuits to a client's rendezvous point, before RENDEZVOUS1: what to send, the
     /// rendezvous point, and which try this is.
-    pub(in crate::session) pending_r1: HashMap<CircId, (Rendezvous1, [u8; 32], u8)>,
+    pub(in crate::session) pending_r1: BTreeMap<CircId, (Rendezvous1, [u8; 32], u8)>,
     /// The latest time the node was driven with (for status output).
     pub(in crate::session) now: Millis,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
-    pub(in crate::session) suspects: HashMap<[u8; 32], Millis>,
+    pub(in crate::session) suspects: BTreeMap<[u8; 32], Millis>,
     /// Descriptor lookups under way: token → service.
-    pub(in crate::session) lookups: HashMap<u64, [u8; 16]>,
+    pub(in crate::session) lookups: BTreeMap<u64, [u8; 16]>,
     /// DHT queries for the node to start.
     pub(in crate::session) dht_requests: VecDeque<DhtRequest>,
     /// Descriptor publications under way: token → service and epoch.
-    pub(in crate::session) publishes: HashMap<u64, ([u8; 16], u64)>,
+    pub(in crate::session) publishes: BTreeMap<u64, ([u8; 16], u64)>,
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
-    pub(in crate::session) pings: HashMap<u64, ([u8; 16], Millis)>,
+    pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Millis)>,
     pub(in crate::session) next_ping: u64,
     /// Counters.
     pub stats: SessionStats,
@@ -226,7 +226,7 @@ pub(in crate::session) fn seal(
 }
 
 /// Forgets the least recently used flow.
-pub(in crate::session) fn evict_lru(flows: &mut HashMap<FlowKey, (CircId, Millis)>) {
+pub(in crate::session) fn evict_lru(flows: &mut BTreeMap<FlowKey, (CircId, Millis)>) {
     let lru = flows.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
     if let Some(k) = lru {
         flows.remove(&k);
@@ -255,18 +255,18 @@ impl SessionLayer {
             client_seed: None,
             real_for: Vec::new(),
             services: Vec::new(),
-            desc_cache: HashMap::new(),
-            clients: HashMap::new(),
-            owners: HashMap::new(),
-            pending_r1: HashMap::new(),
+            desc_cache: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            pending_r1: BTreeMap::new(),
             now: 0,
-            suspects: HashMap::new(),
-            lookups: HashMap::new(),
+            suspects: BTreeMap::new(),
+            lookups: BTreeMap::new(),
             dht_requests: VecDeque::new(),
-            publishes: HashMap::new(),
+            publishes: BTreeMap::new(),
             stems: Vec::new(),
             vanguards: Vanguards::new(),
-            pings: HashMap::new(),
+            pings: BTreeMap::new(),
             next_ping: 1,
             stats: SessionStats::default(),
             hooks: SessionTestHooks::default(),

@@ -3,7 +3,7 @@
 //! DHT by the node), INTRODUCE2, circuits to clients' rendezvous points, and the sessions with
 //! clients (10.6 - 10.8, 12.6).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv6Addr;
 
 use ed25519_dalek::SigningKey;
@@ -59,7 +59,7 @@ pub(in crate::session) struct ServiceSession {
     /// service sees its own half die when it is the one sending (a download).
     pub(in crate::session) silence: Vec<(CircId, Silence)>,
     pub(in crate::session) pending: usize,
-    pub(in crate::session) flows: HashMap<FlowKey, (CircId, Millis)>,
+    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Millis)>,
     pub(in crate::session) established: Millis,
     pub(in crate::session) _charge: Charge,
 }
@@ -75,14 +75,14 @@ pub(in crate::session) struct Service {
     pub(in crate::session) published_keys: Vec<[u8; 32]>,
     /// Per epoch: the last revision published in this run (no rollback per (index, signer),
     /// and the signer differs per epoch).
-    pub(in crate::session) revisions: HashMap<u64, u64>,
+    pub(in crate::session) revisions: BTreeMap<u64, u64>,
     /// Epochs whose descriptor is due, and when.
     pub(in crate::session) queued: Vec<(u64, Millis)>,
     /// When the periodic republication is due.
     pub(in crate::session) republish_at: Option<Millis>,
     /// Last hops that carried a publication: epoch, relay, when.
     pub(in crate::session) via: VecDeque<(u64, [u8; 32], Millis)>,
-    pub(in crate::session) sessions: HashMap<[u8; 16], ServiceSession>,
+    pub(in crate::session) sessions: BTreeMap<[u8; 16], ServiceSession>,
     pub(in crate::session) rate: RateLimit,
     pub(in crate::session) pending: usize,
     pub(in crate::session) next_intro_try: Millis,
@@ -111,11 +111,11 @@ impl SessionLayer {
             descs: Vec::new(),
             built_at: None,
             published_keys: Vec::new(),
-            revisions: HashMap::new(),
+            revisions: BTreeMap::new(),
             queued: Vec::new(),
             republish_at: None,
             via: VecDeque::new(),
-            sessions: HashMap::new(),
+            sessions: BTreeMap::new(),
             rate: RateLimit::new(SERVICE_INTRO_RATE.0, SERVICE_INTRO_RATE.1, now),
             pending: 0,
             next_intro_try: now,
@@ -563,7 +563,7 @@ impl SessionLayer {
                 circuits: Vec::new(),
                 silence: Vec::new(),
                 pending: 0,
-                flows: HashMap::new(),
+                flows: BTreeMap::new(),
                 established: now,
                 _charge: charge,
             },

@@ -18,7 +18,7 @@ mod relay;
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use super::handshake::OnionKey;
@@ -299,14 +299,14 @@ pub struct CircuitLayer {
     rng: StdRng,
     /// Handshake ephemerals (ours as a client, ours as a relay).
     secrets: SecretRng,
-    links: HashMap<LinkId, LinkInfo>,
-    relayed: HashMap<u64, Relayed>,
-    routes: HashMap<(LinkId, u32), (u64, Dir)>,
+    links: BTreeMap<LinkId, LinkInfo>,
+    relayed: BTreeMap<u64, Relayed>,
+    routes: BTreeMap<(LinkId, u32), (u64, Dir)>,
     next_slot: u64,
-    own: HashMap<CircId, Own>,
-    own_routes: HashMap<(LinkId, u32), CircId>,
+    own: BTreeMap<CircId, Own>,
+    own_routes: BTreeMap<(LinkId, u32), CircId>,
     next_own: u64,
-    quarantine: HashMap<(LinkId, u32), Millis>,
+    quarantine: BTreeMap<(LinkId, u32), Millis>,
     total_creates: Bucket,
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
@@ -350,14 +350,14 @@ impl CircuitLayer {
             budget,
             rng,
             secrets,
-            links: HashMap::new(),
-            relayed: HashMap::new(),
-            routes: HashMap::new(),
+            links: BTreeMap::new(),
+            relayed: BTreeMap::new(),
+            routes: BTreeMap::new(),
             next_slot: 1,
-            own: HashMap::new(),
-            own_routes: HashMap::new(),
+            own: BTreeMap::new(),
+            own_routes: BTreeMap::new(),
             next_own: 1,
-            quarantine: HashMap::new(),
+            quarantine: BTreeMap::new(),
             total_creates: Bucket::new(CREATE_RATE_TOTAL, now),
             actions: VecDeque::new(),
             events: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! sections 6-9): CREATE, forwarding in both directions (the hot path: no allocation per cell),
 //! EXTEND, the last hop's messages and splices, teardown, and the relay side's timers.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::{
     create_digest, CircAction, CircEvent, CircuitError, CircuitLayer, Dir, Route, SplicedMessage,
@@ -225,7 +225,7 @@ impl CircuitLayer {
     /// overall would be an honest service's quiet intro circuit or a client's spare, while a
     /// flooder keeps its own fresh; by link, the flood pays for itself (protocol.md section 15).
     fn evict_for_memory(&mut self, now: Millis) {
-        let mut per_link: HashMap<LinkId, usize> = HashMap::new();
+        let mut per_link: BTreeMap<LinkId, usize> = BTreeMap::new();
         for r in self.relayed.values() {
             *per_link.entry(r.up.0).or_default() += 1;
         }

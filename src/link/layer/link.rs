@@ -2,7 +2,7 @@
 //! timeouts, liveness PINGs, keepalives, PEX).
 
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::Charge;
@@ -138,7 +138,7 @@ pub(super) struct Link {
     /// Last use: a cell either way, a DHT frame we sent, or `LinkLayer::mark_in_use`.
     pub(super) last_cell: Millis,
     /// Our requests waiting for an answer, by rpc id.
-    pub(super) rpcs: HashMap<u64, Pending>,
+    pub(super) rpcs: BTreeMap<u64, Pending>,
     /// The NAT class and first endpoint of the peer's record.
     pub(super) peer_nat: NatClass,
     pub(super) peer_endpoint: Option<SocketAddr>,
@@ -344,7 +344,7 @@ impl LinkLayer {
         buf.resize(NOISE_BUF_LEN, 0);
         let mut send = None;
         let mut expired = false;
-        if let Some(l) = self.links.get_mut(&id) {
+        if let Some(l) = self.links.get_mut(&id).filter(|_| !self.virtual_time) {
             match l.session.update_timers(&mut buf) {
                 NoiseOut::Send(b) => send = Some((l.endpoint, b.to_vec())),
                 NoiseOut::Expired => expired = true,

@@ -32,7 +32,7 @@ mod session;
 mod types;
 
 use rand::rngs::StdRng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use x25519_dalek::PublicKey;
 
@@ -87,9 +87,9 @@ pub struct LinkLayer {
     responder: Responder,
     budget: MemoryBudget,
     rng: StdRng,
-    links: HashMap<LinkId, Link>,
-    by_index: HashMap<u32, LinkId>,
-    by_key: HashMap<[u8; 32], LinkId>,
+    links: BTreeMap<LinkId, Link>,
+    by_index: BTreeMap<u32, LinkId>,
+    by_key: BTreeMap<[u8; 32], LinkId>,
     next_id: u32,
     view: RelayView,
     own_record: Option<RelayRecord>,
@@ -102,35 +102,35 @@ pub struct LinkLayer {
     /// The local endpoint of the datagram being handled.
     rx_local: Option<SocketAddr>,
     nat: NatClass,
-    backoff: HashMap<[u8; 32], Backoff>,
+    backoff: BTreeMap<[u8; 32], Backoff>,
     /// Peers (by link key) whose link died of unanswered PINGs, until when
     /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
     /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
-    dead_peers: HashMap<[u8; 32], Millis>,
+    dead_peers: BTreeMap<[u8; 32], Millis>,
     boot: Bootstrap,
     query_budget: (Millis, u32),
-    expected: HashMap<[u8; 32], Millis>,
+    expected: BTreeMap<[u8; 32], Millis>,
     obs: Observations,
     /// Addresses we sent to outside a live link lately (closed links, bootstrap queries,
     /// punches): a probe from one of them proves nothing.
-    recent_peers: HashMap<std::net::IpAddr, (Millis, Charge)>,
+    recent_peers: BTreeMap<std::net::IpAddr, (Millis, Charge)>,
     /// Relays a circuit extension to failed, kept out of the view until the time given unless
     /// they speak to us themselves (records of dead relays linger in others' views until they
     /// expire, and every path through one fails only after a timeout).
-    suspects: HashMap<[u8; 32], Millis>,
+    suspects: BTreeMap<[u8; 32], Millis>,
     recent_overflow_until: Millis,
     probe: Option<Probe>,
     probe_ok: Option<SocketAddr>,
     last_probe: Millis,
-    probe_pings: HashMap<[u8; 32], (u64, Millis, Charge)>,
-    dials: HashMap<[u8; 32], PunchDial>,
-    punches: HashMap<LinkId, Punch>,
+    probe_pings: BTreeMap<[u8; 32], (u64, Millis, Charge)>,
+    dials: BTreeMap<[u8; 32], PunchDial>,
+    punches: BTreeMap<LinkId, Punch>,
     /// Caps on punch datagrams per endpoint and per IP, over all punches.
     punch_caps: PunchCaps,
     /// As an introducer: token -> relayed link entry.
-    relay_table: HashMap<u64, RelayEntry>,
+    relay_table: BTreeMap<u64, RelayEntry>,
     /// As an endpoint: our token -> relayed link.
-    relayed_tokens: HashMap<u64, LinkId>,
+    relayed_tokens: BTreeMap<u64, LinkId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LinkEvent>,
     pool: Vec<Vec<u8>>,
@@ -139,6 +139,9 @@ pub struct LinkLayer {
     next_tick: Millis,
     last_second: Millis,
     stats: LinkStats,
+    /// Driven by the in-process network: boringtun's own timers run on the wall clock, so they
+    /// are left out (the link's own handshake retries and keepalives run on `now`).
+    virtual_time: bool,
 }
 
 /// Bytes of a link frame header, for callers sizing buffers.
@@ -166,9 +169,9 @@ impl LinkLayer {
             link_public,
             budget,
             rng: rand.choices(),
-            links: HashMap::new(),
-            by_index: HashMap::new(),
-            by_key: HashMap::new(),
+            links: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            by_key: BTreeMap::new(),
             next_id: 1,
             view,
             own_record: None,
@@ -178,24 +181,24 @@ impl LinkLayer {
             locals: Vec::new(),
             rx_local: None,
             nat: NatClass::Unknown,
-            backoff: HashMap::new(),
-            dead_peers: HashMap::new(),
+            backoff: BTreeMap::new(),
+            dead_peers: BTreeMap::new(),
             boot,
             query_budget: (0, 0),
-            expected: HashMap::new(),
+            expected: BTreeMap::new(),
             obs: Observations::default(),
-            recent_peers: HashMap::new(),
-            suspects: HashMap::new(),
+            recent_peers: BTreeMap::new(),
+            suspects: BTreeMap::new(),
             recent_overflow_until: 0,
             probe: None,
             probe_ok: None,
             last_probe: 0,
-            probe_pings: HashMap::new(),
-            dials: HashMap::new(),
-            punches: HashMap::new(),
+            probe_pings: BTreeMap::new(),
+            dials: BTreeMap::new(),
+            punches: BTreeMap::new(),
             punch_caps: PunchCaps::default(),
-            relay_table: HashMap::new(),
-            relayed_tokens: HashMap::new(),
+            relay_table: BTreeMap::new(),
+            relayed_tokens: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             pool: Vec::new(),
@@ -204,6 +207,7 @@ impl LinkLayer {
             next_tick: now,
             last_second: now,
             stats: LinkStats::default(),
+            virtual_time: false,
         };
         l.refresh_record(now);
         l
@@ -240,6 +244,12 @@ impl LinkLayer {
     /// Counters.
     pub fn stats(&self) -> &LinkStats {
         &self.stats
+    }
+
+    /// For the in-process network: never run boringtun's wall-clock timers, whose retries and
+    /// keepalives would land at virtual times that depend on how fast the host runs the test.
+    pub(crate) fn run_in_virtual_time(&mut self) {
+        self.virtual_time = true;
     }
 
     /// Our relay record, once we have endpoints to put in it.

@@ -3,7 +3,7 @@
 //! from where datagrams arrive).
 
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::link::noise::{BoringSession, NOISE_BUF_LEN};
@@ -143,7 +143,7 @@ impl LinkLayer {
                 last_pex: 0,
                 pex_served: 0,
                 last_cell: 0,
-                rpcs: HashMap::new(),
+                rpcs: BTreeMap::new(),
                 peer_nat: NatClass::Unknown,
                 peer_endpoint: None,
                 punched: false,

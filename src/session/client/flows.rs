@@ -1,7 +1,7 @@
 //! An open client session's circuits and flows (10.8): each flow on its own circuit, a joined
 //! spare for the next one, JOINs for replacements, e2e frames in and out.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
@@ -40,7 +40,7 @@ impl SessionLayer {
                 }
             }
         }
-        let load = |id: CircId, flows: &HashMap<FlowKey, (CircId, Millis)>| {
+        let load = |id: CircId, flows: &BTreeMap<FlowKey, (CircId, Millis)>| {
             flows.values().filter(|(c, _)| *c == id).count()
         };
         // A flow whose circuit just died must not land on one through the relay that killed

@@ -2,7 +2,7 @@
 //! intro point, INTRODUCE1, RENDEZVOUS2; retries, rounds with a fresh descriptor, and an
 //! acknowledged attempt left to linger beside the next one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
 
@@ -402,7 +402,7 @@ impl SessionLayer {
                 silence: Silence::default(),
                 heard_at: now,
             }],
-            flows: HashMap::new(),
+            flows: BTreeMap::new(),
             joins: Vec::new(),
             next_request: 1,
         });

@@ -6,7 +6,7 @@
 mod flows;
 mod intro;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv6Addr;
 
 use crate::budget::{Charge, MemoryBudget};
@@ -59,7 +59,7 @@ pub(in crate::session) struct OpenSession {
     pub(in crate::session) keys: SessionKeys,
     pub(in crate::session) established: Millis,
     pub(in crate::session) circuits: Vec<SessCirc>,
-    pub(in crate::session) flows: HashMap<FlowKey, (CircId, Millis)>,
+    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Millis)>,
     pub(in crate::session) joins: Vec<Join>,
     pub(in crate::session) next_request: u32,
 }
@@ -98,7 +98,7 @@ pub(in crate::session) fn unreachable(
 }
 
 pub(in crate::session) fn c_intro<'a>(
-    clients: &'a mut HashMap<[u8; 16], ClientSession>,
+    clients: &'a mut BTreeMap<[u8; 16], ClientSession>,
     dst: &[u8; 16],
 ) -> Option<&'a mut Introduction> {
     clients.get_mut(dst).and_then(|c| c.intro.as_mut())

@@ -46,10 +46,10 @@ impl LinkUse {
 /// but each tag remembers the link its INTRODUCE1 came over, so that the tag is charged to that
 /// link and can be forgotten on its account.
 struct TagCache {
-    set: HashSet<[u8; 32]>,
+    set: BTreeSet<[u8; 32]>,
     order: VecDeque<([u8; 32], LinkId)>,
     /// Tags held per sending link (at most one entry per tag held, within the tag's charge).
-    senders: HashMap<LinkId, usize>,
+    senders: BTreeMap<LinkId, usize>,
     max: usize,
     charge: Charge,
 }
@@ -57,9 +57,9 @@ struct TagCache {
 impl TagCache {
     fn new(max: usize, budget: &MemoryBudget) -> TagCache {
         TagCache {
-            set: HashSet::new(),
+            set: BTreeSet::new(),
             order: VecDeque::new(),
-            senders: HashMap::new(),
+            senders: BTreeMap::new(),
             max,
             charge: budget.empty_charge(),
         }
@@ -143,11 +143,11 @@ struct IntroClient {
 /// The intro-point role: registrations by circuit and by auth key, accounted per upstream link
 /// so that memory pressure falls on the link that holds the most (docs/protocol.md section 15).
 pub struct IntroPointRole {
-    by_slot: HashMap<u64, IntroReg>,
-    by_key: HashMap<[u8; 32], u64>,
-    by_link: HashMap<LinkId, LinkUse>,
-    clients: HashMap<u64, IntroClient>,
-    link_rate: HashMap<LinkId, Bucket>,
+    by_slot: BTreeMap<u64, IntroReg>,
+    by_key: BTreeMap<[u8; 32], u64>,
+    by_link: BTreeMap<LinkId, LinkUse>,
+    clients: BTreeMap<u64, IntroClient>,
+    link_rate: BTreeMap<LinkId, Bucket>,
     tags: usize,
     evicted: Vec<u64>,
     budget: MemoryBudget,
@@ -159,11 +159,11 @@ impl IntroPointRole {
     /// An empty role charging `budget`.
     pub fn new(budget: MemoryBudget) -> IntroPointRole {
         IntroPointRole {
-            by_slot: HashMap::new(),
-            by_key: HashMap::new(),
-            by_link: HashMap::new(),
-            clients: HashMap::new(),
-            link_rate: HashMap::new(),
+            by_slot: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            by_link: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            link_rate: BTreeMap::new(),
             tags: 0,
             evicted: Vec::new(),
             budget,

@@ -9,7 +9,7 @@
 //! meeting, and slots name circuits only locally. Every entry is bounded and charged to the
 //! memory budget.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::budget::{Charge, MemoryBudget};
 use crate::link::LinkId;
@@ -148,7 +148,7 @@ impl RateLimit {
 /// held: a cache that sees one introduction costs one tag, not a chunk it may never fill.
 /// `false` from [`ReplayCache::insert`] means seen before (or no memory: refused).
 pub struct ReplayCache {
-    set: HashSet<[u8; 32]>,
+    set: BTreeSet<[u8; 32]>,
     order: VecDeque<[u8; 32]>,
     max: usize,
     charge: Charge,
@@ -158,7 +158,7 @@ impl ReplayCache {
     /// Holds at most `max` tags.
     pub fn new(max: usize, budget: MemoryBudget) -> ReplayCache {
         ReplayCache {
-            set: HashSet::new(),
+            set: BTreeSet::new(),
             order: VecDeque::new(),
             max,
             charge: budget.empty_charge(),

@@ -25,8 +25,8 @@ pub enum RendezvousOutcome {
 
 /// The rendezvous-point role: cookies waiting for their service.
 pub struct RendezvousRole {
-    cookies: HashMap<[u8; 32], Cookie>,
-    by_slot: HashMap<u64, [u8; 32]>,
+    cookies: BTreeMap<[u8; 32], Cookie>,
+    by_slot: BTreeMap<u64, [u8; 32]>,
     budget: MemoryBudget,
     /// Counters.
     pub stats: RoleStats,
@@ -36,8 +36,8 @@ impl RendezvousRole {
     /// An empty role charging `budget`.
     pub fn new(budget: MemoryBudget) -> RendezvousRole {
         RendezvousRole {
-            cookies: HashMap::new(),
-            by_slot: HashMap::new(),
+            cookies: BTreeMap::new(),
+            by_slot: BTreeMap::new(),
             budget,
             stats: RoleStats::default(),
         }

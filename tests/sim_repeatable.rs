@@ -1,0 +1,175 @@
+//! The in-process network is repeatable: one seed, run twice in one process, gives the same
+//! run datagram for datagram (DESIGN.md section 10). Every layer acts: links form, the DHT
+//! carries the service's descriptors, the client's lookup, introduction and rendezvous build
+//! circuits, a flow runs, and relays on its path die so sessions and links recover. Any decision
+//! taken in a hash table's iteration order (which differs between tables even in one process)
+//! shows up here as a different digest.
+
+use globalnet::node::NodeEvent;
+use globalnet::sim::{Sim, SimConfig};
+
+const SERVICE_SEED: [u8; 32] = [0x51; 32];
+const CLIENT_SEED: [u8; 32] = [0xc1; 32];
+
+/// A UDP packet (checksum left zero: nothing on the way checks it).
+fn udp(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, body: &[u8]) -> Vec<u8> {
+    let len = 8 + body.len();
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src);
+    p[24..40].copy_from_slice(&dst);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(body);
+    p
+}
+
+/// What one run did: the digest of every delivered datagram, the client's and the service's
+/// events, and the relays killed.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    digest: [u8; 32],
+    delivered: u64,
+    client_events: Vec<String>,
+    service_events: Vec<String>,
+    killed: Vec<usize>,
+    echoes: usize,
+}
+
+fn run(seed: u64) -> Outcome {
+    let mut sim = Sim::new(SimConfig {
+        seed,
+        jitter_ms: 5,
+        loss: 0.01,
+        ..SimConfig::default()
+    });
+    sim.record_trace();
+    sim.add_node(true, &[], 8);
+    for _ in 1..24 {
+        sim.add_node(true, &[0], 8);
+    }
+    let svc = sim.add_node(false, &[0, 1], 6);
+    let cli = sim.add_node(false, &[0, 1], 6);
+    sim.run_for(40_000);
+    sim.nodes[cli]
+        .node
+        .set_client_identity(CLIENT_SEED, Vec::new());
+    let now = sim.now;
+    sim.nodes[svc].node.add_service(now, SERVICE_SEED);
+    sim.flush(svc);
+    sim.run_for(30_000);
+    let s_addr = globalnet::session::ServiceIdentity::from_seed(&SERVICE_SEED)
+        .address()
+        .octets();
+    let me = sim.nodes[cli].node.pseudonym_for(s_addr).unwrap().octets();
+    let mut seen_svc = 0;
+    let mut echoes = 0;
+    let mut killed = Vec::new();
+    for i in 0..400u32 {
+        // Two relays die while the flow runs: first one on the flow's path (not a guard), then
+        // the busiest remaining relay.
+        if i == 150 || i == 280 {
+            let guards: Vec<[u8; 32]> = [cli, svc]
+                .iter()
+                .flat_map(|&n| sim.nodes[n].node.guards().list().to_vec())
+                .map(|g| g.identity)
+                .collect();
+            let flow =
+                globalnet::session::flows::flow_of(&udp(me, s_addr, 42000, 7, b""), true).unwrap();
+            let on_path: Vec<[u8; 32]> = sim.nodes[cli]
+                .node
+                .flow_circuit(s_addr, &flow)
+                .and_then(|c| sim.nodes[cli].node.circ.path(c))
+                .map(|p| p.iter().map(|r| *r.identity()).collect())
+                .unwrap_or_default();
+            let victim = on_path
+                .iter()
+                .filter(|id| !guards.contains(id))
+                .find_map(|id| sim.node_by_identity(id))
+                .filter(|v| sim.nodes[*v].alive && *v != cli && *v != svc)
+                .unwrap_or(2 + killed.len());
+            sim.kill(victim);
+            killed.push(victim);
+        }
+        let now = sim.now;
+        let p = udp(me, s_addr, 42000, 7, &i.to_be_bytes());
+        let _ = sim.nodes[cli].node.send_packet(now, s_addr, &p);
+        sim.flush(cli);
+        for _ in 0..10 {
+            sim.run_for(10);
+            let inbound: Vec<Vec<u8>> = sim.nodes[svc].events[seen_svc..]
+                .iter()
+                .filter_map(|e| match e {
+                    NodeEvent::Packet { buf } => Some(buf.clone()),
+                    _ => None,
+                })
+                .collect();
+            seen_svc = sim.nodes[svc].events.len();
+            for p in inbound {
+                let mut r = p.clone();
+                r[8..24].copy_from_slice(&p[24..40]);
+                r[24..40].copy_from_slice(&p[8..24]);
+                r[40..42].copy_from_slice(&p[42..44]);
+                r[42..44].copy_from_slice(&p[40..42]);
+                let dst: [u8; 16] = p[8..24].try_into().unwrap();
+                let now = sim.now;
+                let _ = sim.nodes[svc].node.send_packet(now, dst, &r);
+                sim.flush(svc);
+            }
+        }
+    }
+    for ev in &sim.nodes[cli].events {
+        if matches!(ev, NodeEvent::Packet { .. }) {
+            echoes += 1;
+        }
+    }
+    let events = |n: usize| -> Vec<String> {
+        sim.nodes[n]
+            .events
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect()
+    };
+    Outcome {
+        digest: sim.trace_digest().unwrap(),
+        delivered: sim.delivered,
+        client_events: events(cli),
+        service_events: events(svc),
+        killed,
+        echoes,
+    }
+}
+
+/// Fails with the first event where two runs part (the whole lists are too long to read).
+fn same_events(who: &str, a: &[String], b: &[String]) {
+    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        panic!(
+            "the {who}'s events part at {i} of {}/{}: {:?} / {:?}",
+            a.len(),
+            b.len(),
+            a.get(i),
+            b.get(i)
+        );
+    }
+}
+
+#[test]
+fn one_seed_run_twice_in_one_process_gives_the_same_run() {
+    let a = run(41);
+    let b = run(41);
+    eprintln!(
+        "delivered {} / {}, echoes {} / {}, killed {:?} / {:?}",
+        a.delivered, b.delivered, a.echoes, b.echoes, a.killed, b.killed
+    );
+    assert_eq!(a.killed, b.killed, "the same relays died");
+    same_events("client", &a.client_events, &b.client_events);
+    same_events("service", &a.service_events, &b.service_events);
+    assert_eq!(a.delivered, b.delivered, "datagrams delivered");
+    assert_eq!(a.digest, b.digest, "every datagram");
+    assert!(a.echoes >= 300, "the flow ran: {} echoes", a.echoes);
+}
