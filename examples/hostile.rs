@@ -700,7 +700,11 @@ fn run_introduce(cli: &Cli, clock: &Clock) -> Result<(), String> {
                     for _ in 0..per_circuit {
                         let mut msg1 = [0u8; globalnet::session::E2E_MSG1_LEN];
                         OsRng.fill_bytes(&mut msg1);
-                        let m = Introduce1 { auth_key, msg1 };
+                        let m = Introduce1 {
+                            auth_key,
+                            msg1,
+                            pow: None,
+                        };
                         if node
                             .circ
                             .send(id, RelayCommand::Introduce1, &m.emit())

@@ -126,6 +126,7 @@ fn replayed_introduction_is_recognisable() {
     let i1 = Introduce1 {
         auth_key: AUTH,
         msg1,
+        pow: None,
     };
     // Same bytes: same intro point tag and same E_c at the service, so both caches catch it.
     let again = Introduce1::parse(&i1.emit()).unwrap();

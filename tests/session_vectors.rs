@@ -162,6 +162,7 @@ fn intro_and_rendezvous_bodies() {
     let intro1 = Introduce1 {
         auth_key: auth,
         msg1,
+        pow: None,
     };
     assert_eq!(intro1.emit().to_vec(), hex(&v["introduce1_payload"]));
     let parsed = Introduce1::parse(&hex(&v["introduce1_payload"])).unwrap();

@@ -81,10 +81,21 @@ impl Default for NamesConfig {
 }
 
 /// `[client]`
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Destinations shown this node's real address instead of a per-destination pseudonym.
     pub real_identity: Vec<Ipv6Addr>,
+    /// The most proof of work (expected hashes) put into one introduction (protocol.md 10.12).
+    pub pow_max_effort: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            real_identity: Vec::new(),
+            pow_max_effort: crate::session::intro_pow::POW_CLIENT_MAX_EFFORT,
+        }
+    }
 }
 
 /// `[limits]`
@@ -407,6 +418,16 @@ impl Config {
         }
         c.services = services::parse(raw.service.unwrap_or_default(), &err)?;
         if let Some(client) = raw.client {
+            if let Some(v) = client.pow_max_effort {
+                c.client.pow_max_effort = int_in(
+                    &v,
+                    0,
+                    i64::from(u32::MAX),
+                    "client.pow_max_effort",
+                    "expected hashes per introduction, 0 (never pay) to 4294967295; 16777216 is the default",
+                    &err,
+                )?;
+            }
             if let Some(list) = client.real_identity {
                 for item in list {
                     let addr = item
@@ -632,6 +653,7 @@ struct RawNames {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     real_identity: Option<Vec<Spanned<String>>>,
+    pow_max_effort: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

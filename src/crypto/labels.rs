@@ -58,8 +58,12 @@ pub const LABEL_NAME_CLAIM_SIG: &[u8] = b"globalnet name claim sig v1";
 /// DHT key of a name's claims (18.3).
 pub const LABEL_NAME_DHT_KEY: &[u8] = b"globalnet name dht key v1";
 
+/// Proof of work of an introduction (10.12).
+pub const LABEL_INTRO_POW: &[u8] = b"globalnet intro pow v1";
+
 /// Every label, for the distinctness test and for documentation tools.
 pub const ALL: &[&[u8]] = &[
+    LABEL_INTRO_POW,
     LABEL_ADDRESS,
     LABEL_RELAY_RECORD_SIG,
     LABEL_RELAY_DHT_KEY,
@@ -116,7 +120,8 @@ mod tests {
                 text.contains(s)
                     || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s)
                     || include_str!("../../tests/vectors/make_keynames.py").contains(s)
-                    || include_str!("../../tests/vectors/make_name_claims.py").contains(s),
+                    || include_str!("../../tests/vectors/make_name_claims.py").contains(s)
+                    || include_str!("../../tests/vectors/make_intro_pow.py").contains(s),
                 "label {s} not found in the vector script"
             );
         }

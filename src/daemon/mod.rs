@@ -334,6 +334,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             .map(|a| a.octets())
             .collect(),
     );
+    node.set_pow_max_effort(config.client.pow_max_effort);
     // Each service its own key, intro points, descriptors and circuits (docs/threat-model.md).
     for (h, seed) in &hosted {
         let seed = seed.as_deref().copied().unwrap_or(*service_seed);

@@ -26,6 +26,7 @@ use crate::crypto::labels::{
     LABEL_ADDRESS, LABEL_BLIND, LABEL_BLIND_NONCE, LABEL_DESC_BODY_KEY, LABEL_DESC_INDEX,
     LABEL_DESC_SIG,
 };
+use crate::dht::desc_pow::PowParams;
 use crate::wire::record::{emit_endpoint, parse_endpoint, ENDPOINT_LEN, MAX_CLOCK_SKEW_S};
 
 /// Length of an epoch (14.2): UTC days.
@@ -76,6 +77,7 @@ const OFF_SALT: usize = 84;
 const OFF_BODY_LEN: usize = 100;
 const BODY_OFF_KEY: usize = 4;
 const BODY_OFF_INTRO: usize = 36;
+const BODY_OFF_TLV: usize = BODY_OFF_INTRO + DESC_MAX_INTRO * INTRO_ENTRY_LEN;
 
 /// Why a descriptor, or one of its parts, was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -390,6 +392,8 @@ pub struct DescriptorContent {
     pub revision: u64,
     /// Unix seconds after which the descriptor is invalid.
     pub expires: u64,
+    /// The service's puzzle for introductions (10.12); `None` in descriptors without it.
+    pub pow: Option<PowParams>,
 }
 
 /// Inputs of one publication besides the key, the epoch and the intro points.
@@ -471,12 +475,23 @@ impl fmt::Debug for Descriptor {
 }
 
 impl Descriptor {
-    /// Builds and signs a descriptor for epoch `e` (service side).
+    /// Builds and signs a descriptor for epoch `e` (service side), without a puzzle.
     pub fn build(
         service: &SigningKey,
         e: u64,
         intro_points: &[IntroEntry],
         p: Publication,
+    ) -> Result<Descriptor, DescError> {
+        Descriptor::build_with_pow(service, e, intro_points, p, None)
+    }
+
+    /// [`Descriptor::build`] with the service's proof-of-work parameters in the body's TLV area.
+    pub fn build_with_pow(
+        service: &SigningKey,
+        e: u64,
+        intro_points: &[IntroEntry],
+        p: Publication,
+        pow: Option<PowParams>,
     ) -> Result<Descriptor, DescError> {
         if intro_points.is_empty() || intro_points.len() > DESC_MAX_INTRO {
             return Err(DescError::Field("1 to 4 intro points"));
@@ -497,6 +512,12 @@ impl Descriptor {
                 .get_mut(off..off + INTRO_ENTRY_LEN)
                 .ok_or(DescError::Field("intro slot"))?;
             entry.emit(slot)?;
+        }
+        if let Some(pow) = pow {
+            let area = body.get_mut(BODY_OFF_TLV..).unwrap_or(&mut []);
+            if !pow.emit_tlv(area) {
+                return Err(DescError::Field("TLV area"));
+            }
         }
 
         let mut b = [0u8; DESC_LEN];
@@ -637,11 +658,14 @@ impl Descriptor {
                 return Err(DescError::Field("unused intro slot not zero"));
             }
         }
+        let pow = PowParams::from_tlvs(body.get(BODY_OFF_TLV..).unwrap_or(&[]))
+            .map_err(|_| DescError::Field("body TLV area"))?;
         Ok(DescriptorContent {
             service_key,
             intro_points,
             revision: self.revision,
             expires: self.expires,
+            pow,
         })
     }
 

@@ -18,6 +18,7 @@
 //! stores for; network bytes never cause a panic.
 
 pub mod client;
+pub mod desc_pow;
 pub mod descriptor;
 pub mod host;
 pub mod lookup;

@@ -256,6 +256,11 @@ impl Node {
         self.sess.set_client_identity(seed, real_identity_for);
     }
 
+    /// The most proof of work put into one introduction (`[client] pow_max_effort`).
+    pub fn set_pow_max_effort(&mut self, effort: u32) {
+        self.sess.set_pow_max_effort(effort);
+    }
+
     /// The address this node shows `dst` as a client (its pseudonym for `dst`, or its real
     /// address where configured), if a client identity is set.
     pub fn pseudonym_for(&self, dst: [u8; 16]) -> Option<Ipv6Addr> {

@@ -20,6 +20,7 @@ use super::handshake::{E2E_MSG1_LEN, E2E_MSG2_LEN};
 use super::{array_at, hash};
 use crate::crypto::keys::{decode_public_key, fingerprint};
 use crate::crypto::labels::{LABEL_E2E_JOIN, LABEL_ESTABLISH_INTRO, LABEL_INTRO_REPLAY};
+use crate::session::intro_pow::{IntroPow, INTRO_POW_LEN};
 use crate::wire::record::LINK_SPEC_LEN;
 
 /// Version byte of every body in this module.
@@ -28,8 +29,13 @@ pub const INTRO_VERSION: u8 = 1;
 pub const REND_COOKIE_LEN: usize = 32;
 /// ESTABLISH_INTRO: version ‖ 3 reserved ‖ `auth_key` (32) ‖ `sig` (64).
 pub const ESTABLISH_INTRO_LEN: usize = 100;
-/// INTRODUCE1 and INTRODUCE2: version ‖ 3 reserved ‖ `auth_key` (32) ‖ `msg1` (496).
+/// INTRODUCE1 and INTRODUCE2: version ‖ flags ‖ 2 reserved ‖ `auth_key` (32) ‖ `msg1` (496),
+/// then the proof-of-work extension if flag [`INTRO_FLAG_POW`] is set.
 pub const INTRODUCE1_LEN: usize = 4 + 32 + E2E_MSG1_LEN;
+/// INTRODUCE1 with the proof-of-work extension.
+pub const INTRODUCE1_POW_LEN: usize = INTRODUCE1_LEN + INTRO_POW_LEN;
+/// Flag bit of INTRODUCE1 byte 1: the proof-of-work extension follows `msg1` (10.12).
+pub const INTRO_FLAG_POW: u8 = 0x01;
 /// Intro plaintext inside `msg1`.
 pub const INTRO_PLAINTEXT_LEN: usize = 400;
 /// TLV area at the end of the intro plaintext.
@@ -228,31 +234,59 @@ pub struct Introduce1 {
     pub auth_key: [u8; 32],
     /// GN-E2E-IK message 1 (10.3).
     pub msg1: [u8; E2E_MSG1_LEN],
+    /// The proof-of-work extension (10.12), for a service that asks for effort.
+    pub pow: Option<IntroPow>,
 }
 
 /// INTRODUCE2 (intro point → service) is INTRODUCE1 byte for byte.
 pub type Introduce2 = Introduce1;
 
 impl Introduce1 {
-    /// Parses the body.
+    /// Parses the body: 532 bytes, or 548 with the proof-of-work flag (other flag bits are
+    /// reserved and ignored).
     pub fn parse(bytes: &[u8]) -> Result<Self, IntroError> {
-        let b = checked::<INTRODUCE1_LEN>(bytes)?;
+        let flags = bytes.get(1).copied().unwrap_or(0);
+        if flags & INTRO_FLAG_POW == 0 {
+            let b = checked::<INTRODUCE1_LEN>(bytes)?;
+            return Ok(Introduce1 {
+                auth_key: get(b, 4)?,
+                msg1: get(b, 36)?,
+                pow: None,
+            });
+        }
+        let b = checked::<INTRODUCE1_POW_LEN>(bytes)?;
+        let ext: [u8; INTRO_POW_LEN] = get(b, INTRODUCE1_LEN)?;
         Ok(Introduce1 {
             auth_key: get(b, 4)?,
             msg1: get(b, 36)?,
+            pow: Some(IntroPow::parse(&ext)),
         })
     }
 
-    /// The body bytes.
-    pub fn emit(&self) -> [u8; INTRODUCE1_LEN] {
-        let mut out = [0u8; INTRODUCE1_LEN];
-        out[0] = INTRO_VERSION;
+    /// The body bytes (532, or 548 with the proof of work).
+    pub fn emit(&self) -> Vec<u8> {
+        let flags = if self.pow.is_some() {
+            INTRO_FLAG_POW
+        } else {
+            0
+        };
+        let mut out = vec![0u8; INTRODUCE1_LEN];
+        put(&mut out, 0, &[INTRO_VERSION, flags]);
         put(&mut out, 4, &self.auth_key);
         put(&mut out, 36, &self.msg1);
+        if let Some(p) = &self.pow {
+            out.extend_from_slice(&p.emit());
+        }
         out
     }
 
-    /// The intro point's replay-cache tag `H(LABEL_INTRO_REPLAY, auth_key ‖ msg1)`.
+    /// The client's ephemeral `E_c`: the first 32 bytes of `msg1` (10.3), in the clear.
+    pub fn client_ephemeral(&self) -> [u8; 32] {
+        array_at(&self.msg1, 0).unwrap_or([0u8; 32])
+    }
+
+    /// The intro point's replay-cache tag `H(LABEL_INTRO_REPLAY, auth_key ‖ msg1)` (the proof
+    /// of work is not part of it: another nonce for the same `msg1` is the same introduction).
     pub fn replay_tag(&self) -> [u8; 32] {
         hash(LABEL_INTRO_REPLAY, &[&self.auth_key, &self.msg1])
     }
@@ -525,5 +559,39 @@ mod tests {
         ));
         assert_eq!(Rendezvous2::parse(&b[1..]), Err(IntroError::Length));
         assert_eq!(Introduce1::parse(&[]), Err(IntroError::Length));
+    }
+
+    #[test]
+    fn introduce1_with_and_without_pow() {
+        let mut i = Introduce1 {
+            auth_key: [3u8; 32],
+            msg1: [4u8; E2E_MSG1_LEN],
+            pow: None,
+        };
+        let plain = i.emit();
+        assert_eq!(plain.len(), INTRODUCE1_LEN);
+        assert_eq!(Introduce1::parse(&plain), Ok(i.clone()));
+        i.pow = Some(IntroPow {
+            seed_id: [9, 8, 7, 6],
+            effort: 1000,
+            nonce: 42,
+        });
+        let b = i.emit();
+        assert_eq!((b.len(), b[1]), (INTRODUCE1_POW_LEN, INTRO_FLAG_POW));
+        assert_eq!(Introduce1::parse(&b), Ok(i.clone()));
+        // The flag decides the length: a flagged 532-byte body or an unflagged 548 is refused.
+        let mut short = plain.clone();
+        short[1] = INTRO_FLAG_POW;
+        assert_eq!(Introduce1::parse(&short), Err(IntroError::Length));
+        let mut long = b.clone();
+        long[1] = 0;
+        assert_eq!(Introduce1::parse(&long), Err(IntroError::Length));
+        // Reserved flag bits are ignored; the replay tag ignores the proof.
+        long[1] = 0x80 | INTRO_FLAG_POW;
+        assert_eq!(
+            Introduce1::parse(&long).map(|x| x.replay_tag()),
+            Ok(i.replay_tag())
+        );
+        assert_eq!(i.client_ephemeral(), [4u8; 32]);
     }
 }

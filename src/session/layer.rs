@@ -209,6 +209,8 @@ pub struct SessionLayer {
     /// Why stems or intro-point paths cannot be built, logged when it starts or changes.
     pub(in crate::session) stem_log: RepeatLog,
     pub(in crate::session) intro_path_log: RepeatLog,
+    /// The most work a client puts into one introduction (`[client] pow_max_effort`).
+    pub(in crate::session) pow_max_effort: u32,
 }
 
 pub(in crate::session) fn addr16(a: Ipv6Addr) -> [u8; 16] {
@@ -272,6 +274,7 @@ impl SessionLayer {
             hooks: SessionTestHooks::default(),
             stem_log: RepeatLog::default(),
             intro_path_log: RepeatLog::default(),
+            pow_max_effort: crate::session::intro_pow::POW_CLIENT_MAX_EFFORT,
         }
     }
 

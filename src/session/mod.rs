@@ -12,6 +12,7 @@
 //! | [`handshake`]   | GN-E2E-IK, the end-to-end handshake (10.2, 10.3)                      |
 //! | [`frame`]       | end-to-end frames, the session replay window, e2e messages (10.4, 10.5) |
 //! | [`intro`]       | introduction and rendezvous bodies, cookies, the JOIN proof (10.6, 10.7) |
+//! | [`intro_pow`]   | the proof-of-work extension of INTRODUCE1 and its puzzle (10.12)      |
 //! | [`roles`]       | the intro-point and rendezvous-point tables of a relay (10.6)          |
 //! | [`flows`]       | flow keys of inner packets (10.8)                                     |
 //! | [`ctx`]         | [`SessionCtx`], what the layer needs from the node; DHT requests       |
@@ -20,6 +21,7 @@
 //! | `dispatch`      | events of the layer's circuits, to the state machine that owns each   |
 //! | `circuits`      | paths, vanguards, suspects, stems, pool circuits for sessions          |
 //! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
+//! | `intro_queue`   | a service's introductions by effort, its puzzle seed and suggested effort (10.12) |
 //! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
 //! | `hosting`       | taking one hosted service down while the others run; which circuits serve which service |
 //! | `silence`       | dead-path detection: per-circuit silence, probes, the verdict (10.8)  |
@@ -38,6 +40,8 @@ pub mod frame;
 pub mod handshake;
 mod hosting;
 pub mod intro;
+pub mod intro_pow;
+mod intro_queue;
 pub mod layer;
 pub mod limits;
 mod points;

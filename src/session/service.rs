@@ -21,6 +21,7 @@ use crate::session::ctx::{DhtRequest, SessionCtx};
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
 use crate::session::frame::E2E_FRAME_LEN;
 use crate::session::intro::RendHs;
+use crate::session::intro_queue::IntroQueue;
 use crate::session::layer::{addr16, evict_lru, seal, Owner, SendError, ServiceInfo, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
@@ -86,6 +87,8 @@ pub(in crate::session) struct Service {
     pub(in crate::session) rate: RateLimit,
     pub(in crate::session) pending: usize,
     pub(in crate::session) next_intro_try: Millis,
+    /// Introductions by effort, the puzzle and its effort (10.12, `intro_queue.rs`).
+    pub(in crate::session) pow: IntroQueue,
     /// A publication failed: publish again then.
     pub(in crate::session) publish_retry_at: Option<Millis>,
 }
@@ -119,6 +122,7 @@ impl SessionLayer {
             rate: RateLimit::new(SERVICE_INTRO_RATE.0, SERVICE_INTRO_RATE.1, now),
             pending: 0,
             next_intro_try: now,
+            pow: IntroQueue::new(&mut self.secrets, now),
             publish_retry_at: None,
         });
         true
@@ -229,6 +233,7 @@ impl SessionLayer {
                 }
             }
             self.service_publish(now, svc, false);
+            self.service_pow_tick(ctx, now, svc);
             self.service_watch_circuits(ctx, now, svc);
         }
     }
@@ -454,8 +459,9 @@ impl SessionLayer {
                 expires: expires_for(now_s, e),
                 salt,
             };
-            match Descriptor::build(&s.signing, e, &entries, p) {
+            match Descriptor::build_with_pow(&s.signing, e, &entries, p, Some(s.pow.params())) {
                 Ok(d) => {
+                    s.pow.published(now);
                     s.descs.retain(|(de, _)| *de != e);
                     s.descs.push((e, d.clone()));
                     sends.push((e, d));
@@ -492,18 +498,16 @@ impl SessionLayer {
         avoid
     }
 
-    pub(in crate::session) fn service_on_introduce2(
+    /// Answers an introduction the queue let through (10.6): message 1, replay, limits, then a
+    /// circuit to the client's rendezvous point.
+    pub(in crate::session) fn service_accept_intro(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Millis,
         svc: [u8; 16],
         id: CircId,
-        payload: &[u8],
+        intro: Introduce1,
     ) {
-        let Ok(intro) = Introduce1::parse(payload) else {
-            self.stats.intro_rejected += 1;
-            return;
-        };
         let total = self.session_count();
         let secrets = &mut self.secrets;
         let stats = &mut self.stats;
@@ -528,7 +532,7 @@ impl SessionLayer {
             stats.intro_replays += 1;
             return;
         }
-        if s.pending >= MAX_PENDING_INTRODUCTIONS || total >= MAX_SESSIONS || !s.rate.take(now) {
+        if s.pending >= MAX_PENDING_INTRODUCTIONS || total >= MAX_SESSIONS {
             stats.intro_limited += 1;
             return;
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
+use rand::RngCore;
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
@@ -13,6 +14,7 @@ use crate::session::client::{c_intro, Introduction, OpenSession, SessCirc};
 use crate::session::ctx::{DhtRequest, SessionCtx};
 use crate::session::flows::flow_of;
 use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
+use crate::session::intro_pow::{next_effort, solve};
 use crate::session::layer::{hex8, Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::establish_rendezvous_body;
@@ -25,6 +27,11 @@ use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
 use crate::wire::relay::RelayCommand as C;
 
 impl SessionLayer {
+    /// The most work put into one introduction (`[client] pow_max_effort`, 10.12).
+    pub fn set_pow_max_effort(&mut self, effort: u32) {
+        self.pow_max_effort = effort;
+    }
+
     pub(in crate::session) fn client_start_intro(
         &mut self,
         ctx: &mut impl SessionCtx,
@@ -105,6 +112,7 @@ impl SessionLayer {
             sent_at: None,
             acked: false,
             acked_at: None,
+            pow: content.pow,
         });
         if let Some((id, _, ready)) = kept {
             self.client_set_rend(dst, id);
@@ -193,10 +201,16 @@ impl SessionLayer {
     /// if the service cannot have seen the attempt (no INTRODUCE_ACK yet): a late RENDEZVOUS1
     /// for an abandoned handshake would otherwise arrive on it.
     fn client_drop_intro(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+        let max_effort = self.pow_max_effort;
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
         };
         let Some(i) = c.intro.take() else { return };
+        if i.sent_at.is_some() && i.pow.is_some() {
+            // INTRODUCE1 went out and no RENDEZVOUS2 came: the service may be shedding
+            // introductions below the work it now wants (10.12).
+            c.pow_effort = next_effort(c.pow_effort, i.pow.map_or(0, |p| p.effort), max_effort);
+        }
         if i.acked && i.rend.is_some() && i.hs.is_some() {
             // The service has it: let it answer late while the next attempt runs.
             let old = c.lingering.replace(i).and_then(|o| o.rend);
@@ -324,11 +338,21 @@ impl SessionLayer {
         };
         i.hs = Some(hs);
         i.sent_at = Some(now);
-        let body = Introduce1 {
+        let mut body = Introduce1 {
             auth_key: i.entry.auth_key,
             msg1,
+            pow: None,
+        };
+        if let Some(p) = i.pow {
+            let effort = p.effort.max(c.pow_effort).min(self.pow_max_effort);
+            if effort > 0 {
+                let start = self.rng.next_u64();
+                let e_c = body.client_ephemeral();
+                body.pow = solve(&p.seed, &body.auth_key, &e_c, effort, start, u64::MAX);
+                tracing::debug!(at = now, effort, "introduction with proof of work");
+            }
         }
-        .emit();
+        let body = body.emit();
         let _ = ctx.send(intro, C::Introduce1, &body);
         if hooks.send_introduce_twice {
             let _ = ctx.send(intro, C::Introduce1, &body);

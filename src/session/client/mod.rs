@@ -11,6 +11,7 @@ use std::net::Ipv6Addr;
 
 use crate::budget::{Charge, MemoryBudget};
 use crate::circuit::layer::CircId;
+use crate::dht::desc_pow::PowParams;
 use crate::dht::descriptor::{
     epochs_to_look_up, index as desc_index, Descriptor, DescriptorContent, IntroEntry,
 };
@@ -38,6 +39,8 @@ pub(in crate::session) struct Introduction {
     pub(in crate::session) sent_at: Option<Millis>,
     pub(in crate::session) acked: bool,
     pub(in crate::session) acked_at: Option<Millis>,
+    /// The service's puzzle, from the descriptor (10.12).
+    pub(in crate::session) pow: Option<PowParams>,
 }
 
 pub(in crate::session) struct SessCirc {
@@ -84,6 +87,9 @@ pub(in crate::session) struct ClientSession {
     /// succeed while the next one runs (its RENDEZVOUS2 is accepted until it expires).
     pub(in crate::session) lingering: Option<Introduction>,
     pub(in crate::session) open: Option<OpenSession>,
+    /// The effort the next introduction pays at least: raised by each one left unanswered
+    /// (10.12).
+    pub(in crate::session) pow_effort: u32,
     pub(in crate::session) _charge: Charge,
 }
 
@@ -233,6 +239,7 @@ impl SessionLayer {
                 spare_rend: None,
                 intro: None,
                 lingering: None,
+                pow_effort: 0,
                 open: None,
                 _charge: charge,
             },

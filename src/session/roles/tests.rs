@@ -23,6 +23,7 @@ fn intro_point_registers_forwards_and_drops_replays() {
     let intro = Introduce1 {
         auth_key: auth.verifying_key().to_bytes(),
         msg1: [9; E2E_MSG1_LEN],
+        pow: None,
     }
     .emit();
     assert_eq!(
@@ -36,6 +37,7 @@ fn intro_point_registers_forwards_and_drops_replays() {
     let other = Introduce1 {
         auth_key: [5; 32],
         msg1: [9; E2E_MSG1_LEN],
+        pow: None,
     }
     .emit();
     assert_eq!(
@@ -60,6 +62,7 @@ fn intro_point_registers_forwards_and_drops_replays() {
     let fresh = Introduce1 {
         auth_key: auth.verifying_key().to_bytes(),
         msg1: [10; E2E_MSG1_LEN],
+        pow: None,
     }
     .emit();
     assert_eq!(
@@ -92,6 +95,7 @@ fn intro_point_rate_limits_per_key() {
         let body = Introduce1 {
             auth_key: auth.verifying_key().to_bytes(),
             msg1,
+            pow: None,
         }
         .emit();
         // One circuit per introduction, as honest clients do.
@@ -200,6 +204,7 @@ fn roles_refuse_when_the_budget_is_spent() {
     let body = Introduce1 {
         auth_key: SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes(),
         msg1: [3; E2E_MSG1_LEN],
+        pow: None,
     }
     .emit();
     assert_eq!(
@@ -229,7 +234,13 @@ fn made_up_registration(role: &mut IntroPointRole, slot: u64, up: LinkId) -> (u8
 fn introduction(auth_key: [u8; 32], n: u64) -> Vec<u8> {
     let mut msg1 = [0u8; E2E_MSG1_LEN];
     msg1[..8].copy_from_slice(&n.to_be_bytes());
-    Introduce1 { auth_key, msg1 }.emit().to_vec()
+    Introduce1 {
+        auth_key,
+        msg1,
+        pow: None,
+    }
+    .emit()
+    .to_vec()
 }
 
 /// Issue #19 item 1: 3,200 registrations with made-up keys and one INTRODUCE1 each used to
