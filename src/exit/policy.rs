@@ -61,6 +61,19 @@ impl ExitPolicy {
         &self.allow
     }
 
+    /// What the exit publishes (protocol.md 5.5), valid from `now_ms` for a relay record's
+    /// lifetime: its ports and extra networks, both families. Its own networks stay unpublished.
+    pub fn published(&self, now_ms: u64) -> crate::wire::exit_policy::ExitPolicyFields {
+        use crate::wire::exit_policy::{EXIT_FLAG_IPV4, EXIT_FLAG_IPV6};
+        crate::wire::exit_policy::ExitPolicyFields {
+            flags: EXIT_FLAG_IPV4 | EXIT_FLAG_IPV6,
+            ports: self.ports.clone(),
+            networks: self.allow.clone(),
+            seq: now_ms,
+            expires: now_ms / 1000 + crate::wire::record::RELAY_RECORD_LIFETIME_S,
+        }
+    }
+
     /// Whether the exit lets anything out to `dst`.
     pub fn network_allowed(&self, dst: IpAddr) -> bool {
         let dst = canonical(dst);
@@ -225,6 +238,39 @@ mod tests {
             p.check(ip("::ffff:1.1.1.1"), PROTO_TCP, 80),
             Verdict::Network
         );
+    }
+
+    /// What clients choose by (the published policy) and what the exit enforces agree.
+    #[test]
+    fn the_published_policy_is_the_enforced_one() {
+        use crate::exit::choose::{policy_allows, Destination};
+        use crate::wire::exit_policy::ExitPolicyRecord;
+        let p = ExitPolicy::new(&[80, 443], &["198.19.250.0/24".parse().unwrap()]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let now = 1_767_225_600_000;
+        let rec = ExitPolicyRecord::sign(&key, p.published(now)).unwrap();
+        let rec = ExitPolicyRecord::parse(rec.bytes(), now).unwrap();
+        for dst in [
+            "198.19.250.7",
+            "198.19.251.7",
+            "1.1.1.1",
+            "10.0.0.1",
+            "2a00::1",
+            "fd00::1",
+        ] {
+            for (proto, port) in [(PROTO_TCP, 80), (PROTO_UDP, 443), (PROTO_TCP, 22), (1, 0)] {
+                let d = Destination {
+                    ip: ip(dst),
+                    proto,
+                    port,
+                };
+                assert_eq!(
+                    policy_allows(rec.fields(), &d),
+                    p.check(d.ip, proto, port) == Verdict::Allow,
+                    "{dst} {proto} {port}"
+                );
+            }
+        }
     }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], port: u16) -> Vec<u8> {
