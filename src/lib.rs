@@ -16,6 +16,7 @@
 //! | [`daemon`]   | wires the layers together and owns the I/O tasks                     |
 //! | [`demo`]     | `globalnet demo`: a local network in namespaces reaching a service   |
 //! | [`names`]    | names under `.gn.alt`: key names, petnames, network-issued names      |
+//! | [`exit`]     | exits to the ordinary internet: policy, published policy, choice     |
 //!
 //! The session, circuit, link and wire layers arrive with their issues; docs/protocol.md specifies them.
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod dht;
+pub mod exit;
 pub mod flow;
 pub mod link;
 pub mod names;

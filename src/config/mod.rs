@@ -14,6 +14,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+mod exit;
+pub use exit::{ExitConfig, OutboundConfig};
 pub mod services;
 pub use services::ServiceConfig;
 
@@ -57,6 +59,10 @@ pub struct Config {
     pub client: ClientConfig,
     /// Names under `.gn.alt`.
     pub names: NamesConfig,
+    /// Serving as an exit (`[exit]`).
+    pub exit: ExitConfig,
+    /// This node's own traffic to the outside (`[outbound]`).
+    pub outbound: OutboundConfig,
 }
 
 /// `[names]`
@@ -227,6 +233,8 @@ impl Default for Config {
             },
             client: ClientConfig::default(),
             names: NamesConfig::default(),
+            exit: ExitConfig::default(),
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -469,6 +477,12 @@ impl Config {
                     .add_line(item.get_ref(), file, line, column, "names.local")?;
             }
         }
+        if let Some(v) = raw.exit {
+            c.exit = exit::exit(v, &err)?;
+        }
+        if let Some(v) = raw.outbound {
+            c.outbound = exit::outbound(v, &err)?;
+        }
         Ok(c)
     }
 }
@@ -639,6 +653,8 @@ struct RawConfig {
     limits: Option<RawLimits>,
     client: Option<RawClient>,
     names: Option<RawNames>,
+    exit: Option<exit::RawExit>,
+    outbound: Option<exit::RawOutbound>,
 }
 
 #[derive(Deserialize)]

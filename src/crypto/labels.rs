@@ -6,6 +6,8 @@
 pub const LABEL_ADDRESS: &[u8] = b"globalnet address v1";
 /// Relay record signature (5.4).
 pub const LABEL_RELAY_RECORD_SIG: &[u8] = b"globalnet relay record sig v1";
+/// Signature of an exit policy record (5.5).
+pub const LABEL_EXIT_POLICY_SIG: &[u8] = b"globalnet exit policy sig v1";
 /// DHT key of a relay record (12.1).
 pub const LABEL_RELAY_DHT_KEY: &[u8] = b"globalnet relay dht key v1";
 /// DHT node id (12.1).
@@ -66,6 +68,7 @@ pub const ALL: &[&[u8]] = &[
     LABEL_INTRO_POW,
     LABEL_ADDRESS,
     LABEL_RELAY_RECORD_SIG,
+    LABEL_EXIT_POLICY_SIG,
     LABEL_RELAY_DHT_KEY,
     LABEL_DHT_NODE_ID,
     LABEL_CIRC_HS_CLIENT_MSG,
@@ -121,7 +124,8 @@ mod tests {
                     || include_str!("../../tests/vectors/make_protocol_vectors.py").contains(s)
                     || include_str!("../../tests/vectors/make_keynames.py").contains(s)
                     || include_str!("../../tests/vectors/make_name_claims.py").contains(s)
-                    || include_str!("../../tests/vectors/make_intro_pow.py").contains(s),
+                    || include_str!("../../tests/vectors/make_intro_pow.py").contains(s)
+                    || include_str!("../../tests/vectors/make_exit_policies.py").contains(s),
                 "label {s} not found in the vector script"
             );
         }

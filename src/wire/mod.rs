@@ -4,6 +4,7 @@
 
 pub mod cell;
 pub mod datagram;
+pub mod exit_policy;
 pub mod handshake;
 pub mod link;
 pub mod reader;

@@ -40,6 +40,9 @@ pub const FLAG_RELAY: u8 = 1 << 0;
 pub const FLAG_DHT: u8 = 1 << 1;
 /// Record flag: may be an intro or rendezvous point.
 pub const FLAG_RENDEZVOUS: u8 = 1 << 2;
+/// Record flag: an exit, whose policy is an exit policy record (5.5). Taken from the top so that
+/// flags added from the bottom do not collide.
+pub const FLAG_EXIT: u8 = 1 << 7;
 
 const SIGNED_LEN: usize = RELAY_RECORD_LEN - 64;
 
@@ -457,7 +460,7 @@ impl RelayRecord {
             });
         }
         let flags = b[2];
-        if flags & !(FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS) != 0 {
+        if flags & !(FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS | FLAG_EXIT) != 0 {
             return Err(RecordError::Field("reserved flag bits set"));
         }
         let nat = NatClass::try_from(b[3]).map_err(|_| RecordError::Field("unknown NAT class"))?;
@@ -501,6 +504,9 @@ impl RelayRecord {
             parse_contact,
             "contact slot",
         )?;
+        if flags & FLAG_EXIT != 0 && flags & FLAG_RELAY == 0 {
+            return Err(RecordError::Field("EXIT without RELAY"));
+        }
         if flags & (FLAG_DHT | FLAG_RENDEZVOUS) != 0 {
             if flags & FLAG_RELAY == 0 {
                 return Err(RecordError::Field("DHT/RENDEZVOUS without RELAY"));
