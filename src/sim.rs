@@ -22,6 +22,8 @@ use crate::link::{LinkConfig, LinkKeys, LinkLayer};
 use crate::node::{Node, NodeEvent};
 use crate::time::Millis;
 
+pub mod scale;
+
 /// Virtual time at the start of every simulation (2027-01-15, Unix milliseconds).
 pub const SIM_EPOCH: Millis = 1_800_000_000_000;
 

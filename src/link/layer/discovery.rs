@@ -114,6 +114,7 @@ impl LinkLayer {
         if let Some(l) = self.links.get_mut(&id) {
             l.pex_served = now;
         }
+        self.stats.pex_answered += 1;
         let sample: Vec<[u8; RELAY_RECORD_LEN]> = self
             .view
             .sample(usize::from(max), peer_identity.as_ref(), &mut self.rng)

@@ -174,6 +174,8 @@ pub struct LinkStats {
     pub dht_frames: u64,
     /// DHT frames dropped (rate limits, not from a relay).
     pub dht_dropped: u64,
+    /// PEX requests answered (peer-exchange cost, issue #25).
+    pub pex_answered: u64,
 }
 
 /// What `globalnet peers` shows about a link.

@@ -1,0 +1,732 @@
+//! The large-network scenario of issue #25 (`examples/simulate.rs`, `tests/sim_scale.rs`): relays,
+//! clients and services joining over a warm-up, churn, descriptor lookups through the real DHT
+//! client, and the figures users and attackers get (docs/simulation.md).
+//!
+//! Everything protocol-side is the real node code in [`Sim`]; this module only decides who joins,
+//! leaves and looks up what, and reads counters and state the nodes already keep.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+use super::{NatKind, Sim, SimConfig};
+use crate::circuit::layer::CircEvent;
+use crate::dht::descriptor::{epoch, index, Descriptor};
+use crate::dht::message::RecordKind;
+use crate::node::dht::{DhtOutcome, DhtQuery};
+use crate::node::NodeEvent;
+use crate::time::Millis;
+
+/// A scenario.
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// Nodes at the start (churn replaces nodes, so about this many run at any time).
+    pub nodes: usize,
+    /// Virtual minutes in all, warm-up included.
+    pub minutes: u64,
+    /// Share of the nodes that leave (and as many new ones that join) per virtual hour.
+    pub churn_per_hour: f64,
+    /// Seed of every choice.
+    pub seed: u64,
+    /// Share of the nodes that are public relays.
+    pub relay_share: f64,
+    /// Share of the non-relay nodes behind NAT.
+    pub nat_share: f64,
+    /// Hidden services (each on its own host).
+    pub services: usize,
+    /// Descriptor lookups per virtual minute, from random clients to random services.
+    pub lookups_per_min: f64,
+    /// Adversarial shares of the relays (by count) whose figures are reported.
+    pub adversary: Vec<f64>,
+    /// Virtual minutes before lookups and churn start (nodes join over its first half).
+    pub warmup_min: u64,
+    /// One-way latency, its uniform jitter and the loss rate of the underlay.
+    pub latency_ms: Millis,
+    /// See `latency_ms`.
+    pub jitter_ms: Millis,
+    /// See `latency_ms`.
+    pub loss: f64,
+}
+
+impl ScaleConfig {
+    /// The defaults for `nodes` nodes over `minutes` virtual minutes.
+    pub fn new(nodes: usize, minutes: u64) -> ScaleConfig {
+        ScaleConfig {
+            nodes,
+            minutes,
+            churn_per_hour: 0.2,
+            seed: 1,
+            relay_share: 0.4,
+            nat_share: 0.5,
+            services: (nodes / 100).max(3),
+            lookups_per_min: (nodes as f64 / 50.0).max(10.0),
+            adversary: vec![0.05, 0.1],
+            warmup_min: 5.min(minutes / 2),
+            latency_ms: 20,
+            jitter_ms: 60,
+            loss: 0.005,
+        }
+    }
+}
+
+/// Anonymity figures for one adversarial share.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdversaryFigures {
+    /// Share of the relays it runs.
+    pub share: f64,
+    /// Relays it runs.
+    pub relays: usize,
+    /// Share of the client–service pairs where both sides' guard sets hold one of its relays
+    /// (it sees both ends of their flows).
+    pub both_ends_share: f64,
+    /// Share of the clients whose guards held one of its relays at some minute.
+    pub clients_with_adversarial_guard: f64,
+    /// Of those, the mean virtual minutes from joining until it was first seen.
+    pub minutes_to_adversarial_guard: f64,
+    /// Mean relays of its that learned one service's blinded key this epoch (as the DHT last hop
+    /// of a lookup or publication, or as a replica holding the descriptor).
+    pub its_relays_learning_blinded_key: f64,
+}
+
+/// The figures of one run: what the JSON line of `examples/simulate.rs` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleReport {
+    /// Nodes at the start, virtual minutes, churn per hour, seed.
+    pub nodes: usize,
+    /// See `nodes`.
+    pub minutes: u64,
+    /// See `nodes`.
+    pub churn_per_hour: f64,
+    /// See `nodes`.
+    pub seed: u64,
+    /// Relays, clients, services and NATed hosts at the start.
+    pub relays: usize,
+    /// See `relays`.
+    pub clients: usize,
+    /// See `relays`.
+    pub services: usize,
+    /// See `relays`.
+    pub nated: usize,
+    /// Nodes that left and joined.
+    pub left: usize,
+    /// See `left`.
+    pub joined: usize,
+    /// Descriptor lookups started after the warm-up and finished (or timed out).
+    pub lookups: u64,
+    /// Share of them that returned the service's valid descriptor.
+    pub lookup_success: f64,
+    /// Lookup latency in virtual milliseconds (median, 99th percentile) and in round trips of
+    /// the mean underlay round trip.
+    pub lookup_ms_p50: u64,
+    /// See `lookup_ms_p50`.
+    pub lookup_ms_p99: u64,
+    /// See `lookup_ms_p50`.
+    pub lookup_rtts_p50: f64,
+    /// Share of lookups whose descriptor names at least one intro point that is running.
+    pub reachable_share: f64,
+    /// Circuits built and build failures, network-wide.
+    pub circuits_built: u64,
+    /// See `circuits_built`.
+    pub circuit_build_failures: u64,
+    /// Share of builds that succeeded.
+    pub circuit_build_success: f64,
+    /// Build time of the circuits whose build the node reported (pool circuits), virtual ms.
+    pub circuit_build_ms_p50: u64,
+    /// See `circuit_build_ms_p50`.
+    pub circuit_build_ms_p99: u64,
+    /// Relays that died, and the circuits each carried for others at that moment (mean).
+    pub relay_deaths: usize,
+    /// See `relay_deaths`.
+    pub circuits_per_dead_relay: f64,
+    /// Circuit closures the nodes reported, per relay death (teardowns the death caused, plus
+    /// the background rate of ordinary closures).
+    pub closures_per_relay_death: f64,
+    /// Anonymity figures, one per adversarial share.
+    pub adversary: Vec<AdversaryFigures>,
+    /// Mean relays (any) that learned a service's blinded key over the run, and the run's
+    /// virtual minutes after the warm-up it covers.
+    pub relays_learning_blinded_key: f64,
+    /// Heap bytes per node created (dead ones included) at the end, when the caller measures.
+    pub heap_bytes_per_node: u64,
+    /// DHT requests a relay sent per virtual minute (routing-table upkeep, replication,
+    /// lookups it runs as a last hop), after the warm-up.
+    pub dht_messages_per_relay_min: f64,
+    /// PEX requests answered per node per virtual minute, after the warm-up.
+    pub pex_per_node_min: f64,
+    /// Underlay datagrams per node per virtual minute, after the warm-up.
+    pub datagrams_per_node_min: f64,
+    /// Wall-clock seconds of the run.
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Relay,
+    Client,
+    Service(usize),
+}
+
+struct Member {
+    role: Role,
+    joined: Millis,
+    nat: Option<NatKind>,
+}
+
+struct Pending {
+    svc: usize,
+    started: Millis,
+}
+
+/// A running scenario.
+pub struct Scale {
+    /// The network.
+    pub sim: Sim,
+    cfg: ScaleConfig,
+    rng: StdRng,
+    members: Vec<Member>,
+    by_identity: HashMap<[u8; 32], usize>,
+    /// Joins still to come: (when, role, NAT).
+    to_join: Vec<(Millis, Role, Option<NatKind>)>,
+    /// Service seed and host, and when the service was started.
+    services: Vec<([u8; 32], [u8; 16], Option<usize>, Option<Millis>)>,
+    pending: HashMap<(usize, u64), Pending>,
+    lookup_ms: Vec<u64>,
+    lookups_ok: u64,
+    lookups_done: u64,
+    reachable: u64,
+    build_ms: Vec<u64>,
+    closures: u64,
+    relay_deaths: usize,
+    relayed_at_death: usize,
+    left: usize,
+    joined: usize,
+    churn_due: f64,
+    lookups_due: f64,
+    /// Per adversary level: its relays, and per member the minute it first had one as guard.
+    adversaries: Vec<(HashSet<[u8; 32]>, HashMap<usize, Millis>)>,
+    start: Millis,
+    warm: Millis,
+    /// Counters at the end of the warm-up: DHT requests, PEX answered, datagrams.
+    at_warm: Option<(u64, u64, u64)>,
+}
+
+fn relay_stats(sim: &Sim) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for n in &sim.nodes {
+        if let Some(r) = n.node.dht_relay() {
+            t.0 += r.stats().requests_out;
+        }
+        t.1 += n.node.link.stats().pex_answered;
+    }
+    t.2 = sim.delivered + sim.lost + sim.nat_dropped;
+    t
+}
+
+fn percentile(v: &mut [u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v.get(i).copied().unwrap_or(0)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+impl Scale {
+    /// Sets the network up: bootstrap relays now, the other nodes spread over the first half of
+    /// the warm-up.
+    pub fn new(cfg: ScaleConfig) -> Scale {
+        let sim = Sim::new(SimConfig {
+            latency_ms: cfg.latency_ms,
+            jitter_ms: cfg.jitter_ms,
+            loss: cfg.loss,
+            seed: cfg.seed,
+            ..SimConfig::default()
+        });
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5ca1e);
+        let start = sim.now;
+        let warm = start + cfg.warmup_min * 60_000;
+        let relays = ((cfg.nodes as f64 * cfg.relay_share).round() as usize).max(4);
+        let hosts = cfg.nodes.saturating_sub(relays);
+        let services: Vec<_> = (0..cfg.services.min(hosts))
+            .map(|s| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&cfg.seed.to_be_bytes());
+                seed[8..16].copy_from_slice(&(s as u64).to_be_bytes());
+                seed[16] = 0x5e;
+                let addr = crate::session::ServiceIdentity::from_seed(&seed)
+                    .address()
+                    .octets();
+                (seed, addr, None, None)
+            })
+            .collect();
+        let spread = (cfg.warmup_min * 60_000 / 2).max(1);
+        let mut to_join = Vec::new();
+        for i in 0..cfg.nodes {
+            let role = if i < relays {
+                Role::Relay
+            } else if i - relays < services.len() {
+                Role::Service(i - relays)
+            } else {
+                Role::Client
+            };
+            let nat =
+                (role != Role::Relay && rng.gen_bool(cfg.nat_share)).then(|| random_nat(&mut rng));
+            // Relays first (the first few at once: the bootstrap set), hosts after.
+            let at = if i < 5 {
+                start
+            } else if role == Role::Relay {
+                start + rng.gen_range(0..spread / 2)
+            } else {
+                start + spread / 2 + rng.gen_range(0..spread / 2)
+            };
+            to_join.push((at, role, nat));
+        }
+        // Latest first, so that due joins pop off the end.
+        to_join.sort_by(|a, b| b.0.cmp(&a.0));
+        let adversaries = cfg
+            .adversary
+            .iter()
+            .map(|_| (HashSet::new(), HashMap::new()))
+            .collect();
+        Scale {
+            sim,
+            rng,
+            members: Vec::new(),
+            by_identity: HashMap::new(),
+            to_join,
+            services,
+            pending: HashMap::new(),
+            lookup_ms: Vec::new(),
+            lookups_ok: 0,
+            lookups_done: 0,
+            reachable: 0,
+            build_ms: Vec::new(),
+            closures: 0,
+            relay_deaths: 0,
+            relayed_at_death: 0,
+            left: 0,
+            joined: 0,
+            churn_due: 0.0,
+            lookups_due: 0.0,
+            adversaries,
+            start,
+            warm,
+            at_warm: None,
+            cfg,
+        }
+    }
+
+    fn add(&mut self, role: Role, nat: Option<NatKind>) {
+        // Bootstrap from two running relays among the first ones (the shipped config lists a
+        // few well-known relays).
+        let boot: Vec<usize> = (0..self.members.len().min(64))
+            .filter(|&i| self.members[i].role == Role::Relay && self.sim.nodes[i].alive)
+            .collect();
+        let boot: Vec<usize> = boot.choose_multiple(&mut self.rng, 2).copied().collect();
+        let relay = role == Role::Relay;
+        let links = if relay { 8 } else { 6 };
+        let i = match nat {
+            Some(k) => self.sim.add_node_behind(relay, &boot, links, &[k]),
+            None => self.sim.add_node(relay, &boot, links),
+        };
+        if relay {
+            self.sim.nodes[i].node.dht_observe(true);
+        }
+        let id = self.sim.nodes[i].identity;
+        self.by_identity.insert(id, i);
+        if let Role::Service(s) = role {
+            if let Some(svc) = self.services.get_mut(s) {
+                svc.2 = Some(i);
+            }
+        }
+        self.members.push(Member {
+            role,
+            joined: self.sim.now,
+            nat,
+        });
+        if relay {
+            // Adversarial relays: a share of the relays by count, nested (the 5% set is part of
+            // the 10% set), drawn as relays join.
+            let u: f64 = self.rng.gen();
+            for (k, share) in self.cfg.adversary.clone().iter().enumerate() {
+                if u < *share {
+                    if let Some(a) = self.adversaries.get_mut(k) {
+                        a.0.insert(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the whole scenario, calling `progress` once per virtual minute with a line to print
+    /// and `heap` (live heap bytes, 0 if unknown) at the end.
+    pub fn run(&mut self, progress: &mut dyn FnMut(&str), heap: &dyn Fn() -> u64) -> ScaleReport {
+        let wall = std::time::Instant::now();
+        let end = self.start + self.cfg.minutes * 60_000;
+        let mut next_minute = self.start + 60_000;
+        while self.sim.now < end {
+            self.step();
+            if self.sim.now >= next_minute {
+                next_minute += 60_000;
+                self.watch_guards();
+                let alive = self.sim.nodes.iter().filter(|n| n.alive).count();
+                progress(&format!(
+                    "[simulate] {:>3}/{} min  wall {:>6.1} s  nodes {alive} running ({} made)  lookups {}/{} ok  circuits {} built  heap {} MiB",
+                    (self.sim.now - self.start) / 60_000,
+                    self.cfg.minutes,
+                    wall.elapsed().as_secs_f64(),
+                    self.sim.nodes.len(),
+                    self.lookups_ok,
+                    self.lookups_done,
+                    self.sim.nodes.iter().map(|n| n.node.circ.stats().built).sum::<u64>(),
+                    heap() >> 20,
+                ));
+            }
+        }
+        self.report(heap(), wall.elapsed().as_secs_f64())
+    }
+
+    /// One virtual second: joins, leaves, services, lookups, then the network, then the events.
+    fn step(&mut self) {
+        let now = self.sim.now;
+        while self.to_join.last().is_some_and(|j| j.0 <= now) {
+            if let Some((_, role, nat)) = self.to_join.pop() {
+                self.add(role, nat);
+            }
+        }
+        // A service starts a minute after its host joined (links, view, guards first).
+        for s in 0..self.services.len() {
+            let (seed, _, host, started) = self.services[s];
+            if let (Some(h), None) = (host, started) {
+                if now >= self.members[h].joined + 60_000 {
+                    self.sim.nodes[h].node.add_service(now, seed);
+                    self.sim.flush(h);
+                    self.services[s].3 = Some(now);
+                }
+            }
+        }
+        if now >= self.warm {
+            if self.at_warm.is_none() {
+                self.at_warm = Some(relay_stats(&self.sim));
+            }
+            self.churn();
+            self.lookups();
+        }
+        self.sim.run_for(1_000);
+        self.read_events();
+    }
+
+    fn churn(&mut self) {
+        self.churn_due += self.cfg.nodes as f64 * self.cfg.churn_per_hour / 3_600.0;
+        while self.churn_due >= 1.0 {
+            self.churn_due -= 1.0;
+            // Leave: a running relay or client (services and the first relays, the bootstrap
+            // set, stay: the figures are about the network, not about services going away).
+            let candidates = self.sim.nodes.len();
+            let mut victim = None;
+            for _ in 0..32 {
+                let i = self.rng.gen_range(5..candidates.max(6));
+                if self.sim.nodes.get(i).is_some_and(|n| n.alive)
+                    && !matches!(self.members.get(i).map(|m| m.role), Some(Role::Service(_)))
+                {
+                    victim = Some(i);
+                    break;
+                }
+            }
+            let Some(v) = victim else { continue };
+            let role = self.members[v].role;
+            if role == Role::Relay {
+                self.relay_deaths += 1;
+                self.relayed_at_death += self.sim.nodes[v].node.circ.relayed_count();
+            }
+            self.sim.kill(v);
+            self.sim.nodes[v].node.dht_observe(false);
+            self.left += 1;
+            // Join: a new node of the same kind.
+            let nat = self.members[v].nat;
+            self.add(role, nat);
+            self.joined += 1;
+        }
+    }
+
+    fn lookups(&mut self) {
+        self.lookups_due += self.cfg.lookups_per_min / 60.0;
+        let now = self.sim.now;
+        let ready: Vec<usize> = (0..self.services.len())
+            .filter(|&s| self.services[s].3.is_some_and(|t| now >= t + 60_000))
+            .collect();
+        while self.lookups_due >= 1.0 {
+            self.lookups_due -= 1.0;
+            let Some(&s) = ready.choose(&mut self.rng) else {
+                continue;
+            };
+            let mut client = None;
+            for _ in 0..32 {
+                let i = self.rng.gen_range(0..self.members.len());
+                let m = &self.members[i];
+                if m.role == Role::Client && self.sim.nodes[i].alive && now >= m.joined + 60_000 {
+                    client = Some(i);
+                    break;
+                }
+            }
+            let Some(c) = client else { continue };
+            let key = index(&self.services[s].1, epoch(now / 1000));
+            let q = DhtQuery::FindValue {
+                kind: RecordKind::Descriptor,
+                key,
+            };
+            let token = self.sim.nodes[c].node.dht_query(now, q, false);
+            self.sim.nodes[c].node.pump(now);
+            self.sim.flush(c);
+            self.pending.insert(
+                (c, token),
+                Pending {
+                    svc: s,
+                    started: now,
+                },
+            );
+        }
+    }
+
+    fn read_events(&mut self) {
+        let now = self.sim.now;
+        let mut done = Vec::new();
+        for (i, n) in self.sim.nodes.iter_mut().enumerate() {
+            for e in n.events.drain(..) {
+                match e {
+                    NodeEvent::Dht { token, outcome } => done.push((i, token, outcome)),
+                    NodeEvent::Circuit(CircEvent::Built { build_ms, .. }) => {
+                        self.build_ms.push(build_ms)
+                    }
+                    NodeEvent::Circuit(CircEvent::Closed { .. }) => self.closures += 1,
+                    _ => {}
+                }
+            }
+        }
+        for (i, token, outcome) in done {
+            if let Some(p) = self.pending.remove(&(i, token)) {
+                self.finish(p, Some(outcome));
+            }
+        }
+        // A lookup without an answer in two minutes failed (the client gave up long before).
+        let late: Vec<(usize, u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now > p.started + 120_000)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            if let Some(p) = self.pending.remove(&k) {
+                self.finish(p, None);
+            }
+        }
+    }
+
+    fn finish(&mut self, p: Pending, outcome: Option<DhtOutcome>) {
+        let now = self.sim.now;
+        self.lookups_done += 1;
+        let Some(DhtOutcome::Records(rs)) = outcome else {
+            return;
+        };
+        let addr = self.services[p.svc].1;
+        let e = epoch(p.started / 1000);
+        let opened = rs
+            .iter()
+            .find_map(|b| Descriptor::parse_and_open(b, &addr, e, now).ok());
+        let Some(d) = opened else { return };
+        self.lookups_ok += 1;
+        self.lookup_ms.push(now - p.started);
+        let up = d.intro_points.iter().any(|ip| {
+            self.by_identity
+                .get(&ip.identity)
+                .is_some_and(|&i| self.sim.nodes[i].alive)
+        });
+        if up {
+            self.reachable += 1;
+        }
+    }
+
+    /// Once a minute: which hosts hold an adversarial relay among their guards.
+    fn watch_guards(&mut self) {
+        let now = self.sim.now;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.role == Role::Relay || !self.sim.nodes[i].alive {
+                continue;
+            }
+            let guards = self.sim.nodes[i].node.guards().list();
+            for (bad, first) in &mut self.adversaries {
+                if !first.contains_key(&i) && guards.iter().any(|g| bad.contains(&g.identity)) {
+                    first.insert(i, now);
+                }
+            }
+        }
+    }
+
+    fn bad_guard(&self, i: usize, bad: &HashSet<[u8; 32]>) -> bool {
+        self.sim.nodes[i]
+            .node
+            .guards()
+            .list()
+            .iter()
+            .any(|g| bad.contains(&g.identity))
+    }
+
+    fn report(&mut self, heap: u64, wall_s: f64) -> ScaleReport {
+        let now = self.sim.now;
+        let e = epoch(now / 1000);
+        // Who learned each service's blinded key: last hops that saw it, replicas holding it.
+        let keys: HashMap<[u8; 32], usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(s, x)| (index(&x.1, e), s))
+            .collect();
+        let mut learners: Vec<HashSet<usize>> = vec![HashSet::new(); self.services.len()];
+        for (i, n) in self.sim.nodes.iter().enumerate() {
+            for seen in n.node.dht_observed() {
+                if let Some(&s) = keys.get(&seen.key) {
+                    learners[s].insert(i);
+                }
+            }
+            if let Some(r) = n.node.dht_relay() {
+                for (k, &s) in &keys {
+                    if r.store.get(k, RecordKind::Descriptor, 0, now).1.is_some() {
+                        learners[s].insert(i);
+                    }
+                }
+            }
+        }
+        let started: Vec<usize> = (0..self.services.len())
+            .filter(|&s| self.services[s].3.is_some())
+            .collect();
+        let mean_learners = |filter: &dyn Fn(usize) -> bool| -> f64 {
+            let total: usize = started
+                .iter()
+                .map(|&s| learners[s].iter().filter(|&&i| filter(i)).count())
+                .sum();
+            ratio(total as f64, started.len() as f64)
+        };
+        let hosts: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.sim.nodes[i].alive && self.members[i].role == Role::Client)
+            .collect();
+        let service_hosts: Vec<usize> = self.services.iter().filter_map(|s| s.2).collect();
+        let ever_clients: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].role == Role::Client)
+            .collect();
+        let mut adversary = Vec::new();
+        for (k, share) in self.cfg.adversary.iter().enumerate() {
+            let (bad, first) = &self.adversaries[k];
+            let bad_clients: Vec<usize> = hosts
+                .iter()
+                .copied()
+                .filter(|&c| self.bad_guard(c, bad))
+                .collect();
+            let bad_services = service_hosts
+                .iter()
+                .filter(|&&s| self.bad_guard(s, bad))
+                .count();
+            let pairs = (hosts.len() * service_hosts.len()) as f64;
+            let both = (bad_clients.len() * bad_services) as f64;
+            let seen: Vec<Millis> = ever_clients
+                .iter()
+                .filter_map(|c| {
+                    first
+                        .get(c)
+                        .map(|t| t.saturating_sub(self.members[*c].joined))
+                })
+                .collect();
+            adversary.push(AdversaryFigures {
+                share: *share,
+                relays: bad.len(),
+                both_ends_share: ratio(both, pairs),
+                clients_with_adversarial_guard: ratio(seen.len() as f64, ever_clients.len() as f64),
+                minutes_to_adversarial_guard: ratio(
+                    seen.iter().sum::<u64>() as f64 / 60_000.0,
+                    seen.len() as f64,
+                ),
+                its_relays_learning_blinded_key: mean_learners(&|i| {
+                    bad.contains(&self.sim.nodes[i].identity)
+                }),
+            });
+        }
+        let (built, failed) = self.sim.nodes.iter().fold((0, 0), |a, n| {
+            let s = n.node.circ.stats();
+            (a.0 + s.built, a.1 + s.build_failures)
+        });
+        let end = relay_stats(&self.sim);
+        let w = self.at_warm.unwrap_or(end);
+        let measured_min = (now.saturating_sub(self.warm) as f64 / 60_000.0).max(1.0 / 60.0);
+        let alive = self.sim.nodes.iter().filter(|n| n.alive).count() as f64;
+        let alive_relays = (0..self.members.len())
+            .filter(|&i| self.sim.nodes[i].alive && self.members[i].role == Role::Relay)
+            .count() as f64;
+        let rtt = 2.0 * (self.cfg.latency_ms as f64 + self.cfg.jitter_ms as f64 / 2.0);
+        let mut lat = std::mem::take(&mut self.lookup_ms);
+        let p50 = percentile(&mut lat, 0.5);
+        let p99 = percentile(&mut lat, 0.99);
+        let mut bms = std::mem::take(&mut self.build_ms);
+        let relays = self
+            .members
+            .iter()
+            .take(self.cfg.nodes)
+            .filter(|m| m.role == Role::Relay)
+            .count();
+        ScaleReport {
+            nodes: self.cfg.nodes,
+            minutes: self.cfg.minutes,
+            churn_per_hour: self.cfg.churn_per_hour,
+            seed: self.cfg.seed,
+            relays,
+            clients: self.cfg.nodes.saturating_sub(relays + self.services.len()),
+            services: self.services.len(),
+            nated: self
+                .members
+                .iter()
+                .take(self.cfg.nodes)
+                .filter(|m| m.nat.is_some())
+                .count(),
+            left: self.left,
+            joined: self.joined,
+            lookups: self.lookups_done,
+            lookup_success: ratio(self.lookups_ok as f64, self.lookups_done as f64),
+            lookup_ms_p50: p50,
+            lookup_ms_p99: p99,
+            lookup_rtts_p50: ratio(p50 as f64, rtt),
+            reachable_share: ratio(self.reachable as f64, self.lookups_done as f64),
+            circuits_built: built,
+            circuit_build_failures: failed,
+            circuit_build_success: ratio(built as f64, (built + failed) as f64),
+            circuit_build_ms_p50: percentile(&mut bms, 0.5),
+            circuit_build_ms_p99: percentile(&mut bms, 0.99),
+            relay_deaths: self.relay_deaths,
+            circuits_per_dead_relay: ratio(self.relayed_at_death as f64, self.relay_deaths as f64),
+            closures_per_relay_death: ratio(self.closures as f64, self.relay_deaths as f64),
+            adversary,
+            relays_learning_blinded_key: mean_learners(&|_| true),
+            heap_bytes_per_node: heap / self.sim.nodes.len().max(1) as u64,
+            dht_messages_per_relay_min: ratio((end.0 - w.0) as f64, alive_relays * measured_min),
+            pex_per_node_min: ratio((end.1 - w.1) as f64, alive * measured_min),
+            datagrams_per_node_min: ratio((end.2 - w.2) as f64, alive * measured_min),
+            wall_s,
+        }
+    }
+}
+
+fn random_nat(rng: &mut StdRng) -> NatKind {
+    // Home routers are mostly port-restricted (Linux masquerade); some are symmetric.
+    match rng.gen_range(0..20) {
+        0..=13 => NatKind::PortRestricted,
+        14..=16 => NatKind::AddressRestricted,
+        _ => NatKind::Symmetric,
+    }
+}
