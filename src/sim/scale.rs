@@ -4,12 +4,16 @@
 //!
 //! Everything protocol-side is the real node code in [`Sim`]; this module only decides who joins,
 //! leaves and looks up what, and reads counters and state the nodes already keep.
+// Indices here are the scenario's own (members and nodes are pushed together and never removed),
+// never bytes from a network, so indexing cannot be driven by an attacker.
+#![allow(clippy::indexing_slicing)]
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NatKind, Sim, SimConfig};
 use crate::circuit::layer::CircEvent;
@@ -186,12 +190,12 @@ pub struct Scale {
     cfg: ScaleConfig,
     rng: StdRng,
     members: Vec<Member>,
-    by_identity: HashMap<[u8; 32], usize>,
+    by_identity: BTreeMap<[u8; 32], usize>,
     /// Joins still to come: (when, role, NAT).
     to_join: Vec<(Millis, Role, Option<NatKind>)>,
     /// Service seed and host, and when the service was started.
-    services: Vec<([u8; 32], [u8; 16], Option<usize>, Option<Millis>)>,
-    pending: HashMap<(usize, u64), Pending>,
+    services: Vec<HostedService>,
+    pending: BTreeMap<(usize, u64), Pending>,
     lookup_ms: Vec<u64>,
     lookups_ok: u64,
     lookups_done: u64,
@@ -205,12 +209,17 @@ pub struct Scale {
     churn_due: f64,
     lookups_due: f64,
     /// Per adversary level: its relays, and per member the minute it first had one as guard.
-    adversaries: Vec<(HashSet<[u8; 32]>, HashMap<usize, Millis>)>,
+    adversaries: Vec<Adversary>,
     start: Millis,
     warm: Millis,
     /// Counters at the end of the warm-up: DHT requests, PEX answered, datagrams.
     at_warm: Option<(u64, u64, u64)>,
 }
+
+/// A service: its seed, its address, its host and when it was started.
+type HostedService = ([u8; 32], [u8; 16], Option<usize>, Option<Millis>);
+/// One adversary level: its relays, and per member the minute it first had one as guard.
+type Adversary = (BTreeSet<[u8; 32]>, BTreeMap<usize, Millis>);
 
 fn relay_stats(sim: &Sim) -> (u64, u64, u64) {
     let mut t = (0, 0, 0);
@@ -292,20 +301,20 @@ impl Scale {
             to_join.push((at, role, nat));
         }
         // Latest first, so that due joins pop off the end.
-        to_join.sort_by(|a, b| b.0.cmp(&a.0));
+        to_join.sort_by_key(|j| Reverse(j.0));
         let adversaries = cfg
             .adversary
             .iter()
-            .map(|_| (HashSet::new(), HashMap::new()))
+            .map(|_| (BTreeSet::new(), BTreeMap::new()))
             .collect();
         Scale {
             sim,
             rng,
             members: Vec::new(),
-            by_identity: HashMap::new(),
+            by_identity: BTreeMap::new(),
             to_join,
             services,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             lookup_ms: Vec::new(),
             lookups_ok: 0,
             lookups_done: 0,
@@ -572,7 +581,7 @@ impl Scale {
         }
     }
 
-    fn bad_guard(&self, i: usize, bad: &HashSet<[u8; 32]>) -> bool {
+    fn bad_guard(&self, i: usize, bad: &BTreeSet<[u8; 32]>) -> bool {
         self.sim.nodes[i]
             .node
             .guards()
@@ -585,13 +594,13 @@ impl Scale {
         let now = self.sim.now;
         let e = epoch(now / 1000);
         // Who learned each service's blinded key: last hops that saw it, replicas holding it.
-        let keys: HashMap<[u8; 32], usize> = self
+        let keys: BTreeMap<[u8; 32], usize> = self
             .services
             .iter()
             .enumerate()
             .map(|(s, x)| (index(&x.1, e), s))
             .collect();
-        let mut learners: Vec<HashSet<usize>> = vec![HashSet::new(); self.services.len()];
+        let mut learners: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); self.services.len()];
         for (i, n) in self.sim.nodes.iter().enumerate() {
             for seen in n.node.dht_observed() {
                 if let Some(&s) = keys.get(&seen.key) {
