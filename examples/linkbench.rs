@@ -412,6 +412,7 @@ fn recv(listen: SocketAddr, seed: u64, timeout_s: u64) -> Result<(), String> {
                     println!("up link={} relay={}{hs}", link.0, identity.is_some());
                 }
                 LinkEvent::Down { link, .. } => println!("down link={}", link.0),
+                LinkEvent::Identified { link, .. } => println!("identified link={}", link.0),
                 LinkEvent::DialFailed { .. } => println!("dial failed"),
                 LinkEvent::Cell { cell, .. } => {
                     match read_marker(&cell) {

@@ -88,7 +88,11 @@ fn classification_and_introducers() {
         assert_eq!(r.fields().nat, want);
         // The published endpoint is the NAT's public address.
         assert_eq!(Some(r.fields().endpoints[0].ip()), sim.public_ip(*i));
-        assert_eq!(r.fields().flags & (FLAG_DHT | FLAG_RENDEZVOUS), 0);
+        // Reachable through a link its introducers help set up: DHT and RENDEZVOUS (issue #20).
+        assert_eq!(
+            r.fields().flags & (FLAG_DHT | FLAG_RENDEZVOUS),
+            FLAG_DHT | FLAG_RENDEZVOUS
+        );
         assert!(
             !r.fields().introducers.is_empty(),
             "node {i} has no introducers"
@@ -456,4 +460,133 @@ fn a_hostile_requester_cannot_aim_punches_at_a_victim() {
     // The attack ran: introducers introduced and the target punched.
     assert!(introductions >= 1 && punches >= 1);
     assert_eq!(total, 0, "the target punched towards the forged endpoint");
+}
+
+/// A UDP packet from `src` to `dst` (checksum left zero: nothing on the way checks it).
+fn udp(src: [u8; 16], dst: [u8; 16], body: &[u8]) -> Vec<u8> {
+    let len = 8 + body.len();
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src);
+    p[24..40].copy_from_slice(&dst);
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&7u16.to_be_bytes());
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(body);
+    p
+}
+
+/// Issue #20 item 1: two public relays of nine nodes; the others, the service (cone) and the
+/// client (symmetric) sit behind NAT. The service lists intro points (NATed relays: the two
+/// public ones are its guards), publishes, and a client that knows only its address reaches
+/// it through the DHT. Before the fix a NATed relay that linked before it knew its endpoint
+/// stayed anonymous to its neighbours' circuit layers, so every extension to it timed out, and
+/// a service found no layer-2 vanguard at all.
+#[test]
+fn a_service_behind_nat_is_reached_when_two_relays_are_public() {
+    let mut sim = public_relays(2, 20);
+    let kinds = [
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+        NatKind::AddressRestricted,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+    ];
+    let relays: Vec<usize> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| sim.add_node_behind(true, &[i % 2], 8, &[*k]))
+        .collect();
+    let svc = sim.add_node_behind(false, &[0, 1], 6, &[NatKind::PortRestricted]);
+    let cli = sim.add_node_behind(false, &[0, 1], 6, &[NatKind::Symmetric]);
+    sim.run_for(30_000);
+    // NATed relays serve the DHT and may be intro and rendezvous points (wire change).
+    for &r in &relays {
+        let rec = sim.nodes[r].node.link.own_record().expect("a record");
+        assert_eq!(
+            rec.fields().flags & (FLAG_DHT | FLAG_RENDEZVOUS),
+            FLAG_DHT | FLAG_RENDEZVOUS,
+            "node {r} ({:?})",
+            rec.fields().nat
+        );
+    }
+    let seed = [0x51; 32];
+    let addr = globalnet::session::ServiceIdentity::from_seed(&seed)
+        .address()
+        .octets();
+    let t0 = sim.now;
+    sim.nodes[svc].node.add_service(t0, seed);
+    sim.nodes[cli]
+        .node
+        .set_client_identity([0xc1; 32], Vec::new());
+    sim.flush(svc);
+    let mut listed = None;
+    while sim.now - t0 < 120_000 {
+        sim.run_for(500);
+        let info = sim.nodes[svc].node.services_info();
+        if info[0].intro_points.len() >= 2 && info[0].descriptor_age_s.is_some() {
+            listed = Some(sim.now - t0);
+            break;
+        }
+    }
+    let info = sim.nodes[svc].node.services_info();
+    let listed = listed.unwrap_or_else(|| panic!("no intro points: {info:?}"));
+    // The client sends until the service receives (the first packets wait for the lookup).
+    let me = sim.nodes[cli].node.pseudonym_for(addr).unwrap().octets();
+    let t1 = sim.now;
+    let seen = sim.nodes[svc].events.len();
+    let mut reached = None;
+    while sim.now - t1 < 60_000 && reached.is_none() {
+        let now = sim.now;
+        let _ = sim.nodes[cli]
+            .node
+            .send_packet(now, addr, &udp(me, addr, b"hello"));
+        sim.flush(cli);
+        for _ in 0..10 {
+            sim.run_for(100);
+            let got = sim.nodes[svc].events[seen..]
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Packet { .. }));
+            if got {
+                reached = Some(sim.now - t1);
+                break;
+            }
+        }
+    }
+    let relayed: u64 = relays
+        .iter()
+        .map(|&r| sim.nodes[r].node.circ.stats().relayed_cells)
+        .sum();
+    eprintln!(
+        "intro points {:?} listed and published {listed} ms after the service started; \
+         first packet at the service {reached:?} ms after the client's first send; \
+         cells relayed by the NATed relays: {relayed}",
+        info[0].intro_points
+    );
+    assert!(reached.is_some(), "the client never reached the service");
+    assert!(relayed > 0, "no NATed relay carried a circuit");
+}
+
+/// Issue #20 item 1: `services` says why intro points are missing. Two public relays and no
+/// other relay: both are the service's guards, so no vanguard and no intro path exists.
+#[test]
+fn services_say_why_intro_points_are_missing() {
+    let mut sim = public_relays(2, 21);
+    let svc = sim.add_node_behind(false, &[0, 1], 4, &[NatKind::PortRestricted]);
+    sim.run_for(20_000);
+    let now = sim.now;
+    sim.nodes[svc].node.add_service(now, [0x52; 32]);
+    sim.flush(svc);
+    sim.run_for(20_000);
+    let info = sim.nodes[svc].node.services_info();
+    let why = info[0].intro_missing.clone().unwrap_or_default();
+    eprintln!("{why}");
+    assert!(
+        why.starts_with("0 of 3 intro points: no eligible relay"),
+        "{info:?}"
+    );
 }

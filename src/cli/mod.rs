@@ -823,7 +823,8 @@ mod tests {
             "intro_points": ["a", "b", "c"], "descriptor_age_s": 75
         }, {
             "address": "fd00::2", "tcp": [], "udp": [53],
-            "intro_points": [], "descriptor_age_s": null
+            "intro_points": [], "descriptor_age_s": null,
+            "intro_missing": "0 of 3 intro points: no eligible relay (path: no RENDEZVOUS relay)"
         }]))
         .unwrap();
         let t = print_services(&v);
@@ -833,6 +834,10 @@ mod tests {
         );
         assert!(t.contains("not published yet"), "{t}");
         assert!(t.contains("\n-        fd00::2"), "{t}");
+        assert!(
+            t.contains("fd00::2: 0 of 3 intro points: no eligible relay"),
+            "{t}"
+        );
         assert!(print_services(&[]).contains("[[service]]"));
     }
 

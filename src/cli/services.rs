@@ -42,7 +42,7 @@ pub(super) fn print_services(list: &[ServiceAnswer]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "NAME",
             "ADDRESS",
@@ -53,7 +53,13 @@ pub(super) fn print_services(list: &[ServiceAnswer]) -> String {
             "SESSIONS",
         ],
         &rows,
-    )
+    );
+    for c in list {
+        if let Some(why) = &c.intro_missing {
+            out.push_str(&format!("{}: {why}\n", c.address));
+        }
+    }
+    out
 }
 
 /// The config that names the services: `--config`, else the system config when readable.

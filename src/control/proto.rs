@@ -450,6 +450,8 @@ pub struct ServiceAnswer {
     pub published: bool,
     /// Open sessions (clients).
     pub sessions: usize,
+    /// Why intro points are missing ("1 of 3 intro points: ..."), while some are.
+    pub intro_missing: Option<String>,
 }
 
 /// One end-to-end session in `sessions`.

@@ -443,6 +443,7 @@ impl NodeState {
                     descriptor_age_s: s.and_then(|s| s.descriptor_age_s),
                     published: s.is_some_and(|s| s.descriptor_age_s.is_some()),
                     sessions: s.map_or(0, |s| s.sessions),
+                    intro_missing: s.and_then(|s| s.intro_missing.clone()),
                 }
             })
             .collect()

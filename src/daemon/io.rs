@@ -426,6 +426,9 @@ pub(super) async fn link_loop(
                 NodeEvent::Link(LinkEvent::Up { link: id, identity }) => {
                     tracing::info!(link = id.0, relay = identity.is_some(), "link up")
                 }
+                NodeEvent::Link(LinkEvent::Identified { link: id, .. }) => {
+                    tracing::info!(link = id.0, "link identified: the peer is a relay")
+                }
                 NodeEvent::Link(LinkEvent::Down { link: id, .. }) => {
                     tracing::info!(link = id.0, "link down")
                 }

@@ -299,6 +299,13 @@ impl Node {
                         self.events
                             .push(NodeEvent::Link(LinkEvent::Up { link, identity }));
                     }
+                    LinkEvent::Identified { link, identity } => {
+                        self.guards.mark_up(&identity, now);
+                        self.sess_on_link_up(&identity);
+                        self.circ.on_link_identified(now, link, identity);
+                        self.events
+                            .push(NodeEvent::Link(LinkEvent::Identified { link, identity }));
+                    }
                     LinkEvent::Down { link, identity } => {
                         if let Some(id) = &identity {
                             if self.guards.list().iter().any(|g| g.identity == *id) {

@@ -73,6 +73,14 @@ impl SessionLayer {
         match owner {
             Owner::ClientStem | Owner::ServiceStem => self.stems.retain(|(s, _)| *s != id),
             Owner::Intro { svc } => {
+                if let Some(s) = self.service_mut(&svc) {
+                    if s.intros
+                        .iter()
+                        .any(|i| i.circ == id && i.established.is_none())
+                    {
+                        s.intro_why = Some(format!("intro circuit closed before it was up: {why}"));
+                    }
+                }
                 // A relay on the way died, most likely, not the intro point: a new circuit to
                 // the same relay under the same auth key keeps every descriptor that lists it
                 // good (the intro point moves the registration), so clients need no new one —
@@ -221,6 +229,14 @@ impl SessionLayer {
                         ip.listed = true;
                         ip.rebuilds = 0;
                         tracing::debug!(at = now, "intro point established");
+                    }
+                }
+                if !ok {
+                    if let Some(s) = self.service_mut(&svc) {
+                        s.intro_why = Some(format!(
+                            "an intro point refused the registration (status {:?})",
+                            parse_status(payload)
+                        ));
                     }
                 }
                 if ok {

@@ -69,6 +69,8 @@ pub struct ServiceInfo {
     pub descriptor_age_s: Option<u64>,
     /// Open sessions (clients).
     pub sessions: usize,
+    /// Why fewer than the wanted intro points are established (the latest reason), if so.
+    pub intro_missing: Option<String>,
 }
 
 /// One end-to-end session, as `globalnet sessions` / `status` shows it.

@@ -91,6 +91,9 @@ pub(in crate::session) struct Service {
     pub(in crate::session) pow: IntroQueue,
     /// A publication failed: publish again then.
     pub(in crate::session) publish_retry_at: Option<Millis>,
+    /// The latest reason an intro point could not be had (`services` shows it while some
+    /// are missing).
+    pub(in crate::session) intro_why: Option<String>,
 }
 
 impl SessionLayer {
@@ -124,6 +127,7 @@ impl SessionLayer {
             next_intro_try: now,
             pow: IntroQueue::new(&mut self.secrets, now),
             publish_retry_at: None,
+            intro_why: None,
         });
         true
     }
@@ -143,6 +147,13 @@ impl SessionLayer {
                     .collect(),
                 descriptor_age_s: s.built_at.map(|t| now.saturating_sub(t) / 1000),
                 sessions: s.sessions.len(),
+                intro_missing: {
+                    let up = s.intros.iter().filter(|i| i.established.is_some()).count();
+                    (up < NUM_INTRO_POINTS).then(|| {
+                        let why = s.intro_why.as_deref().unwrap_or("being established");
+                        format!("{up} of {NUM_INTRO_POINTS} intro points: {why}")
+                    })
+                },
             })
             .collect()
     }
@@ -198,6 +209,20 @@ impl SessionLayer {
                 })
                 .map(|i| i.circ)
                 .collect();
+            let timed_out = s
+                .intros
+                .iter()
+                .filter(|i| {
+                    i.established.is_none()
+                        && now.saturating_sub(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS
+                })
+                .count();
+            if timed_out > 0 {
+                s.intro_why = Some(format!(
+                    "establishment timed out ({} s without an answer from the intro point)",
+                    INTRO_ESTABLISH_TIMEOUT_MS / 1000
+                ));
+            }
             let need = NUM_INTRO_POINTS.saturating_sub(s.intros.len() - retire.len());
             let due = now >= s.next_intro_try;
             for id in retire {
@@ -309,6 +334,7 @@ impl SessionLayer {
             .unwrap_or_default();
         // A relay not yet an intro point of this service, chosen under every path rule.
         let mut path = None;
+        let mut why = None;
         for _ in 0..4 {
             match self.path_for(ctx, now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
                 Ok(p) if p.last().is_some_and(|r| !used.contains(r.identity())) => {
@@ -322,6 +348,7 @@ impl SessionLayer {
                     if let Some(held) = self.intro_path_log.hit(now, &e) {
                         tracing::debug!(repeats = held, "intro point path: {e}");
                     }
+                    why = Some(e);
                     break;
                 }
             }
@@ -330,9 +357,21 @@ impl SessionLayer {
             return;
         };
         s.next_intro_try = now + INTRO_RETRY_MS;
-        let Some(path) = path else { return };
-        let Ok(id) = ctx.build(now, Purpose::Intro, path) else {
+        let Some(path) = path else {
+            s.intro_why = Some(match why {
+                Some(e) => format!("no eligible relay ({e})"),
+                None => "no eligible relay (every candidate is an intro point already)".into(),
+            });
             return;
+        };
+        let id = match ctx.build(now, Purpose::Intro, path) {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(s) = self.service_mut(&svc) {
+                    s.intro_why = Some(format!("intro circuit not started: {e}"));
+                }
+                return;
+            }
         };
         self.owners.insert(id, Owner::Intro { svc });
         let mut seed = [0u8; 32];

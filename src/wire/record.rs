@@ -511,8 +511,12 @@ impl RelayRecord {
             if flags & FLAG_RELAY == 0 {
                 return Err(RecordError::Field("DHT/RENDEZVOUS without RELAY"));
             }
-            if !nat.directly_reachable() {
-                return Err(RecordError::Field("DHT/RENDEZVOUS on a relay behind NAT"));
+            // Behind NAT the relay is reached through a link its introducers help set up
+            // (punched or relayed, 13.2-13.4), as any hop is; a class not known yet names none.
+            if !nat.directly_reachable() && introducers.is_empty() {
+                return Err(RecordError::Field(
+                    "DHT/RENDEZVOUS on a relay nobody can reach",
+                ));
             }
         }
         if matches!(nat, NatClass::Cone | NatClass::Symmetric) && introducers.is_empty() {
@@ -598,6 +602,31 @@ mod tests {
         assert_eq!(again.bytes()[..], bytes[..]);
     }
 
+    /// Issue #20: a NATed relay that names an introducer carries the DHT and RENDEZVOUS flags;
+    /// with class unknown and no introducer the same flags are refused.
+    #[test]
+    fn independent_natted_vector() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
+        let v = &doc["relay_record_natted"];
+        let bytes = unhex(v["record"].as_str().unwrap());
+        let r = RelayRecord::parse(&bytes, NOW_MS).unwrap();
+        let f = r.fields();
+        assert_eq!(f.nat, NatClass::Cone);
+        assert_eq!(f.flags, FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS);
+        assert_eq!(f.introducers.len(), 1);
+        let seed: [u8; 32] = unhex(v["identity_seed"].as_str().unwrap())
+            .try_into()
+            .unwrap();
+        let again = RelayRecord::sign(&SigningKey::from_bytes(&seed), f.clone()).unwrap();
+        assert_eq!(again.bytes()[..], bytes[..]);
+        let refused = unhex(v["refused_unknown_without_introducer"].as_str().unwrap());
+        assert!(matches!(
+            RelayRecord::parse(&refused, NOW_MS),
+            Err(RecordError::Field(_))
+        ));
+    }
+
     fn sample(key: &SigningKey) -> RecordFields {
         RecordFields {
             flags: FLAG_RELAY | FLAG_DHT,
@@ -661,16 +690,25 @@ mod tests {
         let key = SigningKey::from_bytes(&[2; 32]);
         let mut f = sample(&key);
         f.nat = NatClass::Cone;
-        assert!(
-            RelayRecord::sign(&key, f.clone()).is_err(),
-            "DHT flag behind NAT"
-        );
+        // Behind NAT with an introducer: reachable through a link, so DHT and RENDEZVOUS too.
+        f.flags = FLAG_RELAY | FLAG_DHT | FLAG_RENDEZVOUS;
+        assert!(RelayRecord::sign(&key, f.clone()).is_ok());
+        f.nat = NatClass::Symmetric;
+        assert!(RelayRecord::sign(&key, f.clone()).is_ok());
         f.flags = FLAG_RELAY;
         assert!(RelayRecord::sign(&key, f.clone()).is_ok());
         f.introducers.clear();
         assert!(
             RelayRecord::sign(&key, f.clone()).is_err(),
             "NATed without introducers"
+        );
+        // A class not known yet names no introducer: no DHT or RENDEZVOUS flag.
+        f.nat = NatClass::Unknown;
+        assert!(RelayRecord::sign(&key, f.clone()).is_ok());
+        f.flags = FLAG_RELAY | FLAG_RENDEZVOUS;
+        assert!(
+            RelayRecord::sign(&key, f.clone()).is_err(),
+            "RENDEZVOUS flag on a relay nobody can reach"
         );
         let mut f = sample(&key);
         f.flags = FLAG_DHT;

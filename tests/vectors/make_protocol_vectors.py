@@ -478,6 +478,31 @@ def make_relay_record(i):
             "dht_node_id": sha256(L["DHT_NODE_ID"], identity).hex()}
 
 
+def make_natted_relay_record(i, introducer):
+    # Section 5.4 (issue #20): a relay behind a cone NAT that names an introducer may carry the
+    # DHT and RENDEZVOUS flags; the same record with no introducer and class unknown may not.
+    id_seed, identity = relay_identity(i)
+    link_sk = seed("relay %d link" % i)
+    onion_sk = seed("relay %d onion" % i)
+    _, intro_identity = relay_identity(introducer)
+    intro_link = x25519_pub(seed("relay %d link" % introducer))
+    contact = intro_identity + intro_link + endpoint(4, bytes([198, 18, 0, 10 + introducer]), 7412)
+    assert len(contact) == 83
+
+    def signed(nat, introducers):
+        body = bytes([0x01, 0x01, 0b0000_0111, nat]) + identity + x25519_pub(link_sk) + \
+            x25519_pub(onion_sk) + u64(1_767_225_600_000 + i) + u64(1_767_312_000)
+        eps = [endpoint(4, bytes([198, 19, 128, i]), 20000 + i)]
+        body += bytes([len(eps)]) + b"".join(eps) + bytes(ENDPOINT_LEN * (4 - len(eps)))
+        body += bytes([len(introducers)]) + b"".join(introducers) + \
+            bytes(83 * (2 - len(introducers)))
+        assert len(body) == RELAY_RECORD_LEN - 64
+        return body + ed_sign(id_seed, L["RELAY_RECORD_SIG"] + body)
+
+    return {"identity_seed": id_seed.hex(), "record": signed(3, [contact]).hex(),
+            "refused_unknown_without_introducer": signed(0, []).hex()}
+
+
 # Sections 6.5, 6.6: a client draws its forward counter start c and W_1 uniformly at random for
 # every circuit (so hop 1 cannot tell it is first); the vectors use these fixed values.
 SEQ_START_FORWARD = int.from_bytes(seed("forward counter start")[:8], "big")
@@ -854,6 +879,7 @@ def main():
                       "DESC_LEN": DESC_LEN, "RELAY_RECORD_LEN": RELAY_RECORD_LEN},
         "labels": {k: v.decode() for k, v in LABELS.items()},
         "relay_record": make_relay_record(1),
+        "relay_record_natted": make_natted_relay_record(2, 1),
         "circuit_handshake": vec_handshake(),
         "wideblock": vec_wideblock(),
         "cells_1_hop": vec_cells(1, [0x80000001], 0, payload),

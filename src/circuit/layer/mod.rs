@@ -433,29 +433,43 @@ impl CircuitLayer {
                 creates: Bucket::new(CREATE_BURST_PER_LINK, now),
             },
         );
-        // Builds waiting for this first hop, and extends waiting for this target.
         if let Some(ident) = identity {
-            let waiting: Vec<CircId> = self
-                .own
-                .iter()
-                .filter(|(_, o)| matches!(o.state, OwnState::Linking))
-                .filter(|(_, o)| o.path.first().map(|r| r.identity()) == Some(&ident))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in waiting {
-                self.start_create(now, id, link);
-            }
-            let extends: Vec<u64> = self
-                .relayed
-                .iter()
-                .filter(|(_, r)| {
-                    r.down.is_none() && r.extend.as_ref().is_some_and(|e| e.identity == ident)
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            for slot in extends {
-                self.send_extend_create(now, slot, link);
-            }
+            self.start_waiting(now, link, ident);
+        }
+    }
+
+    /// A link that came up anonymous is now known to be this relay's (its record came in a
+    /// later HELLO): builds and extensions waiting for the relay use it.
+    pub fn on_link_identified(&mut self, now: Millis, link: LinkId, identity: [u8; 32]) {
+        let Some(info) = self.links.get_mut(&link) else {
+            return;
+        };
+        info.identity = Some(identity);
+        self.start_waiting(now, link, identity);
+    }
+
+    /// Builds waiting for this first hop, and extends waiting for this target.
+    fn start_waiting(&mut self, now: Millis, link: LinkId, ident: [u8; 32]) {
+        let waiting: Vec<CircId> = self
+            .own
+            .iter()
+            .filter(|(_, o)| matches!(o.state, OwnState::Linking))
+            .filter(|(_, o)| o.path.first().map(|r| r.identity()) == Some(&ident))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.start_create(now, id, link);
+        }
+        let extends: Vec<u64> = self
+            .relayed
+            .iter()
+            .filter(|(_, r)| {
+                r.down.is_none() && r.extend.as_ref().is_some_and(|e| e.identity == ident)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for slot in extends {
+            self.send_extend_create(now, slot, link);
         }
     }
 

@@ -81,16 +81,24 @@ impl Vanguards {
             })
             .collect();
         while self.list.len() < NUM_L2_GUARDS {
-            let ok: Vec<&Node<'_>> = pool
+            let fits = |n: &&Node<'_>| {
+                !guard_nodes.iter().any(|g| g.clashes(n)) && !self.contains(&n.identity)
+            };
+            // Like guards, vanguards are directly reachable where the view allows. When the
+            // guards take every directly reachable relay (a network with two or three public
+            // relays), a NATed relay that names an introducer is taken rather than none: a
+            // service without a vanguard builds no circuit at all, and the guard reaches a NATed
+            // vanguard by one punch or a relayed link (docs/threat-model.md, "Few public relays").
+            let direct: Vec<&Node<'_>> = pool
                 .iter()
-                .filter(|n| {
-                    // Like guards, vanguards are directly reachable: then a NATed relay is only
-                    // ever a middle between two relays that can reach it by one punch.
-                    n.rec.is_some_and(|r| r.fields().nat.directly_reachable())
-                        && !guard_nodes.iter().any(|g| g.clashes(n))
-                        && !self.contains(&n.identity)
-                })
+                .filter(|n| n.rec.is_some_and(|r| r.fields().nat.directly_reachable()))
+                .filter(fits)
                 .collect();
+            let ok: Vec<&Node<'_>> = if direct.is_empty() && self.list.is_empty() {
+                pool.iter().filter(fits).collect()
+            } else {
+                direct
+            };
             let Some(pick) = ok.choose(rng) else { break };
             let lifetime = rng.gen_range(
                 L2_GUARD_LIFETIME_MIN_DAYS * DAY_MS..=L2_GUARD_LIFETIME_MAX_DAYS * DAY_MS,

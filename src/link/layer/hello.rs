@@ -90,9 +90,13 @@ impl LinkLayer {
             self.malformed(now, id, "HELLO role");
             return;
         }
+        let mut identified = None;
         let first = match self.links.get_mut(&id) {
             Some(l) => {
                 let first = !l.state.ready();
+                if !first && l.identity.is_none() {
+                    identified = identity;
+                }
                 if let (Some(old), Some(new)) = (l.identity, identity) {
                     if old != new {
                         // An identity change on a live link is not allowed.
@@ -129,6 +133,16 @@ impl LinkLayer {
         });
         if !hello_sent || answer {
             self.send_hello(now, id, false);
+        }
+        if let Some(ident) = identified {
+            // The link's users (circuits waiting to extend to this relay, guards) must learn
+            // it: otherwise the link stays anonymous to them and every EXTEND to the relay over
+            // it waits for a link that is already up, and times out (issue #20).
+            tracing::debug!(link = id.0, peer = %fingerprint(&ident), "link identified");
+            self.events.push_back(LinkEvent::Identified {
+                link: id,
+                identity: ident,
+            });
         }
         if first {
             let key = self.links.get(&id).map(|l| l.peer_key).unwrap_or_default();
@@ -209,7 +223,8 @@ impl LinkLayer {
             n => n,
         };
         let mut flags = FLAG_RELAY;
-        if nat.directly_reachable() {
+        // Reachable directly or through a link our introducers help set up (13.2-13.4).
+        if nat.directly_reachable() || !introducers.is_empty() {
             flags |= FLAG_DHT | FLAG_RENDEZVOUS;
         }
         let fields = RecordFields {

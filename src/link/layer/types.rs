@@ -32,6 +32,14 @@ pub enum LinkEvent {
         /// The peer's relay identity, if it is a relay.
         identity: Option<[u8; 32]>,
     },
+    /// A peer that came up without a relay record (a NATed relay that did not know its
+    /// endpoint yet) sent one later: from now on it is this relay.
+    Identified {
+        /// The link.
+        link: LinkId,
+        /// The peer's relay identity.
+        identity: [u8; 32],
+    },
     /// A link is gone.
     Down {
         /// The link.
