@@ -462,22 +462,11 @@ fn a_hostile_requester_cannot_aim_punches_at_a_victim() {
     assert_eq!(total, 0, "the target punched towards the forged endpoint");
 }
 
+mod sim_packets;
+
 /// A UDP packet from `src` to `dst` (checksum left zero: nothing on the way checks it).
 fn udp(src: [u8; 16], dst: [u8; 16], body: &[u8]) -> Vec<u8> {
-    let len = 8 + body.len();
-    let mut p = vec![0u8; 40];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-    p[6] = 17;
-    p[7] = 64;
-    p[8..24].copy_from_slice(&src);
-    p[24..40].copy_from_slice(&dst);
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&7u16.to_be_bytes());
-    p.extend_from_slice(&(len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(body);
-    p
+    sim_packets::udp(src, dst, 40000, 7, body)
 }
 
 /// Issue #20 item 1: two public relays of nine nodes; the others, the service (cone) and the
