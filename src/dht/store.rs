@@ -28,7 +28,7 @@ use super::routing::Prefix;
 use super::{distance, relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
 use crate::budget::{Charge, MemoryBudget};
 use crate::names::claim::{self, Claim, KEEP_PER_NAME};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 /// Approximate bytes one stored record costs beyond its bytes (parsed fields, map overhead and
@@ -149,10 +149,10 @@ struct Checked {
     work: [u8; 32],
 }
 
-fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
+fn check(kind: RecordKind, bytes: &[u8], now_ms: Instant) -> Option<Checked> {
     match kind {
         RecordKind::Relay => {
-            let r = RelayRecord::parse(bytes, now_ms).ok()?;
+            let r = RelayRecord::parse(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: relay_key(r.identity()),
                 signer: *r.identity(),
@@ -162,7 +162,7 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
             })
         }
         RecordKind::Descriptor => {
-            let d = Descriptor::parse(bytes, now_ms).ok()?;
+            let d = Descriptor::parse(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: *d.index(),
                 signer: *d.blinded_key(),
@@ -172,7 +172,7 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
             })
         }
         RecordKind::NameClaim => {
-            let c = Claim::decode_at(bytes, now_ms).ok()?;
+            let c = Claim::decode_at(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: claim::dht_key(&c.name),
                 signer: c.key,
@@ -186,7 +186,11 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
 
 /// The DHT key, signer and version of a record that passes the storage checks, for lookups that
 /// collect records (12.3): `None` if it fails them.
-pub fn checked_key(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<(Key, [u8; 32], u64)> {
+pub fn checked_key(
+    kind: RecordKind,
+    bytes: &[u8],
+    now_ms: Instant,
+) -> Option<(Key, [u8; 32], u64)> {
     check(kind, bytes, now_ms).map(|c| (c.key, c.signer, c.version))
 }
 
@@ -233,7 +237,7 @@ impl Store {
         kind: RecordKind,
         bytes: &[u8],
         source: Prefix,
-        now_ms: Millis,
+        now_ms: Instant,
         rng: &mut R,
     ) -> StoreStatus {
         if !kind.len_ok(bytes.len()) {
@@ -243,7 +247,7 @@ impl Store {
             return StoreStatus::Invalid;
         };
         self.expire_key(&c.key, now_ms);
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.as_unix_ms() / 1000;
         let relay = kind == RecordKind::Relay;
         let (existing, n_records, rate_ok, kind_clash, weakest) = match self.slots.get(&c.key) {
             Some(slot) => (
@@ -367,8 +371,8 @@ impl Store {
         StoreStatus::Stored
     }
 
-    fn expire_key(&mut self, key: &Key, now_ms: Millis) {
-        let now_s = now_ms / 1000;
+    fn expire_key(&mut self, key: &Key, now_ms: Instant) {
+        let now_s = now_ms.as_unix_ms() / 1000;
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
@@ -389,7 +393,7 @@ impl Store {
     }
 
     /// Drops every record whose `expires` has passed.
-    pub fn expire(&mut self, now_ms: Millis) {
+    pub fn expire(&mut self, now_ms: Instant) {
         let keys: Vec<Key> = self.slots.keys().copied().collect();
         for k in keys {
             self.expire_key(&k, now_ms);
@@ -403,9 +407,9 @@ impl Store {
         key: &Key,
         kind: RecordKind,
         cursor: u8,
-        now_ms: Millis,
+        now_ms: Instant,
     ) -> (u8, Option<&[u8]>) {
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.as_unix_ms() / 1000;
         let Some(slot) = self.slots.get(key) else {
             return (0, None);
         };
@@ -498,28 +502,37 @@ mod tests {
         let d2 = desc(7, NOW_MS);
         let k = RecordKind::Descriptor;
         assert_eq!(
-            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Stored
         );
         assert_eq!(
-            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Stored
         );
         assert_eq!(
-            s.store(k, d1.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, d1.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Stale
         );
         assert_eq!(s.len(), 1);
-        let (total, rec) = s.get(d2.index(), k, 0, NOW_MS);
+        let (total, rec) = s.get(d2.index(), k, 0, Instant::from_unix_ms(NOW_MS));
         assert_eq!((total, rec), (1, Some(&d2.bytes()[..])));
-        assert_eq!(s.get(d2.index(), RecordKind::Relay, 0, NOW_MS).0, 0);
+        assert_eq!(
+            s.get(
+                d2.index(),
+                RecordKind::Relay,
+                0,
+                Instant::from_unix_ms(NOW_MS)
+            )
+            .0,
+            0
+        );
         // Garbage is invalid.
         assert_eq!(
-            s.store(k, &[0; 922], SRC, NOW_MS, &mut rng),
+            s.store(k, &[0; 922], SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Invalid
         );
         // Expiry.
-        s.expire((d2.expires() + 1) * 1000);
+        s.expire(Instant::from_unix_ms((d2.expires() + 1) * 1000));
         assert!(s.is_empty());
     }
 
@@ -536,7 +549,13 @@ mod tests {
         // signer rules with one real service and use distinct services for the caps.
         let real = desc(1, NOW_MS);
         assert_eq!(
-            s.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(
+                k,
+                real.bytes(),
+                SRC,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Stored
         );
         assert!(budget.used() > 922);
@@ -544,17 +563,35 @@ mod tests {
         let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 30));
         s2.shares.count.insert(SRC, DHT_STORE_PER_SOURCE_PREFIX);
         assert_eq!(
-            s2.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            s2.store(
+                k,
+                real.bytes(),
+                SRC,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Full
         );
         assert_eq!(
-            s2.store(k, real.bytes(), (4, 1), NOW_MS, &mut rng),
+            s2.store(
+                k,
+                real.bytes(),
+                (4, 1),
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Stored
         );
         // Budget.
         let mut s3 = Store::new([0; 32], MemoryBudget::new(100));
         assert_eq!(
-            s3.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+            s3.store(
+                k,
+                real.bytes(),
+                SRC,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Full
         );
     }
@@ -587,7 +624,7 @@ mod tests {
         s.slots.insert(*d.index(), slot);
         let k = RecordKind::Descriptor;
         assert_eq!(
-            s.store(k, d.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, d.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Stored
         );
         assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
@@ -597,19 +634,19 @@ mod tests {
         let slot = s.slots.remove(d.index()).unwrap();
         s.slots.insert(*d2.index(), slot);
         assert_eq!(
-            s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Full
         );
         let later = NOW_MS + DESC_NEW_SIGNER_INTERVAL_S * 1000;
         assert_eq!(
-            s.store(k, d2.bytes(), SRC, later, &mut rng),
+            s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(later), &mut rng),
             StoreStatus::Stored
         );
         assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
         // The known signer can still update itself at any time.
         let d3 = desc(4, NOW_MS + 5);
         assert_eq!(
-            s.store(k, d3.bytes(), SRC, later, &mut rng),
+            s.store(k, d3.bytes(), SRC, Instant::from_unix_ms(later), &mut rng),
             StoreStatus::Stored
         );
     }
@@ -671,7 +708,13 @@ mod tests {
         let farthest = own.map(|b| !b);
         assert!(s.slots.contains_key(&farthest));
         assert_eq!(
-            s.store(k, honest.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(
+                k,
+                honest.bytes(),
+                SRC,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Stored
         );
         assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
@@ -682,7 +725,10 @@ mod tests {
             per - 1,
             "from the largest source"
         );
-        assert_eq!(s.get(honest.index(), k, 0, NOW_MS).0, 1);
+        assert_eq!(
+            s.get(honest.index(), k, 0, Instant::from_unix_ms(NOW_MS)).0,
+            1
+        );
 
         // 128 prefixes at 512 each, and the honest record arrives through one of them (a last
         // hop the attacker's circuits share): nearness decides.
@@ -701,7 +747,13 @@ mod tests {
         }
         let shared = (4, 2000 + 127);
         assert_eq!(
-            s.store(k, honest.bytes(), shared, NOW_MS, &mut rng),
+            s.store(
+                k,
+                honest.bytes(),
+                shared,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Stored
         );
         assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
@@ -712,22 +764,28 @@ mod tests {
             .find(|d| (d.index()[0] ^ own[0]) & 0x80 != 0)
             .unwrap();
         assert_eq!(
-            s.store(k, far.bytes(), shared, NOW_MS, &mut rng),
+            s.store(
+                k,
+                far.bytes(),
+                shared,
+                Instant::from_unix_ms(NOW_MS),
+                &mut rng
+            ),
             StoreStatus::Full
         );
         assert_eq!(
-            s.store(k, far.bytes(), SRC, NOW_MS, &mut rng),
+            s.store(k, far.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
             StoreStatus::Stored
         );
         assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
         assert_eq!(s.evicted(), 2);
         assert_eq!(
-            s.get(honest.index(), k, 0, NOW_MS).0,
+            s.get(honest.index(), k, 0, Instant::from_unix_ms(NOW_MS)).0,
             1,
             "the near one stays"
         );
         // Expiry keeps the eviction order in step with the records.
-        s.expire((honest.expires() + 1) * 1000);
+        s.expire(Instant::from_unix_ms((honest.expires() + 1) * 1000));
         assert_eq!(s.len(), DHT_STORE_MAX_RECORDS - 2);
         assert_eq!(s.shares.held(&SRC), 0);
         assert_eq!(
@@ -738,7 +796,7 @@ mod tests {
 
     /// The two claims of `cheesy` in the independent vectors (22 and 20 bits of work), and a
     /// time at which both are valid.
-    fn vector_claims() -> (Vec<Vec<u8>>, Millis) {
+    fn vector_claims() -> (Vec<Vec<u8>>, Instant) {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/vectors/name_claims.json")).unwrap();
         let claims = doc["claims"]
@@ -747,7 +805,10 @@ mod tests {
             .iter()
             .map(|c| hex::decode(c["claim"].as_str().unwrap()).unwrap())
             .collect();
-        (claims, 20_001 * claim::EPOCH_S * 1000 + 1000)
+        (
+            claims,
+            Instant::from_unix_ms(20_001 * claim::EPOCH_S * 1000 + 1000),
+        )
     }
 
     /// Claims are stored under the name's key, one per key (a newer epoch replaces), and a full
@@ -776,16 +837,16 @@ mod tests {
         let late = 20_008 * claim::EPOCH_S * 1000;
         let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 20));
         assert_eq!(
-            s2.store(k, &claims[0], SRC, late, &mut rng),
+            s2.store(k, &claims[0], SRC, Instant::from_unix_ms(late), &mut rng),
             StoreStatus::Invalid
         );
-        s.expire(late);
-        assert_eq!(s.get(&key, k, 0, late).0, 1);
+        s.expire(Instant::from_unix_ms(late));
+        assert_eq!(s.get(&key, k, 0, Instant::from_unix_ms(late)).0, 1);
 
         // A name already holding KEEP_PER_NAME claims: plant them with chosen work hashes
         // between the vectors' (22 bits: 0x000002ae.., 20 bits: 0x00000a81..).
-        let strong = Claim::decode_at(&claims[0], now).unwrap();
-        let weak = Claim::decode_at(&claims[1], now).unwrap();
+        let strong = Claim::decode_at(&claims[0], now.as_unix_ms()).unwrap();
+        let weak = Claim::decode_at(&claims[1], now.as_unix_ms()).unwrap();
         assert!(strong.work_hash() < weak.work_hash());
         let fill = |s: &mut Store, work: [u8; 32]| {
             let slot = s.slots.entry(key).or_insert_with(|| Slot {
@@ -842,14 +903,20 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut s = Store::new([0; 32], MemoryBudget::new(1 << 20));
         assert_eq!(
-            s.store(RecordKind::Relay, &bytes, SRC, now, &mut rng),
+            s.store(
+                RecordKind::Relay,
+                &bytes,
+                SRC,
+                Instant::from_unix_ms(now),
+                &mut rng
+            ),
             StoreStatus::Stored
         );
         let dht_key = v["dht_key"].as_str().unwrap();
         let key: Vec<u8> = hex::decode(dht_key).unwrap();
         let key: Key = key.try_into().unwrap();
         assert_eq!(
-            s.get(&key, RecordKind::Relay, 0, now),
+            s.get(&key, RecordKind::Relay, 0, Instant::from_unix_ms(now)),
             (1, Some(&bytes[..]))
         );
         assert_eq!(s.bytes_stored(), 424);
