@@ -38,7 +38,7 @@ use globalnet::link::{BootstrapPeer, LinkConfig, LinkEvent, LinkId, LinkKeys, Li
 use globalnet::node::dht::{DhtOutcome, DhtQuery};
 use globalnet::node::{Node, NodeEvent};
 use globalnet::session::intro::{EstablishIntro, Introduce1};
-use globalnet::time::{Clock, Millis};
+use globalnet::time::{self, Clock};
 use globalnet::wire::record::RelayRecord;
 use globalnet::wire::relay::RelayCommand;
 use rand::rngs::OsRng;
@@ -211,7 +211,7 @@ impl Agent {
     }
 
     /// Reads what arrived, runs timers, sends what is queued; returns the events.
-    fn step(&mut self, now: Millis, out: &mut Vec<Ev>) -> bool {
+    fn step(&mut self, now: time::Instant, out: &mut Vec<Ev>) -> bool {
         let mut busy = false;
         for _ in 0..256 {
             match self.sock.recv_from(&mut self.buf) {
@@ -282,7 +282,7 @@ impl Agent {
         busy
     }
 
-    fn flush(&mut self, now: Millis) {
+    fn flush(&mut self, now: time::Instant) {
         if let Engine::Node(x) = &mut self.engine {
             x.pump(now);
             while let Some(t) = x.poll_transmit() {
@@ -392,8 +392,8 @@ fn flood(
     agents: &mut [Agent],
     clock: &Clock,
     tally: &mut Tally,
-    mut send: impl FnMut(&mut [Agent], Millis, u64, &mut Tally) -> bool,
-    mut on_event: impl FnMut(&mut [Agent], Millis, usize, Ev, &mut Tally),
+    mut send: impl FnMut(&mut [Agent], time::Instant, u64, &mut Tally) -> bool,
+    mut on_event: impl FnMut(&mut [Agent], time::Instant, usize, Ev, &mut Tally),
 ) {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);

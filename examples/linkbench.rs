@@ -23,7 +23,7 @@ use ed25519_dalek::SigningKey;
 use globalnet::budget::MemoryBudget;
 use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkEvent, LinkId, LinkKeys, LinkLayer};
-use globalnet::time::{Clock, Millis};
+use globalnet::time::{self, Clock};
 use globalnet::wire::cell::CELL_LEN;
 use sha2::{Digest, Sha256};
 use std::io::ErrorKind;
@@ -198,7 +198,7 @@ impl Node {
         )
     }
 
-    fn now(&self) -> Millis {
+    fn now(&self) -> time::Instant {
         self.clock.now()
     }
 
@@ -623,7 +623,7 @@ fn send(
 }
 
 /// A link layer without a socket, for `local`.
-fn layer_for(seed: u64, addr: SocketAddr, now: Millis) -> (LinkLayer, [u8; 32]) {
+fn layer_for(seed: u64, addr: SocketAddr, now: time::Instant) -> (LinkLayer, [u8; 32]) {
     let k = keys(seed);
     let public = PublicKey::from(&k.link).to_bytes();
     let cfg = LinkConfig {
@@ -640,7 +640,12 @@ fn layer_for(seed: u64, addr: SocketAddr, now: Millis) -> (LinkLayer, [u8; 32]) 
 }
 
 /// Moves every queued datagram from `from` (at `src`) into `to`; returns how many moved.
-fn hand_over(now: Millis, from: &mut LinkLayer, src: SocketAddr, to: &mut LinkLayer) -> usize {
+fn hand_over(
+    now: time::Instant,
+    from: &mut LinkLayer,
+    src: SocketAddr,
+    to: &mut LinkLayer,
+) -> usize {
     let mut n = 0;
     while let Some(t) = from.poll_transmit() {
         to.handle_datagram(now, src, &t.data);

@@ -7,7 +7,11 @@
 //! |--------------|----------------------------------------------------------------------|
 //! | [`platform`] | TUN device, addresses, routes, privilege drop                        |
 //! | [`wire`]     | byte formats: link frames, cells, handshakes, records                |
+//! | [`link`]     | one encrypted session per neighbour, relay view, bootstrap, NAT      |
 //! | [`circuit`]  | cell crypto, circuit handshake, building and relaying circuits       |
+//! | [`dht`]      | records and descriptors stored and looked up over circuits           |
+//! | [`session`]  | end-to-end sessions between a client pseudonym and a service         |
+//! | [`node`]     | one node's protocol state: the layers joined, sans-IO                |
 //! | [`flow`]     | what to do with each packet the kernel hands to the TUN              |
 //! | [`crypto`]   | keys, key files and overlay addresses                                |
 //! | [`config`]   | the TOML configuration and its validation                            |
@@ -17,8 +21,11 @@
 //! | [`demo`]     | `globalnet demo`: a local network in namespaces reaching a service   |
 //! | [`names`]    | names under `.gn.alt`: key names, petnames, network-issued names      |
 //! | [`exit`]     | exits to the ordinary internet: policy, published policy, choice     |
+//! | [`budget`]   | one memory budget for every queue and table a stranger can fill      |
+//! | [`time`]     | instants and durations, the clock, rate limits, repeated-log damping |
+//! | [`sim`]      | the in-process network: many nodes under virtual time, repeatable    |
 //!
-//! The session, circuit, link and wire layers arrive with their issues; docs/protocol.md specifies them.
+//! docs/protocol.md specifies the wire formats.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(

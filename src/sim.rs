@@ -20,12 +20,12 @@ use crate::circuit::OnionKey;
 use crate::crypto::Randomness;
 use crate::link::{LinkConfig, LinkKeys, LinkLayer};
 use crate::node::{Node, NodeEvent};
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 
 pub mod scale;
 
 /// Virtual time at the start of every simulation (2027-01-15, Unix milliseconds).
-pub const SIM_EPOCH: Millis = 1_800_000_000_000;
+pub const SIM_EPOCH: Instant = Instant::from_unix_ms(1_800_000_000_000);
 
 /// Network conditions of a simulation.
 #[derive(Debug, Clone)]
@@ -74,8 +74,8 @@ pub const NAT_MAPPING_TIMEOUT_MS: Millis = 30_000;
 struct Mapping {
     port: u16,
     inner: SocketAddr,
-    peers: HashMap<SocketAddr, Millis>,
-    last: Millis,
+    peers: HashMap<SocketAddr, Instant>,
+    last: Instant,
 }
 
 struct NatBox {
@@ -109,7 +109,7 @@ pub struct SimNode {
 
 /// A datagram in flight: delivery time, sequence (ties), destination (a node by index, or an
 /// address resolved through NAT boxes on arrival), source, bytes.
-type InFlight = Reverse<(Millis, u64, Dest, SocketAddr, Vec<u8>)>;
+type InFlight = Reverse<(Instant, u64, Dest, SocketAddr, Vec<u8>)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Dest {
@@ -120,13 +120,13 @@ enum Dest {
 /// The simulated network.
 pub struct Sim {
     /// Virtual now.
-    pub now: Millis,
+    pub now: Instant,
     /// The nodes.
     pub nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
     queue: BinaryHeap<InFlight>,
-    timers: BinaryHeap<Reverse<(Millis, usize)>>,
-    wake: Vec<Millis>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    wake: Vec<Instant>,
     rng: StdRng,
     cfg: SimConfig,
     seq: u64,
@@ -338,7 +338,7 @@ impl Sim {
         let expired = nb
             .mappings
             .get(&key)
-            .is_some_and(|m| now.saturating_sub(m.last) > NAT_MAPPING_TIMEOUT_MS);
+            .is_some_and(|m| now.saturating_since(m.last) > NAT_MAPPING_TIMEOUT_MS);
         if expired {
             if let Some(m) = nb.mappings.remove(&key) {
                 nb.by_port.remove(&m.port);
@@ -395,18 +395,18 @@ impl Sim {
             let key = *nb.by_port.get(&dst.port())?;
             let kind = nb.kind;
             let m = nb.mappings.get_mut(&key)?;
-            if now.saturating_sub(m.last) > NAT_MAPPING_TIMEOUT_MS {
+            if now.saturating_since(m.last) > NAT_MAPPING_TIMEOUT_MS {
                 return None;
             }
             let allowed = match kind {
                 NatKind::FullCone => true,
                 NatKind::AddressRestricted => m.peers.iter().any(|(p, t)| {
-                    p.ip() == from.ip() && now.saturating_sub(*t) <= NAT_MAPPING_TIMEOUT_MS
+                    p.ip() == from.ip() && now.saturating_since(*t) <= NAT_MAPPING_TIMEOUT_MS
                 }),
                 NatKind::PortRestricted | NatKind::Symmetric => m
                     .peers
                     .get(&from)
-                    .is_some_and(|t| now.saturating_sub(*t) <= NAT_MAPPING_TIMEOUT_MS),
+                    .is_some_and(|t| now.saturating_since(*t) <= NAT_MAPPING_TIMEOUT_MS),
             };
             if !allowed {
                 return None;
@@ -462,7 +462,7 @@ impl Sim {
     }
 
     /// Runs until virtual time `until`.
-    pub fn run_until(&mut self, until: Millis) {
+    pub fn run_until(&mut self, until: Instant) {
         loop {
             let next_dgram = self.queue.peek().map(|Reverse((t, ..))| *t);
             let next_timer = loop {
@@ -532,7 +532,7 @@ impl Sim {
                     if alive {
                         self.delivered += 1;
                         if let Some(h) = self.trace.as_mut() {
-                            h.update(self.now.to_be_bytes());
+                            h.update(self.now.as_unix_ms().to_be_bytes());
                             h.update(from.to_string().as_bytes());
                             h.update((to as u64).to_be_bytes());
                             h.update((data.len() as u64).to_be_bytes());
@@ -552,7 +552,7 @@ impl Sim {
             } else if let Some(Reverse((_, i))) = self.timers.pop() {
                 if self.wake.get(i) == Some(&next) {
                     if let Some(w) = self.wake.get_mut(i) {
-                        *w = Millis::MAX;
+                        *w = Instant::MAX;
                     }
                     let alive = self.nodes.get(i).is_some_and(|n| n.alive);
                     if alive {

@@ -5,16 +5,107 @@
 //! same value, with the skew tolerance of docs/protocol.md section 14.1. Time is never taken from
 //! peers.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch.
+/// A length of time in milliseconds (timeouts, ages, the `*_MS` constants). Points in time are
+/// [`Instant`]s, so that one cannot stand for the other (docs/decisions.md, "Time").
 pub type Millis = u64;
+
+/// A point in time: milliseconds since the Unix epoch, on the caller's clock (the daemon's
+/// [`Clock`] or the simulator's virtual time). Serialized as the plain number.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The Unix epoch (also "never" / "not yet" where a state machine starts from zero).
+    pub const ZERO: Instant = Instant(0);
+    /// The end of time (a timer that never fires).
+    pub const MAX: Instant = Instant(u64::MAX);
+
+    /// The instant `ms` milliseconds after the Unix epoch (wire formats, files, tests).
+    pub const fn from_unix_ms(ms: u64) -> Instant {
+        Instant(ms)
+    }
+
+    /// Milliseconds since the Unix epoch (for wire formats, files and answers).
+    pub const fn as_unix_ms(self) -> u64 {
+        self.0
+    }
+
+    /// How long after `earlier` this is; zero if `earlier` is later.
+    pub fn saturating_since(self, earlier: Instant) -> Millis {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// How long after `earlier` this is; `None` if `earlier` is later.
+    pub fn checked_since(self, earlier: Instant) -> Option<Millis> {
+        self.0.checked_sub(earlier.0)
+    }
+
+    /// `d` later, stopping at [`Instant::MAX`].
+    pub fn saturating_add(self, d: Millis) -> Instant {
+        Instant(self.0.saturating_add(d))
+    }
+
+    /// `d` earlier, stopping at [`Instant::ZERO`].
+    pub fn saturating_sub(self, d: Millis) -> Instant {
+        Instant(self.0.saturating_sub(d))
+    }
+
+    /// `d` later; `None` past [`Instant::MAX`].
+    pub fn checked_add(self, d: Millis) -> Option<Instant> {
+        self.0.checked_add(d).map(Instant)
+    }
+}
+
+impl std::ops::Add<Millis> for Instant {
+    type Output = Instant;
+    fn add(self, d: Millis) -> Instant {
+        Instant(self.0 + d)
+    }
+}
+
+impl std::ops::AddAssign<Millis> for Instant {
+    fn add_assign(&mut self, d: Millis) {
+        self.0 += d;
+    }
+}
+
+/// Saturating: an instant before the epoch is the epoch (the state machines' "long ago").
+impl std::ops::Sub<Millis> for Instant {
+    type Output = Instant;
+    fn sub(self, d: Millis) -> Instant {
+        self.saturating_sub(d)
+    }
+}
+
+/// The time between two instants, as `u64` subtraction was (use `saturating_since` where the
+/// order is not known).
+impl std::ops::Sub<Instant> for Instant {
+    type Output = Millis;
+    fn sub(self, earlier: Instant) -> Millis {
+        self.0 - earlier.0
+    }
+}
 
 /// A monotonic clock that reads as Unix milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    start: Instant,
-    start_ms: Millis,
+    start: std::time::Instant,
+    start_ms: u64,
 }
 
 impl Clock {
@@ -22,22 +113,22 @@ impl Clock {
     pub fn new() -> Clock {
         let start_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         Clock {
-            start: Instant::now(),
+            start: std::time::Instant::now(),
             start_ms,
         }
     }
 
     /// Now, in Unix milliseconds.
-    pub fn now(&self) -> Millis {
-        self.start_ms + self.start.elapsed().as_millis() as Millis
+    pub fn now(&self) -> Instant {
+        Instant(self.start_ms + self.start.elapsed().as_millis() as u64)
     }
 
-    /// The `Instant` at which the clock reads `at`.
-    pub fn instant_at(&self, at: Millis) -> Instant {
-        self.start + std::time::Duration::from_millis(at.saturating_sub(self.start_ms))
+    /// The monotonic `std::time::Instant` at which the clock reads `at`.
+    pub fn instant_at(&self, at: Instant) -> std::time::Instant {
+        self.start + std::time::Duration::from_millis(at.0.saturating_sub(self.start_ms))
     }
 }
 
@@ -53,12 +144,12 @@ impl Default for Clock {
 #[derive(Debug, Clone)]
 pub struct Bucket {
     tokens: f64,
-    at: Millis,
+    at: Instant,
 }
 
 impl Bucket {
     /// A full bucket.
-    pub fn new(burst: f64, now: Millis) -> Bucket {
+    pub fn new(burst: f64, now: Instant) -> Bucket {
         Bucket {
             tokens: burst,
             at: now,
@@ -66,14 +157,14 @@ impl Bucket {
     }
 
     /// Whether the bucket would be full at `now` (then forgetting it loses nothing).
-    pub fn is_full(&self, now: Millis, rate: f64, burst: f64) -> bool {
-        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
+    pub fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_since(self.at) as f64 / 1000.0;
         self.tokens + dt * rate >= burst
     }
 
     /// Takes one token if there is one.
-    pub fn take(&mut self, now: Millis, rate: f64, burst: f64) -> bool {
-        let dt = now.saturating_sub(self.at) as f64 / 1000.0;
+    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let dt = now.saturating_since(self.at) as f64 / 1000.0;
         self.at = now;
         self.tokens = (self.tokens + dt * rate).min(burst);
         if self.tokens >= 1.0 {
@@ -94,16 +185,16 @@ pub const REPEAT_LOG_MS: Millis = 60_000;
 /// reason is logged at once.
 #[derive(Debug, Default, Clone)]
 pub struct RepeatLog {
-    last: Option<(String, Millis)>,
+    last: Option<(String, Instant)>,
     suppressed: u32,
 }
 
 impl RepeatLog {
     /// A condition holds now, described by `message`. Returns `Some(n)` when it should be logged,
     /// `n` being how many repeats were held back since it was last logged.
-    pub fn hit(&mut self, now: Millis, message: &str) -> Option<u32> {
+    pub fn hit(&mut self, now: Instant, message: &str) -> Option<u32> {
         match &mut self.last {
-            Some((m, at)) if m == message && now.saturating_sub(*at) < REPEAT_LOG_MS => {
+            Some((m, at)) if m == message && now.saturating_since(*at) < REPEAT_LOG_MS => {
                 self.suppressed = self.suppressed.saturating_add(1);
                 None
             }
@@ -136,16 +227,21 @@ mod repeat_log_tests {
 
     #[test]
     fn logs_start_change_and_once_a_minute() {
+        let at = Instant::from_unix_ms;
         let mut r = RepeatLog::default();
-        assert_eq!(r.hit(0, "a"), Some(0));
+        assert_eq!(r.hit(at(0), "a"), Some(0));
         // Four times a second for a minute: nothing more.
         for t in 1..240 {
-            assert_eq!(r.hit(t * 250, "a"), None, "at {t}");
+            assert_eq!(r.hit(at(t * 250), "a"), None, "at {t}");
         }
-        assert_eq!(r.hit(60_000, "a"), Some(239));
-        assert_eq!(r.hit(60_250, "b"), Some(0), "a change is logged at once");
+        assert_eq!(r.hit(at(60_000), "a"), Some(239));
+        assert_eq!(
+            r.hit(at(60_250), "b"),
+            Some(0),
+            "a change is logged at once"
+        );
         assert!(r.clear());
         assert!(!r.clear());
-        assert_eq!(r.hit(61_000, "b"), Some(0), "a new start is logged");
+        assert_eq!(r.hit(at(61_000), "b"), Some(0), "a new start is logged");
     }
 }

@@ -27,6 +27,7 @@ use globalnet::dht::store::Store;
 use globalnet::dht::{
     distance, node_id, relay_key, server, DHT_DISJOINT_PATHS, DHT_K, DHT_REPLICAS,
 };
+use globalnet::time::Instant;
 use globalnet::wire::record::{Contact, NatClass, RecordFields, RelayRecord, FLAG_DHT, FLAG_RELAY};
 
 const N: usize = 500;
@@ -123,7 +124,7 @@ impl Net {
             let mut order = contacts.clone();
             order.shuffle(&mut rng);
             for c in order {
-                node.table.insert(c, 0);
+                node.table.insert(c, Instant::ZERO);
             }
         }
         let phantoms = (0..1000)
@@ -211,7 +212,7 @@ impl Net {
                     request,
                     source,
                     PREFIX_BITS,
-                    now,
+                    Instant::from_unix_ms(now),
                     &mut self.rng,
                 )?
             }
@@ -235,13 +236,13 @@ impl Net {
             own_identity: self.nodes[from].contact.identity,
             prefix_bits: PREFIX_BITS,
         };
-        let mut lk = Lookup::new(target, kind, &seeds, cfg, now);
+        let mut lk = Lookup::new(target, kind, &seeds, cfg, Instant::from_unix_ms(now));
         let mut events: BinaryHeap<Reverse<(u64, u64, Vec<u8>)>> = BinaryHeap::new();
         let mut t = now;
         let mut messages = 0;
         let mut bytes = 0;
         loop {
-            for o in lk.poll(t) {
+            for o in lk.poll(Instant::from_unix_ms(t)) {
                 let req = o.message.emit().expect("emit request");
                 messages += 1;
                 bytes += req.len();
@@ -259,19 +260,19 @@ impl Net {
                 break;
             }
             let next_event = events.peek().map(|e| e.0 .0);
-            let next_timer = lk.next_timeout().unwrap_or(u64::MAX);
+            let next_timer = lk.next_timeout().unwrap_or(Instant::from_unix_ms(u64::MAX));
             match next_event {
-                Some(te) if te <= next_timer => {
+                Some(te) if te <= next_timer.as_unix_ms() => {
                     let Reverse((te, q, reply)) = events.pop().unwrap();
                     t = te;
                     match DhtMessage::parse(&reply) {
-                        Ok(m) => lk.on_reply(q, m, t),
+                        Ok(m) => lk.on_reply(q, m, Instant::from_unix_ms(t)),
                         Err(_) => lk.on_junk(q),
                     }
                 }
                 _ => {
-                    t = next_timer;
-                    lk.on_timer(t);
+                    t = next_timer.as_unix_ms();
+                    lk.on_timer(Instant::from_unix_ms(t));
                 }
             }
         }
@@ -282,7 +283,7 @@ impl Net {
             table.on_failure(id);
         }
         for id in &r.answered {
-            table.on_success(id, t);
+            table.on_success(id, Instant::from_unix_ms(t));
         }
         stats.lookups += 1;
         stats.messages += messages;

@@ -11,6 +11,7 @@ use globalnet::dht::message::{msg_type, DhtMessage, ErrorCode, StoreStatus};
 use globalnet::dht::routing::RoutingTable;
 use globalnet::dht::server;
 use globalnet::dht::store::Store;
+use globalnet::time::Instant;
 
 const NOW_MS: u64 = 1_767_225_600_000 + 60_000;
 
@@ -87,8 +88,17 @@ fn responder_errors() {
     let table = RoutingTable::new(&me, (16, 48), MemoryBudget::new(1 << 20));
     let mut store = Store::new(globalnet::dht::node_id(&me), MemoryBudget::new(1 << 20));
     let src: IpAddr = "198.18.0.9".parse().unwrap();
-    let mut ask =
-        |b: &[u8]| server::respond(&table, &mut store, b, src, (16, 48), NOW_MS, &mut rng);
+    let mut ask = |b: &[u8]| {
+        server::respond(
+            &table,
+            &mut store,
+            b,
+            src,
+            (16, 48),
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng,
+        )
+    };
     // Unknown version: ERROR(1) with max_version 1, in a version-1 header.
     let r = ask(&[9, msg_type::FIND_NODE, 0, 0]).unwrap();
     assert_eq!(r.emit().unwrap(), vec![1, msg_type::ERROR, 0, 0, 1, 1]);

@@ -59,27 +59,28 @@ fn flow_layer_allocates_nothing_per_packet() {
             pkt.clear();
             pkt.extend_from_slice(&data);
             assert!(matches!(
-                client.on_tun_packet(now, pkt, out),
+                client.on_tun_packet(globalnet::time::Instant::from_unix_ms(now), pkt, out),
                 TunVerdict::Send { .. }
             ));
             assert_eq!(
-                service.on_session_packet(now, pkt, out),
+                service.on_session_packet(globalnet::time::Instant::from_unix_ms(now), pkt, out),
                 SessionVerdict::Deliver
             );
             pkt.clear();
             pkt.extend_from_slice(&back);
             assert!(matches!(
-                service.on_tun_packet(now, pkt, out),
+                service.on_tun_packet(globalnet::time::Instant::from_unix_ms(now), pkt, out),
                 TunVerdict::Send { .. }
             ));
             assert_eq!(
-                client.on_session_packet(now, pkt, out),
+                client.on_session_packet(globalnet::time::Instant::from_unix_ms(now), pkt, out),
                 SessionVerdict::Deliver
             );
             // A refusal (RST-less segment to a closed port: ICMPv6 prohibited), built in `out`.
             pkt.clear();
             pkt.extend_from_slice(&closed);
-            let _ = service.on_session_packet(now, pkt, out);
+            let _ =
+                service.on_session_packet(globalnet::time::Instant::from_unix_ms(now), pkt, out);
         }
     };
     // Warm-up: the flows, the pseudonym cache and the buffers exist afterwards.

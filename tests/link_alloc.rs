@@ -4,6 +4,7 @@
 use globalnet::budget::MemoryBudget;
 use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkEvent, LinkKeys, LinkLayer};
+use globalnet::time::Instant;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +45,7 @@ fn node(i: u8, addr: SocketAddr) -> LinkLayer {
         keys,
         MemoryBudget::new(1 << 24),
         Randomness::with_choice_seed([i; 32]),
-        1_800_000_000_000,
+        Instant::from_unix_ms(1_800_000_000_000),
     )
 }
 
@@ -54,12 +55,12 @@ fn pump(a: &mut LinkLayer, b: &mut LinkLayer, aa: SocketAddr, ba: SocketAddr, no
     loop {
         let mut moved = false;
         while let Some(t) = a.poll_transmit() {
-            b.handle_datagram(now, aa, &t.data);
+            b.handle_datagram(Instant::from_unix_ms(now), aa, &t.data);
             a.recycle(t.data);
             moved = true;
         }
         while let Some(t) = b.poll_transmit() {
-            a.handle_datagram(now, ba, &t.data);
+            a.handle_datagram(Instant::from_unix_ms(now), ba, &t.data);
             b.recycle(t.data);
             moved = true;
         }
@@ -87,18 +88,20 @@ fn no_allocation_per_cell() {
     let now = 1_800_000_000_000;
     let b_key =
         x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([102u8; 32])).to_bytes();
-    let link = a.connect(now, b_key, ba).unwrap();
+    let link = a.connect(Instant::from_unix_ms(now), b_key, ba).unwrap();
     pump(&mut a, &mut b, aa, ba, now);
     let cell = [0x5au8; 1352];
     // Warm up: pools, queues and maps reach their steady size.
     for _ in 0..200 {
-        a.send_cell(now, link, &cell).unwrap();
+        a.send_cell(Instant::from_unix_ms(now), link, &cell)
+            .unwrap();
     }
     assert_eq!(pump(&mut a, &mut b, aa, ba, now), 200);
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..10 {
         for _ in 0..100 {
-            a.send_cell(now, link, &cell).unwrap();
+            a.send_cell(Instant::from_unix_ms(now), link, &cell)
+                .unwrap();
         }
         assert_eq!(pump(&mut a, &mut b, aa, ba, now), 100);
     }

@@ -9,6 +9,7 @@ use globalnet::circuit::{OnionKey, ONION_KEY_GRACE_MS, ONION_KEY_ROTATION_MS};
 use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkKeys, LinkLayer};
 use globalnet::node::Node;
+use globalnet::time::Instant;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const NOW: u64 = 1_800_000_000_000;
@@ -29,13 +30,13 @@ fn relay() -> Node {
         keys,
         MemoryBudget::new(1 << 24),
         Randomness::from_os(),
-        NOW,
+        Instant::from_unix_ms(NOW),
     );
     Node::new(
         link,
         OnionKey::from_secret(onion),
         Randomness::from_os(),
-        NOW,
+        Instant::from_unix_ms(NOW),
     )
 }
 
@@ -48,9 +49,9 @@ fn a_relay_rotates_its_onion_key_and_publishes_it() {
         .expect("a relay record")
         .fields()
         .onion_key;
-    n.handle_timeout(NOW + ONION_KEY_ROTATION_MS - 1000);
+    n.handle_timeout(Instant::from_unix_ms(NOW + ONION_KEY_ROTATION_MS - 1000));
     assert!(n.take_onion_key_to_save().is_none(), "not yet");
-    n.handle_timeout(NOW + ONION_KEY_ROTATION_MS + 1000);
+    n.handle_timeout(Instant::from_unix_ms(NOW + ONION_KEY_ROTATION_MS + 1000));
     let k = n.take_onion_key_to_save().expect("rotated");
     assert!(n.take_onion_key_to_save().is_none(), "handed over once");
     assert_ne!(*k.public(), first);
@@ -58,7 +59,7 @@ fn a_relay_rotates_its_onion_key_and_publishes_it() {
     assert_eq!(published, *k.public(), "the record names the new key");
     // The age of a key loaded from disk sets the schedule: a fresh file waits a full period.
     let mut m = relay();
-    m.set_onion_key_since(NOW + ONION_KEY_GRACE_MS);
-    m.handle_timeout(NOW + ONION_KEY_ROTATION_MS + 1000);
+    m.set_onion_key_since(Instant::from_unix_ms(NOW + ONION_KEY_GRACE_MS));
+    m.handle_timeout(Instant::from_unix_ms(NOW + ONION_KEY_ROTATION_MS + 1000));
     assert!(m.take_onion_key_to_save().is_none());
 }

@@ -11,7 +11,7 @@ use globalnet::circuit::path::{
 };
 use globalnet::daemon::guard_file::{self, GuardFileError};
 use globalnet::link::view::{family_prefix, RelayView, Source};
-use globalnet::time::Millis;
+use globalnet::time::{Instant, Millis};
 use globalnet::wire::record::{
     Contact, NatClass, RecordFields, RelayRecord, FLAG_DHT, FLAG_RELAY, FLAG_RENDEZVOUS,
 };
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 
-const NOW: Millis = 1_800_000_000_000;
+const NOW: Instant = Instant::from_unix_ms(1_800_000_000_000);
 const DAY: Millis = 86_400_000;
 
 fn key(i: u32) -> SigningKey {
@@ -43,7 +43,7 @@ fn record(i: u32, eps: &[SocketAddr], flags: u8, nat: NatClass, expires_s: u64) 
             nat,
             link_key: [i as u8 | 1; 32],
             onion_key: [i as u8 | 2; 32],
-            seq: NOW,
+            seq: NOW.as_unix_ms(),
             expires: expires_s,
             endpoints: eps.to_vec(),
             introducers: if nat.directly_reachable() {
@@ -71,7 +71,7 @@ fn simple(i: u32, addr: &str, extra: u8) -> RelayRecord {
         &[ep(addr)],
         FLAG_RELAY | extra,
         NatClass::Public,
-        NOW / 1000 + 100 * 86_400,
+        NOW.as_unix_ms() / 1000 + 100 * 86_400,
     )
 }
 
@@ -88,7 +88,7 @@ fn ctx<'a>(
     view: &'a RelayView,
     own: &'a [SocketAddr],
     rules: PathRules,
-    now: Millis,
+    now: Instant,
 ) -> PathContext<'a> {
     PathContext {
         view,
@@ -149,9 +149,9 @@ fn random_net(seed: u64) -> RandomNet {
             flags = 0;
         }
         let expires = if rng.gen_bool(0.08) {
-            NOW / 1000 - 1
+            NOW.as_unix_ms() / 1000 - 1
         } else {
-            NOW / 1000 + 3600
+            NOW.as_unix_ms() / 1000 + 3600
         };
         records.push(record(i, &eps, flags, nat, expires));
     }
@@ -196,7 +196,7 @@ fn assert_rules(
         kind,
         PathKind::Client(Target::Relay(_)) | PathKind::Service(Target::Relay(_))
     ) || peer_rp;
-    let now_s = c.now / 1000;
+    let now_s = c.now.as_unix_ms() / 1000;
     for (i, h) in hops.iter().enumerate() {
         let last = i + 1 == hops.len();
         let has_target = matches!(shape, Shape::Client | Shape::Service);
@@ -279,7 +279,7 @@ fn ten_thousand_paths_keep_every_rule_and_spread() {
         v.sort_by_key(|r| *r.identity());
         v
     };
-    let usable = |r: &RelayRecord| r.is_relay() && r.fields().expires > NOW / 1000;
+    let usable = |r: &RelayRecord| r.is_relay() && r.fields().expires > NOW.as_unix_ms() / 1000;
 
     let mut middles: BTreeMap<[u8; 32], usize> = BTreeMap::new();
     let mut targets: BTreeMap<[u8; 32], usize> = BTreeMap::new();
@@ -522,14 +522,14 @@ fn small_networks_fail_loudly_naming_the_rule() {
             &[ep("10.3.0.1:7")],
             0,
             NatClass::Public,
-            NOW / 1000 + 3600,
+            NOW.as_unix_ms() / 1000 + 3600,
         ),
         record(
             4,
             &[ep("10.4.0.1:7")],
             FLAG_RELAY,
             NatClass::Public,
-            NOW / 1000,
+            NOW.as_unix_ms() / 1000,
         ),
     ]);
     let c = ctx(&view, &[], rules, NOW);
@@ -609,7 +609,7 @@ fn small_networks_fail_loudly_naming_the_rule() {
         &[ep(&near), ep(&near2)],
         FLAG_RELAY | FLAG_RENDEZVOUS,
         NatClass::Public,
-        NOW / 1000 + 3600,
+        NOW.as_unix_ms() / 1000 + 3600,
     ));
     let e = c
         .select(PathKind::Client(Target::Relay(both)), &g, None, &mut rng)
@@ -620,7 +620,15 @@ fn small_networks_fail_loudly_naming_the_rule() {
     );
 
     // No directly reachable relay: no guard.
-    let nat = |i: u32, a: &str| record(i, &[ep(a)], FLAG_RELAY, NatClass::Cone, NOW / 1000 + 3600);
+    let nat = |i: u32, a: &str| {
+        record(
+            i,
+            &[ep(a)],
+            FLAG_RELAY,
+            NatClass::Cone,
+            NOW.as_unix_ms() / 1000 + 3600,
+        )
+    };
     let view = view_of(&[
         nat(1, "10.1.0.1:7"),
         nat(2, "10.2.0.1:7"),
@@ -841,7 +849,8 @@ fn corrupt_guard_files_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("guards.json");
     let good_id = "ab".repeat(32);
-    let entry = |id: &str, chosen: u64, expires: u64| {
+    let entry = |id: &str, chosen: Instant, expires: Instant| {
+        let (chosen, expires) = (chosen.as_unix_ms(), expires.as_unix_ms());
         format!(
             r#"{{"identity":"{id}","chosen_at":{chosen},"expires":{expires},"last_seen_up":null,"down_since":null}}"#
         )

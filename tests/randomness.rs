@@ -16,6 +16,7 @@ use globalnet::circuit::OnionKey;
 use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkId, LinkKeys, LinkLayer};
 use globalnet::node::Node;
+use globalnet::time::Instant;
 use globalnet::wire::cell::{CELL_HEADER_LEN, CELL_LEN};
 use globalnet::wire::handshake::{CreateHandshake, CREATE_HS_LEN};
 use globalnet::wire::record::{NatClass, RecordFields, RelayRecord};
@@ -48,14 +49,19 @@ fn relay_record(seed: u8) -> RelayRecord {
 fn first_create(circ: &mut CircuitLayer, first: &RelayRecord) -> (u32, [u8; 32]) {
     let link = LinkId(1);
     circ.on_link_up(
-        NOW,
+        Instant::from_unix_ms(NOW),
         link,
         Some(*first.identity()),
         [1; 32],
         first.fields().link_key,
     );
-    circ.build(NOW, Purpose::Pool, vec![first.clone()], Some(link))
-        .unwrap();
+    circ.build(
+        Instant::from_unix_ms(NOW),
+        Purpose::Pool,
+        vec![first.clone()],
+        Some(link),
+    )
+    .unwrap();
     loop {
         match circ.poll_action() {
             Some(CircAction::SendCell { cell, .. }) => {
@@ -84,13 +90,13 @@ fn node(choice_seed: [u8; 32]) -> Node {
         keys,
         MemoryBudget::new(1 << 24),
         Randomness::with_choice_seed(choice_seed),
-        NOW,
+        Instant::from_unix_ms(NOW),
     );
     Node::new(
         link,
         OnionKey::from_secret(StaticSecret::from([7; 32])),
         Randomness::with_choice_seed(choice_seed),
-        NOW,
+        Instant::from_unix_ms(NOW),
     )
 }
 
@@ -120,7 +126,7 @@ fn os_randomness_differs_per_node() {
         false,
         MemoryBudget::new(1 << 24),
         Randomness::from_os(),
-        NOW,
+        Instant::from_unix_ms(NOW),
     );
     let mut b = CircuitLayer::new(
         [1; 32],
@@ -128,7 +134,7 @@ fn os_randomness_differs_per_node() {
         false,
         MemoryBudget::new(1 << 24),
         Randomness::from_os(),
-        NOW,
+        Instant::from_unix_ms(NOW),
     );
     assert!(a.secrets_from_os());
     assert_ne!(

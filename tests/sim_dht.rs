@@ -134,7 +134,7 @@ fn find(sim: &mut Sim, c: usize, s: &Service) -> bool {
     );
     match outcome {
         DhtOutcome::Records(rs) => rs.iter().any(|b| {
-            Descriptor::parse_and_open(b, &s.address, s.epoch, sim.now)
+            Descriptor::parse_and_open(b, &s.address, s.epoch, sim.now.as_unix_ms())
                 .map(|c| c.service_key == s.key.verifying_key().to_bytes())
                 .unwrap_or(false)
         }),
@@ -201,7 +201,7 @@ fn descriptors_published_through_circuits_are_found_through_circuits() {
 
     // The relay closest to the descriptor's index turns hostile: it answers junk and
     // acknowledges STOREs without storing.
-    let s = service(sim.now, 5);
+    let s = service(sim.now.as_unix_ms(), 5);
     let key = index(&s.address, s.epoch);
     let hostile = (0..RELAYS)
         .min_by_key(|&i| distance(&node_id(&sim.nodes[i].identity), &key))
@@ -304,7 +304,7 @@ fn descriptors_published_through_circuits_are_found_through_circuits() {
 fn forged_records_are_refused_and_counted() {
     let (mut sim, clients) = network(12);
     sim.run_for(45_000);
-    let s = service(sim.now, 9);
+    let s = service(sim.now.as_unix_ms(), 9);
     // A flipped bit in the signature: the last hop refuses to publish it.
     let mut forged = s.descriptor.clone();
     let last = forged.len() - 1;
@@ -322,7 +322,7 @@ fn forged_records_are_refused_and_counted() {
         other => panic!("forged publish: {other:?}"),
     }
     // An expired one likewise.
-    let old = service(sim.now - 6 * 3_600_000, 9);
+    let old = service((sim.now - 6 * 3_600_000).as_unix_ms(), 9);
     match query(
         &mut sim,
         clients[0],

@@ -12,6 +12,7 @@ use globalnet::dht::lookup_msg::LookupOp;
 use globalnet::node::dht::DHT_POOL_CLIENT;
 use globalnet::node::sessions::DESC_SPREAD_MS;
 use globalnet::sim::{Sim, SimConfig, SIM_EPOCH};
+use globalnet::time::Instant;
 
 const RELAYS: usize = 24;
 const SERVICE_SEED: [u8; 32] = [0x61; 32];
@@ -30,8 +31,8 @@ fn network(seed: u64, before_s: u64) -> Sim {
         seed,
         ..SimConfig::default()
     });
-    let next = epoch(SIM_EPOCH / 1000) + 1;
-    sim.now = (epoch_start(next) - before_s) * 1000;
+    let next = epoch(SIM_EPOCH.as_unix_ms() / 1000) + 1;
+    sim.now = Instant::from_unix_ms((epoch_start(next) - before_s) * 1000);
     sim.add_node(true, &[], 8);
     for _ in 1..RELAYS {
         sim.add_node(true, &[0], 8);
@@ -71,13 +72,13 @@ fn no_last_hop_sees_both_blinded_keys_of_a_service() {
     sim.run_for(30_000 + DESC_SPREAD_MS.1);
 
     let addr = service_addr(&SERVICE_SEED);
-    let e = epoch(sim.now / 1000);
+    let e = epoch(sim.now.as_unix_ms() / 1000);
     let keys = [index(&addr, e), index(&addr, e + 1)];
     let descs: Vec<Descriptor> = sim.nodes[svc]
         .node
         .service_descriptors()
         .iter()
-        .map(|b| Descriptor::parse(b, sim.now).unwrap())
+        .map(|b| Descriptor::parse(b, sim.now.as_unix_ms()).unwrap())
         .collect();
     assert_eq!(descs.len(), 2, "descriptors for two epochs");
 
@@ -86,7 +87,7 @@ fn no_last_hop_sees_both_blinded_keys_of_a_service() {
     for i in 0..RELAYS {
         for s in sim.nodes[i].node.dht_observed() {
             if s.op == LookupOp::Publish && keys.contains(&s.key) {
-                by_relay.push((i, s.key, s.at));
+                by_relay.push((i, s.key, s.at.as_unix_ms()));
             }
         }
     }
@@ -161,7 +162,7 @@ fn no_last_hop_sees_two_destinations_of_one_client() {
         sim.flush(cli);
         sim.run_for(20_000);
     }
-    let e = epoch(sim.now / 1000);
+    let e = epoch(sim.now.as_unix_ms() / 1000);
     let keys: Vec<[u8; 32]> = dsts.iter().map(|d| index(d, e)).collect();
     let mut circuits_per_key: HashMap<[u8; 32], usize> = HashMap::new();
     for (i, circuits) in seen(&sim, &[LookupOp::FindValue]).iter().enumerate() {

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use globalnet::dht::descriptor::{epoch, epoch_start, index, Descriptor};
 use globalnet::dht::lookup_msg::LookupOp;
 use globalnet::sim::{Sim, SimConfig, SIM_EPOCH};
+use globalnet::time::Instant;
 
 const RELAYS: usize = 24;
 const WEB: [u8; 32] = [0x71; 32];
@@ -25,8 +26,8 @@ fn network(seed: u64) -> Sim {
         ..SimConfig::default()
     });
     // Well inside an epoch: one descriptor per service.
-    let next = epoch(SIM_EPOCH / 1000) + 1;
-    sim.now = (epoch_start(next) - 30_000) * 1000;
+    let next = epoch(SIM_EPOCH.as_unix_ms() / 1000) + 1;
+    sim.now = Instant::from_unix_ms((epoch_start(next) - 30_000) * 1000);
     sim.add_node(true, &[], 8);
     for _ in 1..RELAYS {
         sim.add_node(true, &[0], 8);
@@ -68,10 +69,10 @@ fn two_services_on_one_node_share_no_intro_point_key_descriptor_or_circuit() {
     assert!(cw.is_disjoint(&cs));
 
     // Descriptors: one signer each, and no intro auth key in both.
-    let e = epoch(sim.now / 1000);
+    let e = epoch(sim.now.as_unix_ms() / 1000);
     let mut auth: HashMap<[u8; 16], HashSet<[u8; 32]>> = HashMap::new();
     for b in node.service_descriptors() {
-        let d = Descriptor::parse(&b, sim.now).unwrap();
+        let d = Descriptor::parse(&b, sim.now.as_unix_ms()).unwrap();
         let (owner, content) = [web, ssh]
             .iter()
             .find_map(|a| d.open(a, d_epoch(&d, a, e)).ok().map(|c| (*a, c)))

@@ -9,6 +9,7 @@ use globalnet::circuit::layer::CircId;
 use globalnet::node::NodeEvent;
 use globalnet::session::flows::{flow_of, FlowKey};
 use globalnet::sim::{Sim, SimConfig};
+use globalnet::time::Instant;
 
 const SERVICE_SEED: [u8; 32] = [0x51; 32];
 const OTHER_SERVICE_SEED: [u8; 32] = [0x52; 32];
@@ -38,7 +39,7 @@ struct World {
     /// Per node: events up to here were already echoed (services) or read (clients).
     echoed: std::collections::HashMap<usize, usize>,
     /// When the echoing services received packets.
-    arrivals: Vec<u64>,
+    arrivals: Vec<Instant>,
 }
 
 impl World {
@@ -83,7 +84,7 @@ impl World {
 
     /// Runs `ms` in steps of `step`, letting `svc` echo every packet back (UDP ports swapped).
     /// Returns the echoes `cli` received, with their arrival times.
-    fn run_echo(&mut self, cli: usize, svc: usize, ms: u64, step: u64) -> Vec<(u64, Vec<u8>)> {
+    fn run_echo(&mut self, cli: usize, svc: usize, ms: u64, step: u64) -> Vec<(Instant, Vec<u8>)> {
         let mut seen_svc = *self.echoed.get(&svc).unwrap_or(&0);
         let mut seen_cli = self.sim.nodes[cli].events.len();
         let mut got = Vec::new();
@@ -182,7 +183,7 @@ fn client_reaches_service_and_new_flows_take_the_spare() {
     w.send(cli, s_addr, &first);
     let mut echoes = w.run_echo(cli, svc, 2_000, 1);
     echoes.extend(w.run_echo(cli, svc, 8_000, 20));
-    let first_arrival = w
+    let first_arrival = *w
         .arrivals
         .first()
         .expect("the service got the first packet")
@@ -560,7 +561,7 @@ fn run_flow(
     s: [u8; 16],
     seq: &mut u32,
     ms: u64,
-) -> Vec<(u64, u32)> {
+) -> Vec<(Instant, u32)> {
     let mut got = Vec::new();
     for i in 0..ms / 100 {
         // A stand-in for the DHT (not merged yet): the client's cache gets the service's
@@ -710,7 +711,7 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
         let resumed = got
             .iter()
             .find(|(_, n)| *n >= first_after)
-            .map(|(t, _)| t - killed_at);
+            .map(|(t, _)| *t - killed_at);
         let late: Vec<u32> = got
             .iter()
             .map(|(_, n)| *n)
@@ -800,7 +801,7 @@ fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
             .collect()
     };
     let c0 = relayed(&w);
-    let push = |w: &mut World, n: u32, ms: u64| -> Vec<(u64, u32)> {
+    let push = |w: &mut World, n: u32, ms: u64| -> Vec<(Instant, u32)> {
         let mut got = Vec::new();
         let mut seen = w.sim.nodes[cli].events.len();
         for i in 0..ms / 100 {
@@ -841,7 +842,7 @@ fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
         w.sim.nodes[svc].node.service_session_circuits(s_addr, me),
         w.sim.nodes[cli].node.session_circuits(s_addr)
     );
-    let resumed = after.first().map(|(t, _)| t - killed_at);
+    let resumed = after.first().map(|(t, _)| *t - killed_at);
     eprintln!("service-only flow resumed {resumed:?} ms after its relay died");
     // Before dead links were PINGed as soon as they went quiet this took about 18 s (the idle
     // PING interval plus its timeouts).
@@ -938,7 +939,7 @@ fn two_relay_deaths_on_a_busy_path_each_stall_the_flow_under_3_5_s() {
         let resumed = got
             .iter()
             .find(|(_, n)| *n >= first_after)
-            .map(|(t, _)| t - killed_at);
+            .map(|(t, _)| *t - killed_at);
         eprintln!("round {round}: relay {victim} on the flow's path killed; stall {resumed:?} ms");
         assert!(
             resumed.is_some_and(|r| r <= 3_500),
@@ -1167,7 +1168,7 @@ fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
     let resumed = got
         .iter()
         .find(|(_, n)| *n >= first_after)
-        .map(|(t, _)| t - burst_end);
+        .map(|(t, _)| *t - burst_end);
     eprintln!(
         "burst of {} lost cells: the guard closed the circuit; the flow resumed after {resumed:?} ms",
         MAX_SEQ_JUMP + 1

@@ -6,11 +6,12 @@ use globalnet::crypto::Randomness;
 use globalnet::circuit::layer::CircuitLayer;
 use globalnet::circuit::OnionKey;
 use globalnet::link::LinkId;
+use globalnet::time::Instant;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let onion = OnionKey::from_secret(x25519_dalek::StaticSecret::from([3u8; 32]));
-    let mut now = 1_800_000_000_000u64;
+    let mut now = Instant::from_unix_ms(1_800_000_000_000);
     let mut c = CircuitLayer::new([7; 32], onion, true, MemoryBudget::new(1 << 20), Randomness::with_choice_seed([1; 32]), now);
     c.on_link_up(now, LinkId(1), Some([9; 32]), [1; 32], [2; 32]);
     c.on_link_up(now, LinkId(2), Some([8; 32]), [5; 32], [2; 32]);

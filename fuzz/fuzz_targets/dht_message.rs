@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
             // The storage checks of every kind (claims included) on whatever a STORE carries.
             let mut store = Store::new([0; 32], MemoryBudget::new(1 << 20));
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-            let _ = store.store(*kind, record, (4, 0), 1_767_225_600_000, &mut rng);
+            let now = globalnet::time::Instant::from_unix_ms(1_767_225_600_000);
+            let _ = store.store(*kind, record, (4, 0), now, &mut rng);
         }
     }
     let _ = Descriptor::parse(data, 1_767_225_600_000);

@@ -4,6 +4,7 @@
 use globalnet::budget::MemoryBudget;
 use globalnet::crypto::Randomness;
 use globalnet::link::{LinkConfig, LinkKeys, LinkLayer};
+use globalnet::time::Instant;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         )],
         ..LinkConfig::default()
     };
-    let mut now = 1_800_000_000_000u64;
+    let mut now = Instant::from_unix_ms(1_800_000_000_000);
     let mut l = LinkLayer::new(cfg, keys, MemoryBudget::new(1 << 20), Randomness::with_choice_seed([1; 32]), now);
     let from = "198.18.0.3:7412".parse().unwrap();
     // Input: repeated [kind u8][len u16][bytes].

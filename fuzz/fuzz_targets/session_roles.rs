@@ -7,6 +7,7 @@
 use globalnet::budget::MemoryBudget;
 use globalnet::link::LinkId;
 use globalnet::session::flows::{addresses, flow_of, length_consistent};
+use globalnet::time::Instant;
 use globalnet::session::roles::{
     parse_establish_rendezvous, parse_status, IntroPointRole, IntroduceOutcome,
     RendezvousOutcome, RendezvousRole,
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let mut intro = IntroPointRole::new(budget.clone());
     let mut rend = RendezvousRole::new(budget.clone());
     let mut rest = data;
-    let mut now = 0u64;
+    let mut now = Instant::ZERO;
     while let [op, slot, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
         let (body, after) = tail.split_at(n);

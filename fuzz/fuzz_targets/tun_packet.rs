@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                     s.copy_from_slice(&own.octets());
                 }
             }
-            match flow.on_tun_packet(1000, &mut pkt, &mut out) {
+            match flow.on_tun_packet(globalnet::time::Instant::from_unix_ms(1000), &mut pkt, &mut out) {
                 TunVerdict::Reply(_) => assert!(out.len() <= 1280),
                 TunVerdict::Send { .. } => {
                     assert!(pkt.len() <= 1280);
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                     s.copy_from_slice(&own.octets());
                 }
             }
-            if let SessionVerdict::Refuse { .. } = flow.on_session_packet(1000, &mut pkt, &mut out)
+            if let SessionVerdict::Refuse { .. } = flow.on_session_packet(globalnet::time::Instant::from_unix_ms(1000), &mut pkt, &mut out)
             {
                 assert!(out.len() <= 1280);
             }
@@ -61,5 +61,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let dst: [u8; 16] = a.get(24..40).and_then(|s| s.try_into().ok()).unwrap_or([0xfd; 16]);
     flow.on_unreachable(&dst, &mut out, |r| assert!(r.len() <= 1280));
-    flow.sweep(1_000_000_000);
+    flow.sweep(globalnet::time::Instant::from_unix_ms(1_000_000_000));
 });

@@ -5,7 +5,7 @@
 //! their secrets: a relay seized later cannot open the extension areas of CREATEs sent to them.
 
 use super::handshake::OnionKey;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 
 const DAY_MS: Millis = 24 * 3600 * 1000;
 /// A new onion key this often (`ONION_KEY_ROTATION_S`).
@@ -17,14 +17,14 @@ pub const ONION_KEY_GRACE_MS: Millis = 2 * DAY_MS;
 pub struct OnionKeys {
     current: OnionKey,
     /// When `current` was made.
-    since: Millis,
+    since: Instant,
     /// The previous key and when it was replaced.
-    previous: Option<(OnionKey, Millis)>,
+    previous: Option<(OnionKey, Instant)>,
 }
 
 impl OnionKeys {
     /// The current key, made at `since` (a key loaded from disk keeps its age across restarts).
-    pub fn new(current: OnionKey, since: Millis) -> OnionKeys {
+    pub fn new(current: OnionKey, since: Instant) -> OnionKeys {
         OnionKeys {
             current,
             since,
@@ -38,43 +38,43 @@ impl OnionKeys {
     }
 
     /// When the current key was made.
-    pub fn since(&self) -> Millis {
+    pub fn since(&self) -> Instant {
         self.since
     }
 
     /// Sets the current key's age (the daemon knows it from the key file).
-    pub fn set_since(&mut self, since: Millis) {
+    pub fn set_since(&mut self, since: Instant) {
         self.since = since;
     }
 
     /// Whether the current key is due to be replaced.
-    pub fn due(&self, now: Millis) -> bool {
-        now.saturating_sub(self.since) >= ONION_KEY_ROTATION_MS
+    pub fn due(&self, now: Instant) -> bool {
+        now.saturating_since(self.since) >= ONION_KEY_ROTATION_MS
     }
 
     /// Makes `next` current; the current key becomes the previous one (an older previous key is
     /// dropped at once, whatever its grace).
-    pub fn rotate(&mut self, now: Millis, next: OnionKey) {
+    pub fn rotate(&mut self, now: Instant, next: OnionKey) {
         let old = std::mem::replace(&mut self.current, next);
         self.previous = Some((old, now));
         self.since = now;
     }
 
     /// Drops the previous key once its grace period is over.
-    pub fn expire(&mut self, now: Millis) {
+    pub fn expire(&mut self, now: Instant) {
         if self
             .previous
             .as_ref()
-            .is_some_and(|(_, at)| now.saturating_sub(*at) >= ONION_KEY_GRACE_MS)
+            .is_some_and(|(_, at)| now.saturating_since(*at) >= ONION_KEY_GRACE_MS)
         {
             self.previous = None;
         }
     }
 
     /// The keys a CREATE may name at `now`, current first.
-    pub fn accepted(&self, now: Millis) -> ([&OnionKey; 2], usize) {
+    pub fn accepted(&self, now: Instant) -> ([&OnionKey; 2], usize) {
         match &self.previous {
-            Some((p, at)) if now.saturating_sub(*at) < ONION_KEY_GRACE_MS => {
+            Some((p, at)) if now.saturating_since(*at) < ONION_KEY_GRACE_MS => {
                 ([&self.current, p], 2)
             }
             _ => ([&self.current, &self.current], 1),
@@ -82,7 +82,7 @@ impl OnionKeys {
     }
 
     /// The next time something changes: rotation or the end of the grace period.
-    pub fn next_deadline(&self) -> Millis {
+    pub fn next_deadline(&self) -> Instant {
         let rotate = self.since.saturating_add(ONION_KEY_ROTATION_MS);
         match &self.previous {
             Some((_, at)) => rotate.min(at.saturating_add(ONION_KEY_GRACE_MS)),
@@ -99,7 +99,7 @@ mod tests {
     use rand::rngs::OsRng;
 
     /// A CREATE towards `onion` answered by a relay holding `keys` at `now`.
-    fn create_to(keys: &OnionKeys, onion: &OnionKey, now: Millis) -> Result<(), HandshakeError> {
+    fn create_to(keys: &OnionKeys, onion: &OnionKey, now: Instant) -> Result<(), HandshakeError> {
         let identity = [7u8; 32];
         let target = HopTarget {
             identity,
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn previous_key_accepted_during_grace_only_and_two_rotations_old_never() {
-        let t0: Millis = 1_800_000_000_000;
+        let t0: Instant = Instant::from_unix_ms(1_800_000_000_000);
         let k0 = OnionKey::generate(&mut OsRng);
         let mut keys = OnionKeys::new(k0.clone(), t0);
         assert!(create_to(&keys, &k0, t0).is_ok());
@@ -161,9 +161,9 @@ mod tests {
     #[test]
     fn rotating_early_drops_an_older_previous_key_at_once() {
         let k0 = OnionKey::generate(&mut OsRng);
-        let mut keys = OnionKeys::new(k0.clone(), 0);
-        keys.rotate(10, OnionKey::generate(&mut OsRng));
-        keys.rotate(20, OnionKey::generate(&mut OsRng));
-        assert!(create_to(&keys, &k0, 21).is_err());
+        let mut keys = OnionKeys::new(k0.clone(), Instant::ZERO);
+        keys.rotate(Instant::from_unix_ms(10), OnionKey::generate(&mut OsRng));
+        keys.rotate(Instant::from_unix_ms(20), OnionKey::generate(&mut OsRng));
+        assert!(create_to(&keys, &k0, Instant::from_unix_ms(21)).is_err());
     }
 }

@@ -32,7 +32,7 @@ pub(super) struct LinkSnapshot {
     pub(super) reason: Option<String>,
     pub(super) local_endpoints: Vec<SocketAddr>,
     /// Unix ms of the snapshot (for "since" fields).
-    pub(super) at: Millis,
+    pub(super) at: time::Instant,
     pub(super) guards: usize,
     pub(super) guards_temporary: bool,
     pub(super) guard_save_error: Option<String>,
@@ -341,7 +341,7 @@ impl NodeState {
                     peer: b.peer.clone(),
                     addrs: strings(&b.addrs),
                     state: b.state.to_string(),
-                    failing_s: b.failing_since.map(|t| links.at.saturating_sub(t) / 1000),
+                    failing_s: b.failing_since.map(|t| links.at.saturating_since(t) / 1000),
                     tries: b.tries,
                     last_error: b.last_error.clone(),
                 })

@@ -11,6 +11,7 @@ use std::path::{Path as FsPath, PathBuf};
 
 use crate::circuit::path::{Guard, Guards, NUM_GUARDS};
 use crate::crypto::keys::{hex, unhex32};
+use crate::time::Instant;
 
 /// The guard file's name in the state directory's `cache/`.
 pub const GUARDS_FILE: &str = "guards.json";
@@ -64,12 +65,12 @@ struct GuardFile {
 #[derive(Serialize, Deserialize)]
 struct GuardEntry {
     identity: String,
-    chosen_at: u64,
-    expires: u64,
-    last_seen_up: Option<u64>,
-    down_since: Option<u64>,
+    chosen_at: Instant,
+    expires: Instant,
+    last_seen_up: Option<Instant>,
+    down_since: Option<Instant>,
     #[serde(default)]
-    missing_since: Option<u64>,
+    missing_since: Option<Instant>,
 }
 
 /// Reads the guard file. A missing file gives no guards; an unreadable or corrupt one is an

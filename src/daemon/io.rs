@@ -79,7 +79,7 @@ pub(super) async fn recv_on(
 /// Hands one read to the node: several datagrams of `stride` bytes when GRO coalesced them.
 pub(super) fn deliver(
     node: &mut Node,
-    now: Millis,
+    now: time::Instant,
     buf: &[u8],
     n: usize,
     stride: usize,
@@ -123,7 +123,7 @@ pub(super) struct PacketPath {
 
 impl PacketPath {
     /// A packet from the kernel: through the flow layer to a session, or answered locally.
-    pub(super) fn kernel_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+    pub(super) fn kernel_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         match self.flow.on_tun_packet(now, &mut buf, &mut self.reply) {
             TunVerdict::Send { dst } => {
                 if node.send_packet(now, dst, &buf).is_err()
@@ -142,7 +142,7 @@ impl PacketPath {
     }
 
     /// A packet from a session: into the kernel, or refused back to the peer.
-    pub(super) fn peer_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
+    pub(super) fn peer_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         match self.flow.on_session_packet(now, &mut buf, &mut self.reply) {
             SessionVerdict::Deliver => {
                 if let Err(e) = self.to_tun.try_send(buf) {
@@ -214,11 +214,17 @@ pub(super) type AnswerTx = oneshot::Sender<Result<Value, String>>;
 /// Pings waiting for their PONG: id -> (destination, answer, sent at).
 #[derive(Default)]
 pub(super) struct Pings {
-    pub(super) waiting: HashMap<u64, (Ipv6Addr, AnswerTx, Millis)>,
+    pub(super) waiting: HashMap<u64, (Ipv6Addr, AnswerTx, time::Instant)>,
 }
 
 impl Pings {
-    pub(super) fn start(&mut self, node: &mut Node, now: Millis, dst: [u8; 16], reply: AnswerTx) {
+    pub(super) fn start(
+        &mut self,
+        node: &mut Node,
+        now: time::Instant,
+        dst: [u8; 16],
+        reply: AnswerTx,
+    ) {
         if self.waiting.len() >= MAX_PINGS {
             let _ = reply.send(Err("too many pings in flight; try again".into()));
             return;
@@ -261,11 +267,11 @@ impl Pings {
         }
     }
 
-    pub(super) fn expire(&mut self, now: Millis) {
+    pub(super) fn expire(&mut self, now: time::Instant) {
         let old: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, (_, _, at))| now.saturating_sub(*at) >= PING_TIMEOUT_MS)
+            .filter(|(_, (_, _, at))| now.saturating_since(*at) >= PING_TIMEOUT_MS)
             .map(|(id, _)| *id)
             .collect();
         for id in old {
@@ -328,7 +334,7 @@ pub(super) async fn link_loop(
     let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
     let mut buf1 = vec![0u8; sockets.get(1).map_or(0, udp::Port::buffer_len)];
     let mut events: Vec<NodeEvent> = Vec::new();
-    let mut last_snapshot = 0;
+    let mut last_snapshot = time::Instant::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -478,7 +484,7 @@ pub(super) async fn link_loop(
             save_onion_key(dir.clone(), dir.join(platform::state::CACHE_DIR), k);
         }
         let now = clock.now();
-        if now.saturating_sub(last_snapshot) >= 250 {
+        if now.saturating_since(last_snapshot) >= 250 {
             last_snapshot = now;
             if let Ok(mut snap) = state.links.lock() {
                 let l = &link.link;

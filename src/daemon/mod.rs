@@ -30,7 +30,7 @@ use crate::link::{
 use crate::node::sessions::{ServiceInfo, SessionInfo};
 use crate::node::{Node, NodeEvent};
 use crate::platform::{self, privdrop};
-use crate::time::{Clock, Millis};
+use crate::time::{self, Clock, Millis};
 use crate::wire::udp;
 
 /// Packets waiting between the TUN tasks and the link task, each way. The TUN reader waits when
@@ -372,7 +372,7 @@ fn network_names(
     state_dir: &std::path::Path,
     cache: &std::path::Path,
     service_seed: &[u8; 32],
-    now: Millis,
+    now: time::Instant,
 ) -> names::NameTask {
     let (own, bad) = crate::names::claim_files::load_all(state_dir);
     for e in bad {
@@ -383,7 +383,7 @@ fn network_names(
         Default::default()
     });
     let key = ed25519_dalek::SigningKey::from_bytes(service_seed);
-    let net = crate::names::network::NetNames::new(Some(key), own, pins, now);
+    let net = crate::names::network::NetNames::new(Some(key), own, pins, now.as_unix_ms());
     for n in net.own_names() {
         tracing::info!(name = %format!("{n}.{}", crate::names::SUFFIX), "publishing a name claim");
     }
@@ -397,11 +397,13 @@ fn onion_key(
     state_dir: &std::path::Path,
     cache: &std::path::Path,
     keys: &NodeKeys,
-) -> Result<(x25519_dalek::StaticSecret, Millis), DaemonError> {
+) -> Result<(x25519_dalek::StaticSecret, time::Instant), DaemonError> {
     use crate::crypto::keys::{read_key_file_if_present, KeyKind, RELAY_ONION_FILE};
     let unix_ms = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as Millis)
+            .map_or(time::Instant::ZERO, |d| {
+                time::Instant::from_unix_ms(d.as_millis() as Millis)
+            })
     };
     let cached = read_key_file_if_present(&cache.join(RELAY_ONION_FILE), KeyKind::X25519)
         .map_err(ctx("rotated onion key"))?;
@@ -410,7 +412,7 @@ fn onion_key(
     }
     let at = std::fs::metadata(state_dir.join(RELAY_ONION_FILE))
         .and_then(|m| m.modified())
-        .map_or(0, unix_ms);
+        .map_or(time::Instant::ZERO, unix_ms);
     Ok((keys.relay_onion.clone(), at))
 }
 

@@ -12,7 +12,7 @@ use crate::names::claim::dht_key;
 use crate::names::claim_files;
 use crate::names::network::{NameQuery, NetAnswer, NetNames};
 use crate::node::Node;
-use crate::time::Millis;
+use crate::time::Instant;
 
 /// Callers waiting for names at once (DNS queries and `resolve`); more are told "busy".
 pub(super) const MAX_WAITERS: usize = 256;
@@ -36,8 +36,8 @@ impl NameTask {
     }
 
     /// Someone wants `name` (a claimable label).
-    pub(super) fn ask(&mut self, name: String, reply: oneshot::Sender<NetAnswer>, now: Millis) {
-        if self.waiting >= MAX_WAITERS || !self.names.resolve(&name, now) {
+    pub(super) fn ask(&mut self, name: String, reply: oneshot::Sender<NetAnswer>, now: Instant) {
+        if self.waiting >= MAX_WAITERS || !self.names.resolve(&name, now.as_unix_ms()) {
             let _ = reply.send(NetAnswer::Unavailable(
                 "too many names being looked up".into(),
             ));
@@ -48,26 +48,32 @@ impl NameTask {
     }
 
     /// A DHT query ended; `false` when it was not ours.
-    pub(super) fn on_dht(&mut self, token: u64, outcome: &DhtOutcome, now: Millis) -> bool {
+    pub(super) fn on_dht(&mut self, token: u64, outcome: &DhtOutcome, now: Instant) -> bool {
         if !self.names.owns(token) {
             return false;
         }
         match outcome {
-            DhtOutcome::Records(r) => self.names.on_records(token, r, now),
-            DhtOutcome::NotFound => self.names.on_failed(token, true, "no claims", now),
+            DhtOutcome::Records(r) => self.names.on_records(token, r, now.as_unix_ms()),
+            DhtOutcome::NotFound => {
+                self.names
+                    .on_failed(token, true, "no claims", now.as_unix_ms())
+            }
             DhtOutcome::Published { accepted, .. } => {
                 tracing::info!(accepted, "name claim published");
-                self.names.on_published(token, *accepted, now)
+                self.names.on_published(token, *accepted, now.as_unix_ms())
             }
-            DhtOutcome::Failed(why) => self.names.on_failed(token, false, why, now),
-            DhtOutcome::Relays(_) => self.names.on_failed(token, false, "unexpected", now),
+            DhtOutcome::Failed(why) => self.names.on_failed(token, false, why, now.as_unix_ms()),
+            DhtOutcome::Relays(_) => {
+                self.names
+                    .on_failed(token, false, "unexpected", now.as_unix_ms())
+            }
         }
         true
     }
 
     /// Starts what is due, answers what finished, saves changed pins.
-    pub(super) fn pump(&mut self, node: &mut Node, now: Millis) {
-        while let Some(q) = self.names.poll_query(now) {
+    pub(super) fn pump(&mut self, node: &mut Node, now: Instant) {
+        while let Some(q) = self.names.poll_query(now.as_unix_ms()) {
             let token = match &q {
                 NameQuery::Lookup { name } => node.dht_query(
                     now,

@@ -22,7 +22,7 @@ use crate::dht::lookup_msg::{LookupOp, LookupReply, LookupRequest, LookupStatus,
 use crate::dht::message::RecordKind;
 use crate::dht::store::checked_key;
 use crate::dht::{Key, DHT_LOOKUP_TIMEOUT_S};
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::record::RelayRecord;
 
 /// A requester re-sends a lookup that got no reply after this long (12.6).
@@ -120,7 +120,7 @@ pub trait CircuitContext {
     /// `FLAG_DHT` that is none of `avoid`. Its `Built` or `Closed` event comes later.
     fn build_circuit(
         &mut self,
-        now: Millis,
+        now: Instant,
         service: bool,
         avoid: &[[u8; 32]],
     ) -> Result<CircId, String>;
@@ -129,9 +129,9 @@ pub trait CircuitContext {
     /// Sends a DHT_LOOKUP on a built circuit; whether it went.
     fn send_lookup(&mut self, id: CircId, payload: &[u8]) -> bool;
     /// Closes a circuit; its `Closed` event still comes.
-    fn destroy_circuit(&mut self, now: Millis, id: CircId);
+    fn destroy_circuit(&mut self, now: Instant, id: CircId);
     /// Adds relay records a SAMPLE returned through the last hop `via` to the view; how many.
-    fn add_relays(&mut self, records: Vec<RelayRecord>, via: [u8; 32], now: Millis) -> usize;
+    fn add_relays(&mut self, records: Vec<RelayRecord>, via: [u8; 32], now: Instant) -> usize;
     /// Whether the view is small enough to look for more relays through the DHT.
     fn view_is_small(&self) -> bool;
 }
@@ -142,7 +142,7 @@ struct DhtCirc {
     /// Given to a query: it never carries another one, and closes when that query is done with
     /// it.
     taken: bool,
-    created: Millis,
+    created: Instant,
 }
 
 struct ClientQuery {
@@ -152,7 +152,7 @@ struct ClientQuery {
     circ: Option<CircId>,
     sent: bool,
     lookup_id: u32,
-    deadline: Millis,
+    deadline: Instant,
     tries: u8,
     seen: Vec<u8>,
     total: u8,
@@ -180,8 +180,8 @@ pub struct DhtClient {
     deferred: Vec<Done>,
     done: Vec<Done>,
     in_query: bool,
-    next_pool_try: Millis,
-    next_sample: Millis,
+    next_pool_try: Instant,
+    next_sample: Instant,
     stats: ClientStats,
 }
 
@@ -202,8 +202,8 @@ impl DhtClient {
             deferred: Vec::new(),
             done: Vec::new(),
             in_query: false,
-            next_pool_try: 0,
-            next_sample: 0,
+            next_pool_try: Instant::ZERO,
+            next_sample: Instant::ZERO,
             stats: ClientStats::default(),
         }
     }
@@ -220,7 +220,7 @@ impl DhtClient {
     pub fn query<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         query: DhtQuery,
         service: bool,
         avoid: Vec<[u8; 32]>,
@@ -256,7 +256,7 @@ impl DhtClient {
     fn start_query<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         query: DhtQuery,
         service: bool,
         internal: bool,
@@ -299,7 +299,7 @@ impl DhtClient {
                 circ: None,
                 sent: false,
                 lookup_id: 0,
-                deadline: 0,
+                deadline: Instant::ZERO,
                 tries: 0,
                 seen: Vec::new(),
                 total: 0,
@@ -319,7 +319,7 @@ impl DhtClient {
     fn finish<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         token: u64,
         outcome: DhtOutcome,
     ) {
@@ -357,7 +357,7 @@ impl DhtClient {
 
     /// Closes a circuit a query is done with: it never carries another query. Its entry goes
     /// with the `Closed` event, which is ours to consume.
-    fn retire<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, circ: Option<CircId>) {
+    fn retire<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, circ: Option<CircId>) {
         let Some(id) = circ else { return };
         if let Some(c) = self.circs.get_mut(&id) {
             c.taken = true;
@@ -366,7 +366,7 @@ impl DhtClient {
     }
 
     /// Puts a query on a DHT circuit of its kind, building one if there is none.
-    fn dispatch<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+    fn dispatch<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
         let Some(q) = self.queries.get(&token) else {
             return;
         };
@@ -417,7 +417,7 @@ impl DhtClient {
     fn build<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         service: bool,
         avoid: &[[u8; 32]],
     ) -> Result<CircId, String> {
@@ -435,7 +435,7 @@ impl DhtClient {
     }
 
     /// Sends a query's DHT_LOOKUP on its (ready) circuit under a fresh `lookup_id`.
-    fn send<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+    fn send<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
         let lookup_id = loop {
             let id: u32 = ctx.rng().gen();
             if !self.by_lookup_id.contains_key(&id) {
@@ -467,7 +467,7 @@ impl DhtClient {
 
     /// Tries a query again on a fresh circuit (its last hop refused or never answered, or the
     /// circuit closed); the old circuit is retired.
-    fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+    fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
         self.stats.retries += 1;
         let Some(q) = self.queries.get_mut(&token) else {
             return;
@@ -485,7 +485,7 @@ impl DhtClient {
     pub fn on_reply<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         id: CircId,
         payload: &[u8],
     ) -> bool {
@@ -562,7 +562,7 @@ impl DhtClient {
             (DhtQuery::Sample, LookupStatus::Ok, ReplyBody::Sample(rs)) => {
                 let mut relays = Vec::new();
                 for b in rs {
-                    match RelayRecord::parse(&b, now) {
+                    match RelayRecord::parse(&b, now.as_unix_ms()) {
                         Ok(r) if r.is_relay() => relays.push(r),
                         _ => self.stats.bad_records += 1,
                     }
@@ -590,7 +590,7 @@ impl DhtClient {
     pub fn on_circuit_event<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         e: CircEvent,
     ) -> Option<CircEvent> {
         match &e {
@@ -645,7 +645,7 @@ impl DhtClient {
 
     /// Sent queries whose reply did not come (or the rest of a multi-record answer), in token
     /// order: each goes to [`DhtClient::on_overdue`].
-    pub fn overdue(&self, now: Millis) -> Vec<u64> {
+    pub fn overdue(&self, now: Instant) -> Vec<u64> {
         let mut due: Vec<u64> = self
             .queries
             .iter()
@@ -657,7 +657,7 @@ impl DhtClient {
     }
 
     /// Ends an overdue query with what it collected, or tries it again.
-    pub fn on_overdue<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, token: u64) {
+    pub fn on_overdue<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
         let partial = self
             .queries
             .get(&token)
@@ -678,7 +678,7 @@ impl DhtClient {
     pub fn on_timer<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         wanted: (usize, usize),
     ) {
         let mut idle: Vec<CircId> = self
@@ -688,7 +688,7 @@ impl DhtClient {
                 if c.taken {
                     !self.queries.values().any(|q| q.circ == Some(**id))
                 } else {
-                    now.saturating_sub(c.created) >= DHT_POOL_MAX_AGE_MS
+                    now.saturating_since(c.created) >= DHT_POOL_MAX_AGE_MS
                 }
             })
             .map(|(id, _)| *id)
@@ -698,7 +698,7 @@ impl DhtClient {
             self.retire(ctx, now, Some(id));
         }
         self.fill_pool(ctx, now, wanted);
-        if self.next_sample == 0 {
+        if self.next_sample == Instant::ZERO {
             self.next_sample = now + 20_000;
         }
         if now >= self.next_sample {
@@ -710,7 +710,7 @@ impl DhtClient {
         }
     }
 
-    fn fill_pool<C: CircuitContext>(&mut self, ctx: &mut C, now: Millis, wanted: (usize, usize)) {
+    fn fill_pool<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, wanted: (usize, usize)) {
         if now < self.next_pool_try {
             return;
         }

@@ -25,7 +25,7 @@ use crate::dht::store::checked_key;
 use crate::dht::{Key, DHT_RPC_TIMEOUT_MS};
 use crate::link::nat::RateWindow;
 use crate::link::LinkId;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::record::{Contact, RELAY_RECORD_REPUBLISH_S};
 
 /// Lookups one circuit may have running at its last hop (`DHT_LOOKUPS_CONCURRENT`).
@@ -81,7 +81,7 @@ pub struct RoleSeen {
     /// The key looked up, or the key of the published record (zero for SAMPLE).
     pub key: Key,
     /// When.
-    pub at: Millis,
+    pub at: Instant,
 }
 
 /// What the relay side needs of the node: its links, its relay record and view, replies on
@@ -110,14 +110,14 @@ pub trait LinkContext {
     /// Sends a DHT_REQUEST (or `response`, a DHT_RESPONSE) frame; whether it went.
     fn send_frame(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         rpc_id: u64,
         response: bool,
         data: &[u8],
     ) -> bool;
     /// Dials a DHT contact.
-    fn dial(&mut self, now: Millis, link_key: [u8; 32], endpoint: SocketAddr);
+    fn dial(&mut self, now: Instant, link_key: [u8; 32], endpoint: SocketAddr);
     /// Sends a DHT_LOOKUP_REPLY back on a relayed circuit; whether it went.
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool;
     /// Up to `n` random relay records of the view (bytes).
@@ -125,7 +125,7 @@ pub trait LinkContext {
 }
 
 struct Waiting {
-    frames: Vec<(u64, Vec<u8>, Millis, Charge)>,
+    frames: Vec<(u64, Vec<u8>, Instant, Charge)>,
 }
 
 /// Last-hop state of one relayed circuit.
@@ -159,11 +159,11 @@ pub struct DhtHost {
     role_ops: BTreeMap<OpHandle, RoleOp>,
     own_ops: BTreeMap<OpHandle, OwnOp>,
     observe: Option<Vec<RoleSeen>>,
-    next_scan: Millis,
-    next_refresh: Millis,
-    next_publish: Millis,
-    published: Option<(u64, Millis)>,
-    next_expire: Millis,
+    next_scan: Instant,
+    next_refresh: Instant,
+    next_publish: Instant,
+    published: Option<(u64, Instant)>,
+    next_expire: Instant,
     stats: HostStats,
 }
 
@@ -181,11 +181,11 @@ impl DhtHost {
             role_ops: BTreeMap::new(),
             own_ops: BTreeMap::new(),
             observe: None,
-            next_scan: 0,
-            next_refresh: 0,
-            next_publish: 0,
+            next_scan: Instant::ZERO,
+            next_refresh: Instant::ZERO,
+            next_publish: Instant::ZERO,
             published: None,
-            next_expire: 0,
+            next_expire: Instant::ZERO,
             stats: HostStats::default(),
         }
     }
@@ -223,7 +223,7 @@ impl DhtHost {
     pub fn on_frame<C: LinkContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         rpc_id: u64,
         response: bool,
@@ -255,7 +255,7 @@ impl DhtHost {
     }
 
     /// Moves the relay's requests onto links and its finished operations to their owners.
-    fn pump_relay<C: LinkContext>(&mut self, ctx: &mut C, now: Millis) {
+    fn pump_relay<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {
         loop {
             let outs = match self.relay.as_mut() {
                 Some(r) => r.take_out(),
@@ -279,7 +279,7 @@ impl DhtHost {
     fn send_request<C: LinkContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         to: Contact,
         rpc_id: u64,
         data: Vec<u8>,
@@ -311,7 +311,7 @@ impl DhtHost {
     }
 
     /// Sends what waits for links that came up; drops what waited longer than a request lives.
-    fn flush_waiting<C: LinkContext>(&mut self, ctx: &mut C, now: Millis) {
+    fn flush_waiting<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {
         let mut ids: Vec<[u8; 32]> = self.waiting.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -324,7 +324,7 @@ impl DhtHost {
             for f in frames {
                 if let Some(l) = link {
                     ctx.send_frame(now, l, f.0, false, &f.1);
-                } else if now.saturating_sub(f.2) < DHT_RPC_TIMEOUT_MS {
+                } else if now.saturating_since(f.2) < DHT_RPC_TIMEOUT_MS {
                     keep.push(f);
                 }
             }
@@ -340,7 +340,7 @@ impl DhtHost {
     fn op_done<C: LinkContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         handle: OpHandle,
         result: OpResult,
     ) {
@@ -398,7 +398,7 @@ impl DhtHost {
     pub fn on_last_hop<C: LinkContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         slot: u64,
         payload: &[u8],
     ) {
@@ -533,7 +533,7 @@ impl DhtHost {
     fn role_reply<C: LinkContext>(
         &mut self,
         ctx: &mut C,
-        now: Millis,
+        now: Instant,
         r: RoleOp,
         result: OpResult,
     ) {
@@ -649,7 +649,7 @@ impl DhtHost {
 
     /// Starts the relay once our record carries `FLAG_DHT`, and runs its timers: contacts of
     /// new links into the table, waiting requests, expiry, refresh and our own record.
-    pub fn on_timer<C: LinkContext>(&mut self, ctx: &mut C, now: Millis) {
+    pub fn on_timer<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {
         let serving = ctx.is_dht_relay();
         if serving && self.relay.is_none() {
             self.relay = Some(DhtRelay::new(
@@ -694,7 +694,7 @@ impl DhtHost {
     }
 
     /// Refresh and the publication of our own record (12.1, 12.5).
-    fn own_work<C: LinkContext>(&mut self, ctx: &mut C, now: Millis) {
+    fn own_work<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {
         let own_record = ctx.own_record();
         let Some(relay) = self.relay.as_mut() else {
             return;
@@ -728,7 +728,7 @@ impl DhtHost {
             if let Some((seq, bytes)) = own_record {
                 let due = match self.published {
                     Some((s, at)) => {
-                        s != seq || now.saturating_sub(at) >= RELAY_RECORD_REPUBLISH_S * 1000
+                        s != seq || now.saturating_since(at) >= RELAY_RECORD_REPUBLISH_S * 1000
                     }
                     None => true,
                 };

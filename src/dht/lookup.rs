@@ -24,7 +24,7 @@ use super::{
     distance, node_id, Key, DHT_ALPHA, DHT_DISJOINT_PATHS, DHT_K, DHT_LOOKUP_TIMEOUT_S,
     DHT_MAX_STEPS, DHT_RESULT_PER_PREFIX, DHT_RPC_TIMEOUT_MS,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::Contact;
 
 /// What a lookup looks for.
@@ -107,7 +107,7 @@ struct Pending {
     path: usize,
     to: Contact,
     cursor: u8,
-    deadline: Millis,
+    deadline: Instant,
 }
 
 /// The outcome of a lookup.
@@ -138,7 +138,7 @@ pub struct Lookup {
     target: Key,
     kind: Target,
     cfg: LookupConfig,
-    deadline: Millis,
+    deadline: Instant,
     paths: Vec<Path>,
     claimed: BTreeSet<[u8; 32]>,
     pending: BTreeMap<u64, Pending>,
@@ -158,7 +158,7 @@ impl Lookup {
         kind: Target,
         seeds: &[Contact],
         cfg: LookupConfig,
-        now: Millis,
+        now: Instant,
     ) -> Lookup {
         let mut l = Lookup {
             target,
@@ -209,7 +209,7 @@ impl Lookup {
         }
     }
 
-    fn send(&mut self, path: usize, to: Contact, cursor: u8, now: Millis) {
+    fn send(&mut self, path: usize, to: Contact, cursor: u8, now: Instant) {
         let query = self.next_query;
         self.next_query += 1;
         let message = self.request(cursor);
@@ -227,7 +227,7 @@ impl Lookup {
     }
 
     /// Requests to send now. Call after starting and after every input.
-    pub fn poll(&mut self, now: Millis) -> Vec<Outgoing> {
+    pub fn poll(&mut self, now: Instant) -> Vec<Outgoing> {
         if now >= self.deadline && !self.finished {
             self.finish(true);
         }
@@ -307,7 +307,7 @@ impl Lookup {
     }
 
     /// The reply to `query`; replies to unknown or finished queries are ignored.
-    pub fn on_reply(&mut self, query: u64, message: DhtMessage, now: Millis) {
+    pub fn on_reply(&mut self, query: u64, message: DhtMessage, now: Instant) {
         let Some(p) = self.pending.remove(&query) else {
             return;
         };
@@ -384,7 +384,7 @@ impl Lookup {
     }
 
     /// Times out requests whose deadline passed, and the whole lookup at its deadline.
-    pub fn on_timer(&mut self, now: Millis) {
+    pub fn on_timer(&mut self, now: Instant) {
         let mut expired: Vec<u64> = self
             .pending
             .iter()
@@ -405,7 +405,7 @@ impl Lookup {
     }
 
     /// When `on_timer` should be called next (`None` once finished).
-    pub fn next_timeout(&self) -> Option<Millis> {
+    pub fn next_timeout(&self) -> Option<Instant> {
         if self.finished {
             return None;
         }
@@ -508,11 +508,11 @@ mod tests {
         let pool: Vec<Contact> = (1..200).map(contact).collect();
         let target = [0x33; 32];
         let seeds: Vec<Contact> = pool[..24].to_vec();
-        let mut l = Lookup::new(target, Target::Nodes, &seeds, cfg(), 0);
+        let mut l = Lookup::new(target, Target::Nodes, &seeds, cfg(), Instant::ZERO);
         let mut seen: BTreeMap<[u8; 32], usize> = BTreeMap::new();
         let mut now = 0;
         while !l.is_done() {
-            let out = l.poll(now);
+            let out = l.poll(Instant::from_unix_ms(now));
             for o in out {
                 *seen.entry(o.to.identity).or_default() += 1;
                 // Everyone answers with the 8 closest of the pool to the target.
@@ -522,7 +522,7 @@ mod tests {
                         .filter(|c| c.identity != o.to.identity)
                         .collect(),
                 };
-                l.on_reply(o.query, reply, now);
+                l.on_reply(o.query, reply, Instant::from_unix_ms(now));
             }
             now += 10;
             if now > 100_000 {
@@ -540,8 +540,8 @@ mod tests {
     fn timeouts_and_junk() {
         let pool: Vec<Contact> = (1..50).map(contact).collect();
         let target = [0x11; 32];
-        let mut l = Lookup::new(target, Target::Nodes, &pool[..9], cfg(), 0);
-        let out = l.poll(0);
+        let mut l = Lookup::new(target, Target::Nodes, &pool[..9], cfg(), Instant::ZERO);
+        let out = l.poll(Instant::ZERO);
         assert_eq!(out.len(), DHT_ALPHA * DHT_DISJOINT_PATHS);
         // First answers with the wrong type, second with unsorted contacts, the rest time out.
         l.on_reply(
@@ -549,17 +549,24 @@ mod tests {
             DhtMessage::StoreResult {
                 status: crate::dht::message::StoreStatus::Stored,
             },
-            5,
+            Instant::from_unix_ms(5),
         );
         let mut unsorted = sorted_from(&target, &pool[20..], 3);
         unsorted.reverse();
-        l.on_reply(out[1].query, DhtMessage::Nodes { contacts: unsorted }, 5);
-        assert_eq!(l.next_timeout(), Some(DHT_RPC_TIMEOUT_MS));
+        l.on_reply(
+            out[1].query,
+            DhtMessage::Nodes { contacts: unsorted },
+            Instant::from_unix_ms(5),
+        );
+        assert_eq!(
+            l.next_timeout(),
+            Some(Instant::from_unix_ms(DHT_RPC_TIMEOUT_MS))
+        );
         let mut now = 0;
         while !l.is_done() {
-            now = l.next_timeout().unwrap();
-            l.on_timer(now);
-            l.poll(now);
+            now = l.next_timeout().unwrap().as_unix_ms();
+            l.on_timer(Instant::from_unix_ms(now));
+            l.poll(Instant::from_unix_ms(now));
         }
         let r = l.result().unwrap();
         assert_eq!(r.penalised.len(), 2);

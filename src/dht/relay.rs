@@ -20,7 +20,7 @@ use super::{distance, node_id, server, Key, DHT_DISJOINT_PATHS, DHT_K, DHT_REPLI
 use super::{DHT_LOOKUP_TIMEOUT_S, DHT_RPC_TIMEOUT_MS};
 use crate::budget::{Charge, MemoryBudget};
 use crate::crypto::Randomness;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::Contact;
 
 /// Lookups and publications a relay runs at once (its own and those of circuits).
@@ -95,12 +95,12 @@ enum Rpc {
         handle: OpHandle,
         query: u64,
         to: [u8; 32],
-        deadline: Millis,
+        deadline: Instant,
     },
     Store {
         handle: OpHandle,
         to: [u8; 32],
-        deadline: Millis,
+        deadline: Instant,
     },
 }
 
@@ -120,7 +120,7 @@ struct Publish {
     accepted: u8,
     refused: u8,
     stale: u8,
-    deadline: Millis,
+    deadline: Instant,
 }
 
 struct Op {
@@ -187,7 +187,7 @@ impl DhtRelay {
 
     /// Answers a DHT_REQUEST from a neighbour at `source` (its underlay address, for the
     /// store's per-prefix caps). `None` for bytes that parse as an answer.
-    pub fn respond(&mut self, request: &[u8], source: IpAddr, now: Millis) -> Option<Vec<u8>> {
+    pub fn respond(&mut self, request: &[u8], source: IpAddr, now: Instant) -> Option<Vec<u8>> {
         self.stats.requests_in += 1;
         let reply = server::respond(
             &self.table,
@@ -229,7 +229,7 @@ impl DhtRelay {
 
     /// Starts a lookup for `target`; `None` if the limits refuse it. The result arrives as
     /// [`RelayOut::Done`].
-    pub fn start_lookup(&mut self, target: Key, kind: Target, now: Millis) -> Option<OpHandle> {
+    pub fn start_lookup(&mut self, target: Key, kind: Target, now: Instant) -> Option<OpHandle> {
         let lookup = Lookup::new(target, kind, &self.seeds(&target), self.cfg, now);
         let h = self.new_op(lookup, None)?;
         self.stats.lookups += 1;
@@ -244,7 +244,7 @@ impl DhtRelay {
         &mut self,
         kind: RecordKind,
         record: &[u8],
-        now: Millis,
+        now: Instant,
     ) -> Result<OpHandle, StoreStatus> {
         let (key, _, _) = checked_key(kind, record, now).ok_or(StoreStatus::Invalid)?;
         let lookup = Lookup::new(key, Target::Nodes, &self.seeds(&key), self.cfg, now);
@@ -274,7 +274,7 @@ impl DhtRelay {
     }
 
     /// An answer (DHT_RESPONSE) from the relay `from` to our request `rpc_id`.
-    pub fn on_response(&mut self, from: &[u8; 32], rpc_id: u64, data: &[u8], now: Millis) {
+    pub fn on_response(&mut self, from: &[u8; 32], rpc_id: u64, data: &[u8], now: Instant) {
         let to = match self.rpcs.get(&rpc_id) {
             Some(Rpc::Lookup { to, .. } | Rpc::Store { to, .. }) => *to,
             None => {
@@ -332,7 +332,7 @@ impl DhtRelay {
     }
 
     /// Timeouts of requests and operations.
-    pub fn on_timer(&mut self, now: Millis) {
+    pub fn on_timer(&mut self, now: Instant) {
         // Store requests past their deadline count as refusals by a failed contact.
         let mut expired: Vec<u64> = self
             .rpcs
@@ -366,7 +366,7 @@ impl DhtRelay {
     }
 
     /// Sends what an operation wants sent and finishes it when it is done.
-    fn drive(&mut self, h: OpHandle, now: Millis) {
+    fn drive(&mut self, h: OpHandle, now: Instant) {
         let Some(op) = self.ops.get_mut(&h) else {
             return;
         };
@@ -420,7 +420,7 @@ impl DhtRelay {
 
     /// Routing-table bookkeeping after a lookup: answers prove a contact, timeouts and junk
     /// count against it.
-    fn feed_table(&mut self, r: &LookupResult, now: Millis) {
+    fn feed_table(&mut self, r: &LookupResult, now: Instant) {
         for id in &r.answered {
             self.table.on_success(id, now);
         }
@@ -429,7 +429,7 @@ impl DhtRelay {
         }
     }
 
-    fn start_stores(&mut self, h: OpHandle, result: &LookupResult, now: Millis) {
+    fn start_stores(&mut self, h: OpHandle, result: &LookupResult, now: Instant) {
         let Some(p) = self.ops.get_mut(&h).and_then(|o| o.publish.as_mut()) else {
             return;
         };
@@ -489,7 +489,7 @@ impl DhtRelay {
         }
     }
 
-    fn finish_publish(&mut self, h: OpHandle, now: Millis) {
+    fn finish_publish(&mut self, h: OpHandle, now: Instant) {
         let done = self
             .ops
             .get(&h)
@@ -519,7 +519,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use std::net::SocketAddr;
 
-    const NOW: Millis = 1_800_000_000_000;
+    const NOW: Instant = Instant::from_unix_ms(1_800_000_000_000);
 
     struct Net {
         keys: Vec<SigningKey>,
@@ -572,7 +572,7 @@ mod tests {
 
     impl Net {
         /// Delivers requests until `from` is quiet; returns what ended.
-        fn run(&mut self, from: usize, now: Millis) -> Vec<(OpHandle, OpResult)> {
+        fn run(&mut self, from: usize, now: Instant) -> Vec<(OpHandle, OpResult)> {
             let mut done = Vec::new();
             loop {
                 let outs = self.relays[from].take_out();
@@ -613,8 +613,8 @@ mod tests {
                 nat: NatClass::Public,
                 link_key: c.link_key,
                 onion_key: [5; 32],
-                seq: NOW,
-                expires: NOW / 1000 + 86400,
+                seq: NOW.as_unix_ms(),
+                expires: NOW.as_unix_ms() / 1000 + 86400,
                 endpoints: vec![c.endpoint],
                 introducers: vec![],
             },

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::budget::{Charge, MemoryBudget};
 use crate::link::view::family_prefix;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::Contact;
 
 /// Approximate bytes one routing entry costs.
@@ -68,7 +68,7 @@ struct Entry {
     id: Key,
     prefix: Prefix,
     failures: u32,
-    last_seen: Millis,
+    last_seen: Instant,
     _charge: Charge,
 }
 
@@ -130,7 +130,7 @@ impl RoutingTable {
 
     /// Adds or refreshes a contact that just proved itself (HELLO with a `DHT` record, or an
     /// answered request).
-    pub fn insert(&mut self, contact: Contact, now: Millis) -> Inserted {
+    pub fn insert(&mut self, contact: Contact, now: Instant) -> Inserted {
         let id = node_id(&contact.identity);
         let Some(b) = self.bucket_of(&id) else {
             return Inserted::Refused(Refusal::Own);
@@ -216,7 +216,7 @@ impl RoutingTable {
     }
 
     /// A request to this contact was answered.
-    pub fn on_success(&mut self, identity: &[u8; 32], now: Millis) {
+    pub fn on_success(&mut self, identity: &[u8; 32], now: Instant) {
         if let Some((b, true, i)) = self.find(identity) {
             if let Some(e) = self.buckets.get_mut(b).and_then(|bk| bk.live.get_mut(i)) {
                 e.failures = 0;
@@ -371,7 +371,10 @@ mod tests {
         let mut kept = 0;
         for i in 1..2000u32 {
             let c = contact(i, &format!("10.9.{}.{}", i / 250, i % 250 + 1));
-            if matches!(t.insert(c, 0), Inserted::Added | Inserted::Cached) {
+            if matches!(
+                t.insert(c, Instant::ZERO),
+                Inserted::Added | Inserted::Cached
+            ) {
                 kept += 1;
             }
         }
@@ -387,7 +390,7 @@ mod tests {
         let mut t = table();
         for i in 1..3000u32 {
             let c = contact(i, &format!("{}.{}.0.1", i / 200 + 1, i % 200));
-            t.insert(c, 0);
+            t.insert(c, Instant::ZERO);
         }
         assert!(t
             .buckets
@@ -408,7 +411,7 @@ mod tests {
         // A success resets the failure count.
         let other = t.buckets[0].live[0].contact.identity;
         t.on_failure(&other);
-        t.on_success(&other, 5);
+        t.on_success(&other, Instant::from_unix_ms(5));
         assert_eq!(t.failures(&other), Some(0));
 
         let target = [0x5a; 32];
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!(&all[..8], &c[..]);
         // The own id is refused.
         assert_eq!(
-            t.insert(contact(0, "10.0.0.1"), 0),
+            t.insert(contact(0, "10.0.0.1"), Instant::ZERO),
             Inserted::Refused(Refusal::Own)
         );
         assert!(t.is_responsible(t.own_id()));
@@ -435,7 +438,7 @@ mod tests {
         let budget = MemoryBudget::new(ROUTING_ENTRY_COST * 3);
         let mut t = RoutingTable::new(&contact(0, "10.0.0.1").identity, (32, 128), budget.clone());
         for i in 1..10u32 {
-            t.insert(contact(i, &format!("10.0.0.{}", i + 1)), 0);
+            t.insert(contact(i, &format!("10.0.0.{}", i + 1)), Instant::ZERO);
         }
         assert_eq!(t.len() + t.cached(), 3);
         assert_eq!(budget.used(), 3 * ROUTING_ENTRY_COST);

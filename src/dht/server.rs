@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::message::{DhtMessage, StoreStatus, DHT_MAX_CONTACTS, DHT_MAX_CONTACTS_WITH_RECORD};
 use super::routing::{prefix_of, RoutingTable};
 use super::store::{checked_key, Store};
-use crate::time::Millis;
+use crate::time::Instant;
 
 /// Answers one request; `None` for bytes that parse as a reply (never answered).
 pub fn respond<R: Rng>(
@@ -17,7 +17,7 @@ pub fn respond<R: Rng>(
     request: &[u8],
     source: IpAddr,
     prefix_bits: (u8, u8),
-    now_ms: Millis,
+    now_ms: Instant,
     rng: &mut R,
 ) -> Option<DhtMessage> {
     let msg = match DhtMessage::parse(request) {

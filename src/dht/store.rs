@@ -28,7 +28,7 @@ use super::routing::Prefix;
 use super::{distance, relay_key, Key, DHT_STORE_MAX_RECORDS, DHT_STORE_PER_SOURCE_PREFIX};
 use crate::budget::{Charge, MemoryBudget};
 use crate::names::claim::{self, Claim, KEEP_PER_NAME};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 /// Approximate bytes one stored record costs beyond its bytes (parsed fields, map overhead and
@@ -149,10 +149,10 @@ struct Checked {
     work: [u8; 32],
 }
 
-fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
+fn check(kind: RecordKind, bytes: &[u8], now_ms: Instant) -> Option<Checked> {
     match kind {
         RecordKind::Relay => {
-            let r = RelayRecord::parse(bytes, now_ms).ok()?;
+            let r = RelayRecord::parse(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: relay_key(r.identity()),
                 signer: *r.identity(),
@@ -162,7 +162,7 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
             })
         }
         RecordKind::Descriptor => {
-            let d = Descriptor::parse(bytes, now_ms).ok()?;
+            let d = Descriptor::parse(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: *d.index(),
                 signer: *d.blinded_key(),
@@ -172,7 +172,7 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
             })
         }
         RecordKind::NameClaim => {
-            let c = Claim::decode_at(bytes, now_ms).ok()?;
+            let c = Claim::decode_at(bytes, now_ms.as_unix_ms()).ok()?;
             Some(Checked {
                 key: claim::dht_key(&c.name),
                 signer: c.key,
@@ -186,7 +186,11 @@ fn check(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<Checked> {
 
 /// The DHT key, signer and version of a record that passes the storage checks, for lookups that
 /// collect records (12.3): `None` if it fails them.
-pub fn checked_key(kind: RecordKind, bytes: &[u8], now_ms: Millis) -> Option<(Key, [u8; 32], u64)> {
+pub fn checked_key(
+    kind: RecordKind,
+    bytes: &[u8],
+    now_ms: Instant,
+) -> Option<(Key, [u8; 32], u64)> {
     check(kind, bytes, now_ms).map(|c| (c.key, c.signer, c.version))
 }
 
@@ -233,7 +237,7 @@ impl Store {
         kind: RecordKind,
         bytes: &[u8],
         source: Prefix,
-        now_ms: Millis,
+        now_ms: Instant,
         rng: &mut R,
     ) -> StoreStatus {
         if !kind.len_ok(bytes.len()) {
@@ -243,7 +247,7 @@ impl Store {
             return StoreStatus::Invalid;
         };
         self.expire_key(&c.key, now_ms);
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.as_unix_ms() / 1000;
         let relay = kind == RecordKind::Relay;
         let (existing, n_records, rate_ok, kind_clash, weakest) = match self.slots.get(&c.key) {
             Some(slot) => (
@@ -367,8 +371,8 @@ impl Store {
         StoreStatus::Stored
     }
 
-    fn expire_key(&mut self, key: &Key, now_ms: Millis) {
-        let now_s = now_ms / 1000;
+    fn expire_key(&mut self, key: &Key, now_ms: Instant) {
+        let now_s = now_ms.as_unix_ms() / 1000;
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
@@ -389,7 +393,7 @@ impl Store {
     }
 
     /// Drops every record whose `expires` has passed.
-    pub fn expire(&mut self, now_ms: Millis) {
+    pub fn expire(&mut self, now_ms: Instant) {
         let keys: Vec<Key> = self.slots.keys().copied().collect();
         for k in keys {
             self.expire_key(&k, now_ms);
@@ -403,9 +407,9 @@ impl Store {
         key: &Key,
         kind: RecordKind,
         cursor: u8,
-        now_ms: Millis,
+        now_ms: Instant,
     ) -> (u8, Option<&[u8]>) {
-        let now_s = now_ms / 1000;
+        let now_s = now_ms.as_unix_ms() / 1000;
         let Some(slot) = self.slots.get(key) else {
             return (0, None);
         };

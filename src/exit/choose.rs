@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::policy::{refused_by_default, PROTO_TCP, PROTO_UDP};
 use crate::circuit::path::PathRules;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::exit_policy::{
     ExitPolicyFields, ExitPolicyRecord, EXIT_FLAG_IPV4, EXIT_FLAG_IPV6,
 };
@@ -75,14 +75,14 @@ pub fn eligible<'a>(
     d: &Destination,
     rules: &PathRules,
     avoid: &[&[SocketAddr]],
-    now: Millis,
+    now: Instant,
 ) -> Vec<ExitCandidate<'a>> {
     candidates
         .iter()
         .filter(|c| {
             c.record.fields().flags & FLAG_EXIT != 0
                 && c.record.identity() == c.policy.identity()
-                && c.policy.fields().expires > now / 1000
+                && c.policy.fields().expires > now.as_unix_ms() / 1000
                 && rules.usable(c.record, now)
                 && policy_allows(c.policy.fields(), d)
                 && !avoid
@@ -100,7 +100,7 @@ pub fn choose<'a, R: Rng>(
     rules: &PathRules,
     avoid: &[&[SocketAddr]],
     pin: Option<&[u8; 32]>,
-    now: Millis,
+    now: Instant,
     rng: &mut R,
 ) -> Result<&'a RelayRecord, ChooseError> {
     let ok = eligible(candidates, d, rules, avoid, now);
@@ -118,22 +118,22 @@ pub fn choose<'a, R: Rng>(
 /// [`EXIT_STICKY_MAX`] the oldest entry goes.
 #[derive(Debug, Default)]
 pub struct StickyExits {
-    map: HashMap<(u32, IpAddr), ([u8; 32], Millis)>,
+    map: HashMap<(u32, IpAddr), ([u8; 32], Instant)>,
 }
 
 impl StickyExits {
     /// The exit `group` used for `ip`, if still fresh.
-    pub fn get(&self, group: u32, ip: IpAddr, now: Millis) -> Option<[u8; 32]> {
+    pub fn get(&self, group: u32, ip: IpAddr, now: Instant) -> Option<[u8; 32]> {
         self.map
             .get(&(group, ip))
-            .filter(|(_, at)| now.saturating_sub(*at) < EXIT_STICKY_MS)
+            .filter(|(_, at)| now.saturating_since(*at) < EXIT_STICKY_MS)
             .map(|(key, _)| *key)
     }
 
     /// Remembers (or refreshes) `exit` for `group` and `ip`.
-    pub fn remember(&mut self, group: u32, ip: IpAddr, exit: [u8; 32], now: Millis) {
+    pub fn remember(&mut self, group: u32, ip: IpAddr, exit: [u8; 32], now: Instant) {
         self.map
-            .retain(|_, (_, at)| now.saturating_sub(*at) < EXIT_STICKY_MS);
+            .retain(|_, (_, at)| now.saturating_since(*at) < EXIT_STICKY_MS);
         if self.map.len() >= EXIT_STICKY_MAX && !self.map.contains_key(&(group, ip)) {
             if let Some(oldest) = self
                 .map
@@ -165,7 +165,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use rand::SeedableRng;
 
-    const NOW: Millis = 1_767_225_600_000;
+    const NOW: Instant = Instant::from_unix_ms(1_767_225_600_000);
 
     fn exit(
         n: u8,
@@ -182,8 +182,8 @@ mod tests {
                 nat: NatClass::Public,
                 link_key: [n; 32],
                 onion_key: [n; 32],
-                seq: NOW,
-                expires: NOW / 1000 + 3600,
+                seq: NOW.as_unix_ms(),
+                expires: NOW.as_unix_ms() / 1000 + 3600,
                 endpoints: vec![format!("{ip}:7412").parse().unwrap()],
                 introducers: vec![],
             },
@@ -195,8 +195,8 @@ mod tests {
                 flags: EXIT_FLAG_IPV4 | EXIT_FLAG_IPV6,
                 ports: ports.to_vec(),
                 networks: nets.iter().map(|s| s.parse().unwrap()).collect(),
-                seq: NOW,
-                expires: NOW / 1000 + 3600,
+                seq: NOW.as_unix_ms(),
+                expires: NOW.as_unix_ms() / 1000 + 3600,
             },
         )
         .unwrap();

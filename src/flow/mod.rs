@@ -39,7 +39,7 @@ use crate::budget::MemoryBudget;
 use crate::config::OVERLAY_MTU;
 use crate::crypto::is_overlay;
 use crate::session::Pseudonym;
-use crate::time::{Bucket, Millis};
+use crate::time::{Bucket, Instant, Millis};
 use packet::{Field, IPV6_HEADER_LEN, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN};
 pub use packet::{FlowKey, Packet, PacketError, Transport};
 pub use policy::{Policy, ServicePorts};
@@ -163,7 +163,7 @@ pub struct FlowConfig {
 struct Pending {
     head: [u8; PENDING_HEAD],
     len: usize,
-    at: Millis,
+    at: Instant,
 }
 
 /// The flow layer's state.
@@ -190,7 +190,7 @@ impl FlowLayer {
             table: FlowTable::new(budget, table::MAX_FLOWS),
             pseudonyms: HashMap::new(),
             pending: HashMap::new(),
-            refusals: Bucket::new(f64::from(REFUSAL_RATE), 0),
+            refusals: Bucket::new(f64::from(REFUSAL_RATE), Instant::ZERO),
             stats: FlowStats::default(),
         }
     }
@@ -230,7 +230,7 @@ impl FlowLayer {
 
     /// Decides what to do with `pkt`, read from the TUN. On [`TunVerdict::Send`] the packet has
     /// been rewritten and normalised in place; on [`TunVerdict::Reply`] `out` holds the reply.
-    pub fn on_tun_packet(&mut self, now: Millis, pkt: &mut [u8], out: &mut Vec<u8>) -> TunVerdict {
+    pub fn on_tun_packet(&mut self, now: Instant, pkt: &mut [u8], out: &mut Vec<u8>) -> TunVerdict {
         let v = self.tun_inner(now, pkt, out);
         match v {
             TunVerdict::Send { .. } => self.stats.to_peers += 1,
@@ -240,7 +240,7 @@ impl FlowLayer {
         v
     }
 
-    fn tun_inner(&mut self, now: Millis, pkt: &mut [u8], out: &mut Vec<u8>) -> TunVerdict {
+    fn tun_inner(&mut self, now: Instant, pkt: &mut [u8], out: &mut Vec<u8>) -> TunVerdict {
         match pkt.first() {
             Some(b) if b >> 4 == 6 => {}
             _ => return TunVerdict::Drop(DropReason::NotIpv6),
@@ -349,10 +349,10 @@ impl FlowLayer {
         TunVerdict::Send { dst }
     }
 
-    fn remember_pending(&mut self, key: FlowKey, pkt: &[u8], now: Millis) {
+    fn remember_pending(&mut self, key: FlowKey, pkt: &[u8], now: Instant) {
         if self.pending.len() >= MAX_PENDING {
             self.pending
-                .retain(|_, p| now.saturating_sub(p.at) <= PENDING_MS);
+                .retain(|_, p| now.saturating_since(p.at) <= PENDING_MS);
             if self.pending.len() >= MAX_PENDING {
                 return;
             }
@@ -422,7 +422,7 @@ impl FlowLayer {
     /// kernel's view in place; on [`SessionVerdict::Refuse`] `out` holds the refusal.
     pub fn on_session_packet(
         &mut self,
-        now: Millis,
+        now: Instant,
         pkt: &mut [u8],
         out: &mut Vec<u8>,
     ) -> SessionVerdict {
@@ -439,7 +439,7 @@ impl FlowLayer {
         v
     }
 
-    fn session_inner(&mut self, now: Millis, pkt: &mut [u8], out: &mut Vec<u8>) -> SessionVerdict {
+    fn session_inner(&mut self, now: Instant, pkt: &mut [u8], out: &mut Vec<u8>) -> SessionVerdict {
         let p = match packet::parse(pkt) {
             Ok(p) => p,
             Err(PacketError::Protocol(_)) => return SessionVerdict::Drop(DropReason::Protocol),
@@ -533,7 +533,13 @@ impl FlowLayer {
 
     /// Refuses `pkt` towards its sender: RST for a SYN, ICMPv6 administratively prohibited for
     /// anything else but a RST (never answered), rate-limited.
-    fn refuse(&mut self, now: Millis, p: &Packet, pkt: &[u8], out: &mut Vec<u8>) -> SessionVerdict {
+    fn refuse(
+        &mut self,
+        now: Instant,
+        p: &Packet,
+        pkt: &[u8],
+        out: &mut Vec<u8>,
+    ) -> SessionVerdict {
         let flags = tcp_flags(p).unwrap_or(0);
         if flags & TCP_RST != 0
             || !self
@@ -555,10 +561,10 @@ impl FlowLayer {
     }
 
     /// Expires idle flows and stale pending heads; call about once a second.
-    pub fn sweep(&mut self, now: Millis) {
+    pub fn sweep(&mut self, now: Instant) {
         self.table.sweep(now);
         self.pending
-            .retain(|_, p| now.saturating_sub(p.at) <= PENDING_MS);
+            .retain(|_, p| now.saturating_since(p.at) <= PENDING_MS);
     }
 }
 

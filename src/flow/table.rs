@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use super::packet::{FlowKey, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::budget::{Charge, MemoryBudget};
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 
 /// Most flows at once.
 pub const MAX_FLOWS: usize = 65536;
@@ -63,13 +63,13 @@ pub struct Flow {
     /// The address the peer knows us by.
     pub local: LocalAddress,
     seen: u8,
-    last: Millis,
+    last: Instant,
     _charge: Option<Charge>,
 }
 
 impl Flow {
     /// Notes a packet of this flow at `now`: TCP flags move it towards its end.
-    pub fn touch(&mut self, now: Millis, tcp_flags: Option<u8>, outbound: bool) {
+    pub fn touch(&mut self, now: Instant, tcp_flags: Option<u8>, outbound: bool) {
         self.last = now;
         if let Some(f) = tcp_flags {
             let (syn, fin) = if outbound {
@@ -111,8 +111,8 @@ impl Flow {
         }
     }
 
-    fn expired(&self, proto: u8, now: Millis) -> bool {
-        now.saturating_sub(self.last) > self.idle_limit(proto)
+    fn expired(&self, proto: u8, now: Instant) -> bool {
+        now.saturating_since(self.last) > self.idle_limit(proto)
     }
 }
 
@@ -156,7 +156,7 @@ impl FlowTable {
     }
 
     /// The live flow for `key`.
-    pub fn get_mut(&mut self, key: &FlowKey, now: Millis) -> Option<&mut Flow> {
+    pub fn get_mut(&mut self, key: &FlowKey, now: Instant) -> Option<&mut Flow> {
         let expired = self.flows.get(key)?.expired(key.proto, now);
         if expired {
             self.remove(key);
@@ -171,7 +171,7 @@ impl FlowTable {
         key: FlowKey,
         origin: Origin,
         local: LocalAddress,
-        now: Millis,
+        now: Instant,
     ) -> Result<&mut Flow, TableError> {
         self.remove(&key);
         let charge = match origin {
@@ -235,7 +235,7 @@ impl FlowTable {
     }
 
     /// Drops every expired flow.
-    pub fn sweep(&mut self, now: Millis) {
+    pub fn sweep(&mut self, now: Instant) {
         let per_peer = &mut self.per_peer;
         self.flows.retain(|k, f| {
             let keep = !f.expired(k.proto, now);
@@ -279,33 +279,52 @@ mod tests {
     fn tcp_lifecycle() {
         let mut t = FlowTable::new(MemoryBudget::default(), 16);
         let k = key(PROTO_TCP, 1, 1);
-        t.insert(k, Origin::Local, LocalAddress::Pseudonym, 0)
+        t.insert(k, Origin::Local, LocalAddress::Pseudonym, Instant::ZERO)
             .unwrap()
-            .touch(0, Some(TCP_SYN), true);
+            .touch(Instant::ZERO, Some(TCP_SYN), true);
         // Half-open flows are transitory.
-        assert!(t.get_mut(&k, TCP_TRANSITORY_IDLE_MS).is_some());
-        t.get_mut(&k, TCP_TRANSITORY_IDLE_MS).unwrap().touch(
-            TCP_TRANSITORY_IDLE_MS,
-            Some(TCP_SYN | TCP_ACK),
-            false,
-        );
+        assert!(t
+            .get_mut(&k, Instant::from_unix_ms(TCP_TRANSITORY_IDLE_MS))
+            .is_some());
+        t.get_mut(&k, Instant::from_unix_ms(TCP_TRANSITORY_IDLE_MS))
+            .unwrap()
+            .touch(
+                Instant::from_unix_ms(TCP_TRANSITORY_IDLE_MS),
+                Some(TCP_SYN | TCP_ACK),
+                false,
+            );
         // Established: survives a long idle period.
         let t1 = TCP_TRANSITORY_IDLE_MS + TCP_ESTABLISHED_IDLE_MS;
-        assert!(t.get_mut(&k, t1).is_some());
-        t.get_mut(&k, t1).unwrap().touch(t1, Some(TCP_FIN), true);
-        t.get_mut(&k, t1).unwrap().touch(t1, Some(TCP_FIN), false);
-        assert!(t.get_mut(&k, t1 + TCP_TRANSITORY_IDLE_MS + 1).is_none());
+        assert!(t.get_mut(&k, Instant::from_unix_ms(t1)).is_some());
+        t.get_mut(&k, Instant::from_unix_ms(t1)).unwrap().touch(
+            Instant::from_unix_ms(t1),
+            Some(TCP_FIN),
+            true,
+        );
+        t.get_mut(&k, Instant::from_unix_ms(t1)).unwrap().touch(
+            Instant::from_unix_ms(t1),
+            Some(TCP_FIN),
+            false,
+        );
+        assert!(t
+            .get_mut(&k, Instant::from_unix_ms(t1 + TCP_TRANSITORY_IDLE_MS + 1))
+            .is_none());
         // RST ends a flow after a short linger.
         let k2 = key(PROTO_TCP, 2, 1);
-        t.insert(k2, Origin::Local, LocalAddress::Own, 0)
+        t.insert(k2, Origin::Local, LocalAddress::Own, Instant::ZERO)
             .unwrap()
-            .touch(0, Some(TCP_RST), false);
-        assert!(t.get_mut(&k2, TCP_RST_LINGER_MS + 1).is_none());
+            .touch(Instant::ZERO, Some(TCP_RST), false);
+        assert!(t
+            .get_mut(&k2, Instant::from_unix_ms(TCP_RST_LINGER_MS + 1))
+            .is_none());
         // UDP ends on idle timeout.
         let k3 = key(PROTO_UDP, 3, 1);
-        t.insert(k3, Origin::Local, LocalAddress::Own, 0).unwrap();
-        assert!(t.get_mut(&k3, UDP_IDLE_MS).is_some());
-        assert!(t.get_mut(&k3, 2 * UDP_IDLE_MS + 1).is_none());
+        t.insert(k3, Origin::Local, LocalAddress::Own, Instant::ZERO)
+            .unwrap();
+        assert!(t.get_mut(&k3, Instant::from_unix_ms(UDP_IDLE_MS)).is_some());
+        assert!(t
+            .get_mut(&k3, Instant::from_unix_ms(2 * UDP_IDLE_MS + 1))
+            .is_none());
     }
 
     #[test]
@@ -313,23 +332,38 @@ mod tests {
         let budget = MemoryBudget::new(1 << 20);
         let mut t = FlowTable::new(budget.clone(), 4);
         for p in 0..4 {
-            t.insert(key(PROTO_UDP, p, 1), Origin::Remote, LocalAddress::Own, 0)
-                .unwrap();
+            t.insert(
+                key(PROTO_UDP, p, 1),
+                Origin::Remote,
+                LocalAddress::Own,
+                Instant::ZERO,
+            )
+            .unwrap();
         }
         assert_eq!(budget.used(), 4 * FLOW_CHARGE);
         // A stranger cannot push flows out.
         assert_eq!(
-            t.insert(key(PROTO_UDP, 9, 2), Origin::Remote, LocalAddress::Own, 1)
-                .err(),
+            t.insert(
+                key(PROTO_UDP, 9, 2),
+                Origin::Remote,
+                LocalAddress::Own,
+                Instant::from_unix_ms(1)
+            )
+            .err(),
             Some(TableError::Full)
         );
         // Our own kernel can.
-        t.insert(key(PROTO_UDP, 9, 3), Origin::Local, LocalAddress::Own, 1)
-            .unwrap();
+        t.insert(
+            key(PROTO_UDP, 9, 3),
+            Origin::Local,
+            LocalAddress::Own,
+            Instant::from_unix_ms(1),
+        )
+        .unwrap();
         assert_eq!(t.len(), 4);
         assert_eq!(budget.used(), 3 * FLOW_CHARGE);
         // Expiry releases the charges.
-        t.sweep(10 * UDP_IDLE_MS);
+        t.sweep(Instant::from_unix_ms(10 * UDP_IDLE_MS));
         assert_eq!(budget.used(), 0);
         assert!(t.is_empty());
         assert!(t.per_peer.is_empty());
@@ -340,7 +374,7 @@ mod tests {
                 key(PROTO_UDP, p as u16, 1),
                 Origin::Remote,
                 LocalAddress::Own,
-                0,
+                Instant::ZERO,
             )
             .unwrap();
         }
@@ -349,7 +383,7 @@ mod tests {
                 key(PROTO_UDP, 60000, 1),
                 Origin::Remote,
                 LocalAddress::Own,
-                0
+                Instant::ZERO
             )
             .err(),
             Some(TableError::PeerLimit)
@@ -372,10 +406,10 @@ mod tests {
                 now += dt;
                 let k = key(if port % 2 == 0 { PROTO_TCP } else { PROTO_UDP }, port, peer);
                 match op {
-                    0 => { let _ = t.insert(k, Origin::Remote, LocalAddress::Own, now); }
-                    1 => { let _ = t.insert(k, Origin::Local, LocalAddress::Pseudonym, now); }
-                    2 => if let Some(f) = t.get_mut(&k, now) { f.touch(now, Some(flags), flags & 1 == 0) },
-                    3 => t.sweep(now),
+                    0 => { let _ = t.insert(k, Origin::Remote, LocalAddress::Own, Instant::from_unix_ms(now)); }
+                    1 => { let _ = t.insert(k, Origin::Local, LocalAddress::Pseudonym, Instant::from_unix_ms(now)); }
+                    2 => if let Some(f) = t.get_mut(&k, Instant::from_unix_ms(now)) { f.touch(Instant::from_unix_ms(now), Some(flags), flags & 1 == 0) },
+                    3 => t.sweep(Instant::from_unix_ms(now)),
                     _ => t.forget_peer(&k.remote),
                 }
                 proptest::prop_assert!(t.len() <= 32);

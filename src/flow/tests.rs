@@ -4,7 +4,7 @@
 use super::*;
 use etherparse::{Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 
-const NOW: Millis = 1_000_000;
+const NOW: Instant = Instant::from_unix_ms(1_000_000);
 
 fn layer(seed: u8, tcp: &[u16], udp: &[u16]) -> (FlowLayer, [u8; 16]) {
     let seed = [seed; 32];

@@ -9,7 +9,7 @@ use rand::Rng;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use crate::time::{Millis, RepeatLog};
+use crate::time::{Instant, Millis, RepeatLog};
 
 /// First retry delay of a peer that does not answer; doubles per try.
 pub const BOOTSTRAP_RETRY_MIN_MS: Millis = 1_000;
@@ -41,7 +41,7 @@ pub struct BootstrapInfo {
     /// `linked`, `answered`, `waiting`, `resolving`, `not answering` or `unresolved`.
     pub state: &'static str,
     /// Since when it has not answered (or not resolved), if it is failing.
-    pub failing_since: Option<Millis>,
+    pub failing_since: Option<Instant>,
     /// Queries (or resolutions) without an answer since the last answer.
     pub tries: u32,
     /// The last error (resolution failure, no answer).
@@ -65,11 +65,11 @@ struct Peer {
     /// A resolution arrived: query its addresses at once.
     fresh: bool,
     /// Pending queries: address, nonce, sent.
-    pending: Vec<(SocketAddr, u64, Millis)>,
-    next: Millis,
+    pending: Vec<(SocketAddr, u64, Instant)>,
+    next: Instant,
     delay: Millis,
     tries: u32,
-    failing_since: Option<Millis>,
+    failing_since: Option<Instant>,
     answered: bool,
     last_error: Option<String>,
     reported: bool,
@@ -99,7 +99,7 @@ impl Bootstrap {
                     resolving: false,
                     fresh: false,
                     pending: Vec::new(),
-                    next: 0,
+                    next: Instant::ZERO,
                     delay: BOOTSTRAP_RETRY_MIN_MS / 2,
                     tries: 0,
                     failing_since: None,
@@ -134,7 +134,7 @@ impl Bootstrap {
     /// A resolution finished: the addresses, or why there are none.
     pub fn on_resolved(
         &mut self,
-        now: Millis,
+        now: Instant,
         name: &str,
         result: Result<Vec<SocketAddr>, String>,
     ) {
@@ -178,7 +178,7 @@ impl Bootstrap {
     /// relays enough that bootstrap peers are no longer needed.
     pub fn due(
         &mut self,
-        now: Millis,
+        now: Instant,
         enough: bool,
         linked: impl Fn(&SocketAddr) -> bool,
         rng: &mut impl Rng,
@@ -188,7 +188,7 @@ impl Bootstrap {
             // Unanswered queries count as failed tries.
             let before = p.pending.len();
             p.pending
-                .retain(|(_, _, sent)| now.saturating_sub(*sent) < BOOTSTRAP_QUERY_TIMEOUT_MS);
+                .retain(|(_, _, sent)| now.saturating_since(*sent) < BOOTSTRAP_QUERY_TIMEOUT_MS);
             if p.pending.len() < before && !p.answered {
                 p.failing_since.get_or_insert(now);
                 p.last_error = Some("no answer to record queries".to_string());
@@ -287,7 +287,7 @@ impl Bootstrap {
     }
 
     /// Why a node without links has none, in one line (`None` while it has links).
-    pub fn isolation_reason(&self, now: Millis, listening: &str) -> String {
+    pub fn isolation_reason(&self, now: Instant, listening: &str) -> String {
         if self.peers.is_empty() {
             return format!(
                 "no links: no bootstrap peers are configured, and no node has contacted this one \
@@ -302,7 +302,7 @@ impl Bootstrap {
                     "{}: {e} ({} tries in {} s)",
                     p.spec,
                     p.tries,
-                    now.saturating_sub(since) / 1000
+                    now.saturating_since(since) / 1000
                 ),
                 (Some(e), None) => format!("{}: {e}", p.spec),
                 (None, _) if p.answered => format!("{}: answered, linking", p.spec),
@@ -314,7 +314,7 @@ impl Bootstrap {
 
     /// Logs a one-line summary while the node has no links: when it starts or changes, and at
     /// most once a minute (`reason` from [`Bootstrap::isolation_reason`]); `None` ends it.
-    pub fn log_isolation(&mut self, now: Millis, reason: Option<&str>) {
+    pub fn log_isolation(&mut self, now: Instant, reason: Option<&str>) {
         match reason {
             Some(r) => {
                 // Keyed without the counters, so a growing try count is not "a change".
@@ -332,7 +332,7 @@ impl Bootstrap {
     }
 }
 
-fn back_off(p: &mut Peer, now: Millis, rng: &mut impl Rng) {
+fn back_off(p: &mut Peer, now: Instant, rng: &mut impl Rng) {
     p.delay = (p.delay * 2).clamp(BOOTSTRAP_RETRY_MIN_MS, BOOTSTRAP_RETRY_MAX_MS);
     // Jitter, so that nodes started together do not retry in lockstep.
     p.next = now + p.delay + rng.gen_range(0..=p.delay / 2);
@@ -351,17 +351,20 @@ mod tests {
     fn literal_peer_is_queried_with_backoff_and_reported() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut b = Bootstrap::new(&[BootstrapPeer::Addr(addr("198.18.0.1:7412"))]);
-        let q = b.due(0, false, |_| false, &mut rng);
+        let q = b.due(Instant::ZERO, false, |_| false, &mut rng);
         assert_eq!(q.len(), 1);
         assert!(
-            b.due(500, false, |_| false, &mut rng).is_empty(),
+            b.due(Instant::from_unix_ms(500), false, |_| false, &mut rng)
+                .is_empty(),
             "one query at a time"
         );
         let mut sent = 1;
         let mut t = 0;
         while t < 60_000 {
             t += 250;
-            sent += b.due(t, false, |_| false, &mut rng).len();
+            sent += b
+                .due(Instant::from_unix_ms(t), false, |_| false, &mut rng)
+                .len();
         }
         assert!(
             (4..=12).contains(&sent),
@@ -370,11 +373,16 @@ mod tests {
         let s = &b.status(|_| false)[0];
         assert_eq!(s.state, "not answering");
         assert_eq!(s.tries as usize, sent);
-        assert!(b.isolation_reason(t, "0.0.0.0:7412").contains("no answer"));
+        assert!(b
+            .isolation_reason(Instant::from_unix_ms(t), "0.0.0.0:7412")
+            .contains("no answer"));
         // An answer clears it.
         let q = loop {
             t += 250;
-            if let Some(q) = b.due(t, false, |_| false, &mut rng).pop() {
+            if let Some(q) = b
+                .due(Instant::from_unix_ms(t), false, |_| false, &mut rng)
+                .pop()
+            {
                 break q;
             }
         };
@@ -388,25 +396,37 @@ mod tests {
     fn names_are_resolved_then_queried_and_resolved_again_on_retry() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let mut b = Bootstrap::new(&[BootstrapPeer::Name("seed.example.net:7412".into())]);
-        assert!(b.due(0, false, |_| false, &mut rng).is_empty());
+        assert!(b.due(Instant::ZERO, false, |_| false, &mut rng).is_empty());
         assert_eq!(b.poll_resolve().as_deref(), Some("seed.example.net:7412"));
         assert_eq!(b.poll_resolve(), None);
         assert_eq!(b.status(|_| false)[0].state, "resolving");
-        b.on_resolved(10, "seed.example.net:7412", Err("no such host".into()));
+        b.on_resolved(
+            Instant::from_unix_ms(10),
+            "seed.example.net:7412",
+            Err("no such host".into()),
+        );
         assert_eq!(b.status(|_| false)[0].state, "unresolved");
-        assert!(b.isolation_reason(10, "x").contains("does not resolve"));
+        assert!(b
+            .isolation_reason(Instant::from_unix_ms(10), "x")
+            .contains("does not resolve"));
         // Retried later, not at once.
-        assert!(b.due(20, false, |_| false, &mut rng).is_empty());
+        assert!(b
+            .due(Instant::from_unix_ms(20), false, |_| false, &mut rng)
+            .is_empty());
         assert_eq!(b.poll_resolve(), None);
         let mut t = 20;
         while b.poll_resolve().is_none() {
             t += 250;
             assert!(t < 10_000, "resolution retried");
-            b.due(t, false, |_| false, &mut rng);
+            b.due(Instant::from_unix_ms(t), false, |_| false, &mut rng);
         }
         let a = addr("198.18.0.9:7412");
-        b.on_resolved(t, "seed.example.net:7412", Ok(vec![a]));
-        let q = b.due(t, false, |_| false, &mut rng);
+        b.on_resolved(
+            Instant::from_unix_ms(t),
+            "seed.example.net:7412",
+            Ok(vec![a]),
+        );
+        let q = b.due(Instant::from_unix_ms(t), false, |_| false, &mut rng);
         assert_eq!(q.len(), 1, "queried as soon as resolved");
         assert_eq!(q[0].addr, a);
         assert!(b.is_bootstrap(&a));
@@ -414,7 +434,7 @@ mod tests {
         let mut resolved_again = false;
         for _ in 0..100 {
             t += 250;
-            b.due(t, false, |_| false, &mut rng);
+            b.due(Instant::from_unix_ms(t), false, |_| false, &mut rng);
             if b.poll_resolve().is_some() {
                 resolved_again = true;
                 break;
@@ -428,10 +448,12 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let a = addr("198.18.0.1:7412");
         let mut b = Bootstrap::new(&[BootstrapPeer::Addr(a)]);
-        assert!(b.due(0, false, |x| *x == a, &mut rng).is_empty());
-        assert!(b.due(0, true, |_| false, &mut rng).is_empty());
+        assert!(b
+            .due(Instant::ZERO, false, |x| *x == a, &mut rng)
+            .is_empty());
+        assert!(b.due(Instant::ZERO, true, |_| false, &mut rng).is_empty());
         assert!(Bootstrap::new(&[])
-            .isolation_reason(0, "0.0.0.0:7412")
+            .isolation_reason(Instant::ZERO, "0.0.0.0:7412")
             .contains("no bootstrap peers"));
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::{Charge, MemoryBudget};
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::record::NatClass;
 
 /// Keepalive on links to NATed peers and on punched or relayed links (boringtun's persistent
@@ -77,14 +77,14 @@ const OBS_MAX: usize = 16;
 /// A fixed window counter: at most `limit` events per `period`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RateWindow {
-    start: Millis,
+    start: Instant,
     count: u32,
 }
 
 impl RateWindow {
     /// Counts one event; false if it exceeds the limit.
-    pub fn allow(&mut self, now: Millis, period: Millis, limit: u32) -> bool {
-        if now.saturating_sub(self.start) >= period {
+    pub fn allow(&mut self, now: Instant, period: Millis, limit: u32) -> bool {
+        if now.saturating_since(self.start) >= period {
             self.start = now;
             self.count = 0;
         }
@@ -96,13 +96,13 @@ impl RateWindow {
     }
 
     /// Whether [`RateWindow::allow`] would allow one more event now (counts nothing).
-    pub fn would_allow(&self, now: Millis, period: Millis, limit: u32) -> bool {
-        now.saturating_sub(self.start) >= period || self.count < limit
+    pub fn would_allow(&self, now: Instant, period: Millis, limit: u32) -> bool {
+        now.saturating_since(self.start) >= period || self.count < limit
     }
 
     /// Whether the window ran out (a fresh one would start at the next event).
-    pub fn expired(&self, now: Millis, period: Millis) -> bool {
-        now.saturating_sub(self.start) >= period
+    pub fn expired(&self, now: Instant, period: Millis) -> bool {
+        now.saturating_since(self.start) >= period
     }
 }
 
@@ -114,14 +114,14 @@ pub struct PunchCaps {
     endpoints: BTreeMap<SocketAddr, (RateWindow, Charge)>,
     ips: BTreeMap<IpAddr, (RateWindow, Charge)>,
     /// When the tables were last swept of expired entries.
-    swept: Millis,
+    swept: Instant,
 }
 
 impl PunchCaps {
     /// Counts one punch datagram to `to`; false if a cap (or the table bound, or the budget)
     /// refuses it.
-    pub fn allow(&mut self, now: Millis, to: SocketAddr, budget: &MemoryBudget) -> bool {
-        if now.saturating_sub(self.swept) >= PUNCH_CAP_WINDOW_MS {
+    pub fn allow(&mut self, now: Instant, to: SocketAddr, budget: &MemoryBudget) -> bool {
+        if now.saturating_since(self.swept) >= PUNCH_CAP_WINDOW_MS {
             self.swept = now;
             self.endpoints
                 .retain(|_, (w, _)| !w.expired(now, PUNCH_CAP_WINDOW_MS));
@@ -260,7 +260,7 @@ mod tests {
         let mut caps = PunchCaps::default();
         let victim: SocketAddr = "198.18.250.9:7412".parse().unwrap();
         let n = (0..1000)
-            .filter(|_| caps.allow(1000, victim, &budget))
+            .filter(|_| caps.allow(Instant::from_unix_ms(1000), victim, &budget))
             .count();
         assert_eq!(n, PUNCH_CAP_PER_ENDPOINT as usize);
         // Other ports of the same IP (a CGNAT's other customers, or a victim's other ports) share
@@ -268,17 +268,23 @@ mod tests {
         let mut n2 = n;
         for port in 1..=100u16 {
             let ep = SocketAddr::new(victim.ip(), port);
-            n2 += (0..1000).filter(|_| caps.allow(1000, ep, &budget)).count();
+            n2 += (0..1000)
+                .filter(|_| caps.allow(Instant::from_unix_ms(1000), ep, &budget))
+                .count();
         }
         assert_eq!(n2, PUNCH_CAP_PER_IP as usize);
         // A new window allows again.
-        assert!(caps.allow(1000 + PUNCH_CAP_WINDOW_MS, victim, &budget));
+        assert!(caps.allow(
+            Instant::from_unix_ms(1000 + PUNCH_CAP_WINDOW_MS),
+            victim,
+            &budget
+        ));
         // The tables stay bounded.
         let budget = MemoryBudget::new(1 << 20);
         let mut caps = PunchCaps::default();
         for i in 0..1000u32 {
             let ep = SocketAddr::from((std::net::Ipv4Addr::from(0xc612_0000 + i), 7412));
-            let _ = caps.allow(5, ep, &budget);
+            let _ = caps.allow(Instant::from_unix_ms(5), ep, &budget);
         }
         assert_eq!(caps.endpoints.len(), PUNCH_CAP_ENTRIES);
         assert_eq!(caps.ips.len(), PUNCH_CAP_ENTRIES);
@@ -288,9 +294,9 @@ mod tests {
     #[test]
     fn rate_window() {
         let mut w = RateWindow::default();
-        assert!(w.allow(1000, 1000, 2));
-        assert!(w.allow(1001, 1000, 2));
-        assert!(!w.allow(1002, 1000, 2));
-        assert!(w.allow(2000, 1000, 2));
+        assert!(w.allow(Instant::from_unix_ms(1000), 1000, 2));
+        assert!(w.allow(Instant::from_unix_ms(1001), 1000, 2));
+        assert!(!w.allow(Instant::from_unix_ms(1002), 1000, 2));
+        assert!(w.allow(Instant::from_unix_ms(2000), 1000, 2));
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::{Charge, MemoryBudget};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 /// Records in the view.
@@ -78,7 +78,7 @@ pub enum Refused {
 struct Entry {
     record: RelayRecord,
     first_source: Source,
-    refreshed: Millis,
+    refreshed: Instant,
     prefix: (u8, u128),
     _charge: Charge,
 }
@@ -150,7 +150,7 @@ impl RelayView {
         &mut self,
         record: RelayRecord,
         source: Source,
-        now: Millis,
+        now: Instant,
     ) -> Result<(), Refused> {
         let id = *record.identity();
         if id == self.own {
@@ -220,8 +220,8 @@ impl RelayView {
     }
 
     /// Drops expired records.
-    pub fn prune(&mut self, now: Millis) {
-        let now_s = now / 1000;
+    pub fn prune(&mut self, now: Instant) {
+        let now_s = now.as_unix_ms() / 1000;
         self.entries
             .retain(|_, e| e.record.fields().expires > now_s);
     }
@@ -264,7 +264,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
     use rand::SeedableRng;
 
-    const NOW: Millis = 1_800_000_000_000;
+    const NOW: Instant = Instant::from_unix_ms(1_800_000_000_000);
 
     fn rec(seed: u8, ip: &str, seq: u64) -> RelayRecord {
         let key = SigningKey::from_bytes(&[seed; 32]);
@@ -276,7 +276,7 @@ mod tests {
                 link_key: [seed; 32],
                 onion_key: [seed; 32],
                 seq,
-                expires: NOW / 1000 + 3600,
+                expires: NOW.as_unix_ms() / 1000 + 3600,
                 endpoints: vec![format!("{ip}:7412").parse().unwrap()],
                 introducers: vec![],
             },
@@ -288,23 +288,31 @@ mod tests {
     fn caps_and_rollback() {
         let budget = MemoryBudget::new(1 << 20);
         let mut v = RelayView::new([0; 32], (16, 32), budget.clone());
-        v.insert(rec(1, "10.1.0.1", NOW), Source::Itself, NOW)
+        v.insert(rec(1, "10.1.0.1", NOW.as_unix_ms()), Source::Itself, NOW)
             .unwrap();
-        v.insert(rec(2, "10.1.0.2", NOW), Source::Itself, NOW)
+        v.insert(rec(2, "10.1.0.2", NOW.as_unix_ms()), Source::Itself, NOW)
             .unwrap();
         assert_eq!(
-            v.insert(rec(3, "10.1.9.9", NOW), Source::Itself, NOW),
+            v.insert(rec(3, "10.1.9.9", NOW.as_unix_ms()), Source::Itself, NOW),
             Err(Refused::PrefixFull)
         );
-        v.insert(rec(3, "10.2.0.1", NOW), Source::Itself, NOW)
+        v.insert(rec(3, "10.2.0.1", NOW.as_unix_ms()), Source::Itself, NOW)
             .unwrap();
         // No rollback; a newer record replaces.
         assert_eq!(
-            v.insert(rec(1, "10.1.0.1", NOW - 1), Source::Itself, NOW),
+            v.insert(
+                rec(1, "10.1.0.1", (NOW - 1).as_unix_ms()),
+                Source::Itself,
+                NOW
+            ),
             Err(Refused::Rollback)
         );
-        v.insert(rec(1, "10.1.0.1", NOW + 1), Source::Itself, NOW)
-            .unwrap();
+        v.insert(
+            rec(1, "10.1.0.1", (NOW + 1).as_unix_ms()),
+            Source::Itself,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(v.len(), 3);
         assert_eq!(budget.used(), 3 * VIEW_ENTRY_COST);
         v.prune(NOW + 3601 * 1000);
@@ -320,12 +328,15 @@ mod tests {
             Source::Pex([2; 32]),
             Source::Pex([3; 32]),
         );
-        v.insert(rec(1, "10.0.0.1", NOW), a, NOW).unwrap();
-        v.insert(rec(2, "10.0.0.2", NOW), b, NOW).unwrap();
-        v.insert(rec(3, "10.0.0.3", NOW), c, NOW).unwrap();
+        v.insert(rec(1, "10.0.0.1", NOW.as_unix_ms()), a, NOW)
+            .unwrap();
+        v.insert(rec(2, "10.0.0.2", NOW.as_unix_ms()), b, NOW)
+            .unwrap();
+        v.insert(rec(3, "10.0.0.3", NOW.as_unix_ms()), c, NOW)
+            .unwrap();
         let mut refused = 0;
         for i in 4..40u8 {
-            if v.insert(rec(i, &format!("10.0.1.{i}"), NOW), a, NOW)
+            if v.insert(rec(i, &format!("10.0.1.{i}"), NOW.as_unix_ms()), a, NOW)
                 .is_err()
             {
                 refused += 1;
@@ -343,12 +354,20 @@ mod tests {
     fn budget_evicts_oldest() {
         let budget = MemoryBudget::new(2 * VIEW_ENTRY_COST);
         let mut v = RelayView::new([0; 32], (32, 128), budget.clone());
-        v.insert(rec(1, "10.0.0.1", NOW), Source::Itself, NOW)
+        v.insert(rec(1, "10.0.0.1", NOW.as_unix_ms()), Source::Itself, NOW)
             .unwrap();
-        v.insert(rec(2, "10.0.0.2", NOW), Source::Itself, NOW + 1)
-            .unwrap();
-        v.insert(rec(3, "10.0.0.3", NOW), Source::Itself, NOW + 2)
-            .unwrap();
+        v.insert(
+            rec(2, "10.0.0.2", NOW.as_unix_ms()),
+            Source::Itself,
+            NOW + 1,
+        )
+        .unwrap();
+        v.insert(
+            rec(3, "10.0.0.3", NOW.as_unix_ms()),
+            Source::Itself,
+            NOW + 2,
+        )
+        .unwrap();
         assert_eq!(v.len(), 2);
         assert!(v
             .get(&SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes())

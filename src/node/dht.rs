@@ -19,7 +19,7 @@ use crate::dht::host::{DhtHost, LinkContext};
 use crate::dht::relay::DhtRelay;
 use crate::link::view::VIEW_MAX;
 use crate::link::{LinkId, LinkLayer};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{Contact, RelayRecord, FLAG_DHT};
 use crate::wire::relay::RelayCommand;
 
@@ -108,7 +108,7 @@ impl CircuitContext for Ctx<'_> {
 
     fn build_circuit(
         &mut self,
-        now: Millis,
+        now: Instant,
         service: bool,
         avoid: &[[u8; 32]],
     ) -> Result<CircId, String> {
@@ -177,11 +177,11 @@ impl CircuitContext for Ctx<'_> {
         self.circ.send(id, RelayCommand::DhtLookup, payload).is_ok()
     }
 
-    fn destroy_circuit(&mut self, now: Millis, id: CircId) {
+    fn destroy_circuit(&mut self, now: Instant, id: CircId) {
         self.circ.destroy(now, id);
     }
 
-    fn add_relays(&mut self, records: Vec<RelayRecord>, via: [u8; 32], now: Millis) -> usize {
+    fn add_relays(&mut self, records: Vec<RelayRecord>, via: [u8; 32], now: Instant) -> usize {
         self.link.add_dht_records(records, via, now)
     }
 
@@ -237,7 +237,7 @@ impl LinkContext for Ctx<'_> {
 
     fn send_frame(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         rpc_id: u64,
         response: bool,
@@ -248,7 +248,7 @@ impl LinkContext for Ctx<'_> {
             .is_ok()
     }
 
-    fn dial(&mut self, now: Millis, link_key: [u8; 32], endpoint: SocketAddr) {
+    fn dial(&mut self, now: Instant, link_key: [u8; 32], endpoint: SocketAddr) {
         let _ = self.link.connect_dht(now, link_key, endpoint);
     }
 
@@ -287,14 +287,14 @@ impl Node {
     /// Starts a DHT query through one of our circuits (`service`: a 4-hop service circuit,
     /// else 3 hops). The answer arrives as [`NodeEvent::Dht`] with the returned token (or is
     /// consumed by the session layer when it asked). It never arrives before this returns.
-    pub fn dht_query(&mut self, now: Millis, query: DhtQuery, service: bool) -> u64 {
+    pub fn dht_query(&mut self, now: Instant, query: DhtQuery, service: bool) -> u64 {
         self.dht_query_avoiding(now, query, service, Vec::new())
     }
 
     /// [`Node::dht_query`] through circuits whose last hop is none of `avoid`.
     pub(super) fn dht_query_avoiding(
         &mut self,
-        now: Millis,
+        now: Instant,
         query: DhtQuery,
         service: bool,
         avoid: Vec<[u8; 32]>,
@@ -356,7 +356,7 @@ impl Node {
 
     /// Hands finished queries to the session layer (with the last hops the request went to),
     /// or reports them.
-    fn dht_deliver(&mut self, now: Millis, done: Vec<crate::dht::client::Done>) {
+    fn dht_deliver(&mut self, now: Instant, done: Vec<crate::dht::client::Done>) {
         for (token, outcome, via) in done {
             if let Some(outcome) = self.sess_on_dht(now, token, outcome, via) {
                 self.events.push(NodeEvent::Dht { token, outcome });
@@ -365,7 +365,7 @@ impl Node {
     }
 
     /// A DHT_LOOKUP_REPLY on one of our circuits; `false` if it was not ours.
-    pub(super) fn dht_on_reply(&mut self, now: Millis, id: CircId, payload: &[u8]) -> bool {
+    pub(super) fn dht_on_reply(&mut self, now: Instant, id: CircId, payload: &[u8]) -> bool {
         let (_, client, mut ctx) = self.dht_split();
         let ours = client.on_reply(&mut ctx, now, id, payload);
         let done = client.take_done();
@@ -374,7 +374,7 @@ impl Node {
     }
 
     /// Circuit events for DHT circuits are consumed (`None`); others are handed back.
-    pub(super) fn dht_on_circuit_event(&mut self, now: Millis, e: CircEvent) -> Option<CircEvent> {
+    pub(super) fn dht_on_circuit_event(&mut self, now: Instant, e: CircEvent) -> Option<CircEvent> {
         let (_, client, mut ctx) = self.dht_split();
         let e = client.on_circuit_event(&mut ctx, now, e);
         let done = client.take_done();
@@ -384,7 +384,7 @@ impl Node {
 
     pub(super) fn dht_on_frame(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         rpc_id: u64,
         response: bool,
@@ -394,16 +394,16 @@ impl Node {
         host.on_frame(&mut ctx, now, link, rpc_id, response, data);
     }
 
-    pub(super) fn dht_on_last_hop(&mut self, now: Millis, slot: u64, payload: &[u8]) {
+    pub(super) fn dht_on_last_hop(&mut self, now: Instant, slot: u64, payload: &[u8]) {
         let (host, _, mut ctx) = self.dht_split();
         host.on_last_hop(&mut ctx, now, slot, payload);
     }
 
-    pub(super) fn dht_on_relayed_closed(&mut self, _now: Millis, slot: u64) {
+    pub(super) fn dht_on_relayed_closed(&mut self, _now: Instant, slot: u64) {
         self.dht.host.on_relayed_closed(slot);
     }
 
-    pub(super) fn dht_timeout(&mut self, now: Millis) {
+    pub(super) fn dht_timeout(&mut self, now: Instant) {
         let deferred = self.dht.client.take_deferred();
         self.dht_deliver(now, deferred);
         {

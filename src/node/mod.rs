@@ -18,7 +18,7 @@ use crate::circuit::layer::{CircAction, CircEvent, CircId, CircuitLayer, Purpose
 use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
 use crate::circuit::OnionKey;
 use crate::link::{LinkEvent, LinkLayer, Transmit};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{RelayRecord, FLAG_RENDEZVOUS};
 
 /// Ready 3-hop circuits a node keeps so that no later feature builds from scratch.
@@ -85,7 +85,7 @@ pub struct Node {
     rng: StdRng,
     last_path_error: Option<String>,
     guards: Guards,
-    guard_save_failed: Option<Millis>,
+    guard_save_failed: Option<Instant>,
     guard_save_error: Option<String>,
     /// A rotated onion key the daemon has not written to disk yet.
     onion_to_save: Option<OnionKey>,
@@ -98,7 +98,7 @@ impl Node {
     /// Joins the layers. `onion` is the relay's current onion key; identity, relay role, family
     /// prefixes and the memory budget come from the link layer. `rand` is split among the
     /// layers: the daemon passes [`Randomness::from_os`].
-    pub fn new(link: LinkLayer, onion: OnionKey, mut rand: Randomness, now: Millis) -> Node {
+    pub fn new(link: LinkLayer, onion: OnionKey, mut rand: Randomness, now: Instant) -> Node {
         let cfg = link.config();
         let (relay, prefix_bits) = (cfg.relay, cfg.prefix_bits);
         Node {
@@ -160,10 +160,13 @@ impl Node {
     /// The guards to write to the guard file when they changed (at most every ten minutes after
     /// a failed save); the daemon writes them off the event loop and reports back with
     /// [`Node::guards_saved`].
-    pub fn take_guards_to_save(&mut self, now: Millis) -> Option<Vec<crate::circuit::path::Guard>> {
+    pub fn take_guards_to_save(
+        &mut self,
+        now: Instant,
+    ) -> Option<Vec<crate::circuit::path::Guard>> {
         let retry = self
             .guard_save_failed
-            .is_none_or(|t| now.saturating_sub(t) >= 600_000);
+            .is_none_or(|t| now.saturating_since(t) >= 600_000);
         if !self.guards.needs_save() || !retry {
             return None;
         }
@@ -172,7 +175,7 @@ impl Node {
     }
 
     /// How the last save went.
-    pub fn guards_saved(&mut self, now: Millis, result: Result<(), String>) {
+    pub fn guards_saved(&mut self, now: Instant, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 if self.guard_save_error.take().is_some() {
@@ -196,7 +199,7 @@ impl Node {
     }
 
     /// Sets when the current onion key was made (its file's age).
-    pub fn set_onion_key_since(&mut self, since: Millis) {
+    pub fn set_onion_key_since(&mut self, since: Instant) {
         self.circ.set_onion_key_since(since);
     }
 
@@ -221,14 +224,14 @@ impl Node {
     }
 
     /// Handles a datagram.
-    pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.handle_datagram_at(now, from, None, data);
     }
 
     /// A datagram that arrived at our endpoint `local` (see [`LinkLayer::handle_datagram_at`]).
     pub fn handle_datagram_at(
         &mut self,
-        now: Millis,
+        now: Instant,
         from: SocketAddr,
         local: Option<SocketAddr>,
         data: &[u8],
@@ -238,7 +241,7 @@ impl Node {
     }
 
     /// Runs timers.
-    pub fn handle_timeout(&mut self, now: Millis) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
         for l in busy {
             self.link.mark_in_use(l, now);
@@ -257,7 +260,7 @@ impl Node {
     }
 
     /// When to call [`Node::handle_timeout`] next.
-    pub fn poll_timeout(&self) -> Option<Millis> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.link.poll_timeout()
     }
 
@@ -277,7 +280,7 @@ impl Node {
     }
 
     /// Moves events and actions between the layers until both are quiet.
-    pub fn pump(&mut self, now: Millis) {
+    pub fn pump(&mut self, now: Instant) {
         loop {
             let mut progress = false;
             while let Some(e) = self.link.poll_event() {
@@ -374,7 +377,7 @@ impl Node {
 
     /// Hands a circuit event to the layer it belongs to: last-hop roles by relay command,
     /// events of our circuits by owner; what none takes is reported.
-    fn route_circuit_event(&mut self, now: Millis, e: CircEvent) {
+    fn route_circuit_event(&mut self, now: Instant, e: CircEvent) {
         use crate::wire::relay::RelayCommand as C;
         let id = match &e {
             CircEvent::LastHop { slot, cmd, payload } => {
@@ -431,7 +434,7 @@ impl Node {
     /// Guard upkeep: replacements, and a temporary stand-in at once when every guard is down
     /// (called on every tick and when a guard's link goes down, before the circuits that ran
     /// through it are rebuilt — else they would pick the dead guard and wait out a build).
-    fn maintain_guards(&mut self, now: Millis) {
+    fn maintain_guards(&mut self, now: Instant) {
         let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
@@ -444,7 +447,7 @@ impl Node {
         }
     }
 
-    fn maintain_pool(&mut self, now: Millis) {
+    fn maintain_pool(&mut self, now: Instant) {
         self.maintain_guards(now);
         let own_endpoints = self.own_endpoints();
         let ctx = PathContext {

@@ -14,7 +14,7 @@ use crate::link::{LinkId, LinkLayer};
 use crate::session::flows::FlowKey;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::{DhtAnswer, DhtRequest, SessionCtx};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 use crate::wire::relay::RelayCommand;
 
@@ -39,7 +39,7 @@ struct Ctx<'a> {
 impl SessionCtx for Ctx<'_> {
     fn build(
         &mut self,
-        now: Millis,
+        now: Instant,
         purpose: Purpose,
         path: Vec<RelayRecord>,
     ) -> Result<CircId, CircuitError> {
@@ -47,7 +47,12 @@ impl SessionCtx for Ctx<'_> {
         self.circ.build(now, purpose, path, first)
     }
 
-    fn extend(&mut self, now: Millis, id: CircId, target: RelayRecord) -> Result<(), CircuitError> {
+    fn extend(
+        &mut self,
+        now: Instant,
+        id: CircId,
+        target: RelayRecord,
+    ) -> Result<(), CircuitError> {
         self.circ.extend(now, id, target)
     }
 
@@ -71,7 +76,7 @@ impl SessionCtx for Ctx<'_> {
         self.circ.send(id, cmd, payload)
     }
 
-    fn destroy(&mut self, now: Millis, id: CircId) {
+    fn destroy(&mut self, now: Instant, id: CircId) {
         self.circ.destroy(now, id);
     }
 
@@ -91,7 +96,7 @@ impl SessionCtx for Ctx<'_> {
         self.circ.splice(a, b)
     }
 
-    fn close_relayed(&mut self, now: Millis, slot: u64) {
+    fn close_relayed(&mut self, now: Instant, slot: u64) {
         self.circ.close_relayed(now, slot);
     }
 
@@ -118,7 +123,7 @@ impl SessionCtx for Ctx<'_> {
         self.link.identity()
     }
 
-    fn recently_dead(&self, peer_key: &[u8; 32], now: Millis) -> bool {
+    fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool {
         self.link.recently_dead(peer_key, now)
     }
 
@@ -160,7 +165,7 @@ impl Node {
     /// queries it asked for.
     fn with_sessions<R>(
         &mut self,
-        now: Millis,
+        now: Instant,
         f: impl FnOnce(&mut crate::session::SessionLayer, &mut Ctx<'_>) -> R,
     ) -> R {
         let mut ctx = Ctx {
@@ -177,7 +182,7 @@ impl Node {
     }
 
     /// Starts the DHT queries the session layer asked for.
-    fn sess_dht_requests(&mut self, now: Millis) {
+    fn sess_dht_requests(&mut self, now: Instant) {
         while let Some(req) = self.sess.poll_dht_request() {
             let token = match &req {
                 DhtRequest::Lookup { key, .. } => self.dht_query(
@@ -222,7 +227,7 @@ impl Node {
     /// public key): intro points are chosen and established over 4-hop service circuits, and
     /// descriptors for the current (and, near the boundary, the next) epoch are published and
     /// refreshed.
-    pub fn add_service(&mut self, now: Millis, seed: [u8; 32]) {
+    pub fn add_service(&mut self, now: Instant, seed: [u8; 32]) {
         if !self.sess.add_service(now, seed) {
             return;
         }
@@ -231,7 +236,7 @@ impl Node {
     }
 
     /// Hosts the default service (the client identity's key) as well, e.g. after a reload.
-    pub fn add_default_service(&mut self, now: Millis) {
+    pub fn add_default_service(&mut self, now: Instant) {
         if let Some(seed) = self.sess.client_seed() {
             self.add_service(now, seed);
         }
@@ -239,7 +244,7 @@ impl Node {
 
     /// Stops hosting the service at `address`; the other services keep their circuits and
     /// sessions.
-    pub fn remove_service(&mut self, now: Millis, address: [u8; 16]) {
+    pub fn remove_service(&mut self, now: Instant, address: [u8; 16]) {
         if self.with_sessions(now, |s, ctx| s.remove_service(ctx, now, address)) {
             self.pump(now);
         }
@@ -272,7 +277,7 @@ impl Node {
     /// is none (packets wait in a bounded queue meanwhile).
     pub fn send_packet(
         &mut self,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         packet: &[u8],
     ) -> Result<(), SendError> {
@@ -283,7 +288,7 @@ impl Node {
 
     /// Sends an e2e PING on the session to `dst` (starting one if needed). The answer is a
     /// [`NodeEvent::Pong`] with the returned id.
-    pub fn e2e_ping(&mut self, now: Millis, dst: [u8; 16]) -> Result<u64, SendError> {
+    pub fn e2e_ping(&mut self, now: Instant, dst: [u8; 16]) -> Result<u64, SendError> {
         let r = self.with_sessions(now, |s, ctx| s.e2e_ping(ctx, now, dst));
         self.pump(now);
         r
@@ -306,7 +311,7 @@ impl Node {
 
     /// Puts a descriptor into the client cache (after the storage checks of 11.5; the client
     /// checks run when it is used).
-    pub fn cache_descriptor(&mut self, now: Millis, bytes: &[u8]) -> Result<(), String> {
+    pub fn cache_descriptor(&mut self, now: Instant, bytes: &[u8]) -> Result<(), String> {
         self.sess.cache_descriptor(self.link.budget(), now, bytes)
     }
 
@@ -359,16 +364,16 @@ impl Node {
     // ---- events from the other layers ----------------------------------------------------
 
     /// A relay message at the last hop of someone else's circuit (intro and rendezvous points).
-    pub(super) fn sess_on_last_hop(&mut self, now: Millis, slot: u64, cmd: u8, payload: &[u8]) {
+    pub(super) fn sess_on_last_hop(&mut self, now: Instant, slot: u64, cmd: u8, payload: &[u8]) {
         self.with_sessions(now, |s, ctx| s.on_last_hop(ctx, now, slot, cmd, payload));
     }
 
-    pub(super) fn sess_on_relayed_closed(&mut self, now: Millis, slot: u64) {
+    pub(super) fn sess_on_relayed_closed(&mut self, now: Instant, slot: u64) {
         self.sess.on_relayed_closed(now, slot);
     }
 
     /// A link to a relay went down (it may have died): new paths avoid it for a while.
-    pub(super) fn sess_on_link_down(&mut self, now: Millis, identity: &[u8; 32]) {
+    pub(super) fn sess_on_link_down(&mut self, now: Instant, identity: &[u8; 32]) {
         self.sess.on_link_down(now, identity);
     }
 
@@ -378,7 +383,11 @@ impl Node {
     }
 
     /// Circuit events for session circuits are consumed (`None`); others are handed back.
-    pub(super) fn sess_on_circuit_event(&mut self, now: Millis, e: CircEvent) -> Option<CircEvent> {
+    pub(super) fn sess_on_circuit_event(
+        &mut self,
+        now: Instant,
+        e: CircEvent,
+    ) -> Option<CircEvent> {
         if !self.with_sessions(now, |s, ctx| s.on_circuit_event(ctx, now, &e)) {
             return Some(e);
         }
@@ -409,7 +418,7 @@ impl Node {
     /// A DHT outcome for a query the session layer made is consumed (`None`).
     pub(super) fn sess_on_dht(
         &mut self,
-        now: Millis,
+        now: Instant,
         token: u64,
         outcome: DhtOutcome,
         via: Vec<[u8; 32]>,
@@ -426,7 +435,7 @@ impl Node {
         }
     }
 
-    pub(super) fn sess_timeout(&mut self, now: Millis) {
+    pub(super) fn sess_timeout(&mut self, now: Instant) {
         self.with_sessions(now, |s, ctx| s.timeout(ctx, now));
     }
 }

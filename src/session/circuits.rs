@@ -7,7 +7,7 @@ use crate::circuit::path::{Hop, PathContext, PathKind, Target};
 use crate::session::ctx::SessionCtx;
 use crate::session::layer::{hex8, Owner, SessionLayer};
 use crate::session::limits::*;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 fn hop_of(r: &RelayRecord) -> Hop {
@@ -18,7 +18,7 @@ impl SessionLayer {
     pub(in crate::session) fn path_for(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         kind: PathKind,
     ) -> Result<Vec<RelayRecord>, String> {
         let own_endpoints = ctx.own_endpoints();
@@ -64,7 +64,7 @@ impl SessionLayer {
     pub(in crate::session) fn build_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         kind: PathKind,
         purpose: Purpose,
         owner: Owner,
@@ -79,7 +79,7 @@ impl SessionLayer {
     pub(in crate::session) fn circuit_to(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         service: bool,
         target: &RelayRecord,
         purpose: Purpose,
@@ -123,7 +123,7 @@ impl SessionLayer {
         }
         self.stats.fresh_builds += 1;
         tracing::debug!(
-            at = now,
+            at = now.as_unix_ms(),
             target = %hex8(target.identity()),
             "no pooled stem fits: building a circuit from scratch"
         );
@@ -141,7 +141,7 @@ impl SessionLayer {
     pub(in crate::session) fn take_pool(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         avoid: &[[u8; 32]],
     ) -> Option<CircId> {
         self.suspects.retain(|_, until| now < *until);
@@ -170,7 +170,7 @@ impl SessionLayer {
         Some(id)
     }
 
-    pub(in crate::session) fn maintain_stems(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+    pub(in crate::session) fn maintain_stems(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
         let wants = [
             (
                 Owner::ClientStem,
@@ -227,7 +227,7 @@ impl SessionLayer {
     pub(in crate::session) fn abandon_dead_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         id: CircId,
     ) {
         if let Some(p) = ctx.path(id) {
@@ -242,9 +242,9 @@ impl SessionLayer {
 
 /// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop).
 pub(in crate::session) fn through_suspect(
-    suspects: &std::collections::BTreeMap<[u8; 32], Millis>,
+    suspects: &std::collections::BTreeMap<[u8; 32], Instant>,
     ctx: &impl SessionCtx,
-    now: Millis,
+    now: Instant,
     id: CircId,
 ) -> bool {
     ctx.path(id).is_some_and(|p| {

@@ -15,7 +15,7 @@ use crate::circuit::layer::{CircId, CircuitError, Purpose};
 use crate::circuit::path::{Guards, PathRules};
 use crate::link::view::RelayView;
 use crate::link::LinkId;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 use crate::wire::relay::RelayCommand;
 
@@ -26,12 +26,13 @@ pub trait SessionCtx {
     /// Builds a circuit along `path` (first hop first).
     fn build(
         &mut self,
-        now: Millis,
+        now: Instant,
         purpose: Purpose,
         path: Vec<RelayRecord>,
     ) -> Result<CircId, CircuitError>;
     /// Extends a ready circuit by one hop.
-    fn extend(&mut self, now: Millis, id: CircId, target: RelayRecord) -> Result<(), CircuitError>;
+    fn extend(&mut self, now: Instant, id: CircId, target: RelayRecord)
+        -> Result<(), CircuitError>;
     /// Sets what a circuit is for (the circuit layer's pool and status use it).
     fn set_purpose(&mut self, id: CircId, purpose: Purpose);
     /// The path of one of our circuits, first hop first.
@@ -43,7 +44,7 @@ pub trait SessionCtx {
     /// Sends a relay message to the last hop of one of our circuits.
     fn send(&mut self, id: CircId, cmd: RelayCommand, payload: &[u8]) -> Result<(), CircuitError>;
     /// Tears one of our circuits down (its `Closed` event follows).
-    fn destroy(&mut self, now: Millis, id: CircId);
+    fn destroy(&mut self, now: Instant, id: CircId);
 
     // ---- relayed circuits that end at this node ----
 
@@ -56,7 +57,7 @@ pub trait SessionCtx {
     /// Joins two relayed circuits that both end here.
     fn splice(&mut self, a: u64, b: u64) -> Result<(), CircuitError>;
     /// Closes a relayed circuit.
-    fn close_relayed(&mut self, now: Millis, slot: u64);
+    fn close_relayed(&mut self, now: Instant, slot: u64);
 
     // ---- paths ----
 
@@ -71,7 +72,7 @@ pub trait SessionCtx {
     /// Our relay identity.
     fn identity(&self) -> [u8; 32];
     /// Whether a link to this peer failed lately.
-    fn recently_dead(&self, peer_key: &[u8; 32], now: Millis) -> bool;
+    fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool;
 
     // ---- memory and reports ----
 

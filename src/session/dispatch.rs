@@ -8,14 +8,14 @@ use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
 use crate::session::EstablishIntro;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::relay::RelayCommand as C;
 
 impl SessionLayer {
     pub(in crate::session) fn circuit_ready(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         id: CircId,
     ) {
         let Some(owner) = self.owners.get(&id).copied() else {
@@ -62,7 +62,7 @@ impl SessionLayer {
     pub(in crate::session) fn circuit_closed(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         id: CircId,
         why: &str,
     ) {
@@ -103,7 +103,10 @@ impl SessionLayer {
                 if let Some(s) = self.service_mut(&svc) {
                     match (rebuilt, s.intros.iter_mut().find(|i| i.circ == id)) {
                         (Some(new), Some(ip)) => {
-                            tracing::debug!(at = now, "intro circuit lost: rebuilding it");
+                            tracing::debug!(
+                                at = now.as_unix_ms(),
+                                "intro circuit lost: rebuilding it"
+                            );
                             ip.circ = new;
                             ip.established = None;
                             ip.created = now;
@@ -209,7 +212,7 @@ impl SessionLayer {
     pub(in crate::session) fn on_message(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         id: CircId,
         cmd: u8,
         payload: &[u8],
@@ -228,7 +231,7 @@ impl SessionLayer {
                         ip.established = Some(now);
                         ip.listed = true;
                         ip.rebuilds = 0;
-                        tracing::debug!(at = now, "intro point established");
+                        tracing::debug!(at = now.as_unix_ms(), "intro point established");
                     }
                 }
                 if !ok {

@@ -5,7 +5,7 @@
 use crate::circuit::layer::CircId;
 use crate::session::ctx::SessionCtx;
 use crate::session::layer::{Owner, SessionLayer};
-use crate::time::Millis;
+use crate::time::Instant;
 
 impl SessionLayer {
     /// Stops hosting the service at `address`: its intro circuits, rendezvous circuits and
@@ -14,7 +14,7 @@ impl SessionLayer {
     pub fn remove_service(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         address: [u8; 16],
     ) -> bool {
         let Some(k) = self.services.iter().position(|s| s.address == address) else {

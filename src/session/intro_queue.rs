@@ -20,7 +20,7 @@ use crate::session::intro_pow::{seed_id, POW_SEED_LEN};
 use crate::session::layer::SessionLayer;
 use crate::session::limits::MAX_PENDING_INTRODUCTIONS;
 use crate::session::Introduce1;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 
 /// Introductions a service holds waiting (each about 600 bytes, charged to the budget).
 pub const INTRO_QUEUE_MAX: usize = 256;
@@ -88,23 +88,23 @@ pub struct Queued {
     /// The body.
     pub intro: Introduce1,
     /// When it came.
-    pub at: Millis,
+    pub at: Instant,
 }
 
 /// One service's introduction queue, puzzle and effort controller.
 pub struct IntroQueue {
     seed: [u8; POW_SEED_LEN],
     previous: Option<[u8; POW_SEED_LEN]>,
-    rotate_at: Millis,
+    rotate_at: Instant,
     effort: u32,
     published: u32,
     publish_wanted: bool,
-    last_publish: Option<Millis>,
+    last_publish: Option<Instant>,
     queue: BTreeMap<(u32, u64), Queued>,
     seq: u64,
     proofs: HashMap<[u8; 16], (u32, u64)>,
     proof_order: BTreeSet<(u32, u64, [u8; 16])>,
-    window_start: Millis,
+    window_start: Instant,
     /// Introductions at or above the suggested effort lost in this window (shed or expired),
     /// and the most work among them.
     lost_paid: u64,
@@ -117,7 +117,7 @@ pub struct IntroQueue {
 
 impl IntroQueue {
     /// An empty queue at effort 0 with a fresh seed from `rng` (the OS generator in the daemon).
-    pub fn new(rng: &mut impl RngCore, now: Millis) -> IntroQueue {
+    pub fn new(rng: &mut impl RngCore, now: Instant) -> IntroQueue {
         let mut seed = [0u8; POW_SEED_LEN];
         rng.fill_bytes(&mut seed);
         IntroQueue {
@@ -166,7 +166,7 @@ impl IntroQueue {
     }
 
     /// A descriptor with [`IntroQueue::params`] was built.
-    pub fn published(&mut self, now: Millis) {
+    pub fn published(&mut self, now: Instant) {
         self.published = self.effort;
         self.publish_wanted = false;
         self.last_publish = Some(now);
@@ -188,7 +188,7 @@ impl IntroQueue {
     /// no public-key work.
     pub fn admit(
         &mut self,
-        now: Millis,
+        now: Instant,
         budget: &MemoryBudget,
         circ: CircId,
         intro: Introduce1,
@@ -290,10 +290,10 @@ impl IntroQueue {
 
     /// The next introduction to answer: the most work, the newest among equals (its client is
     /// the likeliest still waiting). Expired ones are dropped on the way.
-    pub fn pop(&mut self, now: Millis) -> Option<Queued> {
+    pub fn pop(&mut self, now: Instant) -> Option<Queued> {
         while let Some((k, q)) = self.queue.pop_last() {
             self.shrink(QUEUED_COST);
-            if now.saturating_sub(q.at) > INTRO_QUEUE_MAX_AGE_MS {
+            if now.saturating_since(q.at) > INTRO_QUEUE_MAX_AGE_MS {
                 self.stats.expired += 1;
                 self.lost(k.0);
                 continue;
@@ -306,11 +306,11 @@ impl IntroQueue {
 
     /// Timers: drops expired introductions, rotates the seed, runs the effort controller.
     /// `true` when a descriptor with new parameters should go out now.
-    pub fn tick(&mut self, rng: &mut impl RngCore, now: Millis) -> bool {
+    pub fn tick(&mut self, rng: &mut impl RngCore, now: Instant) -> bool {
         let old: Vec<(u32, u64)> = self
             .queue
             .iter()
-            .filter(|(_, q)| now.saturating_sub(q.at) > INTRO_QUEUE_MAX_AGE_MS)
+            .filter(|(_, q)| now.saturating_since(q.at) > INTRO_QUEUE_MAX_AGE_MS)
             .map(|(k, _)| *k)
             .collect();
         for k in old {
@@ -325,14 +325,14 @@ impl IntroQueue {
             self.rotate_at = now + POW_SEED_ROTATE_MS;
             self.publish_wanted = true;
         }
-        if now.saturating_sub(self.window_start) >= EFFORT_UPDATE_MS {
+        if now.saturating_since(self.window_start) >= EFFORT_UPDATE_MS {
             self.update_effort();
             self.window_start = now;
         }
         self.publish_wanted
             && self
                 .last_publish
-                .is_none_or(|t| now.saturating_sub(t) >= EFFORT_REPUBLISH_MIN_MS)
+                .is_none_or(|t| now.saturating_since(t) >= EFFORT_REPUBLISH_MIN_MS)
     }
 
     /// Once per window: up when introductions that paid the suggested effort were lost (to at
@@ -375,7 +375,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_on_introduce2(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
         id: CircId,
         payload: &[u8],
@@ -408,7 +408,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_serve_intros(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
     ) {
         loop {
@@ -435,7 +435,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_pow_tick(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
     ) {
         let secrets = &mut self.secrets;

@@ -37,7 +37,7 @@ use crate::session::limits::*;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::service::Service;
 use crate::session::{E2eMessage, Pseudonym, Rendezvous1, SessionChannel};
-use crate::time::{Millis, RepeatLog};
+use crate::time::{Instant, RepeatLog};
 
 /// Why a packet could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,9 +192,9 @@ pub struct SessionLayer {
     /// rendezvous point, and which try this is.
     pub(in crate::session) pending_r1: BTreeMap<CircId, (Rendezvous1, [u8; 32], u8)>,
     /// The latest time the node was driven with (for status output).
-    pub(in crate::session) now: Millis,
+    pub(in crate::session) now: Instant,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
-    pub(in crate::session) suspects: BTreeMap<[u8; 32], Millis>,
+    pub(in crate::session) suspects: BTreeMap<[u8; 32], Instant>,
     /// Descriptor lookups under way: token → service.
     pub(in crate::session) lookups: BTreeMap<u64, [u8; 16]>,
     /// DHT queries for the node to start.
@@ -203,7 +203,7 @@ pub struct SessionLayer {
     pub(in crate::session) publishes: BTreeMap<u64, ([u8; 16], u64)>,
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
-    pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Millis)>,
+    pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Instant)>,
     pub(in crate::session) next_ping: u64,
     /// Counters.
     pub stats: SessionStats,
@@ -230,7 +230,7 @@ pub(in crate::session) fn seal(
 }
 
 /// Forgets the least recently used flow.
-pub(in crate::session) fn evict_lru(flows: &mut BTreeMap<FlowKey, (CircId, Millis)>) {
+pub(in crate::session) fn evict_lru(flows: &mut BTreeMap<FlowKey, (CircId, Instant)>) {
     let lru = flows.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k);
     if let Some(k) = lru {
         flows.remove(&k);
@@ -263,7 +263,7 @@ impl SessionLayer {
             clients: BTreeMap::new(),
             owners: BTreeMap::new(),
             pending_r1: BTreeMap::new(),
-            now: 0,
+            now: Instant::ZERO,
             suspects: BTreeMap::new(),
             lookups: BTreeMap::new(),
             dht_requests: VecDeque::new(),
@@ -305,7 +305,7 @@ impl SessionLayer {
     pub fn send_packet(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         packet: &[u8],
     ) -> Result<(), SendError> {
@@ -356,7 +356,7 @@ impl SessionLayer {
             },
             circuits: c.open.as_ref().map_or(0, |o| o.circuits.len()),
             flows: c.open.as_ref().map_or(0, |o| o.flows.len()),
-            age_s: now.saturating_sub(c.started) / 1000,
+            age_s: now.saturating_since(c.started) / 1000,
         });
         let services = self.services.iter().flat_map(|s| {
             s.sessions.iter().map(move |(peer, ss)| SessionInfo {
@@ -370,7 +370,7 @@ impl SessionLayer {
                 },
                 circuits: ss.circuits.len(),
                 flows: ss.flows.len(),
-                age_s: now.saturating_sub(ss.established) / 1000,
+                age_s: now.saturating_since(ss.established) / 1000,
             })
         });
         clients.chain(services).collect()
@@ -398,7 +398,7 @@ impl SessionLayer {
     }
 
     /// A link to a relay went down (it may have died): new paths avoid it for a while.
-    pub fn on_link_down(&mut self, now: Millis, identity: &[u8; 32]) {
+    pub fn on_link_down(&mut self, now: Instant, identity: &[u8; 32]) {
         let until = now + LINK_DOWN_SUSPECT_MS;
         let e = self.suspects.entry(*identity).or_insert(until);
         *e = (*e).max(until);
@@ -419,7 +419,7 @@ impl SessionLayer {
     pub fn on_circuit_event(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         e: &CircEvent,
     ) -> bool {
         match e {
@@ -478,7 +478,7 @@ impl SessionLayer {
     pub fn on_dht(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         token: u64,
         answer: DhtAnswer<'_>,
         via: Vec<[u8; 32]>,
@@ -508,7 +508,7 @@ impl SessionLayer {
     }
 
     /// Runs timers: stems, services, client sessions.
-    pub fn timeout(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+    pub fn timeout(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
         self.now = now;
         if let Some(r) = self.rend_role.as_mut() {
             r.expire(now);
@@ -517,7 +517,7 @@ impl SessionLayer {
         self.service_maintain(ctx, now);
         self.client_maintain(ctx, now);
         self.pings
-            .retain(|_, (_, at)| now.saturating_sub(*at) < LOOKUP_TIMEOUT_MS);
+            .retain(|_, (_, at)| now.saturating_since(*at) < LOOKUP_TIMEOUT_MS);
     }
 }
 

@@ -6,7 +6,7 @@ use crate::session::layer::SessionLayer;
 use crate::session::roles::{
     status, status_body, IntroPointRole, IntroduceOutcome, RendezvousOutcome, RendezvousRole,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::relay::RelayCommand as C;
 
 impl SessionLayer {
@@ -15,7 +15,7 @@ impl SessionLayer {
     pub fn on_last_hop(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         slot: u64,
         cmd: u8,
         payload: &[u8],
@@ -116,7 +116,7 @@ impl SessionLayer {
     }
 
     /// A relayed circuit that ended here is gone: the roles forget it.
-    pub fn on_relayed_closed(&mut self, _now: Millis, slot: u64) {
+    pub fn on_relayed_closed(&mut self, _now: Instant, slot: u64) {
         if let Some(r) = self.intro_role.as_mut() {
             r.closed(slot);
         }

@@ -30,7 +30,7 @@ use crate::session::{
     E2eMessage, Introduce1, RendCookie, RendPlaintext, Rendezvous1, ServiceIdentity,
     SessionChannel, SessionKeys,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{LinkSpec, RelayRecord, FLAG_RENDEZVOUS};
 use crate::wire::relay::RelayCommand as C;
 
@@ -39,13 +39,13 @@ pub(in crate::session) struct IntroPoint {
     pub(in crate::session) auth: SigningKey,
     pub(in crate::session) auth_pub: [u8; 32],
     pub(in crate::session) relay: Option<RelayRecord>,
-    pub(in crate::session) established: Option<Millis>,
+    pub(in crate::session) established: Option<Instant>,
     /// `E_c` seen through this auth key (10.6).
     pub(in crate::session) replay: ReplayCache,
     pub(in crate::session) introductions: u64,
-    pub(in crate::session) retire_at: Millis,
+    pub(in crate::session) retire_at: Instant,
     /// When its current circuit was started.
-    pub(in crate::session) created: Millis,
+    pub(in crate::session) created: Instant,
     /// Established once: descriptors list it, also while its circuit is being rebuilt.
     pub(in crate::session) listed: bool,
     /// Circuits rebuilt to it since it was last established.
@@ -60,8 +60,8 @@ pub(in crate::session) struct ServiceSession {
     /// service sees its own half die when it is the one sending (a download).
     pub(in crate::session) silence: Vec<(CircId, Silence)>,
     pub(in crate::session) pending: usize,
-    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Millis)>,
-    pub(in crate::session) established: Millis,
+    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Instant)>,
+    pub(in crate::session) established: Instant,
     pub(in crate::session) _charge: Charge,
 }
 
@@ -72,25 +72,25 @@ pub(in crate::session) struct Service {
     pub(in crate::session) intros: Vec<IntroPoint>,
     /// The last descriptor built per epoch.
     pub(in crate::session) descs: Vec<(u64, Descriptor)>,
-    pub(in crate::session) built_at: Option<Millis>,
+    pub(in crate::session) built_at: Option<Instant>,
     pub(in crate::session) published_keys: Vec<[u8; 32]>,
     /// Per epoch: the last revision published in this run (no rollback per (index, signer),
     /// and the signer differs per epoch).
     pub(in crate::session) revisions: BTreeMap<u64, u64>,
     /// Epochs whose descriptor is due, and when.
-    pub(in crate::session) queued: Vec<(u64, Millis)>,
+    pub(in crate::session) queued: Vec<(u64, Instant)>,
     /// When the periodic republication is due.
-    pub(in crate::session) republish_at: Option<Millis>,
+    pub(in crate::session) republish_at: Option<Instant>,
     /// Last hops that carried a publication: epoch, relay, when.
-    pub(in crate::session) via: VecDeque<(u64, [u8; 32], Millis)>,
+    pub(in crate::session) via: VecDeque<(u64, [u8; 32], Instant)>,
     pub(in crate::session) sessions: BTreeMap<[u8; 16], ServiceSession>,
     pub(in crate::session) rate: RateLimit,
     pub(in crate::session) pending: usize,
-    pub(in crate::session) next_intro_try: Millis,
+    pub(in crate::session) next_intro_try: Instant,
     /// Introductions by effort, the puzzle and its effort (10.12, `intro_queue.rs`).
     pub(in crate::session) pow: IntroQueue,
     /// A publication failed: publish again then.
-    pub(in crate::session) publish_retry_at: Option<Millis>,
+    pub(in crate::session) publish_retry_at: Option<Instant>,
     /// The latest reason an intro point could not be had (`services` shows it while some
     /// are missing).
     pub(in crate::session) intro_why: Option<String>,
@@ -102,7 +102,7 @@ impl SessionLayer {
     /// descriptors for the current (and, near the boundary, the next) epoch are published and
     /// refreshed.
     /// `false` if it is hosted already.
-    pub fn add_service(&mut self, now: Millis, seed: [u8; 32]) -> bool {
+    pub fn add_service(&mut self, now: Instant, seed: [u8; 32]) -> bool {
         let signing = SigningKey::from_bytes(&seed);
         let ident = ServiceIdentity::from_seed(&seed);
         let address = addr16(ident.address());
@@ -145,7 +145,7 @@ impl SessionLayer {
                     .filter(|i| i.established.is_some())
                     .filter_map(|i| i.relay.as_ref().map(|r| fingerprint(r.identity())))
                     .collect(),
-                descriptor_age_s: s.built_at.map(|t| now.saturating_sub(t) / 1000),
+                descriptor_age_s: s.built_at.map(|t| now.saturating_since(t) / 1000),
                 sessions: s.sessions.len(),
                 intro_missing: {
                     let up = s.intros.iter().filter(|i| i.established.is_some()).count();
@@ -190,7 +190,7 @@ impl SessionLayer {
         self.services.iter().any(|s| s.ident.public() == public)
     }
 
-    pub(in crate::session) fn service_maintain(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+    pub(in crate::session) fn service_maintain(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
         for k in 0..self.services.len() {
             let Some(s) = self.services.get_mut(k) else {
                 continue;
@@ -205,7 +205,7 @@ impl SessionLayer {
                     now >= i.retire_at
                         || i.introductions >= INTRO_MAX_INTRODUCTIONS
                         || (i.established.is_none()
-                            && now.saturating_sub(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS)
+                            && now.saturating_since(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS)
                 })
                 .map(|i| i.circ)
                 .collect();
@@ -214,7 +214,7 @@ impl SessionLayer {
                 .iter()
                 .filter(|i| {
                     i.established.is_none()
-                        && now.saturating_sub(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS
+                        && now.saturating_since(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS
                 })
                 .count();
             if timed_out > 0 {
@@ -237,7 +237,7 @@ impl SessionLayer {
                 let old: Vec<[u8; 16]> = s
                     .sessions
                     .iter()
-                    .filter(|(_, ss)| now.saturating_sub(ss.established) >= SESSION_MAX_AGE_MS)
+                    .filter(|(_, ss)| now.saturating_since(ss.established) >= SESSION_MAX_AGE_MS)
                     .map(|(p, _)| *p)
                     .collect();
                 for p in old {
@@ -266,7 +266,7 @@ impl SessionLayer {
     /// Probes the session circuits of `svc` that went silent while it sent on them and
     /// abandons those that stay silent (10.8): their flows answer on another circuit of the
     /// session at once, and the client, seeing a flow's packets arrive elsewhere, follows.
-    fn service_watch_circuits(&mut self, ctx: &mut impl SessionCtx, now: Millis, svc: [u8; 16]) {
+    fn service_watch_circuits(&mut self, ctx: &mut impl SessionCtx, now: Instant, svc: [u8; 16]) {
         let mut next_ping = self.next_ping;
         let mut dead = Vec::new();
         let Some(s) = self.service_mut(&svc) else {
@@ -295,7 +295,10 @@ impl SessionLayer {
         self.next_ping = next_ping;
         for (peer, circ) in dead {
             self.stats.probe_failures += 1;
-            tracing::debug!(at = now, "service session circuit silent: abandoned");
+            tracing::debug!(
+                at = now.as_unix_ms(),
+                "service session circuit silent: abandoned"
+            );
             self.abandon_dead_circuit(ctx, now, circ);
             let stats = &mut self.stats;
             let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
@@ -316,7 +319,7 @@ impl SessionLayer {
         }
     }
 
-    fn service_add_intro(&mut self, ctx: &mut impl SessionCtx, now: Millis, svc: [u8; 16]) {
+    fn service_add_intro(&mut self, ctx: &mut impl SessionCtx, now: Instant, svc: [u8; 16]) {
         let used: Vec<[u8; 32]> = self
             .service_mut(&svc)
             .map(|s| {
@@ -405,7 +408,7 @@ impl SessionLayer {
     /// republish time came (`force`: now), and publishes those that are due. The current
     /// epoch's goes at once; another epoch's at a random later time, each through a circuit of
     /// its own whose last hop carried no other epoch's record of this service lately.
-    pub(in crate::session) fn service_publish(&mut self, now: Millis, svc: [u8; 16], force: bool) {
+    pub(in crate::session) fn service_publish(&mut self, now: Instant, svc: [u8; 16], force: bool) {
         let rng = &mut self.rng;
         let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
             return;
@@ -434,12 +437,12 @@ impl SessionLayer {
         let first_up = s.intros.iter().filter_map(|i| i.established).min();
         if s.published_keys.is_empty()
             && entries.len() < NUM_INTRO_POINTS
-            && first_up.is_some_and(|t| now.saturating_sub(t) < FIRST_DESC_WAIT_MS)
+            && first_up.is_some_and(|t| now.saturating_since(t) < FIRST_DESC_WAIT_MS)
         {
             return;
         }
         let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
-        let now_s = now / 1000;
+        let now_s = now.as_unix_ms() / 1000;
         let current = epoch(now_s);
         let epochs = epochs_to_publish(now_s);
         let stale =
@@ -489,7 +492,7 @@ impl SessionLayer {
                 Some(_) => now.saturating_sub(rng.gen_range(0..DESC_REVISION_JITTER_MS)),
                 None => now,
             };
-            let revision = revision_for(at, last);
+            let revision = revision_for(at.as_unix_ms(), last);
             s.revisions.insert(e, revision);
             let mut salt = [0u8; 16];
             self.secrets.fill_bytes(&mut salt);
@@ -509,7 +512,7 @@ impl SessionLayer {
             }
         }
         for (e, d) in sends {
-            tracing::debug!(at = now, epoch = e, "publishing a descriptor");
+            tracing::debug!(at = now.as_unix_ms(), epoch = e, "publishing a descriptor");
             let avoid = self.service_publish_avoid(svc, e);
             self.dht_requests.push_back(DhtRequest::Publish {
                 svc,
@@ -542,7 +545,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_accept_intro(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
         id: CircId,
         intro: Introduce1,
@@ -625,7 +628,7 @@ impl SessionLayer {
     fn service_join_rendezvous(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
         peer: [u8; 16],
         link_spec: &[u8],
@@ -643,7 +646,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_rend_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
         peer: [u8; 16],
         rp: &[u8; 32],
@@ -677,7 +680,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_rend_ready(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         id: CircId,
         svc: [u8; 16],
         peer: [u8; 16],
@@ -717,7 +720,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_send(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: usize,
         dst: [u8; 16],
         packet: &[u8],
@@ -759,7 +762,7 @@ impl SessionLayer {
     pub(in crate::session) fn service_on_data(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         svc: [u8; 16],
         peer: [u8; 16],
         id: CircId,

@@ -7,15 +7,15 @@
 //! Two timestamps per circuit, no allocation: the per-packet path only sets or clears them.
 
 use crate::session::limits::{CIRCUIT_DEAD_AFTER_MS, CIRCUIT_PROBE_AFTER_MS, CIRCUIT_REPROBE_MS};
-use crate::time::Millis;
+use crate::time::Instant;
 
 /// The silence of one circuit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(in crate::session) struct Silence {
     /// When we first sent on the circuit after the last frame that came back on it.
-    since: Option<Millis>,
+    since: Option<Instant>,
     /// When the first and the latest probe of this silence went out.
-    probes: Option<(Millis, Millis)>,
+    probes: Option<(Instant, Instant)>,
 }
 
 /// What [`Silence::check`] asks for.
@@ -31,7 +31,7 @@ pub(in crate::session) enum Verdict {
 
 impl Silence {
     /// We sent a frame on the circuit.
-    pub(in crate::session) fn sent(&mut self, now: Millis) {
+    pub(in crate::session) fn sent(&mut self, now: Instant) {
         if self.since.is_none() {
             self.since = Some(now);
         }
@@ -50,19 +50,19 @@ impl Silence {
 
     /// Runs the timer. Dead only once a probe had `CIRCUIT_REPROBE_MS` to come back, so a node
     /// driven late (a stalled process) probes before it gives up on a circuit.
-    pub(in crate::session) fn check(&mut self, now: Millis) -> Verdict {
+    pub(in crate::session) fn check(&mut self, now: Instant) -> Verdict {
         let Some(since) = self.since else {
             return Verdict::Fine;
         };
-        let quiet = now.saturating_sub(since);
+        let quiet = now.saturating_since(since);
         match self.probes {
             Some((first, _))
                 if quiet >= CIRCUIT_DEAD_AFTER_MS
-                    && now.saturating_sub(first) >= CIRCUIT_REPROBE_MS =>
+                    && now.saturating_since(first) >= CIRCUIT_REPROBE_MS =>
             {
                 Verdict::Dead
             }
-            Some((first, last)) if now.saturating_sub(last) >= CIRCUIT_REPROBE_MS => {
+            Some((first, last)) if now.saturating_since(last) >= CIRCUIT_REPROBE_MS => {
                 self.probes = Some((first, now));
                 Verdict::Probe
             }
@@ -82,13 +82,13 @@ mod tests {
     #[test]
     fn a_silent_circuit_is_probed_then_dead_within_the_bound() {
         let mut s = Silence::default();
-        assert_eq!(s.check(0), Verdict::Fine);
-        s.sent(1_000);
-        s.sent(1_100);
+        assert_eq!(s.check(Instant::ZERO), Verdict::Fine);
+        s.sent(Instant::from_unix_ms(1_000));
+        s.sent(Instant::from_unix_ms(1_100));
         let mut probes = 0;
         let mut dead_at = None;
         for t in (1_000..6_000).step_by(50) {
-            match s.check(t) {
+            match s.check(Instant::from_unix_ms(t)) {
                 Verdict::Probe => probes += 1,
                 Verdict::Dead => {
                     dead_at = Some(t);
@@ -105,24 +105,36 @@ mod tests {
     #[test]
     fn any_frame_back_ends_the_silence() {
         let mut s = Silence::default();
-        s.sent(0);
-        assert_eq!(s.check(CIRCUIT_PROBE_AFTER_MS), Verdict::Probe);
+        s.sent(Instant::ZERO);
+        assert_eq!(
+            s.check(Instant::from_unix_ms(CIRCUIT_PROBE_AFTER_MS)),
+            Verdict::Probe
+        );
         s.heard();
         assert!(!s.silent());
         for t in (0..10_000).step_by(100) {
-            assert_eq!(s.check(t), Verdict::Fine);
+            assert_eq!(s.check(Instant::from_unix_ms(t)), Verdict::Fine);
         }
         // Sending again starts a new silence from then.
-        s.sent(10_000);
-        assert_eq!(s.check(10_000 + CIRCUIT_DEAD_AFTER_MS - 1), Verdict::Probe);
+        s.sent(Instant::from_unix_ms(10_000));
+        assert_eq!(
+            s.check(Instant::from_unix_ms(10_000 + CIRCUIT_DEAD_AFTER_MS - 1)),
+            Verdict::Probe
+        );
     }
 
     #[test]
     fn a_late_timer_probes_before_it_gives_up() {
         let mut s = Silence::default();
-        s.sent(0);
-        assert_eq!(s.check(60_000), Verdict::Probe);
-        assert_eq!(s.check(60_000 + CIRCUIT_REPROBE_MS - 1), Verdict::Fine);
-        assert_eq!(s.check(60_000 + CIRCUIT_REPROBE_MS), Verdict::Dead);
+        s.sent(Instant::ZERO);
+        assert_eq!(s.check(Instant::from_unix_ms(60_000)), Verdict::Probe);
+        assert_eq!(
+            s.check(Instant::from_unix_ms(60_000 + CIRCUIT_REPROBE_MS - 1)),
+            Verdict::Fine
+        );
+        assert_eq!(
+            s.check(Instant::from_unix_ms(60_000 + CIRCUIT_REPROBE_MS)),
+            Verdict::Dead
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::dht::descriptor::{epoch, index, Descriptor};
 use crate::dht::message::RecordKind;
 use crate::node::dht::{DhtOutcome, DhtQuery};
 use crate::node::NodeEvent;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 
 /// A scenario.
 #[derive(Debug, Clone)]
@@ -174,13 +174,13 @@ enum Role {
 
 struct Member {
     role: Role,
-    joined: Millis,
+    joined: Instant,
     nat: Option<NatKind>,
 }
 
 struct Pending {
     svc: usize,
-    started: Millis,
+    started: Instant,
 }
 
 /// A running scenario.
@@ -192,7 +192,7 @@ pub struct Scale {
     members: Vec<Member>,
     by_identity: BTreeMap<[u8; 32], usize>,
     /// Joins still to come: (when, role, NAT).
-    to_join: Vec<(Millis, Role, Option<NatKind>)>,
+    to_join: Vec<(Instant, Role, Option<NatKind>)>,
     /// Service seed and host, and when the service was started.
     services: Vec<HostedService>,
     pending: BTreeMap<(usize, u64), Pending>,
@@ -210,16 +210,16 @@ pub struct Scale {
     lookups_due: f64,
     /// Per adversary level: its relays, and per member the minute it first had one as guard.
     adversaries: Vec<Adversary>,
-    start: Millis,
-    warm: Millis,
+    start: Instant,
+    warm: Instant,
     /// Counters at the end of the warm-up: DHT requests, PEX answered, datagrams.
     at_warm: Option<(u64, u64, u64)>,
 }
 
 /// A service: its seed, its address, its host and when it was started.
-type HostedService = ([u8; 32], [u8; 16], Option<usize>, Option<Millis>);
+type HostedService = ([u8; 32], [u8; 16], Option<usize>, Option<Instant>);
 /// One adversary level: its relays, and per member the minute it first had one as guard.
-type Adversary = (BTreeSet<[u8; 32]>, BTreeMap<usize, Millis>);
+type Adversary = (BTreeSet<[u8; 32]>, BTreeMap<usize, Instant>);
 
 fn relay_stats(sim: &Sim) -> (u64, u64, u64) {
     let mut t = (0, 0, 0);
@@ -489,7 +489,7 @@ impl Scale {
                 }
             }
             let Some(c) = client else { continue };
-            let key = index(&self.services[s].1, epoch(now / 1000));
+            let key = index(&self.services[s].1, epoch(now.as_unix_ms() / 1000));
             let q = DhtQuery::FindValue {
                 kind: RecordKind::Descriptor,
                 key,
@@ -548,10 +548,10 @@ impl Scale {
             return;
         };
         let addr = self.services[p.svc].1;
-        let e = epoch(p.started / 1000);
+        let e = epoch(p.started.as_unix_ms() / 1000);
         let opened = rs
             .iter()
-            .find_map(|b| Descriptor::parse_and_open(b, &addr, e, now).ok());
+            .find_map(|b| Descriptor::parse_and_open(b, &addr, e, now.as_unix_ms()).ok());
         let Some(d) = opened else { return };
         self.lookups_ok += 1;
         self.lookup_ms.push(now - p.started);
@@ -592,7 +592,7 @@ impl Scale {
 
     fn report(&mut self, heap: u64, wall_s: f64) -> ScaleReport {
         let now = self.sim.now;
-        let e = epoch(now / 1000);
+        let e = epoch(now.as_unix_ms() / 1000);
         // Who learned each service's blinded key: last hops that saw it, replicas holding it.
         let keys: BTreeMap<[u8; 32], usize> = self
             .services
@@ -651,7 +651,7 @@ impl Scale {
                 .filter_map(|c| {
                     first
                         .get(c)
-                        .map(|t| t.saturating_sub(self.members[*c].joined))
+                        .map(|t| t.saturating_since(self.members[*c].joined))
                 })
                 .collect();
             adversary.push(AdversaryFigures {
@@ -674,7 +674,7 @@ impl Scale {
         });
         let end = relay_stats(&self.sim);
         let w = self.at_warm.unwrap_or(end);
-        let measured_min = (now.saturating_sub(self.warm) as f64 / 60_000.0).max(1.0 / 60.0);
+        let measured_min = (now.saturating_since(self.warm) as f64 / 60_000.0).max(1.0 / 60.0);
         let alive = self.sim.nodes.iter().filter(|n| n.alive).count() as f64;
         let alive_relays = (0..self.members.len())
             .filter(|&i| self.sim.nodes[i].alive && self.members[i].role == Role::Relay)

@@ -26,7 +26,7 @@ use super::onion::OnionKeys;
 use crate::budget::MemoryBudget;
 use crate::crypto::{Randomness, SecretRng};
 use crate::link::LinkId;
-use crate::time::{Bucket, Millis};
+use crate::time::{Bucket, Instant, Millis};
 use crate::wire::cell::{Cell, CellCommand, DestroyBody, DestroyReason, CELL_HEADER_LEN, CELL_LEN};
 use origin::{Own, OwnState};
 pub use relay::relay_state_bytes;
@@ -306,7 +306,7 @@ pub struct CircuitLayer {
     own: BTreeMap<CircId, Own>,
     own_routes: BTreeMap<(LinkId, u32), CircId>,
     next_own: u64,
-    quarantine: BTreeMap<(LinkId, u32), Millis>,
+    quarantine: BTreeMap<(LinkId, u32), Instant>,
     total_creates: Bucket,
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
@@ -339,7 +339,7 @@ impl CircuitLayer {
         relay: bool,
         budget: MemoryBudget,
         rand: Randomness,
-        now: Millis,
+        now: Instant,
     ) -> Self {
         let (rng, secrets) = rand.into_parts();
         CircuitLayer {
@@ -380,7 +380,7 @@ impl CircuitLayer {
 
     /// Sets when the current onion key was made (from its file), so rotation keeps its schedule
     /// across restarts.
-    pub fn set_onion_key_since(&mut self, since: Millis) {
+    pub fn set_onion_key_since(&mut self, since: Instant) {
         self.onion.set_since(since);
     }
 
@@ -418,7 +418,7 @@ impl CircuitLayer {
     /// A link completed HELLO. `ours`/`theirs` are the two link keys (for id allocation).
     pub fn on_link_up(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         identity: Option<[u8; 32]>,
         ours: [u8; 32],
@@ -440,7 +440,7 @@ impl CircuitLayer {
 
     /// A link that came up anonymous is now known to be this relay's (its record came in a
     /// later HELLO): builds and extensions waiting for the relay use it.
-    pub fn on_link_identified(&mut self, now: Millis, link: LinkId, identity: [u8; 32]) {
+    pub fn on_link_identified(&mut self, now: Instant, link: LinkId, identity: [u8; 32]) {
         let Some(info) = self.links.get_mut(&link) else {
             return;
         };
@@ -449,7 +449,7 @@ impl CircuitLayer {
     }
 
     /// Builds waiting for this first hop, and extends waiting for this target.
-    fn start_waiting(&mut self, now: Millis, link: LinkId, ident: [u8; 32]) {
+    fn start_waiting(&mut self, now: Instant, link: LinkId, ident: [u8; 32]) {
         let waiting: Vec<CircId> = self
             .own
             .iter()
@@ -490,7 +490,7 @@ impl CircuitLayer {
     }
 
     /// A link is gone: every circuit on it ends; relayed ones are destroyed on their other side.
-    pub fn on_link_down(&mut self, now: Millis, link: LinkId) {
+    pub fn on_link_down(&mut self, now: Instant, link: LinkId) {
         self.links.remove(&link);
         let slots: Vec<u64> = self
             .routes
@@ -512,7 +512,7 @@ impl CircuitLayer {
         }
     }
 
-    fn alloc_id(&mut self, link: LinkId, now: Millis) -> Option<u32> {
+    fn alloc_id(&mut self, link: LinkId, now: Instant) -> Option<u32> {
         let high = self.links.get(&link)?.high_bit;
         for _ in 0..64 {
             let mut id: u32 = self.rng.gen::<u32>() & 0x7fff_ffff;
@@ -547,7 +547,7 @@ impl CircuitLayer {
     // ---- cells ---------------------------------------------------------------------------
 
     /// A cell arrived on a link (exactly `CELL_LEN` bytes; anything else is dropped).
-    pub fn on_cell(&mut self, now: Millis, link: LinkId, bytes: &[u8]) {
+    pub fn on_cell(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
         let Ok(cell) = <[u8; CELL_LEN]>::try_from(bytes) else {
             self.stats.dropped += 1;
             return;
@@ -601,7 +601,7 @@ impl CircuitLayer {
     /// Timeouts: builds, extends, idle and old circuits, quarantine. Each role keeps its own
     /// timers (`origin.rs`, `relay.rs`); ours run first, so the cells they resend queue ahead of
     /// the relayed circuits' cells.
-    pub fn handle_timeout(&mut self, now: Millis) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.quarantine.retain(|_, t| now < *t);
         self.onion_key_timers(now);
         self.origin_timeouts(now);

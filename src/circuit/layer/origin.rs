@@ -13,7 +13,7 @@ use crate::circuit::handshake::HopTarget;
 use crate::circuit::replay::ReplayError;
 use crate::circuit::ClientCircuit;
 use crate::link::LinkId;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::cell::{DestroyReason, CELL_LEN};
 use crate::wire::record::{LinkSpec, RelayRecord};
 use crate::wire::relay::{RelayCommand, EXTEND_LINK_SPEC_LEN, RELAY_PAYLOAD_LEN};
@@ -37,11 +37,11 @@ pub(super) struct Own {
     pub(super) circ_id: u32,
     pub(super) state: OwnState,
     pub(super) purpose: Purpose,
-    pub(super) started: Millis,
-    pub(super) built_at: Option<Millis>,
+    pub(super) started: Instant,
+    pub(super) built_at: Option<Instant>,
     /// The CREATE or EXTEND cell in flight, resent identically if unanswered.
     pub(super) setup: Option<Box<[u8; CELL_LEN]>>,
-    pub(super) setup_sent: Millis,
+    pub(super) setup_sent: Instant,
     pub(super) setup_retries: u8,
     pub(super) _charge: Charge,
 }
@@ -63,7 +63,7 @@ impl CircuitLayer {
     }
 
     /// Our circuits.
-    pub fn circuits(&self, now: Millis) -> Vec<CircuitInfo> {
+    pub fn circuits(&self, now: Instant) -> Vec<CircuitInfo> {
         let mut v: Vec<CircuitInfo> = self
             .own
             .iter()
@@ -71,9 +71,9 @@ impl CircuitLayer {
                 id: *id,
                 hops: o.path.len(),
                 purpose: o.purpose,
-                age_s: now.saturating_sub(o.started) / 1000,
+                age_s: now.saturating_since(o.started) / 1000,
                 ready: matches!(o.state, OwnState::Ready),
-                build_ms: o.built_at.map(|b| b.saturating_sub(o.started)),
+                build_ms: o.built_at.map(|b| b.saturating_since(o.started)),
             })
             .collect();
         v.sort_by_key(|c| c.id);
@@ -97,7 +97,7 @@ impl CircuitLayer {
     /// Starts building a circuit along `path` (first hop first).
     pub fn build(
         &mut self,
-        now: Millis,
+        now: Instant,
         purpose: Purpose,
         path: Vec<RelayRecord>,
         first_hop_link: Option<LinkId>,
@@ -153,7 +153,7 @@ impl CircuitLayer {
         Ok(id)
     }
 
-    pub(super) fn start_create(&mut self, now: Millis, id: CircId, link: LinkId) {
+    pub(super) fn start_create(&mut self, now: Instant, id: CircId, link: LinkId) {
         let Some(circ_id) = self.alloc_id(link, now) else {
             self.close_own(now, id, "no free circuit id", false);
             return;
@@ -186,7 +186,7 @@ impl CircuitLayer {
         }
     }
 
-    pub(super) fn own_created(&mut self, now: Millis, id: CircId, cell: &[u8; CELL_LEN]) {
+    pub(super) fn own_created(&mut self, now: Instant, id: CircId, cell: &[u8; CELL_LEN]) {
         let Some(o) = self.own.get_mut(&id) else {
             return;
         };
@@ -203,7 +203,7 @@ impl CircuitLayer {
         self.extend_or_finish(now, id, 1);
     }
 
-    fn extend_or_finish(&mut self, now: Millis, id: CircId, next: usize) {
+    fn extend_or_finish(&mut self, now: Instant, id: CircId, next: usize) {
         let Some(o) = self.own.get_mut(&id) else {
             return;
         };
@@ -216,7 +216,7 @@ impl CircuitLayer {
                 return;
             }
             o.built_at = Some(now);
-            let build_ms = now.saturating_sub(o.started);
+            let build_ms = now.saturating_since(o.started);
             self.stats.built += 1;
             self.events.push_back(CircEvent::Built { id, build_ms });
             return;
@@ -252,7 +252,7 @@ impl CircuitLayer {
         }
     }
 
-    pub(super) fn own_receive(&mut self, now: Millis, id: CircId, cell: &mut [u8; CELL_LEN]) {
+    pub(super) fn own_receive(&mut self, now: Instant, id: CircId, cell: &mut [u8; CELL_LEN]) {
         let Some(o) = self.own.get_mut(&id) else {
             return;
         };
@@ -345,7 +345,7 @@ impl CircuitLayer {
     /// point). [`CircEvent::Extended`] follows, or [`CircEvent::Closed`].
     pub fn extend(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: CircId,
         target: RelayRecord,
     ) -> Result<(), CircuitError> {
@@ -381,11 +381,11 @@ impl CircuitLayer {
 
     /// Ready circuits of `purpose`, oldest first.
     pub fn ready_ids(&self, purpose: Purpose) -> Vec<CircId> {
-        let mut v: Vec<(Millis, CircId)> = self
+        let mut v: Vec<(Instant, CircId)> = self
             .own
             .iter()
             .filter(|(_, o)| o.purpose == purpose && matches!(o.state, OwnState::Ready))
-            .map(|(id, o)| (o.built_at.unwrap_or(0), *id))
+            .map(|(id, o)| (o.built_at.unwrap_or(Instant::ZERO), *id))
             .collect();
         v.sort();
         v.into_iter().map(|(_, id)| id).collect()
@@ -400,11 +400,11 @@ impl CircuitLayer {
     }
 
     /// Tears one of our circuits down.
-    pub fn destroy(&mut self, now: Millis, id: CircId) {
+    pub fn destroy(&mut self, now: Instant, id: CircId) {
         self.close_own(now, id, "closed by us", true);
     }
 
-    pub(super) fn close_own(&mut self, now: Millis, id: CircId, why: &str, tell: bool) {
+    pub(super) fn close_own(&mut self, now: Instant, id: CircId, why: &str, tell: bool) {
         let Some(o) = self.own.remove(&id) else {
             return;
         };
@@ -433,13 +433,13 @@ impl CircuitLayer {
 
     /// Our circuits' timers: builds that take too long, circuits past their age, and CREATE or
     /// EXTEND cells to resend.
-    pub(super) fn origin_timeouts(&mut self, now: Millis) {
+    pub(super) fn origin_timeouts(&mut self, now: Instant) {
         let stale: Vec<CircId> = self
             .own
             .iter()
             .filter(|(_, o)| match o.built_at {
-                None => now.saturating_sub(o.started) >= CIRCUIT_BUILD_TIMEOUT_MS,
-                Some(b) => now.saturating_sub(b) >= CIRCUIT_MAX_AGE_MS,
+                None => now.saturating_since(o.started) >= CIRCUIT_BUILD_TIMEOUT_MS,
+                Some(b) => now.saturating_since(b) >= CIRCUIT_MAX_AGE_MS,
             })
             .map(|(id, _)| *id)
             .collect();
@@ -472,7 +472,7 @@ impl CircuitLayer {
             match o.state {
                 OwnState::Extending { next: 0 } => {
                     if let Some(cell) = o.setup.as_ref() {
-                        if now.saturating_sub(o.setup_sent) >= CREATE_RETRY_MS
+                        if now.saturating_since(o.setup_sent) >= CREATE_RETRY_MS
                             && o.setup_retries < CREATE_RETRIES
                         {
                             o.setup_retries += 1;
@@ -482,7 +482,7 @@ impl CircuitLayer {
                     }
                 }
                 OwnState::Extending { .. }
-                    if now.saturating_sub(o.setup_sent) >= EXTEND_RESEND_MS
+                    if now.saturating_since(o.setup_sent) >= EXTEND_RESEND_MS
                         && o.setup_retries < EXTEND_RESENDS =>
                 {
                     let mut cell = [0u8; CELL_LEN];

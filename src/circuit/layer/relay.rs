@@ -16,7 +16,7 @@ use crate::circuit::handshake::{respond, OnionKey};
 use crate::circuit::hop::{Forward, HopError, RelayHop};
 use crate::circuit::replay::ReplayError;
 use crate::link::LinkId;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::cell::{Cell, CellCommand, CellHeader, DestroyReason, CELL_HEADER_LEN, CELL_LEN};
 use crate::wire::handshake::{ServerExt, CREATED_HS_LEN, CREATE_HS_LEN};
 use crate::wire::record::LinkSpec;
@@ -27,8 +27,8 @@ pub(super) struct PendingExtend {
     pub(super) identity: [u8; 32],
     pub(super) link_key: [u8; 32],
     pub(super) create: [u8; CREATE_HS_LEN],
-    pub(super) started: Millis,
-    pub(super) sent: Option<Millis>,
+    pub(super) started: Instant,
+    pub(super) sent: Option<Instant>,
     pub(super) retries: u8,
 }
 
@@ -40,7 +40,7 @@ pub(super) enum Answer {
     /// client resends the EXTEND with the same CREATE bytes (8.4).
     Extended {
         /// When it was last sent.
-        at: Millis,
+        at: Instant,
         /// Timed resends so far.
         resends: u8,
         /// The CREATE handshake bytes of the EXTEND it answers.
@@ -55,8 +55,8 @@ pub(super) struct Relayed {
     pub(super) hop: RelayHop,
     pub(super) up: (LinkId, u32),
     pub(super) down: Option<(LinkId, u32)>,
-    pub(super) created_at: Millis,
-    pub(super) last_cell: Millis,
+    pub(super) created_at: Instant,
+    pub(super) last_cell: Instant,
     /// While extending (boxed: most relayed circuits never extend, or only once).
     pub(super) extend: Option<Box<PendingExtend>>,
     /// Hash of the CREATE bytes and our CREATED cell, to answer a resent CREATE identically
@@ -106,7 +106,7 @@ impl CircuitLayer {
 
     pub(super) fn on_create(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         circ_id: u32,
         cell: &[u8; CELL_LEN],
@@ -224,7 +224,7 @@ impl CircuitLayer {
     /// carrying the most relayed circuits (ties: the higher link id). The longest-idle circuit
     /// overall would be an honest service's quiet intro circuit or a client's spare, while a
     /// flooder keeps its own fresh; by link, the flood pays for itself (protocol.md section 15).
-    fn evict_for_memory(&mut self, now: Millis) {
+    fn evict_for_memory(&mut self, now: Instant) {
         let mut per_link: BTreeMap<LinkId, usize> = BTreeMap::new();
         for r in self.relayed.values() {
             *per_link.entry(r.up.0).or_default() += 1;
@@ -248,7 +248,7 @@ impl CircuitLayer {
         }
     }
 
-    pub(super) fn relay_forward(&mut self, now: Millis, slot: u64, cell: &mut [u8; CELL_LEN]) {
+    pub(super) fn relay_forward(&mut self, now: Instant, slot: u64, cell: &mut [u8; CELL_LEN]) {
         let Some(r) = self.relayed.get_mut(&slot) else {
             return;
         };
@@ -327,7 +327,7 @@ impl CircuitLayer {
         }
     }
 
-    pub(super) fn relay_backward(&mut self, now: Millis, slot: u64, cell: &mut [u8; CELL_LEN]) {
+    pub(super) fn relay_backward(&mut self, now: Instant, slot: u64, cell: &mut [u8; CELL_LEN]) {
         let Some(r) = self.relayed.get_mut(&slot) else {
             return;
         };
@@ -357,7 +357,7 @@ impl CircuitLayer {
     }
 
     /// A relay message for us as the last hop of someone's circuit.
-    fn last_hop_message(&mut self, now: Millis, slot: u64, early: bool, cmd: u8, payload: &[u8]) {
+    fn last_hop_message(&mut self, now: Instant, slot: u64, early: bool, cmd: u8, payload: &[u8]) {
         match RelayCommand::try_from(cmd).ok() {
             Some(RelayCommand::Extend) => self.on_extend(now, slot, early, payload),
             Some(RelayCommand::Probe) => {
@@ -475,11 +475,11 @@ impl CircuitLayer {
     }
 
     /// Tears down a relayed circuit that ends at us (a role refused it).
-    pub fn close_relayed(&mut self, now: Millis, slot: u64) {
+    pub fn close_relayed(&mut self, now: Instant, slot: u64) {
         self.destroy_relayed(now, slot, None);
     }
 
-    fn on_extend(&mut self, now: Millis, slot: u64, early: bool, payload: &[u8]) {
+    fn on_extend(&mut self, now: Instant, slot: u64, early: bool, payload: &[u8]) {
         let refuse = |this: &mut Self, status: ExtendedStatus| {
             if let Some(r) = this.relayed.get_mut(&slot) {
                 let mut cell = [0u8; CELL_LEN];
@@ -546,7 +546,7 @@ impl CircuitLayer {
         }
     }
 
-    pub(super) fn send_extend_create(&mut self, now: Millis, slot: u64, link: LinkId) {
+    pub(super) fn send_extend_create(&mut self, now: Instant, slot: u64, link: LinkId) {
         let Some(id) = self.alloc_id(link, now) else {
             return;
         };
@@ -573,7 +573,7 @@ impl CircuitLayer {
         self.push_cell(link, cell);
     }
 
-    pub(super) fn extend_created(&mut self, now: Millis, slot: u64, cell: &[u8; CELL_LEN]) {
+    pub(super) fn extend_created(&mut self, now: Instant, slot: u64, cell: &[u8; CELL_LEN]) {
         let Some(r) = self.relayed.get_mut(&slot) else {
             return;
         };
@@ -608,7 +608,7 @@ impl CircuitLayer {
     }
 
     /// Tears a relayed circuit down, telling the side(s) other than `from`.
-    pub(super) fn destroy_relayed(&mut self, now: Millis, slot: u64, from: Option<LinkId>) {
+    pub(super) fn destroy_relayed(&mut self, now: Instant, slot: u64, from: Option<LinkId>) {
         let Some(r) = self.relayed.remove(&slot) else {
             return;
         };
@@ -637,7 +637,7 @@ impl CircuitLayer {
     // ---- timers --------------------------------------------------------------------------
 
     /// The onion keys' schedule: expire the previous key, rotate the current one (relays only).
-    pub(super) fn onion_key_timers(&mut self, now: Millis) {
+    pub(super) fn onion_key_timers(&mut self, now: Instant) {
         self.onion.expire(now);
         if self.relay && self.onion.due(now) {
             let next = OnionKey::generate(&mut self.secrets);
@@ -649,18 +649,18 @@ impl CircuitLayer {
 
     /// Relayed circuits' timers: extensions that time out, idle and old circuits, and EXTENDED
     /// and CREATE cells to resend.
-    pub(super) fn relay_timeouts(&mut self, now: Millis) {
+    pub(super) fn relay_timeouts(&mut self, now: Instant) {
         let mut failed_extends = Vec::new();
         let mut expired = Vec::new();
         for (slot, r) in &self.relayed {
             if r.extend
                 .as_ref()
-                .is_some_and(|e| now.saturating_sub(e.started) >= EXTEND_TIMEOUT_MS)
+                .is_some_and(|e| now.saturating_since(e.started) >= EXTEND_TIMEOUT_MS)
             {
                 failed_extends.push(*slot);
             }
-            if now.saturating_sub(r.last_cell) >= RELAY_CIRCUIT_IDLE_TIMEOUT_MS
-                || now.saturating_sub(r.created_at) >= CIRCUIT_HARD_MAX_AGE_MS
+            if now.saturating_since(r.last_cell) >= RELAY_CIRCUIT_IDLE_TIMEOUT_MS
+                || now.saturating_since(r.created_at) >= CIRCUIT_HARD_MAX_AGE_MS
             {
                 expired.push(*slot);
             }
@@ -676,7 +676,7 @@ impl CircuitLayer {
             };
             // After the timed resends the answer stays for a resent EXTEND (8.4), until the
             // client's next cell or the circuit's end.
-            if now.saturating_sub(*at) >= EXTENDED_RESEND_MS && *resends < EXTENDED_RESENDS {
+            if now.saturating_since(*at) >= EXTENDED_RESEND_MS && *resends < EXTENDED_RESENDS {
                 *at = now;
                 *resends += 1;
                 resend.push((r.up.0, *cell));
@@ -688,7 +688,7 @@ impl CircuitLayer {
                 continue;
             };
             if let Some(sent) = ext.sent {
-                if now.saturating_sub(sent) >= CREATE_RETRY_MS && ext.retries < CREATE_RETRIES {
+                if now.saturating_since(sent) >= CREATE_RETRY_MS && ext.retries < CREATE_RETRIES {
                     ext.retries += 1;
                     ext.sent = Some(now);
                     let mut cell = [0u8; CELL_LEN];

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::crypto::keys::fingerprint;
 use crate::link::view::VIEW_MIN_SOURCES;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 /// One guard.
@@ -21,15 +21,15 @@ pub struct Guard {
     /// The relay's identity.
     pub identity: [u8; 32],
     /// When it was chosen.
-    pub chosen_at: Millis,
+    pub chosen_at: Instant,
     /// When it is replaced.
-    pub expires: Millis,
+    pub expires: Instant,
     /// The last time a link to it worked.
-    pub last_seen_up: Option<Millis>,
+    pub last_seen_up: Option<Instant>,
     /// Since when it is unreachable (cleared by [`Guards::mark_up`]).
-    pub down_since: Option<Millis>,
+    pub down_since: Option<Instant>,
     /// Since when its record is absent from the view (or unusable).
-    pub missing_since: Option<Millis>,
+    pub missing_since: Option<Instant>,
     /// Chosen from a view with fewer than `VIEW_MIN_SOURCES` sources: not saved, and replaced as
     /// soon as the view is diverse.
     pub temporary: bool,
@@ -167,7 +167,7 @@ impl Guards {
     }
 
     /// A link to the guard failed (or a circuit through it could not be created).
-    pub fn mark_down(&mut self, identity: &[u8; 32], now: Millis) {
+    pub fn mark_down(&mut self, identity: &[u8; 32], now: Instant) {
         if let Some(g) = self.list.iter_mut().find(|g| g.identity == *identity) {
             if g.down_since.is_none() {
                 g.down_since = Some(now);
@@ -177,7 +177,7 @@ impl Guards {
     }
 
     /// A link to the guard works.
-    pub fn mark_up(&mut self, identity: &[u8; 32], now: Millis) {
+    pub fn mark_up(&mut self, identity: &[u8; 32], now: Instant) {
         if let Some(g) = self.list.iter_mut().find(|g| g.identity == *identity) {
             g.down_since = None;
             g.last_seen_up = Some(now);
@@ -229,12 +229,12 @@ impl Guards {
                 Some(GuardDropReason::Expired)
             } else if g
                 .down_since
-                .is_some_and(|d| now.saturating_sub(d) > replace_ms)
+                .is_some_and(|d| now.saturating_since(d) > replace_ms)
             {
                 Some(GuardDropReason::Down)
             } else if g
                 .missing_since
-                .is_some_and(|d| now.saturating_sub(d) > replace_ms)
+                .is_some_and(|d| now.saturating_since(d) > replace_ms)
             {
                 Some(GuardDropReason::Missing)
             } else if g.temporary && diverse && !stand_in_needed(&snapshot, &g) {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::Hop;
 use crate::link::view::family_prefix;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::RelayRecord;
 
 /// The family rule's prefix lengths (`[paths]` in the config; test networks use 32 and 128).
@@ -67,10 +67,10 @@ impl PathRules {
     /// Whether a record may be a hop at `now`: it is a relay, has not expired, and can be
     /// reached — directly, or behind NAT through an introducer it names (a relay whose NAT class
     /// is not known yet names none, and an EXTEND to it would only time out).
-    pub fn usable(&self, r: &RelayRecord, now: Millis) -> bool {
+    pub fn usable(&self, r: &RelayRecord, now: Instant) -> bool {
         let f = r.fields();
         r.is_relay()
-            && f.expires > now / 1000
+            && f.expires > now.as_unix_ms() / 1000
             && (f.nat.directly_reachable() || !f.introducers.is_empty())
     }
 

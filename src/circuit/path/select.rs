@@ -10,7 +10,7 @@ use super::{
     Vanguards,
 };
 use crate::link::view::RelayView;
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{RelayRecord, FLAG_RELAY};
 
 /// Work bound for counting family-disjoint relays in an error message.
@@ -26,7 +26,7 @@ pub struct PathContext<'a> {
     /// The node's own endpoints (may be empty if it does not know them).
     pub own_endpoints: &'a [SocketAddr],
     /// Now.
-    pub now: Millis,
+    pub now: Instant,
 }
 
 impl<'a> PathContext<'a> {

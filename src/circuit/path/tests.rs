@@ -2,14 +2,14 @@ use super::select::max_disjoint;
 use super::*;
 use crate::budget::MemoryBudget;
 use crate::link::view::{RelayView, Source};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{NatClass, RecordFields, RelayRecord, FLAG_RELAY, FLAG_RENDEZVOUS};
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::net::SocketAddr;
 
-const NOW: Millis = 1_800_000_000_000;
+const NOW: Instant = Instant::from_unix_ms(1_800_000_000_000);
 
 fn rec(seed: u8, eps: &[&str], flags: u8, nat: NatClass) -> RelayRecord {
     let key = SigningKey::from_bytes(&[seed; 32]);
@@ -20,8 +20,8 @@ fn rec(seed: u8, eps: &[&str], flags: u8, nat: NatClass) -> RelayRecord {
             nat,
             link_key: [seed; 32],
             onion_key: [seed; 32],
-            seq: NOW,
-            expires: NOW / 1000 + 3600,
+            seq: NOW.as_unix_ms(),
+            expires: NOW.as_unix_ms() / 1000 + 3600,
             endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
             introducers: vec![],
         },

@@ -8,7 +8,7 @@ use super::{
     Families, Guards, PathContext, DAY_MS, L2_GUARD_LIFETIME_MAX_DAYS, L2_GUARD_LIFETIME_MIN_DAYS,
     NUM_L2_GUARDS,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 
 /// One layer-2 vanguard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub struct Vanguard {
     /// The relay's identity.
     pub identity: [u8; 32],
     /// When it is replaced.
-    pub expires: Millis,
+    pub expires: Instant,
 }
 
 /// A service's layer-2 vanguards (vanguards-lite), in memory only.

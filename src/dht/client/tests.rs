@@ -33,7 +33,7 @@ impl CircuitContext for Mock {
     fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
     }
-    fn build_circuit(&mut self, _: Millis, _: bool, _: &[[u8; 32]]) -> Result<CircId, String> {
+    fn build_circuit(&mut self, _: Instant, _: bool, _: &[[u8; 32]]) -> Result<CircId, String> {
         if self.no_paths {
             return Err("no path".into());
         }
@@ -49,10 +49,10 @@ impl CircuitContext for Mock {
         self.sent.push((id, payload.to_vec()));
         true
     }
-    fn destroy_circuit(&mut self, _: Millis, id: CircId) {
+    fn destroy_circuit(&mut self, _: Instant, id: CircId) {
         self.destroyed.push(id);
     }
-    fn add_relays(&mut self, records: Vec<RelayRecord>, _: [u8; 32], _: Millis) -> usize {
+    fn add_relays(&mut self, records: Vec<RelayRecord>, _: [u8; 32], _: Instant) -> usize {
         records.len()
     }
     fn view_is_small(&self) -> bool {
@@ -70,7 +70,7 @@ fn find(key: Key) -> DhtQuery {
 #[test]
 fn a_query_builds_its_own_circuit_sends_once_built_and_retires_it() {
     let (mut c, mut m) = (DhtClient::new(), Mock::new());
-    let token = c.query(&mut m, 0, find([3; 32]), false, Vec::new());
+    let token = c.query(&mut m, Instant::ZERO, find([3; 32]), false, Vec::new());
     assert_eq!(m.built, vec![CircId(1)]);
     assert!(
         m.sent.is_empty(),
@@ -80,7 +80,10 @@ fn a_query_builds_its_own_circuit_sends_once_built_and_retires_it() {
         id: CircId(1),
         build_ms: 10,
     };
-    assert_eq!(c.on_circuit_event(&mut m, 10, built), None);
+    assert_eq!(
+        c.on_circuit_event(&mut m, Instant::from_unix_ms(10), built),
+        None
+    );
     let (id, payload) = m.sent.pop().unwrap();
     assert_eq!(id, CircId(1));
     let req = LookupRequest::parse(&payload).unwrap();
@@ -91,21 +94,26 @@ fn a_query_builds_its_own_circuit_sends_once_built_and_retires_it() {
         lookup_id: req.lookup_id,
         body: ReplyBody::empty(LookupOp::FindValue),
     };
-    assert!(c.on_reply(&mut m, 20, CircId(1), &reply.emit().unwrap()));
+    assert!(c.on_reply(
+        &mut m,
+        Instant::from_unix_ms(20),
+        CircId(1),
+        &reply.emit().unwrap()
+    ));
     assert_eq!(
         c.take_done(),
         vec![(token, DhtOutcome::NotFound, vec![[1; 32]])]
     );
     assert_eq!(m.destroyed, vec![CircId(1)]);
     // A reply on a circuit that is not ours is handed back.
-    assert!(!c.on_reply(&mut m, 20, CircId(9), &[]));
+    assert!(!c.on_reply(&mut m, Instant::from_unix_ms(20), CircId(9), &[]));
 }
 
 #[test]
 fn an_outcome_never_comes_before_the_token() {
     let (mut c, mut m) = (DhtClient::new(), Mock::new());
     m.no_paths = true;
-    let token = c.query(&mut m, 0, find([1; 32]), false, Vec::new());
+    let token = c.query(&mut m, Instant::ZERO, find([1; 32]), false, Vec::new());
     assert!(c.take_done().is_empty());
     let deferred = c.take_deferred();
     assert_eq!(deferred.len(), 1);
@@ -117,10 +125,10 @@ fn an_outcome_never_comes_before_the_token() {
 #[test]
 fn a_refusing_last_hop_moves_the_query_to_a_new_circuit() {
     let (mut c, mut m) = (DhtClient::new(), Mock::new());
-    c.query(&mut m, 0, find([2; 32]), false, Vec::new());
+    c.query(&mut m, Instant::ZERO, find([2; 32]), false, Vec::new());
     c.on_circuit_event(
         &mut m,
-        1,
+        Instant::from_unix_ms(1),
         CircEvent::Built {
             id: CircId(1),
             build_ms: 1,
@@ -132,7 +140,12 @@ fn a_refusing_last_hop_moves_the_query_to_a_new_circuit() {
         lookup_id: req.lookup_id,
         body: ReplyBody::empty(LookupOp::FindValue),
     };
-    c.on_reply(&mut m, 2, CircId(1), &refusal.emit().unwrap());
+    c.on_reply(
+        &mut m,
+        Instant::from_unix_ms(2),
+        CircId(1),
+        &refusal.emit().unwrap(),
+    );
     assert_eq!(m.destroyed, vec![CircId(1)]);
     assert_eq!(m.built, vec![CircId(1), CircId(2)]);
     assert_eq!(c.stats().retries, 1);

@@ -39,10 +39,10 @@ impl LinkContext for Mock {
     fn link_to(&self, _: &[u8; 32]) -> Option<LinkId> {
         None
     }
-    fn send_frame(&mut self, _: Millis, _: LinkId, _: u64, _: bool, _: &[u8]) -> bool {
+    fn send_frame(&mut self, _: Instant, _: LinkId, _: u64, _: bool, _: &[u8]) -> bool {
         false
     }
-    fn dial(&mut self, _: Millis, _: [u8; 32], _: SocketAddr) {}
+    fn dial(&mut self, _: Instant, _: [u8; 32], _: SocketAddr) {}
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool {
         self.replies.push((slot, payload.to_vec()));
         true
@@ -61,7 +61,7 @@ fn a_node_that_is_no_dht_relay_refuses_lookups_and_keeps_nothing() {
     };
     let mut h = DhtHost::new(Randomness::with_choice_seed([1; 32]));
     h.observe(true);
-    h.on_timer(&mut m, 0);
+    h.on_timer(&mut m, Instant::ZERO);
     assert!(h.relay().is_none());
     let req = LookupRequest {
         op: LookupOp::FindNodes,
@@ -70,7 +70,7 @@ fn a_node_that_is_no_dht_relay_refuses_lookups_and_keeps_nothing() {
         key: [5; 32],
         record: Vec::new(),
     };
-    h.on_last_hop(&mut m, 1, 9, &req.emit());
+    h.on_last_hop(&mut m, Instant::from_unix_ms(1), 9, &req.emit());
     let (slot, bytes) = m.replies.pop().unwrap();
     let reply = LookupReply::parse(&bytes).unwrap();
     assert_eq!(
@@ -80,7 +80,7 @@ fn a_node_that_is_no_dht_relay_refuses_lookups_and_keeps_nothing() {
     assert_eq!(h.observed().len(), 1);
     assert_eq!((h.stats().role_requests, h.stats().role_refused), (1, 1));
     // Junk gets no reply it could not salvage ids for, and is counted.
-    h.on_last_hop(&mut m, 2, 9, &[0xff]);
+    h.on_last_hop(&mut m, Instant::from_unix_ms(2), 9, &[0xff]);
     assert_eq!(h.stats().role_refused, 2);
     assert!(h.slots.is_empty() && h.role_ops.is_empty());
 }

@@ -40,28 +40,37 @@ fn no_rollback_per_signer() {
     let d2 = desc(7, NOW_MS);
     let k = RecordKind::Descriptor;
     assert_eq!(
-        s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Stored
     );
     assert_eq!(
-        s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Stored
     );
     assert_eq!(
-        s.store(k, d1.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, d1.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Stale
     );
     assert_eq!(s.len(), 1);
-    let (total, rec) = s.get(d2.index(), k, 0, NOW_MS);
+    let (total, rec) = s.get(d2.index(), k, 0, Instant::from_unix_ms(NOW_MS));
     assert_eq!((total, rec), (1, Some(&d2.bytes()[..])));
-    assert_eq!(s.get(d2.index(), RecordKind::Relay, 0, NOW_MS).0, 0);
+    assert_eq!(
+        s.get(
+            d2.index(),
+            RecordKind::Relay,
+            0,
+            Instant::from_unix_ms(NOW_MS)
+        )
+        .0,
+        0
+    );
     // Garbage is invalid.
     assert_eq!(
-        s.store(k, &[0; 922], SRC, NOW_MS, &mut rng),
+        s.store(k, &[0; 922], SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Invalid
     );
     // Expiry.
-    s.expire((d2.expires() + 1) * 1000);
+    s.expire(Instant::from_unix_ms((d2.expires() + 1) * 1000));
     assert!(s.is_empty());
 }
 
@@ -78,7 +87,13 @@ fn signers_per_index() {
     // signer rules with one real service and use distinct services for the caps.
     let real = desc(1, NOW_MS);
     assert_eq!(
-        s.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(
+            k,
+            real.bytes(),
+            SRC,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Stored
     );
     assert!(budget.used() > 922);
@@ -86,17 +101,35 @@ fn signers_per_index() {
     let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 30));
     s2.shares.count.insert(SRC, DHT_STORE_PER_SOURCE_PREFIX);
     assert_eq!(
-        s2.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+        s2.store(
+            k,
+            real.bytes(),
+            SRC,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Full
     );
     assert_eq!(
-        s2.store(k, real.bytes(), (4, 1), NOW_MS, &mut rng),
+        s2.store(
+            k,
+            real.bytes(),
+            (4, 1),
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Stored
     );
     // Budget.
     let mut s3 = Store::new([0; 32], MemoryBudget::new(100));
     assert_eq!(
-        s3.store(k, real.bytes(), SRC, NOW_MS, &mut rng),
+        s3.store(
+            k,
+            real.bytes(),
+            SRC,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Full
     );
 }
@@ -129,7 +162,7 @@ fn new_signer_interval_rule() {
     s.slots.insert(*d.index(), slot);
     let k = RecordKind::Descriptor;
     assert_eq!(
-        s.store(k, d.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, d.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Stored
     );
     assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
@@ -139,19 +172,19 @@ fn new_signer_interval_rule() {
     let slot = s.slots.remove(d.index()).unwrap();
     s.slots.insert(*d2.index(), slot);
     assert_eq!(
-        s.store(k, d2.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Full
     );
     let later = NOW_MS + DESC_NEW_SIGNER_INTERVAL_S * 1000;
     assert_eq!(
-        s.store(k, d2.bytes(), SRC, later, &mut rng),
+        s.store(k, d2.bytes(), SRC, Instant::from_unix_ms(later), &mut rng),
         StoreStatus::Stored
     );
     assert_eq!(s.len(), DESC_MAX_SIGNERS_PER_INDEX);
     // The known signer can still update itself at any time.
     let d3 = desc(4, NOW_MS + 5);
     assert_eq!(
-        s.store(k, d3.bytes(), SRC, later, &mut rng),
+        s.store(k, d3.bytes(), SRC, Instant::from_unix_ms(later), &mut rng),
         StoreStatus::Stored
     );
 }
@@ -213,7 +246,13 @@ fn a_full_store_evicts_far_records_of_the_largest_source() {
     let farthest = own.map(|b| !b);
     assert!(s.slots.contains_key(&farthest));
     assert_eq!(
-        s.store(k, honest.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(
+            k,
+            honest.bytes(),
+            SRC,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Stored
     );
     assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
@@ -224,7 +263,10 @@ fn a_full_store_evicts_far_records_of_the_largest_source() {
         per - 1,
         "from the largest source"
     );
-    assert_eq!(s.get(honest.index(), k, 0, NOW_MS).0, 1);
+    assert_eq!(
+        s.get(honest.index(), k, 0, Instant::from_unix_ms(NOW_MS)).0,
+        1
+    );
 
     // 128 prefixes at 512 each, and the honest record arrives through one of them (a last
     // hop the attacker's circuits share): nearness decides.
@@ -243,7 +285,13 @@ fn a_full_store_evicts_far_records_of_the_largest_source() {
     }
     let shared = (4, 2000 + 127);
     assert_eq!(
-        s.store(k, honest.bytes(), shared, NOW_MS, &mut rng),
+        s.store(
+            k,
+            honest.bytes(),
+            shared,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Stored
     );
     assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
@@ -254,22 +302,28 @@ fn a_full_store_evicts_far_records_of_the_largest_source() {
         .find(|d| (d.index()[0] ^ own[0]) & 0x80 != 0)
         .unwrap();
     assert_eq!(
-        s.store(k, far.bytes(), shared, NOW_MS, &mut rng),
+        s.store(
+            k,
+            far.bytes(),
+            shared,
+            Instant::from_unix_ms(NOW_MS),
+            &mut rng
+        ),
         StoreStatus::Full
     );
     assert_eq!(
-        s.store(k, far.bytes(), SRC, NOW_MS, &mut rng),
+        s.store(k, far.bytes(), SRC, Instant::from_unix_ms(NOW_MS), &mut rng),
         StoreStatus::Stored
     );
     assert_eq!(s.len(), DHT_STORE_MAX_RECORDS);
     assert_eq!(s.evicted(), 2);
     assert_eq!(
-        s.get(honest.index(), k, 0, NOW_MS).0,
+        s.get(honest.index(), k, 0, Instant::from_unix_ms(NOW_MS)).0,
         1,
         "the near one stays"
     );
     // Expiry keeps the eviction order in step with the records.
-    s.expire((honest.expires() + 1) * 1000);
+    s.expire(Instant::from_unix_ms((honest.expires() + 1) * 1000));
     assert_eq!(s.len(), DHT_STORE_MAX_RECORDS - 2);
     assert_eq!(s.shares.held(&SRC), 0);
     assert_eq!(
@@ -280,7 +334,7 @@ fn a_full_store_evicts_far_records_of_the_largest_source() {
 
 /// The two claims of `cheesy` in the independent vectors (22 and 20 bits of work), and a
 /// time at which both are valid.
-fn vector_claims() -> (Vec<Vec<u8>>, Millis) {
+fn vector_claims() -> (Vec<Vec<u8>>, Instant) {
     let doc: serde_json::Value =
         serde_json::from_str(include_str!("../../../tests/vectors/name_claims.json")).unwrap();
     let claims = doc["claims"]
@@ -289,7 +343,10 @@ fn vector_claims() -> (Vec<Vec<u8>>, Millis) {
         .iter()
         .map(|c| hex::decode(c["claim"].as_str().unwrap()).unwrap())
         .collect();
-    (claims, 20_001 * claim::EPOCH_S * 1000 + 1000)
+    (
+        claims,
+        Instant::from_unix_ms(20_001 * claim::EPOCH_S * 1000 + 1000),
+    )
 }
 
 /// Claims are stored under the name's key, one per key (a newer epoch replaces), and a full
@@ -318,16 +375,16 @@ fn claims_keep_the_strongest_per_name() {
     let late = 20_008 * claim::EPOCH_S * 1000;
     let mut s2 = Store::new([0; 32], MemoryBudget::new(1 << 20));
     assert_eq!(
-        s2.store(k, &claims[0], SRC, late, &mut rng),
+        s2.store(k, &claims[0], SRC, Instant::from_unix_ms(late), &mut rng),
         StoreStatus::Invalid
     );
-    s.expire(late);
-    assert_eq!(s.get(&key, k, 0, late).0, 1);
+    s.expire(Instant::from_unix_ms(late));
+    assert_eq!(s.get(&key, k, 0, Instant::from_unix_ms(late)).0, 1);
 
     // A name already holding KEEP_PER_NAME claims: plant them with chosen work hashes
     // between the vectors' (22 bits: 0x000002ae.., 20 bits: 0x00000a81..).
-    let strong = Claim::decode_at(&claims[0], now).unwrap();
-    let weak = Claim::decode_at(&claims[1], now).unwrap();
+    let strong = Claim::decode_at(&claims[0], now.as_unix_ms()).unwrap();
+    let weak = Claim::decode_at(&claims[1], now.as_unix_ms()).unwrap();
     assert!(strong.work_hash() < weak.work_hash());
     let fill = |s: &mut Store, work: [u8; 32]| {
         let slot = s.slots.entry(key).or_insert_with(|| Slot {
@@ -384,14 +441,20 @@ fn relay_records_under_their_key() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut s = Store::new([0; 32], MemoryBudget::new(1 << 20));
     assert_eq!(
-        s.store(RecordKind::Relay, &bytes, SRC, now, &mut rng),
+        s.store(
+            RecordKind::Relay,
+            &bytes,
+            SRC,
+            Instant::from_unix_ms(now),
+            &mut rng
+        ),
         StoreStatus::Stored
     );
     let dht_key = v["dht_key"].as_str().unwrap();
     let key: Vec<u8> = hex::decode(dht_key).unwrap();
     let key: Key = key.try_into().unwrap();
     assert_eq!(
-        s.get(&key, RecordKind::Relay, 0, now),
+        s.get(&key, RecordKind::Relay, 0, Instant::from_unix_ms(now)),
         (1, Some(&bytes[..]))
     );
     assert_eq!(s.bytes_stored(), 424);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::{Contact, FLAG_DHT};
 
@@ -26,7 +26,7 @@ impl LinkLayer {
     /// HELLO with a relay. The link counts as in use, so it is not closed as idle.
     pub fn send_dht(
         &mut self,
-        now: Millis,
+        now: Instant,
         link: LinkId,
         rpc_id: u64,
         response: bool,
@@ -48,7 +48,7 @@ impl LinkLayer {
     /// after `DHT_LINK_IDLE_MS` without DHT requests, unless it came to carry cells.
     pub fn connect_dht(
         &mut self,
-        now: Millis,
+        now: Instant,
         peer_key: [u8; 32],
         endpoint: SocketAddr,
     ) -> Result<LinkId, LinkError> {
@@ -63,14 +63,14 @@ impl LinkLayer {
     }
 
     /// Closes links dialed for the DHT that carried nothing for `DHT_LINK_IDLE_MS`.
-    pub(super) fn close_idle_dht_links(&mut self, now: Millis) {
+    pub(super) fn close_idle_dht_links(&mut self, now: Instant) {
         let mut idle: Vec<LinkId> = self
             .links
             .values()
             .filter(|l| l.dht_only && l.state.ready())
             .filter(|l| {
                 let since = l.last_cell.max(l.established_at.unwrap_or(l.created));
-                now.saturating_sub(since) >= DHT_LINK_IDLE_MS
+                now.saturating_since(since) >= DHT_LINK_IDLE_MS
             })
             .map(|l| l.id)
             .collect();
@@ -106,7 +106,7 @@ impl LinkLayer {
     /// rate-limited per link, STOREs more tightly. The DHT parses the message.
     pub(super) fn on_dht_frame(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: LinkId,
         response: bool,
         rpc_id: u64,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::link::bootstrap::BootstrapInfo;
 use crate::link::view::Source;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::datagram::{self};
 use crate::wire::link::MsgType;
 use crate::wire::record::{RelayRecord, RELAY_RECORD_LEN};
@@ -37,21 +37,21 @@ pub const RECORD_QUERY_RATE: u32 = 100;
 pub const BOOTSTRAP_LINGER_MS: Millis = 60_000;
 
 pub(super) struct Backoff {
-    pub(super) until: Millis,
+    pub(super) until: Instant,
     pub(super) delay: Millis,
 }
 
 impl LinkLayer {
     /// Whether the peer with this link key stopped answering PINGs within the last
     /// [`DEAD_PEER_MS`] and has not linked since.
-    pub fn recently_dead(&self, peer_key: &[u8; 32], now: Millis) -> bool {
+    pub fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool {
         self.dead_peers.get(peer_key).is_some_and(|t| now < *t)
             && !self.by_key.contains_key(peer_key)
     }
 
     /// A circuit could not be extended to this relay (link failed or timed out): keep it out
     /// of the view, and so out of paths, for `SUSPECT_RELAY_MS`, unless it links to us itself.
-    pub fn suspect_relay(&mut self, identity: &[u8; 32], now: Millis) {
+    pub fn suspect_relay(&mut self, identity: &[u8; 32], now: Instant) {
         if self.link_to(identity).is_some() {
             // We hold a live link to it: whatever failed, it is not dead.
             return;
@@ -66,7 +66,7 @@ impl LinkLayer {
         self.view.remove(identity);
     }
 
-    pub(super) fn is_suspect(&self, identity: &[u8; 32], now: Millis) -> bool {
+    pub(super) fn is_suspect(&self, identity: &[u8; 32], now: Instant) -> bool {
         self.suspects.get(identity).is_some_and(|t| now < *t)
     }
 
@@ -77,7 +77,7 @@ impl LinkLayer {
         &mut self,
         records: Vec<RelayRecord>,
         via: [u8; 32],
-        now: Millis,
+        now: Instant,
     ) -> usize {
         let mut added = 0;
         for r in records {
@@ -96,7 +96,7 @@ impl LinkLayer {
         added
     }
 
-    pub(super) fn on_pex_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_pex_request(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let max = p.first().copied().unwrap_or(0);
         if !(1..=PEX_MAX).contains(&max) {
             self.malformed(now, id, "PEX max");
@@ -106,7 +106,9 @@ impl LinkLayer {
             Some(l) => (l.identity, l.pex_served),
             None => return,
         };
-        if !self.cfg.relay || (served != 0 && now.saturating_sub(served) < PEX_INTERVAL_MS) {
+        if !self.cfg.relay
+            || (served != Instant::ZERO && now.saturating_since(served) < PEX_INTERVAL_MS)
+        {
             // Only relays answer, at most once per interval per link.
             self.stats.dropped += 1;
             return;
@@ -131,7 +133,7 @@ impl LinkLayer {
         let _ = self.send_frame(now, id, MsgType::PexResponse, rpc_id, &payload);
     }
 
-    pub(super) fn on_pex_response(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_pex_response(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let Some(l) = self.links.get_mut(&id) else {
             return;
         };
@@ -146,7 +148,7 @@ impl LinkLayer {
             return;
         }
         for chunk in p.get(2..).unwrap_or(&[]).chunks_exact(RELAY_RECORD_LEN) {
-            match RelayRecord::parse(chunk, now) {
+            match RelayRecord::parse(chunk, now.as_unix_ms()) {
                 Ok(r) if r.is_relay() && self.is_suspect(r.identity(), now) => {}
                 Ok(r) if r.is_relay() => {
                     if let Err(why) = self.view.insert(r, Source::Pex(source), now) {
@@ -162,7 +164,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn on_record_query(&mut self, now: Millis, from: SocketAddr, nonce: u64) {
+    pub(super) fn on_record_query(&mut self, now: Instant, from: SocketAddr, nonce: u64) {
         // The first node of a network listening on a wildcard address learns its endpoint from
         // the first query (it has no record to answer with before).
         if let Some(local) = self.rx_local {
@@ -172,7 +174,7 @@ impl LinkLayer {
             self.stats.dropped += 1;
             return;
         };
-        if now.saturating_sub(self.query_budget.0) >= 1000 {
+        if now.saturating_since(self.query_budget.0) >= 1000 {
             self.query_budget = (now, 0);
         }
         if self.query_budget.1 >= RECORD_QUERY_RATE {
@@ -192,7 +194,7 @@ impl LinkLayer {
 
     pub(super) fn on_record_response(
         &mut self,
-        now: Millis,
+        now: Instant,
         from: SocketAddr,
         nonce: u64,
         data: &[u8],
@@ -204,7 +206,7 @@ impl LinkLayer {
         let Some(bytes) = datagram::record_of_response(data) else {
             return;
         };
-        match RelayRecord::parse(bytes, now) {
+        match RelayRecord::parse(bytes, now.as_unix_ms()) {
             Ok(r) => {
                 // Trust on first use: whoever answers at the bootstrap address is the bootstrap
                 // peer; the view's source caps limit what one peer can decide (threat model).
@@ -221,7 +223,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn bootstrap(&mut self, now: Millis) {
+    pub(super) fn bootstrap(&mut self, now: Instant) {
         let have_relay = self.links.values().any(|l| l.state.ready() && l.is_relay);
         let enough = have_relay && self.view.len() >= self.cfg.target_links;
         let links = &self.links;
@@ -255,7 +257,7 @@ impl LinkLayer {
     /// The addresses a bootstrap host name resolved to, or why it did not resolve.
     pub fn on_resolved(
         &mut self,
-        now: Millis,
+        now: Instant,
         name: &str,
         result: Result<Vec<SocketAddr>, String>,
     ) {
@@ -271,7 +273,7 @@ impl LinkLayer {
     }
 
     /// Why the node has no link, in one line; `None` while a link is up.
-    pub fn isolation_reason(&self, now: Millis) -> Option<String> {
+    pub fn isolation_reason(&self, now: Instant) -> Option<String> {
         if self.links.values().any(|l| l.state.ready()) {
             return None;
         }
@@ -283,7 +285,7 @@ impl LinkLayer {
         Some(self.boot.isolation_reason(now, &listening.join(", ")))
     }
 
-    pub(super) fn maintain_links(&mut self, now: Millis) {
+    pub(super) fn maintain_links(&mut self, now: Instant) {
         let boot = &self.boot;
         let others = self
             .links
@@ -297,9 +299,9 @@ impl LinkLayer {
                 .filter(|l| l.dialed && l.state.ready() && boot.is_bootstrap(&l.endpoint))
                 .filter(|l| {
                     l.established_at
-                        .is_some_and(|t| now.saturating_sub(t) >= BOOTSTRAP_LINGER_MS)
+                        .is_some_and(|t| now.saturating_since(t) >= BOOTSTRAP_LINGER_MS)
                 })
-                .filter(|l| now.saturating_sub(l.last_cell) >= BOOTSTRAP_LINGER_MS)
+                .filter(|l| now.saturating_since(l.last_cell) >= BOOTSTRAP_LINGER_MS)
                 .filter(|l| !self.nat_uses(l.id))
                 .map(|l| l.id)
                 .collect();

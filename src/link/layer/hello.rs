@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use crate::crypto::keys::fingerprint;
 use crate::link::view::Source;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::{
     Contact, NatClass, RecordFields, RelayRecord, FLAG_DHT, FLAG_RELAY, FLAG_RENDEZVOUS,
@@ -24,7 +24,7 @@ pub const HELLO_RETRY_MS: Millis = 1_000;
 pub(super) const HELLO_ASK: u8 = 0b100;
 
 impl LinkLayer {
-    pub(super) fn send_hello(&mut self, now: Millis, id: LinkId, ask: bool) {
+    pub(super) fn send_hello(&mut self, now: Instant, id: LinkId, ask: bool) {
         let mut payload = [0u8; 4 + RELAY_RECORD_LEN];
         let n = match &self.own_record {
             Some(r) => {
@@ -51,7 +51,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn on_hello(&mut self, now: Millis, id: LinkId, p: &[u8]) {
+    pub(super) fn on_hello(&mut self, now: Instant, id: LinkId, p: &[u8]) {
         let role = p.first().copied().unwrap_or(0);
         let len = p
             .get(2..4)
@@ -64,7 +64,7 @@ impl LinkLayer {
                 self.malformed(now, id, "HELLO record length");
                 return;
             }
-            match RelayRecord::parse(p.get(4..).unwrap_or(&[]), now) {
+            match RelayRecord::parse(p.get(4..).unwrap_or(&[]), now.as_unix_ms()) {
                 Ok(r) => {
                     let peer_key = self.links.get(&id).map(|l| l.peer_key);
                     if Some(r.fields().link_key) != peer_key {
@@ -128,7 +128,8 @@ impl LinkLayer {
             (
                 l.state.hello_sent(),
                 role & HELLO_ASK != 0
-                    && now.saturating_sub(l.state.hello_at().unwrap_or(0)) >= HELLO_RETRY_MS / 2,
+                    && now.saturating_since(l.state.hello_at().unwrap_or(Instant::ZERO))
+                        >= HELLO_RETRY_MS / 2,
             )
         });
         if !hello_sent || answer {
@@ -163,7 +164,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn on_observed(&mut self, now: Millis, endpoint: SocketAddr) {
+    pub(super) fn on_observed(&mut self, now: Instant, endpoint: SocketAddr) {
         if self.observed == Some(endpoint) {
             return;
         }
@@ -173,7 +174,7 @@ impl LinkLayer {
     }
 
     /// Re-signs our record when something in it changed or it is due; sends HELLO again on change.
-    pub(super) fn refresh_record(&mut self, now: Millis) {
+    pub(super) fn refresh_record(&mut self, now: Instant) {
         self.reclassify();
         if !self.cfg.relay {
             return;
@@ -232,8 +233,10 @@ impl LinkLayer {
             nat,
             link_key: self.link_public,
             onion_key: self.keys.onion_public,
-            seq: now.max(self.own_record.as_ref().map_or(0, |r| r.fields().seq + 1)),
-            expires: now / 1000 + RELAY_RECORD_LIFETIME_S,
+            seq: now
+                .as_unix_ms()
+                .max(self.own_record.as_ref().map_or(0, |r| r.fields().seq + 1)),
+            expires: now.as_unix_ms() / 1000 + RELAY_RECORD_LIFETIME_S,
             endpoints,
             introducers,
         };
@@ -245,7 +248,7 @@ impl LinkLayer {
                 || f.endpoints != fields.endpoints
                 || f.introducers != fields.introducers
         });
-        let due = now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000;
+        let due = now.saturating_since(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000;
         if !changed && !due {
             return;
         }
@@ -270,7 +273,7 @@ impl LinkLayer {
     }
 
     /// A new onion key (rotation): the record is signed again with it and sent to neighbours.
-    pub fn set_onion_public(&mut self, now: Millis, onion_public: [u8; 32]) {
+    pub fn set_onion_public(&mut self, now: Instant, onion_public: [u8; 32]) {
         self.keys.onion_public = onion_public;
         self.refresh_record(now);
     }

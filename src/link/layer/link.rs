@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::budget::Charge;
 use crate::link::nat::{behind_nat, RateWindow, LINK_KEEPALIVE_MS, NAT_KEEPALIVE_MS};
 use crate::link::noise::{NoiseOut, NoiseSession, NOISE_BUF_LEN};
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::NatClass;
 
@@ -50,12 +50,12 @@ pub(super) enum LinkState {
     Handshake,
     /// Ours went out, last at `hello_at` (resent every `HELLO_RETRY_MS` until the peer's
     /// arrives); the peer's has not come.
-    HelloSent { hello_at: Millis },
+    HelloSent { hello_at: Instant },
     /// The peer's came before we sent ours (we answer at once).
     HelloReceived,
     /// Both HELLOs are through. Ours last went out at `hello_at` (again when our record
     /// changes, or when the peer asks).
-    Ready { hello_at: Millis },
+    Ready { hello_at: Instant },
 }
 
 impl LinkState {
@@ -70,7 +70,7 @@ impl LinkState {
     }
 
     /// When we last sent HELLO.
-    pub(super) fn hello_at(self) -> Option<Millis> {
+    pub(super) fn hello_at(self) -> Option<Instant> {
         match self {
             LinkState::HelloSent { hello_at } | LinkState::Ready { hello_at } => Some(hello_at),
             LinkState::Handshake | LinkState::HelloReceived => None,
@@ -78,7 +78,7 @@ impl LinkState {
     }
 
     /// We sent HELLO at `now`.
-    pub(super) fn on_hello_sent(&mut self, now: Millis) {
+    pub(super) fn on_hello_sent(&mut self, now: Instant) {
         *self = match *self {
             LinkState::Handshake | LinkState::HelloSent { .. } => {
                 LinkState::HelloSent { hello_at: now }
@@ -113,11 +113,11 @@ pub(super) struct Link {
     pub(super) local_index: u32,
     /// We dialled it (else the peer did).
     pub(super) dialed: bool,
-    pub(super) created: Millis,
+    pub(super) created: Instant,
     /// When the session first came up.
-    pub(super) established_at: Option<Millis>,
+    pub(super) established_at: Option<Instant>,
     /// The handshake retry timer: our last initiation and how many we sent.
-    pub(super) handshake_sent: Millis,
+    pub(super) handshake_sent: Instant,
     pub(super) attempts: u8,
     /// How far HELLO got.
     pub(super) state: LinkState,
@@ -125,18 +125,18 @@ pub(super) struct Link {
     pub(super) identity: Option<[u8; 32]>,
     pub(super) is_relay: bool,
     /// Last authenticated datagram from the peer, last datagram to it.
-    pub(super) last_rx: Millis,
-    pub(super) last_tx: Millis,
+    pub(super) last_rx: Instant,
+    pub(super) last_tx: Instant,
     /// Smoothed PING round trip.
     pub(super) rtt_ms: Option<f64>,
     /// Malformed frames since `malformed_since` (a minute's window).
     pub(super) malformed: u32,
-    pub(super) malformed_since: Millis,
+    pub(super) malformed_since: Instant,
     /// Our last PEX request on it, our last PEX answer on it.
-    pub(super) last_pex: Millis,
-    pub(super) pex_served: Millis,
+    pub(super) last_pex: Instant,
+    pub(super) pex_served: Instant,
     /// Last use: a cell either way, a DHT frame we sent, or `LinkLayer::mark_in_use`.
-    pub(super) last_cell: Millis,
+    pub(super) last_cell: Instant,
     /// Our requests waiting for an answer, by rpc id.
     pub(super) rpcs: BTreeMap<u64, Pending>,
     /// The NAT class and first endpoint of the peer's record.
@@ -147,10 +147,10 @@ pub(super) struct Link {
     /// Relayed through an introducer (section 13.4).
     pub(super) relay: Option<RelayPath>,
     /// When to try again to make a relayed link direct, and how many tries so far (13.4).
-    pub(super) upgrade_next: Millis,
+    pub(super) upgrade_next: Instant,
     pub(super) upgrade_tries: u8,
     /// Our last PING on it.
-    pub(super) last_ping: Millis,
+    pub(super) last_ping: Instant,
     /// Flags of the peer's record (0 for clients).
     pub(super) peer_flags: u8,
     /// Dialed for DHT requests and not used for anything else (yet).
@@ -212,11 +212,11 @@ pub(super) enum Keepalive {
 impl Link {
     /// Handshake retries on our clock (boringtun retries on the wall clock too; in virtual time
     /// only this one runs). For a link whose session is not up and that no punch drives.
-    pub(super) fn handshake_timer(&self, now: Millis) -> HandshakeTimer {
+    pub(super) fn handshake_timer(&self, now: Instant) -> HandshakeTimer {
         // 1 s, 2 s, 4 s between attempts: a lost initiation costs a second, not five, and a
         // dead peer is given up after about 7 s.
         let wait = HANDSHAKE_RETRY_MS << self.attempts.saturating_sub(1).min(4);
-        if now.saturating_sub(self.handshake_sent) < wait {
+        if now.saturating_since(self.handshake_sent) < wait {
             HandshakeTimer::Wait
         } else if self.dialed && self.attempts < HANDSHAKE_ATTEMPTS {
             HandshakeTimer::Retry
@@ -226,18 +226,18 @@ impl Link {
     }
 
     /// HELLO until the peer's arrives, for a link whose session is up.
-    pub(super) fn hello_timer(&self, now: Millis) -> HelloTimer {
+    pub(super) fn hello_timer(&self, now: Instant) -> HelloTimer {
         if self.state.ready() {
             HelloTimer::Wait
         } else if self
             .established_at
-            .is_some_and(|t| now.saturating_sub(t) >= HELLO_TIMEOUT_MS)
+            .is_some_and(|t| now.saturating_since(t) >= HELLO_TIMEOUT_MS)
         {
             HelloTimer::GiveUp
         } else if self
             .state
             .hello_at()
-            .is_some_and(|at| now.saturating_sub(at) >= HELLO_RETRY_MS)
+            .is_some_and(|at| now.saturating_since(at) >= HELLO_RETRY_MS)
         {
             HelloTimer::Resend
         } else {
@@ -250,7 +250,7 @@ impl Link {
     /// all (its tries' timeouts).
     pub(super) fn expire_rpcs(
         &mut self,
-        now: Millis,
+        now: Instant,
         retry: &mut Vec<(u64, Vec<u8>)>,
     ) -> Option<Millis> {
         let mut failed_ping: Option<Millis> = None;
@@ -278,8 +278,8 @@ impl Link {
 
     /// Whether the peer sent nothing for `waited`. Dead only if a PING went unanswered *and*
     /// nothing else arrived meanwhile: on a lossy path a lost PONG is not a dead neighbour.
-    pub(super) fn silent_for(&self, now: Millis, waited: Millis) -> bool {
-        now.saturating_sub(self.last_rx) >= waited
+    pub(super) fn silent_for(&self, now: Instant, waited: Millis) -> bool {
+        now.saturating_since(self.last_rx) >= waited
     }
 
     /// A PING of ours is waiting for its PONG.
@@ -290,16 +290,16 @@ impl Link {
     }
 
     /// A liveness PING due on a link that completed HELLO, with each try's timeout.
-    pub(super) fn liveness_ping(&self, now: Millis, pinging: bool) -> Option<Millis> {
+    pub(super) fn liveness_ping(&self, now: Instant, pinging: bool) -> Option<Millis> {
         // A link we keep sending on that has gone quiet is checked at once: a killed neighbour
         // sends nothing, and circuits through it should not wait the idle interval to close.
-        let quiet = now.saturating_sub(self.last_rx);
+        let quiet = now.saturating_since(self.last_rx);
         // Cells (not keepalives or PINGs): a link that only keeps a NAT mapping open may be
         // silent for a few seconds after the NAT lost its state (the NATed side's next
         // keepalive restores it); dropping it then would cost every circuit on it.
         let unanswered = self.last_cell > self.last_rx
             && quiet >= SILENT_PING_MS
-            && now.saturating_sub(self.last_ping) >= SILENT_PING_MS;
+            && now.saturating_since(self.last_ping) >= SILENT_PING_MS;
         if !pinging && unanswered {
             Some(SILENT_PING_TIMEOUT_MS)
         } else if !pinging && quiet >= PING_INTERVAL_MS {
@@ -312,33 +312,33 @@ impl Link {
     /// A keepalive due to hold NAT mappings (section 13.5): behind NAT (`natted`) a PING on a
     /// fixed period, else an empty keepalive on links that need one (punched, or the peer is
     /// behind NAT).
-    pub(super) fn keepalive(&self, now: Millis, natted: bool, pinging: bool) -> Option<Keepalive> {
+    pub(super) fn keepalive(&self, now: Instant, natted: bool, pinging: bool) -> Option<Keepalive> {
         if natted {
-            (!pinging && now.saturating_sub(self.last_ping) >= NAT_KEEPALIVE_MS)
+            (!pinging && now.saturating_since(self.last_ping) >= NAT_KEEPALIVE_MS)
                 .then_some(Keepalive::Ping)
         } else {
             ((self.punched || behind_nat(self.peer_nat))
-                && now.saturating_sub(self.last_tx) >= LINK_KEEPALIVE_MS)
+                && now.saturating_since(self.last_tx) >= LINK_KEEPALIVE_MS)
                 .then_some(Keepalive::Empty)
         }
     }
 
     /// A PEX request due to a relay: every `PEX_INTERVAL_MS` while the view is small
     /// (`view_small`), thirty times less often after.
-    pub(super) fn pex_due(&self, now: Millis, view_small: bool) -> bool {
+    pub(super) fn pex_due(&self, now: Instant, view_small: bool) -> bool {
         let interval = if view_small {
             PEX_INTERVAL_MS
         } else {
             30 * PEX_INTERVAL_MS
         };
-        self.is_relay && now.saturating_sub(self.last_pex) >= interval
+        self.is_relay && now.saturating_since(self.last_pex) >= interval
     }
 }
 
 impl LinkLayer {
     /// Runs one link's timers: the session's, then the link's own (handshake, HELLO, requests,
     /// liveness, keepalive, PEX), and does what they ask.
-    pub(super) fn link_timers(&mut self, now: Millis, id: LinkId) {
+    pub(super) fn link_timers(&mut self, now: Instant, id: LinkId) {
         // The session's own timers.
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(NOISE_BUF_LEN, 0);
@@ -436,27 +436,48 @@ impl LinkLayer {
 #[cfg(test)]
 mod tests {
     use super::LinkState;
+    use crate::time::Instant;
 
     #[test]
     fn hello_progress_either_order() {
         let mut s = LinkState::Handshake;
         assert!(!s.ready() && !s.hello_sent());
-        s.on_hello_sent(5);
-        assert_eq!(s, LinkState::HelloSent { hello_at: 5 });
+        s.on_hello_sent(Instant::from_unix_ms(5));
+        assert_eq!(
+            s,
+            LinkState::HelloSent {
+                hello_at: Instant::from_unix_ms(5)
+            }
+        );
         assert!(!s.ready());
-        s.on_hello_sent(7);
-        assert_eq!(s.hello_at(), Some(7));
+        s.on_hello_sent(Instant::from_unix_ms(7));
+        assert_eq!(s.hello_at(), Some(Instant::from_unix_ms(7)));
         s.on_hello_received();
-        assert_eq!(s, LinkState::Ready { hello_at: 7 });
+        assert_eq!(
+            s,
+            LinkState::Ready {
+                hello_at: Instant::from_unix_ms(7)
+            }
+        );
 
         // The peer's first: up at once, ours still owed.
         let mut t = LinkState::Handshake;
         t.on_hello_received();
         assert!(t.ready() && !t.hello_sent());
-        t.on_hello_sent(9);
-        assert_eq!(t, LinkState::Ready { hello_at: 9 });
+        t.on_hello_sent(Instant::from_unix_ms(9));
+        assert_eq!(
+            t,
+            LinkState::Ready {
+                hello_at: Instant::from_unix_ms(9)
+            }
+        );
         // Another HELLO from the peer (a record change) changes nothing here.
         t.on_hello_received();
-        assert_eq!(t, LinkState::Ready { hello_at: 9 });
+        assert_eq!(
+            t,
+            LinkState::Ready {
+                hello_at: Instant::from_unix_ms(9)
+            }
+        );
     }
 }

@@ -45,7 +45,7 @@ use crate::link::nat::{
 };
 use crate::link::noise::{Responder, NOISE_BUF_LEN};
 use crate::link::view::RelayView;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::datagram::{self, Kind};
 use crate::wire::link::{LinkFrame, MsgType, LINK_HEADER_LEN};
 use crate::wire::record::{
@@ -93,7 +93,7 @@ pub struct LinkLayer {
     next_id: u32,
     view: RelayView,
     own_record: Option<RelayRecord>,
-    record_signed: Millis,
+    record_signed: Instant,
     /// A hostile node's lie in its own record (tests only: [`LinkLayer::forge_record_endpoint`]).
     forged_endpoint: Option<SocketAddr>,
     observed: Option<SocketAddr>,
@@ -106,23 +106,23 @@ pub struct LinkLayer {
     /// Peers (by link key) whose link died of unanswered PINGs, until when
     /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
     /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
-    dead_peers: BTreeMap<[u8; 32], Millis>,
+    dead_peers: BTreeMap<[u8; 32], Instant>,
     boot: Bootstrap,
-    query_budget: (Millis, u32),
-    expected: BTreeMap<[u8; 32], Millis>,
+    query_budget: (Instant, u32),
+    expected: BTreeMap<[u8; 32], Instant>,
     obs: Observations,
     /// Addresses we sent to outside a live link lately (closed links, bootstrap queries,
     /// punches): a probe from one of them proves nothing.
-    recent_peers: BTreeMap<std::net::IpAddr, (Millis, Charge)>,
+    recent_peers: BTreeMap<std::net::IpAddr, (Instant, Charge)>,
     /// Relays a circuit extension to failed, kept out of the view until the time given unless
     /// they speak to us themselves (records of dead relays linger in others' views until they
     /// expire, and every path through one fails only after a timeout).
-    suspects: BTreeMap<[u8; 32], Millis>,
-    recent_overflow_until: Millis,
+    suspects: BTreeMap<[u8; 32], Instant>,
+    recent_overflow_until: Instant,
     probe: Option<Probe>,
     probe_ok: Option<SocketAddr>,
-    last_probe: Millis,
-    probe_pings: BTreeMap<[u8; 32], (u64, Millis, Charge)>,
+    last_probe: Instant,
+    probe_pings: BTreeMap<[u8; 32], (u64, Instant, Charge)>,
     dials: BTreeMap<[u8; 32], PunchDial>,
     punches: BTreeMap<LinkId, Punch>,
     /// Caps on punch datagrams per endpoint and per IP, over all punches.
@@ -136,8 +136,8 @@ pub struct LinkLayer {
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
     rx_scratch: Vec<u8>,
-    next_tick: Millis,
-    last_second: Millis,
+    next_tick: Instant,
+    last_second: Instant,
     stats: LinkStats,
     /// Driven by the in-process network: boringtun's own timers run on the wall clock, so they
     /// are left out (the link's own handshake retries and keepalives run on `now`).
@@ -156,7 +156,7 @@ impl LinkLayer {
         keys: LinkKeys,
         budget: MemoryBudget,
         rand: Randomness,
-        now: Millis,
+        now: Instant,
     ) -> LinkLayer {
         let link_public = PublicKey::from(&keys.link).to_bytes();
         let identity = keys.identity.verifying_key().to_bytes();
@@ -175,7 +175,7 @@ impl LinkLayer {
             next_id: 1,
             view,
             own_record: None,
-            record_signed: 0,
+            record_signed: Instant::ZERO,
             forged_endpoint: None,
             observed: None,
             locals: Vec::new(),
@@ -184,15 +184,15 @@ impl LinkLayer {
             backoff: BTreeMap::new(),
             dead_peers: BTreeMap::new(),
             boot,
-            query_budget: (0, 0),
+            query_budget: (Instant::ZERO, 0),
             expected: BTreeMap::new(),
             obs: Observations::default(),
             recent_peers: BTreeMap::new(),
             suspects: BTreeMap::new(),
-            recent_overflow_until: 0,
+            recent_overflow_until: Instant::ZERO,
             probe: None,
             probe_ok: None,
-            last_probe: 0,
+            last_probe: Instant::ZERO,
             probe_pings: BTreeMap::new(),
             dials: BTreeMap::new(),
             punches: BTreeMap::new(),
@@ -234,7 +234,7 @@ impl LinkLayer {
     }
 
     /// When to call [`LinkLayer::handle_timeout`] next.
-    pub fn poll_timeout(&self) -> Option<Millis> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let punch = self.punches.values().map(|p| p.next).min();
         Some(punch.map_or(self.next_tick, |p| p.min(self.next_tick)))
     }
@@ -274,7 +274,7 @@ impl LinkLayer {
 
     /// Tells the link layer that a link carries circuits, so that it is not closed as idle
     /// (bootstrap links are closed once unused).
-    pub fn mark_in_use(&mut self, link: LinkId, now: Millis) {
+    pub fn mark_in_use(&mut self, link: LinkId, now: Instant) {
         if let Some(l) = self.links.get_mut(&link) {
             l.last_cell = now;
             l.dht_only = false;
@@ -336,7 +336,7 @@ impl LinkLayer {
     }
 
     /// One entry per link that completed HELLO.
-    pub fn peers(&self, now: Millis) -> Vec<PeerInfo> {
+    pub fn peers(&self, now: Instant) -> Vec<PeerInfo> {
         let mut v: Vec<PeerInfo> = self
             .links
             .values()
@@ -351,7 +351,7 @@ impl LinkLayer {
                     direct: l.relay.is_none(),
                     punched: l.punched,
                     rtt_ms: l.rtt_ms,
-                    established_s: l.established_at.map(|t| now.saturating_sub(t) / 1000),
+                    established_s: l.established_at.map(|t| now.saturating_since(t) / 1000),
                     last_handshake_s: l.session.since_handshake(),
                     outbound: l.dialed,
                     bytes_out: tx,
@@ -368,7 +368,7 @@ impl LinkLayer {
     /// Dials a peer by link key and endpoint (no effect if a link exists).
     pub fn connect(
         &mut self,
-        now: Millis,
+        now: Instant,
         peer_key: [u8; 32],
         endpoint: SocketAddr,
     ) -> Result<LinkId, LinkError> {
@@ -437,7 +437,7 @@ impl LinkLayer {
     /// Dials without punching (reachability probes must test the plain path).
     fn connect_direct(
         &mut self,
-        now: Millis,
+        now: Instant,
         peer_key: [u8; 32],
         endpoint: SocketAddr,
     ) -> Result<LinkId, LinkError> {
@@ -454,7 +454,7 @@ impl LinkLayer {
     }
 
     /// Sends a cell (exactly `CELL_LEN` bytes) on a link that completed HELLO.
-    pub fn send_cell(&mut self, now: Millis, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
+    pub fn send_cell(&mut self, now: Instant, link: LinkId, cell: &[u8]) -> Result<(), LinkError> {
         match self.links.get_mut(&link) {
             Some(l) if l.state.ready() => {
                 l.last_cell = now;
@@ -471,7 +471,7 @@ impl LinkLayer {
     }
 
     /// Closes a link (sends CLOSE, forgets it).
-    pub fn close(&mut self, now: Millis, link: LinkId, reason: u8) {
+    pub fn close(&mut self, now: Instant, link: LinkId, reason: u8) {
         let _ = self.send_frame(now, link, MsgType::Close, 0, &[reason]);
         self.remove_link(link, false);
     }
@@ -481,7 +481,7 @@ impl LinkLayer {
     /// way; tests use this to check that nobody acts on such a lie in ways that harm a third
     /// party (docs/threat-model.md section 7).
     #[doc(hidden)]
-    pub fn forge_record_endpoint(&mut self, now: Millis, endpoint: SocketAddr) {
+    pub fn forge_record_endpoint(&mut self, now: Instant, endpoint: SocketAddr) {
         self.forged_endpoint = Some(endpoint);
         self.refresh_record(now);
     }
@@ -490,7 +490,7 @@ impl LinkLayer {
     /// if it had arrived on an authenticated session (the fuzzer cannot forge WireGuard).
     #[cfg(fuzzing)]
     #[doc(hidden)]
-    pub fn fuzz_frame(&mut self, now: Millis, bytes: &[u8]) {
+    pub fn fuzz_frame(&mut self, now: Instant, bytes: &[u8]) {
         let key = [0x42u8; 32];
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
@@ -506,7 +506,7 @@ impl LinkLayer {
     // ---- inputs --------------------------------------------------------------------------
 
     /// Handles one received datagram.
-    pub fn handle_datagram(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.handle_datagram_at(now, from, None, data);
     }
 
@@ -514,7 +514,7 @@ impl LinkLayer {
     /// reports packet info; a wildcard listen address learns its endpoints this way).
     pub fn handle_datagram_at(
         &mut self,
-        now: Millis,
+        now: Instant,
         from: SocketAddr,
         local: Option<SocketAddr>,
         data: &[u8],
@@ -524,7 +524,7 @@ impl LinkLayer {
         self.rx_local = None;
     }
 
-    fn handle_datagram_inner(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         match datagram::classify(data) {
             Kind::Initiation => self.on_initiation(now, from, data),
@@ -540,32 +540,32 @@ impl LinkLayer {
     }
 
     /// Runs timers: session timers, retries, pings, bootstrap, PEX, target links.
-    pub fn handle_timeout(&mut self, now: Millis) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.run_punches(now);
         if now < self.next_tick {
             return;
         }
         self.next_tick = now + LINK_TIMER_TICK_MS;
-        if now.saturating_sub(self.last_second) >= 1000 {
+        if now.saturating_since(self.last_second) >= 1000 {
             self.last_second = now;
             self.responder.tick();
             self.query_budget = (now, 0);
             self.view.prune(now);
             self.expected
-                .retain(|_, t| now.saturating_sub(*t) < 120_000);
+                .retain(|_, t| now.saturating_since(*t) < 120_000);
             self.probe_pings
-                .retain(|_, (_, t, _)| now.saturating_sub(*t) < PROBE_WINDOW_MS * 2);
+                .retain(|_, (_, t, _)| now.saturating_since(*t) < PROBE_WINDOW_MS * 2);
             self.recent_peers
-                .retain(|_, (t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+                .retain(|_, (t, _)| now.saturating_since(*t) < RECENT_PEER_MS);
             self.suspects.retain(|_, t| now < *t);
             self.relay_table
-                .retain(|_, e| now.saturating_sub(e.last) < RELAYED_LINK_IDLE_MS);
+                .retain(|_, e| now.saturating_since(e.last) < RELAYED_LINK_IDLE_MS);
             self.run_probe(now);
             // Introducers follow our links; a changed set re-signs the record.
             self.refresh_record(now);
             self.close_idle_dht_links(now);
         }
-        if now.saturating_sub(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
+        if now.saturating_since(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
             self.refresh_record(now);
         }
         self.run_dials(now);
@@ -581,12 +581,12 @@ impl LinkLayer {
     // ---- frames --------------------------------------------------------------------------
 
     /// Counts a malformed frame; too many in a minute close the link.
-    fn malformed(&mut self, now: Millis, id: LinkId, why: &str) {
+    fn malformed(&mut self, now: Instant, id: LinkId, why: &str) {
         self.stats.malformed += 1;
         tracing::debug!(link = id.0, why, "malformed frame");
         let close = match self.links.get_mut(&id) {
             Some(l) => {
-                if now.saturating_sub(l.malformed_since) > 60_000 {
+                if now.saturating_since(l.malformed_since) > 60_000 {
                     l.malformed_since = now;
                     l.malformed = 0;
                 }
@@ -602,7 +602,7 @@ impl LinkLayer {
     }
 
     /// Hands a decrypted frame to the part that deals with its type.
-    fn on_frame(&mut self, now: Millis, id: LinkId, bytes: &[u8]) {
+    fn on_frame(&mut self, now: Instant, id: LinkId, bytes: &[u8]) {
         let f = match LinkFrame::new_checked(bytes) {
             Ok(f) => f,
             Err(e) => {

@@ -8,7 +8,7 @@ use crate::link::nat::{
     MAX_PROBE_PINGS, NAT_ENTRY_COST, NAT_RECHECK_MS, PROBE_REQUEST_RATE, PROBE_RETRY_MS,
     PROBE_WINDOW_MS,
 };
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::link::{MsgType, ProbeForward};
 use crate::wire::record::NatClass;
 
@@ -24,7 +24,7 @@ pub(super) const RECENT_PEER_COST: usize = 64;
 /// Our reachability probe in flight.
 pub(super) struct Probe {
     pub(super) nonce: u64,
-    pub(super) sent: Millis,
+    pub(super) sent: Instant,
     pub(super) endpoint: SocketAddr,
 }
 
@@ -41,7 +41,7 @@ impl LinkLayer {
         };
     }
 
-    pub(super) fn note_recent(&mut self, ip: std::net::IpAddr, at: Millis) {
+    pub(super) fn note_recent(&mut self, ip: std::net::IpAddr, at: Instant) {
         if let Some((t, _)) = self.recent_peers.get_mut(&ip) {
             *t = (*t).max(at);
             return;
@@ -61,9 +61,9 @@ impl LinkLayer {
     }
 
     /// Asks a neighbour to have another one dial us unsolicited (section 13.3).
-    pub(super) fn run_probe(&mut self, now: Millis) {
+    pub(super) fn run_probe(&mut self, now: Instant) {
         if let Some(p) = &self.probe {
-            if now.saturating_sub(p.sent) < PROBE_WINDOW_MS {
+            if now.saturating_since(p.sent) < PROBE_WINDOW_MS {
                 return;
             }
             self.probe = None;
@@ -79,7 +79,7 @@ impl LinkLayer {
         } else {
             PROBE_RETRY_MS
         };
-        if now.saturating_sub(self.last_probe) < period && self.last_probe != 0 {
+        if now.saturating_since(self.last_probe) < period && self.last_probe != Instant::ZERO {
             return;
         }
         let relays: Vec<LinkId> = self
@@ -107,7 +107,7 @@ impl LinkLayer {
 
     /// Whether a link came to us unsolicited: we did not dial, punch or relay it, and sent
     /// nothing lately to its address (no closed link, query or punch, no other live link).
-    pub(super) fn unsolicited(&self, now: Millis, id: LinkId) -> bool {
+    pub(super) fn unsolicited(&self, now: Instant, id: LinkId) -> bool {
         let Some(l) = self.links.get(&id) else {
             return false;
         };
@@ -115,7 +115,7 @@ impl LinkLayer {
         let recent = self
             .recent_peers
             .get(&ip)
-            .is_some_and(|(t, _)| now.saturating_sub(*t) < RECENT_PEER_MS);
+            .is_some_and(|(t, _)| now.saturating_since(*t) < RECENT_PEER_MS);
         let shared = self
             .links
             .values()
@@ -130,7 +130,7 @@ impl LinkLayer {
 
     /// An unsolicited inbound link proves what a probe proves (section 13.3): strangers reach
     /// us at our observed endpoint.
-    pub(super) fn unsolicited_evidence(&mut self, now: Millis, id: LinkId) {
+    pub(super) fn unsolicited_evidence(&mut self, now: Instant, id: LinkId) {
         let Some(observed) = self.observed else {
             return;
         };
@@ -147,10 +147,10 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn check_probe_ping(&mut self, now: Millis, id: LinkId, payload: &[u8]) {
+    pub(super) fn check_probe_ping(&mut self, now: Instant, id: LinkId, payload: &[u8]) {
         let Some(p) = &self.probe else { return };
         if payload.get(..8) != Some(&p.nonce.to_be_bytes()[..])
-            || now.saturating_sub(p.sent) > PROBE_WINDOW_MS
+            || now.saturating_since(p.sent) > PROBE_WINDOW_MS
         {
             return;
         }
@@ -173,7 +173,7 @@ impl LinkLayer {
     }
 
     /// As N1: forward a neighbour's probe to another neighbour with a different address.
-    pub(super) fn on_probe_request(&mut self, now: Millis, id: LinkId, p: &[u8]) {
+    pub(super) fn on_probe_request(&mut self, now: Instant, id: LinkId, p: &[u8]) {
         let Some(nonce) = p
             .get(..8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -212,7 +212,7 @@ impl LinkLayer {
     }
 
     /// As N2: dial the subject directly and PING it with its nonce.
-    pub(super) fn on_probe_forward(&mut self, now: Millis, id: LinkId, p: &[u8]) {
+    pub(super) fn on_probe_forward(&mut self, now: Instant, id: LinkId, p: &[u8]) {
         let f = match ProbeForward::parse(p) {
             Ok(f) => f,
             Err(e) => return self.malformed(now, id, &e.to_string()),

@@ -10,7 +10,7 @@ use crate::link::nat::{
     PUNCH_REQUEST_RATE, PUNCH_TRIES,
 };
 use crate::link::noise::{NoiseOut, NOISE_BUF_LEN};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::link::{parse_target, MsgType, PunchNotify};
 use crate::wire::record::Contact;
 
@@ -24,20 +24,20 @@ pub(super) struct PunchDial {
     pub(super) introducers: Vec<Contact>,
     pub(super) tries: u8,
     pub(super) waits: u8,
-    pub(super) next: Millis,
+    pub(super) next: Instant,
     pub(super) relay_asked: bool,
 }
 
 /// A running simultaneous open on one link.
 pub(super) struct Punch {
     pub(super) endpoints: Vec<SocketAddr>,
-    pub(super) until: Millis,
-    pub(super) next: Millis,
+    pub(super) until: Instant,
+    pub(super) next: Instant,
     /// The initiation being repeated, and when it was made: the same bytes go out every
     /// interval (a fresh one each `PUNCH_REINIT_MS`), so a response to any copy completes it.
     pub(super) init: Vec<u8>,
-    pub(super) init_at: Millis,
-    pub(super) started: Millis,
+    pub(super) init_at: Instant,
+    pub(super) started: Instant,
     /// Steps of [`PUNCH_PROBE_AT_MS`] done.
     pub(super) probes: usize,
     pub(super) _charge: Charge,
@@ -45,7 +45,7 @@ pub(super) struct Punch {
 
 impl LinkLayer {
     /// Drives dials to NATed relays: ask an introducer for a punch, in turn, a few times.
-    pub(super) fn run_dials(&mut self, now: Millis) {
+    pub(super) fn run_dials(&mut self, now: Instant) {
         let keys: Vec<[u8; 32]> = self.dials.keys().copied().collect();
         for key in keys {
             let Some(id) = self.by_key.get(&key).copied() else {
@@ -125,7 +125,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn start_punch(&mut self, now: Millis, id: LinkId, endpoints: Vec<SocketAddr>) {
+    pub(super) fn start_punch(&mut self, now: Instant, id: LinkId, endpoints: Vec<SocketAddr>) {
         if endpoints.is_empty() || self.punches.len() >= MAX_PUNCHES {
             self.stats.dropped += 1;
             return;
@@ -150,7 +150,7 @@ impl LinkLayer {
                 until: now + PUNCH_DURATION_MS,
                 next: now,
                 init: Vec::new(),
-                init_at: 0,
+                init_at: Instant::ZERO,
                 started: now,
                 probes: 0,
                 _charge: charge,
@@ -160,7 +160,7 @@ impl LinkLayer {
     }
 
     /// Re-sends handshake initiations to every endpoint of every running punch.
-    pub(super) fn run_punches(&mut self, now: Millis) {
+    pub(super) fn run_punches(&mut self, now: Instant) {
         if self.punches.is_empty() {
             return;
         }
@@ -208,8 +208,8 @@ impl LinkLayer {
             // After the last step the punch only waits for the peer until it ends.
             p.next = PUNCH_PROBE_AT_MS
                 .get(p.probes)
-                .map_or(p.until, |at| p.started + at);
-            let fresh = p.init.is_empty() || now.saturating_sub(p.init_at) >= PUNCH_REINIT_MS;
+                .map_or(p.until, |at| p.started + *at);
+            let fresh = p.init.is_empty() || now.saturating_since(p.init_at) >= PUNCH_REINIT_MS;
             if fresh {
                 let mut buf = std::mem::take(&mut self.scratch);
                 buf.resize(NOISE_BUF_LEN, 0);
@@ -242,7 +242,7 @@ impl LinkLayer {
     }
 
     /// As an introducer: tell both sides to punch (section 13.2).
-    pub(super) fn on_punch_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_punch_request(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let target = match parse_target(p) {
             Ok(t) => t,
             Err(e) => return self.malformed(now, id, &e.to_string()),
@@ -294,7 +294,7 @@ impl LinkLayer {
         let _ = self.send_frame(now, id, MsgType::PunchNotify, rpc_id, &to_a.emit());
     }
 
-    pub(super) fn on_punch_notify(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_punch_notify(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let n = match PunchNotify::parse(p) {
             Ok(n) => n,
             Err(e) => return self.malformed(now, id, &e.to_string()),
@@ -371,7 +371,7 @@ mod tests {
     /// port, then many ports of one IP). Every datagram we send to the victim's IP is counted.
     #[test]
     fn a_hostile_introducer_gets_few_datagrams_sent_to_a_victim() {
-        let now0: Millis = 1_800_000_000_000;
+        let now0: Instant = Instant::from_unix_ms(1_800_000_000_000);
         let keys = LinkKeys {
             identity: SigningKey::from_bytes(&[1; 32]),
             link: StaticSecret::from([2; 32]),
@@ -401,7 +401,7 @@ mod tests {
         let mut now = now0;
         let mut sent = 0;
         let mut notifies = 0u64;
-        let mut notify = |l: &mut LinkLayer, now: Millis, endpoints: Vec<SocketAddr>| {
+        let mut notify = |l: &mut LinkLayer, now: Instant, endpoints: Vec<SocketAddr>| {
             notifies += 1;
             let mut peer_link_key = [9u8; 32];
             peer_link_key[..8].copy_from_slice(&notifies.to_be_bytes());

@@ -9,7 +9,7 @@ use crate::link::nat::{
     RateWindow, MAX_RELAYED_LINKS, NAT_ENTRY_COST, RELAYED_LINK_IDLE_MS, RELAYED_LINK_RATE,
     RELAY_REQUEST_RATE, RELAY_UPGRADE_FIRST_MS, RELAY_UPGRADE_MAX_MS,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::datagram::{self};
 use crate::wire::link::{parse_target, MsgType, RelayOffer, RELAY_OK, RELAY_REFUSED};
 use crate::wire::record::NatClass;
@@ -33,7 +33,7 @@ pub(super) struct RelayEntry {
     pub(super) link: LinkId,
     /// The other side's token.
     pub(super) other: u64,
-    pub(super) last: Millis,
+    pub(super) last: Instant,
     pub(super) rate: RateWindow,
     pub(super) _charge: Option<Charge>,
 }
@@ -49,7 +49,7 @@ impl LinkLayer {
     }
 
     /// As an introducer: set up a relayed link between the requester and the target.
-    pub(super) fn on_relay_request(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_relay_request(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let target = match parse_target(p) {
             Ok(t) => t,
             Err(e) => return self.malformed(now, id, &e.to_string()),
@@ -120,7 +120,7 @@ impl LinkLayer {
         let _ = self.send_frame(now, id, MsgType::RelayOffer, rpc_id, &to_a.emit());
     }
 
-    pub(super) fn set_relayed(&mut self, now: Millis, id: LinkId, via_link: LinkId, token: u64) {
+    pub(super) fn set_relayed(&mut self, now: Instant, id: LinkId, via_link: LinkId, token: u64) {
         let Some((via, via_local)) = self.links.get(&via_link).map(|l| (l.endpoint, l.local))
         else {
             return;
@@ -146,7 +146,7 @@ impl LinkLayer {
     /// punch can fail for passing reasons (loss, a NAT that was still holding a stale mapping).
     /// One side asks (the one with the smaller link key), through an introducer of the peer; the
     /// relayed link carries on meanwhile and is upgraded when the peer answers directly.
-    pub(super) fn run_upgrades(&mut self, now: Millis) {
+    pub(super) fn run_upgrades(&mut self, now: Instant) {
         let due: Vec<(LinkId, [u8; 32], [u8; 32])> = self
             .links
             .values()
@@ -189,7 +189,7 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn on_relay_offer(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_relay_offer(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let o = match RelayOffer::parse(p) {
             Ok(o) => o,
             Err(e) => return self.malformed(now, id, &e.to_string()),
@@ -242,7 +242,7 @@ impl LinkLayer {
     }
 
     /// A relay envelope: forward it as an introducer, or take it as a relayed link's datagram.
-    pub(super) fn on_envelope(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+    pub(super) fn on_envelope(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let Some((token, inner)) = datagram::parse_relay_envelope(data) else {
             self.stats.dropped += 1;
             return;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::link::noise::{BoringSession, NOISE_BUF_LEN};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::datagram::{self};
 use crate::wire::record::NatClass;
 
@@ -82,7 +82,7 @@ impl LinkLayer {
 
     pub(super) fn new_link(
         &mut self,
-        now: Millis,
+        now: Instant,
         peer_key: [u8; 32],
         endpoint: SocketAddr,
         dialed: bool,
@@ -140,17 +140,17 @@ impl LinkLayer {
                 rtt_ms: None,
                 malformed: 0,
                 malformed_since: now,
-                last_pex: 0,
-                pex_served: 0,
-                last_cell: 0,
+                last_pex: Instant::ZERO,
+                pex_served: Instant::ZERO,
+                last_cell: Instant::ZERO,
                 rpcs: BTreeMap::new(),
                 peer_nat: NatClass::Unknown,
                 peer_endpoint: None,
                 punched: false,
                 relay: None,
-                upgrade_next: 0,
+                upgrade_next: Instant::ZERO,
                 upgrade_tries: 0,
-                last_ping: 0,
+                last_ping: Instant::ZERO,
                 peer_flags: 0,
                 dht_only: false,
                 limits: Limits::default(),
@@ -162,7 +162,7 @@ impl LinkLayer {
         Ok(id)
     }
 
-    pub(super) fn evict_unbound(&mut self, now: Millis) {
+    pub(super) fn evict_unbound(&mut self, now: Instant) {
         let victim = self
             .links
             .values()
@@ -210,7 +210,7 @@ impl LinkLayer {
             }
             if dead && l.dialed {
                 let b = self.backoff.entry(l.peer_key).or_insert(Backoff {
-                    until: 0,
+                    until: Instant::ZERO,
                     delay: BACKOFF_MIN_MS / 2,
                 });
                 b.delay = (b.delay * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
@@ -246,7 +246,7 @@ impl LinkLayer {
 
     /// Notes that datagrams reach us at `local`. Only for wildcard listen addresses (a specific
     /// one is advertised as configured) and only a few (a host has few addresses).
-    pub(super) fn learn_local(&mut self, now: Millis, local: SocketAddr) {
+    pub(super) fn learn_local(&mut self, now: Instant, local: SocketAddr) {
         if self.locals.contains(&local) || self.locals.len() >= MAX_LOCAL_ENDPOINTS {
             return;
         }

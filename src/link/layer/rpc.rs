@@ -4,7 +4,7 @@
 use rand::Rng;
 
 use crate::budget::Charge;
-use crate::time::Millis;
+use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::{parse_endpoint, ENDPOINT_LEN};
 
@@ -23,7 +23,7 @@ pub const MAX_RPC_PER_LINK: usize = 16;
 /// What a request of ours was for, so that its answer (matched by rpc id) is taken as such.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Rpc {
-    Ping { nonce: u64, sent: Millis },
+    Ping { nonce: u64, sent: Instant },
     Pex,
     Punch { target_key: [u8; 32] },
     Relay { target_key: [u8; 32] },
@@ -33,7 +33,7 @@ pub(super) enum Rpc {
 pub(super) struct Pending {
     pub(super) rpc: Rpc,
     /// When the current try times out.
-    pub(super) deadline: Millis,
+    pub(super) deadline: Instant,
     /// Each try's timeout.
     pub(super) timeout: Millis,
     /// Tries left after this one.
@@ -48,7 +48,7 @@ impl LinkLayer {
     /// link's `rpcs`.
     pub(super) fn send_rpc(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: LinkId,
         rpc: Rpc,
         t: MsgType,
@@ -59,7 +59,7 @@ impl LinkLayer {
 
     pub(super) fn send_rpc_timeout(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: LinkId,
         rpc: Rpc,
         t: MsgType,
@@ -95,16 +95,16 @@ impl LinkLayer {
         }
     }
 
-    pub(super) fn ping(&mut self, now: Millis, id: LinkId) {
+    pub(super) fn ping(&mut self, now: Instant, id: LinkId) {
         let nonce: u64 = self.rng.gen();
         self.ping_with(now, id, nonce);
     }
 
-    pub(super) fn ping_with(&mut self, now: Millis, id: LinkId, nonce: u64) {
+    pub(super) fn ping_with(&mut self, now: Instant, id: LinkId, nonce: u64) {
         self.ping_timeout(now, id, nonce, LINK_RPC_TIMEOUT_MS);
     }
 
-    pub(super) fn ping_timeout(&mut self, now: Millis, id: LinkId, nonce: u64, timeout: Millis) {
+    pub(super) fn ping_timeout(&mut self, now: Instant, id: LinkId, nonce: u64, timeout: Millis) {
         if let Some(l) = self.links.get_mut(&id) {
             l.last_ping = now;
         }
@@ -118,7 +118,7 @@ impl LinkLayer {
         );
     }
 
-    pub(super) fn on_pong(&mut self, now: Millis, id: LinkId, rpc_id: u64, p: &[u8]) {
+    pub(super) fn on_pong(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {
         let Some(l) = self.links.get_mut(&id) else {
             return;
         };
@@ -134,7 +134,7 @@ impl LinkLayer {
             self.stats.dropped += 1;
             return;
         }
-        let sample = now.saturating_sub(sent) as f64;
+        let sample = now.saturating_since(sent) as f64;
         l.rtt_ms = Some(match l.rtt_ms {
             Some(old) => 0.875 * old + 0.125 * sample,
             None => sample,

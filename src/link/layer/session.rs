@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::link::noise::{NoiseOut, Unsolicited, NOISE_BUF_LEN};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::datagram::{self};
 use crate::wire::link::{self as frame, MsgType, LINK_FRAME_MAX};
 
@@ -19,7 +19,7 @@ pub(super) fn wrap_envelope(data: &mut Vec<u8>, token: u64) {
 }
 
 impl LinkLayer {
-    pub(super) fn initiate(&mut self, id: LinkId, now: Millis, force: bool) {
+    pub(super) fn initiate(&mut self, id: LinkId, now: Instant, force: bool) {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(NOISE_BUF_LEN, 0);
         let mut send = None;
@@ -40,7 +40,7 @@ impl LinkLayer {
         self.scratch = buf;
     }
 
-    pub(super) fn on_initiation(&mut self, now: Millis, from: SocketAddr, data: &[u8]) {
+    pub(super) fn on_initiation(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(NOISE_BUF_LEN, 0);
         let verdict = self.responder.identify(from.ip(), data, &mut buf);
@@ -85,13 +85,13 @@ impl LinkLayer {
     /// Hands a datagram to a link's session and processes what comes out. Steady state (data
     /// datagrams carrying frames) allocates nothing: the plaintext lands in a reused buffer and
     /// anything to send goes out in pooled buffers.
-    pub(super) fn feed(&mut self, now: Millis, id: LinkId, from: SocketAddr, data: &[u8]) {
+    pub(super) fn feed(&mut self, now: Instant, id: LinkId, from: SocketAddr, data: &[u8]) {
         self.feed_via(now, id, from, data, false);
     }
 
     pub(super) fn feed_via(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: LinkId,
         from: SocketAddr,
         data: &[u8],
@@ -208,7 +208,7 @@ impl LinkLayer {
 
     pub(super) fn send_frame(
         &mut self,
-        now: Millis,
+        now: Instant,
         id: LinkId,
         t: MsgType,
         rpc_id: u64,
@@ -244,7 +244,7 @@ impl LinkLayer {
         Ok(())
     }
 
-    pub(super) fn send_keepalive(&mut self, now: Millis, id: LinkId) {
+    pub(super) fn send_keepalive(&mut self, now: Instant, id: LinkId) {
         let mut data = self.pool.pop().unwrap_or_else(new_buf);
         data.resize(NOISE_BUF_LEN, 0);
         let Some(l) = self.links.get_mut(&id) else {

@@ -15,7 +15,7 @@ use crate::session::layer::{addr16, evict_lru, seal, Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::silence::Silence;
 use crate::session::{E2eMessage, RendCookie, Rendezvous2};
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
 use crate::wire::relay::RelayCommand as C;
 
@@ -25,7 +25,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_pick_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         flow: Option<FlowKey>,
     ) -> Option<CircId> {
@@ -40,7 +40,7 @@ impl SessionLayer {
                 }
             }
         }
-        let load = |id: CircId, flows: &BTreeMap<FlowKey, (CircId, Millis)>| {
+        let load = |id: CircId, flows: &BTreeMap<FlowKey, (CircId, Instant)>| {
             flows.values().filter(|(c, _)| *c == id).count()
         };
         // A flow whose circuit just died must not land on one through the relay that killed
@@ -70,7 +70,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_drop_suspect_spares(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
     ) {
         let suspects = &self.suspects;
@@ -95,7 +95,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_keep_spare(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
     ) {
         let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
@@ -144,7 +144,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_request_join(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         id: CircId,
     ) {
@@ -179,7 +179,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_on_join(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         id: CircId,
         payload: &[u8],
@@ -217,7 +217,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_send_msg(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         circ: CircId,
         msg: &E2eMessage<'_>,
@@ -241,7 +241,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_on_data(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         id: CircId,
         payload: &[u8],
@@ -285,7 +285,7 @@ impl SessionLayer {
             E2eMessage::Pong(x) => {
                 // A probe's PONG ended the silence above; the node hears only its own pings.
                 if let Some((d, at)) = self.pings.remove(&x) {
-                    ctx.pong(d, x, now.saturating_sub(at));
+                    ctx.pong(d, x, now.saturating_since(at));
                 }
             }
             E2eMessage::Ping(x) => {

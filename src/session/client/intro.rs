@@ -22,7 +22,7 @@ use crate::session::silence::Silence;
 use crate::session::{
     ClientHandshake, E2eMessage, Introduce1, RendCookie, Rendezvous2, SessionChannel,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 use crate::wire::record::{LinkSpec, FLAG_RENDEZVOUS};
 use crate::wire::relay::RelayCommand as C;
 
@@ -35,7 +35,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_start_intro(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
     ) {
         let Some(c) = self.clients.get_mut(&dst) else {
@@ -85,7 +85,7 @@ impl SessionLayer {
         };
         c.tried.push(entry.auth_key);
         tracing::debug!(
-            at = now,
+            at = now.as_unix_ms(),
             intro_point = %hex8(&entry.identity),
             kept_rend = c.spare_rend.is_some(),
             "introducing"
@@ -184,12 +184,12 @@ impl SessionLayer {
     pub(in crate::session) fn client_retry_intro(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         why: &str,
     ) {
         tracing::debug!(
-            at = now,
+            at = now.as_unix_ms(),
             why,
             "introduction failed; trying another intro point"
         );
@@ -200,7 +200,7 @@ impl SessionLayer {
     /// Ends the current introduction attempt. Its rendezvous circuit is kept for the next one
     /// if the service cannot have seen the attempt (no INTRODUCE_ACK yet): a late RENDEZVOUS1
     /// for an abandoned handshake would otherwise arrive on it.
-    fn client_drop_intro(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+    fn client_drop_intro(&mut self, ctx: &mut impl SessionCtx, now: Instant, dst: [u8; 16]) {
         let max_effort = self.pow_max_effort;
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
@@ -241,7 +241,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_next_round(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         why: &str,
     ) {
@@ -259,7 +259,7 @@ impl SessionLayer {
             return;
         }
         tracing::debug!(
-            at = now,
+            at = now.as_unix_ms(),
             why,
             round = c.rounds,
             "introductions failed; trying again after a pause"
@@ -277,8 +277,8 @@ impl SessionLayer {
 
     /// Looks the descriptor of `dst` up in the DHT. Its answer starts an introduction only if
     /// the session is waiting for it (`lookup` set); otherwise it just refreshes the cache.
-    pub(in crate::session) fn client_lookup_descriptor(&mut self, now: Millis, dst: [u8; 16]) {
-        let (cur, _) = epochs_to_look_up(now / 1000);
+    pub(in crate::session) fn client_lookup_descriptor(&mut self, now: Instant, dst: [u8; 16]) {
+        let (cur, _) = epochs_to_look_up(now.as_unix_ms() / 1000);
         self.dht_requests.push_back(DhtRequest::Lookup {
             dst,
             key: desc_index(&dst, cur),
@@ -288,7 +288,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_try_introduce(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
     ) {
         let hooks = self.hooks.clone();
@@ -349,7 +349,11 @@ impl SessionLayer {
                 let start = self.rng.next_u64();
                 let e_c = body.client_ephemeral();
                 body.pow = solve(&p.seed, &body.auth_key, &e_c, effort, start, u64::MAX);
-                tracing::debug!(at = now, effort, "introduction with proof of work");
+                tracing::debug!(
+                    at = now.as_unix_ms(),
+                    effort,
+                    "introduction with proof of work"
+                );
             }
         }
         let body = body.emit();
@@ -362,7 +366,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_on_rendezvous2(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         id: CircId,
         payload: &[u8],
@@ -412,8 +416,8 @@ impl SessionLayer {
             ctx.destroy(now, x);
         }
         tracing::debug!(
-            at = now,
-            setup_ms = now.saturating_sub(c.started),
+            at = now.as_unix_ms(),
+            setup_ms = now.saturating_since(c.started),
             rounds = c.rounds,
             "client session open"
         );

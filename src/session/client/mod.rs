@@ -23,10 +23,10 @@ use crate::session::silence::{Silence, Verdict};
 use crate::session::{
     ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
 };
-use crate::time::Millis;
+use crate::time::Instant;
 
 pub(in crate::session) struct Introduction {
-    pub(in crate::session) started: Millis,
+    pub(in crate::session) started: Instant,
     pub(in crate::session) cookie: RendCookie,
     pub(in crate::session) rend: Option<CircId>,
     pub(in crate::session) rend_ready: bool,
@@ -36,9 +36,9 @@ pub(in crate::session) struct Introduction {
     pub(in crate::session) service_key: [u8; 32],
     pub(in crate::session) hs: Option<ClientHandshake>,
     /// When INTRODUCE1 was sent.
-    pub(in crate::session) sent_at: Option<Millis>,
+    pub(in crate::session) sent_at: Option<Instant>,
     pub(in crate::session) acked: bool,
-    pub(in crate::session) acked_at: Option<Millis>,
+    pub(in crate::session) acked_at: Option<Instant>,
     /// The service's puzzle, from the descriptor (10.12).
     pub(in crate::session) pow: Option<PowParams>,
 }
@@ -47,38 +47,38 @@ pub(in crate::session) struct SessCirc {
     pub(in crate::session) id: CircId,
     pub(in crate::session) silence: Silence,
     /// When a frame last came back on it (or it was joined).
-    pub(in crate::session) heard_at: Millis,
+    pub(in crate::session) heard_at: Instant,
 }
 
 pub(in crate::session) struct Join {
     pub(in crate::session) circ: CircId,
     pub(in crate::session) cookie: RendCookie,
-    pub(in crate::session) started: Millis,
+    pub(in crate::session) started: Instant,
     pub(in crate::session) requested: bool,
 }
 
 pub(in crate::session) struct OpenSession {
     pub(in crate::session) chan: SessionChannel,
     pub(in crate::session) keys: SessionKeys,
-    pub(in crate::session) established: Millis,
+    pub(in crate::session) established: Instant,
     pub(in crate::session) circuits: Vec<SessCirc>,
-    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Millis)>,
+    pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Instant)>,
     pub(in crate::session) joins: Vec<Join>,
     pub(in crate::session) next_request: u32,
 }
 
 pub(in crate::session) struct ClientSession {
     pub(in crate::session) pseudonym: Pseudonym,
-    pub(in crate::session) started: Millis,
+    pub(in crate::session) started: Instant,
     pub(in crate::session) queue: VecDeque<Vec<u8>>,
     pub(in crate::session) pings: Vec<u64>,
-    pub(in crate::session) lookup: Option<Millis>,
+    pub(in crate::session) lookup: Option<Instant>,
     pub(in crate::session) content: Option<DescriptorContent>,
     pub(in crate::session) tried: Vec<[u8; 32]>,
     /// Descriptor rounds that failed (every intro point tried).
     pub(in crate::session) rounds: u32,
     /// While waiting between rounds: when to look the descriptor up again.
-    pub(in crate::session) retry_at: Option<Millis>,
+    pub(in crate::session) retry_at: Option<Instant>,
     /// A ready rendezvous circuit (and its registered cookie) kept from an introduction that
     /// failed on the intro point's side, for the next try.
     pub(in crate::session) spare_rend: Option<(CircId, RendCookie, bool)>,
@@ -131,7 +131,7 @@ impl SessionLayer {
     pub fn e2e_ping(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
     ) -> Result<u64, SendError> {
         let Some(seed) = self.client_seed else {
@@ -161,11 +161,11 @@ impl SessionLayer {
     pub fn cache_descriptor(
         &mut self,
         budget: &MemoryBudget,
-        now: Millis,
+        now: Instant,
         bytes: &[u8],
     ) -> Result<(), String> {
-        let d = Descriptor::parse(bytes, now).map_err(|e| e.to_string())?;
-        let now_s = now / 1000;
+        let d = Descriptor::parse(bytes, now.as_unix_ms()).map_err(|e| e.to_string())?;
+        let now_s = now.as_unix_ms() / 1000;
         self.desc_cache.retain(|_, (d, _)| d.expires() > now_s);
         if let Some((old, _)) = self.desc_cache.get(d.index()) {
             if old.revision() >= d.revision() {
@@ -211,7 +211,7 @@ impl SessionLayer {
     fn client_session(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         pseudonym: Pseudonym,
     ) -> Result<(), SendError> {
@@ -251,7 +251,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_fail(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         why: &str,
     ) {
@@ -279,16 +279,16 @@ impl SessionLayer {
     }
 
     /// Drops the cached descriptors of `dst` (both epochs a lookup would ask for).
-    pub(in crate::session) fn forget_descriptor(&mut self, now: Millis, dst: &[u8; 16]) {
-        let (cur, other) = epochs_to_look_up(now / 1000);
+    pub(in crate::session) fn forget_descriptor(&mut self, now: Instant, dst: &[u8; 16]) {
+        let (cur, other) = epochs_to_look_up(now.as_unix_ms() / 1000);
         for e in [Some(cur), other].into_iter().flatten() {
             self.desc_cache.remove(&desc_index(dst, e));
         }
     }
 
     /// The revisions of the cached descriptors of `dst` (both epochs a lookup would ask for).
-    fn cached_revisions(&self, now: Millis, dst: &[u8; 16]) -> [Option<u64>; 2] {
-        let (cur, other) = epochs_to_look_up(now / 1000);
+    fn cached_revisions(&self, now: Instant, dst: &[u8; 16]) -> [Option<u64>; 2] {
+        let (cur, other) = epochs_to_look_up(now.as_unix_ms() / 1000);
         let rev = |e: u64| {
             self.desc_cache
                 .get(&desc_index(dst, e))
@@ -298,8 +298,8 @@ impl SessionLayer {
     }
 
     /// A valid cached descriptor for `dst` (current epoch first), opened.
-    fn cached_content(&self, now: Millis, dst: &[u8; 16]) -> Option<DescriptorContent> {
-        let now_s = now / 1000;
+    fn cached_content(&self, now: Instant, dst: &[u8; 16]) -> Option<DescriptorContent> {
+        let now_s = now.as_unix_ms() / 1000;
         let (cur, other) = epochs_to_look_up(now_s);
         [Some(cur), other].into_iter().flatten().find_map(|e| {
             let (d, _) = self.desc_cache.get(&desc_index(dst, e))?;
@@ -310,7 +310,7 @@ impl SessionLayer {
         })
     }
 
-    fn client_find_descriptor(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+    fn client_find_descriptor(&mut self, ctx: &mut impl SessionCtx, now: Instant, dst: [u8; 16]) {
         if let Some(content) = self.cached_content(now, &dst) {
             if let Some(c) = self.clients.get_mut(&dst) {
                 c.content = Some(content);
@@ -328,7 +328,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_lookup_done(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         answer: DhtAnswer<'_>,
     ) {
@@ -350,7 +350,10 @@ impl SessionLayer {
         // (the service replaced its intro points: the next round should not wait for nothing).
         if c.lookup.is_none() {
             if newer && c.retry_at.is_some() {
-                tracing::debug!(at = now, "a newer descriptor: the next round starts now");
+                tracing::debug!(
+                    at = now.as_unix_ms(),
+                    "a newer descriptor: the next round starts now"
+                );
                 c.retry_at = Some(now);
             }
             return;
@@ -380,7 +383,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_lost_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         id: CircId,
     ) {
@@ -392,7 +395,7 @@ impl SessionLayer {
         let active = o
             .flows
             .values()
-            .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
+            .any(|(_, t)| now.saturating_since(*t) < RESUME_ACTIVE_MS);
         let before = o.flows.len();
         o.flows.retain(|_, (f, _)| *f != id);
         self.stats.flows_moved += (before - o.flows.len()) as u64;
@@ -407,7 +410,7 @@ impl SessionLayer {
                 let real = self.real_for.contains(&dst);
                 let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
                 tracing::debug!(
-                    at = now,
+                    at = now.as_unix_ms(),
                     "session lost with active flows: introducing again"
                 );
                 let _ = self.client_session(ctx, now, dst, pseudonym);
@@ -420,7 +423,7 @@ impl SessionLayer {
     pub(in crate::session) fn client_send(
         &mut self,
         ctx: &mut impl SessionCtx,
-        now: Millis,
+        now: Instant,
         dst: [u8; 16],
         pseudonym: Pseudonym,
         packet: &[u8],
@@ -453,19 +456,19 @@ impl SessionLayer {
         }
     }
 
-    pub(in crate::session) fn client_maintain(&mut self, ctx: &mut impl SessionCtx, now: Millis) {
+    pub(in crate::session) fn client_maintain(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
         let dsts: Vec<[u8; 16]> = self.clients.keys().copied().collect();
         for dst in dsts {
             let Some(c) = self.clients.get_mut(&dst) else {
                 continue;
             };
             if c.lookup
-                .is_some_and(|t| now.saturating_sub(t) >= LOOKUP_TIMEOUT_MS)
+                .is_some_and(|t| now.saturating_since(t) >= LOOKUP_TIMEOUT_MS)
             {
                 self.client_fail(ctx, now, dst, "descriptor lookup timed out");
                 continue;
             }
-            if c.open.is_none() && now.saturating_sub(c.started) >= SESSION_SETUP_TIMEOUT_MS {
+            if c.open.is_none() && now.saturating_since(c.started) >= SESSION_SETUP_TIMEOUT_MS {
                 self.client_fail(ctx, now, dst, "session setup timed out");
                 continue;
             }
@@ -475,8 +478,8 @@ impl SessionLayer {
                 continue;
             }
             let stuck = c.intro.as_ref().is_some_and(|i| {
-                let age = now.saturating_sub(i.started);
-                let since = |t: Option<Millis>| t.map(|t| now.saturating_sub(t));
+                let age = now.saturating_since(i.started);
+                let since = |t: Option<Instant>| t.map(|t| now.saturating_since(t));
                 age >= REND_TIMEOUT_MS
                     || (age >= INTRO_STEP_TIMEOUT_MS && !(i.rend_ready && i.intro_ready))
                     || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
@@ -484,7 +487,7 @@ impl SessionLayer {
             });
             let expired = c.lingering.as_ref().is_some_and(|l| {
                 l.acked_at
-                    .is_none_or(|t| now.saturating_sub(t) >= REND_LINGER_MS)
+                    .is_none_or(|t| now.saturating_since(t) >= REND_LINGER_MS)
             });
             if expired {
                 if let Some(id) = c.lingering.take().and_then(|l| l.rend) {
@@ -506,13 +509,13 @@ impl SessionLayer {
             let busy = o
                 .flows
                 .values()
-                .any(|(_, t)| now.saturating_sub(*t) < RESUME_ACTIVE_MS);
+                .any(|(_, t)| now.saturating_since(*t) < RESUME_ACTIVE_MS);
             for sc in o.circuits.iter_mut() {
                 let spare = !o.flows.values().any(|(f, _)| *f == sc.id);
                 if busy
                     && spare
                     && !sc.silence.silent()
-                    && now.saturating_sub(sc.heard_at) >= SPARE_WARM_MS
+                    && now.saturating_since(sc.heard_at) >= SPARE_WARM_MS
                 {
                     // Its PING starts a silence like any frame sent: no answer, dead (10.8).
                     sc.silence.sent(now);
@@ -534,13 +537,13 @@ impl SessionLayer {
             let expired_joins: Vec<CircId> = o
                 .joins
                 .iter()
-                .filter(|j| now.saturating_sub(j.started) >= REND_TIMEOUT_MS)
+                .filter(|j| now.saturating_since(j.started) >= REND_TIMEOUT_MS)
                 .map(|j| j.circ)
                 .collect();
             o.joins.retain(|j| !expired_joins.contains(&j.circ));
             o.flows
-                .retain(|_, (_, t)| now.saturating_sub(*t) < FLOW_IDLE_MS);
-            let old = now.saturating_sub(o.established) >= SESSION_MAX_AGE_MS;
+                .retain(|_, (_, t)| now.saturating_since(*t) < FLOW_IDLE_MS);
+            let old = now.saturating_since(o.established) >= SESSION_MAX_AGE_MS;
             for (circ, id) in probes {
                 self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
             }
@@ -550,7 +553,10 @@ impl SessionLayer {
             }
             for id in dead {
                 self.stats.probe_failures += 1;
-                tracing::debug!(at = now, "session circuit silent: abandoned, flows move");
+                tracing::debug!(
+                    at = now.as_unix_ms(),
+                    "session circuit silent: abandoned, flows move"
+                );
                 self.abandon_dead_circuit(ctx, now, id);
                 self.client_lost_circuit(ctx, now, dst, id);
                 self.client_drop_suspect_spares(ctx, now, dst);
@@ -564,11 +570,11 @@ impl SessionLayer {
     }
 
     /// Ends a client session (its circuits close; the next packet makes a new one).
-    fn client_close(&mut self, ctx: &mut impl SessionCtx, now: Millis, dst: [u8; 16]) {
+    fn client_close(&mut self, ctx: &mut impl SessionCtx, now: Instant, dst: [u8; 16]) {
         let Some(c) = self.clients.remove(&dst) else {
             return;
         };
-        tracing::debug!(at = now, "client session closed");
+        tracing::debug!(at = now.as_unix_ms(), "client session closed");
         let mut ids: Vec<CircId> = Vec::new();
         if let Some(o) = c.open {
             ids.extend(o.circuits.iter().map(|c| c.id));

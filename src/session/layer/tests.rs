@@ -38,13 +38,13 @@ impl Fake {
 impl SessionCtx for Fake {
     fn build(
         &mut self,
-        _: Millis,
+        _: Instant,
         _: Purpose,
         _: Vec<RelayRecord>,
     ) -> Result<CircId, CircuitError> {
         Err(CircuitError::Limit)
     }
-    fn extend(&mut self, _: Millis, _: CircId, _: RelayRecord) -> Result<(), CircuitError> {
+    fn extend(&mut self, _: Instant, _: CircId, _: RelayRecord) -> Result<(), CircuitError> {
         Err(CircuitError::NoCircuit)
     }
     fn set_purpose(&mut self, _: CircId, _: Purpose) {}
@@ -60,7 +60,7 @@ impl SessionCtx for Fake {
     fn send(&mut self, _: CircId, _: RelayCommand, _: &[u8]) -> Result<(), CircuitError> {
         Err(CircuitError::NoCircuit)
     }
-    fn destroy(&mut self, _: Millis, _: CircId) {}
+    fn destroy(&mut self, _: Instant, _: CircId) {}
     fn reply(&mut self, _: u64, _: RelayCommand, _: &[u8]) -> Result<(), CircuitError> {
         Err(CircuitError::NoCircuit)
     }
@@ -73,7 +73,7 @@ impl SessionCtx for Fake {
     fn splice(&mut self, _: u64, _: u64) -> Result<(), CircuitError> {
         Err(CircuitError::NoCircuit)
     }
-    fn close_relayed(&mut self, _: Millis, _: u64) {}
+    fn close_relayed(&mut self, _: Instant, _: u64) {}
     fn view(&self) -> &RelayView {
         &self.view
     }
@@ -92,7 +92,7 @@ impl SessionCtx for Fake {
     fn identity(&self) -> [u8; 32] {
         [1; 32]
     }
-    fn recently_dead(&self, _: &[u8; 32], _: Millis) -> bool {
+    fn recently_dead(&self, _: &[u8; 32], _: Instant) -> bool {
         false
     }
     fn budget(&self) -> &MemoryBudget {
@@ -131,7 +131,7 @@ fn without_a_client_identity_nothing_is_sent() {
     let (mut s, mut ctx) = (layer(), Fake::new());
     let p = packet(Ipv6Addr::LOCALHOST, DST);
     assert!(matches!(
-        s.send_packet(&mut ctx, 0, DST, &p),
+        s.send_packet(&mut ctx, Instant::ZERO, DST, &p),
         Err(SendError::Unreachable(_))
     ));
     assert!(s.poll_dht_request().is_none());
@@ -143,7 +143,10 @@ fn a_new_session_asks_for_the_descriptor_and_a_failed_first_lookup_is_final() {
     s.set_client_identity([5; 32], Vec::new());
     let me = s.pseudonym_for(DST).expect("client identity set");
     let now = 1_000_000;
-    assert_eq!(s.send_packet(&mut ctx, now, DST, &packet(me, DST)), Ok(()));
+    assert_eq!(
+        s.send_packet(&mut ctx, Instant::from_unix_ms(now), DST, &packet(me, DST)),
+        Ok(())
+    );
     let req = s.poll_dht_request().expect("a descriptor lookup");
     let (cur, _) = epochs_to_look_up(now / 1000);
     assert_eq!(
@@ -156,10 +159,16 @@ fn a_new_session_asks_for_the_descriptor_and_a_failed_first_lookup_is_final() {
     assert!(s.poll_dht_request().is_none());
     s.dht_started(7, &req);
     // Not ours: handed back.
-    assert!(!s.on_dht(&mut ctx, now, 8, DhtAnswer::Other, Vec::new()));
+    assert!(!s.on_dht(
+        &mut ctx,
+        Instant::from_unix_ms(now),
+        8,
+        DhtAnswer::Other,
+        Vec::new()
+    ));
     assert!(s.on_dht(
         &mut ctx,
-        now,
+        Instant::from_unix_ms(now),
         7,
         DhtAnswer::Failed("no circuit"),
         Vec::new()
@@ -175,9 +184,9 @@ fn a_new_session_asks_for_the_descriptor_and_a_failed_first_lookup_is_final() {
 fn a_service_wants_dht_circuits_and_waits_for_paths() {
     let (mut s, mut ctx) = (layer(), Fake::new());
     assert_eq!(s.dht_pools_wanted(), (false, false));
-    assert!(s.add_service(0, [3; 32]));
-    assert!(!s.add_service(0, [3; 32]));
-    s.timeout(&mut ctx, 0);
+    assert!(s.add_service(Instant::ZERO, [3; 32]));
+    assert!(!s.add_service(Instant::ZERO, [3; 32]));
+    s.timeout(&mut ctx, Instant::ZERO);
     assert_eq!(s.dht_pools_wanted(), (false, true));
     let info = s.services_info();
     assert_eq!(info.len(), 1);

@@ -217,7 +217,7 @@ impl IntroPointRole {
     /// status.
     pub fn establish(
         &mut self,
-        now: Millis,
+        now: Instant,
         slot: u64,
         up: LinkId,
         bind: &[u8; 32],
@@ -234,7 +234,7 @@ impl IntroPointRole {
 
     fn try_establish(
         &mut self,
-        now: Millis,
+        now: Instant,
         slot: u64,
         up: LinkId,
         bind: &[u8; 32],
@@ -308,7 +308,7 @@ impl IntroPointRole {
     /// INTRODUCE1 from the client circuit `slot`, which arrived over `up`.
     pub fn introduce(
         &mut self,
-        now: Millis,
+        now: Instant,
         slot: u64,
         up: LinkId,
         body: &[u8],
@@ -325,7 +325,7 @@ impl IntroPointRole {
 
     fn try_introduce(
         &mut self,
-        now: Millis,
+        now: Instant,
         slot: u64,
         up: LinkId,
         body: &[u8],
@@ -394,7 +394,7 @@ impl IntroPointRole {
         IntroduceOutcome::Forward { service_slot }
     }
 
-    fn take_link_token(&mut self, now: Millis, up: LinkId) -> bool {
+    fn take_link_token(&mut self, now: Instant, up: LinkId) -> bool {
         if !self.link_rate.contains_key(&up) && self.link_rate.len() >= MAX_INTRO_LINK_BUCKETS {
             // A full bucket says nothing a new one would not.
             self.link_rate

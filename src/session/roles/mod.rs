@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::budget::{Charge, MemoryBudget};
 use crate::link::LinkId;
-use crate::time::{Bucket, Millis};
+use crate::time::{Bucket, Instant, Millis};
 
 mod intro_point;
 mod rendezvous;
@@ -130,7 +130,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// Full at `now`.
-    pub fn new(rate: f64, burst: f64, now: Millis) -> RateLimit {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimit {
         RateLimit {
             bucket: Bucket::new(burst, now),
             rate,
@@ -139,7 +139,7 @@ impl RateLimit {
     }
 
     /// Takes a token if there is one.
-    pub fn take(&mut self, now: Millis) -> bool {
+    pub fn take(&mut self, now: Instant) -> bool {
         self.bucket.take(now, self.rate, self.burst)
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 
 struct Cookie {
     slot: u64,
-    expires: Millis,
+    expires: Instant,
     _charge: Charge,
 }
 
@@ -60,7 +60,7 @@ impl RendezvousRole {
 
     /// ESTABLISH_RENDEZVOUS on `slot` (the caller checked it has no other role). Returns the
     /// RENDEZVOUS_ESTABLISHED status.
-    pub fn establish(&mut self, now: Millis, slot: u64, body: &[u8]) -> u8 {
+    pub fn establish(&mut self, now: Instant, slot: u64, body: &[u8]) -> u8 {
         let code = self.try_establish(now, slot, body);
         if code == status::OK {
             self.stats.cookies += 1;
@@ -70,7 +70,7 @@ impl RendezvousRole {
         code
     }
 
-    fn try_establish(&mut self, now: Millis, slot: u64, body: &[u8]) -> u8 {
+    fn try_establish(&mut self, now: Instant, slot: u64, body: &[u8]) -> u8 {
         let Ok(cookie) = parse_establish_rendezvous(body) else {
             return status::REFUSED;
         };
@@ -99,7 +99,7 @@ impl RendezvousRole {
     }
 
     /// RENDEZVOUS1 on the service's circuit `slot`. The cookie is single use.
-    pub fn rendezvous1(&mut self, now: Millis, slot: u64, body: &[u8]) -> RendezvousOutcome {
+    pub fn rendezvous1(&mut self, now: Instant, slot: u64, body: &[u8]) -> RendezvousOutcome {
         let Ok(r1) = Rendezvous1::parse(body) else {
             self.stats.refused += 1;
             return RendezvousOutcome::Destroy;
@@ -124,7 +124,7 @@ impl RendezvousRole {
     }
 
     /// Forgets cookies older than [`REND_COOKIE_LIFETIME_MS`].
-    pub fn expire(&mut self, now: Millis) {
+    pub fn expire(&mut self, now: Instant) {
         let by_slot = &mut self.by_slot;
         self.cookies.retain(|_, c| {
             let keep = now < c.expires;

@@ -16,10 +16,16 @@ fn intro_point_registers_forwards_and_drops_replays() {
     let bind = [3u8; 32];
     let est = EstablishIntro::sign(&auth, &bind).emit();
     // Signed for another circuit: refused.
-    assert_eq!(role.establish(0, 1, L, &[4; 32], &est), status::REFUSED);
-    assert_eq!(role.establish(0, 1, L, &bind, &est), status::OK);
+    assert_eq!(
+        role.establish(Instant::ZERO, 1, L, &[4; 32], &est),
+        status::REFUSED
+    );
+    assert_eq!(role.establish(Instant::ZERO, 1, L, &bind, &est), status::OK);
     // Again on the same circuit: already established.
-    assert_eq!(role.establish(0, 1, L, &bind, &est), status::EXISTS);
+    assert_eq!(
+        role.establish(Instant::ZERO, 1, L, &bind, &est),
+        status::EXISTS
+    );
     let intro = Introduce1 {
         auth_key: auth.verifying_key().to_bytes(),
         msg1: [9; E2E_MSG1_LEN],
@@ -27,11 +33,11 @@ fn intro_point_registers_forwards_and_drops_replays() {
     }
     .emit();
     assert_eq!(
-        role.introduce(0, 100, L, &intro),
+        role.introduce(Instant::ZERO, 100, L, &intro),
         IntroduceOutcome::Forward { service_slot: 1 }
     );
     assert_eq!(
-        role.introduce(1, 100, L, &intro),
+        role.introduce(Instant::from_unix_ms(1), 100, L, &intro),
         IntroduceOutcome::Refuse(status::REPLAY)
     );
     let other = Introduce1 {
@@ -41,22 +47,28 @@ fn intro_point_registers_forwards_and_drops_replays() {
     }
     .emit();
     assert_eq!(
-        role.introduce(1, 100, L, &other),
+        role.introduce(Instant::from_unix_ms(1), 100, L, &other),
         IntroduceOutcome::Refuse(status::UNKNOWN)
     );
     assert_eq!(
-        role.introduce(1, 100, L, &[0u8; INTRODUCE1_LEN - 1]),
+        role.introduce(Instant::from_unix_ms(1), 100, L, &[0u8; INTRODUCE1_LEN - 1]),
         IntroduceOutcome::Refuse(status::REFUSED)
     );
     // The key's holder on a second circuit (signed for that circuit's bind): the
     // registration moves there, its replay cache with it; the first circuit no longer has it.
     let bind2 = [6u8; 32];
     let est2 = EstablishIntro::sign(&auth, &bind2).emit();
-    assert_eq!(role.establish(0, 2, L, &bind, &est2), status::REFUSED);
-    assert_eq!(role.establish(0, 2, L, &bind2, &est2), status::OK);
+    assert_eq!(
+        role.establish(Instant::ZERO, 2, L, &bind, &est2),
+        status::REFUSED
+    );
+    assert_eq!(
+        role.establish(Instant::ZERO, 2, L, &bind2, &est2),
+        status::OK
+    );
     assert_eq!(role.len(), 1);
     assert_eq!(
-        role.introduce(1, 100, L, &intro),
+        role.introduce(Instant::from_unix_ms(1), 100, L, &intro),
         IntroduceOutcome::Refuse(status::REPLAY)
     );
     let fresh = Introduce1 {
@@ -66,7 +78,7 @@ fn intro_point_registers_forwards_and_drops_replays() {
     }
     .emit();
     assert_eq!(
-        role.introduce(1, 100, L, &fresh),
+        role.introduce(Instant::from_unix_ms(1), 100, L, &fresh),
         IntroduceOutcome::Forward { service_slot: 2 }
     );
     role.closed(1);
@@ -74,7 +86,7 @@ fn intro_point_registers_forwards_and_drops_replays() {
     role.closed(2);
     assert!(role.is_empty());
     assert_eq!(
-        role.introduce(2, 100, L, &intro),
+        role.introduce(Instant::from_unix_ms(2), 100, L, &intro),
         IntroduceOutcome::Refuse(status::UNKNOWN)
     );
 }
@@ -85,7 +97,13 @@ fn intro_point_rate_limits_per_key() {
     let auth = SigningKey::from_bytes(&[8; 32]);
     let bind = [1u8; 32];
     assert_eq!(
-        role.establish(0, 1, L, &bind, &EstablishIntro::sign(&auth, &bind).emit()),
+        role.establish(
+            Instant::ZERO,
+            1,
+            L,
+            &bind,
+            &EstablishIntro::sign(&auth, &bind).emit()
+        ),
         status::OK
     );
     let mut limited = 0;
@@ -99,7 +117,7 @@ fn intro_point_rate_limits_per_key() {
         }
         .emit();
         // One circuit per introduction, as honest clients do.
-        let out = role.introduce(0, 100 + u64::from(i), L, &body);
+        let out = role.introduce(Instant::ZERO, 100 + u64::from(i), L, &body);
         if out == IntroduceOutcome::Refuse(status::RATE_LIMITED) {
             limited += 1;
         }
@@ -133,14 +151,14 @@ fn rendezvous_point_matches_cookies_once() {
     let mut role = RendezvousRole::new(budget());
     let cookie = RendCookie([4; 32]);
     let body = establish_rendezvous_body(&cookie);
-    assert_eq!(role.establish(0, 10, &body), status::OK);
-    assert_eq!(role.establish(0, 11, &body), status::EXISTS);
+    assert_eq!(role.establish(Instant::ZERO, 10, &body), status::OK);
+    assert_eq!(role.establish(Instant::ZERO, 11, &body), status::EXISTS);
     let r1 = Rendezvous1 {
         cookie: cookie.clone(),
         hs: RendHs::Join([1; 32]),
     }
     .emit();
-    match role.rendezvous1(5, 20, &r1) {
+    match role.rendezvous1(Instant::from_unix_ms(5), 20, &r1) {
         RendezvousOutcome::Splice {
             client_slot,
             rendezvous2,
@@ -153,7 +171,10 @@ fn rendezvous_point_matches_cookies_once() {
         }
         o => panic!("{o:?}"),
     }
-    assert_eq!(role.rendezvous1(6, 21, &r1), RendezvousOutcome::Destroy);
+    assert_eq!(
+        role.rendezvous1(Instant::from_unix_ms(6), 21, &r1),
+        RendezvousOutcome::Destroy
+    );
     assert!(role.is_empty());
 }
 
@@ -162,7 +183,7 @@ fn rendezvous_cookies_expire() {
     let mut role = RendezvousRole::new(budget());
     let cookie = RendCookie([5; 32]);
     assert_eq!(
-        role.establish(0, 1, &establish_rendezvous_body(&cookie)),
+        role.establish(Instant::ZERO, 1, &establish_rendezvous_body(&cookie)),
         status::OK
     );
     let r1 = Rendezvous1 {
@@ -171,10 +192,10 @@ fn rendezvous_cookies_expire() {
     }
     .emit();
     assert_eq!(
-        role.rendezvous1(REND_COOKIE_LIFETIME_MS, 2, &r1),
+        role.rendezvous1(Instant::from_unix_ms(REND_COOKIE_LIFETIME_MS), 2, &r1),
         RendezvousOutcome::Destroy
     );
-    role.expire(REND_COOKIE_LIFETIME_MS);
+    role.expire(Instant::from_unix_ms(REND_COOKIE_LIFETIME_MS));
     assert!(role.is_empty() && !role.holds(1));
 }
 
@@ -185,18 +206,29 @@ fn roles_refuse_when_the_budget_is_spent() {
     let mut rend = RendezvousRole::new(b.clone());
     let bind = [2u8; 32];
     let est = |k: u8| EstablishIntro::sign(&SigningKey::from_bytes(&[k; 32]), &bind).emit();
-    assert_eq!(intro.establish(0, 1, L, &bind, &est(1)), status::OK);
     assert_eq!(
-        rend.establish(0, 2, &establish_rendezvous_body(&RendCookie([1; 32]))),
+        intro.establish(Instant::ZERO, 1, L, &bind, &est(1)),
+        status::OK
+    );
+    assert_eq!(
+        rend.establish(
+            Instant::ZERO,
+            2,
+            &establish_rendezvous_body(&RendCookie([1; 32]))
+        ),
         status::OK
     );
     // Full: both refuse with "rate limited" instead of growing.
     assert_eq!(
-        intro.establish(0, 3, L, &bind, &est(2)),
+        intro.establish(Instant::ZERO, 3, L, &bind, &est(2)),
         status::RATE_LIMITED
     );
     assert_eq!(
-        rend.establish(0, 4, &establish_rendezvous_body(&RendCookie([2; 32]))),
+        rend.establish(
+            Instant::ZERO,
+            4,
+            &establish_rendezvous_body(&RendCookie([2; 32]))
+        ),
         status::RATE_LIMITED
     );
     // The first registration cannot store a replay tag either: introductions are refused
@@ -208,7 +240,7 @@ fn roles_refuse_when_the_budget_is_spent() {
     }
     .emit();
     assert_eq!(
-        intro.introduce(0, 100, L, &body),
+        intro.introduce(Instant::ZERO, 100, L, &body),
         IntroduceOutcome::Refuse(status::RATE_LIMITED)
     );
     intro.closed(1);
@@ -222,7 +254,7 @@ fn made_up_registration(role: &mut IntroPointRole, slot: u64, up: LinkId) -> (u8
     let auth = SigningKey::from_bytes(&seed);
     let bind = [slot as u8; 32];
     let code = role.establish(
-        0,
+        Instant::ZERO,
         slot,
         up,
         &bind,
@@ -264,11 +296,11 @@ fn registration_flood_charges_what_it_stores() {
     for (i, key) in keys.iter().enumerate() {
         let client = 100_000 + i as u64;
         let up = LinkId(2000 + (i / 200) as u32);
-        let out = role.introduce(0, client, up, &introduction(*key, 0));
+        let out = role.introduce(Instant::ZERO, client, up, &introduction(*key, 0));
         assert!(matches!(out, IntroduceOutcome::Forward { .. }));
         // A second and third INTRODUCE1 on the same circuit: the third is over the cap.
-        role.introduce(0, client, up, &introduction(*key, 1));
-        let third = role.introduce(0, client, up, &introduction(*key, 2));
+        role.introduce(Instant::ZERO, client, up, &introduction(*key, 1));
+        let third = role.introduce(Instant::ZERO, client, up, &introduction(*key, 2));
         assert_eq!(third, IntroduceOutcome::Refuse(status::RATE_LIMITED));
     }
     let per_reg = INTRO_REG_COST + 2 * REPLAY_TAG_COST + INTRO_CLIENT_COST;
@@ -279,7 +311,12 @@ fn registration_flood_charges_what_it_stores() {
     let (code, key) = made_up_registration(&mut role, 50_000, LinkId(7));
     assert_eq!(code, status::OK);
     assert_eq!(
-        role.introduce(1, 50_001, LinkId(8), &introduction(key, 0)),
+        role.introduce(
+            Instant::from_unix_ms(1),
+            50_001,
+            LinkId(8),
+            &introduction(key, 0)
+        ),
         IntroduceOutcome::Forward {
             service_slot: 50_000
         }
@@ -298,7 +335,7 @@ fn tag_flood_sheds_the_flooders_tags() {
     let mut role = IntroPointRole::new(b.clone());
     let (_, honest) = made_up_registration(&mut role, 1, LinkId(7));
     for n in 0..100 {
-        let out = role.introduce(0, 10 + n, LinkId(8), &introduction(honest, n));
+        let out = role.introduce(Instant::ZERO, 10 + n, LinkId(8), &introduction(honest, n));
         assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 });
     }
     let flooder: Vec<[u8; 32]> = (0..64)
@@ -312,7 +349,12 @@ fn tag_flood_sheds_the_flooders_tags() {
         let key = flooder[(n % 64) as usize];
         let client = 1_000_000 + n;
         let up = LinkId(2000);
-        let out = role.introduce(now, client, up, &introduction(key, n));
+        let out = role.introduce(
+            Instant::from_unix_ms(now),
+            client,
+            up,
+            &introduction(key, n),
+        );
         assert!(
             matches!(out, IntroduceOutcome::Forward { .. }),
             "{n}: {out:?}"
@@ -329,7 +371,12 @@ fn tag_flood_sheds_the_flooders_tags() {
     assert_eq!(b.used(), bound);
     // The honest service is still reachable through the flood.
     assert_eq!(
-        role.introduce(now, 5, LinkId(8), &introduction(honest, 1 << 40)),
+        role.introduce(
+            Instant::from_unix_ms(now),
+            5,
+            LinkId(8),
+            &introduction(honest, 1 << 40)
+        ),
         IntroduceOutcome::Forward { service_slot: 1 }
     );
 }
@@ -373,7 +420,7 @@ fn introduce_flood_cannot_aim_eviction_at_the_service() {
     assert_eq!(code, status::OK);
     for n in 0..100 {
         let client = 1_000 + n;
-        let out = role.introduce(0, client, b, &introduction(service, n));
+        let out = role.introduce(Instant::ZERO, client, b, &introduction(service, n));
         assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 }, "{n}");
         role.closed(client);
     }
@@ -392,7 +439,7 @@ fn introduce_flood_cannot_aim_eviction_at_the_service() {
     assert_eq!(role.link_bytes(a), INTRO_REG_COST);
     // A client over a third link still gets through: the flooder's oldest tag makes room.
     assert_eq!(
-        role.introduce(0, 5_000, c, &introduction(service, 1 << 40)),
+        role.introduce(Instant::ZERO, 5_000, c, &introduction(service, 1 << 40)),
         IntroduceOutcome::Forward { service_slot: 1 }
     );
     role.closed(5_000);
@@ -421,7 +468,12 @@ fn introduce_flood_over_many_links_sheds_their_tags_not_the_service() {
         now += 40;
         let client = 10_000 + n;
         let up = LinkId(100 + (n % 8) as u32);
-        let out = role.introduce(now, client, up, &introduction(service, n));
+        let out = role.introduce(
+            Instant::from_unix_ms(now),
+            client,
+            up,
+            &introduction(service, n),
+        );
         assert_eq!(out, IntroduceOutcome::Forward { service_slot: 1 }, "{n}");
         role.closed(client);
     }
