@@ -139,8 +139,9 @@ impl Default for Clock {
 }
 
 /// A token bucket: `take` succeeds at most `rate` times a second on average, with bursts up to
-/// `burst`. The one rate limiter of every layer (CREATE cells, introductions, ...), on the
-/// caller's clock so that it runs in virtual time too.
+/// `burst`. The rate limiter of every smooth rate (CREATE cells, introductions, ...), on the
+/// caller's clock so that it runs in virtual time too. Caps that must hold as exact counts per
+/// window use `link::nat::RateWindow` (docs/decisions.md, "Two shapes of rate limit").
 #[derive(Debug, Clone)]
 pub struct Bucket {
     tokens: f64,
@@ -173,6 +174,65 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+/// Keys that hold until an instant: the one expiring table (relays judged dead or suspect,
+/// quarantined circuit ids, ...). Lookups ignore lapsed entries; [`Expiring::sweep`] drops them.
+/// Ordered, so that sweeps and iteration are repeatable in the simulator.
+#[derive(Debug, Clone)]
+pub struct Expiring<K> {
+    until: std::collections::BTreeMap<K, Instant>,
+}
+
+impl<K> Default for Expiring<K> {
+    fn default() -> Self {
+        Expiring {
+            until: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord> Expiring<K> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds `key` until `until` (replacing an earlier entry).
+    pub fn insert(&mut self, key: K, until: Instant) {
+        self.until.insert(key, until);
+    }
+
+    /// Holds `key` until `until` or its current end, whichever is later.
+    pub fn extend(&mut self, key: K, until: Instant) {
+        let e = self.until.entry(key).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    /// Whether `key` is held at `now`.
+    pub fn contains(&self, key: &K, now: Instant) -> bool {
+        self.until.get(key).is_some_and(|t| now < *t)
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &K) {
+        self.until.remove(key);
+    }
+
+    /// Drops every entry that lapsed at `now`.
+    pub fn sweep(&mut self, now: Instant) {
+        self.until.retain(|_, t| now < *t);
+    }
+
+    /// Entries, lapsed ones included until the next sweep.
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
     }
 }
 
@@ -224,6 +284,18 @@ impl RepeatLog {
 #[cfg(test)]
 mod repeat_log_tests {
     use super::*;
+
+    #[test]
+    fn expiring_keys_lapse() {
+        let at = Instant::from_unix_ms;
+        let mut e = Expiring::new();
+        e.insert(1u8, at(100));
+        e.extend(1u8, at(50));
+        assert!(e.contains(&1, at(99)));
+        assert!(!e.contains(&1, at(100)));
+        e.sweep(at(100));
+        assert!(e.is_empty());
+    }
 
     #[test]
     fn logs_start_change_and_once_a_minute() {

@@ -7,7 +7,7 @@ use crate::circuit::path::{Hop, PathContext, PathKind, Target};
 use crate::session::ctx::SessionCtx;
 use crate::session::layer::{hex8, Owner, SessionLayer};
 use crate::session::limits::*;
-use crate::time::Instant;
+use crate::time::{Expiring, Instant};
 use crate::wire::record::RelayRecord;
 
 fn hop_of(r: &RelayRecord) -> Hop {
@@ -33,7 +33,7 @@ impl SessionLayer {
         }
         // A relay that just stopped answering is still in the view for a while: paths through
         // it would wait for an EXTEND to fail. A few tries find one without; else the last.
-        self.suspects.retain(|_, until| now < *until);
+        self.suspects.sweep(now);
         let mut tries = 0;
         let path = loop {
             tries += 1;
@@ -49,7 +49,7 @@ impl SessionLayer {
                 .hops()
                 .iter()
                 .skip(1)
-                .any(|h| self.suspects.contains_key(&h.identity));
+                .any(|h| self.suspects.contains(&h.identity, now));
             if clean || tries >= SUSPECT_PATH_TRIES {
                 break path;
             }
@@ -97,10 +97,9 @@ impl SessionLayer {
             .map(|(id, _)| *id)
             .collect();
         for id in stems {
-            let suspect = ctx.path(id).is_some_and(|p| {
-                p.iter()
-                    .any(|h| self.suspects.get(h.identity()).is_some_and(|t| now < *t))
-            });
+            let suspect = ctx
+                .path(id)
+                .is_some_and(|p| p.iter().any(|h| self.suspects.contains(h.identity(), now)));
             if suspect {
                 self.owners.remove(&id);
                 self.stems.retain(|(s, _)| *s != id);
@@ -144,7 +143,7 @@ impl SessionLayer {
         now: Instant,
         avoid: &[[u8; 32]],
     ) -> Option<CircId> {
-        self.suspects.retain(|_, until| now < *until);
+        self.suspects.sweep(now);
         let mut fallback = None;
         let mut chosen = None;
         for id in ctx.ready_ids(Purpose::Pool) {
@@ -153,7 +152,7 @@ impl SessionLayer {
             };
             if path
                 .iter()
-                .any(|r| self.suspects.contains_key(r.identity()))
+                .any(|r| self.suspects.contains(r.identity(), now))
             {
                 ctx.destroy(now, id);
                 continue;
@@ -242,7 +241,7 @@ impl SessionLayer {
 
 /// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop).
 pub(in crate::session) fn through_suspect(
-    suspects: &std::collections::BTreeMap<[u8; 32], Instant>,
+    suspects: &Expiring<[u8; 32]>,
     ctx: &impl SessionCtx,
     now: Instant,
     id: CircId,
@@ -250,6 +249,6 @@ pub(in crate::session) fn through_suspect(
     ctx.path(id).is_some_and(|p| {
         p.iter()
             .skip(1)
-            .any(|r| suspects.get(r.identity()).is_some_and(|u| now < *u))
+            .any(|r| suspects.contains(r.identity(), now))
     })
 }

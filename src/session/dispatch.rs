@@ -92,7 +92,7 @@ impl SessionLayer {
                         .and_then(|i| i.relay.as_ref().map(|r| *r.identity()))
                 });
                 let alive = again.and_then(|r| {
-                    let suspect = self.suspects.get(&r).is_some_and(|t| now < *t);
+                    let suspect = self.suspects.contains(&r, now);
                     let rec = ctx.view().get(&r).cloned();
                     rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
                 });

@@ -37,7 +37,7 @@ use crate::session::limits::*;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::service::Service;
 use crate::session::{E2eMessage, Pseudonym, Rendezvous1, SessionChannel};
-use crate::time::{Instant, RepeatLog};
+use crate::time::{Expiring, Instant, RepeatLog};
 
 /// Why a packet could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +194,7 @@ pub struct SessionLayer {
     /// The latest time the node was driven with (for status output).
     pub(in crate::session) now: Instant,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
-    pub(in crate::session) suspects: BTreeMap<[u8; 32], Instant>,
+    pub(in crate::session) suspects: Expiring<[u8; 32]>,
     /// Descriptor lookups under way: token → service.
     pub(in crate::session) lookups: BTreeMap<u64, [u8; 16]>,
     /// DHT queries for the node to start.
@@ -264,7 +264,7 @@ impl SessionLayer {
             owners: BTreeMap::new(),
             pending_r1: BTreeMap::new(),
             now: Instant::ZERO,
-            suspects: BTreeMap::new(),
+            suspects: Expiring::new(),
             lookups: BTreeMap::new(),
             dht_requests: VecDeque::new(),
             publishes: BTreeMap::new(),
@@ -400,8 +400,7 @@ impl SessionLayer {
     /// A link to a relay went down (it may have died): new paths avoid it for a while.
     pub fn on_link_down(&mut self, now: Instant, identity: &[u8; 32]) {
         let until = now + LINK_DOWN_SUSPECT_MS;
-        let e = self.suspects.entry(*identity).or_insert(until);
-        *e = (*e).max(until);
+        self.suspects.extend(*identity, until);
     }
 
     /// A link to a relay is up: it is not suspect (any more).

@@ -26,7 +26,7 @@ use super::onion::OnionKeys;
 use crate::budget::MemoryBudget;
 use crate::crypto::{Randomness, SecretRng};
 use crate::link::LinkId;
-use crate::time::{Bucket, Instant, Millis};
+use crate::time::{Bucket, Expiring, Instant, Millis};
 use crate::wire::cell::{Cell, CellCommand, DestroyBody, DestroyReason, CELL_HEADER_LEN, CELL_LEN};
 use origin::{Own, OwnState};
 pub use relay::relay_state_bytes;
@@ -306,7 +306,7 @@ pub struct CircuitLayer {
     own: BTreeMap<CircId, Own>,
     own_routes: BTreeMap<(LinkId, u32), CircId>,
     next_own: u64,
-    quarantine: BTreeMap<(LinkId, u32), Instant>,
+    quarantine: Expiring<(LinkId, u32)>,
     total_creates: Bucket,
     actions: VecDeque<CircAction>,
     events: VecDeque<CircEvent>,
@@ -357,7 +357,7 @@ impl CircuitLayer {
             own: BTreeMap::new(),
             own_routes: BTreeMap::new(),
             next_own: 1,
-            quarantine: BTreeMap::new(),
+            quarantine: Expiring::new(),
             total_creates: Bucket::new(CREATE_RATE_TOTAL, now),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -523,7 +523,7 @@ impl CircuitLayer {
                 continue;
             }
             let key = (link, id);
-            let quarantined = self.quarantine.get(&key).is_some_and(|t| now < *t);
+            let quarantined = self.quarantine.contains(&key, now);
             if !quarantined
                 && !self.routes.contains_key(&key)
                 && !self.own_routes.contains_key(&key)
@@ -558,7 +558,7 @@ impl CircuitLayer {
             return;
         };
         let key = (link, circ_id);
-        if self.quarantine.get(&key).is_some_and(|t| now < *t) {
+        if self.quarantine.contains(&key, now) {
             self.stats.dropped += 1;
             return;
         }
@@ -602,7 +602,7 @@ impl CircuitLayer {
     /// timers (`origin.rs`, `relay.rs`); ours run first, so the cells they resend queue ahead of
     /// the relayed circuits' cells.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.quarantine.retain(|_, t| now < *t);
+        self.quarantine.sweep(now);
         self.onion_key_timers(now);
         self.origin_timeouts(now);
         self.relay_timeouts(now);

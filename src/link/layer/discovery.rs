@@ -45,8 +45,7 @@ impl LinkLayer {
     /// Whether the peer with this link key stopped answering PINGs within the last
     /// [`DEAD_PEER_MS`] and has not linked since.
     pub fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool {
-        self.dead_peers.get(peer_key).is_some_and(|t| now < *t)
-            && !self.by_key.contains_key(peer_key)
+        self.dead_peers.contains(peer_key, now) && !self.by_key.contains_key(peer_key)
     }
 
     /// A circuit could not be extended to this relay (link failed or timed out): keep it out
@@ -57,7 +56,7 @@ impl LinkLayer {
             return;
         }
         if self.suspects.len() >= MAX_SUSPECTS {
-            self.suspects.retain(|_, t| now < *t);
+            self.suspects.sweep(now);
             if self.suspects.len() >= MAX_SUSPECTS {
                 return;
             }
@@ -67,7 +66,7 @@ impl LinkLayer {
     }
 
     pub(super) fn is_suspect(&self, identity: &[u8; 32], now: Instant) -> bool {
-        self.suspects.get(identity).is_some_and(|t| now < *t)
+        self.suspects.contains(identity, now)
     }
 
     /// Adds verified relay records learned through the DHT (a SAMPLE answered by the last hop

@@ -394,7 +394,7 @@ impl LinkLayer {
             tracing::debug!(link = id.0, "no answer to PING: link is dead");
             if let Some(key) = self.links.get(&id).map(|l| l.peer_key) {
                 if self.dead_peers.len() >= MAX_DEAD_PEERS {
-                    self.dead_peers.retain(|_, t| now < *t);
+                    self.dead_peers.sweep(now);
                 }
                 if self.dead_peers.len() < MAX_DEAD_PEERS {
                     self.dead_peers.insert(key, now + DEAD_PEER_MS);

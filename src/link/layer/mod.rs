@@ -45,7 +45,7 @@ use crate::link::nat::{
 };
 use crate::link::noise::{Responder, NOISE_BUF_LEN};
 use crate::link::view::RelayView;
-use crate::time::{Instant, Millis};
+use crate::time::{Expiring, Instant, Millis};
 use crate::wire::datagram::{self, Kind};
 use crate::wire::link::{LinkFrame, MsgType, LINK_HEADER_LEN};
 use crate::wire::record::{
@@ -106,7 +106,7 @@ pub struct LinkLayer {
     /// Peers (by link key) whose link died of unanswered PINGs, until when
     /// [`LinkLayer::recently_dead`] says so: an EXTEND towards a relay that just died fails at
     /// once instead of dialling it. (Our own dialling is not stopped: its backoff applies.)
-    dead_peers: BTreeMap<[u8; 32], Instant>,
+    dead_peers: Expiring<[u8; 32]>,
     boot: Bootstrap,
     query_budget: (Instant, u32),
     expected: BTreeMap<[u8; 32], Instant>,
@@ -117,7 +117,7 @@ pub struct LinkLayer {
     /// Relays a circuit extension to failed, kept out of the view until the time given unless
     /// they speak to us themselves (records of dead relays linger in others' views until they
     /// expire, and every path through one fails only after a timeout).
-    suspects: BTreeMap<[u8; 32], Instant>,
+    suspects: Expiring<[u8; 32]>,
     recent_overflow_until: Instant,
     probe: Option<Probe>,
     probe_ok: Option<SocketAddr>,
@@ -182,13 +182,13 @@ impl LinkLayer {
             rx_local: None,
             nat: NatClass::Unknown,
             backoff: BTreeMap::new(),
-            dead_peers: BTreeMap::new(),
+            dead_peers: Expiring::new(),
             boot,
             query_budget: (Instant::ZERO, 0),
             expected: BTreeMap::new(),
             obs: Observations::default(),
             recent_peers: BTreeMap::new(),
-            suspects: BTreeMap::new(),
+            suspects: Expiring::new(),
             recent_overflow_until: Instant::ZERO,
             probe: None,
             probe_ok: None,
@@ -557,7 +557,7 @@ impl LinkLayer {
                 .retain(|_, (_, t, _)| now.saturating_since(*t) < PROBE_WINDOW_MS * 2);
             self.recent_peers
                 .retain(|_, (t, _)| now.saturating_since(*t) < RECENT_PEER_MS);
-            self.suspects.retain(|_, t| now < *t);
+            self.suspects.sweep(now);
             self.relay_table
                 .retain(|_, e| now.saturating_since(e.last) < RELAYED_LINK_IDLE_MS);
             self.run_probe(now);

@@ -64,7 +64,7 @@ impl SessionLayer {
         let guards: Vec<[u8; 32]> = ctx.guards().list().iter().map(|g| g.identity).collect();
         candidates.sort_by_key(|e| {
             (
-                suspects.get(&e.identity).is_some_and(|t| now < *t),
+                suspects.contains(&e.identity, now),
                 guards.contains(&e.identity),
             )
         });
