@@ -242,11 +242,23 @@ fn name_claim_show_release() {
     };
     let o = web(&["name", "claim", "blog"]);
     assert_eq!(o.status.code(), Some(1), "no key for web yet");
-    assert!(stderr(&o).contains("keygen --service web"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("keygen --service web"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
-        gn(&["name", "claim", "blog", "--service", "Bad", "--state-dir", d])
-            .status
-            .code(),
+        gn(&[
+            "name",
+            "claim",
+            "blog",
+            "--service",
+            "Bad",
+            "--state-dir",
+            d
+        ])
+        .status
+        .code(),
         Some(2)
     );
     assert!(gn(&["keygen", "--service", "web", "--state-dir", d])
