@@ -233,16 +233,44 @@ fn name_claim_show_release() {
         let o = gn(&["name", "claim", bad, "--state-dir", d]);
         assert_eq!(o.status.code(), Some(2), "{bad}");
     }
-    let o = gn(&[
-        "name",
-        "show",
-        "cheesy",
-        "--service",
-        "web",
-        "--state-dir",
-        d,
-    ]);
-    assert_eq!(o.status.code(), Some(2));
+    // Another service's key (issue #22 item c): refused until the service has a key, then the
+    // claim is signed by that key, not the node's.
+    let web = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--service", "web", "--state-dir", d]);
+        gn(&a)
+    };
+    let o = web(&["name", "claim", "blog"]);
+    assert_eq!(o.status.code(), Some(1), "no key for web yet");
+    assert!(
+        stderr(&o).contains("keygen --service web"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        gn(&[
+            "name",
+            "claim",
+            "blog",
+            "--service",
+            "Bad",
+            "--state-dir",
+            d
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    assert!(gn(&["keygen", "--service", "web", "--state-dir", d])
+        .status
+        .success());
+    let web_key = stdout(&web(&["address", "--name"]));
+    assert_ne!(web_key.trim(), key.trim());
+    let o = web(&["name", "claim", "blog"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(web_key.trim()), "{}", stdout(&o));
+    let o = gn(&["name", "show", "blog", "--state-dir", d]);
+    assert!(stdout(&o).contains(web_key.trim()), "{}", stdout(&o));
     assert!(gn(&["name", "release", "cheesy", "--state-dir", d])
         .status
         .success());

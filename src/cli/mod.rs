@@ -83,7 +83,7 @@ enum Command {
     /// Claim, show or release a network-issued name NAME.gn.alt for this node's service
     #[command(
         subcommand,
-        after_help = "Examples:\n  sudo globalnet name claim cheesy\n  globalnet name show cheesy\n  sudo globalnet name release cheesy\n\nA claim is signed by the service key and priced with proof of work (about 10^6 hashes); among claims of one name the one with the most work wins (docs/protocol.md 18.3).\nNot yet published in the DHT: the claim is kept in the state directory."
+        after_help = "Examples:\n  sudo globalnet name claim cheesy\n  globalnet name show cheesy\n  sudo globalnet name release cheesy\n  sudo globalnet name claim myblog --service web\n\nA claim is signed by the service's key and priced with proof of work (about 10^6 hashes); among claims of one name the one with the most work wins (docs/protocol.md 18.3).\nThe claim is kept in the state directory; the running daemon publishes it in the DHT within seconds and refreshes it."
     )]
     Name(NameCommand),
     /// A local network in namespaces reaching a hidden service (root; Ctrl-C tears it down)
@@ -140,7 +140,7 @@ struct NameArgs {
     /// The name: one label, with or without .gn.alt
     #[arg(value_name = "NAME")]
     name: String,
-    /// The service whose key claims it (only the node's default service exists so far)
+    /// The service whose key claims it: `default` ([expose]'s) or a [[service]]'s name
     #[arg(long, value_name = "NAME", default_value = "default")]
     service: String,
     #[command(flatten)]
@@ -443,12 +443,6 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
         NameCommand::Accept(a) => return accept(a),
         NameCommand::Claim(a) | NameCommand::Show(a) | NameCommand::Release(a) => a,
     };
-    if args.service != "default" {
-        return Err(Failure::Usage(format!(
-            "no service `{}`: this node has only its default service (--service default)",
-            args.service
-        )));
-    }
     let label = args
         .name
         .strip_suffix('.')
@@ -477,12 +471,12 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
     };
     match cmd {
         NameCommand::Claim(_) => {
-            let keys = NodeKeys::load(&dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-            let (c, secs) =
-                claim_files::claim(&dir, &label, &keys.service).map_err(Failure::Runtime)?;
+            let (_, key) = services::service_key(&args.state, &args.service)?;
+            let (c, secs) = claim_files::claim(&dir, &label, &key).map_err(Failure::Runtime)?;
             print!("{}", show(&c));
+            println!("service  {}", args.service);
             println!("took     {secs:.1} s of work");
-            eprintln!("note: the daemon publishes its claims in the DHT when it starts: restart it (systemctl restart globalnet)");
+            eprintln!("note: a running daemon that hosts this service publishes the claim within a few seconds");
         }
         NameCommand::Show(_) => match claim_files::load(&dir, &label).map_err(Failure::Runtime)? {
             Some(c) => print!("{}", show(&c)),

@@ -1,7 +1,7 @@
 //! The hidden services of this node on the command line: `globalnet services`, `address
 //! --service NAME`, `keygen --service NAME`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{duration, table, Failure, StateArgs};
 use crate::config::services::{default_key_file, valid_name, DEFAULT_SERVICE};
@@ -102,20 +102,17 @@ fn print_address(service: &str, key: &ed25519_dalek::VerifyingKey, name: bool, j
     }
 }
 
-/// `globalnet address [--service NAME]`.
-pub(super) fn address(
+/// The state directory and the key of the service `service` (`default`: the node's own).
+pub(super) fn service_key(
     args: &StateArgs,
-    service: Option<&str>,
-    name: bool,
-    json: bool,
-) -> Result<(), Failure> {
+    service: &str,
+) -> Result<(PathBuf, ed25519_dalek::SigningKey), Failure> {
     let config = config_of(args)?;
     let dir = match (&args.state_dir, &config) {
         (Some(d), _) => d.clone(),
         (None, Some(c)) => c.state_dir.clone(),
         (None, None) => crate::config::DEFAULT_STATE_DIR.into(),
     };
-    let service = service.unwrap_or(DEFAULT_SERVICE);
     let key = if service == DEFAULT_SERVICE {
         NodeKeys::load(&dir)
             .map_err(|e| Failure::Runtime(e.to_string()))?
@@ -128,6 +125,18 @@ pub(super) fn address(
             ))
         })?
     };
+    Ok((dir, key))
+}
+
+/// `globalnet address [--service NAME]`.
+pub(super) fn address(
+    args: &StateArgs,
+    service: Option<&str>,
+    name: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let service = service.unwrap_or(DEFAULT_SERVICE);
+    let (_, key) = service_key(args, service)?;
     print_address(service, &key.verifying_key(), name, json);
     Ok(())
 }

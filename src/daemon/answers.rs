@@ -196,6 +196,9 @@ impl NodeState {
             }
             Err(e) => return Answer::Now(Err(format!("{name}: {e}"))),
         };
+        if let Some(k) = &found.key {
+            super::dns::expect_key(&self.commands, found.address, k.key());
+        }
         let origin = match &found.source {
             names::Source::Petname { origin } => Some(origin.clone()),
             _ => None,

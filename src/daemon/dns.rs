@@ -8,8 +8,9 @@
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
+use super::Command;
 use super::NodeState;
-use crate::names::dns::{finish, handle, servfail, Handled};
+use crate::names::dns::{asked_key, finish, handle, servfail, Handled};
 use crate::names::network::NetAnswer;
 use std::time::Duration;
 
@@ -113,9 +114,15 @@ pub(super) async fn serve(socket: UdpSocket, state: Arc<NodeState>) {
                 continue;
             }
         };
-        let handled = handle(buf.get(..len).unwrap_or(&[]), &state.pets());
+        let query = buf.get(..len).unwrap_or(&[]);
+        let handled = handle(query, &state.pets());
         let reply = match handled {
-            Handled::Reply(b) => b,
+            Handled::Reply(b) => {
+                if let Some((address, key)) = asked_key(query, &state.pets()) {
+                    expect_key(&state.commands, address, key);
+                }
+                b
+            }
             Handled::Network { query, label } => {
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     let b = servfail(&query);
@@ -144,4 +151,18 @@ pub(super) async fn serve(socket: UdpSocket, state: Arc<NodeState>) {
             tracing::debug!(error = %e, %from, "DNS send");
         }
     }
+}
+
+/// Tells the link task that `address` is the service with the full key `key` (a key name was
+/// asked for), so its descriptor is checked against the key. Best effort: a full queue only
+/// leaves the check at the address's hash, as for a bare address.
+pub(super) fn expect_key(
+    commands: &tokio::sync::mpsc::Sender<Command>,
+    address: Ipv6Addr,
+    key: [u8; 32],
+) {
+    let _ = commands.try_send(Command::ExpectKey {
+        address: address.octets(),
+        key,
+    });
 }

@@ -10,6 +10,7 @@ use crate::config::services::DEFAULT_SERVICE;
 use crate::config::Config;
 use crate::crypto::address_of;
 use crate::crypto::keys::load_or_create_service_key;
+use crate::crypto::KeyError;
 use crate::flow::ServicePorts;
 
 /// One hosted service.
@@ -49,8 +50,22 @@ pub(super) fn load(
         ));
     }
     for s in &config.services {
-        let (key, created) = load_or_create_service_key(&config.state_dir, &s.key)
-            .map_err(|e| format!("service `{}`: {e}", s.name))?;
+        let (key, created) =
+            load_or_create_service_key(&config.state_dir, &s.key).map_err(|e| {
+                let denied = matches!(&e, KeyError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied);
+                match (&config.user, denied) {
+                    // Root with `user`: after the drop the root-owned state directory is out of
+                    // reach (docs/decisions.md, "Several services on one host").
+                    (Some(user), true) => format!(
+                        "service `{}`: {e}: the daemon runs as `{user}` since set-up and cannot use keys in {} (root's); in this mode a new or changed [[service]] takes a restart (create its key with `globalnet keygen --service {}` if you like, then restart); the packaged unit, whose state directory belongs to the daemon's user, adds services on reload",
+                        s.name,
+                        config.state_dir.display(),
+                        s.name
+                    ),
+                    _ => format!("service `{}`: {e}", s.name),
+                }
+            })?;
         let address = address_of(&key.verifying_key().to_bytes());
         if created {
             tracing::info!(service = %s.name, file = %s.key, "created the service's key");

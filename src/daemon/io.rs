@@ -386,6 +386,7 @@ pub(super) async fn link_loop(
                     for seed in &change.add {
                         link.add_service(now, **seed);
                     }
+                    names.set_services(&change.remove, &change.add, now);
                     if change.add_default {
                         link.add_default_service(now);
                     }
@@ -398,6 +399,10 @@ pub(super) async fn link_loop(
                     link.link.on_resolved(clock.now(), &name, result);
                 }
                 Command::Name { name, reply } => names.ask(name, reply, clock.now()),
+                Command::Claims(claims) => names.set_claims(claims, clock.now()),
+                Command::ExpectKey { address, key } => {
+                    link.expect_service_key(clock.now(), address, key);
+                }
                 Command::AcceptName { name, reply } => {
                     let _ = reply.send(names.names.accept(&name));
                 }

@@ -96,6 +96,11 @@ enum Command {
         name: String,
         reply: tokio::sync::oneshot::Sender<Option<[u8; 32]>>,
     },
+    /// A name carrying the full key `key` resolved to `address` (descriptors for it must carry
+    /// that key).
+    ExpectKey { address: [u8; 16], key: [u8; 32] },
+    /// The claims in `state_dir/names` changed (`globalnet name claim|release`, or a SIGHUP).
+    Claims(Vec<crate::names::claim::Claim>),
     /// Look a network-issued name up (its label); the answer goes to `reply`.
     Name {
         name: String,
@@ -341,8 +346,15 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         tracing::info!(service = %h.name, "hosting");
         node.add_service(clock.now(), seed);
     }
+    let mut name_keys = vec![(address.octets(), *service_seed)];
+    name_keys.extend(
+        hosted
+            .iter()
+            .filter_map(|(h, seed)| seed.as_deref().map(|s| (h.address.octets(), *s))),
+    );
     drop(hosted);
-    let name_task = network_names(&config.state_dir, &cache, &service_seed, clock.now());
+    let name_task = network_names(&config.state_dir, &cache, &name_keys, clock.now());
+    drop(name_keys);
     drop(service_seed);
     let socket_path = config.control_socket.clone();
     if let Some(s) = dns_socket {
@@ -366,12 +378,13 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     result
 }
 
-/// This node's claims (`state_dir/names`, made by `globalnet name claim`) and its pins (in the
+/// This node's claims (`state_dir/names`, made by `globalnet name claim`), for every hosted
+/// service's key (`keys`: address and seed, the default service's first), and its pins (in the
 /// cache, where the daemon may write after the privilege drop).
 fn network_names(
     state_dir: &std::path::Path,
     cache: &std::path::Path,
-    service_seed: &[u8; 32],
+    keys: &[([u8; 16], [u8; 32])],
     now: time::Instant,
 ) -> names::NameTask {
     let (own, bad) = crate::names::claim_files::load_all(state_dir);
@@ -382,12 +395,7 @@ fn network_names(
         tracing::warn!("{e}; starting with no name pins");
         Default::default()
     });
-    let key = ed25519_dalek::SigningKey::from_bytes(service_seed);
-    let net = crate::names::network::NetNames::new(Some(key), own, pins, now.as_unix_ms());
-    for n in net.own_names() {
-        tracing::info!(name = %format!("{n}.{}", crate::names::SUFFIX), "publishing a name claim");
-    }
-    names::NameTask::new(net, cache.to_path_buf())
+    names::NameTask::new(keys, own, pins, cache.to_path_buf(), now)
 }
 
 /// The current onion key and when it was made. A rotated key is kept in `state_dir` when the
@@ -483,6 +491,7 @@ async fn run_async(
 
     let control_task = tokio::spawn(control::serve(control_listener, state.clone()));
     let petnames_task = tokio::spawn(names::watch_petnames(state.clone()));
+    let claims_task = tokio::spawn(names::watch_claims(state.clone()));
     // TUN reader -> link task (packets from the kernel), and their buffers back.
     let (from_tun_tx, from_tun_rx) = mpsc::channel(PACKET_QUEUE);
     let (read_bufs_tx, read_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
@@ -531,6 +540,7 @@ async fn run_async(
                 notify(&[sd_notify::NotifyState::Reloading]);
                 reload::reload(&state.config_path, &state).await;
                 state.reload_petnames();
+                names::reload_claims(&state).await;
                 notify(&[sd_notify::NotifyState::Ready]);
                 continue;
             }
@@ -551,6 +561,7 @@ async fn run_async(
     notify(&[sd_notify::NotifyState::Stopping]);
     control_task.abort();
     petnames_task.abort();
+    claims_task.abort();
     watchdog.abort();
     writer_task.abort();
     routes_task.abort();

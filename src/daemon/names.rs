@@ -2,13 +2,17 @@
 //! queries [`NetNames`] asks for, hands their outcomes back, and answers whoever waits for a
 //! name (the DNS server, `globalnet resolve`). The decisions are [`NetNames`]'s.
 
+use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::sync::oneshot;
 
+use super::hosted::Seed;
+
+use crate::crypto::SecretRng;
 use crate::dht::client::{DhtOutcome, DhtQuery};
 use crate::dht::message::RecordKind;
-use crate::names::claim::dht_key;
+use crate::names::claim::{dht_key, Claim, Pins};
 use crate::names::claim_files;
 use crate::names::network::{NameQuery, NetAnswer, NetNames};
 use crate::node::Node;
@@ -23,16 +27,89 @@ pub(super) struct NameTask {
     waiters: BTreeMap<String, Vec<oneshot::Sender<NetAnswer>>>,
     waiting: usize,
     pins_dir: PathBuf,
+    /// The hosted services' keys by address (the default service's included): own claims are
+    /// those one of them signed.
+    keys: BTreeMap<[u8; 16], SigningKey>,
+    /// The claims in `state_dir/names` as last read.
+    claims: Vec<Claim>,
+    /// The node's own key's address: its claims are published whether or not `[expose]` hosts
+    /// it as a service (as before there were several services).
+    default: [u8; 16],
 }
 
 impl NameTask {
-    pub(super) fn new(names: NetNames, pins_dir: PathBuf) -> NameTask {
-        NameTask {
+    pub(super) fn new(
+        keys: &[([u8; 16], [u8; 32])],
+        claims: Vec<Claim>,
+        pins: Pins,
+        pins_dir: PathBuf,
+        now: Instant,
+    ) -> NameTask {
+        let default = keys.first().map_or([0; 16], |(a, _)| *a);
+        let keys: BTreeMap<[u8; 16], SigningKey> = keys
+            .iter()
+            .map(|(a, seed)| (*a, SigningKey::from_bytes(seed)))
+            .collect();
+        let names = NetNames::new(
+            keys.values().cloned().collect(),
+            claims.clone(),
+            pins,
+            now.as_unix_ms(),
+            &mut SecretRng::os(),
+        );
+        let task = NameTask {
             names,
             waiters: BTreeMap::new(),
             waiting: 0,
             pins_dir,
+            keys,
+            claims,
+            default,
+        };
+        task.log_own();
+        task
+    }
+
+    fn log_own(&self) {
+        let own: Vec<String> = self
+            .names
+            .own_names()
+            .map(|n| format!("{n}.{}", crate::names::SUFFIX))
+            .collect();
+        tracing::info!(names = ?own, "name claims this node publishes");
+    }
+
+    /// A reload removed and added services: their keys' claims follow.
+    pub(super) fn set_services(&mut self, remove: &[[u8; 16]], add: &[Seed], now: Instant) {
+        for a in remove.iter().filter(|a| **a != self.default) {
+            self.keys.remove(a);
         }
+        for seed in add {
+            let key = SigningKey::from_bytes(seed);
+            let address = crate::crypto::address_of(&key.verifying_key().to_bytes()).octets();
+            self.keys.insert(address, key);
+        }
+        self.apply(now);
+    }
+
+    /// The claims on disk changed.
+    pub(super) fn set_claims(&mut self, claims: Vec<Claim>, now: Instant) {
+        if claims == self.claims {
+            return;
+        }
+        self.claims = claims;
+        self.apply(now);
+    }
+
+    fn apply(&mut self, now: Instant) {
+        let keys = self.keys.values().cloned().collect();
+        self.names.set_own(
+            keys,
+            self.claims.clone(),
+            now.as_unix_ms(),
+            &mut SecretRng::os(),
+        );
+        self.log_own();
     }
 
     /// Someone wants `name` (a claimable label).
@@ -95,6 +172,11 @@ impl NameTask {
             self.names.started(token, &q);
         }
         while let Some((name, answer)) = self.names.poll_answer() {
+            // A claim names the full key: the descriptor must carry it, not only its address.
+            if let NetAnswer::Owner { key, .. } = &answer {
+                let address = crate::crypto::address_of(key).octets();
+                node.expect_service_key(now, address, *key);
+            }
             for w in self.waiters.remove(&name).unwrap_or_default() {
                 self.waiting = self.waiting.saturating_sub(1);
                 let _ = w.send(answer.clone());
@@ -159,6 +241,51 @@ pub(super) async fn watch_petnames(state: std::sync::Arc<super::NodeState>) {
         if now != last {
             last = now;
             state.reload_petnames();
+        }
+    }
+}
+
+/// How often `state_dir/names` is looked at for claims made or released while the daemon runs.
+const CLAIMS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What identifies the claims on disk: each file's name, modification time and size.
+fn claims_stamp(state_dir: &Path) -> Vec<(std::ffi::OsString, Option<std::time::SystemTime>, u64)> {
+    let dir = state_dir.join(claim_files::NAMES_DIR);
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.file_name(), m.modified().ok(), m.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Reads the claims again and hands them to the link task (which ignores an unchanged list).
+pub(super) async fn reload_claims(state: &super::NodeState) {
+    let (claims, bad) = claim_files::load_all(&state.config.state_dir);
+    for e in bad {
+        tracing::warn!("{e}");
+    }
+    let _ = state.commands.send(super::Command::Claims(claims)).await;
+}
+
+/// Applies `globalnet name claim` and `release` without a restart: the claims directory is
+/// looked at every few seconds (SIGHUP reads it at once, [`reload_claims`]).
+pub(super) async fn watch_claims(state: std::sync::Arc<super::NodeState>) {
+    let mut last = claims_stamp(&state.config.state_dir);
+    let mut tick = tokio::time::interval(CLAIMS_POLL);
+    loop {
+        tick.tick().await;
+        let now = claims_stamp(&state.config.state_dir);
+        if now != last {
+            last = now;
+            tracing::info!("the name claims changed: reading them again");
+            reload_claims(&state).await;
         }
     }
 }

@@ -66,6 +66,21 @@ pub fn handle(bytes: &[u8], pets: &Petnames) -> Handled {
     }
 }
 
+/// The address and full service key a query's name resolves to locally, when the layer that
+/// answers gives a key (a key name, or a petname naming one): the client then checks the
+/// service's descriptor against the whole key, not only against the address (18.1).
+pub fn asked_key(bytes: &[u8], pets: &Petnames) -> Option<(Ipv6Addr, [u8; 32])> {
+    let msg = Message::from_vec(bytes).ok()?;
+    let [q] = msg.queries() else {
+        return None;
+    };
+    let name = ours(q.name()).filter(|n| !n.is_empty())?;
+    match resolve_local(&format!("{name}.{}", super::SUFFIX), pets) {
+        Ok(Local::Found(r)) => Some((r.address, r.key?.key())),
+        _ => None,
+    }
+}
+
 /// The answer to a query [`handle`] left to the network: the address, or `None` for NXDOMAIN.
 pub fn finish(query: &Message, found: Option<Ipv6Addr>) -> Vec<u8> {
     let code = if found.is_some() {
@@ -178,6 +193,7 @@ pub fn query_bytes(id: u16, name: &str, qtype: RecordType) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::KeyName;
 
     const KEY: &str = "aoqqpp7tzyil4hlq3umoos6atft6jvrqtosq2xy53sdgiesvgg4lwbyb.gn.alt.";
 
@@ -220,6 +236,23 @@ mod tests {
                 .parse::<Ipv6Addr>()
                 .unwrap()]
         );
+    }
+
+    /// A key name (or a petname naming one) gives the key the client then expects; a petname to
+    /// a bare address, a network name and another domain give none.
+    #[test]
+    fn a_key_name_gives_its_full_key() {
+        let mut p = pets();
+        p.add_text(&format!("bob {}\n", KEY.trim_end_matches('.')), "names")
+            .unwrap();
+        let key_of = |n: &str| asked_key(&query_bytes(1, n, RecordType::AAAA).unwrap(), &p);
+        let want = KeyName::parse(KEY.trim_end_matches('.')).unwrap();
+        let (a, k) = key_of(KEY).unwrap();
+        assert_eq!((a, k), (want.address(), want.key()));
+        assert_eq!(key_of("bob.gn.alt."), Some((want.address(), want.key())));
+        for other in ["alice.gn.alt.", "cheesy.gn.alt.", "example.com.", "gn.alt."] {
+            assert_eq!(key_of(other), None, "{other}");
+        }
     }
 
     #[test]

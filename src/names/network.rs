@@ -9,6 +9,7 @@
 //! storage nodes hiding the pinned owner's claim): the pinned key is kept and the conflict shown.
 
 use ed25519_dalek::SigningKey;
+use rand::RngCore;
 use std::collections::BTreeMap;
 
 use super::claim::{winner, Claim, PinCheck, Pins, EPOCH_S};
@@ -26,6 +27,9 @@ pub const MAX_LOOKUPS: usize = 32;
 pub const MAX_CACHED: usize = 1024;
 /// First publication after the start: the node needs circuits first.
 const FIRST_PUBLISH_MS: u64 = 20_000;
+/// With several services hosted, a new own claim waits up to this long more (at random, per
+/// claim) before its first publication.
+pub const CLAIM_SPREAD_MS: u64 = 30_000;
 /// Retry of a failed publication.
 const PUBLISH_RETRY_MS: u64 = 60_000;
 
@@ -77,7 +81,7 @@ struct Cached {
 /// This node's claims and its view of other names.
 #[derive(Debug)]
 pub struct NetNames {
-    key: Option<SigningKey>,
+    keys: Vec<SigningKey>,
     own: Vec<Own>,
     cache: BTreeMap<String, Cached>,
     /// Names waiting for a lookup slot, and names whose lookup runs (by token).
@@ -92,23 +96,19 @@ pub struct NetNames {
 }
 
 impl NetNames {
-    /// Names for a node whose service key is `key` (needed to re-sign `own` claims daily), with
-    /// the pins read from disk.
-    pub fn new(key: Option<SigningKey>, own: Vec<Claim>, pins: Pins, now_ms: u64) -> NetNames {
-        let own = match &key {
-            Some(k) => own
-                .into_iter()
-                .filter(|c| c.key == k.verifying_key().to_bytes())
-                .map(|claim| Own {
-                    claim,
-                    next_ms: now_ms + FIRST_PUBLISH_MS,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        NetNames {
-            key,
-            own,
+    /// Names for a node whose hosted services' keys are `keys` (needed to re-sign `own` claims
+    /// daily), with the pins read from disk. `delay` gives each own claim's extra wait before its
+    /// first publication (see [`NetNames::set_own`]).
+    pub fn new(
+        keys: Vec<SigningKey>,
+        own: Vec<Claim>,
+        pins: Pins,
+        now_ms: u64,
+        delay: &mut impl RngCore,
+    ) -> NetNames {
+        let mut n = NetNames {
+            keys: Vec::new(),
+            own: Vec::new(),
             cache: BTreeMap::new(),
             queued: Vec::new(),
             running: BTreeMap::new(),
@@ -117,7 +117,49 @@ impl NetNames {
             pins,
             pins_dirty: false,
             offered: BTreeMap::new(),
+        };
+        n.set_own(keys, own, now_ms + FIRST_PUBLISH_MS, delay);
+        n
+    }
+
+    /// The hosted services' keys and the claims on disk changed (a service added or removed by a
+    /// reload, `globalnet name claim` or `release`): own claims are those signed by a hosted key.
+    /// A claim kept goes on as it was; a new one is published from `from_ms`, each after a random
+    /// delay of its own (up to [`CLAIM_SPREAD_MS`]) when several services are hosted, so that the
+    /// claims of two services made or loaded together do not go out together.
+    pub fn set_own(
+        &mut self,
+        keys: Vec<SigningKey>,
+        claims: Vec<Claim>,
+        from_ms: u64,
+        delay: &mut impl RngCore,
+    ) {
+        let mut old = std::mem::take(&mut self.own);
+        let several = keys.len() > 1;
+        for c in claims {
+            if !keys.iter().any(|k| k.verifying_key().to_bytes() == c.key) {
+                continue;
+            }
+            match old
+                .iter()
+                .position(|o| o.claim.name == c.name && o.claim.key == c.key)
+            {
+                Some(k) => self.own.push(old.swap_remove(k)),
+                None => {
+                    let jitter = if several {
+                        delay.next_u64() % (CLAIM_SPREAD_MS + 1)
+                    } else {
+                        0
+                    };
+                    self.own.push(Own {
+                        claim: c,
+                        next_ms: from_ms + jitter,
+                    });
+                }
+            }
         }
+        self.own.sort_by(|a, b| a.claim.name.cmp(&b.claim.name));
+        self.keys = keys;
     }
 
     /// The names this node publishes.
@@ -179,14 +221,17 @@ impl NetNames {
             return Some(NameQuery::Lookup { name });
         }
         let epoch = u32::try_from(now_ms / 1000 / EPOCH_S).unwrap_or(u32::MAX);
-        let key = self.key.as_ref()?;
         for o in &mut self.own {
             if self.publishing.values().any(|n| *n == o.claim.name) {
                 continue;
             }
             // Due, or the day changed since it was signed: re-sign with the same nonce.
             if o.next_ms <= now_ms || o.claim.epoch != epoch {
-                if o.claim.epoch != epoch {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.verifying_key().to_bytes() == o.claim.key);
+                if let (true, Some(key)) = (o.claim.epoch != epoch, key) {
                     if let Ok(c) = Claim::sign(&o.claim.name, key, epoch, o.claim.nonce) {
                         o.claim = c;
                     }
@@ -325,6 +370,30 @@ mod tests {
 
     const NOW: u64 = 20_001 * EPOCH_S * 1000 + 5000;
 
+    fn rng() -> rand::rngs::StdRng {
+        rand::SeedableRng::seed_from_u64(11)
+    }
+
+    /// The publications `n` starts until `until`, polling every second: (when, name, signer).
+    fn publications(n: &mut NetNames, from: u64, until: u64) -> Vec<(u64, String, [u8; 32])> {
+        let mut out = Vec::new();
+        let mut token = 100;
+        for t in (from..=until).step_by(1000) {
+            while let Some(q) = n.poll_query(t) {
+                if let NameQuery::Publish { name, record } = &q {
+                    // 0x01 ‖ len ‖ name ‖ key … (the test claims carry no work, so no decode).
+                    let at = 2 + name.len();
+                    assert_eq!(&record[2..at], name.as_bytes());
+                    out.push((t, name.clone(), record[at..at + 32].try_into().unwrap()));
+                }
+                token += 1;
+                n.started(token, &q);
+                n.on_published(token, 3, t);
+            }
+        }
+        out
+    }
+
     fn vector_claims() -> Vec<Vec<u8>> {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/vectors/name_claims.json")).unwrap();
@@ -344,7 +413,7 @@ mod tests {
         let claims = vector_claims();
         let strong = Claim::decode_at(&claims[0], NOW).unwrap().key;
         let weak = Claim::decode_at(&claims[1], NOW).unwrap().key;
-        let mut n = NetNames::new(None, Vec::new(), Pins::default(), NOW);
+        let mut n = NetNames::new(Vec::new(), Vec::new(), Pins::default(), NOW, &mut rng());
         assert!(n.resolve("cheesy", NOW));
         assert!(n.resolve("cheesy", NOW), "one lookup per name");
         let q = n.poll_query(NOW).unwrap();
@@ -455,7 +524,7 @@ mod tests {
             .unwrap();
         let key = SigningKey::from_bytes(&seed);
         let c = Claim::decode_at(&vector_claims()[1], NOW).unwrap();
-        let mut n = NetNames::new(Some(key), vec![c.clone()], Pins::default(), NOW);
+        let mut n = NetNames::new(vec![key], vec![c.clone()], Pins::default(), NOW, &mut rng());
         assert_eq!(n.own_names().collect::<Vec<_>>(), ["cheesy"]);
         assert_eq!(n.poll_query(NOW), None);
         let t = NOW + FIRST_PUBLISH_MS;
@@ -484,11 +553,85 @@ mod tests {
         assert_eq!((again.epoch, again.nonce), (c.epoch + 1, c.nonce));
         // A claim by another key is not ours to publish.
         let other = NetNames::new(
-            Some(SigningKey::from_bytes(&[9; 32])),
+            vec![SigningKey::from_bytes(&[9; 32])],
             vec![c],
             Pins::default(),
             NOW,
+            &mut rng(),
         );
         assert_eq!(other.own_names().count(), 0);
+    }
+
+    /// Every hosted service publishes the claims signed by its own key, each first publication
+    /// after a delay of its own; a claim made while the node runs is published without a restart,
+    /// a released one or one whose service is gone no longer is (issue #22 item c, #24 item e).
+    #[test]
+    fn claims_of_several_services_and_claims_made_while_running() {
+        let (web, ssh) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let day = (NOW / 1000 / EPOCH_S) as u32;
+        let cw = Claim::sign("web", &web, day, 1).unwrap();
+        let cs = Claim::sign("ssh", &ssh, day, 2).unwrap();
+        let keys = vec![web.clone(), ssh.clone()];
+        let mut n = NetNames::new(
+            keys.clone(),
+            vec![cw.clone(), cs.clone()],
+            Pins::default(),
+            NOW,
+            &mut rng(),
+        );
+        let first = NOW + FIRST_PUBLISH_MS;
+        let p = publications(&mut n, NOW, first + CLAIM_SPREAD_MS);
+        let at = |name: &str| {
+            p.iter()
+                .find(|(_, n, _)| n == name)
+                .map(|(t, _, k)| (*t, *k))
+        };
+        let (tw, kw) = at("web").expect("web's claim published");
+        let (ts, ks) = at("ssh").expect("ssh's claim published");
+        assert_eq!(
+            (kw, ks),
+            (cw.key, cs.key),
+            "each signed by its own service's key"
+        );
+        assert_ne!(tw, ts, "each after a delay of its own: {p:?}");
+        assert!(tw >= first && ts >= first);
+        // Next day each is re-signed by its own key.
+        let tomorrow = NOW + EPOCH_S * 1000;
+        for (_, name, key) in publications(&mut n, tomorrow, tomorrow) {
+            assert_eq!(key, if name == "web" { cw.key } else { cs.key });
+        }
+        // `name claim` while running: published within the spread, the others go on.
+        let now = tomorrow + 1000;
+        let late = Claim::sign("blog", &web, day, 3).unwrap();
+        n.set_own(keys, vec![cw.clone(), cs.clone(), late], now, &mut rng());
+        let p = publications(&mut n, now, now + CLAIM_SPREAD_MS);
+        assert_eq!(
+            p.iter().map(|(_, n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["blog"],
+            "only the new claim goes out now"
+        );
+        // ssh removed by a reload, and `release web`: only blog is left.
+        let blog = Claim::sign("blog", &web, day, 3).unwrap();
+        n.set_own(vec![web], vec![cs.clone(), blog], now, &mut rng());
+        assert_eq!(n.own_names().collect::<Vec<_>>(), ["blog"]);
+        // One service alone: no delay; a claim by a key not hosted is not ours.
+        let mut one = NetNames::new(
+            vec![ssh.clone()],
+            vec![cw],
+            Pins::default(),
+            NOW,
+            &mut rng(),
+        );
+        assert_eq!(one.own_names().count(), 0);
+        one.set_own(vec![ssh], vec![cs], NOW, &mut rng());
+        let p = publications(&mut one, NOW, NOW + 1000);
+        assert_eq!(
+            p.first().map(|(t, _, _)| *t),
+            Some(NOW),
+            "one service: at once"
+        );
     }
 }

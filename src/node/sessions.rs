@@ -286,6 +286,13 @@ impl Node {
         r
     }
 
+    /// A name carrying the full service key `key` (a key name, or a petname or claim naming
+    /// one) resolved to `address`: descriptors for `address` are used only if they carry `key`
+    /// (`client/keys.rs`). `false` when `key` does not hash to `address`.
+    pub fn expect_service_key(&mut self, now: Instant, address: [u8; 16], key: [u8; 32]) -> bool {
+        self.sess.expect_service_key(now, address, key)
+    }
+
     /// Sends an e2e PING on the session to `dst` (starting one if needed). The answer is a
     /// [`NodeEvent::Pong`] with the returned id.
     pub fn e2e_ping(&mut self, now: Instant, dst: [u8; 16]) -> Result<u64, SendError> {

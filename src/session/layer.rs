@@ -121,6 +121,8 @@ pub struct SessionStats {
     pub stem_extends: u64,
     /// ... and those built from scratch (no fitting stem was ready).
     pub fresh_builds: u64,
+    /// Descriptors refused because their key is not the full key a name gave for the address.
+    pub desc_wrong_key: u64,
 }
 
 /// Test hooks: a node that misbehaves on purpose, to show that peers refuse it.
@@ -135,6 +137,9 @@ pub struct SessionTestHooks {
     pub skip_source_check: bool,
     /// As an intro point, pass every introduction to the service twice (a replaying intro point).
     pub replay_introduce2: bool,
+    /// Take an expected service key for an address even when it does not hash to it: stands in
+    /// for a second key with the same address (a ~2^60 search) in tests of the key check.
+    pub expect_colliding_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +191,8 @@ pub struct SessionLayer {
     pub(in crate::session) real_for: Vec<[u8; 16]>,
     pub(in crate::session) services: Vec<Service>,
     pub(in crate::session) desc_cache: BTreeMap<[u8; 32], (Descriptor, Charge)>,
+    /// Full service keys named for addresses (key names, `client/keys.rs`), and when.
+    pub(in crate::session) expected_keys: BTreeMap<[u8; 16], ([u8; 32], Instant)>,
     pub(in crate::session) clients: BTreeMap<[u8; 16], ClientSession>,
     pub(in crate::session) owners: BTreeMap<CircId, Owner>,
     /// Service circuits to a client's rendezvous point, before RENDEZVOUS1: what to send, the
@@ -260,6 +267,7 @@ impl SessionLayer {
             real_for: Vec::new(),
             services: Vec::new(),
             desc_cache: BTreeMap::new(),
+            expected_keys: BTreeMap::new(),
             clients: BTreeMap::new(),
             owners: BTreeMap::new(),
             pending_r1: BTreeMap::new(),

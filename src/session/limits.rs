@@ -9,6 +9,11 @@ pub const NUM_INTRO_POINTS: usize = 3;
 /// How long a new service waits for all its intro points before publishing fewer.
 pub const FIRST_DESC_WAIT_MS: Millis = 5_000;
 
+/// With several services hosted, each one's first descriptor goes out this long (at most,
+/// uniformly at random, drawn per service) after it would have: services started together would
+/// otherwise publish together (threat-model 4.2a). A client of a new service waits this much more.
+pub const FIRST_PUBLISH_SPREAD_MS: Millis = 30_000;
+
 /// Intro point lifetime bounds (rotation, 10.6).
 pub const INTRO_POINT_LIFETIME_MIN_MS: Millis = 64_800_000;
 
@@ -111,6 +116,9 @@ pub const MAX_QUEUED_PACKETS: usize = 32;
 
 /// Descriptors a client caches.
 pub const MAX_CACHED_DESCRIPTORS: usize = 1024;
+
+/// Full service keys names gave for addresses, kept at most (the oldest goes first).
+pub const MAX_EXPECTED_KEYS: usize = 4096;
 
 /// A circuit we sent on that has sent nothing back for this long gets an e2e PING (the silence
 /// starts; 10.8). Above a loaded circuit's round trip, so a busy circuit is rarely probed.

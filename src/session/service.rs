@@ -94,6 +94,9 @@ pub(in crate::session) struct Service {
     /// The latest reason an intro point could not be had (`services` shows it while some
     /// are missing).
     pub(in crate::session) intro_why: Option<String>,
+    /// With other services hosted: the first descriptor waits until then (drawn when it would
+    /// first go out, [`FIRST_PUBLISH_SPREAD_MS`]).
+    pub(in crate::session) first_publish_at: Option<Instant>,
 }
 
 impl SessionLayer {
@@ -128,6 +131,7 @@ impl SessionLayer {
             pow: IntroQueue::new(&mut self.secrets, now),
             publish_retry_at: None,
             intro_why: None,
+            first_publish_at: None,
         });
         true
     }
@@ -410,6 +414,7 @@ impl SessionLayer {
     /// its own whose last hop carried no other epoch's record of this service lately.
     pub(in crate::session) fn service_publish(&mut self, now: Instant, svc: [u8; 16], force: bool) {
         let rng = &mut self.rng;
+        let hosted = self.services.len();
         let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
             return;
         };
@@ -440,6 +445,18 @@ impl SessionLayer {
             && first_up.is_some_and(|t| now.saturating_since(t) < FIRST_DESC_WAIT_MS)
         {
             return;
+        }
+        if s.published_keys.is_empty() && hosted > 1 {
+            // Services started together get their intro points at nearly the same time: without
+            // a delay of its own, each first descriptor would go out with the others' (a storage
+            // node or last hop seeing them arrive together links them). The OS generator: the
+            // delay hides a timing the host must not leak.
+            let at = *s
+                .first_publish_at
+                .get_or_insert_with(|| now + self.secrets.gen_range(0..=FIRST_PUBLISH_SPREAD_MS));
+            if now < at {
+                return;
+            }
         }
         let keys: Vec<[u8; 32]> = entries.iter().map(|e| e.auth_key).collect();
         let now_s = now.as_unix_ms() / 1000;

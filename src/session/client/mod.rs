@@ -5,6 +5,7 @@
 
 mod flows;
 mod intro;
+mod keys;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv6Addr;
@@ -306,7 +307,21 @@ impl SessionLayer {
             if d.expires() <= now_s {
                 return None;
             }
-            d.open(dst, e).ok()
+            d.open(dst, e).ok().filter(|c| self.key_as_expected(dst, c))
+        })
+    }
+
+    /// Whether a valid cached descriptor for `dst` was set aside because its key is not the key
+    /// a name gave for `dst`.
+    fn cached_wrong_key(&self, now: Instant, dst: &[u8; 16]) -> bool {
+        let now_s = now.as_unix_ms() / 1000;
+        let (cur, other) = epochs_to_look_up(now_s);
+        [Some(cur), other].into_iter().flatten().any(|e| {
+            self.desc_cache
+                .get(&desc_index(dst, e))
+                .filter(|(d, _)| d.expires() > now_s)
+                .and_then(|(d, _)| d.open(dst, e).ok())
+                .is_some_and(|c| !self.key_as_expected(dst, &c))
         })
     }
 
@@ -342,6 +357,10 @@ impl SessionLayer {
         }
         let newer = self.cached_revisions(now, &dst) != before;
         let content = self.cached_content(now, &dst);
+        let wrong_key = content.is_none() && self.cached_wrong_key(now, &dst);
+        if wrong_key {
+            self.stats.desc_wrong_key += 1;
+        }
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
         };
@@ -366,6 +385,13 @@ impl SessionLayer {
             }
             None => {
                 let why = match answer {
+                    // Final: the key name says which key the address must be, and the network
+                    // serves another one for it.
+                    _ if wrong_key => {
+                        let why = "the descriptor's key is not the key of the name used (another key with this address)";
+                        self.client_fail(ctx, now, dst, why);
+                        return;
+                    }
                     DhtAnswer::Failed(e) => format!("descriptor lookup failed: {e}"),
                     _ => "no descriptor for this address".to_string(),
                 };
