@@ -579,3 +579,37 @@ fn services_say_why_intro_points_are_missing() {
         "{info:?}"
     );
 }
+
+/// Issue #20 item 4 at CI size: the scale scenario (examples/simulate.rs) with 80% of the relays
+/// and of the other nodes behind NAT (only the bootstrap relays and a few more public).
+/// Services must stay reachable and links between NATed nodes must get punched. The figures at
+/// a few hundred nodes (`simulate --nat 0.8 --relay-nat 0.8`) are in docs/benchmarks.md.
+#[test]
+fn an_eighty_percent_natted_network_keeps_services_reachable() {
+    use globalnet::sim::scale::{Scale, ScaleConfig};
+    let mut cfg = ScaleConfig::new(40, 4);
+    cfg.seed = 20;
+    cfg.warmup_min = 2;
+    cfg.services = 3;
+    cfg.lookups_per_min = 30.0;
+    cfg.churn_per_hour = 0.0;
+    cfg.nat_share = 0.8;
+    cfg.relay_nat_share = 0.8;
+    let r = Scale::new(cfg).run(&mut |l| eprintln!("{l}"), &|| 0);
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    println!(
+        "{} of {} nodes NATed: lookups {}, reachable {:.2}, links between NATed nodes {} ({:.2} direct, {:.2} punched)",
+        r.nated,
+        r.nodes,
+        r.lookups,
+        r.reachable_share,
+        r.natted_links,
+        r.natted_links_direct,
+        r.natted_links_punched
+    );
+    assert!(r.nated >= 24, "{r:?}");
+    assert!(r.lookups >= 25, "{} lookups", r.lookups);
+    assert!(r.reachable_share >= 0.8, "reachable {}", r.reachable_share);
+    assert!(r.natted_links >= 5, "{r:?}");
+    assert!(r.natted_links_punched > 0.0, "{r:?}");
+}
