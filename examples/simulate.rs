@@ -52,6 +52,9 @@ struct Args {
     /// Share of the non-relay nodes behind NAT.
     #[arg(long, default_value_t = 0.5)]
     nat: f64,
+    /// Share of the relays behind NAT (the first five, the bootstrap set, stay public).
+    #[arg(long, default_value_t = 0.0)]
+    relay_nat: f64,
     /// Share of the nodes that are relays.
     #[arg(long, default_value_t = 0.4)]
     relays: f64,
@@ -75,6 +78,7 @@ fn main() {
     cfg.churn_per_hour = a.churn;
     cfg.seed = a.seed;
     cfg.nat_share = a.nat;
+    cfg.relay_nat_share = a.relay_nat;
     cfg.relay_share = a.relays;
     cfg.adversary = a.adversary;
     if let Some(s) = a.services {

@@ -14,4 +14,5 @@ mod links;
 mod multiservice;
 mod names;
 mod nat;
+mod nat_minority;
 mod services;

@@ -9,7 +9,7 @@ use crate::harness::{shipped_listen, Daemon, Host, Lab, NatType};
 
 const READY: Duration = Duration::from_secs(10);
 
-fn public_config(bootstrap: Option<&Host>) -> String {
+pub(crate) fn public_config(bootstrap: Option<&Host>) -> String {
     let boot = bootstrap.map_or(String::new(), |b| format!("\"{}:7412\"", b.ip));
     format!(
         "[network]\nlisten = {}\nbootstrap = [{boot}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
@@ -18,7 +18,7 @@ fn public_config(bootstrap: Option<&Host>) -> String {
 }
 
 /// Behind NAT a daemon listens as shipped (the unspecified address) and learns its endpoint.
-fn natted_config(boot: &[&Host]) -> String {
+pub(crate) fn natted_config(boot: &[&Host]) -> String {
     let boot: Vec<String> = boot.iter().map(|b| format!("\"{}:7412\"", b.ip)).collect();
     format!(
         "[network]\nlisten = {}\nbootstrap = [{}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
@@ -28,7 +28,7 @@ fn natted_config(boot: &[&Host]) -> String {
 }
 
 /// relay key -> direct, for every relay peer of `d`.
-fn peers(lab: &Lab, d: &Daemon) -> HashMap<String, bool> {
+pub(crate) fn peers(lab: &Lab, d: &Daemon) -> HashMap<String, bool> {
     lab.query(d, "peers")
         .as_array()
         .map(|a| {
@@ -296,7 +296,7 @@ fn natted_links_recover_from_a_conntrack_flush() {
 }
 
 /// Background programs of a test (HTTP servers), killed however the test ends.
-struct Servers(Vec<std::process::Child>);
+pub(crate) struct Servers(pub(crate) Vec<std::process::Child>);
 
 impl Drop for Servers {
     fn drop(&mut self) {

@@ -579,3 +579,84 @@ fn services_say_why_intro_points_are_missing() {
         "{info:?}"
     );
 }
+
+/// Issue #20 item 4 at CI size: the scale scenario (examples/simulate.rs) with 80% of the relays
+/// and of the other nodes behind NAT (only the bootstrap relays and a few more public).
+/// Services must stay reachable and links between NATed nodes must get punched. The figures at
+/// a few hundred nodes (`simulate --nat 0.8 --relay-nat 0.8`) are in docs/benchmarks.md.
+#[test]
+fn an_eighty_percent_natted_network_keeps_services_reachable() {
+    use globalnet::sim::scale::{Scale, ScaleConfig};
+    let mut cfg = ScaleConfig::new(40, 4);
+    cfg.seed = 20;
+    cfg.warmup_min = 2;
+    cfg.services = 3;
+    cfg.lookups_per_min = 30.0;
+    cfg.churn_per_hour = 0.0;
+    cfg.nat_share = 0.8;
+    cfg.relay_nat_share = 0.8;
+    let r = Scale::new(cfg).run(&mut |l| eprintln!("{l}"), &|| 0);
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    println!(
+        "{} of {} nodes NATed: lookups {}, reachable {:.2}, links between NATed nodes {} ({:.2} direct, {:.2} punched)",
+        r.nated,
+        r.nodes,
+        r.lookups,
+        r.reachable_share,
+        r.natted_links,
+        r.natted_links_direct,
+        r.natted_links_punched
+    );
+    assert!(r.nated >= 24, "{r:?}");
+    assert!(r.lookups >= 25, "{} lookups", r.lookups);
+    assert!(r.reachable_share >= 0.8, "reachable {}", r.reachable_share);
+    assert!(r.natted_links >= 5, "{r:?}");
+    assert!(r.natted_links_punched > 0.0, "{r:?}");
+}
+
+/// Issue #20 item 2: a relayed link that carries traffic keeps trying to punch at least every
+/// minute, however many tries failed; an idle one backs off to 15 minutes. The firewall between
+/// the two NATs stays up for 8 minutes (idle waits would have grown past 2.5 minutes by then),
+/// with cells flowing over the relayed link the whole time.
+#[test]
+fn a_busy_relayed_link_tries_punching_again_within_a_minute() {
+    let mut sim = public_relays(5, 23);
+    let a = sim.add_node_behind(true, &[0], 3, &[NatKind::PortRestricted]);
+    let b = sim.add_node_behind(true, &[1], 3, &[NatKind::PortRestricted]);
+    let (ia, ib) = (sim.public_ip(a).unwrap(), sim.public_ip(b).unwrap());
+    sim.blocked.push((ia, ib));
+    sim.run_for(30_000);
+    if linked(&sim, a, b).is_none() {
+        dial(&mut sim, a, b);
+        time_to_link(&mut sim, a, b, 40_000).expect("no relayed link");
+    }
+    assert!(!linked(&sim, a, b).unwrap().direct);
+    let cell = [0u8; globalnet::wire::cell::CELL_LEN];
+    let busy = |sim: &mut Sim, ms: u64| {
+        let start = sim.now;
+        while sim.now - start < ms {
+            let now = sim.now;
+            let id = sim.nodes[b].identity;
+            if let Some(l) = sim.nodes[a].node.link.link_to(&id) {
+                let _ = sim.nodes[a].node.link.send_cell(now, l, &cell);
+            }
+            sim.run_for(500);
+        }
+    };
+    busy(&mut sim, 8 * 60_000);
+    let p = linked(&sim, a, b).expect("the relayed link went down");
+    assert!(!p.direct, "direct through a firewall: {p:?}");
+    sim.blocked.clear();
+    let mut direct_at = None;
+    for step in 0..240 {
+        busy(&mut sim, 500);
+        let p = linked(&sim, a, b).expect("the relayed link went down");
+        if p.direct && p.punched_s.is_some() {
+            direct_at = Some(step * 500);
+            break;
+        }
+    }
+    println!("busy relayed link: direct {direct_at:?} ms after the firewall went");
+    let t = direct_at.expect("still relayed 2 minutes after the firewall went");
+    assert!(t <= 65_000, "{t} ms");
+}

@@ -666,6 +666,9 @@ fn print_status(v: &StatusAnswer) -> String {
         }
         out.push_str(&format!("{:<10} {line}\n", "bootstrap"));
     }
+    for r in &v.paths.relaxed {
+        out.push_str(&format!("{:<10} {r}\n", "paths"));
+    }
     if let Some(r) = &v.reason {
         out.push_str(&format!("{:<10} {r}\n", "why"));
     }
@@ -699,7 +702,11 @@ fn print_peers(list: &[PeerAnswer]) -> String {
             vec![
                 key,
                 p.endpoint.clone(),
-                if p.direct { "direct" } else { "relayed" }.into(),
+                match (p.direct, p.punched_s) {
+                    (false, _) => "relayed".into(),
+                    (true, Some(t)) => format!("punched {} ago", duration(t)),
+                    (true, None) => "direct".into(),
+                },
                 if p.outbound { "out" } else { "in" }.into(),
                 p.rtt_ms.map_or("-".into(), float),
                 p.last_handshake_s

@@ -197,6 +197,8 @@ pub struct StatusAnswer {
     pub guards: GuardStatus,
     /// The relays the node knows of.
     pub view: ViewStatus,
+    /// Path rules relaxed for a view with few public relays.
+    pub paths: PathStatus,
     /// Link-layer counters.
     pub links: LinkCounts,
     /// The memory budget.
@@ -259,6 +261,18 @@ pub struct GuardStatus {
     pub temporary: bool,
     /// Why the guards could not be saved, if they could not.
     pub save_error: Option<String>,
+}
+
+/// Path selection in a NAT-heavy view, in `status` (threat-model.md 5.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathStatus {
+    /// Directly reachable relays in the view: the only guard (and, normally, vanguard) candidates.
+    pub public_relays: usize,
+    /// Vanguards behind NAT, taken because no public relay fits outside the guards' families.
+    pub natted_vanguards: usize,
+    /// One line per relaxed rule or warning; empty when the usual rules hold.
+    pub relaxed: Vec<String>,
 }
 
 /// The relay view in `status`.
@@ -375,6 +389,9 @@ pub struct PeerAnswer {
     pub direct: bool,
     /// Came up by simultaneous open through an introducer.
     pub punched: bool,
+    /// Seconds since the punch that made it direct (first contact or an upgrade of a relayed
+    /// link).
+    pub punched_s: Option<u64>,
     /// Last measured round-trip time, to a tenth of a millisecond.
     pub rtt_ms: Option<f64>,
     /// Seconds since the link was established.

@@ -36,6 +36,7 @@ pub(super) struct LinkSnapshot {
     pub(super) guards: usize,
     pub(super) guards_temporary: bool,
     pub(super) guard_save_error: Option<String>,
+    pub(super) paths: crate::node::PathRelaxation,
 }
 
 /// What the control socket reports.
@@ -67,6 +68,7 @@ impl From<&PeerInfo> for PeerAnswer {
             endpoint: p.endpoint.to_string(),
             direct: p.direct,
             punched: p.punched,
+            punched_s: p.punched_s,
             rtt_ms: p.rtt_ms.map(tenths),
             established_s: p.established_s,
             last_handshake_s: p.last_handshake_s,
@@ -354,6 +356,11 @@ impl NodeState {
                 count: links.guards,
                 temporary: links.guards_temporary,
                 save_error: links.guard_save_error.clone(),
+            },
+            paths: crate::control::proto::PathStatus {
+                public_relays: links.paths.public_relays,
+                natted_vanguards: links.paths.natted_vanguards,
+                relaxed: links.paths.notes.clone(),
             },
             view: ViewStatus {
                 relays: links.view,

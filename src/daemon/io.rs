@@ -514,6 +514,7 @@ pub(super) async fn link_loop(
                 snap.guards = link.guards().len();
                 snap.guards_temporary = link.guards().has_temporary();
                 snap.guard_save_error = link.guard_save_error().map(str::to_string);
+                snap.paths = link.path_relaxation(now);
                 snap.local_endpoints = l.local_endpoints().to_vec();
                 snap.at = now;
                 let ready = snap.circuits.iter().any(|c| c.ready);

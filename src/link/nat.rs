@@ -69,6 +69,13 @@ pub const RELAYED_LINK_IDLE_MS: Millis = 120_000;
 pub const RELAY_UPGRADE_FIRST_MS: Millis = 10_000;
 /// Longest wait between tries to make a relayed link direct.
 pub const RELAY_UPGRADE_MAX_MS: Millis = 900_000;
+/// Longest wait between tries on a relayed link that carried traffic since the last try (at
+/// least [`RELAY_UPGRADE_BUSY_BYTES`]): circuits over it pay the relay's extra hop, and a punch
+/// that failed because a NAT held a stale entry works once the entry has timed out (~30 s).
+pub const RELAY_UPGRADE_BUSY_MAX_MS: Millis = 60_000;
+/// Traffic (both ways) since the last try that makes a relayed link busy: more than keepalives
+/// and HELLOs, about 30 cells.
+pub const RELAY_UPGRADE_BUSY_BYTES: u64 = 16 * 1024;
 /// Approximate bytes of one punch, probe or relay table entry.
 pub const NAT_ENTRY_COST: usize = 256;
 /// Observations kept.

@@ -73,6 +73,11 @@ pub struct NodeDht {
 }
 
 impl NodeDht {
+    /// The vanguards of our service DHT circuits.
+    pub(super) fn vanguards(&self) -> &Vanguards {
+        &self.vanguards
+    }
+
     /// Whether `id` is one of the DHT client's circuits.
     pub(super) fn owns(&self, id: CircId) -> bool {
         self.client.owns(id)

@@ -72,6 +72,21 @@ enum CircOwner {
     Sessions,
 }
 
+/// With this many directly reachable relays or fewer, `status` says that the guards come from a
+/// tiny set (threat-model.md 5.4).
+pub const FEW_PUBLIC_RELAYS: usize = 3;
+
+/// Path rules relaxed for a NAT-heavy view, and why (threat-model.md 5.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathRelaxation {
+    /// Directly reachable relays in the view (the only guard candidates).
+    pub public_relays: usize,
+    /// Vanguards (of services and of service DHT circuits) behind NAT.
+    pub natted_vanguards: usize,
+    /// One line per relaxation or warning.
+    pub notes: Vec<String>,
+}
+
 /// A node: link layer, circuit layer and the glue.
 pub struct Node {
     /// The link layer.
@@ -211,6 +226,38 @@ impl Node {
     /// The current guards (identity, temporary?) for status output.
     pub fn guards(&self) -> &Guards {
         &self.guards
+    }
+
+    /// How far path selection departs from the usual rules in this view (threat-model.md 5.4),
+    /// for `status`.
+    pub fn path_relaxation(&self, now: Instant) -> PathRelaxation {
+        let view = self.link.view();
+        let public_relays = view
+            .iter()
+            .filter(|r| {
+                r.is_relay()
+                    && r.fields().nat.directly_reachable()
+                    && r.fields().expires > now.as_unix_ms() / 1000
+            })
+            .count();
+        let natted_vanguards =
+            self.sess.vanguards().behind_nat(view) + self.dht.vanguards().behind_nat(view);
+        let mut notes = Vec::new();
+        if natted_vanguards > 0 {
+            notes.push(format!(
+                "{natted_vanguards} vanguard(s) behind NAT: no directly reachable relay outside the guards' families; replaced as soon as one fits"
+            ));
+        }
+        if !view.is_empty() && public_relays <= FEW_PUBLIC_RELAYS {
+            notes.push(format!(
+                "only {public_relays} directly reachable relay(s) known: every guard is one of them"
+            ));
+        }
+        PathRelaxation {
+            public_relays,
+            natted_vanguards,
+            notes,
+        }
     }
 
     /// Sets how many ready pool circuits to keep (0 turns the pool off).

@@ -250,6 +250,11 @@ pub(in crate::session) fn hex8(k: &[u8; 32]) -> String {
 }
 
 impl SessionLayer {
+    /// The services' layer-2 vanguards.
+    pub fn vanguards(&self) -> &crate::circuit::path::Vanguards {
+        &self.vanguards
+    }
+
     /// Whether every secret the layer makes comes from the operating system's generator.
     pub fn secrets_from_os(&self) -> bool {
         self.secrets.is_os()

@@ -38,6 +38,8 @@ pub struct ScaleConfig {
     pub relay_share: f64,
     /// Share of the non-relay nodes behind NAT.
     pub nat_share: f64,
+    /// Share of the relays behind NAT, after the first five (the bootstrap set stays public).
+    pub relay_nat_share: f64,
     /// Hidden services (each on its own host).
     pub services: usize,
     /// Descriptor lookups per virtual minute, from random clients to random services.
@@ -64,6 +66,7 @@ impl ScaleConfig {
             seed: 1,
             relay_share: 0.4,
             nat_share: 0.5,
+            relay_nat_share: 0.0,
             services: (nodes / 100).max(3),
             lookups_per_min: (nodes as f64 / 50.0).max(10.0),
             adversary: vec![0.05, 0.1],
@@ -161,6 +164,13 @@ pub struct ScaleReport {
     pub pex_per_node_min: f64,
     /// Underlay datagrams per node per virtual minute, after the warm-up.
     pub datagrams_per_node_min: f64,
+    /// Links between two NATed nodes at the end (each link once), and the shares of them that
+    /// are direct and that a punch made direct.
+    pub natted_links: usize,
+    /// See `natted_links`.
+    pub natted_links_direct: f64,
+    /// See `natted_links`.
+    pub natted_links_punched: f64,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
 }
@@ -288,8 +298,13 @@ impl Scale {
             } else {
                 Role::Client
             };
-            let nat =
-                (role != Role::Relay && rng.gen_bool(cfg.nat_share)).then(|| random_nat(&mut rng));
+            let natted = if role == Role::Relay {
+                // No draw while relays are all public: runs repeat the figures of older ones.
+                cfg.relay_nat_share > 0.0 && i >= 5 && rng.gen_bool(cfg.relay_nat_share)
+            } else {
+                rng.gen_bool(cfg.nat_share)
+            };
+            let nat = natted.then(|| random_nat(&mut rng));
             // Relays first (the first few at once: the bootstrap set), hosts after.
             let at = if i < 5 {
                 start
@@ -684,6 +699,7 @@ impl Scale {
         let p50 = percentile(&mut lat, 0.5);
         let p99 = percentile(&mut lat, 0.99);
         let mut bms = std::mem::take(&mut self.build_ms);
+        let (natted_links, direct, punched) = self.natted_links(now);
         let relays = self
             .members
             .iter()
@@ -726,8 +742,33 @@ impl Scale {
             dht_messages_per_relay_min: ratio((end.0 - w.0) as f64, alive_relays * measured_min),
             pex_per_node_min: ratio((end.1 - w.1) as f64, alive * measured_min),
             datagrams_per_node_min: ratio((end.2 - w.2) as f64, alive * measured_min),
+            natted_links,
+            natted_links_direct: ratio(direct as f64, natted_links as f64),
+            natted_links_punched: ratio(punched as f64, natted_links as f64),
             wall_s,
         }
+    }
+}
+
+impl Scale {
+    /// Links between two running NATed nodes, seen from the side with the smaller index: (all,
+    /// direct, punched).
+    fn natted_links(&self, now: Instant) -> (usize, usize, usize) {
+        let natted: BTreeMap<String, usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].nat.is_some() && self.sim.nodes[i].alive)
+            .map(|i| (crate::crypto::keys::hex(&self.sim.nodes[i].link_key), i))
+            .collect();
+        let mut n = (0, 0, 0);
+        for &i in natted.values() {
+            for p in self.sim.nodes[i].node.link.peers(now) {
+                if natted.get(&p.link_key).is_some_and(|&j| j > i) {
+                    n.0 += 1;
+                    n.1 += usize::from(p.direct);
+                    n.2 += usize::from(p.punched);
+                }
+            }
+        }
+        n
     }
 }
 

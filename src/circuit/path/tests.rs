@@ -247,3 +247,66 @@ fn target_that_is_our_guard_goes_through_the_other_guard() {
         .unwrap_err();
     assert_eq!(e.to_string(), "path: the target relay is the guard");
 }
+
+fn natted_rec(seed: u8, ep: &str, intro: &RelayRecord) -> RelayRecord {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    RelayRecord::sign(
+        &key,
+        RecordFields {
+            flags: FLAG_RELAY,
+            nat: NatClass::Cone,
+            link_key: [seed; 32],
+            onion_key: [seed; 32],
+            seq: NOW.as_unix_ms(),
+            expires: NOW.as_unix_ms() / 1000 + 3600,
+            endpoints: vec![ep.parse().unwrap()],
+            introducers: vec![crate::wire::record::Contact {
+                identity: *intro.identity(),
+                link_key: intro.fields().link_key,
+                endpoint: intro.fields().endpoints[0],
+            }],
+        },
+    )
+    .unwrap()
+}
+
+/// Issue #20 item 3: with two public relays (both guards) a service's vanguard is a NATed
+/// stand-in; when public relays outside the guards' families join, the stand-ins are replaced
+/// at the next maintenance, not at the end of their 1-12 day lifetime.
+#[test]
+fn natted_vanguards_are_replaced_when_public_relays_appear() {
+    let p1 = rec(1, &["10.1.0.1:7"], FLAG_RELAY, NatClass::Public);
+    let p2 = rec(2, &["10.2.0.1:7"], FLAG_RELAY, NatClass::Public);
+    let natted: Vec<RelayRecord> = (3..=6)
+        .map(|i| natted_rec(i, &format!("10.{i}.0.1:7"), &p1))
+        .collect();
+    let mut records = vec![p1.clone(), p2.clone()];
+    records.extend(natted.iter().cloned());
+    let mut v = view(records);
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut g = Guards::new();
+    let mut vg = Vanguards::new();
+    {
+        let c = ctx(&v, &[], PathRules::default());
+        g.maintain(&c, &mut rng);
+        vg.maintain(&c, &g, &mut rng);
+    }
+    assert!(!vg.is_empty());
+    assert_eq!(vg.behind_nat(&v), vg.len(), "only NATed relays fit: {vg:?}");
+    for i in 7..=8 {
+        let r = rec(i, &[&format!("10.{i}.0.1:7")], FLAG_RELAY, NatClass::Public);
+        v.insert(r, Source::Itself, NOW).unwrap();
+    }
+    let c = ctx(&v, &[], PathRules::default());
+    // The guards stay (they are kept for 30-60 days); the new public relays fit as vanguards.
+    g.maintain(&c, &mut rng);
+    let replaced = vg.maintain(&c, &g, &mut rng);
+    assert!(replaced >= 1);
+    assert!(!vg.is_empty());
+    assert_eq!(vg.behind_nat(&v), 0, "{vg:?}");
+    // And paths are built with them.
+    let p = c
+        .select(PathKind::ServiceStem, &g, Some(&vg), &mut rng)
+        .unwrap();
+    c.check(&p).unwrap();
+}

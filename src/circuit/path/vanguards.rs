@@ -66,7 +66,6 @@ impl Vanguards {
         let before = self.list.len();
         self.list
             .retain(|v| now < v.expires && ctx.lookup(&v.identity, &own).is_some());
-        let dropped = before - self.list.len();
         let pool = ctx.pool(&own);
         let guard_nodes: Vec<Node<'_>> = guards
             .list
@@ -80,6 +79,25 @@ impl Vanguards {
                 },
             })
             .collect();
+        // A NATed vanguard is a stand-in for a network without a fitting public relay: once one
+        // fits (public relays joined, or the guards changed), the NATed ones go at once rather
+        // than at the end of their lifetime.
+        let natted = |id: &[u8; 32]| {
+            ctx.view
+                .get(id)
+                .is_some_and(|r| !r.fields().nat.directly_reachable())
+        };
+        if self.list.iter().any(|v| natted(&v.identity)) {
+            let public_fits = pool.iter().any(|n| {
+                n.rec.is_some_and(|r| r.fields().nat.directly_reachable())
+                    && !guard_nodes.iter().any(|g| g.clashes(n))
+                    && !self.contains(&n.identity)
+            });
+            if public_fits {
+                self.list.retain(|v| !natted(&v.identity));
+            }
+        }
+        let dropped = before - self.list.len();
         while self.list.len() < NUM_L2_GUARDS {
             let fits = |n: &&Node<'_>| {
                 !guard_nodes.iter().any(|g| g.clashes(n)) && !self.contains(&n.identity)
@@ -109,6 +127,17 @@ impl Vanguards {
             });
         }
         dropped
+    }
+
+    /// How many of them are behind NAT (stand-ins while no public relay fits, 9.3).
+    pub fn behind_nat(&self, view: &crate::link::view::RelayView) -> usize {
+        self.list
+            .iter()
+            .filter(|v| {
+                view.get(&v.identity)
+                    .is_some_and(|r| !r.fields().nat.directly_reachable())
+            })
+            .count()
     }
 
     /// The vanguards usable after this guard, sorted by identity.

@@ -142,13 +142,15 @@ pub(super) struct Link {
     /// The NAT class and first endpoint of the peer's record.
     pub(super) peer_nat: NatClass,
     pub(super) peer_endpoint: Option<SocketAddr>,
-    /// Came up by punching.
-    pub(super) punched: bool,
+    /// When a punch made it direct (at first contact, or upgrading a relayed link).
+    pub(super) punched_at: Option<Instant>,
     /// Relayed through an introducer (section 13.4).
     pub(super) relay: Option<RelayPath>,
     /// When to try again to make a relayed link direct, and how many tries so far (13.4).
     pub(super) upgrade_next: Instant,
     pub(super) upgrade_tries: u8,
+    /// Bytes both ways on the link at the last try, to tell a busy link from an idle one.
+    pub(super) upgrade_bytes: u64,
     /// Our last PING on it.
     pub(super) last_ping: Instant,
     /// Flags of the peer's record (0 for clients).
@@ -317,7 +319,7 @@ impl Link {
             (!pinging && now.saturating_since(self.last_ping) >= NAT_KEEPALIVE_MS)
                 .then_some(Keepalive::Ping)
         } else {
-            ((self.punched || behind_nat(self.peer_nat))
+            ((self.punched_at.is_some() || behind_nat(self.peer_nat))
                 && now.saturating_since(self.last_tx) >= LINK_KEEPALIVE_MS)
                 .then_some(Keepalive::Empty)
         }

@@ -121,7 +121,7 @@ impl LinkLayer {
             .values()
             .any(|x| x.id != id && x.endpoint.ip() == ip);
         !(l.dialed
-            || l.punched
+            || l.punched_at.is_some()
             || l.relay.is_some()
             || recent
             || shared

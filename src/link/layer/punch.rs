@@ -184,7 +184,7 @@ impl LinkLayer {
                     self.punches.remove(&id);
                     self.stats.punched_links += 1;
                     if let Some(l) = self.links.get_mut(&id) {
-                        l.punched = true;
+                        l.punched_at = Some(now);
                     }
                     continue;
                 }

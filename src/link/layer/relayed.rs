@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::budget::Charge;
 use crate::link::nat::{
     RateWindow, MAX_RELAYED_LINKS, NAT_ENTRY_COST, RELAYED_LINK_IDLE_MS, RELAYED_LINK_RATE,
-    RELAY_REQUEST_RATE, RELAY_UPGRADE_FIRST_MS, RELAY_UPGRADE_MAX_MS,
+    RELAY_REQUEST_RATE, RELAY_UPGRADE_BUSY_BYTES, RELAY_UPGRADE_BUSY_MAX_MS,
+    RELAY_UPGRADE_FIRST_MS, RELAY_UPGRADE_MAX_MS,
 };
 use crate::time::Instant;
 use crate::wire::datagram::{self};
@@ -169,9 +170,18 @@ impl LinkLayer {
                     .find_map(|c| self.link_to(&c.identity))
             });
             if let Some(l) = self.links.get_mut(&id) {
+                let (tx, rx) = l.session.traffic();
+                let bytes = tx.saturating_add(rx);
+                let busy = bytes.saturating_sub(l.upgrade_bytes) >= RELAY_UPGRADE_BUSY_BYTES;
+                l.upgrade_bytes = bytes;
+                let cap = if busy {
+                    RELAY_UPGRADE_BUSY_MAX_MS
+                } else {
+                    RELAY_UPGRADE_MAX_MS
+                };
                 let wait = RELAY_UPGRADE_FIRST_MS
                     .saturating_mul(1 << l.upgrade_tries.min(6))
-                    .min(RELAY_UPGRADE_MAX_MS);
+                    .min(cap);
                 l.upgrade_tries = l.upgrade_tries.saturating_add(1);
                 l.upgrade_next = now + wait;
             }

@@ -192,7 +192,7 @@ impl LinkLayer {
             if self.punches.remove(&id).is_some() {
                 self.stats.punched_links += 1;
                 if let Some(l) = self.links.get_mut(&id) {
-                    l.punched = true;
+                    l.punched_at = Some(now);
                 }
             }
             if let Some(k) = self.links.get(&id).map(|l| l.peer_key) {

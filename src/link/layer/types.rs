@@ -201,6 +201,8 @@ pub struct PeerInfo {
     pub direct: bool,
     /// The link came up by simultaneous open through an introducer (section 13.2).
     pub punched: bool,
+    /// Seconds since that punch (the last one, when a relayed link was upgraded).
+    pub punched_s: Option<u64>,
     /// Last measured round-trip time.
     pub rtt_ms: Option<f64>,
     /// Seconds since the link was established.
