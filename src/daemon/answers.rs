@@ -36,6 +36,8 @@ pub(super) struct LinkSnapshot {
     pub(super) guards: usize,
     pub(super) guards_temporary: bool,
     pub(super) guard_save_error: Option<String>,
+    pub(super) exit: Option<crate::exit::gateway::ExitStats>,
+    pub(super) exit_circuit: Option<crate::node::exits::ExitCircuitInfo>,
 }
 
 /// What the control socket reports.
@@ -401,6 +403,8 @@ impl NodeState {
                 dropped: links.flow.dropped_from_kernel + links.queue_drops,
                 write_errors: self.tun.write_errors.load(Ordering::Relaxed),
             },
+            exit: links.exit.clone(),
+            exit_circuit: links.exit_circuit.clone(),
         }
     }
 

@@ -1,0 +1,168 @@
+//! Issue #23: a client reaches an "internet" namespace through a 3-hop circuit to an exit with
+//! plain routes (`[outbound] routes`): `curl` works, the web server sees the exit's address, a
+//! refused destination fails at once, and stopping the daemons removes exactly what they added
+//! (the client's routing rule, the exit's NAT table).
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{shipped_listen, Lab};
+
+const READY: Duration = Duration::from_secs(10);
+/// The "internet": a namespace reachable only through the exit, on a range the exit lists in
+/// `allow_networks` (the default policy refuses it, as it refuses every test range).
+const WEB: &str = "198.19.250.2";
+const EXIT_SIDE: &str = "198.19.250.1";
+
+/// What a host's routing looks like (rules and every IPv4 table).
+fn routing(lab: &Lab, host: &crate::harness::Host) -> String {
+    lab.sh_ok(host, "ip rule; ip -6 rule; ip -4 route show table all")
+}
+
+#[test]
+fn curl_through_routes_and_an_exit() {
+    let Some(mut lab) = Lab::new("exits") else {
+        return;
+    };
+    let relays: Vec<_> = (0..3).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let exit = lab.add_host("exit");
+    let client = lab.add_host("client");
+    let web = lab.add_host("web");
+    // The web host leaves the switch; its only link is to the exit.
+    lab.sh_ok(
+        &web,
+        &format!(
+            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
+             ip addr add {WEB}/24 dev inet1 && ip link set inet1 up",
+            exit_ns = exit.ns
+        ),
+    );
+    lab.sh_ok(
+        &exit,
+        &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
+    );
+    lab.spawn(
+        &web,
+        "web",
+        "python3",
+        &["-u", "-m", "http.server", "80", "--bind", WEB],
+        Some("Serving HTTP"),
+    );
+    let boot = format!("\"{}:7412\"", relays[0].ip);
+    let common = |bootstrap: &str| {
+        format!(
+            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+            shipped_listen()
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, h) in relays.iter().enumerate() {
+        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
+        daemons.push(lab.start_daemon(h, &cfg));
+    }
+    let cfg = lab.write_config(
+        &exit,
+        &format!(
+            "{}[exit]\nenabled = true\nallow_ports = [80, 443]\nallow_networks = [\"198.19.250.0/24\"]\n",
+            common(&boot)
+        ),
+    );
+    let exit_d = lab.start_daemon(&exit, &cfg);
+    let before = routing(&lab, &client);
+    let cfg = lab.write_config(
+        &client,
+        &format!(
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\n",
+            common(&boot)
+        ),
+    );
+    let client_d = lab.start_daemon(&client, &cfg);
+    for d in daemons.iter().chain([&exit_d, &client_d]) {
+        lab.wait_ready(d, READY);
+    }
+    assert!(
+        lab.sh_ok(&exit, "nft list tables")
+            .contains("globalnet_exit"),
+        "the exit has no NAT table"
+    );
+    lab.wait_for(
+        "the client's circuit to the exit",
+        Duration::from_secs(60),
+        || lab.query(&client_d, "status")["exit_circuit"]["ready"] == true,
+    );
+    let status = lab.query(&client_d, "status");
+    assert_eq!(
+        status["exit_circuit"]["exit"],
+        lab.relay_key(&exit_d),
+        "the only exit was not chosen: {status}"
+    );
+
+    let circuits = lab.query(&client_d, "circuits");
+    assert!(
+        circuits
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["purpose"] == "exit" && c["state"] == "ready" && c["hops"] == 3),
+        "no 3-hop exit circuit: {circuits}"
+    );
+
+    // A plain curl, no proxy settings.
+    let started = Instant::now();
+    let page = lab.sh_ok(&client, &format!("curl -sS --max-time 20 http://{WEB}/"));
+    eprintln!(
+        "curl through the exit: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(EXIT_SIDE) && l.contains("\"GET / ")),
+        "the web server did not see the exit's address:\n{log}"
+    );
+    assert!(!log.contains(&client.ip.to_string()), "{log}");
+
+    // A port the exit does not list: refused at once with a RST, not a timeout.
+    let started = Instant::now();
+    let out = lab.sh(
+        &client,
+        &format!("curl -v --max-time 10 http://{WEB}:8080/"),
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Connection refused"), "not refused: {err}");
+    assert!(took < Duration::from_secs(3), "refusal took {took:?}");
+    eprintln!(
+        "refused destination failed after {:.2} s",
+        took.as_secs_f64()
+    );
+
+    // The status snapshot is refreshed at most every 250 ms.
+    lab.wait_for("the exit's counters", Duration::from_secs(5), || {
+        lab.query(&exit_d, "status")["exit"]["refused"].as_u64() >= Some(1)
+    });
+    let ex = lab.query(&exit_d, "status")["exit"].clone();
+    assert!(ex["packets_out"].as_u64().unwrap() >= 3, "{ex}");
+    assert!(ex["packets_in"].as_u64().unwrap() >= 3, "{ex}");
+    assert!(ex["refused"].as_u64().unwrap() >= 1, "{ex}");
+    assert_eq!(ex["circuits"], 1, "{ex}");
+
+    // Switching off: the client's routing is as before, the exit's NAT table gone.
+    lab.stop(
+        &client_d,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(10),
+    );
+    assert_eq!(routing(&lab, &client), before, "routes not restored");
+    lab.stop(
+        &exit_d,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(10),
+    );
+    assert!(
+        !lab.sh_ok(&exit, "nft list tables")
+            .contains("globalnet_exit"),
+        "the NAT table outlived the exit"
+    );
+}

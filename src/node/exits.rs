@@ -1,0 +1,256 @@
+//! Exits joined to the node (docs/decisions.md "Exits"): at an exit, `EXIT_PACKET`s from
+//! circuits that end here go up to the daemon's `gnx0` path and answers go back on their circuit;
+//! at a client, one circuit to an exit carries the packets gn0 routes outside the overlay.
+
+use crate::circuit::layer::{CircEvent, CircId, Purpose};
+use crate::circuit::path::{Hop, PathContext, PathKind, Target};
+use crate::exit::client::accept_from_exit;
+use crate::time::Millis;
+use crate::wire::record::{RelayRecord, FLAG_EXIT};
+use crate::wire::relay::RelayCommand;
+
+use super::{Node, NodeEvent};
+
+/// Wait after a failed exit circuit before building another.
+pub const EXIT_RETRY_MS: Millis = 1_000;
+
+/// Why a packet did not go to an exit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExitSendError {
+    /// `[outbound]` is off.
+    #[error("no outbound traffic configured")]
+    Off,
+    /// The exit circuit is being built (the packet is dropped; TCP sends it again).
+    #[error("the exit circuit is not ready yet")]
+    NotReady,
+    /// The circuit layer refused it.
+    #[error("the exit circuit refused the packet: {0}")]
+    Circuit(String),
+}
+
+/// The node's exit state, both roles.
+#[derive(Debug, Default)]
+pub(crate) struct NodeExits {
+    /// We are an exit: `EXIT_PACKET`s ending here go up.
+    serving: bool,
+    /// We send traffic to exits (`[outbound] routes` or `socks`).
+    outbound: bool,
+    /// A pinned exit.
+    pin: Option<[u8; 32]>,
+    /// Our circuit to an exit.
+    circ: Option<CircId>,
+    ready: bool,
+    /// The exit at its end, for status.
+    exit: Option<[u8; 32]>,
+    retry_at: Millis,
+    last_error: Option<String>,
+    /// `EXIT_PACKET`s that arrived here while we are not an exit.
+    pub(crate) refused_not_exit: u64,
+    /// Answers from our exit that failed the client's checks.
+    pub(crate) refused_answers: u64,
+}
+
+/// The client's exit circuit, for status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitCircuitInfo {
+    /// The exit's relay key (hex), once chosen.
+    pub exit: Option<String>,
+    /// Built and carrying packets.
+    pub ready: bool,
+    /// Why no circuit could be built, if so.
+    pub error: Option<String>,
+}
+
+impl NodeExits {
+    pub(super) fn owns(&self, id: CircId) -> bool {
+        self.circ == Some(id)
+    }
+}
+
+impl Node {
+    /// Serve as an exit: `EXIT_PACKET`s on circuits ending here are reported as
+    /// [`NodeEvent::ExitPacket`] (the daemon's `gnx0` path decides on them).
+    pub fn set_exit_role(&mut self, on: bool) {
+        self.exits.serving = on;
+    }
+
+    /// Send traffic to exits: keeps one circuit to an exit (pinned by key, or any relay with the
+    /// `EXIT` flag under the path rules).
+    pub fn set_outbound(&mut self, on: bool, pin: Option<[u8; 32]>) {
+        self.exits.outbound = on;
+        self.exits.pin = pin;
+    }
+
+    /// The client's exit circuit, when outbound traffic is on.
+    pub fn exit_circuit_info(&self) -> Option<ExitCircuitInfo> {
+        self.exits.outbound.then(|| ExitCircuitInfo {
+            exit: self.exits.exit.map(|k| crate::crypto::keys::hex(&k)),
+            ready: self.exits.ready,
+            error: self.exits.last_error.clone(),
+        })
+    }
+
+    /// Sends one packet from gn0 (checked with [`crate::exit::client::for_exit`]) to our exit.
+    pub fn send_exit_packet(&mut self, now: Millis, p: &[u8]) -> Result<(), ExitSendError> {
+        if !self.exits.outbound {
+            return Err(ExitSendError::Off);
+        }
+        match self.exits.circ {
+            Some(id) if self.exits.ready => {
+                let r = self
+                    .circ
+                    .send(id, RelayCommand::ExitPacket, p)
+                    .map_err(|e| ExitSendError::Circuit(e.to_string()));
+                self.pump(now);
+                r
+            }
+            Some(_) => Err(ExitSendError::NotReady),
+            None => {
+                self.build_exit_circuit(now);
+                self.pump(now);
+                Err(ExitSendError::NotReady)
+            }
+        }
+    }
+
+    /// Sends an answer from `gnx0` (or a refusal) back on the circuit `slot` that ends here.
+    pub fn exit_reply(&mut self, now: Millis, slot: u64, p: &[u8]) -> Result<(), String> {
+        let r = self
+            .circ
+            .reply(slot, RelayCommand::ExitPacket, p)
+            .map_err(|e| e.to_string());
+        self.pump(now);
+        r
+    }
+
+    /// Timer upkeep: a client with outbound traffic keeps its exit circuit built.
+    pub(super) fn exit_timeout(&mut self, now: Millis) {
+        if self.exits.outbound && self.exits.circ.is_none() {
+            self.build_exit_circuit(now);
+        }
+    }
+
+    fn build_exit_circuit(&mut self, now: Millis) {
+        if self.exits.circ.is_some() || now < self.exits.retry_at {
+            return;
+        }
+        self.exits.retry_at = now + EXIT_RETRY_MS;
+        let own_endpoints = self.own_endpoints();
+        let ctx = PathContext {
+            view: self.link.view(),
+            rules: self.path_rules(),
+            own_endpoints: &own_endpoints,
+            now,
+        };
+        let target = match self.exits.pin {
+            Some(k) => match ctx.view.get(&k) {
+                Some(r) if r.fields().flags & FLAG_EXIT != 0 => Target::Relay(Hop::from_record(r)),
+                _ => {
+                    self.exits.last_error =
+                        Some("the pinned exit is not in the view with the EXIT flag".into());
+                    return;
+                }
+            },
+            // Chosen first, then reached like an intro point: a guard that is the exit itself
+            // or in its family is passed over for the next one (Tor's guard restriction), which
+            // `Target::Any` cannot do.
+            None => {
+                use rand::seq::SliceRandom;
+                let own = self.link.identity();
+                let exits: Vec<&RelayRecord> = ctx
+                    .view
+                    .iter()
+                    .filter(|r| r.fields().flags & FLAG_EXIT != 0 && *r.identity() != own)
+                    .collect();
+                match exits.choose(&mut self.rng) {
+                    Some(r) => Target::Relay(Hop::from_record(r)),
+                    None => {
+                        self.exits.last_error = Some("no relay with the EXIT flag known".into());
+                        return;
+                    }
+                }
+            }
+        };
+        let path = ctx
+            .select(PathKind::Client(target), &self.guards, None, &mut self.rng)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                p.hops()
+                    .iter()
+                    .map(|h| ctx.view.get(&h.identity).cloned())
+                    .collect::<Option<Vec<RelayRecord>>>()
+                    .ok_or_else(|| "path: a hop left the view".to_string())
+            });
+        let path = match path {
+            Ok(p) => p,
+            Err(e) => {
+                if self.exits.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("cannot build a circuit to an exit: {e}");
+                }
+                self.exits.last_error = Some(e);
+                return;
+            }
+        };
+        let exit = path.last().map(|r| *r.identity());
+        let first = path.first().and_then(|r| self.link.link_to(r.identity()));
+        match self.circ.build(now, Purpose::Exit, path, first) {
+            Ok(id) => {
+                self.exits.circ = Some(id);
+                self.exits.ready = false;
+                self.exits.exit = exit;
+            }
+            Err(e) => self.exits.last_error = Some(e.to_string()),
+        }
+    }
+
+    /// An event of our exit circuit.
+    pub(super) fn exit_on_circuit_event(&mut self, e: CircEvent) {
+        match e {
+            CircEvent::Built { id, build_ms } => {
+                self.exits.ready = true;
+                self.exits.last_error = None;
+                tracing::info!(
+                    circuit = id.0,
+                    build_ms,
+                    exit = %self.exits.exit.map_or_else(String::new, |k| crate::crypto::keys::fingerprint(&k)),
+                    "circuit to an exit ready"
+                );
+            }
+            CircEvent::Closed { id, why } => {
+                tracing::info!(circuit = id.0, why, "circuit to an exit closed");
+                self.exits.circ = None;
+                self.exits.ready = false;
+                self.exits.last_error = Some(why);
+            }
+            CircEvent::Message { cmd, payload, .. } => {
+                if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload) {
+                    self.events.push(NodeEvent::ExitAnswer { buf: payload });
+                } else {
+                    self.exits.refused_answers += 1;
+                    self.circ.recycle_payload(payload);
+                }
+            }
+            CircEvent::Extended { .. }
+            | CircEvent::LastHop { .. }
+            | CircEvent::RelayedClosed { .. } => {}
+        }
+    }
+
+    /// An `EXIT_PACKET` on a circuit that ends here.
+    pub(super) fn exit_on_last_hop(&mut self, slot: u64, payload: Vec<u8>) {
+        if self.exits.serving {
+            self.events
+                .push(NodeEvent::ExitPacket { slot, buf: payload });
+        } else {
+            self.exits.refused_not_exit += 1;
+            self.circ.recycle_payload(payload);
+        }
+    }
+
+    /// A circuit ending here is gone.
+    pub(super) fn exit_on_relayed_closed(&mut self, slot: u64) {
+        if self.exits.serving {
+            self.events.push(NodeEvent::ExitClosed { slot });
+        }
+    }
+}
