@@ -1,7 +1,8 @@
-//! Issue #23: a client reaches an "internet" namespace through a 3-hop circuit to an exit with
-//! plain routes (`[outbound] routes`): `curl` works, the web server sees the exit's address, a
-//! refused destination fails at once, and stopping the daemons removes exactly what they added
-//! (the client's routing rule, the exit's NAT table).
+//! Issue #23: a client reaches an "internet" namespace through 3-hop circuits to an exit, with
+//! plain routes (`[outbound] routes`) and through SOCKS5 (`[outbound] socks`): `curl` works both
+//! ways, the web server sees the exit's address, SOCKS user names get circuits of their own, a
+//! refused destination fails at once (RST, SOCKS reply 5), and stopping the daemons removes
+//! exactly what they added (the client's routing rules, the exit's NAT table).
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ fn routing(lab: &Lab, host: &crate::harness::Host) -> String {
 }
 
 #[test]
-fn curl_through_routes_and_an_exit() {
+fn curl_through_routes_and_socks_via_an_exit() {
     let Some(mut lab) = Lab::new("exits") else {
         return;
     };
@@ -71,7 +72,7 @@ fn curl_through_routes_and_an_exit() {
     let cfg = lab.write_config(
         &client,
         &format!(
-            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\n",
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\nsocks = \"127.0.0.1:1080\"\n",
             common(&boot)
         ),
     );
@@ -147,6 +148,41 @@ fn curl_through_routes_and_an_exit() {
     assert!(ex["packets_in"].as_u64().unwrap() >= 3, "{ex}");
     assert!(ex["refused"].as_u64().unwrap() >= 1, "{ex}");
     assert_eq!(ex["circuits"], 1, "{ex}");
+
+    // SOCKS5: no user name shares group 1's circuit; each user name gets its own circuit.
+    for user in ["", "-U alice:x", "-U bob:x"] {
+        let page = lab.sh_ok(
+            &client,
+            &format!("curl -sS --max-time 20 --socks5 127.0.0.1:1080 {user} http://{WEB}/"),
+        );
+        assert!(page.contains("Directory listing"), "{user}: {page}");
+    }
+    lab.wait_for(
+        "three circuits at the exit (routes, alice, bob)",
+        Duration::from_secs(5),
+        || lab.query(&exit_d, "status")["exit"]["circuits"] == 3,
+    );
+    assert_eq!(lab.query(&client_d, "status")["exit_circuit"]["groups"], 3);
+    let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
+        4,
+        "{log}"
+    );
+    let started = Instant::now();
+    let out = lab.sh(
+        &client,
+        &format!("curl -sS --max-time 10 --socks5 127.0.0.1:1080 http://{WEB}:8080/"),
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "refused through SOCKS after {:.2} s: {}",
+        took.as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!out.status.success() && took < Duration::from_secs(3));
+    // SOCKS reply 5: connection refused (the exit's RST).
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(5)"));
 
     // Switching off: the client's routing is as before, the exit's NAT table gone.
     lab.stop(

@@ -42,12 +42,12 @@ fn exit_gateway_allocates_nothing_per_packet() {
             let now = start + i;
             pkt.clear();
             pkt.extend_from_slice(&out);
-            assert!(for_exit(pkt));
+            assert_eq!(for_exit(pkt), Some(1));
             assert_eq!(g.on_circuit_packet(now, 7, pkt, reply), Outbound::Forward);
             pkt.clear();
             pkt.extend_from_slice(&back);
             assert_eq!(g.on_tun_packet(pkt), Some(7));
-            assert!(accept_from_exit(pkt));
+            assert!(accept_from_exit(pkt, 1));
             pkt.clear();
             pkt.extend_from_slice(&refused);
             assert!(matches!(

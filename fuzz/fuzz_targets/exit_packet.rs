@@ -20,5 +20,5 @@ fuzz_target!(|data: &[u8]| {
     let mut q = data.to_vec();
     let _ = g.on_tun_packet(&mut q);
     let _ = for_exit(data);
-    let _ = accept_from_exit(data);
+    let _ = accept_from_exit(data, 1);
 });

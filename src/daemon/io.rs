@@ -127,8 +127,8 @@ impl PacketPath {
     /// A packet from the kernel: through the flow layer to a session, or answered locally.
     pub(super) fn kernel_packet(&mut self, node: &mut Node, now: Millis, mut buf: Vec<u8>) {
         if self.outbound && !for_overlay(&buf) {
-            if crate::exit::client::for_exit(&buf) {
-                if let Err(e) = node.send_exit_packet(now, &buf) {
+            if let Some(group) = crate::exit::client::for_exit(&buf) {
+                if let Err(e) = node.send_exit_packet(now, group, &buf) {
                     tracing::trace!("packet for an exit dropped: {e}");
                 }
             }

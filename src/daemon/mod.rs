@@ -130,6 +130,7 @@ mod hosted;
 mod io;
 mod names;
 mod reload;
+mod socks;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
 use io::AnswerTx;
@@ -193,13 +194,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
                 "serving as an exit"
             );
         }
-        if !config.outbound.routes.is_empty() {
-            rt.block_on(platform::exit_net::set_up_routes(
+        if config.outbound.enabled() {
+            rt.block_on(platform::exit_net::set_up_outbound(
                 &config.tun.name,
                 &config.outbound.routes,
+                config.outbound.socks.is_some(),
             ))
             .map_err(ctx("routes through exits"))?;
-            tracing::info!(routes = ?config.outbound.routes, "routing through exits");
+            tracing::info!(routes = ?config.outbound.routes, socks = ?config.outbound.socks, "traffic to the outside goes through exits");
         }
     }
     // Only a root daemon hands the socket to the drop user; an unprivileged one (systemd's
@@ -250,6 +252,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     })?;
 
     let dns_socket = config.names.dns.then(|| dns::bind(address)).flatten();
+    let socks_listener = config
+        .outbound
+        .socks
+        .map(|a| {
+            std::net::TcpListener::bind(a)
+                .map_err(|e| DaemonError(format!("cannot listen for SOCKS on {a}: {e}")))
+        })
+        .transpose()?;
     if dns_socket.is_some() {
         dns::register_with_resolved(&config.tun.name, address);
     }
@@ -397,6 +407,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     if let Some(s) = dns_socket {
         rt.spawn(dns::serve(s, state.clone()));
     }
+    if let Some(l) = socks_listener {
+        rt.spawn(socks::serve(l));
+    }
     let result = rt.block_on(run_async(
         dev,
         control_listener,
@@ -419,14 +432,15 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    if !config.outbound.routes.is_empty() {
+    if config.outbound.enabled() {
         let done = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
             .and_then(|rt| {
-                rt.block_on(platform::exit_net::tear_down_routes(
+                rt.block_on(platform::exit_net::tear_down_outbound(
                     &config.outbound.routes,
+                    config.outbound.socks.is_some(),
                 ))
                 .map_err(|e| e.to_string())
             });

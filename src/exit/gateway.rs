@@ -27,11 +27,41 @@ pub const INNER_V6_LEN: u8 = 64;
 pub const GNX_V4: Ipv4Addr = Ipv4Addr::new(100, 127, 255, 254);
 /// `gnx0`'s own IPv6 address.
 pub const GNX_V6: Ipv6Addr = Ipv6Addr::new(0xfc00, 0x676e, 0x6578, 0, 0, 0, 0xff, 0xfffe);
-/// The client's own inner IPv4 address on gn0 (never published, never leaves the host: the exit
-/// rewrites it).
+/// The client's own inner IPv4 address on gn0 for routed traffic and SOCKS without a user name
+/// (isolation group 1; never published, never leaves the host: the exit rewrites it).
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(100, 127, 255, 1);
-/// The client's own inner IPv6 address on gn0.
+/// The client's own inner IPv6 address on gn0 (group 1).
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfc00, 0x676e, 0x6578, 0, 0, 0, 0xff, 1);
+/// Isolation groups a client has: group `g` sends from `100.127.255.g` / `fc00:676e:6578::ff:g`
+/// and has its own circuit to an exit. Group 1 is routed traffic and SOCKS without a user name;
+/// SOCKS user names take the others, first come.
+pub const CLIENT_GROUPS: u8 = 16;
+
+/// The client's inner IPv4 address of isolation group `g` (1..=[`CLIENT_GROUPS`]).
+pub fn client_v4(g: u8) -> Ipv4Addr {
+    Ipv4Addr::new(100, 127, 255, g)
+}
+
+/// The client's inner IPv6 address of isolation group `g`.
+pub fn client_v6(g: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfc00, 0x676e, 0x6578, 0, 0, 0, 0xff, u16::from(g))
+}
+
+/// The isolation group a client address belongs to.
+pub fn group_of(ip: IpAddr) -> Option<u8> {
+    let g = match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            (o[..3] == [100, 127, 255]).then_some(o[3])?
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let base = CLIENT_V6.segments();
+            (s[..7] == base[..7] && s[7] <= 0xff).then_some(s[7] as u8)?
+        }
+    };
+    (1..=CLIENT_GROUPS).contains(&g).then_some(g)
+}
 /// Circuits get inner addresses 1..=`MAX_EXIT_CIRCUITS` (100.127.0.1 to 100.127.254.255); the
 /// last /24 is kept for the exit's and the client's own addresses.
 pub const MAX_EXIT_CIRCUITS: u16 = 0xfeff;

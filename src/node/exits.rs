@@ -2,6 +2,8 @@
 //! circuits that end here go up to the daemon's `gnx0` path and answers go back on their circuit;
 //! at a client, one circuit to an exit carries the packets gn0 routes outside the overlay.
 
+use std::collections::BTreeMap;
+
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{Hop, PathContext, PathKind, Target};
 use crate::exit::client::accept_from_exit;
@@ -28,6 +30,17 @@ pub enum ExitSendError {
     Circuit(String),
 }
 
+/// One isolation group's circuit to an exit.
+#[derive(Debug, Default)]
+struct GroupCircuit {
+    circ: Option<CircId>,
+    ready: bool,
+    /// The exit at its end, for status.
+    exit: Option<[u8; 32]>,
+    retry_at: Millis,
+    last_error: Option<String>,
+}
+
 /// The node's exit state, both roles.
 #[derive(Debug, Default)]
 pub(crate) struct NodeExits {
@@ -37,13 +50,9 @@ pub(crate) struct NodeExits {
     outbound: bool,
     /// A pinned exit.
     pin: Option<[u8; 32]>,
-    /// Our circuit to an exit.
-    circ: Option<CircId>,
-    ready: bool,
-    /// The exit at its end, for status.
-    exit: Option<[u8; 32]>,
-    retry_at: Millis,
-    last_error: Option<String>,
+    /// Each isolation group's circuit (group 1: routes and SOCKS without a user name); groups
+    /// never share a circuit.
+    groups: BTreeMap<u8, GroupCircuit>,
     /// `EXIT_PACKET`s that arrived here while we are not an exit.
     pub(crate) refused_not_exit: u64,
     /// Answers from our exit that failed the client's checks.
@@ -59,11 +68,20 @@ pub struct ExitCircuitInfo {
     pub ready: bool,
     /// Why no circuit could be built, if so.
     pub error: Option<String>,
+    /// Isolation groups with a ready circuit (group 1 and SOCKS user names).
+    pub groups: usize,
 }
 
 impl NodeExits {
     pub(super) fn owns(&self, id: CircId) -> bool {
-        self.circ == Some(id)
+        self.group_of(id).is_some()
+    }
+
+    fn group_of(&self, id: CircId) -> Option<u8> {
+        self.groups
+            .iter()
+            .find(|(_, g)| g.circ == Some(id))
+            .map(|(k, _)| *k)
     }
 }
 
@@ -83,20 +101,29 @@ impl Node {
 
     /// The client's exit circuit, when outbound traffic is on.
     pub fn exit_circuit_info(&self) -> Option<ExitCircuitInfo> {
+        let g = self.exits.groups.get(&1);
         self.exits.outbound.then(|| ExitCircuitInfo {
-            exit: self.exits.exit.map(|k| crate::crypto::keys::hex(&k)),
-            ready: self.exits.ready,
-            error: self.exits.last_error.clone(),
+            exit: g.and_then(|g| g.exit).map(|k| crate::crypto::keys::hex(&k)),
+            ready: g.is_some_and(|g| g.ready),
+            error: g.and_then(|g| g.last_error.clone()),
+            groups: self.exits.groups.values().filter(|g| g.ready).count(),
         })
     }
 
-    /// Sends one packet from gn0 (checked with [`crate::exit::client::for_exit`]) to our exit.
-    pub fn send_exit_packet(&mut self, now: Millis, p: &[u8]) -> Result<(), ExitSendError> {
+    /// Sends one packet from gn0 of isolation group `group` (as
+    /// [`crate::exit::client::for_exit`] says) to that group's exit.
+    pub fn send_exit_packet(
+        &mut self,
+        now: Millis,
+        group: u8,
+        p: &[u8],
+    ) -> Result<(), ExitSendError> {
         if !self.exits.outbound {
             return Err(ExitSendError::Off);
         }
-        match self.exits.circ {
-            Some(id) if self.exits.ready => {
+        let g = self.exits.groups.entry(group).or_default();
+        match g.circ {
+            Some(id) if g.ready => {
                 let r = self
                     .circ
                     .send(id, RelayCommand::ExitPacket, p)
@@ -106,7 +133,7 @@ impl Node {
             }
             Some(_) => Err(ExitSendError::NotReady),
             None => {
-                self.build_exit_circuit(now);
+                self.build_exit_circuit(now, group);
                 self.pump(now);
                 Err(ExitSendError::NotReady)
             }
@@ -125,16 +152,19 @@ impl Node {
 
     /// Timer upkeep: a client with outbound traffic keeps its exit circuit built.
     pub(super) fn exit_timeout(&mut self, now: Millis) {
-        if self.exits.outbound && self.exits.circ.is_none() {
-            self.build_exit_circuit(now);
+        if self.exits.outbound {
+            self.build_exit_circuit(now, 1);
         }
     }
 
-    fn build_exit_circuit(&mut self, now: Millis) {
-        if self.exits.circ.is_some() || now < self.exits.retry_at {
+    /// Builds isolation group `group`'s circuit (a new path: groups never share a circuit).
+    fn build_exit_circuit(&mut self, now: Millis, group: u8) {
+        let g = self.exits.groups.entry(group).or_default();
+        if g.circ.is_some() || now < g.retry_at {
             return;
         }
-        self.exits.retry_at = now + EXIT_RETRY_MS;
+        g.retry_at = now + EXIT_RETRY_MS;
+        let pin = self.exits.pin;
         let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
@@ -142,12 +172,19 @@ impl Node {
             own_endpoints: &own_endpoints,
             now,
         };
-        let target = match self.exits.pin {
+        let mut error = |e: String| {
+            if let Some(g) = self.exits.groups.get_mut(&group) {
+                if g.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("cannot build a circuit to an exit: {e}");
+                }
+                g.last_error = Some(e);
+            }
+        };
+        let target = match pin {
             Some(k) => match ctx.view.get(&k) {
                 Some(r) if r.fields().flags & FLAG_EXIT != 0 => Target::Relay(Hop::from_record(r)),
                 _ => {
-                    self.exits.last_error =
-                        Some("the pinned exit is not in the view with the EXIT flag".into());
+                    error("the pinned exit is not in the view with the EXIT flag".into());
                     return;
                 }
             },
@@ -165,7 +202,7 @@ impl Node {
                 match exits.choose(&mut self.rng) {
                     Some(r) => Target::Relay(Hop::from_record(r)),
                     None => {
-                        self.exits.last_error = Some("no relay with the EXIT flag known".into());
+                        error("no relay with the EXIT flag known".into());
                         return;
                     }
                 }
@@ -184,46 +221,60 @@ impl Node {
         let path = match path {
             Ok(p) => p,
             Err(e) => {
-                if self.exits.last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("cannot build a circuit to an exit: {e}");
-                }
-                self.exits.last_error = Some(e);
+                error(e);
                 return;
             }
         };
         let exit = path.last().map(|r| *r.identity());
         let first = path.first().and_then(|r| self.link.link_to(r.identity()));
-        match self.circ.build(now, Purpose::Exit, path, first) {
-            Ok(id) => {
-                self.exits.circ = Some(id);
-                self.exits.ready = false;
-                self.exits.exit = exit;
+        let built = self.circ.build(now, Purpose::Exit, path, first);
+        if let Some(g) = self.exits.groups.get_mut(&group) {
+            match built {
+                Ok(id) => {
+                    g.circ = Some(id);
+                    g.ready = false;
+                    g.exit = exit;
+                }
+                Err(e) => g.last_error = Some(e.to_string()),
             }
-            Err(e) => self.exits.last_error = Some(e.to_string()),
         }
     }
 
     /// An event of our exit circuit.
     pub(super) fn exit_on_circuit_event(&mut self, e: CircEvent) {
+        let id = match &e {
+            CircEvent::Built { id, .. }
+            | CircEvent::Closed { id, .. }
+            | CircEvent::Message { id, .. }
+            | CircEvent::Extended { id, .. } => *id,
+            CircEvent::LastHop { .. } | CircEvent::RelayedClosed { .. } => return,
+        };
+        let Some(group) = self.exits.group_of(id) else {
+            return;
+        };
+        let Some(g) = self.exits.groups.get_mut(&group) else {
+            return;
+        };
         match e {
             CircEvent::Built { id, build_ms } => {
-                self.exits.ready = true;
-                self.exits.last_error = None;
+                g.ready = true;
+                g.last_error = None;
                 tracing::info!(
                     circuit = id.0,
                     build_ms,
-                    exit = %self.exits.exit.map_or_else(String::new, |k| crate::crypto::keys::fingerprint(&k)),
+                    group,
+                    exit = %g.exit.map_or_else(String::new, |k| crate::crypto::keys::fingerprint(&k)),
                     "circuit to an exit ready"
                 );
             }
             CircEvent::Closed { id, why } => {
-                tracing::info!(circuit = id.0, why, "circuit to an exit closed");
-                self.exits.circ = None;
-                self.exits.ready = false;
-                self.exits.last_error = Some(why);
+                tracing::info!(circuit = id.0, group, why, "circuit to an exit closed");
+                g.circ = None;
+                g.ready = false;
+                g.last_error = Some(why);
             }
             CircEvent::Message { cmd, payload, .. } => {
-                if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload) {
+                if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload, group) {
                     self.events.push(NodeEvent::ExitAnswer { buf: payload });
                 } else {
                     self.exits.refused_answers += 1;

@@ -19,13 +19,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::PlatformError;
 use crate::exit::gateway::{
-    CLIENT_V4, CLIENT_V6, GNX_V4, GNX_V6, INNER_V4_LEN, INNER_V4_NET, INNER_V6_LEN, INNER_V6_NET,
+    client_v4, client_v6, CLIENT_GROUPS, CLIENT_V4, CLIENT_V6, GNX_V4, GNX_V6, INNER_V4_LEN,
+    INNER_V4_NET, INNER_V6_LEN, INNER_V6_NET,
 };
 
 /// The exit's TUN device.
 pub const GNX_NAME: &str = "gnx0";
 /// The routing table of `[outbound] routes`.
 pub const EXIT_TABLE: u32 = 7412;
+/// The routing table of SOCKS connections: a default route through gn0, chosen by source address
+/// (the isolation groups' inner addresses), so the main table is untouched.
+pub const SOCKS_TABLE: u32 = 7413;
+/// Priority of the SOCKS source rule.
+pub const SOCKS_RULE_PRIORITY: u32 = 7413;
 /// The firewall mark of the daemon's underlay sockets.
 pub const EXIT_MARK: u32 = 0x7412;
 /// Priority of the rule (before the main table's 32766).
@@ -255,15 +261,70 @@ fn rule(handle: &rtnetlink::Handle, v6: bool) -> RuleMessage {
     m
 }
 
-/// At a client: gn0's inner addresses, `routes` in [`EXIT_TABLE`] through gn0, and the rule for
-/// each family that has a route. A rule left by a crashed run is replaced.
-pub async fn set_up_routes(ifname: &str, routes: &[IpNet]) -> Result<(), PlatformError> {
+/// The SOCKS source rule for one family: the isolation groups' addresses (the /120 and /24 hold
+/// nothing else of ours).
+fn socks_rule(handle: &rtnetlink::Handle, v6: bool) -> RuleMessage {
+    let req = handle
+        .rule()
+        .add()
+        .table_id(SOCKS_TABLE)
+        .priority(SOCKS_RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    if v6 {
+        req.v6()
+            .source_prefix(Ipv6Addr::from(u128::from(CLIENT_V6) & !0xff), 120)
+            .message_mut()
+            .clone()
+    } else {
+        req.v4()
+            .source_prefix(Ipv4Addr::from(u32::from(CLIENT_V4) & !0xff), 24)
+            .message_mut()
+            .clone()
+    }
+}
+
+/// At a client: gn0's inner addresses (one per isolation group), `routes` in [`EXIT_TABLE`]
+/// through gn0 with the rule for each family that has a route, and with `socks` the default
+/// routes of [`SOCKS_TABLE`] and its source rules. Rules left by a crashed run are replaced.
+pub async fn set_up_outbound(
+    ifname: &str,
+    routes: &[IpNet],
+    socks: bool,
+) -> Result<(), PlatformError> {
     let routes = routes.to_vec();
     let ifname = ifname.to_string();
     with_handle(|handle| async move {
         let index = index_of(&handle, &ifname).await?;
-        add_address(&handle, index, CLIENT_V4.into(), 32).await?;
-        add_address(&handle, index, CLIENT_V6.into(), 128).await?;
+        for g in 1..=CLIENT_GROUPS {
+            add_address(&handle, index, client_v4(g).into(), 32).await?;
+            add_address(&handle, index, client_v6(g).into(), 128).await?;
+        }
+        if socks {
+            let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(index)
+                .table_id(SOCKS_TABLE)
+                .build();
+            let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(index)
+                .table_id(SOCKS_TABLE)
+                .build();
+            for m in [v4, v6] {
+                handle
+                    .route()
+                    .add(m)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl("adding the SOCKS default route"))?;
+            }
+            for v6 in [false, true] {
+                let m = socks_rule(&handle, v6);
+                while handle.rule().del(m.clone()).execute().await.is_ok() {}
+                let mut add = handle.rule().add();
+                *add.message_mut() = m;
+                add.execute().await.map_err(nl("adding the SOCKS rule"))?;
+            }
+        }
         for r in &routes {
             let msg = match r {
                 IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
@@ -303,10 +364,20 @@ pub async fn set_up_routes(ifname: &str, routes: &[IpNet]) -> Result<(), Platfor
     .await
 }
 
-/// Removes the rules [`set_up_routes`] added (the routes leave with gn0).
-pub async fn tear_down_routes(routes: &[IpNet]) -> Result<(), PlatformError> {
+/// Removes the rules [`set_up_outbound`] added (the routes leave with gn0).
+pub async fn tear_down_outbound(routes: &[IpNet], socks: bool) -> Result<(), PlatformError> {
     let routes = routes.to_vec();
     with_handle(|handle| async move {
+        if socks {
+            for v6 in [false, true] {
+                handle
+                    .rule()
+                    .del(socks_rule(&handle, v6))
+                    .execute()
+                    .await
+                    .map_err(nl("removing the SOCKS rule"))?;
+            }
+        }
         for v6 in [false, true] {
             if routes.iter().any(|r| matches!(r, IpNet::V6(_)) == v6) {
                 handle
