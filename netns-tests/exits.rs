@@ -41,6 +41,24 @@ fn curl_through_routes_and_socks_via_an_exit() {
         &exit,
         &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
     );
+    // The exit's resolver is the "internet"'s DNS server (names are resolved at the exit).
+    lab.set_hosts_file(&exit, "");
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", exit.ns),
+        format!("nameserver {WEB}\n"),
+    )
+    .unwrap();
+    let tools = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/netns-tests/harness/nettools.py"
+    );
+    lab.spawn(
+        &web,
+        "dns",
+        "python3",
+        &["-u", tools, "dns-a", WEB, "web.example", WEB],
+        Some("ready"),
+    );
     lab.spawn(
         &web,
         "web",
@@ -168,6 +186,18 @@ fn curl_through_routes_and_socks_via_an_exit() {
         log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
         4,
         "{log}"
+    );
+    // A name, resolved at the exit through the group's circuit (curl's --socks5-hostname).
+    let page = lab.sh_ok(
+        &client,
+        "curl -sS --max-time 20 --socks5-hostname 127.0.0.1:1080 -U carol:x http://web.example/",
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let dns = std::fs::read_to_string(lab.dir.join("dns.log")).unwrap();
+    assert!(
+        dns.lines()
+            .any(|l| l.starts_with(EXIT_SIDE) && l.contains("web.example type 1")),
+        "the name was not asked by the exit:\n{dns}"
     );
     let started = Instant::now();
     let out = lab.sh(

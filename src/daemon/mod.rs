@@ -186,11 +186,16 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         ))
         .map_err(ctx("adding the services' addresses"))?;
         if serve_exit {
-            rt.block_on(platform::exit_net::set_up_exit())
+            let resolver = platform::exit_net::host_resolver();
+            if resolver.is_none() {
+                tracing::warn!("no IPv4 nameserver in /etc/resolv.conf: clients cannot resolve names through this exit");
+            }
+            rt.block_on(platform::exit_net::set_up_exit(resolver))
                 .map_err(ctx("setting up the exit (gnx0, NAT)"))?;
             tracing::info!(
                 ports = ?config.exit.allow_ports,
                 networks = ?config.exit.allow_networks,
+                resolver = ?resolver,
                 "serving as an exit"
             );
         }

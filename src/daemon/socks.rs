@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::exit::gateway::{client_v4, client_v6, CLIENT_GROUPS};
+use crate::exit::gateway::{client_v4, client_v6, CLIENT_GROUPS, RESOLVER_V4};
 use crate::exit::socks::{
     parse_greeting, parse_request, parse_userpass, reply, Command, Parsed, Reply, Target, Way,
     METHOD_UNACCEPTABLE, METHOD_USERPASS, SOCKS_MAX_MESSAGE,
@@ -21,6 +21,8 @@ use crate::exit::socks::{
 
 /// How long a CONNECT may take (the exit circuit may be building).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the exit's resolver before asking again.
+const DNS_RETRY: Duration = Duration::from_millis(1500);
 /// How long a client may take to say what it wants.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,6 +119,50 @@ fn reply_for(e: &std::io::Error) -> Reply {
     }
 }
 
+/// Asks the exit's virtual resolver for `name`'s IPv4 address, from isolation group `group`'s
+/// address (so the query rides the group's circuit, as its connection will).
+async fn resolve_at_exit(group: u8, name: &str) -> Result<std::net::Ipv4Addr, String> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::{RData, RecordType};
+    use rand::RngCore;
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(client_v4(group)), 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = (rand::rngs::OsRng.next_u32() & 0xffff) as u16;
+    let fqdn = if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    };
+    let query = crate::names::dns::query_bytes(id, &fqdn, RecordType::A)
+        .ok_or_else(|| "not a domain name".to_string())?;
+    let mut buf = [0u8; 1500];
+    // The first query of a new group may be dropped while its circuit is built.
+    for _ in 0..4 {
+        sock.send_to(&query, (RESOLVER_V4, 53))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Ok(Ok(n)) = tokio::time::timeout(DNS_RETRY, sock.recv(&mut buf)).await else {
+            continue;
+        };
+        let Ok(m) = Message::from_vec(buf.get(..n).unwrap_or(&[])) else {
+            continue;
+        };
+        if m.id() != id {
+            continue;
+        }
+        return m
+            .answers()
+            .iter()
+            .find_map(|r| match r.data() {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .ok_or_else(|| format!("no address ({})", m.response_code()));
+    }
+    Err("the exit's resolver did not answer".into())
+}
+
 async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut buf = Vec::with_capacity(SOCKS_MAX_MESSAGE);
@@ -158,11 +204,24 @@ async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
         send_reply(&mut s, Reply::CommandNotSupported, unspecified).await?;
         return Err("only CONNECT is supported".into());
     }
-    let Target::Addr(dst) = request.target else {
-        // Names would be resolved at the exit (100.127.255.53), which is not built yet; never
-        // resolved here, where the query would leave outside the overlay.
-        send_reply(&mut s, Reply::AddressTypeNotSupported, unspecified).await?;
-        return Err("domain names are not supported yet".into());
+    let dst = match &request.target {
+        Target::Addr(a) => *a,
+        // Resolved at the exit, through the group's own circuit: never here, where the query
+        // would leave outside the overlay.
+        Target::Name(name, port) if request.target.way() == Way::Exit => {
+            match resolve_at_exit(group, name).await {
+                Ok(ip) => SocketAddr::new(IpAddr::V4(ip), *port),
+                Err(e) => {
+                    send_reply(&mut s, Reply::HostUnreachable, unspecified).await?;
+                    return Err(format!("resolving {name} at the exit: {e}"));
+                }
+            }
+        }
+        Target::Name(..) => {
+            // Overlay names through SOCKS are not built yet (use gn0 and the gn.alt resolver).
+            send_reply(&mut s, Reply::AddressTypeNotSupported, unspecified).await?;
+            return Err("overlay names through SOCKS are not supported yet".into());
+        }
     };
     let socket = match dst.ip() {
         IpAddr::V4(_) => TcpSocket::new_v4(),

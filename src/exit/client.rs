@@ -26,13 +26,16 @@ pub fn for_exit(p: &[u8]) -> Option<u8> {
 
 /// Whether a packet from the exit circuit of isolation group `group` may be written to gn0: it
 /// parses, it is for that group's inner address, and its source is neither the overlay nor the
-/// inner networks.
+/// inner networks (but for the exit's virtual resolver).
 pub fn accept_from_exit(p: &[u8], group: u8) -> bool {
     IpView::parse(p).is_some_and(|v| {
         p.len() <= EXIT_PACKET_MAX
             && group_of(v.dst) == Some(group)
             && match v.src {
-                IpAddr::V4(s) => !(s.octets()[0] == 100 && s.octets()[1] == 127),
+                IpAddr::V4(s) => {
+                    s == super::gateway::RESOLVER_V4
+                        || !(s.octets()[0] == 100 && s.octets()[1] == 127)
+                }
                 IpAddr::V6(s) => {
                     !is_overlay(&s)
                         && s.segments()[..4] != super::gateway::CLIENT_V6.segments()[..4]
@@ -88,6 +91,7 @@ mod tests {
             1
         ));
         assert!(!accept_from_exit(&v4([100, 127, 255, 254], me), 1));
+        assert!(accept_from_exit(&v4([100, 127, 255, 53], me), 1));
         assert!(accept_from_exit(&v6("2a00::1", "fc00:676e:6578::ff:1"), 1));
         assert!(!accept_from_exit(&v6("fd12::1", "fc00:676e:6578::ff:1"), 1));
         assert!(!accept_from_exit(&v6("2a00::1", "fd12::1"), 1));

@@ -25,6 +25,9 @@ pub const INNER_V6_NET: Ipv6Addr = Ipv6Addr::new(0xfc00, 0x676e, 0x6578, 0, 0, 0
 pub const INNER_V6_LEN: u8 = 64;
 /// `gnx0`'s own IPv4 address.
 pub const GNX_V4: Ipv4Addr = Ipv4Addr::new(100, 127, 255, 254);
+/// The exit's virtual resolver: DNS (port 53) to it is let out whatever the policy, and the
+/// exit's NAT sends it to the host's own resolver, so names are resolved at the exit.
+pub const RESOLVER_V4: Ipv4Addr = Ipv4Addr::new(100, 127, 255, 53);
 /// `gnx0`'s own IPv6 address.
 pub const GNX_V6: Ipv6Addr = Ipv6Addr::new(0xfc00, 0x676e, 0x6578, 0, 0, 0, 0xff, 0xfffe);
 /// The client's own inner IPv4 address on gn0 for routed traffic and SOCKS without a user name
@@ -246,6 +249,7 @@ impl ExitGateway {
             Verdict::Protocol
         } else {
             match v.dst_port(p) {
+                Some(53) if v.dst == IpAddr::V4(RESOLVER_V4) => Verdict::Allow,
                 Some(port) => self.policy.check(v.dst, v.proto, port),
                 None if !self.policy.network_allowed(v.dst) => Verdict::Network,
                 None => Verdict::Protocol,
@@ -430,6 +434,27 @@ mod tests {
         // Refusals take no inner address.
         assert_eq!(g.stats().circuits, 0);
         assert_eq!(g.stats().refused, 4);
+    }
+
+    /// DNS to the virtual resolver leaves although 100.127.0.0/16 and port 53 are refused.
+    #[test]
+    fn dns_to_the_virtual_resolver() {
+        let mut g = gw();
+        let mut reply = Vec::new();
+        let mut q = Vec::new();
+        PacketBuilder::ipv4(CLIENT_V4.octets(), RESOLVER_V4.octets(), 64)
+            .udp(5353, 53)
+            .write(&mut q, b"query")
+            .unwrap();
+        assert_eq!(
+            g.on_circuit_packet(0, 1, &mut q, &mut reply),
+            Outbound::Forward
+        );
+        let mut other = tcp(CLIENT_V4.octets(), RESOLVER_V4.octets(), 80, true, b"");
+        assert_eq!(
+            g.on_circuit_packet(0, 1, &mut other, &mut reply),
+            Outbound::Refuse(Verdict::Network)
+        );
     }
 
     /// One circuit's flood never blocks another.

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::PlatformError;
 use crate::exit::gateway::{
     client_v4, client_v6, CLIENT_GROUPS, CLIENT_V4, CLIENT_V6, GNX_V4, GNX_V6, INNER_V4_LEN,
-    INNER_V4_NET, INNER_V6_LEN, INNER_V6_NET,
+    INNER_V4_NET, INNER_V6_LEN, INNER_V6_NET, RESOLVER_V4,
 };
 
 /// The exit's TUN device.
@@ -85,9 +85,22 @@ async fn add_address(
     add.execute().await.map_err(nl("adding an inner address"))
 }
 
+/// The host's resolver for the exit's virtual one: the first IPv4 `nameserver` of
+/// `/etc/resolv.conf`.
+pub fn host_resolver() -> Option<Ipv4Addr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("nameserver"))
+            .then(|| w.next()?.parse::<Ipv4Addr>().ok())
+            .flatten()
+    })
+}
+
 /// At an exit: `gnx0`'s addresses (their prefixes route the inner networks to it), up, IPv4
-/// forwarding on, and the NAT table. Before the privilege drop.
-pub async fn set_up_exit() -> Result<(), PlatformError> {
+/// forwarding on, and the NAT table with DNS to the virtual resolver sent to `resolver`. Before
+/// the privilege drop.
+pub async fn set_up_exit(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
     with_handle(|handle| async move {
         let index = index_of(&handle, GNX_NAME).await?;
         add_address(&handle, index, GNX_V4.into(), INNER_V4_LEN).await?;
@@ -102,12 +115,25 @@ pub async fn set_up_exit() -> Result<(), PlatformError> {
     .await?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| PlatformError::Netlink(format!("turning IPv4 forwarding on: {e}")))?;
-    nft_set_up()
+    if resolver.is_some_and(|r| r.is_loopback()) {
+        // A local stub resolver (127.0.0.53): DNAT to loopback needs route_localnet on gnx0.
+        let path = format!("/proc/sys/net/ipv4/conf/{GNX_NAME}/route_localnet");
+        std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
+    }
+    nft_set_up(resolver)
 }
 
 /// The ruleset: masquerade what leaves from the inner networks, and let only answers
 /// (conntrack) into `gnx0`, so no neighbour can route packets to a circuit's inner address.
-fn ruleset() -> String {
+fn ruleset(resolver: Option<Ipv4Addr>) -> String {
+    let dns = resolver.map_or_else(String::new, |r| {
+        format!(
+            "\tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tiifname \"{GNX_NAME}\" ip daddr {RESOLVER_V4} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {r}\n\
+             \t}}\n"
+        )
+    });
     format!(
         "table inet {t} {{}}\n\
          delete table inet {t}\n\
@@ -122,6 +148,7 @@ fn ruleset() -> String {
          \t\toifname \"{dev}\" ct state established,related accept\n\
          \t\toifname \"{dev}\" drop\n\
          \t}}\n\
+         {dns}\
          }}\n",
         t = NFT_TABLE,
         v4 = INNER_V4_NET,
@@ -132,7 +159,7 @@ fn ruleset() -> String {
     )
 }
 
-fn nft_set_up() -> Result<(), PlatformError> {
+fn nft_set_up(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
     let err = |e: String| PlatformError::Netlink(format!("nftables table {NFT_TABLE}: {e}"));
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -143,7 +170,7 @@ fn nft_set_up() -> Result<(), PlatformError> {
         .map_err(|e| err(format!("cannot run nft (is nftables installed?): {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset().as_bytes())
+            .write_all(ruleset(resolver).as_bytes())
             .map_err(|e| err(e.to_string()))?;
     }
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
@@ -397,7 +424,12 @@ pub async fn tear_down_outbound(routes: &[IpNet], socks: bool) -> Result<(), Pla
 mod tests {
     #[test]
     fn ruleset_names_the_inner_networks() {
-        let r = super::ruleset();
+        let r = super::ruleset(Some(std::net::Ipv4Addr::new(198, 19, 250, 2)));
+        assert!(
+            r.contains("ip daddr 100.127.255.53 meta l4proto { tcp, udp } th dport 53 dnat ip to 198.19.250.2"),
+            "{r}"
+        );
+        assert!(!super::ruleset(None).contains("dnat"));
         assert!(
             r.contains("ip saddr 100.127.0.0/16 oifname != \"gnx0\" masquerade"),
             "{r}"
