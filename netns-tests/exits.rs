@@ -13,6 +13,8 @@ const READY: Duration = Duration::from_secs(10);
 /// `allow_networks` (the default policy refuses it, as it refuses every test range).
 const WEB: &str = "198.19.250.2";
 const EXIT_SIDE: &str = "198.19.250.1";
+/// Bytes of the file fetched for the throughput figure (docs/benchmarks.md).
+const BIG: usize = 1 << 20;
 
 /// What a host's routing looks like (rules and every IPv4 table).
 fn routing(lab: &Lab, host: &crate::harness::Host) -> String {
@@ -59,11 +61,24 @@ fn curl_through_routes_and_socks_via_an_exit() {
         &["-u", tools, "dns-a", WEB, "web.example", WEB],
         Some("ready"),
     );
+    let www = lab.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("big"), vec![0x5a; BIG]).unwrap();
+    let www = www.to_str().unwrap().to_string();
     lab.spawn(
         &web,
         "web",
         "python3",
-        &["-u", "-m", "http.server", "80", "--bind", WEB],
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            WEB,
+            "--directory",
+            &www,
+        ],
         Some("Serving HTTP"),
     );
     let boot = format!("\"{}:7412\"", relays[0].ip);
@@ -141,6 +156,23 @@ fn curl_through_routes_and_socks_via_an_exit() {
     );
     assert!(!log.contains(&client.ip.to_string()), "{log}");
 
+    // Throughput through the exit (a figure, not a check): docs/benchmarks.md.
+    let got = lab.sh_ok(
+        &client,
+        &format!("curl -sS --max-time 60 -o /dev/null -w '%{{size_download}} %{{time_total}}' http://{WEB}/big"),
+    );
+    let mut w = got.split_whitespace();
+    let (size, secs): (f64, f64) = (
+        w.next().unwrap().parse().unwrap(),
+        w.next().unwrap().parse().unwrap(),
+    );
+    assert_eq!(size as usize, BIG, "{got}");
+    eprintln!(
+        "throughput through a 3-hop circuit and the exit: {:.1} Mbit/s ({} MiB in {secs:.2} s)",
+        size * 8.0 / secs / 1e6,
+        BIG >> 20
+    );
+
     // A port the exit does not list: refused at once with a RST, not a timeout.
     let started = Instant::now();
     let out = lab.sh(
@@ -184,7 +216,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
     assert_eq!(
         log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
-        4,
+        5,
         "{log}"
     );
     // A name, resolved at the exit through the group's circuit (curl's --socks5-hostname).
