@@ -140,6 +140,17 @@ fn curl_through_routes_and_socks_via_an_exit() {
         "no 3-hop exit circuit: {circuits}"
     );
 
+    // Count everything the client sends on its underlay that is not link traffic (UDP 7412):
+    // no DNS, no TCP to the web server, whatever way the programs use. (ICMPv6 is the kernel's
+    // own neighbour and router discovery on eth0.)
+    lab.sh_ok(
+        &client,
+        "nft add table inet watch && \
+         nft 'add chain inet watch out { type filter hook output priority 0; }' && \
+         nft 'add rule inet watch out oifname \"eth0\" meta l4proto != { udp, ipv6-icmp } counter' && \
+         nft 'add rule inet watch out oifname \"eth0\" udp sport != 7412 udp dport != 7412 counter'",
+    );
+
     // A plain curl, no proxy settings.
     let started = Instant::now();
     let page = lab.sh_ok(&client, &format!("curl -sS --max-time 20 http://{WEB}/"));
@@ -245,6 +256,14 @@ fn curl_through_routes_and_socks_via_an_exit() {
     assert!(!out.status.success() && took < Duration::from_secs(3));
     // SOCKS reply 5: connection refused (the exit's RST).
     assert!(String::from_utf8_lossy(&out.stderr).contains("(5)"));
+
+    let watch = lab.sh_ok(&client, "nft list table inet watch");
+    assert_eq!(
+        watch.matches("counter packets 0 bytes 0").count(),
+        2,
+        "the client's underlay carried more than its links:\n{watch}"
+    );
+    lab.sh_ok(&client, "nft delete table inet watch");
 
     // Switching off: the client's routing is as before, the exit's NAT table gone.
     lab.stop(
