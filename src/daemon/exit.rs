@@ -19,6 +19,40 @@ pub(super) struct ExitIo {
     written: mpsc::Receiver<Vec<u8>>,
     reply: Vec<u8>,
     pub(super) queue_drops: u64,
+    /// The host's own networks (its interfaces' prefixes), read at start.
+    own_networks: Vec<ipnet::IpNet>,
+}
+
+/// The prefixes of the host's interfaces but gn0 and gnx0: an exit refuses them (its own LAN,
+/// its public network) unless `allow_networks` lists them.
+fn own_networks() -> Vec<ipnet::IpNet> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<ipnet::IpNet> = Vec::new();
+    for a in addrs {
+        if a.interface_name == platform::exit_net::GNX_NAME || a.interface_name.starts_with("gn") {
+            continue;
+        }
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        let net = match (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            (Some(ip), Some(m)) => ipnet::Ipv4Net::with_netmask(ip.ip(), m.ip())
+                .ok()
+                .map(|n| ipnet::IpNet::V4(n.trunc())),
+            _ => match (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (Some(ip), Some(m)) => ipnet::Ipv6Net::with_netmask(ip.ip(), m.ip())
+                    .ok()
+                    .map(|n| ipnet::IpNet::V6(n.trunc())),
+                _ => None,
+            },
+        };
+        if let Some(n) = net.filter(|n| !out.contains(n)) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 impl ExitIo {
@@ -67,7 +101,21 @@ impl ExitIo {
             written: written_rx,
             reply: Vec::with_capacity(GNX_BUF),
             queue_drops: 0,
+            own_networks: own_networks(),
         })
+    }
+
+    /// Refreshes what the policy refuses beyond the default: the host's own networks and the
+    /// underlay addresses of its neighbours (so no client reaches a relay through the exit).
+    pub(super) fn refresh_local(&mut self, neighbours: impl Iterator<Item = SocketAddr>) {
+        let mut nets = self.own_networks.clone();
+        for ip in neighbours.map(|e| e.ip().to_canonical()) {
+            let n = ipnet::IpNet::from(ip);
+            if !nets.contains(&n) {
+                nets.push(n);
+            }
+        }
+        self.gateway.policy_mut().set_local(nets);
     }
 
     /// The next packet from `gnx0`; pending forever without an exit.
@@ -118,5 +166,19 @@ impl ExitIo {
             }
         }
         let _ = self.reader_bufs.try_send(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host's networks are read (loopback is on every host), gn0/gnx0 never among them.
+    #[test]
+    fn own_networks_are_read() {
+        let nets = super::own_networks();
+        assert!(
+            nets.iter().any(|n| n.to_string() == "127.0.0.0/8"),
+            "{nets:?}"
+        );
+        assert!(!nets.iter().any(|n| n.to_string().starts_with("100.127.")));
     }
 }

@@ -450,6 +450,9 @@ pub(super) async fn link_loop(
                 let now = clock.now();
                 path.flow.sweep(now);
                 pings.expire(now);
+                if let Some(x) = exit.as_mut() {
+                    x.refresh_local(link.link.peers(now).iter().map(|p| p.endpoint));
+                }
             }
             _ = async {
                 match deadline {
