@@ -212,11 +212,17 @@ fn curl_through_routes_and_socks_via_an_exit() {
 
     // SOCKS5: no user name shares group 1's circuit; each user name gets its own circuit.
     for user in ["", "-U alice:x", "-U bob:x"] {
+        let started = Instant::now();
         let page = lab.sh_ok(
             &client,
             &format!("curl -sS --max-time 20 --socks5 127.0.0.1:1080 {user} http://{WEB}/"),
         );
         assert!(page.contains("Directory listing"), "{user}: {page}");
+        // A new user name builds its circuit first; its SYN waits for it at the client.
+        eprintln!(
+            "SOCKS fetch {user:?}: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     lab.wait_for(
         "three circuits at the exit (routes, alice, bob)",

@@ -15,6 +15,9 @@ use super::{Node, NodeEvent};
 
 /// Wait after a failed exit circuit before building another.
 pub const EXIT_RETRY_MS: Millis = 1_000;
+/// Packets a group keeps while its circuit is built (a new connection's SYN, a DNS query), sent
+/// when it is ready instead of waiting for the sender's retransmission.
+pub const EXIT_PENDING_MAX: usize = 16;
 
 /// Why a packet did not go to an exit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +42,8 @@ struct GroupCircuit {
     exit: Option<[u8; 32]>,
     retry_at: Millis,
     last_error: Option<String>,
+    /// Packets waiting for the circuit.
+    pending: Vec<Vec<u8>>,
 }
 
 /// The node's exit state, both roles.
@@ -131,12 +136,31 @@ impl Node {
                 self.pump(now);
                 r
             }
-            Some(_) => Err(ExitSendError::NotReady),
+            Some(_) => {
+                self.queue_exit_packet(group, p);
+                Err(ExitSendError::NotReady)
+            }
             None => {
+                self.queue_exit_packet(group, p);
                 self.build_exit_circuit(now, group);
                 self.pump(now);
                 Err(ExitSendError::NotReady)
             }
+        }
+    }
+
+    /// Keeps a copy of `p` until `group`'s circuit is ready (at most [`EXIT_PENDING_MAX`]).
+    fn queue_exit_packet(&mut self, group: u8, p: &[u8]) {
+        let mut buf = self.packet_bufs.pop().unwrap_or_default();
+        let Some(g) = self.exits.groups.get_mut(&group) else {
+            return;
+        };
+        if g.pending.len() < EXIT_PENDING_MAX {
+            buf.clear();
+            buf.extend_from_slice(p);
+            g.pending.push(buf);
+        } else {
+            self.packet_bufs.push(buf);
         }
     }
 
@@ -259,6 +283,7 @@ impl Node {
             CircEvent::Built { id, build_ms } => {
                 g.ready = true;
                 g.last_error = None;
+                let pending = std::mem::take(&mut g.pending);
                 tracing::info!(
                     circuit = id.0,
                     build_ms,
@@ -266,12 +291,22 @@ impl Node {
                     exit = %g.exit.map_or_else(String::new, |k| crate::crypto::keys::fingerprint(&k)),
                     "circuit to an exit ready"
                 );
+                for p in pending {
+                    if let Err(e) = self.circ.send(id, RelayCommand::ExitPacket, &p) {
+                        tracing::trace!("a packet kept for the exit circuit was lost: {e}");
+                    }
+                    self.recycle_packet(p);
+                }
             }
             CircEvent::Closed { id, why } => {
                 tracing::info!(circuit = id.0, group, why, "circuit to an exit closed");
                 g.circ = None;
                 g.ready = false;
                 g.last_error = Some(why);
+                let dropped = std::mem::take(&mut g.pending);
+                for p in dropped {
+                    self.recycle_packet(p);
+                }
             }
             CircEvent::Message { cmd, payload, .. } => {
                 if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload, group) {
