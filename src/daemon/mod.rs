@@ -391,13 +391,20 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     node.set_exit_role(serve_exit);
     node.set_outbound(config.outbound.enabled(), config.outbound.exit);
     let gateway = serve_exit.then(|| {
-        crate::exit::gateway::ExitGateway::new(
+        let mut g = crate::exit::gateway::ExitGateway::new(
             crate::exit::policy::ExitPolicy::new(
                 &config.exit.allow_ports,
                 &config.exit.allow_networks,
             ),
             node.link.budget().clone(),
-        )
+        );
+        // IPv6 leaves only where the operator turned IPv6 forwarding on (the daemon does not:
+        // it would turn off router advertisements on the host).
+        g.set_ipv6(
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+                .is_ok_and(|v| v.trim() == "1"),
+        );
+        g
     });
     // Each service its own key, intro points, descriptors and circuits (docs/threat-model.md).
     for (h, seed) in &hosted {

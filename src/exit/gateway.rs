@@ -142,6 +142,7 @@ pub struct ExitGateway {
     next: u16,
     budget: MemoryBudget,
     stats: ExitStats,
+    ipv6: bool,
 }
 
 impl ExitGateway {
@@ -154,7 +155,14 @@ impl ExitGateway {
             next: 1,
             budget,
             stats: ExitStats::default(),
+            ipv6: true,
         }
+    }
+
+    /// Whether IPv6 leaves this exit (the host forwards IPv6). When not, IPv6 packets are
+    /// refused at once (ICMPv6 prohibited) rather than lost in the kernel.
+    pub fn set_ipv6(&mut self, on: bool) {
+        self.ipv6 = on;
     }
 
     /// The policy (the daemon refreshes its own networks).
@@ -247,6 +255,8 @@ impl ExitGateway {
         p.truncate(v.len);
         let verdict = if v.fragment {
             Verdict::Protocol
+        } else if !self.ipv6 && v.dst.is_ipv6() {
+            Verdict::Network
         } else {
             match v.dst_port(p) {
                 Some(53) if v.dst == IpAddr::V4(RESOLVER_V4) => Verdict::Allow,
@@ -547,5 +557,17 @@ mod tests {
             .unwrap();
         assert_eq!(g.on_tun_packet(&mut a), Some(4));
         assert_eq!(IpView::parse(&a).unwrap().dst, IpAddr::V6(CLIENT_V6));
+        // An exit whose host does not forward IPv6 refuses it at once.
+        g.set_ipv6(false);
+        let mut p = Vec::new();
+        PacketBuilder::ipv6(CLIENT_V6.octets(), dst.octets(), 5)
+            .udp(5000, 443)
+            .write(&mut p, b"x")
+            .unwrap();
+        assert_eq!(
+            g.on_circuit_packet(0, 4, &mut p, &mut reply),
+            Outbound::Refuse(Verdict::Network)
+        );
+        assert_eq!(IpView::parse(&reply).unwrap().src, IpAddr::V6(dst));
     }
 }
