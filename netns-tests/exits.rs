@@ -101,6 +101,13 @@ fn curl_through_routes_and_socks_via_an_exit() {
         ),
     );
     let exit_d = lab.start_daemon(&exit, &cfg);
+    // The client resolves through the exit's virtual resolver, over the routes.
+    lab.set_hosts_file(&client, "");
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", client.ns),
+        "nameserver 100.127.255.53\n",
+    )
+    .unwrap();
     let before = routing(&lab, &client);
     let cfg = lab.write_config(
         &client,
@@ -166,6 +173,10 @@ fn curl_through_routes_and_socks_via_an_exit() {
         "the web server did not see the exit's address:\n{log}"
     );
     assert!(!log.contains(&client.ip.to_string()), "{log}");
+
+    // A name, plainly: the kernel's resolver asks 100.127.255.53 through gn0 and the exit.
+    let page = lab.sh_ok(&client, "curl -sS --max-time 20 http://web.example/");
+    assert!(page.contains("Directory listing"), "{page}");
 
     // Throughput through the exit (a figure, not a check): docs/benchmarks.md.
     let got = lab.sh_ok(
@@ -233,7 +244,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
     assert_eq!(
         log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
-        5,
+        6,
         "{log}"
     );
     // A name, resolved at the exit through the group's circuit (curl's --socks5-hostname).

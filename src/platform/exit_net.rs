@@ -352,7 +352,11 @@ pub async fn set_up_outbound(
                 add.execute().await.map_err(nl("adding the SOCKS rule"))?;
             }
         }
-        for r in &routes {
+        // The exit's virtual resolver, for `nameserver 100.127.255.53`: names leave through the
+        // exit like the routed traffic (and the host's other resolvers stay as they were).
+        let resolver = IpNet::V4(ipnet::Ipv4Net::from(RESOLVER_V4));
+        let with_resolver = (!routes.is_empty()).then_some(resolver);
+        for r in routes.iter().chain(with_resolver.iter()) {
             let msg = match r {
                 IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(n.network(), n.prefix_len())
