@@ -240,7 +240,11 @@ fn curl_through_routes_and_socks_via_an_exit() {
         Duration::from_secs(5),
         || lab.query(&exit_d, "status")["exit"]["circuits"] == 3,
     );
-    assert_eq!(lab.query(&client_d, "status")["exit_circuit"]["groups"], 3);
+    lab.wait_for(
+        "the client's three groups with ready circuits",
+        Duration::from_secs(5),
+        || lab.query(&client_d, "status")["exit_circuit"]["groups"] == 3,
+    );
     let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
     assert_eq!(
         log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
