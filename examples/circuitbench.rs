@@ -228,6 +228,7 @@ impl Client {
             target_links: cli.links.max(1),
             max_links: 64,
             prefix_bits: (cli.ipv4_prefix, 128),
+            exit: false,
         };
         let choices = Randomness::with_choice_seed(derive("choices", seed));
         let link = LinkLayer::new(

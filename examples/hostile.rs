@@ -178,6 +178,7 @@ impl Agent {
             target_links: links,
             max_links: 64,
             prefix_bits: (32, 128),
+            exit: false,
         };
         let mut rand = Randomness::from_os();
         let link = LinkLayer::new(

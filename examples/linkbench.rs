@@ -167,6 +167,7 @@ impl Node {
             target_links: 1,
             max_links: 16,
             prefix_bits: (32, 128),
+            exit: false,
         };
         let rand = Randomness::with_choice_seed(derive("choices", seed));
         let layer = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), rand, clock.now());
@@ -633,6 +634,7 @@ fn layer_for(seed: u64, addr: SocketAddr, now: time::Instant) -> (LinkLayer, [u8
         target_links: 1,
         max_links: 16,
         prefix_bits: (32, 128),
+        exit: false,
     };
     let rand = Randomness::with_choice_seed(derive("choices", seed));
     let l = LinkLayer::new(cfg, k, MemoryBudget::new(256 << 20), rand, now);

@@ -8,6 +8,7 @@ mod harness;
 mod circuits;
 mod deployment;
 mod dht;
+mod exits;
 mod foundation;
 mod hostile;
 mod links;

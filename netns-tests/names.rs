@@ -352,7 +352,15 @@ fn a_claimed_name_resolves_through_the_dht_and_a_weaker_claim_loses_everywhere()
         let cfg = node_config(&lab, h, (i > 0).then_some(&boot), "");
         daemons.push(lab.start_daemon(h, &cfg));
     }
-    let cfg = node_config(&lab, &client_host, Some(&boot), "");
+    // The client's petnames file starts empty; at the end a petname takes `alice` over.
+    let petnames = lab.dir.join("client-names");
+    std::fs::write(&petnames, "# petnames\n").unwrap();
+    let cfg = node_config(
+        &lab,
+        &client_host,
+        Some(&boot),
+        &format!("[names]\nfile = \"{}\"\n", petnames.display()),
+    );
     let client = lab.start_daemon(&client_host, &cfg);
     for d in daemons.iter().chain([&client]) {
         lab.wait_ready(d, Duration::from_secs(10));
@@ -446,4 +454,21 @@ fn a_claimed_name_resolves_through_the_dht_and_a_weaker_claim_loses_everywhere()
     }
     let out = lab.sh(&client_host, "curl -sS --max-time 10 http://alice.gn.alt/");
     assert!(String::from_utf8_lossy(&out.stdout).contains(token));
+
+    // A local name always wins: a petname `alice` on the client overrides the network's owner
+    // (the file is read again within 5 s, no restart).
+    std::fs::write(&petnames, "# petnames\nalice fd12::a1\n").unwrap();
+    let t = Instant::now();
+    loop {
+        let v = resolve(&client, "alice").unwrap_or_default();
+        if v["source"] == "petname" {
+            assert_eq!(v["address"], "fd12::a1", "{v}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the petname never overrode the network name: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -244,6 +244,7 @@ impl Sim {
             target_links,
             max_links: 1024,
             prefix_bits: (32, 128),
+            exit: false,
         };
         let keys = LinkKeys {
             identity,

@@ -165,11 +165,16 @@ impl Bucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.take_n(now, 1.0, rate, burst)
+    }
+
+    /// Takes `n` tokens if there are that many (a byte budget: `n` is a packet's length).
+    pub fn take_n(&mut self, now: Instant, n: f64, rate: f64, burst: f64) -> bool {
         let dt = now.saturating_since(self.at) as f64 / 1000.0;
         self.at = now;
         self.tokens = (self.tokens + dt * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false

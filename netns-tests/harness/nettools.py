@@ -9,6 +9,8 @@
   connect-times ADDR PORT N  N sequential TCP connects; print JSON list of connect times (ms)
   http-requests ADDR PORT N  N sequential HTTP GETs, each on a new connection; print JSON
                              {"total_ms":..,"ok":..}
+  dns-a BIND NAME ADDR       a DNS server on BIND:53 (UDP) answering A queries for NAME with
+                             ADDR and NXDOMAIN for anything else; prints each name asked
 """
 import json
 import socket
@@ -96,6 +98,34 @@ def http_requests(addr, port, n):
     return 0
 
 
+def dns_a(bind, name, addr):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((bind, 53))
+    print("ready", flush=True)
+    want = name.rstrip(".").lower()
+    while True:
+        q, peer = s.recvfrom(1500)
+        if len(q) < 12:
+            continue
+        # The question: labels from offset 12, then type and class.
+        i, labels = 12, []
+        while i < len(q) and q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1:i + 1 + n].decode("ascii", "replace"))
+            i += 1 + n
+        question = q[12:i + 5]
+        asked = ".".join(labels).lower()
+        qtype = int.from_bytes(q[i + 1:i + 3], "big")
+        print(f"{peer[0]} asked {asked} type {qtype}", flush=True)
+        hit = asked == want and qtype == 1
+        flags = b"\x81\x80" if hit else b"\x81\x83"
+        head = q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if hit else b"\x00\x00") + b"\x00\x00\x00\x00"
+        answer = b""
+        if hit:
+            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)
+        s.sendto(head + question + answer, peer)
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "capture":
@@ -108,6 +138,8 @@ def main(argv):
         return udp_refused(args[0], int(args[1]))
     if cmd == "connect-times":
         return connect_times(args[0], int(args[1]), int(args[2]))
+    if cmd == "dns-a":
+        return dns_a(args[0], args[1], args[2])
     if cmd == "http-requests":
         return http_requests(args[0], int(args[1]), int(args[2]))
     print(__doc__, file=sys.stderr)

@@ -669,6 +669,32 @@ fn print_status(v: &StatusAnswer) -> String {
     for r in &v.paths.relaxed {
         out.push_str(&format!("{:<10} {r}\n", "paths"));
     }
+    if let Some(x) = &v.exit {
+        out.push_str(&format!(
+            "{:<10} {} circuits, out {} packets ({}), in {} ({}), {} refused, {} rate-limited, {} dropped\n",
+            "exit",
+            x.circuits,
+            x.packets_out,
+            bytes(x.bytes_out),
+            x.packets_in,
+            bytes(x.bytes_in),
+            x.refused,
+            x.rate_limited,
+            x.dropped
+        ));
+    }
+    if let Some(c) = &v.exit_circuit {
+        let exit = c
+            .exit
+            .as_deref()
+            .map_or("none chosen", |k| k.get(..16).unwrap_or(k));
+        let state = match (&c.error, c.ready) {
+            (_, true) => "ready".to_string(),
+            (Some(e), false) => format!("not ready: {e}"),
+            (None, false) => "building".to_string(),
+        };
+        out.push_str(&format!("{:<10} via {exit}: {state}\n", "outbound"));
+    }
     if let Some(r) = &v.reason {
         out.push_str(&format!("{:<10} {r}\n", "why"));
     }

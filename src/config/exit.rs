@@ -52,6 +52,13 @@ pub struct OutboundConfig {
     pub exit: Option<[u8; 32]>,
 }
 
+impl OutboundConfig {
+    /// Whether this node sends traffic to exits at all.
+    pub fn enabled(&self) -> bool {
+        !self.routes.is_empty() || self.socks.is_some()
+    }
+}
+
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {

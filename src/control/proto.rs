@@ -219,6 +219,10 @@ pub struct StatusAnswer {
     pub pid: u32,
     /// TUN counters.
     pub tun: TunCounts,
+    /// Exit counters, when the node is an exit (`[exit] enabled`).
+    pub exit: Option<crate::exit::gateway::ExitStats>,
+    /// The circuit to an exit, when `[outbound]` is on.
+    pub exit_circuit: Option<crate::node::exits::ExitCircuitInfo>,
 }
 
 /// The config's reloads in `status`.

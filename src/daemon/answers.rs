@@ -37,6 +37,8 @@ pub(super) struct LinkSnapshot {
     pub(super) guards_temporary: bool,
     pub(super) guard_save_error: Option<String>,
     pub(super) paths: crate::node::PathRelaxation,
+    pub(super) exit: Option<crate::exit::gateway::ExitStats>,
+    pub(super) exit_circuit: Option<crate::node::exits::ExitCircuitInfo>,
 }
 
 /// What the control socket reports.
@@ -411,6 +413,8 @@ impl NodeState {
                 dropped: links.flow.dropped_from_kernel + links.queue_drops,
                 write_errors: self.tun.write_errors.load(Ordering::Relaxed),
             },
+            exit: links.exit.clone(),
+            exit_circuit: links.exit_circuit.clone(),
         }
     }
 

@@ -119,11 +119,22 @@ pub(super) struct PacketPath {
     pub(super) read_bufs: mpsc::Sender<Vec<u8>>,
     pub(super) queue_drops: u64,
     pub(super) state: Arc<NodeState>,
+    /// `[outbound]` is on: packets from gn0 outside the overlay go to an exit.
+    pub(super) outbound: bool,
 }
 
 impl PacketPath {
     /// A packet from the kernel: through the flow layer to a session, or answered locally.
     pub(super) fn kernel_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
+        if self.outbound && !for_overlay(&buf) {
+            if let Some(group) = crate::exit::client::for_exit(&buf) {
+                if let Err(e) = node.send_exit_packet(now, group, &buf) {
+                    tracing::trace!("packet for an exit dropped: {e}");
+                }
+            }
+            let _ = self.read_bufs.try_send(buf);
+            return;
+        }
         match self.flow.on_tun_packet(now, &mut buf, &mut self.reply) {
             TunVerdict::Send { dst } => {
                 if node.send_packet(now, dst, &buf).is_err()
@@ -139,6 +150,18 @@ impl PacketPath {
             TunVerdict::Drop(reason) => tracing::trace!(?reason, "dropped a packet from the TUN"),
         }
         let _ = self.read_bufs.try_send(buf);
+    }
+
+    /// A packet from our exit: into the kernel (copied, so the circuit layer keeps its buffer).
+    pub(super) fn exit_answer(&mut self, node: &mut Node, buf: Vec<u8>) {
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        out.extend_from_slice(&buf);
+        node.recycle_message(buf);
+        if let Err(e) = self.to_tun.try_send(out) {
+            self.queue_drops += 1;
+            self.spare.push(e.into_inner());
+        }
     }
 
     /// A packet from a session: into the kernel, or refused back to the peer.
@@ -206,6 +229,11 @@ impl PacketPath {
             node.recycle_packet(buf);
         }
     }
+}
+
+/// Whether a packet from gn0 is the overlay's (IPv6 to fd00::/8), not an exit's.
+fn for_overlay(p: &[u8]) -> bool {
+    p.first().is_some_and(|b| b >> 4 == 6) && p.get(24) == Some(&0xfd)
 }
 
 /// Where a control answer goes.
@@ -314,7 +342,12 @@ pub(super) async fn link_loop(
         flow,
         mut commands,
         mut names,
+        exit,
     } = core;
+    let mut exit = exit
+        .map(|(dev, gateway)| super::exit::ExitIo::start(dev, gateway))
+        .transpose()
+        .map_err(|e| std::io::Error::other(e.0))?;
     let Pipes {
         mut from_tun,
         read_bufs,
@@ -329,6 +362,7 @@ pub(super) async fn link_loop(
         read_bufs,
         queue_drops: 0,
         state: state.clone(),
+        outbound: state.config.outbound.enabled(),
     };
     let mut pings = Pings::default();
     let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
@@ -367,6 +401,11 @@ pub(super) async fn link_loop(
                         Ok(p) => path.kernel_packet(&mut link, now, p),
                         Err(_) => break,
                     }
+                }
+            }
+            Some(p) = super::exit::ExitIo::recv(exit.as_mut()) => {
+                if let Some(x) = exit.as_mut() {
+                    x.gnx_packet(&mut link, clock.now(), p);
                 }
             }
             Some(b) = write_bufs.recv() => {
@@ -422,6 +461,9 @@ pub(super) async fn link_loop(
                 let now = clock.now();
                 path.flow.sweep(now);
                 pings.expire(now);
+                if let Some(x) = exit.as_mut() {
+                    x.refresh_local(link.link.peers(now).iter().map(|p| p.endpoint));
+                }
             }
             _ = async {
                 match deadline {
@@ -461,6 +503,16 @@ pub(super) async fn link_loop(
                     }
                 }
                 NodeEvent::Packet { buf } => path.peer_packet(&mut link, clock.now(), buf),
+                NodeEvent::ExitAnswer { buf } => path.exit_answer(&mut link, buf),
+                NodeEvent::ExitPacket { slot, buf } => match exit.as_mut() {
+                    Some(x) => x.client_packet(&mut link, clock.now(), slot, buf),
+                    None => link.recycle_message(buf),
+                },
+                NodeEvent::ExitClosed { slot } => {
+                    if let Some(x) = exit.as_mut() {
+                        x.gateway.on_circuit_closed(slot);
+                    }
+                }
                 NodeEvent::Unreachable { dst, why } => {
                     tracing::debug!(why, "an overlay destination is unreachable");
                     path.unreachable(&dst);
@@ -507,6 +559,8 @@ pub(super) async fn link_loop(
                 snap.flow = path.flow.stats().clone();
                 snap.flows = path.flow.flows();
                 snap.queue_drops = path.queue_drops;
+                snap.exit = exit.as_ref().map(|x| x.gateway.stats());
+                snap.exit_circuit = link.exit_circuit_info();
                 snap.services = link.services_info();
                 snap.circuit_services = link.circuit_services();
                 snap.sessions = link.sessions_info();

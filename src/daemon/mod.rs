@@ -129,11 +129,13 @@ fn spawn_resolve(name: String, commands: mpsc::Sender<Command>) {
 
 mod answers;
 mod dns;
+mod exit;
 pub mod guard_file;
 mod hosted;
 mod io;
 mod names;
 mod reload;
+mod socks;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
 use io::AnswerTx;
@@ -162,6 +164,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         .transpose()
         .map_err(ctx("config `user`"))?;
     let dev = platform::tun::create(&config.tun.name, config.tun.mtu).map_err(ctx("set-up"))?;
+    let serve_exit = config.exit.enabled && config.relay_enabled();
+    if config.exit.enabled && !serve_exit {
+        tracing::warn!("[exit] enabled but the node does not relay: not serving as an exit");
+    }
+    let gnx = serve_exit
+        .then(|| platform::tun::create(platform::exit_net::GNX_NAME, crate::config::OVERLAY_MTU))
+        .transpose()
+        .map_err(ctx("exit set-up"))?;
     {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -180,6 +190,29 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             &[],
         ))
         .map_err(ctx("adding the services' addresses"))?;
+        if serve_exit {
+            let resolver = platform::exit_net::host_resolver();
+            if resolver.is_none() {
+                tracing::warn!("no IPv4 nameserver in /etc/resolv.conf: clients cannot resolve names through this exit");
+            }
+            rt.block_on(platform::exit_net::set_up_exit(resolver))
+                .map_err(ctx("setting up the exit (gnx0, NAT)"))?;
+            tracing::info!(
+                ports = ?config.exit.allow_ports,
+                networks = ?config.exit.allow_networks,
+                resolver = ?resolver,
+                "serving as an exit"
+            );
+        }
+        if config.outbound.enabled() {
+            rt.block_on(platform::exit_net::set_up_outbound(
+                &config.tun.name,
+                &config.outbound.routes,
+                config.outbound.socks.is_some(),
+            ))
+            .map_err(ctx("routes through exits"))?;
+            tracing::info!(routes = ?config.outbound.routes, socks = ?config.outbound.socks, "traffic to the outside goes through exits");
+        }
     }
     // Only a root daemon hands the socket to the drop user; an unprivileged one (systemd's
     // User=) owns it already and may not chown.
@@ -193,6 +226,17 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         .zip(dual)
         .map(|(a, d)| {
             udp::bind_with(*a, d)
+                .and_then(|s| {
+                    // The underlay never enters gn0: the exit routes' rule skips marked packets.
+                    if !config.outbound.routes.is_empty() {
+                        nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Mark,
+                            &platform::exit_net::EXIT_MARK,
+                        )?;
+                    }
+                    Ok(s)
+                })
                 .map(|s| (s, d))
                 .map_err(|e| DaemonError(format!("cannot listen on UDP {a}: {e}")))
         })
@@ -218,6 +262,14 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     })?;
 
     let dns_socket = config.names.dns.then(|| dns::bind(address)).flatten();
+    let socks_listener = config
+        .outbound
+        .socks
+        .map(|a| {
+            std::net::TcpListener::bind(a)
+                .map_err(|e| DaemonError(format!("cannot listen for SOCKS on {a}: {e}")))
+        })
+        .transpose()?;
     if dns_socket.is_some() {
         dns::register_with_resolved(&config.tun.name, address);
     }
@@ -287,6 +339,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             config.paths.ipv4_subnet_family_prefix,
             config.paths.ipv6_subnet_family_prefix,
         ),
+        exit: serve_exit,
     };
     let link_keys = LinkKeys {
         identity: keys.relay_identity.clone(),
@@ -340,6 +393,24 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             .collect(),
     );
     node.set_pow_max_effort(config.client.pow_max_effort);
+    node.set_exit_role(serve_exit);
+    node.set_outbound(config.outbound.enabled(), config.outbound.exit);
+    let gateway = serve_exit.then(|| {
+        let mut g = crate::exit::gateway::ExitGateway::new(
+            crate::exit::policy::ExitPolicy::new(
+                &config.exit.allow_ports,
+                &config.exit.allow_networks,
+            ),
+            node.link.budget().clone(),
+        );
+        // IPv6 leaves only where the operator turned IPv6 forwarding on (the daemon does not:
+        // it would turn off router advertisements on the host).
+        g.set_ipv6(
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+                .is_ok_and(|v| v.trim() == "1"),
+        );
+        g
+    });
     // Each service its own key, intro points, descriptors and circuits (docs/threat-model.md).
     for (h, seed) in &hosted {
         let seed = seed.as_deref().copied().unwrap_or(*service_seed);
@@ -360,6 +431,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     if let Some(s) = dns_socket {
         rt.spawn(dns::serve(s, state.clone()));
     }
+    if let Some(l) = socks_listener {
+        rt.spawn(socks::serve(l));
+    }
     let result = rt.block_on(run_async(
         dev,
         control_listener,
@@ -369,12 +443,36 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             flow,
             commands: commands_rx,
             names: name_task,
+            exit: gnx.zip(gateway),
         },
         commands_tx,
         clock,
         state,
     ));
     remove_socket(&socket_path);
+    if serve_exit {
+        match platform::exit_net::tear_down_exit() {
+            Ok(()) => tracing::info!("exit NAT table removed"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if config.outbound.enabled() {
+        let done = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(platform::exit_net::tear_down_outbound(
+                    &config.outbound.routes,
+                    config.outbound.socks.is_some(),
+                ))
+                .map_err(|e| e.to_string())
+            });
+        match done {
+            Ok(()) => tracing::info!("routes through exits removed"),
+            Err(e) => tracing::warn!("removing the routes through exits: {e}"),
+        }
+    }
     result
 }
 
@@ -471,6 +569,8 @@ struct Core {
     flow: FlowLayer,
     commands: mpsc::Receiver<Command>,
     names: names::NameTask,
+    /// `gnx0` and the gateway, at an exit (started inside the runtime).
+    exit: Option<(tun_rs::SyncDevice, crate::exit::gateway::ExitGateway)>,
 }
 
 async fn run_async(

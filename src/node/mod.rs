@@ -8,6 +8,7 @@
 //! (intro and rendezvous points, hidden services we host, sessions to services we visit).
 
 pub mod dht;
+pub mod exits;
 pub mod sessions;
 
 use crate::crypto::Randomness;
@@ -55,6 +56,25 @@ pub enum NodeEvent {
         /// Round trip through the session's circuits.
         rtt_ms: u64,
     },
+    /// A client's packet for the outside on a circuit that ends at us, an exit (hand the buffer
+    /// back with [`Node::recycle_message`]).
+    ExitPacket {
+        /// The relayed circuit.
+        slot: u64,
+        /// The packet.
+        buf: Vec<u8>,
+    },
+    /// A circuit that had sent `EXIT_PACKET`s to us, an exit, is gone.
+    ExitClosed {
+        /// The relayed circuit.
+        slot: u64,
+    },
+    /// A packet from our exit for gn0, checked (hand the buffer back with
+    /// [`Node::recycle_message`]).
+    ExitAnswer {
+        /// The packet.
+        buf: Vec<u8>,
+    },
     /// Packets for `dst` cannot be delivered (no descriptor, introductions failed, session
     /// limits). Queued packets for it were dropped.
     Unreachable {
@@ -70,6 +90,7 @@ pub enum NodeEvent {
 enum CircOwner {
     Dht,
     Sessions,
+    Exit,
 }
 
 /// With this many directly reachable relays or fewer, `status` says that the guards come from a
@@ -106,6 +127,7 @@ pub struct Node {
     onion_to_save: Option<OnionKey>,
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: crate::session::SessionLayer,
+    pub(crate) exits: exits::NodeExits,
     packet_bufs: Vec<Vec<u8>>,
 }
 
@@ -137,6 +159,7 @@ impl Node {
             onion_to_save: None,
             dht: dht::NodeDht::new(rand.split("dht")),
             sess: crate::session::SessionLayer::new(rand.split("sessions")),
+            exits: exits::NodeExits::default(),
             packet_bufs: Vec::new(),
         }
     }
@@ -303,6 +326,7 @@ impl Node {
         self.maintain_pool(now);
         self.dht_timeout(now);
         self.sess_timeout(now);
+        self.exit_timeout(now);
         self.pump(now);
     }
 
@@ -417,6 +441,8 @@ impl Node {
             Some(CircOwner::Dht)
         } else if self.sess.owns(id) {
             Some(CircOwner::Sessions)
+        } else if self.exits.owns(id) {
+            Some(CircOwner::Exit)
         } else {
             None
         }
@@ -426,6 +452,13 @@ impl Node {
     /// events of our circuits by owner; what none takes is reported.
     fn route_circuit_event(&mut self, now: Instant, e: CircEvent) {
         use crate::wire::relay::RelayCommand as C;
+        let e = match e {
+            CircEvent::LastHop { slot, cmd, payload } if cmd == C::ExitPacket as u8 => {
+                self.exit_on_last_hop(slot, payload);
+                return;
+            }
+            e => e,
+        };
         let id = match &e {
             CircEvent::LastHop { slot, cmd, payload } => {
                 if *cmd == C::DhtLookup as u8 {
@@ -438,6 +471,7 @@ impl Node {
             CircEvent::RelayedClosed { slot } => {
                 self.dht_on_relayed_closed(now, *slot);
                 self.sess_on_relayed_closed(now, *slot);
+                self.exit_on_relayed_closed(*slot);
                 return;
             }
             CircEvent::Built { id, .. }
@@ -458,6 +492,10 @@ impl Node {
                 e @ CircEvent::Message { cmd, .. } if cmd == C::DhtLookupReply as u8 => Some(e),
                 e => self.sess_on_circuit_event(now, e),
             },
+            Some(CircOwner::Exit) => {
+                self.exit_on_circuit_event(e);
+                None
+            }
             None => Some(e),
         };
         if let Some(e) = unclaimed {

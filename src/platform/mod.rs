@@ -6,6 +6,7 @@
 //! privileged, then [`privdrop::drop_to_user`] while the process still has one thread, then start
 //! the multi-threaded runtime.
 
+pub mod exit_net;
 pub mod privdrop;
 pub mod routes;
 pub mod state;

@@ -70,6 +70,8 @@ pub enum RelayCommand {
     Probe = 0x10,
     /// The echo of a PROBE.
     ProbeReply = 0x11,
+    /// One whole IPv4 or IPv6 packet to or from an exit (the circuit's last hop), both ways.
+    ExitPacket = 0x12,
 }
 
 /// Why a relay message, EXTEND or EXTENDED was refused.

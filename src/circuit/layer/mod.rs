@@ -97,6 +97,8 @@ pub enum Purpose {
     Dht,
     /// A test or measurement circuit.
     Probe,
+    /// To an exit, carrying `EXIT_PACKET`s.
+    Exit,
 }
 
 impl Purpose {
@@ -109,6 +111,7 @@ impl Purpose {
             Purpose::Rendezvous => "rendezvous",
             Purpose::Dht => "dht",
             Purpose::Probe => "probe",
+            Purpose::Exit => "exit",
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::time::Instant;
 use crate::wire::cell::{Cell, CellCommand, CellHeader, DestroyReason, CELL_HEADER_LEN, CELL_LEN};
 use crate::wire::handshake::{ServerExt, CREATED_HS_LEN, CREATE_HS_LEN};
 use crate::wire::record::LinkSpec;
-use crate::wire::relay::{Extend, ExtendedStatus, RelayCommand};
+use crate::wire::relay::{Extend, ExtendedStatus, RelayCommand, RELAY_PAYLOAD_LEN};
 
 /// An EXTEND we are carrying out: the next hop's link and our CREATE to it.
 pub(super) struct PendingExtend {
@@ -375,6 +375,23 @@ impl CircuitLayer {
                 }
             }
             Some(RelayCommand::Drop) => {}
+            Some(RelayCommand::ExitPacket) => {
+                // The exit's data path: a recycled buffer, no allocation per packet.
+                if let Some(r) = self.relayed.get_mut(&slot) {
+                    r.role = true;
+                    let mut buf = self
+                        .payloads
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(RELAY_PAYLOAD_LEN));
+                    buf.clear();
+                    buf.extend_from_slice(payload);
+                    self.events.push_back(CircEvent::LastHop {
+                        slot,
+                        cmd,
+                        payload: buf,
+                    });
+                }
+            }
             Some(
                 RelayCommand::DhtLookup
                 | RelayCommand::EstablishIntro

@@ -8,7 +8,7 @@ use crate::link::view::Source;
 use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::{
-    Contact, NatClass, RecordFields, RelayRecord, FLAG_DHT, FLAG_RELAY, FLAG_RENDEZVOUS,
+    Contact, NatClass, RecordFields, RelayRecord, FLAG_DHT, FLAG_EXIT, FLAG_RELAY, FLAG_RENDEZVOUS,
     RELAY_RECORD_LEN, RELAY_RECORD_LIFETIME_S, RELAY_RECORD_REPUBLISH_S,
 };
 
@@ -227,6 +227,9 @@ impl LinkLayer {
         // Reachable directly or through a link our introducers help set up (13.2-13.4).
         if nat.directly_reachable() || !introducers.is_empty() {
             flags |= FLAG_DHT | FLAG_RENDEZVOUS;
+        }
+        if self.cfg.exit {
+            flags |= FLAG_EXIT;
         }
         let fields = RecordFields {
             flags,

@@ -126,6 +126,8 @@ pub struct LinkConfig {
     pub max_links: usize,
     /// Family prefix lengths (IPv4, IPv6) for the view's caps.
     pub prefix_bits: (u8, u8),
+    /// Serve as an exit (`[exit] enabled`): our record carries the `EXIT` flag.
+    pub exit: bool,
 }
 
 impl Default for LinkConfig {
@@ -137,6 +139,7 @@ impl Default for LinkConfig {
             target_links: 8,
             max_links: 1024,
             prefix_bits: (16, 32),
+            exit: false,
         }
     }
 }

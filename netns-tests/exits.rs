@@ -1,0 +1,306 @@
+//! Issue #23: a client reaches an "internet" namespace through 3-hop circuits to an exit, with
+//! plain routes (`[outbound] routes`) and through SOCKS5 (`[outbound] socks`): `curl` works both
+//! ways, the web server sees the exit's address, SOCKS user names get circuits of their own, a
+//! refused destination fails at once (RST, SOCKS reply 5), and stopping the daemons removes
+//! exactly what they added (the client's routing rules, the exit's NAT table).
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{shipped_listen, Lab};
+
+const READY: Duration = Duration::from_secs(10);
+/// The "internet": a namespace reachable only through the exit, on a range the exit lists in
+/// `allow_networks` (the default policy refuses it, as it refuses every test range).
+const WEB: &str = "198.19.250.2";
+const EXIT_SIDE: &str = "198.19.250.1";
+/// Bytes of the file fetched for the throughput figure (docs/benchmarks.md).
+const BIG: usize = 1 << 20;
+
+/// What a host's routing looks like (rules and every IPv4 table).
+fn routing(lab: &Lab, host: &crate::harness::Host) -> String {
+    lab.sh_ok(host, "ip rule; ip -6 rule; ip -4 route show table all")
+}
+
+#[test]
+fn curl_through_routes_and_socks_via_an_exit() {
+    let Some(mut lab) = Lab::new("exits") else {
+        return;
+    };
+    let relays: Vec<_> = (0..3).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let exit = lab.add_host("exit");
+    let client = lab.add_host("client");
+    let web = lab.add_host("web");
+    // The web host leaves the switch; its only link is to the exit.
+    lab.sh_ok(
+        &web,
+        &format!(
+            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
+             ip addr add {WEB}/24 dev inet1 && ip link set inet1 up",
+            exit_ns = exit.ns
+        ),
+    );
+    lab.sh_ok(
+        &exit,
+        &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
+    );
+    // The exit's resolver is the "internet"'s DNS server (names are resolved at the exit).
+    lab.set_hosts_file(&exit, "");
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", exit.ns),
+        format!("nameserver {WEB}\n"),
+    )
+    .unwrap();
+    let tools = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/netns-tests/harness/nettools.py"
+    );
+    lab.spawn(
+        &web,
+        "dns",
+        "python3",
+        &["-u", tools, "dns-a", WEB, "web.example", WEB],
+        Some("ready"),
+    );
+    let www = lab.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("big"), vec![0x5a; BIG]).unwrap();
+    let www = www.to_str().unwrap().to_string();
+    lab.spawn(
+        &web,
+        "web",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            WEB,
+            "--directory",
+            &www,
+        ],
+        Some("Serving HTTP"),
+    );
+    let boot = format!("\"{}:7412\"", relays[0].ip);
+    let common = |bootstrap: &str| {
+        format!(
+            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+            shipped_listen()
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, h) in relays.iter().enumerate() {
+        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
+        daemons.push(lab.start_daemon(h, &cfg));
+    }
+    let cfg = lab.write_config(
+        &exit,
+        &format!(
+            "{}[exit]\nenabled = true\nallow_ports = [80, 443]\nallow_networks = [\"198.19.250.0/24\"]\n",
+            common(&boot)
+        ),
+    );
+    let exit_d = lab.start_daemon(&exit, &cfg);
+    // The client resolves through the exit's virtual resolver, over the routes.
+    lab.set_hosts_file(&client, "");
+    std::fs::write(
+        format!("/etc/netns/{}/resolv.conf", client.ns),
+        "nameserver 100.127.255.53\n",
+    )
+    .unwrap();
+    let before = routing(&lab, &client);
+    let cfg = lab.write_config(
+        &client,
+        &format!(
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\nsocks = \"127.0.0.1:1080\"\n",
+            common(&boot)
+        ),
+    );
+    let client_d = lab.start_daemon(&client, &cfg);
+    for d in daemons.iter().chain([&exit_d, &client_d]) {
+        lab.wait_ready(d, READY);
+    }
+    assert!(
+        lab.sh_ok(&exit, "nft list tables")
+            .contains("globalnet_exit"),
+        "the exit has no NAT table"
+    );
+    lab.wait_for(
+        "the client's circuit to the exit",
+        Duration::from_secs(60),
+        || lab.query(&client_d, "status")["exit_circuit"]["ready"] == true,
+    );
+    let status = lab.query(&client_d, "status");
+    assert_eq!(
+        status["exit_circuit"]["exit"],
+        lab.relay_key(&exit_d),
+        "the only exit was not chosen: {status}"
+    );
+
+    let circuits = lab.query(&client_d, "circuits");
+    assert!(
+        circuits
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["purpose"] == "exit" && c["state"] == "ready" && c["hops"] == 3),
+        "no 3-hop exit circuit: {circuits}"
+    );
+
+    // Count everything the client sends on its underlay that is not link traffic (UDP 7412):
+    // no DNS, no TCP to the web server, whatever way the programs use. (ICMPv6 is the kernel's
+    // own neighbour and router discovery on eth0.)
+    lab.sh_ok(
+        &client,
+        "nft add table inet watch && \
+         nft 'add chain inet watch out { type filter hook output priority 0; }' && \
+         nft 'add rule inet watch out oifname \"eth0\" meta l4proto != { udp, ipv6-icmp } counter' && \
+         nft 'add rule inet watch out oifname \"eth0\" udp sport != 7412 udp dport != 7412 counter'",
+    );
+
+    // A plain curl, no proxy settings.
+    let started = Instant::now();
+    let page = lab.sh_ok(&client, &format!("curl -sS --max-time 20 http://{WEB}/"));
+    eprintln!(
+        "curl through the exit: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(EXIT_SIDE) && l.contains("\"GET / ")),
+        "the web server did not see the exit's address:\n{log}"
+    );
+    assert!(!log.contains(&client.ip.to_string()), "{log}");
+
+    // A name, plainly: the kernel's resolver asks 100.127.255.53 through gn0 and the exit.
+    let page = lab.sh_ok(&client, "curl -sS --max-time 20 http://web.example/");
+    assert!(page.contains("Directory listing"), "{page}");
+
+    // Throughput through the exit (a figure, not a check): docs/benchmarks.md.
+    let got = lab.sh_ok(
+        &client,
+        &format!("curl -sS --max-time 60 -o /dev/null -w '%{{size_download}} %{{time_total}}' http://{WEB}/big"),
+    );
+    let mut w = got.split_whitespace();
+    let (size, secs): (f64, f64) = (
+        w.next().unwrap().parse().unwrap(),
+        w.next().unwrap().parse().unwrap(),
+    );
+    assert_eq!(size as usize, BIG, "{got}");
+    eprintln!(
+        "throughput through a 3-hop circuit and the exit: {:.1} Mbit/s ({} MiB in {secs:.2} s)",
+        size * 8.0 / secs / 1e6,
+        BIG >> 20
+    );
+
+    // A port the exit does not list: refused at once with a RST, not a timeout.
+    let started = Instant::now();
+    let out = lab.sh(
+        &client,
+        &format!("curl -v --max-time 10 http://{WEB}:8080/"),
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Connection refused"), "not refused: {err}");
+    assert!(took < Duration::from_secs(3), "refusal took {took:?}");
+    eprintln!(
+        "refused destination failed after {:.2} s",
+        took.as_secs_f64()
+    );
+
+    // The status snapshot is refreshed at most every 250 ms.
+    lab.wait_for("the exit's counters", Duration::from_secs(5), || {
+        lab.query(&exit_d, "status")["exit"]["refused"].as_u64() >= Some(1)
+    });
+    let ex = lab.query(&exit_d, "status")["exit"].clone();
+    assert!(ex["packets_out"].as_u64().unwrap() >= 3, "{ex}");
+    assert!(ex["packets_in"].as_u64().unwrap() >= 3, "{ex}");
+    assert!(ex["refused"].as_u64().unwrap() >= 1, "{ex}");
+    assert_eq!(ex["circuits"], 1, "{ex}");
+
+    // SOCKS5: no user name shares group 1's circuit; each user name gets its own circuit.
+    for user in ["", "-U alice:x", "-U bob:x"] {
+        let started = Instant::now();
+        let page = lab.sh_ok(
+            &client,
+            &format!("curl -sS --max-time 20 --socks5 127.0.0.1:1080 {user} http://{WEB}/"),
+        );
+        assert!(page.contains("Directory listing"), "{user}: {page}");
+        // A new user name builds its circuit first; its SYN waits for it at the client.
+        eprintln!(
+            "SOCKS fetch {user:?}: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    lab.wait_for(
+        "three circuits at the exit (routes, alice, bob)",
+        Duration::from_secs(5),
+        || lab.query(&exit_d, "status")["exit"]["circuits"] == 3,
+    );
+    lab.wait_for(
+        "the client's three groups with ready circuits",
+        Duration::from_secs(5),
+        || lab.query(&client_d, "status")["exit_circuit"]["groups"] == 3,
+    );
+    let log = std::fs::read_to_string(lab.dir.join("web.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with(EXIT_SIDE)).count(),
+        6,
+        "{log}"
+    );
+    // A name, resolved at the exit through the group's circuit (curl's --socks5-hostname).
+    let page = lab.sh_ok(
+        &client,
+        "curl -sS --max-time 20 --socks5-hostname 127.0.0.1:1080 -U carol:x http://web.example/",
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let dns = std::fs::read_to_string(lab.dir.join("dns.log")).unwrap();
+    assert!(
+        dns.lines()
+            .any(|l| l.starts_with(EXIT_SIDE) && l.contains("web.example type 1")),
+        "the name was not asked by the exit:\n{dns}"
+    );
+    let started = Instant::now();
+    let out = lab.sh(
+        &client,
+        &format!("curl -sS --max-time 10 --socks5 127.0.0.1:1080 http://{WEB}:8080/"),
+    );
+    let took = started.elapsed();
+    eprintln!(
+        "refused through SOCKS after {:.2} s: {}",
+        took.as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!out.status.success() && took < Duration::from_secs(3));
+    // SOCKS reply 5: connection refused (the exit's RST).
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(5)"));
+
+    let watch = lab.sh_ok(&client, "nft list table inet watch");
+    assert_eq!(
+        watch.matches("counter packets 0 bytes 0").count(),
+        2,
+        "the client's underlay carried more than its links:\n{watch}"
+    );
+    lab.sh_ok(&client, "nft delete table inet watch");
+
+    // Switching off: the client's routing is as before, the exit's NAT table gone.
+    lab.stop(
+        &client_d,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(10),
+    );
+    assert_eq!(routing(&lab, &client), before, "routes not restored");
+    lab.stop(
+        &exit_d,
+        nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(10),
+    );
+    assert!(
+        !lab.sh_ok(&exit, "nft list tables")
+            .contains("globalnet_exit"),
+        "the NAT table outlived the exit"
+    );
+}
