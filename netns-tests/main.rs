@@ -6,9 +6,11 @@
 mod harness;
 
 mod circuits;
+mod demo;
 mod deployment;
 mod dht;
 mod exits;
+mod failover;
 mod foundation;
 mod hostile;
 mod links;
