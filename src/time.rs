@@ -141,7 +141,7 @@ impl Default for Clock {
 /// A token bucket: `take` succeeds at most `rate` times a second on average, with bursts up to
 /// `burst`. The rate limiter of every smooth rate (CREATE cells, introductions, ...), on the
 /// caller's clock so that it runs in virtual time too. Caps that must hold as exact counts per
-/// window use `link::nat::RateWindow` (docs/decisions.md, "Two shapes of rate limit").
+/// window use [`RateWindow`] (docs/decisions.md, "Building blocks").
 #[derive(Debug, Clone)]
 pub struct Bucket {
     tokens: f64,
@@ -179,6 +179,39 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+/// A fixed window counter: at most `limit` events per `period`. The second shape of rate limit,
+/// for caps that must hold as exact counts per window (docs/decisions.md, "Building blocks").
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RateWindow {
+    start: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    /// Counts one event; false if it exceeds the limit.
+    pub fn allow(&mut self, now: Instant, period: Millis, limit: u32) -> bool {
+        if now.saturating_since(self.start) >= period {
+            self.start = now;
+            self.count = 0;
+        }
+        if self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// Whether [`RateWindow::allow`] would allow one more event now (counts nothing).
+    pub fn would_allow(&self, now: Instant, period: Millis, limit: u32) -> bool {
+        now.saturating_since(self.start) >= period || self.count < limit
+    }
+
+    /// Whether the window ran out (a fresh one would start at the next event).
+    pub fn expired(&self, now: Instant, period: Millis) -> bool {
+        now.saturating_since(self.start) >= period
     }
 }
 

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::{Charge, MemoryBudget};
+/// The fixed-window counter of the link limits and punch caps (it lives with the other rate
+/// limiter in `time`).
+pub use crate::time::RateWindow;
 use crate::time::{Instant, Millis};
 use crate::wire::record::NatClass;
 
@@ -80,38 +83,6 @@ pub const RELAY_UPGRADE_BUSY_BYTES: u64 = 16 * 1024;
 pub const NAT_ENTRY_COST: usize = 256;
 /// Observations kept.
 const OBS_MAX: usize = 16;
-
-/// A fixed window counter: at most `limit` events per `period`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RateWindow {
-    start: Instant,
-    count: u32,
-}
-
-impl RateWindow {
-    /// Counts one event; false if it exceeds the limit.
-    pub fn allow(&mut self, now: Instant, period: Millis, limit: u32) -> bool {
-        if now.saturating_since(self.start) >= period {
-            self.start = now;
-            self.count = 0;
-        }
-        if self.count >= limit {
-            return false;
-        }
-        self.count += 1;
-        true
-    }
-
-    /// Whether [`RateWindow::allow`] would allow one more event now (counts nothing).
-    pub fn would_allow(&self, now: Instant, period: Millis, limit: u32) -> bool {
-        now.saturating_since(self.start) >= period || self.count < limit
-    }
-
-    /// Whether the window ran out (a fresh one would start at the next event).
-    pub fn expired(&self, now: Instant, period: Millis) -> bool {
-        now.saturating_since(self.start) >= period
-    }
-}
 
 /// Caps on the datagrams punching sends to an address, per endpoint and per IP, in fixed windows
 /// (see [`PUNCH_CAP_PER_ENDPOINT`], [`PUNCH_CAP_PER_IP`]). Both tables are bounded and every entry
