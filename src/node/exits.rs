@@ -246,6 +246,17 @@ impl Node {
         Ok(chosen)
     }
 
+    /// Whether the exit a destination used lately may carry `d` (a site keeps its exit per
+    /// address, but another port may need another exit): its policy allows it, or `d` is the
+    /// virtual resolver, or it is the pinned exit whose policy we have not learned.
+    fn still_allows(&self, k: &[u8; 32], d: &Destination, now: Instant) -> bool {
+        match self.link.exit_policy(k, now) {
+            _ if d.ip == IpAddr::V4(RESOLVER_V4) => true,
+            Some(p) => crate::exit::choose::policy_allows(p.fields(), d),
+            None => self.exits.pin == Some(*k),
+        }
+    }
+
     /// Answers `p` at once with ICMP "administratively prohibited", as if from its destination.
     fn refuse_exit_packet(&mut self, p: &[u8], v: &IpView) {
         let mut out = self.packet_bufs.pop().unwrap_or_default();
@@ -278,7 +289,8 @@ impl Node {
             .exits
             .sticky
             .get(u32::from(group), d.ip, now)
-            .filter(|k| self.exits.groups.get(&(group, *k)).is_some_and(|c| c.ready));
+            .filter(|k| self.exits.groups.get(&(group, *k)).is_some_and(|c| c.ready))
+            .filter(|k| self.still_allows(k, &d, now));
         if fast.is_some() {
             self.exits.sticky.touch(u32::from(group), d.ip, now);
         }
