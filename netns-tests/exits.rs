@@ -1,8 +1,10 @@
 //! Issue #23: a client reaches an "internet" namespace through 3-hop circuits to an exit, with
 //! plain routes (`[outbound] routes`) and through SOCKS5 (`[outbound] socks`): `curl` works both
 //! ways, the web server sees the exit's address, SOCKS user names get circuits of their own, a
-//! refused destination fails at once (RST, SOCKS reply 5), and stopping the daemons removes
-//! exactly what they added (the client's routing rules, the exit's NAT table).
+//! destination no exit's policy allows fails at once at the client (ICMP, SOCKS reply 4), and
+//! stopping the daemons removes exactly what they added (the client's routing rules, the exit's
+//! NAT table). A second test: two exits with different published policies, each destination
+//! goes through the exit that lets it out, and a pinned exit is the only one used.
 
 use std::time::{Duration, Instant};
 
@@ -195,7 +197,8 @@ fn curl_through_routes_and_socks_via_an_exit() {
         BIG >> 20
     );
 
-    // A port the exit does not list: refused at once with a RST, not a timeout.
+    // A port the exit does not list: its published policy says so, and the client refuses at
+    // once (ICMP "administratively prohibited": EHOSTUNREACH), not after a timeout.
     let started = Instant::now();
     let out = lab.sh(
         &client,
@@ -204,7 +207,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let took = started.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("Connection refused"), "not refused: {err}");
+    assert!(err.contains("No route to host"), "not refused: {err}");
     assert!(took < Duration::from_secs(3), "refusal took {took:?}");
     eprintln!(
         "refused destination failed after {:.2} s",
@@ -212,13 +215,16 @@ fn curl_through_routes_and_socks_via_an_exit() {
     );
 
     // The status snapshot is refreshed at most every 250 ms.
-    lab.wait_for("the exit's counters", Duration::from_secs(5), || {
-        lab.query(&exit_d, "status")["exit"]["refused"].as_u64() >= Some(1)
-    });
+    lab.wait_for(
+        "the client's refusal counter",
+        Duration::from_secs(5),
+        || lab.query(&client_d, "status")["exit_circuit"]["refused"].as_u64() >= Some(1),
+    );
     let ex = lab.query(&exit_d, "status")["exit"].clone();
     assert!(ex["packets_out"].as_u64().unwrap() >= 3, "{ex}");
     assert!(ex["packets_in"].as_u64().unwrap() >= 3, "{ex}");
-    assert!(ex["refused"].as_u64().unwrap() >= 1, "{ex}");
+    // The refused packet never reached the exit.
+    assert_eq!(ex["refused"], 0, "{ex}");
     assert_eq!(ex["circuits"], 1, "{ex}");
 
     // SOCKS5: no user name shares group 1's circuit; each user name gets its own circuit.
@@ -275,8 +281,8 @@ fn curl_through_routes_and_socks_via_an_exit() {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     assert!(!out.status.success() && took < Duration::from_secs(3));
-    // SOCKS reply 5: connection refused (the exit's RST).
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(5)"));
+    // SOCKS reply 4: the client's own ICMP refusal (no exit lets port 8080 out).
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(4)"));
 
     let watch = lab.sh_ok(&client, "nft list table inet watch");
     assert_eq!(
@@ -302,5 +308,145 @@ fn curl_through_routes_and_socks_via_an_exit() {
         !lab.sh_ok(&exit, "nft list tables")
             .contains("globalnet_exit"),
         "the NAT table outlived the exit"
+    );
+}
+
+/// Two exits that publish different policies (port 80 only, port 8080 only) in front of one web
+/// host: the client sends each fetch through the exit whose signed policy lets it out, learned
+/// from its neighbours (EXIT_POLICY); a client that pins the 8080 exit uses it and refuses port
+/// 80 at once rather than going to the other exit.
+#[test]
+fn each_destination_goes_to_the_exit_whose_policy_allows_it() {
+    let Some(mut lab) = Lab::new("exitpol") else {
+        return;
+    };
+    let relays: Vec<_> = (0..3).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let exits = [lab.add_host("ex80"), lab.add_host("ex8080")];
+    let client = lab.add_host("client");
+    let pinned = lab.add_host("pinned");
+    let web = lab.add_host("web");
+    // The web host leaves the switch; a bridge joins it to both exits, each with its own address.
+    lab.sh_ok(
+        &web,
+        &format!(
+            "ip link set eth0 down && ip link add br0 type bridge && \
+             ip addr add {WEB}/24 dev br0 && ip link set br0 up && \
+             ip link add wa type veth peer name inet0 netns {a} && ip link set wa master br0 up && \
+             ip link add wb type veth peer name inet0 netns {b} && ip link set wb master br0 up",
+            a = exits[0].ns,
+            b = exits[1].ns
+        ),
+    );
+    let sides = ["198.19.250.1", "198.19.250.3"];
+    for (h, side) in exits.iter().zip(sides) {
+        lab.sh_ok(
+            h,
+            &format!("ip addr add {side}/24 dev inet0 && ip link set inet0 up"),
+        );
+    }
+    for port in ["80", "8080"] {
+        lab.spawn(
+            &web,
+            &format!("web{port}"),
+            "python3",
+            &["-u", "-m", "http.server", port, "--bind", WEB],
+            Some("Serving HTTP"),
+        );
+    }
+    let boot = format!("\"{}:7412\"", relays[0].ip);
+    let common = |bootstrap: &str| {
+        format!(
+            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+            shipped_listen()
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, h) in relays.iter().enumerate() {
+        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
+        daemons.push(lab.start_daemon(h, &cfg));
+    }
+    let mut exit_ds = Vec::new();
+    for (h, port) in exits.iter().zip([80, 8080]) {
+        let cfg = lab.write_config(
+            h,
+            &format!(
+                "{}[exit]\nenabled = true\nallow_ports = [{port}]\nallow_networks = [\"198.19.250.0/24\"]\n",
+                common(&boot)
+            ),
+        );
+        exit_ds.push(lab.start_daemon(h, &cfg));
+    }
+    for d in daemons.iter().chain(&exit_ds) {
+        lab.wait_ready(d, READY);
+    }
+    let key8080 = lab.relay_key(&exit_ds[1]);
+    let outbound = |pin: &str| {
+        format!(
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\n{pin}",
+            common(&boot)
+        )
+    };
+    let cfg = lab.write_config(&client, &outbound(""));
+    let client_d = lab.start_daemon(&client, &cfg);
+    let cfg = lab.write_config(&pinned, &outbound(&format!("exit = \"{key8080}\"\n")));
+    let pinned_d = lab.start_daemon(&pinned, &cfg);
+    for d in [&client_d, &pinned_d] {
+        lab.wait_ready(d, READY);
+        lab.wait_for(
+            "both exits' policies at the client",
+            Duration::from_secs(60),
+            || lab.query(d, "status")["exit_circuit"]["policies"] == 2,
+        );
+    }
+    let seen_from = |port: &str| {
+        let log = std::fs::read_to_string(lab.dir.join(format!("web{port}.log"))).unwrap();
+        log.lines()
+            .filter(|l| l.contains("\"GET / "))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    for (port, side) in [("80", sides[0]), ("8080", sides[1])] {
+        for _ in 0..2 {
+            let page = lab.sh_ok(
+                &client,
+                &format!("curl -sS --max-time 20 http://{WEB}:{port}/"),
+            );
+            assert!(page.contains("Directory listing"), "{page}");
+        }
+        assert_eq!(seen_from(port), vec![side; 2], "port {port}");
+    }
+    // A port neither exit lets out: refused at once by the client.
+    let started = Instant::now();
+    let out = lab.sh(
+        &client,
+        &format!("curl -sS --max-time 10 http://{WEB}:443/"),
+    );
+    assert!(!out.status.success() && started.elapsed() < Duration::from_secs(3));
+
+    // The pinned client: 8080 through its exit, 80 refused at once (never the other exit).
+    lab.wait_for("the pinned exit's circuit", Duration::from_secs(60), || {
+        lab.query(&pinned_d, "status")["exit_circuit"]["ready"] == true
+    });
+    assert_eq!(
+        lab.query(&pinned_d, "status")["exit_circuit"]["exit"],
+        key8080.as_str()
+    );
+    let page = lab.sh_ok(
+        &pinned,
+        &format!("curl -sS --max-time 20 http://{WEB}:8080/"),
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    assert_eq!(seen_from("8080"), vec![sides[1]; 3]);
+    let started = Instant::now();
+    let out = lab.sh(&pinned, &format!("curl -sS --max-time 10 http://{WEB}:80/"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && started.elapsed() < Duration::from_secs(3),
+        "{err}"
+    );
+    assert_eq!(
+        seen_from("80").len(),
+        2,
+        "the pinned client used the other exit"
     );
 }

@@ -560,7 +560,7 @@ pub(super) async fn link_loop(
                 snap.flows = path.flow.flows();
                 snap.queue_drops = path.queue_drops;
                 snap.exit = exit.as_ref().map(|x| x.gateway.stats());
-                snap.exit_circuit = link.exit_circuit_info();
+                snap.exit_circuit = link.exit_circuit_info(now);
                 snap.services = link.services_info();
                 snap.circuit_services = link.circuit_services();
                 snap.sessions = link.sessions_info();

@@ -371,6 +371,16 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         Randomness::from_os(),
         clock.now(),
     );
+    let mut link = link;
+    link.set_exit_policy(
+        clock.now(),
+        serve_exit.then(|| {
+            (
+                config.exit.allow_ports.clone(),
+                config.exit.allow_networks.clone(),
+            )
+        }),
+    );
     let mut node = Node::new(link, onion, Randomness::from_os(), clock.now());
     if !node.secrets_from_os() {
         return Err(DaemonError(

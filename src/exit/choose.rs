@@ -4,7 +4,7 @@
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::policy::{refused_by_default, PROTO_TCP, PROTO_UDP};
@@ -118,7 +118,7 @@ pub fn choose<'a, R: Rng>(
 /// [`EXIT_STICKY_MAX`] the oldest entry goes.
 #[derive(Debug, Default)]
 pub struct StickyExits {
-    map: HashMap<(u32, IpAddr), ([u8; 32], Instant)>,
+    map: BTreeMap<(u32, IpAddr), ([u8; 32], Instant)>,
 }
 
 impl StickyExits {
@@ -128,6 +128,15 @@ impl StickyExits {
             .get(&(group, ip))
             .filter(|(_, at)| now.saturating_since(*at) < EXIT_STICKY_MS)
             .map(|(key, _)| *key)
+    }
+
+    /// Marks a fresh entry as used now (no sweep, no allocation: once per packet).
+    pub fn touch(&mut self, group: u32, ip: IpAddr, now: Instant) {
+        if let Some((_, at)) = self.map.get_mut(&(group, ip)) {
+            if now.saturating_since(*at) < EXIT_STICKY_MS {
+                *at = now;
+            }
+        }
     }
 
     /// Remembers (or refreshes) `exit` for `group` and `ip`.
@@ -309,6 +318,9 @@ mod tests {
         // Another isolation group does not share it.
         assert_eq!(s.get(2, ip, NOW), None);
         assert_eq!(s.get(1, ip, NOW + EXIT_STICKY_MS), None);
+        // Use keeps it.
+        s.touch(1, ip, NOW + EXIT_STICKY_MS - 1);
+        assert_eq!(s.get(1, ip, NOW + EXIT_STICKY_MS + 60_000), Some([7; 32]));
         for i in 0..EXIT_STICKY_MAX as u32 + 10 {
             s.remember(i, ip, [1; 32], NOW + u64::from(i));
         }

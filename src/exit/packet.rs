@@ -196,6 +196,16 @@ pub fn refusal(out: &mut Vec<u8>, p: &[u8], v: &IpView) -> bool {
         };
         return b.rst().ack(ack).write(out, &[]).is_ok();
     }
+    prohibited(out, p, v)
+}
+
+/// Writes into `out` ICMP/ICMPv6 "administratively prohibited" for `p` (viewed as `v`), from its
+/// destination back to its source, whatever its protocol; nothing for an ICMP error. The client
+/// answers so when no exit lets a destination out: `connect()` fails at once (EHOSTUNREACH).
+pub fn prohibited(out: &mut Vec<u8>, p: &[u8], v: &IpView) -> bool {
+    out.clear();
+    let p = p.get(..v.len).unwrap_or(p);
+    let l4 = p.get(v.l4..).unwrap_or(&[]);
     match (v.dst, v.src) {
         (IpAddr::V4(d), IpAddr::V4(s)) => {
             // Type 3 and above 0x0b... is an error; echo (8) and others are queries.

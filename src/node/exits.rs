@@ -3,10 +3,14 @@
 //! at a client, one circuit to an exit carries the packets gn0 routes outside the overlay.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{Hop, PathContext, PathKind, Target};
+use crate::exit::choose::{ChooseError, Destination, ExitCandidate, StickyExits};
 use crate::exit::client::accept_from_exit;
+use crate::exit::gateway::RESOLVER_V4;
+use crate::exit::packet::{prohibited, IpView};
 use crate::time::{Instant, Millis};
 use crate::wire::record::{RelayRecord, FLAG_EXIT};
 use crate::wire::relay::RelayCommand;
@@ -18,6 +22,9 @@ pub const EXIT_RETRY_MS: Millis = 1_000;
 /// Packets a group keeps while its circuit is built (a new connection's SYN, a DNS query), sent
 /// when it is ready instead of waiting for the sender's retransmission.
 pub const EXIT_PENDING_MAX: usize = 16;
+/// Circuits to exits at most, over every (isolation group, exit) pair; the least recently used
+/// goes first.
+pub const EXIT_CIRCUITS_MAX: usize = 32;
 
 /// Why a packet did not go to an exit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,15 +38,21 @@ pub enum ExitSendError {
     /// The circuit layer refused it.
     #[error("the exit circuit refused the packet: {0}")]
     Circuit(String),
+    /// No known exit lets the destination out (answered at once with ICMP, not sent).
+    #[error("refused: {0}")]
+    NoExit(ChooseError),
+    /// Not an IP packet an exit could carry.
+    #[error("not a packet for an exit")]
+    Malformed,
 }
 
-/// One isolation group's circuit to an exit.
+/// One isolation group's circuit to one exit.
 #[derive(Debug, Default)]
 struct GroupCircuit {
     circ: Option<CircId>,
     ready: bool,
-    /// The exit at its end, for status.
-    exit: Option<[u8; 32]>,
+    /// Last packet sent, for eviction at [`EXIT_CIRCUITS_MAX`].
+    used: Instant,
     retry_at: Instant,
     last_error: Option<String>,
     /// Packets waiting for the circuit.
@@ -55,9 +68,17 @@ pub(crate) struct NodeExits {
     outbound: bool,
     /// A pinned exit.
     pin: Option<[u8; 32]>,
-    /// Each isolation group's circuit (group 1: routes and SOCKS without a user name); groups
-    /// never share a circuit.
-    groups: BTreeMap<u8, GroupCircuit>,
+    /// Circuits by (isolation group, exit) (group 1: routes and SOCKS without a user name);
+    /// groups never share a circuit, and a group has one per exit its destinations need.
+    groups: BTreeMap<(u8, [u8; 32]), GroupCircuit>,
+    /// Which exit each (group, destination) used last (one site sees one exit address).
+    sticky: StickyExits,
+    /// Why group 1 has no circuit, for status.
+    last_error: Option<String>,
+    /// Next try at group 1's first circuit.
+    first_try: Instant,
+    /// Packets answered at the client because no known exit lets them out.
+    pub(crate) refused_no_exit: u64,
     /// `EXIT_PACKET`s that arrived here while we are not an exit.
     pub(crate) refused_not_exit: u64,
     /// Answers from our exit that failed the client's checks.
@@ -75,6 +96,12 @@ pub struct ExitCircuitInfo {
     pub error: Option<String>,
     /// Isolation groups with a ready circuit (group 1 and SOCKS user names).
     pub groups: usize,
+    /// Exits whose signed policy is known and bound to their relay record.
+    #[serde(default)]
+    pub policies: usize,
+    /// Packets refused at once because no known exit lets their destination out.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl NodeExits {
@@ -82,11 +109,20 @@ impl NodeExits {
         self.group_of(id).is_some()
     }
 
-    fn group_of(&self, id: CircId) -> Option<u8> {
+    fn group_of(&self, id: CircId) -> Option<(u8, [u8; 32])> {
         self.groups
             .iter()
             .find(|(_, g)| g.circ == Some(id))
             .map(|(k, _)| *k)
+    }
+
+    /// Group 1's circuit used last (ready ones first), for status.
+    fn main_circuit(&self) -> Option<(&[u8; 32], &GroupCircuit)> {
+        self.groups
+            .iter()
+            .filter(|((g, _), _)| *g == 1)
+            .max_by_key(|(_, c)| (c.ready, c.used))
+            .map(|((_, k), c)| (k, c))
     }
 }
 
@@ -97,22 +133,138 @@ impl Node {
         self.exits.serving = on;
     }
 
-    /// Send traffic to exits: keeps one circuit to an exit (pinned by key, or any relay with the
-    /// `EXIT` flag under the path rules).
+    /// Send traffic to exits: each destination goes to an exit whose published policy lets it
+    /// out (the pinned one, if any), chosen under the path rules and kept for a while.
     pub fn set_outbound(&mut self, on: bool, pin: Option<[u8; 32]>) {
         self.exits.outbound = on;
         self.exits.pin = pin;
     }
 
     /// The client's exit circuit, when outbound traffic is on.
-    pub fn exit_circuit_info(&self) -> Option<ExitCircuitInfo> {
-        let g = self.exits.groups.get(&1);
+    pub fn exit_circuit_info(&self, now: Instant) -> Option<ExitCircuitInfo> {
+        let g = self.exits.main_circuit();
+        let mut ready: Vec<u8> = self
+            .exits
+            .groups
+            .iter()
+            .filter(|(_, c)| c.ready)
+            .map(|((g, _), _)| *g)
+            .collect();
+        ready.dedup();
         self.exits.outbound.then(|| ExitCircuitInfo {
-            exit: g.and_then(|g| g.exit).map(|k| crate::crypto::keys::hex(&k)),
-            ready: g.is_some_and(|g| g.ready),
-            error: g.and_then(|g| g.last_error.clone()),
-            groups: self.exits.groups.values().filter(|g| g.ready).count(),
+            exit: g.map(|(k, _)| crate::crypto::keys::hex(k)),
+            ready: g.is_some_and(|(_, c)| c.ready),
+            error: g
+                .and_then(|(_, c)| c.last_error.clone())
+                .or_else(|| self.exits.last_error.clone()),
+            groups: ready.len(),
+            policies: self
+                .link
+                .view()
+                .iter()
+                .filter(|r| self.link.exit_policy(r.identity(), now).is_some())
+                .count(),
+            refused: self.exits.refused_no_exit,
         })
+    }
+
+    /// The exit for destination `d` of `group`: the one it used lately if its policy still lets
+    /// `d` out, else one chosen by [`crate::exit::choose::choose`]. The exit's virtual resolver
+    /// is not a destination on the internet: any exit the group already uses answers it.
+    fn exit_for(
+        &mut self,
+        now: Instant,
+        group: u8,
+        d: &Destination,
+    ) -> Result<[u8; 32], ChooseError> {
+        let own = self.link.identity();
+        let rules = self.path_rules();
+        let own_endpoints = self.own_endpoints();
+        let avoid: [&[std::net::SocketAddr]; 1] = [&own_endpoints];
+        let view = self.link.view();
+        let exits: Vec<(
+            &RelayRecord,
+            Option<&crate::wire::exit_policy::ExitPolicyRecord>,
+        )> = view
+            .iter()
+            .filter(|r| r.fields().flags & FLAG_EXIT != 0 && *r.identity() != own)
+            .map(|r| (r, self.link.exit_policy(r.identity(), now)))
+            .collect();
+        let candidates: Vec<ExitCandidate> = exits
+            .iter()
+            .filter_map(|(record, p)| p.map(|policy| ExitCandidate { record, policy }))
+            .collect();
+        let usable = |k: &[u8; 32], d: &Destination| {
+            crate::exit::choose::eligible(&candidates, d, &rules, &avoid, now)
+                .iter()
+                .any(|c| c.record.identity() == k)
+        };
+        let resolver = d.ip == IpAddr::V4(RESOLVER_V4);
+        if let Some(k) = self.exits.sticky.get(u32::from(group), d.ip, now) {
+            if resolver || usable(&k, d) {
+                self.exits.sticky.remember(u32::from(group), d.ip, k, now);
+                return Ok(k);
+            }
+        }
+        let chosen = match self.exits.pin {
+            // A pinned exit whose policy we have not learned is tried: it refuses itself.
+            Some(pin)
+                if (resolver || candidates.iter().all(|c| c.record.identity() != &pin))
+                    && exits.iter().any(|(r, _)| r.identity() == &pin) =>
+            {
+                Ok(pin)
+            }
+            None if resolver => {
+                let used = self
+                    .exits
+                    .groups
+                    .keys()
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, k)| *k);
+                use rand::seq::SliceRandom;
+                used.or_else(|| {
+                    candidates
+                        .choose(&mut self.rng)
+                        .map(|c| *c.record.identity())
+                })
+                .ok_or(ChooseError::NoExit)
+            }
+            pin => crate::exit::choose::choose(
+                &candidates,
+                d,
+                &rules,
+                &avoid,
+                pin.as_ref(),
+                now,
+                &mut self.rng,
+            )
+            .map(|r| *r.identity()),
+        }?;
+        self.exits
+            .sticky
+            .remember(u32::from(group), d.ip, chosen, now);
+        Ok(chosen)
+    }
+
+    /// Whether the exit a destination used lately may carry `d` (a site keeps its exit per
+    /// address, but another port may need another exit): its policy allows it, or `d` is the
+    /// virtual resolver, or it is the pinned exit whose policy we have not learned.
+    fn still_allows(&self, k: &[u8; 32], d: &Destination, now: Instant) -> bool {
+        match self.link.exit_policy(k, now) {
+            _ if d.ip == IpAddr::V4(RESOLVER_V4) => true,
+            Some(p) => crate::exit::choose::policy_allows(p.fields(), d),
+            None => self.exits.pin == Some(*k),
+        }
+    }
+
+    /// Answers `p` at once with ICMP "administratively prohibited", as if from its destination.
+    fn refuse_exit_packet(&mut self, p: &[u8], v: &IpView) {
+        let mut out = self.packet_bufs.pop().unwrap_or_default();
+        if prohibited(&mut out, p, v) {
+            self.events.push(NodeEvent::ExitAnswer { buf: out });
+        } else {
+            self.packet_bufs.push(out);
+        }
     }
 
     /// Sends one packet from gn0 of isolation group `group` (as
@@ -126,7 +278,34 @@ impl Node {
         if !self.exits.outbound {
             return Err(ExitSendError::Off);
         }
-        let g = self.exits.groups.entry(group).or_default();
+        let v = IpView::parse(p).ok_or(ExitSendError::Malformed)?;
+        let d = Destination {
+            ip: v.dst,
+            proto: v.proto,
+            port: v.dst_port(p).unwrap_or(0),
+        };
+        // The common case, per packet: the destination's exit, with a ready circuit.
+        let fast = self
+            .exits
+            .sticky
+            .get(u32::from(group), d.ip, now)
+            .filter(|k| self.exits.groups.get(&(group, *k)).is_some_and(|c| c.ready))
+            .filter(|k| self.still_allows(k, &d, now));
+        if fast.is_some() {
+            self.exits.sticky.touch(u32::from(group), d.ip, now);
+        }
+        let exit = match fast.map_or_else(|| self.exit_for(now, group, &d), Ok) {
+            Ok(k) => k,
+            Err(e) => {
+                self.exits.refused_no_exit += 1;
+                self.refuse_exit_packet(p, &v);
+                return Err(ExitSendError::NoExit(e));
+            }
+        };
+        let key = (group, exit);
+        self.make_room_for(now, key);
+        let g = self.exits.groups.entry(key).or_default();
+        g.used = now;
         match g.circ {
             Some(id) if g.ready => {
                 let r = self
@@ -137,22 +316,47 @@ impl Node {
                 r
             }
             Some(_) => {
-                self.queue_exit_packet(group, p);
+                self.queue_exit_packet(key, p);
                 Err(ExitSendError::NotReady)
             }
             None => {
-                self.queue_exit_packet(group, p);
-                self.build_exit_circuit(now, group);
+                self.queue_exit_packet(key, p);
+                self.build_exit_circuit(now, key);
                 self.pump(now);
                 Err(ExitSendError::NotReady)
             }
         }
     }
 
+    /// Before a new (group, exit) circuit: at [`EXIT_CIRCUITS_MAX`] the least recently used one
+    /// is closed.
+    fn make_room_for(&mut self, now: Instant, key: (u8, [u8; 32])) {
+        if self.exits.groups.contains_key(&key) || self.exits.groups.len() < EXIT_CIRCUITS_MAX {
+            return;
+        }
+        let Some(old) = self
+            .exits
+            .groups
+            .iter()
+            .min_by_key(|(_, g)| g.used)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        if let Some(g) = self.exits.groups.remove(&old) {
+            if let Some(id) = g.circ {
+                self.circ.destroy(now, id);
+            }
+            for p in g.pending {
+                self.recycle_packet(p);
+            }
+        }
+    }
+
     /// Keeps a copy of `p` until `group`'s circuit is ready (at most [`EXIT_PENDING_MAX`]).
-    fn queue_exit_packet(&mut self, group: u8, p: &[u8]) {
+    fn queue_exit_packet(&mut self, key: (u8, [u8; 32]), p: &[u8]) {
         let mut buf = self.packet_bufs.pop().unwrap_or_default();
-        let Some(g) = self.exits.groups.get_mut(&group) else {
+        let Some(g) = self.exits.groups.get_mut(&key) else {
             return;
         };
         if g.pending.len() < EXIT_PENDING_MAX {
@@ -174,21 +378,59 @@ impl Node {
         r
     }
 
-    /// Timer upkeep: a client with outbound traffic keeps its exit circuit built.
+    /// Timer upkeep: a client with outbound traffic keeps group 1's circuits built, and one to
+    /// an exit (the pinned one, else one with a known policy) before any traffic, so the first
+    /// connection does not wait for a build.
     pub(super) fn exit_timeout(&mut self, now: Instant) {
-        if self.exits.outbound {
-            self.build_exit_circuit(now, 1);
+        if !self.exits.outbound {
+            return;
+        }
+        let keys: Vec<(u8, [u8; 32])> = self
+            .exits
+            .groups
+            .iter()
+            .filter(|((g, _), c)| *g == 1 && c.circ.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.build_exit_circuit(now, k);
+        }
+        if self.exits.groups.keys().any(|(g, _)| *g == 1) || now < self.exits.first_try {
+            return;
+        }
+        self.exits.first_try = now + EXIT_RETRY_MS;
+        let own = self.link.identity();
+        let first = match self.exits.pin {
+            Some(pin) => Some(pin),
+            None => {
+                use rand::seq::SliceRandom;
+                let known: Vec<[u8; 32]> = self
+                    .link
+                    .view()
+                    .iter()
+                    .filter(|r| r.fields().flags & FLAG_EXIT != 0 && *r.identity() != own)
+                    .filter(|r| self.link.exit_policy(r.identity(), now).is_some())
+                    .map(|r| *r.identity())
+                    .collect();
+                known.choose(&mut self.rng).copied()
+            }
+        };
+        match first {
+            Some(k) => self.build_exit_circuit(now, (1, k)),
+            None => {
+                self.exits.last_error = Some("no exit with a known policy yet".into());
+            }
         }
     }
 
-    /// Builds isolation group `group`'s circuit (a new path: groups never share a circuit).
-    fn build_exit_circuit(&mut self, now: Instant, group: u8) {
-        let g = self.exits.groups.entry(group).or_default();
+    /// Builds the circuit of isolation group `key.0` to exit `key.1` (a new path: groups never
+    /// share a circuit).
+    fn build_exit_circuit(&mut self, now: Instant, key: (u8, [u8; 32])) {
+        let g = self.exits.groups.entry(key).or_default();
         if g.circ.is_some() || now < g.retry_at {
             return;
         }
         g.retry_at = now + EXIT_RETRY_MS;
-        let pin = self.exits.pin;
         let own_endpoints = self.own_endpoints();
         let ctx = PathContext {
             view: self.link.view(),
@@ -197,39 +439,20 @@ impl Node {
             now,
         };
         let mut error = |e: String| {
-            if let Some(g) = self.exits.groups.get_mut(&group) {
+            if let Some(g) = self.exits.groups.get_mut(&key) {
                 if g.last_error.as_deref() != Some(e.as_str()) {
                     tracing::warn!("cannot build a circuit to an exit: {e}");
                 }
                 g.last_error = Some(e);
             }
         };
-        let target = match pin {
-            Some(k) => match ctx.view.get(&k) {
-                Some(r) if r.fields().flags & FLAG_EXIT != 0 => Target::Relay(Hop::from_record(r)),
-                _ => {
-                    error("the pinned exit is not in the view with the EXIT flag".into());
-                    return;
-                }
-            },
-            // Chosen first, then reached like an intro point: a guard that is the exit itself
-            // or in its family is passed over for the next one (Tor's guard restriction), which
-            // `Target::Any` cannot do.
-            None => {
-                use rand::seq::SliceRandom;
-                let own = self.link.identity();
-                let exits: Vec<&RelayRecord> = ctx
-                    .view
-                    .iter()
-                    .filter(|r| r.fields().flags & FLAG_EXIT != 0 && *r.identity() != own)
-                    .collect();
-                match exits.choose(&mut self.rng) {
-                    Some(r) => Target::Relay(Hop::from_record(r)),
-                    None => {
-                        error("no relay with the EXIT flag known".into());
-                        return;
-                    }
-                }
+        // Chosen first, then reached like an intro point: a guard that is the exit itself or in
+        // its family is passed over for the next one (Tor's guard restriction).
+        let target = match ctx.view.get(&key.1) {
+            Some(r) if r.fields().flags & FLAG_EXIT != 0 => Target::Relay(Hop::from_record(r)),
+            _ => {
+                error("the exit is not in the view with the EXIT flag".into());
+                return;
             }
         };
         let path = ctx
@@ -249,15 +472,13 @@ impl Node {
                 return;
             }
         };
-        let exit = path.last().map(|r| *r.identity());
         let first = path.first().and_then(|r| self.link.link_to(r.identity()));
         let built = self.circ.build(now, Purpose::Exit, path, first);
-        if let Some(g) = self.exits.groups.get_mut(&group) {
+        if let Some(g) = self.exits.groups.get_mut(&key) {
             match built {
                 Ok(id) => {
                     g.circ = Some(id);
                     g.ready = false;
-                    g.exit = exit;
                 }
                 Err(e) => g.last_error = Some(e.to_string()),
             }
@@ -273,10 +494,11 @@ impl Node {
             | CircEvent::Extended { id, .. } => *id,
             CircEvent::LastHop { .. } | CircEvent::RelayedClosed { .. } => return,
         };
-        let Some(group) = self.exits.group_of(id) else {
+        let Some(key) = self.exits.group_of(id) else {
             return;
         };
-        let Some(g) = self.exits.groups.get_mut(&group) else {
+        let group = key.0;
+        let Some(g) = self.exits.groups.get_mut(&key) else {
             return;
         };
         match e {
@@ -288,7 +510,7 @@ impl Node {
                     circuit = id.0,
                     build_ms,
                     group,
-                    exit = %g.exit.map_or_else(String::new, |k| crate::crypto::keys::fingerprint(&k)),
+                    exit = %crate::crypto::keys::fingerprint(&key.1),
                     "circuit to an exit ready"
                 );
                 for p in pending {

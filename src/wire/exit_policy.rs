@@ -270,6 +270,21 @@ mod tests {
     }
 
     #[test]
+    fn independent_link_message_vector() {
+        let doc = vectors();
+        let record = unhex(doc["valid"]["record"].as_str().unwrap());
+        let want = unhex(doc["link_message"]["frame"].as_str().unwrap());
+        let mut buf = vec![0u8; want.len() + 64];
+        let n =
+            crate::wire::link::emit(&mut buf, crate::wire::link::MsgType::ExitPolicy, 0, &record)
+                .unwrap();
+        assert_eq!(&buf[..n], want.as_slice());
+        let f = crate::wire::link::LinkFrame::new_checked(&want).unwrap();
+        assert_eq!(f.msg_type(), crate::wire::link::MsgType::ExitPolicy);
+        assert_eq!(f.payload(), record.as_slice());
+    }
+
+    #[test]
     fn independent_invalid_vectors_are_refused() {
         let doc = vectors();
         let now_ms = doc["valid"]["seq"].as_u64().unwrap();

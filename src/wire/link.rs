@@ -67,6 +67,8 @@ pub enum MsgType {
     DhtResponse = 0x0E,
     /// The link is being closed.
     Close = 0x0F,
+    /// An exit's signed policy record (5.5).
+    ExitPolicy = 0x10,
 }
 
 impl MsgType {
@@ -99,6 +101,10 @@ impl MsgType {
             PexRequest => (2, 2),
             PexResponse => (2, 2 + 3 * 424),
             Close => (1, 1),
+            ExitPolicy => (
+                crate::wire::exit_policy::EXIT_POLICY_LEN,
+                crate::wire::exit_policy::EXIT_POLICY_LEN,
+            ),
             PunchRequest | RelayRequest => (32, 32),
             PunchNotify => (PUNCH_NOTIFY_LEN, PUNCH_NOTIFY_LEN),
             RelayOffer => (RELAY_OFFER_LEN, RELAY_OFFER_LEN),

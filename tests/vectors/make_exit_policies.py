@@ -56,7 +56,14 @@ invalid = [
     ("count beyond the used slots", record(seed, 3, [80], nets, n_ports=2)[0]),
     ("truncated", valid[:-1]),
 ]
+# The link message that carries a record (protocol.md 4.2, 4.4: EXIT_POLICY = 0x10, rpc_id 0):
+# header 0x61 || type || msg_version 1 || 0 || payload_len_be16 || 253 || 0 || rpc_id_be64 || 0^24,
+# then the record, then zeros up to a multiple of 16.
+frame = bytes([0x61, 0x10, 0x01, 0x00]) + struct.pack(">H", len(valid)) + bytes([253, 0])
+frame += struct.pack(">Q", 0) + bytes(24) + valid
+frame += bytes(-len(frame) % 16)
 out = {"construction": __doc__.strip().splitlines()[2:7],
+       "link_message": {"type": 0x10, "frame": frame.hex()},
        "valid": {"seed": seed.hex(), "identity": pub.hex(), "seq": SEQ, "expires": EXPIRES,
                  "flags": 3, "ports": [80, 443], "networks": nets, "record": valid.hex()},
        "invalid": [{"why": w, "record": r.hex()} for w, r in invalid]}

@@ -116,20 +116,25 @@ impl LinkLayer {
             l.pex_served = now;
         }
         self.stats.pex_answered += 1;
-        let sample: Vec<[u8; RELAY_RECORD_LEN]> = self
+        let sample: Vec<([u8; RELAY_RECORD_LEN], [u8; 32])> = self
             .view
             .sample(usize::from(max), peer_identity.as_ref(), &mut self.rng)
             .into_iter()
             .filter(|r| r.is_relay())
-            .map(|r| *r.bytes())
+            .map(|r| (*r.bytes(), *r.identity()))
             .collect();
         let mut payload = Vec::with_capacity(2 + sample.len() * RELAY_RECORD_LEN);
         payload.push(sample.len() as u8);
         payload.push(0);
-        for r in &sample {
+        for (r, _) in &sample {
             payload.extend_from_slice(r);
         }
         let _ = self.send_frame(now, id, MsgType::PexResponse, rpc_id, &payload);
+        // The exits' policies follow their records (4.4 EXIT_POLICY), and ours, which a lost
+        // first copy (sent at HELLO) would otherwise never bring again.
+        let ids: Vec<[u8; 32]> = sample.iter().map(|(_, k)| *k).collect();
+        self.send_exit_policies_of(now, id, &ids);
+        self.send_own_exit_policy(now, id);
     }
 
     pub(super) fn on_pex_response(&mut self, now: Instant, id: LinkId, rpc_id: u64, p: &[u8]) {

@@ -153,6 +153,7 @@ impl LinkLayer {
                 tracing::debug!(link = id.0, peer = %fingerprint(&ident), "link up");
             }
             self.events.push_back(LinkEvent::Up { link: id, identity });
+            self.send_own_exit_policy(now, id);
             self.unsolicited_evidence(now, id);
             // Measure RTT and learn our observed endpoint at once; a link we opened for someone's
             // reachability probe carries the probe's nonce (section 13.3).
@@ -259,6 +260,7 @@ impl LinkLayer {
             Ok(r) => {
                 self.own_record = Some(r);
                 self.record_signed = now;
+                self.sign_exit_policy(now);
                 if changed {
                     let ids: Vec<LinkId> = self
                         .links

@@ -21,6 +21,7 @@
 
 mod dht;
 mod discovery;
+mod exit_policies;
 mod hello;
 mod link;
 mod probe;
@@ -58,6 +59,7 @@ pub use discovery::{
     BACKOFF_MAX_MS, BACKOFF_MIN_MS, BOOTSTRAP_LINGER_MS, PEX_INTERVAL_MS, PEX_MAX,
     RECORD_QUERY_RATE, SUSPECT_RELAY_MS, VIEW_WANTED,
 };
+pub use exit_policies::MAX_EXIT_POLICIES;
 pub use hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
 use link::Link;
 pub use link::{
@@ -94,6 +96,12 @@ pub struct LinkLayer {
     view: RelayView,
     own_record: Option<RelayRecord>,
     record_signed: Instant,
+    /// `[exit]` ports and networks, when we serve as an exit.
+    exit_policy: Option<(Vec<u16>, Vec<ipnet::IpNet>)>,
+    /// Our signed exit policy (protocol.md 5.5).
+    own_policy: Option<crate::wire::exit_policy::ExitPolicyRecord>,
+    /// Exits' policies learned from neighbours.
+    policies: exit_policies::ExitPolicies,
     /// A hostile node's lie in its own record (tests only: [`LinkLayer::forge_record_endpoint`]).
     forged_endpoint: Option<SocketAddr>,
     observed: Option<SocketAddr>,
@@ -176,6 +184,9 @@ impl LinkLayer {
             view,
             own_record: None,
             record_signed: Instant::ZERO,
+            exit_policy: None,
+            own_policy: None,
+            policies: exit_policies::ExitPolicies::default(),
             forged_endpoint: None,
             observed: None,
             locals: Vec::new(),
@@ -619,7 +630,11 @@ impl LinkLayer {
         if !hello_received
             && !matches!(
                 t,
-                MsgType::Hello | MsgType::Ping | MsgType::Pong | MsgType::Close
+                MsgType::Hello
+                    | MsgType::Ping
+                    | MsgType::Pong
+                    | MsgType::Close
+                    | MsgType::ExitPolicy
             )
         {
             self.malformed(now, id, "message before HELLO");
@@ -641,6 +656,7 @@ impl LinkLayer {
             MsgType::Pong => self.on_pong(now, id, f.rpc_id(), payload),
             MsgType::PexRequest => self.on_pex_request(now, id, f.rpc_id(), payload),
             MsgType::PexResponse => self.on_pex_response(now, id, f.rpc_id(), payload),
+            MsgType::ExitPolicy => self.on_exit_policy(now, id, payload),
             MsgType::Cell => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.last_cell = now;

@@ -1,0 +1,315 @@
+//! Exit policy records between neighbours (docs/protocol.md 4.4 `EXIT_POLICY`, 5.5): an exit
+//! sends its own to each neighbour when a link comes up, and a relay that answers PEX sends the
+//! policies of the exits in its answer, so clients learn them where they learn relay records.
+//!
+//! A policy is kept only while the view holds a relay record with the `EXIT` flag for the same
+//! identity: the table can never grow past the view (whose size strangers cannot push), and a
+//! made-up identity's policy is dropped after one signature check.
+
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+
+use crate::budget::Charge;
+use crate::exit::policy::ExitPolicy;
+use crate::time::Instant;
+use crate::wire::exit_policy::{ExitPolicyRecord, EXIT_POLICY_LEN};
+use crate::wire::link::MsgType;
+use crate::wire::record::FLAG_EXIT;
+
+use super::{LinkId, LinkLayer};
+
+/// Most policies held (the view is smaller than this in practice).
+pub const MAX_EXIT_POLICIES: usize = 1024;
+/// What one held policy costs the memory budget (record, key, map node).
+const ENTRY_COST: usize = EXIT_POLICY_LEN + 128;
+
+/// The exit policies a node knows, by identity, each charged to the budget.
+#[derive(Debug, Default)]
+pub(super) struct ExitPolicies {
+    map: BTreeMap<[u8; 32], (ExitPolicyRecord, Charge)>,
+}
+
+impl ExitPolicies {
+    pub(super) fn get(&self, identity: &[u8; 32]) -> Option<&ExitPolicyRecord> {
+        self.map.get(identity).map(|(r, _)| r)
+    }
+}
+
+impl LinkLayer {
+    /// Serve as an exit with this policy: a record is signed with our relay record and sent to
+    /// neighbours. `None` stops sending it.
+    pub fn set_exit_policy(&mut self, now: Instant, policy: Option<(Vec<u16>, Vec<IpNet>)>) {
+        if policy.is_none() {
+            self.own_policy = None;
+        }
+        // The old record stays until the new one replaces it: its seq must grow.
+        self.exit_policy = policy;
+        self.sign_exit_policy(now);
+    }
+
+    /// Our own exit policy record, if we serve as an exit.
+    pub fn own_exit_policy(&self) -> Option<&ExitPolicyRecord> {
+        self.own_policy.as_ref()
+    }
+
+    /// The verified, unexpired exit policy of `identity`, if known and bound to a relay record
+    /// with the `EXIT` flag in the view.
+    pub fn exit_policy(&self, identity: &[u8; 32], now: Instant) -> Option<&ExitPolicyRecord> {
+        let r = self.policies.get(identity)?;
+        let bound = self
+            .view
+            .get(identity)
+            .is_some_and(|rec| rec.fields().flags & FLAG_EXIT != 0);
+        (bound && r.fields().expires > now.as_unix_ms() / 1000).then_some(r)
+    }
+
+    /// Exit policies held.
+    pub fn exit_policy_count(&self) -> usize {
+        self.policies.map.len()
+    }
+
+    /// Signs our policy again (with our relay record, so both expire together).
+    pub(super) fn sign_exit_policy(&mut self, now: Instant) {
+        let Some((ports, nets)) = &self.exit_policy else {
+            return;
+        };
+        let mut fields = ExitPolicy::new(ports, nets).published(now.as_unix_ms());
+        if let Some(old) = &self.own_policy {
+            fields.seq = fields.seq.max(old.fields().seq + 1);
+        }
+        match ExitPolicyRecord::sign(&self.keys.identity, fields) {
+            Ok(r) => {
+                self.own_policy = Some(r);
+                let ids: Vec<LinkId> = self
+                    .links
+                    .values()
+                    .filter(|l| l.state.ready())
+                    .map(|l| l.id)
+                    .collect();
+                for id in ids {
+                    self.send_own_exit_policy(now, id);
+                }
+            }
+            Err(e) => tracing::warn!("cannot sign our exit policy: {e}"),
+        }
+    }
+
+    /// Sends our exit policy on link `id`, if we serve as an exit.
+    pub(super) fn send_own_exit_policy(&mut self, now: Instant, id: LinkId) {
+        if let Some(bytes) = self.own_policy.as_ref().map(|r| *r.bytes()) {
+            let _ = self.send_frame(now, id, MsgType::ExitPolicy, 0, &bytes);
+        }
+    }
+
+    /// After a PEX answer: the policies of the exits in it that we hold.
+    pub(super) fn send_exit_policies_of(&mut self, now: Instant, id: LinkId, ids: &[[u8; 32]]) {
+        let out: Vec<[u8; EXIT_POLICY_LEN]> = ids
+            .iter()
+            .filter_map(|k| self.exit_policy(k, now).map(|r| *r.bytes()))
+            .collect();
+        for b in out {
+            let _ = self.send_frame(now, id, MsgType::ExitPolicy, 0, &b);
+        }
+    }
+
+    pub(super) fn on_exit_policy(&mut self, now: Instant, id: LinkId, p: &[u8]) {
+        if !self.links.get(&id).is_some_and(|l| l.state.ready()) {
+            // Sent right after HELLO; ours may not have arrived first. PEX brings it again.
+            self.stats.dropped += 1;
+            return;
+        }
+        let (Some(identity), Some(seq)) = (
+            p.get(8..40).and_then(|b| <[u8; 32]>::try_from(b).ok()),
+            p.get(40..48)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes),
+        ) else {
+            self.malformed(now, id, "EXIT_POLICY length");
+            return;
+        };
+        // Cheap checks before the signature: an exit we know, and news.
+        let is_exit = self
+            .view
+            .get(&identity)
+            .is_some_and(|r| r.fields().flags & FLAG_EXIT != 0);
+        let held = self.policies.get(&identity).map(|r| r.fields().seq);
+        if !is_exit || held.is_some_and(|s| s >= seq) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let r = match ExitPolicyRecord::parse(p, now.as_unix_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("exit policy refused: {e}");
+                self.stats.bad_records += 1;
+                return;
+            }
+        };
+        if held.is_none() {
+            self.policies.map.retain(|k, (r, _)| {
+                self.view
+                    .get(k)
+                    .is_some_and(|rec| rec.fields().flags & FLAG_EXIT != 0)
+                    && r.fields().expires > now.as_unix_ms() / 1000
+            });
+            if self.policies.map.len() >= MAX_EXIT_POLICIES {
+                self.stats.dropped += 1;
+                return;
+            }
+        }
+        let charge = match self.policies.map.remove(&identity) {
+            Some((_, c)) => c,
+            None => match self.budget.try_charge(ENTRY_COST) {
+                Some(c) => c,
+                None => {
+                    self.stats.dropped += 1;
+                    return;
+                }
+            },
+        };
+        self.policies.map.insert(identity, (r, charge));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use crate::crypto::Randomness;
+    use crate::link::layer::{LinkConfig, LinkKeys};
+    use crate::link::view::Source;
+    use crate::wire::exit_policy::ExitPolicyFields;
+    use crate::wire::record::{NatClass, RecordFields, RelayRecord, FLAG_RELAY};
+    use ed25519_dalek::SigningKey;
+
+    const NOW: Instant = Instant::from_unix_ms(1_767_225_600_000);
+
+    fn layer(budget: MemoryBudget) -> LinkLayer {
+        LinkLayer::new(
+            LinkConfig::default(),
+            LinkKeys {
+                identity: SigningKey::from_bytes(&[9; 32]),
+                link: x25519_dalek::StaticSecret::from([9; 32]),
+                onion_public: [9; 32],
+            },
+            budget,
+            Randomness::simulated([4; 32]),
+            NOW,
+        )
+    }
+
+    fn record(n: u8, flags: u8) -> RelayRecord {
+        RelayRecord::sign(
+            &SigningKey::from_bytes(&[n; 32]),
+            RecordFields {
+                flags,
+                nat: NatClass::Public,
+                link_key: [n; 32],
+                onion_key: [n; 32],
+                seq: NOW.as_unix_ms(),
+                expires: NOW.as_unix_ms() / 1000 + 3600,
+                endpoints: vec![format!("198.18.{n}.1:7412").parse().unwrap()],
+                introducers: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    fn policy(n: u8, ports: &[u16], seq: u64, expires_s: u64) -> ExitPolicyRecord {
+        ExitPolicyRecord::sign(
+            &SigningKey::from_bytes(&[n; 32]),
+            ExitPolicyFields {
+                flags: 3,
+                ports: ports.to_vec(),
+                networks: vec![],
+                seq,
+                expires: expires_s,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A link whose HELLO arrived (the handler only needs one that is ready).
+    fn ready_link(l: &mut LinkLayer) -> LinkId {
+        let id = l
+            .new_link(NOW, [5; 32], "198.18.0.2:7412".parse().unwrap(), true)
+            .unwrap();
+        l.links.get_mut(&id).unwrap().state.on_hello_received();
+        id
+    }
+
+    #[test]
+    fn policies_bind_to_exit_records_and_the_newest_wins() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut l = layer(budget.clone());
+        let id = ready_link(&mut l);
+        let exp = NOW.as_unix_ms() / 1000 + 3600;
+        let p1 = policy(1, &[80], NOW.as_unix_ms(), exp);
+        // Unknown identity: dropped, nothing charged.
+        let before = budget.used();
+        l.on_exit_policy(NOW, id, p1.bytes());
+        assert_eq!(l.exit_policy_count(), 0);
+        // A relay without the EXIT flag: its policy is not kept either.
+        l.view
+            .insert(record(1, FLAG_RELAY), Source::Itself, NOW)
+            .unwrap();
+        l.on_exit_policy(NOW, id, p1.bytes());
+        assert_eq!(l.exit_policy_count(), 0);
+        l.view
+            .insert(record(2, FLAG_RELAY | FLAG_EXIT), Source::Itself, NOW)
+            .unwrap();
+        let p2 = policy(2, &[80], NOW.as_unix_ms(), exp);
+        l.on_exit_policy(NOW, id, p2.bytes());
+        assert_eq!(l.exit_policy(&[0; 32], NOW), None);
+        let key2 = *p2.identity();
+        assert_eq!(l.exit_policy(&key2, NOW), Some(&p2));
+        assert!(budget.used() >= before + ENTRY_COST);
+        // An older or equal seq does not replace it; a newer one does.
+        let old = policy(2, &[8080], NOW.as_unix_ms() - 1, exp);
+        l.on_exit_policy(NOW, id, old.bytes());
+        assert_eq!(l.exit_policy(&key2, NOW), Some(&p2));
+        let new = policy(2, &[8080], NOW.as_unix_ms() + 1, exp);
+        l.on_exit_policy(NOW, id, new.bytes());
+        assert_eq!(l.exit_policy(&key2, NOW), Some(&new));
+        // A bad signature is refused.
+        let mut bad = *policy(2, &[443], NOW.as_unix_ms() + 2, exp).bytes();
+        bad[EXIT_POLICY_LEN - 1] ^= 1;
+        l.on_exit_policy(NOW, id, &bad);
+        assert_eq!(l.exit_policy(&key2, NOW), Some(&new));
+        // Expired: no longer returned.
+        assert_eq!(l.exit_policy(&key2, NOW + 3_600_000), None);
+        // Once the relay record is gone the policy is unbound.
+        l.view.remove(&key2);
+        assert_eq!(l.exit_policy(&key2, NOW), None);
+    }
+
+    #[test]
+    fn an_exit_signs_its_policy_and_a_full_budget_refuses_others() {
+        let mut l = layer(MemoryBudget::new(1 << 20));
+        l.set_exit_policy(NOW, Some((vec![443, 80], vec![])));
+        let own = l.own_exit_policy().unwrap();
+        assert_eq!(own.fields().ports, vec![80, 443]);
+        assert_eq!(
+            own.identity(),
+            &SigningKey::from_bytes(&[9; 32]).verifying_key().to_bytes()
+        );
+        let seq = own.fields().seq;
+        l.set_exit_policy(NOW, Some((vec![80], vec![])));
+        assert!(l.own_exit_policy().unwrap().fields().seq > seq);
+
+        // A full budget: the policy is refused, not held uncharged.
+        let budget = MemoryBudget::new(1 << 20);
+        let mut l = layer(budget.clone());
+        let id = ready_link(&mut l);
+        l.view
+            .insert(record(2, FLAG_RELAY | FLAG_EXIT), Source::Itself, NOW)
+            .unwrap();
+        let _rest = budget.try_charge(budget.limit() - budget.used()).unwrap();
+        let p2 = policy(2, &[80], NOW.as_unix_ms(), NOW.as_unix_ms() / 1000 + 3600);
+        l.on_exit_policy(NOW, id, p2.bytes());
+        assert_eq!(l.exit_policy_count(), 0);
+        drop(_rest);
+        l.on_exit_policy(NOW, id, p2.bytes());
+        assert_eq!(l.exit_policy_count(), 1);
+    }
+}
