@@ -4,6 +4,7 @@
 use crate::circuit::layer::{CircId, Purpose};
 use crate::session::client::c_intro;
 use crate::session::ctx::{DhtRequest, SessionCtx};
+use crate::session::intro::ESTABLISH_FLAG_POW;
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
@@ -42,7 +43,11 @@ impl SessionLayer {
                     return;
                 };
                 ip.relay = relay;
-                let body = EstablishIntro::sign(&ip.auth, &bind).emit();
+                // Every service sheds introductions by proof of work (10.12; at effort 0 while
+                // idle), so every registration asks for the intro point's higher rate.
+                let body = EstablishIntro::sign(&ip.auth, &bind)
+                    .with_flags(ESTABLISH_FLAG_POW)
+                    .emit();
                 let _ = ctx.send(id, C::EstablishIntro, &body);
             }
             Owner::ServiceRend { svc, peer } => self.service_rend_ready(ctx, now, id, svc, peer),
