@@ -33,6 +33,7 @@ use crate::session::client::ClientSession;
 use crate::session::ctx::{DhtAnswer, DhtRequest, SessionCtx};
 use crate::session::flows::{addresses, length_consistent, FlowKey};
 use crate::session::frame::{E2E_FRAME_LEN, E2E_PLAINTEXT_OFFSET};
+use crate::session::intro_pow::SolveRequest;
 use crate::session::limits::*;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::service::Service;
@@ -71,6 +72,10 @@ pub struct ServiceInfo {
     pub sessions: usize,
     /// Why fewer than the wanted intro points are established (the latest reason), if so.
     pub intro_missing: Option<String>,
+    /// The effort its puzzle asks for now (10.12; 0 while idle).
+    pub pow_effort: u32,
+    /// Introductions it queued that carried a valid proof of work.
+    pub intros_with_pow: u64,
 }
 
 /// One end-to-end session, as `globalnet sessions` / `status` shows it.
@@ -135,6 +140,8 @@ pub struct SessionTestHooks {
     pub skip_source_check: bool,
     /// As an intro point, pass every introduction to the service twice (a replaying intro point).
     pub replay_introduce2: bool,
+    /// As a client, offer at least this effort to a service that publishes a puzzle.
+    pub client_min_effort: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +220,9 @@ pub struct SessionLayer {
     pub(in crate::session) intro_path_log: RepeatLog,
     /// The most work a client puts into one introduction (`[client] pow_max_effort`).
     pub(in crate::session) pow_max_effort: u32,
+    /// Puzzles for the driver to solve (10.12), and the token of the next one.
+    pub(in crate::session) solve_requests: VecDeque<SolveRequest>,
+    pub(in crate::session) next_solve: u64,
 }
 
 pub(in crate::session) fn addr16(a: Ipv6Addr) -> [u8; 16] {
@@ -277,6 +287,8 @@ impl SessionLayer {
             stem_log: RepeatLog::default(),
             intro_path_log: RepeatLog::default(),
             pow_max_effort: crate::session::intro_pow::POW_CLIENT_MAX_EFFORT,
+            solve_requests: VecDeque::new(),
+            next_solve: 1,
         }
     }
 
@@ -453,6 +465,12 @@ impl SessionLayer {
             .filter(|(_, (s, e))| *s == svc && *e != epoch)
             .map(|(t, _)| *t)
             .collect()
+    }
+
+    /// The next puzzle the session layer wants solved; the answer goes to
+    /// [`SessionLayer::pow_solved`].
+    pub fn poll_solve_request(&mut self) -> Option<SolveRequest> {
+        self.solve_requests.pop_front()
     }
 
     /// The next DHT query the session layer wants made (the node starts it and reports its

@@ -154,6 +154,8 @@ impl SessionLayer {
                         format!("{up} of {NUM_INTRO_POINTS} intro points: {why}")
                     })
                 },
+                pow_effort: s.pow.effort(),
+                intros_with_pow: s.pow.stats.with_pow,
             })
             .collect()
     }
