@@ -288,7 +288,8 @@ impl SessionLayer {
                         {
                             self.client_lookup_descriptor(now, dst);
                         }
-                        self.client_retry_intro(ctx, now, dst, "intro point refused");
+                        let why = format!("intro point refused (status {code})");
+                        self.client_retry_intro(ctx, now, dst, &why);
                     }
                 }
             }
