@@ -359,6 +359,12 @@ impl Node {
         self.sess.intro_role()
     }
 
+    /// Drops every intro registration held here, silently (tests).
+    #[doc(hidden)]
+    pub fn forget_intro_registrations(&mut self) {
+        self.sess.forget_intro_registrations()
+    }
+
     /// The rendezvous-point role's table, if this relay ever acted as one.
     pub fn rendezvous_role(&self) -> Option<&RendezvousRole> {
         self.sess.rendezvous_role()

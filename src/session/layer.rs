@@ -114,6 +114,9 @@ pub struct SessionStats {
     pub joins: u64,
     /// Circuits declared dead by probing.
     pub probe_failures: u64,
+    /// Intro circuits ended because the intro point stopped answering the service's checks
+    /// (10.6.1).
+    pub intro_checks_failed: u64,
     /// Flows moved off a dead circuit.
     pub flows_moved: u64,
     /// Inbound packets dropped by the session checks (10.9).
@@ -142,6 +145,9 @@ pub struct SessionTestHooks {
     pub replay_introduce2: bool,
     /// As a client, offer at least this effort to a service that publishes a puzzle.
     pub client_min_effort: u32,
+    /// As an intro point, answer nothing on the circuits of these registrations' auth keys
+    /// (a registration lost with a circuit that the service still thinks alive).
+    pub mute_intro_keys: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,6 +402,13 @@ impl SessionLayer {
     /// The intro-point role's table, if this relay ever acted as one.
     pub fn intro_role(&self) -> Option<&IntroPointRole> {
         self.intro_role.as_ref()
+    }
+
+    /// Drops every intro registration held here without closing or answering on their circuits
+    /// (tests: an intro point that lost its registrations while their services noticed nothing).
+    #[doc(hidden)]
+    pub fn forget_intro_registrations(&mut self) {
+        self.intro_role = None;
     }
 
     /// The rendezvous-point role's table, if this relay ever acted as one.

@@ -223,6 +223,11 @@ impl IntroPointRole {
         self.by_key.keys().copied().collect()
     }
 
+    /// The auth key registered on `slot`.
+    pub fn key_of(&self, slot: u64) -> Option<[u8; 32]> {
+        self.by_slot.get(&slot).map(|r| r.auth_key)
+    }
+
     /// Registrations dropped for memory since the last call: the caller closes their circuits,
     /// so their services notice and register elsewhere.
     pub fn take_evicted(&mut self) -> Vec<u64> {
@@ -241,10 +246,11 @@ impl IntroPointRole {
         body: &[u8],
     ) -> u8 {
         let code = self.try_establish(now, slot, up, bind, body);
-        if code == status::OK {
-            self.stats.intro_established += 1;
-        } else {
-            self.stats.refused += 1;
+        // EXISTS answers a service's check on its own circuit (10.6.1): nothing refused.
+        match code {
+            status::OK => self.stats.intro_established += 1,
+            status::EXISTS => {}
+            _ => self.stats.refused += 1,
         }
         code
     }
