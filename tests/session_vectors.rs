@@ -10,7 +10,8 @@ use globalnet::session::frame::{
     E2E_PLAINTEXT_OFFSET,
 };
 use globalnet::session::intro::{
-    join_mac, RendCookie, RendPlaintext, INTRO_PLAINTEXT_LEN, REND_PLAINTEXT_LEN,
+    join_mac, RendCookie, RendPlaintext, ESTABLISH_FLAG_POW, INTRO_PLAINTEXT_LEN,
+    REND_PLAINTEXT_LEN,
 };
 use globalnet::session::{
     ClientHandshake, E2eMessage, EstablishIntro, IntroPlaintext, Introduce1, Pseudonym, RendHs,
@@ -272,6 +273,12 @@ fn establish_intro() {
     let mut other = bind;
     other[0] ^= 1;
     assert!(parsed.verify(&other).is_err());
+    // With the proof-of-work flag (10.6): byte 1, outside the signature.
+    let pow = e.clone().with_flags(ESTABLISH_FLAG_POW);
+    assert_eq!(pow.emit().to_vec(), hex(&v["payload_pow"]));
+    let parsed = EstablishIntro::parse(&hex(&v["payload_pow"])).unwrap();
+    assert!(parsed.sheds_by_pow() && !e.sheds_by_pow());
+    parsed.verify(&bind).unwrap();
     // The same auth key is the handshake vector's intro auth key.
     assert_eq!(e.auth_key, hex32(&d["e2e_handshake"]["intro_auth_key"]));
 }

@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(e) = EstablishIntro::parse(data) {
         assert_eq!(EstablishIntro::parse(&e.emit()).ok(), Some(e.clone()));
         let _ = e.verify(&[0u8; 32]);
+        let _ = e.sheds_by_pow();
         let _ = format!("{e:?}");
     }
     if let Ok(i) = Introduce1::parse(data) {

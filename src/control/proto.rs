@@ -473,6 +473,10 @@ pub struct ServiceAnswer {
     pub sessions: usize,
     /// Why intro points are missing ("1 of 3 intro points: ..."), while some are.
     pub intro_missing: Option<String>,
+    /// The proof-of-work effort its descriptor asks introductions for now (0 while idle).
+    pub pow_effort: u32,
+    /// Introductions it received with a valid proof of work.
+    pub intros_with_pow: u64,
 }
 
 /// One end-to-end session in `sessions`.

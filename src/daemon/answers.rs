@@ -458,6 +458,8 @@ impl NodeState {
                     published: s.is_some_and(|s| s.descriptor_age_s.is_some()),
                     sessions: s.map_or(0, |s| s.sessions),
                     intro_missing: s.and_then(|s| s.intro_missing.clone()),
+                    pow_effort: s.map_or(0, |s| s.pow_effort),
+                    intros_with_pow: s.map_or(0, |s| s.intros_with_pow),
                 }
             })
             .collect()

@@ -437,6 +437,7 @@ pub(super) async fn link_loop(
                 Command::Resolved { name, result } => {
                     link.link.on_resolved(clock.now(), &name, result);
                 }
+                Command::PowSolved { token, pow } => link.pow_solved(clock.now(), token, pow),
                 Command::Name { name, reply } => names.ask(name, reply, clock.now()),
                 Command::Claims(claims) => names.set_claims(claims, clock.now()),
                 Command::ExpectKey { address, key } => {
@@ -519,6 +520,7 @@ pub(super) async fn link_loop(
                     pings.unreachable(&dst, &why);
                 }
                 NodeEvent::Pong { id, rtt_ms, .. } => pings.answer(id, rtt_ms as f64),
+                NodeEvent::Solve(req) => spawn_solve(req, state.commands.clone()),
                 NodeEvent::Link(LinkEvent::Dht { .. } | LinkEvent::DialFailed { .. }) => {}
             }
         }

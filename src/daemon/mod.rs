@@ -106,6 +106,25 @@ enum Command {
         name: String,
         reply: tokio::sync::oneshot::Sender<crate::names::network::NetAnswer>,
     },
+    /// A proof of work for an introduction was solved (`spawn_solve`).
+    PowSolved {
+        token: u64,
+        pow: Option<crate::session::intro_pow::IntroPow>,
+    },
+}
+
+/// Solves an introduction's proof of work off the event loop (up to about a second of hashing
+/// at the client's cap, in a release build) and hands the answer to the link task, which drops
+/// it if the attempt it was for has ended.
+fn spawn_solve(req: crate::session::intro_pow::SolveRequest, commands: mpsc::Sender<Command>) {
+    tokio::spawn(async move {
+        let token = req.token;
+        let pow = tokio::task::spawn_blocking(move || req.solve())
+            .await
+            .ok()
+            .flatten();
+        let _ = commands.send(Command::PowSolved { token, pow }).await;
+    });
 }
 
 /// How long one resolution of a bootstrap host name may take.
@@ -421,6 +440,8 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         );
         g
     });
+    // Proofs of work for introductions are solved on tokio's blocking pool (`spawn_solve`).
+    node.set_solve_inline(false);
     // Each service its own key, intro points, descriptors and circuits (docs/threat-model.md).
     for (h, seed) in &hosted {
         let seed = seed.as_deref().copied().unwrap_or(*service_seed);

@@ -75,6 +75,10 @@ pub enum NodeEvent {
         /// The packet.
         buf: Vec<u8>,
     },
+    /// A proof of work to solve for an introduction (10.12), reported only after
+    /// [`Node::set_solve_inline`]`(false)`: solve it off the node's task and hand the answer to
+    /// [`Node::pow_solved`].
+    Solve(crate::session::intro_pow::SolveRequest),
     /// Packets for `dst` cannot be delivered (no descriptor, introductions failed, session
     /// limits). Queued packets for it were dropped.
     Unreachable {
@@ -117,6 +121,9 @@ pub struct Node {
     /// Family prefix lengths for path selection.
     pub prefix_bits: (u8, u8),
     pool_target: usize,
+    /// Solve the session layer's puzzles in place (the simulator) or report them as
+    /// [`NodeEvent::Solve`] (the daemon, which solves them on a blocking thread).
+    solve_inline: bool,
     events: Vec<NodeEvent>,
     rng: StdRng,
     last_path_error: Option<String>,
@@ -150,6 +157,7 @@ impl Node {
             link,
             prefix_bits,
             pool_target: POOL_TARGET,
+            solve_inline: true,
             events: Vec::new(),
             rng: rand.split("node").choices(),
             last_path_error: None,

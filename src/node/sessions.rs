@@ -178,7 +178,46 @@ impl Node {
         };
         let r = f(&mut self.sess, &mut ctx);
         self.sess_dht_requests(now);
+        self.sess_solve_requests(now);
         r
+    }
+
+    /// Solves the puzzles the session layer asked for, or reports them to the driver.
+    fn sess_solve_requests(&mut self, now: Instant) {
+        while let Some(req) = self.sess.poll_solve_request() {
+            if !self.solve_inline {
+                self.events.push(NodeEvent::Solve(req));
+                continue;
+            }
+            let pow = req.solve();
+            let mut ctx = Ctx {
+                link: &self.link,
+                circ: &mut self.circ,
+                guards: &self.guards,
+                prefix_bits: self.prefix_bits,
+                events: &mut self.events,
+                packet_bufs: &mut self.packet_bufs,
+            };
+            self.sess.pow_solved(&mut ctx, now, req.token, pow);
+        }
+    }
+
+    /// Whether puzzles are solved on the node's task (the default, for the simulator) or
+    /// reported as [`NodeEvent::Solve`] for the driver to solve elsewhere.
+    pub fn set_solve_inline(&mut self, inline: bool) {
+        self.solve_inline = inline;
+    }
+
+    /// The answer to a [`NodeEvent::Solve`]: its INTRODUCE1 goes out (if its introduction
+    /// attempt is still on).
+    pub fn pow_solved(
+        &mut self,
+        now: Instant,
+        token: u64,
+        pow: Option<crate::session::intro_pow::IntroPow>,
+    ) {
+        self.with_sessions(now, |s, ctx| s.pow_solved(ctx, now, token, pow));
+        self.pump(now);
     }
 
     /// Starts the DHT queries the session layer asked for.
@@ -330,6 +369,12 @@ impl Node {
     /// The intro-point role's table, if this relay ever acted as one.
     pub fn intro_role(&self) -> Option<&IntroPointRole> {
         self.sess.intro_role()
+    }
+
+    /// Drops every intro registration held here, silently (tests).
+    #[doc(hidden)]
+    pub fn forget_intro_registrations(&mut self) {
+        self.sess.forget_intro_registrations()
     }
 
     /// The rendezvous-point role's table, if this relay ever acted as one.

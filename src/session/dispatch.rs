@@ -4,10 +4,10 @@
 use crate::circuit::layer::{CircId, Purpose};
 use crate::session::client::c_intro;
 use crate::session::ctx::{DhtRequest, SessionCtx};
+use crate::session::intro_watch::send_establish;
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
-use crate::session::EstablishIntro;
 use crate::time::Instant;
 use crate::wire::relay::RelayCommand as C;
 
@@ -30,11 +30,7 @@ impl SessionLayer {
                 }
             }
             Owner::Intro { svc } => {
-                let last = ctx.path(id).map_or(0, |p| p.len().saturating_sub(1));
                 let relay = ctx.path(id).and_then(|p| p.last().cloned());
-                let Some(bind) = ctx.hop_bind(id, last) else {
-                    return;
-                };
                 let Some(s) = self.service_mut(&svc) else {
                     return;
                 };
@@ -42,8 +38,7 @@ impl SessionLayer {
                     return;
                 };
                 ip.relay = relay;
-                let body = EstablishIntro::sign(&ip.auth, &bind).emit();
-                let _ = ctx.send(id, C::EstablishIntro, &body);
+                send_establish(ctx, id, &ip.auth);
             }
             Owner::ServiceRend { svc, peer } => self.service_rend_ready(ctx, now, id, svc, peer),
             Owner::ClientIntro { dst } => {
@@ -222,12 +217,27 @@ impl SessionLayer {
         };
         match (owner, C::try_from(cmd).ok()) {
             (Owner::Intro { svc }, Some(C::IntroEstablished)) => {
-                let ok = parse_status(payload) == Ok(status::OK);
+                let code = parse_status(payload);
+                let ok = code == Ok(status::OK);
                 if let Some(ip) = self
                     .service_mut(&svc)
                     .and_then(|s| s.intros.iter_mut().find(|i| i.circ == id))
                 {
+                    // The answer to a check (10.6.1): the registration is still held here.
+                    if code == Ok(status::EXISTS) && ip.established.is_some() {
+                        ip.watch.heard(now);
+                        return;
+                    }
                     if ok {
+                        ip.watch.heard(now);
+                        if ip.established.is_some() {
+                            // A check found the registration lost and made it again.
+                            tracing::info!(
+                                at = now.as_unix_ms(),
+                                "intro point had lost the registration"
+                            );
+                            return;
+                        }
                         ip.established = Some(now);
                         ip.listed = true;
                         ip.rebuilds = 0;
@@ -249,6 +259,13 @@ impl SessionLayer {
                 }
             }
             (Owner::Intro { svc }, Some(C::Introduce2)) => {
+                // Introductions come only through a registration the intro point holds.
+                if let Some(ip) = self
+                    .service_mut(&svc)
+                    .and_then(|s| s.intros.iter_mut().find(|i| i.circ == id))
+                {
+                    ip.watch.heard(now);
+                }
                 self.service_on_introduce2(ctx, now, svc, id, payload)
             }
             (Owner::ClientRend { dst }, Some(C::RendezvousEstablished)) => {
@@ -286,7 +303,8 @@ impl SessionLayer {
                         {
                             self.client_lookup_descriptor(now, dst);
                         }
-                        self.client_retry_intro(ctx, now, dst, "intro point refused");
+                        let why = format!("intro point refused (status {code})");
+                        self.client_retry_intro(ctx, now, dst, &why);
                     }
                 }
             }

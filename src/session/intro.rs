@@ -27,8 +27,11 @@ use crate::wire::record::LINK_SPEC_LEN;
 pub const INTRO_VERSION: u8 = 1;
 /// Rendezvous cookie length.
 pub const REND_COOKIE_LEN: usize = 32;
-/// ESTABLISH_INTRO: version ‖ 3 reserved ‖ `auth_key` (32) ‖ `sig` (64).
+/// ESTABLISH_INTRO: version ‖ flags ‖ 2 reserved ‖ `auth_key` (32) ‖ `sig` (64).
 pub const ESTABLISH_INTRO_LEN: usize = 100;
+/// Flag bit of ESTABLISH_INTRO byte 1: the service sheds introductions by proof of work
+/// (10.12), so the intro point lifts its per-key rate to `INTRO_POW_RATE` (10.6).
+pub const ESTABLISH_FLAG_POW: u8 = 0x01;
 /// INTRODUCE1 and INTRODUCE2: version ‖ flags ‖ 2 reserved ‖ `auth_key` (32) ‖ `msg1` (496),
 /// then the proof-of-work extension if flag [`INTRO_FLAG_POW`] is set.
 pub const INTRODUCE1_LEN: usize = 4 + 32 + E2E_MSG1_LEN;
@@ -167,6 +170,9 @@ pub struct EstablishIntro {
     pub auth_key: [u8; 32],
     /// `Sign(auth key, LABEL_ESTABLISH_INTRO, bind ‖ auth_key)`.
     pub sig: [u8; 64],
+    /// Byte 1: [`ESTABLISH_FLAG_POW`]; other bits reserved (sent as 0, kept as received, and
+    /// ignored). Not signed: the last hop's check field (6.5) already refuses a changed cell.
+    pub flags: u8,
 }
 
 /// `LABEL_ESTABLISH_INTRO ‖ bind ‖ auth_key`, on the stack.
@@ -186,7 +192,21 @@ impl EstablishIntro {
         let sig = auth
             .sign(&establish_intro_message(bind, &auth_key))
             .to_bytes();
-        EstablishIntro { auth_key, sig }
+        EstablishIntro {
+            auth_key,
+            sig,
+            flags: 0,
+        }
+    }
+
+    /// The same registration with `flags` (e.g. [`ESTABLISH_FLAG_POW`]).
+    pub fn with_flags(self, flags: u8) -> Self {
+        EstablishIntro { flags, ..self }
+    }
+
+    /// Whether the service asks for the proof-of-work rate ([`ESTABLISH_FLAG_POW`]).
+    pub fn sheds_by_pow(&self) -> bool {
+        self.flags & ESTABLISH_FLAG_POW != 0
     }
 
     /// The intro point's check: `auth_key` canonical, of large order and torsion-free, and the
@@ -206,6 +226,7 @@ impl EstablishIntro {
         Ok(EstablishIntro {
             auth_key: get(b, 4)?,
             sig: get(b, 36)?,
+            flags: b[1],
         })
     }
 
@@ -213,6 +234,7 @@ impl EstablishIntro {
     pub fn emit(&self) -> [u8; ESTABLISH_INTRO_LEN] {
         let mut out = [0u8; ESTABLISH_INTRO_LEN];
         out[0] = INTRO_VERSION;
+        out[1] = self.flags;
         put(&mut out, 4, &self.auth_key);
         put(&mut out, 36, &self.sig);
         out
@@ -223,6 +245,7 @@ impl fmt::Debug for EstablishIntro {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EstablishIntro")
             .field("auth_key", &fingerprint(&self.auth_key))
+            .field("flags", &self.flags)
             .finish_non_exhaustive()
     }
 }

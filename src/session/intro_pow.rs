@@ -88,6 +88,42 @@ impl IntroPow {
     }
 }
 
+/// A puzzle the session layer wants solved (10.12). Solving at the client's cap takes about a
+/// second in a release build, so the layer does not solve on the node's task: it hands this to
+/// its driver, which solves it where it likes (the daemon on a blocking thread, the simulator
+/// inline) and gives [`SolveRequest::token`] and the answer back to
+/// [`crate::node::Node::pow_solved`]. Holds no secret: the seed and the auth key are in the
+/// descriptor, `E_c` goes out in clear in `msg1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SolveRequest {
+    /// Names the introduction attempt the answer is for.
+    pub token: u64,
+    /// The service's seed.
+    pub seed: [u8; POW_SEED_LEN],
+    /// The intro point's auth key.
+    pub auth_key: [u8; 32],
+    /// The client's ephemeral of this INTRODUCE1.
+    pub e_c: [u8; 32],
+    /// The effort to show.
+    pub effort: u32,
+    /// The first nonce to try (random, so that two clients do not search the same nonces).
+    pub start: u64,
+}
+
+impl SolveRequest {
+    /// Solves it (blocks for about `effort` hashes; `None` only if every nonce fails).
+    pub fn solve(&self) -> Option<IntroPow> {
+        solve(
+            &self.seed,
+            &self.auth_key,
+            &self.e_c,
+            self.effort,
+            self.start,
+            u64::MAX,
+        )
+    }
+}
+
 /// A seed's id: its first 4 bytes.
 pub fn seed_id(seed: &[u8; POW_SEED_LEN]) -> [u8; 4] {
     [seed[0], seed[1], seed[2], seed[3]]

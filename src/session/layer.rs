@@ -33,6 +33,7 @@ use crate::session::client::ClientSession;
 use crate::session::ctx::{DhtAnswer, DhtRequest, SessionCtx};
 use crate::session::flows::{addresses, length_consistent, FlowKey};
 use crate::session::frame::{E2E_FRAME_LEN, E2E_PLAINTEXT_OFFSET};
+use crate::session::intro_pow::SolveRequest;
 use crate::session::limits::*;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::service::Service;
@@ -71,6 +72,10 @@ pub struct ServiceInfo {
     pub sessions: usize,
     /// Why fewer than the wanted intro points are established (the latest reason), if so.
     pub intro_missing: Option<String>,
+    /// The effort its puzzle asks for now (10.12; 0 while idle).
+    pub pow_effort: u32,
+    /// Introductions it queued that carried a valid proof of work.
+    pub intros_with_pow: u64,
 }
 
 /// One end-to-end session, as `globalnet sessions` / `status` shows it.
@@ -109,6 +114,9 @@ pub struct SessionStats {
     pub joins: u64,
     /// Circuits declared dead by probing.
     pub probe_failures: u64,
+    /// Intro circuits ended because the intro point stopped answering the service's checks
+    /// (10.6.1).
+    pub intro_checks_failed: u64,
     /// Flows moved off a dead circuit.
     pub flows_moved: u64,
     /// Inbound packets dropped by the session checks (10.9).
@@ -140,6 +148,11 @@ pub struct SessionTestHooks {
     /// Take an expected service key for an address even when it does not hash to it: stands in
     /// for a second key with the same address (a ~2^60 search) in tests of the key check.
     pub expect_colliding_key: bool,
+    /// As a client, offer at least this effort to a service that publishes a puzzle.
+    pub client_min_effort: u32,
+    /// As an intro point, answer nothing on the circuits of these registrations' auth keys
+    /// (a registration lost with a circuit that the service still thinks alive).
+    pub mute_intro_keys: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +233,9 @@ pub struct SessionLayer {
     pub(in crate::session) intro_path_log: RepeatLog,
     /// The most work a client puts into one introduction (`[client] pow_max_effort`).
     pub(in crate::session) pow_max_effort: u32,
+    /// Puzzles for the driver to solve (10.12), and the token of the next one.
+    pub(in crate::session) solve_requests: VecDeque<SolveRequest>,
+    pub(in crate::session) next_solve: u64,
 }
 
 pub(in crate::session) fn addr16(a: Ipv6Addr) -> [u8; 16] {
@@ -290,6 +306,8 @@ impl SessionLayer {
             stem_log: RepeatLog::default(),
             intro_path_log: RepeatLog::default(),
             pow_max_effort: crate::session::intro_pow::POW_CLIENT_MAX_EFFORT,
+            solve_requests: VecDeque::new(),
+            next_solve: 1,
         }
     }
 
@@ -399,6 +417,13 @@ impl SessionLayer {
         self.intro_role.as_ref()
     }
 
+    /// Drops every intro registration held here without closing or answering on their circuits
+    /// (tests: an intro point that lost its registrations while their services noticed nothing).
+    #[doc(hidden)]
+    pub fn forget_intro_registrations(&mut self) {
+        self.intro_role = None;
+    }
+
     /// The rendezvous-point role's table, if this relay ever acted as one.
     pub fn rendezvous_role(&self) -> Option<&RendezvousRole> {
         self.rend_role.as_ref()
@@ -465,6 +490,12 @@ impl SessionLayer {
             .filter(|(_, (s, e))| *s == svc && *e != epoch)
             .map(|(t, _)| *t)
             .collect()
+    }
+
+    /// The next puzzle the session layer wants solved; the answer goes to
+    /// [`SessionLayer::pow_solved`].
+    pub fn poll_solve_request(&mut self) -> Option<SolveRequest> {
+        self.solve_requests.pop_front()
     }
 
     /// The next DHT query the session layer wants made (the node starts it and reports its

@@ -61,6 +61,19 @@ pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;
 /// ESTABLISH_INTRO or a circuit stuck in extension) is replaced.
 pub const INTRO_ESTABLISH_TIMEOUT_MS: Millis = 20_000;
 
+/// A service asks each established intro point whether it still holds its registration (it sends
+/// ESTABLISH_INTRO again; 10.6.1) when it has not heard from it for this long ...
+pub const INTRO_CHECK_MS: Millis = 10_000;
+
+/// ... again this long after the last ask while no answer comes (one lost cell is not a lost
+/// registration) ...
+pub const INTRO_CHECK_RESEND_MS: Millis = 2_500;
+
+/// ... and ends the circuit (it is rebuilt to the same relay) when nothing came back this long
+/// after the first ask. Well above a loaded 4-hop round trip, so a busy intro point under an
+/// INTRODUCE1 flood is not given up.
+pub const INTRO_CHECK_DEAD_MS: Millis = 7_500;
+
 /// A service's circuit to an intro point that died is rebuilt to the same relay this many
 /// times (until it is established again) before the intro point is replaced.
 pub const INTRO_REBUILDS: u8 = 2;

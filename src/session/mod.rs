@@ -22,6 +22,7 @@
 //! | `circuits`      | paths, vanguards, suspects, stems, pool circuits for sessions          |
 //! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
 //! | `intro_queue`   | a service's introductions by effort, its puzzle seed and suggested effort (10.12) |
+//! | `intro_watch`   | a service's end-to-end check that its intro points still hold its registration (10.6.1) |
 //! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
 //! | `hosting`       | taking one hosted service down while the others run; which circuits serve which service |
 //! | `silence`       | dead-path detection: per-circuit silence, probes, the verdict (10.8)  |
@@ -42,6 +43,7 @@ mod hosting;
 pub mod intro;
 pub mod intro_pow;
 mod intro_queue;
+mod intro_watch;
 pub mod layer;
 pub mod limits;
 mod points;

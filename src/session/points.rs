@@ -30,10 +30,20 @@ impl SessionLayer {
             .get_or_insert_with(|| RendezvousRole::new(budget));
         let rend_holds = rend.holds(slot);
         let has_role = intro_holds || rend_holds;
+        if !self.hooks.mute_intro_keys.is_empty()
+            && self.intro_role.as_ref().is_some_and(|r| {
+                r.key_of(slot)
+                    .is_some_and(|k| self.hooks.mute_intro_keys.contains(&k))
+            })
+        {
+            return;
+        }
         match C::try_from(cmd).ok() {
             Some(C::EstablishIntro) => {
                 let up = ctx.relayed_upstream(slot);
-                let code = match (has_role, ctx.relayed_bind(slot), up) {
+                // A registered circuit may ask again (10.6.1, the service's check): the role
+                // answers EXISTS while it holds the registration, after the signature checks.
+                let code = match (rend_holds, ctx.relayed_bind(slot), up) {
                     (false, Some(bind), Some(up)) => {
                         self.intro_role.as_mut().map_or(status::REFUSED, |r| {
                             r.establish(now, slot, up, &bind, payload)

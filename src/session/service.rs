@@ -22,6 +22,7 @@ use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
 use crate::session::frame::E2E_FRAME_LEN;
 use crate::session::intro::RendHs;
 use crate::session::intro_queue::IntroQueue;
+use crate::session::intro_watch::IntroWatch;
 use crate::session::layer::{addr16, evict_lru, seal, Owner, SendError, ServiceInfo, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
@@ -50,6 +51,8 @@ pub(in crate::session) struct IntroPoint {
     pub(in crate::session) listed: bool,
     /// Circuits rebuilt to it since it was last established.
     pub(in crate::session) rebuilds: u8,
+    /// Whether the intro point still answers on the circuit (10.6.1).
+    pub(in crate::session) watch: IntroWatch,
 }
 
 pub(in crate::session) struct ServiceSession {
@@ -158,6 +161,8 @@ impl SessionLayer {
                         format!("{up} of {NUM_INTRO_POINTS} intro points: {why}")
                     })
                 },
+                pow_effort: s.pow.effort(),
+                intros_with_pow: s.pow.stats.with_pow,
             })
             .collect()
     }
@@ -264,6 +269,7 @@ impl SessionLayer {
             self.service_publish(now, svc, false);
             self.service_pow_tick(ctx, now, svc);
             self.service_watch_circuits(ctx, now, svc);
+            self.service_watch_intros(ctx, now, svc);
         }
     }
 
@@ -404,6 +410,7 @@ impl SessionLayer {
                 created: now,
                 listed: false,
                 rebuilds: 0,
+                watch: IntroWatch::new(now),
             });
         }
     }

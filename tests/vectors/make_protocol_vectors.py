@@ -852,8 +852,10 @@ def vec_establish_intro():
     auth = ed_pub(auth_seed)
     sig = ed_sign(auth_seed, L["ESTABLISH_INTRO_SIG"] + bind + auth)
     ed_verify(auth, sig, L["ESTABLISH_INTRO_SIG"] + bind + auth)
+    # flags (byte 1) bit 0: the service sheds by proof of work (10.6, 10.12); not signed
     return {"auth_seed": auth_seed.hex(), "auth_key": auth.hex(), "circuit_binding": bind.hex(),
-            "payload": (bytes([1, 0, 0, 0]) + auth + sig).hex()}
+            "payload": (bytes([1, 0, 0, 0]) + auth + sig).hex(),
+            "payload_pow": (bytes([1, 1, 0, 0]) + auth + sig).hex()}
 
 
 def check_labels():

@@ -36,6 +36,9 @@ pub const DEAD_PEER_MS: Millis = 30_000;
 /// Such peers remembered at most.
 pub(super) const MAX_DEAD_PEERS: usize = 1024;
 
+/// CLOSE reason: we gave the link up as dead (its PINGs went unanswered), circuits and all.
+pub(super) const CLOSE_DEAD: u8 = 4;
+
 /// A handshake is resent after this long without an answer.
 pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 /// Handshake attempts before a dial gives up.
@@ -129,6 +132,9 @@ pub(super) struct Link {
     pub(super) last_tx: Instant,
     /// Smoothed PING round trip.
     pub(super) rtt_ms: Option<f64>,
+    /// The peer sent something only a peer that has our HELLO sends (a cell, a request): it
+    /// holds state for this link, so a HELLO that asks again means it lost that state (4.7).
+    pub(super) peer_was_up: bool,
     /// Malformed frames since `malformed_since` (a minute's window).
     pub(super) malformed: u32,
     pub(super) malformed_since: Instant,
@@ -402,6 +408,9 @@ impl LinkLayer {
                     self.dead_peers.insert(key, now + DEAD_PEER_MS);
                 }
             }
+            // Tell the peer, if it is only slow: else it keeps the link, and the circuits over
+            // it, which are gone here, for good (4.7).
+            let _ = self.send_frame(now, id, MsgType::Close, 0, &[CLOSE_DEAD]);
             self.remove_link(id, true);
             return;
         }

@@ -498,6 +498,13 @@ impl LinkLayer {
         self.refresh_record(now);
     }
 
+    /// Test hook: forgets a link without telling the peer (a node that gave the link up while
+    /// its CLOSE was lost, or that restarted), so tests can show that the peer finds out.
+    #[doc(hidden)]
+    pub fn forget_link(&mut self, link: LinkId) {
+        self.remove_link(link, false);
+    }
+
     /// Fuzzing hook: processes `bytes` as a decrypted frame from a peer with a fixed link key, as
     /// if it had arrived on an authenticated session (the fuzzer cannot forge WireGuard).
     #[cfg(fuzzing)]
@@ -639,6 +646,11 @@ impl LinkLayer {
         {
             self.malformed(now, id, "message before HELLO");
             return;
+        }
+        if t != MsgType::Hello {
+            if let Some(l) = self.links.get_mut(&id).filter(|_| hello_received) {
+                l.peer_was_up |= !matches!(t, MsgType::Ping | MsgType::Pong);
+            }
         }
         let payload = f.payload();
         match t {

@@ -140,6 +140,7 @@ impl LinkLayer {
                 rtt_ms: None,
                 malformed: 0,
                 malformed_since: now,
+                peer_was_up: false,
                 last_pex: Instant::ZERO,
                 pex_served: Instant::ZERO,
                 last_cell: Instant::ZERO,

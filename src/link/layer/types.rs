@@ -161,6 +161,8 @@ pub struct LinkStats {
     pub bad_records: u64,
     /// Links closed because they broke the protocol.
     pub closed_protocol: u64,
+    /// Live links closed because the peer asked for our HELLO again (it lost its side, 4.7).
+    pub peer_resets: u64,
     /// Cookie replies sent (handshake load).
     pub cookies: u64,
     /// Punches started (as initiator or target).

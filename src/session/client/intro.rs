@@ -14,7 +14,7 @@ use crate::session::client::{c_intro, Introduction, OpenSession, SessCirc};
 use crate::session::ctx::{DhtRequest, SessionCtx};
 use crate::session::flows::flow_of;
 use crate::session::intro::{IntroPlaintext, RendHs, INTRO_TLV_LEN};
-use crate::session::intro_pow::{next_effort, solve};
+use crate::session::intro_pow::{next_effort, SolveRequest};
 use crate::session::layer::{hex8, Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::establish_rendezvous_body;
@@ -113,6 +113,7 @@ impl SessionLayer {
             acked: false,
             acked_at: None,
             pow: content.pow,
+            solving: None,
         });
         if let Some((id, _, ready)) = kept {
             self.client_set_rend(dst, id);
@@ -337,30 +338,80 @@ impl SessionLayer {
             return;
         };
         i.hs = Some(hs);
-        i.sent_at = Some(now);
-        let mut body = Introduce1 {
+        let body = Introduce1 {
             auth_key: i.entry.auth_key,
             msg1,
             pow: None,
         };
         if let Some(p) = i.pow {
-            let effort = p.effort.max(c.pow_effort).min(self.pow_max_effort);
+            let effort = p
+                .effort
+                .max(c.pow_effort)
+                .max(hooks.client_min_effort)
+                .min(self.pow_max_effort);
             if effort > 0 {
-                let start = self.rng.next_u64();
-                let e_c = body.client_ephemeral();
-                body.pow = solve(&p.seed, &body.auth_key, &e_c, effort, start, u64::MAX);
+                // Solved off the node's task (a second at the cap would stall every circuit
+                // on it); the attempt's timers run meanwhile, and INTRODUCE1 goes out on the
+                // answer ([`SessionLayer::pow_solved`]).
+                let token = self.next_solve;
+                self.next_solve += 1;
+                self.solve_requests.push_back(SolveRequest {
+                    token,
+                    seed: p.seed,
+                    auth_key: body.auth_key,
+                    e_c: body.client_ephemeral(),
+                    effort,
+                    start: self.rng.next_u64(),
+                });
+                i.solving = Some((token, Box::new(body)));
                 tracing::debug!(
                     at = now.as_unix_ms(),
                     effort,
-                    "introduction with proof of work"
+                    token,
+                    "introduction waits for its proof of work"
                 );
+                return;
             }
         }
-        let body = body.emit();
-        let _ = ctx.send(intro, C::Introduce1, &body);
-        if hooks.send_introduce_twice {
-            let _ = ctx.send(intro, C::Introduce1, &body);
-        }
+        i.sent_at = Some(now);
+        send_introduce1(ctx, intro, &body, hooks.send_introduce_twice);
+    }
+
+    /// The driver solved the puzzle `token` (from [`SessionLayer::poll_solve_request`]): the
+    /// INTRODUCE1 waiting for it goes out, unless its attempt has ended meanwhile.
+    pub fn pow_solved(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        token: u64,
+        pow: Option<crate::session::intro_pow::IntroPow>,
+    ) {
+        let twice = self.hooks.send_introduce_twice;
+        let waiting = self.clients.values_mut().find_map(|c| {
+            c.intro
+                .as_mut()
+                .filter(|i| i.solving.as_ref().is_some_and(|(t, _)| *t == token))
+        });
+        let Some(i) = waiting else {
+            tracing::debug!(
+                at = now.as_unix_ms(),
+                token,
+                "proof of work for an introduction that ended"
+            );
+            return;
+        };
+        let (Some((_, mut body)), Some(intro)) = (i.solving.take(), i.intro) else {
+            return;
+        };
+        body.pow = pow;
+        i.sent_at = Some(now);
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            token,
+            effort = pow.map_or(0, |p| p.effort),
+            "introduction with proof of work"
+        );
+        send_introduce1(ctx, intro, &body, twice);
     }
 
     pub(in crate::session) fn client_on_rendezvous2(
@@ -482,5 +533,13 @@ impl SessionLayer {
                 &establish_rendezvous_body(&cookie),
             );
         }
+    }
+}
+
+fn send_introduce1(ctx: &mut impl SessionCtx, intro: CircId, body: &Introduce1, twice: bool) {
+    let body = body.emit();
+    let _ = ctx.send(intro, C::Introduce1, &body);
+    if twice {
+        let _ = ctx.send(intro, C::Introduce1, &body);
     }
 }

@@ -21,6 +21,7 @@ use crate::session::flows::{flow_of, FlowKey};
 use crate::session::layer::{SendError, SessionLayer};
 use crate::session::limits::*;
 use crate::session::silence::{Silence, Verdict};
+use crate::session::Introduce1;
 use crate::session::{
     ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
 };
@@ -42,6 +43,8 @@ pub(in crate::session) struct Introduction {
     pub(in crate::session) acked_at: Option<Instant>,
     /// The service's puzzle, from the descriptor (10.12).
     pub(in crate::session) pow: Option<PowParams>,
+    /// INTRODUCE1 waiting for its proof of work: the solve request's token and the body.
+    pub(in crate::session) solving: Option<(u64, Box<Introduce1>)>,
 }
 
 pub(in crate::session) struct SessCirc {

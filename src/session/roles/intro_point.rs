@@ -1,6 +1,7 @@
 //! The intro-point role (10.6): registrations by circuit and by auth key, introductions passed
 //! to services, replays and rates refused, memory accounted per upstream link: a registration to
 //! the link its ESTABLISH_INTRO came over, a replay tag to the link its INTRODUCE1 came over.
+//! A service that sheds by proof of work (ESTABLISH_INTRO flag, 10.6) gets a higher per-key rate.
 
 use super::*;
 
@@ -10,8 +11,19 @@ struct IntroReg {
     up: LinkId,
     replay: TagCache,
     bucket: Bucket,
+    /// The service sheds by proof of work: [`INTRO_POW_RATE`] instead of [`INTRO_RATE`].
+    pow: bool,
     introductions: u64,
     _charge: Charge,
+}
+
+/// The per-key rate and burst of a registration, by whether its service sheds by proof of work.
+fn key_rate(pow: bool) -> (f64, f64) {
+    if pow {
+        (INTRO_POW_RATE, INTRO_POW_BURST)
+    } else {
+        (INTRO_RATE, INTRO_BURST)
+    }
 }
 
 /// What the intro point does with an INTRODUCE1.
@@ -176,6 +188,11 @@ impl IntroPointRole {
         self.by_slot.contains_key(&slot)
     }
 
+    /// Whether the registration on `slot` lifted its per-key rate ([`INTRO_POW_RATE`]).
+    pub fn sheds_by_pow(&self, slot: u64) -> bool {
+        self.by_slot.get(&slot).is_some_and(|r| r.pow)
+    }
+
     /// Registrations held.
     pub fn len(&self) -> usize {
         self.by_slot.len()
@@ -206,6 +223,11 @@ impl IntroPointRole {
         self.by_key.keys().copied().collect()
     }
 
+    /// The auth key registered on `slot`.
+    pub fn key_of(&self, slot: u64) -> Option<[u8; 32]> {
+        self.by_slot.get(&slot).map(|r| r.auth_key)
+    }
+
     /// Registrations dropped for memory since the last call: the caller closes their circuits,
     /// so their services notice and register elsewhere.
     pub fn take_evicted(&mut self) -> Vec<u64> {
@@ -224,10 +246,11 @@ impl IntroPointRole {
         body: &[u8],
     ) -> u8 {
         let code = self.try_establish(now, slot, up, bind, body);
-        if code == status::OK {
-            self.stats.intro_established += 1;
-        } else {
-            self.stats.refused += 1;
+        // EXISTS answers a service's check on its own circuit (10.6.1): nothing refused.
+        match code {
+            status::OK => self.stats.intro_established += 1,
+            status::EXISTS => {}
+            _ => self.stats.refused += 1,
         }
         code
     }
@@ -257,6 +280,7 @@ impl IntroPointRole {
             if let Some(mut reg) = self.by_slot.remove(&old) {
                 self.unlink(reg.up, old);
                 reg.up = up;
+                reg.pow = est.sheds_by_pow();
                 self.by_link.entry(up).or_default().slots.push(slot);
                 self.by_key.insert(est.auth_key, slot);
                 self.by_slot.insert(slot, reg);
@@ -297,7 +321,8 @@ impl IntroPointRole {
                 auth_key: est.auth_key,
                 up,
                 replay: TagCache::new(INTRO_REPLAY_CACHE_MAX, &self.budget),
-                bucket: Bucket::new(INTRO_BURST, now),
+                bucket: Bucket::new(key_rate(est.sheds_by_pow()).1, now),
+                pow: est.sheds_by_pow(),
                 introductions: 0,
                 _charge: charge,
             },
@@ -371,10 +396,10 @@ impl IntroPointRole {
         if let Some(c) = self.clients.get_mut(&slot) {
             c.sent = c.sent.saturating_add(1);
         }
-        let key_token = self
-            .by_slot
-            .get_mut(&service_slot)
-            .is_some_and(|reg| reg.bucket.take(now, INTRO_RATE, INTRO_BURST));
+        let key_token = self.by_slot.get_mut(&service_slot).is_some_and(|reg| {
+            let (rate, burst) = key_rate(reg.pow);
+            reg.bucket.take(now, rate, burst)
+        });
         if !key_token {
             return IntroduceOutcome::Refuse(status::RATE_LIMITED);
         }

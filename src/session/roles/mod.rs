@@ -31,6 +31,15 @@ use super::intro::{
 pub const INTRO_RATE: f64 = 25.0;
 /// Burst of [`INTRO_RATE`].
 pub const INTRO_BURST: f64 = 200.0;
+/// INTRODUCE1 messages per second an intro point passes on for an auth key whose service set
+/// [`ESTABLISH_FLAG_POW`](crate::session::intro::ESTABLISH_FLAG_POW): the service orders what
+/// arrives by proof of work (10.12), which the intro point cannot check, so a flood at
+/// [`INTRO_RATE`] would drop honest, paying introductions here, before the service sees them. A
+/// ceiling still: the per-circuit and per-link limits hold as they are, and the replay tags
+/// stay bounded per key, per link and per relay.
+pub const INTRO_POW_RATE: f64 = 500.0;
+/// Burst of [`INTRO_POW_RATE`].
+pub const INTRO_POW_BURST: f64 = 1000.0;
 /// Replay tags kept per auth key (oldest evicted).
 pub const INTRO_REPLAY_CACHE_MAX: usize = 65_536;
 /// An unused rendezvous cookie is forgotten after this long.

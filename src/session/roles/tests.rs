@@ -495,3 +495,84 @@ fn status_bodies_round_trip() {
     assert!(parse_status(&[2, 0, 0, 0]).is_err());
     assert!(parse_status(&[1, 0]).is_err());
 }
+
+/// Issue #19 item 3: a service that sheds by proof of work (ESTABLISH_INTRO flag) has its
+/// INTRODUCE1s passed on at `INTRO_POW_RATE`, not `INTRO_RATE`, so a flood at the intro point
+/// reaches the service's queue, where paying clients go first; the per-circuit and per-link
+/// limits still hold for it.
+#[test]
+fn pow_flag_lifts_the_per_key_rate_not_the_other_limits() {
+    use crate::session::intro::ESTABLISH_FLAG_POW;
+    let mut role = IntroPointRole::new(budget());
+    let bind = [1u8; 32];
+    let plain = SigningKey::from_bytes(&[8; 32]);
+    let paid = SigningKey::from_bytes(&[9; 32]);
+    let est = EstablishIntro::sign(&paid, &bind).with_flags(ESTABLISH_FLAG_POW);
+    assert_eq!(EstablishIntro::parse(&est.emit()).unwrap(), est);
+    assert_eq!(
+        role.establish(
+            Instant::ZERO,
+            1,
+            L,
+            &bind,
+            &EstablishIntro::sign(&plain, &bind).emit()
+        ),
+        status::OK
+    );
+    assert_eq!(
+        role.establish(Instant::ZERO, 2, L, &bind, &est.emit()),
+        status::OK
+    );
+    assert!(!role.sheds_by_pow(1) && role.sheds_by_pow(2));
+    // 500 introductions per second per key for 4 s, each on its own circuit, over 100 links
+    // (so the per-link rate is not what binds).
+    let mut passed = [0u32; 2];
+    for step in 0..1000u64 {
+        for (k, auth) in [&plain, &paid].into_iter().enumerate() {
+            for j in 0..2u64 {
+                let n = step * 4 + k as u64 * 2 + j;
+                let out = role.introduce(
+                    Instant::from_unix_ms(step * 4),
+                    1000 + n,
+                    LinkId(100 + (n % 100) as u32),
+                    &introduction(auth.verifying_key().to_bytes(), n),
+                );
+                if matches!(out, IntroduceOutcome::Forward { .. }) {
+                    passed[k] += 1;
+                }
+            }
+        }
+    }
+    // Without the flag: the burst plus 25/s for 4 s (about 300). With it: all 2,000.
+    assert!((295..=301).contains(&passed[0]), "{passed:?}");
+    assert_eq!(passed[1], 2000);
+    // The per-circuit limit still holds for the lifted key.
+    let body = |n: u64| introduction(paid.verifying_key().to_bytes(), 1_000_000 + n);
+    assert!(matches!(
+        role.introduce(Instant::from_unix_ms(9000), 77, L, &body(0)),
+        IntroduceOutcome::Forward { .. }
+    ));
+    assert!(matches!(
+        role.introduce(Instant::from_unix_ms(9000), 77, L, &body(1)),
+        IntroduceOutcome::Forward { .. }
+    ));
+    assert_eq!(
+        role.introduce(Instant::from_unix_ms(9000), 77, L, &body(2)),
+        IntroduceOutcome::Refuse(status::RATE_LIMITED)
+    );
+    // And the per-link rate: one link's burst, then refused, whatever the key allows.
+    let link = LinkId(9);
+    let mut ok = 0;
+    for n in 0..2000u64 {
+        let out = role.introduce(
+            Instant::from_unix_ms(9000),
+            10_000 + n,
+            link,
+            &body(100 + n),
+        );
+        if matches!(out, IntroduceOutcome::Forward { .. }) {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, INTRO_LINK_BURST as u32);
+}
