@@ -68,6 +68,20 @@ pub struct HostStats {
     pub own_publications: u64,
     /// Replicas that accepted our last own publication.
     pub own_accepted: u8,
+    /// Requests that waited for a link to their contact to come up (a dial), and of those the
+    /// ones sent once it did and the ones dropped because it did not within a request's life.
+    pub waited: u64,
+    /// See `waited`.
+    pub waited_sent: u64,
+    /// See `waited`.
+    pub waited_expired: u64,
+    /// Lookups run for a DHT_LOOKUP as a last hop: contacts that answered, contacts whose
+    /// request timed out, and lookups that found a record (FIND_VALUE).
+    pub role_answered: u64,
+    /// See `role_answered`.
+    pub role_timed_out: u64,
+    /// See `role_answered`.
+    pub role_found: u64,
 }
 
 /// What a last hop saw of one DHT_LOOKUP, kept only while a test asks for it
@@ -307,6 +321,7 @@ impl DhtHost {
             .frames
             .push((rpc_id, data, now, charge));
         self.waiting_total += 1;
+        self.stats.waited += 1;
         ctx.dial(now, to.link_key, to.endpoint);
     }
 
@@ -324,8 +339,11 @@ impl DhtHost {
             for f in frames {
                 if let Some(l) = link {
                     ctx.send_frame(now, l, f.0, false, &f.1);
+                    self.stats.waited_sent += 1;
                 } else if now.saturating_since(f.2) < DHT_RPC_TIMEOUT_MS {
                     keep.push(f);
+                } else {
+                    self.stats.waited_expired += 1;
                 }
             }
             if keep.is_empty() {
@@ -345,6 +363,11 @@ impl DhtHost {
         result: OpResult,
     ) {
         if let Some(r) = self.role_ops.remove(&handle) {
+            if let OpResult::Lookup(res) = &result {
+                self.stats.role_answered += res.answered.len() as u64;
+                self.stats.role_timed_out += res.timed_out.len() as u64;
+                self.stats.role_found += u64::from(!res.records.is_empty());
+            }
             if let Some(s) = self.slots.get_mut(&r.slot) {
                 s.active = s.active.saturating_sub(1);
             }

@@ -327,6 +327,11 @@ impl Node {
         self.dht.host.observed()
     }
 
+    /// Counters of the relay side of the DHT (requests waiting for dials, last-hop lookups).
+    pub fn dht_host_stats(&self) -> &crate::dht::host::HostStats {
+        self.dht.host.stats()
+    }
+
     /// Counters of the DHT parts.
     pub fn dht_stats(&self) -> DhtStats {
         let (h, c) = (self.dht.host.stats(), self.dht.client.stats());

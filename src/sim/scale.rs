@@ -16,6 +16,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NatKind, Sim, SimConfig};
+use trace::dht_paths;
+pub use trace::DhtPaths;
+
+mod trace;
 use crate::circuit::layer::CircEvent;
 use crate::dht::descriptor::{epoch, index, Descriptor};
 use crate::dht::message::RecordKind;
@@ -171,6 +175,13 @@ pub struct ScaleReport {
     pub natted_links_direct: f64,
     /// See `natted_links`.
     pub natted_links_punched: f64,
+    /// Where DHT requests went, summed over all nodes (docs/simulation.md).
+    pub dht_paths: DhtPaths,
+    /// Failed lookups by cause: `not_found`, `no_answer` (none in two minutes), `unopened` (no
+    /// record opened as the descriptor), or the client's reason for `Failed`.
+    pub lookup_failures: BTreeMap<String, u64>,
+    /// Mean relays holding each started service's descriptor of the epoch at the end.
+    pub descriptor_replicas: f64,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
 }
@@ -209,6 +220,7 @@ pub struct Scale {
     lookup_ms: Vec<u64>,
     lookups_ok: u64,
     lookups_done: u64,
+    failures: BTreeMap<String, u64>,
     reachable: u64,
     build_ms: Vec<u64>,
     closures: u64,
@@ -333,6 +345,7 @@ impl Scale {
             lookup_ms: Vec::new(),
             lookups_ok: 0,
             lookups_done: 0,
+            failures: BTreeMap::new(),
             reachable: 0,
             build_ms: Vec::new(),
             closures: 0,
@@ -351,10 +364,17 @@ impl Scale {
     }
 
     fn add(&mut self, role: Role, nat: Option<NatKind>) {
-        // Bootstrap from two running relays among the first ones (the shipped config lists a
-        // few well-known relays).
+        // Bootstrap from two running public relays among the first ones (the shipped config
+        // lists a few well-known relays). A relay behind NAT cannot be one: its NAT drops a
+        // stranger's handshake (and the simulator's bootstrap address is its inside one), so
+        // with 80% of relays NATed most new nodes drew two unreachable peers and never linked
+        // (issue #20: no service published, no lookup found a descriptor).
         let boot: Vec<usize> = (0..self.members.len().min(64))
-            .filter(|&i| self.members[i].role == Role::Relay && self.sim.nodes[i].alive)
+            .filter(|&i| {
+                self.members[i].role == Role::Relay
+                    && self.members[i].nat.is_none()
+                    && self.sim.nodes[i].alive
+            })
             .collect();
         let boot: Vec<usize> = boot.choose_multiple(&mut self.rng, 2).copied().collect();
         let relay = role == Role::Relay;
@@ -559,15 +579,28 @@ impl Scale {
     fn finish(&mut self, p: Pending, outcome: Option<DhtOutcome>) {
         let now = self.sim.now;
         self.lookups_done += 1;
-        let Some(DhtOutcome::Records(rs)) = outcome else {
-            return;
+        let rs = match outcome {
+            Some(DhtOutcome::Records(rs)) => rs,
+            other => {
+                let why = match other {
+                    None => "no_answer".to_string(),
+                    Some(DhtOutcome::NotFound) => "not_found".to_string(),
+                    Some(DhtOutcome::Failed(why)) => why,
+                    Some(_) => "other".to_string(),
+                };
+                *self.failures.entry(why).or_default() += 1;
+                return;
+            }
         };
         let addr = self.services[p.svc].1;
         let e = epoch(p.started.as_unix_ms() / 1000);
         let opened = rs
             .iter()
             .find_map(|b| Descriptor::parse_and_open(b, &addr, e, now.as_unix_ms()).ok());
-        let Some(d) = opened else { return };
+        let Some(d) = opened else {
+            *self.failures.entry("unopened".to_string()).or_default() += 1;
+            return;
+        };
         self.lookups_ok += 1;
         self.lookup_ms.push(now - p.started);
         let up = d.intro_points.iter().any(|ip| {
@@ -616,6 +649,7 @@ impl Scale {
             .map(|(s, x)| (index(&x.1, e), s))
             .collect();
         let mut learners: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); self.services.len()];
+        let mut replicas = 0usize;
         for (i, n) in self.sim.nodes.iter().enumerate() {
             for seen in n.node.dht_observed() {
                 if let Some(&s) = keys.get(&seen.key) {
@@ -625,6 +659,7 @@ impl Scale {
             if let Some(r) = n.node.dht_relay() {
                 for (k, &s) in &keys {
                     if r.store.get(k, RecordKind::Descriptor, 0, now).1.is_some() {
+                        replicas += usize::from(n.alive && self.services[s].3.is_some());
                         learners[s].insert(i);
                     }
                 }
@@ -745,6 +780,9 @@ impl Scale {
             natted_links,
             natted_links_direct: ratio(direct as f64, natted_links as f64),
             natted_links_punched: ratio(punched as f64, natted_links as f64),
+            dht_paths: dht_paths(&self.sim),
+            lookup_failures: std::mem::take(&mut self.failures),
+            descriptor_replicas: ratio(replicas as f64, started.len() as f64),
             wall_s,
         }
     }

@@ -53,6 +53,12 @@ impl LinkLayer {
         endpoint: SocketAddr,
     ) -> Result<LinkId, LinkError> {
         let existed = self.by_key.contains_key(&peer_key);
+        if !existed {
+            self.stats.dht_dials += 1;
+            if !self.view.iter().any(|r| r.fields().link_key == peer_key) {
+                self.stats.dht_dials_unknown += 1;
+            }
+        }
         let id = self.connect(now, peer_key, endpoint)?;
         if !existed {
             if let Some(l) = self.links.get_mut(&id) {

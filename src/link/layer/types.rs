@@ -189,6 +189,11 @@ pub struct LinkStats {
     pub dht_dropped: u64,
     /// PEX requests answered (peer-exchange cost, issue #25).
     pub pex_answered: u64,
+    /// Links dialled for DHT contacts, and of those the ones to a peer whose record is not in
+    /// the view (a plain handshake: nothing says whether it sits behind a NAT).
+    pub dht_dials: u64,
+    /// See `dht_dials`.
+    pub dht_dials_unknown: u64,
 }
 
 /// What `globalnet peers` shows about a link.

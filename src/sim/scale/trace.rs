@@ -1,0 +1,44 @@
+//! What the scenario reads to trace DHT requests in NAT-heavy networks (issue #20).
+
+use serde::Serialize;
+
+use crate::sim::Sim;
+
+/// Where the relays' DHT requests went, summed over all nodes for the whole run: the trace of
+/// issue #20's NAT-heavy lookups (docs/decisions.md, "NAT-heavy networks").
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DhtPaths {
+    /// Links dialled for DHT contacts; of them, to peers whose record was not in the view.
+    pub dials: u64,
+    /// See `dials`.
+    pub dials_unknown: u64,
+    /// Requests that waited for such a dial; sent once the link came up; dropped unsent.
+    pub waited: u64,
+    /// See `waited`.
+    pub waited_sent: u64,
+    /// See `waited`.
+    pub waited_expired: u64,
+    /// Lookups run as a last hop for a client: contacts that answered, that timed out, and
+    /// FIND_VALUE lookups that found a record.
+    pub role_answered: u64,
+    /// See `role_answered`.
+    pub role_timed_out: u64,
+    /// See `role_answered`.
+    pub role_found: u64,
+}
+
+pub(super) fn dht_paths(sim: &Sim) -> DhtPaths {
+    let mut d = DhtPaths::default();
+    for n in &sim.nodes {
+        let (h, l) = (n.node.dht_host_stats(), n.node.link.stats());
+        d.dials += l.dht_dials;
+        d.dials_unknown += l.dht_dials_unknown;
+        d.waited += h.waited;
+        d.waited_sent += h.waited_sent;
+        d.waited_expired += h.waited_expired;
+        d.role_answered += h.role_answered;
+        d.role_timed_out += h.role_timed_out;
+        d.role_found += h.role_found;
+    }
+    d
+}
