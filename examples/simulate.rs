@@ -70,6 +70,10 @@ struct Args {
     /// Virtual minutes of warm-up before lookups and churn (default: 5, or half the run).
     #[arg(long)]
     warmup: Option<u64>,
+    /// Real X25519 and WireGuard on every link and handshake instead of the simulator's
+    /// stand-in (docs/simulation.md, "Crypto stand-in"): slower, same protocol.
+    #[arg(long)]
+    real_crypto: bool,
 }
 
 fn main() {
@@ -81,6 +85,7 @@ fn main() {
     cfg.relay_nat_share = a.relay_nat;
     cfg.relay_share = a.relays;
     cfg.adversary = a.adversary;
+    cfg.stand_in_crypto = !a.real_crypto;
     if let Some(s) = a.services {
         cfg.services = s;
     }

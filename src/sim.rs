@@ -22,6 +22,7 @@ use crate::link::{LinkConfig, LinkKeys, LinkLayer};
 use crate::node::{Node, NodeEvent};
 use crate::time::{Instant, Millis};
 
+pub mod crypto;
 pub mod scale;
 
 /// Virtual time at the start of every simulation (2027-01-15, Unix milliseconds).
@@ -40,6 +41,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// Memory budget per node.
     pub budget: usize,
+    /// Links and handshakes use the cheap stand-in of [`crypto`] instead of X25519 and
+    /// WireGuard (the large scenario; the tests keep real crypto).
+    pub stand_in_crypto: bool,
 }
 
 impl Default for SimConfig {
@@ -50,6 +54,7 @@ impl Default for SimConfig {
             loss: 0.0,
             seed: 1,
             budget: 64 << 20,
+            stand_in_crypto: false,
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct Sim {
     /// Datagrams sent to `watched`, by source IP (a NATed node's is its NAT's public IP).
     pub watched_datagrams: HashMap<IpAddr, u64>,
     boxes: Vec<NatBox>,
+    /// NAT boxes by public IP: resolving an inbound datagram must not scan every box.
+    box_by_ip: HashMap<Ipv4Addr, usize>,
     /// Running digest of every datagram handed to a node (time, source, node, length, type), when
     /// [`Sim::record_trace`] turned it on: two runs of one seed must end with the same digest.
     trace: Option<Sha256>,
@@ -168,6 +175,7 @@ pub fn sim_addr(i: usize) -> SocketAddr {
 impl Sim {
     /// An empty network.
     pub fn new(cfg: SimConfig) -> Sim {
+        crypto::SimCrypto::set_dh(cfg.stand_in_crypto);
         Sim {
             now: SIM_EPOCH,
             nodes: Vec::new(),
@@ -185,6 +193,7 @@ impl Sim {
             watched: None,
             watched_datagrams: HashMap::new(),
             boxes: Vec::new(),
+            box_by_ip: HashMap::new(),
             trace: None,
         }
     }
@@ -209,6 +218,7 @@ impl Sim {
         for kind in nats.iter().rev() {
             let b = self.boxes.len();
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 1)) + b as u32);
+            self.box_by_ip.insert(ip, b);
             self.boxes.push(NatBox {
                 public_ip: ip,
                 kind: *kind,
@@ -257,6 +267,9 @@ impl Sim {
         let link_rand = Randomness::simulated(derive(self.cfg.seed, "link choices", i));
         let mut layer = LinkLayer::new(cfg, keys, budget, link_rand, self.now);
         layer.run_in_virtual_time();
+        if self.cfg.stand_in_crypto {
+            layer.use_sim_crypto(crypto::SimCrypto::new());
+        }
         let rand = Randomness::simulated(derive(self.cfg.seed, "node randomness", i));
         let node = Node::new(layer, OnionKey::from_secret(onion), rand, self.now);
         self.nodes.push(SimNode {
@@ -279,6 +292,53 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(i) {
             n.alive = false;
         }
+    }
+
+    /// Stops a node for good and frees its state (links, circuits, DHT store), keeping its slot
+    /// so node indices stay valid: at scale, churned-out nodes would otherwise hold their memory
+    /// to the end of the run. Read whatever figures the node has before calling this.
+    pub fn discard(&mut self, i: usize) {
+        let now = self.now;
+        let budget = self.cfg.budget;
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.alive = false;
+            n.events = Vec::new();
+            n.node = Self::placeholder(budget, now);
+        }
+        if let Some(w) = self.wake.get_mut(i) {
+            *w = Instant::MAX;
+        }
+    }
+
+    /// The smallest node there is, for a discarded slot: never started, never woken.
+    fn placeholder(budget: usize, now: Instant) -> Node {
+        let cfg = LinkConfig {
+            relay: false,
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            target_links: 0,
+            max_links: 0,
+            prefix_bits: (32, 128),
+            exit: false,
+        };
+        let keys = LinkKeys {
+            identity: SigningKey::from_bytes(&[1; 32]),
+            link: StaticSecret::from([2; 32]),
+            onion_public: [0; 32],
+        };
+        let layer = LinkLayer::new(
+            cfg,
+            keys,
+            MemoryBudget::new(budget),
+            Randomness::simulated([3; 32]),
+            now,
+        );
+        Node::new(
+            layer,
+            OnionKey::from_secret(StaticSecret::from([4; 32])),
+            Randomness::simulated([5; 32]),
+            now,
+        )
     }
 
     /// Moves a node to a new underlay address, as a NAT rebinding or a roaming laptop does. Its
@@ -388,10 +448,10 @@ impl Sim {
             if let Some(i) = self.by_addr.get(&dst).copied() {
                 return Some(i);
             }
-            let b = self
-                .boxes
-                .iter()
-                .position(|nb| IpAddr::V4(nb.public_ip) == dst.ip())?;
+            let IpAddr::V4(ip) = dst.ip() else {
+                return None;
+            };
+            let b = *self.box_by_ip.get(&ip)?;
             let nb = self.boxes.get_mut(b)?;
             let key = *nb.by_port.get(&dst.port())?;
             let kind = nb.kind;
@@ -512,12 +572,11 @@ impl Sim {
                                 Some(_) => None,
                                 None => {
                                     let r = self.resolve(a, from);
-                                    if r.is_none()
-                                        && self
-                                            .boxes
-                                            .iter()
-                                            .any(|b| IpAddr::V4(b.public_ip) == a.ip())
-                                    {
+                                    let natted = match a.ip() {
+                                        IpAddr::V4(ip) => self.box_by_ip.contains_key(&ip),
+                                        IpAddr::V6(_) => false,
+                                    };
+                                    if r.is_none() && natted {
                                         self.nat_dropped += 1;
                                     }
                                     r

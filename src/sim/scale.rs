@@ -58,6 +58,9 @@ pub struct ScaleConfig {
     pub jitter_ms: Millis,
     /// See `latency_ms`.
     pub loss: f64,
+    /// Run links and handshakes on the simulator's crypto stand-in (`crate::sim::crypto`);
+    /// off by default, `examples/simulate.rs` turns it on.
+    pub stand_in_crypto: bool,
 }
 
 impl ScaleConfig {
@@ -78,6 +81,7 @@ impl ScaleConfig {
             latency_ms: 20,
             jitter_ms: 60,
             loss: 0.005,
+            stand_in_crypto: false,
         }
     }
 }
@@ -159,7 +163,8 @@ pub struct ScaleReport {
     /// Mean relays (any) that learned a service's blinded key over the run, and the run's
     /// virtual minutes after the warm-up it covers.
     pub relays_learning_blinded_key: f64,
-    /// Heap bytes per node created (dead ones included) at the end, when the caller measures.
+    /// Heap bytes per running node at the end (churned-out nodes are freed), when the caller
+    /// measures.
     pub heap_bytes_per_node: u64,
     /// DHT requests a relay sent per virtual minute (routing-table upkeep, replication,
     /// lookups it runs as a last hop), after the warm-up.
@@ -236,6 +241,19 @@ pub struct Scale {
     warm: Instant,
     /// Counters at the end of the warm-up: DHT requests, PEX answered, datagrams.
     at_warm: Option<(u64, u64, u64)>,
+    /// What discarded nodes contributed before they left (their state is freed).
+    dead: Dead,
+}
+
+/// Figures of churned-out nodes, read before [`Sim::discard`] freed them.
+#[derive(Default)]
+struct Dead {
+    requests_out: u64,
+    pex_answered: u64,
+    built: u64,
+    failed: u64,
+    /// (node, blinded key it saw as a last hop or held as a replica).
+    learned: Vec<(usize, [u8; 32])>,
 }
 
 /// A service: its seed, its address, its host and when it was started.
@@ -281,6 +299,7 @@ impl Scale {
             jitter_ms: cfg.jitter_ms,
             loss: cfg.loss,
             seed: cfg.seed,
+            stand_in_crypto: cfg.stand_in_crypto,
             ..SimConfig::default()
         });
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5ca1e);
@@ -351,6 +370,7 @@ impl Scale {
             closures: 0,
             relay_deaths: 0,
             relayed_at_death: 0,
+            dead: Dead::default(),
             left: 0,
             joined: 0,
             churn_due: 0.0,
@@ -432,7 +452,8 @@ impl Scale {
                     self.sim.nodes.len(),
                     self.lookups_ok,
                     self.lookups_done,
-                    self.sim.nodes.iter().map(|n| n.node.circ.stats().built).sum::<u64>(),
+                    self.dead.built
+                        + self.sim.nodes.iter().map(|n| n.node.circ.stats().built).sum::<u64>(),
                     heap() >> 20,
                 ));
             }
@@ -493,14 +514,37 @@ impl Scale {
                 self.relay_deaths += 1;
                 self.relayed_at_death += self.sim.nodes[v].node.circ.relayed_count();
             }
-            self.sim.kill(v);
-            self.sim.nodes[v].node.dht_observe(false);
+            self.bury(v);
             self.left += 1;
             // Join: a new node of the same kind.
             let nat = self.members[v].nat;
             self.add(role, nat);
             self.joined += 1;
         }
+    }
+
+    /// Kills node `v`, keeps the figures it contributed and frees its state.
+    fn bury(&mut self, v: usize) {
+        let now = self.sim.now;
+        let e = epoch(now.as_unix_ms() / 1000);
+        let n = &self.sim.nodes[v].node;
+        let s = n.circ.stats();
+        self.dead.built += s.built;
+        self.dead.failed += s.build_failures;
+        self.dead.pex_answered += n.link.stats().pex_answered;
+        for seen in n.dht_observed() {
+            self.dead.learned.push((v, seen.key));
+        }
+        if let Some(r) = n.dht_relay() {
+            self.dead.requests_out += r.stats().requests_out;
+            for x in &self.services {
+                let k = index(&x.1, e);
+                if r.store.get(&k, RecordKind::Descriptor, 0, now).1.is_some() {
+                    self.dead.learned.push((v, k));
+                }
+            }
+        }
+        self.sim.discard(v);
     }
 
     fn lookups(&mut self) {
@@ -665,6 +709,11 @@ impl Scale {
                 }
             }
         }
+        for &(i, k) in &self.dead.learned {
+            if let Some(&s) = keys.get(&k) {
+                learners[s].insert(i);
+            }
+        }
         let started: Vec<usize> = (0..self.services.len())
             .filter(|&s| self.services[s].3.is_some())
             .collect();
@@ -718,11 +767,17 @@ impl Scale {
                 }),
             });
         }
-        let (built, failed) = self.sim.nodes.iter().fold((0, 0), |a, n| {
-            let s = n.node.circ.stats();
-            (a.0 + s.built, a.1 + s.build_failures)
-        });
-        let end = relay_stats(&self.sim);
+        let (built, failed) =
+            self.sim
+                .nodes
+                .iter()
+                .fold((self.dead.built, self.dead.failed), |a, n| {
+                    let s = n.node.circ.stats();
+                    (a.0 + s.built, a.1 + s.build_failures)
+                });
+        let mut end = relay_stats(&self.sim);
+        end.0 += self.dead.requests_out;
+        end.1 += self.dead.pex_answered;
         let w = self.at_warm.unwrap_or(end);
         let measured_min = (now.saturating_since(self.warm) as f64 / 60_000.0).max(1.0 / 60.0);
         let alive = self.sim.nodes.iter().filter(|n| n.alive).count() as f64;
@@ -773,7 +828,7 @@ impl Scale {
             closures_per_relay_death: ratio(self.closures as f64, self.relay_deaths as f64),
             adversary,
             relays_learning_blinded_key: mean_learners(&|_| true),
-            heap_bytes_per_node: heap / self.sim.nodes.len().max(1) as u64,
+            heap_bytes_per_node: heap / (alive as u64).max(1),
             dht_messages_per_relay_min: ratio((end.0 - w.0) as f64, alive_relays * measured_min),
             pex_per_node_min: ratio((end.1 - w.1) as f64, alive * measured_min),
             datagrams_per_node_min: ratio((end.2 - w.2) as f64, alive * measured_min),

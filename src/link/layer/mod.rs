@@ -150,6 +150,8 @@ pub struct LinkLayer {
     /// Driven by the in-process network: boringtun's own timers run on the wall clock, so they
     /// are left out (the link's own handshake retries and keepalives run on `now`).
     virtual_time: bool,
+    /// The simulator's link stand-in (src/sim/crypto.rs); `None` in the daemon.
+    sim_crypto: Option<crate::sim::crypto::SimCrypto>,
 }
 
 /// Bytes of a link frame header, for callers sizing buffers.
@@ -219,6 +221,7 @@ impl LinkLayer {
             last_second: now,
             stats: LinkStats::default(),
             virtual_time: false,
+            sim_crypto: None,
         };
         l.refresh_record(now);
         l
@@ -261,6 +264,12 @@ impl LinkLayer {
     /// keepalives would land at virtual times that depend on how fast the host runs the test.
     pub(crate) fn run_in_virtual_time(&mut self) {
         self.virtual_time = true;
+    }
+
+    /// For the in-process network at scale: links run the simulator's stand-in session instead
+    /// of WireGuard (no DH). Only `crate::sim` can make the token.
+    pub(crate) fn use_sim_crypto(&mut self, token: crate::sim::crypto::SimCrypto) {
+        self.sim_crypto = Some(token);
     }
 
     /// Our relay record, once we have endpoints to put in it.

@@ -6,7 +6,7 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::link::noise::{BoringSession, NOISE_BUF_LEN};
+use crate::link::noise::{BoringSession, NoiseSession, NOISE_BUF_LEN};
 use crate::time::Instant;
 use crate::wire::datagram::{self};
 use crate::wire::record::NatClass;
@@ -107,18 +107,21 @@ impl LinkLayer {
         }
         let id = LinkId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let session = BoringSession::new(
-            &self.keys.link,
-            peer_key,
-            local_index,
-            None,
-            self.responder.limiter(),
-        );
+        let session: Box<dyn NoiseSession> = match self.sim_crypto {
+            Some(t) => Box::new(t.session(self.link_public, peer_key, local_index)),
+            None => Box::new(BoringSession::new(
+                &self.keys.link,
+                peer_key,
+                local_index,
+                None,
+                self.responder.limiter(),
+            )),
+        };
         self.links.insert(
             id,
             Link {
                 id,
-                session: Box::new(session),
+                session,
                 peer_key,
                 endpoint,
                 local: if dialed {

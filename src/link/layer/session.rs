@@ -43,7 +43,10 @@ impl LinkLayer {
     pub(super) fn on_initiation(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let mut buf = std::mem::take(&mut self.scratch);
         buf.resize(NOISE_BUF_LEN, 0);
-        let verdict = self.responder.identify(from.ip(), data, &mut buf);
+        let verdict = match self.sim_crypto {
+            Some(t) => t.identify(&self.link_public, data),
+            None => self.responder.identify(from.ip(), data, &mut buf),
+        };
         match verdict {
             Unsolicited::CookieReply(n) => {
                 self.stats.cookies += 1;
