@@ -23,7 +23,8 @@
 //! | `points`        | the intro-point and rendezvous-point roles at our last hop (10.6)     |
 //! | `intro_queue`   | a service's introductions by effort, its puzzle seed and suggested effort (10.12) |
 //! | `intro_watch`   | a service's end-to-end check that its intro points still hold its registration (10.6.1) |
-//! | `service`       | the hidden services we host: intro points, descriptors, INTRODUCE2, service sessions |
+//! | `service`       | the hidden services we host: intro points, INTRODUCE2, service sessions |
+//! | `publish`       | publishing their descriptors: per epoch, through circuits of their own, first ones spread |
 //! | `hosting`       | taking one hosted service down while the others run; which circuits serve which service |
 //! | `silence`       | dead-path detection: per-circuit silence, probes, the verdict (10.8)  |
 //! | `client`        | sessions to services we visit: setup, descriptor cache, timers; `client::intro` (introductions), `client::flows` (flows, spares, JOIN, e2e frames) |
@@ -48,6 +49,7 @@ pub mod layer;
 pub mod limits;
 mod points;
 pub mod pseudonym;
+mod publish;
 pub mod roles;
 mod service;
 mod silence;
