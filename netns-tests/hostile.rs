@@ -1,4 +1,4 @@
-//! Issue #19 item 5: hostile nodes. `examples/hostile.rs` floods a relay that is one of a hidden
+//! Issue #19 item 5: hostile nodes. `examples/hostile/` floods a relay that is one of a hidden
 //! service's intro points (or the service's intro points themselves) with the real protocol:
 //! CREATE floods, thousands of ESTABLISH_INTRO registrations, INTRODUCE1 floods, DHT STOREs near
 //! the service's descriptor index and junk datagrams. While each runs, an honest client that has
