@@ -126,11 +126,17 @@ fn two_services_on_one_host_and_reloads() {
         "the web service's page",
     );
     assert!(page.contains("web-page"), "{page}");
-    let out = lab.sh(&client_host, &ssh(&ssh_key, ssh_addr, "echo over-ssh"));
+    // With several services hosted each first descriptor waits its own random 0-30 s, so the
+    // default service may be published well after the web one: retry as for the page.
+    let out = fetch(
+        &lab,
+        &client_host,
+        &ssh(&ssh_key, ssh_addr, "echo over-ssh"),
+        "ssh to the default service",
+    );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("over-ssh"),
-        "ssh to the default service: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.contains("over-ssh"),
+        "ssh to the default service: {out}"
     );
     eprintln!(
         "both services reached {:.1} s after the lab started",
