@@ -5,7 +5,7 @@
 
 use globalnet::circuit::layer::CircId;
 use globalnet::session::flows::FlowKey;
-use globalnet::time::Instant;
+use globalnet::time::{Instant, Millis};
 mod sim_world;
 #[allow(unused_imports)]
 use sim_world::*;
@@ -38,6 +38,30 @@ fn run_flow(
     got
 }
 
+/// Kills `victim` while the flow runs `ms` more: the echoes, and how long after the death the
+/// first packet sent after it came back.
+#[allow(clippy::too_many_arguments)]
+fn kill_and_resume(
+    w: &mut World,
+    victim: usize,
+    cli: usize,
+    svc: usize,
+    me: [u8; 16],
+    s: [u8; 16],
+    seq: &mut u32,
+    ms: u64,
+) -> (Vec<(Instant, u32)>, Option<Millis>) {
+    let killed_at = w.sim.now;
+    let first_after = *seq + 1;
+    w.sim.kill(victim);
+    let got = run_flow(w, cli, svc, me, s, seq, ms);
+    let resumed = got
+        .iter()
+        .find(|(_, n)| *n >= first_after)
+        .map(|(t, _)| *t - killed_at);
+    (got, resumed)
+}
+
 /// A network with a service and a client whose UDP flow has run for 10 s (checked).
 struct BusyFlow {
     w: World,
@@ -51,20 +75,13 @@ struct BusyFlow {
 
 fn busy_flow(seed: u64) -> BusyFlow {
     init_log();
-    let mut w = World::new(24, seed);
-    let svc = w.add_host();
-    let cli = w.add_host();
-    w.sim.run_for(30_000);
-    w.publish(svc, SERVICE_SEED, &[cli]);
-    let s_addr = service_addr(&SERVICE_SEED);
-    w.sim.nodes[cli]
-        .node
-        .set_client_identity(CLIENT_SEED, Vec::new());
-    let me = w.sim.nodes[cli]
-        .node
-        .pseudonym_for(s_addr)
-        .unwrap()
-        .octets();
+    let Stage {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+    } = Stage::new(24, seed);
     let mut seq = 0u32;
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
     assert!(got.len() >= 80, "flow runs: {} echoes", got.len());
@@ -161,14 +178,8 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
         any_guard_killed |= guard_killed;
         let victim = w.sim.node_by_identity(&victim_id).unwrap();
         assert!(victim != cli && victim != svc);
-        let killed_at = w.sim.now;
-        let first_after = seq + 1;
-        w.sim.kill(victim);
-        let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 30_000);
-        let resumed = got
-            .iter()
-            .find(|(_, n)| *n >= first_after)
-            .map(|(t, _)| *t - killed_at);
+        let (got, resumed) =
+            kill_and_resume(&mut w, victim, cli, svc, me, s_addr, &mut seq, 30_000);
         let late: Vec<u32> = got
             .iter()
             .map(|(_, n)| *n)
@@ -207,20 +218,13 @@ fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
 /// close the circuit, and the service answers on another one.
 #[test]
 fn a_flow_only_the_service_sends_on_survives_a_silent_relay_death() {
-    let mut w = World::new(24, 23);
-    let svc = w.add_host();
-    let cli = w.add_host();
-    w.sim.run_for(30_000);
-    w.publish(svc, SERVICE_SEED, &[cli]);
-    let s_addr = service_addr(&SERVICE_SEED);
-    w.sim.nodes[cli]
-        .node
-        .set_client_identity(CLIENT_SEED, Vec::new());
-    let me = w.sim.nodes[cli]
-        .node
-        .pseudonym_for(s_addr)
-        .unwrap()
-        .octets();
+    let Stage {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+    } = Stage::new(24, 23);
     let mut seq = 0u32;
     // The client opens the flow; from then on only the service sends.
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 3_000);
@@ -389,14 +393,7 @@ fn two_relay_deaths_on_a_busy_path_each_stall_the_flow_under_3_5_s() {
         };
         let victim = w.sim.node_by_identity(&victim_id).unwrap();
         assert!(victim != cli && victim != svc);
-        let killed_at = w.sim.now;
-        let first_after = seq + 1;
-        w.sim.kill(victim);
-        let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 6_000);
-        let resumed = got
-            .iter()
-            .find(|(_, n)| *n >= first_after)
-            .map(|(t, _)| *t - killed_at);
+        let (_, resumed) = kill_and_resume(&mut w, victim, cli, svc, me, s_addr, &mut seq, 6_000);
         eprintln!("round {round}: relay {victim} on the flow's path killed; stall {resumed:?} ms");
         assert!(
             resumed.is_some_and(|r| r <= 3_500),
@@ -424,20 +421,13 @@ fn two_relay_deaths_on_a_busy_path_each_stall_the_flow_under_3_5_s() {
 fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
     use globalnet::circuit::MAX_SEQ_JUMP;
     init_log();
-    let mut w = World::new(24, 29);
-    let svc = w.add_host();
-    let cli = w.add_host();
-    w.sim.run_for(30_000);
-    w.publish(svc, SERVICE_SEED, &[cli]);
-    let s_addr = service_addr(&SERVICE_SEED);
-    w.sim.nodes[cli]
-        .node
-        .set_client_identity(CLIENT_SEED, Vec::new());
-    let me = w.sim.nodes[cli]
-        .node
-        .pseudonym_for(s_addr)
-        .unwrap()
-        .octets();
+    let Stage {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+    } = Stage::new(24, 29);
     let mut seq = 0u32;
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 5_000);
     assert!(got.len() >= 40, "flow runs: {} echoes", got.len());

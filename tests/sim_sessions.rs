@@ -151,20 +151,13 @@ fn circuit_neighbours(w: &World, relay: usize) -> Vec<Vec<usize>> {
 
 #[test]
 fn middle_relays_hold_neither_the_service_key_nor_both_ends() {
-    let mut w = World::new(16, 13);
-    let svc = w.add_host();
-    let cli = w.add_host();
-    w.sim.run_for(30_000);
-    w.publish(svc, SERVICE_SEED, &[cli]);
-    let s_addr = service_addr(&SERVICE_SEED);
-    w.sim.nodes[cli]
-        .node
-        .set_client_identity(CLIENT_SEED, Vec::new());
-    let me = w.sim.nodes[cli]
-        .node
-        .pseudonym_for(s_addr)
-        .unwrap()
-        .octets();
+    let Stage {
+        mut w,
+        svc,
+        cli,
+        s_addr,
+        me,
+    } = Stage::new(16, 13);
     for port in 0..4u16 {
         w.send(cli, s_addr, &udp(me, s_addr, 41000 + port, 9, b"x"));
         w.run_echo(cli, svc, 3_000, 20);

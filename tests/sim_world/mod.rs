@@ -148,6 +148,43 @@ impl World {
     }
 }
 
+/// The usual stage of a session test: `relays` relays, a service host and a client host, the
+/// service published (its descriptors in the client's cache) and the client's identity set.
+pub struct Stage {
+    pub w: World,
+    pub svc: usize,
+    pub cli: usize,
+    pub s_addr: [u8; 16],
+    /// The client's pseudonym towards the service.
+    pub me: [u8; 16],
+}
+
+impl Stage {
+    pub fn new(relays: usize, seed: u64) -> Stage {
+        let mut w = World::new(relays, seed);
+        let svc = w.add_host();
+        let cli = w.add_host();
+        w.sim.run_for(30_000);
+        w.publish(svc, SERVICE_SEED, &[cli]);
+        let s_addr = service_addr(&SERVICE_SEED);
+        w.sim.nodes[cli]
+            .node
+            .set_client_identity(CLIENT_SEED, Vec::new());
+        let me = w.sim.nodes[cli]
+            .node
+            .pseudonym_for(s_addr)
+            .unwrap()
+            .octets();
+        Stage {
+            w,
+            svc,
+            cli,
+            s_addr,
+            me,
+        }
+    }
+}
+
 pub fn key_of(p: &[u8]) -> FlowKey {
     flow_of(p, true).unwrap()
 }
