@@ -53,14 +53,10 @@ fn dns_on_gn0_answers_gn_alt_and_refuses_the_rest() {
         proc_status.contains("CapEff:\t0000000000001000"),
         "only CAP_NET_ADMIN is left: {proc_status}"
     );
-    lab.set_hosts_file(&host, "");
-    std::fs::write(
-        std::path::Path::new("/etc/netns")
-            .join(&host.ns)
-            .join("resolv.conf"),
-        format!("nameserver {addr}\noptions attempts:1 timeout:2\n"),
-    )
-    .unwrap();
+    lab.set_resolver(
+        &host,
+        &format!("nameserver {addr}\noptions attempts:1 timeout:2\n"),
+    );
 
     let getent = |name: &str| lab.sh(&host, &format!("getent ahosts {name}"));
     for (name, want) in [
@@ -190,14 +186,10 @@ fn ssh_and_curl_reach_a_service_by_name() {
         .as_str()
         .unwrap()
         .to_string();
-    lab.set_hosts_file(&client_host, "");
-    std::fs::write(
-        std::path::Path::new("/etc/netns")
-            .join(&client_host.ns)
-            .join("resolv.conf"),
-        format!("nameserver {client_addr}\noptions attempts:1 timeout:2\n"),
-    )
-    .unwrap();
+    lab.set_resolver(
+        &client_host,
+        &format!("nameserver {client_addr}\noptions attempts:1 timeout:2\n"),
+    );
 
     let token = "gn-names-page-7d1e";
     let gn = globalnet_bin();
@@ -389,14 +381,10 @@ fn a_claimed_name_resolves_through_the_dht_and_a_weaker_claim_loses_everywhere()
         .as_str()
         .unwrap()
         .to_string();
-    lab.set_hosts_file(&client_host, "");
-    std::fs::write(
-        std::path::Path::new("/etc/netns")
-            .join(&client_host.ns)
-            .join("resolv.conf"),
-        format!("nameserver {client_addr}\noptions attempts:1 timeout:4\n"),
-    )
-    .unwrap();
+    lab.set_resolver(
+        &client_host,
+        &format!("nameserver {client_addr}\noptions attempts:1 timeout:4\n"),
+    );
     let t = Instant::now();
     loop {
         let out = lab.sh(&client_host, "curl -sS --max-time 10 http://alice.gn.alt/");

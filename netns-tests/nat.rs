@@ -367,17 +367,7 @@ fn hidden_services_reachable_through_every_nat() {
             if role == "svc" {
                 cfg.push_str("[expose]\ntcp = [8080]\n");
                 let token = format!("token-{kind}-{}", std::process::id());
-                let dir = lab.dir.join(format!("{name}-www"));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("token"), &token).unwrap();
-                let server = lab
-                    .cmd(&h, "python3")
-                    .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
-                    .arg(&dir)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("python3 http.server");
+                let server = lab.serve_token(&h, &name, 8080, &token);
                 servers.0.push(server);
                 services.push((kind.to_string(), h.clone(), token));
             } else {

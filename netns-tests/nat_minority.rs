@@ -62,17 +62,7 @@ fn a_service_behind_cone_nat_is_reached_from_symmetric_nat_with_two_public_relay
         let mut cfg = natted_config(&boot);
         if name == "svc" {
             cfg.push_str("[expose]\ntcp = [8080]\n");
-            let dir = lab.dir.join("svc-www");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("token"), &token).unwrap();
-            let server = lab
-                .cmd(&h, "python3")
-                .args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("python3 http.server");
+            let server = lab.serve_token(&h, "svc", 8080, &token);
             servers.0.push(server);
         }
         let path = lab.write_config(&h, &cfg);

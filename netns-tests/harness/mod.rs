@@ -175,6 +175,44 @@ impl Lab {
         ok(self.lab.set_hosts_file(host, text))
     }
 
+    /// Makes `host`'s programs resolve through `resolv_conf` alone (its own empty `/etc/hosts` and
+    /// `/etc/netns/<ns>/resolv.conf`, both mounted by `ip netns exec`; removed with the namespace).
+    pub fn set_resolver(&self, host: &Host, resolv_conf: &str) {
+        self.set_hosts_file(host, "");
+        let path = Path::new("/etc/netns").join(&host.ns).join("resolv.conf");
+        std::fs::write(&path, resolv_conf)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// A web server (python3 http.server on `[::]:port`) in `host` serving `token` as
+    /// `/token` from `<run dir>/<name>-www`. The caller keeps the child and kills it.
+    pub fn serve_token(
+        &self,
+        host: &Host,
+        name: &str,
+        port: u16,
+        token: &str,
+    ) -> std::process::Child {
+        let dir = self.dir.join(format!("{name}-www"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(dir.join("token"), token)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        self.cmd(host, "python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "::",
+                "--directory",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 http.server: {e}"))
+    }
+
     /// Adds another underlay address to `host` (a multi-homed host).
     pub fn add_address(&self, host: &Host, addr: Ipv4Addr) {
         ok(self.lab.add_address(host, addr))
