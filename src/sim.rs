@@ -122,6 +122,21 @@ enum Dest {
     Addr(SocketAddr),
 }
 
+/// What a [`Sim::tap`] does with a datagram a node sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    /// Send it as usual.
+    Pass,
+    /// Lose it.
+    Drop,
+    /// Keep it in [`Sim::held`]; a test delivers it later with [`Sim::inject`] (reordering) or
+    /// more than once (duplication).
+    Hold,
+}
+
+/// A test's hook on sent datagrams: the sending node, the destination and the datagram.
+pub type TapFn = Box<dyn FnMut(usize, SocketAddr, &[u8]) -> Tap + Send>;
+
 /// The simulated network.
 pub struct Sim {
     /// Virtual now.
@@ -149,6 +164,11 @@ pub struct Sim {
     pub watched: Option<IpAddr>,
     /// Datagrams sent to `watched`, by source IP (a NATed node's is its NAT's public IP).
     pub watched_datagrams: HashMap<IpAddr, u64>,
+    /// Decides the fate of every datagram a node sends, when set (tests of reordering, loss and
+    /// duplication of particular messages).
+    pub tap: Option<TapFn>,
+    /// Datagrams the tap held: the sending node's address, the destination, the bytes.
+    pub held: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     boxes: Vec<NatBox>,
     /// NAT boxes by public IP: resolving an inbound datagram must not scan every box.
     box_by_ip: HashMap<Ipv4Addr, usize>,
@@ -192,6 +212,8 @@ impl Sim {
             blocked: Vec::new(),
             watched: None,
             watched_datagrams: HashMap::new(),
+            tap: None,
+            held: Vec::new(),
             boxes: Vec::new(),
             box_by_ip: HashMap::new(),
             trace: None,
@@ -494,6 +516,21 @@ impl Sim {
         node.events.extend(node.node.drain_events());
         let next = node.node.poll_timeout();
         for t in out {
+            match self
+                .tap
+                .as_mut()
+                .map_or(Tap::Pass, |f| f(i, t.dst, &t.data))
+            {
+                Tap::Pass => {}
+                Tap::Drop => {
+                    self.lost += 1;
+                    continue;
+                }
+                Tap::Hold => {
+                    self.held.push((from, t.dst, t.data));
+                    continue;
+                }
+            }
             let lost = self.rng.gen_bool(self.cfg.loss.clamp(0.0, 1.0));
             if lost {
                 self.lost += 1;

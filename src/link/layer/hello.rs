@@ -90,15 +90,17 @@ impl LinkLayer {
             self.malformed(now, id, "HELLO role");
             return;
         }
-        // A peer that was up on this link and asks for our HELLO again has lost its side of the
-        // link (it gave it up, or restarted, and made a new one under the same WireGuard keys):
-        // every circuit we run over the link is gone there, and nothing would tell us. Close the
-        // link, so both sides see it down and the circuits' owners rebuild them (4.7).
+        // A peer that was up on this link and asks for our HELLO again in a new session has lost
+        // its side of the link (it gave it up, or restarted, and made a new one under the same
+        // WireGuard keys): every circuit we run over the link is gone there, and nothing would
+        // tell us. Close the link, so both sides see it down and the circuits' owners rebuild
+        // them (4.7). An ask without a new session is a HELLO the peer sent before it had ours,
+        // reordered or duplicated on the way: answered, never a reason to close.
         if role & HELLO_ASK != 0
             && self
                 .links
                 .get(&id)
-                .is_some_and(|l| l.state.ready() && l.peer_was_up)
+                .is_some_and(|l| l.state.ready() && l.peer_was_up && l.peer_new_session)
         {
             tracing::debug!(link = id.0, "peer lost its side of the link: closing it");
             self.stats.peer_resets += 1;

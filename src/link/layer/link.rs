@@ -135,6 +135,10 @@ pub(super) struct Link {
     /// The peer sent something only a peer that has our HELLO sends (a cell, a request): it
     /// holds state for this link, so a HELLO that asks again means it lost that state (4.7).
     pub(super) peer_was_up: bool,
+    /// The peer began a new WireGuard session (sent a handshake initiation) after it showed it
+    /// was up: only then can a HELLO that asks mean it lost its side. A HELLO that asks from the
+    /// session it was up in is one it sent before it had ours, arriving late or twice (4.7).
+    pub(super) peer_new_session: bool,
     /// Malformed frames since `malformed_since` (a minute's window).
     pub(super) malformed: u32,
     pub(super) malformed_since: Instant,

@@ -144,6 +144,7 @@ impl LinkLayer {
                 malformed: 0,
                 malformed_since: now,
                 peer_was_up: false,
+                peer_new_session: false,
                 last_pex: Instant::ZERO,
                 pex_served: Instant::ZERO,
                 last_cell: Instant::ZERO,

@@ -173,6 +173,11 @@ impl LinkLayer {
                     }
                 }
                 l.last_rx = now;
+                // A handshake initiation from a peer that was up: it rekeys, or it lost the
+                // link and dials again (the HELLO that asks tells which, hello.rs).
+                if data.first() == Some(&1) && l.peer_was_up {
+                    l.peer_new_session = true;
+                }
             }
             if !was && l.session.established() {
                 l.established_at = Some(now);
