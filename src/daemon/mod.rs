@@ -415,6 +415,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             )
         }),
     );
+    if let Some(k) = &exit_kernel {
+        link.set_exit_ipv6(clock.now(), k.ipv6);
+    }
     let mut node = Node::new(link, onion, Randomness::from_os(), clock.now());
     if !node.secrets_from_os() {
         return Err(DaemonError(

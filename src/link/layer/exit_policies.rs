@@ -53,6 +53,15 @@ impl LinkLayer {
         self.sign_exit_policy(now);
     }
 
+    /// Whether our policy says IPv6 leaves here (it does unless the host cannot forward IPv6):
+    /// clients then send IPv6 only to exits that can carry it.
+    pub fn set_exit_ipv6(&mut self, now: Instant, on: bool) {
+        if self.exit_without_ipv6 == on {
+            self.exit_without_ipv6 = !on;
+            self.sign_exit_policy(now);
+        }
+    }
+
     /// Our own exit policy record, if we serve as an exit.
     pub fn own_exit_policy(&self) -> Option<&ExitPolicyRecord> {
         self.own_policy.as_ref()
@@ -80,6 +89,9 @@ impl LinkLayer {
             return;
         };
         let mut fields = ExitPolicy::new(ports, nets).published(now.as_unix_ms());
+        if self.exit_without_ipv6 {
+            fields.flags &= !crate::wire::exit_policy::EXIT_FLAG_IPV6;
+        }
         if let Some(old) = &self.own_policy {
             fields.seq = fields.seq.max(old.fields().seq + 1);
         }
@@ -321,6 +333,14 @@ mod tests {
         let seq = own.fields().seq;
         l.set_exit_policy(NOW, Some((vec![80], vec![])));
         assert!(l.own_exit_policy().unwrap().fields().seq > seq);
+        // A host that cannot forward IPv6 does not publish it (clients then keep IPv6 away).
+        use crate::wire::exit_policy::{EXIT_FLAG_IPV4, EXIT_FLAG_IPV6};
+        assert_eq!(
+            l.own_exit_policy().unwrap().fields().flags,
+            EXIT_FLAG_IPV4 | EXIT_FLAG_IPV6
+        );
+        l.set_exit_ipv6(NOW, false);
+        assert_eq!(l.own_exit_policy().unwrap().fields().flags, EXIT_FLAG_IPV4);
 
         // A full budget: the policy is refused, not held uncharged.
         let budget = MemoryBudget::new(1 << 20);
