@@ -365,7 +365,7 @@ async fn udp_associate(
     loop {
         tokio::select! {
             r = s.read(&mut control) => {
-                // Closed (or junk on a control connection that carries nothing): the end.
+                // Closed: the end. Bytes on it mean nothing here and are ignored.
                 if !matches!(r, Ok(n) if n > 0) {
                     return Ok(());
                 }
