@@ -1,9 +1,10 @@
 //! Issue #23: a client reaches an "internet" namespace through 3-hop circuits to an exit, with
-//! plain routes (`[outbound] routes`) and through SOCKS5 (`[outbound] socks`): `curl` works both
-//! ways, the web server sees the exit's address, SOCKS user names get circuits of their own, a
-//! destination no exit's policy allows fails at once at the client (ICMP, SOCKS reply 4), and
-//! stopping the daemons removes exactly what they added (the client's routing rules, the exit's
-//! NAT table). A second test: two exits with different published policies, each destination
+//! plain routes (`[outbound] routes`) and through SOCKS5 (`[outbound] socks`), IPv4 and IPv6:
+//! `curl` works both ways, the web server sees the exit's address, SOCKS user names get circuits
+//! of their own, names resolve at the exit (A, and AAAA for a v6-only name), UDP ASSOCIATE
+//! carries datagrams, a destination no exit's policy allows fails at once at the client (ICMP,
+//! SOCKS reply 2), and stopping the daemons removes exactly what they added (the client's
+//! routing rules, the exit's NAT table and IPv6 forwarding). A second test: two exits with different published policies, each destination
 //! goes through the exit that lets it out, and a pinned exit is the only one used.
 
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ const READY: Duration = Duration::from_secs(10);
 /// `allow_networks` (the default policy refuses it, as it refuses every test range).
 const WEB: &str = "198.19.250.2";
 const EXIT_SIDE: &str = "198.19.250.1";
+/// The "internet"'s IPv6 side: documentation space, which the default policy refuses too.
+const WEB6: &str = "2001:db8:250::2";
+const EXIT_SIDE6: &str = "2001:db8:250::1";
 /// Bytes of the file fetched for the throughput figure (docs/benchmarks.md).
 const BIG: usize = 1 << 20;
 
@@ -37,13 +41,17 @@ fn curl_through_routes_and_socks_via_an_exit() {
         &web,
         &format!(
             "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
-             ip addr add {WEB}/24 dev inet1 && ip link set inet1 up",
+             ip addr add {WEB}/24 dev inet1 && ip -6 addr add {WEB6}/64 dev inet1 nodad && \
+             ip link set inet1 up",
             exit_ns = exit.ns
         ),
     );
     lab.sh_ok(
         &exit,
-        &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
+        &format!(
+            "ip addr add {EXIT_SIDE}/24 dev inet0 && ip -6 addr add {EXIT_SIDE6}/64 dev inet0 nodad && \
+             ip link set inet0 up"
+        ),
     );
     // The exit's resolver is the "internet"'s DNS server (names are resolved at the exit).
     lab.set_hosts_file(&exit, "");
@@ -60,7 +68,23 @@ fn curl_through_routes_and_socks_via_an_exit() {
         &web,
         "dns",
         "python3",
-        &["-u", tools, "dns-a", WEB, "web.example", WEB],
+        &[
+            "-u",
+            tools,
+            "dns-a",
+            WEB,
+            "web.example",
+            WEB,
+            "v6only.example",
+            WEB6,
+        ],
+        Some("ready"),
+    );
+    lab.spawn(
+        &web,
+        "echo",
+        "python3",
+        &["-u", tools, "udp-echo", "443"],
         Some("ready"),
     );
     let www = lab.dir.join("www");
@@ -83,6 +107,22 @@ fn curl_through_routes_and_socks_via_an_exit() {
         ],
         Some("Serving HTTP"),
     );
+    lab.spawn(
+        &web,
+        "web6",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            WEB6,
+            "--directory",
+            &www,
+        ],
+        Some("Serving HTTP"),
+    );
     let boot = format!("\"{}:7412\"", relays[0].ip);
     let common = |bootstrap: &str| {
         format!(
@@ -98,7 +138,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let cfg = lab.write_config(
         &exit,
         &format!(
-            "{}[exit]\nenabled = true\nallow_ports = [80, 443]\nallow_networks = [\"198.19.250.0/24\"]\n",
+            "{}[exit]\nenabled = true\nallow_ports = [80, 443]\nallow_networks = [\"198.19.250.0/24\", \"2001:db8:250::/64\"]\n",
             common(&boot)
         ),
     );
@@ -114,7 +154,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let cfg = lab.write_config(
         &client,
         &format!(
-            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\nsocks = \"127.0.0.1:1080\"\n",
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\", \"2001:db8:250::/64\"]\nsocks = \"127.0.0.1:1080\"\n",
             common(&boot)
         ),
     );
@@ -126,6 +166,22 @@ fn curl_through_routes_and_socks_via_an_exit() {
         lab.sh_ok(&exit, "nft list tables")
             .contains("globalnet_exit"),
         "the exit has no NAT table"
+    );
+    // IPv6 forwarding for gnx0's traffic only: per interface, never the host-wide switch.
+    let v6_forwarding = |lab: &Lab, ifname: &str| {
+        lab.sh_ok(
+            &exit,
+            &format!("cat /proc/sys/net/ipv6/conf/{ifname}/force_forwarding"),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(v6_forwarding(&lab, "gnx0"), "1");
+    assert_eq!(v6_forwarding(&lab, "inet0"), "1");
+    assert_eq!(
+        lab.sh_ok(&exit, "cat /proc/sys/net/ipv6/conf/all/forwarding")
+            .trim(),
+        "0"
     );
     lab.wait_for(
         "the client's circuit to the exit",
@@ -281,8 +337,59 @@ fn curl_through_routes_and_socks_via_an_exit() {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     assert!(!out.status.success() && took < Duration::from_secs(3));
-    // SOCKS reply 4: the client's own ICMP refusal (no exit lets port 8080 out).
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(4)"));
+    // SOCKS reply 2 ("not allowed by ruleset"): no known exit's policy lets port 8080 out.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(2)"));
+
+    // IPv6 through the exit: routes, SOCKS with an IPv6 literal, and a v6-only name (AAAA at
+    // the exit); the web server sees the exit's IPv6 address, never the client's.
+    let page = lab.sh_ok(&client, &format!("curl -sS --max-time 20 http://[{WEB6}]/"));
+    assert!(page.contains("Directory listing"), "{page}");
+    let page = lab.sh_ok(
+        &client,
+        &format!("curl -sS --max-time 20 --socks5 127.0.0.1:1080 http://[{WEB6}]/"),
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let page = lab.sh_ok(
+        &client,
+        "curl -sS --max-time 20 --socks5-hostname 127.0.0.1:1080 http://v6only.example/",
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+    let log6 = std::fs::read_to_string(lab.dir.join("web6.log")).unwrap();
+    assert_eq!(
+        log6.lines()
+            .filter(|l| l.starts_with(EXIT_SIDE6) && l.contains("\"GET / "))
+            .count(),
+        3,
+        "the IPv6 web server did not see the exit's address three times:\n{log6}"
+    );
+    let dns = std::fs::read_to_string(lab.dir.join("dns.log")).unwrap();
+    assert!(dns.contains("v6only.example type 28"), "{dns}");
+
+    // UDP ASSOCIATE: datagrams to an address of each family and to a name (resolved at the
+    // exit), from a new user name, which gets its own circuit like a CONNECT's.
+    // Group 1 (routes, SOCKS without a name, the IPv6 fetches), alice, bob, carol.
+    lab.wait_for("four circuits at the exit", Duration::from_secs(5), || {
+        lab.query(&exit_d, "status")["exit"]["circuits"] == 4
+    });
+    for (to, from) in [(WEB, WEB), (WEB6, WEB6), ("web.example", WEB)] {
+        let got = lab.sh_ok(
+            &client,
+            &format!("python3 -u {tools} socks-udp 1080 dave {to} 443 hello-{to}"),
+        );
+        assert_eq!(got.trim(), format!("{from} 443 hello-{to}"), "{to}");
+    }
+    let echo = std::fs::read_to_string(lab.dir.join("echo.log")).unwrap();
+    assert!(
+        echo.lines().any(|l| l == format!("::ffff:{EXIT_SIDE}")),
+        "{echo}"
+    );
+    assert!(echo.lines().any(|l| l == EXIT_SIDE6), "{echo}");
+    assert!(!echo.contains(&client.ip.to_string()), "{echo}");
+    lab.wait_for(
+        "a circuit of dave's own at the exit",
+        Duration::from_secs(5),
+        || lab.query(&exit_d, "status")["exit"]["circuits"] == 5,
+    );
 
     let watch = lab.sh_ok(&client, "nft list table inet watch");
     assert_eq!(
@@ -308,6 +415,11 @@ fn curl_through_routes_and_socks_via_an_exit() {
         !lab.sh_ok(&exit, "nft list tables")
             .contains("globalnet_exit"),
         "the NAT table outlived the exit"
+    );
+    assert_eq!(
+        v6_forwarding(&lab, "inet0"),
+        "0",
+        "IPv6 forwarding outlived the exit"
     );
 }
 

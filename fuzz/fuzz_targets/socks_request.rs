@@ -1,7 +1,8 @@
 //! SOCKS5 messages from local programs (RFC 1928/1929, src/exit/socks.rs): any bytes are a
-//! message, a need for more, or an error with its reply.
+//! message, a need for more, or an error with its reply; any datagram to a UDP ASSOCIATE relay
+//! is a target and header length within it, or an error.
 #![no_main]
-use globalnet::exit::socks::{parse_greeting, parse_request, parse_userpass};
+use globalnet::exit::socks::{parse_greeting, parse_request, parse_udp_header, parse_userpass};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,5 +11,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some((r, n))) = parse_request(data) {
         assert!(n <= data.len());
         let _ = r.target.way();
+    }
+    if let Ok((t, n)) = parse_udp_header(data) {
+        assert!(n <= data.len());
+        let _ = t.way();
     }
 });

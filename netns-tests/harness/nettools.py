@@ -3,15 +3,23 @@
 
   capture FILE               write every frame seen on any interface of this namespace to FILE
                              (raw frames back to back) until killed
-  udp-echo PORT              answer every UDP datagram on [::]:PORT with the same bytes
+  udp-echo PORT              answer every UDP datagram on [::]:PORT with the same bytes; prints
+                             each sender's address
   udp-ask ADDR PORT MSG      send MSG and print the answer (exit 1 after 5 s of silence; retries)
   udp-refused ADDR PORT      exit 0 when the destination refuses (ICMPv6 error) within 1 s
   connect-times ADDR PORT N  N sequential TCP connects; print JSON list of connect times (ms)
   http-requests ADDR PORT N  N sequential HTTP GETs, each on a new connection; print JSON
                              {"total_ms":..,"ok":..}
-  dns-a BIND NAME ADDR       a DNS server on BIND:53 (UDP) answering A queries for NAME with
-                             ADDR and NXDOMAIN for anything else; prints each name asked
+  dns-a BIND NAME ADDR [NAME6 ADDR6]
+                             a DNS server on BIND:53 (UDP) answering A queries for NAME with
+                             ADDR, AAAA queries for NAME6 with ADDR6 (A: no data), and NXDOMAIN
+                             for anything else; prints each name asked
+  socks-udp PORT USER HOST DPORT MSG
+                             SOCKS5 UDP ASSOCIATE through 127.0.0.1:PORT (USER "-": no user
+                             name): send MSG to HOST:DPORT (an address or a name), print the
+                             answer as "SOURCE SPORT DATA" (exit 1 after 15 s of silence)
 """
+import ipaddress
 import json
 import socket
 import sys
@@ -34,6 +42,7 @@ def udp_echo(port):
     print("ready", flush=True)
     while True:
         data, peer = s.recvfrom(65535)
+        print(peer[0], flush=True)
         s.sendto(data, peer)
 
 
@@ -98,7 +107,7 @@ def http_requests(addr, port, n):
     return 0
 
 
-def dns_a(bind, name, addr):
+def dns_a(bind, name, addr, name6=None, addr6=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((bind, 53))
     print("ready", flush=True)
@@ -118,12 +127,57 @@ def dns_a(bind, name, addr):
         qtype = int.from_bytes(q[i + 1:i + 3], "big")
         print(f"{peer[0]} asked {asked} type {qtype}", flush=True)
         hit = asked == want and qtype == 1
-        flags = b"\x81\x80" if hit else b"\x81\x83"
-        head = q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if hit else b"\x00\x00") + b"\x00\x00\x00\x00"
+        hit6 = name6 is not None and asked == name6.rstrip(".").lower() and qtype == 28
+        known = hit or hit6 or (name6 is not None and asked == name6.rstrip(".").lower())
+        flags = b"\x81\x80" if known else b"\x81\x83"
+        head = q[:2] + flags + b"\x00\x01" + (b"\x00\x01" if hit or hit6 else b"\x00\x00") + b"\x00\x00\x00\x00"
         answer = b""
         if hit:
             answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)
+        if hit6:
+            answer = b"\xc0\x0c\x00\x1c\x00\x01\x00\x00\x00\x3c\x00\x10" + socket.inet_pton(socket.AF_INET6, addr6)
         s.sendto(head + question + answer, peer)
+
+
+def socks_udp(port, user, host, dport, msg):
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if user != "-":
+        c.sendall(b"\x05\x01\x02")
+        assert c.recv(2) == b"\x05\x02"
+        u = user.encode()
+        c.sendall(bytes([1, len(u)]) + u + b"\x01x")
+        assert c.recv(2)[1] == 0
+    else:
+        c.sendall(b"\x05\x01\x00")
+        assert c.recv(2) == b"\x05\x00"
+    c.sendall(b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00")
+    r = c.recv(10)
+    if len(r) < 10 or r[1] != 0:
+        print(f"reply {r[1] if len(r) > 1 else '?'}", flush=True)
+        return 1
+    relay = (socket.inet_ntoa(r[4:8]), int.from_bytes(r[8:10], "big"))
+    try:
+        ip = ipaddress.ip_address(host)
+        head = b"\x00\x00\x00" + (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
+    except ValueError:
+        head = b"\x00\x00\x00\x03" + bytes([len(host)]) + host.encode()
+    head += dport.to_bytes(2, "big")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(1.5)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        u.sendto(head + msg.encode(), relay)
+        try:
+            data, _ = u.recvfrom(2000)
+        except socket.timeout:
+            continue
+        if data[3] == 1:
+            src, n = socket.inet_ntoa(data[4:8]), 10
+        else:
+            src, n = socket.inet_ntop(socket.AF_INET6, data[4:20]), 22
+        print(f"{src} {int.from_bytes(data[n - 2:n], 'big')} {data[n:].decode()}", flush=True)
+        return 0
+    return 1
 
 
 def main(argv):
@@ -139,7 +193,9 @@ def main(argv):
     if cmd == "connect-times":
         return connect_times(args[0], int(args[1]), int(args[2]))
     if cmd == "dns-a":
-        return dns_a(args[0], args[1], args[2])
+        return dns_a(*args[:5])
+    if cmd == "socks-udp":
+        return socks_udp(int(args[0]), args[1], args[2], int(args[3]), args[4])
     if cmd == "http-requests":
         return http_requests(args[0], int(args[1]), int(args[2]))
     print(__doc__, file=sys.stderr)

@@ -14,9 +14,10 @@ pub const DEFAULT_EXIT_PORTS: [u16; 2] = [80, 443];
 pub const MAX_EXIT_PORTS: usize = 32;
 /// Most extra networks an exit lists.
 pub const MAX_EXIT_NETWORKS: usize = 8;
-/// Hops to an exit when `[outbound] hops` is not given: as many as to a hidden service's
-/// rendezvous point.
-pub const DEFAULT_EXIT_HOPS: u8 = 3;
+/// Hops to an exit, the exit included: guard, middle, exit, the client path shape
+/// (`circuit::path::Shape::Client`). Not configurable: `[outbound] hops` accepts only this
+/// (docs/decisions.md "Exits": why other lengths were removed).
+pub const EXIT_HOPS: u8 = 3;
 
 /// `[exit]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,14 +41,12 @@ impl Default for ExitConfig {
 }
 
 /// `[outbound]`
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboundConfig {
     /// Prefixes routed through gn0 to an exit.
     pub routes: Vec<IpNet>,
     /// The SOCKS5 listener; none when absent.
     pub socks: Option<SocketAddr>,
-    /// Hops from this node to the exit, the exit included.
-    pub hops: u8,
     /// An exit pinned by its relay key.
     pub exit: Option<[u8; 32]>,
 }
@@ -56,17 +55,6 @@ impl OutboundConfig {
     /// Whether this node sends traffic to exits at all.
     pub fn enabled(&self) -> bool {
         !self.routes.is_empty() || self.socks.is_some()
-    }
-}
-
-impl Default for OutboundConfig {
-    fn default() -> Self {
-        OutboundConfig {
-            routes: Vec::new(),
-            socks: None,
-            hops: DEFAULT_EXIT_HOPS,
-            exit: None,
-        }
     }
 }
 
@@ -140,14 +128,15 @@ pub(super) fn outbound(raw: RawOutbound, err: &ErrFn<'_>) -> Result<OutboundConf
         })?);
     }
     if let Some(v) = raw.hops {
-        c.hops = int_in(
+        // Kept only so that old configs saying what happens anyway still load.
+        int_in(
             &v,
-            2,
-            5,
+            i64::from(EXIT_HOPS),
+            i64::from(EXIT_HOPS),
             "outbound.hops",
-            "hops to the exit, the exit included: 2 to 5; 3 is the default",
+            "exit circuits always have 3 hops (guard, middle, exit); other lengths were removed: delete the line",
             err,
-        )? as u8;
+        )?;
     }
     if let Some(v) = raw.exit {
         let key = crate::crypto::keys::unhex32(v.get_ref())
@@ -236,7 +225,6 @@ mod tests {
         assert_eq!(c.exit.allow_networks[0].to_string(), "198.19.250.0/24");
         assert_eq!(c.outbound.routes.len(), 2);
         assert_eq!(c.outbound.socks, Some("127.0.0.1:1080".parse().unwrap()));
-        assert_eq!(c.outbound.hops, 3);
     }
 
     #[test]
@@ -282,6 +270,7 @@ mod tests {
             ),
             ("[outbound]\nsocks = \"127.0.0.1\"\n", "outbound.socks", 2),
             ("[outbound]\nhops = 1\n", "outbound.hops", 2),
+            ("[outbound]\nhops = 4\n", "outbound.hops", 2),
             ("[outbound]\nexit = \"abcd\"\n", "outbound.exit", 2),
         ] {
             let e = Config::parse(text, "bad.toml").unwrap_err();
@@ -306,13 +295,12 @@ mod tests {
         );
         let c = Config::parse(
             &format!(
-                "[outbound]\nroutes = [\"0.0.0.0/0\", \"::/0\"]\nhops = 4\nexit = \"{key}\"\n"
+                "[outbound]\nroutes = [\"0.0.0.0/0\", \"::/0\"]\nhops = 3\nexit = \"{key}\"\n"
             ),
             "t",
         )
         .unwrap();
         assert_eq!(c.outbound.routes[0].prefix_len(), 0);
-        assert_eq!(c.outbound.hops, 4);
         assert!(c.outbound.exit.is_some());
     }
 }

@@ -438,6 +438,9 @@ pub(super) async fn link_loop(
                     link.link.on_resolved(clock.now(), &name, result);
                 }
                 Command::PowSolved { token, pow } => link.pow_solved(clock.now(), token, pow),
+                Command::ExitAllows { group, dst, reply } => {
+                    let _ = reply.send(link.exit_allows(clock.now(), group, &dst));
+                }
                 Command::Name { name, reply } => names.ask(name, reply, clock.now()),
                 Command::Claims(claims) => names.set_claims(claims, clock.now()),
                 Command::ExpectKey { address, key } => {

@@ -106,6 +106,13 @@ enum Command {
         name: String,
         reply: tokio::sync::oneshot::Sender<crate::names::network::NetAnswer>,
     },
+    /// Would an exit carry this destination for this isolation group (SOCKS, before it
+    /// connects)? The answer goes to `reply`.
+    ExitAllows {
+        group: u8,
+        dst: crate::exit::choose::Destination,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
     /// A proof of work for an introduction was solved (`spawn_solve`).
     PowSolved {
         token: u64,
@@ -187,6 +194,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     if config.exit.enabled && !serve_exit {
         tracing::warn!("[exit] enabled but the node does not relay: not serving as an exit");
     }
+    let mut exit_kernel: Option<platform::exit_net::ExitKernel> = None;
     let gnx = serve_exit
         .then(|| platform::tun::create(platform::exit_net::GNX_NAME, crate::config::OVERLAY_MTU))
         .transpose()
@@ -214,14 +222,21 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             if resolver.is_none() {
                 tracing::warn!("no IPv4 nameserver in /etc/resolv.conf: clients cannot resolve names through this exit");
             }
-            rt.block_on(platform::exit_net::set_up_exit(resolver))
+            let kernel = rt
+                .block_on(platform::exit_net::set_up_exit(resolver))
                 .map_err(ctx("setting up the exit (gnx0, NAT)"))?;
+            if !kernel.ipv6 {
+                tracing::warn!("IPv6 does not leave this exit: the kernel has no per-interface force_forwarding (Linux 6.17) and net.ipv6.conf.all.forwarding is 0");
+            }
             tracing::info!(
                 ports = ?config.exit.allow_ports,
                 networks = ?config.exit.allow_networks,
                 resolver = ?resolver,
+                ipv6 = kernel.ipv6,
+                forwarding = ?kernel.forced,
                 "serving as an exit"
             );
+            exit_kernel = Some(kernel);
         }
         if config.outbound.enabled() {
             rt.block_on(platform::exit_net::set_up_outbound(
@@ -400,6 +415,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             )
         }),
     );
+    if let Some(k) = &exit_kernel {
+        link.set_exit_ipv6(clock.now(), k.ipv6);
+    }
     let mut node = Node::new(link, onion, Randomness::from_os(), clock.now());
     if !node.secrets_from_os() {
         return Err(DaemonError(
@@ -432,12 +450,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
             ),
             node.link.budget().clone(),
         );
-        // IPv6 leaves only where the operator turned IPv6 forwarding on (the daemon does not:
-        // it would turn off router advertisements on the host).
-        g.set_ipv6(
-            std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
-                .is_ok_and(|v| v.trim() == "1"),
-        );
+        g.set_ipv6(exit_kernel.as_ref().is_some_and(|k| k.ipv6));
         g
     });
     // Proofs of work for introductions are solved on tokio's blocking pool (`spawn_solve`).
@@ -463,7 +476,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         rt.spawn(dns::serve(s, state.clone()));
     }
     if let Some(l) = socks_listener {
-        rt.spawn(socks::serve(l));
+        rt.spawn(socks::serve(l, commands_tx.clone()));
     }
     let result = rt.block_on(run_async(
         dev,
@@ -482,7 +495,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
     ));
     remove_socket(&socket_path);
     if serve_exit {
-        match platform::exit_net::tear_down_exit() {
+        match platform::exit_net::tear_down_exit(&exit_kernel.unwrap_or_default()) {
             Ok(()) => tracing::info!("exit NAT table removed"),
             Err(e) => tracing::warn!("{e}"),
         }

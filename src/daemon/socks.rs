@@ -1,9 +1,10 @@
-//! The SOCKS5 server of `[outbound] socks` (docs/decisions.md "Exits"): RFC 1928 CONNECT to IPv4
-//! and IPv6 addresses, RFC 1929 user names as isolation groups (Tor's IsolateSOCKSAuth). Each
-//! connection is a kernel TCP socket bound to its group's inner address on gn0; the source rule
-//! sends it to gn0, where the node puts each group on its own circuit to an exit. Overlay
-//! addresses are connected directly (never through an exit). The messages are parsed by
-//! `crate::exit::socks`.
+//! The SOCKS5 server of `[outbound] socks` (docs/decisions.md "Exits"): RFC 1928 CONNECT and UDP
+//! ASSOCIATE to IPv4 and IPv6 addresses and to names (resolved at the exit, A then AAAA), RFC
+//! 1929 user names as isolation groups (Tor's IsolateSOCKSAuth). Each connection is a kernel TCP
+//! socket, and each association's outward side a UDP socket, bound to its group's inner address
+//! on gn0; the source rule sends them to gn0, where the node puts each group on its own circuit
+//! to an exit. Overlay addresses are connected directly (never through an exit). The messages
+//! are parsed by `crate::exit::socks`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,13 +12,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 
+use crate::exit::choose::Destination;
 use crate::exit::gateway::{client_v4, client_v6, CLIENT_GROUPS, RESOLVER_V4};
+use crate::exit::policy::{PROTO_TCP, PROTO_UDP};
 use crate::exit::socks::{
-    parse_greeting, parse_request, parse_userpass, reply, Command, Parsed, Reply, Target, Way,
-    METHOD_UNACCEPTABLE, METHOD_USERPASS, SOCKS_MAX_MESSAGE,
+    parse_greeting, parse_request, parse_udp_header, parse_userpass, reply, write_udp_header,
+    Command, Parsed, Reply, Target, Way, METHOD_UNACCEPTABLE, METHOD_USERPASS, SOCKS_MAX_MESSAGE,
 };
+
+/// The link task's command channel (asks whether an exit would carry a destination).
+type Commands = mpsc::Sender<super::Command>;
+/// Names an association resolved at the exit, at most (a program naming more is refused).
+const UDP_NAMES_MAX: usize = 64;
+/// Largest datagram relayed: an exit cell carries one packet of at most 1280 bytes.
+const UDP_MAX: usize = 1280;
 
 /// How long a CONNECT may take (the exit circuit may be building).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +41,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 type Groups = Arc<Mutex<BTreeMap<Vec<u8>, u8>>>;
 
 /// Accepts SOCKS connections until the daemon stops.
-pub(super) async fn serve(listener: std::net::TcpListener) {
+pub(super) async fn serve(listener: std::net::TcpListener, commands: Commands) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -46,8 +57,9 @@ pub(super) async fn serve(listener: std::net::TcpListener) {
         match listener.accept().await {
             Ok((s, _)) => {
                 let groups = groups.clone();
+                let commands = commands.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(s, groups).await {
+                    if let Err(e) = connection(s, groups, commands).await {
                         tracing::debug!("SOCKS connection: {e}");
                     }
                 });
@@ -119,22 +131,45 @@ fn reply_for(e: &std::io::Error) -> Reply {
     }
 }
 
-/// Asks the exit's virtual resolver for `name`'s IPv4 address, from isolation group `group`'s
-/// address (so the query rides the group's circuit, as its connection will).
-async fn resolve_at_exit(group: u8, name: &str) -> Result<std::net::Ipv4Addr, String> {
-    use hickory_proto::op::Message;
-    use hickory_proto::rr::{RData, RecordType};
-    use rand::RngCore;
-    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(client_v4(group)), 0))
+/// Asks the exit's virtual resolver for `name`'s address, from isolation group `group`'s
+/// address (so the query rides the group's circuit, as its connection will): an IPv4 address
+/// if the name has one, else an IPv6 one (a v6-only name).
+async fn resolve_at_exit(group: u8, name: &str) -> Result<IpAddr, String> {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(client_v4(group)), 0))
         .await
         .map_err(|e| e.to_string())?;
-    let id = (rand::rngs::OsRng.next_u32() & 0xffff) as u16;
     let fqdn = if name.ends_with('.') {
         name.to_string()
     } else {
         format!("{name}.")
     };
-    let query = crate::names::dns::query_bytes(id, &fqdn, RecordType::A)
+    let (a, code) = ask_exit(&sock, &fqdn, RecordType::A).await?;
+    if let Some(ip) = a {
+        return Ok(ip);
+    }
+    if code == ResponseCode::NXDomain {
+        return Err(format!("no address ({code})"));
+    }
+    match ask_exit(&sock, &fqdn, RecordType::AAAA).await? {
+        (Some(ip), _) => Ok(ip),
+        (None, code) => Err(format!("no address ({code})")),
+    }
+}
+
+/// One question to the exit's resolver: the first address of type `kind` in the answer, and
+/// the answer's code.
+async fn ask_exit(
+    sock: &UdpSocket,
+    fqdn: &str,
+    kind: hickory_proto::rr::RecordType,
+) -> Result<(Option<IpAddr>, hickory_proto::op::ResponseCode), String> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    use rand::RngCore;
+    let id = (rand::rngs::OsRng.next_u32() & 0xffff) as u16;
+    let query = crate::names::dns::query_bytes(id, fqdn, kind)
         .ok_or_else(|| "not a domain name".to_string())?;
     let mut buf = [0u8; 1500];
     // The first query of a new group may be dropped while its circuit is built.
@@ -151,19 +186,41 @@ async fn resolve_at_exit(group: u8, name: &str) -> Result<std::net::Ipv4Addr, St
         if m.id() != id {
             continue;
         }
-        return m
-            .answers()
-            .iter()
-            .find_map(|r| match r.data() {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .ok_or_else(|| format!("no address ({})", m.response_code()));
+        let ip = m.answers().iter().find_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        });
+        return Ok((ip, m.response_code()));
     }
     Err("the exit's resolver did not answer".into())
 }
 
-async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
+/// Whether an exit would carry `dst` (`proto`) for `group`, asked of the link task.
+async fn exit_allows(commands: &Commands, group: u8, dst: SocketAddr, proto: u8) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let ask = super::Command::ExitAllows {
+        group,
+        dst: Destination {
+            ip: dst.ip(),
+            proto,
+            port: dst.port(),
+        },
+        reply: tx,
+    };
+    // If the link task cannot answer, let the packet path decide (it refuses with ICMP).
+    commands.send(ask).await.is_err() || rx.await.unwrap_or(true)
+}
+
+/// The inner source address of `group` for a destination of `ip`'s family.
+fn group_source(group: u8, ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(client_v4(group)),
+        IpAddr::V6(_) => IpAddr::V6(client_v6(group)),
+    }
+}
+
+async fn connection(mut s: TcpStream, groups: Groups, commands: Commands) -> Result<(), String> {
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut buf = Vec::with_capacity(SOCKS_MAX_MESSAGE);
     let handshake = async {
@@ -200,9 +257,8 @@ async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
     let (group, request) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| "handshake timed out".to_string())??;
-    if request.command != Command::Connect {
-        send_reply(&mut s, Reply::CommandNotSupported, unspecified).await?;
-        return Err("only CONNECT is supported".into());
+    if request.command == Command::UdpAssociate {
+        return udp_associate(s, group, &request.target, commands).await;
     }
     let dst = match &request.target {
         Target::Addr(a) => *a,
@@ -210,7 +266,7 @@ async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
         // would leave outside the overlay.
         Target::Name(name, port) if request.target.way() == Way::Exit => {
             match resolve_at_exit(group, name).await {
-                Ok(ip) => SocketAddr::new(IpAddr::V4(ip), *port),
+                Ok(ip) => SocketAddr::new(ip, *port),
                 Err(e) => {
                     send_reply(&mut s, Reply::HostUnreachable, unspecified).await?;
                     return Err(format!("resolving {name} at the exit: {e}"));
@@ -223,18 +279,18 @@ async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
             return Err("overlay names through SOCKS are not supported yet".into());
         }
     };
+    if request.target.way() == Way::Exit && !exit_allows(&commands, group, dst, PROTO_TCP).await {
+        send_reply(&mut s, Reply::NotAllowed, unspecified).await?;
+        return Err(format!("no exit lets {dst} out"));
+    }
     let socket = match dst.ip() {
         IpAddr::V4(_) => TcpSocket::new_v4(),
         IpAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| e.to_string())?;
     if request.target.way() == Way::Exit {
-        let src = match dst.ip() {
-            IpAddr::V4(_) => IpAddr::V4(client_v4(group)),
-            IpAddr::V6(_) => IpAddr::V6(client_v6(group)),
-        };
         socket
-            .bind(SocketAddr::new(src, 0))
+            .bind(SocketAddr::new(group_source(group, dst.ip()), 0))
             .map_err(|e| e.to_string())?;
     }
     let out = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst)).await {
@@ -258,4 +314,131 @@ async fn connection(mut s: TcpStream, groups: Groups) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// UDP ASSOCIATE (RFC 1928 section 7): a relay socket on the listener's address takes the
+/// program's datagrams (from the control connection's host only; from the port it named, if
+/// any), and each leaves from the group's inner address, so through the group's circuit to an
+/// exit; answers come back with their source in the header. Names are resolved at the exit.
+/// The association ends with the control connection. Fragments and overlay destinations are
+/// dropped (hidden services are reached over gn0, not through SOCKS datagrams).
+async fn udp_associate(
+    mut s: TcpStream,
+    group: u8,
+    client_said: &Target,
+    commands: Commands,
+) -> Result<(), String> {
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let peer = s.peer_addr().map_err(|e| e.to_string())?;
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let relay = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
+        Ok(r) => r,
+        Err(e) => {
+            send_reply(&mut s, Reply::GeneralFailure, unspecified).await?;
+            return Err(format!("UDP relay socket: {e}"));
+        }
+    };
+    let bound = relay.local_addr().map_err(|e| e.to_string())?;
+    let out4 = UdpSocket::bind(SocketAddr::new(group_source(group, unspecified.ip()), 0)).await;
+    let out6 = UdpSocket::bind(SocketAddr::new(
+        group_source(group, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        0,
+    ))
+    .await;
+    let (Ok(out4), Ok(out6)) = (out4, out6) else {
+        send_reply(&mut s, Reply::GeneralFailure, unspecified).await?;
+        return Err("binding the group's addresses (is [outbound] set up?)".into());
+    };
+    send_reply(&mut s, Reply::Succeeded, bound).await?;
+    // The program's port, if it said (RFC 1928: "the client's expected source"); else the first
+    // datagram from its host fixes it.
+    let mut program = match client_said {
+        Target::Addr(a) if a.port() != 0 => Some(SocketAddr::new(peer.ip(), a.port())),
+        _ => None,
+    };
+    let mut names: BTreeMap<String, IpAddr> = BTreeMap::new();
+    let mut from_program = vec![0u8; UDP_MAX + 300];
+    let mut answer4 = vec![0u8; UDP_MAX];
+    let mut answer6 = vec![0u8; UDP_MAX];
+    let mut back = Vec::with_capacity(UDP_MAX + 22);
+    let mut control = [0u8; 64];
+    loop {
+        tokio::select! {
+            r = s.read(&mut control) => {
+                // Closed: the end. Bytes on it mean nothing here and are ignored.
+                if !matches!(r, Ok(n) if n > 0) {
+                    return Ok(());
+                }
+            }
+            r = relay.recv_from(&mut from_program) => {
+                let (n, from) = r.map_err(|e| e.to_string())?;
+                if from.ip() != peer.ip() || program.is_some_and(|p| p != from) {
+                    continue;
+                }
+                program = Some(from);
+                let datagram = from_program.get(..n).unwrap_or(&[]);
+                let Ok((target, used)) = parse_udp_header(datagram) else {
+                    continue;
+                };
+                if target.way() == Way::Overlay {
+                    continue;
+                }
+                let dst = match target {
+                    Target::Addr(a) => a,
+                    Target::Name(name, port) => match names.get(&name) {
+                        Some(ip) => SocketAddr::new(*ip, port),
+                        None if names.len() < UDP_NAMES_MAX => {
+                            match resolve_at_exit(group, &name).await {
+                                Ok(ip) => {
+                                    names.insert(name, ip);
+                                    SocketAddr::new(ip, port)
+                                }
+                                Err(e) => {
+                                    tracing::debug!("SOCKS UDP: resolving {name}: {e}");
+                                    continue;
+                                }
+                            }
+                        }
+                        None => continue,
+                    },
+                };
+                if !exit_allows(&commands, group, dst, PROTO_UDP).await {
+                    tracing::debug!("SOCKS UDP: no exit lets {dst} out");
+                    continue;
+                }
+                let data = datagram.get(used..).unwrap_or(&[]);
+                let out = if dst.is_ipv4() { &out4 } else { &out6 };
+                if let Err(e) = out.send_to(data, dst).await {
+                    tracing::debug!("SOCKS UDP to {dst}: {e}");
+                }
+            }
+            r = out4.recv_from(&mut answer4) => {
+                let (n, from) = r.map_err(|e| e.to_string())?;
+                relay_back(&relay, program, &mut back, from, answer4.get(..n).unwrap_or(&[])).await;
+            }
+            r = out6.recv_from(&mut answer6) => {
+                let (n, from) = r.map_err(|e| e.to_string())?;
+                relay_back(&relay, program, &mut back, from, answer6.get(..n).unwrap_or(&[])).await;
+            }
+        }
+    }
+}
+
+/// An answer from the outside, with its source in the header, to the program.
+async fn relay_back(
+    relay: &UdpSocket,
+    program: Option<SocketAddr>,
+    back: &mut Vec<u8>,
+    from: SocketAddr,
+    data: &[u8],
+) {
+    let Some(to) = program else {
+        return;
+    };
+    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+    write_udp_header(back, from);
+    back.extend_from_slice(data);
+    if let Err(e) = relay.send_to(back, to).await {
+        tracing::debug!("SOCKS UDP back to the program: {e}");
+    }
 }

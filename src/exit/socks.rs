@@ -205,6 +205,12 @@ pub fn parse_request(b: &[u8]) -> Parsed<Request> {
         _ => return Err(refuse("command not supported", Reply::CommandNotSupported)),
     };
     let rest = b.get(4..).unwrap_or(&[]);
+    Ok(parse_address(atyp, rest)?.map(|(target, n)| (Request { command, target }, 4 + n)))
+}
+
+/// Parses ATYP's DST.ADDR and DST.PORT from `rest` (the bytes after ATYP): the target and the
+/// bytes used, or a need for more.
+fn parse_address(atyp: u8, rest: &[u8]) -> Parsed<Target> {
     let (addr_len, addr) = match atyp {
         1 => (4, rest.get(..4)),
         4 => (16, rest.get(..16)),
@@ -237,7 +243,44 @@ pub fn parse_request(b: &[u8]) -> Parsed<Request> {
         }
         _ => name_target(addr, port)?,
     };
-    Ok(Some((Request { command, target }, 4 + addr_len + 2)))
+    Ok(Some((target, addr_len + 2)))
+}
+
+/// Parses the header of a datagram a program sends to a UDP ASSOCIATE relay (RFC 1928 section
+/// 7): RSV (2), FRAG, ATYP, DST.ADDR, DST.PORT. Returns the target and the header's length (the
+/// data follows). Fragments (FRAG != 0) are refused, as the RFC allows: we never reassemble.
+pub fn parse_udp_header(b: &[u8]) -> Result<(Target, usize), SocksError> {
+    let Some(&[r0, r1, frag, atyp]) = b.get(..4) else {
+        return Err(bad("datagram shorter than its header"));
+    };
+    if r0 != 0 || r1 != 0 {
+        return Err(bad("reserved bytes set"));
+    }
+    if frag != 0 {
+        return Err(bad("fragmented datagram"));
+    }
+    match parse_address(atyp, b.get(4..).unwrap_or(&[]))? {
+        Some((target, n)) => Ok((target, 4 + n)),
+        None => Err(bad("datagram shorter than its header")),
+    }
+}
+
+/// Writes the header of a datagram from `from` to the program (RFC 1928 section 7) into `out`
+/// (cleared first); the data goes after it.
+pub fn write_udp_header(out: &mut Vec<u8>, from: SocketAddr) {
+    out.clear();
+    out.extend_from_slice(&[0, 0, 0]);
+    match from.ip() {
+        IpAddr::V4(a) => {
+            out.push(1);
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+    out.extend_from_slice(&from.port().to_be_bytes());
 }
 
 /// A domain name from a request: an IP literal becomes an address; otherwise LDH labels (and
@@ -288,6 +331,34 @@ pub fn reply(code: Reply, bound: SocketAddr) -> ([u8; 22], usize) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn udp_headers() {
+        let to: SocketAddr = "[2001:db8:250::2]:443".parse().unwrap();
+        let mut d = Vec::new();
+        write_udp_header(&mut d, to);
+        assert_eq!(d.len(), 22);
+        d.extend_from_slice(b"hi");
+        assert_eq!(parse_udp_header(&d), Ok((Target::Addr(to), 22)));
+        let mut v4 = Vec::new();
+        write_udp_header(&mut v4, "198.19.250.2:443".parse().unwrap());
+        assert_eq!(v4, [0, 0, 0, 1, 198, 19, 250, 2, 1, 187]);
+        let named = [&[0u8, 0, 0, 3, 7][..], b"a.b.com", &[0, 53], b"q"].concat();
+        assert_eq!(
+            parse_udp_header(&named),
+            Ok((Target::Name("a.b.com".into(), 53), 14))
+        );
+        // A fragment, reserved bytes, truncations: refused, never a panic.
+        let mut frag = v4.clone();
+        frag[2] = 1;
+        assert!(parse_udp_header(&frag).is_err());
+        let mut rsv = v4.clone();
+        rsv[0] = 1;
+        assert!(parse_udp_header(&rsv).is_err());
+        for n in 0..v4.len() {
+            assert!(parse_udp_header(&v4[..n]).is_err(), "{n}");
+        }
+    }
 
     #[test]
     fn greetings() {

@@ -246,6 +246,13 @@ impl Node {
         Ok(chosen)
     }
 
+    /// Whether some exit would carry `d` for isolation group `group` (SOCKS asks before it
+    /// connects, to answer "not allowed by ruleset" rather than the ICMP refusal's "host
+    /// unreachable"). The exit chosen is remembered, so the connection's packets go to it.
+    pub fn exit_allows(&mut self, now: Instant, group: u8, d: &Destination) -> bool {
+        self.exits.outbound && self.exit_for(now, group, d).is_ok()
+    }
+
     /// Whether the exit a destination used lately may carry `d` (a site keeps its exit per
     /// address, but another port may need another exit): its policy allows it, or `d` is the
     /// virtual resolver, or it is the pinned exit whose policy we have not learned.

@@ -1,7 +1,7 @@
 //! The kernel's side of exits (docs/decisions.md "Exits"):
 //!
-//! - at an exit, `gnx0` with the inner networks' gateway addresses, IPv4 forwarding, and the
-//!   nftables table `inet globalnet_exit` that masquerades circuits' packets behind the host's own
+//! - at an exit, `gnx0` with the inner networks' gateway addresses, IPv4 forwarding, IPv6
+//!   forwarding for `gnx0`'s traffic only (per interface, [`ExitKernel`]), and the nftables table `inet globalnet_exit` that masquerades circuits' packets behind the host's own
 //!   address and lets nothing reach `gnx0` but answers (conntrack). The table is made with `nft`
 //!   before the privilege drop and deleted over nfnetlink at exit (with `CAP_NET_ADMIN` only);
 //! - at a client with `[outbound] routes`, the inner addresses on gn0, the routes in their own
@@ -9,14 +9,13 @@
 //!   underlay sockets carry the mark, so links never enter gn0. The main table is never edited;
 //!   switching off removes exactly the rule (the table's routes go with gn0).
 
-use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::rule::{RuleAction, RuleFlags, RuleMessage};
 use rtnetlink::RouteMessageBuilder;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::routes::{add_address, index_of, nl, with_handle};
 use super::PlatformError;
 use crate::exit::gateway::{
     client_v4, client_v6, CLIENT_GROUPS, CLIENT_V4, CLIENT_V6, GNX_V4, GNX_V6, INNER_V4_LEN,
@@ -38,52 +37,10 @@ pub const EXIT_MARK: u32 = 0x7412;
 pub const EXIT_RULE_PRIORITY: u32 = 7412;
 /// The exit's nftables table (family inet).
 pub const NFT_TABLE: &str = "globalnet_exit";
-
-fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> PlatformError + '_ {
-    move |e| PlatformError::Netlink(format!("{what}: {e}"))
-}
-
-async fn index_of(handle: &rtnetlink::Handle, ifname: &str) -> Result<u32, PlatformError> {
-    Ok(handle
-        .link()
-        .get()
-        .match_name(ifname.to_string())
-        .execute()
-        .try_next()
-        .await
-        .map_err(nl("looking up the device"))?
-        .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))?
-        .header
-        .index)
-}
-
-async fn with_handle<T, F, Fut>(f: F) -> Result<T, PlatformError>
-where
-    F: FnOnce(rtnetlink::Handle) -> Fut,
-    Fut: std::future::Future<Output = Result<T, PlatformError>>,
-{
-    let (conn, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
-    let task = tokio::spawn(conn);
-    let r = f(handle).await;
-    task.abort();
-    r
-}
-
-async fn add_address(
-    handle: &rtnetlink::Handle,
-    index: u32,
-    ip: IpAddr,
-    len: u8,
-) -> Result<(), PlatformError> {
-    let mut add = handle.address().add(index, ip, len).replace();
-    if ip.is_ipv6() {
-        add.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    add.execute().await.map_err(nl("adding an inner address"))
-}
+/// Conntrack entries one circuit (one inner address) may hold at the exit: the kernel's table is
+/// shared by every circuit, and the SYN rate limit alone lets a circuit fill it slowly. A new
+/// flow past this is refused (ICMP prohibited, so the client fails at once).
+pub const EXIT_CT_MAX: u32 = 1024;
 
 /// The host's resolver for the exit's virtual one: the first IPv4 `nameserver` of
 /// `/etc/resolv.conf`.
@@ -97,10 +54,83 @@ pub fn host_resolver() -> Option<Ipv4Addr> {
     })
 }
 
+/// What [`set_up_exit`] changed beyond its own table, for [`tear_down_exit`] to put back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExitKernel {
+    /// IPv6 leaves this exit: the host forwards IPv6 (the operator's `all/forwarding`), or the
+    /// daemon turned on `force_forwarding` for `gnx0` and the uplinks.
+    pub ipv6: bool,
+    /// Interfaces whose `force_forwarding` the daemon turned on (`gnx0` and the uplinks).
+    pub forced: Vec<String>,
+}
+
+fn v6_sysctl(ifname: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{ifname}/{key}")
+}
+
+/// The interfaces IPv6 answers come back on: every interface but loopback and ours with an IPv6
+/// address beyond link-local (an uplink with only fe80:: cannot masquerade).
+fn ipv6_uplinks() -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for a in addrs {
+        let Some(ip) = a
+            .address
+            .as_ref()
+            .and_then(|x| x.as_sockaddr_in6())
+            .map(|x| x.ip())
+        else {
+            continue;
+        };
+        let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+        if a.interface_name == "lo"
+            || a.interface_name.starts_with("gn")
+            || ip.is_loopback()
+            || link_local
+            || out.contains(&a.interface_name)
+        {
+            continue;
+        }
+        out.push(a.interface_name);
+    }
+    out
+}
+
+/// IPv6 forwarding for what `gnx0` needs and nothing else. `all/forwarding` is not touched: it
+/// would turn the whole host into an IPv6 router and stop it accepting router advertisements.
+/// Instead `force_forwarding` (Linux 6.17) goes on for `gnx0` (circuits' packets out) and the
+/// uplinks (answers back), and the NAT table drops anything the uplinks would forward elsewhere
+/// ([`ruleset`]). Without `force_forwarding`, IPv6 leaves only where the operator forwards it.
+fn ipv6_forwarding() -> Result<ExitKernel, PlatformError> {
+    let all = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+        .is_ok_and(|v| v.trim() == "1");
+    if all {
+        return Ok(ExitKernel {
+            ipv6: true,
+            forced: Vec::new(),
+        });
+    }
+    if !std::path::Path::new(&v6_sysctl(GNX_NAME, "force_forwarding")).exists() {
+        return Ok(ExitKernel::default());
+    }
+    let mut forced = Vec::new();
+    for ifname in std::iter::once(GNX_NAME.to_string()).chain(ipv6_uplinks()) {
+        let path = v6_sysctl(&ifname, "force_forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+            continue; // the operator's: left as it is, now and at exit
+        }
+        std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
+        forced.push(ifname);
+    }
+    Ok(ExitKernel { ipv6: true, forced })
+}
+
 /// At an exit: `gnx0`'s addresses (their prefixes route the inner networks to it), up, IPv4
-/// forwarding on, and the NAT table with DNS to the virtual resolver sent to `resolver`. Before
-/// the privilege drop.
-pub async fn set_up_exit(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
+/// forwarding on, IPv6 forwarding for `gnx0`'s traffic, and the NAT table with DNS to the
+/// virtual resolver sent to `resolver`. Before the privilege drop.
+pub async fn set_up_exit(resolver: Option<Ipv4Addr>) -> Result<ExitKernel, PlatformError> {
     with_handle(|handle| async move {
         let index = index_of(&handle, GNX_NAME).await?;
         add_address(&handle, index, GNX_V4.into(), INNER_V4_LEN).await?;
@@ -120,12 +150,16 @@ pub async fn set_up_exit(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError
         let path = format!("/proc/sys/net/ipv4/conf/{GNX_NAME}/route_localnet");
         std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
     }
-    nft_set_up(resolver)
+    let kernel = ipv6_forwarding()?;
+    nft_set_up(resolver, &kernel)?;
+    Ok(kernel)
 }
 
-/// The ruleset: masquerade what leaves from the inner networks, and let only answers
-/// (conntrack) into `gnx0`, so no neighbour can route packets to a circuit's inner address.
-fn ruleset(resolver: Option<Ipv4Addr>) -> String {
+/// The ruleset: masquerade what leaves from the inner networks, let only answers (conntrack)
+/// into `gnx0`, so no neighbour can route packets to a circuit's inner address, and cap each
+/// inner address's conntrack entries at [`EXIT_CT_MAX`]. An uplink whose `force_forwarding` we
+/// turned on forwards only into `gnx0`.
+fn ruleset(resolver: Option<Ipv4Addr>, kernel: &ExitKernel) -> String {
     let dns = resolver.map_or_else(String::new, |r| {
         format!(
             "\tchain prerouting {{\n\
@@ -134,6 +168,20 @@ fn ruleset(resolver: Option<Ipv4Addr>) -> String {
              \t}}\n"
         )
     });
+    let uplinks: Vec<String> = kernel
+        .forced
+        .iter()
+        .filter(|i| *i != GNX_NAME)
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let only_gnx = if uplinks.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\t\tmeta nfproto ipv6 iifname {{ {} }} oifname != \"{GNX_NAME}\" drop\n",
+            uplinks.join(", ")
+        )
+    };
     format!(
         "table inet {t} {{}}\n\
          delete table inet {t}\n\
@@ -143,10 +191,15 @@ fn ruleset(resolver: Option<Ipv4Addr>) -> String {
          \t\tip saddr {v4}/{l4} oifname != \"{dev}\" masquerade\n\
          \t\tip6 saddr {v6}/{l6} oifname != \"{dev}\" masquerade\n\
          \t}}\n\
+         \tset flows4 {{ type ipv4_addr; size 65535; flags dynamic; }}\n\
+         \tset flows6 {{ type ipv6_addr; size 65535; flags dynamic; }}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{dev}\" ct state established,related accept\n\
          \t\toifname \"{dev}\" drop\n\
+         \t\tiifname \"{dev}\" ct state new add @flows4 {{ ip saddr ct count over {ct} }} reject with icmpx admin-prohibited\n\
+         \t\tiifname \"{dev}\" ct state new add @flows6 {{ ip6 saddr ct count over {ct} }} reject with icmpx admin-prohibited\n\
+         {only_gnx}\
          \t}}\n\
          {dns}\
          }}\n",
@@ -156,10 +209,11 @@ fn ruleset(resolver: Option<Ipv4Addr>) -> String {
         v6 = INNER_V6_NET,
         l6 = INNER_V6_LEN,
         dev = GNX_NAME,
+        ct = EXIT_CT_MAX,
     )
 }
 
-fn nft_set_up(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
+fn nft_set_up(resolver: Option<Ipv4Addr>, kernel: &ExitKernel) -> Result<(), PlatformError> {
     let err = |e: String| PlatformError::Netlink(format!("nftables table {NFT_TABLE}: {e}"));
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -170,7 +224,7 @@ fn nft_set_up(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
         .map_err(|e| err(format!("cannot run nft (is nftables installed?): {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset(resolver).as_bytes())
+            .write_all(ruleset(resolver, kernel).as_bytes())
             .map_err(|e| err(e.to_string()))?;
     }
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
@@ -180,8 +234,25 @@ fn nft_set_up(resolver: Option<Ipv4Addr>) -> Result<(), PlatformError> {
     Ok(())
 }
 
-/// Deletes the NAT table (at exit, with `CAP_NET_ADMIN` only: one nfnetlink batch, no program).
-pub fn tear_down_exit() -> Result<(), PlatformError> {
+/// Deletes the NAT table (at exit, with `CAP_NET_ADMIN` only: one nfnetlink batch, no program)
+/// and turns off the `force_forwarding` [`set_up_exit`] turned on (a network sysctl is writable
+/// with `CAP_NET_ADMIN` in the namespace, whatever the user).
+pub fn tear_down_exit(kernel: &ExitKernel) -> Result<(), PlatformError> {
+    let mut restored = Ok(());
+    for ifname in &kernel.forced {
+        let path = v6_sysctl(ifname, "force_forwarding");
+        // gnx0 may be gone already (its sysctls with it).
+        if std::path::Path::new(&path).exists() {
+            if let Err(e) = std::fs::write(&path, "0") {
+                restored = Err(PlatformError::Netlink(format!("{path}: {e}")));
+            }
+        }
+    }
+    delete_table()?;
+    restored
+}
+
+fn delete_table() -> Result<(), PlatformError> {
     const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
     const NFNL_MSG_BATCH_END: u16 = 0x11;
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -428,17 +499,35 @@ pub async fn tear_down_outbound(routes: &[IpNet], socks: bool) -> Result<(), Pla
 mod tests {
     #[test]
     fn ruleset_names_the_inner_networks() {
-        let r = super::ruleset(Some(std::net::Ipv4Addr::new(198, 19, 250, 2)));
+        let none = super::ExitKernel::default();
+        let r = super::ruleset(Some(std::net::Ipv4Addr::new(198, 19, 250, 2)), &none);
         assert!(
             r.contains("ip daddr 100.127.255.53 meta l4proto { tcp, udp } th dport 53 dnat ip to 198.19.250.2"),
             "{r}"
         );
-        assert!(!super::ruleset(None).contains("dnat"));
+        assert!(!super::ruleset(None, &none).contains("dnat"));
+        assert!(!r.contains("nfproto ipv6"), "{r}");
+        // Uplinks whose force_forwarding we turned on forward only into gnx0.
+        let forced = super::ExitKernel {
+            ipv6: true,
+            forced: vec!["gnx0".into(), "eth0".into(), "inet0".into()],
+        };
+        assert!(super::ruleset(None, &forced).contains(
+            "meta nfproto ipv6 iifname { \"eth0\", \"inet0\" } oifname != \"gnx0\" drop"
+        ));
         assert!(
             r.contains("ip saddr 100.127.0.0/16 oifname != \"gnx0\" masquerade"),
             "{r}"
         );
         assert!(r.contains("ip6 saddr fc00:676e:6578::/64"), "{r}");
         assert!(r.contains("oifname \"gnx0\" drop"), "{r}");
+        assert!(
+            r.contains("add @flows4 { ip saddr ct count over 1024 } reject"),
+            "{r}"
+        );
+        assert!(
+            r.contains("add @flows6 { ip6 saddr ct count over 1024 }"),
+            "{r}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::RouteMessageBuilder;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::PlatformError;
 use crate::crypto::{OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
@@ -20,66 +20,95 @@ pub const TUN_ROUTE_METRIC: u32 = 256;
 /// Metric of the `unreachable fd00::/8` route: above anything a user or DHCP would install.
 pub const UNREACHABLE_METRIC: u32 = 4_000_000_000;
 
-fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> PlatformError + '_ {
+/// Maps an rtnetlink error to one that says what was being done.
+pub(super) fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> PlatformError + '_ {
     move |e| PlatformError::Netlink(format!("{what}: {e}"))
 }
 
-/// Configures `ifname`: address, link up, overlay route, unreachable route.
-pub async fn configure(ifname: &str, address: Ipv6Addr) -> Result<(), PlatformError> {
+/// Runs `f` with a fresh rtnetlink connection (closed afterwards).
+pub(super) async fn with_handle<T, F, Fut>(f: F) -> Result<T, PlatformError>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, PlatformError>>,
+{
     let (conn, handle, _) = rtnetlink::new_connection()
         .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
-    let conn_task = tokio::spawn(conn);
-    let result = configure_with(&handle, ifname, address).await;
-    conn_task.abort();
-    result
+    let task = tokio::spawn(conn);
+    let r = f(handle).await;
+    task.abort();
+    r
 }
 
-async fn configure_with(
+/// The index of interface `ifname`, if it exists.
+pub(super) async fn find_index(
     handle: &rtnetlink::Handle,
     ifname: &str,
-    address: Ipv6Addr,
-) -> Result<(), PlatformError> {
-    let link = handle
+) -> Result<Option<u32>, PlatformError> {
+    Ok(handle
         .link()
         .get()
         .match_name(ifname.to_string())
         .execute()
         .try_next()
         .await
-        .map_err(nl("looking up the TUN device"))?
-        .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))?;
-    let index = link.header.index;
+        .map_err(nl("looking up the device"))?
+        .map(|l| l.header.index))
+}
 
-    let mut add = handle.address().add(index, address.into(), 128).replace();
-    add.message_mut()
-        .attributes
-        .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    add.execute()
-        .await
-        .map_err(nl("adding the node's address"))?;
+/// The index of interface `ifname`, which must exist.
+pub(super) async fn index_of(
+    handle: &rtnetlink::Handle,
+    ifname: &str,
+) -> Result<u32, PlatformError> {
+    find_index(handle, ifname)
+        .await?
+        .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))
+}
 
-    handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(nl("bringing the TUN device up"))?;
+/// Adds (or replaces) an address; IPv6 ones without duplicate address detection (DAD would hold
+/// the address "tentative" for a second and send neighbour solicitations nobody answers).
+pub(super) async fn add_address(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    ip: IpAddr,
+    len: u8,
+) -> Result<(), PlatformError> {
+    let mut add = handle.address().add(index, ip, len).replace();
+    if ip.is_ipv6() {
+        add.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    add.execute().await.map_err(nl("adding an address"))
+}
 
-    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(OVERLAY_PREFIX, OVERLAY_PREFIX_LEN)
-        .output_interface(index)
-        .pref_source(address)
-        .priority(TUN_ROUTE_METRIC)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("adding the fd00::/8 route"))?;
-
-    ensure_unreachable_route(handle).await
+/// Configures `ifname`: address, link up, overlay route, unreachable route.
+pub async fn configure(ifname: &str, address: Ipv6Addr) -> Result<(), PlatformError> {
+    with_handle(|handle| async move {
+        let index = index_of(&handle, ifname).await?;
+        add_address(&handle, index, address.into(), 128).await?;
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl("bringing the TUN device up"))?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(OVERLAY_PREFIX, OVERLAY_PREFIX_LEN)
+            .output_interface(index)
+            .pref_source(address)
+            .priority(TUN_ROUTE_METRIC)
+            .build();
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("adding the fd00::/8 route"))?;
+        ensure_unreachable_route(&handle).await
+    })
+    .await
 }
 
 async fn ensure_unreachable_route(handle: &rtnetlink::Handle) -> Result<(), PlatformError> {
@@ -102,19 +131,8 @@ async fn ensure_unreachable_route(handle: &rtnetlink::Handle) -> Result<(), Plat
 /// routes (unreachable, blackhole, prohibit) carry no traffic and are left out.
 pub async fn prefixes_elsewhere(ifname: &str) -> Result<Vec<(Ipv6Addr, u8)>, PlatformError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-    let (conn, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
-    let conn_task = tokio::spawn(conn);
-    let result = async {
-        let own = handle
-            .link()
-            .get()
-            .match_name(ifname.to_string())
-            .execute()
-            .try_next()
-            .await
-            .map_err(nl("looking up the TUN device"))?
-            .map(|l| l.header.index);
+    with_handle(|handle| async move {
+        let own = find_index(&handle, ifname).await?;
         let mut routes = handle
             .route()
             .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
@@ -140,10 +158,8 @@ pub async fn prefixes_elsewhere(ifname: &str) -> Result<Vec<(Ipv6Addr, u8)>, Pla
             }
         }
         Ok(out)
-    }
-    .await;
-    conn_task.abort();
-    result
+    })
+    .await
 }
 
 /// Puts the hosted services' addresses on `ifname` (each a /128 without DAD) and takes those in
@@ -155,29 +171,10 @@ pub async fn set_service_addresses(
     add: &[Ipv6Addr],
     remove: &[Ipv6Addr],
 ) -> Result<(), PlatformError> {
-    let (conn, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| PlatformError::Netlink(format!("cannot open a netlink socket: {e}")))?;
-    let conn_task = tokio::spawn(conn);
-    let result = async {
-        let index = handle
-            .link()
-            .get()
-            .match_name(ifname.to_string())
-            .execute()
-            .try_next()
-            .await
-            .map_err(nl("looking up the TUN device"))?
-            .ok_or_else(|| PlatformError::Netlink(format!("interface {ifname} vanished")))?
-            .header
-            .index;
+    with_handle(|handle| async move {
+        let index = index_of(&handle, ifname).await?;
         for a in add {
-            let mut req = handle.address().add(index, (*a).into(), 128).replace();
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            req.execute()
-                .await
-                .map_err(nl("adding a service's address"))?;
+            add_address(&handle, index, (*a).into(), 128).await?;
         }
         for a in remove {
             let mut found = handle
@@ -200,8 +197,6 @@ pub async fn set_service_addresses(
             }
         }
         Ok(())
-    }
-    .await;
-    conn_task.abort();
-    result
+    })
+    .await
 }

@@ -20,6 +20,12 @@ use super::{LinkId, LinkLayer};
 
 /// Most policies held (the view is smaller than this in practice).
 pub const MAX_EXIT_POLICIES: usize = 1024;
+/// EXIT_POLICY messages a neighbour may send per [`EXIT_POLICY_WINDOW_MS`]: a neighbour sends its
+/// own at link set-up and at most `1 + PEX_MAX` (4) with each answer to our PEX request, every
+/// `PEX_INTERVAL_MS` (10 s): 24 a minute. More are dropped before any parsing or signature check.
+pub const EXIT_POLICY_RATE: u32 = 60;
+/// The window of [`EXIT_POLICY_RATE`].
+pub const EXIT_POLICY_WINDOW_MS: crate::time::Millis = 60_000;
 /// What one held policy costs the memory budget (record, key, map node).
 const ENTRY_COST: usize = EXIT_POLICY_LEN + 128;
 
@@ -45,6 +51,15 @@ impl LinkLayer {
         // The old record stays until the new one replaces it: its seq must grow.
         self.exit_policy = policy;
         self.sign_exit_policy(now);
+    }
+
+    /// Whether our policy says IPv6 leaves here (it does unless the host cannot forward IPv6):
+    /// clients then send IPv6 only to exits that can carry it.
+    pub fn set_exit_ipv6(&mut self, now: Instant, on: bool) {
+        if self.exit_without_ipv6 == on {
+            self.exit_without_ipv6 = !on;
+            self.sign_exit_policy(now);
+        }
     }
 
     /// Our own exit policy record, if we serve as an exit.
@@ -74,6 +89,9 @@ impl LinkLayer {
             return;
         };
         let mut fields = ExitPolicy::new(ports, nets).published(now.as_unix_ms());
+        if self.exit_without_ipv6 {
+            fields.flags &= !crate::wire::exit_policy::EXIT_FLAG_IPV6;
+        }
         if let Some(old) = &self.own_policy {
             fields.seq = fields.seq.max(old.fields().seq + 1);
         }
@@ -113,8 +131,18 @@ impl LinkLayer {
     }
 
     pub(super) fn on_exit_policy(&mut self, now: Instant, id: LinkId, p: &[u8]) {
-        if !self.links.get(&id).is_some_and(|l| l.state.ready()) {
+        let Some(link) = self.links.get_mut(&id).filter(|l| l.state.ready()) else {
             // Sent right after HELLO; ours may not have arrived first. PEX brings it again.
+            self.stats.dropped += 1;
+            return;
+        };
+        // Per link, so one neighbour's flood of fresh records never costs more than this in
+        // signature checks, and never stops another neighbour's policies arriving.
+        if !link
+            .limits
+            .exit_policy
+            .allow(now, EXIT_POLICY_WINDOW_MS, EXIT_POLICY_RATE)
+        {
             self.stats.dropped += 1;
             return;
         }
@@ -231,8 +259,17 @@ mod tests {
 
     /// A link whose HELLO arrived (the handler only needs one that is ready).
     fn ready_link(l: &mut LinkLayer) -> LinkId {
+        ready_link_from(l, 5)
+    }
+
+    fn ready_link_from(l: &mut LinkLayer, n: u8) -> LinkId {
         let id = l
-            .new_link(NOW, [5; 32], "198.18.0.2:7412".parse().unwrap(), true)
+            .new_link(
+                NOW,
+                [n; 32],
+                format!("198.18.0.{n}:7412").parse().unwrap(),
+                true,
+            )
             .unwrap();
         l.links.get_mut(&id).unwrap().state.on_hello_received();
         id
@@ -296,6 +333,14 @@ mod tests {
         let seq = own.fields().seq;
         l.set_exit_policy(NOW, Some((vec![80], vec![])));
         assert!(l.own_exit_policy().unwrap().fields().seq > seq);
+        // A host that cannot forward IPv6 does not publish it (clients then keep IPv6 away).
+        use crate::wire::exit_policy::{EXIT_FLAG_IPV4, EXIT_FLAG_IPV6};
+        assert_eq!(
+            l.own_exit_policy().unwrap().fields().flags,
+            EXIT_FLAG_IPV4 | EXIT_FLAG_IPV6
+        );
+        l.set_exit_ipv6(NOW, false);
+        assert_eq!(l.own_exit_policy().unwrap().fields().flags, EXIT_FLAG_IPV4);
 
         // A full budget: the policy is refused, not held uncharged.
         let budget = MemoryBudget::new(1 << 20);
@@ -311,5 +356,43 @@ mod tests {
         drop(_rest);
         l.on_exit_policy(NOW, id, p2.bytes());
         assert_eq!(l.exit_policy_count(), 1);
+    }
+
+    /// One neighbour sending fresh policies as fast as it can: past the per-link rate they are
+    /// dropped unparsed (the held one stays), another neighbour's still arrive, and the first
+    /// neighbour's are taken again in the next window.
+    #[test]
+    fn exit_policies_are_rate_limited_per_link() {
+        let mut l = layer(MemoryBudget::new(1 << 20));
+        let flood = ready_link_from(&mut l, 5);
+        let other = ready_link_from(&mut l, 6);
+        for n in [2, 3] {
+            l.view
+                .insert(record(n, FLAG_RELAY | FLAG_EXIT), Source::Itself, NOW)
+                .unwrap();
+        }
+        let exp = NOW.as_unix_ms() / 1000 + 3600;
+        let key2 = SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes();
+        let mut last = 0;
+        for i in 0..u64::from(EXIT_POLICY_RATE) + 20 {
+            let seq = NOW.as_unix_ms() + i;
+            let before = l.stats.dropped;
+            l.on_exit_policy(NOW, flood, policy(2, &[80], seq, exp).bytes());
+            if l.stats.dropped == before {
+                last = seq;
+            }
+        }
+        assert_eq!(last, NOW.as_unix_ms() + u64::from(EXIT_POLICY_RATE) - 1);
+        assert_eq!(l.stats.dropped, 20);
+        assert_eq!(l.exit_policy(&key2, NOW).unwrap().fields().seq, last);
+        // Another neighbour is not held back by the flood.
+        let p3 = policy(3, &[443], NOW.as_unix_ms(), exp);
+        l.on_exit_policy(NOW, other, p3.bytes());
+        assert_eq!(l.exit_policy(p3.identity(), NOW), Some(&p3));
+        // The next window takes the flooding link's news again.
+        let later = NOW + EXIT_POLICY_WINDOW_MS;
+        let p = policy(2, &[80], last + 1, exp);
+        l.on_exit_policy(later, flood, p.bytes());
+        assert_eq!(l.exit_policy(&key2, later), Some(&p));
     }
 }

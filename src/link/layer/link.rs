@@ -187,6 +187,8 @@ pub(super) struct Limits {
     pub(super) dht: RateWindow,
     /// DHT STOREs.
     pub(super) dht_store: RateWindow,
+    /// EXIT_POLICY messages (each new one costs a signature check).
+    pub(super) exit_policy: RateWindow,
 }
 
 /// What a link's handshake timer asks for.

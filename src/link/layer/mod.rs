@@ -100,6 +100,8 @@ pub struct LinkLayer {
     exit_policy: Option<(Vec<u16>, Vec<ipnet::IpNet>)>,
     /// Our signed exit policy (protocol.md 5.5).
     own_policy: Option<crate::wire::exit_policy::ExitPolicyRecord>,
+    /// IPv6 does not leave this exit (the host cannot forward it): not published.
+    exit_without_ipv6: bool,
     /// Exits' policies learned from neighbours.
     policies: exit_policies::ExitPolicies,
     /// A hostile node's lie in its own record (tests only: [`LinkLayer::forge_record_endpoint`]).
@@ -188,6 +190,7 @@ impl LinkLayer {
             record_signed: Instant::ZERO,
             exit_policy: None,
             own_policy: None,
+            exit_without_ipv6: false,
             policies: exit_policies::ExitPolicies::default(),
             forged_endpoint: None,
             observed: None,
