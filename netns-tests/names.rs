@@ -176,7 +176,10 @@ fn ssh_and_curl_reach_a_service_by_name() {
         &lab,
         &client_host,
         Some(&boot),
-        &format!("[names]\nfile = \"{}\"\n", names.display()),
+        &format!(
+            "[names]\nfile = \"{}\"\n[outbound]\nsocks = \"127.0.0.1:1080\"\n",
+            names.display()
+        ),
     );
     let client = lab.start_daemon(&client_host, &cfg);
     for d in relays.iter().chain([&client]) {
@@ -231,6 +234,24 @@ fn ssh_and_curl_reach_a_service_by_name() {
         );
         assert!(out.contains(token), "{name}: {out}");
     }
+    // The same names through the SOCKS port: resolved by the client's daemon (petname, key name),
+    // never sent to an exit (there is none in this network); an address literal too.
+    for url in [
+        "http://alice.gn.alt/".to_string(),
+        format!("http://{svc_name}/"),
+        format!("http://[{svc_addr}]/"),
+    ] {
+        let out = lab.sh_ok(
+            &client_host,
+            &format!("curl -sS --max-time 20 --socks5-hostname 127.0.0.1:1080 {url}"),
+        );
+        assert!(out.contains(token), "SOCKS {url}: {out}");
+    }
+    let out = lab.sh(
+        &client_host,
+        "curl -sS --max-time 20 --socks5-hostname 127.0.0.1:1080 http://nobody-here.gn.alt/",
+    );
+    assert!(!out.status.success(), "an unknown overlay name fails");
     let out = lab.sh_ok(
         &client_host,
         &format!(

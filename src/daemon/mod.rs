@@ -476,7 +476,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         rt.spawn(dns::serve(s, state.clone()));
     }
     if let Some(l) = socks_listener {
-        rt.spawn(socks::serve(l, commands_tx.clone()));
+        rt.spawn(socks::serve(l, state.clone()));
     }
     let result = rt.block_on(run_async(
         dev,

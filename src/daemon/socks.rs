@@ -3,8 +3,10 @@
 //! 1929 user names as isolation groups (Tor's IsolateSOCKSAuth). Each connection is a kernel TCP
 //! socket, and each association's outward side a UDP socket, bound to its group's inner address
 //! on gn0; the source rule sends them to gn0, where the node puts each group on its own circuit
-//! to an exit. Overlay addresses are connected directly (never through an exit). The messages
-//! are parsed by `crate::exit::socks`.
+//! to an exit. Overlay addresses are connected directly (never through an exit), and overlay
+//! names (`*.gn.alt`) are resolved here as the DNS server on gn0 resolves them (petnames, key
+//! names, claims through the DHT): never sent to an exit. The messages are parsed by
+//! `crate::exit::socks`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +43,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 type Groups = Arc<Mutex<BTreeMap<Vec<u8>, u8>>>;
 
 /// Accepts SOCKS connections until the daemon stops.
-pub(super) async fn serve(listener: std::net::TcpListener, commands: Commands) {
+pub(super) async fn serve(listener: std::net::TcpListener, state: Arc<super::NodeState>) {
     let listener = match listener
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpListener::from_std(listener))
@@ -57,9 +59,9 @@ pub(super) async fn serve(listener: std::net::TcpListener, commands: Commands) {
         match listener.accept().await {
             Ok((s, _)) => {
                 let groups = groups.clone();
-                let commands = commands.clone();
+                let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(s, groups, commands).await {
+                    if let Err(e) = connection(s, groups, state).await {
                         tracing::debug!("SOCKS connection: {e}");
                     }
                 });
@@ -220,7 +222,44 @@ fn group_source(group: u8, ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn connection(mut s: TcpStream, groups: Groups, commands: Commands) -> Result<(), String> {
+/// How long a network-issued overlay name may wait for the DHT.
+const OVERLAY_NAME_WAIT: Duration = Duration::from_secs(8);
+
+/// An overlay name's address, resolved on this node like the DNS server on gn0 does; with a
+/// name that carries the full key (a key name, a petname to one, a claim) the node is told to
+/// accept only that key's descriptors for the address.
+async fn resolve_overlay(state: &super::NodeState, name: &str) -> Result<IpAddr, String> {
+    use crate::names::{network::NetAnswer, resolve_local, Local};
+    // The petnames' guard must not live across the wait below.
+    let local = resolve_local(name, &state.pets());
+    let (address, key) = match local {
+        Ok(Local::Found(r)) => (r.address, r.key.map(|k| k.key())),
+        Ok(Local::Network(label)) => {
+            match super::names::lookup(&state.commands, label, OVERLAY_NAME_WAIT).await {
+                NetAnswer::Owner { key, .. } => {
+                    let k = super::names::key_name(&key)
+                        .ok_or_else(|| format!("{name}: the claim's key is not usable"))?;
+                    (k.address(), Some(k.key()))
+                }
+                NetAnswer::NoSuchName => return Err(format!("{name}: no such name")),
+                NetAnswer::Unavailable(why) => return Err(format!("{name}: {why}")),
+            }
+        }
+        Ok(Local::NotFound) => return Err(format!("{name}: no such name")),
+        Err(e) => return Err(format!("{name}: {e}")),
+    };
+    if let Some(key) = key {
+        super::dns::expect_key(&state.commands, address, key);
+    }
+    Ok(IpAddr::V6(address))
+}
+
+async fn connection(
+    mut s: TcpStream,
+    groups: Groups,
+    state: Arc<super::NodeState>,
+) -> Result<(), String> {
+    let commands = state.commands.clone();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let mut buf = Vec::with_capacity(SOCKS_MAX_MESSAGE);
     let handshake = async {
@@ -273,11 +312,13 @@ async fn connection(mut s: TcpStream, groups: Groups, commands: Commands) -> Res
                 }
             }
         }
-        Target::Name(..) => {
-            // Overlay names through SOCKS are not built yet (use gn0 and the gn.alt resolver).
-            send_reply(&mut s, Reply::AddressTypeNotSupported, unspecified).await?;
-            return Err("overlay names through SOCKS are not supported yet".into());
-        }
+        Target::Name(name, port) => match resolve_overlay(&state, name).await {
+            Ok(ip) => SocketAddr::new(ip, *port),
+            Err(e) => {
+                send_reply(&mut s, Reply::HostUnreachable, unspecified).await?;
+                return Err(e);
+            }
+        },
     };
     if request.target.way() == Way::Exit && !exit_allows(&commands, group, dst, PROTO_TCP).await {
         send_reply(&mut s, Reply::NotAllowed, unspecified).await?;
