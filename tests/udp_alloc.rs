@@ -47,7 +47,7 @@ fn batched_udp_allocates_nothing_per_datagram() {
         let d = vec![0x5a; 1424];
         println!("GSO segments per send: {}", tx.max_segments());
         // Warm-up: the runtime's readiness registrations and any lazily built state.
-        for _ in 0..5 {
+        for _ in 0..20 {
             round(&tx, (&rx, to), &mut sb, &mut rb, &d, 64).await;
         }
         let before = alloc_counter::allocations();

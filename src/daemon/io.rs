@@ -76,31 +76,38 @@ pub(super) async fn recv_on(
     }
 }
 
-/// Hands every datagram of one batched read to the node.
-pub(super) fn deliver(node: &mut Node, now: time::Instant, batch: &udp::RecvBatch) {
+/// Hands every datagram of one batched read to the node; returns how many there were.
+pub(super) fn deliver(node: &mut Node, now: time::Instant, batch: &udp::RecvBatch) -> usize {
+    let mut n = 0;
     for (d, rx) in batch.datagrams() {
         node.handle_datagram_at(now, rx.from, rx.local, d);
+        n += 1;
     }
+    n
 }
 
-/// Batched reads per wake-up at most (each up to [`udp::RECV_SLOTS`] reads of a GRO batch):
-/// the other sources (TUN, timers, commands) get their turn after that much.
-const DRAIN_READS: usize = 4;
+/// Datagrams handled per wake-up before the other sources (TUN, timers, commands) get their
+/// turn and the node's transmits leave: as many as before batching (64 reads of one datagram).
+/// Counted in datagrams, not reads: with GSO senders one read can be 16 GRO slots of several
+/// datagrams each, and hundreds per wake-up would hold the TUN and the transmits back.
+const DRAIN_DATAGRAMS: usize = 64;
 
-/// Handles what else is already queued on the socket (a few batches) before going back to the
-/// event loop: fewer wake-ups and timer re-arms per datagram under load.
+/// Handles what else is already queued on the socket (up to [`DRAIN_DATAGRAMS`] with what the
+/// wake-up's read brought) before going back to the event loop: fewer wake-ups and timer
+/// re-arms per datagram under load.
 pub(super) fn drain(
     socket: Option<&udp::Port>,
     node: &mut Node,
     clock: &Clock,
     batch: Option<&mut udp::RecvBatch>,
+    mut handled: usize,
 ) {
     let (Some(s), Some(batch)) = (socket, batch) else {
         return;
     };
-    for _ in 1..DRAIN_READS {
+    while handled < DRAIN_DATAGRAMS {
         match s.try_recv_batch(batch) {
-            Ok(_) => deliver(node, clock.now(), batch),
+            Ok(_) => handled += deliver(node, clock.now(), batch),
             Err(_) => break,
         }
     }
@@ -396,19 +403,15 @@ pub(super) async fn link_loop(
         tokio::select! {
             r = recv_on(sockets.first(), rx0.as_mut()) => match r {
                 Ok(_) => {
-                    if let Some(b) = rx0.as_ref() {
-                        deliver(&mut link, clock.now(), b);
-                    }
-                    drain(sockets.first(), &mut link, &clock, rx0.as_mut());
+                    let n = rx0.as_ref().map_or(0, |b| deliver(&mut link, clock.now(), b));
+                    drain(sockets.first(), &mut link, &clock, rx0.as_mut(), n);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
             r = recv_on(sockets.get(1), rx1.as_mut()) => match r {
                 Ok(_) => {
-                    if let Some(b) = rx1.as_ref() {
-                        deliver(&mut link, clock.now(), b);
-                    }
-                    drain(sockets.get(1), &mut link, &clock, rx1.as_mut());
+                    let n = rx1.as_ref().map_or(0, |b| deliver(&mut link, clock.now(), b));
+                    drain(sockets.get(1), &mut link, &clock, rx1.as_mut(), n);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
