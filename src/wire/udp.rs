@@ -200,7 +200,8 @@ impl Port {
 }
 
 /// Datagram slots per receive call: one `recvmmsg` fills up to this many, each with a GRO batch.
-/// Sixteen 64 KiB slots (1 MiB per socket) hold a burst from many links at once.
+/// Sixteen slots of [`Port::buffer_len`] (128 KiB with GRO: 2 MiB per socket) hold a burst from
+/// many links at once.
 pub const RECV_SLOTS: usize = if quinn_udp::BATCH_SIZE < 16 {
     quinn_udp::BATCH_SIZE
 } else {
