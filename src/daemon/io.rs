@@ -65,38 +65,49 @@ pub(super) async fn route_refresher(ifname: String, commands: mpsc::Sender<Comma
     }
 }
 
-/// Receives on up to two sockets; pending forever when there is no such socket.
+/// Receives a batch on up to two sockets; pending forever when there is no such socket.
 pub(super) async fn recv_on(
     socket: Option<&udp::Port>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, usize, udp::Received)> {
-    match socket {
-        Some(s) => s.recv(buf).await,
-        None => std::future::pending().await,
+    batch: Option<&mut udp::RecvBatch>,
+) -> std::io::Result<usize> {
+    match (socket, batch) {
+        (Some(s), Some(b)) => s.recv_batch(b).await,
+        _ => std::future::pending().await,
     }
 }
 
-/// Hands one read to the node: several datagrams of `stride` bytes when GRO coalesced them.
-pub(super) fn deliver(
-    node: &mut Node,
-    now: time::Instant,
-    buf: &[u8],
-    n: usize,
-    stride: usize,
-    rx: udp::Received,
-) {
-    for d in buf.get(..n).unwrap_or(&[]).chunks(stride) {
+/// Hands every datagram of one batched read to the node; returns how many there were.
+pub(super) fn deliver(node: &mut Node, now: time::Instant, batch: &udp::RecvBatch) -> usize {
+    let mut n = 0;
+    for (d, rx) in batch.datagrams() {
         node.handle_datagram_at(now, rx.from, rx.local, d);
+        n += 1;
     }
+    n
 }
 
-/// Handles what else is already queued on the socket (up to a batch) before going back to the
-/// event loop: fewer wake-ups and timer re-arms per datagram under load.
-pub(super) fn drain(socket: Option<&udp::Port>, node: &mut Node, clock: &Clock, buf: &mut [u8]) {
-    let Some(s) = socket else { return };
-    for _ in 0..63 {
-        match s.try_recv(buf) {
-            Ok((n, stride, rx)) => deliver(node, clock.now(), buf, n, stride, rx),
+/// Datagrams handled per wake-up before the other sources (TUN, timers, commands) get their
+/// turn and the node's transmits leave: as many as before batching (64 reads of one datagram).
+/// Counted in datagrams, not reads: with GSO senders one read can be 16 GRO slots of several
+/// datagrams each, and hundreds per wake-up would hold the TUN and the transmits back.
+const DRAIN_DATAGRAMS: usize = 64;
+
+/// Handles what else is already queued on the socket (up to [`DRAIN_DATAGRAMS`] with what the
+/// wake-up's read brought) before going back to the event loop: fewer wake-ups and timer
+/// re-arms per datagram under load.
+pub(super) fn drain(
+    socket: Option<&udp::Port>,
+    node: &mut Node,
+    clock: &Clock,
+    batch: Option<&mut udp::RecvBatch>,
+    mut handled: usize,
+) {
+    let (Some(s), Some(batch)) = (socket, batch) else {
+        return;
+    };
+    while handled < DRAIN_DATAGRAMS {
+        match s.try_recv_batch(batch) {
+            Ok(_) => handled += deliver(node, clock.now(), batch),
             Err(_) => break,
         }
     }
@@ -315,15 +326,28 @@ impl Pings {
 
 /// The link task: owns the UDP sockets, the node's state machine and the flow layer.
 /// Sends every datagram the node has queued, each on a socket of its address family, from the
-/// address the peer wrote to.
-pub(super) async fn send_transmits(node: &mut Node, sockets: &[udp::Port]) {
+/// address the peer wrote to: runs of datagrams to one peer leave in one GSO send per socket.
+pub(super) async fn send_transmits(
+    node: &mut Node,
+    sockets: &[udp::Port],
+    batches: &mut [udp::SendBatch],
+) {
     while let Some(t) = node.poll_transmit() {
-        if let Some(s) = sockets.iter().find(|s| s.serves(&t.dst)) {
-            if let Err(e) = s.send(t.dst, t.src, &t.data).await {
+        let pick = sockets
+            .iter()
+            .zip(batches.iter_mut())
+            .find(|(s, _)| s.serves(&t.dst));
+        if let Some((s, b)) = pick {
+            if let Err(e) = s.queue(b, t.dst, t.src, &t.data).await {
                 tracing::debug!("UDP send to {}: {e}", t.dst);
             }
         }
         node.recycle(t.data);
+    }
+    for (s, b) in sockets.iter().zip(batches.iter_mut()) {
+        if let Err(e) = s.flush(b).await {
+            tracing::debug!("UDP send: {e}");
+        }
     }
 }
 
@@ -365,8 +389,9 @@ pub(super) async fn link_loop(
         outbound: state.config.outbound.enabled(),
     };
     let mut pings = Pings::default();
-    let mut buf0 = vec![0u8; sockets.first().map_or(0, udp::Port::buffer_len)];
-    let mut buf1 = vec![0u8; sockets.get(1).map_or(0, udp::Port::buffer_len)];
+    let mut rx0 = sockets.first().map(udp::RecvBatch::new);
+    let mut rx1 = sockets.get(1).map(udp::RecvBatch::new);
+    let mut tx: Vec<udp::SendBatch> = sockets.iter().map(|_| udp::SendBatch::default()).collect();
     let mut events: Vec<NodeEvent> = Vec::new();
     let mut last_snapshot = time::Instant::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -376,17 +401,17 @@ pub(super) async fn link_loop(
             .poll_timeout()
             .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
         tokio::select! {
-            r = recv_on(sockets.first(), &mut buf0) => match r {
-                Ok((n, stride, rx)) => {
-                    deliver(&mut link, clock.now(), &buf0, n, stride, rx);
-                    drain(sockets.first(), &mut link, &clock, &mut buf0);
+            r = recv_on(sockets.first(), rx0.as_mut()) => match r {
+                Ok(_) => {
+                    let n = rx0.as_ref().map_or(0, |b| deliver(&mut link, clock.now(), b));
+                    drain(sockets.first(), &mut link, &clock, rx0.as_mut(), n);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
-            r = recv_on(sockets.get(1), &mut buf1) => match r {
-                Ok((n, stride, rx)) => {
-                    deliver(&mut link, clock.now(), &buf1, n, stride, rx);
-                    drain(sockets.get(1), &mut link, &clock, &mut buf1);
+            r = recv_on(sockets.get(1), rx1.as_mut()) => match r {
+                Ok(_) => {
+                    let n = rx1.as_ref().map_or(0, |b| deliver(&mut link, clock.now(), b));
+                    drain(sockets.get(1), &mut link, &clock, rx1.as_mut(), n);
                 }
                 Err(e) => tracing::debug!("UDP receive: {e}"),
             },
@@ -476,7 +501,7 @@ pub(super) async fn link_loop(
                 }
             } => link.handle_timeout(clock.now()),
         }
-        send_transmits(&mut link, &sockets).await;
+        send_transmits(&mut link, &sockets, &mut tx).await;
         events.extend(link.drain_events());
         for e in events.drain(..) {
             match e {
@@ -529,7 +554,7 @@ pub(super) async fn link_loop(
         }
         names.pump(&mut link, clock.now());
         // Replies made while handling events (refusals) leave now, not at the next wake-up.
-        send_transmits(&mut link, &sockets).await;
+        send_transmits(&mut link, &sockets, &mut tx).await;
         while let Some(name) = link.link.poll_resolve() {
             spawn_resolve(name, state.commands.clone());
         }
