@@ -320,26 +320,40 @@ log "iperf3 TCP ${SECS} s: $GN_TCP Mbit/s received, $GN_RETR retransmits (machin
 log "ping under the TCP load: avg $GN_PL_AVG ms, p50 $GN_PL_P50 ms, max $GN_PL_MAX ms, loss $GN_PL_LOSS %"
 
 log "per daemon during the TCP test (${SECS} s): relayed_cells delta, CPU seconds"
-printf '  %-8s %12s %10s %8s %8s %12s\n' host relayed_cells cells/s cpu_s cpu_% cells/cpu_s
-ON_PATH=0
+printf '  %-8s %12s %10s %8s %8s %12s %10s\n' host relayed_cells cells/s cpu_s cpu_% cells/cpu_s positions
 maxc=0
 for n in $(seq 1 "$RELAYS") "$SVC" "$CLIENT"; do
     d=$(calc "r = ${CELLS1[$n]} - ${CELLS0[$n]}" "%.0f")
     [[ $d =~ ^[0-9]+$ ]] && ((d > maxc)) && maxc=$d
 done
+# A daemon on the flow's path relays a share of the busiest one's cells; others only chatter.
+# One that holds two positions of the path (the client's side and the service's) relays twice
+# as many: positions are counted in units of the least busy daemon on the path.
+unit=$maxc
+for n in $(seq 1 "$RELAYS") "$SVC" "$CLIENT"; do
+    d=$(calc "r = ${CELLS1[$n]} - ${CELLS0[$n]}" "%.0f")
+    [[ $d =~ ^[0-9]+$ ]] && ((maxc > 0 && d * 4 > maxc && d < unit)) && unit=$d
+done
+ON_PATH=0
+POSITIONS=0
 for n in $(seq 1 "$RELAYS") "$SVC" "$CLIENT"; do
     name="relay$n"
     ((n == SVC)) && name=service
     ((n == CLIENT)) && name=client
     dc=$(calc "r = ${CELLS1[$n]} - ${CELLS0[$n]}" "%.0f")
     dcpu=$(calc "r = ${CPU1[$n]} - ${CPU0[$n]}" "%.2f")
-    printf '  %-8s %12s %10s %8s %8s %12s\n' "$name" "$dc" "$(div "$dc" "$SECS" "%.0f")" "$dcpu" \
-        "$(div "$(calc "r = 100 * $dcpu" "%.2f")" "$SECS" "%.0f")" "$(div "$dc" "$dcpu" "%.0f")"
-    # A daemon on the flow's path relays a share of the busiest one's cells; others only chatter.
-    if [[ $dc =~ ^[0-9]+$ ]] && ((maxc > 0 && dc * 4 > maxc)); then ON_PATH=$((ON_PATH + 1)); fi
+    pos=0
+    if [[ $dc =~ ^[0-9]+$ ]] && ((maxc > 0 && dc * 4 > maxc)); then
+        pos=$(calc "r = $dc / $unit" "%.0f")
+        ON_PATH=$((ON_PATH + 1))
+        POSITIONS=$((POSITIONS + pos))
+    fi
+    printf '  %-8s %12s %10s %8s %8s %12s %10s\n' "$name" "$dc" "$(div "$dc" "$SECS" "%.0f")" "$dcpu" \
+        "$(div "$(calc "r = 100 * $dcpu" "%.2f")" "$SECS" "%.0f")" "$(div "$dc" "$dcpu" "%.0f")" "$pos"
 done
-PATH_LINKS=$((ON_PATH + 1))
-log "daemons that relayed the flow: $ON_PATH, so the client's flow crossed $PATH_LINKS links"
+PATH_LINKS=$((POSITIONS + 1))
+log "daemons that relayed the flow: $ON_PATH, holding $POSITIONS positions of its path: it crossed $PATH_LINKS links"
+log "(the client and the service are relays too, as shipped: either may hold a position of the other's side)"
 
 in_ns "$TAG-$CLIENT" iperf3 -c "$SVC_ADDR" -p "$IPERF_PORT" -t "$SECS" -u -b "$UDP_RATE" -l "$UDP_LEN" -J \
     >"$TMP/gn-udp.json" 2>"$TMP/gn-udp.err" || true
@@ -353,11 +367,36 @@ if [[ ${PERF:-0} == 1 ]]; then
     in_ns "$TAG-$CLIENT" iperf3 -c "$SVC_ADDR" -p "$IPERF_PORT" -t "$SECS" -J >"$TMP/gn-tcp-perf.json" 2>&1 || true
     wait "$perf_pid" 2>/dev/null || true
     log "profiled TCP run (perf at 997 Hz): $(tcp_result "$TMP/gn-tcp-perf.json" | cut -d' ' -f1) Mbit/s"
+    perf script -i "$TMP/perf.data" -F pid,ip,sym,dso >"$TMP/perf-samples.txt" 2>/dev/null || true
+    log "where each daemon's time goes (perf samples; % of that daemon's samples; CPU-s = samples / 997):"
+    printf '  %-8s %6s %6s %6s %6s %6s %6s %6s %6s %6s %6s\n' host CPU-s sha256 chacha aead curve kernel copy alloc tokio other
     for n in $(seq 1 "$RELAYS") "$SVC" "$CLIENT"; do
-        perf report -i "$TMP/perf.data" --pid "${DPID[$n]}" --no-children --sort dso,sym --percent-limit 0.5 \
-            --stdio >"$TMP/perf-h$n.txt" 2>/dev/null || true
+        name="relay$n"
+        ((n == SVC)) && name=service
+        ((n == CLIENT)) && name=client
+        # Top symbols of this daemon, for the record.
+        awk -v p="${DPID[$n]}" '$1 == p { $1 = ""; $2 = ""; sub(/^ +/, ""); print }' "$TMP/perf-samples.txt" \
+            | sort | uniq -c | sort -rn | head -40 >"$TMP/perf-h$n.txt"
+        awk -v p="${DPID[$n]}" -v name="$name" '$1 == p {
+            t++; l = $0
+            if (l ~ /sha2::|hmac::|wideblock::hash_round/) c["sha"]++
+            else if (l ~ /ring_core.*chacha20_poly1305|poly1305::|chacha20poly1305::/) c["aead"]++
+            else if (l ~ /chacha20::|wideblock::stream_round/) c["chacha"]++
+            else if (l ~ /curve25519|ed25519|x25519|sha512/) c["curve"]++
+            else if (l ~ /\[kernel\.kallsyms\]/) c["kernel"]++
+            else if (l ~ /mem(move|cpy|set)/) c["copy"]++
+            else if (l ~ /malloc|[^a-z]free|realloc|alloc::alloc|cfree/) c["alloc"]++
+            else if (l ~ /tokio::|mio::|epoll|futex/) c["tokio"]++
+            else c["other"]++ }
+            END { if (t == 0) { printf "  %-8s %6s\n", name, "-"; exit }
+                printf "  %-8s %6.2f", name, t / 997
+                split("sha chacha aead curve kernel copy alloc tokio other", k, " ")
+                for (i = 1; i <= 9; i++) printf " %5.0f%%", 100 * c[k[i]] / t
+                printf "\n" }' "$TMP/perf-samples.txt"
     done
-    log "perf reports: $TMP/perf-h<host>.txt (hosts 1-$RELAYS relays, $SVC service, $CLIENT client)"
+    log "  (sha256: GN-WB hash rounds and stream keys; chacha: GN-WB stream rounds; aead: the link's and"
+    log "  the e2e frames' ChaCha20-Poly1305; kernel: syscalls, UDP/veth/bridge, TUN, scheduling)"
+    log "top symbols per daemon: $TMP/perf-h<host>.txt (hosts 1-$RELAYS relays, $SVC service, $CLIENT client)"
 fi
 
 for n in "${!DPID[@]}"; do kill -TERM "${DPID[$n]}" 2>/dev/null || true; done
