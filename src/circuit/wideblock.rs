@@ -9,17 +9,11 @@
 //! A body is split into `L` ([`WB_LEFT_LEN`] = 32 bytes) and `R` (the rest). Any change to the
 //! ciphertext garbles the whole plaintext, which is what makes tagging attacks visible at the end
 //! of a circuit. The layer works in place, keeps no state between cells and never allocates.
-//!
-//! Each key's HMAC is keyed once, when the keys are made: the two SHA-256 blocks of HMAC's padded
-//! key (ipad, opad) are hashed then, not in every round of every cell (8 of a layer's ~58 SHA-256
-//! compressions). The output is the same HMAC-SHA256 (tests/vectors, and the test below against
-//! the `hmac` crate keyed per call).
 
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use chacha20::ChaCha20;
 use core::fmt;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, HmacCore, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -31,8 +25,6 @@ pub const WB_LEFT_LEN: usize = 32;
 pub const WB_TWEAK_LEN: usize = 12;
 
 type HmacSha256 = Hmac<Sha256>;
-/// HMAC-SHA256 keyed: the SHA-256 states after the ipad and opad blocks.
-type KeyedHmac = HmacCore<Sha256>;
 
 /// The GN-WB tweak for a cell: `u64(seq) ‖ u8(cmd) ‖ 0^3`.
 pub fn tweak(seq: u64, cmd: u8) -> [u8; WB_TWEAK_LEN] {
@@ -57,45 +49,11 @@ impl fmt::Display for WbError {
 
 impl std::error::Error for WbError {}
 
-/// The four 32-byte keys of one GN-WB instance (`Kf1..4` or `Kb1..4`), and HMAC-SHA256 keyed
-/// with each. Erased on drop.
-#[derive(Clone)]
+/// The four 32-byte keys of one GN-WB instance (`Kf1..4` or `Kb1..4`). Erased on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct WbKeys {
     k: [[u8; 32]; 4],
-    macs: [KeyedHmac; 4],
 }
-
-/// HMAC-SHA256 keyed with `k`. HMAC takes keys of any length, so this cannot fail; the `Err`
-/// arm (unreachable) gives the all-zero key's HMAC, which garbles every cell for the peer and
-/// the check field at the end of the circuit refuses them.
-fn keyed(k: &[u8; 32]) -> KeyedHmac {
-    match <KeyedHmac as KeyInit>::new_from_slice(k) {
-        Ok(m) => m,
-        Err(_) => <KeyedHmac as KeyInit>::new(&Default::default()),
-    }
-}
-
-impl Zeroize for WbKeys {
-    fn zeroize(&mut self) {
-        self.k.zeroize();
-        // The keyed states are as secret as the keys, and `hmac` does not erase them: overwrite
-        // them with the all-zero key's (public) states. `black_box` keeps the stores from being
-        // optimised away as dead (best effort; the crate has no unsafe for volatile writes).
-        let zero = keyed(&[0u8; 32]);
-        for m in &mut self.macs {
-            *m = zero.clone();
-        }
-        core::hint::black_box(&mut self.macs);
-    }
-}
-
-impl Drop for WbKeys {
-    fn drop(&mut self) {
-        self.zeroize();
-    }
-}
-
-impl ZeroizeOnDrop for WbKeys {}
 
 impl fmt::Debug for WbKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,8 +64,7 @@ impl fmt::Debug for WbKeys {
 impl WbKeys {
     /// Keys `K1..K4`.
     pub fn new(k: [[u8; 32]; 4]) -> Self {
-        let macs = [keyed(&k[0]), keyed(&k[1]), keyed(&k[2]), keyed(&k[3])];
-        WbKeys { k, macs }
+        WbKeys { k }
     }
 
     /// Constant-time equality (for tests and known-answer checks).
@@ -118,7 +75,7 @@ impl WbKeys {
 
     /// WB-Encrypt in place.
     pub fn encrypt(&self, tweak: &[u8; WB_TWEAK_LEN], body: &mut [u8]) -> Result<(), WbError> {
-        let [k1, k2, k3, k4] = &self.macs;
+        let [k1, k2, k3, k4] = &self.k;
         let (l, r) = split(body)?;
         stream_round(k1, l, tweak, r);
         hash_round(k2, tweak, r, l);
@@ -129,7 +86,7 @@ impl WbKeys {
 
     /// WB-Decrypt in place.
     pub fn decrypt(&self, tweak: &[u8; WB_TWEAK_LEN], body: &mut [u8]) -> Result<(), WbError> {
-        let [k1, k2, k3, k4] = &self.macs;
+        let [k1, k2, k3, k4] = &self.k;
         let (l, r) = split(body)?;
         hash_round(k4, tweak, r, l);
         stream_round(k3, l, tweak, r);
@@ -148,15 +105,19 @@ fn split(body: &mut [u8]) -> Result<(&mut [u8; WB_LEFT_LEN], &mut [u8]), WbError
 
 /// `R ← R ⊕ ChaCha20(key = HMAC-SHA256(k, LABEL_WIDEBLOCK_STREAM ‖ tweak ‖ L), nonce = 0^12,
 /// counter = 0)`.
-fn stream_round(k: &KeyedHmac, l: &[u8; WB_LEFT_LEN], tweak: &[u8; WB_TWEAK_LEN], r: &mut [u8]) {
+fn stream_round(k: &[u8; 32], l: &[u8; WB_LEFT_LEN], tweak: &[u8; WB_TWEAK_LEN], r: &mut [u8]) {
     let mut key = [0u8; 32];
-    let mut mac = HmacSha256::from_core(k.clone());
-    mac.update(LABEL_WIDEBLOCK_STREAM);
-    mac.update(tweak);
-    mac.update(l);
-    let mut derived = mac.finalize().into_bytes();
-    key.copy_from_slice(&derived);
-    derived.as_mut_slice().zeroize();
+    // HMAC accepts keys of any length, so this never fails; a failure would leave `R` under a
+    // zero key, garbled for everyone, and the check field at the end of the circuit would
+    // refuse the cell.
+    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(k) {
+        mac.update(LABEL_WIDEBLOCK_STREAM);
+        mac.update(tweak);
+        mac.update(l);
+        let mut derived = mac.finalize().into_bytes();
+        key.copy_from_slice(&derived);
+        derived.as_mut_slice().zeroize();
+    }
     // The cipher state erases itself on drop (chacha20 `zeroize` feature).
     let mut cipher = ChaCha20::new(&key.into(), &[0u8; 12].into());
     key.zeroize();
@@ -164,14 +125,17 @@ fn stream_round(k: &KeyedHmac, l: &[u8; WB_LEFT_LEN], tweak: &[u8; WB_TWEAK_LEN]
 }
 
 /// `L ← L ⊕ HMAC-SHA256(k, LABEL_WIDEBLOCK ‖ tweak ‖ R)`.
-fn hash_round(k: &KeyedHmac, tweak: &[u8; WB_TWEAK_LEN], r: &[u8], l: &mut [u8; WB_LEFT_LEN]) {
-    let mut mac = HmacSha256::from_core(k.clone());
-    mac.update(LABEL_WIDEBLOCK);
-    mac.update(tweak);
-    mac.update(r);
-    let tag = mac.finalize().into_bytes();
-    for (d, s) in l.iter_mut().zip(tag.iter()) {
-        *d ^= s;
+fn hash_round(k: &[u8; 32], tweak: &[u8; WB_TWEAK_LEN], r: &[u8], l: &mut [u8; WB_LEFT_LEN]) {
+    // HMAC accepts keys of any length, so this never fails; a failure would leave `L` unchanged
+    // and the check field at the end of the circuit would refuse the cell.
+    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(k) {
+        mac.update(LABEL_WIDEBLOCK);
+        mac.update(tweak);
+        mac.update(r);
+        let tag = mac.finalize().into_bytes();
+        for (d, s) in l.iter_mut().zip(tag.iter()) {
+            *d ^= s;
+        }
     }
 }
 
@@ -216,69 +180,19 @@ mod tests {
         let l = [9u8; WB_LEFT_LEN];
         let tw = tweak(1, 3);
         let mut a = [0u8; 64];
-        stream_round(&keyed(&k), &l, &tw, &mut a);
+        stream_round(&k, &l, &tw, &mut a);
         for delta in [[1u8; 32], [0x80; 32]] {
             let (mut k2, mut l2) = (k, l);
             k2.iter_mut().zip(&delta).for_each(|(x, d)| *x ^= d);
             l2.iter_mut().zip(&delta).for_each(|(x, d)| *x ^= d);
             let mut b = [0u8; 64];
-            stream_round(&keyed(&k2), &l2, &tw, &mut b);
+            stream_round(&k2, &l2, &tw, &mut b);
             assert_ne!(a, b);
         }
         // The key depends on the tweak too (the nonce is fixed).
         let mut c = [0u8; 64];
-        stream_round(&keyed(&k), &l, &tweak(2, 3), &mut c);
+        stream_round(&k, &l, &tweak(2, 3), &mut c);
         assert_ne!(a, c);
-    }
-
-    /// The rounds with HMAC keyed once give what HMAC keyed per call gives (the construction
-    /// of protocol.md 6.4, as it was computed before the keyed states were kept).
-    #[test]
-    fn keyed_once_equals_keyed_per_call() {
-        let k = keys(9);
-        for (seq, len) in [(0u64, 33usize), (1, 64), (77, 1336), (1 << 40, 500)] {
-            let tw = tweak(seq, 3);
-            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
-            let mut reference = plain.clone();
-            {
-                let (l, r) = reference.split_at_mut(WB_LEFT_LEN);
-                let per_call = |key: &[u8; 32], parts: &[&[u8]]| {
-                    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap();
-                    for p in parts {
-                        m.update(p);
-                    }
-                    m.finalize().into_bytes()
-                };
-                for (i, round) in [0usize, 1, 2, 3].into_iter().enumerate() {
-                    let key = &k.k[round];
-                    if i % 2 == 0 {
-                        let sk = per_call(key, &[LABEL_WIDEBLOCK_STREAM, &tw[..], &*l]);
-                        let mut c = ChaCha20::new(&sk, &[0u8; 12].into());
-                        c.apply_keystream(r);
-                    } else {
-                        let t = per_call(key, &[LABEL_WIDEBLOCK, &tw[..], &*r]);
-                        l.iter_mut().zip(t.iter()).for_each(|(d, s)| *d ^= s);
-                    }
-                }
-            }
-            let mut b = plain.clone();
-            k.encrypt(&tw, &mut b).unwrap();
-            assert_eq!(b, reference, "len {len}");
-            k.decrypt(&tw, &mut b).unwrap();
-            assert_eq!(b, plain);
-        }
-    }
-
-    #[test]
-    fn zeroize_erases_keys_and_keyed_states() {
-        let mut k = keys(3);
-        k.zeroize();
-        let zero = WbKeys::new([[0; 32]; 4]);
-        assert!(k.ct_eq(&zero));
-        let (mut a, mut b) = ([5u8; 100], [5u8; 100]);
-        k.encrypt(&tweak(1, 1), &mut a).unwrap();
-        zero.encrypt(&tweak(1, 1), &mut b).unwrap();
-        assert_eq!(a, b);
     }
 
     #[test]
