@@ -24,6 +24,32 @@ use rand::SeedableRng;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// GN-WB encrypt with each round's HMAC keyed once per key (the keyed states cloned per round)
+/// instead of per round as the library does: same output (checked below), fewer SHA-256
+/// compressions. Measured for issue #21, not adopted: the keyed states would make a relay's
+/// per-circuit state 1280 bytes, over protocol.md 6.3's 1 KiB (docs/benchmarks.md).
+fn wb_encrypt_keyed_once(macs: &[hmac::Hmac<sha2::Sha256>; 4], tweak: &[u8; 12], body: &mut [u8]) {
+    use hmac::Mac;
+    let (l, r) = body.split_at_mut(32);
+    for (i, keyed) in macs.iter().enumerate() {
+        let mut m = keyed.clone();
+        if i % 2 == 0 {
+            m.update(b"globalnet wideblock stream key v1");
+            m.update(tweak);
+            m.update(l);
+            let sk = m.finalize().into_bytes();
+            let mut c = chacha20::ChaCha20::new(&sk, &[0u8; 12].into());
+            c.apply_keystream(r);
+        } else {
+            m.update(b"globalnet wideblock v1");
+            m.update(tweak);
+            m.update(r);
+            let t = m.finalize().into_bytes();
+            l.iter_mut().zip(t.iter()).for_each(|(d, s)| *d ^= s);
+        }
+    }
+}
+
 /// Run `f` `iters` times (after a warm-up) and return nanoseconds per call.
 fn time<F: FnMut(u64)>(iters: u64, mut f: F) -> f64 {
     // `i` keeps counting across the warm-up, so every call sees a fresh seq / a fresh cell.
@@ -95,15 +121,207 @@ fn main() {
     }
     println!();
 
+    // ---- what the machine offers, and what GN-WB is made of
+    #[cfg(target_arch = "x86_64")]
+    println!(
+        "CPU: sha_ni {} avx2 {} avx512f {} avx512vl {} (the sha2 and chacha20 crates pick their backends at run time)",
+        std::arch::is_x86_feature_detected!("sha"),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx512vl"),
+    );
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key).unwrap(),
+    );
+    let ring_seal = time(N, |i| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&i.to_be_bytes());
+        let tag = ring_key
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(n),
+                ring::aead::Aad::empty(),
+                black_box(&mut buf[..CELL_LEN]),
+            )
+            .unwrap();
+        let _ = black_box(tag);
+    });
+    report(
+        &format!("ring ChaCha20-Poly1305 seal over {CELL_LEN} B (the link's AEAD)"),
+        ring_seal,
+        CELL_LEN,
+    );
+    println!();
+    println!(
+        "GN-WB's parts, over one cell body ({CELL_BODY_LEN} B: L = 32, R = {})",
+        CELL_BODY_LEN - 32
+    );
+    let r_len = CELL_BODY_LEN - wideblock::WB_LEFT_LEN;
+    let hash_in = 22 + 12 + r_len;
+    let sha = time(N, |_| {
+        black_box(<sha2::Sha256 as sha2::Digest>::digest(black_box(
+            &buf[..hash_in],
+        )));
+    });
+    report(
+        &format!("SHA-256 over {hash_in} B (a hash round's input)"),
+        sha,
+        hash_in,
+    );
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    use hmac::Mac;
+    let hmac_keying = time(N, |_| {
+        black_box(<HmacSha256 as Mac>::new_from_slice(black_box(&key)).unwrap());
+    });
+    report("HMAC-SHA256 keying (ipad + opad blocks)", hmac_keying, 0);
+    let keyed = <HmacSha256 as Mac>::new_from_slice(&key).unwrap();
+    let hmac_long = time(N, |_| {
+        let mut m = keyed.clone();
+        m.update(black_box(&buf[..hash_in]));
+        black_box(m.finalize().into_bytes());
+    });
+    report(
+        &format!("HMAC-SHA256 over {hash_in} B, keyed once (hash round)"),
+        hmac_long,
+        hash_in,
+    );
+    let hmac_short = time(N, |_| {
+        let mut m = keyed.clone();
+        m.update(black_box(&buf[..33 + 12 + 32]));
+        black_box(m.finalize().into_bytes());
+    });
+    report(
+        "HMAC-SHA256 over 77 B, keyed once (stream key)",
+        hmac_short,
+        0,
+    );
+    let chacha_r = time(N, |_| {
+        let mut c = chacha20::ChaCha20::new(&key.into(), &[0u8; 12].into());
+        c.apply_keystream(black_box(&mut buf[..r_len]));
+    });
+    report(
+        &format!("ChaCha20 over {r_len} B (a stream round)"),
+        chacha_r,
+        r_len,
+    );
+    let parts = 2.0 * (hmac_long + hmac_short + chacha_r);
+    println!(
+        "  sum of a layer's parts: {:.2} µs = 2 × ({:.2} hash round + {:.2} stream key + {:.2} ChaCha20), keying excluded; SHA-256 {:.0}%, ChaCha20 {:.0}%",
+        parts / 1e3,
+        hmac_long / 1e3,
+        hmac_short / 1e3,
+        chacha_r / 1e3,
+        100.0 * 2.0 * (hmac_long + hmac_short) / parts,
+        100.0 * 2.0 * chacha_r / parts,
+    );
+    println!();
+
+    // ---- e2e frames (the ends of a session: every inner packet once each way)
+    println!("e2e frame (session layer, per inner packet at each end)");
+    let fk = globalnet::session::frame::FrameKey::new(&[9u8; 32]);
+    let mut frame = [0u8; CELL_LEN];
+    let seal = time(N, |i| {
+        globalnet::session::frame::seal_frame(&fk, i, black_box(&mut frame), 1200).unwrap();
+    });
+    report("seal a frame (AEAD + counter mask)", seal, 0);
+    let mut sealed = [0u8; CELL_LEN];
+    globalnet::session::frame::seal_frame(&fk, 1, &mut sealed, 1200).unwrap();
+    let open = time(N, |_| {
+        let mut f = sealed;
+        let n = globalnet::session::frame::E2E_FRAME_LEN;
+        black_box(
+            globalnet::session::frame::open_frame(&fk, black_box(&mut f[..n]))
+                .unwrap()
+                .0,
+        );
+    });
+    report(
+        "open a frame (counter mask + AEAD; includes a copy)",
+        open,
+        0,
+    );
+    let sealed_len = globalnet::session::frame::E2E_FRAME_LEN - 9 - 16;
+    let rc = chacha20poly1305::ChaCha20Poly1305::new(&[9u8; 32].into());
+    let rc_seal = time(N, |_| {
+        let tag = rc
+            .encrypt_in_place_detached(
+                &nonce.into(),
+                &[0u8; 9],
+                black_box(&mut frame[9..9 + sealed_len]),
+            )
+            .unwrap();
+        black_box(tag);
+    });
+    report(
+        &format!("  its AEAD before #21: RustCrypto seal over {sealed_len} B"),
+        rc_seal,
+        sealed_len,
+    );
+    let ring_frame = time(N, |i| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&i.to_be_bytes());
+        let tag = ring_key
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(n),
+                ring::aead::Aad::from(&[0u8; 9]),
+                black_box(&mut frame[9..9 + sealed_len]),
+            )
+            .unwrap();
+        let _ = black_box(tag);
+    });
+    report(
+        &format!("  its AEAD now: ring seal over {sealed_len} B"),
+        ring_frame,
+        sealed_len,
+    );
+    let pseudonym = time(1000, |i| {
+        let mut d = [0xfdu8; 16];
+        d[8..].copy_from_slice(&i.to_be_bytes());
+        black_box(globalnet::session::Pseudonym::for_destination(
+            &[3u8; 32],
+            &std::net::Ipv6Addr::from(d),
+            false,
+        ));
+    });
+    report(
+        "pseudonym derivation (was per packet sent, before #21)",
+        pseudonym,
+        0,
+    );
+    println!();
+
     // ---- the per-hop layer
     println!("GN-WB per-hop layer");
     let wb = WbKeys::new([[1; 32], [2; 32], [3; 32], [4; 32]]);
     let mut body = [0u8; CELL_BODY_LEN];
-    let wb_enc = time(N, |i| {
-        wb.encrypt(&wideblock::tweak(i, 3), black_box(&mut body))
-            .unwrap();
-    });
-    report("WB-Encrypt one body (1336 B)", wb_enc, CELL_BODY_LEN);
+    let macs = [[1u8; 32], [2; 32], [3; 32], [4; 32]]
+        .map(|k| <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&k).unwrap());
+    let mut check = [5u8; CELL_BODY_LEN];
+    let mut check2 = check;
+    wb_encrypt_keyed_once(&macs, &wideblock::tweak(9, 3), &mut check);
+    wb.encrypt(&wideblock::tweak(9, 3), &mut check2).unwrap();
+    assert_eq!(check, check2, "keyed once and the library differ");
+    // Alternated, best of 5 each: the machine is shared, and a burst of other work would
+    // otherwise land on one side of the comparison.
+    let (mut wb_enc, mut wb_enc_once) = (f64::MAX, f64::MAX);
+    for _ in 0..5 {
+        wb_enc = wb_enc.min(time(N, |i| {
+            wb.encrypt(&wideblock::tweak(i, 3), black_box(&mut body))
+                .unwrap();
+        }));
+        wb_enc_once = wb_enc_once.min(time(N, |i| {
+            wb_encrypt_keyed_once(&macs, &wideblock::tweak(i, 3), black_box(&mut body));
+        }));
+    }
+    report(
+        "WB-Encrypt one body (1336 B), best of 5",
+        wb_enc,
+        CELL_BODY_LEN,
+    );
+    report(
+        "WB-Encrypt, HMACs keyed once (not adopted), best of 5",
+        wb_enc_once,
+        CELL_BODY_LEN,
+    );
     let wb_dec = time(N, |i| {
         wb.decrypt(&wideblock::tweak(i, 3), black_box(&mut body))
             .unwrap();

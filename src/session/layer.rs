@@ -362,8 +362,24 @@ impl SessionLayer {
             return Err(SendError::Unreachable("no client identity".into()));
         };
         let real = self.real_for.contains(&dst);
-        let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
-        if addr16(pseudonym.address()) != src && !self.hooks.skip_source_check {
+        // Deriving a pseudonym is an Ed25519 key derivation (tens of µs, a fifth of a client's
+        // CPU under bulk traffic when done per packet): a session keeps the one it was made
+        // with, which is the one derived here (deterministic in the seed and `dst`) unless the
+        // real-identity choice changed since.
+        let existing = self
+            .clients
+            .get(&dst)
+            .map(|c| &c.pseudonym)
+            .filter(|p| p.is_real_identity() == real)
+            .map(|p| addr16(p.address()));
+        let (address, pseudonym) = match existing {
+            Some(a) => (a, None),
+            None => {
+                let p = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
+                (addr16(p.address()), Some(p))
+            }
+        };
+        if address != src && !self.hooks.skip_source_check {
             return Err(SendError::Unreachable(
                 "source is not our address for this destination".into(),
             ));

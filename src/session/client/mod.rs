@@ -454,10 +454,13 @@ impl SessionLayer {
         ctx: &mut impl SessionCtx,
         now: Instant,
         dst: [u8; 16],
-        pseudonym: Pseudonym,
+        pseudonym: Option<Pseudonym>,
         packet: &[u8],
     ) -> Result<(), SendError> {
-        self.client_session(ctx, now, dst, pseudonym)?;
+        // `None`: the session exists (the caller checked), so there is nothing to start.
+        if let Some(p) = pseudonym {
+            self.client_session(ctx, now, dst, p)?;
+        }
         let open = match self.clients.get(&dst) {
             Some(c) => c.open.is_some(),
             // It failed at once (the lookup answered synchronously).
