@@ -76,9 +76,9 @@ impl SessionLayer {
     }
 
     /// A circuit ending at `target`: a ready stem extended by one hop, or a fresh build.
-    /// Stems whose first hop is not in `other_guards` (the guards of a session's other
-    /// circuits) come first, so that one guard's death does not take every circuit of the
-    /// session.
+    /// Stems sharing fewest relays with `avoid` (the relays of a session's other circuits; a
+    /// shared guard counts double) come first, so that one relay's death, a guard's or a
+    /// vanguard's, does not take every circuit of the session.
     // The node's parts come as `ctx`: one argument more than clippy's default limit.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::session) fn circuit_to(
@@ -89,7 +89,7 @@ impl SessionLayer {
         target: &RelayRecord,
         purpose: Purpose,
         owner: Owner,
-        other_guards: &[[u8; 32]],
+        avoid: &[[u8; 32]],
     ) -> Result<CircId, String> {
         let want = if service {
             Owner::ServiceStem
@@ -102,11 +102,7 @@ impl SessionLayer {
             .filter(|(id, ready)| *ready && self.owners.get(id) == Some(&want))
             .map(|(id, _)| *id)
             .collect();
-        stems.sort_by_key(|id| {
-            ctx.path(*id)
-                .and_then(|p| p.first().map(|g| other_guards.contains(g.identity())))
-                .unwrap_or(true)
-        });
+        stems.sort_by_key(|id| ctx.path(*id).map_or(usize::MAX, |p| shared(p, avoid)));
         for id in stems {
             let suspect = ctx
                 .path(id)
@@ -170,12 +166,7 @@ impl SessionLayer {
                 ctx.destroy(now, id);
                 continue;
             }
-            let score: usize = path
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| avoid.contains(r.identity()))
-                .map(|(i, _)| if i == 0 { 2 } else { 1 })
-                .sum();
+            let score = shared(path, avoid);
             if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, id));
             }
@@ -270,4 +261,13 @@ pub(in crate::session) fn through_suspect(
             .skip(1)
             .any(|r| suspects.contains(r.identity(), now))
     })
+}
+
+/// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay.
+fn shared(path: &[RelayRecord], avoid: &[[u8; 32]]) -> usize {
+    path.iter()
+        .enumerate()
+        .filter(|(_, r)| avoid.contains(r.identity()))
+        .map(|(i, _)| if i == 0 { 2 } else { 1 })
+        .sum()
 }
