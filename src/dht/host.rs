@@ -22,7 +22,7 @@ use crate::dht::lookup_msg::{
 use crate::dht::message::{RecordKind, StoreStatus, DHT_MAX_CONTACTS};
 use crate::dht::relay::{DhtRelay, OpHandle, OpResult, RelayOut};
 use crate::dht::store::checked_key;
-use crate::dht::{Key, DHT_RPC_TIMEOUT_MS};
+use crate::dht::Key;
 use crate::link::nat::RateWindow;
 use crate::link::LinkId;
 use crate::time::{Instant, Millis};
@@ -44,6 +44,10 @@ pub const DHT_EXPIRE_MS: Millis = 60_000;
 pub const DHT_MAX_WAITING: usize = 256;
 /// Requests waiting for one contact.
 pub const DHT_MAX_WAITING_PER_CONTACT: usize = 8;
+/// Longest a request waits for its link to come up (a punch through an introducer, or the
+/// relayed link after it, takes several seconds); it is dropped at once when the link attempt
+/// ends. Below `DHT_LOOKUP_TIMEOUT_S` less a request's own time, so an answer can still count.
+pub const DHT_LINK_WAIT_MS: Millis = 8_000;
 /// Circuits with last-hop DHT state at once.
 pub const DHT_MAX_ROLE_SLOTS: usize = 4096;
 /// Memory charged per waiting request (the frame and its entry).
@@ -130,8 +134,12 @@ pub trait LinkContext {
         response: bool,
         data: &[u8],
     ) -> bool;
-    /// Dials a DHT contact.
-    fn dial(&mut self, now: Instant, link_key: [u8; 32], endpoint: SocketAddr);
+    /// Dials a DHT contact; `via`, the relay that named it, is linked to us and may introduce
+    /// us when the contact's record is not in our view.
+    fn dial(&mut self, now: Instant, to: &Contact, via: Option<&Contact>);
+    /// Whether a link to `link_key` is being set up (a handshake, a punch or a relayed link
+    /// under way).
+    fn dialing(&self, link_key: &[u8; 32]) -> bool;
     /// Sends a DHT_LOOKUP_REPLY back on a relayed circuit; whether it went.
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool;
     /// Up to `n` random relay records of the view (bytes).
@@ -139,6 +147,7 @@ pub trait LinkContext {
 }
 
 struct Waiting {
+    link_key: [u8; 32],
     frames: Vec<(u64, Vec<u8>, Instant, Charge)>,
 }
 
@@ -280,9 +289,12 @@ impl DhtHost {
             }
             for o in outs {
                 match o {
-                    RelayOut::Request { to, rpc_id, data } => {
-                        self.send_request(ctx, now, to, rpc_id, data)
-                    }
+                    RelayOut::Request {
+                        to,
+                        via,
+                        rpc_id,
+                        data,
+                    } => self.send_request(ctx, now, to, via, rpc_id, data),
                     RelayOut::Done { handle, result } => self.op_done(ctx, now, handle, result),
                 }
             }
@@ -295,6 +307,7 @@ impl DhtHost {
         ctx: &mut C,
         now: Instant,
         to: Contact,
+        via: Option<Contact>,
         rpc_id: u64,
         data: Vec<u8>,
     ) {
@@ -310,22 +323,32 @@ impl DhtHost {
         } else {
             None
         };
-        // Dropped requests time out in their lookup like lost ones.
+        // A dropped request fails in its lookup at once.
         let Some(charge) = charge else {
             self.stats.unsendable += 1;
+            if let Some(r) = self.relay.as_mut() {
+                r.on_unsent(rpc_id, now);
+            }
             return;
         };
         self.waiting
             .entry(to.identity)
-            .or_insert_with(|| Waiting { frames: Vec::new() })
+            .or_insert_with(|| Waiting {
+                link_key: to.link_key,
+                frames: Vec::new(),
+            })
             .frames
             .push((rpc_id, data, now, charge));
         self.waiting_total += 1;
         self.stats.waited += 1;
-        ctx.dial(now, to.link_key, to.endpoint);
+        if let Some(r) = self.relay.as_mut() {
+            r.on_waiting(rpc_id, now + DHT_LINK_WAIT_MS);
+        }
+        ctx.dial(now, &to, via.as_ref().filter(|v| v.identity != to.identity));
     }
 
-    /// Sends what waits for links that came up; drops what waited longer than a request lives.
+    /// Sends what waits for links that came up; drops what waits for a link attempt that
+    /// ended, or waited `DHT_LINK_WAIT_MS`.
     fn flush_waiting<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {
         let mut ids: Vec<[u8; 32]> = self.waiting.keys().copied().collect();
         ids.sort_unstable();
@@ -334,16 +357,23 @@ impl DhtHost {
             let Some(w) = self.waiting.get_mut(&id) else {
                 continue;
             };
+            let dialing = ctx.dialing(&w.link_key);
             let frames = std::mem::take(&mut w.frames);
             let mut keep = Vec::new();
             for f in frames {
                 if let Some(l) = link {
                     ctx.send_frame(now, l, f.0, false, &f.1);
                     self.stats.waited_sent += 1;
-                } else if now.saturating_since(f.2) < DHT_RPC_TIMEOUT_MS {
+                    if let Some(r) = self.relay.as_mut() {
+                        r.on_sent(f.0, now);
+                    }
+                } else if dialing && now.saturating_since(f.2) < DHT_LINK_WAIT_MS {
                     keep.push(f);
                 } else {
                     self.stats.waited_expired += 1;
+                    if let Some(r) = self.relay.as_mut() {
+                        r.on_unsent(f.0, now);
+                    }
                 }
             }
             if keep.is_empty() {

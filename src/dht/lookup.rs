@@ -52,6 +52,9 @@ pub struct Outgoing {
     pub query: u64,
     /// Where to send it.
     pub to: Contact,
+    /// The contact that named `to` in its answer (`None` for a seed): linked to it, so it can
+    /// introduce us when `to` sits behind NAT and its record is not in our view.
+    pub via: Option<Contact>,
     /// What to send.
     pub message: DhtMessage,
 }
@@ -67,6 +70,7 @@ enum State {
 #[derive(Debug)]
 struct Cand {
     contact: Contact,
+    via: Option<Contact>,
     dist: Key,
     state: State,
 }
@@ -80,13 +84,14 @@ struct Path {
 }
 
 impl Path {
-    fn add(&mut self, contact: Contact, target: &Key) {
+    fn add(&mut self, contact: Contact, via: Option<Contact>, target: &Key) {
         let dist = distance(&node_id(&contact.identity), target);
         let at = self.cands.partition_point(|c| c.dist < dist);
         self.cands.insert(
             at,
             Cand {
                 contact,
+                via,
                 dist,
                 state: State::Queued,
             },
@@ -106,6 +111,7 @@ impl Path {
 struct Pending {
     path: usize,
     to: Contact,
+    via: Option<Contact>,
     cursor: u8,
     deadline: Instant,
 }
@@ -183,7 +189,7 @@ impl Lookup {
                 continue;
             }
             if let Some(p) = l.paths.get_mut(i % DHT_DISJOINT_PATHS) {
-                p.add(c, &target);
+                p.add(c, None, &target);
                 l.depth.insert(c.identity, 0);
                 i += 1;
             }
@@ -209,7 +215,7 @@ impl Lookup {
         }
     }
 
-    fn send(&mut self, path: usize, to: Contact, cursor: u8, now: Instant) {
+    fn send(&mut self, path: usize, to: Contact, via: Option<Contact>, cursor: u8, now: Instant) {
         let query = self.next_query;
         self.next_query += 1;
         let message = self.request(cursor);
@@ -218,12 +224,42 @@ impl Lookup {
             Pending {
                 path,
                 to,
+                via,
                 cursor,
                 deadline: now + DHT_RPC_TIMEOUT_MS,
             },
         );
         self.result.requests += 1;
-        self.outbox.push(Outgoing { query, to, message });
+        self.outbox.push(Outgoing {
+            query,
+            to,
+            via,
+            message,
+        });
+    }
+
+    /// `query` waits for a link to its contact to come up, at the latest until `until`: its
+    /// `DHT_RPC_TIMEOUT_MS` starts when it is sent ([`Lookup::on_sent`]), not before. Reaching
+    /// a contact behind NAT (a punch, a relayed link) takes longer than a request lives.
+    pub fn on_waiting(&mut self, query: u64, until: Instant) {
+        if let Some(p) = self.pending.get_mut(&query) {
+            p.deadline = until;
+        }
+    }
+
+    /// `query` went out on a link at `now`, after waiting for it.
+    pub fn on_sent(&mut self, query: u64, now: Instant) {
+        if let Some(p) = self.pending.get_mut(&query) {
+            p.deadline = now + DHT_RPC_TIMEOUT_MS;
+        }
+    }
+
+    /// `query` could not be sent (no link came up, or no room to wait): it fails now, as a
+    /// timeout, rather than at its deadline.
+    pub fn on_unsent(&mut self, query: u64) {
+        if let Some(p) = self.pending.remove(&query) {
+            self.fail(&p, false);
+        }
     }
 
     /// Requests to send now. Call after starting and after every input.
@@ -246,10 +282,10 @@ impl Lookup {
                     break;
                 };
                 c.state = State::InFlight;
-                let to = c.contact;
+                let (to, via) = (c.contact, c.via);
                 path.in_flight += 1;
                 path.queries += 1;
-                self.send(pi, to, 0, now);
+                self.send(pi, to, via, 0, now);
             }
             if let Some(path) = self.paths.get_mut(pi) {
                 let budget_left = path.queries < DHT_MAX_STEPS * DHT_ALPHA;
@@ -345,7 +381,7 @@ impl Lookup {
                 }
                 if p.cursor == 0 {
                     for cursor in 1..total {
-                        self.send(p.path, p.to, cursor, now);
+                        self.send(p.path, p.to, p.via, cursor, now);
                     }
                 }
                 contacts
@@ -378,7 +414,7 @@ impl Lookup {
             }
             self.depth.insert(c.identity, d);
             if let Some(path) = self.paths.get_mut(p.path) {
-                path.add(c, &self.target);
+                path.add(c, Some(p.to), &self.target);
             }
         }
     }
@@ -573,5 +609,43 @@ mod tests {
         assert!(r.closest.is_empty());
         assert!(now <= DHT_LOOKUP_TIMEOUT_S * 1000);
         assert_eq!(r.timed_out.len(), 7);
+    }
+
+    #[test]
+    fn a_request_waiting_for_its_link_times_out_from_when_it_is_sent() {
+        let pool: Vec<Contact> = (1..50).map(contact).collect();
+        let target = [0x22; 32];
+        let mut l = Lookup::new(target, Target::Nodes, &pool[..3], cfg(), Instant::ZERO);
+        let out = l.poll(Instant::ZERO);
+        assert_eq!(out.len(), 3);
+        assert!(
+            out.iter().all(|o| o.via.is_none()),
+            "seeds are named by nobody"
+        );
+        // The first waits for a punch; the second is sent at once; the third gets no link.
+        l.on_waiting(out[0].query, Instant::from_unix_ms(8_000));
+        l.on_waiting(out[2].query, Instant::from_unix_ms(8_000));
+        l.on_unsent(out[2].query);
+        l.on_timer(Instant::from_unix_ms(DHT_RPC_TIMEOUT_MS));
+        // The plain request timed out at 2 s; the waiting one did not.
+        assert_eq!(
+            l.result.timed_out,
+            vec![out[2].to.identity, out[1].to.identity]
+        );
+        l.on_sent(out[0].query, Instant::from_unix_ms(5_000));
+        l.on_timer(Instant::from_unix_ms(6_999));
+        let named = sorted_from(&target, &pool[10..], 2);
+        l.on_reply(
+            out[0].query,
+            DhtMessage::Nodes {
+                contacts: named.clone(),
+            },
+            Instant::from_unix_ms(6_999),
+        );
+        assert_eq!(l.result.answered, vec![out[0].to.identity]);
+        // What it named is asked next, through it.
+        let next = l.poll(Instant::from_unix_ms(6_999));
+        assert_eq!(next.len(), 2);
+        assert!(next.iter().all(|o| o.via == Some(out[0].to)));
     }
 }

@@ -41,6 +41,10 @@ pub enum RelayOut {
     Request {
         /// The contact.
         to: Contact,
+        /// The contact that named `to` in a lookup (it can introduce us; see [`Outgoing`]).
+        ///
+        /// [`Outgoing`]: super::lookup::Outgoing
+        via: Option<Contact>,
         /// The frame's rpc id (the answer must carry it).
         rpc_id: u64,
         /// The DHT message.
@@ -331,6 +335,76 @@ impl DhtRelay {
         }
     }
 
+    /// A store request that timed out or could not be sent counts as a refusal by a failed
+    /// contact.
+    fn store_failed(&mut self, rpc_id: u64) {
+        if let Some(Rpc::Store { handle, to, .. }) = self.rpcs.remove(&rpc_id) {
+            self.table.on_failure(&to);
+            if let Some(p) = self.ops.get_mut(&handle).and_then(|o| o.publish.as_mut()) {
+                p.waiting = p.waiting.saturating_sub(1);
+                p.refused = p.refused.saturating_add(1);
+            }
+        }
+    }
+
+    /// Request `rpc_id` waits for a link to its contact, at the latest until `until`: it does
+    /// not time out meanwhile (its time starts when it is sent, [`DhtRelay::on_sent`]).
+    pub fn on_waiting(&mut self, rpc_id: u64, until: Instant) {
+        self.set_deadline(rpc_id, until);
+    }
+
+    /// Request `rpc_id` went out at `now` after waiting for its link.
+    pub fn on_sent(&mut self, rpc_id: u64, now: Instant) {
+        self.set_deadline(rpc_id, now + DHT_RPC_TIMEOUT_MS);
+    }
+
+    fn set_deadline(&mut self, rpc_id: u64, at: Instant) {
+        match self.rpcs.get_mut(&rpc_id) {
+            Some(Rpc::Lookup {
+                handle,
+                query,
+                deadline,
+                ..
+            }) => {
+                *deadline = at;
+                if let Some(op) = self.ops.get_mut(handle) {
+                    op.lookup.on_waiting(*query, at);
+                }
+            }
+            Some(Rpc::Store {
+                handle, deadline, ..
+            }) => {
+                *deadline = at;
+                // The publication waits for its slowest store.
+                if let Some(p) = self.ops.get_mut(handle).and_then(|o| o.publish.as_mut()) {
+                    p.deadline = p.deadline.max(at + 1);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Request `rpc_id` could not be sent (its link did not come up, or no room to wait): it
+    /// fails now rather than at its deadline.
+    pub fn on_unsent(&mut self, rpc_id: u64, now: Instant) {
+        match self.rpcs.get(&rpc_id) {
+            Some(Rpc::Lookup { handle, query, .. }) => {
+                let (h, q) = (*handle, *query);
+                self.rpcs.remove(&rpc_id);
+                if let Some(op) = self.ops.get_mut(&h) {
+                    op.lookup.on_unsent(q);
+                }
+                self.drive(h, now);
+            }
+            Some(Rpc::Store { handle, .. }) => {
+                let h = *handle;
+                self.store_failed(rpc_id);
+                self.finish_publish(h, now);
+            }
+            None => {}
+        }
+    }
+
     /// Timeouts of requests and operations.
     pub fn on_timer(&mut self, now: Instant) {
         // Store requests past their deadline count as refusals by a failed contact.
@@ -342,13 +416,7 @@ impl DhtRelay {
             .collect();
         expired.sort_unstable();
         for id in expired {
-            if let Some(Rpc::Store { handle, to, .. }) = self.rpcs.remove(&id) {
-                self.table.on_failure(&to);
-                if let Some(p) = self.ops.get_mut(&handle).and_then(|o| o.publish.as_mut()) {
-                    p.waiting = p.waiting.saturating_sub(1);
-                    p.refused = p.refused.saturating_add(1);
-                }
-            }
+            self.store_failed(id);
         }
         // Lookup requests are timed out by the lookups themselves; forget our side of them.
         self.rpcs.retain(
@@ -387,6 +455,7 @@ impl DhtRelay {
             self.stats.requests_out += 1;
             self.out.push(RelayOut::Request {
                 to: o.to,
+                via: o.via,
                 rpc_id,
                 data,
             });
@@ -471,7 +540,12 @@ impl DhtRelay {
                 },
             );
             self.stats.requests_out += 1;
-            self.out.push(RelayOut::Request { to, rpc_id, data });
+            self.out.push(RelayOut::Request {
+                to,
+                via: None,
+                rpc_id,
+                data,
+            });
             sent += 1;
         }
         if let Some(p) = self.ops.get_mut(&h).and_then(|o| o.publish.as_mut()) {
@@ -581,7 +655,9 @@ mod tests {
                 }
                 for o in outs {
                     match o {
-                        RelayOut::Request { to, rpc_id, data } => {
+                        RelayOut::Request {
+                            to, rpc_id, data, ..
+                        } => {
                             let t = self
                                 .contacts
                                 .iter()

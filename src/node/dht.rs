@@ -253,8 +253,12 @@ impl LinkContext for Ctx<'_> {
             .is_ok()
     }
 
-    fn dial(&mut self, now: Instant, link_key: [u8; 32], endpoint: SocketAddr) {
-        let _ = self.link.connect_dht(now, link_key, endpoint);
+    fn dial(&mut self, now: Instant, to: &Contact, via: Option<&Contact>) {
+        let _ = self.link.connect_dht(now, to, via);
+    }
+
+    fn dialing(&self, link_key: &[u8; 32]) -> bool {
+        self.link.dialing(link_key)
     }
 
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool {

@@ -76,6 +76,11 @@ impl SessionLayer {
     }
 
     /// A circuit ending at `target`: a ready stem extended by one hop, or a fresh build.
+    /// Stems sharing fewest relays with `avoid` (the relays of a session's other circuits; a
+    /// shared guard counts double) come first, so that one relay's death, a guard's or a
+    /// vanguard's, does not take every circuit of the session.
+    // The node's parts come as `ctx`: one argument more than clippy's default limit.
+    #[allow(clippy::too_many_arguments)]
     pub(in crate::session) fn circuit_to(
         &mut self,
         ctx: &mut impl SessionCtx,
@@ -84,18 +89,20 @@ impl SessionLayer {
         target: &RelayRecord,
         purpose: Purpose,
         owner: Owner,
+        avoid: &[[u8; 32]],
     ) -> Result<CircId, String> {
         let want = if service {
             Owner::ServiceStem
         } else {
             Owner::ClientStem
         };
-        let stems: Vec<CircId> = self
+        let mut stems: Vec<CircId> = self
             .stems
             .iter()
             .filter(|(id, ready)| *ready && self.owners.get(id) == Some(&want))
             .map(|(id, _)| *id)
             .collect();
+        stems.sort_by_key(|id| ctx.path(*id).map_or(usize::MAX, |p| shared(p, avoid)));
         for id in stems {
             let suspect = ctx
                 .path(id)
@@ -136,7 +143,9 @@ impl SessionLayer {
 
     /// A ready pool circuit for a rendezvous: none through a suspect relay (those are torn
     /// down, the pool rebuilds), preferably none through a relay in `avoid` (the session's
-    /// other circuits, so that one relay's death does not take the spare too).
+    /// other circuits, so that one relay's death does not take the spare too), and above all
+    /// not through the same guard when a pool circuit through another guard is ready: a
+    /// guard carries every circuit through it, so its death would leave the session none.
     pub(in crate::session) fn take_pool(
         &mut self,
         ctx: &mut impl SessionCtx,
@@ -144,8 +153,8 @@ impl SessionLayer {
         avoid: &[[u8; 32]],
     ) -> Option<CircId> {
         self.suspects.sweep(now);
-        let mut fallback = None;
-        let mut chosen = None;
+        // Lowest score wins: 2 for a shared guard, 1 per other shared relay.
+        let mut best: Option<(usize, CircId)> = None;
         for id in ctx.ready_ids(Purpose::Pool) {
             let Some(path) = ctx.path(id) else {
                 continue;
@@ -157,14 +166,15 @@ impl SessionLayer {
                 ctx.destroy(now, id);
                 continue;
             }
-            if path.iter().skip(1).any(|r| avoid.contains(r.identity())) {
-                fallback.get_or_insert(id);
-                continue;
+            let score = shared(path, avoid);
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, id));
             }
-            chosen = Some(id);
-            break;
+            if score == 0 {
+                break;
+            }
         }
-        let id = chosen.or(fallback)?;
+        let (_, id) = best?;
         ctx.set_purpose(id, Purpose::Rendezvous);
         Some(id)
     }
@@ -251,4 +261,13 @@ pub(in crate::session) fn through_suspect(
             .skip(1)
             .any(|r| suspects.contains(r.identity(), now))
     })
+}
+
+/// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay.
+fn shared(path: &[RelayRecord], avoid: &[[u8; 32]]) -> usize {
+    path.iter()
+        .enumerate()
+        .filter(|(_, r)| avoid.contains(r.identity()))
+        .map(|(i, _)| if i == 0 { 2 } else { 1 })
+        .sum()
 }

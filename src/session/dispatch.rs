@@ -92,8 +92,16 @@ impl SessionLayer {
                     rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
                 });
                 let rebuilt = alive.and_then(|rec| {
-                    self.circuit_to(ctx, now, true, &rec, Purpose::Intro, Owner::Intro { svc })
-                        .ok()
+                    self.circuit_to(
+                        ctx,
+                        now,
+                        true,
+                        &rec,
+                        Purpose::Intro,
+                        Owner::Intro { svc },
+                        &[],
+                    )
+                    .ok()
                 });
                 if let Some(s) = self.service_mut(&svc) {
                     match (rebuilt, s.intros.iter_mut().find(|i| i.circ == id)) {

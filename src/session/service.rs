@@ -531,7 +531,18 @@ impl SessionLayer {
             return false;
         };
         let owner = Owner::ServiceRend { svc, peer };
-        match self.circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner) {
+        // The relays of the session's live circuits: a join through other ones (another guard,
+        // another vanguard) survives the death of theirs (issue #20 item 5).
+        let avoid: Vec<[u8; 32]> = self
+            .service_mut(&svc)
+            .and_then(|s| s.sessions.get(&peer))
+            .map(|ss| ss.circuits.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| ctx.path(c))
+            .flat_map(|p| p.iter().map(|r| *r.identity()).collect::<Vec<_>>())
+            .collect();
+        match self.circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner, &avoid) {
             Ok(id) => {
                 self.pending_r1.insert(id, (r1, *rp, tries));
                 if let Some(s) = self.service_mut(&svc) {

@@ -42,7 +42,10 @@ impl LinkContext for Mock {
     fn send_frame(&mut self, _: Instant, _: LinkId, _: u64, _: bool, _: &[u8]) -> bool {
         false
     }
-    fn dial(&mut self, _: Instant, _: [u8; 32], _: SocketAddr) {}
+    fn dial(&mut self, _: Instant, _: &Contact, _: Option<&Contact>) {}
+    fn dialing(&self, _: &[u8; 32]) -> bool {
+        false
+    }
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool {
         self.replies.push((slot, payload.to_vec()));
         true

@@ -1,13 +1,13 @@
 //! DHT frames over links (docs/protocol.md 12.1): the link layer carries them between relays,
 //! rate-limits them per neighbour, and closes links dialled only for the DHT once idle.
 
-use std::net::SocketAddr;
-
 use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::{Contact, FLAG_DHT};
 
+use super::punch::PunchDial;
 use super::{LinkError, LinkEvent, LinkId, LinkLayer};
+use crate::link::nat::PUNCH_TRIES;
 
 /// DHT requests a neighbour may send per second (docs/protocol.md 15, `DHT_REQUEST_RATE`).
 pub const DHT_REQUEST_RATE: u32 = 50;
@@ -20,6 +20,10 @@ pub(super) const DHT_TYPE_STORE: u8 = 5;
 /// cells: a relay's lookups touch dozens of contacts, and keeping a link to each would multiply
 /// every node's links (and their timers and keepalives) for a request or two each.
 pub const DHT_LINK_IDLE_MS: Millis = 30_000;
+/// How long a plain handshake to a DHT contact missing from the view runs alone before the
+/// relay that named the contact is asked to introduce us (a public contact answers well
+/// within it, and a punch request costs the introducer's rate limit).
+pub const DHT_VIA_DELAY_MS: Millis = 500;
 
 impl LinkLayer {
     /// Sends a DHT_REQUEST (or, `response`, a DHT_RESPONSE) frame on a link that completed
@@ -46,26 +50,64 @@ impl LinkLayer {
 
     /// Dials a DHT contact like [`LinkLayer::connect`]; a link this creates is closed again
     /// after `DHT_LINK_IDLE_MS` without DHT requests, unless it came to carry cells.
+    ///
+    /// A contact whose record is not in our view may sit behind NAT, whose NAT drops a plain
+    /// handshake. `via`, the relay that named it in a lookup, is linked to us and answered from
+    /// a routing table its links fill, so it is likely linked to the contact: unless the
+    /// handshake is up within `DHT_VIA_DELAY_MS`, we ask `via` for a punch and then for a
+    /// relayed link, as for a NATed relay in the view (docs/protocol.md 13.2).
     pub fn connect_dht(
         &mut self,
         now: Instant,
-        peer_key: [u8; 32],
-        endpoint: SocketAddr,
+        to: &Contact,
+        via: Option<&Contact>,
     ) -> Result<LinkId, LinkError> {
+        let peer_key = to.link_key;
         let existed = self.by_key.contains_key(&peer_key);
+        let known = self.view.iter().any(|r| r.fields().link_key == peer_key);
         if !existed {
             self.stats.dht_dials += 1;
-            if !self.view.iter().any(|r| r.fields().link_key == peer_key) {
+            if !known {
                 self.stats.dht_dials_unknown += 1;
             }
         }
-        let id = self.connect(now, peer_key, endpoint)?;
-        if !existed {
-            if let Some(l) = self.links.get_mut(&id) {
-                l.dht_only = true;
+        let id = self.connect(now, peer_key, to.endpoint)?;
+        if existed {
+            return Ok(id);
+        }
+        if let Some(l) = self.links.get_mut(&id) {
+            l.dht_only = true;
+        }
+        let via = via
+            .filter(|v| !known && v.link_key != peer_key && v.identity != to.identity)
+            .filter(|v| self.link_to(&v.identity).is_some());
+        if let Some(v) = via {
+            if !self.dials.contains_key(&peer_key) {
+                self.stats.dht_dials_via += 1;
+                self.dials.insert(
+                    peer_key,
+                    PunchDial {
+                        target: to.identity,
+                        introducers: vec![*v],
+                        // Its NAT class is unknown: one punch, then the relayed link.
+                        tries: PUNCH_TRIES - 1,
+                        waits: 0,
+                        next: now + DHT_VIA_DELAY_MS,
+                        relay_asked: false,
+                    },
+                );
             }
         }
         Ok(id)
+    }
+
+    /// Whether a link to `peer_key` is being set up: a link exists that has not completed
+    /// HELLO with a relay (a handshake, a punch or a relayed link under way).
+    pub fn dialing(&self, peer_key: &[u8; 32]) -> bool {
+        self.by_key
+            .get(peer_key)
+            .and_then(|id| self.links.get(id))
+            .is_some_and(|l| !(l.state.ready() && l.identity.is_some()))
     }
 
     /// Closes links dialed for the DHT that carried nothing for `DHT_LINK_IDLE_MS`.

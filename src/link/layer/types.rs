@@ -194,6 +194,9 @@ pub struct LinkStats {
     pub dht_dials: u64,
     /// See `dht_dials`.
     pub dht_dials_unknown: u64,
+    /// Of `dht_dials_unknown`, dials where the relay that named the contact was asked to
+    /// introduce us.
+    pub dht_dials_via: u64,
 }
 
 /// What `globalnet peers` shows about a link.

@@ -317,7 +317,7 @@ impl SessionLayer {
         o.circuits
             .iter()
             .filter_map(|c| ctx.path(c.id))
-            .flat_map(|p| p.iter().skip(1).map(|r| *r.identity()))
+            .flat_map(|p| p.iter().map(|r| *r.identity()))
             .collect()
     }
 }

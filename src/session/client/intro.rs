@@ -163,6 +163,7 @@ impl SessionLayer {
                 &r,
                 Purpose::Intro,
                 Owner::ClientIntro { dst },
+                &[],
             ),
             None => Err("intro point not in our view".to_string()),
         };

@@ -12,7 +12,10 @@ pub struct DhtPaths {
     pub dials: u64,
     /// See `dials`.
     pub dials_unknown: u64,
-    /// Requests that waited for such a dial; sent once the link came up; dropped unsent.
+    /// Of `dials_unknown`, those introduced by the relay that named the contact.
+    pub dials_via: u64,
+    /// Requests that waited for such a dial; sent once the link came up; dropped unsent (the
+    /// link attempt ended, or `DHT_LINK_WAIT_MS` passed).
     pub waited: u64,
     /// See `waited`.
     pub waited_sent: u64,
@@ -33,6 +36,7 @@ pub(super) fn dht_paths(sim: &Sim) -> DhtPaths {
         let (h, l) = (n.node.dht_host_stats(), n.node.link.stats());
         d.dials += l.dht_dials;
         d.dials_unknown += l.dht_dials_unknown;
+        d.dials_via += l.dht_dials_via;
         d.waited += h.waited;
         d.waited_sent += h.waited_sent;
         d.waited_expired += h.waited_expired;
