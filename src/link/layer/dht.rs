@@ -55,7 +55,7 @@ impl LinkLayer {
         let existed = self.by_key.contains_key(&peer_key);
         if !existed {
             self.stats.dht_dials += 1;
-            if !self.view.iter().any(|r| r.fields().link_key == peer_key) {
+            if self.view.by_link_key(&peer_key).is_none() {
                 self.stats.dht_dials_unknown += 1;
             }
         }
