@@ -10,6 +10,7 @@
 //! <64 lowercase hex digits>
 //! ```
 
+use crate::crypto::sigcache::Verified;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 use std::fmt;
@@ -155,6 +156,13 @@ impl fmt::Debug for NodeKeys {
 /// `-P` is accepted: it is a key of its own, whose secret `-p` only the holder of `p` knows, so it
 /// gives that holder nothing a fresh key would not (threat model 6.4).
 pub fn decode_public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    // The torsion check is a full scalar multiplication, and the same keys (relays' identities
+    // in every DHT answer and record) arrive again and again: keys that passed are remembered
+    // (crypto::sigcache; only passes are stored, so a refused key is checked every time).
+    let memo = Verified::key(LABEL_CHECKED_KEY, bytes);
+    if memo.seen() {
+        return VerifyingKey::from_bytes(bytes).ok();
+    }
     let key = VerifyingKey::from_bytes(bytes).ok()?;
     let point = key.to_edwards();
     // `VerifyingKey::to_bytes` echoes the input; re-encoding the decoded point is what catches a
@@ -162,8 +170,17 @@ pub fn decode_public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
     if key.is_weak() || !point.is_torsion_free() || point.compress().to_bytes() != *bytes {
         return None;
     }
+    memo.remember();
     Some(key)
 }
+
+/// Whether `bytes` would pass [`decode_public_key`], without decoding a key that passed before.
+pub fn valid_public_key(bytes: &[u8; 32]) -> bool {
+    Verified::key(LABEL_CHECKED_KEY, bytes).seen() || decode_public_key(bytes).is_some()
+}
+
+/// Memo kind of keys that passed [`decode_public_key`].
+const LABEL_CHECKED_KEY: &[u8] = b"canonical prime-order Ed25519 key";
 
 /// A short, printable fingerprint of a public key (never of a secret).
 pub fn fingerprint(public: &[u8; 32]) -> String {
@@ -477,32 +494,37 @@ mod tests {
     }
 
     /// One secret, one accepted point: torsion variants and small-order points are refused;
-    /// `-P` is a key of its own and is accepted.
+    /// `-P` is a key of its own and is accepted. Twice: the second time `P` and `-P` are
+    /// remembered as checked (crypto::sigcache) and the refused ones are still refused.
     #[test]
     fn network_keys_are_torsion_free_canonical_points() {
-        let p = SigningKey::from_bytes(&[3; 32]).verifying_key();
-        let pe = p.to_edwards();
-        assert!(decode_public_key(&p.to_bytes()).is_some());
-        assert!(decode_public_key(&(-pe).compress().to_bytes()).is_some());
-        let torsion = eight_torsion();
-        for (k, t) in torsion.iter().enumerate() {
-            let variant = (pe + t).compress().to_bytes();
-            assert_eq!(decode_public_key(&variant).is_some(), k == 0, "P + {k}·T8");
-            assert_eq!(
-                decode_public_key(&(-pe + t).compress().to_bytes()).is_some(),
-                k == 0,
-                "-P + {k}·T8"
-            );
-            assert!(
-                decode_public_key(&t.compress().to_bytes()).is_none(),
-                "{k}·T8"
-            );
+        for _ in 0..2 {
+            let p = SigningKey::from_bytes(&[3; 32]).verifying_key();
+            let pe = p.to_edwards();
+            assert!(decode_public_key(&p.to_bytes()).is_some());
+            assert!(decode_public_key(&(-pe).compress().to_bytes()).is_some());
+            let torsion = eight_torsion();
+            for (k, t) in torsion.iter().enumerate() {
+                let variant = (pe + t).compress().to_bytes();
+                assert_eq!(decode_public_key(&variant).is_some(), k == 0, "P + {k}·T8");
+                assert_eq!(valid_public_key(&variant), k == 0, "P + {k}·T8");
+                assert_eq!(
+                    decode_public_key(&(-pe + t).compress().to_bytes()).is_some(),
+                    k == 0,
+                    "-P + {k}·T8"
+                );
+                assert!(
+                    decode_public_key(&t.compress().to_bytes()).is_none(),
+                    "{k}·T8"
+                );
+            }
+            // A non-canonical encoding of a valid point (y + p for y = 2 is y = 2^255 - 17).
+            let mut non_canonical = [0xffu8; 32];
+            non_canonical[31] = 0x7f;
+            non_canonical[0] = 0xef;
+            assert!(decode_public_key(&non_canonical).is_none());
+            assert!(!valid_public_key(&non_canonical));
         }
-        // A non-canonical encoding of a valid point (y + p for y = 2 is y = 2^255 - 17).
-        let mut non_canonical = [0xffu8; 32];
-        non_canonical[31] = 0x7f;
-        non_canonical[0] = 0xef;
-        assert!(decode_public_key(&non_canonical).is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod labels;
 pub mod pow;
 pub mod rng;
+pub mod sigcache;
 
 pub use address::{address_of, is_overlay, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
 pub use keys::{KeyError, NodeKeys};

@@ -333,6 +333,9 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         .build()
         .map_err(ctx("runtime"))?;
     let budget = MemoryBudget::new(config.limits.memory_budget_mb as usize * (1 << 20));
+    // The table of verified signatures is one fixed size per process: charged once, held for
+    // the daemon's life.
+    let _sig_cache = budget.try_charge(crate::crypto::sigcache::SIG_CACHE_BYTES);
     let (commands_tx, commands_rx) = mpsc::channel(MAX_PINGS);
     let state = Arc::new(NodeState {
         address,

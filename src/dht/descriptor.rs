@@ -26,6 +26,7 @@ use crate::crypto::labels::{
     LABEL_ADDRESS, LABEL_BLIND, LABEL_BLIND_NONCE, LABEL_DESC_BODY_KEY, LABEL_DESC_INDEX,
     LABEL_DESC_SIG,
 };
+use crate::crypto::sigcache::Verified;
 use crate::dht::desc_pow::PowParams;
 use crate::wire::record::{emit_endpoint, parse_endpoint, ENDPOINT_LEN, MAX_CLOCK_SKEW_S};
 
@@ -575,10 +576,15 @@ impl Descriptor {
         let blinded_key = field::<32>(b, OFF_BLINDED)?;
         let revision = u64::from_be_bytes(field::<8>(b, OFF_REVISION)?);
         let expires = u64::from_be_bytes(field::<8>(b, OFF_EXPIRES)?);
-        let key = strict_key(&blinded_key)?;
-        let sig = Signature::from_bytes(&field::<64>(b, DESC_SIGNED_LEN)?);
-        key.verify_strict(&signed_message(b), &sig)
-            .map_err(|_| DescError::Signature)?;
+        // Replicas and repeated lookups bring the same bytes again (crypto::sigcache).
+        let memo = Verified::key(LABEL_DESC_SIG, b);
+        if !memo.seen() {
+            let key = strict_key(&blinded_key)?;
+            let sig = Signature::from_bytes(&field::<64>(b, DESC_SIGNED_LEN)?);
+            key.verify_strict(&signed_message(b), &sig)
+                .map_err(|_| DescError::Signature)?;
+            memo.remember();
+        }
         let now_s = now_ms / 1000;
         if expires <= now_s.saturating_sub(MAX_CLOCK_SKEW_S)
             || expires > now_s + DESC_LIFETIME_S + MAX_CLOCK_SKEW_S

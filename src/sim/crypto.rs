@@ -71,6 +71,35 @@ impl SimCrypto {
 
 thread_local! {
     static STAND_IN_DH: Cell<bool> = const { Cell::new(false) };
+    /// Public keys of secrets the stand-in saw lately (a handshake uses one secret for several
+    /// DH): the fixed-base multiplication was a tenth of a 1,000-node run. Keyed by the secret's
+    /// first byte; a slot holds the last secret that fell in it.
+    static PUBLICS: std::cell::RefCell<Vec<Option<SecretPublic>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A secret's bytes and its public key.
+type SecretPublic = ([u8; 32], [u8; 32]);
+
+fn public_of(secret: &StaticSecret) -> [u8; 32] {
+    let s = secret.to_bytes();
+    let slot = usize::from(s[0]);
+    PUBLICS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_empty() {
+            p.resize(256, None);
+        }
+        match p.get(slot) {
+            Some(Some((k, public))) if *k == s => *public,
+            _ => {
+                let public = PublicKey::from(secret).to_bytes();
+                if let Some(e) = p.get_mut(slot) {
+                    *e = Some((s, public));
+                }
+                public
+            }
+        }
+    })
 }
 
 /// The stand-in's shared secret of `secret` and `public` if the simulator switched it on for
@@ -80,7 +109,7 @@ pub fn stand_in_dh(secret: &StaticSecret, public: &[u8; 32]) -> Option<[u8; 32]>
     if !STAND_IN_DH.with(|c| c.get()) {
         return None;
     }
-    let own = PublicKey::from(secret).to_bytes();
+    let own = public_of(secret);
     let (a, b) = if own <= *public {
         (own, *public)
     } else {

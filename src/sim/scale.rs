@@ -19,6 +19,7 @@ use super::{NatKind, Sim, SimConfig};
 use trace::dht_paths;
 pub use trace::DhtPaths;
 
+mod reach;
 mod report;
 mod trace;
 use crate::circuit::layer::CircEvent;
@@ -50,6 +51,9 @@ pub struct ScaleConfig {
     pub services: usize,
     /// Descriptor lookups per virtual minute, from random clients to random services.
     pub lookups_per_min: f64,
+    /// Reachability probes (an e2e PING from a random client to a random service, through a
+    /// session) per virtual minute.
+    pub probes_per_min: f64,
     /// Adversarial shares of the relays (by count) whose figures are reported.
     pub adversary: Vec<f64>,
     /// Virtual minutes before lookups and churn start (nodes join over its first half).
@@ -78,6 +82,7 @@ impl ScaleConfig {
             relay_nat_share: 0.0,
             services: (nodes / 100).max(3),
             lookups_per_min: (nodes as f64 / 50.0).max(10.0),
+            probes_per_min: (nodes as f64 / 100.0).max(5.0),
             adversary: vec![0.05, 0.1],
             warmup_min: 5.min(minutes / 2),
             latency_ms: 20,
@@ -123,7 +128,9 @@ pub struct Scale {
     lookups_ok: u64,
     lookups_done: u64,
     failures: BTreeMap<String, u64>,
-    reachable: u64,
+    /// Lookups whose descriptor named an intro point that was running (`intro_up_share`).
+    intro_up: u64,
+    reach: reach::Reach,
     build_ms: Vec<u64>,
     closures: u64,
     relay_deaths: usize,
@@ -262,7 +269,8 @@ impl Scale {
             lookups_ok: 0,
             lookups_done: 0,
             failures: BTreeMap::new(),
-            reachable: 0,
+            intro_up: 0,
+            reach: reach::Reach::default(),
             build_ms: Vec::new(),
             closures: 0,
             relay_deaths: 0,
@@ -303,6 +311,15 @@ impl Scale {
         if relay {
             self.sim.nodes[i].node.dht_observe(true);
         }
+        if role == Role::Client {
+            // A client needs an identity to open sessions (the reachability probes): the
+            // daemon makes one from the OS generator, the scenario from its seed.
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&self.cfg.seed.to_be_bytes());
+            seed[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+            seed[16] = 0xc1;
+            self.sim.nodes[i].node.set_client_identity(seed, Vec::new());
+        }
         let id = self.sim.nodes[i].identity;
         self.by_identity.insert(id, i);
         if let Role::Service(s) = role {
@@ -342,13 +359,15 @@ impl Scale {
                 self.watch_guards();
                 let alive = self.sim.nodes.iter().filter(|n| n.alive).count();
                 progress(&format!(
-                    "[simulate] {:>3}/{} min  wall {:>6.1} s  nodes {alive} running ({} made)  lookups {}/{} ok  circuits {} built  heap {} MiB",
+                    "[simulate] {:>3}/{} min  wall {:>6.1} s  nodes {alive} running ({} made)  lookups {}/{} ok  reached {}/{}  circuits {} built  heap {} MiB",
                     (self.sim.now - self.start) / 60_000,
                     self.cfg.minutes,
                     wall.elapsed().as_secs_f64(),
                     self.sim.nodes.len(),
                     self.lookups_ok,
                     self.lookups_done,
+                    self.reach.ok,
+                    self.reach.done,
                     self.dead.built
                         + self.sim.nodes.iter().map(|n| n.node.circ.stats().built).sum::<u64>(),
                     heap() >> 20,
@@ -383,6 +402,7 @@ impl Scale {
             }
             self.churn();
             self.lookups();
+            self.probes();
         }
         self.sim.run_for(1_000);
         self.read_events();
@@ -455,16 +475,9 @@ impl Scale {
             let Some(&s) = ready.choose(&mut self.rng) else {
                 continue;
             };
-            let mut client = None;
-            for _ in 0..32 {
-                let i = self.rng.gen_range(0..self.members.len());
-                let m = &self.members[i];
-                if m.role == Role::Client && self.sim.nodes[i].alive && now >= m.joined + 60_000 {
-                    client = Some(i);
-                    break;
-                }
-            }
-            let Some(c) = client else { continue };
+            let Some(c) = self.random_client(now) else {
+                continue;
+            };
             let key = index(&self.services[s].1, epoch(now.as_unix_ms() / 1000));
             let q = DhtQuery::FindValue {
                 kind: RecordKind::Descriptor,
@@ -483,13 +496,27 @@ impl Scale {
         }
     }
 
+    /// A random client that has run for a minute.
+    fn random_client(&mut self, now: Instant) -> Option<usize> {
+        for _ in 0..32 {
+            let i = self.rng.gen_range(0..self.members.len());
+            let m = &self.members[i];
+            if m.role == Role::Client && self.sim.nodes[i].alive && now >= m.joined + 60_000 {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     fn read_events(&mut self) {
         let now = self.sim.now;
         let mut done = Vec::new();
+        let mut pongs = Vec::new();
         for (i, n) in self.sim.nodes.iter_mut().enumerate() {
             for e in n.events.drain(..) {
                 match e {
                     NodeEvent::Dht { token, outcome } => done.push((i, token, outcome)),
+                    NodeEvent::Pong { id, .. } => pongs.push((i, id)),
                     NodeEvent::Circuit(CircEvent::Built { build_ms, .. }) => {
                         self.build_ms.push(build_ms)
                     }
@@ -498,6 +525,10 @@ impl Scale {
                 }
             }
         }
+        for (i, id) in pongs {
+            self.on_pong(i, id);
+        }
+        self.expire_probes();
         for (i, token, outcome) in done {
             if let Some(p) = self.pending.remove(&(i, token)) {
                 self.finish(p, Some(outcome));
@@ -550,7 +581,7 @@ impl Scale {
                 .is_some_and(|&i| self.sim.nodes[i].alive)
         });
         if up {
-            self.reachable += 1;
+            self.intro_up += 1;
         }
     }
 

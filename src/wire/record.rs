@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::crypto::keys::decode_public_key;
 use crate::crypto::labels::LABEL_RELAY_RECORD_SIG;
+use crate::crypto::sigcache::Verified;
 
 /// Length of an endpoint.
 pub const ENDPOINT_LEN: usize = 19;
@@ -195,7 +196,7 @@ pub fn parse_contact(b: &[u8; CONTACT_LEN]) -> Result<Option<Contact>, RecordErr
     let link_key: [u8; 32] = key_part
         .try_into()
         .map_err(|_| RecordError::Field("contact"))?;
-    check_identity(&identity)?;
+    valid_identity(&identity)?;
     if link_key == [0u8; 32] {
         return Err(RecordError::Field("zero link key"));
     }
@@ -215,6 +216,18 @@ pub fn emit_contact(c: Option<&Contact>, out: &mut [u8; CONTACT_LEN]) {
     let mut ep = [0u8; ENDPOINT_LEN];
     emit_endpoint(Some(c.endpoint), &mut ep);
     out[64..].copy_from_slice(&ep);
+}
+
+/// [`check_identity`] without the key, where only validity matters (no decoding of a key that
+/// passed before).
+fn valid_identity(identity: &[u8; 32]) -> Result<(), RecordError> {
+    if crate::crypto::keys::valid_public_key(identity) {
+        Ok(())
+    } else {
+        Err(RecordError::Field(
+            "identity not a canonical point of the prime-order subgroup",
+        ))
+    }
 }
 
 /// Decodes an Ed25519 public key received from the network: a point, canonically encoded, of
@@ -303,7 +316,7 @@ impl LinkSpec {
         let mut link_key = [0u8; 32];
         identity.copy_from_slice(&b[4..36]);
         link_key.copy_from_slice(&b[36..68]);
-        check_identity(&identity)?;
+        valid_identity(&identity)?;
         if link_key == [0u8; 32] {
             return Err(RecordError::Field("zero link key"));
         }
@@ -470,7 +483,14 @@ impl RelayRecord {
         identity.copy_from_slice(&b[4..36]);
         link_key.copy_from_slice(&b[36..68]);
         onion_key.copy_from_slice(&b[68..100]);
-        let verifying = check_identity(&identity)?;
+        // Bytes that passed before skip the point decoding and the verification below (the
+        // field checks are cheap and run anyway; see crypto::sigcache).
+        let memo = Verified::key(LABEL_RELAY_RECORD_SIG, b);
+        let verifying = if memo.seen() {
+            None
+        } else {
+            Some(check_identity(&identity)?)
+        };
         if link_key == [0u8; 32] || onion_key == [0u8; 32] {
             return Err(RecordError::Field("zero link or onion key"));
         }
@@ -522,11 +542,14 @@ impl RelayRecord {
         if matches!(nat, NatClass::Cone | NatClass::Symmetric) && introducers.is_empty() {
             return Err(RecordError::Field("NATed relay without introducers"));
         }
-        let mut sig = [0u8; 64];
-        sig.copy_from_slice(&b[SIGNED_LEN..]);
-        verifying
-            .verify_strict(&signed_message(b), &Signature::from_bytes(&sig))
-            .map_err(|_| RecordError::Signature)?;
+        if let Some(verifying) = verifying {
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&b[SIGNED_LEN..]);
+            verifying
+                .verify_strict(&signed_message(b), &Signature::from_bytes(&sig))
+                .map_err(|_| RecordError::Signature)?;
+            memo.remember();
+        }
         Ok(RelayRecord {
             bytes: *b,
             identity,
@@ -600,6 +623,32 @@ mod tests {
         let key = SigningKey::from_bytes(&seed);
         let again = RelayRecord::sign(&key, r.fields().clone()).unwrap();
         assert_eq!(again.bytes()[..], bytes[..]);
+    }
+
+    /// The verified-signature cache (crypto::sigcache) remembers bytes that passed and never
+    /// bytes that failed: a record whose signature was altered fails every time, before and
+    /// after the genuine one was remembered, and so does a record whose signed part was altered
+    /// under the genuine signature.
+    #[test]
+    fn verified_records_are_remembered_and_forgeries_never() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
+        let bytes = unhex(doc["relay_record"]["record"].as_str().unwrap());
+        let mut bad_sig = bytes.clone();
+        *bad_sig.last_mut().unwrap() ^= 1;
+        let mut bad_msg = bytes.clone();
+        bad_msg[100] ^= 1; // the sequence number, under the genuine signature
+        for _ in 0..2 {
+            assert_eq!(
+                RelayRecord::parse(&bad_sig, NOW_MS).unwrap_err(),
+                RecordError::Signature
+            );
+            RelayRecord::parse(&bytes, NOW_MS).unwrap();
+            assert!(Verified::key(LABEL_RELAY_RECORD_SIG, &bytes).seen());
+            assert!(!Verified::key(LABEL_RELAY_RECORD_SIG, &bad_sig).seen());
+            assert!(RelayRecord::parse(&bad_msg, NOW_MS).is_err());
+            assert!(!Verified::key(LABEL_RELAY_RECORD_SIG, &bad_msg).seen());
+        }
     }
 
     /// Issue #20: a NATed relay that names an introducer carries the DHT and RENDEZVOUS flags;

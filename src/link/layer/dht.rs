@@ -64,7 +64,7 @@ impl LinkLayer {
     ) -> Result<LinkId, LinkError> {
         let peer_key = to.link_key;
         let existed = self.by_key.contains_key(&peer_key);
-        let known = self.view.iter().any(|r| r.fields().link_key == peer_key);
+        let known = self.view.by_link_key(&peer_key).is_some();
         if !existed {
             self.stats.dht_dials += 1;
             if !known {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::budget::Charge;
 use crate::link::nat::{behind_nat, RateWindow, LINK_KEEPALIVE_MS, NAT_KEEPALIVE_MS};
-use crate::link::noise::{NoiseOut, NoiseSession, NOISE_BUF_LEN};
+use crate::link::noise::{NoiseOut, Session, NOISE_BUF_LEN};
 use crate::time::{Instant, Millis};
 use crate::wire::link::MsgType;
 use crate::wire::record::NatClass;
@@ -45,7 +45,7 @@ pub const HANDSHAKE_RETRY_MS: Millis = 1_000;
 pub const HANDSHAKE_ATTEMPTS: u8 = 4;
 
 /// Where a link is in coming up, past its WireGuard handshake (docs/protocol.md 4.5). The
-/// handshake itself is the session's (`NoiseSession::established`); a link carries cells, DHT
+/// handshake itself is the session's (`Session::established`); a link carries cells, DHT
 /// frames and requests only once both HELLOs are through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LinkState {
@@ -105,7 +105,7 @@ impl LinkState {
 /// One neighbour link: its session, how far it came up, and what its timers need.
 pub(super) struct Link {
     pub(super) id: LinkId,
-    pub(super) session: Box<dyn NoiseSession>,
+    pub(super) session: Session,
     /// The peer's X25519 link key (authenticated by the handshake).
     pub(super) peer_key: [u8; 32],
     /// Where the peer's authenticated datagrams last came from (roaming).

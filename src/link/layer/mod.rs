@@ -402,8 +402,7 @@ impl LinkLayer {
         // A relay behind NAT is reached by punching through its introducers (section 13.2).
         let natted = self
             .view
-            .iter()
-            .find(|r| r.fields().link_key == peer_key)
+            .by_link_key(&peer_key)
             .filter(|r| !r.fields().nat.directly_reachable() && !r.fields().introducers.is_empty())
             .map(|r| {
                 (

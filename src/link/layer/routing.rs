@@ -6,7 +6,7 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::link::noise::{BoringSession, NoiseSession, NOISE_BUF_LEN};
+use crate::link::noise::{BoringSession, NoiseSession, Session, NOISE_BUF_LEN};
 use crate::time::Instant;
 use crate::wire::datagram::{self};
 use crate::wire::record::NatClass;
@@ -117,6 +117,7 @@ impl LinkLayer {
                 self.responder.limiter(),
             )),
         };
+        let session = Session::new(session);
         self.links.insert(
             id,
             Link {

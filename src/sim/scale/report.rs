@@ -56,8 +56,22 @@ pub struct ScaleReport {
     pub lookup_ms_p99: u64,
     /// See `lookup_ms_p50`.
     pub lookup_rtts_p50: f64,
-    /// Share of lookups whose descriptor names at least one intro point that is running.
+    /// Share of reachability probes (a random client's e2e PING to a random running service,
+    /// through a session it opens, `scale/reach.rs`) answered within two virtual minutes: the
+    /// share of services a client reaches at a moment.
     pub reachable_share: f64,
+    /// Probes finished, their time to the PONG (median, 99th percentile, virtual ms; first
+    /// contact: lookup, rendezvous and introduction) and why the others failed.
+    pub probes: u64,
+    /// See `probes`.
+    pub probe_ms_p50: u64,
+    /// See `probes`.
+    pub probe_ms_p99: u64,
+    /// See `probes`.
+    pub probe_failures: BTreeMap<String, u64>,
+    /// Share of lookups whose descriptor names at least one intro point that is running (a
+    /// cheaper proxy for reachability, kept for comparison with older runs).
+    pub intro_up_share: f64,
     /// Circuits built and build failures, network-wide.
     pub circuits_built: u64,
     /// See `circuits_built`.
@@ -216,6 +230,7 @@ impl Scale {
         let p50 = percentile(&mut lat, 0.5);
         let p99 = percentile(&mut lat, 0.99);
         let mut bms = std::mem::take(&mut self.build_ms);
+        let mut pms = std::mem::take(&mut self.reach.ms);
         let (natted_links, direct, punched) = self.natted_links(now);
         let relays = self
             .members
@@ -244,7 +259,12 @@ impl Scale {
             lookup_ms_p50: p50,
             lookup_ms_p99: p99,
             lookup_rtts_p50: ratio(p50 as f64, rtt),
-            reachable_share: ratio(self.reachable as f64, self.lookups_done as f64),
+            reachable_share: ratio(self.reach.ok as f64, self.reach.done as f64),
+            probes: self.reach.done,
+            probe_ms_p50: percentile(&mut pms, 0.5),
+            probe_ms_p99: percentile(&mut pms, 0.99),
+            probe_failures: std::mem::take(&mut self.reach.failures),
+            intro_up_share: ratio(self.intro_up as f64, self.lookups_done as f64),
             circuits_built: built,
             circuit_build_failures: failed,
             circuit_build_success: ratio(built as f64, (built + failed) as f64),

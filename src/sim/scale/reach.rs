@@ -1,0 +1,97 @@
+//! `reachable_share`: the share of services a client reaches at a moment, measured by reaching
+//! them. At a steady rate after the warm-up a random client sends an e2e PING
+//! (`Node::e2e_ping`) to a random running service: the real session client looks the descriptor
+//! up, builds its rendezvous circuit, introduces itself through an intro point and waits for the
+//! service to join; the service was reachable at that moment if the PONG comes back within two
+//! virtual minutes.
+
+use super::*;
+
+/// A PING on its way: sent when.
+pub(super) struct Probe {
+    started: Instant,
+}
+
+/// How long a probe may take before the service counts as unreachable (a session's first
+/// contact is a lookup, a rendezvous and an introduction: tens of seconds at worst).
+const PROBE_TIMEOUT_MS: u64 = 120_000;
+
+/// The probes' state and figures.
+#[derive(Default)]
+pub(super) struct Reach {
+    due: f64,
+    pending: BTreeMap<(usize, u64), Probe>,
+    /// Probes finished (answered or timed out).
+    pub done: u64,
+    /// Probes answered.
+    pub ok: u64,
+    /// Virtual ms from the PING to its PONG (first contact included).
+    pub ms: Vec<u64>,
+    /// Why probes failed.
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Scale {
+    /// Starts the probes due this virtual second.
+    pub(super) fn probes(&mut self) {
+        self.reach.due += self.cfg.probes_per_min / 60.0;
+        let now = self.sim.now;
+        let ready: Vec<usize> = (0..self.services.len())
+            .filter(|&s| self.services[s].3.is_some_and(|t| now >= t + 60_000))
+            .collect();
+        while self.reach.due >= 1.0 {
+            self.reach.due -= 1.0;
+            let Some(&s) = ready.choose(&mut self.rng) else {
+                continue;
+            };
+            let Some(c) = self.random_client(now) else {
+                continue;
+            };
+            let addr = self.services[s].1;
+            match self.sim.nodes[c].node.e2e_ping(now, addr) {
+                Ok(id) => {
+                    self.sim.flush(c);
+                    self.reach.pending.insert((c, id), Probe { started: now });
+                }
+                Err(e) => {
+                    self.reach.done += 1;
+                    *self.reach.failures.entry(format!("{e:?}")).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// A PONG from node `i`.
+    pub(super) fn on_pong(&mut self, i: usize, id: u64) {
+        if let Some(p) = self.reach.pending.remove(&(i, id)) {
+            self.reach.done += 1;
+            self.reach.ok += 1;
+            self.reach.ms.push(self.sim.now - p.started);
+        }
+    }
+
+    /// Probes without a PONG in time failed; those whose client left say nothing about the
+    /// service and are dropped.
+    pub(super) fn expire_probes(&mut self) {
+        let now = self.sim.now;
+        let late: Vec<(usize, u64)> = self
+            .reach
+            .pending
+            .iter()
+            .filter(|((c, _), p)| now > p.started + PROBE_TIMEOUT_MS || !self.sim.nodes[*c].alive)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            if let Some(p) = self.reach.pending.remove(&k) {
+                if now > p.started + PROBE_TIMEOUT_MS {
+                    self.reach.done += 1;
+                    *self
+                        .reach
+                        .failures
+                        .entry("no_pong".to_string())
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+}
