@@ -432,6 +432,14 @@ impl Node {
                 self.route_circuit_event(now, e);
             }
             for r in self.circ.take_unreachable() {
+                // Our guards are first hops through our own links, whose health the guard list
+                // follows; another relay failing to reach one (a busy relay's EXTEND timing out)
+                // says nothing about that, and dropping both guards from the view left a client
+                // under an INTRODUCE1 flood without any path for two minutes.
+                if self.guards.list().iter().any(|g| g.identity == r) {
+                    tracing::debug!(relay = %crate::crypto::keys::fingerprint(&r), "an extension could not reach our guard: kept");
+                    continue;
+                }
                 tracing::debug!(relay = %crate::crypto::keys::fingerprint(&r), "an extension could not reach this relay: left out of paths for a while");
                 self.link.suspect_relay(&r, now);
             }
