@@ -310,3 +310,42 @@ fn natted_vanguards_are_replaced_when_public_relays_appear() {
         .unwrap();
     c.check(&p).unwrap();
 }
+
+#[test]
+fn a_shunned_guard_is_left_out_until_the_instant_or_its_link_comes_up() {
+    let v = view(
+        (1..=6)
+            .map(|i| {
+                rec(
+                    i,
+                    &[&format!("10.{i}.0.1:7")],
+                    FLAG_RELAY | FLAG_RENDEZVOUS,
+                    NatClass::Public,
+                )
+            })
+            .collect(),
+    );
+    let c = ctx(&v, &[], PathRules::default());
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut g = Guards::new();
+    g.maintain(&c, &mut rng);
+    let first = *g.first_hop(&c).unwrap().identity();
+    g.shun(&first, NOW + 1_000);
+    let other = *g.first_hop(&c).unwrap().identity();
+    assert_ne!(other, first);
+    // Both avoided: the first guard again (a retry, never a relay that is not a guard).
+    g.shun(&other, NOW + 1_000);
+    assert_eq!(*g.first_hop(&c).unwrap().identity(), first);
+    let later = PathContext {
+        now: NOW + 1_000,
+        ..ctx(&v, &[], PathRules::default())
+    };
+    assert_eq!(*g.first_hop(&later).unwrap().identity(), first);
+    assert!(!g.shunned(&other, NOW + 1_000));
+    g.shun(&first, NOW + 5_000);
+    g.mark_up(&first, NOW);
+    assert!(!g.shunned(&first, NOW));
+    // Only guards are shunned.
+    g.shun(&[0xee; 32], NOW + 5_000);
+    assert!(!g.shunned(&[0xee; 32], NOW));
+}
