@@ -30,7 +30,7 @@ pub use crate::session::limits::*;
 struct Ctx<'a> {
     link: &'a LinkLayer,
     circ: &'a mut CircuitLayer,
-    guards: &'a mut Guards,
+    guards: &'a Guards,
     prefix_bits: (u8, u8),
     events: &'a mut Vec<NodeEvent>,
     packet_bufs: &'a mut Vec<Vec<u8>>,
@@ -108,10 +108,6 @@ impl SessionCtx for Ctx<'_> {
         self.guards
     }
 
-    fn shun_guard(&mut self, identity: &[u8; 32], until: Instant) {
-        self.guards.shun(identity, until);
-    }
-
     fn path_rules(&self) -> PathRules {
         PathRules {
             ipv4_bits: self.prefix_bits.0,
@@ -175,7 +171,7 @@ impl Node {
         let mut ctx = Ctx {
             link: &self.link,
             circ: &mut self.circ,
-            guards: &mut self.guards,
+            guards: &self.guards,
             prefix_bits: self.prefix_bits,
             events: &mut self.events,
             packet_bufs: &mut self.packet_bufs,
@@ -197,7 +193,7 @@ impl Node {
             let mut ctx = Ctx {
                 link: &self.link,
                 circ: &mut self.circ,
-                guards: &mut self.guards,
+                guards: &self.guards,
                 prefix_bits: self.prefix_bits,
                 events: &mut self.events,
                 packet_bufs: &mut self.packet_bufs,

@@ -21,23 +21,6 @@ impl SessionLayer {
         now: Instant,
         kind: PathKind,
     ) -> Result<Vec<RelayRecord>, String> {
-        self.path_avoiding_guard(ctx, now, kind, None)
-    }
-
-    /// A path as [`SessionLayer::path_for`] gives, through another guard than `avoid_guard`
-    /// when another one is usable.
-    fn path_avoiding_guard(
-        &mut self,
-        ctx: &mut impl SessionCtx,
-        now: Instant,
-        kind: PathKind,
-        avoid_guard: Option<[u8; 32]>,
-    ) -> Result<Vec<RelayRecord>, String> {
-        let shunned = avoid_guard.map(|g| {
-            let mut guards = ctx.guards().clone();
-            guards.shun(&g, now + 1);
-            guards
-        });
         let own_endpoints = ctx.own_endpoints();
         let pc = PathContext {
             view: ctx.view(),
@@ -57,7 +40,7 @@ impl SessionLayer {
             let path = pc
                 .select(
                     kind.clone(),
-                    shunned.as_ref().unwrap_or(ctx.guards()),
+                    ctx.guards(),
                     Some(&self.vanguards),
                     &mut self.rng,
                 )
@@ -86,25 +69,7 @@ impl SessionLayer {
         purpose: Purpose,
         owner: Owner,
     ) -> Result<CircId, String> {
-        self.build_avoiding_guard(ctx, now, kind, purpose, owner, None)
-    }
-
-    /// A circuit as [`SessionLayer::build_circuit`] builds, through another guard than
-    /// `avoid_guard` when another one is usable: a session's spare when every other circuit
-    /// of the session runs through that guard (its death would take them all, and with them
-    /// the way to ask the other side for a replacement).
-    // The node's parts come as `ctx`: one argument more than clippy's default limit.
-    #[allow(clippy::too_many_arguments)]
-    pub(in crate::session) fn build_avoiding_guard(
-        &mut self,
-        ctx: &mut impl SessionCtx,
-        now: Instant,
-        kind: PathKind,
-        purpose: Purpose,
-        owner: Owner,
-        avoid_guard: Option<[u8; 32]>,
-    ) -> Result<CircId, String> {
-        let path = self.path_avoiding_guard(ctx, now, kind, avoid_guard)?;
+        let path = self.path_for(ctx, now, kind)?;
         let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
         self.owners.insert(id, owner);
         Ok(id)
@@ -148,10 +113,9 @@ impl SessionLayer {
                 ctx.destroy(now, id);
                 continue;
             }
-            let fits = ctx.path(id).is_some_and(|p| {
-                p.iter().all(|h| h.identity() != target.identity())
-                    && !through_shunned_guard(ctx, now, p)
-            });
+            let fits = ctx
+                .path(id)
+                .is_some_and(|p| p.iter().all(|h| h.identity() != target.identity()));
             if !fits {
                 continue;
             }
@@ -200,10 +164,6 @@ impl SessionLayer {
                 .any(|r| self.suspects.contains(r.identity(), now))
             {
                 ctx.destroy(now, id);
-                continue;
-            }
-            // Left in the pool (the guard may well be alive); a fresh build takes another guard.
-            if through_shunned_guard(ctx, now, path) {
                 continue;
             }
             let score = shared(path, avoid);
@@ -272,34 +232,24 @@ impl SessionLayer {
 impl SessionLayer {
     /// A session circuit found dead by its silence (10.8): its relays past the first hop are
     /// suspect (a dead relay sends no DESTROY and its record outlives it), and it is torn down.
-    /// The first hop is a guard: shunned for a while (paths take another guard), then judged
-    /// by its link.
+    /// The first hop is a guard, judged by its link.
     pub(in crate::session) fn abandon_dead_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Instant,
         id: CircId,
     ) {
-        let mut guard = None;
         if let Some(p) = ctx.path(id) {
-            guard = p.first().map(|r| *r.identity());
             for r in p.iter().skip(1) {
                 self.suspects.insert(*r.identity(), now + SUSPECT_MS);
             }
-        }
-        // The guard too may be the dead relay: its link is declared down seconds later, and the
-        // replacement circuits built meanwhile would die with it (and the session, every
-        // circuit of which then ran through it). New paths take another guard for a while.
-        if let Some(g) = guard {
-            ctx.shun_guard(&g, now + GUARD_SHUN_MS);
         }
         self.owners.remove(&id);
         ctx.destroy(now, id);
     }
 }
 
-/// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop; a
-/// shunned guard only may be dead: circuits through it stay until they go silent themselves).
+/// Whether circuit `id` runs through a relay in `suspects` at `now` (past its first hop).
 pub(in crate::session) fn through_suspect(
     suspects: &Expiring<[u8; 32]>,
     ctx: &impl SessionCtx,
@@ -311,29 +261,6 @@ pub(in crate::session) fn through_suspect(
             .skip(1)
             .any(|r| suspects.contains(r.identity(), now))
     })
-}
-
-/// The guard every one of `circuits` starts at, if they share one (and there is one).
-pub(in crate::session) fn single_guard(
-    ctx: &impl SessionCtx,
-    circuits: impl Iterator<Item = CircId>,
-) -> Option<[u8; 32]> {
-    let mut guard = None;
-    for id in circuits {
-        let g = ctx
-            .path(id)
-            .and_then(|p| p.first().map(|r| *r.identity()))?;
-        if guard.get_or_insert(g) != &g {
-            return None;
-        }
-    }
-    guard
-}
-
-/// Whether a path starts at a guard shunned at `now` (a session circuit through it went silent).
-fn through_shunned_guard(ctx: &impl SessionCtx, now: Instant, path: &[RelayRecord]) -> bool {
-    path.first()
-        .is_some_and(|g| ctx.guards().shunned(g.identity(), now))
 }
 
 /// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay.

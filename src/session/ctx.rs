@@ -65,9 +65,6 @@ pub trait SessionCtx {
     fn view(&self) -> &RelayView;
     /// Our guards.
     fn guards(&self) -> &Guards;
-    /// Leaves one of our guards out of new paths until `until` while another guard is usable
-    /// (a session circuit through it went silent: the guard may be dead before its link says so).
-    fn shun_guard(&mut self, identity: &[u8; 32], until: Instant);
     /// The family prefixes of the path rules.
     fn path_rules(&self) -> PathRules;
     /// Our own endpoints (paths leave them out).

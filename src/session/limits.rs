@@ -157,10 +157,6 @@ pub const FLOW_IDLE_MS: Millis = 300_000;
 
 /// Relays on a circuit that stopped answering are avoided for this long.
 pub const SUSPECT_MS: Millis = 120_000;
-/// How long a guard whose session circuit went silent is left out of new paths while another
-/// guard is usable: longer than its link takes to be declared dead and the session's circuits
-/// to be replaced, short enough that a live guard (a middle relay died) is soon used again.
-pub const GUARD_SHUN_MS: Millis = 30_000;
 
 /// An introduction whose two circuits are not both ready by now is retried elsewhere.
 pub const INTRO_STEP_TIMEOUT_MS: Millis = 5_000;

@@ -98,11 +98,6 @@ impl fmt::Display for GuardEvent {
 pub struct Guards {
     pub(super) list: Vec<Guard>,
     dirty: bool,
-    /// Guards a session found silent end to end, left out of new paths until the instant while
-    /// another guard is usable (never saved, no effect on replacement): a dead guard's link
-    /// takes seconds longer to be declared down, and circuits built through it meanwhile die
-    /// with it, the session's spare and rendezvous circuits included.
-    shunned: Vec<([u8; 32], Instant)>,
 }
 
 impl Guards {
@@ -128,11 +123,7 @@ impl Guards {
                 return Err("lifetime out of range".to_string());
             }
         }
-        Ok(Guards {
-            list,
-            dirty: false,
-            shunned: Vec::new(),
-        })
+        Ok(Guards { list, dirty: false })
     }
 
     /// The guards to keep across restarts (temporary ones are not kept).
@@ -185,36 +176,11 @@ impl Guards {
         }
     }
 
-    /// Leaves the guard out of new paths until `until` while another guard is usable: a
-    /// session circuit through it went silent (it may be dead before its link says so).
-    pub fn shun(&mut self, identity: &[u8; 32], until: Instant) {
-        if !self.list.iter().any(|g| g.identity == *identity) {
-            return;
-        }
-        match self.shunned.iter_mut().find(|(id, _)| id == identity) {
-            Some((_, t)) => *t = (*t).max(until),
-            None => self.shunned.push((*identity, until)),
-        }
-    }
-
-    /// Whether the guard is shunned at `now` ([`Guards::shun`]).
-    pub fn shunned(&self, identity: &[u8; 32], now: Instant) -> bool {
-        self.shunned
-            .iter()
-            .any(|(id, t)| id == identity && now < *t)
-    }
-
-    /// Whether the guard is marked down or shunned at `now`: a path takes another if it can.
-    fn avoided(&self, g: &Guard, now: Instant) -> bool {
-        g.down_since.is_some() || self.shunned(&g.identity, now)
-    }
-
     /// A link to the guard works.
     pub fn mark_up(&mut self, identity: &[u8; 32], now: Instant) {
         if let Some(g) = self.list.iter_mut().find(|g| g.identity == *identity) {
             g.down_since = None;
             g.last_seen_up = Some(now);
-            self.shunned.retain(|(id, _)| id != identity);
             self.dirty |= !g.temporary;
         }
     }
@@ -376,7 +342,7 @@ impl Guards {
                 if n.identity == t.identity || n.fam.overlaps(&t.fam) {
                     continue;
                 }
-                if !self.avoided(g, ctx.now) {
+                if g.down_since.is_none() {
                     return Some(n);
                 }
                 fallback.get_or_insert(n);
@@ -390,7 +356,7 @@ impl Guards {
             let Some(n) = ctx.lookup(&g.identity, own) else {
                 continue;
             };
-            if !self.avoided(g, ctx.now) {
+            if g.down_since.is_none() {
                 return Some(n);
             }
             fallback.get_or_insert(n);

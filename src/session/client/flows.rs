@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
-use crate::session::circuits::{single_guard, through_suspect};
+use crate::session::circuits::through_suspect;
 use crate::session::client::{Join, SessCirc};
 use crate::session::ctx::SessionCtx;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
@@ -77,19 +77,6 @@ impl SessionLayer {
         let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
             return;
         };
-        // Joins under way through a suspect relay would not complete: they go, so that a
-        // replacement through other relays starts now.
-        let stale: Vec<CircId> = o
-            .joins
-            .iter()
-            .filter(|j| through_suspect(suspects, ctx, now, j.circ))
-            .map(|j| j.circ)
-            .collect();
-        o.joins.retain(|j| !stale.contains(&j.circ));
-        for id in stale {
-            self.owners.remove(&id);
-            ctx.destroy(now, id);
-        }
         // Keep one circuit at least: the session lives on it until the replacement is joined.
         while o.circuits.len() > 1 {
             let Some(pos) = o.circuits.iter().position(|c| {
@@ -124,28 +111,19 @@ impl SessionLayer {
         {
             return;
         }
-        let one_guard = single_guard(ctx, o.circuits.iter().map(|c| c.id));
         let cookie = RendCookie::generate(&mut self.secrets);
         let avoid = self.session_relays(ctx, &dst);
-        // Pool circuits all start at the first guard: when the session's circuits all do too,
-        // the spare is built through another guard, or that guard's death would take every
-        // circuit of the session, and the way to join a replacement with them.
-        let pooled = match one_guard {
-            Some(_) => None,
-            None => self.take_pool(ctx, now, &avoid),
-        };
-        let id = match pooled {
+        let id = match self.take_pool(ctx, now, &avoid) {
             Some(id) => {
                 self.owners.insert(id, Owner::ClientJoin { dst });
                 Ok(id)
             }
-            None => self.build_avoiding_guard(
+            None => self.build_circuit(
                 ctx,
                 now,
                 PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
                 Purpose::Rendezvous,
                 Owner::ClientJoin { dst },
-                one_guard,
             ),
         };
         let Ok(id) = id else { return };

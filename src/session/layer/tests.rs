@@ -80,9 +80,6 @@ impl SessionCtx for Fake {
     fn guards(&self) -> &Guards {
         &self.guards
     }
-    fn shun_guard(&mut self, identity: &[u8; 32], until: Instant) {
-        self.guards.shun(identity, until);
-    }
     fn path_rules(&self) -> PathRules {
         PathRules {
             ipv4_bits: 16,
