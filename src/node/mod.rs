@@ -431,12 +431,12 @@ impl Node {
                 progress = true;
                 self.route_circuit_event(now, e);
             }
-            for r in self.circ.take_unreachable() {
-                // Our guards are first hops through our own links, whose health the guard list
-                // follows; another relay failing to reach one (a busy relay's EXTEND timing out)
-                // says nothing about that, and dropping both guards from the view left a client
-                // under an INTRODUCE1 flood without any path for two minutes.
-                if self.guards.list().iter().any(|g| g.identity == r) {
+            for (r, reported) in self.circ.take_unreachable() {
+                // Our guards are first hops through our own links: our own failure to link to
+                // one counts, but another relay failing to reach it (a busy relay's EXTEND timing
+                // out) says nothing about our link, and dropping both guards from the view that
+                // way left a client under an INTRODUCE1 flood without any path for two minutes.
+                if reported && self.guards.list().iter().any(|g| g.identity == r) {
                     tracing::debug!(relay = %crate::crypto::keys::fingerprint(&r), "an extension could not reach our guard: kept");
                     continue;
                 }

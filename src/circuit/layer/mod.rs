@@ -317,8 +317,10 @@ pub struct CircuitLayer {
     /// Payload buffers of delivered messages, handed back with [`CircuitLayer::recycle_payload`]
     /// so that a steady stream of DATA allocates nothing per message.
     payloads: Vec<Vec<u8>>,
-    /// Relays our extensions could not reach, for [`CircuitLayer::take_unreachable`].
-    unreachable: Vec<[u8; 32]>,
+    /// Relays our extensions could not reach, for [`CircuitLayer::take_unreachable`]; `true`
+    /// when another relay reported it (EXTENDED status 1 or 6), `false` when we could not link
+    /// to it as a first hop ourselves.
+    unreachable: Vec<([u8; 32], bool)>,
     /// What crossed our splices, when a test asked (`None`: nothing is recorded).
     spliced_seen: Option<Vec<SplicedMessage>>,
 }

@@ -296,7 +296,7 @@ impl CircuitLayer {
                     if matches!(e, ClientError::ExtendFailed(1 | 6)) {
                         if let Some(t) = target {
                             if self.unreachable.len() < 64 {
-                                self.unreachable.push(t);
+                                self.unreachable.push((t, true));
                             }
                         }
                     }
@@ -309,8 +309,10 @@ impl CircuitLayer {
             .push_back(CircEvent::Message { id, cmd, payload });
     }
 
-    /// Relays an extension of ours failed to reach since the last call (EXTENDED status 1 or 6).
-    pub fn take_unreachable(&mut self) -> Vec<[u8; 32]> {
+    /// Relays an extension of ours failed to reach since the last call, each with whether
+    /// another relay said so (EXTENDED status 1 or 6: `true`) or our own link to it as a first
+    /// hop never came up (`false`).
+    pub fn take_unreachable(&mut self) -> Vec<([u8; 32], bool)> {
         std::mem::take(&mut self.unreachable)
     }
 
@@ -450,7 +452,7 @@ impl CircuitLayer {
                     OwnState::Linking => {
                         if let Some(first) = o.path.first() {
                             if self.unreachable.len() < 64 {
-                                self.unreachable.push(*first.identity());
+                                self.unreachable.push((*first.identity(), false));
                             }
                         }
                         "build timed out (no link to the first hop)".to_string()
