@@ -282,7 +282,19 @@ fn a_guard_absent_from_the_view_waits_then_is_replaced() {
     let rec = view.get(&first).unwrap().clone();
     view.remove(&first);
     let c = ctx(&view, &[], rules, NOW + 1000);
-    assert!(g.maintain(&c, &mut rng).is_empty(), "still a guard");
+    // Still a guard; a temporary stand-in keeps two usable while it is missing.
+    let ev = g.maintain(&c, &mut rng);
+    assert!(
+        ev.iter().all(|e| matches!(
+            e,
+            GuardEvent::Chosen {
+                temporary: true,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(ev.len(), 1, "one stand-in: {ev:?}");
     assert_eq!(g.list()[0].identity, first);
     assert_eq!(g.first_hop(&c).unwrap().identity(), &second);
     // Back: used again.
@@ -291,6 +303,9 @@ fn a_guard_absent_from_the_view_waits_then_is_replaced() {
     g.maintain(&c, &mut rng);
     assert_eq!(g.first_hop(&c).unwrap().identity(), &first);
     assert_eq!(g.list()[0].missing_since, None);
+    // The stand-in goes once both are usable again.
+    g.maintain(&c, &mut rng);
+    assert!(g.list().iter().all(|x| !x.temporary), "{:?}", g.list());
     // Gone for more than 3 days: replaced.
     view.remove(&first);
     let t0 = NOW + 4000;

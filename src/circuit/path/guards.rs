@@ -100,6 +100,15 @@ pub struct Guards {
     dirty: bool,
 }
 
+impl Guard {
+    /// Down (its link failed) or missing from the view (a relay that left, or one our own link
+    /// never reached): paths cannot start at it now, so a temporary stand-in may. A brand-new
+    /// client whose chosen guards had left the network waited days for a replacement before.
+    fn unavailable(&self) -> bool {
+        self.down_since.is_some() || self.missing_since.is_some()
+    }
+}
+
 impl Guards {
     /// No guards yet.
     pub fn new() -> Guards {
@@ -205,7 +214,7 @@ impl Guards {
         let snapshot: Vec<([u8; 32], bool)> = self
             .list
             .iter()
-            .map(|g| (g.identity, g.down_since.is_some()))
+            .map(|g| (g.identity, g.unavailable()))
             .collect();
         for mut g in std::mem::take(&mut self.list) {
             let rec = ctx
@@ -260,8 +269,8 @@ impl Guards {
         // take the first guard that is up and fits, so a stand-in carries circuits only when no
         // real guard can; it goes once the real guards are up again.
         let short = |l: &[Guard]| {
-            l.iter().any(|g| g.down_since.is_some())
-                && l.iter().filter(|g| g.down_since.is_none()).count() < NUM_GUARDS
+            l.iter().any(Guard::unavailable)
+                && l.iter().filter(|g| !g.unavailable()).count() < NUM_GUARDS
         };
         if self.list.len() < NUM_GUARDS || short(&self.list) {
             let pool = ctx.pool(&own);
@@ -365,12 +374,12 @@ impl Guards {
     }
 }
 
-/// Whether temporary guard `g` stands in for guards that are down: another guard
-/// (`snapshot`: identity, marked down) is marked down, fewer than [`NUM_GUARDS`] others are up,
-/// and `g` is not down itself.
+/// Whether temporary guard `g` stands in for guards that are down or missing: another guard
+/// (`snapshot`: identity, unavailable) is unavailable, fewer than [`NUM_GUARDS`] others are
+/// available, and `g` is available itself.
 fn stand_in_needed(snapshot: &[([u8; 32], bool)], g: &Guard) -> bool {
     let others = || snapshot.iter().filter(|(id, _)| *id != g.identity);
     others().any(|(_, down)| *down)
         && others().filter(|(_, down)| !*down).count() < NUM_GUARDS
-        && g.down_since.is_none()
+        && !g.unavailable()
 }
