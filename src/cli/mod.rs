@@ -502,39 +502,30 @@ fn name(cmd: NameCommand) -> Result<(), Failure> {
 }
 
 fn accept(args: &AcceptArgs) -> Result<(), Failure> {
-    let name = if args.name.contains('.') {
-        args.name.clone()
-    } else {
-        format!("{}.{}", args.name, crate::names::SUFFIX)
-    };
-    let path = control_path(&args.query)?;
-    let result = control::request_with(
-        &path,
-        &control::Request::accept(name),
-        std::time::Duration::from_secs(10),
-    )
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    let a: ResolveAnswer = control::decode(result).map_err(|e| Failure::Runtime(e.to_string()))?;
-    print!("{}", print_resolve(&a));
-    Ok(())
+    ask_about_name(&args.query, &args.name, control::Request::accept)
 }
 
 fn resolve(args: &ResolveArgs) -> Result<(), Failure> {
+    ask_about_name(&args.query, &args.name, control::Request::resolve)
+}
+
+/// Sends the request `make` builds for `name` and prints the daemon's resolve answer.
+fn ask_about_name(
+    query: &QueryArgs,
+    name: &str,
+    make: impl FnOnce(String) -> control::Request,
+) -> Result<(), Failure> {
     // A bare label means NAME.gn.alt; anything with a dot is taken as written, so a name under
     // another domain is refused rather than quietly moved under .gn.alt.
-    let name = if args.name.contains('.') {
-        args.name.clone()
+    let name = if name.contains('.') {
+        name.to_owned()
     } else {
-        format!("{}.{}", args.name, crate::names::SUFFIX)
+        format!("{name}.{}", crate::names::SUFFIX)
     };
-    let path = control_path(&args.query)?;
-    let result = control::request_with(
-        &path,
-        &control::Request::resolve(name),
-        std::time::Duration::from_secs(10),
-    )
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    if args.query.json {
+    let path = control_path(query)?;
+    let result = control::request_with(&path, &make(name), std::time::Duration::from_secs(10))
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if query.json {
         println!("{result}");
         return Ok(());
     }

@@ -8,7 +8,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::record::{check_identity, RecordError, MAX_CLOCK_SKEW_S, RELAY_RECORD_LIFETIME_S};
+use super::record::{check_identity, check_record_time, RecordError};
 use crate::crypto::labels::LABEL_EXIT_POLICY_SIG;
 use crate::crypto::sigcache::Verified;
 
@@ -104,15 +104,7 @@ impl ExitPolicyRecord {
     /// Parses and verifies a record at time `now_ms` (Unix milliseconds): every check of 5.5.
     pub fn parse(bytes: &[u8], now_ms: u64) -> Result<ExitPolicyRecord, RecordError> {
         let r = ExitPolicyRecord::parse_unchecked_time(bytes)?;
-        let now_s = now_ms / 1000;
-        if r.fields.expires <= now_s.saturating_sub(MAX_CLOCK_SKEW_S)
-            || r.fields.expires > now_s + RELAY_RECORD_LIFETIME_S + MAX_CLOCK_SKEW_S
-        {
-            return Err(RecordError::Expired);
-        }
-        if r.fields.seq > now_ms + MAX_CLOCK_SKEW_S * 1000 {
-            return Err(RecordError::FutureSeq);
-        }
+        check_record_time(r.fields.expires, r.fields.seq, now_ms)?;
         Ok(r)
     }
 

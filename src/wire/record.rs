@@ -402,6 +402,22 @@ impl fmt::Debug for RelayRecord {
     }
 }
 
+/// The time checks every signed record shares (5.4, 5.5): `expires` (Unix seconds) within the
+/// record lifetime of `now_ms` give or take the clock skew, and `seq` (Unix milliseconds) not
+/// from the future.
+pub(crate) fn check_record_time(expires: u64, seq: u64, now_ms: u64) -> Result<(), RecordError> {
+    let now_s = now_ms / 1000;
+    if expires <= now_s.saturating_sub(MAX_CLOCK_SKEW_S)
+        || expires > now_s + RELAY_RECORD_LIFETIME_S + MAX_CLOCK_SKEW_S
+    {
+        return Err(RecordError::Expired);
+    }
+    if seq > now_ms + MAX_CLOCK_SKEW_S * 1000 {
+        return Err(RecordError::FutureSeq);
+    }
+    Ok(())
+}
+
 impl RelayRecord {
     /// Signs a new record.
     pub fn sign(identity: &SigningKey, fields: RecordFields) -> Result<RelayRecord, RecordError> {
@@ -449,16 +465,7 @@ impl RelayRecord {
     /// section 5.4.
     pub fn parse(bytes: &[u8], now_ms: u64) -> Result<RelayRecord, RecordError> {
         let r = RelayRecord::parse_unchecked_time(bytes)?;
-        let now_s = now_ms / 1000;
-        let f = &r.fields;
-        if f.expires <= now_s.saturating_sub(MAX_CLOCK_SKEW_S)
-            || f.expires > now_s + RELAY_RECORD_LIFETIME_S + MAX_CLOCK_SKEW_S
-        {
-            return Err(RecordError::Expired);
-        }
-        if f.seq > now_ms + MAX_CLOCK_SKEW_S * 1000 {
-            return Err(RecordError::FutureSeq);
-        }
+        check_record_time(r.fields.expires, r.fields.seq, now_ms)?;
         Ok(r)
     }
 
