@@ -142,6 +142,16 @@ fn curl_through_routes_and_socks_via_an_exit() {
             common(&boot)
         ),
     );
+    // A new namespace's IPv4 settings come from the host's: check ours only if it is off.
+    let v4_forwarding = |lab: &Lab, ifname: &str| {
+        lab.sh_ok(
+            &exit,
+            &format!("cat /proc/sys/net/ipv4/conf/{ifname}/forwarding"),
+        )
+        .trim()
+        .to_string()
+    };
+    let v4_was_off = v4_forwarding(&lab, "all") == "0";
     let exit_d = lab.start_daemon(&exit, &cfg);
     // The client resolves through the exit's virtual resolver, over the routes.
     lab.set_hosts_file(&client, "");
@@ -183,6 +193,17 @@ fn curl_through_routes_and_socks_via_an_exit() {
             .trim(),
         "0"
     );
+    // IPv4 likewise: gnx0 and the uplink forward, never the host-wide switch.
+    if v4_was_off {
+        assert_eq!(v4_forwarding(&lab, "gnx0"), "1");
+        assert_eq!(v4_forwarding(&lab, "inet0"), "1");
+        assert_eq!(v4_forwarding(&lab, "all"), "0");
+        assert_eq!(
+            v4_forwarding(&lab, "eth0"),
+            "1",
+            "the underlay uplink answers too"
+        );
+    }
     lab.wait_for(
         "the client's circuit to the exit",
         Duration::from_secs(60),
@@ -421,6 +442,15 @@ fn curl_through_routes_and_socks_via_an_exit() {
         "0",
         "IPv6 forwarding outlived the exit"
     );
+    if v4_was_off {
+        for ifname in ["inet0", "eth0", "all"] {
+            assert_eq!(
+                v4_forwarding(&lab, ifname),
+                "0",
+                "IPv4 forwarding on {ifname} outlived the exit"
+            );
+        }
+    }
 }
 
 /// Two exits that publish different policies (port 80 only, port 8080 only) in front of one web

@@ -234,6 +234,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
                 resolver = ?resolver,
                 ipv6 = kernel.ipv6,
                 forwarding = ?kernel.forced,
+                forwarding_v4 = ?kernel.forced_v4,
                 "serving as an exit"
             );
             exit_kernel = Some(kernel);
