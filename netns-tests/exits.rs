@@ -142,6 +142,16 @@ fn curl_through_routes_and_socks_via_an_exit() {
             common(&boot)
         ),
     );
+    // A new namespace's IPv4 settings come from the host's: check ours only if it is off.
+    let v4_forwarding = |lab: &Lab, ifname: &str| {
+        lab.sh_ok(
+            &exit,
+            &format!("cat /proc/sys/net/ipv4/conf/{ifname}/forwarding"),
+        )
+        .trim()
+        .to_string()
+    };
+    let v4_was_off = v4_forwarding(&lab, "all") == "0";
     let exit_d = lab.start_daemon(&exit, &cfg);
     // The client resolves through the exit's virtual resolver, over the routes.
     lab.set_hosts_file(&client, "");
@@ -183,6 +193,17 @@ fn curl_through_routes_and_socks_via_an_exit() {
             .trim(),
         "0"
     );
+    // IPv4 likewise: gnx0 and the uplink forward, never the host-wide switch.
+    if v4_was_off {
+        assert_eq!(v4_forwarding(&lab, "gnx0"), "1");
+        assert_eq!(v4_forwarding(&lab, "inet0"), "1");
+        assert_eq!(v4_forwarding(&lab, "all"), "0");
+        assert_eq!(
+            v4_forwarding(&lab, "eth0"),
+            "1",
+            "the underlay uplink answers too"
+        );
+    }
     lab.wait_for(
         "the client's circuit to the exit",
         Duration::from_secs(60),
@@ -421,6 +442,15 @@ fn curl_through_routes_and_socks_via_an_exit() {
         "0",
         "IPv6 forwarding outlived the exit"
     );
+    if v4_was_off {
+        for ifname in ["inet0", "eth0", "all"] {
+            assert_eq!(
+                v4_forwarding(&lab, ifname),
+                "0",
+                "IPv4 forwarding on {ifname} outlived the exit"
+            );
+        }
+    }
 }
 
 /// Two exits that publish different policies (port 80 only, port 8080 only) in front of one web
@@ -561,4 +591,119 @@ fn each_destination_goes_to_the_exit_whose_policy_allows_it() {
         2,
         "the pinned client used the other exit"
     );
+}
+
+/// Issue #23's defect: the exit's NAT state was per circuit, so a TCP connection through an
+/// exit ended when its circuit retired. With exit sessions (protocol.md 7.4) the client's next
+/// circuit re-attaches to its session and the exit keeps the inner address, so one connection
+/// (routes, no proxy) outlives several rotations. The client's circuits retire after 15 s here
+/// (the daemon's test hook `GLOBALNET_TEST_CIRCUIT_MAX_AGE_MS`; the shipped age is an hour).
+#[test]
+fn a_tcp_connection_through_an_exit_survives_circuit_rotation() {
+    let Some(mut lab) = Lab::new("exitrot") else {
+        return;
+    };
+    let relays: Vec<_> = (0..3).map(|i| lab.add_host(&format!("r{i}"))).collect();
+    let exit = lab.add_host("exit");
+    let client = lab.add_host("client");
+    let web = lab.add_host("web");
+    lab.sh_ok(
+        &web,
+        &format!(
+            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
+             ip addr add {WEB}/24 dev inet1 && ip link set inet1 up",
+            exit_ns = exit.ns
+        ),
+    );
+    lab.sh_ok(
+        &exit,
+        &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
+    );
+    let tools = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/netns-tests/harness/nettools.py"
+    );
+    lab.spawn(
+        &web,
+        "echo",
+        "python3",
+        &["-u", tools, "tcp-echo", WEB, "80"],
+        Some("ready"),
+    );
+    let boot = format!("\"{}:7412\"", relays[0].ip);
+    let common = |bootstrap: &str| {
+        format!(
+            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+            shipped_listen()
+        )
+    };
+    let mut daemons = Vec::new();
+    for (i, h) in relays.iter().enumerate() {
+        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
+        daemons.push(lab.start_daemon(h, &cfg));
+    }
+    let cfg = lab.write_config(
+        &exit,
+        &format!(
+            "{}[exit]\nenabled = true\nallow_ports = [80]\nallow_networks = [\"198.19.250.0/24\"]\n",
+            common(&boot)
+        ),
+    );
+    let exit_d = lab.start_daemon(&exit, &cfg);
+    let cfg = lab.write_config(
+        &client,
+        &format!(
+            "{}[outbound]\nroutes = [\"198.19.250.0/24\"]\n",
+            common(&boot)
+        ),
+    );
+    let client_d = lab.start_daemon_env(
+        &client,
+        &cfg,
+        &[("GLOBALNET_TEST_CIRCUIT_MAX_AGE_MS", "15000")],
+    );
+    for d in daemons.iter().chain([&exit_d, &client_d]) {
+        lab.wait_ready(d, READY);
+    }
+    lab.wait_for(
+        "the client's circuit to the exit",
+        Duration::from_secs(60),
+        || lab.query(&client_d, "status")["exit_circuit"]["ready"] == true,
+    );
+
+    // One connection for 40 s: two or three retirements of the circuit under it.
+    let started = Instant::now();
+    let out = lab.sh(&client, &format!("python3 -u {tools} tcp-hold {WEB} 80 40"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = std::fs::read_to_string(lab.dir.join("client-daemon.log")).unwrap();
+    let retired = log
+        .lines()
+        .filter(|l| l.contains("circuit to an exit closed") && l.contains("retired (age)"))
+        .count();
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("circuit to an exit ready") && l.contains("resumed=true"))
+        .count();
+    eprintln!(
+        "connection held {:.1} s over {retired} retired exit circuits ({resumed} resumed): {stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "the connection broke: {stdout} {stderr}"
+    );
+    assert!(retired >= 2, "the exit circuit did not rotate ({retired})");
+    assert!(resumed >= 2, "new circuits did not resume the session");
+    // The web server saw one connection, from the exit's address.
+    let conns = std::fs::read_to_string(lab.dir.join("echo.log")).unwrap();
+    let conns: Vec<&str> = conns.lines().filter(|l| l.starts_with("conn ")).collect();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert!(
+        conns[0].starts_with(&format!("conn {EXIT_SIDE} ")),
+        "{conns:?}"
+    );
+    let ex = lab.query(&exit_d, "status")["exit"].clone();
+    assert!(ex["resumed"].as_u64().unwrap() >= 2, "{ex}");
+    assert!(ex["sessions"].as_u64().unwrap() >= 1, "{ex}");
 }

@@ -296,6 +296,12 @@ impl Lab {
 
     /// Starts `globalnet daemon --config <config>` inside `host`.
     pub fn start_daemon(&mut self, host: &Host, config: &Path) -> Daemon {
+        self.start_daemon_env(host, config, &[])
+    }
+
+    /// [`Lab::start_daemon`] with extra environment variables (test hooks such as
+    /// `GLOBALNET_TEST_CIRCUIT_MAX_AGE_MS`), for this daemon only.
+    pub fn start_daemon_env(&mut self, host: &Host, config: &Path, env: &[(&str, &str)]) -> Daemon {
         let cfg_text = std::fs::read_to_string(config).expect("config");
         let field = |key: &str| -> PathBuf {
             cfg_text
@@ -318,6 +324,7 @@ impl Lab {
             .args(["daemon", "--config"])
             .arg(config)
             .env("GLOBALNET_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)
             .spawn()

@@ -18,6 +18,11 @@
                              SOCKS5 UDP ASSOCIATE through 127.0.0.1:PORT (USER "-": no user
                              name): send MSG to HOST:DPORT (an address or a name), print the
                              answer as "SOURCE SPORT DATA" (exit 1 after 15 s of silence)
+  tcp-echo BIND PORT         echo every line on each TCP connection to BIND:PORT; prints each
+                             peer as "conn ADDR PORT"
+  tcp-hold ADDR PORT SECS    one TCP connection for SECS seconds, a numbered line every 0.5 s,
+                             each echo awaited (exit 1 when the connection breaks); prints JSON
+                             {"lines":..,"max_wait_ms":..}
 """
 import ipaddress
 import json
@@ -180,6 +185,53 @@ def socks_udp(port, user, host, dport, msg):
     return 1
 
 
+def tcp_echo(bind, port):
+    import threading
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((bind, port))
+    srv.listen(16)
+    print("ready", flush=True)
+
+    def serve(c):
+        with c:
+            while True:
+                data = c.recv(4096)
+                if not data:
+                    return
+                c.sendall(data)
+
+    while True:
+        c, peer = srv.accept()
+        print("conn", peer[0], peer[1], flush=True)
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
+def tcp_hold(addr, port, secs):
+    c = socket.create_connection((addr, port), timeout=10)
+    c.settimeout(30)
+    end = time.time() + secs
+    n, max_wait = 0, 0.0
+    buf = b""
+    while time.time() < end:
+        line = b"%d\n" % n
+        t0 = time.time()
+        c.sendall(line)
+        while not buf.endswith(line):
+            data = c.recv(4096)
+            if not data:
+                print("closed after", n, "lines", file=sys.stderr, flush=True)
+                return 1
+            buf += data
+        buf = b""
+        max_wait = max(max_wait, time.time() - t0)
+        n += 1
+        time.sleep(0.5)
+    c.close()
+    print(json.dumps({"lines": n, "max_wait_ms": round(max_wait * 1000)}), flush=True)
+    return 0
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "capture":
@@ -196,6 +248,10 @@ def main(argv):
         return dns_a(*args[:5])
     if cmd == "socks-udp":
         return socks_udp(int(args[0]), args[1], args[2], int(args[3]), args[4])
+    if cmd == "tcp-echo":
+        return tcp_echo(args[0], int(args[1]))
+    if cmd == "tcp-hold":
+        return tcp_hold(args[0], int(args[1]), float(args[2]))
     if cmd == "http-requests":
         return http_requests(args[0], int(args[1]), int(args[2]))
     print(__doc__, file=sys.stderr)

@@ -63,6 +63,11 @@ pub const LABEL_NAME_DHT_KEY: &[u8] = b"globalnet name dht key v1";
 /// Proof of work of an introduction (10.12).
 pub const LABEL_INTRO_POW: &[u8] = b"globalnet intro pow v1";
 
+/// Id of an exit session: the hash of its key (7.4).
+pub const LABEL_EXIT_SESSION_ID: &[u8] = b"globalnet exit session id v1";
+/// Proof re-attaching a circuit to an exit session (7.4).
+pub const LABEL_EXIT_SESSION_PROOF: &[u8] = b"globalnet exit session proof v1";
+
 /// Every label, for the distinctness test and for documentation tools.
 pub const ALL: &[&[u8]] = &[
     LABEL_INTRO_POW,
@@ -94,6 +99,8 @@ pub const ALL: &[&[u8]] = &[
     LABEL_NAME_POW,
     LABEL_NAME_CLAIM_SIG,
     LABEL_NAME_DHT_KEY,
+    LABEL_EXIT_SESSION_ID,
+    LABEL_EXIT_SESSION_PROOF,
 ];
 
 #[cfg(test)]
@@ -125,7 +132,8 @@ mod tests {
                     || include_str!("../../tests/vectors/make_keynames.py").contains(s)
                     || include_str!("../../tests/vectors/make_name_claims.py").contains(s)
                     || include_str!("../../tests/vectors/make_intro_pow.py").contains(s)
-                    || include_str!("../../tests/vectors/make_exit_policies.py").contains(s),
+                    || include_str!("../../tests/vectors/make_exit_policies.py").contains(s)
+                    || include_str!("../../tests/vectors/make_exit_sessions.py").contains(s),
                 "label {s} not found in the vector script"
             );
         }

@@ -164,6 +164,24 @@ impl ExitIo {
         }
     }
 
+    /// An `EXIT_SESSION` on circuit `slot` (protocol.md 7.4): answered on the circuit.
+    pub(super) fn session(
+        &mut self,
+        node: &mut Node,
+        now: time::Instant,
+        slot: u64,
+        bind: &[u8; 32],
+        payload: &[u8],
+    ) {
+        let Some(ack) = self.gateway.on_session(now, slot, bind, payload) else {
+            return;
+        };
+        tracing::debug!(status = ?ack.status, "exit session request");
+        if let Err(e) = node.exit_session_reply(now, slot, &ack) {
+            tracing::debug!("exit session answer not sent: {e}");
+        }
+    }
+
     /// An answer the kernel wrote to `gnx0`: back on its circuit.
     pub(super) fn gnx_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         if let Some(slot) = self.gateway.on_tun_packet(&mut buf) {

@@ -492,6 +492,7 @@ pub(super) async fn link_loop(
                 pings.expire(now);
                 if let Some(x) = exit.as_mut() {
                     x.refresh_local(link.link.peers(now).iter().map(|p| p.endpoint));
+                    x.gateway.expire(now);
                 }
             }
             _ = async {
@@ -537,9 +538,14 @@ pub(super) async fn link_loop(
                     Some(x) => x.client_packet(&mut link, clock.now(), slot, buf),
                     None => link.recycle_message(buf),
                 },
+                NodeEvent::ExitSession { slot, bind, buf } => {
+                    if let Some(x) = exit.as_mut() {
+                        x.session(&mut link, clock.now(), slot, &bind, &buf);
+                    }
+                }
                 NodeEvent::ExitClosed { slot } => {
                     if let Some(x) = exit.as_mut() {
-                        x.gateway.on_circuit_closed(slot);
+                        x.gateway.on_circuit_closed(clock.now(), slot);
                     }
                 }
                 NodeEvent::Unreachable { dst, why } => {

@@ -234,6 +234,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
                 resolver = ?resolver,
                 ipv6 = kernel.ipv6,
                 forwarding = ?kernel.forced,
+                forwarding_v4 = ?kernel.forced_v4,
                 "serving as an exit"
             );
             exit_kernel = Some(kernel);
@@ -433,6 +434,10 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         Err(e) => tracing::warn!("{e}; choosing new guards"),
     }
     node.set_onion_key_since(onion_since);
+    if let Some(ms) = test_circuit_max_age() {
+        tracing::warn!(ms, "test hook: our circuits retire after {ms} ms");
+        node.circ.set_max_age(ms);
+    }
     node.set_client_identity(
         *service_seed,
         config
@@ -732,4 +737,16 @@ async fn watchdog_loop() {
         tick.tick().await;
         notify(&[sd_notify::NotifyState::Watchdog]);
     }
+}
+
+/// The environment variable that makes circuits retire sooner, for tests of what outlives a
+/// circuit (the netns test of exit sessions). At least 10 s, so a circuit can carry something.
+pub const TEST_CIRCUIT_MAX_AGE_ENV: &str = "GLOBALNET_TEST_CIRCUIT_MAX_AGE_MS";
+
+fn test_circuit_max_age() -> Option<u64> {
+    std::env::var(TEST_CIRCUIT_MAX_AGE_ENV)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(|ms| ms.max(10_000))
 }

@@ -10,8 +10,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use zeroize::Zeroizing;
+
 use super::packet::{refusal, IpView, EXIT_PACKET_MAX};
 use super::policy::{ExitPolicy, Verdict};
+use super::session::{self, AckStatus, SessionAck, SessionRequest, SID_LEN};
 use crate::budget::{Charge, MemoryBudget};
 use crate::time::{Bucket, Instant};
 
@@ -79,6 +82,19 @@ pub const EXIT_SYN_PER_S: f64 = 20.0;
 pub const EXIT_SYN_BURST: f64 = 64.0;
 /// What a circuit's state costs in the memory budget.
 const CIRCUIT_COST: usize = 256;
+/// What a session's state costs (its inner address state, key and id).
+const SESSION_COST: usize = 384;
+/// A session no circuit carries is kept this long for the client's next circuit (a retired
+/// circuit is replaced within a build, at most 15 s, and its retries).
+pub const EXIT_SESSION_LINGER_MS: crate::time::Millis = 600_000;
+/// No circuit re-attaches to a session older than this: the lifetime over which the exit can
+/// link one client's circuits (docs/threat-model.md); the client opens a new one before.
+pub const EXIT_SESSION_MAX_AGE_MS: crate::time::Millis = 86_400_000;
+/// Circuits attached to one session at most.
+pub const EXIT_SESSION_CIRCUITS: usize = 4;
+/// `EXIT_SESSION`s one circuit may send (resends of a lost answer, a new open after an
+/// unknown session); the rest are dropped.
+pub const EXIT_SESSION_ATTACHES: u8 = 4;
 
 /// What to do with a client's packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +139,20 @@ pub struct ExitStats {
     pub rate_limited: u64,
     /// Malformed packets, full tables, answers for no circuit.
     pub dropped: u64,
+    /// Exit sessions now (attached or lingering).
+    #[serde(default)]
+    pub sessions: u64,
+    /// Circuits re-attached to an existing session.
+    #[serde(default)]
+    pub resumed: u64,
 }
 
-struct Circuit {
-    slot: u64,
+/// One inner address pair: an exit session's, or one circuit's when it has none.
+struct Inner {
+    /// The circuits carrying it, the one answers go to (the newest) last; a circuit without a
+    /// session is the only one.
+    slots: Vec<u64>,
+    session: Option<Session>,
     client_v4: Option<Ipv4Addr>,
     client_v6: Option<Ipv6Addr>,
     bytes: Bucket,
@@ -134,11 +160,32 @@ struct Circuit {
     _charge: Charge,
 }
 
+/// An exit session (protocol.md 7.4): what keeps the inner address across circuits.
+struct Session {
+    sid: [u8; SID_LEN],
+    key: Zeroizing<[u8; 32]>,
+    opened: Instant,
+    /// Since when no circuit carries it (it lingers for [`EXIT_SESSION_LINGER_MS`]).
+    detached: Option<Instant>,
+}
+
+/// What the exit knows of one circuit.
+#[derive(Default)]
+struct SlotState {
+    index: Option<u16>,
+    /// `EXIT_SESSION`s received on it.
+    attaches: u8,
+    /// Detached from its session by a newer circuit: its packets are dropped, never sent out
+    /// from another inner address.
+    evicted: bool,
+}
+
 /// The exit's circuits and their inner addresses.
 pub struct ExitGateway {
     policy: ExitPolicy,
-    by_slot: BTreeMap<u64, u16>,
-    by_index: BTreeMap<u16, Circuit>,
+    by_slot: BTreeMap<u64, SlotState>,
+    by_index: BTreeMap<u16, Inner>,
+    by_sid: BTreeMap<[u8; SID_LEN], u16>,
     next: u16,
     budget: MemoryBudget,
     stats: ExitStats,
@@ -152,6 +199,7 @@ impl ExitGateway {
             policy,
             by_slot: BTreeMap::new(),
             by_index: BTreeMap::new(),
+            by_sid: BTreeMap::new(),
             next: 1,
             budget,
             stats: ExitStats::default(),
@@ -173,7 +221,8 @@ impl ExitGateway {
     /// Counters.
     pub fn stats(&self) -> ExitStats {
         ExitStats {
-            circuits: self.by_slot.len() as u64,
+            circuits: self.by_slot.values().filter(|s| s.index.is_some()).count() as u64,
+            sessions: self.by_sid.len() as u64,
             ..self.stats.clone()
         }
     }
@@ -205,11 +254,9 @@ impl ExitGateway {
         (1..=MAX_EXIT_CIRCUITS).contains(&i).then_some(i)
     }
 
-    fn circuit(&mut self, now: Instant, slot: u64) -> Option<u16> {
-        if let Some(&i) = self.by_slot.get(&slot) {
-            return Some(i);
-        }
-        let charge = self.budget.try_charge(CIRCUIT_COST)?;
+    /// A free inner index with its state charged, handed out round-robin.
+    fn allocate(&mut self, now: Instant, cost: usize, session: Option<Session>) -> Option<u16> {
+        let charge = self.budget.try_charge(cost)?;
         // The next free index after the last one handed out, so a closed circuit's address is
         // not reused at once (its conntrack entries may still be alive).
         let mut i = self.next;
@@ -223,11 +270,11 @@ impl ExitGateway {
             return None;
         }
         self.next = if i >= MAX_EXIT_CIRCUITS { 1 } else { i + 1 };
-        self.by_slot.insert(slot, i);
         self.by_index.insert(
             i,
-            Circuit {
-                slot,
+            Inner {
+                slots: Vec::with_capacity(1),
+                session,
                 client_v4: None,
                 client_v6: None,
                 bytes: Bucket::new(EXIT_BYTES_BURST, now),
@@ -236,6 +283,134 @@ impl ExitGateway {
             },
         );
         Some(i)
+    }
+
+    /// The inner index of circuit `slot`, a new one of its own if it has no session.
+    fn circuit(&mut self, now: Instant, slot: u64) -> Option<u16> {
+        match self.by_slot.get(&slot) {
+            Some(SlotState { index: Some(i), .. }) => return Some(*i),
+            Some(SlotState { evicted: true, .. }) => return None,
+            _ => {}
+        }
+        let i = self.allocate(now, CIRCUIT_COST, None)?;
+        if let Some(inner) = self.by_index.get_mut(&i) {
+            inner.slots.push(slot);
+        }
+        self.by_slot.entry(slot).or_default().index = Some(i);
+        Some(i)
+    }
+
+    /// An `EXIT_SESSION` on circuit `slot`, whose hop value at this exit is `bind`: the answer
+    /// to send back, or `None` past [`EXIT_SESSION_ATTACHES`] on the circuit (dropped).
+    pub fn on_session(
+        &mut self,
+        now: Instant,
+        slot: u64,
+        bind: &[u8; 32],
+        payload: &[u8],
+    ) -> Option<SessionAck> {
+        let state = self.by_slot.entry(slot).or_default();
+        if state.attaches >= EXIT_SESSION_ATTACHES {
+            self.stats.dropped += 1;
+            return None;
+        }
+        state.attaches += 1;
+        let current = state.index;
+        let ack = |status, sid| Some(SessionAck { status, sid });
+        let req = match SessionRequest::parse(payload) {
+            Ok(r) => r,
+            Err(_) => return ack(AckStatus::Refused, [0; SID_LEN]),
+        };
+        let sid = *req.sid();
+        if let Some(i) = current {
+            // A resend whose answer was lost is answered again; anything else is refused: a
+            // circuit belongs to one session, and one that sent packets without keeps its own.
+            let same = self
+                .by_index
+                .get(&i)
+                .and_then(|c| c.session.as_ref())
+                .is_some_and(|s| s.sid == sid);
+            return ack(
+                if same {
+                    AckStatus::Ok
+                } else {
+                    AckStatus::Taken
+                },
+                sid,
+            );
+        }
+        let i = match req {
+            SessionRequest::Open { sid, key } => {
+                if self.by_sid.contains_key(&sid) {
+                    return ack(AckStatus::Taken, sid);
+                }
+                let session = Session {
+                    sid,
+                    key: Zeroizing::new(key),
+                    opened: now,
+                    detached: None,
+                };
+                let Some(i) = self.allocate(now, SESSION_COST, Some(session)) else {
+                    return ack(AckStatus::Full, sid);
+                };
+                self.by_sid.insert(sid, i);
+                i
+            }
+            SessionRequest::Resume { sid, proof } => {
+                let Some(&i) = self.by_sid.get(&sid) else {
+                    return ack(AckStatus::Unknown, sid);
+                };
+                let Some(s) = self.by_index.get(&i).and_then(|c| c.session.as_ref()) else {
+                    return ack(AckStatus::Unknown, sid);
+                };
+                if now.saturating_since(s.opened) >= EXIT_SESSION_MAX_AGE_MS {
+                    return ack(AckStatus::Unknown, sid);
+                }
+                if !session::proof_ok(&s.key, bind, &sid, &proof) {
+                    return ack(AckStatus::Refused, sid);
+                }
+                self.stats.resumed += 1;
+                i
+            }
+        };
+        let Some(inner) = self.by_index.get_mut(&i) else {
+            return ack(AckStatus::Unknown, sid);
+        };
+        if let Some(s) = inner.session.as_mut() {
+            s.detached = None;
+        }
+        // At most EXIT_SESSION_CIRCUITS circuits per session: the oldest makes room (a client
+        // has one at a time; old ones linger only while their DESTROY is on its way).
+        let evict = (inner.slots.len() >= EXIT_SESSION_CIRCUITS).then(|| inner.slots.remove(0));
+        inner.slots.push(slot);
+        if let Some(old) = evict {
+            if let Some(o) = self.by_slot.get_mut(&old) {
+                o.index = None;
+                o.evicted = true;
+            }
+        }
+        if let Some(st) = self.by_slot.get_mut(&slot) {
+            st.index = Some(i);
+        }
+        ack(AckStatus::Ok, sid)
+    }
+
+    /// Timer upkeep: sessions no circuit carried for [`EXIT_SESSION_LINGER_MS`] are forgotten
+    /// and their inner addresses freed.
+    pub fn expire(&mut self, now: Instant) {
+        let gone: Vec<(u16, [u8; SID_LEN])> = self
+            .by_index
+            .iter()
+            .filter_map(|(i, c)| {
+                let s = c.session.as_ref()?;
+                let d = s.detached?;
+                (now.saturating_since(d) >= EXIT_SESSION_LINGER_MS).then_some((*i, s.sid))
+            })
+            .collect();
+        for (i, sid) in gone {
+            self.by_index.remove(&i);
+            self.by_sid.remove(&sid);
+        }
     }
 
     /// A packet from the client of circuit `slot`. On `Forward` the packet in `p` is ready for
@@ -268,7 +443,7 @@ impl ExitGateway {
         if verdict != Verdict::Allow {
             // Refusals cost nothing at the destination, but are answered at the exit's
             // expense: they take from the circuit's byte budget too, when it has one.
-            if let Some(&i) = self.by_slot.get(&slot) {
+            if let Some(i) = self.by_slot.get(&slot).and_then(|s| s.index) {
                 if let Some(c) = self.by_index.get_mut(&i) {
                     if !c
                         .bytes
@@ -332,7 +507,8 @@ impl ExitGateway {
                 IpAddr::V4(_) => c.client_v4.map(IpAddr::V4),
                 IpAddr::V6(_) => c.client_v6.map(IpAddr::V6),
             }?;
-            Some((v, client, c.slot))
+            // A lingering session has no circuit: the answer is lost, as on a broken link.
+            Some((v, client, *c.slots.last()?))
         });
         let Some((mut v, client, slot)) = routed.filter(|(v, ..)| v.len <= EXIT_PACKET_MAX) else {
             self.stats.dropped += 1;
@@ -345,13 +521,29 @@ impl ExitGateway {
         Some(slot)
     }
 
-    /// The circuit `slot` is gone: its inner addresses are free again.
-    pub fn on_circuit_closed(&mut self, slot: u64) {
-        if let Some(i) = self.by_slot.remove(&slot) {
-            self.by_index.remove(&i);
+    /// The circuit `slot` is gone: without a session its inner addresses are free again; a
+    /// session's stay with the session, which lingers when no circuit is left.
+    pub fn on_circuit_closed(&mut self, now: Instant, slot: u64) {
+        let Some(i) = self.by_slot.remove(&slot).and_then(|s| s.index) else {
+            return;
+        };
+        let Some(c) = self.by_index.get_mut(&i) else {
+            return;
+        };
+        c.slots.retain(|s| *s != slot);
+        match c.session.as_mut() {
+            Some(s) if c.slots.is_empty() => s.detached = Some(now),
+            Some(_) => {}
+            None => {
+                self.by_index.remove(&i);
+            }
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gateway_session_tests.rs"]
+mod session_tests;
 
 #[cfg(test)]
 mod tests {
@@ -410,7 +602,7 @@ mod tests {
         assert_eq!(IpView::parse(&ans).unwrap().dst, IpAddr::V4(client.into()));
         assert!(etherparse::SlicedPacket::from_ip(&ans).is_ok());
         // Closed circuits' addresses route nowhere.
-        g.on_circuit_closed(9);
+        g.on_circuit_closed(Instant::from_unix_ms(0), 9);
         let mut ans = answer(sb4, b"hi");
         assert_eq!(g.on_tun_packet(&mut ans), None);
         assert_eq!(g.stats().circuits, 1);
@@ -520,7 +712,7 @@ mod tests {
             g.on_circuit_packet(Instant::from_unix_ms(0), 2, &mut p, &mut reply),
             Outbound::Drop(DropReason::Full)
         );
-        g.on_circuit_closed(1);
+        g.on_circuit_closed(Instant::from_unix_ms(0), 1);
         let mut p = tcp([100, 127, 255, 1], [1, 1, 1, 1], 80, true, b"");
         assert_eq!(
             g.on_circuit_packet(Instant::from_unix_ms(0), 2, &mut p, &mut reply),

@@ -7,4 +7,5 @@ pub mod client;
 pub mod gateway;
 pub mod packet;
 pub mod policy;
+pub mod session;
 pub mod socks;

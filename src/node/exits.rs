@@ -9,8 +9,9 @@ use crate::circuit::layer::{CircEvent, CircId, Purpose};
 use crate::circuit::path::{Hop, PathContext, PathKind, Target};
 use crate::exit::choose::{ChooseError, Destination, ExitCandidate, StickyExits};
 use crate::exit::client::accept_from_exit;
-use crate::exit::gateway::RESOLVER_V4;
+use crate::exit::gateway::{EXIT_SESSION_LINGER_MS, EXIT_SESSION_MAX_AGE_MS, RESOLVER_V4};
 use crate::exit::packet::{prohibited, IpView};
+use crate::exit::session::{AckStatus, SessionAck, SessionRequest};
 use crate::time::{Instant, Millis};
 use crate::wire::record::{RelayRecord, FLAG_EXIT};
 use crate::wire::relay::RelayCommand;
@@ -25,6 +26,31 @@ pub const EXIT_PENDING_MAX: usize = 16;
 /// Circuits to exits at most, over every (isolation group, exit) pair; the least recently used
 /// goes first.
 pub const EXIT_CIRCUITS_MAX: usize = 32;
+/// An unanswered `EXIT_SESSION` is sent again after this long ...
+pub const EXIT_SESSION_RESEND_MS: Millis = 1_000;
+/// ... and a circuit sends at most this many (the exit answers up to four); then it carries
+/// packets without a session (an exit that does not answer: its connections end with the
+/// circuit, as before sessions).
+pub const EXIT_SESSION_TRIES: u8 = 3;
+
+/// A group's exit session (protocol.md 7.4): the key the exit binds the inner address to, kept
+/// across circuits to the same exit, never shared by two groups or two exits.
+struct ClientSession {
+    key: zeroize::Zeroizing<[u8; 32]>,
+    opened: Instant,
+    /// The exit acknowledged it once: later circuits resume it.
+    established: bool,
+}
+
+impl std::fmt::Debug for ClientSession {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("opened", &self.opened)
+            .field("established", &self.established)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a packet did not go to an exit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +83,10 @@ struct GroupCircuit {
     last_error: Option<String>,
     /// Packets waiting for the circuit.
     pending: Vec<Vec<u8>>,
+    /// The exit session, outliving the circuit.
+    session: Option<ClientSession>,
+    /// `EXIT_SESSION`s sent on the current circuit, the last one when, and the request.
+    attach: Option<(u8, Instant, SessionRequest)>,
 }
 
 /// The node's exit state, both roles.
@@ -392,15 +422,37 @@ impl Node {
         if !self.exits.outbound {
             return;
         }
+        // Group 1 always has a circuit; a group with an exit session in use gets its next one
+        // at once, so the exit still holds the session (and its connections) when it arrives.
         let keys: Vec<(u8, [u8; 32])> = self
             .exits
             .groups
             .iter()
-            .filter(|((g, _), c)| *g == 1 && c.circ.is_none())
+            .filter(|((g, _), c)| {
+                c.circ.is_none()
+                    && (*g == 1
+                        || c.session.as_ref().is_some_and(|s| {
+                            s.established && now.saturating_since(c.used) < EXIT_SESSION_LINGER_MS
+                        }))
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in keys {
             self.build_exit_circuit(now, k);
+        }
+        let unanswered: Vec<(u8, [u8; 32])> = self
+            .exits
+            .groups
+            .iter()
+            .filter(|(_, c)| {
+                c.attach
+                    .as_ref()
+                    .is_some_and(|a| now.saturating_since(a.1) >= EXIT_SESSION_RESEND_MS)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in unanswered {
+            self.exit_attach(now, k, true);
         }
         if self.exits.groups.keys().any(|(g, _)| *g == 1) || now < self.exits.first_try {
             return;
@@ -492,8 +544,127 @@ impl Node {
         }
     }
 
+    /// Sends `EXIT_SESSION` on the group's new circuit: a resume when the exit knows the
+    /// session, else an open of a fresh one (a new key from the OS generator). `again`: the
+    /// last request went unanswered; send it once more.
+    fn exit_attach(&mut self, now: Instant, key: (u8, [u8; 32]), again: bool) {
+        let Some(g) = self.exits.groups.get_mut(&key) else {
+            return;
+        };
+        let Some(id) = g.circ else {
+            return;
+        };
+        let tries = g.attach.as_ref().map_or(0, |a| a.0);
+        if tries >= EXIT_SESSION_TRIES {
+            tracing::warn!(
+                group = key.0,
+                exit = %crate::crypto::keys::fingerprint(&key.1),
+                "the exit does not attach a session: its connections end with this circuit"
+            );
+            self.exit_ready(now, key, false);
+            return;
+        }
+        let req = match (again, g.attach.take()) {
+            (true, Some((_, _, req))) => req,
+            _ => {
+                let fresh = g
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| now.saturating_since(s.opened) >= EXIT_SESSION_MAX_AGE_MS);
+                if fresh {
+                    let mut k = zeroize::Zeroizing::new([0u8; 32]);
+                    rand::RngCore::fill_bytes(&mut self.exit_secrets, &mut k[..]);
+                    g.session = Some(ClientSession {
+                        key: k,
+                        opened: now,
+                        established: false,
+                    });
+                }
+                let bind = self
+                    .circ
+                    .path(id)
+                    .and_then(|p| p.len().checked_sub(1))
+                    .and_then(|last| self.circ.hop_bind(id, last));
+                match (g.session.as_ref(), bind) {
+                    (Some(s), Some(b)) if s.established => SessionRequest::resume(&s.key, &b),
+                    (Some(s), _) => SessionRequest::open(&s.key),
+                    (None, _) => return,
+                }
+            }
+        };
+        if let Err(e) = self
+            .circ
+            .send(id, RelayCommand::ExitSession, &req.to_bytes())
+        {
+            tracing::debug!("EXIT_SESSION not sent: {e}");
+        }
+        g.attach = Some((tries + 1, now, req));
+        self.pump(now);
+    }
+
+    /// The exit's answer to our `EXIT_SESSION`.
+    fn exit_on_ack(&mut self, now: Instant, key: (u8, [u8; 32]), ack: SessionAck) {
+        let Some(g) = self.exits.groups.get_mut(&key) else {
+            return;
+        };
+        let ours = g
+            .attach
+            .as_ref()
+            .is_some_and(|(_, _, req)| *req.sid() == ack.sid);
+        if g.ready || !ours {
+            return;
+        }
+        match ack.status {
+            AckStatus::Ok => {
+                if let Some(s) = g.session.as_mut() {
+                    s.established = true;
+                }
+                self.exit_ready(now, key, true);
+            }
+            // The exit forgot the session (expired, restarted) or refused the proof: the old
+            // connections are gone either way; a new session keeps the next ones.
+            AckStatus::Unknown | AckStatus::Refused | AckStatus::Taken => {
+                g.session = None;
+                self.exit_attach(now, key, false);
+            }
+            AckStatus::Full => self.exit_ready(now, key, false),
+        }
+    }
+
+    /// The group's circuit carries packets now; those kept while it was built and attached go.
+    fn exit_ready(&mut self, now: Instant, key: (u8, [u8; 32]), session: bool) {
+        let Some(g) = self.exits.groups.get_mut(&key) else {
+            return;
+        };
+        let Some(id) = g.circ else {
+            return;
+        };
+        g.ready = true;
+        let resumed = g
+            .attach
+            .as_ref()
+            .is_some_and(|a| matches!(a.2, SessionRequest::Resume { .. }));
+        g.attach = None;
+        let pending = std::mem::take(&mut g.pending);
+        tracing::info!(
+            circuit = id.0,
+            group = key.0,
+            session,
+            resumed,
+            exit = %crate::crypto::keys::fingerprint(&key.1),
+            "circuit to an exit ready"
+        );
+        for p in pending {
+            if let Err(e) = self.circ.send(id, RelayCommand::ExitPacket, &p) {
+                tracing::trace!("a packet kept for the exit circuit was lost: {e}");
+            }
+            self.recycle_packet(p);
+        }
+        self.pump(now);
+    }
+
     /// An event of our exit circuit.
-    pub(super) fn exit_on_circuit_event(&mut self, e: CircEvent) {
+    pub(super) fn exit_on_circuit_event(&mut self, now: Instant, e: CircEvent) {
         let id = match &e {
             CircEvent::Built { id, .. }
             | CircEvent::Closed { id, .. }
@@ -510,27 +681,20 @@ impl Node {
         };
         match e {
             CircEvent::Built { id, build_ms } => {
-                g.ready = true;
                 g.last_error = None;
-                let pending = std::mem::take(&mut g.pending);
-                tracing::info!(
+                tracing::debug!(
                     circuit = id.0,
                     build_ms,
                     group,
-                    exit = %crate::crypto::keys::fingerprint(&key.1),
-                    "circuit to an exit ready"
+                    "circuit to an exit built; attaching the exit session"
                 );
-                for p in pending {
-                    if let Err(e) = self.circ.send(id, RelayCommand::ExitPacket, &p) {
-                        tracing::trace!("a packet kept for the exit circuit was lost: {e}");
-                    }
-                    self.recycle_packet(p);
-                }
+                self.exit_attach(now, key, false);
             }
             CircEvent::Closed { id, why } => {
                 tracing::info!(circuit = id.0, group, why, "circuit to an exit closed");
                 g.circ = None;
                 g.ready = false;
+                g.attach = None;
                 g.last_error = Some(why);
                 let dropped = std::mem::take(&mut g.pending);
                 for p in dropped {
@@ -538,7 +702,16 @@ impl Node {
                 }
             }
             CircEvent::Message { cmd, payload, .. } => {
-                if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload, group) {
+                if cmd == RelayCommand::ExitSessionAck as u8 {
+                    let ack = SessionAck::parse(&payload);
+                    self.circ.recycle_payload(payload);
+                    match ack {
+                        Ok(ack) => self.exit_on_ack(now, key, ack),
+                        Err(_) => self.exits.refused_answers += 1,
+                    }
+                } else if cmd == RelayCommand::ExitPacket as u8 && accept_from_exit(&payload, group)
+                {
+                    g.used = now;
                     self.events.push(NodeEvent::ExitAnswer { buf: payload });
                 } else {
                     self.exits.refused_answers += 1;
@@ -549,6 +722,37 @@ impl Node {
             | CircEvent::LastHop { .. }
             | CircEvent::RelayedClosed { .. } => {}
         }
+    }
+
+    /// An `EXIT_SESSION` on a circuit that ends here: up to the daemon's gateway with our hop
+    /// value, which the proof must be bound to.
+    pub(super) fn exit_on_session(&mut self, slot: u64, payload: Vec<u8>) {
+        match self.circ.relayed_bind(slot).filter(|_| self.exits.serving) {
+            Some(bind) => self.events.push(NodeEvent::ExitSession {
+                slot,
+                bind,
+                buf: payload,
+            }),
+            None => {
+                self.exits.refused_not_exit += 1;
+                self.circ.recycle_payload(payload);
+            }
+        }
+    }
+
+    /// Sends the answer to an `EXIT_SESSION` back on circuit `slot`.
+    pub fn exit_session_reply(
+        &mut self,
+        now: Instant,
+        slot: u64,
+        ack: &SessionAck,
+    ) -> Result<(), String> {
+        let r = self
+            .circ
+            .reply(slot, RelayCommand::ExitSessionAck, &ack.to_bytes())
+            .map_err(|e| e.to_string());
+        self.pump(now);
+        r
     }
 
     /// An `EXIT_PACKET` on a circuit that ends here.

@@ -64,6 +64,16 @@ pub enum NodeEvent {
         /// The packet.
         buf: Vec<u8>,
     },
+    /// An `EXIT_SESSION` on a circuit that ends at us, an exit (protocol.md 7.4): answer with
+    /// [`Node::exit_session_reply`].
+    ExitSession {
+        /// The relayed circuit.
+        slot: u64,
+        /// Our hop value on it, which a re-attach proof is bound to.
+        bind: [u8; 32],
+        /// The request.
+        buf: Vec<u8>,
+    },
     /// A circuit that had sent `EXIT_PACKET`s to us, an exit, is gone.
     ExitClosed {
         /// The relayed circuit.
@@ -135,6 +145,8 @@ pub struct Node {
     pub(crate) dht: dht::NodeDht,
     pub(crate) sess: crate::session::SessionLayer,
     pub(crate) exits: exits::NodeExits,
+    /// Exit session keys (protocol.md 7.4).
+    exit_secrets: crate::crypto::rng::SecretRng,
     packet_bufs: Vec<Vec<u8>>,
 }
 
@@ -167,6 +179,7 @@ impl Node {
             onion_to_save: None,
             dht: dht::NodeDht::new(rand.split("dht")),
             sess: crate::session::SessionLayer::new(rand.split("sessions")),
+            exit_secrets: rand.split("exits").into_secrets(),
             exits: exits::NodeExits::default(),
             packet_bufs: Vec::new(),
         }
@@ -175,7 +188,7 @@ impl Node {
     /// Whether every secret this node makes comes from the operating system's generator (false
     /// only in the in-process network). The daemon refuses to run otherwise.
     pub fn secrets_from_os(&self) -> bool {
-        self.circ.secrets_from_os() && self.sess.secrets_from_os()
+        self.circ.secrets_from_os() && self.sess.secrets_from_os() && self.exit_secrets.is_os()
     }
 
     /// Returns the payload of a reported [`CircEvent::Message`] for reuse.
@@ -473,6 +486,10 @@ impl Node {
                 self.exit_on_last_hop(slot, payload);
                 return;
             }
+            CircEvent::LastHop { slot, cmd, payload } if cmd == C::ExitSession as u8 => {
+                self.exit_on_session(slot, payload);
+                return;
+            }
             e => e,
         };
         let id = match &e {
@@ -509,7 +526,7 @@ impl Node {
                 e => self.sess_on_circuit_event(now, e),
             },
             Some(CircOwner::Exit) => {
-                self.exit_on_circuit_event(e);
+                self.exit_on_circuit_event(now, e);
                 None
             }
             None => Some(e),

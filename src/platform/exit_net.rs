@@ -1,7 +1,7 @@
 //! The kernel's side of exits (docs/decisions.md "Exits"):
 //!
-//! - at an exit, `gnx0` with the inner networks' gateway addresses, IPv4 forwarding, IPv6
-//!   forwarding for `gnx0`'s traffic only (per interface, [`ExitKernel`]), and the nftables table `inet globalnet_exit` that masquerades circuits' packets behind the host's own
+//! - at an exit, `gnx0` with the inner networks' gateway addresses, IPv4 and IPv6 forwarding
+//!   for `gnx0`'s traffic only (per interface, [`ExitKernel`]), and the nftables table `inet globalnet_exit` that masquerades circuits' packets behind the host's own
 //!   address and lets nothing reach `gnx0` but answers (conntrack). The table is made with `nft`
 //!   before the privilege drop and deleted over nfnetlink at exit (with `CAP_NET_ADMIN` only);
 //! - at a client with `[outbound] routes`, the inner addresses on gn0, the routes in their own
@@ -62,33 +62,38 @@ pub struct ExitKernel {
     pub ipv6: bool,
     /// Interfaces whose `force_forwarding` the daemon turned on (`gnx0` and the uplinks).
     pub forced: Vec<String>,
+    /// Interfaces whose IPv4 `forwarding` the daemon turned on (`gnx0` and the IPv4 uplinks;
+    /// empty when the operator's `net.ipv4.ip_forward` is on).
+    pub forced_v4: Vec<String>,
 }
 
 fn v6_sysctl(ifname: &str, key: &str) -> String {
     format!("/proc/sys/net/ipv6/conf/{ifname}/{key}")
 }
 
-/// The interfaces IPv6 answers come back on: every interface but loopback and ours with an IPv6
-/// address beyond link-local (an uplink with only fe80:: cannot masquerade).
-fn ipv6_uplinks() -> Vec<String> {
+fn v4_sysctl(ifname: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding")
+}
+
+/// The interfaces answers come back on: every interface but loopback and ours with an address of
+/// the family (IPv6: beyond link-local; an uplink with only fe80:: cannot masquerade).
+fn uplinks(v6: bool) -> Vec<String> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
     let mut out: Vec<String> = Vec::new();
     for a in addrs {
-        let Some(ip) = a
-            .address
-            .as_ref()
-            .and_then(|x| x.as_sockaddr_in6())
-            .map(|x| x.ip())
-        else {
-            continue;
+        let usable = match a.address.as_ref() {
+            Some(x) if v6 => x
+                .as_sockaddr_in6()
+                .map(|x| x.ip())
+                .is_some_and(|ip| !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80),
+            Some(x) => x.as_sockaddr_in().is_some_and(|x| !x.ip().is_loopback()),
+            None => false,
         };
-        let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
-        if a.interface_name == "lo"
+        if !usable
+            || a.interface_name == "lo"
             || a.interface_name.starts_with("gn")
-            || ip.is_loopback()
-            || link_local
             || out.contains(&a.interface_name)
         {
             continue;
@@ -96,6 +101,28 @@ fn ipv6_uplinks() -> Vec<String> {
         out.push(a.interface_name);
     }
     out
+}
+
+/// IPv4 forwarding for what `gnx0` needs, as for IPv6: `net.ipv4.ip_forward` (which writes
+/// every interface's `forwarding`) is not touched; the per-interface `forwarding` that the kernel
+/// checks on the incoming interface goes on for `gnx0` (circuits' packets out) and the IPv4
+/// uplinks (answers back), and the NAT table drops anything those uplinks would forward
+/// elsewhere. Interfaces already forwarding are the operator's and are left alone, now and at
+/// exit; with `ip_forward` on nothing is changed.
+fn ipv4_forwarding() -> Result<Vec<String>, PlatformError> {
+    if std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1") {
+        return Ok(Vec::new());
+    }
+    let mut forced = Vec::new();
+    for ifname in std::iter::once(GNX_NAME.to_string()).chain(uplinks(false)) {
+        let path = v4_sysctl(&ifname);
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
+        forced.push(ifname);
+    }
+    Ok(forced)
 }
 
 /// IPv6 forwarding for what `gnx0` needs and nothing else. `all/forwarding` is not touched: it
@@ -109,14 +136,14 @@ fn ipv6_forwarding() -> Result<ExitKernel, PlatformError> {
     if all {
         return Ok(ExitKernel {
             ipv6: true,
-            forced: Vec::new(),
+            ..ExitKernel::default()
         });
     }
     if !std::path::Path::new(&v6_sysctl(GNX_NAME, "force_forwarding")).exists() {
         return Ok(ExitKernel::default());
     }
     let mut forced = Vec::new();
-    for ifname in std::iter::once(GNX_NAME.to_string()).chain(ipv6_uplinks()) {
+    for ifname in std::iter::once(GNX_NAME.to_string()).chain(uplinks(true)) {
         let path = v6_sysctl(&ifname, "force_forwarding");
         if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
             continue; // the operator's: left as it is, now and at exit
@@ -124,7 +151,11 @@ fn ipv6_forwarding() -> Result<ExitKernel, PlatformError> {
         std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
         forced.push(ifname);
     }
-    Ok(ExitKernel { ipv6: true, forced })
+    Ok(ExitKernel {
+        ipv6: true,
+        forced,
+        forced_v4: Vec::new(),
+    })
 }
 
 /// At an exit: `gnx0`'s addresses (their prefixes route the inner networks to it), up, IPv4
@@ -143,14 +174,16 @@ pub async fn set_up_exit(resolver: Option<Ipv4Addr>) -> Result<ExitKernel, Platf
             .map_err(nl("bringing gnx0 up"))
     })
     .await?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| PlatformError::Netlink(format!("turning IPv4 forwarding on: {e}")))?;
+    let forced_v4 = ipv4_forwarding()?;
     if resolver.is_some_and(|r| r.is_loopback()) {
         // A local stub resolver (127.0.0.53): DNAT to loopback needs route_localnet on gnx0.
         let path = format!("/proc/sys/net/ipv4/conf/{GNX_NAME}/route_localnet");
         std::fs::write(&path, "1").map_err(|e| PlatformError::Netlink(format!("{path}: {e}")))?;
     }
-    let kernel = ipv6_forwarding()?;
+    let kernel = ExitKernel {
+        forced_v4,
+        ..ipv6_forwarding()?
+    };
     nft_set_up(resolver, &kernel)?;
     Ok(kernel)
 }
@@ -168,20 +201,22 @@ fn ruleset(resolver: Option<Ipv4Addr>, kernel: &ExitKernel) -> String {
              \t}}\n"
         )
     });
-    let uplinks: Vec<String> = kernel
-        .forced
-        .iter()
-        .filter(|i| *i != GNX_NAME)
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let only_gnx = if uplinks.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\t\tmeta nfproto ipv6 iifname {{ {} }} oifname != \"{GNX_NAME}\" drop\n",
-            uplinks.join(", ")
-        )
+    let only_gnx = |family: &str, forced: &[String]| {
+        let uplinks: Vec<String> = forced
+            .iter()
+            .filter(|i| *i != GNX_NAME)
+            .map(|i| format!("\"{i}\""))
+            .collect();
+        if uplinks.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\t\tmeta nfproto {family} iifname {{ {} }} oifname != \"{GNX_NAME}\" drop\n",
+                uplinks.join(", ")
+            )
+        }
     };
+    let only_gnx = only_gnx("ipv4", &kernel.forced_v4) + &only_gnx("ipv6", &kernel.forced);
     format!(
         "table inet {t} {{}}\n\
          delete table inet {t}\n\
@@ -235,12 +270,16 @@ fn nft_set_up(resolver: Option<Ipv4Addr>, kernel: &ExitKernel) -> Result<(), Pla
 }
 
 /// Deletes the NAT table (at exit, with `CAP_NET_ADMIN` only: one nfnetlink batch, no program)
-/// and turns off the `force_forwarding` [`set_up_exit`] turned on (a network sysctl is writable
+/// and turns off the IPv6 `force_forwarding` and IPv4 `forwarding` [`set_up_exit`] turned on, so
+/// the host forwards as before (a network sysctl is writable
 /// with `CAP_NET_ADMIN` in the namespace, whatever the user).
 pub fn tear_down_exit(kernel: &ExitKernel) -> Result<(), PlatformError> {
     let mut restored = Ok(());
-    for ifname in &kernel.forced {
-        let path = v6_sysctl(ifname, "force_forwarding");
+    let v6 = kernel
+        .forced
+        .iter()
+        .map(|i| v6_sysctl(i, "force_forwarding"));
+    for path in v6.chain(kernel.forced_v4.iter().map(|i| v4_sysctl(i))) {
         // gnx0 may be gone already (its sysctls with it).
         if std::path::Path::new(&path).exists() {
             if let Err(e) = std::fs::write(&path, "0") {
@@ -507,14 +546,21 @@ mod tests {
         );
         assert!(!super::ruleset(None, &none).contains("dnat"));
         assert!(!r.contains("nfproto ipv6"), "{r}");
-        // Uplinks whose force_forwarding we turned on forward only into gnx0.
+        assert!(!r.contains("nfproto ipv4"), "{r}");
+        // Uplinks whose forwarding we turned on forward only into gnx0.
         let forced = super::ExitKernel {
             ipv6: true,
             forced: vec!["gnx0".into(), "eth0".into(), "inet0".into()],
+            forced_v4: vec!["gnx0".into(), "inet0".into()],
         };
-        assert!(super::ruleset(None, &forced).contains(
+        let f = super::ruleset(None, &forced);
+        assert!(f.contains(
             "meta nfproto ipv6 iifname { \"eth0\", \"inet0\" } oifname != \"gnx0\" drop"
         ));
+        assert!(
+            f.contains("meta nfproto ipv4 iifname { \"inet0\" } oifname != \"gnx0\" drop"),
+            "{f}"
+        );
         assert!(
             r.contains("ip saddr 100.127.0.0/16 oifname != \"gnx0\" masquerade"),
             "{r}"

@@ -72,6 +72,10 @@ pub enum RelayCommand {
     ProbeReply = 0x11,
     /// One whole IPv4 or IPv6 packet to or from an exit (the circuit's last hop), both ways.
     ExitPacket = 0x12,
+    /// Client to exit: open an exit session or re-attach this circuit to one (7.4).
+    ExitSession = 0x13,
+    /// Exit to client: the outcome of an `EXIT_SESSION`.
+    ExitSessionAck = 0x14,
 }
 
 /// Why a relay message, EXTEND or EXTENDED was refused.

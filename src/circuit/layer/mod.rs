@@ -323,6 +323,9 @@ pub struct CircuitLayer {
     unreachable: Vec<([u8; 32], bool)>,
     /// What crossed our splices, when a test asked (`None`: nothing is recorded).
     spliced_seen: Option<Vec<SplicedMessage>>,
+    /// Our circuits retire at this age: [`CIRCUIT_MAX_AGE_MS`] but in tests that need a
+    /// rotation soon ([`CircuitLayer::set_max_age`]).
+    max_age: Millis,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -370,7 +373,15 @@ impl CircuitLayer {
             payloads: Vec::new(),
             unreachable: Vec::new(),
             spliced_seen: None,
+            max_age: CIRCUIT_MAX_AGE_MS,
         }
+    }
+
+    /// Retire our circuits at `ms` instead of [`CIRCUIT_MAX_AGE_MS`], never later: a test hook
+    /// (the daemon's `GLOBALNET_TEST_CIRCUIT_MAX_AGE_MS`), so a test sees circuits rotate
+    /// within its run.
+    pub fn set_max_age(&mut self, ms: Millis) {
+        self.max_age = ms.min(CIRCUIT_MAX_AGE_MS);
     }
 
     /// A new onion key made by rotation, once: publish it in the relay record and keep it.

@@ -4,8 +4,8 @@
 
 use super::{
     CircAction, CircEvent, CircId, CircuitError, CircuitInfo, CircuitLayer, Purpose, Route,
-    CIRCUIT_BUILD_TIMEOUT_MS, CIRCUIT_MAX_AGE_MS, CIRC_ID_QUARANTINE_MS, CREATE_RETRIES,
-    CREATE_RETRY_MS, EXTEND_RESENDS, EXTEND_RESEND_MS, OWN_CIRCUIT_COST,
+    CIRCUIT_BUILD_TIMEOUT_MS, CIRC_ID_QUARANTINE_MS, CREATE_RETRIES, CREATE_RETRY_MS,
+    EXTEND_RESENDS, EXTEND_RESEND_MS, OWN_CIRCUIT_COST,
 };
 use crate::budget::Charge;
 use crate::circuit::client::ClientError;
@@ -441,7 +441,7 @@ impl CircuitLayer {
             .iter()
             .filter(|(_, o)| match o.built_at {
                 None => now.saturating_since(o.started) >= CIRCUIT_BUILD_TIMEOUT_MS,
-                Some(b) => now.saturating_since(b) >= CIRCUIT_MAX_AGE_MS,
+                Some(b) => now.saturating_since(b) >= self.max_age,
             })
             .map(|(id, _)| *id)
             .collect();

@@ -394,6 +394,7 @@ impl CircuitLayer {
             }
             Some(
                 RelayCommand::DhtLookup
+                | RelayCommand::ExitSession
                 | RelayCommand::EstablishIntro
                 | RelayCommand::Introduce1
                 | RelayCommand::EstablishRendezvous
