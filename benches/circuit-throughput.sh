@@ -36,159 +36,38 @@ SWEEP_SECS=${SWEEP_SECS:-3}
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 RELAYS=8
 CLIENT=9
-PORT=7412
 NET=198.18.50
 QUEUE=7
 TAG="gncb-$$"
-HUB="$TAG-hub"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TMP=$(mktemp -d /tmp/gncb.XXXXXX)
-PIDS=()
-NSS=()
+BENCH=circuit-throughput BENCH_TMP=gncb
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 declare -A DPID=() DELAYER_PID=()
 
-log() { printf '%s\n' "$*"; }
-die() {
-    printf 'circuit-throughput: %s\n' "$*" >&2
-    exit 1
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for ns in "${NSS[@]}"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            # Anything still running inside (daemons, delayers, circuitbench).
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill "$p" 2>/dev/null || true
-            done
-        fi
-    done
-    sleep 0.3
-    for ns in "${NSS[@]}"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill -9 "$p" 2>/dev/null || true
-            done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-    done
-    if [[ ${KEEP:-0} == 1 || $rc -ne 0 ]]; then
-        printf 'circuit-throughput: run directory kept: %s\n' "$TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-[[ $EUID -eq 0 ]] || die "needs root (network namespaces)"
-
 # ---- tools --------------------------------------------------------------------------------
-need_apt=()
-command -v ip >/dev/null || need_apt+=(iproute2)
-command -v jq >/dev/null || need_apt+=(jq)
-command -v ping >/dev/null || need_apt+=(iputils-ping)
-command -v iptables >/dev/null || need_apt+=(iptables)
-if ((${#need_apt[@]})); then
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
-        || die "apt-get install ${need_apt[*]} failed"
-fi
-export PATH="$PATH:$HOME/.cargo/bin"
+bench_tools ip:iproute2 jq:jq ping:iputils-ping iptables:iptables
 GN=${GLOBALNET:-$ROOT/target/release/globalnet}
 CB=${CIRCUITBENCH:-$ROOT/target/release/examples/circuitbench}
 DELAYER=${GN_DELAYER:-$ROOT/target/release/gn-delayer}
-# Stale: missing, or older than a source it is built from.
-stale() {
-    local bin=$1
-    shift
-    [[ ! -x $bin || -n $(find "$@" -newer "$bin" -print -quit 2>/dev/null) ]]
-}
-if [[ -z ${GLOBALNET:-} && -z ${CIRCUITBENCH:-} ]] \
-    && { stale "$GN" "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
-        || stale "$CB" "$ROOT/src" "$ROOT/examples/circuitbench.rs" "$ROOT/Cargo.toml"; }; then
-    log "building globalnet and circuitbench (cargo build --release --bin globalnet --example circuitbench)"
-    (cd "$ROOT" && cargo build --release --bin globalnet --example circuitbench >"$TMP/cargo-build.log" 2>&1) \
-        || { tail -20 "$TMP/cargo-build.log" >&2; die "cannot build globalnet / circuitbench"; }
+if [[ -z ${GLOBALNET:-} && -z ${CIRCUITBENCH:-} ]]; then
+    bench_build globalnet "--bin globalnet" "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock"
+    bench_build examples/circuitbench "--example circuitbench" "$ROOT/src" "$ROOT/examples/circuitbench.rs" "$ROOT/Cargo.toml"
 fi
-if [[ -z ${GN_DELAYER:-} ]] && stale "$DELAYER" "$ROOT/netns-tests/delayer/src" "$ROOT/netns-tests/delayer/Cargo.toml"; then
-    log "building gn-delayer (cargo build --release -p gn-delayer)"
-    (cd "$ROOT" && cargo build --release -p gn-delayer >"$TMP/cargo-build-delayer.log" 2>&1) \
-        || { tail -20 "$TMP/cargo-build-delayer.log" >&2; die "cannot build gn-delayer"; }
-fi
+[[ -n ${GN_DELAYER:-} ]] \
+    || bench_build gn-delayer "-p gn-delayer" "$ROOT/netns-tests/delayer/src" "$ROOT/netns-tests/delayer/Cargo.toml"
 for b in "$GN" "$CB" "$DELAYER"; do
     [[ -x $b ]] || die "$b is missing"
 done
+bench_listen
 
 # ---- namespaces ---------------------------------------------------------------------------
-ip netns add "$HUB"
-NSS+=("$HUB")
-ip -n "$HUB" link set lo up
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+bench_hub "$TAG-hub"
 for n in $(seq 1 "$CLIENT"); do
-    ns="$TAG-$n"
-    ip netns add "$ns"
-    NSS+=("$ns")
-    ip -n "$ns" link set lo up
-    ip -n "$HUB" link add "p$n" type veth peer name eth0 netns "$ns"
-    ip -n "$HUB" link set "p$n" master br0 up
-    ip -n "$ns" addr add "$NET.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
+    bench_host "$TAG-$n" "$NET.$n/24" "$n"
 done
-# The bridge ports need a moment before they carry traffic.
-for _ in $(seq 50); do
-    ip netns exec "$TAG-$CLIENT" ping -c1 -W1 -q "$NET.1" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-ip netns exec "$TAG-$CLIENT" ping -c1 -W1 -q "$NET.1" >/dev/null 2>&1 || die "the bridge does not carry traffic"
+bench_wait_reach "$TAG-$CLIENT" "$NET.1"
 
 # ---- helpers ------------------------------------------------------------------------------
-# Waits (up to $2 s) until file $1 has a line matching regex $3.
-wait_line() {
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        grep -qE "$3" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-# Value of key $2 on the last line of file $1 starting with word $3 ("key=value" tokens).
-kv() {
-    awk -v k="$2" -v w="$3" '$1 == w { for (i = 2; i <= NF; i++) { split($i, p, "="); if (p[1] == k) v = p[2] } } END { print (v == "" ? "?" : v) }' "$1"
-}
-# Arithmetic that prints "?" when an input is not a number.
-calc() {
-    awk "BEGIN { $1; printf \"$2\", r }" 2>/dev/null || echo "?"
-}
-# $1 / $2 printed with format $3, "-" when either is not a number or $2 is 0.
-div() {
-    awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN {
-        n = "^-?[0-9]+([.][0-9]*)?$"
-        if (a ~ n && b ~ n && b + 0 != 0) printf f, a / b; else printf "-" }'
-}
-# Nearest-rank percentile $2 of the numbers in file $1 (one a line), "?" when there are none.
-pct() {
-    sort -n "$1" | awk -v p="$2" '{ a[NR] = $1 } END {
-        if (NR == 0) { print "?"; exit }
-        r = p / 100 * NR; if (r > int(r)) r = int(r) + 1; if (r < 1) r = 1; if (r > NR) r = NR
-        print a[r] }'
-}
-# CPU seconds (user + system, all threads) a process used so far.
-cpu_s() {
-    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo "?"
-}
-# "busy total" jiffies of the whole machine (idle and iowait are not busy).
-machine_jiffies() {
-    awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
 sock() { echo "$TMP/r$1-h$2/control.sock"; }
 # `globalnet <cmd> --json` of daemon $2 in round $1; empty on failure.
 query() {
@@ -236,7 +115,7 @@ start_daemons() { # $1 = round
 state_dir = "$dir/state"
 control_socket = "$(sock "$1" "$n")"
 [network]
-listen = ["$NET.$n:$PORT"]
+listen = $LISTEN
 bootstrap = [$boot]
 [paths]
 ipv4_subnet_family_prefix = 32

@@ -44,168 +44,31 @@ TNET=198.19.61
 WG_PORT=51820
 IPERF_PORT=5201
 TAG="gnhs-$$"
-HUB="$TAG-hub"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH_CACHE=${BENCH_CACHE:-$ROOT/target/bench-tools}
-TMP=$(mktemp -d /tmp/gnhs.XXXXXX)
-PIDS=()
-NSS=()
-WGDEVS=()
+BENCH=hidden-service BENCH_TMP=gnhs
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 declare -A DPID=()
 
-log() { printf '%s\n' "$*"; }
-die() {
-    printf 'hidden-service: %s\n' "$*" >&2
-    exit 1
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for ns in "${NSS[@]}"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill "$p" 2>/dev/null || true
-            done
-        fi
-    done
-    sleep 0.3
-    for ns in "${NSS[@]}"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill -9 "$p" 2>/dev/null || true
-            done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-    done
-    # boringtun's control sockets live in the shared /var/run/wireguard.
-    for d in "${WGDEVS[@]}"; do
-        rm -f "/var/run/wireguard/$d.sock"
-    done
-    if [[ ${KEEP:-0} == 1 || ${PERF:-0} == 1 || $rc -ne 0 ]]; then
-        printf 'hidden-service: run directory kept: %s\n' "$TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-[[ $EUID -eq 0 ]] || die "needs root (network namespaces)"
-
 # ---- tools --------------------------------------------------------------------------------
-need_apt=()
-command -v ip >/dev/null || need_apt+=(iproute2)
-command -v jq >/dev/null || need_apt+=(jq)
-command -v ping >/dev/null || need_apt+=(iputils-ping)
-command -v iperf3 >/dev/null || need_apt+=(iperf3)
-command -v wg >/dev/null || need_apt+=(wireguard-tools)
-if [[ ${PERF:-0} == 1 ]] && ! command -v perf >/dev/null; then need_apt+=(linux-perf); fi
-if ((${#need_apt[@]})); then
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
-        || die "apt-get install ${need_apt[*]} failed"
-fi
-export PATH="$PATH:$HOME/.cargo/bin"
-BT=$BENCH_CACHE/bin/boringtun-cli
-if [[ ! -x $BT ]]; then
-    log "installing boringtun-cli into $BENCH_CACHE (cargo install --locked, takes a few minutes)"
-    mkdir -p "$BENCH_CACHE"
-    cargo install boringtun-cli --locked --root "$BENCH_CACHE" >"$TMP/cargo-install.log" 2>&1 \
-        || { tail -20 "$TMP/cargo-install.log" >&2; die "cargo install boringtun-cli failed"; }
-fi
+bench_tools ip:iproute2 jq:jq ping:iputils-ping iperf3:iperf3 wg:wireguard-tools
+[[ ${PERF:-0} == 1 ]] && bench_tools perf:linux-perf
+bench_boringtun
 GN=${GLOBALNET:-$ROOT/target/release/globalnet}
-if [[ -z ${GLOBALNET:-} ]] \
-    && [[ ! -x $GN || -n $(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$GN" -print -quit) ]]; then
-    log "building globalnet (cargo build --release --bin globalnet)"
-    (cd "$ROOT" && cargo build --release --bin globalnet >"$TMP/cargo-build.log" 2>&1) \
-        || { tail -20 "$TMP/cargo-build.log" >&2; die "cannot build globalnet"; }
-fi
+[[ -n ${GLOBALNET:-} ]] || bench_build globalnet "--bin globalnet" "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock"
 [[ -x $GN ]] || die "$GN is missing"
-# The shipped listen value, e.g. ["0.0.0.0:7412"]: the daemons listen as installed ones do.
-LISTEN=$(sed -n 's/^listen *= *\([^#]*\).*/\1/p' "$ROOT/config.example.toml" | head -1 | sed 's/ *$//')
-PORT=$(grep -o ':[0-9]*"' <<<"$LISTEN" | head -1 | tr -d ':"')
-[[ -n $LISTEN && -n $PORT ]] || die "no listen line in config.example.toml"
+bench_listen
 
 # ---- helpers ------------------------------------------------------------------------------
-calc() { awk "BEGIN { $1; printf \"$2\", r }" 2>/dev/null || echo "?"; }
-div() {
-    awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN {
-        n = "^-?[0-9]+([.][0-9]*)?([eE][-+]?[0-9]+)?$"
-        if (a ~ n && b ~ n && b + 0 != 0) printf f, a / b; else printf "-" }'
-}
-cpu_s() {
-    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo "?"
-}
-# Summed CPU seconds of every process in namespace $1 whose command is $2.
-ns_cpu_s() {
-    local p t=0 c
-    for p in $(ip netns pids "$1" 2>/dev/null); do
-        [[ $(cat "/proc/$p/comm" 2>/dev/null) == "$2" ]] || continue
-        c=$(cpu_s "$p")
-        t=$(calc "r = $t + $c" "%.2f")
-    done
-    echo "$t"
-}
-machine_jiffies() {
-    awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
-busy_pct() { # "$m0" "$m1"
-    echo "$1 $2" | awk '{ if ($4 > $2) printf "%.0f", 100 * ($3 - $1) / ($4 - $2); else printf "-" }'
-}
 sock() { echo "$TMP/h$1/control.sock"; }
 query() { "$GN" "$2" --json --control "$(sock "$1")" 2>/dev/null || true; }
-in_ns() {
-    local ns=$1
-    shift
-    ip netns exec "$ns" "$@"
-}
-# "avg p50 max loss%" of `ping` output file $1 (per-reply times).
-ping_stats() {
-    awk -F'time=' '/time=/ { split($2, a, " "); print a[1] }' "$1" | sort -n | awk -v f="$1" '
-        { v[NR] = $1; s += $1 }
-        END {
-            while ((getline l < f) > 0) if (l ~ /packet loss/) { match(l, /[0-9.]+% packet loss/); loss = substr(l, RSTART, RLENGTH - 13) }
-            if (NR == 0) { printf "- - - %s", (loss == "" ? "100" : loss); exit }
-            printf "%.2f %.2f %.2f %s", s / NR, v[int((NR + 1) / 2)], v[NR], loss }'
-}
-# iperf3 JSON fields: TCP "Mbit/s retransmits", UDP "Mbit/s lost% jitter_ms".
-tcp_result() {
-    jq -r '"\((.end.sum_received.bits_per_second // 0) / 1e6 | . * 10 | round / 10) \(.end.sum_sent.retransmits // "-")"' "$1" 2>/dev/null || echo "- -"
-}
-udp_result() {
-    jq -r '(.end.sum_received // .end.sum) as $r | "\(($r.bits_per_second // 0) / 1e6 | . * 10 | round / 10) \($r.lost_percent // "-" | if type == "number" then (. * 100 | round / 100) else . end) \($r.jitter_ms // "-" | if type == "number" then (. * 100 | round / 100) else . end)"' "$1" 2>/dev/null || echo "- - -"
-}
 
 # ---- namespaces ---------------------------------------------------------------------------
-ip netns add "$HUB"
-NSS+=("$HUB")
-ip -n "$HUB" link set lo up
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
-add_host() { # $1 = name suffix, $2 = address/prefix
-    local ns="$TAG-$1"
-    ip netns add "$ns"
-    NSS+=("$ns")
-    ip -n "$ns" link set lo up
-    ip -n "$HUB" link add "p$1" type veth peer name eth0 netns "$ns"
-    ip -n "$HUB" link set "p$1" master br0 up
-    ip -n "$ns" addr add "$2" dev eth0
-    ip -n "$ns" link set eth0 up
-}
+bench_hub "$TAG-hub"
+add_host() { bench_host "$TAG-$1" "$2" "$1"; }
 for n in $(seq 1 "$CLIENT"); do
     add_host "$n" "$NET.$n/24"
 done
-for _ in $(seq 50); do
-    in_ns "$TAG-$CLIENT" ping -c1 -W1 -q "$NET.1" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+bench_wait_reach "$TAG-$CLIENT" "$NET.1"
 
 log "== hidden-service: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "== globalnet $($GN --version 2>/dev/null | awk '{print $NF}') (release), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"

@@ -31,75 +31,24 @@ VA="gnva$$"
 VB="gnvb$$"
 WA="gnwa$$"
 WB="gnwb$$"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TMP=$(mktemp -d /tmp/gnbench.XXXXXX)
-PIDS=()
-
-log() { printf '%s\n' "$*"; }
-die() { printf 'link-throughput: %s\n' "$*" >&2; exit 1; }
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for ns in "$NA" "$NB"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            # Anything still running inside (boringtun, iperf3, linkbench).
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill "$p" 2>/dev/null || true
-            done
-        fi
-    done
-    sleep 0.3
-    for ns in "$NA" "$NB"; do
-        if ip netns list 2>/dev/null | grep -qw "$ns"; then
-            for p in $(ip netns pids "$ns" 2>/dev/null); do
-                kill -9 "$p" 2>/dev/null || true
-            done
-            ip netns del "$ns" 2>/dev/null || true
-        fi
-    done
-    rm -f "/var/run/wireguard/$WA.sock" "/var/run/wireguard/$WB.sock"
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-[[ $EUID -eq 0 ]] || die "needs root (network namespaces)"
+BENCH=link-throughput BENCH_TMP=gnbench
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+WGDEVS+=("$WA" "$WB")
 
 # ---- tools --------------------------------------------------------------------------------
-need_apt=()
-command -v ip >/dev/null || need_apt+=(iproute2)
-command -v iperf3 >/dev/null || need_apt+=(iperf3)
-command -v wg >/dev/null || need_apt+=(wireguard-tools)
-command -v jq >/dev/null || need_apt+=(jq)
-command -v ping >/dev/null || need_apt+=(iputils-ping)
-if ((${#need_apt[@]})); then
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
-        || die "apt-get install ${need_apt[*]} failed"
-fi
-export PATH="$PATH:$HOME/.cargo/bin"
-if ! command -v boringtun-cli >/dev/null; then
-    log "installing boringtun-cli (cargo install, takes a few minutes)"
-    cargo install boringtun-cli --locked >"$TMP/cargo-install.log" 2>&1 \
-        || { tail -20 "$TMP/cargo-install.log" >&2; die "cargo install boringtun-cli failed"; }
-fi
-LINKBENCH=${LINKBENCH:-$ROOT/target/release/examples/linkbench}
-if [[ ! -x $LINKBENCH || $ROOT/examples/linkbench.rs -nt $LINKBENCH ]]; then
-    log "building linkbench (cargo build --release --example linkbench)"
-    (cd "$ROOT" && cargo build --release --example linkbench >"$TMP/cargo-build.log" 2>&1) \
-        || { tail -20 "$TMP/cargo-build.log" >&2; die "cannot build linkbench"; }
+bench_tools ip:iproute2 iperf3:iperf3 wg:wireguard-tools jq:jq ping:iputils-ping
+bench_boringtun
+if [[ -z ${LINKBENCH:-} ]]; then
+    LINKBENCH=$ROOT/target/release/examples/linkbench
+    bench_build examples/linkbench "--example linkbench" "$ROOT/src" "$ROOT/examples/linkbench.rs" "$ROOT/Cargo.toml"
 fi
 
 # ---- namespaces ---------------------------------------------------------------------------
 ip netns add "$NA"
+NSS+=("$NA")
 ip netns add "$NB"
+NSS+=("$NB")
 ip link add "$VA" netns "$NA" type veth peer name "$VB" netns "$NB"
 for side in a b; do
     if [[ $side == a ]]; then ns=$NA dev=$VA addr=$A_IP; else ns=$NB dev=$VB addr=$B_IP; fi
@@ -114,23 +63,6 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-# Waits (up to $2 s) until file $1 has a line equal to $3.
-wait_line() {
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        grep -qx "$3" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-# Value of key $2 on the last line of file $1 starting with word $3 ("key=value" tokens).
-kv() {
-    awk -v k="$2" -v w="$3" '$1 == w { for (i = 2; i <= NF; i++) { split($i, p, "="); if (p[1] == k) v = p[2] } } END { print (v == "" ? "?" : v) }' "$1"
-}
-# Arithmetic that prints "?" when an input is not a number.
-calc() {
-    awk "BEGIN { $1; printf \"$2\", r }" 2>/dev/null || echo "?"
-}
 
 log "== link-throughput: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r)"
 log "== both ends run on this one machine and share its $(nproc) cores (sender, receiver and, for"
@@ -143,7 +75,7 @@ ip netns exec "$NB" "$LINKBENCH" recv --listen "$B_IP:$PORT" --key-seed 1 --time
     >"$TMP/recv.txt" 2>&1 &
 PIDS+=($!)
 RECV_PID=$!
-wait_line "$TMP/recv.txt" 10 ready || { cat "$TMP/recv.txt" >&2; die "linkbench recv did not start"; }
+wait_line "$TMP/recv.txt" 10 '^ready$' || { cat "$TMP/recv.txt" >&2; die "linkbench recv did not start"; }
 KEY=$(awk '$1 == "key" { print $2 }' "$TMP/recv.txt")
 ip netns exec "$NA" "$LINKBENCH" send --listen "$A_IP:$PORT" --peer "$B_IP:$PORT" \
     --peer-key "$KEY" --key-seed 2 --seconds "$SECS" >"$TMP/send.txt" 2>&1 \
@@ -179,7 +111,7 @@ log "link layer alone (one thread, both ends in one process, no sockets): ${GN_L
 
 # ---- 2. boringtun-cli baseline ------------------------------------------------------------
 log ""
-log "-- userspace WireGuard: boringtun-cli $(boringtun-cli --version 2>/dev/null | awk '{print $NF}'), tunnel over the same veth"
+log "-- userspace WireGuard: boringtun-cli $("$BT" --version 2>/dev/null | awk '{print $NF}'), tunnel over the same veth"
 mkdir -p /var/run/wireguard
 umask 077
 wg genkey >"$TMP/a.key"
@@ -188,7 +120,7 @@ PUB_A=$(wg pubkey <"$TMP/a.key")
 PUB_B=$(wg pubkey <"$TMP/b.key")
 for side in a b; do
     if [[ $side == a ]]; then ns=$NA dev=$WA; else ns=$NB dev=$WB; fi
-    ip netns exec "$ns" env WG_LOG_LEVEL=error boringtun-cli --foreground \
+    ip netns exec "$ns" env WG_LOG_LEVEL=error "$BT" --foreground \
         --disable-drop-privileges --log "$TMP/boringtun-$side.out" "$dev" >"$TMP/boringtun-$side.log" 2>&1 &
     PIDS+=($!)
     if [[ $side == a ]]; then BT_PID_A=$!; else BT_PID_B=$!; fi
@@ -227,10 +159,6 @@ done
 
 rx_packets() { ip netns exec "$NB" cat "/sys/class/net/$WB/statistics/rx_packets" 2>/dev/null || echo 0; }
 
-# CPU seconds (user + system, all threads) a process used so far.
-cpu_s() {
-    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 bt_cpu() { calc "r = $(cpu_s "$BT_PID_A") + $(cpu_s "$BT_PID_B")" "%.2f"; }
 
 # One iperf3 UDP run: $1 = offered bits/s (0 = unlimited), $2 = seconds, $3 = name.
