@@ -5,9 +5,12 @@
 //! chaining values, and keyed copies of GN-WB's four round keys per direction made a relay's
 //! per-circuit state 1280 bytes, over protocol.md 6.3's 1 KiB. Keying per MAC instead (two extra
 //! compressions each time) cost about 12% of a GN-WB layer (issue #21). The compression function
-//! is sha2's own (`compress256`, which picks SHA-NI at run time), so only the padding is done
-//! here; the tests check every length against the `hmac` crate.
+//! is sha2's own (`compress256`, which picks SHA-NI at run time) and the buffering and padding
+//! block-buffer's, as inside sha2; only the HMAC construction is here, and the tests check it
+//! for every length against the `hmac` crate and RFC 4231.
 
+use sha2::digest::block_buffer::{BlockBuffer, Eager};
+use sha2::digest::consts::U64;
 use sha2::digest::generic_array::GenericArray;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -25,13 +28,6 @@ const IV: [u32; 8] = [
     0x5be0_cd19,
 ];
 
-fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
-    sha2::compress256(
-        state,
-        core::slice::from_ref(GenericArray::from_slice(block)),
-    );
-}
-
 /// An HMAC-SHA256 key as its inner and outer midstates. Erased on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct HmacKey {
@@ -42,12 +38,12 @@ pub struct HmacKey {
 impl HmacKey {
     /// Key with a 32-byte key (shorter than a block, so used as is, zero-padded).
     pub fn new(key: &[u8; 32]) -> Self {
-        let mut block = [0u8; BLOCK];
+        let mut block = GenericArray::<u8, U64>::default();
         let mut midstate = |pad: u8| {
             block.fill(pad);
             block.iter_mut().zip(key).for_each(|(b, k)| *b ^= k);
             let mut s = IV;
-            compress(&mut s, &block);
+            sha2::compress256(&mut s, core::slice::from_ref(&block));
             s
         };
         let inner = midstate(0x36);
@@ -64,103 +60,50 @@ impl HmacKey {
 
     /// `HMAC-SHA256(key, a ‖ b ‖ c)`.
     pub fn mac3(&self, a: &[u8], b: &[u8], c: &[u8]) -> [u8; 32] {
-        let mut h = Inner::new(self.inner);
+        let mut h = Hash::resume(self.inner);
         h.update(a);
         h.update(b);
         h.update(c);
         let mut digest = h.finish();
-        // The outer hash is one block: the inner digest, the padding and the length of
-        // `opad ‖ digest` in bits.
-        let mut block = [0u8; BLOCK];
-        let (head, tail) = block.split_at_mut(32);
-        head.copy_from_slice(&digest);
+        let mut o = Hash::resume(self.outer);
+        o.update(&digest);
         digest.zeroize();
-        if let Some((first, _)) = tail.split_first_mut() {
-            *first = 0x80;
-        }
-        if let Some((_, len)) = tail.split_last_chunk_mut::<8>() {
-            *len = (((BLOCK + 32) * 8) as u64).to_be_bytes();
-        }
-        let mut s = self.outer;
-        compress(&mut s, &block);
-        block.zeroize();
-        let mut out = [0u8; 32];
-        for (o, w) in out.chunks_exact_mut(4).zip(s) {
-            o.copy_from_slice(&w.to_be_bytes());
-        }
-        s.zeroize();
-        out
+        o.finish()
     }
 }
 
-/// The inner hash in progress: whole blocks go straight from the input to the compression
-/// function; only the pieces that straddle block boundaries are copied.
-struct Inner {
+/// SHA-256 resumed from a midstate one block in (the `ipad` or `opad` block). The buffering
+/// and padding are the `block-buffer` crate's (what sha2 itself uses), so whole blocks reach
+/// the compression function straight from the input, many per call.
+struct Hash {
     state: [u32; 8],
-    buf: [u8; BLOCK],
-    buffered: usize,
-    /// Bytes hashed so far, the `ipad` block included.
+    buffer: BlockBuffer<U64, Eager>,
+    /// Bytes hashed so far, the key block included.
     total: u64,
 }
 
-impl Inner {
-    fn new(state: [u32; 8]) -> Self {
-        Inner {
+impl Hash {
+    fn resume(state: [u32; 8]) -> Self {
+        Hash {
             state,
-            buf: [0; BLOCK],
-            buffered: 0,
+            buffer: BlockBuffer::default(),
             total: BLOCK as u64,
         }
     }
 
-    fn update(&mut self, mut data: &[u8]) {
+    fn update(&mut self, data: &[u8]) {
         self.total = self.total.wrapping_add(data.len() as u64);
-        if self.buffered > 0 {
-            let free = self.buf.get_mut(self.buffered..).unwrap_or_default();
-            let n = free.len().min(data.len());
-            let (now, rest) = data.split_at(n);
-            if let Some(dst) = free.get_mut(..n) {
-                dst.copy_from_slice(now);
-            }
-            self.buffered += n;
-            data = rest;
-            if self.buffered < BLOCK {
-                return;
-            }
-            compress(&mut self.state, &self.buf);
-            self.buffered = 0;
-        }
-        let mut blocks = data.chunks_exact(BLOCK);
-        for b in &mut blocks {
-            if let Ok(b) = <&[u8; BLOCK]>::try_from(b) {
-                compress(&mut self.state, b);
-            }
-        }
-        let rest = blocks.remainder();
-        if let Some(dst) = self.buf.get_mut(..rest.len()) {
-            dst.copy_from_slice(rest);
-        }
-        self.buffered = rest.len();
+        let state = &mut self.state;
+        self.buffer
+            .digest_blocks(data, |blocks| sha2::compress256(state, blocks));
     }
 
     fn finish(mut self) -> [u8; 32] {
-        let bits = self.total.wrapping_mul(8).to_be_bytes();
-        // `buffered` < 64 always, so there is room for the 0x80.
-        let used = self.buffered;
-        if let Some(b) = self.buf.get_mut(used) {
-            *b = 0x80;
-        }
-        if let Some(rest) = self.buf.get_mut(used + 1..) {
-            rest.fill(0);
-        }
-        if used + 1 > BLOCK - 8 {
-            compress(&mut self.state, &self.buf);
-            self.buf.fill(0);
-        }
-        if let Some((_, len)) = self.buf.split_last_chunk_mut::<8>() {
-            *len = bits;
-        }
-        compress(&mut self.state, &self.buf);
+        let state = &mut self.state;
+        self.buffer
+            .len64_padding_be(self.total.wrapping_mul(8), |b| {
+                sha2::compress256(state, core::slice::from_ref(b))
+            });
         let mut out = [0u8; 32];
         for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
             o.copy_from_slice(&w.to_be_bytes());
@@ -169,10 +112,11 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for Hash {
     fn drop(&mut self) {
         self.state.zeroize();
-        self.buf.zeroize();
+        // The buffer holds message bytes (cell bytes, the inner digest): overwritten too.
+        self.buffer.set(GenericArray::default(), 0);
     }
 }
 
