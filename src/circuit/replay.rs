@@ -61,11 +61,13 @@ pub type ReplayWindow = SeqWindow<{ REPLAY_WINDOW_CELLS / 64 }, MAX_SEQ_JUMP>;
 /// accepts forward jumps of at most `MAX_JUMP` (the rules above, with these sizes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SeqWindow<const WORDS: usize, const MAX_JUMP: u64> {
-    /// Newest marked seq (meaningless while `started` is false).
+    /// Newest marked seq (meaningless before the first mark).
     top: u64,
-    /// Bit `i` (word `i / 64`, bit `i % 64`) stands for `top − i`.
+    /// Bit `i` (word `i / 64`, bit `i % 64`) stands for `top − i`. Bit 0 (`top` itself) is set
+    /// from the first mark on and only then, so it doubles as the "started" flag: a separate
+    /// `bool` cost 8 bytes per window with padding, which a relayed circuit's 1 KiB
+    /// (protocol.md 6.3) needs for GN-WB's HMAC midstates.
     bits: [u64; WORDS],
-    started: bool,
 }
 
 impl<const WORDS: usize, const MAX_JUMP: u64> Default for SeqWindow<WORDS, MAX_JUMP> {
@@ -77,7 +79,7 @@ impl<const WORDS: usize, const MAX_JUMP: u64> Default for SeqWindow<WORDS, MAX_J
 impl<const WORDS: usize, const MAX_JUMP: u64> fmt::Debug for SeqWindow<WORDS, MAX_JUMP> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayWindow")
-            .field("started", &self.started)
+            .field("started", &self.started())
             .field("top", &self.top)
             .finish_non_exhaustive()
     }
@@ -102,13 +104,17 @@ impl<const WORDS: usize, const MAX_JUMP: u64> SeqWindow<WORDS, MAX_JUMP> {
         SeqWindow {
             top: 0,
             bits: [0; WORDS],
-            started: false,
         }
+    }
+
+    /// Whether any seq has been marked (bit 0, `top`, is set by every mark).
+    fn started(&self) -> bool {
+        self.bits.first().is_some_and(|w| w & 1 != 0)
     }
 
     /// The newest marked seq, if any.
     pub fn top(&self) -> Option<u64> {
-        self.started.then_some(self.top)
+        self.started().then_some(self.top)
     }
 
     fn position(&self, seq: u64) -> Result<Position, ReplayError> {
@@ -137,7 +143,7 @@ impl<const WORDS: usize, const MAX_JUMP: u64> SeqWindow<WORDS, MAX_JUMP> {
 
     /// Whether `seq` would be accepted. Does not change the window.
     pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
-        if !self.started {
+        if !self.started() {
             return Ok(());
         }
         match self.position(seq)? {
@@ -150,8 +156,7 @@ impl<const WORDS: usize, const MAX_JUMP: u64> SeqWindow<WORDS, MAX_JUMP> {
     /// Record `seq` as received. Call only after [`check`](Self::check) accepted it; a seq the
     /// window would refuse is ignored.
     pub fn mark(&mut self, seq: u64) {
-        if !self.started {
-            self.started = true;
+        if !self.started() {
             self.top = seq;
             self.bits = [0; WORDS];
             self.set_newest();

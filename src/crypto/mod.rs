@@ -5,6 +5,7 @@
 //! fingerprint of the public half only. Every hash input starts with a label from [`labels`].
 
 pub mod address;
+pub mod hmac_midstate;
 pub mod keys;
 pub mod labels;
 pub mod pow;
