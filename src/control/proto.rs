@@ -377,6 +377,14 @@ pub struct TunCounts {
     pub dropped: u64,
     /// Writes to the TUN that failed.
     pub write_errors: u64,
+    /// Kernel packets CoDel dropped in the fair queue (their flow's queue stood above target).
+    pub aqm_drops: u64,
+    /// Kernel packets CoDel marked ECN CE instead of dropping.
+    pub ce_marked: u64,
+    /// Most kernel packets the fair queue held at once.
+    pub queue_peak: u64,
+    /// Longest a kernel packet waited in the fair queue, microseconds.
+    pub queue_max_sojourn_us: u64,
 }
 
 /// One neighbour link in `peers`.

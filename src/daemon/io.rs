@@ -2,6 +2,8 @@
 //! that owns the UDP sockets, the node and the flow layer.
 
 use super::*;
+use crate::flow::fq::{self, FairQueue, Fate};
+use rand::RngCore;
 
 /// Reads the kernel's packets from the TUN into recycled buffers and hands them to the link
 /// task, waiting when it is behind.
@@ -132,9 +134,46 @@ pub(super) struct PacketPath {
     pub(super) state: Arc<NodeState>,
     /// `[outbound]` is on: packets from gn0 outside the overlay go to an exit.
     pub(super) outbound: bool,
+    /// The kernel's packets between the TUN reader and the node: fair between inner flows,
+    /// CoDel in each (the standing queue under a bulk flow builds here: `flow/fq.rs`).
+    pub(super) fq: FairQueue<Vec<u8>>,
+    /// Origin of the queue's microsecond clock.
+    pub(super) fq_epoch: std::time::Instant,
+    /// The queue's fixed size, charged once for the daemon's life.
+    pub(super) _fq_charge: Option<crate::budget::Charge>,
 }
 
 impl PacketPath {
+    /// A packet the TUN reader brought: into its flow's queue (a full queue gives back the
+    /// longest flow's oldest packet, whose buffer goes back to the reader).
+    pub(super) fn queue_from_tun(&mut self, buf: Vec<u8>) {
+        let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+        let flow = self.fq.classify(&buf);
+        let len = buf.len();
+        if let Some(old) = self.fq.enqueue(flow, buf, len, now_us) {
+            let _ = self.read_bufs.try_send(old);
+        }
+    }
+
+    /// Sends up to [`PACKET_BATCH`] of the queued kernel packets, fairly between flows; CoDel's
+    /// drops go back to the reader, ECN-capable packets are marked CE instead.
+    pub(super) fn serve_tun(&mut self, node: &mut Node, now: time::Instant) {
+        let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+        let mut sent = 0;
+        while sent < PACKET_BATCH {
+            match self.fq.dequeue(now_us, |p| fq::mark_ce(p)) {
+                Some((p, Fate::Send | Fate::Marked)) => {
+                    self.kernel_packet(node, now, p);
+                    sent += 1;
+                }
+                Some((p, Fate::Dropped | Fate::Overflow)) => {
+                    let _ = self.read_bufs.try_send(p);
+                }
+                None => break,
+            }
+        }
+    }
+
     /// A packet from the kernel: through the flow layer to a session, or answered locally.
     pub(super) fn kernel_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         if self.outbound && !for_overlay(&buf) {
@@ -387,7 +426,14 @@ pub(super) async fn link_loop(
         queue_drops: 0,
         state: state.clone(),
         outbound: state.config.outbound.enabled(),
+        fq: FairQueue::new(crate::crypto::rng::SecretRng::os().next_u64()),
+        fq_epoch: std::time::Instant::now(),
+        _fq_charge: None,
     };
+    path._fq_charge = state.budget.try_charge(
+        path.fq
+            .capacity_bytes(usize::from(crate::config::OVERLAY_MTU)),
+    );
     let mut pings = Pings::default();
     let mut rx0 = sockets.first().map(udp::RecvBatch::new);
     let mut rx1 = sockets.get(1).map(udp::RecvBatch::new);
@@ -420,13 +466,15 @@ pub(super) async fn link_loop(
                     return Err(std::io::Error::other("the TUN reader stopped"));
                 };
                 let now = clock.now();
-                path.kernel_packet(&mut link, now, p);
-                for _ in 1..PACKET_BATCH {
-                    match from_tun.try_recv() {
-                        Ok(p) => path.kernel_packet(&mut link, now, p),
-                        Err(_) => break,
-                    }
+                // Everything waiting moves to the fair queue, so no packet waits in a FIFO.
+                path.queue_from_tun(p);
+                while let Ok(p) = from_tun.try_recv() {
+                    path.queue_from_tun(p);
                 }
+                path.serve_tun(&mut link, now);
+            }
+            _ = std::future::ready(()), if !path.fq.is_empty() => {
+                path.serve_tun(&mut link, clock.now());
             }
             Some(p) = super::exit::ExitIo::recv(exit.as_mut()) => {
                 if let Some(x) = exit.as_mut() {
@@ -589,6 +637,7 @@ pub(super) async fn link_loop(
                 snap.flow = path.flow.stats().clone();
                 snap.flows = path.flow.flows();
                 snap.queue_drops = path.queue_drops;
+                snap.fq = path.fq.stats().clone();
                 snap.exit = exit.as_ref().map(|x| x.gateway.stats());
                 snap.exit_circuit = link.exit_circuit_info(now);
                 snap.services = link.services_info();
