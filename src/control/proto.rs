@@ -385,6 +385,14 @@ pub struct TunCounts {
     pub queue_peak: u64,
     /// Longest a kernel packet waited in the fair queue, microseconds.
     pub queue_max_sojourn_us: u64,
+    /// The same four for packets from sessions waiting for the TUN writer: drops,
+    pub in_aqm_drops: u64,
+    /// CE marks,
+    pub in_ce_marked: u64,
+    /// most held at once,
+    pub in_queue_peak: u64,
+    /// and the longest wait, microseconds.
+    pub in_queue_max_sojourn_us: u64,
 }
 
 /// One neighbour link in `peers`.

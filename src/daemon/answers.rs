@@ -24,6 +24,8 @@ pub(super) struct LinkSnapshot {
     pub(super) queue_drops: u64,
     /// The kernel packets' fair queue (`flow/fq.rs`).
     pub(super) fq: crate::flow::fq::FqStats,
+    /// The session packets' fair queue towards the kernel.
+    pub(super) to_kernel: crate::flow::fq::FqStats,
     pub(super) foreign_prefixes: Vec<String>,
     pub(super) services: Vec<ServiceInfo>,
     /// Which service each of the services' circuits works for.
@@ -418,6 +420,10 @@ impl NodeState {
                 ce_marked: links.fq.marked,
                 queue_peak: links.fq.peak_packets as u64,
                 queue_max_sojourn_us: links.fq.max_sojourn_us,
+                in_aqm_drops: links.to_kernel.codel_drops + links.to_kernel.overflow_drops,
+                in_ce_marked: links.to_kernel.marked,
+                in_queue_peak: links.to_kernel.peak_packets as u64,
+                in_queue_max_sojourn_us: links.to_kernel.max_sojourn_us,
             },
             exit: links.exit.clone(),
             exit_circuit: links.exit_circuit.clone(),
