@@ -1,15 +1,16 @@
-//! Fair queueing with CoDel for the packets the kernel hands a client or service daemon (issue
-//! #21 item 5; FQ-CoDel, RFC 8290, with CoDel, RFC 8289, in every flow's queue).
+//! Fair queueing with CoDel for the packets a client or service daemon moves between its kernel
+//! and its sessions (issue #21 item 5; FQ-CoDel, RFC 8290, with CoDel, RFC 8289, in every flow's
+//! queue).
 //!
-//! Why here: inner TCP is the congestion controller, and under a bulk transfer the standing queue
-//! builds where the path is slowest to drain, which is the daemon's own event loop (it seals
-//! every packet in GN-WB and two AEADs): the kernel's packets waited in the TUN reader's channel
-//! (256 packets, about 30 ms at 8.6k packets/s) behind each other in one FIFO. The relays' UDP
-//! receive queues stayed a few packets deep (docs/benchmarks.md, "Queues"). So the daemon takes
-//! every packet the reader has as soon as it wakes and keeps them here, one queue per inner flow:
-//! a flow that sends little is served first (no bulk flow delays it) and CoDel drops, or marks CE
-//! on an ECN-capable packet, at the head of a flow whose packets have waited longer than
-//! [`TARGET_US`] for a whole [`INTERVAL_US`], so the sender slows down before a queue stands.
+//! Why here: inner TCP is the congestion controller, and its window stands where the path is
+//! slowest to drain. Measured under a bulk flow through a hidden service, that was the service's
+//! TUN writer (one `write` per packet into the kernel's TCP), behind a 256-packet FIFO whose tail
+//! drops were all of TCP's losses; the relays' socket queues stayed a few packets deep and relays
+//! keep no queue of their own (docs/decisions.md, "Queues"). So the daemon keeps one queue per
+//! inner flow on both sides of its TUN: a flow that sends little is served first (no bulk flow
+//! delays it) and CoDel drops, or marks CE on an ECN-capable packet, at the head of a flow whose
+//! packets have waited longer than [`TARGET_US`] for a whole [`INTERVAL_US`], so the sender slows
+//! down before a queue stands.
 //!
 //! Pure: the caller passes the time (microseconds, any monotonic origin) and owns the packet
 //! buffers; packets come back either served or dropped so their buffers are reused. Storage is
