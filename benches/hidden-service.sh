@@ -14,6 +14,10 @@
 #   READY_TIMEOUT=120  seconds to wait for the network and for the service to answer
 #   BENCH_CACHE=$ROOT/target/bench-tools   where boringtun-cli is installed when missing
 #   KEEP=1             keep the run directory (configs, logs, iperf3 JSON)
+#   CHAIN=0            skip the boringtun-cli chain (our figures only; no install)
+#   QUEUES=1           during the TCP test, sample every 0.1 s each daemon's UDP receive queue
+#                      (ss Recv-Q) and gn0's kernel queue at the client and the service, and print
+#                      mean/max per host: where the standing queue builds (issue #21 item 5)
 #
 # Network: a hub namespace with a bridge; hosts gnhs-$$-1..8 run relay daemons, -9 a hidden
 # service (iperf3 -s, exposed TCP and UDP 5201), -10 the client; 198.18.60.0/24, no route out.
@@ -52,7 +56,7 @@ declare -A DPID=()
 # ---- tools --------------------------------------------------------------------------------
 bench_tools ip:iproute2 jq:jq ping:iputils-ping iperf3:iperf3 wg:wireguard-tools
 [[ ${PERF:-0} == 1 ]] && bench_tools perf:linux-perf
-bench_boringtun
+[[ ${CHAIN:-1} == 0 ]] || bench_boringtun
 GN=${GLOBALNET:-$ROOT/target/release/globalnet}
 [[ -n ${GLOBALNET:-} ]] || bench_build globalnet "--bin globalnet" "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock"
 [[ -x $GN ]] || die "$GN is missing"
@@ -166,14 +170,51 @@ in_ns "$TAG-$CLIENT" ping -6 -n -c "$PINGS" -i 0.2 "$SVC_ADDR" >"$TMP/gn-ping-id
 read -r GN_PI_AVG GN_PI_P50 GN_PI_MAX GN_PI_LOSS <<<"$(ping_stats "$TMP/gn-ping-idle.txt")"
 log "ping idle: avg $GN_PI_AVG ms, p50 $GN_PI_P50 ms, max $GN_PI_MAX ms, loss $GN_PI_LOSS %"
 
+# One line per sample: "host udp_recvq_bytes" for every daemon, and "gn0-<host> backlog_bytes
+# drops" for the TUN's kernel queue (TX drops: the reader was behind) at the client and service.
+sample_queues() {
+    local n
+    while :; do
+        for n in $(seq 1 "$RELAYS") "$SVC" "$CLIENT"; do
+            ip netns exec "$TAG-$n" ss -uanH 2>/dev/null | awk -v h="$n" '$4 ~ /:7412$/ { q += $2 } END { print h, q + 0 }'
+        done
+        for n in "$SVC" "$CLIENT"; do
+            ip -n "$TAG-$n" -s link show gn0 2>/dev/null | awk -v h="gn0-$n" '/TX:/ { getline; print h, $4; exit }'
+        done
+        sleep 0.1
+    done
+}
 snapshot 0
 m0=$(machine_jiffies)
+if [[ ${QUEUES:-0} == 1 ]]; then
+    sample_queues >"$TMP/queues.txt" &
+    queues_pid=$!
+    PIDS+=("$queues_pid")
+fi
 # Ping under load: starts 1 s into the transfer, ends before it does.
 (sleep 1 && ip netns exec "$TAG-$CLIENT" ping -6 -n -c "$(((SECS - 2) * 5))" -i 0.2 "$SVC_ADDR" >"$TMP/gn-ping-load.txt" 2>&1) &
 ping_pid=$!
+# The daemon's own end-to-end PING at the same time: it leaves from the link task, so it skips the
+# client's TUN, its reader and the fair queue, and at the service never meets gn0.
+(sleep 1 && "$GN" ping -c "$(((SECS - 2) * 5))" -i 0.2 --control "$(sock "$CLIENT")" "$SVC_ADDR" >"$TMP/gn-e2e-load.txt" 2>&1) &
+e2e_pid=$!
 in_ns "$TAG-$CLIENT" iperf3 -c "$SVC_ADDR" -p "$IPERF_PORT" -t "$SECS" -J >"$TMP/gn-tcp.json" 2>"$TMP/gn-tcp.err" || true
 wait "$ping_pid" 2>/dev/null || true
+wait "$e2e_pid" 2>/dev/null || true
 m1=$(machine_jiffies)
+if [[ ${QUEUES:-0} == 1 ]]; then
+    kill "$queues_pid" 2>/dev/null || true
+    wait "$queues_pid" 2>/dev/null || true
+    log "queues during the TCP test (0.1 s samples): UDP receive queue bytes per daemon (mean / max);"
+    log "gn0 TX drops = packets the kernel dropped because the daemon's TUN reader was behind"
+    awk '$1 !~ /^gn0/ { n[$1]++; s[$1] += $2; if ($2 > m[$1]) m[$1] = $2 }
+         $1 ~ /^gn0/ { if (!($1 in d0)) d0[$1] = $2; d1[$1] = $2 }
+         END { for (h in n) printf "  host %-3s recvq mean %8.0f B  max %8.0f B\n", h, s[h] / n[h], m[h]
+               for (h in d0) printf "  %s TX drops during the test: %d\n", h, d1[h] - d0[h] }' "$TMP/queues.txt" | sort -V
+    for n in "$CLIENT" "$SVC"; do
+        log "  host $n fair queues since start, from gn0 / to gn0: $(query "$n" status | jq -r '.tun | "peak \(.queue_peak // "-") / \(.in_queue_peak // "-") packets, longest wait \(.queue_max_sojourn_us // "-") / \(.in_queue_max_sojourn_us // "-") µs, AQM drops \(.aqm_drops // "-") / \(.in_aqm_drops // "-"), CE marks \(.ce_marked // "-") / \(.in_ce_marked // "-"), TUN drops \(.dropped // "-")"' 2>/dev/null)"
+    done
+fi
 sleep 0.6 # relayed_cells is refreshed every 250 ms
 snapshot 1
 GN_BUSY=$(busy_pct "$m0" "$m1")
@@ -181,6 +222,8 @@ read -r GN_TCP GN_RETR <<<"$(tcp_result "$TMP/gn-tcp.json")"
 read -r GN_PL_AVG GN_PL_P50 GN_PL_MAX GN_PL_LOSS <<<"$(ping_stats "$TMP/gn-ping-load.txt")"
 log "iperf3 TCP ${SECS} s: $GN_TCP Mbit/s received, $GN_RETR retransmits (machine busy $GN_BUSY %)"
 log "ping under the TCP load: avg $GN_PL_AVG ms, p50 $GN_PL_P50 ms, max $GN_PL_MAX ms, loss $GN_PL_LOSS %"
+read -r GN_EL_AVG GN_EL_P50 GN_EL_MAX _ <<<"$(ping_stats "$TMP/gn-e2e-load.txt")"
+log "the daemon's e2e PING under the TCP load (no TUN): avg $GN_EL_AVG ms, p50 $GN_EL_P50 ms, max $GN_EL_MAX ms"
 
 log "per daemon during the TCP test (${SECS} s): relayed_cells delta, CPU seconds"
 printf '  %-8s %12s %10s %8s %8s %12s %10s\n' host relayed_cells cells/s cpu_s cpu_% cells/cpu_s positions
@@ -265,6 +308,13 @@ fi
 for n in "${!DPID[@]}"; do kill -TERM "${DPID[$n]}" 2>/dev/null || true; done
 for n in "${!DPID[@]}"; do wait "${DPID[$n]}" 2>/dev/null || true; done
 
+if [[ ${CHAIN:-1} == 0 ]]; then
+    log ""
+    log "-- summary (CHAIN=0: no chain; load at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
+    log "TCP $GN_TCP Mbit/s, $GN_RETR retransmits; UDP $UDP_RATE: $GN_UDP Mbit/s, loss $GN_UDP_LOSS %"
+    log "ping idle avg / p50 $GN_PI_AVG / $GN_PI_P50 ms; under TCP load avg / p50 / max $GN_PL_AVG / $GN_PL_P50 / $GN_PL_MAX ms, loss $GN_PL_LOSS %"
+    exit 0
+fi
 # ---- the boringtun-cli chain --------------------------------------------------------------
 L=${LINKS:-$PATH_LINKS}
 ((L >= 1)) || L=7

@@ -140,3 +140,57 @@ fn pseudonym_derivation_is_cached() {
     assert_eq!(allocations() - before, 0);
     assert!(t.elapsed().as_millis() < 1000);
 }
+
+#[test]
+fn fair_queue_allocates_nothing_per_packet() {
+    use globalnet::flow::fq::{mark_ce, FairQueue, Fate};
+    // The daemon's way: buffers from the TUN reader into the queue, out to the node or, when
+    // CoDel drops them or the queue is full, back to the reader; a bulk flow at twice the rate
+    // served (drops and overflow both happen) and a light one, ECN-capable or not.
+    let mut q: FairQueue<Vec<u8>> = FairQueue::new(42);
+    let mut spare: Vec<Vec<u8>> = (0..600).map(|_| Vec::with_capacity(1280)).collect();
+    let bulk = tcp([0xfd; 16], [0xfd; 16], 40000, 5201, 1180);
+    let mut light = tcp([0xfd; 16], [0xfd; 16], 40001, 22, 40);
+    light[1] |= 0b10 << 4; // ECT(0)
+    let mut now_us = 0u64;
+    let mut fates = [0u64; 4];
+    let mut run = |n: u64, spare: &mut Vec<Vec<u8>>, fates: &mut [u64; 4]| {
+        for i in 0..n {
+            now_us += 1_000;
+            for p in [&bulk, &bulk, &light]
+                .into_iter()
+                .take(if i % 50 == 0 { 3 } else { 2 })
+            {
+                let mut b = spare.pop().unwrap_or_default();
+                b.clear();
+                b.extend_from_slice(p);
+                let flow = q.classify(&b);
+                let len = b.len();
+                if let Some(old) = q.enqueue(flow, b, len, now_us) {
+                    fates[3] += 1;
+                    spare.push(old);
+                }
+            }
+            while let Some((b, fate)) = q.dequeue(now_us, |p| mark_ce(p)) {
+                spare.push(b);
+                match fate {
+                    Fate::Send => fates[0] += 1,
+                    Fate::Marked => fates[1] += 1,
+                    Fate::Dropped | Fate::Overflow => {
+                        fates[2] += 1;
+                        continue;
+                    }
+                }
+                break;
+            }
+        }
+    };
+    run(2_000, &mut spare, &mut fates);
+    let before = allocations();
+    run(20_000, &mut spare, &mut fates);
+    assert_eq!(allocations() - before, 0, "allocations in steady state");
+    assert!(
+        fates[2] > 0 && fates[3] > 0,
+        "drops and overflow exercised: {fates:?}"
+    );
+}

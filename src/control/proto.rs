@@ -377,6 +377,22 @@ pub struct TunCounts {
     pub dropped: u64,
     /// Writes to the TUN that failed.
     pub write_errors: u64,
+    /// Kernel packets CoDel dropped in the fair queue (their flow's queue stood above target).
+    pub aqm_drops: u64,
+    /// Kernel packets CoDel marked ECN CE instead of dropping.
+    pub ce_marked: u64,
+    /// Most kernel packets the fair queue held at once.
+    pub queue_peak: u64,
+    /// Longest a kernel packet waited in the fair queue, microseconds.
+    pub queue_max_sojourn_us: u64,
+    /// The same four for packets from sessions waiting for the TUN writer: drops,
+    pub in_aqm_drops: u64,
+    /// CE marks,
+    pub in_ce_marked: u64,
+    /// most held at once,
+    pub in_queue_peak: u64,
+    /// and the longest wait, microseconds.
+    pub in_queue_max_sojourn_us: u64,
 }
 
 /// One neighbour link in `peers`.

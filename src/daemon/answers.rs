@@ -22,6 +22,10 @@ pub(super) struct LinkSnapshot {
     pub(super) flow: FlowStats,
     pub(super) flows: usize,
     pub(super) queue_drops: u64,
+    /// The kernel packets' fair queue (`flow/fq.rs`).
+    pub(super) fq: crate::flow::fq::FqStats,
+    /// The session packets' fair queue towards the kernel.
+    pub(super) to_kernel: crate::flow::fq::FqStats,
     pub(super) foreign_prefixes: Vec<String>,
     pub(super) services: Vec<ServiceInfo>,
     /// Which service each of the services' circuits works for.
@@ -412,6 +416,14 @@ impl NodeState {
                 icmp_replies: self.tun.icmp_replies.load(Ordering::Relaxed),
                 dropped: links.flow.dropped_from_kernel + links.queue_drops,
                 write_errors: self.tun.write_errors.load(Ordering::Relaxed),
+                aqm_drops: links.fq.codel_drops + links.fq.overflow_drops,
+                ce_marked: links.fq.marked,
+                queue_peak: links.fq.peak_packets as u64,
+                queue_max_sojourn_us: links.fq.max_sojourn_us,
+                in_aqm_drops: links.to_kernel.codel_drops + links.to_kernel.overflow_drops,
+                in_ce_marked: links.to_kernel.marked,
+                in_queue_peak: links.to_kernel.peak_packets as u64,
+                in_queue_max_sojourn_us: links.to_kernel.max_sojourn_us,
             },
             exit: links.exit.clone(),
             exit_circuit: links.exit_circuit.clone(),

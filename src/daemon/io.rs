@@ -2,6 +2,8 @@
 //! that owns the UDP sockets, the node and the flow layer.
 
 use super::*;
+use crate::flow::fq::{self, FairQueue, Fate};
+use rand::RngCore;
 
 /// Reads the kernel's packets from the TUN into recycled buffers and hands them to the link
 /// task, waiting when it is behind.
@@ -132,9 +134,53 @@ pub(super) struct PacketPath {
     pub(super) state: Arc<NodeState>,
     /// `[outbound]` is on: packets from gn0 outside the overlay go to an exit.
     pub(super) outbound: bool,
+    /// The kernel's packets between the TUN reader and the node: fair between inner flows,
+    /// CoDel in each (the standing queue under a bulk flow builds here: `flow/fq.rs`).
+    pub(super) fq: FairQueue<Vec<u8>>,
+    /// Origin of the queue's microsecond clock.
+    pub(super) fq_epoch: std::time::Instant,
+    /// Packets from sessions for the kernel, the same way: the TUN writer's channel is kept
+    /// [`TO_KERNEL_CHANNEL`] deep and the rest waits here, fairly and under CoDel.
+    pub(super) to_kernel: FairQueue<Vec<u8>>,
+    /// The queues' fixed size, charged once for the daemon's life.
+    pub(super) _fq_charge: Option<crate::budget::Charge>,
 }
 
+/// Packets let into the TUN writer's FIFO channel at once: enough to keep it writing between two
+/// wake-ups of the link task, few enough that no standing queue builds there.
+const TO_KERNEL_CHANNEL: usize = 16;
+
 impl PacketPath {
+    /// A packet the TUN reader brought: into its flow's queue (a full queue gives back the
+    /// longest flow's oldest packet, whose buffer goes back to the reader).
+    pub(super) fn queue_from_tun(&mut self, buf: Vec<u8>) {
+        let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+        let flow = self.fq.classify(&buf);
+        let len = buf.len();
+        if let Some(old) = self.fq.enqueue(flow, buf, len, now_us) {
+            let _ = self.read_bufs.try_send(old);
+        }
+    }
+
+    /// Sends up to [`PACKET_BATCH`] of the queued kernel packets, fairly between flows; CoDel's
+    /// drops go back to the reader, ECN-capable packets are marked CE instead.
+    pub(super) fn serve_tun(&mut self, node: &mut Node, now: time::Instant) {
+        let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+        let mut sent = 0;
+        while sent < PACKET_BATCH {
+            match self.fq.dequeue(now_us, |p| fq::mark_ce(p)) {
+                Some((p, Fate::Send | Fate::Marked)) => {
+                    self.kernel_packet(node, now, p);
+                    sent += 1;
+                }
+                Some((p, Fate::Dropped | Fate::Overflow)) => {
+                    let _ = self.read_bufs.try_send(p);
+                }
+                None => break,
+            }
+        }
+    }
+
     /// A packet from the kernel: through the flow layer to a session, or answered locally.
     pub(super) fn kernel_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         if self.outbound && !for_overlay(&buf) {
@@ -179,10 +225,13 @@ impl PacketPath {
     pub(super) fn peer_packet(&mut self, node: &mut Node, now: time::Instant, mut buf: Vec<u8>) {
         match self.flow.on_session_packet(now, &mut buf, &mut self.reply) {
             SessionVerdict::Deliver => {
-                if let Err(e) = self.to_tun.try_send(buf) {
-                    self.queue_drops += 1;
-                    node.recycle_packet(e.into_inner());
+                let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+                let flow = self.to_kernel.classify(&buf);
+                let len = buf.len();
+                if let Some(old) = self.to_kernel.enqueue(flow, buf, len, now_us) {
+                    node.recycle_packet(old);
                 }
+                self.feed_writer(node);
                 return;
             }
             SessionVerdict::Refuse { dst } => {
@@ -195,6 +244,24 @@ impl PacketPath {
             }
         }
         node.recycle_packet(buf);
+    }
+
+    /// Moves packets from the fair queue into the TUN writer's channel while it has fewer than
+    /// [`TO_KERNEL_CHANNEL`]; CoDel's drops go back to the node.
+    pub(super) fn feed_writer(&mut self, node: &mut Node) {
+        let now_us = self.fq_epoch.elapsed().as_micros() as u64;
+        while self.to_tun.max_capacity() - self.to_tun.capacity() < TO_KERNEL_CHANNEL {
+            match self.to_kernel.dequeue(now_us, |p| fq::mark_ce(p)) {
+                Some((p, Fate::Send | Fate::Marked)) => {
+                    if let Err(e) = self.to_tun.try_send(p) {
+                        self.queue_drops += 1;
+                        node.recycle_packet(e.into_inner());
+                    }
+                }
+                Some((p, Fate::Dropped | Fate::Overflow)) => node.recycle_packet(p),
+                None => break,
+            }
+        }
     }
 
     /// The session layer gave up on `dst`: the flows waiting for it learn at once.
@@ -239,6 +306,7 @@ impl PacketPath {
         } else {
             node.recycle_packet(buf);
         }
+        self.feed_writer(node);
     }
 }
 
@@ -387,7 +455,15 @@ pub(super) async fn link_loop(
         queue_drops: 0,
         state: state.clone(),
         outbound: state.config.outbound.enabled(),
+        fq: FairQueue::new(crate::crypto::rng::SecretRng::os().next_u64()),
+        fq_epoch: std::time::Instant::now(),
+        to_kernel: FairQueue::new(crate::crypto::rng::SecretRng::os().next_u64()),
+        _fq_charge: None,
     };
+    let mtu = usize::from(crate::config::OVERLAY_MTU);
+    path._fq_charge = state
+        .budget
+        .try_charge(path.fq.capacity_bytes(mtu) + path.to_kernel.capacity_bytes(mtu));
     let mut pings = Pings::default();
     let mut rx0 = sockets.first().map(udp::RecvBatch::new);
     let mut rx1 = sockets.get(1).map(udp::RecvBatch::new);
@@ -420,13 +496,15 @@ pub(super) async fn link_loop(
                     return Err(std::io::Error::other("the TUN reader stopped"));
                 };
                 let now = clock.now();
-                path.kernel_packet(&mut link, now, p);
-                for _ in 1..PACKET_BATCH {
-                    match from_tun.try_recv() {
-                        Ok(p) => path.kernel_packet(&mut link, now, p),
-                        Err(_) => break,
-                    }
+                // Everything waiting moves to the fair queue, so no packet waits in a FIFO.
+                path.queue_from_tun(p);
+                while let Ok(p) = from_tun.try_recv() {
+                    path.queue_from_tun(p);
                 }
+                path.serve_tun(&mut link, now);
+            }
+            _ = std::future::ready(()), if !path.fq.is_empty() => {
+                path.serve_tun(&mut link, clock.now());
             }
             Some(p) = super::exit::ExitIo::recv(exit.as_mut()) => {
                 if let Some(x) = exit.as_mut() {
@@ -595,6 +673,8 @@ pub(super) async fn link_loop(
                 snap.flow = path.flow.stats().clone();
                 snap.flows = path.flow.flows();
                 snap.queue_drops = path.queue_drops;
+                snap.fq = path.fq.stats().clone();
+                snap.to_kernel = path.to_kernel.stats().clone();
                 snap.exit = exit.as_ref().map(|x| x.gateway.stats());
                 snap.exit_circuit = link.exit_circuit_info(now);
                 snap.services = link.services_info();

@@ -26,6 +26,7 @@
 //! | [`reply`]    | ICMPv6 errors and TCP RST built by the daemon                |
 
 pub mod checksum;
+pub mod fq;
 pub mod packet;
 pub mod policy;
 pub mod reply;

@@ -386,12 +386,15 @@ pub fn recompute_icmp(pkt: &mut [u8]) {
     }
 }
 
-/// Normalises a packet accepted by [`parse`] before it is sealed (10.9): traffic class and flow
-/// label zero, hop limit [`INNER_HOP_LIMIT`], and the MSS of a TCP SYN at most [`MSS_CLAMP`].
-/// None of the IPv6 header fields is covered by a checksum; the MSS change is fixed up.
+/// Normalises a packet accepted by [`parse`] before it is sealed (10.9): DSCP and flow label
+/// zero, hop limit [`INNER_HOP_LIMIT`], and the MSS of a TCP SYN at most [`MSS_CLAMP`]. The two
+/// ECN bits stay: the ends' TCPs negotiated ECN in the open (the SYN's flags), and CE marks set by
+/// the sending daemon's queue (`fq.rs`) must reach the receiver. None of the IPv6 header fields
+/// is covered by a checksum; the MSS change is fixed up.
 pub fn normalise(pkt: &mut [u8]) {
+    let ecn = pkt.get(1).map_or(0, |b| b & 0x30);
     if let Some(h) = pkt.get_mut(..4) {
-        h.copy_from_slice(&[0x60, 0, 0, 0]);
+        h.copy_from_slice(&[0x60, ecn, 0, 0]);
     }
     if let Some(h) = pkt.get_mut(7) {
         *h = INNER_HOP_LIMIT;
@@ -633,7 +636,8 @@ mod tests {
         syn[1] = 0xab; // traffic class and flow label bits
         syn[3] = 0x12;
         normalise(&mut syn);
-        assert_eq!(&syn[..4], &[0x60, 0, 0, 0]);
+        // DSCP and flow label go; the ECN bits stay (0xab & 0x30 = 0x20: ECT(0)).
+        assert_eq!(&syn[..4], &[0x60, 0x20, 0, 0]);
         assert_eq!(syn[7], 64);
         let h = etherparse::TcpHeaderSlice::from_slice(&syn[40..]).unwrap();
         let mss = h
