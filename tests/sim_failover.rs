@@ -484,3 +484,83 @@ fn a_flow_whose_circuit_loses_more_than_max_seq_jump_cells_moves() {
     assert_ne!(now_circ, circ, "the flow moved to another circuit");
     assert!(w.sim.nodes[cli].node.session_stats().flows_moved >= 1);
 }
+
+/// Issue #20 item 5: the SERVICE's guard under a busy flow dies. Every service half of the
+/// session (and every intro point) ran through its first guard, so the session died with it and
+/// the new introduction hit dead registrations. The service now keeps the session's circuits on
+/// both of its guards: the flow moves to the half through the other guard, the session lives on.
+#[test]
+fn the_service_guard_dying_under_a_busy_flow_stalls_it_at_most_5_s() {
+    let mut tried = 0;
+    for seed in [47, 53, 61, 71, 83, 97] {
+        let BusyFlow {
+            mut w,
+            svc,
+            cli,
+            s_addr,
+            me,
+            mut seq,
+            flow,
+        } = busy_flow(seed);
+        let circs = w.sim.nodes[svc].node.service_session_circuits(s_addr, me);
+        let path_nodes = |w: &World, n: usize, c: CircId| -> Vec<usize> {
+            w.sim.nodes[n]
+                .node
+                .circ
+                .path(c)
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|r| w.sim.node_by_identity(r.identity()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (c, _) in w.sim.nodes[cli].node.session_circuits(s_addr) {
+            eprintln!("  client circ {:?}: {:?}", c, path_nodes(&w, cli, c));
+        }
+        for c in &circs {
+            eprintln!("  service circ {:?}: {:?}", c, path_nodes(&w, svc, *c));
+        }
+        // A guard of the service's halves, the flow's first, that is on none of the client's
+        // halves (a relay on both sides takes both circuits; the service cannot know the
+        // client's relays, and the client-side deaths have their own tests).
+        let flow_rp = w.sim.nodes[cli]
+            .node
+            .flow_circuit(s_addr, &flow)
+            .map(|c| path_nodes(&w, cli, c))
+            .and_then(|p| p.last().copied());
+        let client_relays: Vec<usize> = w.sim.nodes[cli]
+            .node
+            .session_circuits(s_addr)
+            .into_iter()
+            .flat_map(|(c, _)| path_nodes(&w, cli, c))
+            .collect();
+        let mut halves: Vec<Vec<usize>> = circs.iter().map(|c| path_nodes(&w, svc, *c)).collect();
+        halves.sort_by_key(|p| p.last() != flow_rp.as_ref());
+        let Some(victim) = halves
+            .iter()
+            .filter_map(|p| p.first().copied())
+            .find(|g| !client_relays.contains(g))
+        else {
+            eprintln!("seed {seed}: every service guard is on a client half too; next seed");
+            continue;
+        };
+        tried += 1;
+        assert!(victim != cli && victim != svc);
+        let sessions = w.sim.nodes[cli].node.session_stats().client_sessions;
+        let (_, resumed) = kill_and_resume(&mut w, victim, cli, svc, me, s_addr, &mut seq, 12_000);
+        eprintln!("seed {seed}: service guard {victim} killed; stall {resumed:?} ms");
+        assert!(
+            resumed.is_some_and(|r| r <= 5_000),
+            "seed {seed}: stall {resumed:?} ms; {:?} {:?}",
+            w.sim.nodes[cli].node.session_stats(),
+            w.sim.nodes[svc].node.session_stats()
+        );
+        assert_eq!(
+            w.sim.nodes[cli].node.session_stats().client_sessions,
+            sessions,
+            "seed {seed}: the session survived (no new introduction)"
+        );
+    }
+    assert!(tried >= 2, "{tried} seeds had a service guard to kill");
+}

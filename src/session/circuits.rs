@@ -15,12 +15,33 @@ fn hop_of(r: &RelayRecord) -> Hop {
 }
 
 impl SessionLayer {
-    pub(in crate::session) fn path_for(
+    /// A path of `kind` starting at a guard outside `avoid_guards` and outside the guards whose
+    /// session circuits just went silent, when one such guard is usable (else the usual first
+    /// guard: only our own guards are ever first hops).
+    pub(in crate::session) fn path_avoiding(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Instant,
         kind: PathKind,
+        avoid_guards: &[[u8; 32]],
     ) -> Result<Vec<RelayRecord>, String> {
+        self.silent_guards.sweep(now);
+        // A copy with those guards marked down: selection then takes another guard if one is
+        // up, and falls back to the first guard if none is (the real list is untouched).
+        let avoided: Vec<[u8; 32]> = ctx
+            .guards()
+            .list()
+            .iter()
+            .map(|g| g.identity)
+            .filter(|g| avoid_guards.contains(g) || self.silent_guards.contains(g, now))
+            .collect();
+        let steered = (!avoided.is_empty()).then(|| {
+            let mut guards = ctx.guards().clone();
+            for id in &avoided {
+                guards.mark_down(id, now);
+            }
+            guards
+        });
         let own_endpoints = ctx.own_endpoints();
         let pc = PathContext {
             view: ctx.view(),
@@ -40,7 +61,7 @@ impl SessionLayer {
             let path = pc
                 .select(
                     kind.clone(),
-                    ctx.guards(),
+                    steered.as_ref().unwrap_or(ctx.guards()),
                     Some(&self.vanguards),
                     &mut self.rng,
                 )
@@ -69,7 +90,23 @@ impl SessionLayer {
         purpose: Purpose,
         owner: Owner,
     ) -> Result<CircId, String> {
-        let path = self.path_for(ctx, now, kind)?;
+        self.build_avoiding(ctx, now, kind, purpose, owner, &[])
+    }
+
+    /// A circuit as [`SessionLayer::build_circuit`] builds, through a guard outside
+    /// `avoid_guards` when one is usable ([`SessionLayer::path_avoiding`]).
+    // The node's parts come as `ctx`: one argument more than clippy's default limit.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::session) fn build_avoiding(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        kind: PathKind,
+        purpose: Purpose,
+        owner: Owner,
+        avoid_guards: &[[u8; 32]],
+    ) -> Result<CircId, String> {
+        let path = self.path_avoiding(ctx, now, kind, avoid_guards)?;
         let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
         self.owners.insert(id, owner);
         Ok(id)
@@ -78,7 +115,9 @@ impl SessionLayer {
     /// A circuit ending at `target`: a ready stem extended by one hop, or a fresh build.
     /// Stems sharing fewest relays with `avoid` (the relays of a session's other circuits; a
     /// shared guard counts double) come first, so that one relay's death, a guard's or a
-    /// vanguard's, does not take every circuit of the session.
+    /// vanguard's, does not take every circuit of the session. Stems starting at a guard in
+    /// `avoid_guards` (or one whose circuit just went silent) are left for later: the circuit
+    /// is built through another guard.
     // The node's parts come as `ctx`: one argument more than clippy's default limit.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::session) fn circuit_to(
@@ -90,6 +129,7 @@ impl SessionLayer {
         purpose: Purpose,
         owner: Owner,
         avoid: &[[u8; 32]],
+        avoid_guards: &[[u8; 32]],
     ) -> Result<CircId, String> {
         let want = if service {
             Owner::ServiceStem
@@ -113,9 +153,13 @@ impl SessionLayer {
                 ctx.destroy(now, id);
                 continue;
             }
-            let fits = ctx
-                .path(id)
-                .is_some_and(|p| p.iter().all(|h| h.identity() != target.identity()));
+            let fits = ctx.path(id).is_some_and(|p| {
+                p.iter().all(|h| h.identity() != target.identity())
+                    && !p.first().is_some_and(|g| {
+                        avoid_guards.contains(g.identity())
+                            || self.silent_guards.contains(g.identity(), now)
+                    })
+            });
             if !fits {
                 continue;
             }
@@ -138,7 +182,52 @@ impl SessionLayer {
         } else {
             PathKind::Client(Target::Relay(hop_of(target)))
         };
-        self.build_circuit(ctx, now, kind, purpose, owner)
+        self.build_least_shared(ctx, now, kind, purpose, owner, avoid, avoid_guards)
+    }
+
+    /// A circuit built from scratch through a guard outside `avoid_guards` when one is usable:
+    /// of a few paths drawn, the one sharing fewest relays with `avoid` (the session's other
+    /// circuits; a shared guard counts double), as sorting the stems or scoring the pool does
+    /// for a pooled one (a fresh path through the other guard would otherwise often share their
+    /// vanguard, middle or rendezvous point, and die with them).
+    // The node's parts come as `ctx`: one argument more than clippy's default limit.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::session) fn build_least_shared(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        kind: PathKind,
+        purpose: Purpose,
+        owner: Owner,
+        avoid: &[[u8; 32]],
+        avoid_guards: &[[u8; 32]],
+    ) -> Result<CircId, String> {
+        let draws = if avoid.is_empty() {
+            1
+        } else {
+            FRESH_PATH_DRAWS
+        };
+        let mut best: Option<(usize, Vec<RelayRecord>)> = None;
+        for _ in 0..draws {
+            let path = match self.path_avoiding(ctx, now, kind.clone(), avoid_guards) {
+                Ok(p) => p,
+                Err(e) if best.is_none() => return Err(e),
+                Err(_) => break,
+            };
+            let score = shared(&path, avoid);
+            if best.as_ref().is_none_or(|(b, _)| score < *b) {
+                best = Some((score, path));
+            }
+            if score == 0 {
+                break;
+            }
+        }
+        let Some((_, path)) = best else {
+            return Err("path: none drawn".to_string());
+        };
+        let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
+        self.owners.insert(id, owner);
+        Ok(id)
     }
 
     /// A ready pool circuit for a rendezvous: none through a suspect relay (those are torn
@@ -232,7 +321,10 @@ impl SessionLayer {
 impl SessionLayer {
     /// A session circuit found dead by its silence (10.8): its relays past the first hop are
     /// suspect (a dead relay sends no DESTROY and its record outlives it), and it is torn down.
-    /// The first hop is a guard, judged by its link.
+    /// The first hop is a guard, judged by its link; until that link says, new session paths
+    /// take the other guard ([`SILENT_GUARD_MS`]): the guard may be the dead relay, and its
+    /// link is declared down only seconds later, so replacements built through it meanwhile
+    /// would die with it (a service's guard took its whole session so, issue #20 item 5).
     pub(in crate::session) fn abandon_dead_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
@@ -242,6 +334,10 @@ impl SessionLayer {
         if let Some(p) = ctx.path(id) {
             for r in p.iter().skip(1) {
                 self.suspects.insert(*r.identity(), now + SUSPECT_MS);
+            }
+            if let Some(g) = p.first() {
+                self.silent_guards
+                    .extend(*g.identity(), now + SILENT_GUARD_MS);
             }
         }
         self.owners.remove(&id);
@@ -261,6 +357,24 @@ pub(in crate::session) fn through_suspect(
             .skip(1)
             .any(|r| suspects.contains(r.identity(), now))
     })
+}
+
+/// The guard every one of `circuits` starts at, if they share one (and there is one): a
+/// circuit for the same session is then built through another guard.
+pub(in crate::session) fn single_guard(
+    ctx: &impl SessionCtx,
+    circuits: impl Iterator<Item = CircId>,
+) -> Option<[u8; 32]> {
+    let mut guard = None;
+    for id in circuits {
+        let g = ctx
+            .path(id)
+            .and_then(|p| p.first().map(|r| *r.identity()))?;
+        if guard.get_or_insert(g) != &g {
+            return None;
+        }
+    }
+    guard
 }
 
 /// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay.

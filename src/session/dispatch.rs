@@ -2,6 +2,7 @@
 //! (the owner table, [`super::layer::Owner`]): built or extended, closed, a message arrived.
 
 use crate::circuit::layer::{CircId, Purpose};
+use crate::session::circuits::single_guard;
 use crate::session::client::c_intro;
 use crate::session::ctx::{DhtRequest, SessionCtx};
 use crate::session::intro_watch::send_establish;
@@ -91,6 +92,19 @@ impl SessionLayer {
                     let rec = ctx.view().get(&r).cloned();
                     rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
                 });
+                // Through the other guard when the other intro circuits share one (spread).
+                let others: Vec<CircId> = self
+                    .service_mut(&svc)
+                    .map(|s| {
+                        s.intros
+                            .iter()
+                            .map(|i| i.circ)
+                            .filter(|c| *c != id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let avoid_guards: Vec<[u8; 32]> =
+                    single_guard(ctx, others.into_iter()).into_iter().collect();
                 let rebuilt = alive.and_then(|rec| {
                     self.circuit_to(
                         ctx,
@@ -100,6 +114,7 @@ impl SessionLayer {
                         Purpose::Intro,
                         Owner::Intro { svc },
                         &[],
+                        &avoid_guards,
                     )
                     .ok()
                 });

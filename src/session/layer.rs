@@ -215,6 +215,9 @@ pub struct SessionLayer {
     pub(in crate::session) now: Instant,
     /// Relays (past the first hop) of circuits that died without a DESTROY, until when.
     pub(in crate::session) suspects: Expiring<[u8; 32]>,
+    /// Our guards that started a session circuit found silent, until when (new session paths
+    /// take another guard meanwhile; `circuits.rs`).
+    pub(in crate::session) silent_guards: Expiring<[u8; 32]>,
     /// Descriptor lookups under way: token → service.
     pub(in crate::session) lookups: BTreeMap<u64, [u8; 16]>,
     /// DHT queries for the node to start.
@@ -294,6 +297,7 @@ impl SessionLayer {
             pending_r1: BTreeMap::new(),
             now: Instant::ZERO,
             suspects: Expiring::new(),
+            silent_guards: Expiring::new(),
             lookups: BTreeMap::new(),
             dht_requests: VecDeque::new(),
             publishes: BTreeMap::new(),
@@ -460,6 +464,7 @@ impl SessionLayer {
     /// A link to a relay is up: it is not suspect (any more).
     pub fn on_link_up(&mut self, identity: &[u8; 32]) {
         self.suspects.remove(identity);
+        self.silent_guards.remove(identity);
     }
 
     /// Circuit events for session circuits are consumed (`None`); others are handed back.

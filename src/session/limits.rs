@@ -157,6 +157,11 @@ pub const FLOW_IDLE_MS: Millis = 300_000;
 
 /// Relays on a circuit that stopped answering are avoided for this long.
 pub const SUSPECT_MS: Millis = 120_000;
+/// The guard of a session circuit that stopped answering is left out of new session paths for
+/// this long while another guard is usable (or until a link to it comes up): longer than its
+/// link takes to be declared dead (about 4 s), short enough that a live guard (a middle relay
+/// died) is soon used again. Not saved; guard choice itself is untouched (threat-model 3.1).
+pub const SILENT_GUARD_MS: Millis = 15_000;
 
 /// An introduction whose two circuits are not both ready by now is retried elsewhere.
 pub const INTRO_STEP_TIMEOUT_MS: Millis = 5_000;
@@ -175,6 +180,9 @@ pub(in crate::session) const DESC_CACHE_COST: usize = 1200;
 
 /// Paths drawn to find one without a suspect relay.
 pub(in crate::session) const SUSPECT_PATH_TRIES: usize = 8;
+/// Paths drawn for a session circuit built from scratch; the one sharing fewest relays with the
+/// session's other circuits is built.
+pub(in crate::session) const FRESH_PATH_DRAWS: usize = 4;
 
 /// A relay whose link to us went down is avoided in new paths for this long (or until a link to
 /// it is up again): its record outlives it in every view, and an EXTEND to it fails only after

@@ -14,6 +14,7 @@ use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
 use crate::crypto::keys::fingerprint;
 use crate::dht::descriptor::Descriptor;
+use crate::session::circuits::single_guard;
 use crate::session::ctx::SessionCtx;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
 use crate::session::frame::E2E_FRAME_LEN;
@@ -342,11 +343,21 @@ impl SessionLayer {
                     .collect()
             })
             .unwrap_or_default();
+        // Intro circuits spread over our guards: one guard's death then leaves intro points up
+        // (a service whose every registration died with its guard was unreachable until new
+        // ones were listed, issue #20 item 5).
+        let avoid_guards: Vec<[u8; 32]> = self
+            .service_mut(&svc)
+            .map(|s| s.intros.iter().map(|i| i.circ).collect::<Vec<_>>())
+            .and_then(|c| single_guard(ctx, c.into_iter()))
+            .into_iter()
+            .collect();
         // A relay not yet an intro point of this service, chosen under every path rule.
         let mut path = None;
         let mut why = None;
         for _ in 0..4 {
-            match self.path_for(ctx, now, PathKind::Service(Target::Any(FLAG_RENDEZVOUS))) {
+            let kind = PathKind::Service(Target::Any(FLAG_RENDEZVOUS));
+            match self.path_avoiding(ctx, now, kind, &avoid_guards) {
                 Ok(p) if p.last().is_some_and(|r| !used.contains(r.identity())) => {
                     self.intro_path_log.clear();
                     path = Some(p);
@@ -533,16 +544,31 @@ impl SessionLayer {
         let owner = Owner::ServiceRend { svc, peer };
         // The relays of the session's live circuits: a join through other ones (another guard,
         // another vanguard) survives the death of theirs (issue #20 item 5).
-        let avoid: Vec<[u8; 32]> = self
+        let live = self
             .service_mut(&svc)
             .and_then(|s| s.sessions.get(&peer))
             .map(|ss| ss.circuits.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|c| ctx.path(c))
+            .unwrap_or_default();
+        let avoid: Vec<[u8; 32]> = live
+            .iter()
+            .filter_map(|c| ctx.path(*c))
             .flat_map(|p| p.iter().map(|r| *r.identity()).collect::<Vec<_>>())
             .collect();
-        match self.circuit_to(ctx, now, true, &target, Purpose::Rendezvous, owner, &avoid) {
+        // Stems all start at our first guard: when every circuit of the session does too, the
+        // join goes through another guard, or that guard's death takes the whole session (and
+        // with it the circuit the client would ask for a replacement on).
+        let avoid_guards: Vec<[u8; 32]> = single_guard(ctx, live.into_iter()).into_iter().collect();
+        let purpose = Purpose::Rendezvous;
+        match self.circuit_to(
+            ctx,
+            now,
+            true,
+            &target,
+            purpose,
+            owner,
+            &avoid,
+            &avoid_guards,
+        ) {
             Ok(id) => {
                 self.pending_r1.insert(id, (r1, *rp, tries));
                 if let Some(s) = self.service_mut(&svc) {

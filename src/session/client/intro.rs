@@ -164,6 +164,7 @@ impl SessionLayer {
                 Purpose::Intro,
                 Owner::ClientIntro { dst },
                 &[],
+                &[],
             ),
             None => Err("intro point not in our view".to_string()),
         };
