@@ -19,18 +19,16 @@ use tokio::sync::mpsc;
 
 use crate::exit::choose::Destination;
 use crate::exit::gateway::{client_v4, client_v6, CLIENT_GROUPS, RESOLVER_V4};
-use crate::exit::policy::{PROTO_TCP, PROTO_UDP};
+use crate::exit::policy::PROTO_TCP;
 use crate::exit::socks::{
-    parse_greeting, parse_request, parse_udp_header, parse_userpass, reply, write_udp_header,
-    Command, Parsed, Reply, Target, Way, METHOD_UNACCEPTABLE, METHOD_USERPASS, SOCKS_MAX_MESSAGE,
+    parse_greeting, parse_request, parse_userpass, reply, Command, Parsed, Reply, Target, Way,
+    METHOD_UNACCEPTABLE, METHOD_USERPASS, SOCKS_MAX_MESSAGE,
 };
+
+mod udp;
 
 /// The link task's command channel (asks whether an exit would carry a destination).
 type Commands = mpsc::Sender<super::Command>;
-/// Names an association resolved at the exit, at most (a program naming more is refused).
-const UDP_NAMES_MAX: usize = 64;
-/// Largest datagram relayed: an exit cell carries one packet of at most 1280 bytes.
-const UDP_MAX: usize = 1280;
 
 /// How long a CONNECT may take (the exit circuit may be building).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -297,7 +295,7 @@ async fn connection(
         .await
         .map_err(|_| "handshake timed out".to_string())??;
     if request.command == Command::UdpAssociate {
-        return udp_associate(s, group, &request.target, commands).await;
+        return udp::udp_associate(s, group, &request.target, commands).await;
     }
     let dst = match &request.target {
         Target::Addr(a) => *a,
@@ -355,131 +353,4 @@ async fn connection(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// UDP ASSOCIATE (RFC 1928 section 7): a relay socket on the listener's address takes the
-/// program's datagrams (from the control connection's host only; from the port it named, if
-/// any), and each leaves from the group's inner address, so through the group's circuit to an
-/// exit; answers come back with their source in the header. Names are resolved at the exit.
-/// The association ends with the control connection. Fragments and overlay destinations are
-/// dropped (hidden services are reached over gn0, not through SOCKS datagrams).
-async fn udp_associate(
-    mut s: TcpStream,
-    group: u8,
-    client_said: &Target,
-    commands: Commands,
-) -> Result<(), String> {
-    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    let peer = s.peer_addr().map_err(|e| e.to_string())?;
-    let local = s.local_addr().map_err(|e| e.to_string())?;
-    let relay = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
-        Ok(r) => r,
-        Err(e) => {
-            send_reply(&mut s, Reply::GeneralFailure, unspecified).await?;
-            return Err(format!("UDP relay socket: {e}"));
-        }
-    };
-    let bound = relay.local_addr().map_err(|e| e.to_string())?;
-    let out4 = UdpSocket::bind(SocketAddr::new(group_source(group, unspecified.ip()), 0)).await;
-    let out6 = UdpSocket::bind(SocketAddr::new(
-        group_source(group, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
-        0,
-    ))
-    .await;
-    let (Ok(out4), Ok(out6)) = (out4, out6) else {
-        send_reply(&mut s, Reply::GeneralFailure, unspecified).await?;
-        return Err("binding the group's addresses (is [outbound] set up?)".into());
-    };
-    send_reply(&mut s, Reply::Succeeded, bound).await?;
-    // The program's port, if it said (RFC 1928: "the client's expected source"); else the first
-    // datagram from its host fixes it.
-    let mut program = match client_said {
-        Target::Addr(a) if a.port() != 0 => Some(SocketAddr::new(peer.ip(), a.port())),
-        _ => None,
-    };
-    let mut names: BTreeMap<String, IpAddr> = BTreeMap::new();
-    let mut from_program = vec![0u8; UDP_MAX + 300];
-    let mut answer4 = vec![0u8; UDP_MAX];
-    let mut answer6 = vec![0u8; UDP_MAX];
-    let mut back = Vec::with_capacity(UDP_MAX + 22);
-    let mut control = [0u8; 64];
-    loop {
-        tokio::select! {
-            r = s.read(&mut control) => {
-                // Closed: the end. Bytes on it mean nothing here and are ignored.
-                if !matches!(r, Ok(n) if n > 0) {
-                    return Ok(());
-                }
-            }
-            r = relay.recv_from(&mut from_program) => {
-                let (n, from) = r.map_err(|e| e.to_string())?;
-                if from.ip() != peer.ip() || program.is_some_and(|p| p != from) {
-                    continue;
-                }
-                program = Some(from);
-                let datagram = from_program.get(..n).unwrap_or(&[]);
-                let Ok((target, used)) = parse_udp_header(datagram) else {
-                    continue;
-                };
-                if target.way() == Way::Overlay {
-                    continue;
-                }
-                let dst = match target {
-                    Target::Addr(a) => a,
-                    Target::Name(name, port) => match names.get(&name) {
-                        Some(ip) => SocketAddr::new(*ip, port),
-                        None if names.len() < UDP_NAMES_MAX => {
-                            match resolve_at_exit(group, &name).await {
-                                Ok(ip) => {
-                                    names.insert(name, ip);
-                                    SocketAddr::new(ip, port)
-                                }
-                                Err(e) => {
-                                    tracing::debug!("SOCKS UDP: resolving {name}: {e}");
-                                    continue;
-                                }
-                            }
-                        }
-                        None => continue,
-                    },
-                };
-                if !exit_allows(&commands, group, dst, PROTO_UDP).await {
-                    tracing::debug!("SOCKS UDP: no exit lets {dst} out");
-                    continue;
-                }
-                let data = datagram.get(used..).unwrap_or(&[]);
-                let out = if dst.is_ipv4() { &out4 } else { &out6 };
-                if let Err(e) = out.send_to(data, dst).await {
-                    tracing::debug!("SOCKS UDP to {dst}: {e}");
-                }
-            }
-            r = out4.recv_from(&mut answer4) => {
-                let (n, from) = r.map_err(|e| e.to_string())?;
-                relay_back(&relay, program, &mut back, from, answer4.get(..n).unwrap_or(&[])).await;
-            }
-            r = out6.recv_from(&mut answer6) => {
-                let (n, from) = r.map_err(|e| e.to_string())?;
-                relay_back(&relay, program, &mut back, from, answer6.get(..n).unwrap_or(&[])).await;
-            }
-        }
-    }
-}
-
-/// An answer from the outside, with its source in the header, to the program.
-async fn relay_back(
-    relay: &UdpSocket,
-    program: Option<SocketAddr>,
-    back: &mut Vec<u8>,
-    from: SocketAddr,
-    data: &[u8],
-) {
-    let Some(to) = program else {
-        return;
-    };
-    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-    write_udp_header(back, from);
-    back.extend_from_slice(data);
-    if let Err(e) = relay.send_to(back, to).await {
-        tracing::debug!("SOCKS UDP back to the program: {e}");
-    }
 }

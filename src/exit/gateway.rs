@@ -515,7 +515,10 @@ impl ExitGateway {
             return None;
         };
         p.truncate(v.len);
+        let inner = v.dst;
         v.set_address(p, true, client);
+        // An error from beyond quotes what left here, from the inner address.
+        super::packet::rewrite_quoted_source(p, &v, inner, client);
         self.stats.packets_in += 1;
         self.stats.bytes_in += p.len() as u64;
         Some(slot)

@@ -151,6 +151,81 @@ impl IpView {
     }
 }
 
+/// In an ICMP/ICMPv6 error (unreachable, time exceeded, parameter problem, too big) viewed as
+/// `v`, replaces the quoted packet's source `old` with `new` (same family), with every checksum
+/// the change touches: the quoted IPv4 header's, the quoted TCP/UDP checksum when the quote
+/// holds it, and the ICMP one. The exit's kernel NAT leaves the circuit's inner address in the
+/// quote; the client's kernel matches an error to its socket by the quoted source, so without
+/// this a router's "unreachable" never reaches the program. Returns whether it rewrote.
+pub fn rewrite_quoted_source(p: &mut [u8], v: &IpView, old: IpAddr, new: IpAddr) -> bool {
+    let is_error = !v.fragment
+        && match (v.src, v.proto) {
+            (IpAddr::V4(_), PROTO_ICMP) => matches!(p.get(v.l4), Some(3 | 11 | 12)),
+            (IpAddr::V6(_), PROTO_ICMPV6) => matches!(p.get(v.l4), Some(1..=4)),
+            _ => false,
+        };
+    if !is_error {
+        return false;
+    }
+    let end = v.len.min(p.len());
+    let icmp_sum = v.l4 + 2;
+    let q = v.l4 + 8;
+    let version = p.get(q).map(|b| b >> 4);
+    let (src_at, header_sum, inner_proto, inner_l4, old_b, new_b) = match (old, new, version) {
+        (IpAddr::V4(o), IpAddr::V4(n), Some(4)) => {
+            let ihl = usize::from(p.get(q).map_or(0, |b| b & 0x0f)) * 4;
+            if ihl < 20 {
+                return false;
+            }
+            let (mut ob, mut nb) = ([0u8; 16], [0u8; 16]);
+            ob[..4].copy_from_slice(&o.octets());
+            nb[..4].copy_from_slice(&n.octets());
+            (q + 12, Some(q + 10), p.get(q + 9).copied(), q + ihl, ob, nb)
+        }
+        (IpAddr::V6(o), IpAddr::V6(n), Some(6)) => (
+            q + 8,
+            None,
+            p.get(q + 6).copied(),
+            q + 40,
+            o.octets(),
+            n.octets(),
+        ),
+        _ => return false,
+    };
+    let n = if old.is_ipv4() { 4 } else { 16 };
+    let (old_b, new_b) = (old_b.get(..n).unwrap_or(&[]), new_b.get(..n).unwrap_or(&[]));
+    if src_at + n > end || p.get(src_at..src_at + n) != Some(old_b) {
+        return false;
+    }
+    if let Some(f) = p.get_mut(src_at..src_at + n) {
+        f.copy_from_slice(new_b);
+    }
+    // Every field changed inside the ICMP message changes its checksum too (all at even
+    // offsets from the ICMP header, so the one's-complement update applies as is).
+    update_at(p, icmp_sum, old_b, new_b);
+    let covered = |p: &mut [u8], at: usize, zero_is_none: bool| {
+        let Some(&[a, b]) = p.get(at..at + 2).filter(|_| at + 2 <= end) else {
+            return;
+        };
+        if zero_is_none && [a, b] == [0, 0] {
+            return;
+        }
+        update_at(p, at, old_b, new_b);
+        if let Some(&[c, d]) = p.get(at..at + 2) {
+            update_at(p, icmp_sum, &[a, b], &[c, d]);
+        }
+    };
+    if let Some(h) = header_sum {
+        covered(p, h, false);
+    }
+    match inner_proto {
+        Some(TCP) => covered(p, inner_l4 + 16, false),
+        Some(UDP) => covered(p, inner_l4 + 6, n == 4),
+        _ => {}
+    }
+    true
+}
+
 /// Applies a change of `old` into `new` to the 16-bit checksum at `at`.
 fn update_at(p: &mut [u8], at: usize, old: &[u8], new: &[u8]) {
     if let Some(f) = p.get_mut(at..at + 2) {
@@ -357,5 +432,118 @@ mod tests {
             }
         }
         assert!(IpView::parse(&[0x45, 0, 0]).is_none());
+    }
+
+    /// ICMP errors from beyond the exit quote the circuit's inner address (the kernel's NAT
+    /// rewrote the quote to it); the gateway gives the client its own address back in the quote
+    /// with every checksum right: the bytes equal an error built for the client directly.
+    #[test]
+    fn icmp_errors_from_beyond_quote_the_clients_address() {
+        use crate::budget::MemoryBudget;
+        use crate::exit::gateway::{ExitGateway, Outbound, CLIENT_V4, CLIENT_V6};
+        use crate::exit::policy::ExitPolicy;
+        use crate::time::Instant;
+        use etherparse::icmpv4::DestUnreachableHeader;
+        let nets = [
+            "198.19.250.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let mut g = ExitGateway::new(
+            ExitPolicy::new(&[53, 80], &nets),
+            MemoryBudget::new(1 << 20),
+        );
+        let mut reply = Vec::new();
+        let (web, router) = ([198, 19, 250, 2], [198, 19, 250, 1]);
+        let icmp4 = |from: [u8; 4], to: Ipv4Addr, quote: &[u8]| {
+            let mut e = Vec::new();
+            PacketBuilder::ipv4(from, to.octets(), 60)
+                .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::Port,
+                ))
+                .write(&mut e, quote)
+                .unwrap();
+            e
+        };
+        // UDP, the whole packet quoted (so its UDP checksum too), and TCP with only the 8
+        // transport bytes RFC 792 asks for (no TCP checksum in the quote).
+        let mut udp = Vec::new();
+        PacketBuilder::ipv4(CLIENT_V4.octets(), web, 9)
+            .udp(5000, 53)
+            .write(&mut udp, b"query")
+            .unwrap();
+        let mut tcp = Vec::new();
+        PacketBuilder::ipv4(CLIENT_V4.octets(), web, 9)
+            .tcp(40000, 80, 1, 1000)
+            .syn()
+            .write(&mut tcp, b"")
+            .unwrap();
+        for (slot, sent, quoted) in [(7, udp, 28 + 5), (8, tcp, 28)] {
+            let mut out = sent.clone();
+            let now = Instant::from_unix_ms(0);
+            assert_eq!(
+                g.on_circuit_packet(now, slot, &mut out, &mut reply),
+                Outbound::Forward
+            );
+            let IpAddr::V4(inner) = IpView::parse(&out).unwrap().src else {
+                panic!()
+            };
+            // What the client would have sent with the exit's TTL: what the quote must show.
+            let mut as_client = sent.clone();
+            let v = IpView::parse(&as_client).unwrap();
+            v.reset_ttl(&mut as_client);
+            let mut error = icmp4(router, inner, &out[..quoted]);
+            assert_eq!(g.on_tun_packet(&mut error), Some(slot));
+            assert_eq!(error, icmp4(router, CLIENT_V4, &as_client[..quoted]));
+        }
+        // IPv6: ICMPv6 "port unreachable", whose checksum covers the addresses too.
+        let dst: Ipv6Addr = "2001:db8::53".parse().unwrap();
+        let router6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let mut sent = Vec::new();
+        PacketBuilder::ipv6(CLIENT_V6.octets(), dst.octets(), 9)
+            .udp(5000, 53)
+            .write(&mut sent, b"query")
+            .unwrap();
+        let mut out = sent.clone();
+        let now = Instant::from_unix_ms(0);
+        assert_eq!(
+            g.on_circuit_packet(now, 9, &mut out, &mut reply),
+            Outbound::Forward
+        );
+        let IpAddr::V6(inner) = IpView::parse(&out).unwrap().src else {
+            panic!()
+        };
+        let mut as_client = sent.clone();
+        IpView::parse(&as_client).unwrap().reset_ttl(&mut as_client);
+        let icmp6 = |to: Ipv6Addr, quote: &[u8]| {
+            let mut e = Vec::new();
+            crate::flow::reply::icmp_error(&mut e, &router6.octets(), &to.octets(), 1, 4, 0, quote);
+            e
+        };
+        let mut error = icmp6(inner, &out);
+        assert_eq!(g.on_tun_packet(&mut error), Some(9));
+        assert_eq!(error, icmp6(CLIENT_V6, &as_client));
+        // Not an error (an echo reply), or a quote from another address: only the destination.
+        let mut echo = icmp4(router, Ipv4Addr::from(web), &[0; 8]);
+        echo[20] = 0;
+        let v = IpView::parse(&echo).unwrap();
+        assert!(!rewrite_quoted_source(
+            &mut echo,
+            &v,
+            IpAddr::V4(Ipv4Addr::from(web)),
+            IpAddr::V4(CLIENT_V4)
+        ));
+        let mut elsewhere = Vec::new();
+        PacketBuilder::ipv4(web, [192, 0, 2, 1], 9)
+            .udp(5000, 53)
+            .write(&mut elsewhere, b"")
+            .unwrap();
+        let mut other = icmp4(router, CLIENT_V4, &elsewhere);
+        let v = IpView::parse(&other).unwrap();
+        assert!(!rewrite_quoted_source(
+            &mut other,
+            &v,
+            IpAddr::V4(CLIENT_V4),
+            IpAddr::V4(Ipv4Addr::from(web))
+        ));
     }
 }

@@ -204,6 +204,45 @@ impl ExitPolicyRecord {
     }
 }
 
+/// Identities one EXIT_POLICY_REQUEST names at most (protocol.md 4.4): the answers, one
+/// EXIT_POLICY each, fit the asker's per-link rate beside the PEX answers'.
+pub const EXIT_POLICY_REQUEST_MAX: usize = 4;
+
+/// The payload of EXIT_POLICY_REQUEST: `count` (1..=4) ‖ reserved 0 ‖ `count` identities.
+/// `None` for no identities or more than [`EXIT_POLICY_REQUEST_MAX`].
+pub fn emit_policy_request(ids: &[[u8; 32]]) -> Option<Vec<u8>> {
+    if ids.is_empty() || ids.len() > EXIT_POLICY_REQUEST_MAX {
+        return None;
+    }
+    let mut p = Vec::with_capacity(2 + 32 * ids.len());
+    p.push(ids.len() as u8);
+    p.push(0);
+    for id in ids {
+        p.extend_from_slice(id);
+    }
+    Some(p)
+}
+
+/// Parses an EXIT_POLICY_REQUEST payload into the identities it names.
+pub fn parse_policy_request(p: &[u8]) -> Result<Vec<[u8; 32]>, RecordError> {
+    let (&count, rest) = p.split_first().ok_or(RecordError::Length(p.len()))?;
+    let (&reserved, ids) = rest.split_first().ok_or(RecordError::Length(p.len()))?;
+    let count = usize::from(count);
+    if count == 0 || count > EXIT_POLICY_REQUEST_MAX {
+        return Err(RecordError::Field("exit policy request count"));
+    }
+    if reserved != 0 {
+        return Err(RecordError::Field("reserved bytes set"));
+    }
+    if ids.len() != 32 * count {
+        return Err(RecordError::Length(p.len()));
+    }
+    Ok(ids
+        .chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .collect())
+}
+
 /// One network slot: `Ok(None)` when empty (all zero).
 fn parse_network(slot: &[u8]) -> Result<Option<IpNet>, RecordError> {
     let bad = RecordError::Field("network slot");
@@ -284,6 +323,38 @@ mod tests {
         let f = crate::wire::link::LinkFrame::new_checked(&want).unwrap();
         assert_eq!(f.msg_type(), crate::wire::link::MsgType::ExitPolicy);
         assert_eq!(f.payload(), record.as_slice());
+    }
+
+    #[test]
+    fn independent_request_vectors() {
+        let doc = vectors();
+        let v = &doc["request_message"];
+        let ids: Vec<[u8; 32]> = v["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| unhex(i.as_str().unwrap()).try_into().unwrap())
+            .collect();
+        let payload = unhex(v["payload"].as_str().unwrap());
+        assert_eq!(emit_policy_request(&ids).unwrap(), payload);
+        assert_eq!(parse_policy_request(&payload).unwrap(), ids);
+        let want = unhex(v["frame"].as_str().unwrap());
+        let mut buf = vec![0u8; want.len() + 64];
+        let t = crate::wire::link::MsgType::ExitPolicyRequest;
+        let n = crate::wire::link::emit(&mut buf, t, 0, &payload).unwrap();
+        assert_eq!(&buf[..n], want.as_slice());
+        let f = crate::wire::link::LinkFrame::new_checked(&want).unwrap();
+        assert_eq!((f.msg_type(), f.payload()), (t, payload.as_slice()));
+        for case in v["invalid"].as_array().unwrap() {
+            let p = unhex(case["payload"].as_str().unwrap());
+            assert!(
+                parse_policy_request(&p).is_err(),
+                "accepted: {}",
+                case["why"]
+            );
+        }
+        assert_eq!(emit_policy_request(&[]), None);
+        assert_eq!(emit_policy_request(&[[1; 32]; 5]), None);
     }
 
     #[test]

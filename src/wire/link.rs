@@ -69,6 +69,8 @@ pub enum MsgType {
     Close = 0x0F,
     /// An exit's signed policy record (5.5).
     ExitPolicy = 0x10,
+    /// Ask a relay for the policies of a few exits (5.5).
+    ExitPolicyRequest = 0x11,
 }
 
 impl MsgType {
@@ -104,6 +106,10 @@ impl MsgType {
             ExitPolicy => (
                 crate::wire::exit_policy::EXIT_POLICY_LEN,
                 crate::wire::exit_policy::EXIT_POLICY_LEN,
+            ),
+            ExitPolicyRequest => (
+                2 + 32,
+                2 + 32 * crate::wire::exit_policy::EXIT_POLICY_REQUEST_MAX,
             ),
             PunchRequest | RelayRequest => (32, 32),
             PunchNotify => (PUNCH_NOTIFY_LEN, PUNCH_NOTIFY_LEN),

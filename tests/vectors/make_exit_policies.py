@@ -62,8 +62,27 @@ invalid = [
 frame = bytes([0x61, 0x10, 0x01, 0x00]) + struct.pack(">H", len(valid)) + bytes([253, 0])
 frame += struct.pack(">Q", 0) + bytes(24) + valid
 frame += bytes(-len(frame) % 16)
+# EXIT_POLICY_REQUEST (0x11, rpc_id 0): count (1..4) || reserved 0 || count identities (32 each).
+other = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"globalnet test vector seed: exit policy 2").digest())
+other_pub = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+req_ids = [pub, other_pub]
+req = bytes([len(req_ids), 0]) + b"".join(req_ids)
+req_frame = bytes([0x61, 0x11, 0x01, 0x00]) + struct.pack(">H", len(req)) + bytes([253, 0])
+req_frame += struct.pack(">Q", 0) + bytes(24) + req
+req_frame += bytes(-len(req_frame) % 16)
+req_invalid = [
+    ("count 0", bytes([0, 0])),
+    ("count 5", bytes([5, 0]) + pub * 5),
+    ("count above the identities", bytes([2, 0]) + pub),
+    ("count below the identities", bytes([1, 0]) + pub * 2),
+    ("reserved byte", bytes([1, 1]) + pub),
+    ("empty", b""),
+]
 out = {"construction": __doc__.strip().splitlines()[2:7],
        "link_message": {"type": 0x10, "frame": frame.hex()},
+       "request_message": {"type": 0x11, "identities": [i.hex() for i in req_ids],
+                           "payload": req.hex(), "frame": req_frame.hex(),
+                           "invalid": [{"why": w, "payload": r.hex()} for w, r in req_invalid]},
        "valid": {"seed": seed.hex(), "identity": pub.hex(), "seq": SEQ, "expires": EXPIRES,
                  "flags": 3, "ports": [80, 443], "networks": nets, "record": valid.hex()},
        "invalid": [{"why": w, "record": r.hex()} for w, r in invalid]}

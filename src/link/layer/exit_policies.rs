@@ -1,28 +1,37 @@
 //! Exit policy records between neighbours (docs/protocol.md 4.4 `EXIT_POLICY`, 5.5): an exit
 //! sends its own to each neighbour when a link comes up, and a relay that answers PEX sends the
 //! policies of the exits in its answer, so clients learn them where they learn relay records.
+//! Exits whose policy did not come that way (known from a DHT sample) are asked of relay
+//! neighbours with EXIT_POLICY_REQUEST, all of them, never only one about to be used.
 //!
 //! A policy is kept only while the view holds a relay record with the `EXIT` flag for the same
 //! identity: the table can never grow past the view (whose size strangers cannot push), and a
 //! made-up identity's policy is dropped after one signature check.
 
 use ipnet::IpNet;
+use rand::seq::SliceRandom;
 use std::collections::BTreeMap;
 
 use crate::budget::Charge;
 use crate::exit::policy::ExitPolicy;
 use crate::time::Instant;
-use crate::wire::exit_policy::{ExitPolicyRecord, EXIT_POLICY_LEN};
+use crate::wire::exit_policy::{
+    emit_policy_request, parse_policy_request, ExitPolicyRecord, EXIT_POLICY_LEN,
+    EXIT_POLICY_REQUEST_MAX,
+};
 use crate::wire::link::MsgType;
 use crate::wire::record::FLAG_EXIT;
 
+use super::discovery::PEX_INTERVAL_MS;
 use super::{LinkId, LinkLayer};
 
 /// Most policies held (the view is smaller than this in practice).
 pub const MAX_EXIT_POLICIES: usize = 1024;
 /// EXIT_POLICY messages a neighbour may send per [`EXIT_POLICY_WINDOW_MS`]: a neighbour sends its
 /// own at link set-up and at most `1 + PEX_MAX` (4) with each answer to our PEX request, every
-/// `PEX_INTERVAL_MS` (10 s): 24 a minute. More are dropped before any parsing or signature check.
+/// `PEX_INTERVAL_MS` (10 s), and at most [`EXIT_POLICY_REQUEST_MAX`] (4) answering our
+/// EXIT_POLICY_REQUEST, asked as often: 48 a minute. More are dropped before any parsing or
+/// signature check.
 pub const EXIT_POLICY_RATE: u32 = 60;
 /// The window of [`EXIT_POLICY_RATE`].
 pub const EXIT_POLICY_WINDOW_MS: crate::time::Millis = 60_000;
@@ -130,6 +139,89 @@ impl LinkLayer {
         }
     }
 
+    /// Exits in the view whose policy we lack (known only from the DHT, or whose copy was
+    /// lost): at most [`EXIT_POLICY_REQUEST_MAX`], a random few of them, so each is asked for in
+    /// time however many there are. Every exit that lacks one, never only one we mean to use.
+    pub(super) fn exit_policies_wanted(&mut self, now: Instant) -> Vec<[u8; 32]> {
+        let own = self.own_policy.as_ref().map(|r| *r.identity());
+        let missing: Vec<[u8; 32]> = self
+            .view
+            .iter()
+            .filter(|r| r.fields().flags & FLAG_EXIT != 0)
+            .map(|r| *r.identity())
+            .filter(|k| Some(*k) != own && self.exit_policy(k, now).is_none())
+            .collect();
+        missing
+            .choose_multiple(&mut self.rng, EXIT_POLICY_REQUEST_MAX)
+            .copied()
+            .collect()
+    }
+
+    /// Asks the relay on link `id`, every `PEX_INTERVAL_MS`, for the policies of exits we lack
+    /// (4.4 EXIT_POLICY_REQUEST). A neighbour, never the circuit to an exit: see decisions.md.
+    pub(super) fn ask_exit_policies(&mut self, now: Instant, id: LinkId) {
+        let due = self.links.get(&id).is_some_and(|l| {
+            l.is_relay
+                && l.state.ready()
+                && now.saturating_since(l.last_policy_ask) >= PEX_INTERVAL_MS
+        });
+        if !due {
+            return;
+        }
+        if let Some(l) = self.links.get_mut(&id) {
+            l.last_policy_ask = now;
+        }
+        let want = self.exit_policies_wanted(now);
+        if let Some(p) = emit_policy_request(&want) {
+            self.stats.exit_policy_asks += 1;
+            let _ = self.send_frame(now, id, MsgType::ExitPolicyRequest, 0, &p);
+        }
+    }
+
+    /// The policies we hold of these exits (ours too, if named), for an EXIT_POLICY_REQUEST.
+    pub(super) fn exit_policy_answers(
+        &self,
+        now: Instant,
+        ids: &[[u8; 32]],
+    ) -> Vec<[u8; EXIT_POLICY_LEN]> {
+        ids.iter()
+            .filter_map(|k| {
+                self.own_policy
+                    .as_ref()
+                    .filter(|r| r.identity() == k)
+                    .or_else(|| self.exit_policy(k, now))
+                    .map(|r| *r.bytes())
+            })
+            .collect()
+    }
+
+    pub(super) fn on_exit_policy_request(&mut self, now: Instant, id: LinkId, p: &[u8]) {
+        let ids = match parse_policy_request(p) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.malformed(now, id, &format!("EXIT_POLICY_REQUEST: {e}"));
+                return;
+            }
+        };
+        let relay = self.cfg.relay;
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        // Relays answer, at most once per half interval per link: an honest asker sends one
+        // per interval, and an answer is at most 4 records we already hold (no signing).
+        if !relay
+            || (l.policy_served != Instant::ZERO
+                && now.saturating_since(l.policy_served) < PEX_INTERVAL_MS / 2)
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        l.policy_served = now;
+        for b in self.exit_policy_answers(now, &ids) {
+            let _ = self.send_frame(now, id, MsgType::ExitPolicy, 0, &b);
+        }
+    }
+
     pub(super) fn on_exit_policy(&mut self, now: Instant, id: LinkId, p: &[u8]) {
         let Some(link) = self.links.get_mut(&id).filter(|l| l.state.ready()) else {
             // Sent right after HELLO; ours may not have arrived first. PEX brings it again.
@@ -213,12 +305,16 @@ mod tests {
     const NOW: Instant = Instant::from_unix_ms(1_767_225_600_000);
 
     fn layer(budget: MemoryBudget) -> LinkLayer {
+        layer_of(budget, 9)
+    }
+
+    fn layer_of(budget: MemoryBudget, n: u8) -> LinkLayer {
         LinkLayer::new(
             LinkConfig::default(),
             LinkKeys {
-                identity: SigningKey::from_bytes(&[9; 32]),
-                link: x25519_dalek::StaticSecret::from([9; 32]),
-                onion_public: [9; 32],
+                identity: SigningKey::from_bytes(&[n; 32]),
+                link: x25519_dalek::StaticSecret::from([n; 32]),
+                onion_public: [n; 32],
             },
             budget,
             Randomness::simulated([4; 32]),
@@ -394,5 +490,82 @@ mod tests {
         let p = policy(2, &[80], last + 1, exp);
         l.on_exit_policy(later, flood, p.bytes());
         assert_eq!(l.exit_policy(&key2, later), Some(&p));
+    }
+
+    /// Exits known only from a DHT sample: the client asks a neighbouring relay for the
+    /// policies of all of them (not of one it means to use), through the link message, and
+    /// takes the answer as any EXIT_POLICY; the relay answers once per half interval per link.
+    #[test]
+    fn exits_learned_from_the_dht_get_their_policy_from_a_neighbour() {
+        use crate::wire::exit_policy::emit_policy_request;
+        use crate::wire::link::{emit, LINK_FRAME_MAX};
+        let exp = NOW.as_unix_ms() / 1000 + 3600;
+        let key = |n: u8| SigningKey::from_bytes(&[n; 32]).verifying_key().to_bytes();
+        // Relay 5 holds exit 2's record and policy (from its link to 2, or PEX); not exit 3's.
+        let mut relay = layer_of(MemoryBudget::new(1 << 20), 5);
+        let from_exit = ready_link_from(&mut relay, 2);
+        for n in [2, 3] {
+            relay
+                .view
+                .insert(record(n, FLAG_RELAY | FLAG_EXIT), Source::Itself, NOW)
+                .unwrap();
+        }
+        let p2 = policy(2, &[80, 443], NOW.as_unix_ms(), exp);
+        relay.on_exit_policy(NOW, from_exit, p2.bytes());
+        assert_eq!(relay.exit_policy(&key(2), NOW), Some(&p2));
+
+        // The client learns exits 2 and 3 from a DHT sample only.
+        let mut client = layer_of(MemoryBudget::new(1 << 20), 8);
+        let to_relay = ready_link_from(&mut client, 5);
+        let recs = vec![
+            record(2, FLAG_RELAY | FLAG_EXIT),
+            record(3, FLAG_RELAY | FLAG_EXIT),
+        ];
+        assert_eq!(client.add_dht_records(recs, [7; 32], NOW), 2);
+        assert_eq!(client.exit_policy(&key(2), NOW), None);
+        let mut want = client.exit_policies_wanted(NOW);
+        want.sort();
+        assert_eq!(want, vec![key(2), key(3)]);
+
+        // Asked only of a relay, once per interval.
+        client.ask_exit_policies(NOW, to_relay);
+        assert_eq!(client.stats.exit_policy_asks, 0, "the peer is no relay yet");
+        client.links.get_mut(&to_relay).unwrap().is_relay = true;
+        client.ask_exit_policies(NOW, to_relay);
+        client.ask_exit_policies(NOW + 1_000, to_relay);
+        assert_eq!(client.stats.exit_policy_asks, 1);
+
+        // The request through the relay's frame dispatch.
+        let at_relay = ready_link_from(&mut relay, 8);
+        let mut frame = [0u8; LINK_FRAME_MAX];
+        let payload = emit_policy_request(&want).unwrap();
+        let n = emit(&mut frame, MsgType::ExitPolicyRequest, 0, &payload).unwrap();
+        relay.on_frame(NOW, at_relay, &frame[..n]);
+        assert_eq!(relay.links[&at_relay].policy_served, NOW);
+        let dropped = relay.stats.dropped;
+        relay.on_frame(NOW + 1_000, at_relay, &frame[..n]);
+        assert_eq!(
+            relay.stats.dropped,
+            dropped + 1,
+            "a second request too soon"
+        );
+        let answers = relay.exit_policy_answers(NOW, &want);
+        assert_eq!(answers.len(), 1, "the relay holds only exit 2's");
+        for a in &answers {
+            client.on_exit_policy(NOW, to_relay, a);
+        }
+        assert_eq!(client.exit_policy(&key(2), NOW), Some(&p2));
+        // Exit 3's is still wanted, and asked for in the next interval.
+        assert_eq!(client.exit_policies_wanted(NOW), vec![key(3)]);
+        client.ask_exit_policies(NOW + PEX_INTERVAL_MS, to_relay);
+        assert_eq!(client.stats.exit_policy_asks, 2);
+
+        // A count that does not match the identities is malformed (within the frame's bounds).
+        let mut bad = payload[..2 + 32].to_vec();
+        bad[0] = 2;
+        let n = emit(&mut frame, MsgType::ExitPolicyRequest, 0, &bad).unwrap();
+        assert_eq!(relay.links[&at_relay].malformed, 0);
+        relay.on_frame(NOW + PEX_INTERVAL_MS, at_relay, &frame[..n]);
+        assert_eq!(relay.links[&at_relay].malformed, 1);
     }
 }

@@ -145,6 +145,9 @@ pub(super) struct Link {
     /// Our last PEX request on it, our last PEX answer on it.
     pub(super) last_pex: Instant,
     pub(super) pex_served: Instant,
+    /// Our last EXIT_POLICY_REQUEST on it, our last answer to one on it.
+    pub(super) last_policy_ask: Instant,
+    pub(super) policy_served: Instant,
     /// Last use: a cell either way, a DHT frame we sent, or `LinkLayer::mark_in_use`.
     pub(super) last_cell: Instant,
     /// Our requests waiting for an answer, by rpc id.
@@ -447,6 +450,7 @@ impl LinkLayer {
             }
             self.send_rpc(now, id, Rpc::Pex, MsgType::PexRequest, &[PEX_MAX, 0]);
         }
+        self.ask_exit_policies(now, id);
     }
 }
 

@@ -680,6 +680,7 @@ impl LinkLayer {
             MsgType::PexRequest => self.on_pex_request(now, id, f.rpc_id(), payload),
             MsgType::PexResponse => self.on_pex_response(now, id, f.rpc_id(), payload),
             MsgType::ExitPolicy => self.on_exit_policy(now, id, payload),
+            MsgType::ExitPolicyRequest => self.on_exit_policy_request(now, id, payload),
             MsgType::Cell => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.last_cell = now;

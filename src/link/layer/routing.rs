@@ -148,6 +148,8 @@ impl LinkLayer {
                 peer_new_session: false,
                 last_pex: Instant::ZERO,
                 pex_served: Instant::ZERO,
+                last_policy_ask: Instant::ZERO,
+                policy_served: Instant::ZERO,
                 last_cell: Instant::ZERO,
                 rpcs: BTreeMap::new(),
                 peer_nat: NatClass::Unknown,

@@ -189,6 +189,8 @@ pub struct LinkStats {
     pub dht_dropped: u64,
     /// PEX requests answered (peer-exchange cost, issue #25).
     pub pex_answered: u64,
+    /// EXIT_POLICY_REQUESTs sent for exits whose policy we lack (e.g. known from the DHT).
+    pub exit_policy_asks: u64,
     /// Links dialled for DHT contacts, and of those the ones to a peer whose record is not in
     /// the view (a plain handshake: nothing says whether it sits behind a NAT).
     pub dht_dials: u64,
