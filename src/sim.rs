@@ -691,6 +691,24 @@ impl Sim {
         Some(h.finalize().into())
     }
 
+    /// Entries of the simulator's own tables: NAT mappings, the peers they remember, datagrams
+    /// in flight, timers (the memory trace of issue #25 tells them from the nodes' tables).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mappings = self.boxes.iter().map(|b| b.mappings.len()).sum();
+        let peers = self
+            .boxes
+            .iter()
+            .flat_map(|b| b.mappings.values())
+            .map(|m| m.peers.len())
+            .sum();
+        vec![
+            ("sim.nat_mappings", mappings),
+            ("sim.nat_peers", peers),
+            ("sim.in_flight", self.queue.len()),
+            ("sim.timers", self.timers.len()),
+        ]
+    }
+
     /// Index of the node with this relay identity.
     pub fn node_by_identity(&self, identity: &[u8; 32]) -> Option<usize> {
         self.nodes.iter().position(|n| &n.identity == identity)

@@ -192,6 +192,17 @@ impl Default for DhtClient {
 }
 
 impl DhtClient {
+    /// Entries of the client's tables, by table (the simulator's memory trace, issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("dhtc.circs", self.circs.len()),
+            ("dhtc.queries", self.queries.len()),
+            ("dhtc.by_lookup_id", self.by_lookup_id.len()),
+            ("dhtc.deferred", self.deferred.len()),
+            ("dhtc.done", self.done.len()),
+        ]
+    }
+
     /// No queries, no circuits.
     pub fn new() -> DhtClient {
         DhtClient {

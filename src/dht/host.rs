@@ -191,6 +191,22 @@ pub struct DhtHost {
 }
 
 impl DhtHost {
+    /// Entries of the host's tables, by table (the simulator's memory trace, issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v = vec![
+            ("dht.waiting", self.waiting.len()),
+            ("dht.slots", self.slots.len()),
+            ("dht.role_ops", self.role_ops.len()),
+            ("dht.own_ops", self.own_ops.len()),
+            ("dht.observed", self.observe.as_ref().map_or(0, |o| o.len())),
+        ];
+        if let Some(r) = &self.relay {
+            v.push(("dht.table", r.table.len()));
+            v.push(("dht.store", r.store.len()));
+        }
+        v
+    }
+
     /// Not a relay yet: the relay starts on the first timer after our record carries
     /// `FLAG_DHT`. `rand` seeds it.
     pub fn new(rand: Randomness) -> DhtHost {

@@ -66,8 +66,8 @@ pub struct DhtStats {
 
 /// The node's DHT state.
 pub struct NodeDht {
-    host: DhtHost,
-    client: DhtClient,
+    pub(crate) host: DhtHost,
+    pub(crate) client: DhtClient,
     /// Second-layer guards of our 4-hop (service) DHT circuits.
     vanguards: Vanguards,
 }

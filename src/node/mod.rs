@@ -185,6 +185,20 @@ impl Node {
         }
     }
 
+    /// Entries of every layer's tables, by table, and the bytes charged to the node's memory
+    /// budget (`budget`): what the simulator's memory trace reads (issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v = vec![("budget", self.link.budget().used())];
+        v.extend(self.link.table_sizes());
+        v.extend(self.circ.table_sizes());
+        v.extend(self.dht.host.table_sizes());
+        v.extend(self.dht.client.table_sizes());
+        v.extend(self.sess.table_sizes());
+        v.push(("node.packet_bufs", self.packet_bufs.len()));
+        v.push(("node.events", self.events.len()));
+        v
+    }
+
     /// Whether every secret this node makes comes from the operating system's generator (false
     /// only in the in-process network). The daemon refuses to run otherwise.
     pub fn secrets_from_os(&self) -> bool {

@@ -232,6 +232,14 @@ impl Node {
                     },
                     false,
                 ),
+                DhtRequest::Relay { identity } => self.dht_query(
+                    now,
+                    DhtQuery::FindValue {
+                        kind: RecordKind::Relay,
+                        key: crate::dht::relay_key(identity),
+                    },
+                    false,
+                ),
                 DhtRequest::Publish {
                     svc,
                     epoch,
@@ -475,6 +483,19 @@ impl Node {
         outcome: DhtOutcome,
         via: Vec<[u8; 32]>,
     ) -> Option<DhtOutcome> {
+        if let (Some(identity), DhtOutcome::Records(rs)) = (self.sess.relay_lookup(token), &outcome)
+        {
+            // A relay record a peer's choice needs (intro or rendezvous point): verified, and
+            // only the relay asked for, vouched for by the last hop that answered (9.1).
+            let found: Vec<RelayRecord> = rs
+                .iter()
+                .filter_map(|b| RelayRecord::parse(b, now.as_unix_ms()).ok())
+                .filter(|r| *r.identity() == identity)
+                .take(1)
+                .collect();
+            let via_hop = via.last().copied().unwrap_or(identity);
+            self.link.add_dht_records(found, via_hop, now);
+        }
         let answer = match &outcome {
             DhtOutcome::Records(r) => DhtAnswer::Records(r),
             DhtOutcome::Failed(why) => DhtAnswer::Failed(why),

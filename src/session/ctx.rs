@@ -102,6 +102,13 @@ pub enum DhtRequest {
         /// The descriptor index.
         key: [u8; 32],
     },
+    /// Look up the signed record of the relay `identity` (a peer named it as intro or
+    /// rendezvous point and it is not in our view; 3-hop circuit). The node adds a record
+    /// that verifies and carries that identity to the view before the answer is reported.
+    Relay {
+        /// The relay.
+        identity: [u8; 32],
+    },
     /// Publish a descriptor of our service `svc` for `epoch` (4-hop service circuit).
     Publish {
         /// Our service.

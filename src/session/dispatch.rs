@@ -140,6 +140,8 @@ impl SessionLayer {
                 }
             }
             Owner::ServiceRend { svc, peer } => {
+                self.stats
+                    .setup_failed(format!("service rendezvous circuit: {why}"));
                 let retry = self
                     .pending_r1
                     .remove(&id)
@@ -198,7 +200,7 @@ impl SessionLayer {
                     })
                     .unwrap_or(false);
                 if failed {
-                    self.client_retry_intro(ctx, now, dst, "intro circuit failed");
+                    self.client_retry_intro(ctx, now, dst, &format!("intro circuit: {why}"));
                 }
             }
             Owner::ClientRend { dst } => {
@@ -215,7 +217,7 @@ impl SessionLayer {
                     _ => false,
                 };
                 if ours {
-                    self.client_retry_intro(ctx, now, dst, "rendezvous circuit failed");
+                    self.client_retry_intro(ctx, now, dst, &format!("rendezvous circuit: {why}"));
                 }
             }
             Owner::ClientJoin { dst } => {

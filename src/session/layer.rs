@@ -131,6 +131,28 @@ pub struct SessionStats {
     pub fresh_builds: u64,
     /// Descriptors refused because their key is not the full key a name gave for the address.
     pub desc_wrong_key: u64,
+    /// Why session setups (client side) and rendezvous joins (service side) failed, by step
+    /// and reason: the trace of issue #25's reachability figure. At most
+    /// [`SETUP_TRACE_KEYS`] reasons; later new ones count under `other`.
+    pub setup_failures: BTreeMap<String, u64>,
+}
+
+/// Distinct reasons [`SessionStats::setup_failures`] keeps (reasons come from local code, a
+/// few dozen at most; the cap keeps a stranger's error texts from growing the map).
+pub const SETUP_TRACE_KEYS: usize = 64;
+
+impl SessionStats {
+    /// Counts one setup failure under `why`.
+    pub(in crate::session) fn setup_failed(&mut self, why: String) {
+        let n = self.setup_failures.len();
+        match self.setup_failures.get_mut(&why) {
+            Some(c) => *c += 1,
+            None if n < SETUP_TRACE_KEYS => {
+                self.setup_failures.insert(why, 1);
+            }
+            None => *self.setup_failures.entry("other".into()).or_default() += 1,
+        }
+    }
 }
 
 /// Test hooks: a node that misbehaves on purpose, to show that peers refuse it.
@@ -191,6 +213,15 @@ pub(in crate::session) enum Owner {
     },
 }
 
+/// A service's join to a client's rendezvous point that waits for the point's relay record.
+pub(in crate::session) struct RendWaiting {
+    pub(in crate::session) svc: [u8; 16],
+    pub(in crate::session) peer: [u8; 16],
+    pub(in crate::session) rp: [u8; 32],
+    pub(in crate::session) r1: Rendezvous1,
+    pub(in crate::session) since: Instant,
+}
+
 /// The node's session state.
 pub struct SessionLayer {
     /// Choices: intro point lifetimes, candidate order, vanguards.
@@ -227,6 +258,10 @@ pub struct SessionLayer {
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
     pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Instant)>,
+    /// Relay-record lookups under way (`DhtRequest::Relay`): token → relay.
+    pub(in crate::session) relay_lookups: BTreeMap<u64, [u8; 32]>,
+    /// Rendezvous joins waiting for the rendezvous point's record from the DHT.
+    pub(in crate::session) rend_waiting: Vec<RendWaiting>,
     pub(in crate::session) next_ping: u64,
     /// Counters.
     pub stats: SessionStats,
@@ -304,6 +339,8 @@ impl SessionLayer {
             stems: Vec::new(),
             vanguards: Vanguards::new(),
             pings: BTreeMap::new(),
+            relay_lookups: BTreeMap::new(),
+            rend_waiting: Vec::new(),
             next_ping: 1,
             stats: SessionStats::default(),
             hooks: SessionTestHooks::default(),
@@ -313,6 +350,37 @@ impl SessionLayer {
             solve_requests: VecDeque::new(),
             next_solve: 1,
         }
+    }
+
+    /// Entries of the layer's tables, by table (the simulator's memory trace, issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("sess.desc_cache", self.desc_cache.len()),
+            ("sess.expected_keys", self.expected_keys.len()),
+            ("sess.clients", self.clients.len()),
+            (
+                "sess.service_sessions",
+                self.services.iter().map(|s| s.sessions.len()).sum(),
+            ),
+            ("sess.owners", self.owners.len()),
+            ("sess.pending_r1", self.pending_r1.len()),
+            ("sess.suspects", self.suspects.len()),
+            ("sess.lookups", self.lookups.len()),
+            ("sess.dht_requests", self.dht_requests.len()),
+            ("sess.publishes", self.publishes.len()),
+            ("sess.stems", self.stems.len()),
+            ("sess.pings", self.pings.len()),
+            ("sess.relay_lookups", self.relay_lookups.len()),
+            ("sess.rend_waiting", self.rend_waiting.len()),
+            (
+                "sess.intro_role",
+                self.intro_role.as_ref().map_or(0, |r| r.len()),
+            ),
+            (
+                "sess.rend_role",
+                self.rend_role.as_ref().map_or(0, |r| r.len()),
+            ),
+        ]
     }
 
     pub(in crate::session) fn session_count(&self) -> usize {
@@ -534,6 +602,26 @@ impl SessionLayer {
             DhtRequest::Publish { svc, epoch, .. } => {
                 self.publishes.insert(token, (*svc, *epoch));
             }
+            DhtRequest::Relay { identity } => {
+                self.relay_lookups.insert(token, *identity);
+            }
+        }
+    }
+
+    /// The relay whose record the DHT query `token` looks up, if it is one of ours.
+    pub fn relay_lookup(&self, token: u64) -> Option<[u8; 32]> {
+        self.relay_lookups.get(&token).copied()
+    }
+
+    /// Asks the DHT for the record of the relay `identity`, unless a lookup is under way.
+    pub(in crate::session) fn fetch_relay(&mut self, identity: [u8; 32]) {
+        let asked = self.relay_lookups.values().any(|r| *r == identity)
+            || self
+                .dht_requests
+                .iter()
+                .any(|r| matches!(r, DhtRequest::Relay { identity: i } if *i == identity));
+        if !asked {
+            self.dht_requests.push_back(DhtRequest::Relay { identity });
         }
     }
 
@@ -562,6 +650,12 @@ impl SessionLayer {
                     s.publish_retry_at = Some(now + PUBLISH_RETRY_MS);
                 }
             }
+            return true;
+        }
+        if let Some(identity) = self.relay_lookups.remove(&token) {
+            // The node put a record it found into the view; whoever waits for it goes on.
+            self.client_relay_found(ctx, now, identity);
+            self.service_relay_found(ctx, now, identity);
             return true;
         }
         let Some(dst) = self.lookups.remove(&token) else {

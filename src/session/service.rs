@@ -21,7 +21,9 @@ use crate::session::frame::E2E_FRAME_LEN;
 use crate::session::intro::RendHs;
 use crate::session::intro_queue::IntroQueue;
 use crate::session::intro_watch::IntroWatch;
-use crate::session::layer::{addr16, evict_lru, seal, Owner, SendError, ServiceInfo, SessionLayer};
+use crate::session::layer::{
+    addr16, evict_lru, seal, Owner, RendWaiting, SendError, ServiceInfo, SessionLayer,
+};
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
 use crate::session::silence::{Silence, Verdict};
@@ -198,6 +200,9 @@ impl SessionLayer {
     }
 
     pub(in crate::session) fn service_maintain(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
+        // A record lookup that never answered: the client gave up at its rendezvous timeout.
+        self.rend_waiting
+            .retain(|w| now.saturating_since(w.since) < REND_TIMEOUT_MS);
         for k in 0..self.services.len() {
             let Some(s) = self.services.get_mut(k) else {
                 continue;
@@ -520,7 +525,48 @@ impl SessionLayer {
         let Ok(spec) = LinkSpec::parse(link_spec) else {
             return false;
         };
+        if ctx.view().get(&spec.identity).is_none()
+            && self.rend_waiting.len() < MAX_PENDING_INTRODUCTIONS
+        {
+            // The client chose a relay our partial view does not hold (issue #25: at 1,000
+            // nodes most of them): its record is in the DHT. The client waits at the point
+            // until its rendezvous timeout.
+            self.stats
+                .setup_failed("service: rendezvous point record looked up in the DHT".into());
+            self.rend_waiting.push(RendWaiting {
+                svc,
+                peer,
+                rp: spec.identity,
+                r1,
+                since: now,
+            });
+            self.fetch_relay(spec.identity);
+            return true;
+        }
         self.service_rend_circuit(ctx, now, svc, peer, &spec.identity, r1, 1)
+    }
+
+    /// The DHT lookup of relay `identity`'s record ended: joins waiting for it as their
+    /// rendezvous point go on (or fail, counted, if the record is still not in the view).
+    pub(in crate::session) fn service_relay_found(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        identity: [u8; 32],
+    ) {
+        let (ready, rest): (Vec<RendWaiting>, Vec<RendWaiting>) =
+            std::mem::take(&mut self.rend_waiting)
+                .into_iter()
+                .partition(|w| w.rp == identity);
+        self.rend_waiting = rest;
+        for w in ready {
+            let live = self
+                .service_mut(&w.svc)
+                .is_some_and(|s| s.sessions.contains_key(&w.peer));
+            if live && now.saturating_since(w.since) < REND_TIMEOUT_MS {
+                self.service_rend_circuit(ctx, now, w.svc, w.peer, &w.rp, w.r1, 1);
+            }
+        }
     }
 
     /// A circuit to the rendezvous point `rp` that sends `r1` when there (try `tries`).
@@ -539,6 +585,8 @@ impl SessionLayer {
         // The rendezvous point must be a relay we know (its signed record gives the onion key).
         let Some(target) = ctx.view().get(rp).cloned() else {
             tracing::debug!("rendezvous point not in our view");
+            self.stats
+                .setup_failed("service: rendezvous point not in our view".into());
             return false;
         };
         let owner = Owner::ServiceRend { svc, peer };
@@ -581,6 +629,8 @@ impl SessionLayer {
             }
             Err(e) => {
                 tracing::debug!("rendezvous circuit: {e}");
+                self.stats
+                    .setup_failed(format!("service: rendezvous circuit: {e}"));
                 false
             }
         }

@@ -16,8 +16,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NatKind, Sim, SimConfig};
-use trace::dht_paths;
 pub use trace::DhtPaths;
+use trace::{dht_paths, tables};
 
 mod reach;
 mod report;
@@ -145,6 +145,8 @@ pub struct Scale {
     warm: Instant,
     /// Counters at the end of the warm-up: DHT requests, PEX answered, datagrams.
     at_warm: Option<(u64, u64, u64)>,
+    /// Mean table sizes per node at the end of the warm-up (the memory trace).
+    tables_at_warm: BTreeMap<String, f64>,
     /// What discarded nodes contributed before they left (their state is freed).
     dead: Dead,
 }
@@ -158,6 +160,8 @@ struct Dead {
     failed: u64,
     /// (node, blinded key it saw as a last hop or held as a replica).
     learned: Vec<(usize, [u8; 32])>,
+    /// Their session setup failures by reason.
+    setup_failures: BTreeMap<String, u64>,
 }
 
 /// A service: its seed, its address, its host and when it was started.
@@ -284,6 +288,7 @@ impl Scale {
             start,
             warm,
             at_warm: None,
+            tables_at_warm: BTreeMap::new(),
             cfg,
         }
     }
@@ -399,6 +404,7 @@ impl Scale {
         if now >= self.warm {
             if self.at_warm.is_none() {
                 self.at_warm = Some(relay_stats(&self.sim));
+                self.tables_at_warm = tables(&self.sim);
             }
             self.churn();
             self.lookups();
@@ -449,6 +455,9 @@ impl Scale {
         self.dead.built += s.built;
         self.dead.failed += s.build_failures;
         self.dead.pex_answered += n.link.stats().pex_answered;
+        for (k, c) in &n.session_stats().setup_failures {
+            *self.dead.setup_failures.entry(k.clone()).or_default() += c;
+        }
         for seen in n.dht_observed() {
             self.dead.learned.push((v, seen.key));
         }
@@ -512,11 +521,13 @@ impl Scale {
         let now = self.sim.now;
         let mut done = Vec::new();
         let mut pongs = Vec::new();
+        let mut unreachable = Vec::new();
         for (i, n) in self.sim.nodes.iter_mut().enumerate() {
             for e in n.events.drain(..) {
                 match e {
                     NodeEvent::Dht { token, outcome } => done.push((i, token, outcome)),
                     NodeEvent::Pong { id, .. } => pongs.push((i, id)),
+                    NodeEvent::Unreachable { dst, why } => unreachable.push((i, dst, why)),
                     NodeEvent::Circuit(CircEvent::Built { build_ms, .. }) => {
                         self.build_ms.push(build_ms)
                     }
@@ -527,6 +538,9 @@ impl Scale {
         }
         for (i, id) in pongs {
             self.on_pong(i, id);
+        }
+        for (i, dst, why) in unreachable {
+            self.on_unreachable(i, dst, &why);
         }
         self.expire_probes();
         for (i, token, outcome) in done {

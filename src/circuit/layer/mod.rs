@@ -340,6 +340,26 @@ fn cell_header(cell: &[u8; CELL_LEN]) -> Option<(u32, CellCommand)> {
 }
 
 impl CircuitLayer {
+    /// Entries of the layer's tables, by table (the simulator's memory trace, issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("circ.links", self.links.len()),
+            ("circ.relayed", self.relayed.len()),
+            ("circ.routes", self.routes.len()),
+            ("circ.own", self.own.len()),
+            ("circ.own_routes", self.own_routes.len()),
+            ("circ.quarantine", self.quarantine.len()),
+            ("circ.actions", self.actions.len()),
+            ("circ.events", self.events.len()),
+            ("circ.payloads", self.payloads.len()),
+            ("circ.unreachable", self.unreachable.len()),
+            (
+                "circ.spliced_seen",
+                self.spliced_seen.as_ref().map_or(0, |v| v.len()),
+            ),
+        ]
+    }
+
     /// A circuit layer for a node with relay `identity` and the current onion key.
     pub fn new(
         identity: [u8; 32],

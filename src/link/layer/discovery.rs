@@ -65,6 +65,14 @@ impl LinkLayer {
         self.view.remove(identity);
     }
 
+    /// Test hook: drops `identity`'s record from the view (a relay this node never heard of,
+    /// as most relays are at scale: the view holds `VIEW_WANTED` records and more only by
+    /// chance). Nothing but tests calls it.
+    #[doc(hidden)]
+    pub fn forget_relay_record(&mut self, identity: &[u8; 32]) {
+        self.view.remove(identity);
+    }
+
     pub(super) fn is_suspect(&self, identity: &[u8; 32], now: Instant) -> bool {
         self.suspects.contains(identity, now)
     }

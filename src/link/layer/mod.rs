@@ -160,6 +160,26 @@ pub struct LinkLayer {
 pub const FRAME_OVERHEAD: usize = LINK_HEADER_LEN;
 
 impl LinkLayer {
+    /// Entries of the layer's tables, by table (the simulator's memory trace, issue #25).
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("link.links", self.links.len()),
+            ("link.view", self.view.len()),
+            ("link.backoff", self.backoff.len()),
+            ("link.dead_peers", self.dead_peers.len()),
+            ("link.expected", self.expected.len()),
+            ("link.recent_peers", self.recent_peers.len()),
+            ("link.suspects", self.suspects.len()),
+            ("link.probe_pings", self.probe_pings.len()),
+            ("link.dials", self.dials.len()),
+            ("link.punches", self.punches.len()),
+            ("link.relay_table", self.relay_table.len()),
+            ("link.relayed_tokens", self.relayed_tokens.len()),
+            ("link.transmits", self.transmits.len()),
+            ("link.events", self.events.len()),
+        ]
+    }
+
     /// A link layer for a node. `rand` seeds its choices (indices, RPC ids, nonces, jitter): the
     /// daemon passes [`Randomness::from_os`]. It makes no secrets: boringtun draws the link
     /// handshake's ephemerals from the operating system itself.

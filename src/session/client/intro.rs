@@ -62,9 +62,17 @@ impl SessionLayer {
         // for its EXTEND to fail), and our own guards after the rest (no pooled stem reaches
         // them: the circuit is built from scratch through another guard).
         let guards: Vec<[u8; 32]> = ctx.guards().list().iter().map(|g| g.identity).collect();
+        // Intro points whose record we hold first: one we do not know costs a DHT lookup of
+        // its record before its circuit can start (issue #25: views are partial at scale).
+        let view = ctx.view();
+        let known = |e: &IntroEntry| {
+            view.get(&e.identity)
+                .is_some_and(|r| r.fields().onion_key == e.onion_key)
+        };
         candidates.sort_by_key(|e| {
             (
                 suspects.contains(&e.identity, now),
+                !known(e),
                 guards.contains(&e.identity),
             )
         });
@@ -114,6 +122,7 @@ impl SessionLayer {
             acked_at: None,
             pow: content.pow,
             solving: None,
+            fetching: false,
         });
         if let Some((id, _, ready)) = kept {
             self.client_set_rend(dst, id);
@@ -166,7 +175,18 @@ impl SessionLayer {
                 &[],
                 &[],
             ),
-            None => Err("intro point not in our view".to_string()),
+            None => {
+                // Not in our view: views are partial (VIEW_WANTED), so at scale most relays
+                // are not in it. The record is in the DHT; the rendezvous circuit builds
+                // meanwhile.
+                if let Some(i) = c_intro(&mut self.clients, &dst) {
+                    i.fetching = true;
+                }
+                self.stats
+                    .setup_failed("client: intro point record looked up in the DHT".into());
+                self.fetch_relay(entry.identity);
+                return;
+            }
         };
         match intro {
             Ok(id) => {
@@ -175,6 +195,88 @@ impl SessionLayer {
                 }
             }
             Err(e) => self.client_retry_intro(ctx, now, dst, &e),
+        }
+    }
+
+    /// The DHT lookup of relay `identity`'s record ended (the node put a record it found into
+    /// the view): introductions waiting for it build their circuit to the intro point, or try
+    /// another one.
+    pub(in crate::session) fn client_relay_found(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        identity: [u8; 32],
+    ) {
+        let waiting: Vec<([u8; 16], IntroEntry)> = self
+            .clients
+            .iter()
+            .filter_map(|(d, c)| c.intro.as_ref().map(|i| (*d, i)))
+            .filter(|(_, i)| i.fetching && i.entry.identity == identity)
+            .map(|(d, i)| (d, i.entry.clone()))
+            .collect();
+        for (dst, entry) in waiting {
+            if let Some(i) = c_intro(&mut self.clients, &dst) {
+                i.fetching = false;
+            }
+            let record = ctx
+                .view()
+                .get(&entry.identity)
+                .filter(|r| r.fields().onion_key == entry.onion_key)
+                .cloned();
+            let intro = match record {
+                Some(r) => self.circuit_to(
+                    ctx,
+                    now,
+                    false,
+                    &r,
+                    Purpose::Intro,
+                    Owner::ClientIntro { dst },
+                    &[],
+                ),
+                None => Err("intro point not in our view nor in the DHT".to_string()),
+            };
+            match intro {
+                Ok(id) => {
+                    if let Some(i) = c_intro(&mut self.clients, &dst) {
+                        i.intro = Some(id);
+                    }
+                }
+                Err(e) => self.client_retry_intro(ctx, now, dst, &e),
+            }
+        }
+    }
+
+    /// Where the current introduction to `dst` stands, for the failure trace.
+    pub(crate) fn client_intro_stage(&self, now: Instant, dst: &[u8; 16]) -> &'static str {
+        let Some(c) = self.clients.get(dst) else {
+            return "no session";
+        };
+        if c.open.is_some() {
+            return "open";
+        }
+        let Some(i) = c.intro.as_ref() else {
+            return if c.lookup.is_some() {
+                "lookup"
+            } else {
+                "between rounds"
+            };
+        };
+        if now.saturating_since(i.started) >= REND_TIMEOUT_MS {
+            "rendezvous timeout"
+        } else if i.fetching {
+            "intro point record lookup"
+        } else if !i.rend_ready && !i.intro_ready {
+            "both circuits building"
+        } else if !i.rend_ready {
+            "rendezvous circuit building"
+        } else if !i.intro_ready {
+            "intro circuit building"
+        } else if i.solving.is_some() {
+            "solving puzzle"
+        } else if !i.acked {
+            "INTRODUCE1 unacknowledged"
+        } else {
+            "acknowledged, no RENDEZVOUS2"
         }
     }
 
@@ -196,6 +298,9 @@ impl SessionLayer {
             why,
             "introduction failed; trying another intro point"
         );
+        let stage = self.client_intro_stage(now, &dst);
+        self.stats
+            .setup_failed(format!("client retry: {why} [{stage}]"));
         self.client_drop_intro(ctx, now, dst);
         self.client_start_intro(ctx, now, dst);
     }
@@ -248,6 +353,9 @@ impl SessionLayer {
         dst: [u8; 16],
         why: &str,
     ) {
+        let stage = self.client_intro_stage(now, &dst);
+        self.stats
+            .setup_failed(format!("client round: {why} [{stage}]"));
         self.client_drop_intro(ctx, now, dst);
         let Some(c) = self.clients.get_mut(&dst) else {
             return;

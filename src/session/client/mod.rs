@@ -45,6 +45,8 @@ pub(in crate::session) struct Introduction {
     pub(in crate::session) pow: Option<PowParams>,
     /// INTRODUCE1 waiting for its proof of work: the solve request's token and the body.
     pub(in crate::session) solving: Option<(u64, Box<Introduce1>)>,
+    /// The intro point's record is being looked up in the DHT (it was not in our view).
+    pub(in crate::session) fetching: bool,
 }
 
 pub(in crate::session) struct SessCirc {
@@ -259,6 +261,7 @@ impl SessionLayer {
         dst: [u8; 16],
         why: &str,
     ) {
+        self.stats.setup_failed(format!("client failed: {why}"));
         if let Some(c) = self.clients.remove(&dst) {
             let spare = c.spare_rend.map(|(id, _, _)| id);
             let lingering = c.lingering.and_then(|l| l.rend);
@@ -513,7 +516,9 @@ impl SessionLayer {
                 let age = now.saturating_since(i.started);
                 let since = |t: Option<Instant>| t.map(|t| now.saturating_since(t));
                 age >= REND_TIMEOUT_MS
-                    || (age >= INTRO_STEP_TIMEOUT_MS && !(i.rend_ready && i.intro_ready))
+                    || (age >= INTRO_STEP_TIMEOUT_MS
+                        && !(i.rend_ready && i.intro_ready)
+                        && !i.fetching)
                     || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
                     || since(i.acked_at) >= Some(REND_AFTER_ACK_TIMEOUT_MS)
             });

@@ -10,6 +10,7 @@ use super::*;
 /// A PING on its way: sent when.
 pub(super) struct Probe {
     started: Instant,
+    dst: [u8; 16],
 }
 
 /// How long a probe may take before the service counts as unreachable (a session's first
@@ -51,7 +52,13 @@ impl Scale {
             match self.sim.nodes[c].node.e2e_ping(now, addr) {
                 Ok(id) => {
                     self.sim.flush(c);
-                    self.reach.pending.insert((c, id), Probe { started: now });
+                    self.reach.pending.insert(
+                        (c, id),
+                        Probe {
+                            started: now,
+                            dst: addr,
+                        },
+                    );
                 }
                 Err(e) => {
                     self.reach.done += 1;
@@ -70,6 +77,27 @@ impl Scale {
         }
     }
 
+    /// Node `i` gave up on `dst` (its session setup failed): its probes to `dst` failed, for
+    /// the reason the node gives.
+    pub(super) fn on_unreachable(&mut self, i: usize, dst: [u8; 16], why: &str) {
+        let ids: Vec<(usize, u64)> = self
+            .reach
+            .pending
+            .range((i, 0)..=(i, u64::MAX))
+            .filter(|(_, p)| p.dst == dst)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ids {
+            self.reach.pending.remove(&k);
+            self.reach.done += 1;
+            *self
+                .reach
+                .failures
+                .entry(format!("unreachable: {why}"))
+                .or_default() += 1;
+        }
+    }
+
     /// Probes without a PONG in time failed; those whose client left say nothing about the
     /// service and are dropped.
     pub(super) fn expire_probes(&mut self) {
@@ -85,10 +113,16 @@ impl Scale {
             if let Some(p) = self.reach.pending.remove(&k) {
                 if now > p.started + PROBE_TIMEOUT_MS {
                     self.reach.done += 1;
+                    // Where the client's session stands: still introducing, or open and the
+                    // PING (or its PONG) lost on a session circuit.
+                    let stage = self.sim.nodes[k.0]
+                        .node
+                        .sess
+                        .client_intro_stage(now, &p.dst);
                     *self
                         .reach
                         .failures
-                        .entry("no_pong".to_string())
+                        .entry(format!("no_pong [{stage}]"))
                         .or_default() += 1;
                 }
             }

@@ -116,8 +116,17 @@ pub struct ScaleReport {
     /// Failed lookups by cause: `not_found`, `no_answer` (none in two minutes), `unopened` (no
     /// record opened as the descriptor), or the client's reason for `Failed`.
     pub lookup_failures: BTreeMap<String, u64>,
+    /// Session setup failures network-wide by step and reason (`SessionStats::setup_failures`:
+    /// client retries, rounds and failures with the introduction's stage; service rendezvous
+    /// circuits): where unreached probes failed.
+    pub setup_failures: BTreeMap<String, u64>,
     /// Mean relays holding each started service's descriptor of the epoch at the end.
     pub descriptor_replicas: f64,
+    /// Mean entries per running node of each table (`Node::table_sizes`; `budget` in bytes) at
+    /// the end of the warm-up and at the end: which table grows.
+    pub tables_at_warm: BTreeMap<String, f64>,
+    /// See `tables_at_warm`.
+    pub tables_at_end: BTreeMap<String, f64>,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
 }
@@ -284,7 +293,18 @@ impl Scale {
             natted_links_punched: ratio(punched as f64, natted_links as f64),
             dht_paths: dht_paths(&self.sim),
             lookup_failures: std::mem::take(&mut self.failures),
+            setup_failures: {
+                let mut m = std::mem::take(&mut self.dead.setup_failures);
+                for n in &self.sim.nodes {
+                    for (k, c) in &n.node.session_stats().setup_failures {
+                        *m.entry(k.clone()).or_default() += c;
+                    }
+                }
+                m
+            },
             descriptor_replicas: ratio(replicas as f64, started.len() as f64),
+            tables_at_warm: std::mem::take(&mut self.tables_at_warm),
+            tables_at_end: super::tables(&self.sim),
             wall_s,
         }
     }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
 use crate::sim::Sim;
 
 /// Where the relays' DHT requests went, summed over all nodes for the whole run: the trace of
@@ -45,4 +47,44 @@ pub(super) fn dht_paths(sim: &Sim) -> DhtPaths {
         d.role_found += h.role_found;
     }
     d
+}
+
+/// Mean entries per running node of every table the layers report (`Node::table_sizes`;
+/// `budget` is bytes charged to the memory budget): the trace of the heap's growth.
+pub(super) fn tables(sim: &Sim) -> BTreeMap<String, f64> {
+    let mut m: BTreeMap<String, f64> = BTreeMap::new();
+    let mut alive = 0usize;
+    for n in sim.nodes.iter().filter(|n| n.alive) {
+        alive += 1;
+        for (k, v) in n.node.table_sizes() {
+            *m.entry(k.to_string()).or_default() += v as f64;
+        }
+    }
+    // Refusals so far (network-wide sums, not means): what a full table or a limit turned away.
+    let mut refusals = [0u64; 4];
+    for n in sim.nodes.iter().filter(|n| n.alive) {
+        let c = n.node.circ.stats();
+        refusals[0] += c.creates_refused;
+        refusals[1] += c.evicted_for_memory;
+        refusals[2] += c.dropped;
+        refusals[3] += n.node.link.budget().refused() as u64;
+    }
+    for (k, v) in [
+        "sum.creates_refused",
+        "sum.evicted_for_memory",
+        "sum.cells_dropped",
+        "sum.budget_refused",
+    ]
+    .iter()
+    .zip(refusals)
+    {
+        m.insert(k.to_string(), v as f64 * alive.max(1) as f64);
+    }
+    for (k, v) in sim.table_sizes() {
+        *m.entry(k.to_string()).or_default() += v as f64;
+    }
+    for v in m.values_mut() {
+        *v = (*v / alive.max(1) as f64 * 10.0).round() / 10.0;
+    }
+    m
 }
