@@ -232,6 +232,7 @@ impl SessionLayer {
                     Purpose::Intro,
                     Owner::ClientIntro { dst },
                     &[],
+                    &[],
                 ),
                 None => Err("intro point not in our view nor in the DHT".to_string()),
             };
