@@ -19,13 +19,27 @@ use crate::circuit::layer::{CircAction, CircEvent, CircId, CircuitLayer, Purpose
 use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
 use crate::circuit::OnionKey;
 use crate::link::{LinkEvent, LinkLayer, Transmit};
-use crate::time::Instant;
+use crate::time::{Instant, Millis};
 use crate::wire::record::{RelayRecord, FLAG_RENDEZVOUS};
 
 /// Ready 3-hop circuits a node keeps so that no later feature builds from scratch.
 pub const POOL_TARGET: usize = 2;
 /// Hops of a pool circuit.
 pub const POOL_HOPS: usize = 3;
+
+/// Period of the timers of the layers above the link layer (circuits, sessions but for their
+/// silence probes, DHT, exits, the pool) while the node is busy. They keep a tick because their
+/// timers are spread over many tables with "retry on the next tick" steps and have no deadline
+/// of their own yet; the session bounds in `session/limits.rs` assume this period.
+pub const UPPER_TICK_MS: Millis = 250;
+/// ... and once nothing crossed the layers for `UPPER_QUIET_MS` (an idle node: no cells, no
+/// link ups or downs, no DHT frames), this period instead, on the link layer's housekeeping
+/// wake-up: an idle daemon wakes about once a second for both, not four times. Every upper timer that matters at less than a second starts from
+/// traffic (which makes the node busy again) or reports its own deadline (session silence).
+pub const UPPER_IDLE_TICK_MS: Millis = 1000;
+/// Quiet time after which the upper tick slows down (longer than the session's silence,
+/// introduction and DHT request timeouts, so work in flight finishes on the fast tick).
+pub const UPPER_QUIET_MS: Millis = 10_000;
 
 /// What a node reports upwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +150,11 @@ pub struct Node {
     pub(crate) sess: crate::session::SessionLayer,
     pub(crate) exits: exits::NodeExits,
     packet_bufs: Vec<Vec<u8>>,
+    /// When the upper layers' timers run next, when they last ran, and when something last
+    /// crossed the layers (see [`UPPER_TICK_MS`]).
+    upper_due: Instant,
+    upper_last: Instant,
+    active_at: Instant,
 }
 
 impl Node {
@@ -169,6 +188,9 @@ impl Node {
             sess: crate::session::SessionLayer::new(rand.split("sessions")),
             exits: exits::NodeExits::default(),
             packet_bufs: Vec::new(),
+            upper_due: now,
+            upper_last: Instant::ZERO,
+            active_at: now,
         }
     }
 
@@ -318,13 +340,28 @@ impl Node {
         self.pump(now);
     }
 
-    /// Runs timers.
+    /// Runs timers: the link layer's that are due, and the upper layers' on their tick or at a
+    /// session circuit's silence deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let silence_due = self.sess.silence_deadline().is_some_and(|d| d <= now);
+        if now < self.upper_due && !silence_due {
+            self.link.handle_timeout(now);
+            self.pump(now);
+            return;
+        }
+        let quiet = now.saturating_since(self.active_at) >= UPPER_QUIET_MS;
+        self.upper_last = now;
         let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
         for l in busy {
             self.link.mark_in_use(l, now);
         }
         self.link.handle_timeout(now);
+        // Idle, the upper tick rides on the link layer's housekeeping: one wake-up for both.
+        self.upper_due = if quiet {
+            self.link.next_housekeeping().max(now + UPPER_TICK_MS)
+        } else {
+            now + UPPER_TICK_MS
+        };
         self.circ.handle_timeout(now);
         if let Some(k) = self.circ.take_rotated_onion_key() {
             self.link.set_onion_public(now, *k.public());
@@ -338,9 +375,22 @@ impl Node {
         self.pump(now);
     }
 
-    /// When to call [`Node::handle_timeout`] next.
+    /// When to call [`Node::handle_timeout`] next: the earliest of the link layer's exact
+    /// deadlines, the session circuits' silence deadlines and the upper layers' tick; never more
+    /// than [`crate::link::layer::LINK_HOUSEKEEPING_MS`] away. O(links + session circuits).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.link.poll_timeout()
+        let last = self.upper_last;
+        // A silence deadline at or before the last run was due then and is still there (its
+        // circuit is going away): look again on the tick rather than spin.
+        let silence =
+            self.sess
+                .silence_deadline()
+                .map(|d| if d <= last { last + UPPER_TICK_MS } else { d });
+        let upper = Some(silence.map_or(self.upper_due, |s| s.min(self.upper_due)));
+        match (self.link.poll_timeout(), upper) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next datagram to send.
@@ -364,6 +414,11 @@ impl Node {
             let mut progress = false;
             while let Some(e) = self.link.poll_event() {
                 progress = true;
+                // Relays' DHT upkeep between themselves (frames over links) starts nothing that
+                // needs the fast upper tick; cells, links and circuits do.
+                if !matches!(e, LinkEvent::Dht { .. }) {
+                    self.active_at = now;
+                }
                 match e {
                     LinkEvent::Cell { link, cell } => {
                         self.circ.on_cell(now, link, &cell);
@@ -412,6 +467,7 @@ impl Node {
             }
             while let Some(a) = self.circ.poll_action() {
                 progress = true;
+                self.active_at = now;
                 match a {
                     CircAction::SendCell { link, cell } => {
                         if self.link.send_cell(now, link, &cell).is_err() {
@@ -429,6 +485,7 @@ impl Node {
             }
             while let Some(e) = self.circ.poll_event() {
                 progress = true;
+                self.active_at = now;
                 self.route_circuit_event(now, e);
             }
             for (r, reported) in self.circ.take_unreachable() {

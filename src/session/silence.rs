@@ -73,6 +73,38 @@ impl Silence {
             _ => Verdict::Fine,
         }
     }
+
+    /// When [`Silence::check`] next has a verdict other than `Fine` for it (the node wakes
+    /// then, not on a tick: the bounds in `limits.rs` count from these instants).
+    pub(in crate::session) fn deadline(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some(match self.probes {
+            None => since + CIRCUIT_PROBE_AFTER_MS,
+            Some((first, last)) => (last + CIRCUIT_REPROBE_MS)
+                .min((since + CIRCUIT_DEAD_AFTER_MS).max(first + CIRCUIT_REPROBE_MS)),
+        })
+    }
+}
+
+impl crate::session::SessionLayer {
+    /// The earliest silence deadline of any session circuit, ours or a service's (10.8): the
+    /// one session timer that runs at its exact deadline; the layer's others run on the node's
+    /// coarse upper-layer tick (`Node::poll_timeout`). O(session circuits).
+    pub fn silence_deadline(&self) -> Option<Instant> {
+        let clients = self
+            .clients
+            .values()
+            .filter_map(|c| c.open.as_ref())
+            .flat_map(|o| o.circuits.iter())
+            .filter_map(|sc| sc.silence.deadline());
+        let services = self
+            .services
+            .iter()
+            .flat_map(|s| s.sessions.values())
+            .flat_map(|ss| ss.silence.iter())
+            .filter_map(|(_, s)| s.deadline());
+        clients.chain(services).min()
+    }
 }
 
 #[cfg(test)]
