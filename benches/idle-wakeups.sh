@@ -10,7 +10,8 @@
 # 198.18.62.0/24, no route out, shipped config values except the test network's family prefix
 # /32. Nothing is sent through the overlay: the daemons only keep their links, pool circuits and
 # DHT. Prints, per daemon, context switches per second summed over its threads (each is a thread
-# going to sleep and being woken: the wake-ups) and CPU time. Numbers only; never fails on them.
+# going to sleep and being woken: the wake-ups), datagrams received and sent per second (each
+# received one wakes the event loop), and CPU time. Numbers only; never fails on them.
 set -euo pipefail
 
 SETTLE=${SETTLE:-40}
@@ -120,6 +121,13 @@ for n in $(seq 1 "$CLIENT"); do
     S0[$n]=$(switches "${DPID[$n]}")
     C0[$n]=$(cpu_s "${DPID[$n]}")
 done
+# Datagrams received and sent (status counters): most wake-ups of an idle daemon are these.
+dgrams() {
+    "$GN" status --json --control "$TMP/h$1/control.sock" 2>/dev/null \
+        | jq -r '"\(.links.datagrams_in // 0) \(.links.datagrams_out // 0)"' 2>/dev/null || echo "0 0"
+}
+declare -A D0=()
+for n in $(seq 1 "$CLIENT"); do D0[$n]=$(dgrams "$n"); done
 per_thread "${DPID[1]}" >"$TMP/threads0"
 sleep "$SECS"
 per_thread "${DPID[1]}" >"$TMP/threads1"
@@ -129,8 +137,10 @@ for n in $(seq 1 "$CLIENT"); do
     c=$(awk -v a="$(cpu_s "${DPID[$n]}")" -v b="${C0[$n]}" 'BEGIN { printf "%.2f", a - b }')
     role=relay
     ((n == CLIENT)) && role=client
-    printf 'daemon %d (%s): %.1f wake-ups/s, %s CPU-s in %s s\n' "$n" "$role" \
-        "$(awk -v s="$s" -v t="$SECS" 'BEGIN { print s / t }')" "$c" "$SECS"
+    d=$(awk -v a="${D0[$n]}" -v b="$(dgrams "$n")" -v t="$SECS" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); printf "%.1f in, %.1f out", (y[1] - x[1]) / t, (y[2] - x[2]) / t }')
+    printf 'daemon %d (%s): %.1f wake-ups/s, datagrams/s %s, %s CPU-s in %s s\n' "$n" "$role" \
+        "$(awk -v s="$s" -v t="$SECS" 'BEGIN { print s / t }')" "$d" "$c" "$SECS"
     total=$((total + s))
 done
 printf 'all: %.1f wake-ups/s per daemon\n' "$(awk -v s="$total" -v t="$SECS" -v n="$CLIENT" 'BEGIN { print s / t / n }')"
