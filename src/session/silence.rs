@@ -111,6 +111,39 @@ impl crate::session::SessionLayer {
 mod tests {
     use super::*;
 
+    /// The deadline is the first instant `check` acts: a millisecond before, nothing; at it, a
+    /// probe or the verdict. Driven only at its deadlines, a silence probes at 0.6, 1.1 and 1.6 s
+    /// and gives the path up at exactly 2.0 s.
+    #[test]
+    fn the_deadline_is_when_check_first_acts() {
+        let t0 = Instant::from_unix_ms(1_000_000);
+        let mut s = Silence::default();
+        assert_eq!(s.deadline(), None);
+        s.sent(t0);
+        let mut seen = Vec::new();
+        while let Some(d) = s.deadline() {
+            let mut early = s;
+            assert_eq!(early.check(d - 1), Verdict::Fine, "before {d:?}");
+            let v = s.check(d);
+            assert_ne!(v, Verdict::Fine, "at {d:?}");
+            seen.push((d.saturating_since(t0), v));
+            if v == Verdict::Dead || seen.len() > 10 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (600, Verdict::Probe),
+                (1_100, Verdict::Probe),
+                (1_600, Verdict::Probe),
+                (CIRCUIT_DEAD_AFTER_MS, Verdict::Dead)
+            ]
+        );
+        s.heard();
+        assert_eq!(s.deadline(), None);
+    }
+
     #[test]
     fn a_silent_circuit_is_probed_then_dead_within_the_bound() {
         let mut s = Silence::default();
