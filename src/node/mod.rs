@@ -33,12 +33,15 @@ pub const POOL_HOPS: usize = 3;
 /// of their own yet; the session bounds in `session/limits.rs` assume this period.
 pub const UPPER_TICK_MS: Millis = 250;
 /// ... and once nothing crossed the layers for `UPPER_QUIET_MS` (an idle node: no cells, no
-/// link ups or downs, no DHT frames), this period instead, on the link layer's housekeeping
-/// wake-up: an idle daemon wakes about once a second for both, not four times. Every upper timer that matters at less than a second starts from
-/// traffic (which makes the node busy again) or reports its own deadline (session silence).
+/// link ups or downs, no circuit actions; relays' DHT frames over links do not count), this
+/// period instead, on the link layer's housekeeping wake-up: an idle node wakes about once a
+/// second for both, not four times. Upper timers that matter at less than a second start from
+/// traffic (which makes the node busy again) or report their own deadline (session silence);
+/// the longer ones (build, rendezvous and lookup timeouts of 15–30 s) may end up to a second late.
 pub const UPPER_IDLE_TICK_MS: Millis = 1000;
-/// Quiet time after which the upper tick slows down (longer than the session's silence,
-/// introduction and DHT request timeouts, so work in flight finishes on the fast tick).
+/// Quiet time after which the upper tick slows down (longer than the session's silence and
+/// introduction-step timeouts and the DHT's request timeout, so most work in flight finishes on
+/// the fast tick).
 pub const UPPER_QUIET_MS: Millis = 10_000;
 
 /// What a node reports upwards.
