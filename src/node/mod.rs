@@ -30,19 +30,10 @@ pub const POOL_HOPS: usize = 3;
 /// Period of the timers of the layers above the link layer (circuits, sessions but for their
 /// silence probes, DHT, exits, the pool) while the node is busy. They keep a tick because their
 /// timers are spread over many tables with "retry on the next tick" steps and have no deadline
-/// of their own yet; the session bounds in `session/limits.rs` assume this period.
+/// of their own yet; the session bounds in `session/limits.rs` assume this period. (Slowing it
+/// to 1 s on an idle node, as the link layer's housekeeping, delayed the first session of
+/// tests/sim_repeatable.rs by 22 s, cause not found: left at 250 ms.)
 pub const UPPER_TICK_MS: Millis = 250;
-/// ... and once nothing crossed the layers for `UPPER_QUIET_MS` (an idle node: no cells, no
-/// link ups or downs, no circuit actions; relays' DHT frames over links do not count), this
-/// period instead, on the link layer's housekeeping wake-up: an idle node wakes about once a
-/// second for both, not four times. Upper timers that matter at less than a second start from
-/// traffic (which makes the node busy again) or report their own deadline (session silence);
-/// the longer ones (build, rendezvous and lookup timeouts of 15–30 s) may end up to a second late.
-pub const UPPER_IDLE_TICK_MS: Millis = 1000;
-/// Quiet time after which the upper tick slows down (longer than the session's silence and
-/// introduction-step timeouts and the DHT's request timeout, so most work in flight finishes on
-/// the fast tick).
-pub const UPPER_QUIET_MS: Millis = 10_000;
 
 /// What a node reports upwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,11 +144,9 @@ pub struct Node {
     pub(crate) sess: crate::session::SessionLayer,
     pub(crate) exits: exits::NodeExits,
     packet_bufs: Vec<Vec<u8>>,
-    /// When the upper layers' timers run next, when they last ran, and when something last
-    /// crossed the layers (see [`UPPER_TICK_MS`]).
+    /// When the upper layers' timers run next and when they last ran (see [`UPPER_TICK_MS`]).
     upper_due: Instant,
     upper_last: Instant,
-    active_at: Instant,
 }
 
 impl Node {
@@ -193,7 +182,6 @@ impl Node {
             packet_bufs: Vec::new(),
             upper_due: now,
             upper_last: Instant::ZERO,
-            active_at: now,
         }
     }
 
@@ -352,19 +340,13 @@ impl Node {
             self.pump(now);
             return;
         }
-        let quiet = now.saturating_since(self.active_at) >= UPPER_QUIET_MS;
         self.upper_last = now;
         let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
         for l in busy {
             self.link.mark_in_use(l, now);
         }
         self.link.handle_timeout(now);
-        // Idle, the upper tick rides on the link layer's housekeeping: one wake-up for both.
-        self.upper_due = if quiet {
-            self.link.next_housekeeping().max(now + UPPER_TICK_MS)
-        } else {
-            now + UPPER_TICK_MS
-        };
+        self.upper_due = now + UPPER_TICK_MS;
         self.circ.handle_timeout(now);
         if let Some(k) = self.circ.take_rotated_onion_key() {
             self.link.set_onion_public(now, *k.public());
@@ -417,11 +399,6 @@ impl Node {
             let mut progress = false;
             while let Some(e) = self.link.poll_event() {
                 progress = true;
-                // Relays' DHT upkeep between themselves (frames over links) starts nothing that
-                // needs the fast upper tick; cells, links and circuits do.
-                if !matches!(e, LinkEvent::Dht { .. }) {
-                    self.active_at = now;
-                }
                 match e {
                     LinkEvent::Cell { link, cell } => {
                         self.circ.on_cell(now, link, &cell);
@@ -470,7 +447,6 @@ impl Node {
             }
             while let Some(a) = self.circ.poll_action() {
                 progress = true;
-                self.active_at = now;
                 match a {
                     CircAction::SendCell { link, cell } => {
                         if self.link.send_cell(now, link, &cell).is_err() {
@@ -488,7 +464,6 @@ impl Node {
             }
             while let Some(e) = self.circ.poll_event() {
                 progress = true;
-                self.active_at = now;
                 self.route_circuit_event(now, e);
             }
             for (r, reported) in self.circ.take_unreachable() {

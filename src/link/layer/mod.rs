@@ -296,11 +296,6 @@ impl LinkLayer {
         next
     }
 
-    /// When housekeeping runs next (the upper layers' idle tick rides on it).
-    pub fn next_housekeeping(&self) -> Instant {
-        self.next_tick
-    }
-
     // ---- state for status ----------------------------------------------------------------
 
     /// Counters.
