@@ -473,8 +473,10 @@ pub(super) async fn link_loop(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let deadline = link
-            .poll_timeout()
+        // The node's earliest deadline, exact (docs/decisions.md, timers); capped so that a
+        // layer that reported none still runs its housekeeping.
+        let cap = clock.now() + crate::link::layer::LINK_HOUSEKEEPING_MS;
+        let deadline = Some(link.poll_timeout().map_or(cap, |t| t.min(cap)))
             .map(|t| tokio::time::Instant::from_std(clock.instant_at(t)));
         tokio::select! {
             r = recv_on(sockets.first(), rx0.as_mut()) => match r {

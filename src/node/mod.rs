@@ -19,13 +19,21 @@ use crate::circuit::layer::{CircAction, CircEvent, CircId, CircuitLayer, Purpose
 use crate::circuit::path::{Guards, PathContext, PathKind, PathRules, Target};
 use crate::circuit::OnionKey;
 use crate::link::{LinkEvent, LinkLayer, Transmit};
-use crate::time::Instant;
+use crate::time::{Instant, Millis};
 use crate::wire::record::{RelayRecord, FLAG_RENDEZVOUS};
 
 /// Ready 3-hop circuits a node keeps so that no later feature builds from scratch.
 pub const POOL_TARGET: usize = 2;
 /// Hops of a pool circuit.
 pub const POOL_HOPS: usize = 3;
+
+/// Period of the timers of the layers above the link layer (circuits, sessions but for their
+/// silence probes, DHT, exits, the pool) while the node is busy. They keep a tick because their
+/// timers are spread over many tables with "retry on the next tick" steps and have no deadline
+/// of their own yet; the session bounds in `session/limits.rs` assume this period. (Slowing it
+/// to 1 s on an idle node, as the link layer's housekeeping, delayed the first session of
+/// tests/sim_repeatable.rs by 22 s, cause not found: left at 250 ms.)
+pub const UPPER_TICK_MS: Millis = 250;
 
 /// What a node reports upwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +156,9 @@ pub struct Node {
     /// Exit session keys (protocol.md 7.4).
     exit_secrets: crate::crypto::rng::SecretRng,
     packet_bufs: Vec<Vec<u8>>,
+    /// When the upper layers' timers run next and when they last ran (see [`UPPER_TICK_MS`]).
+    upper_due: Instant,
+    upper_last: Instant,
 }
 
 impl Node {
@@ -182,6 +193,8 @@ impl Node {
             exit_secrets: rand.split("exits").into_secrets(),
             exits: exits::NodeExits::default(),
             packet_bufs: Vec::new(),
+            upper_due: now,
+            upper_last: Instant::ZERO,
         }
     }
 
@@ -345,13 +358,22 @@ impl Node {
         self.pump(now);
     }
 
-    /// Runs timers.
+    /// Runs timers: the link layer's that are due, and the upper layers' on their tick or at a
+    /// session circuit's silence deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let silence_due = self.sess.silence_deadline().is_some_and(|d| d <= now);
+        if now < self.upper_due && !silence_due {
+            self.link.handle_timeout(now);
+            self.pump(now);
+            return;
+        }
+        self.upper_last = now;
         let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
         for l in busy {
             self.link.mark_in_use(l, now);
         }
         self.link.handle_timeout(now);
+        self.upper_due = now + UPPER_TICK_MS;
         self.circ.handle_timeout(now);
         if let Some(k) = self.circ.take_rotated_onion_key() {
             self.link.set_onion_public(now, *k.public());
@@ -365,9 +387,22 @@ impl Node {
         self.pump(now);
     }
 
-    /// When to call [`Node::handle_timeout`] next.
+    /// When to call [`Node::handle_timeout`] next: the earliest of the link layer's exact
+    /// deadlines, the session circuits' silence deadlines and the upper layers' tick; never more
+    /// than [`crate::link::layer::LINK_HOUSEKEEPING_MS`] away. O(links + session circuits).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.link.poll_timeout()
+        let last = self.upper_last;
+        // A silence deadline at or before the last run was due then and is still there (its
+        // circuit is going away): look again on the tick rather than spin.
+        let silence =
+            self.sess
+                .silence_deadline()
+                .map(|d| if d <= last { last + UPPER_TICK_MS } else { d });
+        let upper = Some(silence.map_or(self.upper_due, |s| s.min(self.upper_due)));
+        match (self.link.poll_timeout(), upper) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next datagram to send.

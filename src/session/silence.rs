@@ -73,11 +73,76 @@ impl Silence {
             _ => Verdict::Fine,
         }
     }
+
+    /// When [`Silence::check`] next has a verdict other than `Fine` for it (the node wakes
+    /// then, not on a tick: the bounds in `limits.rs` count from these instants).
+    pub(in crate::session) fn deadline(&self) -> Option<Instant> {
+        let since = self.since?;
+        Some(match self.probes {
+            None => since + CIRCUIT_PROBE_AFTER_MS,
+            Some((first, last)) => (last + CIRCUIT_REPROBE_MS)
+                .min((since + CIRCUIT_DEAD_AFTER_MS).max(first + CIRCUIT_REPROBE_MS)),
+        })
+    }
+}
+
+impl crate::session::SessionLayer {
+    /// The earliest silence deadline of any session circuit, ours or a service's (10.8): the
+    /// one session timer that runs at its exact deadline; the layer's others run on the node's
+    /// coarse upper-layer tick (`Node::poll_timeout`). O(session circuits).
+    pub fn silence_deadline(&self) -> Option<Instant> {
+        let clients = self
+            .clients
+            .values()
+            .filter_map(|c| c.open.as_ref())
+            .flat_map(|o| o.circuits.iter())
+            .filter_map(|sc| sc.silence.deadline());
+        let services = self
+            .services
+            .iter()
+            .flat_map(|s| s.sessions.values())
+            .flat_map(|ss| ss.silence.iter())
+            .filter_map(|(_, s)| s.deadline());
+        clients.chain(services).min()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deadline is the first instant `check` acts: a millisecond before, nothing; at it, a
+    /// probe or the verdict. Driven only at its deadlines, a silence probes at 0.6, 1.1 and 1.6 s
+    /// and gives the path up at exactly 2.0 s.
+    #[test]
+    fn the_deadline_is_when_check_first_acts() {
+        let t0 = Instant::from_unix_ms(1_000_000);
+        let mut s = Silence::default();
+        assert_eq!(s.deadline(), None);
+        s.sent(t0);
+        let mut seen = Vec::new();
+        while let Some(d) = s.deadline() {
+            let mut early = s;
+            assert_eq!(early.check(d - 1), Verdict::Fine, "before {d:?}");
+            let v = s.check(d);
+            assert_ne!(v, Verdict::Fine, "at {d:?}");
+            seen.push((d.saturating_since(t0), v));
+            if v == Verdict::Dead || seen.len() > 10 {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (600, Verdict::Probe),
+                (1_100, Verdict::Probe),
+                (1_600, Verdict::Probe),
+                (CIRCUIT_DEAD_AFTER_MS, Verdict::Dead)
+            ]
+        );
+        s.heard();
+        assert_eq!(s.deadline(), None);
+    }
 
     #[test]
     fn a_silent_circuit_is_probed_then_dead_within_the_bound() {

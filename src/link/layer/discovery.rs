@@ -297,7 +297,9 @@ impl LinkLayer {
         Some(self.boot.isolation_reason(now, &listening.join(", ")))
     }
 
-    pub(super) fn maintain_links(&mut self, now: Instant) {
+    /// Closes idle bootstrap links once there are enough others, and dials relays from the view
+    /// while short of the target. Returns whether it dialled any.
+    pub(super) fn maintain_links(&mut self, now: Instant) -> bool {
         let boot = &self.boot;
         let others = self
             .links
@@ -328,7 +330,7 @@ impl LinkLayer {
             .filter(|l| l.is_relay || (l.dialed && !l.state.ready()))
             .count();
         if relays >= self.cfg.target_links {
-            return;
+            return false;
         }
         let want = (self.cfg.target_links - relays).min(2);
         let candidates: Vec<([u8; 32], SocketAddr)> = self
@@ -350,8 +352,10 @@ impl LinkLayer {
             })
             .take(want)
             .collect();
+        let dialled = !candidates.is_empty();
         for (key, ep) in candidates {
             let _ = self.connect(now, key, ep);
         }
+        dialled
     }
 }

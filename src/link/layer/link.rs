@@ -340,6 +340,60 @@ impl Link {
         }
     }
 
+    /// When [`LinkLayer::link_timers`] next has something to do for this link: the earliest
+    /// of the timers above, exactly (each is "at least X since Y", so its deadline is Y + X).
+    /// `None` while a punch or dial drives the link. A deadline that passes with nothing to do
+    /// (the state moved on meanwhile) costs one wake-up; one that comes too late is bounded by
+    /// the layer's once-a-second housekeeping, so a caller that forgets to look again after a
+    /// change loses at most a second, not a timer.
+    pub(super) fn deadline(
+        &self,
+        natted: bool,
+        view_small: bool,
+        punched: bool,
+    ) -> Option<Instant> {
+        if !self.session.established() {
+            if punched {
+                return None;
+            }
+            let wait = HANDSHAKE_RETRY_MS << self.attempts.saturating_sub(1).min(4);
+            return Some(self.handshake_sent + wait);
+        }
+        if !self.state.ready() {
+            let give_up = self.established_at.map(|t| t + HELLO_TIMEOUT_MS);
+            let resend = self.state.hello_at().map(|t| t + HELLO_RETRY_MS);
+            return earliest(give_up, resend);
+        }
+        let mut d = self.rpcs.values().map(|p| p.deadline).min();
+        let pinging = self.pinging();
+        if !pinging {
+            // `liveness_ping`: a link we sent cells on that has gone quiet, else an idle one.
+            // Not before the cell that armed it: a link idle for long is pinged at the first
+            // cell, not at a deadline already past (which would read as a stale one).
+            if self.last_cell > self.last_rx {
+                let at = (self.last_rx.max(self.last_ping) + SILENT_PING_MS).max(self.last_cell);
+                d = earliest(d, Some(at));
+            }
+            d = earliest(d, Some(self.last_rx + PING_INTERVAL_MS));
+        }
+        if natted {
+            if !pinging {
+                d = earliest(d, Some(self.last_ping + NAT_KEEPALIVE_MS));
+            }
+        } else if self.punched_at.is_some() || behind_nat(self.peer_nat) {
+            d = earliest(d, Some(self.last_tx + LINK_KEEPALIVE_MS));
+        }
+        if self.is_relay {
+            let interval = if view_small {
+                PEX_INTERVAL_MS
+            } else {
+                30 * PEX_INTERVAL_MS
+            };
+            d = earliest(d, Some(self.last_pex + interval));
+        }
+        d
+    }
+
     /// A PEX request due to a relay: every `PEX_INTERVAL_MS` while the view is small
     /// (`view_small`), thirty times less often after.
     pub(super) fn pex_due(&self, now: Instant, view_small: bool) -> bool {
@@ -352,9 +406,19 @@ impl Link {
     }
 }
 
+/// The earlier of two optional instants.
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl LinkLayer {
     /// Runs one link's timers: the session's, then the link's own (handshake, HELLO, requests,
     /// liveness, keepalive, PEX), and does what they ask.
+    /// boringtun's (`update_timers`) run on every call: it cannot say when it is next due, so it
+    /// relies on housekeeping's period at the latest.
     pub(super) fn link_timers(&mut self, now: Instant, id: LinkId) {
         // The session's own timers.
         let mut buf = std::mem::take(&mut self.scratch);

@@ -42,7 +42,7 @@ use crate::crypto::keys::hex;
 use crate::crypto::Randomness;
 use crate::link::bootstrap::Bootstrap;
 use crate::link::nat::{
-    Observations, PunchCaps, PROBE_WINDOW_MS, PUNCH_TRIES, RELAYED_LINK_IDLE_MS,
+    behind_nat, Observations, PunchCaps, PROBE_WINDOW_MS, PUNCH_TRIES, RELAYED_LINK_IDLE_MS,
 };
 use crate::link::noise::{Responder, NOISE_BUF_LEN};
 use crate::link::view::RelayView;
@@ -61,7 +61,7 @@ pub use discovery::{
 };
 pub use exit_policies::MAX_EXIT_POLICIES;
 pub use hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
-use link::Link;
+use link::{earliest, Link};
 pub use link::{
     DEAD_PEER_MS, HANDSHAKE_ATTEMPTS, HANDSHAKE_RETRY_MS, PING_INTERVAL_MS, SILENT_PING_MS,
     SILENT_PING_TIMEOUT_MS,
@@ -75,7 +75,16 @@ pub use types::{
     LinkConfig, LinkError, LinkEvent, LinkId, LinkKeys, LinkStats, PeerInfo, Transmit,
 };
 
-/// `update_timers` period.
+/// Housekeeping period of a settled node (not dialling for more links): the per-second sweeps,
+/// bootstrap, dialling for more links, record refresh, and boringtun's `update_timers` for every
+/// link (boringtun has no next-deadline call; its timers are seconds long: rekey, its passive
+/// keepalive, expiry). Every other link timer runs at its exact deadline
+/// ([`LinkLayer::poll_timeout`]). Also the longest the layer ever sleeps: the safety cap.
+pub const LINK_HOUSEKEEPING_MS: Millis = 1000;
+
+/// Housekeeping period while the node is dialling relays for more links, and
+/// the retry period of a timer that was due but could not do its work (a PING the per-link
+/// request cap refused): the old fixed tick, so that a declined timer never spins.
 pub const LINK_TIMER_TICK_MS: Millis = 250;
 
 /// Malformed frames per minute before a link is closed.
@@ -146,7 +155,11 @@ pub struct LinkLayer {
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
     rx_scratch: Vec<u8>,
+    /// When housekeeping runs next.
     next_tick: Instant,
+    /// The `now` of the last `handle_timeout`: a deadline at or before it was due then and not
+    /// cleared, so it is retried `LINK_TIMER_TICK_MS` later instead of at once (no spinning).
+    last_timeout: Instant,
     last_second: Instant,
     stats: LinkStats,
     /// Driven by the in-process network: boringtun's own timers run on the wall clock, so they
@@ -241,6 +254,7 @@ impl LinkLayer {
             scratch: vec![0u8; NOISE_BUF_LEN],
             rx_scratch: vec![0u8; NOISE_BUF_LEN],
             next_tick: now,
+            last_timeout: Instant::ZERO,
             last_second: now,
             stats: LinkStats::default(),
             virtual_time: false,
@@ -270,10 +284,36 @@ impl LinkLayer {
         self.events.pop_front()
     }
 
-    /// When to call [`LinkLayer::handle_timeout`] next.
+    /// When to call [`LinkLayer::handle_timeout`] next: the earliest exact deadline of every
+    /// link's timers (handshake retry, HELLO, requests, liveness PING, keepalive, PEX, upgrade of
+    /// a relayed link), of punches and dials, and of housekeeping (at most
+    /// `LINK_HOUSEKEEPING_MS` away, so never `None`). O(links): one pass over small records,
+    /// cheaper than the wake-up it saves; a relay with thousands of links would want a timer
+    /// heap instead.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let punch = self.punches.values().map(|p| p.next).min();
-        Some(punch.map_or(self.next_tick, |p| p.min(self.next_tick)))
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        let last = self.last_timeout;
+        let fresh = |d: Option<Instant>| {
+            d.map(|d| {
+                if d <= last {
+                    last + LINK_TIMER_TICK_MS
+                } else {
+                    d
+                }
+            })
+        };
+        let mut next = Some(self.next_tick);
+        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
+        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
+        for l in self.links.values() {
+            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
+            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
+            if self.upgrade_wanted(l) {
+                next = earliest(next, fresh(Some(l.upgrade_next)));
+            }
+        }
+        next
     }
 
     // ---- state for status ----------------------------------------------------------------
@@ -592,10 +632,8 @@ impl LinkLayer {
     /// Runs timers: session timers, retries, pings, bootstrap, PEX, target links.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.run_punches(now);
-        if now < self.next_tick {
-            return;
-        }
-        self.next_tick = now + LINK_TIMER_TICK_MS;
+        self.last_timeout = now;
+        let housekeeping = now >= self.next_tick;
         if now.saturating_since(self.last_second) >= 1000 {
             self.last_second = now;
             self.responder.tick();
@@ -625,7 +663,17 @@ impl LinkLayer {
             self.link_timers(now, id);
         }
         self.bootstrap(now);
-        self.maintain_links(now);
+        let dialling = self.maintain_links(now);
+        if housekeeping {
+            // Fast while dialling finds relays to link to (links up sooner at start); a node
+            // short of its target with no one left to dial is idle, not looking.
+            let period = if dialling {
+                LINK_TIMER_TICK_MS
+            } else {
+                LINK_HOUSEKEEPING_MS
+            };
+            self.next_tick = now + period;
+        }
     }
 
     // ---- frames --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use crate::wire::link::{parse_target, MsgType, RelayOffer, RELAY_OK, RELAY_REFUS
 use crate::wire::record::NatClass;
 
 use super::rpc::Rpc;
-use super::{LinkId, LinkLayer, Transmit};
+use super::{Link, LinkId, LinkLayer, Transmit};
 
 /// How a relayed link reaches its peer: envelopes with our token to the introducer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,18 @@ impl LinkLayer {
         }
     }
 
+    /// Whether `run_upgrades` tries to make this link direct once `upgrade_next` comes (also
+    /// what `poll_timeout` wakes for).
+    pub(super) fn upgrade_wanted(&self, l: &Link) -> bool {
+        l.relay.is_some()
+            && l.session.established()
+            && l.state.ready()
+            && l.identity.is_some()
+            && self.link_public < l.peer_key
+            && !(self.nat == NatClass::Symmetric && l.peer_nat == NatClass::Symmetric)
+            && !self.punches.contains_key(&l.id)
+    }
+
     /// Tries now and then to turn relayed links into direct ones by punching again (13.4): a
     /// punch can fail for passing reasons (loss, a NAT that was still holding a stale mapping).
     /// One side asks (the one with the smaller link key), through an introducer of the peer; the
@@ -151,15 +163,7 @@ impl LinkLayer {
         let due: Vec<(LinkId, [u8; 32], [u8; 32])> = self
             .links
             .values()
-            .filter(|l| {
-                l.relay.is_some()
-                    && l.session.established()
-                    && l.state.ready()
-                    && now >= l.upgrade_next
-                    && self.link_public < l.peer_key
-                    && !(self.nat == NatClass::Symmetric && l.peer_nat == NatClass::Symmetric)
-                    && !self.punches.contains_key(&l.id)
-            })
+            .filter(|l| now >= l.upgrade_next && self.upgrade_wanted(l))
             .filter_map(|l| Some((l.id, l.identity?, l.peer_key)))
             .collect();
         for (id, identity, key) in due {
