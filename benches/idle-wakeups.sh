@@ -20,54 +20,19 @@ RELAYS=4
 CLIENT=5
 NET=198.18.62
 TAG="gniw-$$"
-HUB="$TAG-hub"
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-GN=${GLOBALNET:-$ROOT/target/release/globalnet}
-TMP=$(mktemp -d /tmp/gniw.XXXXXX)
-PIDS=()
-NSS=()
+BENCH=idle-wakeups BENCH_TMP=gniw
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 declare -A DPID=()
 
-die() {
-    printf 'idle-wakeups: %s\n' "$*" >&2
-    exit 1
-}
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for ns in "${NSS[@]}"; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-[[ $EUID -eq 0 ]] || die "needs root (network namespaces)"
+bench_tools ip:iproute2 jq:jq
+GN=${GLOBALNET:-$ROOT/target/release/globalnet}
 [[ -x $GN ]] || die "$GN is missing (cargo build --release --bin globalnet, or set GLOBALNET)"
-LISTEN=$(sed -n 's/^listen *= *\([^#]*\).*/\1/p' "$ROOT/config.example.toml" | head -1 | sed 's/ *$//')
-PORT=$(grep -o ':[0-9]*"' <<<"$LISTEN" | head -1 | tr -d ':"')
-[[ -n $LISTEN && -n $PORT ]] || die "no listen line in config.example.toml"
+bench_listen
 
-ip netns add "$HUB"
-NSS+=("$HUB")
-ip -n "$HUB" link set lo up
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
+bench_hub "$TAG-hub"
 for n in $(seq 1 "$CLIENT"); do
-    ns="$TAG-$n"
-    ip netns add "$ns"
-    NSS+=("$ns")
-    ip -n "$ns" link set lo up
-    ip -n "$HUB" link add "p$n" type veth peer name eth0 netns "$ns"
-    ip -n "$HUB" link set "p$n" master br0 up
-    ip -n "$ns" addr add "$NET.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
+    bench_host "$TAG-$n" "$NET.$n/24" "$n"
 done
 
 for n in $(seq 1 "$CLIENT"); do
@@ -96,9 +61,6 @@ done
 switches() {
     cat /proc/"$1"/task/*/status 2>/dev/null \
         | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }'
-}
-cpu_s() {
-    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
 printf '== idle-wakeups: %s, %s cores, load %s, %s\n' "$(date -u +%FT%TZ)" "$(nproc)" \

@@ -143,7 +143,7 @@ pub const CIRCUIT_REPROBE_MS: Millis = 500;
 
 /// ... and after this long with nothing back at all the path is dead: its flows move to the
 /// spare at once. The inner TCP retransmits about 0.2, 0.6, 1.4 and 3.0 s into an outage; a
-/// path replaced by about 2.3 s (this plus the node's 250 ms timer tick) lets the 3.0 s
+/// path replaced at 2.0 s (the node wakes at this deadline, not on a tick) lets the 3.0 s
 /// retransmission through, so a stall stays near 3 s.
 pub const CIRCUIT_DEAD_AFTER_MS: Millis = 2_000;
 
