@@ -124,7 +124,10 @@ fn an_idle_link_layer_wakes_less_often_than_the_old_tick() {
         sim.run_until(at);
         wakes += 1;
         let next = sim.nodes[0].node.link.poll_timeout().unwrap();
-        assert!(next > at, "the link layer asked for {next:?}, not after {at:?}");
+        assert!(
+            next > at,
+            "the link layer asked for {next:?}, not after {at:?}"
+        );
         at = next;
     }
     let per_s = wakes as f64 / 60.0;

@@ -738,7 +738,13 @@ impl LinkLayer {
                 self.check_probe_ping(now, id, payload);
                 let mut p = [0u8; 8 + ENDPOINT_LEN];
                 p[..8].copy_from_slice(payload.get(..8).unwrap_or(&[0; 8]));
-                let endpoint = self.links.get(&id).map(|l| l.endpoint);
+                // Over a relayed link the source we see is the relay's, not the peer's: saying
+                // nothing beats a reflection that would make the peer think its NAT symmetric.
+                let endpoint = self
+                    .links
+                    .get(&id)
+                    .filter(|l| l.relay.is_none())
+                    .map(|l| l.endpoint);
                 let mut ep = [0u8; ENDPOINT_LEN];
                 emit_endpoint(endpoint, &mut ep);
                 p[8..].copy_from_slice(&ep);

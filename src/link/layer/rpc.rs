@@ -142,7 +142,10 @@ impl LinkLayer {
         let ep: Option<&[u8; ENDPOINT_LEN]> =
             p.get(8..8 + ENDPOINT_LEN).and_then(|b| b.try_into().ok());
         let reporter = l.endpoint.ip();
-        if let Some(Ok(Some(endpoint))) = ep.map(parse_endpoint) {
+        // Only a direct link's reflection counts: through a relay the peer saw the relay's
+        // address (an older peer still reflects it), and the relay is no reporter of ours.
+        let direct = l.relay.is_none();
+        if let (true, Some(Ok(Some(endpoint)))) = (direct, ep.map(parse_endpoint)) {
             self.obs.add(reporter, endpoint);
             if let Some(stable) = self.obs.endpoint() {
                 self.on_observed(now, stable);
