@@ -159,22 +159,8 @@ impl SessionLayer {
         }
         // The intro point: a stem extended to it. Its record must be in our view (the
         // descriptor's entry names it; the signed record gives the current onion key).
-        let record = ctx
-            .view()
-            .get(&entry.identity)
-            .filter(|r| r.fields().onion_key == entry.onion_key)
-            .cloned();
-        let intro = match record {
-            Some(r) => self.circuit_to(
-                ctx,
-                now,
-                false,
-                &r,
-                Purpose::Intro,
-                Owner::ClientIntro { dst },
-                &[],
-                &[],
-            ),
+        let intro = match self.client_intro_circuit(ctx, now, dst, &entry) {
+            Some(built) => built,
             None => {
                 // Not in our view: views are partial (VIEW_WANTED), so at scale most relays
                 // are not in it. The record is in the DHT; the rendezvous circuit builds
@@ -198,6 +184,32 @@ impl SessionLayer {
         }
     }
 
+    /// A circuit to the intro point `entry` names, extended from a stem; `None` when its record
+    /// (with the descriptor's onion key) is not in our view.
+    fn client_intro_circuit(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        dst: [u8; 16],
+        entry: &IntroEntry,
+    ) -> Option<Result<CircId, String>> {
+        let record = ctx
+            .view()
+            .get(&entry.identity)
+            .filter(|r| r.fields().onion_key == entry.onion_key)
+            .cloned()?;
+        Some(self.circuit_to(
+            ctx,
+            now,
+            false,
+            &record,
+            Purpose::Intro,
+            Owner::ClientIntro { dst },
+            &[],
+            &[],
+        ))
+    }
+
     /// The DHT lookup of relay `identity`'s record ended (the node put a record it found into
     /// the view): introductions waiting for it build their circuit to the intro point, or try
     /// another one.
@@ -218,24 +230,9 @@ impl SessionLayer {
             if let Some(i) = c_intro(&mut self.clients, &dst) {
                 i.fetching = false;
             }
-            let record = ctx
-                .view()
-                .get(&entry.identity)
-                .filter(|r| r.fields().onion_key == entry.onion_key)
-                .cloned();
-            let intro = match record {
-                Some(r) => self.circuit_to(
-                    ctx,
-                    now,
-                    false,
-                    &r,
-                    Purpose::Intro,
-                    Owner::ClientIntro { dst },
-                    &[],
-                    &[],
-                ),
-                None => Err("intro point not in our view nor in the DHT".to_string()),
-            };
+            let intro = self
+                .client_intro_circuit(ctx, now, dst, &entry)
+                .unwrap_or_else(|| Err("intro point not in our view nor in the DHT".to_string()));
             match intro {
                 Ok(id) => {
                     if let Some(i) = c_intro(&mut self.clients, &dst) {
