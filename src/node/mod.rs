@@ -494,11 +494,17 @@ impl Node {
                 self.route_circuit_event(now, e);
             }
             for (r, reported) in self.circ.take_unreachable() {
-                // Our guards are first hops through our own links: our own failure to link to
-                // one counts, but another relay failing to reach it (a busy relay's EXTEND timing
-                // out) says nothing about our link, and dropping both guards from the view that
-                // way left a client under an INTRODUCE1 flood without any path for two minutes.
-                if reported && self.guards.list().iter().any(|g| g.identity == r) {
+                // Our guards are first hops through our own links: while our own link to one is
+                // up, another relay failing to reach it (a busy relay's EXTEND timing out) says
+                // nothing about it, and dropping both guards from the view that way left a client
+                // under an INTRODUCE1 flood without any path for two minutes. Once our link to
+                // it is down too, the report is believed: kept in the view, a dead guard was
+                // picked as a later hop behind its stand-in and every such path failed (netns
+                // failover: 30 s of failed introductions).
+                if reported
+                    && self.guards.list().iter().any(|g| g.identity == r)
+                    && self.link.link_to(&r).is_some()
+                {
                     tracing::debug!(relay = %crate::crypto::keys::fingerprint(&r), "an extension could not reach our guard: kept");
                     continue;
                 }
