@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{shipped_listen, Lab};
+use crate::harness::{shipped_listen, Daemon, Host, Lab};
 
 const READY: Duration = Duration::from_secs(10);
 /// The "internet": a namespace reachable only through the exit, on a range the exit lists in
@@ -22,8 +22,59 @@ const EXIT_SIDE6: &str = "2001:db8:250::1";
 /// Bytes of the file fetched for the throughput figure (docs/benchmarks.md).
 const BIG: usize = 1 << 20;
 
+/// nettools.py: the small echo, DNS and SOCKS tools the tests run in namespaces.
+const TOOLS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/netns-tests/harness/nettools.py"
+);
+
+/// Every daemon's config: the shipped listen value, one bootstrap list, /32 IPv4 families (all
+/// hosts sit in one /24, which the default prefix would treat as one family).
+fn common(bootstrap: &str) -> String {
+    format!(
+        "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
+        shipped_listen()
+    )
+}
+
+/// Starts a relay on each host, the first as everyone's bootstrap; returns the bootstrap list
+/// entry and the daemons.
+fn start_relays(lab: &mut Lab, relays: &[Host]) -> (String, Vec<Daemon>) {
+    let boot = format!("\"{}:7412\"", relays[0].ip);
+    let mut daemons = Vec::new();
+    for (i, h) in relays.iter().enumerate() {
+        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
+        daemons.push(lab.start_daemon(h, &cfg));
+    }
+    (boot, daemons)
+}
+
+/// The web host leaves the switch; its only link is a veth to the exit ("the internet").
+fn link_web_to_exit(lab: &Lab, web: &Host, exit: &Host, v6: bool) {
+    let (web6, side6) = if v6 {
+        (
+            format!(" && ip -6 addr add {WEB6}/64 dev inet1 nodad"),
+            format!(" && ip -6 addr add {EXIT_SIDE6}/64 dev inet0 nodad"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    lab.sh_ok(
+        web,
+        &format!(
+            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
+             ip addr add {WEB}/24 dev inet1{web6} && ip link set inet1 up",
+            exit_ns = exit.ns
+        ),
+    );
+    lab.sh_ok(
+        exit,
+        &format!("ip addr add {EXIT_SIDE}/24 dev inet0{side6} && ip link set inet0 up"),
+    );
+}
+
 /// What a host's routing looks like (rules and every IPv4 table).
-fn routing(lab: &Lab, host: &crate::harness::Host) -> String {
+fn routing(lab: &Lab, host: &Host) -> String {
     lab.sh_ok(host, "ip rule; ip -6 rule; ip -4 route show table all")
 }
 
@@ -36,23 +87,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     let exit = lab.add_host("exit");
     let client = lab.add_host("client");
     let web = lab.add_host("web");
-    // The web host leaves the switch; its only link is to the exit.
-    lab.sh_ok(
-        &web,
-        &format!(
-            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
-             ip addr add {WEB}/24 dev inet1 && ip -6 addr add {WEB6}/64 dev inet1 nodad && \
-             ip link set inet1 up",
-            exit_ns = exit.ns
-        ),
-    );
-    lab.sh_ok(
-        &exit,
-        &format!(
-            "ip addr add {EXIT_SIDE}/24 dev inet0 && ip -6 addr add {EXIT_SIDE6}/64 dev inet0 nodad && \
-             ip link set inet0 up"
-        ),
-    );
+    link_web_to_exit(&lab, &web, &exit, true);
     // The exit's resolver is the "internet"'s DNS server (names are resolved at the exit).
     lab.set_hosts_file(&exit, "");
     std::fs::write(
@@ -60,17 +95,13 @@ fn curl_through_routes_and_socks_via_an_exit() {
         format!("nameserver {WEB}\n"),
     )
     .unwrap();
-    let tools = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/netns-tests/harness/nettools.py"
-    );
     lab.spawn(
         &web,
         "dns",
         "python3",
         &[
             "-u",
-            tools,
+            TOOLS,
             "dns-a",
             WEB,
             "web.example",
@@ -84,7 +115,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
         &web,
         "echo",
         "python3",
-        &["-u", tools, "udp-echo", "443"],
+        &["-u", TOOLS, "udp-echo", "443"],
         Some("ready"),
     );
     let www = lab.dir.join("www");
@@ -123,18 +154,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
         ],
         Some("Serving HTTP"),
     );
-    let boot = format!("\"{}:7412\"", relays[0].ip);
-    let common = |bootstrap: &str| {
-        format!(
-            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-            shipped_listen()
-        )
-    };
-    let mut daemons = Vec::new();
-    for (i, h) in relays.iter().enumerate() {
-        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
-        daemons.push(lab.start_daemon(h, &cfg));
-    }
+    let (boot, daemons) = start_relays(&mut lab, &relays);
     let cfg = lab.write_config(
         &exit,
         &format!(
@@ -395,7 +415,7 @@ fn curl_through_routes_and_socks_via_an_exit() {
     for (to, from) in [(WEB, WEB), (WEB6, WEB6), ("web.example", WEB)] {
         let got = lab.sh_ok(
             &client,
-            &format!("python3 -u {tools} socks-udp 1080 dave {to} 443 hello-{to}"),
+            &format!("python3 -u {TOOLS} socks-udp 1080 dave {to} 443 hello-{to}"),
         );
         assert_eq!(got.trim(), format!("{from} 443 hello-{to}"), "{to}");
     }
@@ -495,18 +515,7 @@ fn each_destination_goes_to_the_exit_whose_policy_allows_it() {
             Some("Serving HTTP"),
         );
     }
-    let boot = format!("\"{}:7412\"", relays[0].ip);
-    let common = |bootstrap: &str| {
-        format!(
-            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-            shipped_listen()
-        )
-    };
-    let mut daemons = Vec::new();
-    for (i, h) in relays.iter().enumerate() {
-        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
-        daemons.push(lab.start_daemon(h, &cfg));
-    }
+    let (boot, daemons) = start_relays(&mut lab, &relays);
     let mut exit_ds = Vec::new();
     for (h, port) in exits.iter().zip([80, 8080]) {
         let cfg = lab.write_config(
@@ -607,41 +616,15 @@ fn a_tcp_connection_through_an_exit_survives_circuit_rotation() {
     let exit = lab.add_host("exit");
     let client = lab.add_host("client");
     let web = lab.add_host("web");
-    lab.sh_ok(
-        &web,
-        &format!(
-            "ip link set eth0 down && ip link add inet1 type veth peer name inet0 netns {exit_ns} && \
-             ip addr add {WEB}/24 dev inet1 && ip link set inet1 up",
-            exit_ns = exit.ns
-        ),
-    );
-    lab.sh_ok(
-        &exit,
-        &format!("ip addr add {EXIT_SIDE}/24 dev inet0 && ip link set inet0 up"),
-    );
-    let tools = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/netns-tests/harness/nettools.py"
-    );
+    link_web_to_exit(&lab, &web, &exit, false);
     lab.spawn(
         &web,
         "echo",
         "python3",
-        &["-u", tools, "tcp-echo", WEB, "80"],
+        &["-u", TOOLS, "tcp-echo", WEB, "80"],
         Some("ready"),
     );
-    let boot = format!("\"{}:7412\"", relays[0].ip);
-    let common = |bootstrap: &str| {
-        format!(
-            "[network]\nlisten = {}\nbootstrap = [{bootstrap}]\n[paths]\nipv4_subnet_family_prefix = 32\n",
-            shipped_listen()
-        )
-    };
-    let mut daemons = Vec::new();
-    for (i, h) in relays.iter().enumerate() {
-        let cfg = lab.write_config(h, &common(if i == 0 { "" } else { &boot }));
-        daemons.push(lab.start_daemon(h, &cfg));
-    }
+    let (boot, daemons) = start_relays(&mut lab, &relays);
     let cfg = lab.write_config(
         &exit,
         &format!(
@@ -673,7 +656,7 @@ fn a_tcp_connection_through_an_exit_survives_circuit_rotation() {
 
     // One connection for 40 s: two or three retirements of the circuit under it.
     let started = Instant::now();
-    let out = lab.sh(&client, &format!("python3 -u {tools} tcp-hold {WEB} 80 40"));
+    let out = lab.sh(&client, &format!("python3 -u {TOOLS} tcp-hold {WEB} 80 40"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let log = std::fs::read_to_string(lab.dir.join("client-daemon.log")).unwrap();
