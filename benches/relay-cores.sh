@@ -10,6 +10,12 @@
 #   PERF=1            also `perf record` the measured relay during the first phase of each kind
 #   READY_TIMEOUT=90  seconds to wait for every daemon's ready pool
 #   KEEP=1            keep the run directory
+#   SEND_THREAD=      true/false: every daemon's [network] send_thread (unset: the default)
+#
+# Columns: the relay's cells/s, its CPU (% of one core, all threads), cells per CPU-second,
+# link_us/c = µs of CPU per cell on every thread but the UDP send threads (what the link task
+# does in order: the bound of one relay's rate when the rest runs beside it), send_us/c = µs per
+# cell on the send threads ("gn-udp-send", [network] send_thread), and CPU by thread name.
 #
 # The set-up of benches/circuit-throughput.sh without delay: 8 relay daemons (hosts 1-8) and
 # circuitbench (host 9) in namespaces on 198.18.51.0/24. Once circuitbench probes through its
@@ -64,6 +70,8 @@ sock() { echo "$TMP/h$1/control.sock"; }
 query() { "$GN" "$2" --json --control "$(sock "$1")" 2>/dev/null || true; }
 cells() { query "$1" status | jq -r '.circuits.relayed_cells' 2>/dev/null || echo "?"; }
 
+SEND_LINE=""
+[[ -n ${SEND_THREAD:-} ]] && SEND_LINE="send_thread = $SEND_THREAD"
 for n in $(seq 1 "$RELAYS"); do
     dir="$TMP/h$n"
     mkdir -p "$dir/state"
@@ -75,6 +83,7 @@ control_socket = "$(sock "$n")"
 [network]
 listen = $LISTEN
 bootstrap = [$boot]
+$SEND_LINE
 [paths]
 ipv4_subnet_family_prefix = 32
 EOF
@@ -103,7 +112,7 @@ while :; do
 done
 
 log "== relay-cores: $(date -u +%FT%TZ), $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-log "== binary $GN"
+log "== binary $GN, send_thread ${SEND_THREAD:-default}"
 
 nphases=$(wc -w <<<"$PHASES")
 total=$((nphases * (SECS + 2) + 6))
@@ -147,7 +156,7 @@ pin_others() {
     done
 }
 
-printf '%-6s %-6s %10s %8s %12s %s\n' phase cores cells/s cpu_% cells/cpu_s "busiest threads (cpu_% each)" | tee "$TMP/table.txt"
+printf '%-6s %-6s %10s %8s %12s %9s %9s  %s\n' phase cores cells/s cpu_% cells/cpu_s link_us/c send_us/c "threads by name (cpu_%)" | tee "$TMP/table.txt"
 declare -A SUM_RATE=() SUM_CPU=() CNT=() PERFED=()
 for ph in $PHASES; do
     case $ph in
@@ -173,9 +182,14 @@ for ph in $PHASES; do
     rate=$(div "$(calc "r = $c1 - $c0" "%.0f")" "$SECS" "%.0f")
     cpu=$(div "$(calc "r = 100 * ($u1 - $u0)" "%.2f")" "$SECS" "%.0f")
     per=$(div "$(calc "r = $c1 - $c0" "%.0f")" "$(calc "r = $u1 - $u0" "%.2f")" "%.0f")
-    busiest=$(join <(sort "$TMP/thr0") <(sort "$TMP/thr1") | awk -v s="$SECS" '{ printf "%s %.0f\n", $2, 100 * ($5 - $3) / s }' \
-        | sort -k2 -nr | head -3 | awk '{ printf "%s %s, ", $1, $2 }' | sed 's/, $//')
-    printf '%-6s %-6s %10s %8s %12s %s\n' "$ph" "$cpus" "$rate" "$cpu" "$per" "$busiest" | tee -a "$TMP/table.txt"
+    # CPU per thread name (the runtime's workers share one), and the link side's µs per cell:
+    # every thread but the send threads, the part one task does in order.
+    join <(sort "$TMP/thr0") <(sort "$TMP/thr1") | awk '{ c[$2] += $5 - $3 } END { for (n in c) print n, c[n] }' >"$TMP/byname"
+    busiest=$(sort -k2 -nr "$TMP/byname" | awk -v s="$SECS" '{ printf "%s %.0f, ", $1, 100 * $2 / s }' | sed 's/, $//')
+    dc=$(calc "r = $c1 - $c0" "%.0f")
+    link_us=$(div "$(awk '$1 != "gn-udp-send" { t += $2 } END { printf "%.4f", t * 1e6 }' "$TMP/byname")" "$dc" "%.2f")
+    send_us=$(div "$(awk '$1 == "gn-udp-send" { t += $2 } END { printf "%.4f", t * 1e6 }' "$TMP/byname")" "$dc" "%.2f")
+    printf '%-6s %-6s %10s %8s %12s %9s %9s  %s\n' "$ph" "$cpus" "$rate" "$cpu" "$per" "$link_us" "$send_us" "$busiest" | tee -a "$TMP/table.txt"
     if [[ $rate =~ ^[0-9]+$ && $cpu =~ ^[0-9]+$ ]]; then
         SUM_RATE[$ph]=$((${SUM_RATE[$ph]:-0} + rate))
         SUM_CPU[$ph]=$((${SUM_CPU[$ph]:-0} + cpu))

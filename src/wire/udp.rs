@@ -434,6 +434,8 @@ pub struct SendThread {
     back: std::sync::mpsc::Receiver<SendBatch>,
     /// Rung by the thread after each batch it gives back, for a link task waiting for one.
     returned: std::sync::Arc<tokio::sync::Notify>,
+    /// Batches handed over and not yet sent: at 0, a partly filled batch is sent inline.
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     batch: SendBatch,
     max: usize,
 }
@@ -461,6 +463,8 @@ impl SendThread {
         }
         let returned = std::sync::Arc::new(tokio::sync::Notify::new());
         let ring = returned.clone();
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = in_flight.clone();
         std::thread::Builder::new()
             .name("gn-udp-send".into())
             .spawn(move || {
@@ -473,6 +477,8 @@ impl SendThread {
                         if empty.try_send(b).is_err() {
                             return;
                         }
+                        // After the send: the link task may send inline once this is 0.
+                        sent.fetch_sub(1, std::sync::atomic::Ordering::Release);
                         ring.notify_one();
                     }
                 })
@@ -481,21 +487,24 @@ impl SendThread {
             to_thread,
             back,
             returned,
+            in_flight,
             batch: SendBatch::default(),
             max: port.state.max_gso_segments().min(GSO_SEGMENTS),
         })
     }
 
-    /// [`Port::queue`] for the thread: a batch that cannot take `data` goes to the thread.
+    /// [`Port::queue`] for the thread: a full batch goes to the thread; one that cannot take
+    /// `data` is sent as [`SendThread::flush`] says.
     pub async fn queue(
         &mut self,
+        port: &Port,
         dst: SocketAddr,
         src: Option<IpAddr>,
         data: &[u8],
     ) -> io::Result<()> {
         let mut r = Ok(());
         if !self.batch.fits(dst, src, data.len(), self.max) {
-            r = self.hand_over().await;
+            r = self.flush(port).await;
             self.batch.dst = dst;
             self.batch.src = src;
             self.batch.segment = data.len();
@@ -509,9 +518,15 @@ impl SendThread {
         r
     }
 
-    /// Hands what is queued to the thread ([`Port::flush`]'s part; the send itself is the
-    /// thread's). Waits only when every batch is in flight.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    /// Sends what is queued ([`Port::flush`]): a partly filled batch inline on `port` (the
+    /// socket the thread's is a duplicate of) when the thread has nothing in flight, else
+    /// through the thread, behind what it holds. A wake-up of the thread costs more than a
+    /// send of a datagram or two: at low rates, when the link task's wake-ups bring only a
+    /// cell or two, they stay inline; under load, batches fill and go to the thread.
+    pub async fn flush(&mut self, port: &Port) -> io::Result<()> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return port.flush(&mut self.batch).await;
+        }
         self.hand_over().await
     }
 
@@ -530,6 +545,8 @@ impl SendThread {
             }
         };
         let full = std::mem::replace(&mut self.batch, next);
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.to_thread.try_send(full).map_err(|_| stopped())
     }
 }
@@ -564,7 +581,7 @@ impl Sends {
     ) -> io::Result<()> {
         match self {
             Sends::Inline(b) => port.queue(b, dst, src, data).await,
-            Sends::Thread(t) => t.queue(dst, src, data).await,
+            Sends::Thread(t) => t.queue(port, dst, src, data).await,
         }
     }
 
@@ -572,7 +589,7 @@ impl Sends {
     pub async fn flush(&mut self, port: &Port) -> io::Result<()> {
         match self {
             Sends::Inline(b) => port.flush(b).await,
-            Sends::Thread(t) => t.flush().await,
+            Sends::Thread(t) => t.flush(port).await,
         }
     }
 }
