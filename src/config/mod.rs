@@ -138,9 +138,9 @@ pub struct NetworkConfig {
     pub relay: Option<bool>,
     /// Links to relays to keep.
     pub links: u32,
-    /// UDP sends on a thread of their own per socket; `None` means the default (when the host
-    /// has more than one core).
-    pub send_thread: Option<bool>,
+    /// UDP sends on a thread of their own per socket (off by default: on the 2-core test
+    /// machine it cost more CPU per cell than it saved; docs/benchmarks.md).
+    pub send_thread: bool,
 }
 
 /// A peer as the config names it: an address, or a host name resolved when it is dialled (at
@@ -226,7 +226,7 @@ impl Default for Config {
                 bootstrap: Vec::new(),
                 relay: None,
                 links: 8,
-                send_thread: None,
+                send_thread: false,
             },
             paths: PathsConfig {
                 ipv4_subnet_family_prefix: 16,
@@ -243,15 +243,6 @@ impl Default for Config {
             exit: ExitConfig::default(),
             outbound: OutboundConfig::default(),
         }
-    }
-}
-
-impl NetworkConfig {
-    /// Whether UDP sends get a thread per socket: the explicit setting, else whether the host has
-    /// a second core for it (on one core the hand-over would only add a context switch).
-    pub fn send_thread_enabled(&self) -> bool {
-        self.send_thread
-            .unwrap_or_else(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
     }
 }
 
@@ -389,7 +380,9 @@ impl Config {
                 c.network.bootstrap = peer_addrs(&list, "network.bootstrap", &err)?;
             }
             c.network.relay = net.relay;
-            c.network.send_thread = net.send_thread;
+            if let Some(v) = net.send_thread {
+                c.network.send_thread = v;
+            }
             if let Some(v) = net.links {
                 c.network.links = int_in(
                     &v,

@@ -227,15 +227,13 @@ fn advertise_lists_reachable_endpoints() {
 }
 
 #[test]
-fn send_thread_defaults_to_the_cores_and_can_be_set() {
+fn send_thread_is_off_unless_set() {
     let c = Config::parse("", "t").unwrap();
-    assert_eq!(c.network.send_thread, None);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(c.network.send_thread_enabled(), cores > 1);
-    let c = Config::parse("[network]\nsend_thread = false\n", "t").unwrap();
-    assert!(!c.network.send_thread_enabled());
+    assert!(!c.network.send_thread);
     let c = Config::parse("[network]\nsend_thread = true\n", "t").unwrap();
-    assert!(c.network.send_thread_enabled());
+    assert!(c.network.send_thread);
+    let c = Config::parse("[network]\nsend_thread = false\n", "t").unwrap();
+    assert!(!c.network.send_thread);
     let e = bad("[network]\n\nsend_thread = 2\n");
     assert_eq!((e.line, e.key.as_str()), (3, "network.send_thread"), "{e}");
 }

@@ -467,7 +467,7 @@ pub(super) async fn link_loop(
     let mut pings = Pings::default();
     let mut rx0 = sockets.first().map(udp::RecvBatch::new);
     let mut rx1 = sockets.get(1).map(udp::RecvBatch::new);
-    let threads = state.config.network.send_thread_enabled();
+    let threads = state.config.network.send_thread;
     let mut tx: Vec<udp::Sends> = sockets
         .iter()
         .map(|s| udp::Sends::new(s, threads))
