@@ -15,6 +15,7 @@
 #   BENCH_CACHE=$ROOT/target/bench-tools   where boringtun-cli is installed when missing
 #   KEEP=1             keep the run directory (configs, logs, iperf3 JSON)
 #   CHAIN=0            skip the boringtun-cli chain (our figures only; no install)
+#   SEND_THREAD=       true/false: every daemon's [network] send_thread (unset: the default)
 #   QUEUES=1           during the TCP test, sample every 0.1 s each daemon's UDP receive queue
 #                      (ss Recv-Q) and gn0's kernel queue at the client and the service, and print
 #                      mean/max per host: where the standing queue builds (issue #21 item 5)
@@ -89,6 +90,7 @@ control_socket = "$(sock "$n")"
 [network]
 listen = $LISTEN
 bootstrap = [$boot]
+${SEND_THREAD:+send_thread = $SEND_THREAD}
 [paths]
 ipv4_subnet_family_prefix = 32
 $2

@@ -138,6 +138,9 @@ pub struct NetworkConfig {
     pub relay: Option<bool>,
     /// Links to relays to keep.
     pub links: u32,
+    /// UDP sends on a thread of their own per socket (off by default: on the 2-core test
+    /// machine it cost more CPU per cell than it saved; docs/benchmarks.md).
+    pub send_thread: bool,
 }
 
 /// A peer as the config names it: an address, or a host name resolved when it is dialled (at
@@ -223,6 +226,7 @@ impl Default for Config {
                 bootstrap: Vec::new(),
                 relay: None,
                 links: 8,
+                send_thread: false,
             },
             paths: PathsConfig {
                 ipv4_subnet_family_prefix: 16,
@@ -376,6 +380,9 @@ impl Config {
                 c.network.bootstrap = peer_addrs(&list, "network.bootstrap", &err)?;
             }
             c.network.relay = net.relay;
+            if let Some(v) = net.send_thread {
+                c.network.send_thread = v;
+            }
             if let Some(v) = net.links {
                 c.network.links = int_in(
                     &v,
@@ -697,6 +704,7 @@ struct RawNetwork {
     bootstrap: Option<Spanned<Vec<Spanned<String>>>>,
     relay: Option<bool>,
     links: Option<Spanned<i64>>,
+    send_thread: Option<bool>,
 }
 
 #[derive(Deserialize)]

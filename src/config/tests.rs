@@ -225,3 +225,15 @@ fn advertise_lists_reachable_endpoints() {
     let e = bad("[network]\nadvertise = [\"203.0.113.7:1\", \"203.0.113.7:1\"]\n");
     assert!(e.message.contains("twice"), "{e}");
 }
+
+#[test]
+fn send_thread_is_off_unless_set() {
+    let c = Config::parse("", "t").unwrap();
+    assert!(!c.network.send_thread);
+    let c = Config::parse("[network]\nsend_thread = true\n", "t").unwrap();
+    assert!(c.network.send_thread);
+    let c = Config::parse("[network]\nsend_thread = false\n", "t").unwrap();
+    assert!(!c.network.send_thread);
+    let e = bad("[network]\n\nsend_thread = 2\n");
+    assert_eq!((e.line, e.key.as_str()), (3, "network.send_thread"), "{e}");
+}

@@ -398,7 +398,7 @@ impl Pings {
 pub(super) async fn send_transmits(
     node: &mut Node,
     sockets: &[udp::Port],
-    batches: &mut [udp::SendBatch],
+    batches: &mut [udp::Sends],
 ) {
     while let Some(t) = node.poll_transmit() {
         let pick = sockets
@@ -406,14 +406,14 @@ pub(super) async fn send_transmits(
             .zip(batches.iter_mut())
             .find(|(s, _)| s.serves(&t.dst));
         if let Some((s, b)) = pick {
-            if let Err(e) = s.queue(b, t.dst, t.src, &t.data).await {
+            if let Err(e) = b.queue(s, t.dst, t.src, &t.data).await {
                 tracing::debug!("UDP send to {}: {e}", t.dst);
             }
         }
         node.recycle(t.data);
     }
     for (s, b) in sockets.iter().zip(batches.iter_mut()) {
-        if let Err(e) = s.flush(b).await {
+        if let Err(e) = b.flush(s).await {
             tracing::debug!("UDP send: {e}");
         }
     }
@@ -467,7 +467,11 @@ pub(super) async fn link_loop(
     let mut pings = Pings::default();
     let mut rx0 = sockets.first().map(udp::RecvBatch::new);
     let mut rx1 = sockets.get(1).map(udp::RecvBatch::new);
-    let mut tx: Vec<udp::SendBatch> = sockets.iter().map(|_| udp::SendBatch::default()).collect();
+    let threads = state.config.network.send_thread;
+    let mut tx: Vec<udp::Sends> = sockets
+        .iter()
+        .map(|s| udp::Sends::new(s, threads))
+        .collect();
     let mut events: Vec<NodeEvent> = Vec::new();
     let mut last_snapshot = time::Instant::ZERO;
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -418,6 +418,182 @@ impl Port {
     }
 }
 
+/// Batches in flight per sending thread: filled by the link task, sent by the thread. Each holds
+/// up to [`GSO_MAX_BYTES`]; twice this many exist per socket (the rest wait empty or are filled).
+pub const SEND_DEPTH: usize = 4;
+
+/// A socket's sends made by a thread of their own (issue #21 item 3): the link task fills
+/// [`SendBatch`]es as before and hands each full one over through a bounded channel, getting an
+/// empty one back, so the kernel's send path (copy, segmentation, and on a veth the receiver's
+/// side too) runs on another core while the link task decrypts and forwards the next cells.
+/// Order is kept (one thread, one FIFO); no allocation per datagram (the batches go round).
+pub struct SendThread {
+    /// std's bounded channels: a fixed ring each, nothing allocated per batch (tokio's channels
+    /// allocate a block now and then when two threads race on them).
+    to_thread: std::sync::mpsc::SyncSender<SendBatch>,
+    back: std::sync::mpsc::Receiver<SendBatch>,
+    /// Rung by the thread after each batch it gives back, for a link task waiting for one.
+    returned: std::sync::Arc<tokio::sync::Notify>,
+    /// Batches handed over and not yet sent: at 0, a partly filled batch is sent inline.
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    batch: SendBatch,
+    max: usize,
+}
+
+impl SendThread {
+    /// Starts the thread for `port`'s sends: a duplicate of its socket registered with a runtime
+    /// of the thread's own. Fails (and starts nothing) when the socket cannot be duplicated or
+    /// the runtime not built; the caller then sends inline.
+    pub fn start(port: &Port) -> io::Result<SendThread> {
+        let dup: std::net::UdpSocket = socket2::SockRef::from(&port.socket).try_clone()?.into();
+        let dual = port.v4 && port.v6;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let own = {
+            let _in_rt = rt.enter();
+            Port::new(dup, dual)?
+        };
+        // Every batch is in one of the two channels, at the thread, or at the link task: neither
+        // channel can be full, so no send on them waits.
+        let (to_thread, full) = std::sync::mpsc::sync_channel::<SendBatch>(SEND_DEPTH + 1);
+        let (empty, back) = std::sync::mpsc::sync_channel::<SendBatch>(SEND_DEPTH + 1);
+        for _ in 0..SEND_DEPTH {
+            let _ = empty.try_send(SendBatch::default());
+        }
+        let returned = std::sync::Arc::new(tokio::sync::Notify::new());
+        let ring = returned.clone();
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = in_flight.clone();
+        std::thread::Builder::new()
+            .name("gn-udp-send".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    // Blocking in the runtime is fine: it drives only this loop's socket.
+                    while let Ok(mut b) = full.recv() {
+                        if let Err(e) = own.flush(&mut b).await {
+                            tracing::debug!("UDP send: {e}");
+                        }
+                        if empty.try_send(b).is_err() {
+                            return;
+                        }
+                        // After the send: the link task may send inline once this is 0.
+                        sent.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                        ring.notify_one();
+                    }
+                })
+            })?;
+        Ok(SendThread {
+            to_thread,
+            back,
+            returned,
+            in_flight,
+            batch: SendBatch::default(),
+            max: port.state.max_gso_segments().min(GSO_SEGMENTS),
+        })
+    }
+
+    /// [`Port::queue`] for the thread: a full batch goes to the thread; one that cannot take
+    /// `data` is sent as [`SendThread::flush`] says.
+    pub async fn queue(
+        &mut self,
+        port: &Port,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let mut r = Ok(());
+        if !self.batch.fits(dst, src, data.len(), self.max) {
+            r = self.flush(port).await;
+            self.batch.dst = dst;
+            self.batch.src = src;
+            self.batch.segment = data.len();
+        }
+        self.batch.buf.extend_from_slice(data);
+        self.batch.count += 1;
+        self.batch.closed = data.len() < self.batch.segment;
+        if self.batch.count >= self.max {
+            r = r.and(self.hand_over().await);
+        }
+        r
+    }
+
+    /// Sends what is queued ([`Port::flush`]): a partly filled batch inline on `port` (the
+    /// socket the thread's is a duplicate of) when the thread has nothing in flight, else
+    /// through the thread, behind what it holds. A wake-up of the thread costs more than a
+    /// send of a datagram or two: at low rates, when the link task's wake-ups bring only a
+    /// cell or two, they stay inline; under load, batches fill and go to the thread.
+    pub async fn flush(&mut self, port: &Port) -> io::Result<()> {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return port.flush(&mut self.batch).await;
+        }
+        self.hand_over().await
+    }
+
+    async fn hand_over(&mut self) -> io::Result<()> {
+        if self.batch.count == 0 {
+            return Ok(());
+        }
+        let stopped = || io::Error::other("the UDP send thread stopped");
+        let next = loop {
+            // Armed before the check: a batch given back in between leaves a permit.
+            let returned = self.returned.notified();
+            match self.back.try_recv() {
+                Ok(b) => break b,
+                Err(std::sync::mpsc::TryRecvError::Empty) => returned.await,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(stopped()),
+            }
+        };
+        let full = std::mem::replace(&mut self.batch, next);
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.to_thread.try_send(full).map_err(|_| stopped())
+    }
+}
+
+/// Where a socket's datagrams go: sent by the link task itself, or handed to a [`SendThread`].
+pub enum Sends {
+    /// The link task sends (one core, or no thread could be started).
+    Inline(SendBatch),
+    /// A thread sends.
+    Thread(SendThread),
+}
+
+impl Sends {
+    /// A [`SendThread`] for `port` when `thread`, inline otherwise or when none can be started.
+    pub fn new(port: &Port, thread: bool) -> Sends {
+        if thread {
+            match SendThread::start(port) {
+                Ok(t) => return Sends::Thread(t),
+                Err(e) => tracing::warn!("UDP sends stay on the link task: no send thread: {e}"),
+            }
+        }
+        Sends::Inline(SendBatch::default())
+    }
+
+    /// Queues a datagram ([`Port::queue`], [`SendThread::queue`]).
+    pub async fn queue(
+        &mut self,
+        port: &Port,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        match self {
+            Sends::Inline(b) => port.queue(b, dst, src, data).await,
+            Sends::Thread(t) => t.queue(port, dst, src, data).await,
+        }
+    }
+
+    /// Sends or hands over what is queued ([`Port::flush`], [`SendThread::flush`]).
+    pub async fn flush(&mut self, port: &Port) -> io::Result<()> {
+        match self {
+            Sends::Inline(b) => port.flush(b).await,
+            Sends::Thread(t) => t.flush(port).await,
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack socket reports IPv4 peers that way).
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
