@@ -55,6 +55,7 @@ fn run(seed: u64) -> Outcome {
     let mut seen_svc = 0;
     let mut echoes = 0;
     let mut killed = Vec::new();
+    let mut first_echo = None;
     for i in 0..400u32 {
         // Two relays die while the flow runs: first one on the flow's path (not a guard), then
         // the busiest remaining relay.
@@ -105,9 +106,11 @@ fn run(seed: u64) -> Outcome {
                 let now = sim.now;
                 let _ = sim.nodes[svc].node.send_packet(now, dst, &r);
                 sim.flush(svc);
+                first_echo.get_or_insert(now);
             }
         }
     }
+    eprintln!("first packet at the service (the first session) at {first_echo:?}");
     for ev in &sim.nodes[cli].events {
         if matches!(ev, NodeEvent::Packet { .. }) {
             echoes += 1;

@@ -407,13 +407,21 @@ impl Node {
                 d
             }
         };
-        let mut next = last + UPPER_CAP_MS;
+        // The cap rides on the link layer's housekeeping (also once a second): one wake-up
+        // for both.
+        let cap =
+            (last + UPPER_CAP_MS).min(self.link.next_housekeeping().max(last + UPPER_TICK_MS));
+        let mut next = cap;
         let mut at = |d: Option<Instant>| {
             if let Some(d) = d {
                 next = next.min(fresh(d));
             }
         };
-        let pool_short = self.pool_target > 0 && self.circ.count(Purpose::Pool) < self.pool_target;
+        // A pool that could not find a path (too few relays known) tries again on the cap: a
+        // view does not grow in a quarter second, and a small network would tick for ever.
+        let pool_short = self.pool_target > 0
+            && self.last_path_error.is_none()
+            && self.circ.count(Purpose::Pool) < self.pool_target;
         if pool_short || self.sess.wants_tick() {
             at(Some(Instant::ZERO));
         }

@@ -316,6 +316,12 @@ impl LinkLayer {
         next
     }
 
+    /// When the layer's housekeeping runs next (the node runs its upper layers' cap on the
+    /// same wake-up).
+    pub fn next_housekeeping(&self) -> Instant {
+        self.next_tick
+    }
+
     // ---- state for status ----------------------------------------------------------------
 
     /// Counters.
