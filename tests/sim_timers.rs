@@ -3,6 +3,8 @@
 //! node is woken exactly when `poll_timeout` asks: a timer late here is late by design.
 
 use globalnet::circuit::layer::{Purpose, CREATE_RETRY_MS};
+use globalnet::dht::client::{DhtQuery, DHT_QUERY_WAIT_MS};
+use globalnet::dht::message::RecordKind;
 use globalnet::link::LinkId;
 use globalnet::sim::{sim_addr, Sim, SimConfig, Tap};
 use globalnet::time::Instant;
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 /// Datagrams sent, as (sender, destination, length), since the last look.
 type Sent = Arc<Mutex<Vec<(usize, SocketAddr, usize)>>>;
 
-/// Set: datagrams from node 0 to node 1 are lost.
+/// Set: cells from node 0 are lost.
 type Block = Arc<AtomicBool>;
 
 fn network() -> (Sim, Sent) {
@@ -41,10 +43,10 @@ fn network_of(relays: usize, pool: usize) -> (Sim, Sent, Block) {
     let sent: Sent = Arc::default();
     let block: Block = Arc::default();
     let (s, b) = (sent.clone(), block.clone());
-    let to_1 = sim_addr(1);
     sim.tap = Some(Box::new(move |i, dst, data| {
         s.lock().unwrap().push((i, dst, data.len()));
-        if i == 0 && dst == to_1 && b.load(Ordering::SeqCst) {
+        // Cells only (the only datagrams this large): links stay up, circuits lose their cells.
+        if i == 0 && data.len() >= CELL_LEN && b.load(Ordering::SeqCst) {
             Tap::Drop
         } else {
             Tap::Pass
@@ -132,7 +134,7 @@ fn a_quiet_link_that_carries_a_cell_is_pinged_at_once() {
 /// The link layer of an idle relay asks to be woken about once a second (its housekeeping, and
 /// its links' PINGs and PEX at their own deadlines), not on a fixed 250 ms tick. Counted over a
 /// quiet minute of a settled three-relay network by following the link layer's own deadlines
-/// (the upper layers keep their 250 ms tick: docs/decisions.md, timers).
+/// (the whole node, upper layers too: `an_idle_relay_with_pool_circuits_wakes_about_once_a_second`).
 #[test]
 fn an_idle_link_layer_wakes_less_often_than_the_old_tick() {
     let (mut sim, _sent) = network();
@@ -253,5 +255,51 @@ fn an_idle_relay_with_pool_circuits_wakes_about_once_a_second() {
     assert!(
         small_per_link_s < 0.6,
         "{small_per_link_s:.2} small datagrams per link per second"
+    );
+}
+
+/// DHT client: a query whose lookup went out and got no answer is tried again exactly
+/// `DHT_QUERY_WAIT_MS` after it was sent (with the 250 ms tick: up to 250 ms later, 250 at the
+/// phase the test picks). Node 0 is a client with a ready DHT circuit; the query is sent on it
+/// at once and every cell node 0 sends from then on is lost.
+#[test]
+fn an_unanswered_dht_query_is_retried_at_its_deadline() {
+    let (mut sim, _sent, block) = network_of(5, 0);
+    sim.nodes[0]
+        .node
+        .set_client_identity([0xc7; 32], Vec::new());
+    sim.run_for(10_000);
+    let ready = sim.nodes[0]
+        .node
+        .circ
+        .circuits(sim.now)
+        .into_iter()
+        .any(|c| c.purpose == Purpose::Dht && c.ready);
+    assert!(ready, "node 0 has a ready DHT circuit");
+    just_after_a_wake_up(&mut sim);
+    block.store(true, Ordering::SeqCst);
+    let before = sim.nodes[0].node.dht_stats().retries;
+    let t0 = sim.now;
+    let query = DhtQuery::FindValue {
+        kind: RecordKind::Descriptor,
+        key: [0x5a; 32],
+    };
+    sim.nodes[0].node.dht_query(t0, query, false);
+    sim.flush(0);
+    sim.run_until(t0 + DHT_QUERY_WAIT_MS - 5);
+    let mut retried = None;
+    for _ in 0..400 {
+        if sim.nodes[0].node.dht_stats().retries > before {
+            retried = Some(sim.now);
+            break;
+        }
+        sim.run_for(1);
+    }
+    let retried = retried.expect("the query was retried within 400 ms of its deadline");
+    let after = retried.saturating_since(t0);
+    eprintln!("DHT query sent at {t0:?}, retried {after} ms later");
+    assert!(
+        (DHT_QUERY_WAIT_MS..=DHT_QUERY_WAIT_MS + 2).contains(&after),
+        "retried {after} ms after it was sent, not at {DHT_QUERY_WAIT_MS}"
     );
 }
