@@ -55,6 +55,7 @@ fn run(seed: u64) -> Outcome {
     let mut seen_svc = 0;
     let mut echoes = 0;
     let mut killed = Vec::new();
+    let mut first_echo = None;
     for i in 0..400u32 {
         // Two relays die while the flow runs: first one on the flow's path (not a guard), then
         // the busiest remaining relay.
@@ -105,9 +106,11 @@ fn run(seed: u64) -> Outcome {
                 let now = sim.now;
                 let _ = sim.nodes[svc].node.send_packet(now, dst, &r);
                 sim.flush(svc);
+                first_echo.get_or_insert(now);
             }
         }
     }
+    eprintln!("first packet at the service (the first session) at {first_echo:?}");
     for ev in &sim.nodes[cli].events {
         if matches!(ev, NodeEvent::Packet { .. }) {
             echoes += 1;
@@ -171,5 +174,11 @@ fn one_seed_run_twice_in_one_process_gives_the_same_run() {
     // session is back (105.4 s). That stall is 7.5 s (75 echoes); the first death's is 5.5 s (the
     // client's new circuits try the dead relay 0 first). Without the lost introduction the second
     // stall would be about 2.5 s, which is where the 39 echoes went.
+    // Timers at their deadlines for every layer (issue #21 item 6, 2026-12-07): 317 -> 306 echoes,
+    // victims [0, 20] -> [0, 13], first session at 71.1 s. Timers fire at other instants (and
+    // idle links under circuits are no longer pinged every second: 60,254 -> 38,215 datagrams),
+    // so other datagrams meet the 1 % loss and the run takes other circuits; the earlier 1 s idle
+    // tick's 93.9 s first session was such a loss hitting the first DHT_LOOKUP cell
+    // (docs/decisions.md, timers).
     assert!(a.echoes >= 250, "the flow ran: {} echoes", a.echoes);
 }

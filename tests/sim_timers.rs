@@ -2,37 +2,59 @@
 //! instant its next timer is due, not on a fixed 250 ms tick. Checked in virtual time, where the
 //! node is woken exactly when `poll_timeout` asks: a timer late here is late by design.
 
+use globalnet::circuit::layer::{Purpose, CREATE_RETRY_MS};
+use globalnet::dht::client::{DhtQuery, DHT_QUERY_WAIT_MS};
+use globalnet::dht::message::RecordKind;
 use globalnet::link::LinkId;
 use globalnet::sim::{sim_addr, Sim, SimConfig, Tap};
 use globalnet::time::Instant;
+use globalnet::wire::cell::CELL_LEN;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Datagrams sent, as (sender, destination, length), since the last look.
 type Sent = Arc<Mutex<Vec<(usize, SocketAddr, usize)>>>;
 
+/// Set: cells from node 0 are lost.
+type Block = Arc<AtomicBool>;
+
 fn network() -> (Sim, Sent) {
+    let (sim, sent, _) = network_of(3, 0);
+    (sim, sent)
+}
+
+/// `relays` relays (node 0 first, the others bootstrapped from it), each keeping `pool` pool
+/// circuits, settled for 20 s.
+fn network_of(relays: usize, pool: usize) -> (Sim, Sent, Block) {
     let mut sim = Sim::new(SimConfig {
         seed: 7,
         ..SimConfig::default()
     });
     sim.add_node(true, &[], 2);
-    sim.add_node(true, &[0], 2);
-    sim.add_node(true, &[0], 2);
-    // No pool circuits: a link that carries circuits is marked in use on every tick, which
-    // keeps it from ever being quiet for long.
+    for _ in 1..relays {
+        sim.add_node(true, &[0], 2);
+    }
+    // Without pool circuits unless asked: a link that carries circuits used to be marked in
+    // use on every tick, which kept it from ever being quiet for long.
     for n in &mut sim.nodes {
-        n.node.set_pool_target(0);
+        n.node.set_pool_target(pool);
     }
     let sent: Sent = Arc::default();
-    let s = sent.clone();
+    let block: Block = Arc::default();
+    let (s, b) = (sent.clone(), block.clone());
     sim.tap = Some(Box::new(move |i, dst, data| {
         s.lock().unwrap().push((i, dst, data.len()));
-        Tap::Pass
+        // Cells only (the only datagrams this large): links stay up, circuits lose their cells.
+        if i == 0 && data.len() >= CELL_LEN && b.load(Ordering::SeqCst) {
+            Tap::Drop
+        } else {
+            Tap::Pass
+        }
     }));
     sim.run_for(20_000);
     sent.lock().unwrap().clear();
-    (sim, sent)
+    (sim, sent, block)
 }
 
 /// Node 0's link to node 1.
@@ -112,7 +134,7 @@ fn a_quiet_link_that_carries_a_cell_is_pinged_at_once() {
 /// The link layer of an idle relay asks to be woken about once a second (its housekeeping, and
 /// its links' PINGs and PEX at their own deadlines), not on a fixed 250 ms tick. Counted over a
 /// quiet minute of a settled three-relay network by following the link layer's own deadlines
-/// (the upper layers keep their 250 ms tick: docs/decisions.md, timers).
+/// (the whole node, upper layers too: `an_idle_relay_with_pool_circuits_wakes_about_once_a_second`).
 #[test]
 fn an_idle_link_layer_wakes_less_often_than_the_old_tick() {
     let (mut sim, _sent) = network();
@@ -133,4 +155,151 @@ fn an_idle_link_layer_wakes_less_often_than_the_old_tick() {
     let per_s = wakes as f64 / 60.0;
     eprintln!("node 0's link layer: {wakes} deadlines in 60 s ({per_s:.2}/s)");
     assert!(per_s < 3.0, "{per_s:.2} deadlines per second");
+}
+
+/// Node 0 runs its next timers just now: a step started here is the worst phase for a fixed
+/// 250 ms tick (its timer would be up to 250 ms late).
+fn just_after_a_wake_up(sim: &mut Sim) {
+    let wake = sim.nodes[0].node.poll_timeout().unwrap();
+    sim.run_until(wake + 1);
+}
+
+/// Circuit layer: a CREATE that is not answered is resent `CREATE_RETRY_MS` after it was sent,
+/// to the millisecond (with the 250 ms tick: 1.0–1.25 s, 1.25 s at this phase).
+#[test]
+fn an_unanswered_create_is_resent_at_its_deadline() {
+    let (mut sim, sent, block) = network_of(3, 0);
+    let link = link_0_to_1(&sim);
+    let b = sim_addr(1);
+    let rec = sim.nodes[0]
+        .node
+        .link
+        .view()
+        .get(&sim.nodes[1].identity)
+        .cloned()
+        .expect("node 0 knows node 1's record");
+    just_after_a_wake_up(&mut sim);
+    block.store(true, Ordering::SeqCst);
+    sent.lock().unwrap().clear();
+    let t0 = sim.now;
+    sim.nodes[0]
+        .node
+        .circ
+        .build(t0, Purpose::Pool, vec![rec], Some(link))
+        .unwrap();
+    sim.nodes[0].node.pump(t0);
+    sim.flush(0);
+    // Cells are the only datagrams this large (CREATE here: nothing else runs on the link).
+    let mut cells: Vec<Instant> = Vec::new();
+    for _ in 0..3_000 {
+        let n = sent
+            .lock()
+            .unwrap()
+            .drain(..)
+            .filter(|(i, dst, len)| *i == 0 && *dst == b && *len >= CELL_LEN)
+            .count();
+        cells.extend(std::iter::repeat_n(sim.now, n));
+        if cells.len() >= 2 {
+            break;
+        }
+        sim.run_for(1);
+    }
+    assert!(cells.len() >= 2, "no CREATE resent within 3 s: {cells:?}");
+    let first = cells[0].saturating_since(t0);
+    let gap = cells[1].saturating_since(cells[0]);
+    eprintln!("CREATE {first} ms after the build, resent {gap} ms later");
+    assert!(first <= 1, "the CREATE left {first} ms after the build");
+    assert!(
+        (CREATE_RETRY_MS..=CREATE_RETRY_MS + 2).contains(&gap),
+        "resent {gap} ms after the CREATE, not at {CREATE_RETRY_MS}"
+    );
+}
+
+/// The whole node, idle (circuits, DHT, sessions, exits, the pool and the link layer): a relay
+/// of a settled network that keeps its pool circuits asks to be woken about once a second, not
+/// four times (the upper layers' 250 ms tick). And the links under its idle pool circuits are
+/// not pinged every second (they were: marked in use on every tick, which armed the silence
+/// PING): node 0 sends few small datagrams.
+#[test]
+fn an_idle_relay_with_pool_circuits_wakes_about_once_a_second() {
+    let (mut sim, sent, _) = network_of(5, 2);
+    sim.run_for(40_000);
+    assert!(
+        sim.nodes[0].node.circ.count(Purpose::Pool) >= 2,
+        "node 0 built its pool"
+    );
+    sent.lock().unwrap().clear();
+    let start = sim.now;
+    let mut wakes = 0u64;
+    let mut at = sim.nodes[0].node.poll_timeout().unwrap();
+    while at < start + 60_000 {
+        sim.run_until(at);
+        wakes += 1;
+        let next = sim.nodes[0].node.poll_timeout().unwrap();
+        assert!(next > at, "node 0 asked for {next:?}, not after {at:?}");
+        at = next;
+    }
+    let per_s = wakes as f64 / 60.0;
+    let links = sim.nodes[0].node.link.peers(sim.now).len().max(1);
+    let small = sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(i, _, len)| *i == 0 && *len < 200)
+        .count();
+    let small_per_link_s = small as f64 / 60.0 / links as f64;
+    eprintln!(
+        "node 0: {wakes} wake-ups in 60 s ({per_s:.2}/s); {small} small datagrams on {links} links ({small_per_link_s:.2}/link/s)"
+    );
+    assert!(per_s < 2.0, "{per_s:.2} wake-ups per second");
+    assert!(
+        small_per_link_s < 0.6,
+        "{small_per_link_s:.2} small datagrams per link per second"
+    );
+}
+
+/// DHT client: a query whose lookup went out and got no answer is tried again exactly
+/// `DHT_QUERY_WAIT_MS` after it was sent (with the 250 ms tick: up to 250 ms later, 250 at the
+/// phase the test picks). Node 0 is a client with a ready DHT circuit; the query is sent on it
+/// at once and every cell node 0 sends from then on is lost.
+#[test]
+fn an_unanswered_dht_query_is_retried_at_its_deadline() {
+    let (mut sim, _sent, block) = network_of(5, 0);
+    sim.nodes[0]
+        .node
+        .set_client_identity([0xc7; 32], Vec::new());
+    sim.run_for(10_000);
+    let ready = sim.nodes[0]
+        .node
+        .circ
+        .circuits(sim.now)
+        .into_iter()
+        .any(|c| c.purpose == Purpose::Dht && c.ready);
+    assert!(ready, "node 0 has a ready DHT circuit");
+    just_after_a_wake_up(&mut sim);
+    block.store(true, Ordering::SeqCst);
+    let before = sim.nodes[0].node.dht_stats().retries;
+    let t0 = sim.now;
+    let query = DhtQuery::FindValue {
+        kind: RecordKind::Descriptor,
+        key: [0x5a; 32],
+    };
+    sim.nodes[0].node.dht_query(t0, query, false);
+    sim.flush(0);
+    sim.run_until(t0 + DHT_QUERY_WAIT_MS - 5);
+    let mut retried = None;
+    for _ in 0..400 {
+        if sim.nodes[0].node.dht_stats().retries > before {
+            retried = Some(sim.now);
+            break;
+        }
+        sim.run_for(1);
+    }
+    let retried = retried.expect("the query was retried within 400 ms of its deadline");
+    let after = retried.saturating_since(t0);
+    eprintln!("DHT query sent at {t0:?}, retried {after} ms later");
+    assert!(
+        (DHT_QUERY_WAIT_MS..=DHT_QUERY_WAIT_MS + 2).contains(&after),
+        "retried {after} ms after it was sent, not at {DHT_QUERY_WAIT_MS}"
+    );
 }

@@ -654,6 +654,46 @@ impl DhtClient {
     // The timer work comes in steps so that the node can hand each finished query to the
     // layer that asked before the next step runs (that layer may start another query at once).
 
+    /// When the client's timers next have something to do, exactly: a sent query's deadline, a
+    /// pool circuit's retirement, the next pool build try while the pool is short of `wanted`,
+    /// the next DHT sample. What waits for the next run whenever it is (an outcome deferred
+    /// while its token was handed out, a query not sent yet, a taken circuit whose query is
+    /// gone) is due at once: [`Instant::ZERO`], which the node reads as its coarse tick.
+    pub fn deadline(&self, wanted: (usize, usize)) -> Option<Instant> {
+        if !self.deferred.is_empty() {
+            return Some(Instant::ZERO);
+        }
+        let queries = self
+            .queries
+            .values()
+            .map(|q| if q.sent { q.deadline } else { Instant::ZERO });
+        let circs = self.circs.iter().map(|(id, c)| {
+            if !c.taken {
+                c.created + DHT_POOL_MAX_AGE_MS
+            } else if self.queries.values().any(|q| q.circ == Some(*id)) {
+                Instant::MAX
+            } else {
+                Instant::ZERO
+            }
+        });
+        let short = [(false, wanted.0), (true, wanted.1)]
+            .into_iter()
+            .any(|(service, want)| {
+                self.circs
+                    .values()
+                    .filter(|c| c.service == service && !c.taken)
+                    .count()
+                    < want
+            });
+        let pool = short.then_some(self.next_pool_try);
+        queries
+            .chain(circs)
+            .chain(pool)
+            .chain(Some(self.next_sample))
+            .filter(|t| *t != Instant::MAX)
+            .min()
+    }
+
     /// Sent queries whose reply did not come (or the rest of a multi-record answer), in token
     /// order: each goes to [`DhtClient::on_overdue`].
     pub fn overdue(&self, now: Instant) -> Vec<u64> {

@@ -716,6 +716,32 @@ impl DhtHost {
 
     // ---- timers --------------------------------------------------------------------------
 
+    /// When [`DhtHost::on_timer`] next has something to do that cannot wait for the node's
+    /// once-a-second cap, exactly: the relay's request and lookup timeouts, the store's expiry,
+    /// refresh and our record's publication (while the table has contacts: `own_work` does
+    /// nothing without), and the next scan while requests wait for links (they are sent then).
+    /// The scan that enters new links' contacts into the table, and the relay's start once our
+    /// record carries `FLAG_DHT`, ride on the cap: up to a second later than with the tick's
+    /// half second.
+    pub fn deadline(&self) -> Option<Instant> {
+        let relay = self.relay.as_ref()?;
+        let mut d = Some(self.next_expire);
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                d = Some(d.map_or(t, |x: Instant| x.min(t)));
+            }
+        };
+        at(relay.deadline());
+        if !relay.table.is_empty() {
+            at(Some(self.next_refresh));
+            at(Some(self.next_publish));
+        }
+        if !self.waiting.is_empty() {
+            at(Some(self.next_scan));
+        }
+        d
+    }
+
     /// Starts the relay once our record carries `FLAG_DHT`, and runs its timers: contacts of
     /// new links into the table, waiting requests, expiry, refresh and our own record.
     pub fn on_timer<C: LinkContext>(&mut self, ctx: &mut C, now: Instant) {

@@ -405,6 +405,17 @@ impl DhtRelay {
         }
     }
 
+    /// When [`DhtRelay::on_timer`] next has something to do: a lookup's request or overall
+    /// timeout, or a store request's deadline. O(operations + requests in flight).
+    pub fn deadline(&self) -> Option<Instant> {
+        let lookups = self.ops.values().filter_map(|op| op.lookup.next_timeout());
+        let stores = self.rpcs.values().filter_map(|r| match r {
+            Rpc::Store { deadline, .. } => Some(*deadline),
+            Rpc::Lookup { .. } => None,
+        });
+        lookups.chain(stores).min()
+    }
+
     /// Timeouts of requests and operations.
     pub fn on_timer(&mut self, now: Instant) {
         // Store requests past their deadline count as refusals by a failed contact.

@@ -415,6 +415,34 @@ impl Node {
         r
     }
 
+    /// When [`Node::exit_timeout`] next acts (its conditions as "since + period"): on the
+    /// coarse tick ([`Instant::ZERO`]) while a group that needs a circuit has none, at the resend
+    /// of an unanswered `EXIT_SESSION`, at the next try of group 1's first circuit. `None`
+    /// when we send nothing to exits.
+    pub(super) fn exit_deadline(&self) -> Option<Instant> {
+        if !self.exits.outbound {
+            return None;
+        }
+        let mut d: Option<Instant> = None;
+        let mut at = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
+        for ((g, _), c) in &self.exits.groups {
+            let lingering = |used: Instant| {
+                c.session.as_ref().is_some_and(|s| s.established)
+                    && used + EXIT_SESSION_LINGER_MS > self.upper_last
+            };
+            if c.circ.is_none() && (*g == 1 || lingering(c.used)) {
+                at(Instant::ZERO);
+            }
+            if let Some((_, sent, _)) = &c.attach {
+                at(*sent + EXIT_SESSION_RESEND_MS);
+            }
+        }
+        if !self.exits.groups.keys().any(|(g, _)| *g == 1) {
+            at(self.exits.first_try);
+        }
+        d
+    }
+
     /// Timer upkeep: a client with outbound traffic keeps group 1's circuits built, and one to
     /// an exit (the pinned one, else one with a known policy) before any traffic, so the first
     /// connection does not wait for a build.

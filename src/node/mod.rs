@@ -27,13 +27,19 @@ pub const POOL_TARGET: usize = 2;
 /// Hops of a pool circuit.
 pub const POOL_HOPS: usize = 3;
 
-/// Period of the timers of the layers above the link layer (circuits, sessions but for their
-/// silence probes, DHT, exits, the pool) while the node is busy. They keep a tick because their
-/// timers are spread over many tables with "retry on the next tick" steps and have no deadline
-/// of their own yet; the session bounds in `session/limits.rs` assume this period. (Slowing it
-/// to 1 s on an idle node, as the link layer's housekeeping, delayed the first session of
-/// tests/sim_repeatable.rs by 22 s, cause not found: left at 250 ms.)
+/// The coarse tick of the upper layers' timers that have no deadline of their own (most of the
+/// session layer's, work that waits for "the next run"): while a layer has such work
+/// ([`Node::upper_deadline`]) the upper layers run this often, as they all did before issue #21
+/// item 6; the session bounds in `session/limits.rs` assume this period. A deadline that was
+/// already due at the last run and is still there (its work was declined) is also retried this
+/// much later rather than at once, so that nothing spins.
 pub const UPPER_TICK_MS: Millis = 250;
+/// The upper layers run at least this often (the safety cap): the timers left to it are long
+/// (relayed circuits' idle and age limits, onion key rotation, the DHT's start and contact scan,
+/// guard upkeep, sweeps) and may run up to this late; a deadline a change forgot to report is
+/// late by at most this, never lost. The link layer's housekeeping has the same period, and the
+/// node runs both on one wake-up when it can.
+pub const UPPER_CAP_MS: Millis = crate::link::layer::LINK_HOUSEKEEPING_MS;
 
 /// What a node reports upwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,8 +162,7 @@ pub struct Node {
     /// Exit session keys (protocol.md 7.4).
     exit_secrets: crate::crypto::rng::SecretRng,
     packet_bufs: Vec<Vec<u8>>,
-    /// When the upper layers' timers run next and when they last ran (see [`UPPER_TICK_MS`]).
-    upper_due: Instant,
+    /// When the upper layers' timers last ran ([`Node::upper_deadline`]).
     upper_last: Instant,
 }
 
@@ -193,7 +198,6 @@ impl Node {
             exit_secrets: rand.split("exits").into_secrets(),
             exits: exits::NodeExits::default(),
             packet_bufs: Vec::new(),
-            upper_due: now,
             upper_last: Instant::ZERO,
         }
     }
@@ -358,22 +362,22 @@ impl Node {
         self.pump(now);
     }
 
-    /// Runs timers: the link layer's that are due, and the upper layers' on their tick or at a
-    /// session circuit's silence deadline.
+    /// Runs timers: the link layer's that are due, and the upper layers' at their deadline
+    /// ([`Node::upper_deadline`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let silence_due = self.sess.silence_deadline().is_some_and(|d| d <= now);
-        if now < self.upper_due && !silence_due {
+        if now < self.upper_deadline() {
             self.link.handle_timeout(now);
             self.pump(now);
             return;
         }
         self.upper_last = now;
+        // Links under our circuits are kept (not closed as idle bootstrap or DHT links); this
+        // does not make them look busy to the silence check (docs/decisions.md, idle links).
         let busy: Vec<crate::link::LinkId> = self.circ.links_in_use().collect();
         for l in busy {
             self.link.mark_in_use(l, now);
         }
         self.link.handle_timeout(now);
-        self.upper_due = now + UPPER_TICK_MS;
         self.circ.handle_timeout(now);
         if let Some(k) = self.circ.take_rotated_onion_key() {
             self.link.set_onion_public(now, *k.public());
@@ -387,22 +391,54 @@ impl Node {
         self.pump(now);
     }
 
-    /// When to call [`Node::handle_timeout`] next: the earliest of the link layer's exact
-    /// deadlines, the session circuits' silence deadlines and the upper layers' tick; never more
-    /// than [`crate::link::layer::LINK_HOUSEKEEPING_MS`] away. O(links + session circuits).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When the upper layers' timers run next: the earliest of each layer's exact deadline
+    /// (circuits, DHT host and client, session silences, exits), the coarse tick while a layer
+    /// has work without a deadline (the pool short of its target, most session timers: see
+    /// [`UPPER_TICK_MS`]), and the cap ([`UPPER_CAP_MS`]). Computed from the layers' state on
+    /// each call, so work that appears between runs (a packet for a new destination, a query)
+    /// is seen at once; a deadline already past at the last run waits for the tick.
+    /// O(our circuits + session circuits + DHT queries and lookups).
+    pub fn upper_deadline(&self) -> Instant {
         let last = self.upper_last;
-        // A silence deadline at or before the last run was due then and is still there (its
-        // circuit is going away): look again on the tick rather than spin.
-        let silence =
-            self.sess
-                .silence_deadline()
-                .map(|d| if d <= last { last + UPPER_TICK_MS } else { d });
-        let upper = Some(silence.map_or(self.upper_due, |s| s.min(self.upper_due)));
-        match (self.link.poll_timeout(), upper) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let fresh = |d: Instant| {
+            if d <= last {
+                last + UPPER_TICK_MS
+            } else {
+                d
+            }
+        };
+        // The cap rides on the link layer's housekeeping (also once a second): one wake-up
+        // for both.
+        let cap =
+            (last + UPPER_CAP_MS).min(self.link.next_housekeeping().max(last + UPPER_TICK_MS));
+        let mut next = cap;
+        let mut at = |d: Option<Instant>| {
+            if let Some(d) = d {
+                next = next.min(fresh(d));
+            }
+        };
+        // A pool that could not find a path (too few relays known) tries again on the cap: a
+        // view does not grow in a quarter second, and a small network would tick for ever.
+        let pool_short = self.pool_target > 0
+            && self.last_path_error.is_none()
+            && self.circ.count(Purpose::Pool) < self.pool_target;
+        if pool_short || self.sess.wants_tick() {
+            at(Some(Instant::ZERO));
         }
+        at(self.circ.deadline());
+        at(self.sess.silence_deadline());
+        at(self.dht.host.deadline());
+        at(self.dht.client.deadline(self.sess_dht_pool_wanted()));
+        at(self.exit_deadline());
+        next
+    }
+
+    /// When to call [`Node::handle_timeout`] next: the earlier of the link layer's exact
+    /// deadlines and the upper layers' ([`Node::upper_deadline`]); never more than a second
+    /// away (both layers' cap).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let upper = self.upper_deadline();
+        Some(self.link.poll_timeout().map_or(upper, |l| l.min(upper)))
     }
 
     /// The next datagram to send.

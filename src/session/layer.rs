@@ -665,6 +665,36 @@ impl SessionLayer {
         true
     }
 
+    /// Whether [`SessionLayer::timeout`] has work for the node's coarse upper tick
+    /// (`node::UPPER_TICK_MS`). Its timers are spread over many small tables (introduction
+    /// steps, rendezvous and lookup timeouts, spares, the service's intro queue that serves a
+    /// share per run, intro-point checks, publication delays) with "again on the next run"
+    /// steps, and the limits in `limits.rs` count on that period; only the silences report
+    /// exact deadlines ([`SessionLayer::silence_deadline`]). So the tick runs while any of
+    /// those tables holds something: a node with a client session or a hosted service, or
+    /// with lookups, pings, introductions or stems under way. A relay (intro and rendezvous
+    /// point roles only: their entries expire by their own clocks) or an idle client has none,
+    /// and its sessions wait for the node's cap.
+    pub fn wants_tick(&self) -> bool {
+        let stems = |owner: Owner| {
+            self.stems
+                .iter()
+                .filter(|(id, _)| self.owners.get(id) == Some(&owner))
+                .count()
+        };
+        !self.clients.is_empty()
+            || !self.services.is_empty()
+            || !self.rend_waiting.is_empty()
+            || !self.pings.is_empty()
+            || !self.pending_r1.is_empty()
+            || !self.lookups.is_empty()
+            || !self.dht_requests.is_empty()
+            || !self.publishes.is_empty()
+            || !self.relay_lookups.is_empty()
+            || !self.solve_requests.is_empty()
+            || (self.client_seed.is_some() && stems(Owner::ClientStem) < CLIENT_POOL_STEMS)
+    }
+
     /// Runs timers: stems, services, client sessions.
     pub fn timeout(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
         self.now = now;

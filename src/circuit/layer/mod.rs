@@ -326,6 +326,10 @@ pub struct CircuitLayer {
     /// Our circuits retire at this age: [`CIRCUIT_MAX_AGE_MS`] but in tests that need a
     /// rotation soon ([`CircuitLayer::set_max_age`]).
     max_age: Millis,
+    /// No relayed circuit's setup timer (EXTEND timeout, CREATE and EXTENDED resends) is due
+    /// before this: lowered where one is armed, recomputed by `relay_timeouts` (see
+    /// [`CircuitLayer::deadline`]).
+    relay_timer: Option<Instant>,
 }
 
 fn create_digest(cell: &[u8; CELL_LEN]) -> [u8; 32] {
@@ -394,6 +398,7 @@ impl CircuitLayer {
             unreachable: Vec::new(),
             spliced_seen: None,
             max_age: CIRCUIT_MAX_AGE_MS,
+            relay_timer: None,
         }
     }
 
@@ -642,5 +647,26 @@ impl CircuitLayer {
         self.onion_key_timers(now);
         self.origin_timeouts(now);
         self.relay_timeouts(now);
+    }
+
+    /// When [`CircuitLayer::handle_timeout`] next has something to do that cannot wait for the
+    /// node's once-a-second cap (`node::UPPER_CAP_MS`), exactly: our circuits' build timeouts,
+    /// retirements and CREATE/EXTEND resends (O(our circuits)), and relayed circuits' EXTEND
+    /// timeouts and CREATED/EXTENDED resends (a bound kept as they are armed, O(1): a relay
+    /// carries thousands of circuits and this is asked on every turn of the daemon's loop).
+    /// Relayed circuits' idle and age limits (15 min, 2 h), onion key rotation (days) and the
+    /// quarantine sweep (ids it holds are refused by their own expiry) ride on the cap, up to a
+    /// second late. May be early (a timer armed and then answered): one wake-up for nothing.
+    pub fn deadline(&self) -> Option<Instant> {
+        let own = self.own.values().map(|o| o.deadline(self.max_age)).min();
+        match (own, self.relay_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Lowers the relayed circuits' timer bound to `at`.
+    pub(super) fn arm_relay_timer(&mut self, at: Instant) {
+        self.relay_timer = Some(self.relay_timer.map_or(at, |t| t.min(at)));
     }
 }

@@ -46,6 +46,27 @@ pub(super) struct Own {
     pub(super) _charge: Charge,
 }
 
+impl Own {
+    /// When `origin_timeouts` next acts on this circuit: its build timeout or retirement, or the
+    /// resend of its CREATE or EXTEND (the same conditions, as "since + period").
+    pub(super) fn deadline(&self, max_age: crate::time::Millis) -> Instant {
+        let end = match self.built_at {
+            None => self.started + CIRCUIT_BUILD_TIMEOUT_MS,
+            Some(b) => b + max_age,
+        };
+        let resend = match (self.link, &self.state) {
+            (Some(_), OwnState::Extending { next: 0 }) => (self.setup.is_some()
+                && self.setup_retries < CREATE_RETRIES)
+                .then(|| self.setup_sent + CREATE_RETRY_MS),
+            (Some(_), OwnState::Extending { .. }) => (self.circ.is_some()
+                && self.setup_retries < EXTEND_RESENDS)
+                .then(|| self.setup_sent + EXTEND_RESEND_MS),
+            _ => None,
+        };
+        resend.map_or(end, |r| r.min(end))
+    }
+}
+
 impl CircuitLayer {
     /// The link to the first hop of our circuit and the circuit id on it, for tests (a cell a
     /// hostile first hop would pass on travels there).

@@ -549,6 +549,7 @@ impl CircuitLayer {
             sent: None,
             retries: 0,
         }));
+        self.arm_relay_timer(now + EXTEND_TIMEOUT_MS);
         let existing = self
             .links
             .iter()
@@ -584,6 +585,7 @@ impl CircuitLayer {
             &ext.create,
         );
         r.down = Some((link, id));
+        self.arm_relay_timer(now + CREATE_RETRY_MS);
         self.routes.insert((link, id), (slot, Dir::Down));
         if let Some(i) = self.links.get_mut(&link) {
             i.circuits += 1;
@@ -619,6 +621,7 @@ impl CircuitLayer {
                     create,
                     cell: out,
                 }));
+                self.arm_relay_timer(now + EXTENDED_RESEND_MS);
                 self.push_cell(up, out);
             }
             Err(_) => self.destroy_relayed(now, slot, None),
@@ -746,6 +749,37 @@ impl CircuitLayer {
         for slot in expired {
             self.destroy_relayed(now, slot, None);
         }
+        self.relay_timer = self
+            .relayed
+            .values()
+            .filter_map(Relayed::setup_deadline)
+            .min();
+    }
+}
+
+impl Relayed {
+    /// When `relay_timeouts` next acts on this circuit's setup (the EXTEND timeout, a CREATE or
+    /// EXTENDED resend); `None` once set up.
+    fn setup_deadline(&self) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut at = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
+        if let Some(e) = self.extend.as_deref() {
+            at(e.started + EXTEND_TIMEOUT_MS);
+            if let (Some(sent), Some(_)) = (e.sent, self.down) {
+                if e.retries < CREATE_RETRIES {
+                    at(sent + CREATE_RETRY_MS);
+                }
+            }
+        }
+        if let Some(Answer::Extended {
+            at: sent, resends, ..
+        }) = self.answer.as_deref()
+        {
+            if *resends < EXTENDED_RESENDS {
+                at(*sent + EXTENDED_RESEND_MS);
+            }
+        }
+        d
     }
 }
 

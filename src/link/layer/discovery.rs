@@ -315,7 +315,7 @@ impl LinkLayer {
                     l.established_at
                         .is_some_and(|t| now.saturating_since(t) >= BOOTSTRAP_LINGER_MS)
                 })
-                .filter(|l| now.saturating_since(l.last_cell) >= BOOTSTRAP_LINGER_MS)
+                .filter(|l| now.saturating_since(l.last_cell.max(l.held_at)) >= BOOTSTRAP_LINGER_MS)
                 .filter(|l| !self.nat_uses(l.id))
                 .map(|l| l.id)
                 .collect();

@@ -148,8 +148,10 @@ pub(super) struct Link {
     /// Our last EXIT_POLICY_REQUEST on it, our last answer to one on it.
     pub(super) last_policy_ask: Instant,
     pub(super) policy_served: Instant,
-    /// Last use: a cell either way, a DHT frame we sent, or `LinkLayer::mark_in_use`.
+    /// Last use: a cell either way or a DHT frame we sent (what arms the silence PING).
     pub(super) last_cell: Instant,
+    /// Last `LinkLayer::mark_in_use` (circuits run over it): keeps it, arms nothing.
+    pub(super) held_at: Instant,
     /// Our requests waiting for an answer, by rpc id.
     pub(super) rpcs: BTreeMap<u64, Pending>,
     /// The NAT class and first endpoint of the peer's record.

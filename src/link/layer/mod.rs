@@ -316,6 +316,12 @@ impl LinkLayer {
         next
     }
 
+    /// When the layer's housekeeping runs next (the node runs its upper layers' cap on the
+    /// same wake-up).
+    pub fn next_housekeeping(&self) -> Instant {
+        self.next_tick
+    }
+
     // ---- state for status ----------------------------------------------------------------
 
     /// Counters.
@@ -356,10 +362,12 @@ impl LinkLayer {
     }
 
     /// Tells the link layer that a link carries circuits, so that it is not closed as idle
-    /// (bootstrap links are closed once unused).
+    /// (bootstrap links are closed once unused). Not a use: only cells arm the silence PING, so
+    /// a link under idle circuits gets the idle link's PING, not one a second
+    /// (docs/decisions.md, idle links under circuits).
     pub fn mark_in_use(&mut self, link: LinkId, now: Instant) {
         if let Some(l) = self.links.get_mut(&link) {
-            l.last_cell = now;
+            l.held_at = now;
             l.dht_only = false;
         }
     }

@@ -151,6 +151,7 @@ impl LinkLayer {
                 last_policy_ask: Instant::ZERO,
                 policy_served: Instant::ZERO,
                 last_cell: Instant::ZERO,
+                held_at: Instant::ZERO,
                 rpcs: BTreeMap::new(),
                 peer_nat: NatClass::Unknown,
                 peer_endpoint: None,
