@@ -372,6 +372,8 @@ impl Node {
         for l in busy {
             self.link.mark_in_use(l, now);
         }
+        let guards: Vec<[u8; 32]> = self.guards().list().iter().map(|g| g.identity).collect();
+        self.link.keep_links_to(&guards);
         self.link.handle_timeout(now);
         self.upper_due = now + UPPER_TICK_MS;
         self.circ.handle_timeout(now);
