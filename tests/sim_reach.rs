@@ -154,3 +154,182 @@ fn a_service_that_does_not_know_the_rendezvous_point_fetches_its_record() {
     );
     assert!(took.is_some(), "no PONG; client trace {cli_trace:?}");
 }
+
+/// The client's trace of setup failures.
+fn trace_of(st: &Stage, i: usize) -> Vec<String> {
+    st.w.sim.nodes[i]
+        .node
+        .session_stats()
+        .setup_failures
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Runs in 10 ms steps until `node`'s trace names `what`; the time then.
+fn run_until_traced(st: &mut Stage, node: usize, what: &str, ms: u64) -> u64 {
+    let end = st.w.sim.now + ms;
+    while st.w.sim.now < end {
+        st.w.sim.run_for(10);
+        if trace_of(st, node).iter().any(|k| k.contains(what)) {
+            return st.w.sim.now.as_unix_ms();
+        }
+    }
+    panic!("no {what:?} within {ms} ms: {:?}", trace_of(st, node));
+}
+
+/// Cuts the underlay between the last two hops of `node`'s 3-hop DHT circuits (built or
+/// building) for 5 s: the query on one waits until the circuit is found dead (its link falls
+/// silent, or the EXTEND's dial fails) and then runs again on another circuit, as a lookup does
+/// when a relay on its circuit dies.
+fn cut_dht_circuits(st: &mut Stage, node: usize) -> usize {
+    use globalnet::circuit::layer::Purpose;
+    let pairs: Vec<([u8; 32], [u8; 32])> = {
+        let n = &st.w.sim.nodes[node].node;
+        n.circ
+            .circuits(st.w.sim.now)
+            .into_iter()
+            // Relay-record lookups run on 3-hop circuits (4 hops: a service's publications).
+            .filter(|c| c.purpose == Purpose::Dht && c.hops == 3)
+            .filter_map(|c| {
+                let p = n.circ.path(c.id)?;
+                let [.., a, b] = p else { return None };
+                Some((*a.identity(), *b.identity()))
+            })
+            .collect()
+    };
+    for (a, b) in &pairs {
+        let ip = |id: &[u8; 32]| {
+            let i = st.w.sim.node_by_identity(id).unwrap();
+            st.w.sim.nodes[i].addr.ip()
+        };
+        let (a, b) = (ip(a), ip(b));
+        st.w.sim.blocked.push((a, b));
+    }
+    st.w.sim.run_for(5_000);
+    st.w.sim.blocked.clear();
+    pairs.len()
+}
+
+/// Runs until `node` finished a relay-record lookup; the time then.
+fn run_until_record(st: &mut Stage, node: usize, ms: u64) -> u64 {
+    let before = |st: &Stage| st.w.sim.nodes[node].node.session_stats().relay_lookups_done;
+    let end = st.w.sim.now + ms;
+    while before(st) == 0 {
+        assert!(st.w.sim.now < end, "the record lookup did not end");
+        st.w.sim.run_for(10);
+    }
+    st.w.sim.now.as_unix_ms()
+}
+
+/// Waits for the PONG of PING `id` up to `ms`; when it came.
+fn wait_pong(st: &mut Stage, id: u64, ms: u64) -> Option<u64> {
+    let end = st.w.sim.now + ms;
+    while st.w.sim.now < end {
+        st.w.sim.run_for(100);
+        if st.w.sim.nodes[st.cli]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Pong { id: got, .. } if *got == id))
+        {
+            return Some(st.w.sim.now.as_unix_ms());
+        }
+    }
+    None
+}
+
+#[test]
+fn the_intro_circuit_gets_its_whole_step_after_a_slow_record_lookup() {
+    init_log();
+    // 50 ms a hop: the circuit to the intro point takes longer than a timer tick to build.
+    let mut st = Stage::with_latency(24, 41, 50);
+    let ips = intro_points(&st);
+    for ip in &ips {
+        st.w.sim.nodes[st.cli].node.link.forget_relay_record(ip);
+    }
+    let now = st.w.sim.now;
+    let id = st.w.sim.nodes[st.cli]
+        .node
+        .e2e_ping(now, st.s_addr)
+        .unwrap();
+    st.w.sim.flush(st.cli);
+    let cli = st.cli;
+    let fetch_at = run_until_traced(&mut st, cli, "intro point record looked up", 10_000);
+    assert!(
+        cut_dht_circuits(&mut st, cli) > 0,
+        "the lookup runs on a DHT circuit"
+    );
+    let found_at = run_until_record(&mut st, cli, 20_000);
+    let pong = wait_pong(&mut st, id, 15_000);
+    let trace = trace_of(&st, st.cli);
+    eprintln!(
+        "record after {} ms, PONG after {:?} ms; client trace {trace:?}",
+        found_at - fetch_at,
+        pong.map(|p| p - fetch_at)
+    );
+    assert!(
+        found_at - fetch_at > 5_000,
+        "the lookup was not slower than the intro step ({} ms): the test shows nothing",
+        found_at - fetch_at
+    );
+    // Before the fix the step timer counted from the attempt's start, so the circuit built
+    // after the record came was given up at once ("introduction timed out [intro circuit
+    // building]") and another intro point tried.
+    assert!(
+        !trace.iter().any(|k| k.contains("client retry")),
+        "the first introduction was given up: {trace:?}"
+    );
+    assert!(pong.is_some(), "no PONG; client trace {trace:?}");
+}
+
+#[test]
+fn the_client_waits_for_a_service_that_looks_the_rendezvous_point_up_slowly() {
+    init_log();
+    let mut st = Stage::new(24, 43);
+    let now = st.w.sim.now;
+    let id = st.w.sim.nodes[st.cli]
+        .node
+        .e2e_ping(now, st.s_addr)
+        .unwrap();
+    st.w.sim.flush(st.cli);
+    let rps: Vec<[u8; 32]> = {
+        let n = &st.w.sim.nodes[st.cli].node;
+        n.circ
+            .ready_ids(globalnet::circuit::layer::Purpose::Rendezvous)
+            .into_iter()
+            .filter_map(|c| n.circ.path(c).and_then(|p| p.last()).map(|r| *r.identity()))
+            .collect()
+    };
+    assert_eq!(rps.len(), 1, "one rendezvous circuit, from the pool");
+    st.w.sim.nodes[st.svc]
+        .node
+        .link
+        .forget_relay_record(&rps[0]);
+    let svc = st.svc;
+    let fetch_at = run_until_traced(&mut st, svc, "rendezvous point record looked up", 10_000);
+    // The service's lookup outlasts the client's old 3 s wait after INTRODUCE_ACK.
+    assert!(
+        cut_dht_circuits(&mut st, svc) > 0,
+        "the lookup runs on a DHT circuit"
+    );
+    let found_at = run_until_record(&mut st, svc, 20_000);
+    let pong = wait_pong(&mut st, id, 15_000);
+    let trace = trace_of(&st, st.cli);
+    eprintln!(
+        "service had the record after {} ms, PONG after {:?} ms; client trace {trace:?}",
+        found_at - fetch_at,
+        pong.map(|p| p - fetch_at)
+    );
+    assert!(
+        found_at - fetch_at > 3_000,
+        "the service's lookup was not slower than the old wait ({} ms): the test shows nothing",
+        found_at - fetch_at
+    );
+    // Before: after 3 s the client tried another intro point too, whose introduction replaced
+    // the service's session ("acknowledged, no RENDEZVOUS2").
+    assert!(
+        !trace.iter().any(|k| k.contains("client retry")),
+        "the client did not wait for the service: {trace:?}"
+    );
+    assert!(pong.is_some(), "no PONG; client trace {trace:?}");
+}

@@ -377,6 +377,8 @@ impl Node {
         for l in busy {
             self.link.mark_in_use(l, now);
         }
+        let guards: Vec<[u8; 32]> = self.guards().list().iter().map(|g| g.identity).collect();
+        self.link.keep_links_to(&guards);
         self.link.handle_timeout(now);
         self.circ.handle_timeout(now);
         if let Some(k) = self.circ.take_rotated_onion_key() {

@@ -38,7 +38,7 @@ use crate::session::limits::*;
 use crate::session::roles::{IntroPointRole, RendezvousRole};
 use crate::session::service::Service;
 use crate::session::{E2eMessage, Pseudonym, Rendezvous1, SessionChannel};
-use crate::time::{Expiring, Instant, RepeatLog};
+use crate::time::{Expiring, Instant, Millis, RepeatLog};
 
 /// Why a packet could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +100,10 @@ pub struct SessionInfo {
 /// Counters of the session layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionStats {
+    /// Relay-record lookups (`DhtRequest::Relay`) that ended.
+    pub relay_lookups_done: u64,
+    /// Their summed time (ms).
+    pub relay_lookups_ms: u64,
     /// Sessions opened as a client.
     pub client_sessions: u64,
     /// Sessions accepted as a service.
@@ -258,8 +262,11 @@ pub struct SessionLayer {
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
     pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Instant)>,
-    /// Relay-record lookups under way (`DhtRequest::Relay`): token → relay.
-    pub(in crate::session) relay_lookups: BTreeMap<u64, [u8; 32]>,
+    /// Relay-record lookups under way (`DhtRequest::Relay`): token → relay, and when asked.
+    pub(in crate::session) relay_lookups: BTreeMap<u64, ([u8; 32], Instant)>,
+    /// How long our relay-record lookups take (moving average of the found ones): a service
+    /// that does not know our rendezvous point takes as long before it can build to it.
+    pub(in crate::session) relay_lookup_ms: Millis,
     /// Rendezvous joins waiting for the rendezvous point's record from the DHT.
     pub(in crate::session) rend_waiting: Vec<RendWaiting>,
     pub(in crate::session) next_ping: u64,
@@ -340,6 +347,7 @@ impl SessionLayer {
             vanguards: Vanguards::new(),
             pings: BTreeMap::new(),
             relay_lookups: BTreeMap::new(),
+            relay_lookup_ms: RELAY_LOOKUP_PRIOR_MS,
             rend_waiting: Vec::new(),
             next_ping: 1,
             stats: SessionStats::default(),
@@ -603,19 +611,19 @@ impl SessionLayer {
                 self.publishes.insert(token, (*svc, *epoch));
             }
             DhtRequest::Relay { identity } => {
-                self.relay_lookups.insert(token, *identity);
+                self.relay_lookups.insert(token, (*identity, self.now));
             }
         }
     }
 
     /// The relay whose record the DHT query `token` looks up, if it is one of ours.
     pub fn relay_lookup(&self, token: u64) -> Option<[u8; 32]> {
-        self.relay_lookups.get(&token).copied()
+        self.relay_lookups.get(&token).map(|(r, _)| *r)
     }
 
     /// Asks the DHT for the record of the relay `identity`, unless a lookup is under way.
     pub(in crate::session) fn fetch_relay(&mut self, identity: [u8; 32]) {
-        let asked = self.relay_lookups.values().any(|r| *r == identity)
+        let asked = self.relay_lookups.values().any(|(r, _)| *r == identity)
             || self
                 .dht_requests
                 .iter()
@@ -652,7 +660,15 @@ impl SessionLayer {
             }
             return true;
         }
-        if let Some(identity) = self.relay_lookups.remove(&token) {
+        if let Some((identity, asked)) = self.relay_lookups.remove(&token) {
+            self.stats.relay_lookups_done += 1;
+            self.stats.relay_lookups_ms += now.saturating_since(asked);
+            if let DhtAnswer::Records(r) = &answer {
+                if !r.is_empty() {
+                    let took = now.saturating_since(asked);
+                    self.relay_lookup_ms = (self.relay_lookup_ms * 3 + took) / 4;
+                }
+            }
             // The node put a record it found into the view; whoever waits for it goes on.
             self.client_relay_found(ctx, now, identity);
             self.service_relay_found(ctx, now, identity);

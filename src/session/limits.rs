@@ -37,6 +37,14 @@ pub const REND_TIMEOUT_MS: Millis = 20_000;
 /// that died on the service's side of it loses it silently).
 pub const REND_AFTER_ACK_TIMEOUT_MS: Millis = 3_000;
 
+/// What a relay-record lookup is taken to cost before this node has timed one of its own
+/// (a 3-hop circuit to a last hop that runs the lookup: about 3 s at 1,000 nodes, issue #25).
+pub const RELAY_LOOKUP_PRIOR_MS: Millis = 5_000;
+
+/// The longest wait after INTRODUCE_ACK (the base wait plus a measured relay-record lookup):
+/// the attempt lingers `REND_LINGER_MS` anyway, this only delays the next one.
+pub const REND_AFTER_ACK_MAX_MS: Millis = 12_000;
+
 /// ... and an attempt that waited that long stays open beside the next one until this long
 /// after its acknowledgement (a slow service still gets through).
 pub const REND_LINGER_MS: Millis = 15_000;

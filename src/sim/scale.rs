@@ -363,8 +363,17 @@ impl Scale {
                 next_minute += 60_000;
                 self.watch_guards();
                 let alive = self.sim.nodes.iter().filter(|n| n.alive).count();
+                // Links per running node: they grew without bound before links without
+                // circuits were closed (docs/simulation.md, heap growth).
+                let links: usize = self
+                    .sim
+                    .nodes
+                    .iter()
+                    .filter(|n| n.alive)
+                    .map(|n| n.node.link.peers(self.sim.now).len())
+                    .sum();
                 progress(&format!(
-                    "[simulate] {:>3}/{} min  wall {:>6.1} s  nodes {alive} running ({} made)  lookups {}/{} ok  reached {}/{}  circuits {} built  heap {} MiB",
+                    "[simulate] {:>3}/{} min  wall {:>6.1} s  nodes {alive} running ({} made)  lookups {}/{} ok  reached {}/{}  circuits {} built  links/node {:.1}  heap {} MiB",
                     (self.sim.now - self.start) / 60_000,
                     self.cfg.minutes,
                     wall.elapsed().as_secs_f64(),
@@ -375,6 +384,7 @@ impl Scale {
                     self.reach.done,
                     self.dead.built
                         + self.sim.nodes.iter().map(|n| n.node.circ.stats().built).sum::<u64>(),
+                    links as f64 / alive.max(1) as f64,
                     heap() >> 20,
                 ));
             }

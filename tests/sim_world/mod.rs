@@ -41,8 +41,15 @@ pub struct World {
 
 impl World {
     pub fn new(relays: usize, seed: u64) -> World {
+        World::with_latency(relays, seed, SimConfig::default().latency_ms)
+    }
+
+    /// A world whose datagrams take `latency_ms` one way (every step of a build then takes
+    /// longer than a timer tick, as at scale).
+    pub fn with_latency(relays: usize, seed: u64, latency_ms: u64) -> World {
         let mut sim = Sim::new(SimConfig {
             seed,
+            latency_ms,
             ..SimConfig::default()
         });
         sim.add_node(true, &[], 8);
@@ -161,7 +168,15 @@ pub struct Stage {
 
 impl Stage {
     pub fn new(relays: usize, seed: u64) -> Stage {
-        let mut w = World::new(relays, seed);
+        Stage::in_world(World::new(relays, seed))
+    }
+
+    /// [`Stage::new`] in a world of [`World::with_latency`].
+    pub fn with_latency(relays: usize, seed: u64, latency_ms: u64) -> Stage {
+        Stage::in_world(World::with_latency(relays, seed, latency_ms))
+    }
+
+    fn in_world(mut w: World) -> Stage {
         let svc = w.add_host();
         let cli = w.add_host();
         w.sim.run_for(30_000);

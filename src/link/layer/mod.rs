@@ -23,6 +23,7 @@ mod dht;
 mod discovery;
 mod exit_policies;
 mod hello;
+mod idle;
 mod link;
 mod probe;
 mod punch;
@@ -61,6 +62,7 @@ pub use discovery::{
 };
 pub use exit_policies::MAX_EXIT_POLICIES;
 pub use hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
+pub use idle::RELAY_LINK_IDLE_MS;
 use link::{earliest, Link};
 pub use link::{
     DEAD_PEER_MS, HANDSHAKE_ATTEMPTS, HANDSHAKE_RETRY_MS, PING_INTERVAL_MS, SILENT_PING_MS,
@@ -162,6 +164,8 @@ pub struct LinkLayer {
     last_timeout: Instant,
     last_second: Instant,
     stats: LinkStats,
+    /// Relays whose links are not closed as idle (`idle.rs`).
+    kept: Vec<[u8; 32]>,
     /// Driven by the in-process network: boringtun's own timers run on the wall clock, so they
     /// are left out (the link's own handshake retries and keepalives run on `now`).
     virtual_time: bool,
@@ -257,6 +261,7 @@ impl LinkLayer {
             last_timeout: Instant::ZERO,
             last_second: now,
             stats: LinkStats::default(),
+            kept: Vec::new(),
             virtual_time: false,
             sim_crypto: None,
         };
@@ -660,6 +665,7 @@ impl LinkLayer {
             // Introducers follow our links; a changed set re-signs the record.
             self.refresh_record(now);
             self.close_idle_dht_links(now);
+            self.close_idle_relay_links(now);
         }
         if now.saturating_since(self.record_signed) >= RELAY_RECORD_REPUBLISH_S * 1000 {
             self.refresh_record(now);

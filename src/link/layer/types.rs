@@ -199,6 +199,8 @@ pub struct LinkStats {
     /// Of `dht_dials_unknown`, dials where the relay that named the contact was asked to
     /// introduce us.
     pub dht_dials_via: u64,
+    /// Links to relays closed for carrying no circuit for `RELAY_LINK_IDLE_MS`.
+    pub idle_closed: u64,
 }
 
 /// What `globalnet peers` shows about a link.

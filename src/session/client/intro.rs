@@ -109,6 +109,7 @@ impl SessionLayer {
         };
         c.intro = Some(Introduction {
             started: now,
+            step_started: now,
             cookie,
             rend: None,
             rend_ready: false,
@@ -229,6 +230,8 @@ impl SessionLayer {
         for (dst, entry) in waiting {
             if let Some(i) = c_intro(&mut self.clients, &dst) {
                 i.fetching = false;
+                // The circuit to the intro point starts now: its step gets its whole time.
+                i.step_started = now;
             }
             let intro = self
                 .client_intro_circuit(ctx, now, dst, &entry)

@@ -25,10 +25,13 @@ use crate::session::Introduce1;
 use crate::session::{
     ClientHandshake, E2eMessage, Pseudonym, RendCookie, SessionChannel, SessionKeys,
 };
-use crate::time::Instant;
+use crate::time::{Instant, Millis};
 
 pub(in crate::session) struct Introduction {
     pub(in crate::session) started: Instant,
+    /// When the circuits' step began: the attempt's start, or the arrival of the intro point's
+    /// record when it had to be looked up (a lookup of seconds must not eat the build's time).
+    pub(in crate::session) step_started: Instant,
     pub(in crate::session) cookie: RendCookie,
     pub(in crate::session) rend: Option<CircId>,
     pub(in crate::session) rend_ready: bool,
@@ -491,7 +494,17 @@ impl SessionLayer {
         }
     }
 
+    /// How long RENDEZVOUS1 is waited for after INTRODUCE_ACK before another intro point is
+    /// tried too. The service may not know our rendezvous point (views are partial, issue
+    /// #25): it then looks its record up before building to it, so the wait covers such a
+    /// lookup as we measure them. A second attempt meanwhile would replace the service's
+    /// session with one whose keys the first attempt's RENDEZVOUS2 does not carry.
+    pub(in crate::session) fn rend_after_ack_ms(&self) -> Millis {
+        (REND_AFTER_ACK_TIMEOUT_MS + self.relay_lookup_ms).min(REND_AFTER_ACK_MAX_MS)
+    }
+
     pub(in crate::session) fn client_maintain(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
+        let ack_wait = self.rend_after_ack_ms();
         let dsts: Vec<[u8; 16]> = self.clients.keys().copied().collect();
         for dst in dsts {
             let Some(c) = self.clients.get_mut(&dst) else {
@@ -514,13 +527,14 @@ impl SessionLayer {
             }
             let stuck = c.intro.as_ref().is_some_and(|i| {
                 let age = now.saturating_since(i.started);
+                let step = now.saturating_since(i.step_started);
                 let since = |t: Option<Instant>| t.map(|t| now.saturating_since(t));
                 age >= REND_TIMEOUT_MS
-                    || (age >= INTRO_STEP_TIMEOUT_MS
+                    || (step >= INTRO_STEP_TIMEOUT_MS
                         && !(i.rend_ready && i.intro_ready)
                         && !i.fetching)
                     || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
-                    || since(i.acked_at) >= Some(REND_AFTER_ACK_TIMEOUT_MS)
+                    || since(i.acked_at) >= Some(ack_wait)
             });
             let expired = c.lingering.as_ref().is_some_and(|l| {
                 l.acked_at
