@@ -26,10 +26,18 @@ impl LinkLayer {
     /// Closes links to relays that carried no circuit for `RELAY_LINK_IDLE_MS`, longest idle
     /// first, while more than `target_links` relay links remain (those are the node's own
     /// neighbours, dialled from the view to stay connected). Kept: links with circuits (the
-    /// node marks them in use on every tick, which refreshes `last_cell`), links to our guards,
+    /// node marks them in use at every run of its upper timers, at least once a second, which
+    /// sets `held_at`), links to our guards,
     /// links dialled only for the DHT (their own, shorter timeout), links our NAT traversal
     /// uses (our introducers, relayed links through them, peers we relay for) and links from a
     /// NATed relay that lists us as its introducer (it is reachable through them).
+    /// When a link last carried a cell or was held by a circuit (or came up, if neither).
+    fn last_use(l: &super::link::Link) -> Instant {
+        l.last_cell
+            .max(l.held_at)
+            .max(l.established_at.unwrap_or(l.created))
+    }
+
     pub(super) fn close_idle_relay_links(&mut self, now: Instant) {
         let relays = self
             .links
@@ -47,10 +55,7 @@ impl LinkLayer {
             .links
             .values()
             .filter(|l| l.state.ready() && l.is_relay && !l.dht_only)
-            .filter(|l| {
-                let since = l.last_cell.max(l.established_at.unwrap_or(l.created));
-                now.saturating_since(since) >= RELAY_LINK_IDLE_MS
-            })
+            .filter(|l| now.saturating_since(Self::last_use(l)) >= RELAY_LINK_IDLE_MS)
             .filter(|l| l.identity.is_some_and(|i| !self.kept.contains(&i)))
             .filter(|l| {
                 // A NATed relay that names us as its introducer keeps its link to us.
@@ -58,7 +63,7 @@ impl LinkLayer {
                     .and_then(|i| self.view.get(&i))
                     .is_some_and(|r| r.fields().introducers.iter().any(|c| c.identity == me))
             })
-            .map(|l| (l.last_cell, l.id))
+            .map(|l| (Self::last_use(l), l.id))
             .collect();
         // Longest idle first, then in link order: a simulation with a fixed seed repeats itself.
         idle.sort_unstable();
