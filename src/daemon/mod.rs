@@ -685,7 +685,6 @@ async fn run_async(
             to_tun_rx,
             write_bufs_tx,
             state.clone(),
-            buf_len,
         ))
     } else {
         tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()))
