@@ -195,10 +195,10 @@ fn fair_queue_allocates_nothing_per_packet() {
     );
 }
 
-/// The offload TUN's reader (`daemon/tun_offload.rs`): a 64 KiB read cut into MTU packets in
-/// recycled buffers allocates nothing. (tun-rs's GRO table, tried for the writer, allocates a
-/// copy of every packet: `tun_rs::GROTable::apply_gro` below counts it, so a writer that
-/// coalesces with it again fails here.)
+/// The offload TUN's path (`daemon/tun_offload.rs`): a 64 KiB read cut into MTU packets in
+/// recycled buffers and the writer's batch coalesced again (`flow::gro`) allocate nothing.
+/// (tun-rs's GRO table, tried for the writer first, allocates a copy of every packet: counted
+/// below, so that it is known when that changes.)
 #[test]
 fn offload_cut_allocates_nothing_and_tun_rs_gro_would() {
     use globalnet::flow::gso::{self, VNET_HDR_LEN};

@@ -31,7 +31,7 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/globalnet/control.sock";
 /// Default TUN name.
 pub const DEFAULT_TUN_NAME: &str = "gn0";
 /// `tun.offload` when the config does not say (docs/benchmarks.md, "TUN offload").
-pub const DEFAULT_TUN_OFFLOAD: bool = false;
+pub const DEFAULT_TUN_OFFLOAD: bool = true;
 /// The MTU every overlay path carries (DESIGN.md section 12). IPv6 requires at least this much.
 pub const OVERLAY_MTU: u16 = 1280;
 /// Default UDP port.
@@ -125,9 +125,9 @@ pub struct TunConfig {
     pub name: String,
     /// Interface MTU; packets above [`OVERLAY_MTU`] get ICMPv6 Packet Too Big.
     pub mtu: u16,
-    /// Open the TUN with TSO/USO offload (Linux): one read brings a super-segment we cut; writes
-    /// stay one packet each. Falls back to plain reads when the kernel refuses. Off by default:
-    /// no gain measured (docs/benchmarks.md, "TUN offload").
+    /// Open the TUN with TSO/USO offload (Linux): one read brings a super-segment we cut, one
+    /// write takes a flow's packets coalesced. Falls back to plain reads and writes when the
+    /// kernel refuses (docs/benchmarks.md, "TUN offload").
     pub offload: bool,
 }
 

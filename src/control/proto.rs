@@ -397,7 +397,7 @@ pub struct TunCounts {
     pub offload: bool,
     /// With offload: reads from the TUN (each one packet or a super-segment cut into several),
     pub offload_reads: u64,
-    /// batches written to it (each one write per packet or per flow's packets coalesced),
+    /// writes to it (each one packet or a flow's packets coalesced),
     pub offload_writes: u64,
     /// and reads dropped because they could not be cut.
     pub read_errors: u64,

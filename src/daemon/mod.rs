@@ -685,6 +685,7 @@ async fn run_async(
             to_tun_rx,
             write_bufs_tx,
             state.clone(),
+            buf_len,
         ))
     } else {
         tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()))
