@@ -16,6 +16,7 @@
 #   KEEP=1             keep the run directory (configs, logs, iperf3 JSON)
 #   CHAIN=0            skip the boringtun-cli chain (our figures only; no install)
 #   SEND_THREAD=       true/false: every daemon's [network] send_thread (unset: the default)
+#   TUN_OFFLOAD=false  the daemons' `tun.offload` (default: the shipped value)
 #   QUEUES=1           during the TCP test, sample every 0.1 s each daemon's UDP receive queue
 #                      (ss Recv-Q) and gn0's kernel queue at the client and the service, and print
 #                      mean/max per host: where the standing queue builds (issue #21 item 5)
@@ -87,6 +88,8 @@ start_daemon() { # $1 = host, $2 = extra TOML
     cat >"$dir/config.toml" <<EOF
 state_dir = "$dir/state"
 control_socket = "$(sock "$n")"
+${TUN_OFFLOAD:+[tun]
+offload = $TUN_OFFLOAD}
 [network]
 listen = $LISTEN
 bootstrap = [$boot]
@@ -219,6 +222,9 @@ if [[ ${QUEUES:-0} == 1 ]]; then
 fi
 sleep 0.6 # relayed_cells is refreshed every 250 ms
 snapshot 1
+for n in "$CLIENT" "$SVC"; do
+    log "  host $n gn0 since start: $(query "$n" status | jq -r '.tun | "offload \(.offload), packets in / out \(.packets_in) / \(.packets_out), offload reads / write batches \(.offload_reads // "-") / \(.offload_writes // "-"), uncut reads \(.read_errors // "-"), write errors \(.write_errors)"' 2>/dev/null)"
+done
 GN_BUSY=$(busy_pct "$m0" "$m1")
 read -r GN_TCP GN_RETR <<<"$(tcp_result "$TMP/gn-tcp.json")"
 read -r GN_PL_AVG GN_PL_P50 GN_PL_MAX GN_PL_LOSS <<<"$(ping_stats "$TMP/gn-ping-load.txt")"

@@ -30,6 +30,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/globalnet";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/globalnet/control.sock";
 /// Default TUN name.
 pub const DEFAULT_TUN_NAME: &str = "gn0";
+/// `tun.offload` when the config does not say (docs/benchmarks.md, "TUN offload").
+pub const DEFAULT_TUN_OFFLOAD: bool = true;
 /// The MTU every overlay path carries (DESIGN.md section 12). IPv6 requires at least this much.
 pub const OVERLAY_MTU: u16 = 1280;
 /// Default UDP port.
@@ -123,6 +125,10 @@ pub struct TunConfig {
     pub name: String,
     /// Interface MTU; packets above [`OVERLAY_MTU`] get ICMPv6 Packet Too Big.
     pub mtu: u16,
+    /// Open the TUN with TSO/USO offload (Linux): one read brings a super-segment we cut, one
+    /// write takes a flow's packets coalesced. Falls back to plain reads and writes when the
+    /// kernel refuses (docs/benchmarks.md, "TUN offload").
+    pub offload: bool,
 }
 
 /// `[network]`
@@ -219,6 +225,7 @@ impl Default for Config {
             tun: TunConfig {
                 name: DEFAULT_TUN_NAME.into(),
                 mtu: OVERLAY_MTU,
+                offload: DEFAULT_TUN_OFFLOAD,
             },
             network: NetworkConfig {
                 listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
@@ -358,6 +365,9 @@ impl Config {
                     ));
                 }
                 c.tun.mtu = mtu as u16;
+            }
+            if let Some(v) = tun.offload {
+                c.tun.offload = v;
             }
         }
         if let Some(net) = raw.network {
@@ -694,6 +704,7 @@ struct RawLimits {
 struct RawTun {
     name: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
+    offload: Option<bool>,
 }
 
 #[derive(Deserialize)]

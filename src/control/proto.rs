@@ -393,6 +393,14 @@ pub struct TunCounts {
     pub in_queue_peak: u64,
     /// and the longest wait, microseconds.
     pub in_queue_max_sojourn_us: u64,
+    /// gn0 was opened with TSO/USO offload (`tun.offload` and the kernel agreed).
+    pub offload: bool,
+    /// With offload: reads from the TUN (each one packet or a super-segment cut into several),
+    pub offload_reads: u64,
+    /// writes to it (each one packet or a flow's packets coalesced),
+    pub offload_writes: u64,
+    /// and reads dropped because they could not be cut.
+    pub read_errors: u64,
 }
 
 /// One neighbour link in `peers`.

@@ -70,6 +70,12 @@ struct TunCounters {
     packets_in: AtomicU64,
     packets_out: AtomicU64,
     write_errors: AtomicU64,
+    /// gn0 has TSO/USO offload (`tun_offload`), and that reader's and writer's syscalls.
+    offload: std::sync::atomic::AtomicBool,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    /// Offload reads that could not be cut.
+    read_errors: AtomicU64,
     /// ICMPv6 errors handed to the TUN writer (counted at once, not with the snapshot, so a
     /// test or an operator sees a reply counted as soon as the application saw it).
     icmp_replies: AtomicU64,
@@ -162,6 +168,7 @@ mod io;
 mod names;
 mod reload;
 mod socks;
+mod tun_offload;
 
 use answers::{tenths, to_result, LinkSnapshot, NodeState};
 use io::AnswerTx;
@@ -189,7 +196,8 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), DaemonError> {
         .map(privdrop::lookup)
         .transpose()
         .map_err(ctx("config `user`"))?;
-    let dev = platform::tun::create(&config.tun.name, config.tun.mtu).map_err(ctx("set-up"))?;
+    let dev = platform::tun::create_offload(&config.tun.name, config.tun.mtu, config.tun.offload)
+        .map_err(ctx("set-up"))?;
     let serve_exit = config.exit.enabled && config.relay_enabled();
     if config.exit.enabled && !serve_exit {
         tracing::warn!("[exit] enabled but the node does not relay: not serving as an exit");
@@ -651,14 +659,37 @@ async fn run_async(
     let (to_tun_tx, to_tun_rx) = mpsc::channel(PACKET_QUEUE);
     let (write_bufs_tx, write_bufs_rx) = mpsc::channel(PACKET_QUEUE * 2);
     let buf_len = usize::from(state.config.tun.mtu);
-    let tun_task = tokio::spawn(tun_reader(
-        dev.clone(),
-        from_tun_tx,
-        read_bufs_rx,
-        buf_len,
-        state.clone(),
-    ));
-    let writer_task = tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()));
+    // With offload gn0's reads and writes carry a virtio-net header: the offload pair of tasks.
+    let offload = dev.tcp_gso();
+    state.tun.offload.store(offload, Ordering::Relaxed);
+    let tun_task = if offload {
+        tokio::spawn(tun_offload::tun_reader(
+            dev.clone(),
+            from_tun_tx,
+            read_bufs_rx,
+            buf_len,
+            state.clone(),
+        ))
+    } else {
+        tokio::spawn(tun_reader(
+            dev.clone(),
+            from_tun_tx,
+            read_bufs_rx,
+            buf_len,
+            state.clone(),
+        ))
+    };
+    let writer_task = if offload {
+        tokio::spawn(tun_offload::tun_writer(
+            dev,
+            to_tun_rx,
+            write_bufs_tx,
+            state.clone(),
+            buf_len,
+        ))
+    } else {
+        tokio::spawn(tun_writer(dev, to_tun_rx, write_bufs_tx, state.clone()))
+    };
     let routes_task = tokio::spawn(route_refresher(state.config.tun.name.clone(), commands));
     let sockets = sockets
         .into_iter()
@@ -682,6 +713,7 @@ async fn run_async(
     tracing::info!(
         interface = %state.config.tun.name,
         mtu = state.config.tun.mtu,
+        offload,
         relay = state.config.relay_enabled(),
         "globalnet is up"
     );

@@ -21,12 +21,16 @@
 //! |--------------|--------------------------------------------------------------|
 //! | [`packet`]   | checked view of inner packets; rewrite, checksums, normalise |
 //! | [`checksum`] | Internet checksum and its incremental update                 |
+//! | [`gso`]      | cutting the offload TUN's super-segments into packets        |
+//! | [`gro`]      | coalescing a flow's packets for the offload TUN's writer     |
 //! | [`table`]    | the flow table                                               |
 //! | [`policy`]   | exposed ports and the inbound source check                   |
 //! | [`reply`]    | ICMPv6 errors and TCP RST built by the daemon                |
 
 pub mod checksum;
 pub mod fq;
+pub mod gro;
+pub mod gso;
 pub mod packet;
 pub mod policy;
 pub mod reply;

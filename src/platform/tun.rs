@@ -1,4 +1,5 @@
-//! Creating the TUN device (tun-rs, no packet-information prefix, no offload yet).
+//! Creating the TUN device (tun-rs, no packet-information prefix; gn0 optionally with TSO/USO
+//! offload: `IFF_VNET_HDR`, every read and write behind a virtio-net header, `flow::gso`).
 
 use super::PlatformError;
 
@@ -7,9 +8,32 @@ use super::PlatformError;
 /// The device is built synchronously so it can be created before the privilege drop and handed to
 /// the async runtime afterwards with [`into_async`].
 pub fn create(name: &str, mtu: u16) -> Result<tun_rs::SyncDevice, PlatformError> {
+    build(name, mtu, false)
+}
+
+/// Like [`create`], with TSO/USO offload when `offload` and the kernel agree (the device's
+/// `tcp_gso()` then says so, and its reads and writes carry a virtio-net header). A kernel that
+/// refuses `IFF_VNET_HDR` or the TCP offloads gets a warning and the plain device.
+pub fn create_offload(
+    name: &str,
+    mtu: u16,
+    offload: bool,
+) -> Result<tun_rs::SyncDevice, PlatformError> {
+    if offload {
+        match build(name, mtu, true) {
+            Ok(dev) if dev.tcp_gso() => return Ok(dev),
+            Ok(dev) => drop(dev),
+            Err(e) => tracing::warn!("with offload: {e}; opening {name} without (tun.offload)"),
+        }
+    }
+    build(name, mtu, false)
+}
+
+fn build(name: &str, mtu: u16, offload: bool) -> Result<tun_rs::SyncDevice, PlatformError> {
     tun_rs::DeviceBuilder::new()
         .name(name)
         .mtu(mtu)
+        .offload(offload)
         .enable(true)
         .build_sync()
         .map_err(|e| {
