@@ -134,7 +134,7 @@ impl SessionLayer {
         let rend = if let Some(id) = c_intro(&mut self.clients, &dst).and_then(|i| i.rend) {
             Ok(id)
         } else {
-            match self.take_pool(ctx, now, &[]) {
+            match self.take_pool(ctx, now, &[], true) {
                 Some(id) => {
                     self.owners.insert(id, Owner::ClientRend { dst });
                     self.client_set_rend(dst, id);
