@@ -572,10 +572,8 @@ fn the_service_guard_dying_under_a_busy_flow_stalls_it_at_most_5_s() {
 /// flow's packets wait; some of the service's intro circuits died too. Before (stalls 4.0 to
 /// 7.7 s over these seeds): the new introduction took a pool circuit through the dead guard as
 /// its rendezvous circuit, waited 3 s after an intro point whose circuit to the service was dead
-/// acknowledged, paused 1 s between rounds, and the service's intro circuits waited for their
-/// link to time out. Now: pool circuits through a silent guard are passed over, the waits derive
-/// from measured times, a resumed session does not pause after its first round, and the
-/// service rebuilds intro circuits through a guard it found silent at once: 3.9 to 8.6 s.
+/// acknowledged, and paused 1 s between rounds. Now: pool circuits through a silent guard are passed over, the waits derive
+/// from measured times, and a resumed session does not pause after its first round.
 #[test]
 fn the_client_guard_dying_under_a_busy_flow_reintroduces_without_its_guard() {
     let mut stalls = Vec::new();

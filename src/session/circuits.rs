@@ -345,7 +345,6 @@ impl SessionLayer {
         now: Instant,
         id: CircId,
     ) {
-        let mut guard = None;
         if let Some(p) = ctx.path(id) {
             for r in p.iter().skip(1) {
                 self.suspects.insert(*r.identity(), now + SUSPECT_MS);
@@ -354,49 +353,9 @@ impl SessionLayer {
                 self.silent_guards
                     .extend(*g.identity(), now + SILENT_GUARD_MS);
             }
-            guard = p.first().map(|g| *g.identity());
         }
         self.owners.remove(&id);
         ctx.destroy(now, id);
-        if let Some(g) = guard {
-            self.service_move_intros_off(ctx, now, &g);
-        }
-    }
-
-    /// Our intro circuits through the guard of a path just found dead are rebuilt at once, to
-    /// the same intro point under the same key (`dispatch.rs`; through another guard while that
-    /// one is silent): the intro circuit carries nothing the service could find silent, and the
-    /// guard's link says only seconds later, so a client introducing itself meanwhile (its
-    /// session died with the same relay) was acknowledged by an intro point whose INTRODUCE2
-    /// went nowhere (issue #20 item 5). Only the guard: every service circuit shares a
-    /// vanguard, and an intro circuit closed through a live one loses its registration until
-    /// the new circuit re-establishes it (clients are refused meanwhile).
-    fn service_move_intros_off(
-        &mut self,
-        ctx: &mut impl SessionCtx,
-        now: Instant,
-        guard: &[u8; 32],
-    ) {
-        let mut moved = Vec::new();
-        for s in &self.services {
-            for ip in &s.intros {
-                let through = ctx.path(ip.circ).is_some_and(|p| {
-                    p.first().is_some_and(|g| g.identity() == guard) && p.len() > 1
-                });
-                if through && ip.listed && ip.rebuilds < INTRO_REBUILDS {
-                    moved.push(ip.circ);
-                }
-            }
-        }
-        for id in moved {
-            tracing::debug!(
-                at = now.as_unix_ms(),
-                circuit = id.0,
-                "intro circuit through a silent guard: rebuilding it"
-            );
-            // The owner stays: the circuit's Closed event rebuilds it.
-            ctx.destroy(now, id);
-        }
     }
 }
 
