@@ -231,17 +231,21 @@ impl SessionLayer {
     }
 
     /// A ready pool circuit for a rendezvous: none through a suspect relay (those are torn
-    /// down, the pool rebuilds), preferably none through a relay in `avoid` (the session's
-    /// other circuits, so that one relay's death does not take the spare too), and above all
-    /// not through the same guard when a pool circuit through another guard is ready: a
-    /// guard carries every circuit through it, so its death would leave the session none.
+    /// down, the pool rebuilds), with `pass_silent` none through a guard whose session circuit
+    /// just went silent (kept: the guard may be fine), preferably none through a relay in
+    /// `avoid` (the session's other circuits, so that one relay's death does not take the spare
+    /// too), and above all not through the same guard when a pool circuit through another
+    /// guard is ready: a guard carries every circuit through it, so its death would leave the
+    /// session none.
     pub(in crate::session) fn take_pool(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Instant,
         avoid: &[[u8; 32]],
+        pass_silent: bool,
     ) -> Option<CircId> {
         self.suspects.sweep(now);
+        self.silent_guards.sweep(now);
         // Lowest score wins: 2 for a shared guard, 1 per other shared relay.
         let mut best: Option<(usize, CircId)> = None;
         for id in ctx.ready_ids(Purpose::Pool) {
@@ -253,6 +257,16 @@ impl SessionLayer {
                 .any(|r| self.suspects.contains(r.identity(), now))
             {
                 ctx.destroy(now, id);
+                continue;
+            }
+            // The guard is judged by its link, seconds later; a rendezvous circuit through a
+            // dead one waited for that (a lost session's new introduction took 4 to 6 s more,
+            // issue #20 item 5). The caller builds through another guard instead.
+            if pass_silent
+                && path
+                    .first()
+                    .is_some_and(|g| self.silent_guards.contains(g.identity(), now))
+            {
                 continue;
             }
             let score = shared(path, avoid);

@@ -281,6 +281,11 @@ pub struct SessionLayer {
     /// Puzzles for the driver to solve (10.12), and the token of the next one.
     pub(in crate::session) solve_requests: VecDeque<SolveRequest>,
     pub(in crate::session) next_solve: u64,
+    /// How long our introductions' two circuits took to be ready (a moving average, ms): the
+    /// step timeout derives from it ([`INTRO_STEP_BUILDS`]).
+    pub(in crate::session) intro_step_avg: Option<crate::time::Millis>,
+    /// How long our acknowledged introductions waited for RENDEZVOUS2 (a moving average, ms).
+    pub(in crate::session) rend_wait_avg: Option<crate::time::Millis>,
 }
 
 pub(in crate::session) fn addr16(a: Ipv6Addr) -> [u8; 16] {
@@ -357,6 +362,8 @@ impl SessionLayer {
             pow_max_effort: crate::session::intro_pow::POW_CLIENT_MAX_EFFORT,
             solve_requests: VecDeque::new(),
             next_solve: 1,
+            intro_step_avg: None,
+            rend_wait_avg: None,
         }
     }
 

@@ -45,6 +45,13 @@ pub const RELAY_LOOKUP_PRIOR_MS: Millis = 5_000;
 /// the attempt lingers `REND_LINGER_MS` anyway, this only delays the next one.
 pub const REND_AFTER_ACK_MAX_MS: Millis = 12_000;
 
+/// Once this node has measured how long its acknowledged introductions wait for RENDEZVOUS2,
+/// the wait is [`INTRO_STEP_BUILDS`] times that (a moving average), no less than this and no
+/// more than the base wait plus a measured relay-record lookup (at most
+/// [`REND_AFTER_ACK_MAX_MS`]): a lost session's new introduction through an intro
+/// point whose circuit to the service just died is moved on from sooner (issue #20 item 5).
+pub const REND_AFTER_ACK_MIN_MS: Millis = 1_500;
+
 /// ... and an attempt that waited that long stays open beside the next one until this long
 /// after its acknowledgement (a slow service still gets through).
 pub const REND_LINGER_MS: Millis = 15_000;
@@ -171,8 +178,20 @@ pub const SUSPECT_MS: Millis = 120_000;
 /// died) is soon used again. Not saved; guard choice itself is untouched (threat-model 3.1).
 pub const SILENT_GUARD_MS: Millis = 15_000;
 
-/// An introduction whose two circuits are not both ready by now is retried elsewhere.
+/// An introduction whose two circuits are not both ready by now is retried elsewhere (and an
+/// INTRODUCE1 not acknowledged this long after it went out). The bound until this node has
+/// measured its own introductions; then [`INTRO_STEP_BUILDS`] times the usual time its two
+/// circuits take, no less than [`INTRO_STEP_MIN_MS`].
 pub const INTRO_STEP_TIMEOUT_MS: Millis = 5_000;
+
+/// The step timeout in units of the measured time an introduction's circuits take to be ready
+/// (a moving average): a step through a relay that just died is given up as soon as it is
+/// clearly late, not after the fixed bound (issue #20 item 5: a lost session's new
+/// introduction through a dead guard waited the whole 5 s).
+pub const INTRO_STEP_BUILDS: u64 = 3;
+
+/// The shortest step timeout, whatever was measured (a loaded node's builds vary).
+pub const INTRO_STEP_MIN_MS: Millis = 2_000;
 
 /// Pre-built client stems (guard, middle), extended to intro points.
 pub const CLIENT_POOL_STEMS: usize = 2;

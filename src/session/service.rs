@@ -65,6 +65,10 @@ pub(in crate::session) struct ServiceSession {
     pub(in crate::session) pending: usize,
     pub(in crate::session) flows: BTreeMap<FlowKey, (CircId, Instant)>,
     pub(in crate::session) established: Instant,
+    /// The rendezvous cookie of the introduction that made it: a RENDEZVOUS1 of an earlier
+    /// introduction of the same client (an attempt it gave up on, answered late) must not
+    /// join this session (its keys are another handshake's).
+    pub(in crate::session) intro_cookie: RendCookie,
     pub(in crate::session) _charge: Charge,
 }
 
@@ -499,6 +503,7 @@ impl SessionLayer {
                 pending: 0,
                 flows: BTreeMap::new(),
                 established: now,
+                intro_cookie: pt.cookie.clone(),
                 _charge: charge,
             },
         );
@@ -652,7 +657,14 @@ impl SessionLayer {
         let live = match s.sessions.get_mut(&peer) {
             Some(ss) => {
                 ss.pending = ss.pending.saturating_sub(1);
-                true
+                // Of this session: its introduction's, or a join it asked for. A client that
+                // gave up on an attempt and introduced itself again replaced the session the
+                // late one made (issue #20 item 5: a lost session's new introduction does not
+                // wait long for an answer).
+                r1.as_ref().is_some_and(|(r1, _, _)| match &r1.hs {
+                    RendHs::Ik(_) => r1.cookie == ss.intro_cookie,
+                    RendHs::Join(mac) => *mac == ss.keys.join_mac(&r1.cookie.0),
+                })
             }
             None => false,
         };

@@ -113,7 +113,10 @@ impl SessionLayer {
         }
         let cookie = RendCookie::generate(&mut self.secrets);
         let avoid = self.session_relays(ctx, &dst);
-        let id = match self.take_pool(ctx, now, &avoid) {
+        // A spare may take a pool circuit through a silent guard (the session's other circuits
+        // run there too, and a spare built fresh through the other guard shared their later
+        // relays more often: docs/decisions.md, "silent_guards").
+        let id = match self.take_pool(ctx, now, &avoid, false) {
             Some(id) => {
                 self.owners.insert(id, Owner::ClientJoin { dst });
                 Ok(id)

@@ -135,7 +135,7 @@ impl SessionLayer {
         let rend = if let Some(id) = c_intro(&mut self.clients, &dst).and_then(|i| i.rend) {
             Ok(id)
         } else {
-            match self.take_pool(ctx, now, &[]) {
+            match self.take_pool(ctx, now, &[], true) {
                 Some(id) => {
                     self.owners.insert(id, Owner::ClientRend { dst });
                     self.client_set_rend(dst, id);
@@ -361,9 +361,15 @@ impl SessionLayer {
         let Some(c) = self.clients.get_mut(&dst) else {
             return;
         };
-        let delay = INTRO_ROUND_DELAY_MS
-            .saturating_mul(1 << c.rounds.min(8))
-            .min(INTRO_ROUND_DELAY_MAX_MS);
+        // A session made again under busy flows does not pause after its first round (the
+        // service has likely rebuilt its intro circuits meanwhile; later rounds back off).
+        let delay = if c.resumed && c.rounds == 0 {
+            0
+        } else {
+            INTRO_ROUND_DELAY_MS
+                .saturating_mul(1 << c.rounds.min(8))
+                .min(INTRO_ROUND_DELAY_MAX_MS)
+        };
         if now + delay >= c.started + SESSION_SETUP_TIMEOUT_MS {
             // The next session looks the descriptor up afresh.
             self.forget_descriptor(now, &dst);
@@ -410,6 +416,14 @@ impl SessionLayer {
         let Some(i) = c.intro.as_mut() else { return };
         if !(i.rend_ready && i.intro_ready) || i.hs.is_some() {
             return;
+        }
+        // Both circuits are up: how long that took sets the next attempts' step timeout (one
+        // that ran past the bound is left out; one that waited for a record lookup only
+        // lengthens it).
+        let took = now.saturating_since(i.started);
+        if took < INTRO_STEP_TIMEOUT_MS {
+            let avg = self.intro_step_avg.map_or(took, |a| (3 * a + took) / 4);
+            self.intro_step_avg = Some(avg);
         }
         let (Some(rend), Some(intro)) = (i.rend, i.intro) else {
             return;
@@ -563,6 +577,19 @@ impl SessionLayer {
                 return;
             }
         };
+        // How long the service took to answer sets the next attempts' wait after the ack.
+        let waited = if current {
+            c.intro.as_ref()
+        } else {
+            c.lingering.as_ref()
+        }
+        .and_then(|i| i.acked_at)
+        .map(|t| now.saturating_since(t))
+        .filter(|w| *w < REND_AFTER_ACK_TIMEOUT_MS);
+        if let Some(w) = waited {
+            let avg = self.rend_wait_avg.map_or(w, |a| (3 * a + w) / 4);
+            self.rend_wait_avg = Some(avg);
+        }
         // Whichever attempt succeeded, the other one ends.
         let (won, other) = if current {
             (c.intro.take(), c.lingering.take())

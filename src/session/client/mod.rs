@@ -99,6 +99,9 @@ pub(in crate::session) struct ClientSession {
     /// The effort the next introduction pays at least: raised by each one left unanswered
     /// (10.12).
     pub(in crate::session) pow_effort: u32,
+    /// Made again because an open session with busy flows lost its last circuit: the flows'
+    /// packets wait, so its first round of introductions does not pause before the next.
+    pub(in crate::session) resumed: bool,
     pub(in crate::session) _charge: Charge,
 }
 
@@ -249,6 +252,7 @@ impl SessionLayer {
                 intro: None,
                 lingering: None,
                 pow_effort: 0,
+                resumed: false,
                 open: None,
                 _charge: charge,
             },
@@ -449,6 +453,9 @@ impl SessionLayer {
                     "session lost with active flows: introducing again"
                 );
                 let _ = self.client_session(ctx, now, dst, pseudonym);
+                if let Some(c) = self.clients.get_mut(&dst) {
+                    c.resumed = true;
+                }
             }
         } else {
             self.client_keep_spare(ctx, now, dst);
@@ -499,8 +506,11 @@ impl SessionLayer {
     /// #25): it then looks its record up before building to it, so the wait covers such a
     /// lookup as we measure them. A second attempt meanwhile would replace the service's
     /// session with one whose keys the first attempt's RENDEZVOUS2 does not carry.
+    /// Once this node has measured its acknowledged introductions' waits, the wait follows
+    /// them ([`rend_after_ack_timeout`]) with this as the ceiling.
     pub(in crate::session) fn rend_after_ack_ms(&self) -> Millis {
-        (REND_AFTER_ACK_TIMEOUT_MS + self.relay_lookup_ms).min(REND_AFTER_ACK_MAX_MS)
+        let ceiling = (REND_AFTER_ACK_TIMEOUT_MS + self.relay_lookup_ms).min(REND_AFTER_ACK_MAX_MS);
+        rend_after_ack_timeout(self.rend_wait_avg, ceiling)
     }
 
     pub(in crate::session) fn client_maintain(&mut self, ctx: &mut impl SessionCtx, now: Instant) {
@@ -525,17 +535,34 @@ impl SessionLayer {
                 self.client_find_descriptor(ctx, now, dst);
                 continue;
             }
+            let step_timeout = intro_step_timeout(self.intro_step_avg);
             let stuck = c.intro.as_ref().is_some_and(|i| {
                 let age = now.saturating_since(i.started);
                 let step = now.saturating_since(i.step_started);
                 let since = |t: Option<Instant>| t.map(|t| now.saturating_since(t));
                 age >= REND_TIMEOUT_MS
-                    || (step >= INTRO_STEP_TIMEOUT_MS
-                        && !(i.rend_ready && i.intro_ready)
-                        && !i.fetching)
-                    || (!i.acked && since(i.sent_at) >= Some(INTRO_STEP_TIMEOUT_MS))
+                    || (step >= step_timeout && !(i.rend_ready && i.intro_ready) && !i.fetching)
+                    || (!i.acked && since(i.sent_at) >= Some(step_timeout))
                     || since(i.acked_at) >= Some(ack_wait)
             });
+            // A rendezvous circuit that did not come up in time most likely runs through a
+            // relay that just died, our guard as likely as any: the next attempt's circuits
+            // take the other guard meanwhile (as after a silent session circuit), or a guard
+            // that died during an introduction takes every retry with it until its link says.
+            let late_rend = c
+                .intro
+                .as_ref()
+                .filter(|i| stuck && !i.rend_ready && !i.fetching)
+                .and_then(|i| i.rend);
+            if let Some(g) = late_rend
+                .and_then(|r| ctx.path(r))
+                .and_then(|p| p.first().map(|g| *g.identity()))
+            {
+                self.silent_guards.extend(g, now + SILENT_GUARD_MS);
+            }
+            let Some(c) = self.clients.get_mut(&dst) else {
+                continue;
+            };
             let expired = c.lingering.as_ref().is_some_and(|l| {
                 l.acked_at
                     .is_none_or(|t| now.saturating_since(t) >= REND_LINGER_MS)
@@ -641,4 +668,29 @@ impl SessionLayer {
             ctx.destroy(now, id);
         }
     }
+}
+
+/// The introduction step timeout: [`INTRO_STEP_BUILDS`] times the measured time our
+/// introductions' circuits take, within [`INTRO_STEP_MIN_MS`] and [`INTRO_STEP_TIMEOUT_MS`].
+pub(in crate::session) fn intro_step_timeout(
+    avg: Option<crate::time::Millis>,
+) -> crate::time::Millis {
+    avg.map_or(INTRO_STEP_TIMEOUT_MS, |m| {
+        m.saturating_mul(INTRO_STEP_BUILDS)
+            .clamp(INTRO_STEP_MIN_MS, INTRO_STEP_TIMEOUT_MS)
+    })
+}
+
+/// How long an acknowledged introduction waits for RENDEZVOUS2 before the next intro point is
+/// tried beside it: [`INTRO_STEP_BUILDS`] times the measured wait, within
+/// [`REND_AFTER_ACK_MIN_MS`] and `ceiling` (the base wait plus a relay-record lookup, which a
+/// service that does not know our rendezvous point makes first); `ceiling` until measured.
+pub(in crate::session) fn rend_after_ack_timeout(
+    avg: Option<crate::time::Millis>,
+    ceiling: crate::time::Millis,
+) -> crate::time::Millis {
+    avg.map_or(ceiling, |m| {
+        m.saturating_mul(INTRO_STEP_BUILDS)
+            .clamp(REND_AFTER_ACK_MIN_MS.min(ceiling), ceiling)
+    })
 }
