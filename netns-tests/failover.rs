@@ -12,8 +12,9 @@ use crate::harness::Lab;
 
 use crate::services::*;
 
-/// Fails today: after a relay on a flow's path dies, the flow never resumes (the ssh session stops
-/// for good, iperf3 hangs); see the report in docs/benchmarks.md. Run it with `--ignored`.
+/// Two busy relays die 6 s apart under an ssh session and an iperf3 transfer; both must carry on
+/// with every stall within the limits below. Figures: docs/benchmarks.md "Relay deaths under
+/// live flows".
 #[test]
 fn ssh_and_iperf3_survive_relay_deaths() {
     let Some(net) = setup("survival", false) else {
@@ -105,6 +106,7 @@ fn ssh_and_iperf3_survive_relay_deaths() {
             "-i",
             "0.5",
             "-J",
+            "--get-server-output",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -229,20 +231,35 @@ fn ssh_and_iperf3_survive_relay_deaths() {
             lines.last().map(|l| l.0 - t_transfer)
         ));
     }
+    let _ = std::fs::write(lab.dir.join("iperf3-client.json"), &iperf_stdout);
     let iperf: Value = serde_json::from_slice(&iperf_stdout).unwrap_or(Value::Null);
-    let intervals: Vec<(f64, f64)> = iperf["intervals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| {
-                    (
-                        i["sum"]["end"].as_f64().unwrap_or(0.0),
-                        i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let per_interval = |v: &Value| -> Vec<(f64, f64)> {
+        v["intervals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| {
+                        (
+                            i["sum"]["end"].as_f64().unwrap_or(0.0),
+                            i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Stalls are what the receiver saw. The sender's intervals count whole 128 KB writes into
+    // its socket buffer: at debug-build rates (~1-2 Mbit/s, one write per 0.5-1 s) they read
+    // 0 for one to four intervals while data flows, and they lag the path by the buffer. The
+    // receiver's come from the server (`--get-server-output`); only when iperf3 failed before
+    // exchanging results are they missing, and then the sender's stand in.
+    let sent = per_interval(&iperf);
+    let received = per_interval(&iperf["server_output_json"]);
+    let intervals = if received.is_empty() {
+        sent.clone()
+    } else {
+        received.clone()
+    };
     // The reference rate: the median of intervals that carried data (a long stall must not
     // drag the reference to zero).
     let mut rates: Vec<f64> = intervals.iter().map(|i| i.1).filter(|r| *r > 0.0).collect();
@@ -311,8 +328,16 @@ fn ssh_and_iperf3_survive_relay_deaths() {
             ssh_stall.as_secs_f64()
         ));
     }
-    let tail: f64 = intervals.iter().rev().take(4).map(|i| i.1).sum();
-    if !iperf_status.is_some_and(|s| s.success()) || tail <= 0.0 {
+    // The transfer resumed: data reached the service in the last 2 s before it ended (by time,
+    // not by count: the receiver's last interval is the short remainder after the sender's
+    // 45 s). A third stall at the end fails here even when it is shorter than the limits.
+    let last_end = intervals.last().map_or(0.0, |i| i.0);
+    let tail: f64 = intervals
+        .iter()
+        .filter(|i| i.0 > last_end - 2.0)
+        .map(|i| i.1)
+        .sum();
+    if !iperf_status.is_some_and(|s| s.success()) || received.is_empty() || tail <= 0.0 {
         problems.push(format!(
             "the iperf3 transfer did not survive: {iperf_status:?}, error {}, {iperf_stderr}, intervals (end s, Mbit/s) {intervals:?}",
             iperf["error"]
@@ -335,14 +360,14 @@ fn ssh_and_iperf3_survive_relay_deaths() {
         ssh_stall.as_secs_f64(),
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
-    eprintln!(
-        "iperf3 Mbit/s per 0.5 s: {}",
-        intervals
-            .iter()
+    let rates = |v: &[(f64, f64)]| {
+        v.iter()
             .map(|i| format!("{:.1}", i.1))
             .collect::<Vec<_>>()
             .join(" ")
-    );
+    };
+    eprintln!("iperf3 Mbit/s per 0.5 s received: {}", rates(&received));
+    eprintln!("iperf3 Mbit/s per 0.5 s sent: {}", rates(&sent));
     eprintln!(
         "survival test took {:.0} s",
         t_total.elapsed().as_secs_f64()

@@ -231,7 +231,16 @@ pub(crate) fn setup(name: &str, capture: bool) -> Option<Net> {
         ],
         Some("ready"),
     );
-    lab.spawn(&svc_host, "iperf3", "iperf3", &["-s", "-p", "5201"], None);
+    // JSON with 0.5 s intervals: the failover test reads what the receiver got through
+    // `--get-server-output` (the sender's intervals count 128 KB writes into a send buffer, so
+    // at ~1 Mbit/s they alternate between 0 and 2 Mbit/s and lag the path).
+    lab.spawn(
+        &svc_host,
+        "iperf3",
+        "iperf3",
+        &["-s", "-p", "5201", "-i", "0.5", "-J"],
+        None,
+    );
     lab.spawn(
         &svc_host,
         "udp-echo",
