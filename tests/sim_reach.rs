@@ -32,25 +32,20 @@ fn intro_points(st: &Stage) -> Vec<[u8; 32]> {
 
 /// Sends an e2e PING from the client and runs up to `ms`; the PONG's arrival, if any.
 fn ping(st: &mut Stage, ms: u64) -> Option<u64> {
+    let id = send_ping(st);
+    let t0 = st.w.sim.now.as_unix_ms();
+    wait_pong(st, id, ms).map(|t| t - t0)
+}
+
+/// The client's PING to the service, sent now; its id.
+fn send_ping(st: &mut Stage) -> u64 {
     let now = st.w.sim.now;
     let id = st.w.sim.nodes[st.cli]
         .node
         .e2e_ping(now, st.s_addr)
         .unwrap();
     st.w.sim.flush(st.cli);
-    let t0 = st.w.sim.now;
-    let from = st.w.sim.nodes[st.cli].events.len();
-    let end = t0 + ms;
-    while st.w.sim.now < end {
-        st.w.sim.run_for(100);
-        let got = st.w.sim.nodes[st.cli].events[from..]
-            .iter()
-            .any(|e| matches!(e, NodeEvent::Pong { id: got, .. } if *got == id));
-        if got {
-            return Some(st.w.sim.now - t0);
-        }
-    }
-    None
+    id
 }
 
 #[test]
@@ -91,12 +86,7 @@ fn a_client_that_does_not_know_the_intro_points_fetches_their_records() {
 fn a_service_that_does_not_know_the_rendezvous_point_fetches_its_record() {
     init_log();
     let mut st = Stage::new(24, 43);
-    let now = st.w.sim.now;
-    let id = st.w.sim.nodes[st.cli]
-        .node
-        .e2e_ping(now, st.s_addr)
-        .unwrap();
-    st.w.sim.flush(st.cli);
+    let id = send_ping(&mut st);
     // The client chose its rendezvous point (the last hop of a pooled circuit) at once; the
     // service has never heard of that relay.
     let rps: Vec<[u8; 32]> = {
@@ -238,6 +228,31 @@ fn wait_pong(st: &mut Stage, id: u64, ms: u64) -> Option<u64> {
     None
 }
 
+/// Lets `node` start the relay-record lookup its trace names `what`, slows it by cutting the
+/// lookup's DHT circuits, and waits for the record and then the PONG of `id`. Returns when the
+/// lookup started, when the record came, when the PONG came and the client's trace.
+fn slow_lookup_then_pong(
+    st: &mut Stage,
+    node: usize,
+    what: &str,
+    id: u64,
+) -> (u64, u64, Option<u64>, Vec<String>) {
+    let fetch_at = run_until_traced(st, node, what, 10_000);
+    assert!(
+        cut_dht_circuits(st, node) > 0,
+        "the lookup runs on a DHT circuit"
+    );
+    let found_at = run_until_record(st, node, 20_000);
+    let pong = wait_pong(st, id, 15_000);
+    let trace = trace_of(st, st.cli);
+    eprintln!(
+        "{what}: record after {} ms, PONG after {:?} ms; client trace {trace:?}",
+        found_at - fetch_at,
+        pong.map(|p| p - fetch_at)
+    );
+    (fetch_at, found_at, pong, trace)
+}
+
 #[test]
 fn the_intro_circuit_gets_its_whole_step_after_a_slow_record_lookup() {
     init_log();
@@ -247,26 +262,10 @@ fn the_intro_circuit_gets_its_whole_step_after_a_slow_record_lookup() {
     for ip in &ips {
         st.w.sim.nodes[st.cli].node.link.forget_relay_record(ip);
     }
-    let now = st.w.sim.now;
-    let id = st.w.sim.nodes[st.cli]
-        .node
-        .e2e_ping(now, st.s_addr)
-        .unwrap();
-    st.w.sim.flush(st.cli);
+    let id = send_ping(&mut st);
     let cli = st.cli;
-    let fetch_at = run_until_traced(&mut st, cli, "intro point record looked up", 10_000);
-    assert!(
-        cut_dht_circuits(&mut st, cli) > 0,
-        "the lookup runs on a DHT circuit"
-    );
-    let found_at = run_until_record(&mut st, cli, 20_000);
-    let pong = wait_pong(&mut st, id, 15_000);
-    let trace = trace_of(&st, st.cli);
-    eprintln!(
-        "record after {} ms, PONG after {:?} ms; client trace {trace:?}",
-        found_at - fetch_at,
-        pong.map(|p| p - fetch_at)
-    );
+    let (fetch_at, found_at, pong, trace) =
+        slow_lookup_then_pong(&mut st, cli, "intro point record looked up", id);
     assert!(
         found_at - fetch_at > 5_000,
         "the lookup was not slower than the intro step ({} ms): the test shows nothing",
@@ -286,12 +285,7 @@ fn the_intro_circuit_gets_its_whole_step_after_a_slow_record_lookup() {
 fn the_client_waits_for_a_service_that_looks_the_rendezvous_point_up_slowly() {
     init_log();
     let mut st = Stage::new(24, 43);
-    let now = st.w.sim.now;
-    let id = st.w.sim.nodes[st.cli]
-        .node
-        .e2e_ping(now, st.s_addr)
-        .unwrap();
-    st.w.sim.flush(st.cli);
+    let id = send_ping(&mut st);
     let rps: Vec<[u8; 32]> = {
         let n = &st.w.sim.nodes[st.cli].node;
         n.circ
@@ -306,20 +300,9 @@ fn the_client_waits_for_a_service_that_looks_the_rendezvous_point_up_slowly() {
         .link
         .forget_relay_record(&rps[0]);
     let svc = st.svc;
-    let fetch_at = run_until_traced(&mut st, svc, "rendezvous point record looked up", 10_000);
     // The service's lookup outlasts the client's old 3 s wait after INTRODUCE_ACK.
-    assert!(
-        cut_dht_circuits(&mut st, svc) > 0,
-        "the lookup runs on a DHT circuit"
-    );
-    let found_at = run_until_record(&mut st, svc, 20_000);
-    let pong = wait_pong(&mut st, id, 15_000);
-    let trace = trace_of(&st, st.cli);
-    eprintln!(
-        "service had the record after {} ms, PONG after {:?} ms; client trace {trace:?}",
-        found_at - fetch_at,
-        pong.map(|p| p - fetch_at)
-    );
+    let (fetch_at, found_at, pong, trace) =
+        slow_lookup_then_pong(&mut st, svc, "rendezvous point record looked up", id);
     assert!(
         found_at - fetch_at > 3_000,
         "the service's lookup was not slower than the old wait ({} ms): the test shows nothing",

@@ -367,12 +367,19 @@ impl LinkLayer {
     }
 
     /// Tells the link layer that a link carries circuits, so that it is not closed as idle
-    /// (bootstrap links are closed once unused). Not a use: only cells arm the silence PING, so
-    /// a link under idle circuits gets the idle link's PING, not one a second
-    /// (docs/decisions.md, idle links under circuits).
+    /// (bootstrap links are closed once unused). Not a use on a public node: only cells arm the
+    /// silence PING, so a link under idle circuits gets the idle link's PING, not one a second
+    /// (docs/decisions.md, idle links under circuits). Behind NAT it is a use: a neighbour whose
+    /// cell met a NAT that lost its state gives the link up about 4 s later (the silence PING's
+    /// tries), before our idle PING or keepalive would open the NAT again, so a NATed node
+    /// keeps checking its links under circuits every second.
     pub fn mark_in_use(&mut self, link: LinkId, now: Instant) {
+        let natted = behind_nat(self.nat);
         if let Some(l) = self.links.get_mut(&link) {
             l.held_at = now;
+            if natted {
+                l.last_cell = l.last_cell.max(now);
+            }
             l.dht_only = false;
         }
     }
