@@ -37,6 +37,24 @@ fn ping(st: &mut Stage, ms: u64) -> Option<u64> {
     wait_pong(st, id, ms).map(|t| t - t0)
 }
 
+/// The service forgets the relay record of the client's rendezvous point (the last hop of the
+/// client's one pooled rendezvous circuit), as if its view had never held that relay.
+fn service_forgets_the_rendezvous_point(st: &mut Stage) {
+    let rps: Vec<[u8; 32]> = {
+        let n = &st.w.sim.nodes[st.cli].node;
+        n.circ
+            .ready_ids(globalnet::circuit::layer::Purpose::Rendezvous)
+            .into_iter()
+            .filter_map(|c| n.circ.path(c).and_then(|p| p.last()).map(|r| *r.identity()))
+            .collect()
+    };
+    assert_eq!(rps.len(), 1, "one rendezvous circuit, from the pool");
+    st.w.sim.nodes[st.svc]
+        .node
+        .link
+        .forget_relay_record(&rps[0]);
+}
+
 /// The client's PING to the service, sent now; its id.
 fn send_ping(st: &mut Stage) -> u64 {
     let now = st.w.sim.now;
@@ -89,19 +107,7 @@ fn a_service_that_does_not_know_the_rendezvous_point_fetches_its_record() {
     let id = send_ping(&mut st);
     // The client chose its rendezvous point (the last hop of a pooled circuit) at once; the
     // service has never heard of that relay.
-    let rps: Vec<[u8; 32]> = {
-        let n = &st.w.sim.nodes[st.cli].node;
-        n.circ
-            .ready_ids(globalnet::circuit::layer::Purpose::Rendezvous)
-            .into_iter()
-            .filter_map(|c| n.circ.path(c).and_then(|p| p.last()).map(|r| *r.identity()))
-            .collect()
-    };
-    assert_eq!(rps.len(), 1, "one rendezvous circuit, from the pool");
-    st.w.sim.nodes[st.svc]
-        .node
-        .link
-        .forget_relay_record(&rps[0]);
+    service_forgets_the_rendezvous_point(&mut st);
     let t0 = st.w.sim.now;
     let from = 0;
     let mut took = None;
@@ -286,19 +292,7 @@ fn the_client_waits_for_a_service_that_looks_the_rendezvous_point_up_slowly() {
     init_log();
     let mut st = Stage::new(24, 43);
     let id = send_ping(&mut st);
-    let rps: Vec<[u8; 32]> = {
-        let n = &st.w.sim.nodes[st.cli].node;
-        n.circ
-            .ready_ids(globalnet::circuit::layer::Purpose::Rendezvous)
-            .into_iter()
-            .filter_map(|c| n.circ.path(c).and_then(|p| p.last()).map(|r| *r.identity()))
-            .collect()
-    };
-    assert_eq!(rps.len(), 1, "one rendezvous circuit, from the pool");
-    st.w.sim.nodes[st.svc]
-        .node
-        .link
-        .forget_relay_record(&rps[0]);
+    service_forgets_the_rendezvous_point(&mut st);
     let svc = st.svc;
     // The service's lookup outlasts the client's old 3 s wait after INTRODUCE_ACK.
     let (fetch_at, found_at, pong, trace) =
