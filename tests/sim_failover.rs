@@ -19,11 +19,27 @@ fn run_flow(
     seq: &mut u32,
     ms: u64,
 ) -> Vec<(Instant, u32)> {
+    run_flow_with(w, cli, svc, me, s, seq, ms, true)
+}
+
+/// [`run_flow`]; with `hand_descriptors` false the client learns the service's descriptors
+/// only through the DHT.
+#[allow(clippy::too_many_arguments)]
+fn run_flow_with(
+    w: &mut World,
+    cli: usize,
+    svc: usize,
+    me: [u8; 16],
+    s: [u8; 16],
+    seq: &mut u32,
+    ms: u64,
+    hand_descriptors: bool,
+) -> Vec<(Instant, u32)> {
     let mut got = Vec::new();
     for i in 0..ms / 100 {
-        // A stand-in for the DHT (not merged yet): the client's cache gets the service's
-        // current descriptors every second, as a fresh lookup would.
-        if i % 10 == 0 {
+        // A shortcut past the DHT: the client's cache gets the service's current descriptors
+        // every second, as a fresh lookup would.
+        if hand_descriptors && i % 10 == 0 {
             for d in w.sim.nodes[svc].node.service_descriptors() {
                 let now = w.sim.now;
                 let _ = w.sim.nodes[cli].node.cache_descriptor(now, &d);
@@ -669,6 +685,108 @@ fn the_client_guard_dying_under_a_busy_flow_reintroduces_without_its_guard() {
         assert!(
             s.is_some_and(|s| s <= 9_000),
             "seed {seed}: stall {s:?} ms (a lost session is made again within 9 s)"
+        );
+    }
+}
+
+/// The client's guard dies under a busy flow together with the relays of the service's intro
+/// points, and the client learns the service's new intro points only through the DHT (no
+/// descriptor is handed to it). The session made again asks the DHT for the descriptor as it
+/// starts (before: only after a first round through the cached descriptor's dead intro points
+/// had failed, one intro step timeout each), and an intro point behind a relay our extensions
+/// could not reach is not tried while the round has others.
+#[test]
+fn a_lost_session_looks_the_descriptor_up_at_once_when_its_intro_points_died() {
+    let mut stalls = Vec::new();
+    for seed in [17, 31, 47, 53, 61, 71] {
+        let BusyFlow {
+            mut w,
+            svc,
+            cli,
+            s_addr,
+            me,
+            mut seq,
+            flow: _,
+        } = busy_flow(seed);
+        let firsts: Vec<[u8; 32]> = w.sim.nodes[cli]
+            .node
+            .session_circuits(s_addr)
+            .into_iter()
+            .filter_map(|(c, _)| {
+                w.sim.nodes[cli]
+                    .node
+                    .circ
+                    .path(c)
+                    .and_then(|p| p.first().map(|r| *r.identity()))
+            })
+            .collect();
+        let Some(g) = firsts
+            .first()
+            .copied()
+            .filter(|g| firsts.iter().all(|x| x == g))
+        else {
+            eprintln!("seed {seed}: the client's halves use two guards; next seed");
+            continue;
+        };
+        let victim = w.sim.node_by_identity(&g).unwrap();
+        let info = w.sim.nodes[svc].node.services_info();
+        let intro_points: Vec<usize> = (0..w.sim.nodes.len())
+            .filter(|&n| {
+                let fp = globalnet::crypto::keys::fingerprint(&w.sim.nodes[n].identity);
+                info.iter().any(|s| s.intro_points.contains(&fp))
+            })
+            .filter(|&n| n != cli && n != svc && n != victim)
+            .collect();
+        assert!(
+            !intro_points.is_empty(),
+            "seed {seed}: intro points {info:?}"
+        );
+        for &n in &intro_points {
+            w.sim.kill(n);
+        }
+        let lookups = w.sim.nodes[cli].node.session_stats().desc_lookups;
+        let killed_at = w.sim.now;
+        let first_after = seq + 1;
+        w.sim.kill(victim);
+        // Step until the session is lost (it is made again in the same step): the lookup must
+        // have gone out with it.
+        let mut remade = None;
+        for _ in 0..200 {
+            w.sim.run_for(50);
+            if w.sim.nodes[cli].node.session_circuits(s_addr).is_empty() {
+                let st = w.sim.nodes[cli].node.session_stats();
+                remade = Some(st.desc_lookups - lookups);
+                break;
+            }
+            seq += 1;
+            w.send(cli, s_addr, &udp(me, s_addr, 42000, 7, &seq.to_be_bytes()));
+        }
+        let got = run_flow_with(&mut w, cli, svc, me, s_addr, &mut seq, 30_000, false);
+        let resumed = got
+            .iter()
+            .find(|(_, n)| *n >= first_after)
+            .map(|(t, _)| *t - killed_at);
+        let st = w.sim.nodes[cli].node.session_stats();
+        eprintln!(
+            "seed {seed}: guard {victim} and intro points {intro_points:?} killed; lookups with \
+             the new session {remade:?}; stall {resumed:?} ms; client {st:?}"
+        );
+        assert!(
+            remade.is_some_and(|n| n >= 1),
+            "seed {seed}: the session made again asked the DHT at once ({remade:?} lookups)"
+        );
+        stalls.push((seed, resumed));
+    }
+    eprintln!("stalls after the guard and the intro points died: {stalls:?}");
+    assert!(
+        stalls.len() >= 2,
+        "{} seeds had a guard to kill",
+        stalls.len()
+    );
+    for (seed, s) in &stalls {
+        assert!(
+            s.is_some_and(|s| s <= 40_000),
+            "seed {seed}: stall {s:?} ms (the session comes back through a fresh descriptor)"
         );
     }
 }

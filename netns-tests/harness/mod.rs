@@ -323,7 +323,12 @@ impl Lab {
             .cmd(host, globalnet_bin())
             .args(["daemon", "--config"])
             .arg(config)
-            .env("GLOBALNET_LOG", "debug")
+            // GN_NETNS_LOG overrides the daemons' filter when a run needs a closer look (for
+            // example `debug,globalnet::session=trace`).
+            .env(
+                "GLOBALNET_LOG",
+                std::env::var("GN_NETNS_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .envs(env.iter().copied())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)

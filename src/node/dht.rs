@@ -19,7 +19,7 @@ use crate::dht::host::{DhtHost, LinkContext};
 use crate::dht::relay::DhtRelay;
 use crate::link::view::VIEW_MAX;
 use crate::link::{LinkId, LinkLayer};
-use crate::time::Instant;
+use crate::time::{Expiring, Instant};
 use crate::wire::record::{Contact, RelayRecord, FLAG_DHT};
 use crate::wire::relay::RelayCommand;
 
@@ -98,6 +98,9 @@ struct Ctx<'a> {
     circ: &'a mut CircuitLayer,
     rng: &'a mut StdRng,
     guards: &'a Guards,
+    /// Guards whose session circuits just went silent (the session layer's view): a DHT query
+    /// built through one would wait for a dead guard until its link is declared down.
+    silent_guards: &'a Expiring<[u8; 32]>,
     prefix_bits: (u8, u8),
     vanguards: &'a mut Vanguards,
 }
@@ -137,12 +140,31 @@ impl CircuitContext for Ctx<'_> {
             PathKind::Client(PathTarget::Any(FLAG_DHT))
         };
         let vanguards = service.then_some(&*self.vanguards);
+        // Guards just found silent are passed over while another guard is up (as session
+        // paths do): a client whose guard died asks the DHT for the service's new descriptor
+        // at once, and that lookup must not ride the dead guard (in-process failover test:
+        // five tries through it failed before its link was declared down).
+        let silent: Vec<[u8; 32]> = self
+            .guards
+            .list()
+            .iter()
+            .map(|g| g.identity)
+            .filter(|g| self.silent_guards.contains(g, now))
+            .collect();
+        let steered = (!silent.is_empty()).then(|| {
+            let mut guards = self.guards.clone();
+            for g in &silent {
+                guards.mark_down(g, now);
+            }
+            guards
+        });
+        let guards = steered.as_ref().unwrap_or(self.guards);
         // A few draws for a last hop outside `avoid`; a network too small for that fails the
         // query rather than use a relay we promised ourselves not to.
         let mut path = None;
         for _ in 0..8 {
             let p = ctx
-                .select(kind.clone(), self.guards, vanguards, self.rng)
+                .select(kind.clone(), guards, vanguards, self.rng)
                 .map_err(|e| format!("no DHT circuit: {e}"))?;
             if p.hops()
                 .last()
@@ -287,6 +309,7 @@ impl Node {
             circ: &mut self.circ,
             rng: &mut self.rng,
             guards: &self.guards,
+            silent_guards: self.sess.silent_guards(),
             prefix_bits: self.prefix_bits,
             vanguards: &mut self.dht.vanguards,
         };

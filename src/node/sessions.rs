@@ -127,6 +127,10 @@ impl SessionCtx for Ctx<'_> {
         self.link.recently_dead(peer_key, now)
     }
 
+    fn relay_unreachable(&self, identity: &[u8; 32], now: Instant) -> bool {
+        self.link.is_suspect(identity, now) && self.link.link_to(identity).is_none()
+    }
+
     fn budget(&self) -> &MemoryBudget {
         self.link.budget()
     }

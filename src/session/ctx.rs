@@ -73,6 +73,9 @@ pub trait SessionCtx {
     fn identity(&self) -> [u8; 32];
     /// Whether a link to this peer failed lately.
     fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool;
+    /// Whether an extension to this relay (by identity) failed lately and no link of ours to
+    /// it is up: the node left it out of its view and its paths for a while.
+    fn relay_unreachable(&self, identity: &[u8; 32], now: Instant) -> bool;
 
     // ---- memory and reports ----
 

@@ -4,7 +4,7 @@
 use crate::circuit::layer::{CircId, Purpose};
 use crate::session::circuits::single_guard;
 use crate::session::client::c_intro;
-use crate::session::ctx::{DhtRequest, SessionCtx};
+use crate::session::ctx::SessionCtx;
 use crate::session::intro_watch::send_establish;
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
@@ -321,13 +321,7 @@ impl SessionLayer {
                         // The intro point holds no registration for the key our descriptor
                         // lists: the service replaced it and republished. Refresh the
                         // descriptor now (once at a time), not only when the round fails.
-                        if !self.lookups.values().any(|d| *d == dst)
-                            && !self.dht_requests.iter().any(
-                                |r| matches!(r, DhtRequest::Lookup { dst: d, .. } if *d == dst),
-                            )
-                        {
-                            self.client_lookup_descriptor(now, dst);
-                        }
+                        self.client_refresh_descriptor(now, dst);
                         let why = format!("intro point refused (status {code})");
                         self.client_retry_intro(ctx, now, dst, &why);
                     }

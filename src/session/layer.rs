@@ -106,6 +106,8 @@ pub struct SessionStats {
     pub relay_lookups_ms: u64,
     /// Sessions opened as a client.
     pub client_sessions: u64,
+    /// Descriptor lookups this node asked of the DHT as a client (first lookups and refreshes).
+    pub desc_lookups: u64,
     /// Sessions accepted as a service.
     pub service_sessions: u64,
     /// INTRODUCE2 whose message 1 did not open (forged pseudonym, garbage).
@@ -254,7 +256,7 @@ pub struct SessionLayer {
     /// take another guard meanwhile; `circuits.rs`).
     pub(in crate::session) silent_guards: Expiring<[u8; 32]>,
     /// Descriptor lookups under way: token → service.
-    pub(in crate::session) lookups: BTreeMap<u64, [u8; 16]>,
+    pub(in crate::session) lookups: BTreeMap<u64, ([u8; 16], Instant)>,
     /// DHT queries for the node to start.
     pub(in crate::session) dht_requests: VecDeque<DhtRequest>,
     /// Descriptor publications under way: token → service and epoch.
@@ -538,6 +540,12 @@ impl SessionLayer {
         &mut self.hooks
     }
 
+    /// Our guards whose session circuits went silent lately: other layers' paths pass them
+    /// over too while another guard is up.
+    pub(crate) fn silent_guards(&self) -> &Expiring<[u8; 32]> {
+        &self.silent_guards
+    }
+
     /// A link to a relay went down (it may have died): new paths avoid it for a while.
     pub fn on_link_down(&mut self, now: Instant, identity: &[u8; 32]) {
         let until = now + LINK_DOWN_SUSPECT_MS;
@@ -612,7 +620,7 @@ impl SessionLayer {
     pub fn dht_started(&mut self, token: u64, req: &DhtRequest) {
         match req {
             DhtRequest::Lookup { dst, .. } => {
-                self.lookups.insert(token, *dst);
+                self.lookups.insert(token, (*dst, self.now));
             }
             DhtRequest::Publish { svc, epoch, .. } => {
                 self.publishes.insert(token, (*svc, *epoch));
@@ -681,9 +689,19 @@ impl SessionLayer {
             self.service_relay_found(ctx, now, identity);
             return true;
         }
-        let Some(dst) = self.lookups.remove(&token) else {
+        let Some((dst, asked)) = self.lookups.remove(&token) else {
             return false;
         };
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            took_ms = now.saturating_since(asked),
+            answer = match &answer {
+                DhtAnswer::Records(r) => format!("{} records", r.len()),
+                DhtAnswer::Failed(why) => format!("failed: {why}"),
+                DhtAnswer::Other => "other".into(),
+            },
+            "descriptor lookup answered"
+        );
         self.client_lookup_done(ctx, now, dst, answer);
         true
     }

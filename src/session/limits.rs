@@ -68,6 +68,10 @@ pub const SESSION_SETUP_TIMEOUT_MS: Millis = 40_000;
 /// The first wait before looking the descriptor up again after every intro point failed;
 /// doubles each round up to [`INTRO_ROUND_DELAY_MAX_MS`].
 pub const INTRO_ROUND_DELAY_MS: Millis = 1_000;
+/// While a session made again, or past its first round, cannot be set up with the cached
+/// descriptor, a refresh that brought nothing newer is followed by another after this long
+/// (one lookup at a time).
+pub const DESC_REFRESH_RETRY_MS: Millis = 1_000;
 
 /// The longest wait between rounds.
 pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;

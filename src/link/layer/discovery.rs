@@ -73,7 +73,9 @@ impl LinkLayer {
         self.view.remove(identity);
     }
 
-    pub(super) fn is_suspect(&self, identity: &[u8; 32], now: Instant) -> bool {
+    /// Whether an extension to this relay failed within `SUSPECT_RELAY_MS` (see
+    /// [`LinkLayer::suspect_relay`]).
+    pub fn is_suspect(&self, identity: &[u8; 32], now: Instant) -> bool {
         self.suspects.contains(identity, now)
     }
 

@@ -69,13 +69,19 @@ impl SessionLayer {
             view.get(&e.identity)
                 .is_some_and(|r| r.fields().onion_key == e.onion_key)
         };
-        candidates.sort_by_key(|e| {
-            (
-                suspects.contains(&e.identity, now),
-                !known(e),
-                guards.contains(&e.identity),
-            )
-        });
+        // A relay an extension of ours could not reach lately is also left out of the view:
+        // trying it costs a DHT lookup of its record and then a failed extension (netns
+        // failover: 8 s on an intro point that had died 15 s before).
+        let suspect = |e: &IntroEntry| {
+            suspects.contains(&e.identity, now) || ctx.relay_unreachable(&e.identity, now)
+        };
+        candidates.sort_by_key(|e| (suspect(e), !known(e), guards.contains(&e.identity)));
+        // A round tries a suspect one only as its first try (every intro point left is behind
+        // a relay that stopped answering; a suspicion can be wrong): after another try failed,
+        // the round ends, and the next starts with the descriptor the service republishes
+        // meanwhile (it loses its circuits to a dead intro point too) rather than spend an
+        // intro step timeout, or a record lookup of seconds, on each dead one.
+        let only_suspects_left = !c.tried.is_empty() && candidates.first().is_some_and(suspect);
         tracing::trace!(
             candidates = ?candidates
                 .iter()
@@ -83,6 +89,19 @@ impl SessionLayer {
                 .collect::<Vec<_>>(),
             "intro point candidates"
         );
+        if only_suspects_left {
+            // Not at once again, even for a session made again under busy flows: the cached
+            // descriptor holds only those; the next round waits for a newer one (which ends the
+            // pause) or its delay.
+            c.resumed = false;
+            self.client_next_round(
+                ctx,
+                now,
+                dst,
+                "only intro points behind relays that stopped answering are left",
+            );
+            return;
+        }
         let Some(entry) = candidates.into_iter().next() else {
             // Every intro point of this descriptor was tried (or cannot be used from here). A
             // service publishes a new revision as its intro points come and go, so the next
@@ -315,9 +334,12 @@ impl SessionLayer {
             return;
         };
         let Some(i) = c.intro.take() else { return };
-        if i.sent_at.is_some() && i.pow.is_some() {
-            // INTRODUCE1 went out and no RENDEZVOUS2 came: the service may be shedding
-            // introductions below the work it now wants (10.12).
+        if i.acked && i.pow.is_some() {
+            // The intro point took INTRODUCE1 and no RENDEZVOUS2 came: the service may be
+            // shedding introductions below the work it now wants (10.12). One refused or never
+            // acknowledged by the intro point (dead, or the service replaced it) says nothing
+            // about the service's queue: raising the work for it only slowed re-introductions
+            // after relay deaths (netns failover: 1,000 → 16,000 in five rounds).
             c.pow_effort = next_effort(c.pow_effort, i.pow.map_or(0, |p| p.effort), max_effort);
         }
         if i.acked && i.rend.is_some() && i.hs.is_some() {
@@ -390,12 +412,26 @@ impl SessionLayer {
         // the same intro points, so it usually works once the service noticed) while a lookup
         // refreshes it meanwhile (a service that had to replace intro points republishes; a
         // DHT that just lost relays can take tens of seconds to answer, so not waiting for it).
-        self.client_lookup_descriptor(now, dst);
+        self.client_refresh_descriptor(now, dst);
+    }
+
+    /// Looks the descriptor of `dst` up again unless a lookup of it is already under way: its
+    /// answer only refreshes the cache (and ends a pause between rounds when newer).
+    pub(in crate::session) fn client_refresh_descriptor(&mut self, now: Instant, dst: [u8; 16]) {
+        let asked = self.lookups.values().any(|(d, _)| *d == dst)
+            || self
+                .dht_requests
+                .iter()
+                .any(|r| matches!(r, DhtRequest::Lookup { dst: d, .. } if *d == dst));
+        if !asked {
+            self.client_lookup_descriptor(now, dst);
+        }
     }
 
     /// Looks the descriptor of `dst` up in the DHT. Its answer starts an introduction only if
     /// the session is waiting for it (`lookup` set); otherwise it just refreshes the cache.
     pub(in crate::session) fn client_lookup_descriptor(&mut self, now: Instant, dst: [u8; 16]) {
+        self.stats.desc_lookups += 1;
         let (cur, _) = epochs_to_look_up(now.as_unix_ms() / 1000);
         self.dht_requests.push_back(DhtRequest::Lookup {
             dst,

@@ -88,6 +88,9 @@ pub(in crate::session) struct ClientSession {
     pub(in crate::session) rounds: u32,
     /// While waiting between rounds: when to look the descriptor up again.
     pub(in crate::session) retry_at: Option<Instant>,
+    /// When to ask the DHT again for a newer descriptor while the session cannot be set up
+    /// with the cached one (its last refresh brought nothing newer).
+    pub(in crate::session) refresh_at: Option<Instant>,
     /// A ready rendezvous circuit (and its registered cookie) kept from an introduction that
     /// failed on the intro point's side, for the next try.
     pub(in crate::session) spare_rend: Option<(CircId, RendCookie, bool)>,
@@ -248,6 +251,7 @@ impl SessionLayer {
                 tried: Vec::new(),
                 rounds: 0,
                 retry_at: None,
+                refresh_at: None,
                 spare_rend: None,
                 intro: None,
                 lingering: None,
@@ -381,12 +385,40 @@ impl SessionLayer {
         // changed, and the outcome is consumed. A newer descriptor ends a pause between rounds
         // (the service replaced its intro points: the next round should not wait for nothing).
         if c.lookup.is_none() {
+            if !newer && c.open.is_none() && (c.rounds > 0 || c.resumed) {
+                // The service may republish any moment now (it lost intro circuits to the
+                // same deaths, or replaced an intro point that refused us): one lookup at a
+                // time keeps asking until the session is up, not only at the end of a round.
+                c.refresh_at = Some(now + DESC_REFRESH_RETRY_MS);
+            }
             if newer && c.retry_at.is_some() {
                 tracing::debug!(
                     at = now.as_unix_ms(),
                     "a newer descriptor: the next round starts now"
                 );
                 c.retry_at = Some(now);
+            } else if let (true, Some(content)) = (newer && c.open.is_none(), content) {
+                // During a round: its next tries come from the newer list, and an attempt on
+                // an intro point the service dropped (it died, or the service lost its circuit
+                // to it) ends now instead of at its timeout.
+                let dropped = c.intro.as_ref().is_some_and(|i| {
+                    !i.acked
+                        && !content
+                            .intro_points
+                            .iter()
+                            .any(|e| e.auth_key == i.entry.auth_key)
+                });
+                if c.content.is_some() {
+                    c.content = Some(content);
+                }
+                if dropped {
+                    self.client_retry_intro(
+                        ctx,
+                        now,
+                        dst,
+                        "the service's newer descriptor no longer lists this intro point",
+                    );
+                }
             }
             return;
         }
@@ -456,6 +488,10 @@ impl SessionLayer {
                 if let Some(c) = self.clients.get_mut(&dst) {
                     c.resumed = true;
                 }
+                // The first round runs on the cached descriptor; the service has likely lost
+                // intro circuits to the same deaths and republishes within seconds: fetch it
+                // meanwhile, not only after that round failed.
+                self.client_refresh_descriptor(now, dst);
             }
         } else {
             self.client_keep_spare(ctx, now, dst);
@@ -530,6 +566,15 @@ impl SessionLayer {
                 self.client_fail(ctx, now, dst, "session setup timed out");
                 continue;
             }
+            if c.refresh_at.is_some_and(|t| now >= t) {
+                c.refresh_at = None;
+                if c.open.is_none() {
+                    self.client_refresh_descriptor(now, dst);
+                }
+            }
+            let Some(c) = self.clients.get_mut(&dst) else {
+                continue;
+            };
             if c.retry_at.is_some_and(|t| now >= t) {
                 c.retry_at = None;
                 self.client_find_descriptor(ctx, now, dst);

@@ -95,6 +95,9 @@ impl SessionCtx for Fake {
     fn recently_dead(&self, _: &[u8; 32], _: Instant) -> bool {
         false
     }
+    fn relay_unreachable(&self, _: &[u8; 32], _: Instant) -> bool {
+        false
+    }
     fn budget(&self) -> &MemoryBudget {
         &self.budget
     }
