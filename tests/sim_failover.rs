@@ -113,6 +113,28 @@ fn busy_flow(seed: u64) -> BusyFlow {
     }
 }
 
+/// The client's guard that carries every circuit of its session to `s_addr` (the spare stays
+/// on the first guard), if one does.
+fn one_client_guard(w: &World, cli: usize, s_addr: [u8; 16]) -> Option<usize> {
+    let firsts: Vec<[u8; 32]> = w.sim.nodes[cli]
+        .node
+        .session_circuits(s_addr)
+        .into_iter()
+        .filter_map(|(c, _)| {
+            w.sim.nodes[cli]
+                .node
+                .circ
+                .path(c)
+                .and_then(|p| p.first().map(|r| *r.identity()))
+        })
+        .collect();
+    let g = firsts.first().copied()?;
+    if !firsts.iter().all(|x| *x == g) {
+        return None;
+    }
+    w.sim.node_by_identity(&g)
+}
+
 #[test]
 fn killing_any_relay_on_a_flow_path_stalls_the_flow_but_it_continues() {
     let BusyFlow {
@@ -603,28 +625,11 @@ fn the_client_guard_dying_under_a_busy_flow_reintroduces_without_its_guard() {
             mut seq,
             flow: _,
         } = busy_flow(seed);
-        let firsts: Vec<[u8; 32]> = w.sim.nodes[cli]
-            .node
-            .session_circuits(s_addr)
-            .into_iter()
-            .filter_map(|(c, _)| {
-                w.sim.nodes[cli]
-                    .node
-                    .circ
-                    .path(c)
-                    .and_then(|p| p.first().map(|r| *r.identity()))
-            })
-            .collect();
-        // The guard carrying every client half (the spare stays on the first guard).
-        let Some(g) = firsts
-            .first()
-            .copied()
-            .filter(|g| firsts.iter().all(|x| x == g))
-        else {
+        let Some(victim) = one_client_guard(&w, cli, s_addr) else {
             eprintln!("seed {seed}: the client's halves use two guards; next seed");
             continue;
         };
-        let victim = w.sim.node_by_identity(&g).unwrap();
+        let g = w.sim.nodes[victim].identity;
         assert!(victim != cli && victim != svc);
         // With it, the service's guard of the flow's half (when it is not the client's): the
         // relay a session's both halves share (netns: the client's spare used the service's
@@ -708,27 +713,10 @@ fn a_lost_session_looks_the_descriptor_up_at_once_when_its_intro_points_died() {
             mut seq,
             flow: _,
         } = busy_flow(seed);
-        let firsts: Vec<[u8; 32]> = w.sim.nodes[cli]
-            .node
-            .session_circuits(s_addr)
-            .into_iter()
-            .filter_map(|(c, _)| {
-                w.sim.nodes[cli]
-                    .node
-                    .circ
-                    .path(c)
-                    .and_then(|p| p.first().map(|r| *r.identity()))
-            })
-            .collect();
-        let Some(g) = firsts
-            .first()
-            .copied()
-            .filter(|g| firsts.iter().all(|x| x == g))
-        else {
+        let Some(victim) = one_client_guard(&w, cli, s_addr) else {
             eprintln!("seed {seed}: the client's halves use two guards; next seed");
             continue;
         };
-        let victim = w.sim.node_by_identity(&g).unwrap();
         let info = w.sim.nodes[svc].node.services_info();
         let intro_points: Vec<usize> = (0..w.sim.nodes.len())
             .filter(|&n| {
