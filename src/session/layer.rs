@@ -260,7 +260,7 @@ pub struct SessionLayer {
     /// DHT queries for the node to start.
     pub(in crate::session) dht_requests: VecDeque<DhtRequest>,
     /// Descriptor publications under way: token → service and epoch.
-    pub(in crate::session) publishes: BTreeMap<u64, ([u8; 16], u64)>,
+    pub(in crate::session) publishes: BTreeMap<u64, ([u8; 16], u64, Instant)>,
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
     pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Instant)>,
@@ -599,7 +599,7 @@ impl SessionLayer {
     pub fn publications_of(&self, svc: [u8; 16], epoch: u64) -> Vec<u64> {
         self.publishes
             .iter()
-            .filter(|(_, (s, e))| *s == svc && *e != epoch)
+            .filter(|(_, (s, e, _))| *s == svc && *e != epoch)
             .map(|(t, _)| *t)
             .collect()
     }
@@ -623,7 +623,7 @@ impl SessionLayer {
                 self.lookups.insert(token, (*dst, self.now));
             }
             DhtRequest::Publish { svc, epoch, .. } => {
-                self.publishes.insert(token, (*svc, *epoch));
+                self.publishes.insert(token, (*svc, *epoch, self.now));
             }
             DhtRequest::Relay { identity } => {
                 self.relay_lookups.insert(token, (*identity, self.now));
@@ -658,7 +658,14 @@ impl SessionLayer {
         answer: DhtAnswer<'_>,
         via: Vec<[u8; 32]>,
     ) -> bool {
-        if let Some((svc, e)) = self.publishes.remove(&token) {
+        if let Some((svc, e, asked)) = self.publishes.remove(&token) {
+            tracing::debug!(
+                at = now.as_unix_ms(),
+                took_ms = now.saturating_since(asked),
+                last_hops = via.len(),
+                failed = matches!(answer, DhtAnswer::Failed(_)),
+                "descriptor publication answered"
+            );
             // The outcome is consumed either way.
             if let Some(s) = self.service_mut(&svc) {
                 for r in via {

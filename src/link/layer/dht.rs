@@ -64,6 +64,14 @@ impl LinkLayer {
     ) -> Result<LinkId, LinkError> {
         let peer_key = to.link_key;
         let existed = self.by_key.contains_key(&peer_key);
+        if !existed && self.recently_dead(&peer_key, now) {
+            // It stopped answering our PINGs lately: a new handshake would go unanswered for
+            // the whole of `DHT_LINK_WAIT_MS`, and the lookup path waiting on it with it (a
+            // service's descriptor publication right after two relays died took 8 s). The
+            // request fails at once instead; a peer that came back links to us itself.
+            self.stats.dht_dials_dead += 1;
+            return Err(LinkError::NoLink);
+        }
         let known = self.view.by_link_key(&peer_key).is_some();
         if !existed {
             self.stats.dht_dials += 1;

@@ -196,6 +196,8 @@ pub struct LinkStats {
     pub dht_dials: u64,
     /// See `dht_dials`.
     pub dht_dials_unknown: u64,
+    /// DHT dials refused because the peer stopped answering lately (`recently_dead`).
+    pub dht_dials_dead: u64,
     /// Of `dht_dials_unknown`, dials where the relay that named the contact was asked to
     /// introduce us.
     pub dht_dials_via: u64,

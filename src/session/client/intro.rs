@@ -646,6 +646,12 @@ impl SessionLayer {
             rounds = c.rounds,
             "client session open"
         );
+        // A lingering attempt can win between rounds: the pause's timer must not start a new
+        // introduction under the open session (the service takes a new handshake from the
+        // same pseudonym for a restarted client and destroys the open session's circuits:
+        // netns failover, a session lost again 4 s after it came back).
+        c.retry_at = None;
+        c.refresh_at = None;
         c.open = Some(OpenSession {
             chan: SessionChannel::client(&keys),
             keys,

@@ -391,7 +391,7 @@ impl SessionLayer {
                 // time keeps asking until the session is up, not only at the end of a round.
                 c.refresh_at = Some(now + DESC_REFRESH_RETRY_MS);
             }
-            if newer && c.retry_at.is_some() {
+            if newer && c.retry_at.is_some() && c.open.is_none() {
                 tracing::debug!(
                     at = now.as_unix_ms(),
                     "a newer descriptor: the next round starts now"
@@ -577,7 +577,9 @@ impl SessionLayer {
             };
             if c.retry_at.is_some_and(|t| now >= t) {
                 c.retry_at = None;
-                self.client_find_descriptor(ctx, now, dst);
+                if c.open.is_none() {
+                    self.client_find_descriptor(ctx, now, dst);
+                }
                 continue;
             }
             let step_timeout = intro_step_timeout(self.intro_step_avg);
