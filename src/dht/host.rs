@@ -48,6 +48,11 @@ pub const DHT_MAX_WAITING_PER_CONTACT: usize = 8;
 /// relayed link after it, takes several seconds); it is dropped at once when the link attempt
 /// ends. Below `DHT_LOOKUP_TIMEOUT_S` less a request's own time, so an answer can still count.
 pub const DHT_LINK_WAIT_MS: Millis = 8_000;
+/// The same for a contact our view lists as directly reachable: a plain handshake, answered
+/// within a round trip by a live relay, retried once after `HANDSHAKE_RETRY_MS` (1 s). A dead
+/// relay not yet known dead here otherwise held its lookup path (and a service's descriptor
+/// publication with it) for the whole `DHT_LINK_WAIT_MS`.
+pub const DHT_DIRECT_LINK_WAIT_MS: Millis = 3_000;
 /// Circuits with last-hop DHT state at once.
 pub const DHT_MAX_ROLE_SLOTS: usize = 4096;
 /// Memory charged per waiting request (the frame and its entry).
@@ -140,6 +145,8 @@ pub trait LinkContext {
     /// Whether a link to `link_key` is being set up (a handshake, a punch or a relayed link
     /// under way).
     fn dialing(&self, link_key: &[u8; 32]) -> bool;
+    /// Whether our view lists this contact as directly reachable (no punch needed).
+    fn direct_contact(&self, to: &Contact) -> bool;
     /// Sends a DHT_LOOKUP_REPLY back on a relayed circuit; whether it went.
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool;
     /// Up to `n` random relay records of the view (bytes).
@@ -148,6 +155,7 @@ pub trait LinkContext {
 
 struct Waiting {
     link_key: [u8; 32],
+    /// Request id, bytes, how long it may wait, charge.
     frames: Vec<(u64, Vec<u8>, Instant, Charge)>,
 }
 
@@ -347,6 +355,11 @@ impl DhtHost {
             }
             return;
         };
+        let wait = if ctx.direct_contact(&to) {
+            DHT_DIRECT_LINK_WAIT_MS
+        } else {
+            DHT_LINK_WAIT_MS
+        };
         self.waiting
             .entry(to.identity)
             .or_insert_with(|| Waiting {
@@ -354,11 +367,11 @@ impl DhtHost {
                 frames: Vec::new(),
             })
             .frames
-            .push((rpc_id, data, now, charge));
+            .push((rpc_id, data, now + wait, charge));
         self.waiting_total += 1;
         self.stats.waited += 1;
         if let Some(r) = self.relay.as_mut() {
-            r.on_waiting(rpc_id, now + DHT_LINK_WAIT_MS);
+            r.on_waiting(rpc_id, now + wait);
         }
         ctx.dial(now, &to, via.as_ref().filter(|v| v.identity != to.identity));
     }
@@ -383,7 +396,7 @@ impl DhtHost {
                     if let Some(r) = self.relay.as_mut() {
                         r.on_sent(f.0, now);
                     }
-                } else if dialing && now.saturating_since(f.2) < DHT_LINK_WAIT_MS {
+                } else if dialing && now < f.2 {
                     keep.push(f);
                 } else {
                     self.stats.waited_expired += 1;

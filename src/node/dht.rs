@@ -283,6 +283,13 @@ impl LinkContext for Ctx<'_> {
         self.link.dialing(link_key)
     }
 
+    fn direct_contact(&self, to: &Contact) -> bool {
+        self.link
+            .view()
+            .by_link_key(&to.link_key)
+            .is_some_and(|r| r.fields().nat.directly_reachable())
+    }
+
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool {
         self.circ
             .reply(slot, RelayCommand::DhtLookupReply, payload)

@@ -46,6 +46,9 @@ impl LinkContext for Mock {
     fn dialing(&self, _: &[u8; 32]) -> bool {
         false
     }
+    fn direct_contact(&self, _: &Contact) -> bool {
+        false
+    }
     fn reply(&mut self, slot: u64, payload: &[u8]) -> bool {
         self.replies.push((slot, payload.to_vec()));
         true
