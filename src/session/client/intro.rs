@@ -92,13 +92,13 @@ impl SessionLayer {
         if only_suspects_left {
             // Not at once again, even for a session made again under busy flows: the cached
             // descriptor holds only those; the next round waits for a newer one (which ends the
-            // pause) or its delay.
-            c.resumed = false;
-            self.client_next_round(
+            // pause) or its short delay.
+            self.client_end_round(
                 ctx,
                 now,
                 dst,
                 "only intro points behind relays that stopped answering are left",
+                true,
             );
             return;
         }
@@ -376,6 +376,22 @@ impl SessionLayer {
         dst: [u8; 16],
         why: &str,
     ) {
+        self.client_end_round(ctx, now, dst, why, false);
+    }
+
+    /// Ends a round. A `short` one (cut after one try because only intro points behind
+    /// relays that stopped answering were left) waits `INTRO_ROUND_DELAY_MS` or a newer
+    /// descriptor, and does not lengthen later rounds' backoff: its cause is the relays'
+    /// deaths, not a service that does not answer (netns failover: three short rounds took
+    /// the pause to 8 s while the service's new descriptor was already out).
+    fn client_end_round(
+        &mut self,
+        ctx: &mut impl SessionCtx,
+        now: Instant,
+        dst: [u8; 16],
+        why: &str,
+        short: bool,
+    ) {
         let stage = self.client_intro_stage(now, &dst);
         self.stats
             .setup_failed(format!("client round: {why} [{stage}]"));
@@ -385,11 +401,14 @@ impl SessionLayer {
         };
         // A session made again under busy flows does not pause after its first round (the
         // service has likely rebuilt its intro circuits meanwhile; later rounds back off).
-        let delay = if c.resumed && c.rounds == 0 {
+        let full_rounds = c.rounds.saturating_sub(c.short_rounds);
+        let delay = if short {
+            INTRO_ROUND_DELAY_MS
+        } else if c.resumed && c.rounds == 0 {
             0
         } else {
             INTRO_ROUND_DELAY_MS
-                .saturating_mul(1 << c.rounds.min(8))
+                .saturating_mul(1 << full_rounds.min(8))
                 .min(INTRO_ROUND_DELAY_MAX_MS)
         };
         if now + delay >= c.started + SESSION_SETUP_TIMEOUT_MS {
@@ -405,6 +424,9 @@ impl SessionLayer {
             "introductions failed; trying again after a pause"
         );
         c.rounds += 1;
+        if short {
+            c.short_rounds += 1;
+        }
         c.tried.clear();
         c.content = None;
         c.retry_at = Some(now + delay);

@@ -86,6 +86,8 @@ pub(in crate::session) struct ClientSession {
     pub(in crate::session) tried: Vec<[u8; 32]>,
     /// Descriptor rounds that failed (every intro point tried).
     pub(in crate::session) rounds: u32,
+    /// Of those, rounds cut short (only suspect intro points left): no backoff for them.
+    pub(in crate::session) short_rounds: u32,
     /// While waiting between rounds: when to look the descriptor up again.
     pub(in crate::session) retry_at: Option<Instant>,
     /// When to ask the DHT again for a newer descriptor while the session cannot be set up
@@ -250,6 +252,7 @@ impl SessionLayer {
                 content: None,
                 tried: Vec::new(),
                 rounds: 0,
+                short_rounds: 0,
                 retry_at: None,
                 refresh_at: None,
                 spare_rend: None,
