@@ -25,6 +25,9 @@ use crate::dht::{Key, DHT_LOOKUP_TIMEOUT_S};
 use crate::time::{Instant, Millis};
 use crate::wire::record::RelayRecord;
 
+mod timing;
+pub use timing::{QueryTimes, TIME_BUCKETS_MS};
+
 /// A requester re-sends a lookup that got no reply after this long (12.6).
 pub const DHT_QUERY_WAIT_MS: Millis = (DHT_LOOKUP_TIMEOUT_S + 5) * 1000;
 /// Circuits (builds or sends) a query tries before it fails. Generous, because a view holds dead
@@ -107,6 +110,9 @@ pub struct ClientStats {
     pub bad_records: u64,
     /// Relay records SAMPLE added to the view.
     pub sampled_relays: u64,
+    /// Where answered queries' time went, by kind (`find_descriptor`, `find_relay`,
+    /// `find_name`, `publish`, `sample`).
+    pub times: BTreeMap<&'static str, QueryTimes>,
 }
 
 /// What the client needs of the node: circuits to build, use and close, the view to feed and
@@ -163,6 +169,12 @@ struct ClientQuery {
     /// Last hops the request went to (every attempt).
     via: Vec<[u8; 32]>,
     records: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
+    /// When the query started, its first try went out, this try went out and this try's
+    /// first reply came (the stats' split of its time).
+    started: Instant,
+    first_sent: Option<Instant>,
+    sent_at: Instant,
+    first_reply: Option<Instant>,
     _charge: Charge,
 }
 
@@ -318,6 +330,10 @@ impl DhtClient {
                 avoid,
                 via: Vec::new(),
                 records: BTreeMap::new(),
+                started: now,
+                first_sent: None,
+                sent_at: now,
+                first_reply: None,
                 _charge: charge,
             },
         );
@@ -345,6 +361,16 @@ impl DhtClient {
         if let DhtOutcome::Failed(why) = &outcome {
             self.stats.queries_failed += 1;
             tracing::debug!(token, "DHT query failed: {why}");
+        } else if let Some(q) = &q {
+            if let (Some(first), Some(reply)) = (q.first_sent, q.first_reply) {
+                let t = self.stats.times.entry(kind_name(&q.query)).or_default();
+                t.add(
+                    first.saturating_since(q.started),
+                    q.sent_at.saturating_since(first),
+                    reply.saturating_since(q.sent_at),
+                    now.saturating_since(reply),
+                );
+            }
         }
         if q.as_ref().is_some_and(|q| q.internal) {
             if let DhtOutcome::Relays(rs) = outcome {
@@ -460,6 +486,9 @@ impl DhtClient {
         self.by_lookup_id.remove(&q.lookup_id);
         q.lookup_id = lookup_id;
         q.sent = true;
+        q.first_sent = q.first_sent.or(Some(now));
+        q.sent_at = now;
+        q.first_reply = None;
         q.deadline = now + DHT_QUERY_WAIT_MS;
         q.seen.clear();
         q.total = 0;
@@ -521,6 +550,7 @@ impl DhtClient {
             self.stats.bad_replies += 1;
             return true;
         }
+        q.first_reply = q.first_reply.or(Some(now));
         let status = reply.status;
         let outcome = match (&q.query, status, reply.body) {
             (
@@ -797,6 +827,19 @@ fn request_of(q: &DhtQuery, lookup_id: u32) -> LookupRequest {
         lookup_id,
         key,
         record,
+    }
+}
+
+/// The name of a query's kind in [`ClientStats::times`].
+fn kind_name(q: &DhtQuery) -> &'static str {
+    match q {
+        DhtQuery::FindValue { kind, .. } => match kind {
+            RecordKind::Relay => "find_relay",
+            RecordKind::Descriptor => "find_descriptor",
+            RecordKind::NameClaim => "find_name",
+        },
+        DhtQuery::Publish { .. } => "publish",
+        DhtQuery::Sample => "sample",
     }
 }
 

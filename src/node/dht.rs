@@ -6,6 +6,7 @@
 //! when it asked for them, else out as [`NodeEvent::Dht`].
 
 use rand::rngs::StdRng;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::budget::MemoryBudget;
@@ -353,6 +354,11 @@ impl Node {
             own_publications: h.own_publications,
             own_accepted: h.own_accepted,
         }
+    }
+
+    /// Where this node's answered DHT queries' time went, by kind.
+    pub fn dht_query_times(&self) -> &BTreeMap<&'static str, crate::dht::client::QueryTimes> {
+        &self.dht.client.stats().times
     }
 
     /// The DHT relay (routing table, store), once this node is one.
