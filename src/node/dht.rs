@@ -51,6 +51,8 @@ pub struct DhtStats {
     pub queries_failed: u64,
     /// Lookups re-sent (timeout or a refusing last hop).
     pub retries: u64,
+    /// Second tries started while the first was still out (12.6, hedged tries).
+    pub hedges: u64,
     /// Replies on our circuits that did not parse or match.
     pub bad_replies: u64,
     /// Records in replies that failed verification (forged, expired, wrong key).
@@ -347,6 +349,7 @@ impl Node {
             queries: c.queries,
             queries_failed: c.queries_failed,
             retries: c.retries,
+            hedges: c.hedges,
             bad_replies: c.bad_replies,
             bad_records: c.bad_records,
             sampled_relays: c.sampled_relays,
