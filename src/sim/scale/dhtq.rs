@@ -37,6 +37,8 @@ pub struct DhtQueryFigures {
 pub(super) struct DeadTimes {
     times: BTreeMap<&'static str, QueryTimes>,
     relay_lookups: (u64, u64),
+    /// Hedges and re-sends of the nodes' own queries.
+    tries: (u64, u64),
 }
 
 impl DeadTimes {
@@ -47,17 +49,24 @@ impl DeadTimes {
         let s = n.session_stats();
         self.relay_lookups.0 += s.relay_lookups_done;
         self.relay_lookups.1 += s.relay_lookups_ms;
+        let d = n.dht_stats();
+        self.tries.0 += d.hedges;
+        self.tries.1 += d.retries;
     }
 
-    /// The figures over the buried nodes and `alive`: by kind, and the mean time of the
-    /// session layer's relay-record lookups.
+    /// The figures over the buried nodes and `alive`: by kind, the mean time of the session
+    /// layer's relay-record lookups, and the hedges and re-sends of all queries.
     pub(super) fn figures<'a>(
         &self,
         alive: impl Iterator<Item = &'a Node>,
-    ) -> (BTreeMap<String, DhtQueryFigures>, u64) {
+    ) -> (BTreeMap<String, DhtQueryFigures>, u64, (u64, u64)) {
         let mut times = self.times.clone();
         let mut relay = self.relay_lookups;
+        let mut tries = self.tries;
         for n in alive {
+            let d = n.dht_stats();
+            tries.0 += d.hedges;
+            tries.1 += d.retries;
             for (k, t) in n.dht_query_times() {
                 times.entry(k).or_default().merge(t);
             }
@@ -82,6 +91,6 @@ impl DeadTimes {
                 (k.to_string(), f)
             })
             .collect();
-        (figures, per(relay.1, relay.0))
+        (figures, per(relay.1, relay.0), tries)
     }
 }

@@ -133,6 +133,11 @@ pub struct ScaleReport {
     /// Mean time of the session layer's relay-record lookups (a client looking up an intro
     /// point's record, a service a rendezvous point's), virtual ms, over the whole run.
     pub relay_lookup_ms_mean: u64,
+    /// The nodes' own DHT queries' hedges (a second try while the first is out) and re-sends
+    /// (a try given up), over the whole run.
+    pub dht_hedges: u64,
+    /// See `dht_hedges`.
+    pub dht_retries: u64,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
 }
@@ -247,7 +252,7 @@ impl Scale {
         let mut bms = std::mem::take(&mut self.build_ms);
         let mut pms = std::mem::take(&mut self.reach.ms);
         let (natted_links, direct, punched) = self.natted_links(now);
-        let (dht_query_times, relay_lookup_ms_mean) = self
+        let (dht_query_times, relay_lookup_ms_mean, (dht_hedges, dht_retries)) = self
             .dead
             .times
             .figures(self.sim.nodes.iter().map(|n| &n.node));
@@ -317,6 +322,8 @@ impl Scale {
             tables_at_end: super::tables(&self.sim),
             dht_query_times,
             relay_lookup_ms_mean,
+            dht_hedges,
+            dht_retries,
             wall_s,
         }
     }
