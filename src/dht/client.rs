@@ -491,14 +491,18 @@ impl DhtClient {
     /// closed) and retires its circuit; the query goes on with its other try, or at once on a
     /// fresh circuit if none is out.
     fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64, circ: CircId) {
-        self.stats.retries += 1;
         let Some(q) = self.queries.get_mut(&token) else {
             return;
         };
         let Some(at) = q.tries.iter().position(|t| t.circ == circ) else {
             return;
         };
+        self.stats.retries += 1;
         let t = q.tries.remove(at);
+        if q.records.is_empty() && q.answer.is_some_and(|(c, ..)| c == circ) {
+            // Its answer brought nothing: the time split counts the answer that ends the query.
+            q.answer = None;
+        }
         if self.by_lookup_id.get(&t.lookup_id) == Some(&token) {
             self.by_lookup_id.remove(&t.lookup_id);
         }
@@ -529,8 +533,15 @@ impl DhtClient {
         for t in q.tries.iter_mut().filter(|t| t.first_reply.is_none()) {
             t.hedged = true;
         }
-        self.stats.hedges += 1;
+        let out = q.tries.len();
         self.dispatch(ctx, now, token);
+        if self
+            .queries
+            .get(&token)
+            .is_some_and(|q| q.tries.len() > out)
+        {
+            self.stats.hedges += 1;
+        }
     }
 
     /// How long a sent try of this query's op waits for a reply before it gets a hedge.
