@@ -8,6 +8,8 @@ struct Mock {
     rng: StdRng,
     next: u64,
     built: Vec<CircId>,
+    /// The relays each build was told to avoid as its last hop.
+    avoided: Vec<Vec<[u8; 32]>>,
     sent: Vec<(CircId, Vec<u8>)>,
     destroyed: Vec<CircId>,
     no_paths: bool,
@@ -20,6 +22,7 @@ impl Mock {
             rng: StdRng::seed_from_u64(7),
             next: 1,
             built: Vec::new(),
+            avoided: Vec::new(),
             sent: Vec::new(),
             destroyed: Vec::new(),
             no_paths: false,
@@ -34,7 +37,8 @@ impl CircuitContext for Mock {
     fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
     }
-    fn build_circuit(&mut self, _: Instant, _: bool, _: &[[u8; 32]]) -> Result<CircId, String> {
+    fn build_circuit(&mut self, _: Instant, _: bool, avoid: &[[u8; 32]]) -> Result<CircId, String> {
+        self.avoided.push(avoid.to_vec());
         if self.no_paths {
             return Err("no path".into());
         }
@@ -200,6 +204,11 @@ fn an_unanswered_try_gets_a_hedge_and_the_first_answer_wins() {
         m.built,
         vec![CircId(1), CircId(2)],
         "a second, fresh circuit"
+    );
+    assert_eq!(
+        m.avoided[1],
+        vec![[1; 32]],
+        "its last hop is not the first try's"
     );
     assert!(m.destroyed.is_empty(), "the first try stays out");
     assert_eq!(c.stats().hedges, 1);
