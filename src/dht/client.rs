@@ -499,6 +499,10 @@ impl DhtClient {
         };
         self.stats.retries += 1;
         let t = q.tries.remove(at);
+        // The hedge of the tries left (if this was it) is gone: they may get another.
+        for o in &mut q.tries {
+            o.hedged = false;
+        }
         if q.records.is_empty() && q.answer.is_some_and(|(c, ..)| c == circ) {
             // Its answer brought nothing: the time split counts the answer that ends the query.
             q.answer = None;

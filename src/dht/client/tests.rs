@@ -282,7 +282,7 @@ fn the_hedge_timeout_follows_answered_queries() {
 }
 
 #[test]
-fn a_closed_circuit_moves_its_try_on_at_once_and_a_refusal_keeps_the_hedge() {
+fn a_closed_circuit_moves_its_try_on_at_once_and_a_refused_hedge_is_replaced() {
     let (mut c, mut m) = (DhtClient::new(), Mock::new());
     c.query(&mut m, Instant::ZERO, find([8; 32]), false, Vec::new());
     built(&mut c, &mut m, 1, 0);
@@ -297,7 +297,8 @@ fn a_closed_circuit_moves_its_try_on_at_once_and_a_refusal_keeps_the_hedge() {
     tick(&mut c, &mut m, 60 + DHT_HEDGE_INITIAL_MS);
     assert_eq!(m.built.len(), 3, "the hedge");
     built(&mut c, &mut m, 3, 70 + DHT_HEDGE_INITIAL_MS);
-    // The hedge's last hop refuses: it is retired, the first try stays out alone.
+    // The hedge's last hop refuses: it is retired, the first try stays out, and as it is past
+    // its hedge timeout another hedge starts at once.
     let refusal = LookupReply {
         status: LookupStatus::RateLimited,
         lookup_id: lookup_id_on(&m, 3),
@@ -310,8 +311,9 @@ fn a_closed_circuit_moves_its_try_on_at_once_and_a_refusal_keeps_the_hedge() {
         &refusal.emit().unwrap(),
     );
     assert_eq!(m.destroyed, vec![CircId(3)]);
-    assert_eq!(m.built.len(), 3);
-    // It still answers.
+    assert_eq!(m.built.len(), 4);
+    assert_eq!(c.stats().hedges, 2);
+    // The first still answers, and wins.
     let answer = not_found(lookup_id_on(&m, 2));
     c.on_reply(
         &mut m,
@@ -345,4 +347,27 @@ fn a_query_without_answers_fails_after_its_tries() {
     assert!(t <= 3 * DHT_QUERY_WAIT_MS + 1_000, "ended at {t} ms");
     assert_eq!(c.stats().queries_failed, 1);
     assert!(c.via(token).is_empty());
+}
+
+#[test]
+fn a_hedge_whose_build_fails_is_replaced_while_the_first_try_waits() {
+    let (mut c, mut m) = (DhtClient::new(), Mock::new());
+    c.query(&mut m, Instant::ZERO, find([4; 32]), false, Vec::new());
+    built(&mut c, &mut m, 1, 0);
+    tick(&mut c, &mut m, DHT_HEDGE_INITIAL_MS);
+    assert_eq!(m.built.len(), 2);
+    // The hedge's build fails: the first try, long past its hedge timeout, gets another at once
+    // rather than waiting out its 15 s alone.
+    let closed = CircEvent::Closed {
+        id: CircId(2),
+        why: "EXTEND failed".into(),
+    };
+    c.on_circuit_event(
+        &mut m,
+        Instant::from_unix_ms(DHT_HEDGE_INITIAL_MS + 500),
+        closed,
+    );
+    assert_eq!(m.built.len(), 3);
+    assert_eq!(c.stats().hedges, 2);
+    assert!(!m.destroyed.contains(&CircId(1)));
 }
