@@ -3,7 +3,7 @@
 //! node is woken exactly when `poll_timeout` asks: a timer late here is late by design.
 
 use globalnet::circuit::layer::{Purpose, CREATE_RETRY_MS};
-use globalnet::dht::client::{DhtQuery, DHT_QUERY_WAIT_MS};
+use globalnet::dht::client::{DhtQuery, DHT_HEDGE_INITIAL_MS, DHT_QUERY_WAIT_MS};
 use globalnet::dht::message::RecordKind;
 use globalnet::link::LinkId;
 use globalnet::sim::{sim_addr, Sim, SimConfig, Tap};
@@ -258,10 +258,11 @@ fn an_idle_relay_with_pool_circuits_wakes_about_once_a_second() {
     );
 }
 
-/// DHT client: a query whose lookup went out and got no answer is tried again exactly
-/// `DHT_QUERY_WAIT_MS` after it was sent (with the 250 ms tick: up to 250 ms later, 250 at the
-/// phase the test picks). Node 0 is a client with a ready DHT circuit; the query is sent on it
-/// at once and every cell node 0 sends from then on is lost.
+/// DHT client: a query whose lookup went out and got no answer gets its hedge (a second try)
+/// exactly `DHT_HEDGE_INITIAL_MS` after it was sent (no query answered yet), and the try is
+/// given up exactly `DHT_QUERY_WAIT_MS` after it was sent (with the 250 ms tick: up to 250 ms
+/// later, 250 at the phase the test picks). Node 0 is a client with a ready DHT circuit; the
+/// query is sent on it at once and every cell node 0 sends from then on is lost.
 #[test]
 fn an_unanswered_dht_query_is_retried_at_its_deadline() {
     let (mut sim, _sent, block) = network_of(5, 0);
@@ -286,6 +287,21 @@ fn an_unanswered_dht_query_is_retried_at_its_deadline() {
     };
     sim.nodes[0].node.dht_query(t0, query, false);
     sim.flush(0);
+    sim.run_until(t0 + DHT_HEDGE_INITIAL_MS - 5);
+    let mut hedged = None;
+    for _ in 0..400 {
+        if sim.nodes[0].node.dht_stats().hedges > 0 {
+            hedged = Some(sim.now.saturating_since(t0));
+            break;
+        }
+        sim.run_for(1);
+    }
+    let hedged = hedged.expect("the query got a hedge within 400 ms of its timeout");
+    eprintln!("DHT query sent at {t0:?}, hedged {hedged} ms later");
+    assert!(
+        (DHT_HEDGE_INITIAL_MS..=DHT_HEDGE_INITIAL_MS + 2).contains(&hedged),
+        "hedged {hedged} ms after it was sent, not at {DHT_HEDGE_INITIAL_MS}"
+    );
     sim.run_until(t0 + DHT_QUERY_WAIT_MS - 5);
     let mut retried = None;
     for _ in 0..400 {

@@ -16,16 +16,24 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 
-use crate::budget::{Charge, MemoryBudget};
+use crate::budget::MemoryBudget;
 use crate::circuit::layer::{CircEvent, CircId};
-use crate::dht::lookup_msg::{LookupOp, LookupReply, LookupRequest, LookupStatus, ReplyBody};
+use crate::dht::lookup_msg::{LookupReply, LookupStatus, ReplyBody};
 use crate::dht::message::RecordKind;
 use crate::dht::store::checked_key;
 use crate::dht::{Key, DHT_LOOKUP_TIMEOUT_S};
 use crate::time::{Instant, Millis};
 use crate::wire::record::RelayRecord;
 
-/// A requester re-sends a lookup that got no reply after this long (12.6).
+mod query;
+mod timers;
+mod timing;
+use query::{kind_name, op_index, op_of, records_outcome, request_of, ClientQuery, Rtt, Try};
+pub use query::{DHT_HEDGE_INITIAL_MS, DHT_HEDGE_MIN_MS, DHT_TRIES_OUTSTANDING};
+pub use timing::{QueryTimes, TIME_BUCKETS_MS};
+
+/// A requester gives up a try that got no reply after this long (12.6); it has started a
+/// hedge long before (`DHT_HEDGE_MIN_MS`).
 pub const DHT_QUERY_WAIT_MS: Millis = (DHT_LOOKUP_TIMEOUT_S + 5) * 1000;
 /// Circuits (builds or sends) a query tries before it fails. Generous, because a view holds dead
 /// relays until their records expire, and a build through one fails only after its timeout.
@@ -101,12 +109,18 @@ pub struct ClientStats {
     pub queries_failed: u64,
     /// Lookups re-sent (timeout or a refusing last hop).
     pub retries: u64,
+    /// Second tries started while the first was still out (no reply within the hedge
+    /// timeout).
+    pub hedges: u64,
     /// Replies on our circuits that did not parse or match.
     pub bad_replies: u64,
     /// Records in replies that failed verification (forged, expired, wrong key).
     pub bad_records: u64,
     /// Relay records SAMPLE added to the view.
     pub sampled_relays: u64,
+    /// Where answered queries' time went, by kind (`find_descriptor`, `find_relay`,
+    /// `find_name`, `publish`, `sample`).
+    pub times: BTreeMap<&'static str, QueryTimes>,
 }
 
 /// What the client needs of the node: circuits to build, use and close, the view to feed and
@@ -145,27 +159,6 @@ struct DhtCirc {
     created: Instant,
 }
 
-struct ClientQuery {
-    query: DhtQuery,
-    service: bool,
-    internal: bool,
-    circ: Option<CircId>,
-    sent: bool,
-    lookup_id: u32,
-    deadline: Instant,
-    tries: u8,
-    seen: Vec<u8>,
-    total: u8,
-    /// This attempt's last hop sent a record that failed verification.
-    junk: bool,
-    /// Relays that must not be the last hop of this query's circuits.
-    avoid: Vec<[u8; 32]>,
-    /// Last hops the request went to (every attempt).
-    via: Vec<[u8; 32]>,
-    records: BTreeMap<[u8; 32], (u64, Vec<u8>)>,
-    _charge: Charge,
-}
-
 /// A finished query: its token, what came of it and the last hops its request went to.
 pub type Done = (u64, DhtOutcome, Vec<[u8; 32]>);
 
@@ -182,6 +175,8 @@ pub struct DhtClient {
     in_query: bool,
     next_pool_try: Instant,
     next_sample: Instant,
+    /// Smoothed round trips of answered tries, by op (FIND_VALUE, PUBLISH, SAMPLE).
+    rtt: [Rtt; 3],
     stats: ClientStats,
 }
 
@@ -215,6 +210,7 @@ impl DhtClient {
             in_query: false,
             next_pool_try: Instant::ZERO,
             next_sample: Instant::ZERO,
+            rtt: [Rtt::default(); 3],
             stats: ClientStats::default(),
         }
     }
@@ -301,32 +297,14 @@ impl DhtClient {
             );
             return token;
         };
-        self.queries.insert(
-            token,
-            ClientQuery {
-                query,
-                service,
-                internal,
-                circ: None,
-                sent: false,
-                lookup_id: 0,
-                deadline: Instant::ZERO,
-                tries: 0,
-                seen: Vec::new(),
-                total: 0,
-                junk: false,
-                avoid,
-                via: Vec::new(),
-                records: BTreeMap::new(),
-                _charge: charge,
-            },
-        );
+        let q = ClientQuery::new(query, service, internal, avoid, now, charge);
+        self.queries.insert(token, q);
         self.dispatch(ctx, now, token);
         token
     }
 
     /// Ends a query: internal ones feed the view; others go to the outbox (the deferred one if
-    /// we are still inside `query`). Its circuit is retired.
+    /// we are still inside `query`). The circuits of its tries are retired.
     fn finish<C: CircuitContext>(
         &mut self,
         ctx: &mut C,
@@ -335,30 +313,51 @@ impl DhtClient {
         outcome: DhtOutcome,
     ) {
         let q = self.queries.remove(&token);
+        let circs: Vec<CircId> = q
+            .as_ref()
+            .map(|q| q.tries.iter().map(|t| t.circ).collect())
+            .unwrap_or_default();
         if let Some(q) = &q {
-            if self.by_lookup_id.get(&q.lookup_id) == Some(&token) {
-                self.by_lookup_id.remove(&q.lookup_id);
+            for t in &q.tries {
+                if self.by_lookup_id.get(&t.lookup_id) == Some(&token) {
+                    self.by_lookup_id.remove(&t.lookup_id);
+                }
             }
         }
-        let circ = q.as_ref().and_then(|q| q.circ);
         let via = q.as_ref().map(|q| q.via.clone()).unwrap_or_default();
         if let DhtOutcome::Failed(why) = &outcome {
             self.stats.queries_failed += 1;
             tracing::debug!(token, "DHT query failed: {why}");
+        } else if let Some(q) = &q {
+            if let (Some(first), Some((_, sent, reply))) = (q.first_sent, q.answer) {
+                let t = self.stats.times.entry(kind_name(&q.query)).or_default();
+                t.add(
+                    first.saturating_since(q.started),
+                    sent.saturating_since(first),
+                    reply.saturating_since(sent),
+                    now.saturating_since(reply),
+                );
+            }
         }
         if q.as_ref().is_some_and(|q| q.internal) {
             if let DhtOutcome::Relays(rs) = outcome {
                 // The last hop that answered is the source: it vouches for what it sampled.
-                let via = q.and_then(|q| q.circ).and_then(|id| ctx.last_hop(id));
+                let via = q
+                    .and_then(|q| q.answer)
+                    .and_then(|(id, ..)| ctx.last_hop(id));
                 if let Some(via) = via {
                     let n = ctx.add_relays(rs, via, now);
                     self.stats.sampled_relays += n as u64;
                 }
             }
-            self.retire(ctx, now, circ);
+            for id in circs {
+                self.retire(ctx, now, Some(id));
+            }
             return;
         }
-        self.retire(ctx, now, circ);
+        for id in circs {
+            self.retire(ctx, now, Some(id));
+        }
         if self.in_query {
             self.deferred.push((token, outcome, via));
         } else {
@@ -376,18 +375,25 @@ impl DhtClient {
         }
     }
 
-    /// Puts a query on a DHT circuit of its kind, building one if there is none.
+    /// Starts a try of a query on a DHT circuit of its kind that has carried nothing (building
+    /// one if there is none); its last hop is none of the query's `avoid` nor the last hop of
+    /// its other try. With no try out and none left, the query fails; a hedge that finds no
+    /// circuit leaves the running try alone.
     fn dispatch<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
         let Some(q) = self.queries.get(&token) else {
             return;
         };
-        if q.tries >= DHT_QUERY_TRIES {
-            let why = format!("no answer through {} circuits", q.tries);
-            self.finish(ctx, now, token, DhtOutcome::Failed(why));
+        if q.started_tries >= DHT_QUERY_TRIES {
+            if q.tries.is_empty() {
+                let why = format!("no answer through {} circuits", q.started_tries);
+                self.finish(ctx, now, token, DhtOutcome::Failed(why));
+            }
             return;
         }
         let service = q.service;
-        let avoid = q.avoid.clone();
+        let hedge = !q.tries.is_empty();
+        let mut avoid = q.avoid.clone();
+        avoid.extend(q.tries.iter().filter_map(|t| ctx.last_hop(t.circ)));
         // An unused pool circuit of the kind, ready ones first (then the oldest).
         let mut pick: Option<(CircId, bool)> = None;
         for (id, c) in &self.circs {
@@ -406,6 +412,10 @@ impl DhtClient {
             Some(p) => p,
             None => match self.build(ctx, now, service, &avoid) {
                 Ok(id) => (id, false),
+                Err(why) if hedge => {
+                    tracing::debug!(token, "no circuit for a DHT hedge: {why}");
+                    return;
+                }
                 Err(why) => {
                     self.finish(ctx, now, token, DhtOutcome::Failed(why));
                     return;
@@ -416,12 +426,11 @@ impl DhtClient {
             c.taken = true;
         }
         if let Some(q) = self.queries.get_mut(&token) {
-            q.circ = Some(id);
-            q.sent = false;
-            q.tries += 1;
+            q.tries.push(Try::new(id, now));
+            q.started_tries += 1;
         }
         if ready {
-            self.send(ctx, now, token);
+            self.send(ctx, now, token, id);
         }
     }
 
@@ -445,8 +454,9 @@ impl DhtClient {
         Ok(id)
     }
 
-    /// Sends a query's DHT_LOOKUP on its (ready) circuit under a fresh `lookup_id`.
-    fn send<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
+    /// Sends a query's DHT_LOOKUP on the (ready) circuit of one of its tries under a fresh
+    /// `lookup_id`.
+    fn send<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64, circ: CircId) {
         let lookup_id = loop {
             let id: u32 = ctx.rng().gen();
             if !self.by_lookup_id.contains_key(&id) {
@@ -456,40 +466,93 @@ impl DhtClient {
         let Some(q) = self.queries.get_mut(&token) else {
             return;
         };
-        let Some(id) = q.circ else { return };
-        self.by_lookup_id.remove(&q.lookup_id);
-        q.lookup_id = lookup_id;
-        q.sent = true;
-        q.deadline = now + DHT_QUERY_WAIT_MS;
-        q.seen.clear();
-        q.total = 0;
-        q.junk = false;
         let bytes = request_of(&q.query, lookup_id).emit();
-        if let Some(last) = ctx.last_hop(id) {
+        let Some(t) = q.try_on(circ) else { return };
+        t.lookup_id = lookup_id;
+        t.sent = true;
+        t.sent_at = now;
+        t.seen.clear();
+        t.total = 0;
+        t.junk = false;
+        t.first_reply = None;
+        q.first_sent = q.first_sent.or(Some(now));
+        if let Some(last) = ctx.last_hop(circ) {
             if !q.via.contains(&last) {
                 q.via.push(last);
             }
         }
         self.by_lookup_id.insert(lookup_id, token);
-        if !ctx.send_lookup(id, &bytes) {
-            self.retry(ctx, now, token);
+        if !ctx.send_lookup(circ, &bytes) {
+            self.retry(ctx, now, token, circ);
         }
     }
 
-    /// Tries a query again on a fresh circuit (its last hop refused or never answered, or the
-    /// circuit closed); the old circuit is retired.
-    fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
-        self.stats.retries += 1;
+    /// Gives up one try of a query (its last hop refused or never answered, or its circuit
+    /// closed) and retires its circuit; the query goes on with its other try, or at once on a
+    /// fresh circuit if none is out.
+    fn retry<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64, circ: CircId) {
         let Some(q) = self.queries.get_mut(&token) else {
             return;
         };
-        q.sent = false;
-        let circ = q.circ.take();
-        if self.by_lookup_id.get(&q.lookup_id) == Some(&token) {
-            self.by_lookup_id.remove(&q.lookup_id);
+        let Some(at) = q.tries.iter().position(|t| t.circ == circ) else {
+            return;
+        };
+        self.stats.retries += 1;
+        let t = q.tries.remove(at);
+        // The hedge of the tries left (if this was it) is gone: they may get another.
+        for o in &mut q.tries {
+            o.hedged = false;
         }
-        self.retire(ctx, now, circ);
+        if q.records.is_empty() && q.answer.is_some_and(|(c, ..)| c == circ) {
+            // Its answer brought nothing: the time split counts the answer that ends the query.
+            q.answer = None;
+        }
+        if self.by_lookup_id.get(&t.lookup_id) == Some(&token) {
+            self.by_lookup_id.remove(&t.lookup_id);
+        }
+        self.retire(ctx, now, Some(circ));
+        self.top_up(ctx, now, token);
+    }
+
+    /// Starts a try if the query has none out, or a hedge if one of its tries is past its
+    /// hedge timeout and there is room.
+    fn top_up<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
+        let Some(q) = self.queries.get_mut(&token) else {
+            return;
+        };
+        if q.tries.is_empty() {
+            self.dispatch(ctx, now, token);
+            return;
+        }
+        let after = self
+            .rtt
+            .get(op_index(&q.query))
+            .map_or(DHT_HEDGE_INITIAL_MS, Rtt::hedge_after);
+        let Some(at) = q.hedge_at(after, DHT_QUERY_TRIES) else {
+            return;
+        };
+        if at > now {
+            return;
+        }
+        for t in q.tries.iter_mut().filter(|t| t.first_reply.is_none()) {
+            t.hedged = true;
+        }
+        let out = q.tries.len();
         self.dispatch(ctx, now, token);
+        if self
+            .queries
+            .get(&token)
+            .is_some_and(|q| q.tries.len() > out)
+        {
+            self.stats.hedges += 1;
+        }
+    }
+
+    /// How long a sent try of this query's op waits for a reply before it gets a hedge.
+    fn hedge_after(&self, q: &DhtQuery) -> Millis {
+        self.rtt
+            .get(op_index(q))
+            .map_or(DHT_HEDGE_INITIAL_MS, Rtt::hedge_after)
     }
 
     /// A DHT_LOOKUP_REPLY on circuit `id`; `false` if the circuit is not ours.
@@ -517,11 +580,28 @@ impl DhtClient {
         let Some(q) = self.queries.get_mut(&token) else {
             return true;
         };
-        if q.circ != Some(id) || !q.sent {
+        let status = reply.status;
+        let refusal = matches!(
+            status,
+            LookupStatus::Timeout | LookupStatus::RateLimited | LookupStatus::Refused
+        );
+        let op = op_index(&q.query);
+        let Some(t) = q
+            .tries
+            .iter_mut()
+            .find(|t| t.circ == id && t.sent && t.lookup_id == reply.lookup_id)
+        else {
             self.stats.bad_replies += 1;
             return true;
+        };
+        if t.first_reply.is_none() && !refusal {
+            // Each try has a lookup id of its own: the sample is the round trip of this one.
+            if let Some(r) = self.rtt.get_mut(op) {
+                r.sample(now.saturating_since(t.sent_at));
+            }
+            q.answer = q.answer.or(Some((id, t.sent_at, now)));
         }
-        let status = reply.status;
+        t.first_reply = t.first_reply.or(Some(now));
         let outcome = match (&q.query, status, reply.body) {
             (
                 DhtQuery::FindValue { kind, key },
@@ -541,21 +621,23 @@ impl DhtClient {
                     }
                     _ => {
                         self.stats.bad_records += 1;
-                        q.junk = true;
+                        t.junk = true;
                     }
                 }
-                if !q.seen.contains(&seq_no) {
-                    q.seen.push(seq_no);
+                if !t.seen.contains(&seq_no) {
+                    t.seen.push(seq_no);
                 }
-                q.total = q.total.max(total);
-                if q.seen.len() >= usize::from(q.total) && q.records.is_empty() && q.junk {
+                t.total = t.total.max(total);
+                let complete = t.seen.len() >= usize::from(t.total);
+                if complete && q.records.is_empty() && t.junk {
                     // Only junk from this last hop: ask through another one.
-                    self.retry(ctx, now, token);
+                    self.retry(ctx, now, token, id);
                     return true;
-                } else if q.seen.len() >= usize::from(q.total) {
+                } else if complete {
                     Some(records_outcome(q))
                 } else {
-                    q.deadline = q.deadline.min(now + DHT_VALUE_COLLECT_MS);
+                    let until = now + DHT_VALUE_COLLECT_MS;
+                    q.collect_until = Some(q.collect_until.map_or(until, |c| c.min(until)));
                     None
                 }
             }
@@ -583,7 +665,7 @@ impl DhtClient {
             (_, LookupStatus::Timeout | LookupStatus::RateLimited | LookupStatus::Refused, b)
                 if b.op() == op_of(&q.query) =>
             {
-                self.retry(ctx, now, token);
+                self.retry(ctx, now, token, id);
                 return true;
             }
             _ => {
@@ -613,12 +695,12 @@ impl DhtClient {
                 let mut waiting: Vec<u64> = self
                     .queries
                     .iter()
-                    .filter(|(_, q)| q.circ == Some(id) && !q.sent)
+                    .filter(|(_, q)| q.tries.iter().any(|t| t.circ == id && !t.sent))
                     .map(|(t, _)| *t)
                     .collect();
                 waiting.sort_unstable();
                 for t in waiting {
-                    self.send(ctx, now, t);
+                    self.send(ctx, now, t, id);
                 }
                 None
             }
@@ -628,15 +710,16 @@ impl DhtClient {
                     // A pool build that failed: not again at once.
                     self.next_pool_try = now + DHT_POOL_RETRY_MS;
                 }
+                // The try on it moves on at once (the query's other try, if out, goes on).
                 let mut on_it: Vec<u64> = self
                     .queries
                     .iter()
-                    .filter(|(_, q)| q.circ == Some(id))
+                    .filter(|(_, q)| q.tries.iter().any(|t| t.circ == id))
                     .map(|(t, _)| *t)
                     .collect();
                 on_it.sort_unstable();
                 for t in on_it {
-                    self.retry(ctx, now, t);
+                    self.retry(ctx, now, t, id);
                 }
                 None
             }
@@ -648,173 +731,6 @@ impl DhtClient {
             _ => Some(e),
         }
     }
-
-    // ---- timers --------------------------------------------------------------------------
-    //
-    // The timer work comes in steps so that the node can hand each finished query to the
-    // layer that asked before the next step runs (that layer may start another query at once).
-
-    /// When the client's timers next have something to do, exactly: a sent query's deadline, a
-    /// pool circuit's retirement, the next pool build try while the pool is short of `wanted`,
-    /// the next DHT sample. What waits for the next run whenever it is (an outcome deferred
-    /// while its token was handed out, a query not sent yet, a taken circuit whose query is
-    /// gone) is due at once: [`Instant::ZERO`], which the node reads as its coarse tick.
-    pub fn deadline(&self, wanted: (usize, usize)) -> Option<Instant> {
-        if !self.deferred.is_empty() {
-            return Some(Instant::ZERO);
-        }
-        let queries = self
-            .queries
-            .values()
-            .map(|q| if q.sent { q.deadline } else { Instant::ZERO });
-        let circs = self.circs.iter().map(|(id, c)| {
-            if !c.taken {
-                c.created + DHT_POOL_MAX_AGE_MS
-            } else if self.queries.values().any(|q| q.circ == Some(*id)) {
-                Instant::MAX
-            } else {
-                Instant::ZERO
-            }
-        });
-        let short = [(false, wanted.0), (true, wanted.1)]
-            .into_iter()
-            .any(|(service, want)| {
-                self.circs
-                    .values()
-                    .filter(|c| c.service == service && !c.taken)
-                    .count()
-                    < want
-            });
-        let pool = short.then_some(self.next_pool_try);
-        queries
-            .chain(circs)
-            .chain(pool)
-            .chain(Some(self.next_sample))
-            .filter(|t| *t != Instant::MAX)
-            .min()
-    }
-
-    /// Sent queries whose reply did not come (or the rest of a multi-record answer), in token
-    /// order: each goes to [`DhtClient::on_overdue`].
-    pub fn overdue(&self, now: Instant) -> Vec<u64> {
-        let mut due: Vec<u64> = self
-            .queries
-            .iter()
-            .filter(|(_, q)| q.sent && q.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        due.sort_unstable();
-        due
-    }
-
-    /// Ends an overdue query with what it collected, or tries it again.
-    pub fn on_overdue<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, token: u64) {
-        let partial = self
-            .queries
-            .get(&token)
-            .is_some_and(|q| !q.records.is_empty());
-        if partial {
-            let o = self.queries.get(&token).map(records_outcome);
-            if let Some(o) = o {
-                self.finish(ctx, now, token, o);
-            }
-        } else {
-            self.retry(ctx, now, token);
-        }
-    }
-
-    /// Closes taken circuits whose query is gone and pool circuits grown old unused, keeps the
-    /// pools of unused circuits (`wanted`: client lookups, service publications) built, and
-    /// looks for relays through the DHT while the view is small (9.1).
-    pub fn on_timer<C: CircuitContext>(
-        &mut self,
-        ctx: &mut C,
-        now: Instant,
-        wanted: (usize, usize),
-    ) {
-        let mut idle: Vec<CircId> = self
-            .circs
-            .iter()
-            .filter(|(id, c)| {
-                if c.taken {
-                    !self.queries.values().any(|q| q.circ == Some(**id))
-                } else {
-                    now.saturating_since(c.created) >= DHT_POOL_MAX_AGE_MS
-                }
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        idle.sort_unstable();
-        for id in idle {
-            self.retire(ctx, now, Some(id));
-        }
-        self.fill_pool(ctx, now, wanted);
-        if self.next_sample == Instant::ZERO {
-            self.next_sample = now + 20_000;
-        }
-        if now >= self.next_sample {
-            self.next_sample = now + DHT_SAMPLE_MS;
-            let running = self.queries.values().any(|q| q.internal);
-            if ctx.view_is_small() && !running {
-                self.start_query(ctx, now, DhtQuery::Sample, false, true, Vec::new());
-            }
-        }
-    }
-
-    fn fill_pool<C: CircuitContext>(&mut self, ctx: &mut C, now: Instant, wanted: (usize, usize)) {
-        if now < self.next_pool_try {
-            return;
-        }
-        let (clients, services) = wanted;
-        for (service, want) in [(false, clients), (true, services)] {
-            let have = self
-                .circs
-                .values()
-                .filter(|c| c.service == service && !c.taken)
-                .count();
-            for _ in have..want {
-                if let Err(e) = self.build(ctx, now, service, &[]) {
-                    tracing::debug!("DHT circuit pool: {e}");
-                    self.next_pool_try = now + DHT_POOL_RETRY_MS;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn request_of(q: &DhtQuery, lookup_id: u32) -> LookupRequest {
-    let (op, kind, key, record) = match q {
-        DhtQuery::FindValue { kind, key } => (LookupOp::FindValue, Some(*kind), *key, Vec::new()),
-        DhtQuery::Publish { kind, record } => {
-            (LookupOp::Publish, Some(*kind), [0; 32], record.clone())
-        }
-        DhtQuery::Sample => (LookupOp::Sample, None, [0; 32], Vec::new()),
-    };
-    LookupRequest {
-        op,
-        kind,
-        lookup_id,
-        key,
-        record,
-    }
-}
-
-fn op_of(q: &DhtQuery) -> LookupOp {
-    match q {
-        DhtQuery::FindValue { .. } => LookupOp::FindValue,
-        DhtQuery::Publish { .. } => LookupOp::Publish,
-        DhtQuery::Sample => LookupOp::Sample,
-    }
-}
-
-fn records_outcome(q: &ClientQuery) -> DhtOutcome {
-    if q.records.is_empty() {
-        return DhtOutcome::NotFound;
-    }
-    let mut v: Vec<Vec<u8>> = q.records.values().map(|(_, b)| b.clone()).collect();
-    v.sort();
-    DhtOutcome::Records(v)
 }
 
 #[cfg(test)]

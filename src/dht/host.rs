@@ -91,6 +91,15 @@ pub struct HostStats {
     pub role_timed_out: u64,
     /// See `role_answered`.
     pub role_found: u64,
+    /// Those lookups: how many, their summed time (ms), how many the overall timeout ended,
+    /// and for those that found a record the summed time until the first one came.
+    pub role_lookups: u64,
+    /// See `role_lookups`.
+    pub role_lookup_ms: u64,
+    /// See `role_lookups`.
+    pub role_lookup_timeouts: u64,
+    /// See `role_lookups`.
+    pub role_first_record_ms: u64,
 }
 
 /// What a last hop saw of one DHT_LOOKUP, kept only while a test asks for it
@@ -426,6 +435,10 @@ impl DhtHost {
                 self.stats.role_answered += res.answered.len() as u64;
                 self.stats.role_timed_out += res.timed_out.len() as u64;
                 self.stats.role_found += u64::from(!res.records.is_empty());
+                self.stats.role_lookups += 1;
+                self.stats.role_lookup_ms += res.elapsed_ms;
+                self.stats.role_lookup_timeouts += u64::from(res.timed_out_overall);
+                self.stats.role_first_record_ms += res.first_record_ms.unwrap_or(0);
             }
             if let Some(s) = self.slots.get_mut(&r.slot) {
                 s.active = s.active.saturating_sub(1);

@@ -22,9 +22,9 @@ use super::routing::{prefix_of, Prefix};
 use super::store::checked_key;
 use super::{
     distance, node_id, Key, DHT_ALPHA, DHT_DISJOINT_PATHS, DHT_K, DHT_LOOKUP_TIMEOUT_S,
-    DHT_MAX_STEPS, DHT_RESULT_PER_PREFIX, DHT_RPC_TIMEOUT_MS,
+    DHT_MAX_STEPS, DHT_RESULT_PER_PREFIX, DHT_RPC_TIMEOUT_MS, DHT_VALUE_GRACE_MS,
 };
-use crate::time::Instant;
+use crate::time::{Instant, Millis};
 use crate::wire::record::Contact;
 
 /// What a lookup looks for.
@@ -136,6 +136,11 @@ pub struct LookupResult {
     pub hops: usize,
     /// Whether the overall timeout ended it.
     pub timed_out_overall: bool,
+    /// How long it ran, and (FIND_VALUE) how long until the first valid record came (where a
+    /// last hop's lookup spends its time).
+    pub elapsed_ms: Millis,
+    /// See `elapsed_ms`.
+    pub first_record_ms: Option<Millis>,
 }
 
 /// One iterative lookup.
@@ -145,6 +150,10 @@ pub struct Lookup {
     kind: Target,
     cfg: LookupConfig,
     deadline: Instant,
+    started: Instant,
+    /// FIND_VALUE for relay records and descriptors: the end, `DHT_VALUE_GRACE_MS` after the
+    /// first valid record.
+    value_until: Option<Instant>,
     paths: Vec<Path>,
     claimed: BTreeSet<[u8; 32]>,
     pending: BTreeMap<u64, Pending>,
@@ -171,6 +180,8 @@ impl Lookup {
             kind,
             cfg,
             deadline: now + DHT_LOOKUP_TIMEOUT_S * 1000,
+            started: now,
+            value_until: None,
             paths: (0..DHT_DISJOINT_PATHS).map(|_| Path::default()).collect(),
             claimed: BTreeSet::new(),
             pending: BTreeMap::new(),
@@ -265,7 +276,10 @@ impl Lookup {
     /// Requests to send now. Call after starting and after every input.
     pub fn poll(&mut self, now: Instant) -> Vec<Outgoing> {
         if now >= self.deadline && !self.finished {
-            self.finish(true);
+            self.finish(true, now);
+        }
+        if self.value_until.is_some_and(|t| now >= t) {
+            self.finish(false, now);
         }
         if self.finished {
             return std::mem::take(&mut self.outbox);
@@ -296,7 +310,7 @@ impl Lookup {
             }
         }
         if self.paths.iter().all(|p| p.done) && self.pending.is_empty() {
-            self.finish(false);
+            self.finish(false, now);
         }
         std::mem::take(&mut self.outbox)
     }
@@ -374,6 +388,11 @@ impl Lookup {
                                 self.records.get(&signer).is_none_or(|(v, _)| version > *v);
                             if better {
                                 self.records.insert(signer, (version, bytes));
+                                let since = now.saturating_since(self.started);
+                                self.result.first_record_ms.get_or_insert(since);
+                                if want != RecordKind::NameClaim && self.value_until.is_none() {
+                                    self.value_until = Some(now + DHT_VALUE_GRACE_MS);
+                                }
                             }
                         }
                         _ => return self.fail(&p, true),
@@ -436,7 +455,10 @@ impl Lookup {
             }
         }
         if now >= self.deadline {
-            self.finish(true);
+            self.finish(true, now);
+        }
+        if self.value_until.is_some_and(|t| now >= t) {
+            self.finish(false, now);
         }
     }
 
@@ -445,12 +467,15 @@ impl Lookup {
         if self.finished {
             return None;
         }
+        let end = self
+            .value_until
+            .map_or(self.deadline, |v| v.min(self.deadline));
         self.pending
             .values()
             .map(|p| p.deadline)
             .min()
-            .map(|d| d.min(self.deadline))
-            .or(Some(self.deadline))
+            .map(|d| d.min(end))
+            .or(Some(end))
     }
 
     /// Whether the lookup has ended.
@@ -458,17 +483,23 @@ impl Lookup {
         self.finished
     }
 
-    fn finish(&mut self, timeout: bool) {
+    fn finish(&mut self, timeout: bool, now: Instant) {
         if self.finished {
             return;
         }
         self.finished = true;
         self.result.timed_out_overall = timeout;
+        self.result.elapsed_ms = now.saturating_since(self.started);
         let mut pending: Vec<(u64, Pending)> =
             std::mem::take(&mut self.pending).into_iter().collect();
         pending.sort_unstable_by_key(|(q, _)| *q);
+        // Ended by the value grace, requests still out did not time out: the routing table
+        // must not count them as failures.
+        let cut_short = !timeout && self.value_until.is_some_and(|t| now >= t);
         for (_, p) in pending {
-            self.fail(&p, false);
+            if !cut_short {
+                self.fail(&p, false);
+            }
         }
         let penalised: BTreeSet<[u8; 32]> = self.result.penalised.iter().copied().collect();
         let mut answered: Vec<(Key, Contact)> = self
@@ -570,6 +601,52 @@ mod tests {
         let best = sorted_from(&target, &pool, 8);
         assert_eq!(r.closest.first(), best.first());
         assert!(r.penalised.is_empty());
+    }
+
+    #[test]
+    fn a_value_lookup_ends_a_grace_after_its_first_record() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/protocol.json")).unwrap();
+        let v = &doc["relay_record"];
+        let bytes = hex::decode(v["record"].as_str().unwrap()).unwrap();
+        let key: Key = hex::decode(v["dht_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let t0 = 1_767_225_600_000 + 60_000;
+        let at = |ms: u64| Instant::from_unix_ms(t0 + ms);
+        let pool: Vec<Contact> = (1..50).map(contact).collect();
+        let kind = Target::Value(RecordKind::Relay);
+        let mut l = Lookup::new(key, kind, &pool[..24], cfg(), at(0));
+        let out = l.poll(at(0));
+        // One replica answers with the record at once; nobody else ever answers.
+        let value = DhtMessage::Value {
+            kind: RecordKind::Relay,
+            cursor: 0,
+            total: 1,
+            record: Some(bytes.clone()),
+            contacts: Vec::new(),
+        };
+        l.on_reply(out[0].query, value, at(300));
+        assert!(
+            l.poll(at(300)).len() <= 1,
+            "the path may ask its next contact"
+        );
+        assert!(!l.is_done());
+        // It ends a grace after the record, not when the silent requests time out (2 s) or
+        // the lookup does (10 s).
+        assert_eq!(l.next_timeout(), Some(at(300 + DHT_VALUE_GRACE_MS)));
+        l.on_timer(at(300 + DHT_VALUE_GRACE_MS));
+        assert!(l.is_done());
+        let r = l.result().unwrap();
+        assert_eq!(r.records, vec![bytes]);
+        assert!(!r.timed_out_overall);
+        assert!(
+            r.timed_out.is_empty(),
+            "requests cut short did not time out: the routing table must not count them"
+        );
+        assert_eq!(r.first_record_ms, Some(300));
+        assert_eq!(r.elapsed_ms, 300 + DHT_VALUE_GRACE_MS);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! when it asked for them, else out as [`NodeEvent::Dht`].
 
 use rand::rngs::StdRng;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::budget::MemoryBudget;
@@ -50,6 +51,8 @@ pub struct DhtStats {
     pub queries_failed: u64,
     /// Lookups re-sent (timeout or a refusing last hop).
     pub retries: u64,
+    /// Second tries started while the first was still out (12.6, hedged tries).
+    pub hedges: u64,
     /// Replies on our circuits that did not parse or match.
     pub bad_replies: u64,
     /// Records in replies that failed verification (forged, expired, wrong key).
@@ -376,6 +379,7 @@ impl Node {
             queries: c.queries,
             queries_failed: c.queries_failed,
             retries: c.retries,
+            hedges: c.hedges,
             bad_replies: c.bad_replies,
             bad_records: c.bad_records,
             sampled_relays: c.sampled_relays,
@@ -383,6 +387,11 @@ impl Node {
             own_publications: h.own_publications,
             own_accepted: h.own_accepted,
         }
+    }
+
+    /// Where this node's answered DHT queries' time went, by kind.
+    pub fn dht_query_times(&self) -> &BTreeMap<&'static str, crate::dht::client::QueryTimes> {
+        &self.dht.client.stats().times
     }
 
     /// The DHT relay (routing table, store), once this node is one.

@@ -16,9 +16,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NatKind, Sim, SimConfig};
+pub use dhtq::DhtQueryFigures;
 pub use trace::DhtPaths;
 use trace::{dht_paths, tables};
 
+mod dhtq;
 mod reach;
 mod report;
 mod trace;
@@ -162,6 +164,8 @@ struct Dead {
     learned: Vec<(usize, [u8; 32])>,
     /// Their session setup failures by reason.
     setup_failures: BTreeMap<String, u64>,
+    /// Their DHT query times and relay-record lookups.
+    times: dhtq::DeadTimes,
 }
 
 /// A service: its seed, its address, its host and when it was started.
@@ -465,6 +469,7 @@ impl Scale {
         self.dead.built += s.built;
         self.dead.failed += s.build_failures;
         self.dead.pex_answered += n.link.stats().pex_answered;
+        self.dead.times.bury(n);
         for (k, c) in &n.session_stats().setup_failures {
             *self.dead.setup_failures.entry(k.clone()).or_default() += c;
         }

@@ -127,6 +127,17 @@ pub struct ScaleReport {
     pub tables_at_warm: BTreeMap<String, f64>,
     /// See `tables_at_warm`.
     pub tables_at_end: BTreeMap<String, f64>,
+    /// The nodes' own DHT queries that got an answer, by kind (`find_descriptor`,
+    /// `find_relay`, `publish`, `sample`, ...): time and where it went, over the whole run.
+    pub dht_query_times: BTreeMap<String, DhtQueryFigures>,
+    /// Mean time of the session layer's relay-record lookups (a client looking up an intro
+    /// point's record, a service a rendezvous point's), virtual ms, over the whole run.
+    pub relay_lookup_ms_mean: u64,
+    /// The nodes' own DHT queries' hedges (a second try while the first is out) and re-sends
+    /// (a try given up), over the whole run.
+    pub dht_hedges: u64,
+    /// See `dht_hedges`.
+    pub dht_retries: u64,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
 }
@@ -241,6 +252,10 @@ impl Scale {
         let mut bms = std::mem::take(&mut self.build_ms);
         let mut pms = std::mem::take(&mut self.reach.ms);
         let (natted_links, direct, punched) = self.natted_links(now);
+        let (dht_query_times, relay_lookup_ms_mean, (dht_hedges, dht_retries)) = self
+            .dead
+            .times
+            .figures(self.sim.nodes.iter().map(|n| &n.node));
         let relays = self
             .members
             .iter()
@@ -305,6 +320,10 @@ impl Scale {
             descriptor_replicas: ratio(replicas as f64, started.len() as f64),
             tables_at_warm: std::mem::take(&mut self.tables_at_warm),
             tables_at_end: super::tables(&self.sim),
+            dht_query_times,
+            relay_lookup_ms_mean,
+            dht_hedges,
+            dht_retries,
             wall_s,
         }
     }

@@ -30,6 +30,16 @@ pub struct DhtPaths {
     pub role_timed_out: u64,
     /// See `role_answered`.
     pub role_found: u64,
+    /// Those lookups (live nodes): how many, their mean time, how many the overall timeout
+    /// (`DHT_LOOKUP_TIMEOUT_S`) ended, and the mean time to the first record of those that
+    /// found one (virtual ms).
+    pub role_lookups: u64,
+    /// See `role_lookups`.
+    pub role_lookup_ms_mean: u64,
+    /// See `role_lookups`.
+    pub role_lookup_timeouts: u64,
+    /// See `role_lookups`.
+    pub role_first_record_ms_mean: u64,
 }
 
 pub(super) fn dht_paths(sim: &Sim) -> DhtPaths {
@@ -45,7 +55,20 @@ pub(super) fn dht_paths(sim: &Sim) -> DhtPaths {
         d.role_answered += h.role_answered;
         d.role_timed_out += h.role_timed_out;
         d.role_found += h.role_found;
+        d.role_lookups += h.role_lookups;
+        d.role_lookup_ms_mean += h.role_lookup_ms;
+        d.role_lookup_timeouts += h.role_lookup_timeouts;
+        d.role_first_record_ms_mean += h.role_first_record_ms;
     }
+    // Summed above, divided here.
+    d.role_lookup_ms_mean = d
+        .role_lookup_ms_mean
+        .checked_div(d.role_lookups)
+        .unwrap_or(0);
+    d.role_first_record_ms_mean = d
+        .role_first_record_ms_mean
+        .checked_div(d.role_found)
+        .unwrap_or(0);
     d
 }
 
