@@ -72,6 +72,8 @@ pub const INTRO_ROUND_DELAY_MS: Millis = 1_000;
 /// descriptor, a refresh that brought nothing newer is followed by another after this long
 /// (one lookup at a time).
 pub const DESC_REFRESH_RETRY_MS: Millis = 1_000;
+/// A descriptor refresh unanswered this long gets a second one beside it (at most two).
+pub const DESC_REFRESH_OVERLAP_MS: Millis = 4_000;
 
 /// The longest wait between rounds.
 pub const INTRO_ROUND_DELAY_MAX_MS: Millis = 8_000;

@@ -437,15 +437,26 @@ impl SessionLayer {
         self.client_refresh_descriptor(now, dst);
     }
 
-    /// Looks the descriptor of `dst` up again unless a lookup of it is already under way: its
-    /// answer only refreshes the cache (and ends a pause between rounds when newer).
+    /// Looks the descriptor of `dst` up again unless a recent lookup of it is under way: its
+    /// answer only refreshes the cache (and ends a pause between rounds when newer). A lookup
+    /// out for `DESC_REFRESH_OVERLAP_MS` without an answer gets a second one beside it (at most
+    /// two at once): right after relay deaths one can spend 15 s on circuits through them
+    /// while the service's new descriptor is already stored (netns failover).
     pub(in crate::session) fn client_refresh_descriptor(&mut self, now: Instant, dst: [u8; 16]) {
-        let asked = self.lookups.values().any(|(d, _)| *d == dst)
-            || self
-                .dht_requests
-                .iter()
-                .any(|r| matches!(r, DhtRequest::Lookup { dst: d, .. } if *d == dst));
-        if !asked {
+        let queued = self
+            .dht_requests
+            .iter()
+            .any(|r| matches!(r, DhtRequest::Lookup { dst: d, .. } if *d == dst));
+        let out: Vec<Instant> = self
+            .lookups
+            .values()
+            .filter(|(d, _)| *d == dst)
+            .map(|(_, t)| *t)
+            .collect();
+        let recent = out
+            .iter()
+            .any(|t| now.saturating_since(*t) < DESC_REFRESH_OVERLAP_MS);
+        if !queued && !recent && out.len() < 2 {
             self.client_lookup_descriptor(now, dst);
         }
     }
