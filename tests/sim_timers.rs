@@ -319,3 +319,55 @@ fn an_unanswered_dht_query_is_retried_at_its_deadline() {
         "retried {after} ms after it was sent, not at {DHT_QUERY_WAIT_MS}"
     );
 }
+
+/// The link layer keeps each link's deadline in an index recomputed only for the links touched
+/// since the last query (`link::layer::table`), so that a relay's work per datagram does not
+/// grow with its links. Every access that can move a deadline must be seen by the index: in a
+/// network with NATed nodes (punches, relayed links, dials), a relay death and a restart, the
+/// indexed deadline equals the one computed from every link, after every step of every node.
+#[test]
+fn the_indexed_link_deadline_equals_a_scan_of_every_link() {
+    use globalnet::sim::NatKind;
+    let mut sim = Sim::new(SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    });
+    sim.add_node(true, &[], 4);
+    for _ in 1..8 {
+        sim.add_node(true, &[0], 4);
+    }
+    // NATed relays and hosts: punched and relayed links, punches and dials under way.
+    for (i, nat) in [
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+        NatKind::AddressRestricted,
+        NatKind::Symmetric,
+        NatKind::FullCone,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sim.add_node_behind(i % 2 == 0, &[0, 1], 4, &[nat]);
+    }
+    let mut checked = 0u64;
+    let mut check = |sim: &Sim| {
+        for (i, n) in sim.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            assert_eq!(
+                n.node.link.poll_timeout(),
+                n.node.link.poll_timeout_scanning_every_link(),
+                "node {i} at {:?}",
+                sim.now
+            );
+            checked += 1;
+        }
+    };
+    for step in 0..1_800u64 {
+        // Steps of a prime number of ms, so that checks fall between and on timers.
+        sim.run_for(37);
+        check(&sim);
+        if step == 600 {
+            sim.kill(3);
+        }
+    }
+    assert!(checked > 10_000, "{checked} checks");
+}

@@ -392,6 +392,8 @@ impl Link {
                 30 * PEX_INTERVAL_MS
             };
             d = earliest(d, Some(self.last_pex + interval));
+            // `ask_exit_policies`, at the end of the link's timers.
+            d = earliest(d, Some(self.last_policy_ask + PEX_INTERVAL_MS));
         }
         d
     }

@@ -31,6 +31,7 @@ mod relayed;
 mod routing;
 mod rpc;
 mod session;
+mod table;
 mod types;
 
 use rand::rngs::StdRng;
@@ -100,7 +101,9 @@ pub struct LinkLayer {
     responder: Responder,
     budget: MemoryBudget,
     rng: StdRng,
-    links: BTreeMap<LinkId, Link>,
+    links: table::LinkTable,
+    /// Reused by `handle_timeout` for the ids of the links whose timers are due.
+    due_links: Vec<LinkId>,
     by_index: BTreeMap<u32, LinkId>,
     by_key: BTreeMap<[u8; 32], LinkId>,
     next_id: u32,
@@ -218,7 +221,8 @@ impl LinkLayer {
             link_public,
             budget,
             rng: rand.choices(),
-            links: BTreeMap::new(),
+            links: table::LinkTable::default(),
+            due_links: Vec::new(),
             by_index: BTreeMap::new(),
             by_key: BTreeMap::new(),
             next_id: 1,
@@ -311,6 +315,43 @@ impl LinkLayer {
         let mut next = Some(self.next_tick);
         next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
         next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
+        self.flush_link_timers();
+        self.links.for_scanned(|l| {
+            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
+            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
+            if self.upgrade_wanted(l) {
+                next = earliest(next, fresh(Some(l.upgrade_next)));
+            }
+        });
+        // The indexed links: `fresh` of each, without visiting each (a past deadline reads as
+        // the tick after the last run).
+        let (after, stale) = self.links.next_after(last);
+        next = earliest(next, after);
+        if stale {
+            next = earliest(next, Some(last + LINK_TIMER_TICK_MS));
+        }
+        next
+    }
+
+    /// [`LinkLayer::poll_timeout`] computed the slow way, from every link (tests compare the
+    /// two: a change to a link that the index missed shows as a difference).
+    #[doc(hidden)]
+    pub fn poll_timeout_scanning_every_link(&self) -> Option<Instant> {
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        let last = self.last_timeout;
+        let fresh = |d: Option<Instant>| {
+            d.map(|d| {
+                if d <= last {
+                    last + LINK_TIMER_TICK_MS
+                } else {
+                    d
+                }
+            })
+        };
+        let mut next = Some(self.next_tick);
+        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
+        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
         for l in self.links.values() {
             let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
             next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
@@ -319,6 +360,21 @@ impl LinkLayer {
             }
         }
         next
+    }
+
+    /// Recomputes the deadlines of the links touched since the last query (`table`).
+    fn flush_link_timers(&self) {
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        self.links.flush((natted, view_small), |l| {
+            // A handshake's timer is off while punching drives it, and a relayed link's upgrade
+            // depends on the punches under way: both read layer state, so they are scanned.
+            if !l.session.established() || l.relay.is_some() {
+                table::TimerEntry::Scan
+            } else {
+                table::TimerEntry::At(l.deadline(natted, view_small, false))
+            }
+        });
     }
 
     /// When the layer's housekeeping runs next (the node runs its upper layers' cap on the
@@ -679,10 +735,20 @@ impl LinkLayer {
         }
         self.run_dials(now);
         self.run_upgrades(now);
-        let ids: Vec<LinkId> = self.links.keys().copied().collect();
-        for id in ids {
-            self.link_timers(now, id);
+        // Every link at housekeeping when boringtun's own timers must run (they cannot say
+        // when they are due); else only the links whose timers are due (`table`).
+        let mut ids = std::mem::take(&mut self.due_links);
+        ids.clear();
+        if housekeeping && !self.virtual_time {
+            ids.extend(self.links.keys().copied());
+        } else {
+            self.flush_link_timers();
+            self.links.due_at(now, &mut ids);
         }
+        for id in &ids {
+            self.link_timers(now, *id);
+        }
+        self.due_links = ids;
         self.bootstrap(now);
         let dialling = self.maintain_links(now);
         if housekeeping {
