@@ -90,6 +90,13 @@ struct BusyFlow {
 }
 
 fn busy_flow(seed: u64) -> BusyFlow {
+    busy_flow_spares(seed, false)
+}
+
+/// [`busy_flow`]; with `one_guard` every spare of the client stays on its first guard (a busy
+/// session's second spare otherwise goes through the other guard), so that guard's death
+/// loses the session: for the tests of a lost session made again.
+fn busy_flow_spares(seed: u64, one_guard: bool) -> BusyFlow {
     init_log();
     let Stage {
         mut w,
@@ -98,6 +105,10 @@ fn busy_flow(seed: u64) -> BusyFlow {
         s_addr,
         me,
     } = Stage::new(24, seed);
+    w.sim.nodes[cli]
+        .node
+        .session_test_hooks()
+        .spares_on_one_guard = one_guard;
     let mut seq = 0u32;
     let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
     assert!(got.len() >= 80, "flow runs: {} echoes", got.len());
@@ -624,7 +635,7 @@ fn the_client_guard_dying_under_a_busy_flow_reintroduces_without_its_guard() {
             me,
             mut seq,
             flow: _,
-        } = busy_flow(seed);
+        } = busy_flow_spares(seed, true);
         let Some(victim) = one_client_guard(&w, cli, s_addr) else {
             eprintln!("seed {seed}: the client's halves use two guards; next seed");
             continue;
@@ -712,7 +723,7 @@ fn a_lost_session_looks_the_descriptor_up_at_once_when_its_intro_points_died() {
             me,
             mut seq,
             flow: _,
-        } = busy_flow(seed);
+        } = busy_flow_spares(seed, true);
         let Some(victim) = one_client_guard(&w, cli, s_addr) else {
             eprintln!("seed {seed}: the client's halves use two guards; next seed");
             continue;
@@ -777,4 +788,200 @@ fn a_lost_session_looks_the_descriptor_up_at_once_when_its_intro_points_died() {
             "seed {seed}: stall {s:?} ms (the session comes back through a fresh descriptor)"
         );
     }
+}
+
+/// Issue #20 item 5 (surv20): the client's spare had the SERVICE's guard as its rendezvous point
+/// (netns logs; the client cannot know the service's guard), and the flow's half on the service
+/// side started at that guard: its death took both circuits and the session (a new
+/// introduction, 9-35 s stalls in netns). A busy session now keeps two spares at two
+/// rendezvous points, and the service builds its half of a join away from any relay that every
+/// other circuit of the session runs through: one relay's death leaves a circuit.
+#[test]
+fn a_spare_whose_rendezvous_point_is_the_service_guard_does_not_take_the_session() {
+    let mut tried = 0;
+    for seed in [17, 31, 47, 53, 61, 71] {
+        init_log();
+        let Stage {
+            mut w,
+            svc,
+            cli,
+            s_addr,
+            me,
+        } = Stage::new(24, seed);
+        let guard = w.sim.nodes[svc]
+            .node
+            .guards()
+            .list()
+            .first()
+            .map(|g| g.identity);
+        let Some(guard) = guard else { continue };
+        // The client's first spare goes to the service's (first) guard, as a random pick may.
+        w.sim.nodes[cli].node.session_test_hooks().spare_rendezvous = Some(guard);
+        let mut seq = 0u32;
+        let got = run_flow(&mut w, cli, svc, me, s_addr, &mut seq, 10_000);
+        assert!(
+            got.len() >= 80,
+            "seed {seed}: flow runs: {} echoes",
+            got.len()
+        );
+        let flow = key_of(&udp(me, s_addr, 42000, 7, b""));
+        let path = |w: &World, n: usize, c: CircId| -> Vec<[u8; 32]> {
+            w.sim.nodes[n]
+                .node
+                .circ
+                .path(c)
+                .map(|p| p.iter().map(|r| *r.identity()).collect())
+                .unwrap_or_default()
+        };
+        let client_paths: Vec<Vec<[u8; 32]>> = w.sim.nodes[cli]
+            .node
+            .session_circuits(s_addr)
+            .into_iter()
+            .map(|(c, _)| path(&w, cli, c))
+            .collect();
+        let service_paths: Vec<Vec<[u8; 32]>> = w.sim.nodes[svc]
+            .node
+            .service_session_circuits(s_addr, me)
+            .into_iter()
+            .map(|c| path(&w, svc, c))
+            .collect();
+        let flow_rp = w.sim.nodes[cli]
+            .node
+            .flow_circuit(s_addr, &flow)
+            .map(|c| path(&w, cli, c))
+            .and_then(|p| p.last().copied());
+        // The case: a spare ends at the guard, the flow's service half starts there, and the
+        // guard is on no client half otherwise (the client's own guard deaths are tested above).
+        let spare_at_guard = client_paths.iter().any(|p| p.last() == Some(&guard));
+        let flow_half_at_guard = service_paths
+            .iter()
+            .any(|p| p.last() == flow_rp.as_ref() && p.first() == Some(&guard));
+        let guard_on_client_side = client_paths
+            .iter()
+            .any(|p| p.iter().rev().skip(1).any(|r| *r == guard));
+        if !spare_at_guard || !flow_half_at_guard || guard_on_client_side {
+            eprintln!(
+                "seed {seed}: spare at the guard {spare_at_guard}, flow's half at it \
+                 {flow_half_at_guard}, on a client half {guard_on_client_side}; next seed"
+            );
+            continue;
+        }
+        tried += 1;
+        let victim = w.sim.node_by_identity(&guard).unwrap();
+        assert!(victim != cli && victim != svc);
+        let names = |p: &Vec<[u8; 32]>| -> Vec<usize> {
+            p.iter().filter_map(|r| w.sim.node_by_identity(r)).collect()
+        };
+        eprintln!(
+            "  service guards {:?}",
+            w.sim.nodes[svc]
+                .node
+                .guards()
+                .list()
+                .iter()
+                .map(|g| (w.sim.node_by_identity(&g.identity), g.down_since))
+                .collect::<Vec<_>>()
+        );
+        for p in &client_paths {
+            eprintln!("  client half {:?}", names(p));
+        }
+        for p in &service_paths {
+            eprintln!("  service half {:?}", names(p));
+        }
+        let sessions = w.sim.nodes[cli].node.session_stats().client_sessions;
+        let (_, resumed) = kill_and_resume(&mut w, victim, cli, svc, me, s_addr, &mut seq, 12_000);
+        let again = w.sim.nodes[cli].node.session_stats().client_sessions - sessions;
+        eprintln!(
+            "seed {seed}: service guard {victim} (the spare's rendezvous point) killed; stall \
+             {resumed:?} ms; {again} new introductions"
+        );
+        assert_eq!(
+            again, 0,
+            "seed {seed}: the session was kept (no new introduction)"
+        );
+        assert!(
+            resumed.is_some_and(|r| r <= 5_000),
+            "seed {seed}: stall {resumed:?} ms"
+        );
+    }
+    assert!(tried >= 2, "{tried} seeds had the case");
+}
+
+/// Issue #20 item 5 (surv20): the CLIENT's guard under a busy flow dies. Every circuit of the
+/// client's session started at its first guard, so the session was lost and made again (netns:
+/// the client's guard was the busiest relay while only ssh ran in all three runs after the
+/// service-side fixes). A busy session's second spare now goes through the client's other
+/// guard: the flow moves to it and the session lives on.
+#[test]
+fn the_client_guard_dying_under_a_busy_flow_keeps_the_session() {
+    let mut tried = 0;
+    for seed in [17, 31, 47, 53, 61, 71] {
+        let BusyFlow {
+            mut w,
+            svc,
+            cli,
+            s_addr,
+            me,
+            mut seq,
+            flow,
+        } = busy_flow(seed);
+        let first_hop = |w: &World, c: CircId| -> Option<usize> {
+            w.sim.nodes[cli]
+                .node
+                .circ
+                .path(c)
+                .and_then(|p| p.first().map(|r| *r.identity()))
+                .and_then(|g| w.sim.node_by_identity(&g))
+        };
+        let Some(victim) = w.sim.nodes[cli]
+            .node
+            .flow_circuit(s_addr, &flow)
+            .and_then(|c| first_hop(&w, c))
+        else {
+            continue;
+        };
+        let guards: Vec<Option<usize>> = w.sim.nodes[cli]
+            .node
+            .session_circuits(s_addr)
+            .into_iter()
+            .map(|(c, _)| first_hop(&w, c))
+            .collect();
+        eprintln!("seed {seed}: first hops of the client's circuits {guards:?}");
+        assert!(
+            guards.iter().any(|g| *g != Some(victim)),
+            "seed {seed}: a circuit of the busy session starts at another guard"
+        );
+        // The service's own relays must not be the victim (a relay on both sides is another
+        // test's case).
+        let on_service_side = w.sim.nodes[svc]
+            .node
+            .service_session_circuits(s_addr, me)
+            .into_iter()
+            .any(|c| {
+                w.sim.nodes[svc].node.circ.path(c).is_some_and(|p| {
+                    p.iter()
+                        .any(|r| w.sim.node_by_identity(r.identity()) == Some(victim))
+                })
+            });
+        if on_service_side || victim == svc {
+            eprintln!("seed {seed}: the client's guard is on a service half too; next seed");
+            continue;
+        }
+        tried += 1;
+        let sessions = w.sim.nodes[cli].node.session_stats().client_sessions;
+        let (_, resumed) = kill_and_resume(&mut w, victim, cli, svc, me, s_addr, &mut seq, 12_000);
+        let again = w.sim.nodes[cli].node.session_stats().client_sessions - sessions;
+        eprintln!(
+            "seed {seed}: client guard {victim} killed; stall {resumed:?} ms; {again} new sessions"
+        );
+        assert_eq!(
+            again, 0,
+            "seed {seed}: the session was kept (no new introduction)"
+        );
+        assert!(
+            resumed.is_some_and(|r| r <= 5_000),
+            "seed {seed}: stall {resumed:?} ms"
+        );
+    }
+    assert!(tried >= 2, "{tried} seeds had the case");
 }

@@ -339,15 +339,22 @@ impl SessionLayer {
     /// take the other guard ([`SILENT_GUARD_MS`]): the guard may be the dead relay, and its
     /// link is declared down only seconds later, so replacements built through it meanwhile
     /// would die with it (a service's guard took its whole session so, issue #20 item 5).
+    /// Relays in `alive` (on another circuit heard from just now) are not made suspect: in a
+    /// small network every relay past the guard of two dead circuits was suspect, the new
+    /// spares all ran through the two or three relays left, and the next death took every
+    /// circuit of the session (issue #20 item 5, netns logs).
     pub(in crate::session) fn abandon_dead_circuit(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Instant,
         id: CircId,
+        alive: &[[u8; 32]],
     ) {
         if let Some(p) = ctx.path(id) {
             for r in p.iter().skip(1) {
-                self.suspects.insert(*r.identity(), now + SUSPECT_MS);
+                if !alive.contains(r.identity()) {
+                    self.suspects.insert(*r.identity(), now + SUSPECT_MS);
+                }
             }
             if let Some(g) = p.first() {
                 self.silent_guards
@@ -391,11 +398,50 @@ pub(in crate::session) fn single_guard(
     guard
 }
 
-/// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay.
+/// A circuit's relays as short fingerprints, for the debug log: which relay's death took which
+/// session circuit is read from it (issue #20 item 5).
+pub(in crate::session) fn path_hex(ctx: &impl SessionCtx, id: CircId) -> String {
+    ctx.path(id).map_or_else(String::new, |p| {
+        p.iter()
+            .map(|r| hex8(r.identity()))
+            .collect::<Vec<_>>()
+            .join(">")
+    })
+}
+
+/// The relays on every one of `circuits` (none when there are none): one of their deaths
+/// would take all of them, so a further circuit of the same session must not run through any.
+pub(in crate::session) fn common_relays(
+    ctx: &impl SessionCtx,
+    circuits: impl Iterator<Item = CircId>,
+) -> Vec<[u8; 32]> {
+    let mut common: Option<Vec<[u8; 32]>> = None;
+    for id in circuits {
+        let relays: Vec<[u8; 32]> = ctx
+            .path(id)
+            .map(|p| p.iter().map(|r| *r.identity()).collect())
+            .unwrap_or_default();
+        common = Some(match common {
+            None => relays,
+            Some(c) => c.into_iter().filter(|r| relays.contains(r)).collect(),
+        });
+    }
+    common.unwrap_or_default()
+}
+
+/// How much a path shares with `avoid`: 2 for a shared guard, 1 per other shared relay, each
+/// times the number of times `avoid` lists it (a relay on more of the session's circuits
+/// weighs more: a service lists its relays per circuit).
 fn shared(path: &[RelayRecord], avoid: &[[u8; 32]]) -> usize {
     path.iter()
         .enumerate()
-        .filter(|(_, r)| avoid.contains(r.identity()))
-        .map(|(i, _)| if i == 0 { 2 } else { 1 })
+        .map(|(i, r)| {
+            let n = avoid.iter().filter(|a| *a == r.identity()).count();
+            if i == 0 {
+                2 * n
+            } else {
+                n
+            }
+        })
         .sum()
 }

@@ -181,6 +181,12 @@ pub struct SessionTestHooks {
     /// As an intro point, answer nothing on the circuits of these registrations' auth keys
     /// (a registration lost with a circuit that the service still thinks alive).
     pub mute_intro_keys: Vec<[u8; 32]>,
+    /// As a client, build the next spare of a session to this rendezvous point (once): stands
+    /// in for a client whose random pick is a relay of the service's half (its guard, say).
+    pub spare_rendezvous: Option<[u8; 32]>,
+    /// As a client, keep every spare on the first guard (as before a busy session's second
+    /// spare went through the other one): tests of a session lost with the client's guard.
+    pub spares_on_one_guard: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

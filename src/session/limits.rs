@@ -29,8 +29,15 @@ pub const SERVICE_INTRO_RATE: (f64, f64) = (10.0, 100.0);
 /// Intro points a client tries before giving up.
 pub const INTRO_ATTEMPTS: usize = 3;
 
-/// An introduction (or a JOIN) must finish this long after it started.
+/// An introduction must finish this long after it started.
 pub const REND_TIMEOUT_MS: Millis = 20_000;
+
+/// A JOIN the service has not answered this long after it started is dropped and another
+/// spare joined: a service that cannot find the rendezvous point's record answers nothing, and
+/// the pending join kept the session without a spare for 20 s (netns: the session's last
+/// circuit then died with no spare joined). Above a join's usual 0.1-0.5 s plus a record
+/// lookup by the service.
+pub const JOIN_TIMEOUT_MS: Millis = 8_000;
 
 /// After INTRODUCE_ACK, the service's RENDEZVOUS1 is waited for this long before another intro
 /// point is tried too (an intro point acknowledges once it passed the introduction on; a relay
@@ -130,6 +137,12 @@ pub const DESC_VIA_MAX: usize = 32;
 /// Joined, unused circuits a session keeps for new flows.
 pub const SESSION_SPARE_CIRCUITS: usize = 1;
 
+/// ... and while a flow used it within `RESUME_ACTIVE_MS`: the rendezvous point of one spare
+/// may be a relay of the service's half of the flow's circuit (the client cannot know the
+/// service's guard and vanguards), and that relay's death would take both; a second spare at
+/// another rendezvous point keeps the session (issue #20 item 5).
+pub const BUSY_SESSION_SPARE_CIRCUITS: usize = 2;
+
 /// A session is renewed (new introduction) after this long.
 pub const SESSION_MAX_AGE_MS: Millis = 86_400_000;
 
@@ -175,6 +188,10 @@ pub const SPARE_WARM_MS: Millis = 5_000;
 
 /// A flow unused this long is forgotten (its circuit goes back to being a spare).
 pub const FLOW_IDLE_MS: Millis = 300_000;
+
+/// A session circuit that sent a frame back this recently proves its relays alive: when
+/// another circuit of the session dies of silence, those relays are not made suspect.
+pub const HEARD_ALIVE_MS: Millis = 1_000;
 
 /// Relays on a circuit that stopped answering are avoided for this long.
 pub const SUSPECT_MS: Millis = 120_000;

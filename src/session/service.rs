@@ -14,7 +14,7 @@ use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
 use crate::crypto::keys::fingerprint;
 use crate::dht::descriptor::Descriptor;
-use crate::session::circuits::single_guard;
+use crate::session::circuits::{common_relays, single_guard};
 use crate::session::ctx::SessionCtx;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
 use crate::session::frame::E2E_FRAME_LEN;
@@ -316,7 +316,7 @@ impl SessionLayer {
                 at = now.as_unix_ms(),
                 "service session circuit silent: abandoned"
             );
-            self.abandon_dead_circuit(ctx, now, circ);
+            self.abandon_dead_circuit(ctx, now, circ, &[]);
             let stats = &mut self.stats;
             let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
                 continue;
@@ -602,15 +602,41 @@ impl SessionLayer {
             .and_then(|s| s.sessions.get(&peer))
             .map(|ss| ss.circuits.clone())
             .unwrap_or_default();
-        let avoid: Vec<[u8; 32]> = live
+        // Listed once per circuit: a relay on more of them weighs more.
+        let mut avoid: Vec<[u8; 32]> = live
             .iter()
             .filter_map(|c| ctx.path(*c))
             .flat_map(|p| p.iter().map(|r| *r.identity()).collect::<Vec<_>>())
             .collect();
         // Stems all start at our first guard: when every circuit of the session does too, the
         // join goes through another guard, or that guard's death takes the whole session (and
-        // with it the circuit the client would ask for a replacement on).
-        let avoid_guards: Vec<[u8; 32]> = single_guard(ctx, live.into_iter()).into_iter().collect();
+        // with it the circuit the client would ask for a replacement on). The same for a relay
+        // on every circuit of the session anywhere: the client's spare may have our guard (or
+        // vanguard) as its rendezvous point, which the client cannot know, and then the guard
+        // the flow's half starts at is on both; this join (the client's second spare) must not
+        // be a third circuit through it. Nothing is refused: a refusal would tell a client
+        // probing rendezvous points which relays are ours (docs/threat-model.md).
+        let common = common_relays(ctx, live.iter().copied());
+        let mut avoid_guards: Vec<[u8; 32]> =
+            single_guard(ctx, live.into_iter()).into_iter().collect();
+        let guards: Vec<[u8; 32]> = ctx.guards().list().iter().map(|g| g.identity).collect();
+        let shared_guards: Vec<[u8; 32]> = guards
+            .iter()
+            .filter(|g| common.contains(g) && *g != rp && !avoid_guards.contains(g))
+            .copied()
+            .collect();
+        // Only while a guard is left to build through (with every guard avoided the first one
+        // is taken, whichever the circuits share).
+        if guards
+            .iter()
+            .any(|g| !avoid_guards.contains(g) && !shared_guards.contains(g))
+        {
+            avoid_guards.extend(shared_guards);
+        }
+        for r in &common {
+            // Heavier than any relay on some of them only.
+            avoid.extend(std::iter::repeat_n(*r, MAX_SESSION_CIRCUITS));
+        }
         let purpose = Purpose::Rendezvous;
         match self.circuit_to(
             ctx,
@@ -678,6 +704,12 @@ impl SessionLayer {
             return;
         }
         ctx.set_purpose(id, Purpose::Flow);
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            circuit = id.0,
+            path = %crate::session::circuits::path_hex(ctx, id),
+            "service session circuit joined"
+        );
         self.owners.insert(id, Owner::ServiceCirc { svc, peer });
         if let Some(ss) = self
             .service_mut(&svc)

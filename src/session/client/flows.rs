@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::circuit::layer::{CircId, Purpose};
 use crate::circuit::path::{PathKind, Target};
-use crate::session::circuits::through_suspect;
+use crate::session::circuits::{single_guard, through_suspect};
 use crate::session::client::{Join, SessCirc};
 use crate::session::ctx::SessionCtx;
 use crate::session::flows::{addresses, flow_of, length_consistent, FlowKey};
@@ -65,9 +65,13 @@ impl SessionLayer {
     }
 
     /// After a circuit of the session to `dst` died: its spares through a relay now suspect
-    /// are closed (they are likely dead too, and a spare nobody sends on would be found out only
-    /// when a flow lands on it), so that a replacement is joined at once.
-    pub(in crate::session) fn client_drop_suspect_spares(
+    /// are probed at once (a spare nobody sends on would be found out only when a flow lands
+    /// on it). They used to be closed: but the suspects are every relay past the guard of the
+    /// dead circuit, mostly alive, and closing the spares through them closed the circuits
+    /// the session would have lived on (netns logs: a death took a session's every circuit
+    /// so). A spare that answers clears its relays of suspicion; one that does not is dead
+    /// in `CIRCUIT_DEAD_AFTER_MS`. Meanwhile a clean replacement is joined beside it.
+    pub(in crate::session) fn client_probe_suspect_spares(
         &mut self,
         ctx: &mut impl SessionCtx,
         now: Instant,
@@ -77,21 +81,28 @@ impl SessionLayer {
         let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
             return;
         };
-        // Keep one circuit at least: the session lives on it until the replacement is joined.
-        while o.circuits.len() > 1 {
-            let Some(pos) = o.circuits.iter().position(|c| {
+        let probe: Vec<CircId> = o
+            .circuits
+            .iter()
+            .filter(|c| {
                 !o.flows.values().any(|(f, _)| *f == c.id)
+                    && !c.silence.silent()
                     && through_suspect(suspects, ctx, now, c.id)
-            }) else {
-                break;
-            };
-            let id = o.circuits.remove(pos).id;
-            self.owners.remove(&id);
-            ctx.destroy(now, id);
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in probe {
+            let ping = self.next_ping;
+            self.next_ping += 1;
+            self.client_send_msg(ctx, now, dst, id, &E2eMessage::Ping(ping));
         }
     }
 
-    /// Keeps `SESSION_SPARE_CIRCUITS` joined circuits without flows (10.8).
+    /// Keeps `SESSION_SPARE_CIRCUITS` joined circuits without flows (10.8), and
+    /// `BUSY_SESSION_SPARE_CIRCUITS` while a flow is busy: the client cannot know the service's
+    /// relays, so a spare's rendezvous point may be a relay of the service's half of the flow's
+    /// circuit (its guard, say) and die with it; two spares at two rendezvous points do not
+    /// both (docs/threat-model.md, "A session's spares").
     pub(in crate::session) fn client_keep_spare(
         &mut self,
         ctx: &mut impl SessionCtx,
@@ -101,27 +112,81 @@ impl SessionLayer {
         let Some(o) = self.clients.get_mut(&dst).and_then(|c| c.open.as_mut()) else {
             return;
         };
+        // A spare through a suspect relay is being probed: it does not count until it answers.
+        let suspects = &self.suspects;
         let spare = o
             .circuits
             .iter()
-            .filter(|c| !o.flows.values().any(|(f, _)| *f == c.id))
+            .filter(|c| {
+                !o.flows.values().any(|(f, _)| *f == c.id)
+                    && !through_suspect(suspects, ctx, now, c.id)
+            })
             .count();
-        if spare + o.joins.len() >= SESSION_SPARE_CIRCUITS
-            || o.circuits.len() + o.joins.len() >= MAX_SESSION_CIRCUITS
+        let busy = o
+            .flows
+            .values()
+            .any(|(_, t)| now.saturating_since(*t) < RESUME_ACTIVE_MS);
+        let want = if busy {
+            BUSY_SESSION_SPARE_CIRCUITS
+        } else {
+            SESSION_SPARE_CIRCUITS
+        };
+        if spare + o.joins.len() >= want || o.circuits.len() + o.joins.len() >= MAX_SESSION_CIRCUITS
         {
             return;
         }
+        // The second spare of a busy session whose circuits all start at one guard is built
+        // through another: that guard's death takes every other circuit (netns: the client's
+        // guard was the second relay killed, and the session was introduced again). The first
+        // spare stays pooled (a fresh one as the only spare shared the flow's later relays
+        // more often: docs/decisions.md, "silent_guards").
+        let one_guard = if spare + o.joins.len() >= 1 && !self.hooks.spares_on_one_guard {
+            let ids: Vec<CircId> = o
+                .circuits
+                .iter()
+                .map(|c| c.id)
+                .chain(o.joins.iter().map(|j| j.circ))
+                .collect();
+            single_guard(ctx, ids.into_iter())
+        } else {
+            None
+        };
         let cookie = RendCookie::generate(&mut self.secrets);
         let avoid = self.session_relays(ctx, &dst);
+        let forced = self
+            .hooks
+            .spare_rendezvous
+            .take()
+            .and_then(|rp| ctx.view().get(&rp).cloned());
         // A spare may take a pool circuit through a silent guard (the session's other circuits
         // run there too, and a spare built fresh through the other guard shared their later
         // relays more often: docs/decisions.md, "silent_guards").
-        let id = match self.take_pool(ctx, now, &avoid, false) {
-            Some(id) => {
+        let pooled = match (&forced, one_guard) {
+            (Some(_), _) => None,
+            (None, Some(g)) => Some(self.build_least_shared(
+                ctx,
+                now,
+                PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
+                Purpose::Rendezvous,
+                Owner::ClientJoin { dst },
+                &avoid,
+                &[g],
+            )),
+            (None, None) => self.take_pool(ctx, now, &avoid, false).map(|id| {
                 self.owners.insert(id, Owner::ClientJoin { dst });
                 Ok(id)
-            }
-            None => self.build_circuit(
+            }),
+        };
+        let id = match (pooled, forced) {
+            (Some(id), _) => id,
+            (None, Some(rp)) => self.build_circuit(
+                ctx,
+                now,
+                PathKind::Client(Target::Relay(crate::circuit::path::Hop::from_record(&rp))),
+                Purpose::Rendezvous,
+                Owner::ClientJoin { dst },
+            ),
+            (None, None) => self.build_circuit(
                 ctx,
                 now,
                 PathKind::Client(Target::Any(FLAG_RENDEZVOUS)),
@@ -174,7 +239,20 @@ impl SessionLayer {
             rendezvous_link_spec: &spec,
             rendezvous_onion_key: &onion,
         });
-        if let Some(circ) = self.client_pick_circuit(ctx, now, dst, None) {
+        // On the circuit heard from last: the least loaded may be one a relay's death just
+        // silenced, not yet found dead, and the request would be lost with it (netns logs: a
+        // replacement spare waited there until the session's last circuit died).
+        let heard = o
+            .circuits
+            .iter()
+            .filter(|c| !c.silence.silent())
+            .max_by_key(|c| c.heard_at)
+            .map(|c| c.id);
+        let circ = match heard {
+            Some(c) => Some(c),
+            None => self.client_pick_circuit(ctx, now, dst, None),
+        };
+        if let Some(circ) = circ {
             self.client_send_msg(ctx, now, dst, circ, &msg);
         }
     }
@@ -212,6 +290,12 @@ impl SessionLayer {
             heard_at: now,
         });
         self.stats.joins += 1;
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            circuit = id.0,
+            path = %crate::session::circuits::path_hex(ctx, id),
+            "client session circuit joined"
+        );
         self.owners.insert(id, Owner::ClientCirc { dst });
         ctx.set_purpose(id, Purpose::Flow);
     }
@@ -286,6 +370,13 @@ impl SessionLayer {
                 _ => stats.packets_refused += 1,
             },
             E2eMessage::Pong(x) => {
+                // The circuit answers: none of its relays is the dead one another circuit's
+                // silence made suspect (its spares are probed for this).
+                if let Some(p) = ctx.path(id) {
+                    for r in p {
+                        self.suspects.remove(r.identity());
+                    }
+                }
                 // A probe's PONG ended the silence above; the node hears only its own pings.
                 if let Some((d, at)) = self.pings.remove(&x) {
                     ctx.pong(d, x, now.saturating_since(at));
@@ -312,15 +403,22 @@ impl SessionLayer {
         }
     }
 
-    /// Relays past the first hop of the client session's circuits to `dst`.
+    /// The relays of the client session's circuits to `dst` and of its joins under way (a
+    /// second spare must not take the first one's rendezvous point), each once.
     fn session_relays(&self, ctx: &impl SessionCtx, dst: &[u8; 16]) -> Vec<[u8; 32]> {
         let Some(o) = self.clients.get(dst).and_then(|c| c.open.as_ref()) else {
             return Vec::new();
         };
-        o.circuits
+        let mut relays: Vec<[u8; 32]> = o
+            .circuits
             .iter()
-            .filter_map(|c| ctx.path(c.id))
+            .map(|c| c.id)
+            .chain(o.joins.iter().map(|j| j.circ))
+            .filter_map(|id| ctx.path(id))
             .flat_map(|p| p.iter().map(|r| *r.identity()))
-            .collect()
+            .collect();
+        relays.sort_unstable();
+        relays.dedup();
+        relays
     }
 }

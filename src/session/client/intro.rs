@@ -677,6 +677,8 @@ impl SessionLayer {
             at = now.as_unix_ms(),
             setup_ms = now.saturating_since(c.started),
             rounds = c.rounds,
+            circuit = id.0,
+            path = %crate::session::circuits::path_hex(ctx, id),
             "client session open"
         );
         // A lingering attempt can win between rounds: the pause's timer must not start a new

@@ -470,9 +470,10 @@ impl SessionLayer {
             .flows
             .values()
             .any(|(_, t)| now.saturating_since(*t) < RESUME_ACTIVE_MS);
-        let before = o.flows.len();
-        o.flows.retain(|_, (f, _)| *f != id);
-        self.stats.flows_moved += (before - o.flows.len()) as u64;
+        // The flows stay listed (each moves when its next packet picks a circuit): forgetting
+        // them here made the session look idle when a second circuit died in the same tick (a
+        // busy session keeps two spares), and a lost session was then not made again at once.
+        self.stats.flows_moved += o.flows.values().filter(|(f, _)| *f == id).count() as u64;
         if o.circuits.is_empty() {
             // No circuit left: the session ends and a new introduction starts (10.8); flow-layer
             // state survives. At once only if a flow carried a packet lately (its next one then
@@ -665,13 +666,27 @@ impl SessionLayer {
             let expired_joins: Vec<CircId> = o
                 .joins
                 .iter()
-                .filter(|j| now.saturating_since(j.started) >= REND_TIMEOUT_MS)
+                .filter(|j| now.saturating_since(j.started) >= JOIN_TIMEOUT_MS)
                 .map(|j| j.circ)
                 .collect();
             o.joins.retain(|j| !expired_joins.contains(&j.circ));
             o.flows
                 .retain(|_, (_, t)| now.saturating_since(*t) < FLOW_IDLE_MS);
             let old = now.saturating_since(o.established) >= SESSION_MAX_AGE_MS;
+            // Relays on a circuit that answered just now are alive, whatever else died.
+            let answering: Vec<CircId> = o
+                .circuits
+                .iter()
+                .filter(|c| {
+                    !dead.contains(&c.id) && now.saturating_since(c.heard_at) < HEARD_ALIVE_MS
+                })
+                .map(|c| c.id)
+                .collect();
+            let alive: Vec<[u8; 32]> = answering
+                .into_iter()
+                .filter_map(|id| ctx.path(id))
+                .flat_map(|p| p.iter().map(|r| *r.identity()).collect::<Vec<_>>())
+                .collect();
             for (circ, id) in probes {
                 self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
             }
@@ -685,9 +700,9 @@ impl SessionLayer {
                     at = now.as_unix_ms(),
                     "session circuit silent: abandoned, flows move"
                 );
-                self.abandon_dead_circuit(ctx, now, id);
+                self.abandon_dead_circuit(ctx, now, id, &alive);
                 self.client_lost_circuit(ctx, now, dst, id);
-                self.client_drop_suspect_spares(ctx, now, dst);
+                self.client_probe_suspect_spares(ctx, now, dst);
             }
             if old {
                 self.client_close(ctx, now, dst);
