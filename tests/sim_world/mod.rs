@@ -7,6 +7,8 @@ use globalnet::session::flows::{flow_of, FlowKey};
 use globalnet::sim::{Sim, SimConfig};
 use globalnet::time::Instant;
 
+pub mod failover;
+
 #[path = "../sim_packets/mod.rs"]
 mod sim_packets;
 pub use sim_packets::udp;
