@@ -27,6 +27,7 @@ use crate::session::layer::{
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
 use crate::session::silence::{Silence, Verdict};
+use crate::session::trace::note;
 use crate::session::{
     E2eMessage, Introduce1, RendCookie, RendPlaintext, Rendezvous1, ServiceIdentity,
     SessionChannel, SessionKeys,
@@ -312,13 +313,8 @@ impl SessionLayer {
         self.next_ping = next_ping;
         for (peer, circ) in dead {
             self.stats.probe_failures += 1;
-            if let Some(t) = self.hooks.trace_pings.as_mut() {
-                t.peer(
-                    peer,
-                    now,
-                    format!("service circuit {} silent: dead", circ.0),
-                );
-            }
+            let what = || format!("service circuit {} silent: dead", circ.0);
+            note(&mut self.hooks.trace_pings, peer, now, what);
             tracing::debug!(
                 at = now.as_unix_ms(),
                 "service session circuit silent: abandoned"
@@ -515,16 +511,8 @@ impl SessionLayer {
             },
         );
         stats.service_sessions += 1;
-        if let Some(t) = self.hooks.trace_pings.as_mut() {
-            let what = match &old {
-                Some(o) => format!(
-                    "new introduction replaced the session (circuits {:?} destroyed)",
-                    o.circuits.iter().map(|c| c.0).collect::<Vec<_>>()
-                ),
-                None => "new introduction: session".to_string(),
-            };
-            t.peer(peer, now, what);
-        }
+        let what = || format!("introduction; replaced a session: {}", old.is_some());
+        note(&mut self.hooks.trace_pings, peer, now, what);
         if let Some(old) = old {
             for c in old.circuits {
                 self.owners.remove(&c);
@@ -695,9 +683,8 @@ impl SessionLayer {
             return;
         }
         ctx.set_purpose(id, Purpose::Flow);
-        if let Some(t) = self.hooks.trace_pings.as_mut() {
-            t.peer(peer, now, format!("RENDEZVOUS1 sent on circuit {}", id.0));
-        }
+        let what = || format!("RENDEZVOUS1 sent on circuit {}", id.0);
+        note(&mut self.hooks.trace_pings, peer, now, what);
         self.owners.insert(id, Owner::ServiceCirc { svc, peer });
         if let Some(ss) = self
             .service_mut(&svc)
@@ -770,16 +757,12 @@ impl SessionLayer {
         };
         let trace = &mut self.hooks.trace_pings;
         let Some(ss) = s.sessions.get_mut(&peer) else {
-            if let Some(t) = trace.as_mut() {
-                t.peer(peer, now, format!("data on circuit {}: no session", id.0));
-            }
+            note(trace, peer, now, || format!("data on {}: no session", id.0));
             return;
         };
         let Ok(pt) = ss.chan.open_in_place(frame) else {
             stats.frames_refused += 1;
-            if let Some(t) = trace.as_mut() {
-                t.peer(peer, now, format!("frame refused on circuit {}", id.0));
-            }
+            note(trace, peer, now, || format!("frame refused on {}", id.0));
             return;
         };
         if let Some((_, s)) = ss.silence.iter_mut().find(|(c, _)| *c == id) {
@@ -835,18 +818,10 @@ impl SessionLayer {
             let mut out = [0u8; E2E_FRAME_LEN];
             if let Some(n) = seal(&mut ss.chan, &r, &mut out) {
                 let sent = ctx.send(id, C::Data, out.get(..n).unwrap_or(&[]));
-                if let (Some(t), E2eMessage::Pong(x)) = (trace.as_mut(), &r) {
-                    let known = ss.circuits.contains(&id);
-                    t.peer(
-                        peer,
-                        now,
-                        format!(
-                            "PING {x} on circuit {} (session's: {known}): PONG ok={}",
-                            id.0,
-                            sent.is_ok()
-                        ),
-                    );
-                }
+                let ok = sent.is_ok();
+                note(trace, peer, now, || {
+                    format!("{r:?} sent on {} ok={ok}", id.0)
+                });
             }
         }
         if let Some((spec, r1)) = join {

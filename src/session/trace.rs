@@ -40,6 +40,18 @@ fn push(v: &mut Vec<(Instant, String)>, now: Instant, what: String) {
     v.push((now, what));
 }
 
+/// A service event about the client `peer`, when the trace is on (`what` runs only then).
+pub(in crate::session) fn note(
+    t: &mut Option<PingTrace>,
+    peer: [u8; 16],
+    now: Instant,
+    what: impl FnOnce() -> String,
+) {
+    if let Some(t) = t.as_mut() {
+        t.peer(peer, now, what());
+    }
+}
+
 impl PingTrace {
     /// A client event for PING `id`.
     pub(in crate::session) fn ping(&mut self, id: u64, now: Instant, what: String) {
