@@ -79,6 +79,9 @@ struct Args {
     /// stand-in (docs/simulation.md, "Crypto stand-in"): slower, same protocol.
     #[arg(long)]
     real_crypto: bool,
+    /// Loss rate of the underlay, per datagram (default 0.005).
+    #[arg(long)]
+    loss: Option<f64>,
 }
 
 fn main() {
@@ -99,6 +102,9 @@ fn main() {
     }
     if let Some(p) = a.probes {
         cfg.probes_per_min = p;
+    }
+    if let Some(l) = a.loss {
+        cfg.loss = l;
     }
     if let Some(w) = a.warmup {
         cfg.warmup_min = w;

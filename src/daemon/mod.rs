@@ -41,8 +41,9 @@ const PACKET_QUEUE: usize = 256;
 const PACKET_BATCH: usize = 64;
 /// Spare buffers the link task keeps for what it writes to the kernel.
 const SPARE_BUFFERS: usize = 64;
-/// How long a `ping` waits for the peer (a first ping includes introduction and rendezvous).
-const PING_TIMEOUT_MS: Millis = 30_000;
+/// How long a `ping` waits for the peer (a first ping includes introduction and rendezvous):
+/// as long as the session layer keeps it.
+const PING_TIMEOUT_MS: Millis = crate::session::limits::PING_TIMEOUT_MS;
 /// Pings in flight at once.
 const MAX_PINGS: usize = 64;
 /// How often the routes behind the inbound source check are read again.

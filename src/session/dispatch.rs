@@ -175,6 +175,9 @@ impl SessionLayer {
                 }
             }
             Owner::ServiceCirc { svc, peer } => {
+                if let Some(t) = self.hooks.trace_pings.as_mut() {
+                    t.peer(peer, now, format!("service circuit {} closed: {why}", id.0));
+                }
                 if let Some(s) = self.service_mut(&svc) {
                     if let Some(ss) = s.sessions.get_mut(&peer) {
                         ss.circuits.retain(|c| *c != id);
@@ -225,7 +228,12 @@ impl SessionLayer {
                     o.joins.retain(|j| j.circ != id);
                 }
             }
-            Owner::ClientCirc { dst } => self.client_lost_circuit(ctx, now, dst, id),
+            Owner::ClientCirc { dst } => {
+                if let Some(t) = self.hooks.trace_pings.as_mut() {
+                    t.circuit(dst, id, now, &format!("its circuit closed: {why}"));
+                }
+                self.client_lost_circuit(ctx, now, dst, id)
+            }
         }
     }
 

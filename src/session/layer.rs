@@ -120,6 +120,9 @@ pub struct SessionStats {
     pub joins: u64,
     /// Circuits declared dead by probing.
     pub probe_failures: u64,
+    /// Our e2e PINGs sent again because the circuit answered a later probe and not them
+    /// (`client/pings.rs`).
+    pub pings_resent: u64,
     /// Intro circuits ended because the intro point stopped answering the service's checks
     /// (10.6.1).
     pub intro_checks_failed: u64,
@@ -187,6 +190,8 @@ pub struct SessionTestHooks {
     /// As a client, keep every spare on the first guard (as before a busy session's second
     /// spare went through the other one): tests of a session lost with the client's guard.
     pub spares_on_one_guard: bool,
+    /// Record where e2e PINGs went (the simulator's reachability probes, issue #25).
+    pub trace_pings: Option<crate::session::trace::PingTrace>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +274,8 @@ pub struct SessionLayer {
     pub(in crate::session) publishes: BTreeMap<u64, ([u8; 16], u64, Instant)>,
     pub(in crate::session) stems: Vec<(CircId, bool)>,
     pub(in crate::session) vanguards: Vanguards,
-    pub(in crate::session) pings: BTreeMap<u64, ([u8; 16], Instant)>,
+    /// Our e2e PINGs waiting for their PONG.
+    pub(in crate::session) pings: BTreeMap<u64, crate::session::client::PendingPing>,
     /// Relay-record lookups under way (`DhtRequest::Relay`): token → relay, and when asked.
     pub(in crate::session) relay_lookups: BTreeMap<u64, ([u8; 32], Instant)>,
     /// How long our relay-record lookups take (moving average of the found ones): a service
@@ -759,7 +765,7 @@ impl SessionLayer {
         self.service_maintain(ctx, now);
         self.client_maintain(ctx, now);
         self.pings
-            .retain(|_, (_, at)| now.saturating_since(*at) < LOOKUP_TIMEOUT_MS);
+            .retain(|_, p| now.saturating_since(p.at) < PING_TIMEOUT_MS);
     }
 }
 

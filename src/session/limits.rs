@@ -63,6 +63,16 @@ pub const REND_AFTER_ACK_MIN_MS: Millis = 1_500;
 /// after its acknowledgement (a slow service still gets through).
 pub const REND_LINGER_MS: Millis = 15_000;
 
+/// An e2e PING unanswered while a later frame's PONG came back on its circuit is sent again
+/// at most this often (`session/client/pings.rs`).
+pub const MAX_PING_RESENDS: u8 = 3;
+
+/// An e2e PING waits this long for its PONG: as long as its session may take to open
+/// ([`SESSION_SETUP_TIMEOUT_MS`]: a first PING waits for the introduction), then 10 s for the
+/// round trip and its resends. It was 30 s, less than the setup: a session that opened after
+/// 30 s answered a PING already forgotten (issue #25).
+pub const PING_TIMEOUT_MS: Millis = SESSION_SETUP_TIMEOUT_MS + 10_000;
+
 /// A descriptor lookup is given up after this long.
 pub const LOOKUP_TIMEOUT_MS: Millis = 30_000;
 

@@ -53,6 +53,7 @@ mod publish;
 pub mod roles;
 mod service;
 mod silence;
+pub mod trace;
 
 pub use ctx::{DhtAnswer, DhtRequest, SessionCtx};
 pub use frame::{Direction, E2eMessage, FrameError, ReplayWindow, SessionChannel};

@@ -27,6 +27,7 @@ use crate::session::layer::{
 use crate::session::limits::*;
 use crate::session::roles::{RateLimit, ReplayCache};
 use crate::session::silence::{Silence, Verdict};
+use crate::session::trace::note;
 use crate::session::{
     E2eMessage, Introduce1, RendCookie, RendPlaintext, Rendezvous1, ServiceIdentity,
     SessionChannel, SessionKeys,
@@ -312,6 +313,8 @@ impl SessionLayer {
         self.next_ping = next_ping;
         for (peer, circ) in dead {
             self.stats.probe_failures += 1;
+            let what = || format!("service circuit {} silent: dead", circ.0);
+            note(&mut self.hooks.trace_pings, peer, now, what);
             tracing::debug!(
                 at = now.as_unix_ms(),
                 "service session circuit silent: abandoned"
@@ -508,6 +511,8 @@ impl SessionLayer {
             },
         );
         stats.service_sessions += 1;
+        let what = || format!("introduction; replaced a session: {}", old.is_some());
+        note(&mut self.hooks.trace_pings, peer, now, what);
         if let Some(old) = old {
             for c in old.circuits {
                 self.owners.remove(&c);
@@ -710,6 +715,8 @@ impl SessionLayer {
             path = %crate::session::circuits::path_hex(ctx, id),
             "service session circuit joined"
         );
+        let what = || format!("RENDEZVOUS1 sent on circuit {}", id.0);
+        note(&mut self.hooks.trace_pings, peer, now, what);
         self.owners.insert(id, Owner::ServiceCirc { svc, peer });
         if let Some(ss) = self
             .service_mut(&svc)
@@ -780,11 +787,14 @@ impl SessionLayer {
         let Some(s) = self.services.iter_mut().find(|s| s.address == svc) else {
             return;
         };
+        let trace = &mut self.hooks.trace_pings;
         let Some(ss) = s.sessions.get_mut(&peer) else {
+            note(trace, peer, now, || format!("data on {}: no session", id.0));
             return;
         };
         let Ok(pt) = ss.chan.open_in_place(frame) else {
             stats.frames_refused += 1;
+            note(trace, peer, now, || format!("frame refused on {}", id.0));
             return;
         };
         if let Some((_, s)) = ss.silence.iter_mut().find(|(c, _)| *c == id) {
@@ -839,7 +849,11 @@ impl SessionLayer {
         if let Some(r) = reply {
             let mut out = [0u8; E2E_FRAME_LEN];
             if let Some(n) = seal(&mut ss.chan, &r, &mut out) {
-                let _ = ctx.send(id, C::Data, out.get(..n).unwrap_or(&[]));
+                let sent = ctx.send(id, C::Data, out.get(..n).unwrap_or(&[]));
+                let ok = sent.is_ok();
+                note(trace, peer, now, || {
+                    format!("{r:?} sent on {} ok={ok}", id.0)
+                });
             }
         }
         if let Some((spec, r1)) = join {

@@ -329,6 +329,10 @@ impl Scale {
             seed[16] = 0xc1;
             self.sim.nodes[i].node.set_client_identity(seed, Vec::new());
         }
+        if !relay {
+            // Where a probe's PING went, when it gets no PONG (issue #25).
+            self.sim.nodes[i].node.session_test_hooks().trace_pings = Some(Default::default());
+        }
         let id = self.sim.nodes[i].identity;
         self.by_identity.insert(id, i);
         if let Role::Service(s) = role {

@@ -346,6 +346,9 @@ impl SessionLayer {
         let Some(o) = c.open.as_mut() else { return };
         let Ok(pt) = o.chan.open_in_place(frame) else {
             stats.frames_refused += 1;
+            if let Some(t) = self.hooks.trace_pings.as_mut() {
+                t.dst(dst, now, &format!("frame refused on circuit {}", id.0));
+            }
             return;
         };
         if let Some(sc) = o.circuits.iter_mut().find(|x| x.id == id) {
@@ -378,8 +381,13 @@ impl SessionLayer {
                     }
                 }
                 // A probe's PONG ended the silence above; the node hears only its own pings.
-                if let Some((d, at)) = self.pings.remove(&x) {
-                    ctx.pong(d, x, now.saturating_since(at));
+                if let Some(t) = self.hooks.trace_pings.as_mut() {
+                    t.ping(x, now, format!("PONG on circuit {}", id.0));
+                }
+                match self.pings.remove(&x) {
+                    Some(p) => ctx.pong(p.dst, x, now.saturating_since(p.at)),
+                    // Not ours: a silence probe's, so the circuit works (10.8).
+                    None => self.client_resend_lost_pings(ctx, now, dst, id),
                 }
             }
             E2eMessage::Ping(x) => {

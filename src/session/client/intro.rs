@@ -707,9 +707,26 @@ impl SessionLayer {
             Some(c) => (std::mem::take(&mut c.queue), std::mem::take(&mut c.pings)),
             None => return,
         };
+        if let Some(t) = self.hooks.trace_pings.as_mut() {
+            let which = if current { "current" } else { "lingering" };
+            t.dst(
+                dst,
+                now,
+                &format!("session open on circuit {} ({which} attempt)", id.0),
+            );
+        }
         for p in pings {
             if let Some(circ) = self.client_pick_circuit(ctx, now, dst, None) {
-                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(p));
+                let ok = self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(p));
+                self.ping_sent(p, circ, now);
+                self.trace_ping_sent(
+                    ctx,
+                    now,
+                    dst,
+                    p,
+                    Some(circ),
+                    &format!("queued, sent ok={ok}"),
+                );
             }
         }
         for p in queue {

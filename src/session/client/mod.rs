@@ -6,6 +6,9 @@
 mod flows;
 mod intro;
 mod keys;
+mod pings;
+
+pub(in crate::session) use pings::PendingPing;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv6Addr;
@@ -155,15 +158,21 @@ impl SessionLayer {
             return Err(SendError::Unreachable("no client identity".into()));
         };
         let id = self.ping_id();
-        self.pings.insert(id, (dst, now));
+        self.pings.insert(id, PendingPing::new(dst, now));
         let real = self.real_for.contains(&dst);
         let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
         self.client_session(ctx, now, dst, pseudonym)?;
         let open = self.clients.get(&dst).is_some_and(|c| c.open.is_some());
+        if self.hooks.trace_pings.is_some() {
+            let stage = self.client_intro_stage(now, &dst);
+            self.trace_ping_sent(ctx, now, dst, id, None, &format!("PING [{stage}]"));
+        }
         if open {
             let circ = self.client_pick_circuit(ctx, now, dst, None);
             if let Some(circ) = circ {
-                self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
+                let ok = self.client_send_msg(ctx, now, dst, circ, &E2eMessage::Ping(id));
+                self.ping_sent(id, circ, now);
+                self.trace_ping_sent(ctx, now, dst, id, Some(circ), &format!("sent ok={ok}"));
             }
         } else if let Some(c) = self.clients.get_mut(&dst) {
             if c.pings.len() < MAX_QUEUED_PACKETS {
@@ -289,11 +298,7 @@ impl SessionLayer {
                 self.owners.remove(&id);
                 ctx.destroy(now, id);
             }
-            for (id, (d, _)) in self.pings.clone() {
-                if d == dst {
-                    self.pings.remove(&id);
-                }
-            }
+            self.pings.retain(|_, p| p.dst != dst);
         }
         tracing::debug!(why, "destination unreachable");
         unreachable(ctx, dst, why);
@@ -466,6 +471,7 @@ impl SessionLayer {
         };
         let Some(o) = c.open.as_mut() else { return };
         o.circuits.retain(|x| x.id != id);
+        let left = o.circuits.len();
         let active = o
             .flows
             .values()
@@ -474,13 +480,24 @@ impl SessionLayer {
         // them here made the session look idle when a second circuit died in the same tick (a
         // busy session keeps two spares), and a lost session was then not made again at once.
         self.stats.flows_moved += o.flows.values().filter(|(f, _)| *f == id).count() as u64;
-        if o.circuits.is_empty() {
+        if let Some(t) = self.hooks.trace_pings.as_mut() {
+            t.circuit(
+                dst,
+                id,
+                now,
+                &format!("its circuit lost, {left} left, flows active={active}"),
+            );
+        }
+        if left == 0 {
             // No circuit left: the session ends and a new introduction starts (10.8); flow-layer
             // state survives. At once only if a flow carried a packet lately (its next one then
-            // finds the session up, not starting): a session nobody uses should not come back
+            // finds the session up, not starting), or a PING of ours waits for its PONG (it goes
+            // again on the new session): a session nobody uses should not come back
             // by itself (and a twin with the same pseudonym, a restarted node, would otherwise
             // fight it for the service's single session slot).
             self.client_close(ctx, now, dst);
+            let waiting = self.client_unsent_pings(dst);
+            let active = active || !waiting.is_empty();
             if let (true, Some(seed)) = (active, self.client_seed) {
                 let real = self.real_for.contains(&dst);
                 let pseudonym = Pseudonym::for_destination(&seed, &Ipv6Addr::from(dst), real);
@@ -491,6 +508,7 @@ impl SessionLayer {
                 let _ = self.client_session(ctx, now, dst, pseudonym);
                 if let Some(c) = self.clients.get_mut(&dst) {
                     c.resumed = true;
+                    c.pings.extend(waiting);
                 }
                 // The first round runs on the cached descriptor; the service has likely lost
                 // intro circuits to the same deaths and republishes within seconds: fetch it
@@ -696,6 +714,9 @@ impl SessionLayer {
             }
             for id in dead {
                 self.stats.probe_failures += 1;
+                if let Some(t) = self.hooks.trace_pings.as_mut() {
+                    t.circuit(dst, id, now, "its circuit silent: dead");
+                }
                 tracing::debug!(
                     at = now.as_unix_ms(),
                     "session circuit silent: abandoned, flows move"
@@ -717,6 +738,9 @@ impl SessionLayer {
         let Some(c) = self.clients.remove(&dst) else {
             return;
         };
+        if let Some(t) = self.hooks.trace_pings.as_mut() {
+            t.dst(dst, now, "client session closed");
+        }
         tracing::debug!(at = now.as_unix_ms(), "client session closed");
         let mut ids: Vec<CircId> = Vec::new();
         if let Some(o) = c.open {

@@ -30,6 +30,8 @@ pub(super) struct Reach {
     pub ms: Vec<u64>,
     /// Why probes failed.
     pub failures: BTreeMap<String, u64>,
+    /// For each `no_pong` probe: where its PING went (client and service traces).
+    pub traces: Vec<String>,
 }
 
 impl Scale {
@@ -124,8 +126,66 @@ impl Scale {
                         .failures
                         .entry(format!("no_pong [{stage}]"))
                         .or_default() += 1;
+                    let t = self.probe_trace(k, &p);
+                    self.reach.traces.push(t);
                 }
             }
         }
+    }
+}
+
+impl Scale {
+    /// What the client and the service saw of probe `k`'s PING, times from the probe's start.
+    fn probe_trace(&mut self, k: (usize, u64), p: &Probe) -> String {
+        let now = self.sim.now;
+        let rel = |t: Instant| t.as_unix_ms() as i64 - p.started.as_unix_ms() as i64;
+        let (c, id) = k;
+        let client = &mut self.sim.nodes[c].node;
+        let peer = client.sess.client_address_for(&p.dst);
+        let summary = client.sess.client_session_summary(now, &p.dst);
+        let trail = client
+            .session_test_hooks()
+            .trace_pings
+            .as_ref()
+            .and_then(|t| t.client.get(&id))
+            .cloned()
+            .unwrap_or_default();
+        let mut out = format!("probe client {c} ping {id}: {summary}; client:");
+        for (t, e) in &trail.events {
+            out.push_str(&format!(" [{} ms] {e};", rel(*t)));
+        }
+        let path: Vec<String> = trail
+            .path
+            .iter()
+            .map(|r| match self.by_identity.get(r) {
+                Some(&i) => format!("{i}{}", if self.sim.nodes[i].alive { "" } else { " DEAD" }),
+                None => "?".into(),
+            })
+            .collect();
+        out.push_str(&format!(" path [{}];", path.join(", ")));
+        let host = self
+            .services
+            .iter()
+            .find(|s| s.1 == p.dst)
+            .and_then(|s| s.2);
+        match (host, peer) {
+            (Some(h), Some(peer)) => {
+                let alive = self.sim.nodes[h].alive;
+                out.push_str(&format!(" service {h} (alive {alive}):"));
+                let sv = self.sim.nodes[h]
+                    .node
+                    .session_test_hooks()
+                    .trace_pings
+                    .as_ref()
+                    .and_then(|t| t.service.get(&peer))
+                    .cloned()
+                    .unwrap_or_default();
+                for (t, e) in sv.iter().filter(|(t, _)| rel(*t) > -60_000) {
+                    out.push_str(&format!(" [{} ms] {e};", rel(*t)));
+                }
+            }
+            _ => out.push_str(" service: unknown"),
+        }
+        out
     }
 }

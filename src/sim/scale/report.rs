@@ -69,6 +69,8 @@ pub struct ScaleReport {
     pub probe_ms_p99: u64,
     /// See `probes`.
     pub probe_failures: BTreeMap<String, u64>,
+    /// For each probe that got no PONG: where its PING went, as client and service saw it.
+    pub probe_traces: Vec<String>,
     /// Share of lookups whose descriptor names at least one intro point that is running (a
     /// cheaper proxy for reachability, kept for comparison with older runs).
     pub intro_up_share: f64,
@@ -120,6 +122,9 @@ pub struct ScaleReport {
     /// client retries, rounds and failures with the introduction's stage; service rendezvous
     /// circuits): where unreached probes failed.
     pub setup_failures: BTreeMap<String, u64>,
+    /// E2e PINGs sent again after a later probe's PONG showed them lost (`pings_resent` of
+    /// the running nodes at the end).
+    pub pings_resent: u64,
     /// Mean relays holding each started service's descriptor of the epoch at the end.
     pub descriptor_replicas: f64,
     /// Mean entries per running node of each table (`Node::table_sizes`; `budget` in bytes) at
@@ -288,6 +293,7 @@ impl Scale {
             probe_ms_p50: percentile(&mut pms, 0.5),
             probe_ms_p99: percentile(&mut pms, 0.99),
             probe_failures: std::mem::take(&mut self.reach.failures),
+            probe_traces: std::mem::take(&mut self.reach.traces),
             intro_up_share: ratio(self.intro_up as f64, self.lookups_done as f64),
             circuits_built: built,
             circuit_build_failures: failed,
@@ -317,6 +323,13 @@ impl Scale {
                 }
                 m
             },
+            pings_resent: self
+                .sim
+                .nodes
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| n.node.session_stats().pings_resent)
+                .sum(),
             descriptor_replicas: ratio(replicas as f64, started.len() as f64),
             tables_at_warm: std::mem::take(&mut self.tables_at_warm),
             tables_at_end: super::tables(&self.sim),
