@@ -5,7 +5,7 @@ use crate::circuit::layer::{CircId, Purpose};
 use crate::session::circuits::single_guard;
 use crate::session::client::c_intro;
 use crate::session::ctx::SessionCtx;
-use crate::session::intro_watch::send_establish;
+use crate::session::intro_watch::{send_establish, IntroWatch};
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
@@ -90,7 +90,16 @@ impl SessionLayer {
                 let alive = again.and_then(|r| {
                     let suspect = self.suspects.contains(&r, now);
                     let rec = ctx.view().get(&r).cloned();
-                    rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
+                    let dead = rec
+                        .as_ref()
+                        .is_some_and(|rec| ctx.recently_dead(&rec.fields().link_key, now));
+                    // Suspect only (it rode a session circuit that went silent, most often
+                    // behind the relay that died): rebuilt all the same, with a short time to
+                    // be established. Replacing a live intro point costs a new descriptor,
+                    // which clients learn seconds later through the DHT, and meanwhile the
+                    // one they hold is refused there (status 1) once the old circuit's DESTROY
+                    // arrives (issue #20 item 5).
+                    rec.filter(|_| !dead).map(|rec| (rec, suspect))
                 });
                 // Through the other guard when the other intro circuits share one (spread).
                 let others: Vec<CircId> = self
@@ -105,7 +114,7 @@ impl SessionLayer {
                     .unwrap_or_default();
                 let avoid_guards: Vec<[u8; 32]> =
                     single_guard(ctx, others.into_iter()).into_iter().collect();
-                let rebuilt = alive.and_then(|rec| {
+                let rebuilt = alive.and_then(|(rec, suspect)| {
                     self.circuit_to(
                         ctx,
                         now,
@@ -117,14 +126,21 @@ impl SessionLayer {
                         &avoid_guards,
                     )
                     .ok()
+                    .map(|c| (c, suspect))
                 });
                 if let Some(s) = self.service_mut(&svc) {
                     match (rebuilt, s.intros.iter_mut().find(|i| i.circ == id)) {
-                        (Some(new), Some(ip)) => {
+                        (Some((new, suspect)), Some(ip)) => {
                             tracing::debug!(
                                 at = now.as_unix_ms(),
+                                suspect,
                                 "intro circuit lost: rebuilding it"
                             );
+                            ip.watch = if suspect {
+                                IntroWatch::doubtful(now)
+                            } else {
+                                IntroWatch::new(now)
+                            };
                             ip.circ = new;
                             ip.established = None;
                             ip.created = now;
