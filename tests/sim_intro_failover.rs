@@ -233,3 +233,74 @@ fn a_relay_shared_with_a_session_circuit_dies_and_the_intro_circuit_is_checked_a
         );
     }
 }
+
+/// Lead (b) of intro20: a client node that is also a relay, whose relay is the only intro point
+/// of the service still alive (the other two were killed). Before, a client built no circuit to
+/// itself, so it waited for the service's next descriptor (seen twice in the netns failover
+/// test). Now it introduces itself through its own intro point role over a circuit that comes
+/// back to it, as any client would (docs/threat-model.md).
+#[test]
+fn a_client_whose_own_relay_is_the_live_intro_point_introduces_through_it() {
+    init_log();
+    let mut got = Vec::new();
+    for seed in seeds(&[5, 9, 13]) {
+        let mut w = World::new(24, seed);
+        let svc = w.add_host();
+        w.sim.run_for(30_000);
+        w.publish(svc, SERVICE_SEED, &[]);
+        let s_addr = service_addr(&SERVICE_SEED);
+        let ips: Vec<usize> = (0..w.relays)
+            .filter(|&r| {
+                w.sim.nodes[r]
+                    .node
+                    .intro_role()
+                    .is_some_and(|x| !x.is_empty())
+            })
+            .collect();
+        assert_eq!(ips.len(), 3, "seed {seed}: intro points {ips:?}");
+        let cli = ips[0];
+        for d in w.sim.nodes[svc].node.service_descriptors() {
+            let now = w.sim.now;
+            w.sim.nodes[cli].node.cache_descriptor(now, &d).unwrap();
+        }
+        w.sim.nodes[cli]
+            .node
+            .set_client_identity(CLIENT_SEED, Vec::new());
+        for &o in &ips[1..] {
+            w.sim.kill(o);
+        }
+        let me = w.sim.nodes[cli]
+            .node
+            .pseudonym_for(s_addr)
+            .unwrap()
+            .octets();
+        let seen = w.sim.nodes[svc].events.len();
+        let t0 = w.sim.now;
+        w.send(cli, s_addr, &udp(me, s_addr, 42000, 7, b"through myself"));
+        let mut reached = None;
+        while w.sim.now - t0 < 30_000 {
+            w.sim.run_for(100);
+            if !w.packets(svc, seen).is_empty() {
+                reached = Some(w.sim.now - t0);
+                break;
+            }
+        }
+        let own = w.sim.nodes[cli]
+            .node
+            .intro_role()
+            .map_or(0, |r| r.stats.introductions);
+        eprintln!(
+            "seed {seed}: client on intro point {cli}: reached after {reached:?} ms, {own} \
+             introduction(s) through its own intro point; client {:?}",
+            w.sim.nodes[cli].node.session_stats()
+        );
+        got.push((seed, reached, own));
+    }
+    eprintln!("OWN_INTRO_POINT: {got:?}");
+    for (seed, reached, own) in &got {
+        assert!(
+            *own >= 1 && reached.is_some_and(|r| r <= 10_000),
+            "seed {seed}: reached {reached:?} ms, {own} introductions through itself"
+        );
+    }
+}
