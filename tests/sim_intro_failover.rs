@@ -234,6 +234,67 @@ fn a_relay_shared_with_a_session_circuit_dies_and_the_intro_circuit_is_checked_a
     }
 }
 
+/// The intro point itself dies, and it also carried a session circuit of the service (so the
+/// service finds it suspect before its intro circuit closes): the service rebuilds to it once
+/// (it is only suspect), and replaces it when that fails. The cost of trying a suspect intro
+/// point: how long until three are established again.
+#[test]
+fn an_intro_point_that_died_on_a_session_circuit_is_replaced() {
+    init_log();
+    let mut got = Vec::new();
+    for seed in seeds(&[17, 31, 47, 53, 61, 71]) {
+        let mut st = Stage::new(24, seed);
+        let mut seq = 0u32;
+        flow_for(&mut st, &mut seq, 10_000, |_| {});
+        let w = &st.w;
+        let mut svc_session: Vec<[u8; 32]> = Vec::new();
+        for p in w.sim.nodes[st.svc].node.service_peers(st.s_addr) {
+            for c in w.sim.nodes[st.svc]
+                .node
+                .service_session_circuits(st.s_addr, p)
+            {
+                svc_session.extend(path_of(w, st.svc, c).into_iter().skip(1));
+            }
+        }
+        let intros = w.sim.nodes[st.svc].node.service_intro_circuits(st.s_addr);
+        let pick = intros.iter().find_map(|(c, key, up)| {
+            let ip = *path_of(w, st.svc, *c).last()?;
+            let n = w.sim.node_by_identity(&ip)?;
+            (*up && svc_session.contains(&ip) && n != st.cli && n != st.svc).then_some((n, *key))
+        });
+        let Some((victim, key)) = pick else {
+            eprintln!("seed {seed}: no intro point on a session circuit");
+            continue;
+        };
+        let t0 = st.w.sim.now;
+        st.w.sim.kill(victim);
+        let (svc, s_addr) = (st.svc, st.s_addr);
+        let mut replaced = None;
+        flow_for(&mut st, &mut seq, 30_000, |w| {
+            let intros = w.sim.nodes[svc].node.service_intro_circuits(s_addr);
+            if replaced.is_none()
+                && !intros.iter().any(|(_, k, _)| *k == key)
+                && intros.iter().filter(|(_, _, up)| *up).count() == 3
+            {
+                replaced = Some(w.sim.now - t0);
+            }
+        });
+        eprintln!("seed {seed}: intro point {victim} killed: replaced after {replaced:?} ms");
+        got.push((seed, replaced));
+    }
+    eprintln!("INTRO_POINT_DEAD replaced: {got:?}");
+    assert!(
+        !got.is_empty(),
+        "no seed had an intro point on a session circuit"
+    );
+    for (seed, r) in &got {
+        assert!(
+            r.is_some_and(|r| r <= 12_000),
+            "seed {seed}: replaced after {r:?} ms"
+        );
+    }
+}
+
 /// Lead (b) of intro20: a client node that is also a relay, whose relay is the only intro point
 /// of the service still alive (the other two were killed). Before, a client built no circuit to
 /// itself, so it waited for the service's next descriptor (seen twice in the netns failover

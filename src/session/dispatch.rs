@@ -81,18 +81,27 @@ impl SessionLayer {
                 // the same relay under the same auth key keeps every descriptor that lists it
                 // good (the intro point moves the registration), so clients need no new one —
                 // republishing through a DHT that just lost relays can take half a minute.
+                // A rebuild to a suspect intro point that failed before it was answered is not
+                // tried again: the suspicion was right (in netns the second try to an intro
+                // point that had died cost 4 s more before its replacement).
                 let again = self.service_mut(&svc).and_then(|s| {
                     s.intros
                         .iter()
-                        .find(|i| i.circ == id && i.listed && i.rebuilds < INTRO_REBUILDS)
+                        .find(|i| {
+                            i.circ == id
+                                && i.listed
+                                && i.rebuilds < INTRO_REBUILDS
+                                && !(i.watch.in_doubt() && i.established.is_none())
+                        })
                         .and_then(|i| i.relay.as_ref().map(|r| *r.identity()))
                 });
                 let alive = again.and_then(|r| {
                     let suspect = self.suspects.contains(&r, now);
                     let rec = ctx.view().get(&r).cloned();
-                    let dead = rec
-                        .as_ref()
-                        .is_some_and(|rec| ctx.recently_dead(&rec.fields().link_key, now));
+                    let dead = ctx.relay_unreachable(&r, now)
+                        || rec
+                            .as_ref()
+                            .is_some_and(|rec| ctx.recently_dead(&rec.fields().link_key, now));
                     // Suspect only (it rode a session circuit that went silent, most often
                     // behind the relay that died): rebuilt all the same, with a short time to
                     // be established. Replacing a live intro point costs a new descriptor,

@@ -64,6 +64,11 @@ impl IntroWatch {
         }
     }
 
+    /// Whether the circuit is a rebuild to an intro point under suspicion, not yet answered.
+    pub(in crate::session) fn in_doubt(&self) -> bool {
+        self.doubt
+    }
+
     /// How long the circuit has to be established before its intro point is replaced.
     pub(in crate::session) fn establish_timeout(&self) -> Millis {
         if self.doubt {

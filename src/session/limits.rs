@@ -110,7 +110,7 @@ pub const INTRO_QUICK_RESEND_MS: Millis = 500;
 /// that went silent, most often behind the relay that died) is given this long to be
 /// established before the intro point is replaced, instead of [`INTRO_ESTABLISH_TIMEOUT_MS`]:
 /// a live one answers within a circuit build, a dead one is replaced soon.
-pub const INTRO_DOUBT_ESTABLISH_MS: Millis = 4_000;
+pub const INTRO_DOUBT_ESTABLISH_MS: Millis = 2_500;
 
 /// A service's circuit to an intro point that died is rebuilt to the same relay this many
 /// times (until it is established again) before the intro point is replaced.
