@@ -123,10 +123,6 @@ impl SessionCtx for Ctx<'_> {
         self.link.identity()
     }
 
-    fn own_relay_record(&self) -> Option<RelayRecord> {
-        self.link.own_record().cloned()
-    }
-
     fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool {
         self.link.recently_dead(peer_key, now)
     }

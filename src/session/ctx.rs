@@ -71,11 +71,6 @@ pub trait SessionCtx {
     fn own_endpoints(&self) -> Vec<SocketAddr>;
     /// Our relay identity.
     fn identity(&self) -> [u8; 32];
-    /// Our own relay record, when we are a relay (a client can then introduce itself through
-    /// its own intro point role, over a circuit that comes back to us).
-    fn own_relay_record(&self) -> Option<RelayRecord> {
-        None
-    }
     /// Whether a link to this peer failed lately.
     fn recently_dead(&self, peer_key: &[u8; 32], now: Instant) -> bool;
     /// Whether an extension to this relay (by identity) failed lately and no link of ours to

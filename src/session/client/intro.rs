@@ -49,20 +49,12 @@ impl SessionLayer {
             return;
         }
         let me = ctx.identity();
-        // Ourselves (a client that is a relay can be the intro point): through a circuit that
-        // comes back to us, as any client's (threat-model.md "A client that is the intro
-        // point"), only while we are a relay under the record the descriptor names.
-        let own = ctx
-            .own_relay_record()
-            .filter(|r| *r.identity() == me)
-            .map(|r| r.fields().onion_key);
         let suspects = &self.suspects;
         let mut candidates: Vec<IntroEntry> = content
             .intro_points
             .iter()
-            .filter(|e| {
-                !c.tried.contains(&e.auth_key) && (e.identity != me || own == Some(e.onion_key))
-            })
+            // Ourselves (a client that is a relay can be the intro point): no circuit to us.
+            .filter(|e| !c.tried.contains(&e.auth_key) && e.identity != me)
             .cloned()
             .collect();
         candidates.shuffle(&mut self.rng);
@@ -74,10 +66,8 @@ impl SessionLayer {
         // its record before its circuit can start (issue #25: views are partial at scale).
         let view = ctx.view();
         let known = |e: &IntroEntry| {
-            e.identity == me
-                || view
-                    .get(&e.identity)
-                    .is_some_and(|r| r.fields().onion_key == e.onion_key)
+            view.get(&e.identity)
+                .is_some_and(|r| r.fields().onion_key == e.onion_key)
         };
         // A relay an extension of ours could not reach lately is also left out of the view:
         // trying it costs a DHT lookup of its record and then a failed extension (netns
@@ -223,12 +213,11 @@ impl SessionLayer {
         dst: [u8; 16],
         entry: &IntroEntry,
     ) -> Option<Result<CircId, String>> {
-        let record = if entry.identity == ctx.identity() {
-            ctx.own_relay_record()
-        } else {
-            ctx.view().get(&entry.identity).cloned()
-        }
-        .filter(|r| r.fields().onion_key == entry.onion_key)?;
+        let record = ctx
+            .view()
+            .get(&entry.identity)
+            .filter(|r| r.fields().onion_key == entry.onion_key)
+            .cloned()?;
         Some(self.circuit_to(
             ctx,
             now,
