@@ -409,6 +409,11 @@ impl Node {
         self.sess.service_session_circuits(svc, peer)
     }
 
+    /// The intro circuits of our service `svc`: circuit, auth key, whether established.
+    pub fn service_intro_circuits(&self, svc: [u8; 16]) -> Vec<(CircId, [u8; 32], bool)> {
+        self.sess.service_intro_circuits(svc)
+    }
+
     /// The client addresses (pseudonyms) our service `svc` has sessions with.
     pub fn service_peers(&self, svc: [u8; 16]) -> Vec<[u8; 16]> {
         self.sess.service_peers(svc)

@@ -356,6 +356,9 @@ impl SessionLayer {
                     self.suspects.insert(*r.identity(), now + SUSPECT_MS);
                 }
             }
+            for r in p {
+                self.note_suspect(r.identity());
+            }
             if let Some(g) = p.first() {
                 self.silent_guards
                     .extend(*g.identity(), now + SILENT_GUARD_MS);

@@ -5,7 +5,7 @@ use crate::circuit::layer::{CircId, Purpose};
 use crate::session::circuits::single_guard;
 use crate::session::client::c_intro;
 use crate::session::ctx::SessionCtx;
-use crate::session::intro_watch::send_establish;
+use crate::session::intro_watch::{send_establish, IntroWatch};
 use crate::session::layer::{Owner, SessionLayer};
 use crate::session::limits::*;
 use crate::session::roles::{parse_status, status};
@@ -81,16 +81,34 @@ impl SessionLayer {
                 // the same relay under the same auth key keeps every descriptor that lists it
                 // good (the intro point moves the registration), so clients need no new one —
                 // republishing through a DHT that just lost relays can take half a minute.
+                // A rebuild to a suspect intro point that failed before it was answered is not
+                // tried again: the suspicion was right (in netns the second try to an intro
+                // point that had died cost 4 s more before its replacement).
                 let again = self.service_mut(&svc).and_then(|s| {
                     s.intros
                         .iter()
-                        .find(|i| i.circ == id && i.listed && i.rebuilds < INTRO_REBUILDS)
+                        .find(|i| {
+                            i.circ == id
+                                && i.listed
+                                && i.rebuilds < INTRO_REBUILDS
+                                && !(i.watch.in_doubt() && i.established.is_none())
+                        })
                         .and_then(|i| i.relay.as_ref().map(|r| *r.identity()))
                 });
                 let alive = again.and_then(|r| {
                     let suspect = self.suspects.contains(&r, now);
                     let rec = ctx.view().get(&r).cloned();
-                    rec.filter(|rec| !suspect && !ctx.recently_dead(&rec.fields().link_key, now))
+                    let dead = ctx.relay_unreachable(&r, now)
+                        || rec
+                            .as_ref()
+                            .is_some_and(|rec| ctx.recently_dead(&rec.fields().link_key, now));
+                    // Suspect only (it rode a session circuit that went silent, most often
+                    // behind the relay that died): rebuilt all the same, with a short time to
+                    // be established. Replacing a live intro point costs a new descriptor,
+                    // which clients learn seconds later through the DHT, and meanwhile the
+                    // one they hold is refused there (status 1) once the old circuit's DESTROY
+                    // arrives (issue #20 item 5).
+                    rec.filter(|_| !dead).map(|rec| (rec, suspect))
                 });
                 // Through the other guard when the other intro circuits share one (spread).
                 let others: Vec<CircId> = self
@@ -105,7 +123,7 @@ impl SessionLayer {
                     .unwrap_or_default();
                 let avoid_guards: Vec<[u8; 32]> =
                     single_guard(ctx, others.into_iter()).into_iter().collect();
-                let rebuilt = alive.and_then(|rec| {
+                let rebuilt = alive.and_then(|(rec, suspect)| {
                     self.circuit_to(
                         ctx,
                         now,
@@ -117,14 +135,21 @@ impl SessionLayer {
                         &avoid_guards,
                     )
                     .ok()
+                    .map(|c| (c, suspect))
                 });
                 if let Some(s) = self.service_mut(&svc) {
                     match (rebuilt, s.intros.iter_mut().find(|i| i.circ == id)) {
-                        (Some(new), Some(ip)) => {
+                        (Some((new, suspect)), Some(ip)) => {
                             tracing::debug!(
                                 at = now.as_unix_ms(),
+                                suspect,
                                 "intro circuit lost: rebuilding it"
                             );
+                            ip.watch = if suspect {
+                                IntroWatch::doubtful(now)
+                            } else {
+                                IntroWatch::new(now)
+                            };
                             ip.circ = new;
                             ip.established = None;
                             ip.created = now;

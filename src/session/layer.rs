@@ -266,6 +266,10 @@ pub struct SessionLayer {
     /// Our guards that started a session circuit found silent, until when (new session paths
     /// take another guard meanwhile; `circuits.rs`).
     pub(in crate::session) silent_guards: Expiring<[u8; 32]>,
+    /// Relays that fell under suspicion since the last tick (a silent session circuit, a link
+    /// down), while we host services: intro circuits through them are checked at once
+    /// (`intro_watch.rs`).
+    pub(in crate::session) new_suspects: Vec<[u8; 32]>,
     /// Descriptor lookups under way: token → service.
     pub(in crate::session) lookups: BTreeMap<u64, ([u8; 16], Instant)>,
     /// DHT queries for the node to start.
@@ -359,6 +363,7 @@ impl SessionLayer {
             now: Instant::ZERO,
             suspects: Expiring::new(),
             silent_guards: Expiring::new(),
+            new_suspects: Vec::new(),
             lookups: BTreeMap::new(),
             dht_requests: VecDeque::new(),
             publishes: BTreeMap::new(),
@@ -562,6 +567,7 @@ impl SessionLayer {
     pub fn on_link_down(&mut self, now: Instant, identity: &[u8; 32]) {
         let until = now + LINK_DOWN_SUSPECT_MS;
         self.suspects.extend(*identity, until);
+        self.note_suspect(identity);
     }
 
     /// A link to a relay is up: it is not suspect (any more).
@@ -763,6 +769,7 @@ impl SessionLayer {
         }
         self.maintain_stems(ctx, now);
         self.service_maintain(ctx, now);
+        self.new_suspects.clear();
         self.client_maintain(ctx, now);
         self.pings
             .retain(|_, p| now.saturating_since(p.at) < PING_TIMEOUT_MS);

@@ -112,6 +112,23 @@ pub const INTRO_CHECK_RESEND_MS: Millis = 2_500;
 /// INTRODUCE1 flood is not given up.
 pub const INTRO_CHECK_DEAD_MS: Millis = 7_500;
 
+/// A relay on an established intro circuit fell under suspicion (a session circuit through it
+/// went silent, or our link to it went down): the service asks the intro point at once, again
+/// every [`INTRO_QUICK_RESEND_MS`], and ends the circuit (it is rebuilt) when nothing came back
+/// this long after the first ask. As the session's silence verdict (10.8): a 4-hop round trip
+/// is well under it, one lost cell is not a death. A wrong verdict costs a rebuild under the
+/// same key, which descriptors keep listing.
+pub const INTRO_QUICK_DEAD_MS: Millis = 2_000;
+
+/// See [`INTRO_QUICK_DEAD_MS`].
+pub const INTRO_QUICK_RESEND_MS: Millis = 500;
+
+/// An intro circuit rebuilt to an intro point that is itself suspect (it was on a circuit
+/// that went silent, most often behind the relay that died) is given this long to be
+/// established before the intro point is replaced, instead of [`INTRO_ESTABLISH_TIMEOUT_MS`]:
+/// a live one answers within a circuit build, a dead one is replaced soon.
+pub const INTRO_DOUBT_ESTABLISH_MS: Millis = 2_500;
+
 /// A service's circuit to an intro point that died is rebuilt to the same relay this many
 /// times (until it is established again) before the intro point is replaced.
 pub const INTRO_REBUILDS: u8 = 2;

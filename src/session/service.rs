@@ -222,7 +222,7 @@ impl SessionLayer {
                     now >= i.retire_at
                         || i.introductions >= INTRO_MAX_INTRODUCTIONS
                         || (i.established.is_none()
-                            && now.saturating_since(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS)
+                            && now.saturating_since(i.created) >= i.watch.establish_timeout())
                 })
                 .map(|i| i.circ)
                 .collect();
@@ -231,7 +231,7 @@ impl SessionLayer {
                 .iter()
                 .filter(|i| {
                     i.established.is_none()
-                        && now.saturating_since(i.created) >= INTRO_ESTABLISH_TIMEOUT_MS
+                        && now.saturating_since(i.created) >= i.watch.establish_timeout()
                 })
                 .count();
             if timed_out > 0 {
