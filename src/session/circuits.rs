@@ -108,6 +108,12 @@ impl SessionLayer {
     ) -> Result<CircId, String> {
         let path = self.path_avoiding(ctx, now, kind, avoid_guards)?;
         let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            circuit = id.0,
+            path = %path_hex(ctx, id),
+            "fresh session path"
+        );
         self.owners.insert(id, owner);
         Ok(id)
     }
@@ -177,7 +183,11 @@ impl SessionLayer {
             target = %hex8(target.identity()),
             "no pooled stem fits: building a circuit from scratch"
         );
-        let kind = if service {
+        // An intro point is the service's own choice: every path rule applies (no hop of ours
+        // may be it or share its family); only a client's rendezvous point is taken as given.
+        let kind = if service && purpose == Purpose::Intro {
+            PathKind::Service(Target::Relay(hop_of(target)))
+        } else if service {
             PathKind::Service(Target::PeerRendezvous(hop_of(target)))
         } else {
             PathKind::Client(Target::Relay(hop_of(target)))
@@ -226,6 +236,12 @@ impl SessionLayer {
             return Err("path: none drawn".to_string());
         };
         let id = ctx.build(now, purpose, path).map_err(|e| e.to_string())?;
+        tracing::debug!(
+            at = now.as_unix_ms(),
+            circuit = id.0,
+            path = %path_hex(ctx, id),
+            "fresh session path"
+        );
         self.owners.insert(id, owner);
         Ok(id)
     }

@@ -133,6 +133,13 @@ impl<'a> PathContext<'a> {
         };
         let strict = !matches!(target, Some(Target::PeerRendezvous(_)));
         let given_node = given.map(|h| self.node_of_hop(h));
+        // A client's rendezvous point that is one of our vanguards is accepted (the exception
+        // above), but not reached through that vanguard: the middle would be asked to extend
+        // back to the relay it came from and refuses (8.3). Another vanguard first; the same one
+        // only when no other is usable.
+        if let (false, Some(t)) = (strict, &given_node) {
+            seconds.sort_by_key(|v| v.as_ref().is_some_and(|v| v.identity == t.identity));
+        }
         let mut first_conflict: Option<PathError> = None;
 
         for second in &seconds {

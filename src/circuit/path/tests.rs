@@ -310,3 +310,41 @@ fn natted_vanguards_are_replaced_when_public_relays_appear() {
         .unwrap();
     c.check(&p).unwrap();
 }
+
+/// A client's rendezvous point that is one of the service's vanguards is joined through another
+/// vanguard: through the same one the middle would have to extend back to the relay it came
+/// from, which it refuses (seen in tests/sim_intro_failover.rs: EXTEND failed, status 4).
+#[test]
+fn rendezvous_point_that_is_a_vanguard_is_reached_through_another() {
+    let v = view(
+        (1..=9)
+            .map(|i| rec(i, &[&format!("10.{i}.0.1:7")], FLAG_RELAY, NatClass::Public))
+            .collect(),
+    );
+    let c = ctx(&v, &[], PathRules::default());
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut g = Guards::new();
+    g.maintain(&c, &mut rng);
+    let mut vg = Vanguards::new();
+    vg.maintain(&c, &g, &mut rng);
+    assert!(vg.len() >= 2, "{} vanguards", vg.len());
+    let mut checked = 0;
+    for van in vg.list().iter().map(|x| x.identity) {
+        let rp = Hop::from_record(v.get(&van).unwrap());
+        for _ in 0..20 {
+            let p = c
+                .select(
+                    PathKind::Service(Target::PeerRendezvous(rp.clone())),
+                    &g,
+                    Some(&vg),
+                    &mut rng,
+                )
+                .unwrap();
+            let ids: Vec<[u8; 32]> = p.hops().iter().map(|h| h.identity).collect();
+            assert_eq!(ids.last(), Some(&van));
+            assert_ne!(ids[1], van, "reached through itself: {ids:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40);
+}
