@@ -64,7 +64,7 @@ pub use discovery::{
 pub use exit_policies::MAX_EXIT_POLICIES;
 pub use hello::{HELLO_RETRY_MS, HELLO_TIMEOUT_MS};
 pub use idle::RELAY_LINK_IDLE_MS;
-use link::{earliest, Link};
+use link::Link;
 pub use link::{
     DEAD_PEER_MS, HANDSHAKE_ATTEMPTS, HANDSHAKE_RETRY_MS, PING_INTERVAL_MS, SILENT_PING_MS,
     SILENT_PING_TIMEOUT_MS,
@@ -291,90 +291,6 @@ impl LinkLayer {
     /// The next event for the layers above.
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
         self.events.pop_front()
-    }
-
-    /// When to call [`LinkLayer::handle_timeout`] next: the earliest exact deadline of every
-    /// link's timers (handshake retry, HELLO, requests, liveness PING, keepalive, PEX, upgrade of
-    /// a relayed link), of punches and dials, and of housekeeping (at most
-    /// `LINK_HOUSEKEEPING_MS` away, so never `None`). O(links): one pass over small records,
-    /// cheaper than the wake-up it saves; a relay with thousands of links would want a timer
-    /// heap instead.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let natted = behind_nat(self.nat);
-        let view_small = self.view.len() < VIEW_WANTED;
-        let last = self.last_timeout;
-        let fresh = |d: Option<Instant>| {
-            d.map(|d| {
-                if d <= last {
-                    last + LINK_TIMER_TICK_MS
-                } else {
-                    d
-                }
-            })
-        };
-        let mut next = Some(self.next_tick);
-        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
-        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
-        self.flush_link_timers();
-        self.links.for_scanned(|l| {
-            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
-            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
-            if self.upgrade_wanted(l) {
-                next = earliest(next, fresh(Some(l.upgrade_next)));
-            }
-        });
-        // The indexed links: `fresh` of each, without visiting each (a past deadline reads as
-        // the tick after the last run).
-        let (after, stale) = self.links.next_after(last);
-        next = earliest(next, after);
-        if stale {
-            next = earliest(next, Some(last + LINK_TIMER_TICK_MS));
-        }
-        next
-    }
-
-    /// [`LinkLayer::poll_timeout`] computed the slow way, from every link (tests compare the
-    /// two: a change to a link that the index missed shows as a difference).
-    #[doc(hidden)]
-    pub fn poll_timeout_scanning_every_link(&self) -> Option<Instant> {
-        let natted = behind_nat(self.nat);
-        let view_small = self.view.len() < VIEW_WANTED;
-        let last = self.last_timeout;
-        let fresh = |d: Option<Instant>| {
-            d.map(|d| {
-                if d <= last {
-                    last + LINK_TIMER_TICK_MS
-                } else {
-                    d
-                }
-            })
-        };
-        let mut next = Some(self.next_tick);
-        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
-        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
-        for l in self.links.values() {
-            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
-            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
-            if self.upgrade_wanted(l) {
-                next = earliest(next, fresh(Some(l.upgrade_next)));
-            }
-        }
-        next
-    }
-
-    /// Recomputes the deadlines of the links touched since the last query (`table`).
-    fn flush_link_timers(&self) {
-        let natted = behind_nat(self.nat);
-        let view_small = self.view.len() < VIEW_WANTED;
-        self.links.flush((natted, view_small), |l| {
-            // A handshake's timer is off while punching drives it, and a relayed link's upgrade
-            // depends on the punches under way: both read layer state, so they are scanned.
-            if !l.session.established() || l.relay.is_some() {
-                table::TimerEntry::Scan
-            } else {
-                table::TimerEntry::At(l.deadline(natted, view_small, false))
-            }
-        });
     }
 
     /// When the layer's housekeeping runs next (the node runs its upper layers' cap on the

@@ -15,8 +15,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use super::link::Link;
-use super::LinkId;
+use super::discovery::VIEW_WANTED;
+use super::link::{earliest, Link};
+use super::{behind_nat, LinkId, LinkLayer, LINK_TIMER_TICK_MS};
 use crate::time::Instant;
 
 /// How a link's deadline is kept.
@@ -196,6 +197,91 @@ impl LinkTable {
         out.extend(ix.scan.iter().copied());
         out.sort_unstable();
         out.dedup();
+    }
+}
+
+impl LinkLayer {
+    /// When to call [`LinkLayer::handle_timeout`] next: the earliest exact deadline of every
+    /// link's timers (handshake retry, HELLO, requests, liveness PING, keepalive, PEX, upgrade of
+    /// a relayed link), of punches and dials, and of housekeeping (at most
+    /// `LINK_HOUSEKEEPING_MS` away, so never `None`). Costs the links changed since the last
+    /// call, the scanned ones and a lookup in the index, not a pass over every link.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        let last = self.last_timeout;
+        let fresh = |d: Option<Instant>| {
+            d.map(|d| {
+                if d <= last {
+                    last + LINK_TIMER_TICK_MS
+                } else {
+                    d
+                }
+            })
+        };
+        let mut next = Some(self.next_tick);
+        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
+        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
+        self.flush_link_timers();
+        self.links.for_scanned(|l| {
+            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
+            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
+            if self.upgrade_wanted(l) {
+                next = earliest(next, fresh(Some(l.upgrade_next)));
+            }
+        });
+        // The indexed links: `fresh` of each, without visiting each (a past deadline reads as
+        // the tick after the last run).
+        let (after, stale) = self.links.next_after(last);
+        next = earliest(next, after);
+        if stale {
+            next = earliest(next, Some(last + LINK_TIMER_TICK_MS));
+        }
+        next
+    }
+
+    /// [`LinkLayer::poll_timeout`] computed the slow way, from every link (tests compare the
+    /// two: a change to a link that the index missed shows as a difference).
+    #[doc(hidden)]
+    pub fn poll_timeout_scanning_every_link(&self) -> Option<Instant> {
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        let last = self.last_timeout;
+        let fresh = |d: Option<Instant>| {
+            d.map(|d| {
+                if d <= last {
+                    last + LINK_TIMER_TICK_MS
+                } else {
+                    d
+                }
+            })
+        };
+        let mut next = Some(self.next_tick);
+        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
+        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
+        for l in self.links.values() {
+            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
+            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
+            if self.upgrade_wanted(l) {
+                next = earliest(next, fresh(Some(l.upgrade_next)));
+            }
+        }
+        next
+    }
+
+    /// Recomputes the deadlines of the links touched since the last query (`table`).
+    pub(super) fn flush_link_timers(&self) {
+        let natted = behind_nat(self.nat);
+        let view_small = self.view.len() < VIEW_WANTED;
+        self.links.flush((natted, view_small), |l| {
+            // A handshake's timer is off while punching drives it, and a relayed link's upgrade
+            // depends on the punches under way: both read layer state, so they are scanned.
+            if !l.session.established() || l.relay.is_some() {
+                TimerEntry::Scan
+            } else {
+                TimerEntry::At(l.deadline(natted, view_small, false))
+            }
+        });
     }
 }
 
