@@ -207,31 +207,13 @@ impl LinkLayer {
     /// `LINK_HOUSEKEEPING_MS` away, so never `None`). Costs the links changed since the last
     /// call, the scanned ones and a lookup in the index, not a pass over every link.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let natted = behind_nat(self.nat);
-        let view_small = self.view.len() < VIEW_WANTED;
-        let last = self.last_timeout;
-        let fresh = |d: Option<Instant>| {
-            d.map(|d| {
-                if d <= last {
-                    last + LINK_TIMER_TICK_MS
-                } else {
-                    d
-                }
-            })
-        };
-        let mut next = Some(self.next_tick);
-        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
-        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
         self.flush_link_timers();
-        self.links.for_scanned(|l| {
-            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
-            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
-            if self.upgrade_wanted(l) {
-                next = earliest(next, fresh(Some(l.upgrade_next)));
-            }
-        });
+        let mut next = self.housekeeping_deadline();
+        self.links
+            .for_scanned(|l| next = earliest(next, self.scanned_deadline(l)));
         // The indexed links: `fresh` of each, without visiting each (a past deadline reads as
         // the tick after the last run).
+        let last = self.last_timeout;
         let (after, stale) = self.links.next_after(last);
         next = earliest(next, after);
         if stale {
@@ -244,27 +226,44 @@ impl LinkLayer {
     /// two: a change to a link that the index missed shows as a difference).
     #[doc(hidden)]
     pub fn poll_timeout_scanning_every_link(&self) -> Option<Instant> {
+        let mut next = self.housekeeping_deadline();
+        for l in self.links.values() {
+            next = earliest(next, self.scanned_deadline(l));
+        }
+        next
+    }
+
+    /// A deadline at or before the last `handle_timeout` was due then and its work declined:
+    /// it is tried a tick later, not at once (no spinning).
+    fn fresh(&self, d: Option<Instant>) -> Option<Instant> {
+        let last = self.last_timeout;
+        d.map(|d| {
+            if d <= last {
+                last + LINK_TIMER_TICK_MS
+            } else {
+                d
+            }
+        })
+    }
+
+    /// Housekeeping, punches and dials.
+    fn housekeeping_deadline(&self) -> Option<Instant> {
+        let mut next = Some(self.next_tick);
+        next = earliest(
+            next,
+            self.fresh(self.punches.values().map(|p| p.next).min()),
+        );
+        earliest(next, self.fresh(self.dials.values().map(|d| d.next).min()))
+    }
+
+    /// One link's deadline read from the whole layer (as scanned links are).
+    fn scanned_deadline(&self, l: &Link) -> Option<Instant> {
         let natted = behind_nat(self.nat);
         let view_small = self.view.len() < VIEW_WANTED;
-        let last = self.last_timeout;
-        let fresh = |d: Option<Instant>| {
-            d.map(|d| {
-                if d <= last {
-                    last + LINK_TIMER_TICK_MS
-                } else {
-                    d
-                }
-            })
-        };
-        let mut next = Some(self.next_tick);
-        next = earliest(next, fresh(self.punches.values().map(|p| p.next).min()));
-        next = earliest(next, fresh(self.dials.values().map(|d| d.next).min()));
-        for l in self.links.values() {
-            let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
-            next = earliest(next, fresh(l.deadline(natted, view_small, driven)));
-            if self.upgrade_wanted(l) {
-                next = earliest(next, fresh(Some(l.upgrade_next)));
-            }
+        let driven = self.dials.contains_key(&l.peer_key) || self.punches.contains_key(&l.id);
+        let mut next = self.fresh(l.deadline(natted, view_small, driven));
+        if self.upgrade_wanted(l) {
+            next = earliest(next, self.fresh(Some(l.upgrade_next)));
         }
         next
     }
